@@ -1,0 +1,1 @@
+//! Local tier (ONNX Runtime).

@@ -1,0 +1,180 @@
+//! The tiers that answer: the [`Backend`] trait, and the two slots the router holds them in.
+//!
+//! A backend only generates; it never decides. The router keeps the cloud backend inside
+//! [`CloudTier`], whose only entry points take a [`CloudClearance`]: a request that the
+//! policy keeps local has no clearance and therefore no way to reach the cloud backend.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::{Stream, StreamExt};
+
+use crate::decision::CloudClearance;
+use crate::error::{Error, Result};
+use crate::request::{Confidence, GenerationParams, Message, Usage};
+
+#[cfg(feature = "cloud")]
+pub mod cloud;
+#[cfg(feature = "onnx")]
+pub mod local;
+
+/// Which tier a backend serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// On the device.
+    Local,
+    /// Over the network.
+    Cloud,
+}
+
+/// What a backend is asked to do.
+#[derive(Debug, Clone)]
+pub struct BackendCall {
+    /// The conversation (already redacted when the plan says so).
+    pub messages: Vec<Message>,
+    /// Generation parameters.
+    pub params: GenerationParams,
+    /// Absolute deadline; backends must stop by then.
+    pub deadline: Option<Instant>,
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End of turn / stop token.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The text.
+    pub text: String,
+    /// Token usage.
+    pub usage: Usage,
+    /// True when `usage` was estimated rather than reported.
+    pub usage_estimated: bool,
+    /// Log-probability statistics (local models).
+    pub confidence: Option<Confidence>,
+    /// Why it stopped.
+    pub finish: FinishReason,
+}
+
+/// One item of a generation stream.
+#[derive(Debug, Clone)]
+pub enum StreamEvent {
+    /// More text.
+    Delta(String),
+    /// The end, with usage and confidence. Always the last item of a successful stream.
+    Done(Generation),
+}
+
+/// A stream of generation events. Dropping it cancels the generation.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent>> + Send>>;
+
+/// A tier that can answer prompts. Implement it to plug in your own model or provider.
+///
+/// Implementations must be cheap to share (`Send + Sync`) and must stop work when the returned
+/// stream is dropped.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// A stable name for logs, attempts and cache keys (e.g. the model id).
+    fn name(&self) -> &str;
+
+    /// Starts generating; events arrive as they are produced.
+    async fn stream(&self, call: BackendCall) -> Result<EventStream>;
+
+    /// Generates the whole answer. The default drains [`Backend::stream`].
+    async fn generate(&self, call: BackendCall) -> Result<Generation> {
+        let mut stream = self.stream(call).await?;
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            match event? {
+                StreamEvent::Delta(d) => text.push_str(&d),
+                StreamEvent::Done(mut g) => {
+                    if g.text.is_empty() {
+                        g.text = text;
+                    }
+                    return Ok(g);
+                }
+            }
+        }
+        Err(Error::TruncatedStream(format!(
+            "backend `{}` ended its stream without a final event",
+            self.name()
+        )))
+    }
+
+    /// Whether the backend can serve right now (credentials present, model loaded...).
+    /// `Err` carries the reason and the fix. Default: available.
+    fn availability(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The router's local slot.
+#[derive(Clone)]
+pub struct LocalTier(Arc<dyn Backend>);
+
+impl LocalTier {
+    /// Wraps a backend.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        LocalTier(backend)
+    }
+    /// The backend's name.
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+    /// See [`Backend::availability`].
+    pub fn availability(&self) -> std::result::Result<(), String> {
+        self.0.availability()
+    }
+    /// Streams a local generation.
+    pub async fn stream(&self, call: BackendCall) -> Result<EventStream> {
+        self.0.stream(call).await
+    }
+    /// Runs a local generation.
+    pub async fn generate(&self, call: BackendCall) -> Result<Generation> {
+        self.0.generate(call).await
+    }
+}
+
+/// The router's cloud slot. Every call needs a [`CloudClearance`], which only a decision that
+/// allows the cloud carries.
+#[derive(Clone)]
+pub struct CloudTier(Arc<dyn Backend>);
+
+impl CloudTier {
+    /// Wraps a backend.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        CloudTier(backend)
+    }
+    /// The backend's name.
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+    /// See [`Backend::availability`].
+    pub fn availability(&self) -> std::result::Result<(), String> {
+        self.0.availability()
+    }
+    /// Streams a cloud generation, with the decision's clearance.
+    pub async fn stream(
+        &self,
+        _clearance: &CloudClearance,
+        call: BackendCall,
+    ) -> Result<EventStream> {
+        self.0.stream(call).await
+    }
+    /// Runs a cloud generation, with the decision's clearance.
+    pub async fn generate(
+        &self,
+        _clearance: &CloudClearance,
+        call: BackendCall,
+    ) -> Result<Generation> {
+        self.0.generate(call).await
+    }
+}

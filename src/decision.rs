@@ -1,0 +1,395 @@
+//! What `decide()` returns and `explain` prints: the [`Plan`], the rule that fired, and typed
+//! [`Reason`]s naming the inputs that made it fire.
+//!
+//! [`CloudClearance`] is the privacy guarantee in type form: the cloud tier cannot be called
+//! without one, and only this module can make one — for a decision whose plan allows the cloud.
+
+use std::fmt;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::request::ConfidenceStat;
+use crate::signals::CloudHealth;
+
+/// What the executor should do.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "route", rename_all = "lowercase")]
+pub enum Plan {
+    /// Answer on the device.
+    Local {
+        /// Never fall back to the cloud (privacy pin).
+        pin: bool,
+    },
+    /// Answer in the cloud.
+    Cloud {
+        /// Replace PII with placeholders before sending; re-hydrate the answer locally.
+        redact: bool,
+        /// Never fall back to the local tier.
+        pin: bool,
+    },
+    /// Local first; escalate to the cloud when the local confidence is below the threshold.
+    Cascade {
+        /// Log-probability threshold.
+        min_confidence: f32,
+        /// Which statistic is compared.
+        statistic: ConfidenceStat,
+        /// Redact the escalated request.
+        redact: bool,
+    },
+    /// Start one tier; start the other if no first token arrived after `after`.
+    Hedge {
+        /// Delay before the second tier starts.
+        #[serde(serialize_with = "ser_ms")]
+        after: Duration,
+        /// Redact the cloud request.
+        redact: bool,
+    },
+    /// Do not answer.
+    Refuse {
+        /// Message for the caller.
+        message: String,
+    },
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Plan {
+    /// The route name as written in policies (`local`, `cloud`, `cascade`, `hedge`, `refuse`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Plan::Local { .. } => "local",
+            Plan::Cloud { .. } => "cloud",
+            Plan::Cascade { .. } => "cascade",
+            Plan::Hedge { .. } => "hedge",
+            Plan::Refuse { .. } => "refuse",
+        }
+    }
+
+    /// True when this plan may send anything to the cloud.
+    pub fn allows_cloud(&self) -> bool {
+        matches!(
+            self,
+            Plan::Cloud { .. } | Plan::Cascade { .. } | Plan::Hedge { .. }
+        )
+    }
+
+    /// True when this plan may fall back to the local tier.
+    pub fn allows_local(&self) -> bool {
+        match self {
+            Plan::Cloud { pin, .. } => !pin,
+            Plan::Refuse { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// True when the cloud request must be redacted.
+    pub fn redacts(&self) -> bool {
+        match self {
+            Plan::Cloud { redact, .. }
+            | Plan::Cascade { redact, .. }
+            | Plan::Hedge { redact, .. } => *redact,
+            _ => false,
+        }
+    }
+}
+
+/// Why a decision came out the way it did. Each variant carries the inputs that mattered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reason {
+    /// PII of these kinds was found in the prompt.
+    PiiFound {
+        /// Kinds found (sorted).
+        kinds: Vec<String>,
+    },
+    /// None of the listed PII kinds was found.
+    PiiAbsent {
+        /// Kinds checked.
+        kinds: Vec<String>,
+    },
+    /// The prompt's token estimate is above a threshold.
+    PromptLarge {
+        /// Estimated prompt tokens.
+        tokens: u32,
+        /// The rule's threshold.
+        threshold: u32,
+    },
+    /// The prompt's token estimate is below a threshold.
+    PromptSmall {
+        /// Estimated prompt tokens.
+        tokens: u32,
+        /// The rule's threshold.
+        threshold: u32,
+    },
+    /// The caller's deadline is tighter than a threshold.
+    DeadlineTooTight {
+        /// The request's deadline.
+        deadline_ms: u64,
+        /// The rule's threshold.
+        threshold_ms: u64,
+    },
+    /// The local tier's latency estimate does not fit the deadline.
+    LocalTooSlow {
+        /// Estimated local latency.
+        estimate_ms: u64,
+        /// The request's deadline.
+        deadline_ms: u64,
+    },
+    /// Remaining cloud budget is under a threshold.
+    BudgetLow {
+        /// Budget left.
+        #[serde(with = "rust_decimal::serde::str")]
+        left_usd: Decimal,
+        /// The rule's threshold.
+        #[serde(with = "rust_decimal::serde::str")]
+        threshold_usd: Decimal,
+    },
+    /// The budget is used up; the policy's `[budget].on_exhausted` applied.
+    BudgetExhausted {
+        /// What the policy chose (`local` or `refuse`).
+        action: String,
+    },
+    /// The device is offline.
+    Offline,
+    /// The device is online.
+    Online,
+    /// The cloud's circuit breaker is not closed.
+    CloudUnhealthy {
+        /// Current health.
+        health: CloudHealth,
+    },
+    /// The cloud is healthy.
+    CloudHealthy,
+    /// A caller tag matched.
+    TagMatched {
+        /// The tag.
+        tag: String,
+    },
+    /// The task name matched.
+    TaskMatched {
+        /// The task.
+        task: String,
+    },
+    /// The rule has no conditions (catch-all).
+    Always,
+    /// No rule matched; `[defaults]` applied.
+    Default,
+    /// The cloud tier is not configured or has no API key.
+    CloudUnavailable {
+        /// Why.
+        why: String,
+    },
+    /// The local tier is not available.
+    LocalUnavailable {
+        /// Why.
+        why: String,
+    },
+    /// A tier failed and the other answered.
+    Fallback {
+        /// The tier that failed.
+        from: String,
+        /// Its error.
+        error: String,
+    },
+    /// The cascade escalated because the local confidence was too low.
+    Escalated {
+        /// The statistic compared.
+        statistic: ConfidenceStat,
+        /// Its value.
+        confidence: f32,
+        /// The rule's threshold.
+        threshold: f32,
+    },
+    /// The cascade kept the local answer.
+    Confident {
+        /// The statistic compared.
+        statistic: ConfidenceStat,
+        /// Its value.
+        confidence: f32,
+        /// The rule's threshold.
+        threshold: f32,
+    },
+    /// The hedge's winner.
+    HedgeWinner {
+        /// `local` or `cloud`.
+        winner: String,
+    },
+    /// Served from the answer cache.
+    CacheHit,
+    /// PII was replaced with placeholders before the cloud call.
+    Redacted {
+        /// Number of spans replaced.
+        spans: usize,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::PiiFound { kinds } => write!(f, "PII found: {}", kinds.join(", ")),
+            Reason::PiiAbsent { kinds } => write!(f, "no PII of kinds {}", kinds.join(", ")),
+            Reason::PromptLarge { tokens, threshold } => {
+                write!(f, "prompt ~{tokens} tokens > {threshold}")
+            }
+            Reason::PromptSmall { tokens, threshold } => {
+                write!(f, "prompt ~{tokens} tokens < {threshold}")
+            }
+            Reason::DeadlineTooTight {
+                deadline_ms,
+                threshold_ms,
+            } => write!(f, "deadline {deadline_ms} ms < {threshold_ms} ms"),
+            Reason::LocalTooSlow {
+                estimate_ms,
+                deadline_ms,
+            } => write!(
+                f,
+                "local estimate {estimate_ms} ms exceeds deadline {deadline_ms} ms"
+            ),
+            Reason::BudgetLow {
+                left_usd,
+                threshold_usd,
+            } => write!(f, "budget left ${left_usd} < ${threshold_usd}"),
+            Reason::BudgetExhausted { action } => {
+                write!(f, "cloud budget exhausted: policy says {action}")
+            }
+            Reason::Offline => f.write_str("device is offline"),
+            Reason::Online => f.write_str("device is online"),
+            Reason::CloudUnhealthy { health } => write!(f, "cloud is {health}"),
+            Reason::CloudHealthy => f.write_str("cloud is healthy"),
+            Reason::TagMatched { tag } => write!(f, "tag `{tag}`"),
+            Reason::TaskMatched { task } => write!(f, "task `{task}`"),
+            Reason::Always => f.write_str("rule has no conditions"),
+            Reason::Default => f.write_str("no rule matched: [defaults]"),
+            Reason::CloudUnavailable { why } => write!(f, "cloud unavailable: {why}"),
+            Reason::LocalUnavailable { why } => write!(f, "local unavailable: {why}"),
+            Reason::Fallback { from, error } => write!(f, "{from} failed ({error}): fell back"),
+            Reason::Escalated {
+                statistic,
+                confidence,
+                threshold,
+            } => write!(
+                f,
+                "local confidence {statistic:?} {confidence:.3} < {threshold}: escalated"
+            ),
+            Reason::Confident {
+                statistic,
+                confidence,
+                threshold,
+            } => write!(
+                f,
+                "local confidence {statistic:?} {confidence:.3} >= {threshold}: kept"
+            ),
+            Reason::HedgeWinner { winner } => write!(f, "hedge won by {winner}"),
+            Reason::CacheHit => f.write_str("answer cache hit"),
+            Reason::Redacted { spans } => write!(f, "{spans} PII span(s) redacted before cloud"),
+        }
+    }
+}
+
+/// Permission to send this request to the cloud.
+///
+/// Only [`Decision`]s whose plan allows the cloud carry one, and only this module can create it:
+/// the cloud tier's entry point takes `&CloudClearance`, so a request the policy keeps local has
+/// no value to pass and cannot reach the network, whatever the executor's fallbacks do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudClearance {
+    redact: bool,
+}
+
+impl CloudClearance {
+    /// True when the cloud request must be redacted.
+    pub fn must_redact(&self) -> bool {
+        self.redact
+    }
+}
+
+/// The outcome of `decide()`: a plan, the rule that fired, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// Rule name, or `defaults` when no rule matched.
+    pub rule: String,
+    /// What to do.
+    pub plan: Plan,
+    /// The inputs that made the rule fire, then reasons added while executing.
+    pub reasons: Vec<Reason>,
+    #[serde(skip)]
+    clearance: Option<CloudClearance>,
+}
+
+impl Decision {
+    /// Builds a decision. The clearance is derived from the plan: present iff the plan allows
+    /// the cloud. This is the only place a [`CloudClearance`] is made.
+    pub(crate) fn new(rule: impl Into<String>, plan: Plan, reasons: Vec<Reason>) -> Self {
+        let clearance = plan.allows_cloud().then(|| CloudClearance {
+            redact: plan.redacts(),
+        });
+        Decision {
+            rule: rule.into(),
+            plan,
+            reasons,
+            clearance,
+        }
+    }
+
+    /// The clearance to call the cloud, if this decision allows it.
+    pub fn cloud_clearance(&self) -> Option<&CloudClearance> {
+        self.clearance.as_ref()
+    }
+
+    /// The route name of the plan.
+    pub fn route(&self) -> &'static str {
+        self.plan.name()
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (rule `{}`", self.plan.name(), self.rule)?;
+        for r in &self.reasons {
+            write!(f, "; {r}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Re-exported for the signals a rule can name.
+pub use crate::signals::Signals;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clearance_only_for_cloud_plans() {
+        let local = Decision::new("r", Plan::Local { pin: true }, vec![]);
+        assert!(local.cloud_clearance().is_none());
+        let refuse = Decision::new(
+            "r",
+            Plan::Refuse {
+                message: "no".into(),
+            },
+            vec![],
+        );
+        assert!(refuse.cloud_clearance().is_none());
+        let cloud = Decision::new(
+            "r",
+            Plan::Cloud {
+                redact: true,
+                pin: false,
+            },
+            vec![],
+        );
+        assert!(cloud.cloud_clearance().unwrap().must_redact());
+    }
+
+    #[test]
+    fn network_reason_display() {
+        assert_eq!(Reason::Offline.to_string(), "device is offline");
+        let _ = crate::signals::Network::Offline;
+    }
+}

@@ -1,0 +1,237 @@
+//! The crate's one error type. Every message says what went wrong *and* what to do about it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which phase of a cloud call ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// Establishing the TCP/TLS connection.
+    Connect,
+    /// Waiting for the response headers or the first streamed token.
+    FirstToken,
+    /// The whole call, including the body or the rest of the stream.
+    Total,
+}
+
+impl std::fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::Connect => "connect",
+            TimeoutPhase::FirstToken => "first token",
+            TimeoutPhase::Total => "total",
+        })
+    }
+}
+
+/// Everything that can go wrong in edgeroute.
+///
+/// The enum is `#[non_exhaustive]`: match the variants you care about and keep a `_` arm.
+/// Helper predicates (`is_timeout`, `is_retryable`, ...) answer the common questions.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A policy file failed to load or validate. Each diagnostic carries `file:line:col`.
+    #[error("{}", crate::policy::render_diagnostics(.0))]
+    Policy(Vec<crate::policy::Diagnostic>),
+
+    /// The router was configured inconsistently (builder misuse).
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    /// The request itself is unusable (no messages, empty prompt, ...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    /// The ONNX Runtime shared library could not be found or loaded.
+    #[error("ONNX Runtime unavailable: {reason} (looked at {path}). Fix: {fix}")]
+    RuntimeUnavailable {
+        /// Where we looked.
+        path: String,
+        /// Why it failed.
+        reason: String,
+        /// What to do.
+        fix: String,
+    },
+
+    /// The local model is missing or unusable.
+    #[error("local model unavailable at {}: {reason}. Fix: {fix}", .path.display())]
+    ModelUnavailable {
+        /// The model directory or file.
+        path: PathBuf,
+        /// Why it failed.
+        reason: String,
+        /// What to do.
+        fix: String,
+    },
+
+    /// Local inference failed while running.
+    #[error("local inference failed: {0}")]
+    Inference(String),
+
+    /// The policy sent the request to a tier that is not configured.
+    #[error("{tier} tier is not available: {why}")]
+    TierUnavailable {
+        /// `local` or `cloud`.
+        tier: &'static str,
+        /// Why (not configured, no API key, ...), with the fix.
+        why: String,
+    },
+
+    /// The policy refused this request.
+    #[error("refused by policy rule `{rule}`: {message}")]
+    Refused {
+        /// The rule that refused.
+        rule: String,
+        /// The policy's message for the caller.
+        message: String,
+    },
+
+    /// The cloud provider rejected the credentials (401/403).
+    #[error("cloud authentication failed (HTTP {status}): check the API key in the environment variable named by the policy's [cloud].api_key_env")]
+    Auth {
+        /// HTTP status.
+        status: u16,
+    },
+
+    /// The cloud provider rate-limited us (429) and retries were exhausted.
+    #[error("cloud rate limited (HTTP 429){}; slow down or raise the provider quota", .retry_after.map(|d| format!(", retry after {d:?}")).unwrap_or_default())]
+    RateLimited {
+        /// The provider's `Retry-After`, when given.
+        retry_after: Option<Duration>,
+    },
+
+    /// The provider answered 5xx and retries were exhausted.
+    #[error("cloud server error (HTTP {status}): {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The provider's message (never the prompt).
+        message: String,
+    },
+
+    /// The provider rejected the request as malformed (400/404/422).
+    #[error("cloud rejected the request (HTTP {status}): {message}")]
+    BadRequest {
+        /// HTTP status.
+        status: u16,
+        /// The provider's message.
+        message: String,
+    },
+
+    /// The prompt does not fit the model's context window.
+    #[error("context too long: {0}; shorten the prompt or lower max_tokens")]
+    ContextTooLong(String),
+
+    /// A deadline or timeout expired.
+    #[error("timed out in the {phase} phase after {elapsed:?}")]
+    Timeout {
+        /// Which phase.
+        phase: TimeoutPhase,
+        /// How long we waited.
+        elapsed: Duration,
+    },
+
+    /// The connection failed (refused, reset, DNS).
+    #[error("connection to the cloud failed: {0}; check the network and [cloud].base_url")]
+    Connection(String),
+
+    /// The provider's response could not be understood.
+    #[error("malformed response from the cloud: {0}")]
+    MalformedResponse(String),
+
+    /// A stream ended before its terminator (`[DONE]` / `message_stop`).
+    #[error("stream truncated: {0}; the partial answer was discarded")]
+    TruncatedStream(String),
+
+    /// The circuit breaker is open: the cloud failed repeatedly and is being rested.
+    #[error("cloud circuit breaker is open after repeated failures; retrying in {retry_in:?}")]
+    CircuitOpen {
+        /// Time until the next probe is allowed.
+        retry_in: Duration,
+    },
+
+    /// A call to the cloud was attempted without a clearance (a bug guard; never expected).
+    #[error(
+        "privacy guard: the cloud tier was called without a clearance from the policy decision"
+    )]
+    PrivacyGuard,
+
+    /// The budget for cloud spend is exhausted and the policy says refuse.
+    #[error("cloud budget exhausted ({0}); raise [budget] limits or wait for the next period")]
+    BudgetExhausted(String),
+
+    /// The answer cache or ledger store failed.
+    #[error("storage error at {}: {message}", .path.display())]
+    Storage {
+        /// Database path.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+
+    /// Every attempted backend failed; the attempts are listed in order.
+    #[error("all backends failed: {}", .0.iter().map(|(b, e)| format!("{b}: {e}")).collect::<Vec<_>>().join("; "))]
+    AllFailed(Vec<(String, Error)>),
+
+    /// The request was cancelled by the caller.
+    #[error("cancelled")]
+    Cancelled,
+
+    /// I/O error with context.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// True for timeouts of any phase.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    /// True when the failure is the network or provider being unreachable or unhealthy:
+    /// the situations where falling back to the local tier makes sense.
+    pub fn is_cloud_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::RateLimited { .. }
+                | Error::Server { .. }
+                | Error::Timeout { .. }
+                | Error::Connection(_)
+                | Error::MalformedResponse(_)
+                | Error::TruncatedStream(_)
+                | Error::CircuitOpen { .. }
+                | Error::Auth { .. }
+                | Error::TierUnavailable { .. }
+                | Error::AllFailed(_)
+        )
+    }
+
+    /// True when retrying the same call could succeed (429, 5xx, timeouts, connection resets).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::RateLimited { .. }
+                | Error::Server { .. }
+                | Error::Timeout { .. }
+                | Error::Connection(_)
+        )
+    }
+
+    /// Shorthand for an [`Error::Io`] with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! edgeroute
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod backend;
+pub mod decision;
+pub mod error;
+pub mod policy;
+pub mod privacy;
+pub mod request;
+pub mod signals;
+
+pub use error::{Error, Result};

@@ -1,0 +1,38 @@
+//! The TOML policy language: `raw` (serde) → `compile` (validate, spans) → `eval` (decide).
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// One problem found in a policy file, located by file, line, column and TOML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The policy file (or `<inline>`).
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// TOML path, e.g. `rule[3].when.pii_any`.
+    pub path: String,
+    /// What is wrong, and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Renders diagnostics one per line.
+pub fn render_diagnostics(diags: &[Diagnostic]) -> String {
+    diags
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

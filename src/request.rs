@@ -1,0 +1,400 @@
+//! What an app sends ([`Request`]) and what it gets back ([`Response`]).
+
+use std::fmt;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::decision::Decision;
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the model.
+    System,
+    /// The app's user.
+    User,
+    /// A previous model turn.
+    Assistant,
+}
+
+impl Role {
+    /// The wire name (`system`, `user`, `assistant`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One chat message.
+///
+/// `Debug` never prints the content (prompts stay out of logs); use the field directly.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("role", &self.role)
+            .field("content", &format_args!("<{} bytes>", self.content.len()))
+            .finish()
+    }
+}
+
+impl Message {
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Message {
+            role: Role::System,
+            content: content.into(),
+        }
+    }
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Message {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+    /// An assistant message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+/// Generation parameters. `None` means "the backend's default".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenerationParams {
+    /// Maximum number of new tokens. Default: the policy's `[local].max_new_tokens` / provider default.
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature; `0` or `None` means greedy for the local tier.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass (0, 1].
+    pub top_p: Option<f32>,
+    /// Seed for reproducible sampling.
+    pub seed: Option<u64>,
+}
+
+/// One request to the router.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The conversation, oldest first. The last user message is "the prompt".
+    pub messages: Vec<Message>,
+    /// Generation parameters.
+    pub params: GenerationParams,
+    /// How long the caller is willing to wait, end to end.
+    pub deadline: Option<Duration>,
+    /// Caller tags (matched by `tags_any` conditions).
+    pub tags: Vec<String>,
+    /// Task name (matched by `task` conditions).
+    pub task: Option<String>,
+}
+
+impl Request {
+    /// A one-turn request with a user prompt.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Request {
+            messages: vec![Message::user(prompt)],
+            ..Request::default()
+        }
+    }
+
+    /// A request from a whole conversation.
+    pub fn from_messages(messages: Vec<Message>) -> Self {
+        Request {
+            messages,
+            ..Request::default()
+        }
+    }
+
+    /// Prepends a system message.
+    pub fn with_system(mut self, content: impl Into<String>) -> Self {
+        self.messages.insert(0, Message::system(content));
+        self
+    }
+
+    /// Adds a caller tag.
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+
+    /// Sets the end-to-end deadline.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Sets the task name.
+    pub fn with_task(mut self, task: impl Into<String>) -> Self {
+        self.task = Some(task.into());
+        self
+    }
+
+    /// Sets the maximum number of new tokens.
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
+        self.params.max_tokens = Some(max_tokens);
+        self
+    }
+
+    /// Sets the sampling temperature.
+    pub fn with_temperature(mut self, temperature: f32) -> Self {
+        self.params.temperature = Some(temperature);
+        self
+    }
+
+    /// Sets the sampling seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.params.seed = Some(seed);
+        self
+    }
+
+    /// The text of the last user message (empty when there is none).
+    pub fn prompt(&self) -> &str {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.content.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// Which tier produced the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// The on-device model.
+    Local,
+    /// The cloud model API.
+    Cloud,
+    /// The answer cache.
+    Cache,
+}
+
+impl Route {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Local => "local",
+            Route::Cloud => "cloud",
+            Route::Cache => "cache",
+        }
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Token counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, rhs: Usage) {
+        self.input_tokens += rhs.input_tokens;
+        self.output_tokens += rhs.output_tokens;
+    }
+}
+
+/// Money spent, in US dollars, decimal-exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cost {
+    /// Amount in USD.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub usd: Decimal,
+    /// True when usage was estimated (the provider did not report it).
+    pub estimated: bool,
+}
+
+impl Cost {
+    /// Zero cost (local and cache answers).
+    pub const ZERO: Cost = Cost {
+        usd: Decimal::ZERO,
+        estimated: false,
+    };
+}
+
+impl std::ops::AddAssign for Cost {
+    fn add_assign(&mut self, rhs: Cost) {
+        self.usd += rhs.usd;
+        self.estimated |= rhs.estimated;
+    }
+}
+
+/// How long each pipeline stage took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Timings {
+    /// PII scan, token estimate, features.
+    pub inspect: Duration,
+    /// Cache lookup.
+    pub cache: Duration,
+    /// Policy decision.
+    pub decide: Duration,
+    /// Running the backend(s).
+    pub execute: Duration,
+    /// Cache write, ledger, stats.
+    pub record: Duration,
+    /// End to end.
+    pub total: Duration,
+}
+
+/// Which statistic of the generated tokens' log-probabilities a cascade compares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfidenceStat {
+    /// Mean log-probability over the first sentence of the reply (best predictor measured).
+    #[default]
+    #[serde(alias = "first_sentence")]
+    FirstSentence,
+    /// Mean log-probability over the whole reply.
+    Mean,
+    /// Minimum log-probability.
+    Min,
+    /// 10th-percentile log-probability.
+    P10,
+}
+
+/// The local model's confidence in its answer, from generated tokens' log-probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Confidence {
+    /// Mean log-probability over the first sentence.
+    pub first_sentence: f32,
+    /// Mean log-probability over all generated tokens.
+    pub mean: f32,
+    /// Minimum log-probability.
+    pub min: f32,
+    /// 10th-percentile log-probability.
+    pub p10: f32,
+    /// Number of generated tokens the statistics cover.
+    pub tokens: u32,
+}
+
+impl Confidence {
+    /// Computes the statistics from per-token log-probabilities and the number of tokens in the
+    /// first sentence. Returns `None` for an empty reply.
+    pub fn from_logprobs(logprobs: &[f32], first_sentence_tokens: usize) -> Option<Self> {
+        if logprobs.is_empty() {
+            return None;
+        }
+        let mean_of = |xs: &[f32]| xs.iter().map(|&x| f64::from(x)).sum::<f64>() / xs.len() as f64;
+        let first = &logprobs[..first_sentence_tokens.clamp(1, logprobs.len())];
+        let mut sorted = logprobs.to_vec();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let p10_index = ((sorted.len() - 1) as f64 * 0.1).floor() as usize;
+        Some(Confidence {
+            first_sentence: mean_of(first) as f32,
+            mean: mean_of(logprobs) as f32,
+            min: sorted[0],
+            p10: sorted[p10_index],
+            tokens: u32::try_from(logprobs.len()).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// The chosen statistic.
+    pub fn get(&self, stat: ConfidenceStat) -> f32 {
+        match stat {
+            ConfidenceStat::FirstSentence => self.first_sentence,
+            ConfidenceStat::Mean => self.mean,
+            ConfidenceStat::Min => self.min,
+            ConfidenceStat::P10 => self.p10,
+        }
+    }
+}
+
+/// One backend attempt made while answering (kept in order, including failures).
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    /// Which tier.
+    pub route: Route,
+    /// Backend name (model id).
+    pub backend: String,
+    /// How long it ran.
+    pub elapsed: Duration,
+    /// Tokens used.
+    pub usage: Usage,
+    /// What it cost.
+    pub cost: Cost,
+    /// Confidence, for local attempts.
+    pub confidence: Option<Confidence>,
+    /// `None` on success, the error message otherwise.
+    pub error: Option<String>,
+}
+
+/// The router's answer.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The answer text.
+    pub text: String,
+    /// What answered.
+    pub route: Route,
+    /// The decision (rule + reasons), including reasons added while executing (fallback, escalation).
+    pub decision: Decision,
+    /// Token usage of the attempt that answered (all attempts: see `attempts`).
+    pub usage: Usage,
+    /// Total cost of all attempts.
+    pub cost: Cost,
+    /// Per-stage timings.
+    pub timings: Timings,
+    /// The local model's confidence, when it ran.
+    pub confidence: Option<Confidence>,
+    /// Every backend attempt, in order.
+    pub attempts: Vec<Attempt>,
+    /// True when served from the answer cache.
+    pub cached: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confidence_statistics() {
+        let lp = [-0.1, -0.2, -3.0, -0.5, -0.2];
+        let c = Confidence::from_logprobs(&lp, 2).unwrap();
+        assert!((c.first_sentence - -0.15).abs() < 1e-6);
+        assert!((c.mean - -0.8).abs() < 1e-6);
+        assert_eq!(c.min, -3.0);
+        assert_eq!(c.p10, -3.0);
+        assert_eq!(c.tokens, 5);
+        assert_eq!(c.get(ConfidenceStat::Mean), c.mean);
+        assert!(Confidence::from_logprobs(&[], 0).is_none());
+    }
+
+    #[test]
+    fn message_debug_hides_content() {
+        let m = Message::user("my secret diagnosis");
+        assert!(!format!("{m:?}").contains("secret"));
+    }
+
+    #[test]
+    fn prompt_is_last_user_message() {
+        let r = Request::from_messages(vec![
+            Message::user("first"),
+            Message::assistant("a"),
+            Message::user("second"),
+        ]);
+        assert_eq!(r.prompt(), "second");
+    }
+}

@@ -1,0 +1,91 @@
+//! The live state `decide()` reads: connectivity, cloud health, budget left, latency estimates.
+//!
+//! `Signals` is a plain value: the router snapshots it once per request, so the decision stays a
+//! pure function and `explain` can be given any signals to play "what if".
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// Network state as last observed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The cloud was reachable (or nothing says otherwise).
+    #[default]
+    Online,
+    /// The last connection attempt was refused or DNS failed.
+    Offline,
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Network::Online => "online",
+            Network::Offline => "offline",
+        })
+    }
+}
+
+/// Cloud health, from the circuit breaker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudHealth {
+    /// Breaker closed.
+    #[default]
+    Healthy,
+    /// Breaker half-open (probing) or recent failures.
+    Degraded,
+    /// Breaker open.
+    Down,
+}
+
+impl fmt::Display for CloudHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CloudHealth::Healthy => "healthy",
+            CloudHealth::Degraded => "degraded",
+            CloudHealth::Down => "down",
+        })
+    }
+}
+
+/// Latency estimates per tier, in milliseconds (`None` until observed or configured).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyEstimates {
+    /// Expected local latency for this request (scaled by prompt/output length).
+    pub local_ms: Option<u64>,
+    /// Expected cloud latency.
+    pub cloud_ms: Option<u64>,
+}
+
+/// Live state at decision time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signals {
+    /// Connectivity.
+    pub network: Network,
+    /// Cloud breaker state.
+    pub cloud_health: CloudHealth,
+    /// Remaining cloud budget in USD (`None` = no budget configured).
+    pub budget_left_usd: Option<Decimal>,
+    /// Whether a cloud tier is configured and has credentials.
+    pub cloud_available: bool,
+    /// Whether a local tier is configured.
+    pub local_available: bool,
+    /// Latency estimates.
+    pub latency: LatencyEstimates,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals {
+            network: Network::Online,
+            cloud_health: CloudHealth::Healthy,
+            budget_left_usd: None,
+            cloud_available: true,
+            local_available: true,
+            latency: LatencyEstimates::default(),
+        }
+    }
+}
