@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod decision;
 pub mod error;
+pub mod home;
 pub mod policy;
 pub mod privacy;
 pub mod request;

@@ -14,6 +14,7 @@ use futures::{Stream, StreamExt};
 use crate::decision::CloudClearance;
 use crate::error::{Error, Result};
 use crate::request::{Confidence, GenerationParams, Message, Usage};
+use crate::signals::{CloudHealth, Network};
 
 #[cfg(feature = "cloud")]
 pub mod cloud;
@@ -114,6 +115,16 @@ pub trait Backend: Send + Sync {
     fn availability(&self) -> std::result::Result<(), String> {
         Ok(())
     }
+
+    /// Health as the backend's circuit breaker sees it. Default: healthy.
+    fn health(&self) -> CloudHealth {
+        CloudHealth::Healthy
+    }
+
+    /// Connectivity as last observed by the backend. Default: online.
+    fn network(&self) -> Network {
+        Network::Online
+    }
 }
 
 /// The router's local slot.
@@ -160,6 +171,14 @@ impl CloudTier {
     /// See [`Backend::availability`].
     pub fn availability(&self) -> std::result::Result<(), String> {
         self.0.availability()
+    }
+    /// The backend's breaker state.
+    pub fn health(&self) -> CloudHealth {
+        self.0.health()
+    }
+    /// The backend's view of connectivity.
+    pub fn network(&self) -> Network {
+        self.0.network()
     }
     /// Streams a cloud generation, with the decision's clearance.
     pub async fn stream(

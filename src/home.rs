@@ -1,0 +1,56 @@
+//! The edgeroute home: where the runtime, models, cache and keys live.
+//!
+//! Resolution order: explicit path (builder / `--home`) → `EDGEROUTE_HOME` → the user's data
+//! directory (`~/.local/share/edgeroute` on Linux) → `./.edgeroute`.
+//!
+//! Layout:
+//! ```text
+//! <home>/runtime/libonnxruntime.so.*      ONNX Runtime shared library (from the PyPI wheel)
+//! <home>/models/<model-name>/             model.onnx (+ .data), tokenizer.json, edgeroute-model.json
+//! <home>/db/                              sled database (answer cache, cost ledger)
+//! <home>/cache.key                        answer-cache encryption key (mode 0600)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// The environment variable that overrides the home directory.
+pub const HOME_ENV: &str = "EDGEROUTE_HOME";
+
+/// The default local model's directory name under `<home>/models/`.
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+
+/// The command that installs the runtime and model, named in every "missing" error.
+pub const SETUP_COMMAND: &str = "python3 scripts/setup.py";
+
+/// Resolves the home directory (does not create it).
+pub fn resolve(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    dirs::data_dir()
+        .map(|d| d.join("edgeroute"))
+        .unwrap_or_else(|| PathBuf::from(".edgeroute"))
+}
+
+/// `<home>/runtime`.
+pub fn runtime_dir(home: &Path) -> PathBuf {
+    home.join("runtime")
+}
+
+/// `<home>/models/<name>`.
+pub fn model_dir(home: &Path, name: &str) -> PathBuf {
+    home.join("models").join(name)
+}
+
+/// `<home>/db`.
+pub fn db_dir(home: &Path) -> PathBuf {
+    home.join("db")
+}
+
+/// `<home>/cache.key`.
+pub fn cache_key_file(home: &Path) -> PathBuf {
+    home.join("cache.key")
+}
