@@ -5,6 +5,7 @@ pub mod backend;
 pub mod decision;
 pub mod error;
 pub mod home;
+pub mod inspect;
 pub mod policy;
 pub mod privacy;
 pub mod request;
