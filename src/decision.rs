@@ -361,6 +361,11 @@ impl Decision {
         }
     }
 
+    /// The decision recorded for an answer served from the cache: nothing left the device.
+    pub(crate) fn cache_hit() -> Self {
+        Decision::new("cache", Plan::Local { pin: true }, vec![Reason::CacheHit])
+    }
+
     /// The clearance to call the cloud, if this decision allows it.
     pub fn cloud_clearance(&self) -> Option<&CloudClearance> {
         self.clearance.as_ref()

@@ -103,3 +103,61 @@ impl Scanner {
             .collect()
     }
 }
+
+/// Maps placeholders back to the original values (temporary stub until redaction lands).
+#[derive(Debug, Clone, Default)]
+pub struct Rehydrator {
+    pairs: Vec<(String, String)>,
+}
+
+impl Rehydrator {
+    /// Number of placeholders.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+    /// True when nothing was redacted.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+    /// Replaces placeholders in a whole text.
+    pub fn rehydrate(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (p, v) in &self.pairs {
+            out = out.replace(p, v);
+        }
+        out
+    }
+    /// Streaming: feed a chunk, get what is safe to emit.
+    pub fn push(&mut self, chunk: &str) -> String {
+        self.rehydrate(chunk)
+    }
+    /// Streaming: flush.
+    pub fn finish(&mut self) -> String {
+        String::new()
+    }
+}
+
+/// Replaces PII spans in messages with placeholders.
+pub fn redact_messages(
+    messages: &[crate::request::Message],
+    scanner: &Scanner,
+) -> (Vec<crate::request::Message>, Rehydrator) {
+    let mut r = Rehydrator::default();
+    let out = messages
+        .iter()
+        .map(|m| {
+            let mut content = m.content.clone();
+            for s in scanner.scan(&m.content).iter().rev() {
+                let value = m.content[s.start..s.end].to_string();
+                let p = format!("<{}_{}>", s.kind.to_uppercase(), r.pairs.len() + 1);
+                content.replace_range(s.start..s.end, &p);
+                r.pairs.push((p, value));
+            }
+            crate::request::Message {
+                role: m.role,
+                content,
+            }
+        })
+        .collect();
+    (out, r)
+}
