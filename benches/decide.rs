@@ -25,7 +25,13 @@ fn bench(c: &mut Criterion) {
     let features = inspect(&policy, &request);
 
     c.bench_function("decide (default policy, 1 KB prompt)", |b| {
-        b.iter(|| decide(black_box(&policy), black_box(&features), black_box(&signals)))
+        b.iter(|| {
+            decide(
+                black_box(&policy),
+                black_box(&features),
+                black_box(&signals),
+            )
+        })
     });
     c.bench_function("inspect + decide (default policy, 1 KB prompt)", |b| {
         b.iter(|| {

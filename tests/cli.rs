@@ -62,10 +62,18 @@ fn policy_check_accepts_shipped_policies() {
 #[test]
 fn policy_check_rejects_invalid_with_location() {
     let f = fixture("misspelled_condition.toml");
-    let o = run(&["policy", "check", "policies/default.toml", f.to_str().unwrap()]);
+    let o = run(&[
+        "policy",
+        "check",
+        "policies/default.toml",
+        f.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    let expected = format!("{}:7:1: rule[0].when.pii_anyy: unknown field `pii_anyy`", f.display());
+    let expected = format!(
+        "{}:7:1: rule[0].when.pii_anyy: unknown field `pii_anyy`",
+        f.display()
+    );
     assert!(err.contains(&expected), "{err}");
     assert!(err.contains("did you mean `pii_any`?"), "{err}");
 }
@@ -120,7 +128,14 @@ fn explain_json_names_rule_and_reasons() {
 
 #[test]
 fn explain_offline_flag_and_tags() {
-    let args = ["explain", "--json", "--policy", "policies/default.toml", "--tag", "hard"];
+    let args = [
+        "explain",
+        "--json",
+        "--policy",
+        "policies/default.toml",
+        "--tag",
+        "hard",
+    ];
     // No API key in the environment: the cloud tier is unavailable, so cloud rules turn local.
     let o = run(&[&args[..], &["Prove Fermat's little theorem"]].concat());
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -172,7 +187,11 @@ fn explain_rejects_empty_prompt_and_bad_policy() {
     let f = fixture("unknown_route.toml");
     let o = run(&["explain", "--policy", f.to_str().unwrap(), "hi"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("unknown route `clod` (did you mean `cloud`?)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown route `clod` (did you mean `cloud`?)"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -183,8 +202,15 @@ fn pii_scan_json_uses_byte_offsets() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let span = &v["spans"][0];
     assert_eq!(span["kind"], "email");
-    let (start, end) = (span["start"].as_u64().unwrap() as usize, span["end"].as_u64().unwrap() as usize);
-    assert!(text[start..end].ends_with("@example.com"), "{}", &text[start..end]);
+    let (start, end) = (
+        span["start"].as_u64().unwrap() as usize,
+        span["end"].as_u64().unwrap() as usize,
+    );
+    assert!(
+        text[start..end].ends_with("@example.com"),
+        "{}",
+        &text[start..end]
+    );
 }
 
 #[test]

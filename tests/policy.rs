@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use edgeroute::decision::{Plan, Reason};
 use edgeroute::inspect::inspect;
-use edgeroute::policy::{compile_file, compile_str, decide, render_diagnostics, run_cases, CompiledPolicy};
+use edgeroute::policy::{
+    compile_file, compile_str, decide, render_diagnostics, run_cases, CompiledPolicy,
+};
 use edgeroute::request::{ConfidenceStat, Request};
 use edgeroute::signals::{CloudHealth, LatencyEstimates, Network, Signals};
 use proptest::prelude::*;
@@ -15,8 +17,11 @@ use rust_decimal::Decimal;
 const CLOUD: &str = "[cloud]\nmodel = \"m\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n";
 
 fn policy(body: &str) -> CompiledPolicy {
-    let src = format!("{CLOUD}\n[[privacy.pattern]]\nkind = \"badge\"\nregex = \"BADGE-[0-9]{{4}}\"\n\n{body}");
-    compile_str(&src, Path::new("inline.toml")).unwrap_or_else(|d| panic!("{}", render_diagnostics(&d)))
+    let src = format!(
+        "{CLOUD}\n[[privacy.pattern]]\nkind = \"badge\"\nregex = \"BADGE-[0-9]{{4}}\"\n\n{body}"
+    );
+    compile_str(&src, Path::new("inline.toml"))
+        .unwrap_or_else(|d| panic!("{}", render_diagnostics(&d)))
 }
 
 fn signals() -> Signals {
@@ -53,7 +58,12 @@ fn pii_conditions() {
     let p = one_rule("pii_any = [\"badge\", \"phone\"]");
     assert!(fires(&p, &badge, &s) && !fires(&p, &email, &s));
     let (_, _, reasons) = run(&p, &both, &s);
-    assert_eq!(reasons, vec![Reason::PiiFound { kinds: vec!["badge".into()] }]);
+    assert_eq!(
+        reasons,
+        vec![Reason::PiiFound {
+            kinds: vec!["badge".into()]
+        }]
+    );
 
     let p = one_rule("pii_all = [\"email\", \"badge\"]");
     assert!(fires(&p, &both, &s) && !fires(&p, &email, &s) && !fires(&p, &badge, &s));
@@ -92,14 +102,20 @@ fn deadline_and_latency_conditions() {
     assert!(fires(&p, &tight, &s) && !fires(&p, &loose, &s) && !fires(&p, &none, &s));
     assert_eq!(
         run(&p, &tight, &s).2,
-        vec![Reason::DeadlineTooTight { deadline_ms: 200, threshold_ms: 1000 }]
+        vec![Reason::DeadlineTooTight {
+            deadline_ms: 200,
+            threshold_ms: 1000
+        }]
     );
 
     let p = one_rule("local_too_slow = true");
     assert!(fires(&p, &tight, &s) && !fires(&p, &loose, &s) && !fires(&p, &none, &s));
     assert_eq!(
         run(&p, &tight, &s).2,
-        vec![Reason::LocalTooSlow { estimate_ms: 500, deadline_ms: 200 }]
+        vec![Reason::LocalTooSlow {
+            estimate_ms: 500,
+            deadline_ms: 200
+        }]
     );
     let p = one_rule("local_too_slow = false");
     assert!(!fires(&p, &tight, &s) && fires(&p, &loose, &s) && fires(&p, &none, &s));
@@ -120,11 +136,15 @@ fn budget_network_health_conditions() {
     assert!(fires(&p, &req, &low) && !fires(&p, &req, &high) && !fires(&p, &req, &signals()));
     assert_eq!(
         run(&p, &req, &low).2,
-        vec![Reason::BudgetLow { left_usd: Decimal::new(25, 2), threshold_usd: Decimal::new(50, 2) }]
+        vec![Reason::BudgetLow {
+            left_usd: Decimal::new(25, 2),
+            threshold_usd: Decimal::new(50, 2)
+        }]
     );
 
     // A local rule so the cloud gate does not interfere with what we observe.
-    let net = policy("[[rule]]\nname = \"r\"\nroute = \"local\"\n[rule.when]\nnetwork = \"offline\"\n");
+    let net =
+        policy("[[rule]]\nname = \"r\"\nroute = \"local\"\n[rule.when]\nnetwork = \"offline\"\n");
     let offline = Signals {
         network: Network::Offline,
         ..signals()
@@ -133,14 +153,20 @@ fn budget_network_health_conditions() {
     assert_eq!(run(&net, &req, &offline).2, vec![Reason::Offline]);
 
     let health = policy("[[rule]]\nname = \"r\"\nroute = \"local\"\n[rule.when]\ncloud_health = [\"degraded\", \"down\"]\n");
-    for (h, expect) in [(CloudHealth::Healthy, false), (CloudHealth::Degraded, true), (CloudHealth::Down, true)] {
+    for (h, expect) in [
+        (CloudHealth::Healthy, false),
+        (CloudHealth::Degraded, true),
+        (CloudHealth::Down, true),
+    ] {
         let s = Signals {
             cloud_health: h,
             ..signals()
         };
         assert_eq!(fires(&health, &req, &s), expect, "{h}");
     }
-    let single = policy("[[rule]]\nname = \"r\"\nroute = \"local\"\n[rule.when]\ncloud_health = \"healthy\"\n");
+    let single = policy(
+        "[[rule]]\nname = \"r\"\nroute = \"local\"\n[rule.when]\ncloud_health = \"healthy\"\n",
+    );
     assert!(fires(&single, &req, &signals()));
 }
 
@@ -148,11 +174,17 @@ fn budget_network_health_conditions() {
 fn tag_and_task_conditions() {
     let s = signals();
     let p = one_rule("tags_any = [\"hard\", \"urgent\"]");
-    assert!(fires(&p, &Request::new("q").with_tag("x").with_tag("urgent"), &s));
+    assert!(fires(
+        &p,
+        &Request::new("q").with_tag("x").with_tag("urgent"),
+        &s
+    ));
     assert!(!fires(&p, &Request::new("q").with_tag("x"), &s));
     assert_eq!(
         run(&p, &Request::new("q").with_tag("urgent"), &s).2,
-        vec![Reason::TagMatched { tag: "urgent".into() }]
+        vec![Reason::TagMatched {
+            tag: "urgent".into()
+        }]
     );
     let p = one_rule("task = [\"summarise\", \"translate\"]");
     assert!(fires(&p, &Request::new("q").with_task("translate"), &s));
@@ -166,7 +198,11 @@ fn all_conditions_must_hold() {
     let s = signals();
     assert!(fires(&p, &Request::new("short").with_tag("hard"), &s));
     assert!(!fires(&p, &Request::new("short"), &s));
-    assert!(!fires(&p, &Request::new("ann@example.com").with_tag("hard"), &s));
+    assert!(!fires(
+        &p,
+        &Request::new("ann@example.com").with_tag("hard"),
+        &s
+    ));
     let (_, _, reasons) = run(&p, &Request::new("short").with_tag("hard"), &s);
     assert_eq!(reasons.len(), 3, "one reason per condition: {reasons:?}");
 }
@@ -196,11 +232,21 @@ fn plans_carry_their_options() {
     let d = decide(&p, &inspect(&p, &Request::new("q").with_tag("c")), &s);
     assert_eq!(
         d.plan,
-        Plan::Cascade { min_confidence: -0.7, statistic: ConfidenceStat::P10, redact: true }
+        Plan::Cascade {
+            min_confidence: -0.7,
+            statistic: ConfidenceStat::P10,
+            redact: true
+        }
     );
     assert!(d.cloud_clearance().is_some_and(|c| c.must_redact()));
     let d = decide(&p, &inspect(&p, &Request::new("q").with_tag("h")), &s);
-    assert_eq!(d.plan, Plan::Hedge { after: Duration::from_millis(120), redact: false });
+    assert_eq!(
+        d.plan,
+        Plan::Hedge {
+            after: Duration::from_millis(120),
+            redact: false
+        }
+    );
 }
 
 #[test]
@@ -212,14 +258,30 @@ fn cloud_gate_turns_cloud_plans_local_unless_pinned() {
     );
     let req = Request::new("q");
     let cases = [
-        (Signals { network: Network::Offline, ..signals() }, Reason::Offline),
         (
-            Signals { cloud_health: CloudHealth::Down, ..signals() },
-            Reason::CloudUnhealthy { health: CloudHealth::Down },
+            Signals {
+                network: Network::Offline,
+                ..signals()
+            },
+            Reason::Offline,
         ),
         (
-            Signals { budget_left_usd: Some(Decimal::ZERO), ..signals() },
-            Reason::BudgetExhausted { action: "local".into() },
+            Signals {
+                cloud_health: CloudHealth::Down,
+                ..signals()
+            },
+            Reason::CloudUnhealthy {
+                health: CloudHealth::Down,
+            },
+        ),
+        (
+            Signals {
+                budget_left_usd: Some(Decimal::ZERO),
+                ..signals()
+            },
+            Reason::BudgetExhausted {
+                action: "local".into(),
+            },
         ),
     ];
     for (s, reason) in &cases {
@@ -228,9 +290,15 @@ fn cloud_gate_turns_cloud_plans_local_unless_pinned() {
         assert!(d.cloud_clearance().is_none());
         assert!(d.reasons.contains(reason), "{:?}", d.reasons);
     }
-    let unavailable = Signals { cloud_available: false, ..signals() };
+    let unavailable = Signals {
+        cloud_available: false,
+        ..signals()
+    };
     let d = decide(&p, &inspect(&p, &req), &unavailable);
-    assert!(matches!(d.reasons.last(), Some(Reason::CloudUnavailable { .. })));
+    assert!(matches!(
+        d.reasons.last(),
+        Some(Reason::CloudUnavailable { .. })
+    ));
     assert_eq!(d.route(), "local");
 
     // Pinned cloud: offline keeps the plan (it will fail), an exhausted budget refuses.
@@ -243,11 +311,18 @@ fn cloud_gate_turns_cloud_plans_local_unless_pinned() {
 
 #[test]
 fn refuse_on_exhausted_budget() {
-    let p = policy("[budget]\ndaily_usd = 1\non_exhausted = \"refuse\"\n[defaults]\nroute = \"cloud\"\n");
-    let s = Signals { budget_left_usd: Some(Decimal::new(-1, 2)), ..signals() };
+    let p = policy(
+        "[budget]\ndaily_usd = 1\non_exhausted = \"refuse\"\n[defaults]\nroute = \"cloud\"\n",
+    );
+    let s = Signals {
+        budget_left_usd: Some(Decimal::new(-1, 2)),
+        ..signals()
+    };
     let d = decide(&p, &inspect(&p, &Request::new("q")), &s);
     assert_eq!(d.route(), "refuse");
-    assert!(d.reasons.contains(&Reason::BudgetExhausted { action: "refuse".into() }));
+    assert!(d.reasons.contains(&Reason::BudgetExhausted {
+        action: "refuse".into()
+    }));
 }
 
 #[test]
@@ -276,8 +351,15 @@ fn invalid_policies_report_file_line_column_path_and_fix() {
     assert!(files.len() >= 15, "fixtures missing: {}", files.len());
     for f in files {
         let src = std::fs::read_to_string(&f).unwrap();
-        let expected: Vec<&str> = src.lines().filter_map(|l| l.strip_prefix("# expect: ")).collect();
-        assert!(!expected.is_empty(), "{} has no `# expect:` line", f.display());
+        let expected: Vec<&str> = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
+        assert!(
+            !expected.is_empty(),
+            "{} has no `# expect:` line",
+            f.display()
+        );
         let diags = match compile_file(&f) {
             Ok(_) => panic!("{} compiled but should not", f.display()),
             Err(d) => d,
@@ -285,7 +367,11 @@ fn invalid_policies_report_file_line_column_path_and_fix() {
         let text = render_diagnostics(&diags);
         assert!(text.starts_with(&f.display().to_string()), "{text}");
         for e in expected {
-            assert!(text.contains(e), "{}:\n  expected fragment: {e}\n  got: {text}", f.display());
+            assert!(
+                text.contains(e),
+                "{}:\n  expected fragment: {e}\n  got: {text}",
+                f.display()
+            );
         }
     }
 }
@@ -300,7 +386,13 @@ fn all_errors_are_reported_at_once() {
 #[test]
 fn shipped_policies_compile_and_pass_their_tests() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    for name in ["default", "privacy-first", "cost-saver", "latency-first", "offline-only"] {
+    for name in [
+        "default",
+        "privacy-first",
+        "cost-saver",
+        "latency-first",
+        "offline-only",
+    ] {
         let path = dir.join(format!("{name}.toml"));
         let p = compile_file(&path).unwrap_or_else(|d| panic!("{}", render_diagnostics(&d)));
         assert!(p.tests.len() >= 5, "{name} has {} tests", p.tests.len());
@@ -335,10 +427,16 @@ fn shipped() -> &'static [CompiledPolicy] {
     static POLICIES: std::sync::OnceLock<Vec<CompiledPolicy>> = std::sync::OnceLock::new();
     POLICIES.get_or_init(|| {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-        ["default", "privacy-first", "cost-saver", "latency-first", "offline-only"]
-            .iter()
-            .map(|name| compile_file(&dir.join(format!("{name}.toml"))).unwrap())
-            .collect()
+        [
+            "default",
+            "privacy-first",
+            "cost-saver",
+            "latency-first",
+            "offline-only",
+        ]
+        .iter()
+        .map(|name| compile_file(&dir.join(format!("{name}.toml"))).unwrap())
+        .collect()
     })
 }
 
@@ -353,12 +451,23 @@ fn arb_signals() -> impl Strategy<Value = Signals> {
         proptest::option::of(0u64..100_000),
     )
         .prop_map(|(off, h, budget, cloud, local, lms, cms)| Signals {
-            network: if off { Network::Offline } else { Network::Online },
-            cloud_health: [CloudHealth::Healthy, CloudHealth::Degraded, CloudHealth::Down][h as usize],
+            network: if off {
+                Network::Offline
+            } else {
+                Network::Online
+            },
+            cloud_health: [
+                CloudHealth::Healthy,
+                CloudHealth::Degraded,
+                CloudHealth::Down,
+            ][h as usize],
             budget_left_usd: budget.map(|c| Decimal::new(c, 2)),
             cloud_available: cloud,
             local_available: local,
-            latency: LatencyEstimates { local_ms: lms, cloud_ms: cms },
+            latency: LatencyEstimates {
+                local_ms: lms,
+                cloud_ms: cms,
+            },
         })
 }
 
@@ -371,7 +480,11 @@ fn arb_request() -> impl Strategy<Value = Request> {
         any::<bool>(),
     )
         .prop_map(|(prompt, tags, deadline, task, with_email)| {
-            let prompt = if with_email { format!("{prompt} contact me: someone@example.org") } else { prompt };
+            let prompt = if with_email {
+                format!("{prompt} contact me: someone@example.org")
+            } else {
+                prompt
+            };
             let mut r = Request::new(prompt);
             r.tags = tags;
             r.deadline = deadline.map(Duration::from_millis);
