@@ -80,7 +80,9 @@ impl Detectors {
             email: re(
                 r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?){0,8}\.[A-Za-z]{2,24}",
             )?,
-            url_credentials: re(r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{1,128}:([^\s:/@]{1,256})@")?,
+            url_credentials: re(
+                r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{1,128}:([^\s:/@]{1,256})@",
+            )?,
             card: re(r"(?-u:\b)\d(?:[ \-]?\d){12,18}(?-u:\b)")?,
             iban: re(r"(?-u:\b)[A-Z]{2}\d{2}(?: ?[A-Z0-9]){10,32}")?,
             ssn: re(r"(?-u:\b)\d{3}[ \-]\d{2}[ \-]\d{4}(?-u:\b)")?,
@@ -108,7 +110,8 @@ impl Detectors {
                 r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----(?s:.)*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY-----",
             )?,
             assigned: re(concat!(
-                r"(?i)(?:password|passwd|passphrase|pwd|secret|token|api[_\-]?key|access[_\-]?key",
+                r"(?i)(?:password|passwd|passphrase|pwd|passwort|kennwort|mot de passe|contrase[ñn]a|senha",
+                r"|secret|token|api[_\-]?key|access[_\-]?key",
                 r"|auth[_\-]?key|private[_\-]?key|credentials?)",
                 r#"[a-z0-9_.\-]{0,30}["']?[ \t]{0,4}(?:=>|:=|=|:|[ \t]{1,4}is[ \t]{1,4})[ \t]{0,4}["'`]?"#,
                 r#"([^\s"'`,;]{1,200})"#,
@@ -259,9 +262,19 @@ impl Detectors {
         let b = text.as_bytes();
         retrying(&self.card, text, |s, e| {
             let groups = digit_groups(b, s, e);
-            let j = (1..=groups.len())
-                .rev()
-                .find(|&j| card_ok(b, &groups[..j]))?;
+            // Digits after the card only split off when they are another field, such as an
+            // expiry date (`4111 1111 1111 1111 12/25`); `-041` continues the same number.
+            if !clean_before(b, s, true) {
+                return None;
+            }
+            let j = (1..=groups.len()).rev().find(|&j| {
+                let split_ok = if j == groups.len() {
+                    clean_after(b, groups[j - 1].1, true)
+                } else {
+                    b[groups[j - 1].1] == b' ' && b.get(groups[j].1) == Some(&b'/')
+                };
+                split_ok && card_ok(b, &groups[..j])
+            })?;
             let end = groups[j - 1].1;
             out.push(Found {
                 start: s,
@@ -413,7 +426,8 @@ impl Detectors {
             }
             // An unbroken run of digits needs a label nearby to be called a phone number.
             let unbroken = b[s..end].iter().all(u8::is_ascii_digit);
-            if unbroken && context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) != Some(true) {
+            let labelled = context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) == Some(true);
+            if unbroken && (!labelled || end - s > 11) {
                 return None;
             }
             push(s, end, 0.8);
@@ -421,7 +435,8 @@ impl Detectors {
         });
         for m in self.phone_bare.find_iter(text) {
             let (s, e) = (m.start(), m.end());
-            if !isolated(b, s, e, true) || context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) != Some(true)
+            if !isolated(b, s, e, true)
+                || context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) != Some(true)
             {
                 continue;
             }
@@ -432,7 +447,14 @@ impl Detectors {
 
 const SSN_WORDS: &[&[u8]] = &[b"ssn", b"social security", b"ss#", b"ss no", b"taxpayer id"];
 const VERSION_WORDS: &[&[u8]] = &[
-    b"version", b"ver ", b"ver.", b"release", b"build", b"firmware", b"sdk", b"v.",
+    b"version",
+    b"ver ",
+    b"ver.",
+    b"release",
+    b"build",
+    b"firmware",
+    b"sdk",
+    b"v.",
 ];
 const PHONE_WORDS: &[&[u8]] = &[
     b"phone",
@@ -457,6 +479,15 @@ const PHONE_WORDS: &[&[u8]] = &[
     b"mob",
 ];
 const NOT_PHONE_WORDS: &[&[u8]] = &[
+    b"tracking number",
+    b"order number",
+    b"case number",
+    b"account number",
+    b"reference number",
+    b"serial number",
+    b"invoice number",
+    b"customer number",
+    b"part number",
     b"order",
     b"invoice",
     b"ticket",
@@ -533,7 +564,7 @@ fn clean_before(b: &[u8], s: usize, space_joins: bool) -> bool {
     if is_word(c) {
         return false;
     }
-    if matches!(c, b'-' | b'.' | b'/' | b'_' | b'+' | b'=') && is_word(p) || c == b'#' {
+    if matches!(c, b'-' | b'.' | b'/' | b'_' | b'+') && is_word(p) || c == b'#' {
         return false;
     }
     if matches!(c, b',' | b':') && p.is_ascii_digit() {
@@ -562,11 +593,17 @@ fn context(b: &[u8], s: usize, window: usize, pos: &[&[u8]], neg: &[&[u8]]) -> O
     let lo = s.saturating_sub(window);
     let hay: Vec<u8> = b[lo..s].iter().map(u8::to_ascii_lowercase).collect();
     let last = |words: &[&[u8]]| {
+        // A label counts only at the start of a word ("server" does not contain "ver ").
         words
             .iter()
             .filter_map(|w| {
-                hay.windows(w.len())
-                    .rposition(|x| x == *w)
+                (0..hay.len().saturating_sub(w.len() - 1))
+                    .rev()
+                    .find(|&p| {
+                        hay[p..].starts_with(w)
+                            && (p == 0 && lo == 0
+                                || !is_word(if p == 0 { b[lo - 1] } else { hay[p - 1] }))
+                    })
                     .map(|p| p + w.len())
             })
             .max()
@@ -721,8 +758,12 @@ fn national_phone_ok(t: &[u8]) -> bool {
     // A `/` only separates the area code (`030/1234567`).
     let slash = t.iter().position(|&c| c == b'/');
     match slash {
-        Some(p) => t[..p].iter().all(|c| c.is_ascii_digit() || *c == b'(' || *c == b')')
-            && !t[p + 1..].contains(&b'/'),
+        Some(p) => {
+            t[..p]
+                .iter()
+                .all(|c| c.is_ascii_digit() || *c == b'(' || *c == b')')
+                && !t[p + 1..].contains(&b'/')
+        }
         None => true,
     }
 }

@@ -121,7 +121,11 @@ impl fmt::Debug for Scanner {
             .zip(self.inner.enabled)
             .filter(|(_, on)| *on)
             .map(|(k, _)| *k)
-            .chain(self.inner.kinds[BUILTIN_KINDS.len()..].iter().map(String::as_str))
+            .chain(
+                self.inner.kinds[BUILTIN_KINDS.len()..]
+                    .iter()
+                    .map(String::as_str),
+            )
             .collect();
         f.debug_struct("Scanner").field("kinds", &enabled).finish()
     }
@@ -264,8 +268,8 @@ fn resolve(mut found: Vec<Found>) -> Vec<Found> {
     for f in found {
         let before = kept.range(..=f.start).next_back();
         let after = kept.range(f.start..).next();
-        let clash = before.is_some_and(|(_, k)| k.end > f.start)
-            || after.is_some_and(|(&s, _)| s < f.end);
+        let clash =
+            before.is_some_and(|(_, k)| k.end > f.start) || after.is_some_and(|(&s, _)| s < f.end);
         if !clash {
             kept.insert(f.start, f);
         }

@@ -68,7 +68,8 @@ impl Redactor {
         let mut out = String::with_capacity(text.len());
         let mut last = 0;
         for span in spans {
-            let (Some(value), Some(gap)) = (text.get(span.start..span.end), text.get(last..span.start))
+            let (Some(value), Some(gap)) =
+                (text.get(span.start..span.end), text.get(last..span.start))
             else {
                 continue;
             };

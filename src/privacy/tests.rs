@@ -31,7 +31,11 @@ fn none(text: &str) {
 
 #[test]
 fn emails() {
-    one("écrivez à jöhn <john.doe+tag@mail.example.co.uk>.", "email", "john.doe+tag@mail.example.co.uk");
+    one(
+        "écrivez à jöhn <john.doe+tag@mail.example.co.uk>.",
+        "email",
+        "john.doe+tag@mail.example.co.uk",
+    );
     one("mailto:ops@corp.io", "email", "ops@corp.io");
     none("ping me @here or at user@localhost");
 }
@@ -74,16 +78,32 @@ fn phones_not_fooled() {
 fn phone_digits_inside_iban_or_card_are_not_phones() {
     none("IBAN DE89 3704 0044 0532 0130 01 (typo)");
     none("card 4111 1111 1111 1112 declined");
-    one("IBAN DE89 3704 0044 0532 0130 00", "iban", "DE89 3704 0044 0532 0130 00");
+    one(
+        "IBAN DE89 3704 0044 0532 0130 00",
+        "iban",
+        "DE89 3704 0044 0532 0130 00",
+    );
 }
 
 #[test]
 fn credit_cards() {
-    one("Visa 4111 1111 1111 1111 exp 12/27", "credit_card", "4111 1111 1111 1111");
-    one("mc: 5555-5555-5555-4444", "credit_card", "5555-5555-5555-4444");
+    one(
+        "Visa 4111 1111 1111 1111 exp 12/27",
+        "credit_card",
+        "4111 1111 1111 1111",
+    );
+    one(
+        "mc: 5555-5555-5555-4444",
+        "credit_card",
+        "5555-5555-5555-4444",
+    );
     one("mc2 2221000000000009.", "credit_card", "2221000000000009");
     one("amex 3782 822463 10005", "credit_card", "3782 822463 10005");
-    one("card 4111 1111 1111 1111 12/25", "credit_card", "4111 1111 1111 1111");
+    one(
+        "card 4111 1111 1111 1111 12/25",
+        "credit_card",
+        "4111 1111 1111 1111",
+    );
     none("not a card 4111 1111 1111 1112");
     none("luhn-valid but no issuer 1234 5678 1234 5670");
     none("mixed separators 4111-1111 1111-1111");
@@ -91,8 +111,16 @@ fn credit_cards() {
 
 #[test]
 fn ibans() {
-    one("pay to GB82WEST12345698765432 today", "iban", "GB82WEST12345698765432");
-    one("IBAN: FR14 2004 1010 0505 0001 3M02 606 merci", "iban", "FR14 2004 1010 0505 0001 3M02 606");
+    one(
+        "pay to GB82WEST12345698765432 today",
+        "iban",
+        "GB82WEST12345698765432",
+    );
+    one(
+        "IBAN: FR14 2004 1010 0505 0001 3M02 606 merci",
+        "iban",
+        "FR14 2004 1010 0505 0001 3M02 606",
+    );
     one("NL91ABNA0417164300", "iban", "NL91ABNA0417164300");
     none("GB82WEST12345698765431 and DE00 1234 5678 9012 3456 78");
 }
@@ -108,9 +136,17 @@ fn ssns() {
 #[test]
 fn ip_addresses() {
     one("from 10.0.0.254:8080 ok", "ip_address", "10.0.0.254");
-    one("addr 2001:db8::8a2e:370:7334 up", "ip_address", "2001:db8::8a2e:370:7334");
+    one(
+        "addr 2001:db8::8a2e:370:7334 up",
+        "ip_address",
+        "2001:db8::8a2e:370:7334",
+    );
     one("[fe80::1]:443", "ip_address", "fe80::1");
-    one("mapped ::ffff:192.0.2.128 in", "ip_address", "::ffff:192.0.2.128");
+    one(
+        "mapped ::ffff:192.0.2.128 in",
+        "ip_address",
+        "::ffff:192.0.2.128",
+    );
     none("256.1.1.1 and 1.2.3.4.5 and version 1.2.3.4 and std::io::Result at 12:30:45");
 }
 
@@ -127,8 +163,13 @@ fn secrets() {
         one(&format!("key: {s} done"), "secret", s);
     }
     one("DB_PASSWORD=\"Xk9#mP2vL!q7\"\n", "secret", "Xk9#mP2vL!q7");
-    one("my password is Summer2024!z, don't tell", "secret", "Summer2024!z");
-    let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1x\nabc==\n-----END RSA PRIVATE KEY-----";
+    one(
+        "my password is Summer2024!z, don't tell",
+        "secret",
+        "Summer2024!z",
+    );
+    let pem =
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1x\nabc==\n-----END RSA PRIVATE KEY-----";
     one(&format!("key:\n{pem}\nthanks"), "secret", pem);
     none("password: ${DB_PASSWORD} token = process.env.TOKEN max_tokens: 1024");
     none("the sk-learn-pipeline-examples repo; your password is incorrect");
@@ -138,12 +179,22 @@ fn secrets() {
 fn custom_patterns_and_keywords() {
     let cfg = PrivacyConfig {
         kinds: vec!["email".into()],
-        patterns: vec![CustomPattern { kind: "employee_id".into(), regex: r"EMP-\d{6}".into() }],
-        keywords: vec![KeywordList { kind: "project".into(), words: vec!["Bluebird".into(), "Ärger".into()] }],
+        patterns: vec![CustomPattern {
+            kind: "employee_id".into(),
+            regex: r"EMP-\d{6}".into(),
+        }],
+        keywords: vec![KeywordList {
+            kind: "project".into(),
+            words: vec!["Bluebird".into(), "Ärger".into()],
+        }],
     };
     let s = Scanner::new(&cfg).unwrap();
     let text = "EMP-123456 on project bluebird (not bluebirds) mail a@b.co, 415-555-0132";
-    let got: Vec<_> = s.scan(text).into_iter().map(|x| (x.kind, text[x.start..x.end].to_string())).collect();
+    let got: Vec<_> = s
+        .scan(text)
+        .into_iter()
+        .map(|x| (x.kind, text[x.start..x.end].to_string()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -157,18 +208,30 @@ fn custom_patterns_and_keywords() {
 #[test]
 fn invalid_custom_regex_names_the_kind() {
     let cfg = PrivacyConfig {
-        patterns: vec![CustomPattern { kind: "badge".into(), regex: "(unclosed".into() }],
+        patterns: vec![CustomPattern {
+            kind: "badge".into(),
+            regex: "(unclosed".into(),
+        }],
         ..PrivacyConfig::default()
     };
     let err = Scanner::new(&cfg).unwrap_err().to_string();
     assert!(err.contains("badge") && err.contains("unclosed"), "{err}");
-    let cfg = PrivacyConfig { kinds: vec!["emial".into()], ..PrivacyConfig::default() };
-    assert!(Scanner::new(&cfg).unwrap_err().to_string().contains("emial"));
+    let cfg = PrivacyConfig {
+        kinds: vec!["emial".into()],
+        ..PrivacyConfig::default()
+    };
+    assert!(Scanner::new(&cfg)
+        .unwrap_err()
+        .to_string()
+        .contains("emial"));
 }
 
 #[test]
 fn disabled_kinds_are_not_reported() {
-    let cfg = PrivacyConfig { kinds: vec!["phone".into()], ..PrivacyConfig::default() };
+    let cfg = PrivacyConfig {
+        kinds: vec!["phone".into()],
+        ..PrivacyConfig::default()
+    };
     let s = Scanner::new(&cfg).unwrap();
     let spans = s.scan("a@b.co 415-555-0132, 4111 1111 1111 1111");
     assert_eq!(spans.len(), 1);

@@ -27,10 +27,9 @@ pub(crate) fn luhn(digits: &[u8]) -> bool {
 
 /// Parses up to 6 leading digits as a number (for issuer prefix ranges).
 fn prefix(digits: &[u8], n: usize) -> u32 {
-    digits
-        .iter()
-        .take(n)
-        .fold(0u32, |acc, &b| acc * 10 + u32::from(b.wrapping_sub(b'0') % 10))
+    digits.iter().take(n).fold(0u32, |acc, &b| {
+        acc * 10 + u32::from(b.wrapping_sub(b'0') % 10)
+    })
 }
 
 /// True when `digits` (ASCII digits only) has a known card issuer prefix and a length that
@@ -46,13 +45,11 @@ pub(crate) fn card_issuer_ok(digits: &[u8]) -> bool {
     let visa = p1 == 4 && matches!(len, 13 | 16 | 19);
     let mastercard = ((51..=55).contains(&p2) || (2221..=2720).contains(&p4)) && len == 16;
     let amex = (p2 == 34 || p2 == 37) && len == 15;
-    let discover = (p4 == 6011
-        || (644..=649).contains(&p3)
-        || p2 == 65
-        || (622126..=622925).contains(&p6))
-        && (16..=19).contains(&len);
-    let diners = ((300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39)
-        && (14..=19).contains(&len);
+    let discover =
+        (p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 || (622126..=622925).contains(&p6))
+            && (16..=19).contains(&len);
+    let diners =
+        ((300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39) && (14..=19).contains(&len);
     let jcb = (3528..=3589).contains(&p4) && (16..=19).contains(&len);
     let unionpay = p2 == 62 && (16..=19).contains(&len);
     let maestro = (p2 == 50 || (56..=58).contains(&p2) || p2 == 67) && (13..=19).contains(&len);
@@ -221,7 +218,10 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
         return false;
     }
     let first = value[0];
-    if matches!(first, b'$' | b'%' | b'<' | b'{' | b'[' | b'(' | b'/' | b'~' | b'.' | b'*') {
+    if matches!(
+        first,
+        b'$' | b'%' | b'<' | b'{' | b'[' | b'(' | b'/' | b'~' | b'.' | b'*'
+    ) {
         return false;
     }
     let lower: Vec<u8> = value.iter().map(u8::to_ascii_lowercase).collect();
