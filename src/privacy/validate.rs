@@ -214,7 +214,7 @@ pub(crate) fn char_classes(s: &[u8]) -> usize {
 /// True when `value` looks like a real credential rather than a reference, placeholder or
 /// ordinary word: long enough, mixed, high entropy, and not an env/template reference.
 pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
-    if value.len() < 8 || value.len() > 512 {
+    if value.len() < 6 || value.len() > 512 {
         return false;
     }
     let first = value[0];
@@ -232,7 +232,6 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
         b"changeme",
         b"your_",
         b"your-",
-        b"example",
         b"placeholder",
         b"redacted",
         b"process.env",
@@ -346,6 +345,8 @@ mod tests {
         assert!(!looks_like_secret(b"process.env.API_KEY"));
         assert!(!looks_like_secret(b"user_password"));
         assert!(!looks_like_secret(b"short"));
+        assert!(looks_like_secret(b"hunter2"));
+        assert!(!looks_like_secret(b"hunter"));
         assert!(!looks_like_secret(b"1024"));
     }
 }
