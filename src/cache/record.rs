@@ -5,8 +5,8 @@
 //! aad      = cache key digest(32) | format | class | created_at_ms
 //! body     = len(4) text | route(1) | len(4) model | input_tokens(8) | output_tokens(8)
 //! ```
-//! The header stays in clear so TTL can be checked before decrypting, but it is bound to the
-//! body through the AAD: flipping any byte of the record, moving it under another key, or
+//! The header stays in clear (tools can read an entry's age and class without the key), but it
+//! is bound to the body through the AAD, and the store trusts it only after authentication: flipping any byte of the record, moving it under another key, or
 //! opening it with another encryption key fails authentication.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

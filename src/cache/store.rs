@@ -23,7 +23,7 @@ use sled::Transactional;
 use super::crypt::EncryptionKey;
 use super::db::{storage, Database};
 use super::key::{CacheKey, PrivacyClass};
-use super::record::{self, CachedAnswer, Header};
+use super::record::{self, CachedAnswer};
 use crate::error::{Error, Result};
 
 /// Whether the cache is read, written, both or neither.
@@ -254,31 +254,36 @@ impl SledCache {
         Ok(outcome)
     }
 
-    /// Validates a stored record: expired or unreadable ones are removed (a miss).
+    /// Validates a stored record: unreadable or expired ones are removed (a miss).
+    ///
+    /// Authentication comes first, so a tampered header is reported as tampering (with a
+    /// warning), never mistaken for an expired entry.
     fn check(
         &self,
         key: &CacheKey,
         stored: &sled::IVec,
         config: &CacheConfig,
     ) -> Result<Option<CachedAnswer>> {
-        if let (Some(ttl), Some(header)) = (config.ttl, Header::parse(stored)) {
-            if header.age(SystemTime::now()) > ttl {
-                if self.remove_if(key.as_bytes(), stored)? {
-                    self.bump(EXPIRED, 1)?;
-                }
-                return Ok(None);
-            }
-        }
-        match record::open(&self.key, key, stored) {
-            Ok(answer) => Ok(Some(answer)),
+        let answer = match record::open(&self.key, key, stored) {
+            Ok(answer) => answer,
             Err(why) => {
                 tracing::warn!(key = %key, reason = why.as_str(), "dropping an unreadable answer-cache entry (tampered, truncated or sealed with another key)");
                 if self.remove_if(key.as_bytes(), stored)? {
                     self.bump(REJECTED, 1)?;
                 }
-                Ok(None)
+                return Ok(None);
             }
+        };
+        let age = SystemTime::now()
+            .duration_since(answer.created_at)
+            .unwrap_or_default();
+        if config.ttl.is_some_and(|ttl| age > ttl) {
+            if self.remove_if(key.as_bytes(), stored)? {
+                self.bump(EXPIRED, 1)?;
+            }
+            return Ok(None);
         }
+        Ok(Some(answer))
     }
 
     /// Stores `answer`. See [`CacheStore::put`].
@@ -308,8 +313,7 @@ impl SledCache {
         match old {
             Some(old_len) => {
                 self.bytes.fetch_add(size, Ordering::AcqRel);
-                self.bytes
-                    .fetch_sub(id.len() as u64 + old_len, Ordering::AcqRel);
+                sub(&self.bytes, id.len() as u64 + old_len);
             }
             None => {
                 self.bytes.fetch_add(size, Ordering::AcqRel);
@@ -406,20 +410,33 @@ impl SledCache {
             })
             .map_err(|e| txn_storage(&self.path, e))?;
         if removed {
-            self.bytes
-                .fetch_sub((id.len() + expected.len()) as u64, Ordering::AcqRel);
-            self.entry_count.fetch_sub(1, Ordering::AcqRel);
+            sub(&self.bytes, (id.len() + expected.len()) as u64);
+            sub(&self.entry_count, 1);
         }
         Ok(removed)
     }
 
     /// Evicts least recently used entries until the byte budget holds.
+    ///
+    /// One evictor runs at a time; a put that finds it busy leaves the work to it, and the
+    /// evictor re-checks the budget after releasing the lock so no such put is left over budget.
     fn evict_to_budget(&self) -> Result<()> {
         let max = self.config().max_bytes;
-        // One evictor at a time; others skip (the running one brings the total down).
-        let Ok(_guard) = self.evicting.try_lock() else {
-            return Ok(());
-        };
+        while self.bytes.load(Ordering::Acquire) > max {
+            let Ok(guard) = self.evicting.try_lock() else {
+                return Ok(());
+            };
+            let evicted = self.evict_locked(max)?;
+            drop(guard);
+            if evicted == 0 {
+                // Nothing evictable found (all access records stale): stop rather than spin.
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn evict_locked(&self, max: u64) -> Result<u64> {
         let mut evicted = 0u64;
         let mut cursor = self.lru.iter();
         while self.bytes.load(Ordering::Acquire) > max {
@@ -453,7 +470,7 @@ impl SledCache {
             tracing::debug!(evicted, "answer cache evicted entries to stay under its byte budget");
             self.bump(EVICTIONS, evicted)?;
         }
-        Ok(())
+        Ok(evicted)
     }
 
     /// Recomputes entry/byte counts and repairs access records (run at open and after clear).
@@ -537,6 +554,14 @@ impl CacheStore for SledCache {
     fn clear(&self) -> Result<()> {
         SledCache::clear(self)
     }
+}
+
+/// Saturating atomic subtraction (counts never wrap, even if something wrote the trees behind
+/// the cache's back; the next open recounts exactly).
+fn sub(counter: &AtomicU64, by: u64) {
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+        Some(v.saturating_sub(by))
+    });
 }
 
 fn lru_key(tick: &[u8], id: &[u8]) -> Vec<u8> {
