@@ -121,7 +121,8 @@ pub trait Ledger: Send + Sync {
 ///
 /// Thread-safety: `Send + Sync`; share it behind an `Arc`. The sync methods (`*_at`,
 /// [`SledLedger::settle_blocking`]) fsync before returning: from async code prefer the
-/// [`Ledger`] trait methods, which flush on sled's own thread pool.
+/// [`Ledger`] trait methods, which flush on a dedicated group-commit thread
+/// ([`Database::flush_async`]).
 pub struct SledLedger {
     db: Database,
     totals: sled::Tree,
@@ -343,28 +344,17 @@ impl SledLedger {
 impl Ledger for SledLedger {
     async fn reserve(&self, estimate_usd: Decimal) -> Result<Reservation> {
         let r = self.reserve_unflushed(estimate_usd, SystemTime::now())?;
-        self.flush_async().await?;
+        self.db.flush_async().await?;
         Ok(r)
     }
 
     async fn settle(&self, reservation: Reservation, actual_usd: Decimal) -> Result<()> {
         self.settle_unflushed(reservation, actual_usd)?;
-        self.flush_async().await
+        self.db.flush_async().await
     }
 
     async fn status(&self) -> Result<BudgetStatus> {
         self.status_at(SystemTime::now())
-    }
-}
-
-impl SledLedger {
-    async fn flush_async(&self) -> Result<()> {
-        self.db
-            .sled()
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|e| storage(self.db.path(), e))
     }
 }
 
