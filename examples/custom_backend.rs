@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use edgeroute::backend::{Backend, BackendCall, EventStream, FinishReason, Generation, StreamEvent};
+use edgeroute::backend::{
+    Backend, BackendCall, EventStream, FinishReason, Generation, StreamEvent,
+};
 use edgeroute::request::Usage;
 use edgeroute::{Request, Router};
 
@@ -18,7 +20,11 @@ impl Backend for Calculator {
     }
 
     async fn stream(&self, call: BackendCall) -> edgeroute::Result<EventStream> {
-        let prompt = call.messages.last().map(|m| m.content.clone()).unwrap_or_default();
+        let prompt = call
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
         let numbers: Vec<i64> = prompt
             .split(|c: char| !c.is_ascii_digit() && c != '-')
             .filter_map(|s| s.parse().ok())
@@ -50,8 +56,13 @@ async fn main() -> edgeroute::Result<()> {
         .local_backend(Arc::new(Calculator))
         .cache(false)
         .build()?;
-    let response = router.complete(Request::new("What is 17 + 25 + 100?")).await?;
+    let response = router
+        .complete(Request::new("What is 17 + 25 + 100?"))
+        .await?;
     println!("{}", response.text);
-    println!("answered by {} ({}) — {}", response.route, response.attempts[0].backend, response.decision);
+    println!(
+        "answered by {} ({}) — {}",
+        response.route, response.attempts[0].backend, response.decision
+    );
     Ok(())
 }

@@ -6,7 +6,9 @@ use edgeroute::signals::{CloudHealth, Network, Signals};
 use edgeroute::{Request, Router};
 
 fn main() -> edgeroute::Result<()> {
-    let policy = std::env::args().nth(1).unwrap_or_else(|| "policies/default.toml".into());
+    let policy = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "policies/default.toml".into());
     let router = Router::builder()
         .policy_file(&policy)
         .load_local_model(false)
@@ -19,8 +21,20 @@ fn main() -> edgeroute::Result<()> {
     ];
     let scenarios = [
         ("online, healthy cloud", Signals::default()),
-        ("offline", Signals { network: Network::Offline, ..Signals::default() }),
-        ("cloud breaker open", Signals { cloud_health: CloudHealth::Down, ..Signals::default() }),
+        (
+            "offline",
+            Signals {
+                network: Network::Offline,
+                ..Signals::default()
+            },
+        ),
+        (
+            "cloud breaker open",
+            Signals {
+                cloud_health: CloudHealth::Down,
+                ..Signals::default()
+            },
+        ),
     ];
     for (name, signals) in &scenarios {
         println!("== {name}");

@@ -68,10 +68,12 @@
 //! build and work.
 
 pub mod backend;
+pub mod cache;
 pub mod decision;
 pub mod error;
 pub mod home;
 pub mod inspect;
+pub mod ledger;
 pub mod policy;
 pub mod privacy;
 pub mod request;

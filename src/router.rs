@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use rust_decimal::Decimal;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -157,7 +158,17 @@ impl RouterBuilder {
             None => None,
         };
         let store = if self.use_cache {
-            crate::wiring::open_store(&policy, &home, self.cache_key)?
+            let model_id = format!(
+                "local={};cloud={}",
+                local.as_ref().map(|l| l.name()).unwrap_or("-"),
+                cloud.as_ref().map(|c| c.name()).unwrap_or("-")
+            );
+            Some(crate::wiring::Store::open(
+                &policy,
+                &home,
+                self.cache_key,
+                model_id,
+            )?)
         } else {
             None
         };
@@ -400,7 +411,8 @@ impl Router {
         // record
         let t = Instant::now();
         if let (Some(store), Some(key)) = (&inner.store, &cache_key) {
-            store.save(key, &inner.policy, &features, &outcome.text, outcome.route);
+            let model = attempts.last().map(|a| a.backend.as_str()).unwrap_or("");
+            store.save(key, model, &outcome.text, outcome.route, outcome.usage);
         }
         timings.record = t.elapsed();
         timings.total = started.elapsed();
@@ -525,7 +537,14 @@ impl Execution<'_> {
             Ok(outcome) => return Ok(outcome),
             Err(e) => e,
         };
-        if pin || self.streamed || self.router.inner.local.is_none() || !error.is_cloud_failure() {
+        let budget_refuses = matches!(error, Error::BudgetExhausted(_))
+            && self.router.inner.policy.budget.on_exhausted == crate::policy::OnExhausted::Refuse;
+        if pin
+            || budget_refuses
+            || self.streamed
+            || self.router.inner.local.is_none()
+            || !error.is_cloud_failure()
+        {
             return Err(error);
         }
         self.reasons.push(Reason::Fallback {
@@ -603,7 +622,6 @@ impl Execution<'_> {
         let Some(c) = clearance else {
             return Err(Error::PrivacyGuard);
         };
-        let router = self.router.clone();
         let local = self.local_tier()?.clone();
         let (local_call, _) = self.call(false);
         let mut local_stream = match local.stream(local_call).await {
@@ -657,9 +675,14 @@ impl Execution<'_> {
             let g = local_future.await?;
             return Ok(self.local_won(&local, started, g));
         }
-        let _ = router;
         let (cloud_call, rehydrator) = self.call(redact || c.must_redact());
         let cloud = self.cloud_tier()?.clone();
+        let estimate = self.cloud_estimate(&cloud_call);
+        let store = self.router.inner.store.clone();
+        let reservation = match &store {
+            Some(s) => Some(s.reserve(estimate).await?),
+            None => None,
+        };
         let cloud_future = async move {
             let g = cloud.generate(c, cloud_call).await?;
             Ok::<_, Error>(match rehydrator {
@@ -673,22 +696,44 @@ impl Execution<'_> {
         tokio::pin!(local_future);
         tokio::pin!(cloud_future);
         let cloud_started = Instant::now();
-        tokio::select! {
+        // The loser is dropped when this block ends: its generation or HTTP stream stops.
+        let (outcome, cloud_cost) = tokio::select! {
             l = &mut local_future => match l {
-                Ok(g) => Ok(self.local_won(&local, started, g)),
-                Err(e) => {
-                    let g = cloud_future.await.map_err(|ce| self.all_failed(e, ce))?;
-                    Ok(self.cloud_won(cloud_started, g))
-                }
+                Ok(g) => (Ok(self.local_won(&local, started, g)), estimate),
+                Err(e) => match cloud_future.await {
+                    Ok(g) => self.cloud_won(cloud_started, g),
+                    Err(ce) => (Err(self.all_failed(e, ce)), Decimal::ZERO),
+                },
             },
             cl = &mut cloud_future => match cl {
-                Ok(g) => Ok(self.cloud_won(cloud_started, g)),
-                Err(e) => {
-                    let g = local_future.await.map_err(|le| self.all_failed(e, le))?;
-                    Ok(self.local_won(&local, started, g))
-                }
+                Ok(g) => self.cloud_won(cloud_started, g),
+                Err(e) => match local_future.await {
+                    Ok(g) => (Ok(self.local_won(&local, started, g)), Decimal::ZERO),
+                    Err(le) => (Err(self.all_failed(e, le)), Decimal::ZERO),
+                },
             },
+        };
+        // A cancelled cloud call may still have been billed: its estimate stays counted.
+        if let (Some(s), Some(r)) = (&store, reservation) {
+            s.settle(r, cloud_cost).await;
         }
+        outcome
+    }
+
+    /// The cost of a cloud call if it used the whole prompt and `max_tokens`.
+    fn cloud_estimate(&self, call: &BackendCall) -> Decimal {
+        self.router
+            .inner
+            .policy
+            .cloud
+            .as_ref()
+            .map(|c| {
+                c.cost(Usage {
+                    input_tokens: u64::from(self.features.prompt_tokens),
+                    output_tokens: u64::from(call.params.max_tokens.unwrap_or(0)),
+                })
+            })
+            .unwrap_or_default()
     }
 
     fn local_won(&mut self, local: &LocalTier, started: Instant, g: Generation) -> Outcome {
@@ -711,24 +756,20 @@ impl Execution<'_> {
         }
     }
 
-    fn cloud_won(&mut self, started: Instant, g: Generation) -> Outcome {
+    fn cloud_won(&mut self, started: Instant, g: Generation) -> (Result<Outcome>, Decimal) {
         self.reasons.push(Reason::HedgeWinner {
             winner: "cloud".into(),
         });
-        let policy = &self.router.inner.policy;
-        let usd = policy
+        let inner = &self.router.inner;
+        let usd = inner
+            .policy
             .cloud
             .as_ref()
             .map(|c| c.cost(g.usage))
             .unwrap_or_default();
-        if let Some(s) = &self.router.inner.store {
-            s.settle(None, usd);
-        }
         self.attempts.push(Attempt {
             route: Route::Cloud,
-            backend: self
-                .router
-                .inner
+            backend: inner
                 .cloud
                 .as_ref()
                 .map(|c| c.name().to_string())
@@ -742,11 +783,14 @@ impl Execution<'_> {
             confidence: None,
             error: None,
         });
-        Outcome {
-            text: g.text,
-            route: Route::Cloud,
-            usage: g.usage,
-        }
+        (
+            Ok(Outcome {
+                text: g.text,
+                route: Route::Cloud,
+                usage: g.usage,
+            }),
+            usd,
+        )
     }
 
     fn all_failed(&self, first: Error, second: Error) -> Error {
@@ -861,18 +905,9 @@ impl Execution<'_> {
         }
         let store = self.router.inner.store.clone();
         let policy = &self.router.inner.policy;
-        let estimate = policy
-            .cloud
-            .as_ref()
-            .map(|c| {
-                c.cost(Usage {
-                    input_tokens: u64::from(self.features.prompt_tokens),
-                    output_tokens: u64::from(call.params.max_tokens.unwrap_or(0)),
-                })
-            })
-            .unwrap_or_default();
+        let estimate = self.cloud_estimate(&call);
         let reservation = match &store {
-            Some(s) => s.reserve(estimate)?,
+            Some(s) => Some(s.reserve(estimate).await?),
             None => None,
         };
         let result = async {
@@ -902,8 +937,8 @@ impl Execution<'_> {
             }
             Err(e) => (Usage::default(), Cost::ZERO, Some(e.to_string())),
         };
-        if let Some(s) = &store {
-            s.settle(reservation, cost.usd);
+        if let (Some(s), Some(r)) = (&store, reservation) {
+            s.settle(r, cost.usd).await;
         }
         self.attempts.push(Attempt {
             route: Route::Cloud,

@@ -1,15 +1,21 @@
-//! Assembling tiers and stores from a compiled policy (kept out of the router so the request
-//! path reads top to bottom).
+//! Assembling tiers and stores from a compiled policy, so the router's request path reads top
+//! to bottom.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use rust_decimal::Decimal;
 
 use crate::backend::{CloudTier, LocalTier};
+use crate::cache::{
+    CacheKey, CachedAnswer, Database, EncryptionKey, KeyContext, PrivacyClass, SledCache,
+};
 use crate::error::Result;
 use crate::inspect::Features;
+use crate::ledger::{Ledger, Reservation, SledLedger};
 use crate::policy::CompiledPolicy;
-use crate::request::{Request, Route};
+use crate::request::{Request, Route, Usage};
 
 /// The local tier named by `[local]` (not loaded until first use).
 pub(crate) fn local_from_policy(
@@ -27,46 +33,110 @@ pub(crate) fn cloud_from_policy(
     Ok(None)
 }
 
-/// Answer cache + cost ledger.
+/// The answer cache and the cost ledger, in one sled database under `<home>/db`.
 #[derive(Clone)]
-pub(crate) struct Store;
-
-/// A cache key.
-pub(crate) struct Key;
-
-/// A budget reservation.
-pub(crate) struct Reservation;
-
-impl Store {
-    pub(crate) fn key_for(&self, _p: &CompiledPolicy, _r: &Request, _f: &Features) -> Key {
-        Key
-    }
-    pub(crate) fn lookup(&self, _k: &Key) -> Option<String> {
-        None
-    }
-    pub(crate) fn save(
-        &self,
-        _k: &Key,
-        _p: &CompiledPolicy,
-        _f: &Features,
-        _text: &str,
-        _route: Route,
-    ) {
-    }
-    pub(crate) fn reserve(&self, _estimate: Decimal) -> Result<Option<Reservation>> {
-        Ok(None)
-    }
-    pub(crate) fn settle(&self, _r: Option<Reservation>, _actual: Decimal) {}
-    pub(crate) fn budget_left(&self) -> Option<Decimal> {
-        None
-    }
+pub(crate) struct Store {
+    cache: Arc<SledCache>,
+    ledger: Arc<SledLedger>,
+    /// Identity of the models that may answer: part of every cache key.
+    model_id: Arc<str>,
+    budget_configured: bool,
 }
 
-/// Opens the store under `<home>/db`.
-pub(crate) fn open_store(
-    _policy: &CompiledPolicy,
-    _home: &Path,
-    _key: Option<[u8; 32]>,
-) -> Result<Option<Store>> {
-    Ok(None)
+impl Store {
+    /// Opens (creating if needed) the store under `<home>/db` with the policy's settings.
+    pub(crate) fn open(
+        policy: &CompiledPolicy,
+        home: &Path,
+        key: Option<[u8; 32]>,
+        model_id: String,
+    ) -> Result<Self> {
+        let db = Database::open(&crate::home::db_dir(home))?;
+        let key = match key {
+            Some(k) => EncryptionKey::from_bytes(&k)?,
+            None => EncryptionKey::load_or_create(&crate::home::cache_key_file(home))?,
+        };
+        let cache = SledCache::open(&db, key, policy.cache.clone())?;
+        let ledger = SledLedger::open(&db, policy.budget.limits)?;
+        let limits = policy.budget.limits;
+        Ok(Store {
+            cache: Arc::new(cache),
+            ledger: Arc::new(ledger),
+            model_id: model_id.into(),
+            budget_configured: limits.daily_usd.is_some() || limits.monthly_usd.is_some(),
+        })
+    }
+
+    /// The cache key of a request: its privacy class comes from the PII scan.
+    pub(crate) fn key_for(
+        &self,
+        policy: &CompiledPolicy,
+        request: &Request,
+        features: &Features,
+    ) -> CacheKey {
+        CacheKey::new(
+            request,
+            &KeyContext {
+                model: &self.model_id,
+                policy_version: &policy.version,
+                privacy: PrivacyClass::from_pii(!features.pii.is_empty()),
+                normalize: policy.cache.normalize,
+            },
+        )
+    }
+
+    /// A cached answer for this key, if the mode and privacy class allow reading it.
+    pub(crate) fn lookup(&self, key: &CacheKey) -> Option<String> {
+        if !self.cache.config().reads(key.privacy()) {
+            return None;
+        }
+        match self.cache.get(key) {
+            Ok(hit) => hit.map(|a| a.text),
+            Err(e) => {
+                tracing::warn!(error = %e, "answer cache lookup failed; treating as a miss");
+                None
+            }
+        }
+    }
+
+    /// Stores an answer, if the mode and privacy class allow it. Failures are logged, never
+    /// returned: the caller already has its answer.
+    pub(crate) fn save(&self, key: &CacheKey, model: &str, text: &str, route: Route, usage: Usage) {
+        if !self.cache.config().writes(key.privacy()) {
+            return;
+        }
+        if let Err(e) = self
+            .cache
+            .put(key, &CachedAnswer::new(text, route, model, usage))
+        {
+            tracing::warn!(error = %e, "answer cache write failed");
+        }
+    }
+
+    /// Reserves the estimated cost of a cloud call (durable before the call is made).
+    pub(crate) async fn reserve(&self, estimate: Decimal) -> Result<Reservation> {
+        self.ledger.reserve(estimate).await
+    }
+
+    /// Settles a reservation with the actual cost. A failure leaves the estimate counted as
+    /// spent (the safe side) and is logged.
+    pub(crate) async fn settle(&self, reservation: Reservation, actual: Decimal) {
+        if let Err(e) = self.ledger.settle(reservation, actual).await {
+            tracing::warn!(error = %e, "cost ledger settlement failed; the estimate stays counted");
+        }
+    }
+
+    /// The remaining budget (`None` without limits).
+    pub(crate) fn budget_left(&self) -> Option<Decimal> {
+        if !self.budget_configured {
+            return None;
+        }
+        match self.ledger.status_at(SystemTime::now()) {
+            Ok(s) => s.left,
+            Err(e) => {
+                tracing::warn!(error = %e, "cost ledger unreadable; treating the budget as exhausted");
+                Some(Decimal::ZERO)
+            }
+        }
+    }
 }

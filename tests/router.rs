@@ -219,3 +219,117 @@ fn router_is_send_sync_clone() {
     fn check<T: Send + Sync + Clone + 'static>() {}
     check::<Router>();
 }
+
+fn cached_router(model: Arc<EchoModel>, home: &std::path::Path, policy: &str) -> Router {
+    Router::builder()
+        .policy_str(policy)
+        .local_backend(model)
+        .home(home)
+        .cache_key([7; 32])
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn repeated_question_is_served_from_the_encrypted_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    let r = cached_router(model.clone(), home.path(), POLICY);
+    let first = r
+        .complete(Request::new("What is the capital of France?"))
+        .await
+        .unwrap();
+    assert_eq!(first.route, Route::Local);
+    // Whitespace differences normalise to the same key.
+    let second = r
+        .complete(Request::new("  What is the   capital of France? "))
+        .await
+        .unwrap();
+    assert_eq!(second.route, Route::Cache);
+    assert!(second.cached);
+    assert_eq!(second.text, first.text);
+    assert_eq!(second.decision.reasons, vec![Reason::CacheHit]);
+    assert_eq!(model.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(r.stats().cache_hits, 1);
+
+    // The answer is on disk, sealed: the plaintext does not appear in the database files.
+    drop(r);
+    let mut found = false;
+    for entry in walk(home.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        found |= bytes.windows(13).any(|w| w == b"echo: What is");
+    }
+    assert!(!found, "cached answer stored in plaintext");
+
+    // A new process (router) with the same home and key still hits.
+    let r = cached_router(model.clone(), home.path(), POLICY);
+    let third = r
+        .complete(Request::new("What is the capital of France?"))
+        .await
+        .unwrap();
+    assert_eq!(third.route, Route::Cache);
+    assert_eq!(model.calls.load(Ordering::SeqCst), 1);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn private_answers_are_not_cached_by_default_and_policy_changes_miss() {
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    {
+        let r = cached_router(model.clone(), home.path(), POLICY);
+        for _ in 0..2 {
+            let resp = r
+                .complete(Request::new("write to ann@example.com"))
+                .await
+                .unwrap();
+            assert_eq!(resp.route, Route::Local);
+        }
+        assert_eq!(
+            model.calls.load(Ordering::SeqCst),
+            2,
+            "PII answers must not be cached"
+        );
+        r.complete(Request::new("hello")).await.unwrap();
+        assert_eq!(model.calls.load(Ordering::SeqCst), 3);
+    }
+    // Another policy version never serves the old answer.
+    let r = cached_router(
+        model.clone(),
+        home.path(),
+        &format!("{POLICY}\n# changed\n"),
+    );
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(resp.route, Route::Local);
+    assert_eq!(model.calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn cache_mode_off_never_reads_or_writes() {
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    let r = cached_router(
+        model.clone(),
+        home.path(),
+        &format!("{POLICY}\n[cache]\nmode = \"off\"\n"),
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            r.complete(Request::new("hello")).await.unwrap().route,
+            Route::Local
+        );
+    }
+    assert_eq!(model.calls.load(Ordering::SeqCst), 2);
+}

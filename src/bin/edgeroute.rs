@@ -48,6 +48,29 @@ enum Command {
     /// PII and secret detection.
     #[command(subcommand)]
     Pii(PiiCommand),
+    /// The encrypted answer cache in the edgeroute home.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Cloud spend today and this month, against the policy's [budget] limits.
+    Budget {
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Entries, bytes, hits, misses, hit rate, evictions.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every cached answer (the cost ledger is kept).
+    Clear,
 }
 
 #[derive(Args)]
@@ -157,6 +180,8 @@ fn run(cli: Cli) -> edgeroute::Result<ExitCode> {
         Command::Policy(PolicyCommand::Check { files }) => Ok(policy_check(&files)),
         Command::Policy(PolicyCommand::Test { files }) => Ok(policy_test(&files)),
         Command::Pii(PiiCommand::Scan { policy, json }) => pii_scan(&policy, json),
+        Command::Cache(cmd) => cache(cmd, cli.home.as_deref()),
+        Command::Budget { policy, json } => budget(&policy, json, cli.home.as_deref()),
     }
 }
 
@@ -426,6 +451,80 @@ fn pii_scan(policy: &PolicyArg, json: bool) -> edgeroute::Result<ExitCode> {
     } else {
         for s in &spans {
             println!("{}\t{}\t{}", s.kind, s.start, s.end);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_db(home: Option<&Path>) -> edgeroute::Result<(PathBuf, edgeroute::cache::Database)> {
+    let home = edgeroute::home::resolve(home);
+    let db = edgeroute::cache::Database::open(&edgeroute::home::db_dir(&home))?;
+    Ok((home, db))
+}
+
+fn cache(cmd: CacheCommand, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
+    let (home, db) = open_db(home)?;
+    let key =
+        edgeroute::cache::EncryptionKey::load_or_create(&edgeroute::home::cache_key_file(&home))?;
+    let cache = edgeroute::cache::SledCache::open(&db, key, Default::default())?;
+    match cmd {
+        CacheCommand::Stats { json } => {
+            let s = cache.stats()?;
+            if json {
+                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+            } else {
+                println!("entries:   {}", s.entries);
+                println!("bytes:     {} of {}", s.bytes, s.max_bytes);
+                println!("hits:      {}", s.hits);
+                println!("misses:    {}", s.misses);
+                println!("hit rate:  {:.1}%", s.hit_rate * 100.0);
+                println!("evictions: {}", s.evictions);
+                println!("expired:   {}", s.expired);
+                println!("rejected:  {}", s.rejected);
+            }
+        }
+        CacheCommand::Clear => {
+            let before = cache.stats()?.entries;
+            cache.clear()?;
+            cache.flush()?;
+            println!("removed {before} cached answer(s)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn budget(policy: &PolicyArg, json: bool, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
+    let policy = load_policy(policy)?;
+    let (_, db) = open_db(home)?;
+    let ledger = edgeroute::ledger::SledLedger::open(&db, policy.budget.limits)?;
+    let s = ledger.status_at(std::time::SystemTime::now())?;
+    if json {
+        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+    } else {
+        let limit = |l: Option<rust_decimal::Decimal>| {
+            l.map(|d| format!("${d}"))
+                .unwrap_or_else(|| "no limit".into())
+        };
+        println!(
+            "{:<22} ${} of {}",
+            format!("today ({}):", s.day),
+            s.spent_today,
+            limit(s.daily_limit)
+        );
+        println!(
+            "{:<22} ${} of {}",
+            format!("month ({}):", s.month),
+            s.spent_month,
+            limit(s.monthly_limit)
+        );
+        if let Some(left) = s.left {
+            println!("{:<22} ${left}", "left:");
+        }
+        if s.open_reservations > 0 {
+            println!(
+                "{:<22} {} (counted at their estimate)",
+                "open reservations:", s.open_reservations
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

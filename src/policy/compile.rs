@@ -13,7 +13,9 @@ use rust_decimal::Decimal;
 use super::raw::{RawNumber, RawPolicy, RawRoute, RawTest, RawWhen};
 use super::source::{nearest, with_suggestion, SourceMap, TomlPath};
 use super::Diagnostic;
+use crate::cache::{CacheConfig, CacheMode};
 use crate::decision::Plan;
+use crate::ledger::BudgetLimits;
 use crate::privacy::{CustomPattern, KeywordList, PrivacyConfig, Scanner, BUILTIN_KINDS};
 use crate::request::ConfidenceStat;
 use crate::signals::{CloudHealth, Network};
@@ -154,40 +156,10 @@ pub enum OnExhausted {
 /// `[budget]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetSection {
-    /// Daily limit.
-    pub daily_usd: Option<Decimal>,
-    /// Monthly limit.
-    pub monthly_usd: Option<Decimal>,
+    /// Daily and monthly limits (none by default).
+    pub limits: BudgetLimits,
     /// What happens when exhausted (default local).
     pub on_exhausted: OnExhausted,
-}
-
-/// Answer-cache mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheModeSetting {
-    /// Read and write.
-    On,
-    /// Neither.
-    Off,
-    /// Read only.
-    ReadOnly,
-    /// Write only.
-    WriteOnly,
-}
-
-/// `[cache]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheSection {
-    /// Mode (default on).
-    pub mode: CacheModeSetting,
-    /// TTL (default 7 days).
-    pub ttl: Option<Duration>,
-    /// Byte budget (default 64 MiB).
-    pub max_bytes: u64,
-    /// Cache answers to prompts with PII (default false).
-    pub cache_pii: bool,
-    /// Normalise prompts for the key (default true).
-    pub normalize: bool,
 }
 
 /// `[latency]`, validated: the local cost model used before measurements exist.
@@ -261,7 +233,7 @@ pub struct CompiledPolicy {
     /// `[privacy]`.
     pub privacy: PrivacyConfig,
     /// `[cache]`.
-    pub cache: CacheSection,
+    pub cache: CacheConfig,
     /// `[latency]`.
     pub latency: LatencySection,
     /// `[[test]]`.
@@ -698,28 +670,34 @@ impl Compiler<'_> {
             }
         };
         BudgetSection {
-            daily_usd: self.non_negative(&b.daily_usd, &path.key("daily_usd"), "a budget"),
-            monthly_usd: self.non_negative(&b.monthly_usd, &path.key("monthly_usd"), "a budget"),
+            limits: BudgetLimits {
+                daily_usd: self.non_negative(&b.daily_usd, &path.key("daily_usd"), "a budget"),
+                monthly_usd: self.non_negative(
+                    &b.monthly_usd,
+                    &path.key("monthly_usd"),
+                    "a budget",
+                ),
+            },
             on_exhausted,
         }
     }
 
-    fn cache(&mut self, raw: &RawPolicy) -> CacheSection {
+    fn cache(&mut self, raw: &RawPolicy) -> CacheConfig {
         let c = raw.cache.clone().unwrap_or_default();
         let path = TomlPath::root().key("cache");
         let mode = match c.mode.as_deref() {
-            None | Some("on") => CacheModeSetting::On,
-            Some("off") => CacheModeSetting::Off,
-            Some("read_only") => CacheModeSetting::ReadOnly,
-            Some("write_only") => CacheModeSetting::WriteOnly,
+            None | Some("on") => CacheMode::On,
+            Some("off") => CacheMode::Off,
+            Some("read_only") => CacheMode::ReadOnly,
+            Some("write_only") => CacheMode::WriteOnly,
             Some(other) => {
                 let modes = ["on", "off", "read_only", "write_only"];
                 let hint = suggest(other, modes);
                 self.error(&path.key("mode"), format!("unknown cache mode `{other}`{hint}; expected one of on, off, read_only, write_only"));
-                CacheModeSetting::On
+                CacheMode::On
             }
         };
-        CacheSection {
+        CacheConfig {
             mode,
             ttl: Some(Duration::from_secs(c.ttl_secs.unwrap_or(7 * 24 * 3600)))
                 .filter(|d| !d.is_zero()),
