@@ -173,6 +173,7 @@ pub(crate) fn on_event(dec: &mut StreamDecoder, event: &SseEvent) -> Result<Opti
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::backend::cloud::config::Provider;

@@ -221,6 +221,7 @@ pub(crate) fn status_error(status: u16, body: &[u8], retry_after: Option<Duratio
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
