@@ -160,18 +160,7 @@ async fn slow_headers_time_out_in_the_first_token_phase() {
     let mut cfg = fake.openai_config();
     cfg.first_token_timeout = Duration::from_millis(200);
     cfg.retry.max_retries = 0;
-    let backend = CloudBackend::new(cfg).unwrap();
-    let err = backend.generate(call("hi")).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Timeout {
-                phase: TimeoutPhase::FirstToken,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    let backend = CloudBackend::new(cfg.clone()).unwrap();
     let err = backend.stream(call("hi")).await.err().unwrap();
     assert!(
         matches!(
@@ -183,7 +172,37 @@ async fn slow_headers_time_out_in_the_first_token_phase() {
         ),
         "{err:?}"
     );
+    assert_eq!(fake.requests_received(), 1);
+
+    // Non-streaming: the headers come with the whole answer, so the total limit applies.
+    cfg.total_timeout = Duration::from_millis(300);
+    let backend = CloudBackend::new(cfg).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                phase: TimeoutPhase::Total,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(fake.requests_received(), 2);
+}
+
+#[tokio::test]
+async fn a_slow_non_streaming_answer_is_not_cut_by_the_first_token_timeout() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::SlowHeaders(Duration::from_millis(400)));
+    let mut cfg = fake.openai_config();
+    cfg.first_token_timeout = Duration::from_millis(100);
+    let backend = CloudBackend::new(cfg).unwrap();
+    assert_eq!(
+        backend.generate(call("hi")).await.unwrap().text,
+        DEFAULT_REPLY
+    );
+    assert_eq!(fake.requests_received(), 1);
 }
 
 #[tokio::test]

@@ -193,8 +193,9 @@ pub struct CloudConfig {
     pub default_max_tokens: u32,
     /// TCP + TLS connection timeout. Default: 5 s.
     pub connect_timeout: Duration,
-    /// Per attempt: time until the response headers and the first token of the answer.
-    /// Default: 30 s.
+    /// Per attempt of a streaming call: time until the response headers and the first token
+    /// of the answer. Non-streaming calls (whose headers come only with the whole answer) are
+    /// bounded by `total_timeout` instead. Default: 30 s.
     pub first_token_timeout: Duration,
     /// The whole call, retries and backoff included. The call's own deadline, when earlier,
     /// caps it (and every other timeout). Default: 120 s.

@@ -13,7 +13,9 @@
 //! [`Backend::stream`] returns once the first token has arrived, so every retry happens before
 //! the caller has seen any text; after that, failures end the stream with an error
 //! ([`Error::TruncatedStream`] when the provider's terminator never came), never with a silently
-//! partial answer. [`Backend::generate`] uses the non-streaming endpoint.
+//! partial answer. [`Backend::generate`] uses the non-streaming endpoint; since a non-streaming
+//! response arrives only once the whole answer is generated, `first_token_timeout` does not
+//! apply to it (connect and total do).
 //!
 //! Prompts, answers and the API key are never logged; retries and failures are logged at
 //! `debug` with status codes and timings only.
@@ -307,14 +309,16 @@ impl Inner {
         Error::Connection(format!("connection lost: {}", error_chain(e)))
     }
 
-    /// Sends one request; returns the response once its headers are in, or the typed error.
+    /// Sends one request; returns the response once its headers are in (by `headers_by`,
+    /// else a timeout of that phase), or the typed error.
     async fn send(
         &self,
         body: &[u8],
         clock: &Clock,
         attempt_start: Instant,
+        headers_by: (Instant, TimeoutPhase),
     ) -> Result<reqwest::Response> {
-        let (first_at, phase) = clock.first_token_at(attempt_start);
+        let (first_at, phase) = headers_by;
         let request = self
             .client
             .post(self.url.clone())
@@ -424,7 +428,10 @@ impl Inner {
         attempt_start: Instant,
         est: u64,
     ) -> Result<Generation> {
-        let response = self.send(body, clock, attempt_start).await?;
+        // A non-streaming answer's headers come only once the whole answer is generated:
+        // only the connect and total limits apply.
+        let headers_by = (clock.total_at, TimeoutPhase::Total);
+        let response = self.send(body, clock, attempt_start, headers_by).await?;
         let bytes = until(
             clock.total_at,
             async {
@@ -446,7 +453,8 @@ impl Inner {
         attempt_start: Instant,
         est: u64,
     ) -> Result<Live> {
-        let response = self.send(body, clock, attempt_start).await?;
+        let first_token = clock.first_token_at(attempt_start);
+        let response = self.send(body, clock, attempt_start, first_token).await?;
         let mut live = Live {
             response,
             parser: SseParser::new(),
@@ -454,7 +462,7 @@ impl Inner {
             pending: VecDeque::new(),
             events: Vec::new(),
         };
-        let (first_at, phase) = clock.first_token_at(attempt_start);
+        let (first_at, phase) = first_token;
         until(first_at, live.fill(), || {
             clock.timeout(phase, attempt_start)
         })
