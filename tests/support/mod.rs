@@ -1,2 +1,9 @@
-//! Shared test support.
+//! Shared test support: a labeled PII corpus generator, and (with the `cloud` feature) a fake
+//! cloud provider on 127.0.0.1.
+#![allow(dead_code, unused_imports)]
+
 pub mod corpus;
+#[cfg(feature = "cloud")]
+pub mod provider;
+#[cfg(feature = "cloud")]
+pub use provider::*;
