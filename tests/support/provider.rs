@@ -18,7 +18,6 @@
 //! request messages (plus the Anthropic `system` field), `completion_tokens` = words in the
 //! reply. Streams send the reply in word-sized deltas whose concatenation is the reply.
 
-
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
