@@ -25,7 +25,37 @@ pub(crate) fn local_from_policy(
     Ok(None)
 }
 
-/// The cloud tier named by `[cloud]`.
+/// The cloud tier named by `[cloud]`, with `url` (from `EDGEROUTE_CLOUD_URL` or the builder)
+/// overriding its base URL. The API key comes from the variable `[cloud].api_key_env` names;
+/// without one the tier reports itself unavailable and cloud routes run locally.
+#[cfg(feature = "cloud")]
+pub(crate) fn cloud_from_policy(
+    policy: &CompiledPolicy,
+    url: Option<&str>,
+) -> Result<Option<CloudTier>> {
+    use crate::backend::cloud::{CloudBackend, CloudConfig, Provider};
+    use crate::policy::ProviderKind;
+
+    let Some(c) = &policy.cloud else {
+        return Ok(None);
+    };
+    let provider = match c.provider {
+        ProviderKind::OpenAi => Provider::OpenAi,
+        ProviderKind::Anthropic => Provider::Anthropic,
+    };
+    let mut cfg = CloudConfig::new(provider, c.model.clone())
+        .with_base_url(url.unwrap_or(&c.base_url))
+        .with_api_key_env(c.api_key_env.clone());
+    cfg.connect_timeout = c.connect_timeout;
+    cfg.first_token_timeout = c.first_token_timeout;
+    cfg.total_timeout = c.total_timeout;
+    cfg.allow_insecure_http = c.allow_insecure_http;
+    cfg.retry.max_retries = c.max_retries;
+    Ok(Some(CloudTier::new(Arc::new(CloudBackend::new(cfg)?))))
+}
+
+/// Without the `cloud` feature there is no HTTP client: cloud routes run locally.
+#[cfg(not(feature = "cloud"))]
 pub(crate) fn cloud_from_policy(
     _policy: &CompiledPolicy,
     _url: Option<&str>,
