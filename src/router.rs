@@ -240,7 +240,10 @@ impl Router {
             cloud_health,
             budget_left_usd: inner.store.as_ref().and_then(|s| s.budget_left()),
             cloud_available,
-            local_available: inner.local.is_some(),
+            local_available: inner
+                .local
+                .as_ref()
+                .is_some_and(|l| l.availability().is_ok()),
             latency: LatencyEstimates {
                 local_ms: Some(inner.stats.local_estimate_ms(
                     &inner.policy.latency,

@@ -17,12 +17,113 @@ use crate::ledger::{Ledger, Reservation, SledLedger};
 use crate::policy::CompiledPolicy;
 use crate::request::{Request, Route, Usage};
 
-/// The local tier named by `[local]` (not loaded until first use).
+/// The local tier named by `[local]`. The model is loaded on first use (not at build time), so
+/// `explain`, cloud-only requests and routers on machines without the model stay cheap; a
+/// missing model makes the tier report itself unavailable with the set-up command.
+#[cfg(feature = "onnx")]
+pub(crate) fn local_from_policy(policy: &CompiledPolicy, home: &Path) -> Result<Option<LocalTier>> {
+    use crate::backend::local::LocalBackend;
+
+    let l = &policy.local;
+    let mut builder = LocalBackend::builder()
+        .home(home)
+        .model(l.model.clone())
+        .threads(l.threads as usize)
+        .max_new_tokens(l.max_new_tokens)
+        .pool_size(l.sessions as usize);
+    if let Some(dir) = &l.model_dir {
+        builder = builder.model_dir(dir);
+    }
+    if let Some(rt) = &l.runtime_path {
+        builder = builder.runtime_path(rt);
+    }
+    let model_dir = l
+        .model_dir
+        .clone()
+        .unwrap_or_else(|| crate::home::model_dir(home, &l.model));
+    Ok(Some(LocalTier::new(Arc::new(lazy_local::LazyLocal::new(
+        builder,
+        format!("local/{}", l.model),
+        model_dir,
+    )))))
+}
+
+/// Without the `onnx` feature there is no built-in local model (give the builder a backend).
+#[cfg(not(feature = "onnx"))]
 pub(crate) fn local_from_policy(
     _policy: &CompiledPolicy,
     _home: &Path,
 ) -> Result<Option<LocalTier>> {
     Ok(None)
+}
+
+#[cfg(feature = "onnx")]
+mod lazy_local {
+    use std::path::PathBuf;
+
+    use async_trait::async_trait;
+    use tokio::sync::OnceCell;
+
+    use crate::backend::local::{LocalBackend, LocalBackendBuilder, MANIFEST_FILE};
+    use crate::backend::{Backend, BackendCall, EventStream, Generation};
+    use crate::error::{Error, Result};
+
+    /// Loads the ONNX model on first use; a failed load is retried on the next call.
+    pub(crate) struct LazyLocal {
+        builder: LocalBackendBuilder,
+        name: String,
+        model_dir: PathBuf,
+        loaded: OnceCell<LocalBackend>,
+    }
+
+    impl LazyLocal {
+        pub(crate) fn new(builder: LocalBackendBuilder, name: String, model_dir: PathBuf) -> Self {
+            LazyLocal {
+                builder,
+                name,
+                model_dir,
+                loaded: OnceCell::new(),
+            }
+        }
+
+        async fn backend(&self) -> Result<&LocalBackend> {
+            self.loaded
+                .get_or_try_init(|| async {
+                    let builder = self.builder.clone();
+                    tokio::task::spawn_blocking(move || builder.commit())
+                        .await
+                        .map_err(|e| Error::Inference(format!("model loading task failed: {e}")))?
+                })
+                .await
+        }
+    }
+
+    #[async_trait]
+    impl Backend for LazyLocal {
+        fn name(&self) -> &str {
+            &self.name
+        }
+
+        async fn stream(&self, call: BackendCall) -> Result<EventStream> {
+            self.backend().await?.stream(call).await
+        }
+
+        async fn generate(&self, call: BackendCall) -> Result<Generation> {
+            self.backend().await?.generate(call).await
+        }
+
+        fn availability(&self) -> std::result::Result<(), String> {
+            if self.loaded.initialized() || self.model_dir.join(MANIFEST_FILE).is_file() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no local model at {}; run `{}` to install it",
+                    self.model_dir.display(),
+                    crate::home::SETUP_COMMAND
+                ))
+            }
+        }
+    }
 }
 
 /// The cloud tier named by `[cloud]`, with `url` (from `EDGEROUTE_CLOUD_URL` or the builder)

@@ -181,15 +181,28 @@ impl LocalBackendBuilder {
     pub fn commit(self) -> Result<LocalBackend> {
         let home_dir = home::resolve(self.home.as_deref());
         let model_dir = self.model_dir.clone().unwrap_or_else(|| {
-            home::model_dir(&home_dir, self.model.as_deref().unwrap_or(home::DEFAULT_MODEL))
+            home::model_dir(
+                &home_dir,
+                self.model.as_deref().unwrap_or(home::DEFAULT_MODEL),
+            )
         });
         let manifest = Manifest::load(&model_dir, self.verify_checksums)?;
         let rt = runtime::ensure(self.runtime_path.as_deref(), &home_dir)?;
         let a = &manifest.architecture;
-        let kv = KvShape { layers: a.num_layers, kv_heads: a.num_kv_heads, head_dim: a.head_dim };
-        let codec = TextCodec::load(&model_dir.join("tokenizer.json"), manifest.chat_template.clone(), a.vocab_size)?;
+        let kv = KvShape {
+            layers: a.num_layers,
+            kv_heads: a.num_kv_heads,
+            head_dim: a.head_dim,
+        };
+        let codec = TextCodec::load(
+            &model_dir.join("tokenizer.json"),
+            manifest.chat_template.clone(),
+            a.vocab_size,
+        )?;
         let threads = self.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(2, |n| n.get()).min(4)
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(4)
         });
         let pool_size = self.pool_size.unwrap_or(1);
         let model_path = model_dir.join("model.onnx");
@@ -340,10 +353,14 @@ impl LocalBackend {
             .max_tokens
             .unwrap_or(inner.max_new_tokens)
             .max(1)
-            .min(u32::try_from(inner.context_length - prompt_ids.len()).unwrap_or(u32::MAX)) as usize;
+            .min(u32::try_from(inner.context_length - prompt_ids.len()).unwrap_or(u32::MAX))
+            as usize;
         let mut sampler = Sampler::new(params.temperature, params.top_p, params.seed);
         let check_deadline = || match deadline {
-            Some(d) if Instant::now() >= d => Err(Error::Timeout { phase: TimeoutPhase::Total, elapsed: start.elapsed() }),
+            Some(d) if Instant::now() >= d => Err(Error::Timeout {
+                phase: TimeoutPhase::Total,
+                elapsed: start.elapsed(),
+            }),
             _ => Ok(()),
         };
         check_deadline()?;
@@ -371,7 +388,12 @@ impl LocalBackend {
             let delta = utf8.push(inner.codec.bytes(id));
             first.push(&delta);
             text.push_str(&delta);
-            let event = TokenEvent { id, logprob: lp, text: &delta, elapsed: start.elapsed() };
+            let event = TokenEvent {
+                id,
+                logprob: lp,
+                text: &delta,
+                elapsed: start.elapsed(),
+            };
             if on_token(&event).is_break() {
                 return Err(Error::Cancelled);
             }
@@ -384,13 +406,22 @@ impl LocalBackend {
         let tail = utf8.finish();
         if !tail.is_empty() {
             text.push_str(&tail);
-            if on_token(&TokenEvent { id: inner.eos.first().copied().unwrap_or(0), logprob: 0.0, text: &tail, elapsed: start.elapsed() })
-                .is_break()
+            if on_token(&TokenEvent {
+                id: inner.eos.first().copied().unwrap_or(0),
+                logprob: 0.0,
+                text: &tail,
+                elapsed: start.elapsed(),
+            })
+            .is_break()
             {
                 return Err(Error::Cancelled);
             }
         }
-        let first_sentence = if first.tokens == 0 { token_ids.len() } else { first.tokens };
+        let first_sentence = if first.tokens == 0 {
+            token_ids.len()
+        } else {
+            first.tokens
+        };
         Ok(LocalOutput {
             confidence: Confidence::from_logprobs(&logprobs, first_sentence),
             prompt_ids,
@@ -418,18 +449,19 @@ impl Backend for LocalBackend {
         std::thread::Builder::new()
             .name("edgeroute-local".into())
             .spawn(move || {
-                let result = backend.generate_blocking(&call.messages, &call.params, call.deadline, |ev| {
-                    if tx.is_closed() {
-                        return ControlFlow::Break(());
-                    }
-                    if ev.text.is_empty() {
-                        return ControlFlow::Continue(());
-                    }
-                    match tx.blocking_send(Ok(StreamEvent::Delta(ev.text.to_string()))) {
-                        Ok(()) => ControlFlow::Continue(()),
-                        Err(_) => ControlFlow::Break(()),
-                    }
-                });
+                let result =
+                    backend.generate_blocking(&call.messages, &call.params, call.deadline, |ev| {
+                        if tx.is_closed() {
+                            return ControlFlow::Break(());
+                        }
+                        if ev.text.is_empty() {
+                            return ControlFlow::Continue(());
+                        }
+                        match tx.blocking_send(Ok(StreamEvent::Delta(ev.text.to_string()))) {
+                            Ok(()) => ControlFlow::Continue(()),
+                            Err(_) => ControlFlow::Break(()),
+                        }
+                    });
                 let last = match result {
                     Ok(out) => Ok(StreamEvent::Done(out.into_generation())),
                     Err(Error::Cancelled) => return,
@@ -438,7 +470,9 @@ impl Backend for LocalBackend {
                 let _ = tx.blocking_send(last);
             })
             .map_err(|e| Error::io("spawning the local generation thread", e))?;
-        Ok(Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))))
+        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
     }
 
     /// Runs the whole generation on a blocking thread (no per-token channel traffic).
@@ -448,17 +482,20 @@ impl Backend for LocalBackend {
         std::thread::Builder::new()
             .name("edgeroute-local".into())
             .spawn(move || {
-                let out = backend.generate_blocking(&call.messages, &call.params, call.deadline, |_| {
-                    if tx.is_closed() {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                });
+                let out =
+                    backend.generate_blocking(&call.messages, &call.params, call.deadline, |_| {
+                        if tx.is_closed() {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    });
                 let _ = tx.send(out.map(LocalOutput::into_generation));
             })
             .map_err(|e| Error::io("spawning the local generation thread", e))?;
-        rx.await.map_err(|_| Error::Inference("the local generation thread ended without an answer".into()))?
+        rx.await.map_err(|_| {
+            Error::Inference("the local generation thread ended without an answer".into())
+        })?
     }
 }
 
@@ -469,7 +506,15 @@ mod tests {
     #[test]
     fn first_sentence_ends_after_min_chars_at_terminator() {
         let mut f = FirstSentence::default();
-        for t in ["Yes", ".", " The capital", " of France", " is Paris", ".", " It is"] {
+        for t in [
+            "Yes",
+            ".",
+            " The capital",
+            " of France",
+            " is Paris",
+            ".",
+            " It is",
+        ] {
             f.push(t);
         }
         // "Yes." is too short to count; the sentence ends at the second ".".
