@@ -259,7 +259,7 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
     ];
     if PLACEHOLDERS
         .iter()
-        .any(|p| lower.windows(p.len()).any(|w| w == *p))
+        .any(|p| memchr::memmem::find(&lower, p).is_some())
     {
         return false;
     }
