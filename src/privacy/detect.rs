@@ -118,9 +118,12 @@ const ZONE_MARGIN: usize = 64;
 /// A label (any spelling or suffix: `DB_PASSWORD`, `api_key_prod`), an assignment operator
 /// (`=`, `:`, `=>`, `:=`, ` is `) and an optional opening quote.
 const ASSIGNED_HEAD: &str = concat!(
-    r"(?i:password|passwd|passphrase|pwd|passwort|kennwort|mot de passe|contrase[ñn]a|senha",
+    r"(?:(?i:password|passwd|passphrase|passwort|pwd|kennwort|mot de passe|contrase[ñn]a|senha",
     r"|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credential)",
-    r#"[A-Za-z0-9_.\-]{0,30}["']?[ \t]{0,4}(?:=>|:=|=|:|[ \t]{1,4}(?i:is)[ \t]{1,4})[ \t]{0,4}["'`]?"#,
+    r"[A-Za-z0-9_.\-]{0,30}",
+    // A bare `pass` only as its own word part (`DB_PASS`, `pass.prod`), not `passport`.
+    r"|(?i:pass)(?:[_.\-][A-Za-z0-9_.\-]{0,30})?)",
+    r#"["']?[ \t]{0,4}(?:=>|:=|=|:|[ \t]{1,4}(?i:is)[ \t]{1,4})[ \t]{0,4}["'`]?"#,
 );
 /// The value: up to a space, quote, comma or semicolon.
 const ASSIGNED_VALUE: &str = r#"[^\s"'`,;]{1,200}"#;
@@ -143,10 +146,8 @@ impl Detectors {
             ssn: re(r"(?-u:\b)\d{3}[ \-]?\d{2}[ \-]?\d{4}(?-u:\b)")?,
             ipv4: re(r"(?-u:\b)(?:\d{1,3}\.){3}\d{1,3}(?-u:\b)")?,
             ipv6: re(r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,8}(?:\.\d{1,3}){0,3}")?,
-            phone_intl: re(r"\+[1-9][\d ().\-]{6,24}\d")?,
-            phone_us: re(
-                r"(?:1[ .\-]?)?(?:\([2-9]\d{2}\)|[2-9]\d{2})[ .\-]?[2-9]\d{2}[ .\-]?\d{4}(?-u:\b)",
-            )?,
+            phone_intl: re(r"(?:\+|00)[1-9][\d ().\-]{6,24}\d")?,
+            phone_us: re(r"(?:1[ .\-]?)?(?:\(\d{3}\)|\d{3})[ .\-]?\d{3}[ .\-]?\d{4}")?,
             phone_zero: re(r"\(?0[1-9]\d{0,4}\)?(?:[ ./\-]?\d{2,8}){1,5}(?-u:\b)")?,
             tokens: re(concat!(
                 r"(?-u:\b)(?:",
@@ -155,6 +156,11 @@ impl Detectors {
                 r"|github_pat_[A-Za-z0-9_]{22,255}",
                 r"|sk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_\-]{20,}",
                 r"|xox[abposre]-[A-Za-z0-9\-]{10,}",
+                r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}",
+                r"|glpat-[A-Za-z0-9_\-]{20}",
+                r"|npm_[A-Za-z0-9]{36}",
+                r"|hf_[A-Za-z0-9]{30,40}",
+                r"|SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}",
                 r"|AIza[0-9A-Za-z_\-]{35}",
                 r"|eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
                 r")",
@@ -252,7 +258,7 @@ impl Detectors {
         let mut pos = 0;
         while let Some(k) = self.labels.find(&b[pos..]) {
             let at = pos + k.start();
-            pos = pos + k.end();
+            pos += k.end();
             let rest = &text[at..];
             let bearer = b[at..]
                 .first()
@@ -443,7 +449,8 @@ impl Detectors {
             let mut end = e;
             loop {
                 let cand = &text[s..end];
-                if cand.bytes().any(|c| c.is_ascii_digit())
+                let colons = cand.bytes().filter(|&c| c == b':').count();
+                if (colons >= 3 || cand.bytes().any(|c| c.is_ascii_digit()))
                     && cand.len() >= 3
                     && cand.parse::<std::net::Ipv6Addr>().is_ok()
                     && !b.get(end).is_some_and(|&c| is_word(c) || c == b':')
@@ -485,6 +492,7 @@ impl Detectors {
             let Some(end) = shrink_to_valid(b, s, e, intl_phone_ok) else {
                 return Step::Retry;
             };
+            let end = end + extension_len(b, end);
             if !clean_after(b, end, true) || negative_phone_context(b, s) {
                 return Step::Retry;
             }
@@ -492,15 +500,26 @@ impl Detectors {
             Step::Accept(end)
         });
         for m in self.phone_us.find_iter(text) {
-            let (s, e) = (m.start(), m.end());
+            let s = m.start();
+            let e = m.end() + extension_len(b, m.end());
             if (s > 0 && b[s - 1] == b'+') || !isolated(b, s, e, true) {
                 continue;
             }
-            if !parens_ok(&b[s..e]) || negative_phone_context(b, s) {
+            let t = &b[s..m.end()];
+            if !parens_ok(t) || negative_phone_context(b, s) {
                 continue;
             }
-            // Ten bare digits are a phone number only with a label nearby.
-            let bare = b[s..e].iter().all(u8::is_ascii_digit);
+            // `415-555-0132`, `(415) 555-0132`, `415.555.0132` are phone-shaped enough; bare or
+            // space-separated digits must also be valid NANP numbers (area and exchange 2-9),
+            // and bare ones need a label nearby.
+            let digits: Vec<u8> = t.iter().copied().filter(u8::is_ascii_digit).collect();
+            let national = &digits[digits.len() - 10..];
+            let nanp = national[0] >= b'2' && national[3] >= b'2';
+            let bare = t.iter().all(u8::is_ascii_digit);
+            let loose = t.iter().all(|c| c.is_ascii_digit() || *c == b' ');
+            if loose && !nanp {
+                continue;
+            }
             if bare && context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) != Some(true) {
                 continue;
             }
@@ -513,6 +532,7 @@ impl Detectors {
             let Some(end) = shrink_to_valid(b, s, e, national_phone_ok) else {
                 return Step::Retry;
             };
+            let end = end + extension_len(b, end);
             if !clean_after(b, end, true) || negative_phone_context(b, s) {
                 return Step::Retry;
             }
@@ -561,6 +581,18 @@ const PHONE_WORDS: &[&[u8]] = &[
     b"nummer",
     b"ring",
     b"mob",
+    b"t\xc3\xa9l",
+    b"appel",
+    b"joindre",
+    b"num\xc3\xa9ro",
+    b"rufen",
+    b"anruf",
+    b"erreichbar",
+    b"llam",
+    b"tel\xc3\xa9fono",
+    b"m\xc3\xb3vil",
+    b"hotline",
+    b"landline",
 ];
 const NOT_PHONE_WORDS: &[&[u8]] = &[
     b"tracking number",
@@ -722,16 +754,25 @@ fn clean_after(b: &[u8], e: usize, space_joins: bool) -> bool {
     !(space_joins && c == b' ' && number_after)
 }
 
-/// True when `b[i]` is the last digit of a token made only of digits.
+/// True when `b[i]` ends a token made only of digits, or an account-number group such as
+/// `DE89` or `DBRI` (upper-case letters and digits, the way IBANs are written in groups).
 fn number_ends_at(b: &[u8], i: usize) -> bool {
-    if !b.get(i).is_some_and(u8::is_ascii_digit) {
+    let Some(&last) = b.get(i) else {
         return false;
-    }
-    let mut k = i;
-    while k > 0 && b[k - 1].is_ascii_digit() {
+    };
+    let mut k = i + 1;
+    while k > 0 && (b[k - 1].is_ascii_digit() || b[k - 1].is_ascii_uppercase()) {
         k -= 1;
     }
-    k == 0 || !is_word(b[k - 1])
+    let token = &b[k..=i];
+    if token.is_empty() {
+        return false;
+    }
+    let clean_start = k == 0 || !is_word(b[k - 1]);
+    let digits_only = token.iter().all(u8::is_ascii_digit);
+    let group =
+        token.len() == 4 && (last.is_ascii_digit() || token.iter().all(u8::is_ascii_uppercase));
+    clean_start && (digits_only || group)
 }
 
 /// True when `b[i]` starts a token made only of digits.
@@ -887,7 +928,12 @@ fn date_like(t: &[u8]) -> bool {
 
 /// `+CC ...` numbers: E.164 length (8–15 digits) with per-country lengths for the common codes.
 fn intl_phone_ok(t: &[u8]) -> bool {
-    if !phone_shape_ok(&t[1..]) {
+    // `+49 ...` or `0049 ...`.
+    let t = t
+        .strip_prefix(b"+")
+        .or_else(|| t.strip_prefix(b"00"))
+        .unwrap_or(t);
+    if !phone_shape_ok(t) {
         return false;
     }
     // `(0)` is the national trunk prefix some people write after the country code.
@@ -896,7 +942,7 @@ fn intl_phone_ok(t: &[u8]) -> bool {
     let n = digits.len() - usize::from(trunk);
     let cc = |p: &[u8]| digits.starts_with(p);
     if cc(b"1") {
-        n == 11 && (b'2'..=b'9').contains(&digits[1])
+        n == 11
     } else if cc(b"44") {
         (11..=12).contains(&n)
     } else if cc(b"49") {
@@ -911,7 +957,9 @@ fn intl_phone_ok(t: &[u8]) -> bool {
 /// National numbers with a leading trunk `0` (UK, DE, FR and most of Europe): 10–12 digits.
 fn national_phone_ok(t: &[u8]) -> bool {
     let digits = t.iter().filter(|c| c.is_ascii_digit()).count();
-    if !(10..=12).contains(&digits) || !phone_shape_ok(t) || date_like(t) {
+    // Nine digits only with a bracketed area code (`(040) 558756`).
+    let min = if t.first() == Some(&b'(') { 9 } else { 10 };
+    if !(min..=12).contains(&digits) || !phone_shape_ok(t) || date_like(t) {
         return false;
     }
     // A `/` only separates the area code (`030/1234567`).
@@ -924,6 +972,34 @@ fn national_phone_ok(t: &[u8]) -> bool {
                 && !t[p + 1..].contains(&b'/')
         }
         None => true,
+    }
+}
+
+/// Length of a phone extension right after a number (`x123`, ` x123`, ` ext. 123`), or 0.
+fn extension_len(b: &[u8], e: usize) -> usize {
+    let rest = b.get(e..).unwrap_or_default();
+    let lead = usize::from(rest.first() == Some(&b' '));
+    let r = &rest[lead..];
+    let tag = if r.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'x')) {
+        1
+    } else if r.len() >= 3 && r[..3].eq_ignore_ascii_case(b"ext") {
+        if r.get(3) == Some(&b'.') {
+            4
+        } else {
+            3
+        }
+    } else {
+        return 0;
+    };
+    let mut j = lead + tag;
+    if tag > 1 && rest.get(j) == Some(&b' ') {
+        j += 1;
+    }
+    let d = rest[j..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if (1..=5).contains(&d) && !rest.get(j + d).is_some_and(|&c| is_word(c)) {
+        j + d
+    } else {
+        0
     }
 }
 
