@@ -92,6 +92,7 @@ const LABELS: &[&str] = &[
     "private",
     "credential",
     "bearer",
+    "basic",
 ];
 
 /// The label spellings searched for: each of [`LABELS`] as written, UPPER and Capitalised.
@@ -166,7 +167,7 @@ impl Detectors {
                 r")",
             ))?,
             pem: re(
-                r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----(?s:.)*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY-----",
+                r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?s:.)*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----",
             )?,
             labels: AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostFirst)
@@ -174,8 +175,8 @@ impl Detectors {
                 .map_err(|e| Error::Config(format!("built-in privacy labels failed: {e}")))?,
             assigned: re(&format!(r"^{ASSIGNED_HEAD}{ASSIGNED_VALUE}"))?,
             assigned_head: re(&format!(r"^{ASSIGNED_HEAD}"))?,
-            bearer: re(r"^(?i:bearer)[ \t]+[A-Za-z0-9._~+/\-]{16,512}=*")?,
-            bearer_head: re(r"^(?i:bearer)[ \t]+")?,
+            bearer: re(r"^(?i:bearer|basic)[ \t]+[A-Za-z0-9._~+/\-]{16,512}=*")?,
+            bearer_head: re(r"^(?i:bearer|basic)[ \t]+")?,
         })
     }
 

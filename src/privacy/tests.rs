@@ -180,7 +180,15 @@ fn secrets() {
     let pem =
         "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1x\nabc==\n-----END RSA PRIVATE KEY-----";
     one(&format!("key:\n{pem}\nthanks"), "secret", pem);
+    one(
+        "Authorization: Basic dXNlcjpwYXNzd29yZA==",
+        "secret",
+        "dXNlcjpwYXNzd29yZA==",
+    );
+    let pgp = "-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQOYBF0x\n=abcd\n-----END PGP PRIVATE KEY BLOCK-----";
+    one(pgp, "secret", pgp);
     none("password: ${DB_PASSWORD} token = process.env.TOKEN max_tokens: 1024");
+    none("api_key: YOUR_API_KEY, secret = os.environ['X'], password = getpass(), basic knowledge");
     none("the sk-learn-pipeline-examples repo; your password is incorrect");
 }
 
