@@ -1,5 +1,6 @@
 //! Per-kind precision and recall of the PII scanner on the generated labeled corpus
 //! (span-exact: kind, start and end must all match). Run with `--nocapture` to see the table.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

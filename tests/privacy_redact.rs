@@ -1,5 +1,6 @@
 //! Redaction and re-hydration: stable placeholders across messages, round trips, and streaming
 //! where chunk boundaries split placeholders.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use edgeroute::privacy::{redact_messages, redact_text, PrivacyConfig, Scanner};
 use edgeroute::request::{Message, Role};

@@ -6,6 +6,7 @@
 //! retry after a rejected candidate (`retrying`) only use patterns whose matches are bounded in
 //! length, so a scan stays linear in the input size.
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use regex::Regex;
 
 use super::validate::{
@@ -57,18 +58,76 @@ pub(crate) struct Detectors {
     card: Regex,
     iban: Regex,
     ssn: Regex,
-    ssn_bare: Regex,
     ipv4: Regex,
     ipv6: Regex,
     phone_intl: Regex,
     phone_us: Regex,
     phone_zero: Regex,
-    phone_bare: Regex,
     tokens: Regex,
     pem: Regex,
+    labels: AhoCorasick,
     assigned: Regex,
+    assigned_head: Regex,
     bearer: Regex,
+    bearer_head: Regex,
 }
+
+/// Stems of the words that introduce an assigned secret (`pass` covers password, passwd,
+/// passphrase, Passwort; `api` covers api_key, apiKey...), and `bearer` for tokens. Searched
+/// case-sensitively in lower, UPPER and Capitalised form: few enough patterns for the SIMD
+/// multi-literal search, whereas a case-insensitive search is ~100x slower and would dominate
+/// the cost of scanning clean prose. The anchored regexes then check the full label.
+const LABELS: &[&str] = &[
+    "pass",
+    "pwd",
+    "kennwort",
+    "mot de passe",
+    "contrase",
+    "senha",
+    "secret",
+    "token",
+    "api",
+    "access",
+    "auth",
+    "private",
+    "credential",
+    "bearer",
+    "basic",
+];
+
+/// The label spellings searched for: each of [`LABELS`] as written, UPPER and Capitalised.
+fn label_variants() -> Vec<String> {
+    let mut out = Vec::new();
+    for l in LABELS {
+        let mut cap = l.to_string();
+        if let Some(f) = cap.get_mut(0..1) {
+            f.make_ascii_uppercase();
+        }
+        for v in [l.to_string(), l.to_uppercase(), cap] {
+            if !out.contains(&v) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+/// Bytes of context kept around digits for the digit detectors: longer than any digit-bearing
+/// match (IBAN ≤ 42 bytes with spaces) plus the label look-back (40 bytes).
+const ZONE_MARGIN: usize = 64;
+
+/// A label (any spelling or suffix: `DB_PASSWORD`, `api_key_prod`), an assignment operator
+/// (`=`, `:`, `=>`, `:=`, ` is `) and an optional opening quote.
+const ASSIGNED_HEAD: &str = concat!(
+    r"(?:(?i:password|passwd|passphrase|passwort|pwd|kennwort|mot de passe|contrase[ñn]a|senha",
+    r"|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credential)",
+    r"[A-Za-z0-9_.\-]{0,30}",
+    // A bare `pass` only as its own word part (`DB_PASS`, `pass.prod`), not `passport`.
+    r"|(?i:pass)(?:[_.\-][A-Za-z0-9_.\-]{0,30})?)",
+    r#"["']?[ \t]{0,4}(?:=>|:=|=|:|[ \t]{1,4}(?i:is)[ \t]{1,4})[ \t]{0,4}["'`]?"#,
+);
+/// The value: up to a space, quote, comma or semicolon.
+const ASSIGNED_VALUE: &str = r#"[^\s"'`,;]{1,200}"#;
 
 fn re(src: &str) -> Result<Regex> {
     Regex::new(src).map_err(|e| Error::Config(format!("built-in privacy regex failed: {e}")))
@@ -84,17 +143,13 @@ impl Detectors {
                 r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{1,128}:([^\s:/@]{1,256})@",
             )?,
             card: re(r"(?-u:\b)\d(?:[ \-]?\d){12,18}(?-u:\b)")?,
-            iban: re(r"(?-u:\b)[A-Z]{2}\d{2}(?: ?[A-Z0-9]){10,32}")?,
-            ssn: re(r"(?-u:\b)\d{3}[ \-]\d{2}[ \-]\d{4}(?-u:\b)")?,
-            ssn_bare: re(r"(?-u:\b)\d{9}(?-u:\b)")?,
+            iban: re(r"(?-u:\b)[A-Z]{2}\d{2} ?[A-Z0-9]")?,
+            ssn: re(r"(?-u:\b)\d{3}[ \-]?\d{2}[ \-]?\d{4}(?-u:\b)")?,
             ipv4: re(r"(?-u:\b)(?:\d{1,3}\.){3}\d{1,3}(?-u:\b)")?,
             ipv6: re(r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,8}(?:\.\d{1,3}){0,3}")?,
-            phone_intl: re(r"\+[1-9][\d ().\-]{6,24}\d")?,
-            phone_us: re(
-                r"(?:1[ .\-]?)?(?:\([2-9]\d{2}\)|[2-9]\d{2})[ .\-]?[2-9]\d{2}[ .\-]\d{4}(?-u:\b)",
-            )?,
+            phone_intl: re(r"(?:\+|00)[1-9][\d ().\-]{6,24}\d")?,
+            phone_us: re(r"(?:1[ .\-]?)?(?:\(\d{3}\)|\d{3})[ .\-]?\d{3}[ .\-]?\d{4}")?,
             phone_zero: re(r"\(?0[1-9]\d{0,4}\)?(?:[ ./\-]?\d{2,8}){1,5}(?-u:\b)")?,
-            phone_bare: re(r"(?-u:\b)1?[2-9]\d{2}[2-9]\d{6}(?-u:\b)")?,
             tokens: re(concat!(
                 r"(?-u:\b)(?:",
                 r"(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}",
@@ -102,58 +157,83 @@ impl Detectors {
                 r"|github_pat_[A-Za-z0-9_]{22,255}",
                 r"|sk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_\-]{20,}",
                 r"|xox[abposre]-[A-Za-z0-9\-]{10,}",
+                r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}",
+                r"|glpat-[A-Za-z0-9_\-]{20}",
+                r"|npm_[A-Za-z0-9]{36}",
+                r"|hf_[A-Za-z0-9]{30,40}",
+                r"|SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}",
                 r"|AIza[0-9A-Za-z_\-]{35}",
                 r"|eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
                 r")",
             ))?,
             pem: re(
-                r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----(?s:.)*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY-----",
+                r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?s:.)*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----",
             )?,
-            assigned: re(concat!(
-                r"(?i)(?:password|passwd|passphrase|pwd|passwort|kennwort|mot de passe|contrase[ñn]a|senha",
-                r"|secret|token|api[_\-]?key|access[_\-]?key",
-                r"|auth[_\-]?key|private[_\-]?key|credentials?)",
-                r#"[a-z0-9_.\-]{0,30}["']?[ \t]{0,4}(?:=>|:=|=|:|[ \t]{1,4}is[ \t]{1,4})[ \t]{0,4}["'`]?"#,
-                r#"([^\s"'`,;]{1,200})"#,
-            ))?,
-            bearer: re(r"(?i)\bbearer[ \t]+([A-Za-z0-9._~+/\-]{16,512}=*)")?,
+            labels: AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostFirst)
+                .build(label_variants())
+                .map_err(|e| Error::Config(format!("built-in privacy labels failed: {e}")))?,
+            assigned: re(&format!(r"^{ASSIGNED_HEAD}{ASSIGNED_VALUE}"))?,
+            assigned_head: re(&format!(r"^{ASSIGNED_HEAD}"))?,
+            bearer: re(r"^(?i:bearer|basic)[ \t]+[A-Za-z0-9._~+/\-]{16,512}=*")?,
+            bearer_head: re(r"^(?i:bearer|basic)[ \t]+")?,
         })
     }
 
     /// Runs the enabled built-in detectors over `text`.
+    ///
+    /// Detectors that need digits only look at the zones around digits (see [`digit_zones`]),
+    /// so prose with a few numbers costs little more than prose without.
     pub(crate) fn run(&self, text: &str, enabled: &[bool; 7], out: &mut Vec<Found>) {
         let b = text.as_bytes();
-        let has_digit = b.iter().any(u8::is_ascii_digit);
-        let has_at = b.contains(&b'@');
         let on = |k: u16| enabled[usize::from(k)];
         if on(kind::SECRET) {
-            self.secrets(text, has_at, out);
+            self.secrets(text, out);
         }
-        if on(kind::EMAIL) && has_at {
+        if on(kind::EMAIL) && memchr::memchr(b'@', b).is_some() {
             self.emails(text, out);
         }
-        if !has_digit {
+        let digit_kinds = [
+            kind::IBAN,
+            kind::CREDIT_CARD,
+            kind::US_SSN,
+            kind::IP_ADDRESS,
+            kind::PHONE,
+        ];
+        if !digit_kinds.iter().any(|&k| on(k)) {
             return;
         }
-        if on(kind::IBAN) {
-            self.ibans(text, out);
-        }
-        if on(kind::CREDIT_CARD) {
-            self.cards(text, out);
-        }
-        if on(kind::US_SSN) {
-            self.ssns(text, out);
-        }
-        if on(kind::IP_ADDRESS) {
-            self.ips(text, out);
-        }
-        if on(kind::PHONE) {
-            self.phones(text, out);
+        for (zs, ze, digits) in digit_zones(b, ZONE_MARGIN) {
+            let Some(zone) = text.get(zs..ze) else {
+                continue;
+            };
+            let first = out.len();
+            // Each kind needs a minimum number of digits: most zones in prose have a few.
+            if on(kind::IBAN) && digits >= 8 {
+                self.ibans(zone, out);
+            }
+            if on(kind::CREDIT_CARD) && digits >= 13 {
+                self.cards(zone, out);
+            }
+            if on(kind::US_SSN) && digits >= 9 {
+                self.ssns(zone, out);
+            }
+            if on(kind::IP_ADDRESS) && digits >= 2 && zone.contains(['.', ':']) {
+                self.ips(zone, out);
+            }
+            if on(kind::PHONE) && digits >= 8 {
+                self.phones(zone, out);
+            }
+            for f in &mut out[first..] {
+                f.start += zs;
+                f.end += zs;
+            }
         }
     }
 
-    fn secrets(&self, text: &str, has_at: bool, out: &mut Vec<Found>) {
+    fn secrets(&self, text: &str, out: &mut Vec<Found>) {
         let b = text.as_bytes();
+        let has_at = memchr::memchr(b'@', b).is_some();
         let secret = |start, end, priority, confidence| Found {
             start,
             end,
@@ -170,22 +250,35 @@ impl Detectors {
             }
             out.push(secret(m.start(), m.end(), priority::SECRET_TOKEN, 0.97));
         }
-        if b.windows(11).any(|w| w == b"PRIVATE KEY") {
-            for m in self.pem.find_iter(text) {
-                out.push(secret(m.start(), m.end(), priority::SECRET_TOKEN, 0.99));
-            }
+        for m in self.pem.find_iter(text) {
+            out.push(secret(m.start(), m.end(), priority::SECRET_TOKEN, 0.99));
         }
-        for c in self.assigned.captures_iter(text) {
-            let Some(v) = c.get(1) else { continue };
-            let (s, e) = trim_value(b, v.start(), v.end());
+        // Only where a label word occurs (one Aho-Corasick pass): the anchored full pattern
+        // finds the assignment, the anchored head pattern (no value) tells where the value
+        // starts. Plain DFA searches over a bounded slice; no capture groups.
+        let mut pos = 0;
+        while let Some(k) = self.labels.find(&b[pos..]) {
+            let at = pos + k.start();
+            pos += k.end();
+            let rest = &text[at..];
+            let bearer = b[at..]
+                .first()
+                .is_some_and(|c| c.eq_ignore_ascii_case(&b'b'));
+            let (full, head, conf) = if bearer {
+                (&self.bearer, &self.bearer_head, 0.85)
+            } else {
+                (&self.assigned, &self.assigned_head, 0.8)
+            };
+            let (Some(m), Some(h)) = (full.find(rest), head.find(rest)) else {
+                continue;
+            };
+            if h.end() >= m.end() {
+                continue;
+            }
+            pos = pos.max(at + m.end());
+            let (s, e) = trim_value(b, at + h.end(), at + m.end());
             if looks_like_secret(&b[s..e]) {
-                out.push(secret(s, e, priority::SECRET_ASSIGNED, 0.8));
-            }
-        }
-        for c in self.bearer.captures_iter(text) {
-            let Some(v) = c.get(1) else { continue };
-            if looks_like_secret(v.as_str().as_bytes()) {
-                out.push(secret(v.start(), v.end(), priority::SECRET_ASSIGNED, 0.85));
+                out.push(secret(s, e, priority::SECRET_ASSIGNED, conf));
             }
         }
         if has_at {
@@ -225,48 +318,54 @@ impl Detectors {
 
     fn ibans(&self, text: &str, out: &mut Vec<Found>) {
         let b = text.as_bytes();
-        retrying(&self.iban, text, |s, e| {
-            let want = iban_length(&b[s..s + 2])?;
-            let mut compact = [0u8; 40];
+        // The regex finds only the head (`DE89` + one character at a word start); the body is
+        // walked by hand up to the country's length, so a scan never re-reads long runs.
+        for m in self.iban.find_iter(text) {
+            let s = m.start();
+            let Some(want) = iban_length(&b[s..s + 2]) else {
+                continue;
+            };
+            let mut compact = [0u8; 34];
             let mut n = 0;
-            let mut end = s;
-            for (i, &c) in b[s..e].iter().enumerate() {
-                if c == b' ' {
-                    continue;
-                }
-                if n == want {
+            let mut i = s;
+            while n < want && i < b.len() {
+                let c = b[i];
+                if c.is_ascii_uppercase() || c.is_ascii_digit() {
+                    compact[n] = c;
+                    n += 1;
+                } else if !(c == b' '
+                    && n >= 4
+                    && b.get(i + 1).is_some_and(u8::is_ascii_alphanumeric))
+                {
                     break;
                 }
-                *compact.get_mut(n)? = c;
-                n += 1;
-                end = s + i + 1;
+                i += 1;
             }
-            if n != want || b.get(end).is_some_and(|&c| is_word(c)) {
-                return None;
-            }
-            if !iban_valid(&compact[..n]) {
-                return None;
+            if n != want || b.get(i).is_some_and(|&c| is_word(c)) || !iban_valid(&compact[..n]) {
+                continue;
             }
             out.push(Found {
                 start: s,
-                end,
+                end: i,
                 kind: kind::IBAN,
                 priority: priority::IBAN,
                 confidence: 0.99,
             });
-            Some(end)
-        });
+        }
     }
 
     fn cards(&self, text: &str, out: &mut Vec<Found>) {
         let b = text.as_bytes();
-        retrying(&self.card, text, |s, e| {
-            let groups = digit_groups(b, s, e);
+        // A card starts where its digit run starts: any later group is glued to the digits
+        // before it, so a rejected match never hides a card inside it (plain `find_iter`).
+        for m in self.card.find_iter(text) {
+            let s = m.start();
+            if !clean_before(b, s, true) {
+                continue;
+            }
+            let groups = digit_groups(b, s, m.end());
             // Digits after the card only split off when they are another field, such as an
             // expiry date (`4111 1111 1111 1111 12/25`); `-041` continues the same number.
-            if !clean_before(b, s, true) {
-                return None;
-            }
             let j = (1..=groups.len()).rev().find(|&j| {
                 let split_ok = if j == groups.len() {
                     clean_after(b, groups[j - 1].1, true)
@@ -274,17 +373,18 @@ impl Detectors {
                     b[groups[j - 1].1] == b' ' && b.get(groups[j].1) == Some(&b'/')
                 };
                 split_ok && card_ok(b, &groups[..j])
-            })?;
-            let end = groups[j - 1].1;
+            });
+            let Some(j) = j else {
+                continue;
+            };
             out.push(Found {
                 start: s,
-                end,
+                end: groups[j - 1].1,
                 kind: kind::CREDIT_CARD,
                 priority: priority::CREDIT_CARD,
                 confidence: 0.99,
             });
-            Some(end)
-        });
+        }
     }
 
     fn ssns(&self, text: &str, out: &mut Vec<Found>) {
@@ -293,31 +393,18 @@ impl Detectors {
         for m in self.ssn.find_iter(text) {
             let (s, e) = (m.start(), m.end());
             let t = &b[s..e];
-            if t[3] != t[6] || !isolated(b, s, e, true) {
+            // `123-45-6789`, `123 45 6789` or `123456789`; one separator style throughout.
+            let digits: Vec<u8> = t.iter().copied().filter(u8::is_ascii_digit).collect();
+            let seps: Vec<u8> = t.iter().copied().filter(|c| !c.is_ascii_digit()).collect();
+            let (dashed, bare) = (seps == b"--", seps.is_empty());
+            if !(dashed || bare || seps == b"  ") || !isolated(b, s, e, true) {
                 continue;
             }
-            if !ssn_valid(num(&t[0..3]), num(&t[4..6]), num(&t[7..11])) {
+            if !ssn_valid(num(&digits[0..3]), num(&digits[3..5]), num(&digits[5..9])) {
                 continue;
             }
-            // Space-separated digits are too common to trust without a nearby label.
-            if t[3] == b' ' && context(b, s, 40, SSN_WORDS, &[]) != Some(true) {
-                continue;
-            }
-            out.push(Found {
-                start: s,
-                end: e,
-                kind: kind::US_SSN,
-                priority: priority::US_SSN,
-                confidence: 0.9,
-            });
-        }
-        for m in self.ssn_bare.find_iter(text) {
-            let (s, e) = (m.start(), m.end());
-            let t = &b[s..e];
-            if !isolated(b, s, e, true)
-                || context(b, s, 40, SSN_WORDS, &[]) != Some(true)
-                || !ssn_valid(num(&t[0..3]), num(&t[3..5]), num(&t[5..9]))
-            {
+            // Spaced or bare digits are too common to trust without a nearby label.
+            if !dashed && context(b, s, 40, SSN_WORDS, &[]) != Some(true) {
                 continue;
             }
             out.push(Found {
@@ -325,7 +412,7 @@ impl Detectors {
                 end: e,
                 kind: kind::US_SSN,
                 priority: priority::US_SSN,
-                confidence: 0.8,
+                confidence: if dashed { 0.9 } else { 0.8 },
             });
         }
     }
@@ -355,15 +442,16 @@ impl Detectors {
             return;
         }
         retrying(&self.ipv6, text, |s, e| {
-            let before_ok = s == 0 || !(is_word(b[s - 1]) || matches!(b[s - 1], b':' | b'.'));
-            if !before_ok {
-                return None;
+            let glued = s > 0 && (is_word(b[s - 1]) || matches!(b[s - 1], b':' | b'.'));
+            if glued {
+                return Step::Skip;
             }
             // A trailing `:` belongs to the sentence ("address fe80::1: unreachable").
             let mut end = e;
             loop {
                 let cand = &text[s..end];
-                if cand.bytes().filter(u8::is_ascii_digit).count() > 0
+                let colons = cand.bytes().filter(|&c| c == b':').count();
+                if (colons >= 3 || cand.bytes().any(|c| c.is_ascii_digit()))
                     && cand.len() >= 3
                     && cand.parse::<std::net::Ipv6Addr>().is_ok()
                     && !b.get(end).is_some_and(|&c| is_word(c) || c == b':')
@@ -373,7 +461,7 @@ impl Detectors {
                 if end > s + 2 && b[end - 1] == b':' && b[end - 2] != b':' {
                     end -= 1;
                 } else {
-                    return None;
+                    return Step::Retry;
                 }
             }
             out.push(Found {
@@ -383,7 +471,7 @@ impl Detectors {
                 priority: priority::IP_ADDRESS,
                 confidence: 0.9,
             });
-            Some(end)
+            Step::Accept(end)
         });
     }
 
@@ -399,49 +487,66 @@ impl Detectors {
             })
         };
         retrying(&self.phone_intl, text, |s, e| {
-            if s > 0 && (is_word(b[s - 1]) || b[s - 1] == b'+') {
-                return None;
+            if !clean_before(b, s, true) || (s > 0 && b[s - 1] == b'+') {
+                return Step::Skip;
             }
-            let end = shrink_to_valid(b, s, e, intl_phone_ok)?;
-            if !isolated(b, s, end, true) || negative_phone_context(b, s) {
-                return None;
+            let Some(end) = shrink_to_valid(b, s, e, intl_phone_ok) else {
+                return Step::Retry;
+            };
+            let end = end + extension_len(b, end);
+            if !clean_after(b, end, true) || negative_phone_context(b, s) {
+                return Step::Retry;
             }
             push(s, end, 0.9);
-            Some(end)
+            Step::Accept(end)
         });
         for m in self.phone_us.find_iter(text) {
-            let (s, e) = (m.start(), m.end());
+            let s = m.start();
+            let e = m.end() + extension_len(b, m.end());
             if (s > 0 && b[s - 1] == b'+') || !isolated(b, s, e, true) {
                 continue;
             }
-            if !parens_ok(&b[s..e]) || negative_phone_context(b, s) {
+            let t = &b[s..m.end()];
+            if !parens_ok(t) || negative_phone_context(b, s) {
                 continue;
             }
-            push(s, e, 0.85);
+            // `415-555-0132`, `(415) 555-0132`, `415.555.0132` are phone-shaped enough; bare or
+            // space-separated digits must also be valid NANP numbers (area and exchange 2-9),
+            // and bare ones need a label nearby.
+            let digits: Vec<u8> = t.iter().copied().filter(u8::is_ascii_digit).collect();
+            let national = &digits[digits.len() - 10..];
+            let nanp = national[0] >= b'2' && national[3] >= b'2';
+            let bare = t.iter().all(u8::is_ascii_digit);
+            let loose = t.iter().all(|c| c.is_ascii_digit() || *c == b' ');
+            if loose && !nanp {
+                continue;
+            }
+            if bare && context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) != Some(true) {
+                continue;
+            }
+            push(s, e, if bare { 0.7 } else { 0.85 });
         }
         retrying(&self.phone_zero, text, |s, e| {
-            let end = shrink_to_valid(b, s, e, national_phone_ok)?;
-            if !isolated(b, s, end, true) || negative_phone_context(b, s) {
-                return None;
+            if !clean_before(b, s, true) {
+                return Step::Skip;
+            }
+            let Some(end) = shrink_to_valid(b, s, e, national_phone_ok) else {
+                return Step::Retry;
+            };
+            let end = end + extension_len(b, end);
+            if !clean_after(b, end, true) || negative_phone_context(b, s) {
+                return Step::Retry;
             }
             // An unbroken run of digits needs a label nearby to be called a phone number.
             let unbroken = b[s..end].iter().all(u8::is_ascii_digit);
-            let labelled = context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) == Some(true);
-            if unbroken && (!labelled || end - s > 11) {
-                return None;
+            if unbroken
+                && (end - s > 11 || context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) != Some(true))
+            {
+                return Step::Retry;
             }
             push(s, end, 0.8);
-            Some(end)
+            Step::Accept(end)
         });
-        for m in self.phone_bare.find_iter(text) {
-            let (s, e) = (m.start(), m.end());
-            if !isolated(b, s, e, true)
-                || context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) != Some(true)
-            {
-                continue;
-            }
-            push(s, e, 0.7);
-        }
     }
 }
 
@@ -477,6 +582,18 @@ const PHONE_WORDS: &[&[u8]] = &[
     b"nummer",
     b"ring",
     b"mob",
+    b"t\xc3\xa9l",
+    b"appel",
+    b"joindre",
+    b"num\xc3\xa9ro",
+    b"rufen",
+    b"anruf",
+    b"erreichbar",
+    b"llam",
+    b"tel\xc3\xa9fono",
+    b"m\xc3\xb3vil",
+    b"hotline",
+    b"landline",
 ];
 const NOT_PHONE_WORDS: &[&[u8]] = &[
     b"tracking number",
@@ -520,18 +637,67 @@ const NOT_PHONE_WORDS: &[&[u8]] = &[
     b"facture",
 ];
 
-/// Finds matches of `re`, letting `accept` decide (and trim) each. After a rejection the search
-/// resumes one character after the rejected start, so a greedy false start cannot hide a real
-/// match inside it. Only for patterns with bounded match length (keeps the scan linear).
-fn retrying(re: &Regex, text: &str, mut accept: impl FnMut(usize, usize) -> Option<usize>) {
+/// Byte ranges of `b` around its digits: each digit with `margin` bytes either side, merged,
+/// widened to UTF-8 character boundaries. Text far from any digit cannot hold a digit-bearing
+/// match (or the label words before one), so the digit detectors skip it.
+fn digit_zones(b: &[u8], margin: usize) -> Vec<(usize, usize, usize)> {
+    let mut zones: Vec<(usize, usize, usize)> = Vec::new();
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(u8::is_ascii_digit) {
+        let first = i + off;
+        let mut last = first;
+        let mut digits = 1;
+        let mut j = first + 1;
+        while j < b.len() && j <= last + margin {
+            if b[j].is_ascii_digit() {
+                last = j;
+                digits += 1;
+            }
+            j += 1;
+        }
+        let mut start = first.saturating_sub(margin);
+        while start > 0 && (b[start] & 0xC0) == 0x80 {
+            start -= 1;
+        }
+        let mut end = (last + 1 + margin).min(b.len());
+        while end < b.len() && (b[end] & 0xC0) == 0x80 {
+            end += 1;
+        }
+        match zones.last_mut() {
+            Some(z) if start <= z.1 => {
+                z.1 = end;
+                z.2 += digits;
+            }
+            _ => zones.push((start, end, digits)),
+        }
+        i = j;
+    }
+    zones
+}
+
+/// What to do after a candidate.
+enum Step {
+    /// Accepted, ending here; continue after it.
+    Accept(usize),
+    /// Rejected because its start is glued to the token before it: every position inside the
+    /// match is glued too, so continue after the match.
+    Skip,
+    /// Rejected on content: a real match may start inside it; continue one character later.
+    Retry,
+}
+
+/// Finds matches of `re`, letting `decide` accept (and trim) or reject each. Only for patterns
+/// with bounded match length, which keeps the scan linear.
+fn retrying(re: &Regex, text: &str, mut decide: impl FnMut(usize, usize) -> Step) {
     let mut pos = 0;
     while pos <= text.len() {
         let Some(m) = re.find_at(text, pos) else {
             break;
         };
-        pos = match accept(m.start(), m.end()) {
-            Some(end) => end.max(next_char(text, m.start())),
-            None => next_char(text, m.start()),
+        pos = match decide(m.start(), m.end()) {
+            Step::Accept(end) => end.max(next_char(text, m.start())),
+            Step::Skip => m.end().max(next_char(text, m.start())),
+            Step::Retry => next_char(text, m.start()),
         };
     }
 }
@@ -567,42 +733,77 @@ fn clean_before(b: &[u8], s: usize, space_joins: bool) -> bool {
     if matches!(c, b'-' | b'.' | b'/' | b'_' | b'+') && is_word(p) || c == b'#' {
         return false;
     }
-    if matches!(c, b',' | b':') && p.is_ascii_digit() {
+    // A number right before (`12, 4111...`, `0044 0532...`) joins this one; `mc2 4111...` does not.
+    let number_before = s >= 2 && number_ends_at(b, s - 2);
+    if matches!(c, b',' | b':') && number_before {
         return false;
     }
-    !(space_joins && c == b' ' && p.is_ascii_digit())
+    !(space_joins && c == b' ' && number_before)
 }
 
 fn clean_after(b: &[u8], e: usize, space_joins: bool) -> bool {
     let Some(&c) = b.get(e) else {
         return true;
     };
-    let n = b.get(e + 1).copied().unwrap_or(b' ');
     if is_word(c) {
         return false;
     }
-    if matches!(c, b'-' | b'.' | b'/' | b':' | b',') && n.is_ascii_digit() {
+    let number_after = number_starts_at(b, e + 1);
+    if matches!(c, b'-' | b'.' | b'/' | b':' | b',') && number_after {
         return false;
     }
-    !(space_joins && c == b' ' && n.is_ascii_digit())
+    !(space_joins && c == b' ' && number_after)
+}
+
+/// True when `b[i]` ends a token made only of digits, or an account-number group such as
+/// `DE89` or `DBRI` (upper-case letters and digits, the way IBANs are written in groups).
+fn number_ends_at(b: &[u8], i: usize) -> bool {
+    let Some(&last) = b.get(i) else {
+        return false;
+    };
+    let mut k = i + 1;
+    while k > 0 && (b[k - 1].is_ascii_digit() || b[k - 1].is_ascii_uppercase()) {
+        k -= 1;
+    }
+    let token = &b[k..=i];
+    if token.is_empty() {
+        return false;
+    }
+    let clean_start = k == 0 || !is_word(b[k - 1]);
+    let digits_only = token.iter().all(u8::is_ascii_digit);
+    let group =
+        token.len() == 4 && (last.is_ascii_digit() || token.iter().all(u8::is_ascii_uppercase));
+    clean_start && (digits_only || group)
+}
+
+/// True when `b[i]` starts a token made only of digits.
+fn number_starts_at(b: &[u8], i: usize) -> bool {
+    if !b.get(i).is_some_and(u8::is_ascii_digit) {
+        return false;
+    }
+    let mut k = i;
+    while k < b.len() && b[k].is_ascii_digit() {
+        k += 1;
+    }
+    k == b.len() || !is_word(b[k])
 }
 
 /// Looks back up to `window` bytes from `s` for label words. Returns `Some(true)` when the
 /// nearest label is a positive one, `Some(false)` when it is a negative one, `None` when none.
 fn context(b: &[u8], s: usize, window: usize, pos: &[&[u8]], neg: &[&[u8]]) -> Option<bool> {
     let lo = s.saturating_sub(window);
-    let hay: Vec<u8> = b[lo..s].iter().map(u8::to_ascii_lowercase).collect();
+    let hay = &b[lo..s];
+    // End offset of the last occurrence of any word, matched case-insensitively and only at the
+    // start of a word ("server" does not contain the label "ver ").
     let last = |words: &[&[u8]]| {
-        // A label counts only at the start of a word ("server" does not contain "ver ").
         words
             .iter()
             .filter_map(|w| {
-                (0..hay.len().saturating_sub(w.len() - 1))
+                (0..(hay.len() + 1).saturating_sub(w.len()))
                     .rev()
                     .find(|&p| {
-                        hay[p..].starts_with(w)
-                            && (p == 0 && lo == 0
-                                || !is_word(if p == 0 { b[lo - 1] } else { hay[p - 1] }))
+                        hay[p..p + w.len()].eq_ignore_ascii_case(w)
+                            && (lo + p == 0 || !is_word(b[lo + p - 1]))
                     })
                     .map(|p| p + w.len())
             })
@@ -728,7 +929,12 @@ fn date_like(t: &[u8]) -> bool {
 
 /// `+CC ...` numbers: E.164 length (8–15 digits) with per-country lengths for the common codes.
 fn intl_phone_ok(t: &[u8]) -> bool {
-    if !phone_shape_ok(&t[1..]) {
+    // `+49 ...` or `0049 ...`.
+    let t = t
+        .strip_prefix(b"+")
+        .or_else(|| t.strip_prefix(b"00"))
+        .unwrap_or(t);
+    if !phone_shape_ok(t) {
         return false;
     }
     // `(0)` is the national trunk prefix some people write after the country code.
@@ -737,7 +943,7 @@ fn intl_phone_ok(t: &[u8]) -> bool {
     let n = digits.len() - usize::from(trunk);
     let cc = |p: &[u8]| digits.starts_with(p);
     if cc(b"1") {
-        n == 11 && (b'2'..=b'9').contains(&digits[1])
+        n == 11
     } else if cc(b"44") {
         (11..=12).contains(&n)
     } else if cc(b"49") {
@@ -752,7 +958,9 @@ fn intl_phone_ok(t: &[u8]) -> bool {
 /// National numbers with a leading trunk `0` (UK, DE, FR and most of Europe): 10–12 digits.
 fn national_phone_ok(t: &[u8]) -> bool {
     let digits = t.iter().filter(|c| c.is_ascii_digit()).count();
-    if !(10..=12).contains(&digits) || !phone_shape_ok(t) || date_like(t) {
+    // Nine digits only with a bracketed area code (`(040) 558756`).
+    let min = if t.first() == Some(&b'(') { 9 } else { 10 };
+    if !(min..=12).contains(&digits) || !phone_shape_ok(t) || date_like(t) {
         return false;
     }
     // A `/` only separates the area code (`030/1234567`).
@@ -765,6 +973,34 @@ fn national_phone_ok(t: &[u8]) -> bool {
                 && !t[p + 1..].contains(&b'/')
         }
         None => true,
+    }
+}
+
+/// Length of a phone extension right after a number (`x123`, ` x123`, ` ext. 123`), or 0.
+fn extension_len(b: &[u8], e: usize) -> usize {
+    let rest = b.get(e..).unwrap_or_default();
+    let lead = usize::from(rest.first() == Some(&b' '));
+    let r = &rest[lead..];
+    let tag = if r.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'x')) {
+        1
+    } else if r.len() >= 3 && r[..3].eq_ignore_ascii_case(b"ext") {
+        if r.get(3) == Some(&b'.') {
+            4
+        } else {
+            3
+        }
+    } else {
+        return 0;
+    };
+    let mut j = lead + tag;
+    if tag > 1 && rest.get(j) == Some(&b' ') {
+        j += 1;
+    }
+    let d = rest[j..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if (1..=5).contains(&d) && !rest.get(j + d).is_some_and(|&c| is_word(c)) {
+        j + d
+    } else {
+        0
     }
 }
 

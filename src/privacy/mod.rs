@@ -278,4 +278,5 @@ fn resolve(mut found: Vec<Found>) -> Vec<Found> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;

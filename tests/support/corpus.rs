@@ -154,7 +154,7 @@ fn phone(r: &Rng) -> String {
     let area = format!("{}{}", r.range(2, 9), r.digits(2));
     let exch = format!("{}{}", r.range(2, 9), r.digits(2));
     let line = r.digits(4);
-    match r.range(0, 13) {
+    match r.range(0, 19) {
         0 => format!("({area}) {exch}-{line}"),
         1 => format!("{area}-{exch}-{line}"),
         2 => format!("{area}.{exch}.{line}"),
@@ -197,7 +197,13 @@ fn phone(r: &Rng) -> String {
             r.digits(2),
             r.digits(2)
         ),
-        _ => format!("+{}{}{}", 1, area, format!("{exch}{line}")),
+        13 => format!("+1{area}{exch}{line}"),
+        14 => format!("{area}-{exch}-{line}x{}", r.digits(r.range(2, 4) as usize)),
+        15 => format!("001-{area}-{exch}-{line}"),
+        16 => format!("+44(0){} {}", r.pick(&["1632", "1865", "113"]), r.digits(6)),
+        17 => format!("(0{}) {}", r.pick(&["1632", "6221", "40"]), r.digits(6)),
+        18 => format!("0049 {} {}", r.pick(&["30", "89"]), r.digits(8)),
+        _ => format!("({area}) {exch}-{line} ext. {}", r.digits(3)),
     }
 }
 
@@ -438,11 +444,23 @@ fn secret(r: &Rng) -> Pii {
             ),
             String::new(),
         ),
-        5 => (
-            "key=".into(),
-            format!("AIza{}", r.chars(35, ALNUM)),
-            String::new(),
-        ),
+        5 => match r.range(0, 2) {
+            0 => (
+                "key=".into(),
+                format!("AIza{}", r.chars(35, ALNUM)),
+                String::new(),
+            ),
+            1 => (
+                "STRIPE_KEY=".into(),
+                format!("sk_live_{}", r.chars(24, ALNUM)),
+                String::new(),
+            ),
+            _ => (
+                "gitlab: ".into(),
+                format!("glpat-{}", r.chars(20, ALNUM)),
+                String::new(),
+            ),
+        },
         6 => {
             let header = b64url(br#"{"alg":"HS256","typ":"JWT"}"#);
             let payload =
