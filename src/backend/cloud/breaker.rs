@@ -197,16 +197,6 @@ impl Breaker {
             }
         });
     }
-
-    /// Time until an open breaker lets a probe through.
-    #[allow(dead_code)]
-    pub(crate) fn retry_in(&self) -> Duration {
-        let now = Instant::now();
-        self.with_state(|s| match s.mode {
-            Mode::Open { until } => until.saturating_duration_since(now),
-            _ => Duration::ZERO,
-        })
-    }
 }
 
 impl Permit {

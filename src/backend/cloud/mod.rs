@@ -38,7 +38,7 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 
 pub use self::breaker::BreakerState;
-pub use self::config::{ApiKey, BreakerConfig, CloudConfig, Provider, RetryConfig};
+pub use self::config::{ApiKey, BreakerConfig, CloudConfig, MaxTokensField, Provider, RetryConfig};
 pub use self::protocol::{estimate_prompt_tokens, estimate_tokens, parse_response, StreamDecoder};
 
 use self::breaker::{Breaker, Permit};
