@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::config::BreakerConfig;
 use crate::error::Error;
@@ -229,6 +229,7 @@ impl Drop for Permit {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn breaker(cfg: BreakerConfig) -> Arc<Breaker> {
         Arc::new(Breaker::new(cfg))
