@@ -511,3 +511,50 @@ async fn dns_failure_marks_the_network_offline() {
     assert!(err.is_cloud_failure());
     assert_eq!(backend.network(), Network::Offline);
 }
+
+#[tokio::test]
+async fn headers_on_time_but_a_late_first_token_is_a_first_token_timeout_and_retried() {
+    let fake = FakeProvider::start().await;
+    // Headers go out at once; every event, the first included, waits 400 ms.
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(400)));
+    let mut cfg = fake.anthropic_config();
+    cfg.first_token_timeout = Duration::from_millis(150);
+    let backend = CloudBackend::new(cfg).unwrap();
+    let err = backend.stream(call("hi")).await.err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                phase: TimeoutPhase::FirstToken,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // No token reached the caller, so every attempt was made.
+    assert_eq!(fake.requests_received(), 3);
+}
+
+#[tokio::test]
+async fn the_call_deadline_ends_a_stream_in_progress() {
+    let fake = FakeProvider::start().await;
+    fake.set_reply("one two three four five six seven eight nine ten eleven twelve");
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(100)));
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let mut c = call("hi");
+    c.deadline = Some(Instant::now() + Duration::from_millis(800));
+    let out = collect(backend.stream(c).await.unwrap()).await;
+    assert!(!out.deltas.is_empty());
+    assert!(
+        matches!(
+            out.outcome,
+            Err(Error::Timeout {
+                phase: TimeoutPhase::Total,
+                ..
+            })
+        ),
+        "{:?}",
+        out.outcome.err()
+    );
+    assert_eq!(fake.requests_received(), 1);
+}
