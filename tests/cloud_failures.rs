@@ -252,11 +252,12 @@ async fn the_call_deadline_caps_every_timeout() {
 async fn a_trickling_stream_hits_the_total_timeout_and_is_not_retried() {
     let fake = FakeProvider::start().await;
     fake.set_reply("one two three four five six seven eight nine ten eleven twelve");
-    fake.set_behavior(Behavior::Trickle(Duration::from_millis(60)));
+    // 3-4 events before the first text, 12 words, 3 events after: ~1.8 s in all.
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(100)));
     for cfg in configs(&fake) {
         fake.reset_counts();
         let mut cfg = cfg;
-        cfg.total_timeout = Duration::from_millis(500);
+        cfg.total_timeout = Duration::from_millis(900);
         let backend = CloudBackend::new(cfg).unwrap();
         let out = collect(backend.stream(call("hi")).await.unwrap()).await;
         assert!(!out.deltas.is_empty(), "the first tokens arrived in time");
@@ -495,4 +496,65 @@ async fn no_key_means_unavailable_and_no_network_io() {
         .contains("EDGEROUTE_TEST_KEY_THAT_IS_NOT_SET"));
     assert!(backend.stream(call("hi")).await.is_err());
     assert_eq!(fake.requests_received(), 0);
+}
+
+#[tokio::test]
+async fn dns_failure_marks_the_network_offline() {
+    // `.invalid` never resolves (RFC 6761).
+    let mut cfg = CloudConfig::anthropic("m")
+        .with_base_url("https://edgeroute-test.invalid/v1")
+        .with_api_key(edgeroute::backend::cloud::ApiKey::new("k"));
+    cfg.retry.max_retries = 0;
+    let backend = CloudBackend::new(cfg).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(matches!(err, Error::Connection(_)), "{err:?}");
+    assert!(err.is_cloud_failure());
+    assert_eq!(backend.network(), Network::Offline);
+}
+
+#[tokio::test]
+async fn headers_on_time_but_a_late_first_token_is_a_first_token_timeout_and_retried() {
+    let fake = FakeProvider::start().await;
+    // Headers go out at once; every event, the first included, waits 400 ms.
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(400)));
+    let mut cfg = fake.anthropic_config();
+    cfg.first_token_timeout = Duration::from_millis(150);
+    let backend = CloudBackend::new(cfg).unwrap();
+    let err = backend.stream(call("hi")).await.err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                phase: TimeoutPhase::FirstToken,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // No token reached the caller, so every attempt was made.
+    assert_eq!(fake.requests_received(), 3);
+}
+
+#[tokio::test]
+async fn the_call_deadline_ends_a_stream_in_progress() {
+    let fake = FakeProvider::start().await;
+    fake.set_reply("one two three four five six seven eight nine ten eleven twelve");
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(100)));
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let mut c = call("hi");
+    c.deadline = Some(Instant::now() + Duration::from_millis(800));
+    let out = collect(backend.stream(c).await.unwrap()).await;
+    assert!(!out.deltas.is_empty());
+    assert!(
+        matches!(
+            out.outcome,
+            Err(Error::Timeout {
+                phase: TimeoutPhase::Total,
+                ..
+            })
+        ),
+        "{:?}",
+        out.outcome.err()
+    );
+    assert_eq!(fake.requests_received(), 1);
 }

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::config::BreakerConfig;
 use crate::error::Error;
@@ -197,16 +197,6 @@ impl Breaker {
             }
         });
     }
-
-    /// Time until an open breaker lets a probe through.
-    #[allow(dead_code)]
-    pub(crate) fn retry_in(&self) -> Duration {
-        let now = Instant::now();
-        self.with_state(|s| match s.mode {
-            Mode::Open { until } => until.saturating_duration_since(now),
-            _ => Duration::ZERO,
-        })
-    }
 }
 
 impl Permit {
@@ -239,6 +229,7 @@ impl Drop for Permit {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn breaker(cfg: BreakerConfig) -> Arc<Breaker> {
         Arc::new(Breaker::new(cfg))

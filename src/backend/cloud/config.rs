@@ -46,6 +46,16 @@ impl fmt::Display for Provider {
     }
 }
 
+/// Which field carries the output-token limit in an OpenAI-compatible request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MaxTokensField {
+    /// `max_completion_tokens`: current OpenAI API (required by its reasoning models).
+    #[default]
+    MaxCompletionTokens,
+    /// `max_tokens`: OpenAI-compatible servers that predate `max_completion_tokens`.
+    MaxTokens,
+}
+
 /// An API key. `Debug` and `Display` print `***`; read it with [`ApiKey::expose_secret`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);
@@ -188,6 +198,9 @@ pub struct CloudConfig {
     pub api_key_env: String,
     /// `anthropic-version` header (Anthropic only). Default: `2023-06-01`.
     pub anthropic_version: String,
+    /// OpenAI only: the field name for the output-token limit.
+    /// Default: [`MaxTokensField::MaxCompletionTokens`].
+    pub max_tokens_field: MaxTokensField,
     /// `max_tokens` sent to Anthropic when the call does not set one (the field is required
     /// there). Default: `1024`.
     pub default_max_tokens: u32,
@@ -220,6 +233,7 @@ impl CloudConfig {
             api_key: ApiKey::from_env(&api_key_env),
             api_key_env,
             anthropic_version: "2023-06-01".to_owned(),
+            max_tokens_field: MaxTokensField::default(),
             default_max_tokens: 1024,
             connect_timeout: Duration::from_secs(5),
             first_token_timeout: Duration::from_secs(30),

@@ -38,7 +38,7 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 
 pub use self::breaker::BreakerState;
-pub use self::config::{ApiKey, BreakerConfig, CloudConfig, Provider, RetryConfig};
+pub use self::config::{ApiKey, BreakerConfig, CloudConfig, MaxTokensField, Provider, RetryConfig};
 pub use self::protocol::{estimate_prompt_tokens, estimate_tokens, parse_response, StreamDecoder};
 
 use self::breaker::{Breaker, Permit};
@@ -389,17 +389,17 @@ impl Inner {
         let mut retries = 0;
         let mut last: Option<Error> = None;
         loop {
-            let permit = match self.breaker.acquire() {
-                Ok(p) => p,
-                // Opened while we were retrying: the real failure is more useful.
-                Err(open) => return Err(last.unwrap_or(open)),
-            };
             let attempt_start = Instant::now();
             if attempt_start >= clock.total_at {
                 return Err(
                     last.unwrap_or_else(|| clock.timeout(TimeoutPhase::Total, attempt_start))
                 );
             }
+            let permit = match self.breaker.acquire() {
+                Ok(p) => p,
+                // Opened while we were retrying: the real failure is more useful.
+                Err(open) => return Err(last.unwrap_or(open)),
+            };
             match attempt(attempt_start).await {
                 Ok(v) => return Ok((v, permit)),
                 Err(e) => {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::config::CloudConfig;
+use super::config::{CloudConfig, MaxTokensField};
 use super::protocol::{from_json, ErrorBody, Parsed, StreamDecoder};
 use super::sse::SseEvent;
 use crate::backend::{BackendCall, FinishReason};
@@ -21,6 +21,8 @@ pub(crate) struct RequestBody<'a> {
     stream_options: Option<StreamOptions>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,7 +58,12 @@ impl<'a> RequestBody<'a> {
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
             }),
-            max_completion_tokens: call.params.max_tokens,
+            max_completion_tokens: (cfg.max_tokens_field == MaxTokensField::MaxCompletionTokens)
+                .then_some(call.params.max_tokens)
+                .flatten(),
+            max_tokens: (cfg.max_tokens_field == MaxTokensField::MaxTokens)
+                .then_some(call.params.max_tokens)
+                .flatten(),
             temperature: call.params.temperature,
             top_p: call.params.top_p,
             seed: call.params.seed,
@@ -201,8 +208,14 @@ mod tests {
         assert_eq!(v["seed"], 42);
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert!(v.get("top_p").is_none());
+        assert!(v.get("max_tokens").is_none());
         let v = serde_json::to_value(RequestBody::new(&cfg, &call, false)).unwrap();
         assert!(v.get("stream_options").is_none());
+        let mut legacy = CloudConfig::openai("llama");
+        legacy.max_tokens_field = MaxTokensField::MaxTokens;
+        let v = serde_json::to_value(RequestBody::new(&legacy, &call, false)).unwrap();
+        assert_eq!(v["max_tokens"], 7);
+        assert!(v.get("max_completion_tokens").is_none());
     }
 
     #[test]
