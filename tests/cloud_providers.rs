@@ -185,3 +185,27 @@ async fn dropping_a_stream_early_is_clean() {
         DEFAULT_REPLY
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_one_backend() {
+    let fake = FakeProvider::start().await;
+    let backend = CloudBackend::new(fake.anthropic_config()).unwrap();
+    let calls = (0..40).map(|i| {
+        let b = backend.clone();
+        tokio::spawn(async move {
+            if i % 2 == 0 {
+                b.generate(call("hi")).await.map(|g| g.text)
+            } else {
+                collect(b.stream(call("hi")).await?)
+                    .await
+                    .outcome
+                    .map(|g| g.text)
+            }
+        })
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap().unwrap(), DEFAULT_REPLY);
+    }
+    assert_eq!(fake.requests_received(), 40);
+    assert_eq!(backend.breaker_state(), BreakerState::Closed);
+}

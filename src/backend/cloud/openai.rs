@@ -159,11 +159,14 @@ pub(crate) fn on_event(dec: &mut StreamDecoder, event: &SseEvent) -> Result<Opti
     if data.is_empty() {
         return Ok(None);
     }
-    if let Ok(ErrorBody { error: Some(e) }) = serde_json::from_str::<ErrorBody>(data) {
-        return Err(Error::Server {
-            status: 200,
-            message: format!("error event in stream: {}", e.message()),
-        });
+    // Some servers report a failure mid-stream as an `{"error": ...}` event.
+    if data.contains("\"error\"") {
+        if let Ok(ErrorBody { error: Some(e) }) = serde_json::from_str::<ErrorBody>(data) {
+            return Err(Error::Server {
+                status: 200,
+                message: format!("error event in stream: {}", e.message()),
+            });
+        }
     }
     let chunk: Chunk = from_json(data.as_bytes(), "chat completion chunk")?;
     apply_usage(&mut dec.acc, chunk.usage);
@@ -274,6 +277,18 @@ mod tests {
         assert_eq!(g.text, "Hi");
         assert_eq!(g.usage.input_tokens, 3);
         assert!(!g.usage_estimated);
+    }
+
+    #[test]
+    fn error_event_mid_stream_is_a_server_error() {
+        let mut d = StreamDecoder::new(Provider::OpenAi, 5);
+        let e = d
+            .on_event(&SseEvent {
+                event: String::new(),
+                data: r#"{"error":{"message":"model overloaded","type":"server_error"}}"#.into(),
+            })
+            .unwrap_err();
+        assert!(matches!(e, Error::Server { ref message, .. } if message.contains("overloaded")));
     }
 
     #[test]

@@ -269,6 +269,73 @@ mod tests {
         assert!(d.message().len() <= MAX_ERROR_MESSAGE + '…'.len_utf8());
     }
 
+    use crate::backend::cloud::sse::SseParser;
+    use proptest::prelude::*;
+
+    /// Feeds `body` through the SSE parser and a decoder; returns the deltas and the outcome.
+    fn decode(provider: Provider, body: &[u8]) -> Result<(String, Generation)> {
+        let mut parser = SseParser::new();
+        let mut events = Vec::new();
+        parser.feed(body, &mut events)?;
+        parser.finish(&mut events)?;
+        let mut dec = StreamDecoder::new(provider, 3);
+        let mut text = String::new();
+        for e in &events {
+            if let Some(d) = dec.on_event(e)? {
+                text.push_str(&d);
+            }
+        }
+        let terminated = dec.is_terminated();
+        let g = dec.finish();
+        assert_eq!(
+            g.is_ok(),
+            terminated,
+            "a generation iff the terminator came"
+        );
+        Ok((text, g?))
+    }
+
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("data: [DONE]".to_string()),
+            Just(r#"data: {"type":"message_stop"}"#.to_string()),
+            Just(r#"data: {"type":"message_start","message":{"usage":{"input_tokens":4}}}"#.to_string()),
+            "[a-z ]{0,6}".prop_map(|t| format!(
+                r#"data: {{"type":"content_block_delta","delta":{{"type":"text_delta","text":"{t}"}}}}"#
+            )),
+            "[a-z ]{0,6}".prop_map(|t| format!(r#"data: {{"choices":[{{"delta":{{"content":"{t}"}}}}]}}"#)),
+            Just(r#"data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#.to_string()),
+            Just(r#"data: {"type":"message_delta","usage":{"output_tokens":9}}"#.to_string()),
+            Just(r#"data: {"error":{"message":"x"}}"#.to_string()),
+            Just("event: ping".to_string()),
+            Just(String::new()),
+            "[ -~]{0,12}".prop_map(|s| format!("data: {s}")),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            for p in [Provider::OpenAi, Provider::Anthropic] {
+                let _ = parse_response(p, &data, 3);
+                let _ = decode(p, &data);
+            }
+        }
+
+        #[test]
+        fn event_soup_decodes_consistently(lines in proptest::collection::vec(fragment(), 0..24)) {
+            let body = lines.iter().map(|l| format!("{l}\n\n")).collect::<String>();
+            for p in [Provider::OpenAi, Provider::Anthropic] {
+                if let Ok((text, g)) = decode(p, body.as_bytes()) {
+                    prop_assert_eq!(&g.text, &text);
+                    if g.usage_estimated {
+                        prop_assert!(g.usage.input_tokens == 3 || g.usage.output_tokens == estimate_tokens(&text));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn estimates() {
         assert_eq!(estimate_tokens(""), 0);
