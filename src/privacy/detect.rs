@@ -733,9 +733,10 @@ fn clean_before(b: &[u8], s: usize, space_joins: bool) -> bool {
     if matches!(c, b'-' | b'.' | b'/' | b'_' | b'+') && is_word(p) || c == b'#' {
         return false;
     }
-    // A number right before (`12, 4111...`, `0044 0532...`) joins this one; `mc2 4111...` does not.
+    // A number right before (`10:30`, `0044 0532...`) joins this one; `mc2 4111...` does not.
+    // Commas do not join: CSV rows put unrelated numbers side by side.
     let number_before = s >= 2 && number_ends_at(b, s - 2);
-    if matches!(c, b',' | b':') && number_before {
+    if c == b':' && number_before {
         return false;
     }
     !(space_joins && c == b' ' && number_before)
@@ -749,7 +750,7 @@ fn clean_after(b: &[u8], e: usize, space_joins: bool) -> bool {
         return false;
     }
     let number_after = number_starts_at(b, e + 1);
-    if matches!(c, b'-' | b'.' | b'/' | b':' | b',') && number_after {
+    if matches!(c, b'-' | b'.' | b'/' | b':') && number_after {
         return false;
     }
     !(space_joins && c == b' ' && number_after)

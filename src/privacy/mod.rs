@@ -189,17 +189,24 @@ impl Scanner {
         }
         for list in &config.keywords {
             let idx = kind_index(&list.kind)?;
+            // Word boundaries only on sides that start/end with a word character, so `C++`
+            // and `#falcon` still match.
+            let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
             let words: Vec<String> = list
                 .words
                 .iter()
                 .map(|w| w.trim())
                 .filter(|w| !w.is_empty())
-                .map(regex::escape)
+                .map(|w| {
+                    let pre = if is_word(w.chars().next()) { r"\b" } else { "" };
+                    let post = if is_word(w.chars().last()) { r"\b" } else { "" };
+                    format!("{pre}{}{post}", regex::escape(w))
+                })
                 .collect();
             if words.is_empty() {
                 continue;
             }
-            let src = format!(r"(?i)\b(?:{})\b", words.join("|"));
+            let src = format!(r"(?i)(?:{})", words.join("|"));
             let re = regex::RegexBuilder::new(&src)
                 .size_limit(1 << 24)
                 .build()

@@ -202,11 +202,12 @@ fn custom_patterns_and_keywords() {
         }],
         keywords: vec![KeywordList {
             kind: "project".into(),
-            words: vec!["Bluebird".into(), "Ärger".into()],
+            words: vec!["Bluebird".into(), "ärger".into(), "C++".into()],
         }],
     };
     let s = Scanner::new(&cfg).unwrap();
-    let text = "EMP-123456 on project bluebird (not bluebirds) mail a@b.co, 415-555-0132";
+    let text =
+        "EMP-123456 on project bluebird (not bluebirds) in c++, ÄRGER mail a@b.co, 415-555-0132";
     let got: Vec<_> = s
         .scan(text)
         .into_iter()
@@ -217,6 +218,8 @@ fn custom_patterns_and_keywords() {
         vec![
             ("employee_id".into(), "EMP-123456".into()),
             ("project".into(), "bluebird".into()),
+            ("project".into(), "c++".into()),
+            ("project".into(), "ÄRGER".into()),
             ("email".into(), "a@b.co".into()),
         ]
     );
