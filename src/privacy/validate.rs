@@ -51,9 +51,11 @@ pub(crate) fn card_issuer_ok(digits: &[u8]) -> bool {
     let diners =
         ((300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39) && (14..=19).contains(&len);
     let jcb = ((3528..=3589).contains(&p4) && (16..=19).contains(&len))
+        || (matches!(p4, 3088 | 3096 | 3112 | 3158 | 3337) && len == 16)
         || ((p4 == 2131 || p4 == 1800) && len == 15);
     let unionpay = p2 == 62 && (16..=19).contains(&len);
-    let maestro = (p2 == 50 || (56..=58).contains(&p2) || p2 == 67) && (13..=19).contains(&len);
+    let maestro = (p2 == 50 || (56..=58).contains(&p2) || p2 == 67 || p4 == 6304)
+        && (13..=19).contains(&len);
     let mir = (2200..=2204).contains(&p4) && len == 16;
     visa || mastercard || amex || discover || diners || jcb || unionpay || maestro || mir
 }
@@ -301,6 +303,9 @@ mod tests {
         assert!(card_issuer_ok(b"378282246310005"));
         assert!(!card_issuer_ok(b"37828224631000")); // Amex is 15 digits
         assert!(card_issuer_ok(b"6011111111111117"));
+        assert!(card_issuer_ok(b"3088000000000009")); // legacy JCB
+        assert!(card_issuer_ok(b"30000000000004")); // Diners 14
+        assert!(card_issuer_ok(b"6304000000000000")); // Maestro
         assert!(!card_issuer_ok(b"1234567812345670"));
         assert!(!card_issuer_ok(b"9111111111111111"));
     }
