@@ -283,3 +283,23 @@ fn scanner_is_send_sync_clone() {
     assert_traits::<Scanner>();
     assert_traits::<Rehydrator>();
 }
+
+#[test]
+fn labels_decide_ambiguous_numbers() {
+    one(
+        "Customer service: 1-800-555-0199",
+        "phone",
+        "1-800-555-0199",
+    );
+    one("tel 4155550132", "phone", "4155550132");
+    none("order number 4155550132");
+    none("SKU 415-555-0132, part 415-555-0133");
+    none("upgrade to 1.2.3.4 today");
+}
+
+#[test]
+fn csv_rows_keep_fields_apart() {
+    let text = "John,Doe,john@x.com,555-123-4567,123-45-6789,34,4111111111111111";
+    let kinds: Vec<String> = found(text).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, ["email", "phone", "us_ssn", "credit_card"]);
+}

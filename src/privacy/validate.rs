@@ -54,8 +54,8 @@ pub(crate) fn card_issuer_ok(digits: &[u8]) -> bool {
         || (matches!(p4, 3088 | 3096 | 3112 | 3158 | 3337) && len == 16)
         || ((p4 == 2131 || p4 == 1800) && len == 15);
     let unionpay = p2 == 62 && (16..=19).contains(&len);
-    let maestro = (p2 == 50 || (56..=58).contains(&p2) || p2 == 67 || p4 == 6304)
-        && (13..=19).contains(&len);
+    let maestro =
+        (p2 == 50 || (56..=58).contains(&p2) || p2 == 67 || p4 == 6304) && (13..=19).contains(&len);
     let mir = (2200..=2204).contains(&p4) && len == 16;
     visa || mastercard || amex || discover || diners || jcb || unionpay || maestro || mir
 }
