@@ -814,28 +814,33 @@ fn number_starts_at(b: &[u8], i: usize) -> bool {
 /// nearest label is a positive one, `Some(false)` when it is a negative one, `None` when none.
 fn context(b: &[u8], s: usize, window: usize, pos: &[&[u8]], neg: &[&[u8]]) -> Option<bool> {
     let lo = s.saturating_sub(window);
-    let hay = &b[lo..s];
     // End offset of the last occurrence of any word, matched case-insensitively and only at the
     // start of a word ("server" does not contain the label "ver ").
-    let last = |words: &[&[u8]]| {
-        words
-            .iter()
-            .filter_map(|w| {
-                (0..(hay.len() + 1).saturating_sub(w.len()))
-                    .rev()
-                    .find(|&p| {
-                        hay[p..p + w.len()].eq_ignore_ascii_case(w)
-                            && (lo + p == 0 || !is_word(b[lo + p - 1]))
-                    })
-                    .map(|p| p + w.len())
-            })
-            .max()
-    };
-    match (last(pos), last(neg)) {
-        (Some(p), Some(n)) => Some(p > n),
-        (Some(_), None) => Some(true),
-        (None, Some(_)) => Some(false),
-        (None, None) => None,
+    let (mut best_pos, mut best_neg) = (0usize, 0usize);
+    let mut p = s;
+    while p > lo {
+        p -= 1;
+        if p > 0 && is_word(b[p - 1]) && is_word(b[p]) {
+            continue;
+        }
+        // No label is longer than 24 bytes: nothing further left can end later.
+        if best_pos.max(best_neg) > p + 24 {
+            break;
+        }
+        let c = b[p].to_ascii_lowercase();
+        let hit = |w: &&&[u8]| {
+            w.first() == Some(&c) && p + w.len() <= s && b[p..p + w.len()].eq_ignore_ascii_case(w)
+        };
+        for w in pos.iter().filter(hit) {
+            best_pos = best_pos.max(p + w.len());
+        }
+        for w in neg.iter().filter(hit) {
+            best_neg = best_neg.max(p + w.len());
+        }
+    }
+    match (best_pos, best_neg) {
+        (0, 0) => None,
+        (p, n) => Some(p > n),
     }
 }
 
