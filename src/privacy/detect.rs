@@ -137,7 +137,9 @@ impl Detectors {
     pub(crate) fn new() -> Result<Self> {
         Ok(Detectors {
             email: re(
-                r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?){0,8}\.[A-Za-z]{2,24}",
+                // Latin-script letters (`jörg@müller.de`) but not other scripts, so text written
+                // without a space before the address (`请发到zhang@x.cn`) stays out of the span.
+                r"[\p{Latin}0-9._%+\-]{1,64}@[\p{Latin}0-9](?:[\p{Latin}0-9\-]{0,61}[\p{Latin}0-9])?(?:\.[\p{Latin}0-9](?:[\p{Latin}0-9\-]{0,61}[\p{Latin}0-9])?){0,8}\.[A-Za-z]{2,24}",
             )?,
             url_credentials: re(
                 r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{1,128}:([^\s:/@]{1,256})@",

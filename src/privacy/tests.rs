@@ -37,6 +37,16 @@ fn emails() {
         "john.doe+tag@mail.example.co.uk",
     );
     one("mailto:ops@corp.io", "email", "ops@corp.io");
+    one(
+        "Grüße — write to jörg@müller.de today",
+        "email",
+        "jörg@müller.de",
+    );
+    one(
+        "请发邮件到zhang.wei@example.cn。",
+        "email",
+        "zhang.wei@example.cn",
+    );
     none("ping me @here or at user@localhost");
 }
 
