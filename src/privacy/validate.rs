@@ -274,9 +274,21 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
     {
         return false;
     }
+    // Code references such as `form.password.data` or `cfg.api_key2` are not values.
+    let identifier_path = value.contains(&b'.')
+        && value.split(|&c| c == b'.').all(|seg| {
+            seg.first()
+                .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+                && seg.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        });
+    if identifier_path {
+        return false;
+    }
     let h = entropy(value);
     let classes = char_classes(value);
-    (classes >= 2 && h >= 2.5) || (value.len() >= 20 && h >= 3.0)
+    // Short values need a digit or a symbol: `getToken` and `Summer` are words, `hunter2` is not.
+    let marked = value.iter().any(|c| !c.is_ascii_alphabetic());
+    (classes >= 2 && marked && h >= 2.5) || (value.len() >= 20 && h >= 3.0)
 }
 
 #[cfg(test)]
@@ -355,5 +367,9 @@ mod tests {
         assert!(looks_like_secret(b"hunter2"));
         assert!(!looks_like_secret(b"hunter"));
         assert!(!looks_like_secret(b"1024"));
+        assert!(!looks_like_secret(b"form.password.data"));
+        assert!(!looks_like_secret(b"userInput.password"));
+        assert!(!looks_like_secret(b"getToken"));
+        assert!(looks_like_secret(b"correcthorsebatterystaple"));
     }
 }
