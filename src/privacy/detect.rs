@@ -379,6 +379,12 @@ impl Detectors {
             let Some(j) = j else {
                 continue;
             };
+            // An unbroken run of 17–19 digits is usually just a big number (constants, ids):
+            // call it a card only next to a card label.
+            let end = groups[j - 1].1;
+            if j == 1 && end - s > 16 && context(b, s, 40, CARD_WORDS, &[]) != Some(true) {
+                continue;
+            }
             out.push(Found {
                 start: s,
                 end: groups[j - 1].1,
@@ -552,6 +558,24 @@ impl Detectors {
     }
 }
 
+const CARD_WORDS: &[&[u8]] = &[
+    b"card",
+    b"credit",
+    b"debit",
+    b"visa",
+    b"mastercard",
+    b"amex",
+    b"maestro",
+    b"unionpay",
+    b"cc",
+    b"pan",
+    b"karte",
+    b"carte",
+    b"tarjeta",
+    b"payment",
+    b"paid",
+    b"pay",
+];
 const SSN_WORDS: &[&[u8]] = &[b"ssn", b"social security", b"ss#", b"ss no", b"taxpayer id"];
 const VERSION_WORDS: &[&[u8]] = &[
     b"version",

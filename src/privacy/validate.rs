@@ -274,6 +274,28 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
     {
         return false;
     }
+    // Rust/C++ paths (`FinishReason::Length`) and a stray `:` from `Type::Variant`.
+    if first == b':' || value.windows(2).any(|w| w == b"::") {
+        return false;
+    }
+    // Environment variable names (`api_key_env = "OPENAI_API_KEY"`) name the secret, not hold it.
+    if value.contains(&b'_')
+        && value
+            .iter()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
+    {
+        return false;
+    }
+    // Type names (`tokens: AtomicU64`, `secret: SecretString`): CamelCase words, short, no symbols.
+    let camel = value.len() < 16
+        && value[0].is_ascii_uppercase()
+        && value.iter().all(u8::is_ascii_alphanumeric)
+        && value
+            .windows(2)
+            .any(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase());
+    if camel {
+        return false;
+    }
     // Code references such as `form.password.data` or `cfg.api_key2` are not values.
     let identifier_path = value.contains(&b'.')
         && value.split(|&c| c == b'.').all(|seg| {
@@ -370,6 +392,11 @@ mod tests {
         assert!(!looks_like_secret(b"form.password.data"));
         assert!(!looks_like_secret(b"userInput.password"));
         assert!(!looks_like_secret(b"getToken"));
+        assert!(!looks_like_secret(b"FinishReason::Length"));
+        assert!(!looks_like_secret(b":MaxTokens"));
+        assert!(!looks_like_secret(b"OPENAI_API_KEY"));
+        assert!(!looks_like_secret(b"AtomicU64"));
+        assert!(looks_like_secret(b"Summer2024"));
         assert!(looks_like_secret(b"correcthorsebatterystaple"));
     }
 }
