@@ -450,7 +450,7 @@ impl Detectors {
             return;
         }
         retrying(&self.ipv6, text, |s, e| {
-            let glued = s > 0 && (is_word(b[s - 1]) || matches!(b[s - 1], b':' | b'.'));
+            let glued = s > 0 && (is_word(b[s - 1]) || matches!(b[s - 1], b':' | b'.' | b'/'));
             if glued {
                 return Step::Skip;
             }
@@ -591,6 +591,7 @@ const VERSION_WORDS: &[&[u8]] = &[
     b"patch",
     b"installed",
     b"bump",
+    b"oid",
 ];
 const PHONE_WORDS: &[&[u8]] = &[
     b"phone",

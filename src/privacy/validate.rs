@@ -223,7 +223,7 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
     let first = value[0];
     if matches!(
         first,
-        b'$' | b'%' | b'<' | b'{' | b'[' | b'(' | b'/' | b'~' | b'.' | b'*'
+        b'$' | b'%' | b'<' | b'{' | b'[' | b'(' | b'/' | b'~' | b'.' | b'*' | b'&'
     ) {
         return false;
     }
@@ -295,6 +295,17 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
             .any(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase());
     if camel {
         return false;
+    }
+    // Macro calls and indexing (`quote!`, `Token![;]`, `secrets[0]`): a digit-free identifier
+    // followed by `!`, `[`, `(` or `{`.
+    if let Some(p) = value
+        .iter()
+        .position(|c| matches!(c, b'!' | b'[' | b'(' | b'{'))
+    {
+        let ident = &value[..p];
+        if !ident.is_empty() && ident.iter().all(|c| c.is_ascii_alphabetic() || *c == b'_') {
+            return false;
+        }
     }
     // Code references such as `form.password.data` or `cfg.api_key2` are not values.
     let identifier_path = value.contains(&b'.')
@@ -397,6 +408,10 @@ mod tests {
         assert!(!looks_like_secret(b"OPENAI_API_KEY"));
         assert!(!looks_like_secret(b"AtomicU64"));
         assert!(looks_like_secret(b"Summer2024"));
+        assert!(looks_like_secret(b"Summer2024!"));
+        assert!(!looks_like_secret(b"Token![;]"));
+        assert!(!looks_like_secret(b"quote_spanned!"));
+        assert!(!looks_like_secret(b"&CancellationToken"));
         assert!(looks_like_secret(b"correcthorsebatterystaple"));
     }
 }
