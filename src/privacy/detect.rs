@@ -160,6 +160,7 @@ impl Detectors {
                 r"|sk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_\-]{20,}",
                 r"|xox[abposre]-[A-Za-z0-9\-]{10,}",
                 r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}",
+                r"|https://hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{16,}",
                 r"|glpat-[A-Za-z0-9_\-]{20}",
                 r"|npm_[A-Za-z0-9]{36}",
                 r"|hf_[A-Za-z0-9]{30,40}",

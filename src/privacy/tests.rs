@@ -177,6 +177,7 @@ fn secrets() {
         "sk-proj-4f9Qa7Lm2Xc8Vb1Nz6Rt3Yp5Wd0Ke",
         "xoxb-2048-11002233-AbCdEfGhIjKlMnOp",
         "AIzaSyD-1234567890abcdefghijklmnopqrstu",
+        "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/aBcDeFgHiJkLmNoPqRsTuVwX",
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
     ] {
         one(&format!("key: {s} done"), "secret", s);
