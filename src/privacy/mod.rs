@@ -1,6 +1,10 @@
 //! In-process PII and secret detection ([`Scanner`]), redaction and re-hydration
 //! ([`redact_messages`], [`Rehydrator`]).
 //!
+//! Layout: `detect` (the detectors), `validate` (Luhn, mod-97, SSN rules, phone formats,
+//! secret-likeness), `context` (token boundaries, label words, digit zones), `redact`
+//! (placeholders and re-hydration).
+//!
 //! A scan is one pass per detector family over the text: each built-in detector is a
 //! linear-time regex (the `regex` crate: finite automata, no backtracking) that proposes
 //! candidates, followed by a validator that removes false positives (Luhn, IBAN mod-97, SSN
@@ -26,6 +30,7 @@
 //!
 //! Thread safety: [`Scanner`] is `Send + Sync`; clones share the compiled detectors.
 
+mod context;
 mod detect;
 mod redact;
 mod validate;

@@ -324,6 +324,134 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
     (classes >= 2 && marked && h >= 2.5) || (value.len() >= 20 && h >= 3.0)
 }
 
+pub(crate) fn card_ok(b: &[u8], groups: &[(usize, usize)]) -> bool {
+    let Some(first) = groups.first() else {
+        return false;
+    };
+    // One separator character used throughout.
+    let sep = groups.get(1).map(|g| &b[first.1..g.0]);
+    if groups
+        .windows(2)
+        .any(|w| Some(&b[w[0].1..w[1].0]) != sep || w[1].0 - w[0].1 != 1)
+    {
+        return false;
+    }
+    let lens: Vec<usize> = groups.iter().map(|g| g.1 - g.0).collect();
+    let total: usize = lens.iter().sum();
+    if !(13..=19).contains(&total) || !card_grouping_ok(&lens) {
+        return false;
+    }
+    let digits: Vec<u8> = groups.iter().flat_map(|g| &b[g.0..g.1]).copied().collect();
+    luhn(&digits) && card_issuer_ok(&digits)
+}
+
+pub(crate) fn ipv4_ok(t: &[u8]) -> bool {
+    t.split(|&c| c == b'.').all(|o| {
+        let v = o.iter().fold(0u32, |a, &d| a * 10 + u32::from(d - b'0'));
+        !o.is_empty() && v <= 255 && !(o.len() > 1 && o[0] == b'0')
+    })
+}
+
+pub(crate) fn parens_ok(t: &[u8]) -> bool {
+    let open = t.iter().filter(|&&c| c == b'(').count();
+    let close = t.iter().filter(|&&c| c == b')').count();
+    open == close && open <= 1
+}
+
+/// Separator sanity shared by phone formats: no doubled separators (except around a
+/// parenthesis), balanced parentheses, at most two separator kinds.
+pub(crate) fn phone_shape_ok(t: &[u8]) -> bool {
+    if !parens_ok(t) {
+        return false;
+    }
+    let mut kinds = [false; 4];
+    let mut prev_sep = false;
+    for &c in t {
+        let k = match c {
+            b' ' => Some(0),
+            b'-' => Some(1),
+            b'.' => Some(2),
+            b'/' => Some(3),
+            _ => None,
+        };
+        match k {
+            Some(k) => {
+                if prev_sep {
+                    return false;
+                }
+                kinds[k] = true;
+                prev_sep = true;
+            }
+            None => prev_sep = false,
+        }
+    }
+    kinds.iter().filter(|&&k| k).count() <= 2
+}
+
+/// Looks like a date at the start (`2024-03-15`, `15.03.2024`, `03/15/24`).
+pub(crate) fn date_like(t: &[u8]) -> bool {
+    let groups: Vec<&[u8]> = t
+        .split(|c| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .collect();
+    let seps: Vec<u8> = t.iter().copied().filter(|c| !c.is_ascii_digit()).collect();
+    if groups.len() < 3 || seps.len() < 2 || seps[0] != seps[1] || seps[0] == b' ' {
+        return false;
+    }
+    let (a, m, c) = (groups[0].len(), groups[1].len(), groups[2].len());
+    // `15.03.24` alone is a date; `06.12.34.56.78` (five pairs) is a French phone number.
+    (a == 4 && m <= 2 && c <= 2) || (a <= 2 && m <= 2 && (c == 4 || groups.len() == 3))
+}
+
+/// `+CC ...` numbers: E.164 length (8–15 digits) with per-country lengths for the common codes.
+pub(crate) fn intl_phone_ok(t: &[u8]) -> bool {
+    // `+49 ...` or `0049 ...`.
+    let t = t
+        .strip_prefix(b"+")
+        .or_else(|| t.strip_prefix(b"00"))
+        .unwrap_or(t);
+    if !phone_shape_ok(t) {
+        return false;
+    }
+    // `(0)` is the national trunk prefix some people write after the country code.
+    let trunk = t.windows(3).any(|w| w == b"(0)");
+    let digits: Vec<u8> = t.iter().copied().filter(u8::is_ascii_digit).collect();
+    let n = digits.len() - usize::from(trunk);
+    let cc = |p: &[u8]| digits.starts_with(p);
+    if cc(b"1") {
+        n == 11
+    } else if cc(b"44") {
+        (11..=12).contains(&n)
+    } else if cc(b"49") {
+        (10..=14).contains(&n)
+    } else if cc(b"33") {
+        n == 11
+    } else {
+        (8..=15).contains(&n)
+    }
+}
+
+/// National numbers with a leading trunk `0` (UK, DE, FR and most of Europe): 10–12 digits.
+pub(crate) fn national_phone_ok(t: &[u8]) -> bool {
+    let digits = t.iter().filter(|c| c.is_ascii_digit()).count();
+    // Nine digits only with a bracketed area code (`(040) 558756`).
+    let min = if t.first() == Some(&b'(') { 9 } else { 10 };
+    if !(min..=12).contains(&digits) || !phone_shape_ok(t) || date_like(t) {
+        return false;
+    }
+    // A `/` only separates the area code (`030/1234567`).
+    let slash = t.iter().position(|&c| c == b'/');
+    match slash {
+        Some(p) => {
+            t[..p]
+                .iter()
+                .all(|c| c.is_ascii_digit() || *c == b'(' || *c == b')')
+                && !t[p + 1..].contains(&b'/')
+        }
+        None => true,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
