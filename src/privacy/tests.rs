@@ -314,3 +314,23 @@ fn csv_rows_keep_fields_apart() {
     let kinds: Vec<String> = found(text).into_iter().map(|(k, _)| k).collect();
     assert_eq!(kinds, ["email", "phone", "us_ssn", "credit_card"]);
 }
+
+#[test]
+fn non_ascii_right_before_pii() {
+    one("电话：+86 138 0013 8000", "phone", "+86 138 0013 8000");
+    one("Téléphone:0612345678", "phone", "0612345678");
+    one(
+        "Карта 4111 1111 1111 1111",
+        "credit_card",
+        "4111 1111 1111 1111",
+    );
+    one("メール：taro@example.jp", "email", "taro@example.jp");
+    one(
+        "IBAN：DE89370400440532013000",
+        "iban",
+        "DE89370400440532013000",
+    );
+    one("SSN：536-22-1234", "us_ssn", "536-22-1234");
+    one("IP地址192.168.1.1", "ip_address", "192.168.1.1");
+    one("Passwort:Geheim123!", "secret", "Geheim123!");
+}
