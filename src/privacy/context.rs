@@ -215,3 +215,15 @@ pub(crate) fn trim_value(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize)
     }
     (s, e)
 }
+
+/// True when one of `words` starts a word within `window` bytes after `e` (a trailing label,
+/// as in `"4111..."  # card number`). Case-insensitive.
+pub(crate) fn label_after(b: &[u8], e: usize, window: usize, words: &[&[u8]]) -> bool {
+    let hi = (e + window).min(b.len());
+    (e..hi).any(|p| {
+        (p == 0 || !is_word(b[p - 1]))
+            && words
+                .iter()
+                .any(|w| p + w.len() <= b.len() && b[p..p + w.len()].eq_ignore_ascii_case(w))
+    })
+}

@@ -11,7 +11,7 @@ use regex::Regex;
 
 use super::context::{
     clean_after, clean_before, context, digit_groups, digit_zones, extension_len, is_word,
-    isolated, trim_value,
+    isolated, label_after, trim_value,
 };
 use super::validate::{
     card_ok, iban_length, iban_valid, intl_phone_ok, ipv4_ok, looks_like_secret, national_phone_ok,
@@ -388,7 +388,9 @@ impl Detectors {
             // An unbroken run of 17–19 digits is usually just a big number (constants, ids):
             // call it a card only next to a card label.
             let end = groups[j - 1].1;
-            if j == 1 && end - s > 16 && context(b, s, 40, CARD_WORDS, &[]) != Some(true) {
+            let labelled = context(b, s, 40, CARD_WORDS, &[]) == Some(true)
+                || label_after(b, end, 40, CARD_WORDS);
+            if j == 1 && end - s > 16 && !labelled {
                 continue;
             }
             out.push(Found {

@@ -303,7 +303,9 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
         .position(|c| matches!(c, b'!' | b'[' | b'(' | b'{'))
     {
         let ident = &value[..p];
-        if !ident.is_empty() && ident.iter().all(|c| c.is_ascii_alphabetic() || *c == b'_') {
+        let call = value[p] != b'!' || matches!(value.get(p + 1), None | Some(b'[' | b'(' | b'{'));
+        if call && !ident.is_empty() && ident.iter().all(|c| c.is_ascii_alphabetic() || *c == b'_')
+        {
             return false;
         }
     }
@@ -537,6 +539,7 @@ mod tests {
         assert!(!looks_like_secret(b"AtomicU64"));
         assert!(looks_like_secret(b"Summer2024"));
         assert!(looks_like_secret(b"Summer2024!"));
+        assert!(looks_like_secret(b"jhKxbM!33"));
         assert!(!looks_like_secret(b"Token![;]"));
         assert!(!looks_like_secret(b"quote_spanned!"));
         assert!(!looks_like_secret(b"&CancellationToken"));
