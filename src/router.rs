@@ -274,6 +274,14 @@ impl Router {
         self.inner.stats.snapshot()
     }
 
+    fn record_stats(&self, response: &Response, prompt_tokens: u32) {
+        let event = crate::stats::StatsEvent::of(response, &self.inner.policy, prompt_tokens);
+        self.inner.stats.record(&event);
+        if let Some(store) = &self.inner.store {
+            store.stats().record(&event);
+        }
+    }
+
     fn max_tokens(&self, request: &Request) -> u32 {
         request
             .params
@@ -348,10 +356,10 @@ impl Router {
             .store
             .as_ref()
             .map(|s| s.key_for(&inner.policy, &request, &features));
-        let hit = match (&inner.store, &cache_key) {
+        let hit = tracing::debug_span!("edgeroute.cache").in_scope(|| match (&inner.store, &cache_key) {
             (Some(s), Some(k)) => s.lookup(k),
             _ => None,
-        };
+        });
         timings.cache = t.elapsed();
         if let Some(text) = hit {
             let decision = Decision::cache_hit();
@@ -370,7 +378,7 @@ impl Router {
                 attempts: Vec::new(),
                 cached: true,
             };
-            inner.stats.record(&response, &inner.policy);
+            self.record_stats(&response, features.prompt_tokens);
             return Ok(response);
         }
 
@@ -378,7 +386,8 @@ impl Router {
         let t = Instant::now();
         let max_tokens = self.max_tokens(&request);
         let signals = self.signals(&features, max_tokens);
-        let mut decision = decide(&inner.policy, &features, &signals);
+        let mut decision = tracing::debug_span!("edgeroute.decide")
+            .in_scope(|| decide(&inner.policy, &features, &signals));
         timings.decide = t.elapsed();
         tracing::debug!(rule = %decision.rule, route = decision.route(), "edgeroute.decide");
 
@@ -407,6 +416,9 @@ impl Router {
             Ok(x) => x,
             Err(e) => {
                 inner.stats.record_failure();
+                if let Some(store) = &inner.store {
+                    store.stats().record_failure();
+                }
                 return Err(e);
             }
         };
@@ -434,8 +446,37 @@ impl Router {
             attempts,
             cached: false,
         };
-        inner.stats.record(&response, &inner.policy);
+        self.record_stats(&response, features.prompt_tokens);
         Ok(response)
+    }
+}
+
+/// A span for one tier call (`tier` = `local` or `cloud`), with OpenTelemetry GenAI
+/// semantic-convention field names. Prompt and answer text are never recorded.
+fn tier_span(tier: &'static str, provider: &str, model: &str, call: &BackendCall) -> tracing::Span {
+    tracing::info_span!(
+        "edgeroute.tier",
+        edgeroute.tier = tier,
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = provider,
+        gen_ai.request.model = model,
+        gen_ai.request.max_tokens = call.params.max_tokens,
+        gen_ai.request.temperature = call.params.temperature,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+fn record_usage(span: &tracing::Span, result: &Result<Generation>) {
+    match result {
+        Ok(g) => {
+            span.record("gen_ai.usage.input_tokens", g.usage.input_tokens);
+            span.record("gen_ai.usage.output_tokens", g.usage.output_tokens);
+        }
+        Err(e) => {
+            span.record("error.type", tracing::field::display(e));
+        }
     }
 }
 
@@ -601,7 +642,6 @@ impl Execution<'_> {
             confidence,
             threshold,
         });
-        self.router.inner.stats.record_escalation();
         match self.run_cloud(c, redact).await {
             Ok(outcome) => Ok(outcome),
             Err(e) => {
@@ -855,15 +895,14 @@ impl Execution<'_> {
         let started = Instant::now();
         let backend = self.local_tier()?.clone();
         let (call, _) = self.call(false);
+        let span = tier_span("local", "onnxruntime", backend.name(), &call);
         let result = async {
             let stream = backend.stream(call).await?;
             self.drain(stream, None).await
         }
-        .instrument(tracing::info_span!(
-            "edgeroute.local",
-            gen_ai.request.model = backend.name()
-        ))
+        .instrument(span.clone())
         .await;
+        record_usage(&span, &result);
         let attempt = |usage, confidence, error| Attempt {
             route: Route::Local,
             backend: backend.name().to_string(),
@@ -913,15 +952,18 @@ impl Execution<'_> {
             Some(s) => Some(s.reserve(estimate).await?),
             None => None,
         };
+        let provider = policy.cloud.as_ref().map_or("custom", |c| match c.provider {
+            crate::policy::ProviderKind::OpenAi => "openai",
+            crate::policy::ProviderKind::Anthropic => "anthropic",
+        });
+        let span = tier_span("cloud", provider, backend.name(), &call);
         let result = async {
             let stream = backend.stream(clearance, call).await?;
             self.drain(stream, rehydrator).await
         }
-        .instrument(tracing::info_span!(
-            "edgeroute.cloud",
-            gen_ai.request.model = backend.name()
-        ))
+        .instrument(span.clone())
         .await;
+        record_usage(&span, &result);
         let (usage, cost, error) = match &result {
             Ok(g) => {
                 let usd = policy

@@ -113,44 +113,34 @@ impl StatsRecorder {
     }
 
     /// Records a finished request.
-    pub fn record(&self, response: &Response, policy: &CompiledPolicy) {
-        let would_cost = policy
-            .cloud
-            .as_ref()
-            .map(|c| c.cost(estimate_cloud_usage(response)))
-            .unwrap_or_default();
+    pub fn record(&self, event: &StatsEvent) {
         self.with(|s| {
             let st = &mut s.stats;
             st.requests += 1;
-            let total = ms(response.timings.total);
-            match response.route {
+            match event.route {
                 Route::Local => {
                     st.local += 1;
-                    st.estimated_savings_usd += would_cost;
-                    push(&mut s.local_ms, total);
+                    st.estimated_savings_usd += event.would_cost_usd;
+                    push(&mut s.local_ms, event.latency_ms);
                 }
                 Route::Cloud => {
                     st.cloud += 1;
-                    push(&mut s.cloud_ms, total);
+                    push(&mut s.cloud_ms, event.latency_ms);
                 }
                 Route::Cache => {
                     st.cache_hits += 1;
-                    st.estimated_savings_usd += would_cost;
-                    push(&mut s.cache_ms, total);
+                    st.estimated_savings_usd += event.would_cost_usd;
+                    push(&mut s.cache_ms, event.latency_ms);
                 }
             }
-            st.cloud_spend_usd += response.cost.usd;
+            st.escalations += u64::from(event.escalated);
+            st.cloud_spend_usd += event.spend_usd;
         });
     }
 
     /// Records a request that returned an error.
     pub fn record_failure(&self) {
         self.with(|s| s.stats.failures += 1);
-    }
-
-    /// Records a cascade escalation.
-    pub fn record_escalation(&self) {
-        self.with(|s| s.stats.escalations += 1);
     }
 
     /// Feeds the local latency model (ms per token, EWMA).
@@ -218,13 +208,164 @@ impl StatsRecorder {
     }
 }
 
-/// The usage a cloud call would have had for this answer (prompt + answer tokens).
-fn estimate_cloud_usage(response: &Response) -> Usage {
-    if response.usage != Usage::default() {
-        return response.usage;
+/// What one finished request contributes to the statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsEvent {
+    /// What answered.
+    pub route: Route,
+    /// End-to-end latency, ms.
+    pub latency_ms: f64,
+    /// What the request spent in the cloud.
+    pub spend_usd: Decimal,
+    /// What the answer would have cost from the cloud (counted as saved when it did not go there).
+    pub would_cost_usd: Decimal,
+    /// Whether a cascade escalated.
+    pub escalated: bool,
+}
+
+impl StatsEvent {
+    /// The event of a response under a policy.
+    pub fn of(response: &Response, policy: &CompiledPolicy, prompt_tokens: u32) -> Self {
+        let usage = Usage {
+            input_tokens: u64::from(prompt_tokens),
+            output_tokens: u64::from(crate::inspect::estimate_tokens(&response.text)),
+        };
+        StatsEvent {
+            route: response.route,
+            latency_ms: ms(response.timings.total),
+            spend_usd: response.cost.usd,
+            would_cost_usd: policy.cloud.as_ref().map(|c| c.cost(usage)).unwrap_or_default(),
+            escalated: response
+                .decision
+                .reasons
+                .iter()
+                .any(|r| matches!(r, crate::decision::Reason::Escalated { .. })),
+        }
     }
-    Usage {
-        input_tokens: 0,
-        output_tokens: u64::from(crate::inspect::estimate_tokens(&response.text)),
+}
+
+/// Statistics persisted in the sled database, so `edgeroute stats` sees every process's
+/// requests: counters, spend, savings and the last [`WINDOW`] latencies per route.
+#[derive(Clone)]
+pub struct PersistedStats {
+    tree: sled::Tree,
+}
+
+const COUNTERS: [&str; 6] = ["requests", "failures", "local", "cloud", "cache_hits", "escalations"];
+
+impl PersistedStats {
+    /// Opens the `stats` tree.
+    pub fn open(db: &crate::cache::Database) -> crate::Result<Self> {
+        let tree = db.sled().open_tree("stats").map_err(|e| crate::Error::Storage {
+            path: db.path().to_path_buf(),
+            message: format!("cannot open the stats tree: {e}"),
+        })?;
+        Ok(PersistedStats { tree })
+    }
+
+    fn add_u64(&self, key: &str, by: u64) {
+        let _ = self.tree.update_and_fetch(key, |old| {
+            let n = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0);
+            Some((n + by).to_be_bytes().to_vec())
+        });
+    }
+
+    fn add_decimal(&self, key: &str, by: Decimal) {
+        let _ = self.tree.update_and_fetch(key, |old| {
+            let n = old
+                .and_then(|b| std::str::from_utf8(b).ok()?.parse::<Decimal>().ok())
+                .unwrap_or_default();
+            Some((n + by).to_string().into_bytes())
+        });
+    }
+
+    /// Adds a finished request. Storage errors are ignored: statistics never fail a request.
+    pub fn record(&self, e: &StatsEvent) {
+        self.add_u64("requests", 1);
+        self.add_u64(e.route.as_str_counter(), 1);
+        if e.escalated {
+            self.add_u64("escalations", 1);
+        }
+        self.add_decimal("spend", e.spend_usd);
+        if e.route != Route::Cloud {
+            self.add_decimal("savings", e.would_cost_usd);
+        }
+        let seq_key = format!("seq/{}", e.route.as_str());
+        let seq = self
+            .tree
+            .update_and_fetch(&seq_key, |old| {
+                let n = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0);
+                Some((n + 1).to_be_bytes().to_vec())
+            })
+            .ok()
+            .flatten()
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let slot = format!("lat/{}/{:04}", e.route.as_str(), seq % WINDOW as u64);
+        let _ = self.tree.insert(slot, e.latency_ms.to_be_bytes().to_vec());
+    }
+
+    /// Adds a failed request.
+    pub fn record_failure(&self) {
+        self.add_u64("failures", 1);
+    }
+
+    /// Everything recorded so far.
+    pub fn load(&self) -> RouterStats {
+        let get_u64 = |k: &str| {
+            self.tree
+                .get(k)
+                .ok()
+                .flatten()
+                .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0)
+        };
+        let get_dec = |k: &str| {
+            self.tree
+                .get(k)
+                .ok()
+                .flatten()
+                .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<Decimal>().ok())
+                .unwrap_or_default()
+        };
+        let window = |route: &str| {
+            let v: VecDeque<f64> = self
+                .tree
+                .scan_prefix(format!("lat/{route}/"))
+                .filter_map(|kv| kv.ok())
+                .filter_map(|(_, b)| <[u8; 8]>::try_from(b.as_ref()).ok().map(f64::from_be_bytes))
+                .collect();
+            summary(&v)
+        };
+        let [requests, failures, local, cloud, cache_hits, escalations] = COUNTERS.map(get_u64);
+        let n = requests.max(1) as f64;
+        RouterStats {
+            requests,
+            failures,
+            local,
+            cloud,
+            cache_hits,
+            escalations,
+            cache_hit_rate: cache_hits as f64 / n,
+            local_share: (local + cache_hits) as f64 / n,
+            escalation_rate: escalations as f64 / n,
+            cloud_spend_usd: get_dec("spend"),
+            estimated_savings_usd: get_dec("savings"),
+            local_latency: window("local"),
+            cloud_latency: window("cloud"),
+            cache_latency: window("cache"),
+        }
+    }
+}
+
+impl Route {
+    fn as_str_counter(self) -> &'static str {
+        match self {
+            Route::Local => "local",
+            Route::Cloud => "cloud",
+            Route::Cache => "cache_hits",
+        }
     }
 }

@@ -172,6 +172,7 @@ pub(crate) struct Store {
     /// Identity of the models that may answer: part of every cache key.
     model_id: Arc<str>,
     budget_configured: bool,
+    stats: crate::stats::PersistedStats,
 }
 
 impl Store {
@@ -189,12 +190,14 @@ impl Store {
         };
         let cache = SledCache::open(&db, key, policy.cache.clone())?;
         let ledger = SledLedger::open(&db, policy.budget.limits)?;
+        let stats = crate::stats::PersistedStats::open(&db)?;
         let limits = policy.budget.limits;
         Ok(Store {
             cache: Arc::new(cache),
             ledger: Arc::new(ledger),
             model_id: model_id.into(),
             budget_configured: limits.daily_usd.is_some() || limits.monthly_usd.is_some(),
+            stats,
         })
     }
 
@@ -269,5 +272,10 @@ impl Store {
                 Some(Decimal::ZERO)
             }
         }
+    }
+
+    /// Statistics persisted for `edgeroute stats`.
+    pub(crate) fn stats(&self) -> &crate::stats::PersistedStats {
+        &self.stats
     }
 }

@@ -51,6 +51,13 @@ enum Command {
     /// The encrypted answer cache in the edgeroute home.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Requests by route, cache hit rate, local share, escalations, spend, savings and latency,
+    /// over every request answered with this edgeroute home.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cloud spend today and this month, against the policy's [budget] limits.
     Budget {
         #[command(flatten)]
@@ -182,6 +189,7 @@ fn run(cli: Cli) -> edgeroute::Result<ExitCode> {
         Command::Pii(PiiCommand::Scan { policy, json }) => pii_scan(&policy, json),
         Command::Cache(cmd) => cache(cmd, cli.home.as_deref()),
         Command::Budget { policy, json } => budget(&policy, json, cli.home.as_deref()),
+        Command::Stats { json } => stats(json, cli.home.as_deref()),
     }
 }
 
@@ -525,6 +533,30 @@ fn budget(policy: &PolicyArg, json: bool, home: Option<&Path>) -> edgeroute::Res
                 "{:<22} {} (counted at their estimate)",
                 "open reservations:", s.open_reservations
             );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats(json: bool, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
+    let (_, db) = open_db(home)?;
+    let s = edgeroute::stats::PersistedStats::open(&db)?.load();
+    if json {
+        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("requests:          {} ({} failed)", s.requests, s.failures);
+    println!("  local:           {}", s.local);
+    println!("  cloud:           {}", s.cloud);
+    println!("  cache:           {}", s.cache_hits);
+    println!("local share:       {:.1}%", s.local_share * 100.0);
+    println!("cache hit rate:    {:.1}%", s.cache_hit_rate * 100.0);
+    println!("escalations:       {} ({:.1}%)", s.escalations, s.escalation_rate * 100.0);
+    println!("cloud spend:       ${}", s.cloud_spend_usd);
+    println!("est. savings:      ${} (vs sending everything to the cloud)", s.estimated_savings_usd);
+    for (name, l) in [("local", s.local_latency), ("cloud", s.cloud_latency), ("cache", s.cache_latency)] {
+        if l.samples > 0 {
+            println!("{name:<6} latency:     p50 {:.1} ms, p95 {:.1} ms ({} samples)", l.p50_ms, l.p95_ms, l.samples);
         }
     }
     Ok(ExitCode::SUCCESS)
