@@ -1,0 +1,119 @@
+//! Answer-cache benchmarks on a real on-disk sled database.
+//!
+//! - `cache/key_1kb_prompt`: computing the cache key (normalise + SHA-256) for a 1 KB prompt;
+//! - `cache/hit_1kb`: a hit for a 1 KB answer (lookup + decrypt + decode + access-time update);
+//! - `cache/key_and_hit_1kb`: the cache's whole share of a `complete()` served from the cache;
+//! - `cache/miss`: a lookup that finds nothing;
+//! - `cache/insert_1kb`: inserting a 1 KB answer (seal + transaction), as throughput;
+//! - `ledger/reserve_settle`: one reservation + settlement including both fsyncs.
+//!
+//! Run: `cargo bench --no-default-features --bench cache`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use edgeroute::cache::{
+    CacheConfig, CacheKey, CachedAnswer, Database, EncryptionKey, KeyContext, PrivacyClass,
+    SledCache,
+};
+use edgeroute::ledger::{BudgetLimits, SledLedger};
+use edgeroute::request::{Request, Route, Usage};
+use rust_decimal::Decimal;
+
+const CTX: KeyContext<'static> = KeyContext {
+    model: "local=smollm2-135m;cloud=gpt-4o-mini",
+    policy_version: "bench-1",
+    privacy: PrivacyClass::Public,
+    normalize: true,
+};
+
+fn prompt_1kb(i: usize) -> String {
+    let mut p = format!("Question {i}: ");
+    while p.len() < 1024 {
+        p.push_str("explain how  the router\tdecides between tiers; ");
+    }
+    p
+}
+
+fn answer_1kb() -> CachedAnswer {
+    CachedAnswer::new(
+        "The answer is forty-two. ".repeat(41), // ~1 KB
+        Route::Cloud,
+        "gpt-4o-mini",
+        Usage {
+            input_tokens: 256,
+            output_tokens: 250,
+        },
+    )
+}
+
+fn bench_cache(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path()).expect("db");
+    let cache = SledCache::open(
+        &db,
+        EncryptionKey::from_bytes(&[9; 32]).expect("key"),
+        CacheConfig {
+            ttl: None,
+            ..CacheConfig::default()
+        },
+    )
+    .expect("cache");
+    let answer = answer_1kb();
+    let keys: Vec<CacheKey> = (0..1000)
+        .map(|i| CacheKey::new(&Request::new(prompt_1kb(i)), &CTX))
+        .collect();
+    for k in &keys {
+        cache.put(k, &answer).expect("put");
+    }
+    let request = Request::new(prompt_1kb(7));
+
+    let mut g = c.benchmark_group("cache");
+    g.bench_function("key_1kb_prompt", |b| {
+        b.iter(|| CacheKey::new(black_box(&request), &CTX))
+    });
+    let mut i = 0;
+    g.bench_function("hit_1kb", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            let hit = cache.get(black_box(&keys[i])).expect("get");
+            assert!(hit.is_some());
+            hit
+        })
+    });
+    g.bench_function("key_and_hit_1kb", |b| {
+        b.iter(|| {
+            let k = CacheKey::new(black_box(&request), &CTX);
+            cache.get(&k).expect("get")
+        })
+    });
+    let missing = CacheKey::new(&Request::new("never stored"), &CTX);
+    g.bench_function("miss", |b| b.iter(|| cache.get(black_box(&missing))));
+    g.throughput(Throughput::Elements(1));
+    let mut n = 0u64;
+    g.bench_function("insert_1kb", |b| {
+        b.iter(|| {
+            n += 1;
+            let k = CacheKey::new(&Request::new(format!("insert {n}")), &CTX);
+            cache.put(&k, &answer).expect("put")
+        })
+    });
+    g.finish();
+
+    let ledger = SledLedger::open(&db, BudgetLimits::default()).expect("ledger");
+    let mut g = c.benchmark_group("ledger");
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("reserve_settle", |b| {
+        b.iter(|| {
+            let r = ledger
+                .reserve_at(Decimal::new(1, 3), std::time::SystemTime::now())
+                .expect("reserve");
+            ledger.settle_blocking(r, Decimal::new(5, 4)).expect("settle")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_cache);
+criterion_main!(benches);
