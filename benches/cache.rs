@@ -109,7 +109,9 @@ fn bench_cache(c: &mut Criterion) {
             let r = ledger
                 .reserve_at(Decimal::new(1, 3), std::time::SystemTime::now())
                 .expect("reserve");
-            ledger.settle_blocking(r, Decimal::new(5, 4)).expect("settle")
+            ledger
+                .settle_blocking(r, Decimal::new(5, 4))
+                .expect("settle")
         })
     });
     g.finish();

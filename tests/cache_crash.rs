@@ -207,14 +207,20 @@ fn crash_safety_sigkill_20_times() {
         // Earlier runs' flushed entries are still there (sampled).
         flushed_by_run.push(rep.flushed);
         for (earlier, flushed) in flushed_by_run.iter().enumerate() {
-            for i in (0..=flushed.unwrap_or(0)).step_by(7).filter(|_| flushed.is_some()) {
+            for i in (0..=flushed.unwrap_or(0))
+                .step_by(7)
+                .filter(|_| flushed.is_some())
+            {
                 let a = cache.get(&cache_key(earlier as u32, i)).unwrap();
                 let a = a.unwrap_or_else(|| panic!("run {earlier} entry {i} lost after run {run}"));
                 assert_eq!(a.text, text_for(earlier as u32, i));
             }
         }
         let stats = cache.stats().unwrap();
-        assert_eq!(stats.rejected, 0, "run {run}: a stored record failed to open");
+        assert_eq!(
+            stats.rejected, 0,
+            "run {run}: a stored record failed to open"
+        );
 
         // Ledger: everything reported is there, with the right amounts.
         for (&id, &i) in &rep.reserved {
@@ -240,7 +246,13 @@ fn crash_safety_sigkill_20_times() {
         }
         // Totals equal the sum of the entries (settled at actual, open at estimate).
         let counted: Decimal = entries.values().map(|(e, a)| a.unwrap_or(*e)).sum();
-        assert_eq!(ledger.status_at(day()).unwrap().spent_today, counted);
+        let status = ledger.status_at(day()).unwrap();
+        assert_eq!(status.spent_today, counted);
+        let open = entries.values().filter(|(_, a)| a.is_none()).count() as u64;
+        assert_eq!(
+            status.open_reservations, open,
+            "run {run}: open count drifted"
+        );
         cache.flush().unwrap();
     }
     assert!(

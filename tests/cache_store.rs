@@ -77,7 +77,10 @@ fn hit_and_miss_and_persistence_across_reopen() {
         let a = answer("Paris.");
         cache.put(&public("capital of France?"), &a).unwrap();
         // Normalised prompt: same key.
-        let hit = cache.get(&public("  capital   of France?\n")).unwrap().unwrap();
+        let hit = cache
+            .get(&public("  capital   of France?\n"))
+            .unwrap()
+            .unwrap();
         assert_eq!(hit.text, "Paris.");
         assert_eq!(hit.route, Route::Cloud);
         assert_eq!(hit.model, "gpt-4o-mini");
@@ -91,7 +94,11 @@ fn hit_and_miss_and_persistence_across_reopen() {
     // Entries and counters survive a reopen.
     let (db, cache) = open(dir.path(), KEY_A, config());
     assert_eq!(
-        cache.get(&public("capital of France?")).unwrap().unwrap().text,
+        cache
+            .get(&public("capital of France?"))
+            .unwrap()
+            .unwrap()
+            .text,
         "Paris."
     );
     let s = cache.stats().unwrap();
@@ -156,24 +163,37 @@ fn byte_budget_evicts_least_recently_used() {
         },
     );
     for i in 0..10 {
-        cache.put(&public(&format!("q{i}")), &answer(&text)).unwrap();
+        cache
+            .put(&public(&format!("q{i}")), &answer(&text))
+            .unwrap();
     }
     assert_eq!(cache.stats().unwrap().evictions, 0);
     // Use q0 so it becomes the most recently used; q1 is now the oldest.
     assert!(cache.get(&public("q0")).unwrap().is_some());
     for i in 10..15 {
-        cache.put(&public(&format!("q{i}")), &answer(&text)).unwrap();
+        cache
+            .put(&public(&format!("q{i}")), &answer(&text))
+            .unwrap();
     }
     let s = cache.stats().unwrap();
     assert_eq!(s.evictions, 5);
     assert_eq!(s.entries, 10);
     assert!(s.bytes <= budget);
-    assert!(cache.get(&public("q0")).unwrap().is_some(), "recently used entry evicted");
+    assert!(
+        cache.get(&public("q0")).unwrap().is_some(),
+        "recently used entry evicted"
+    );
     for i in 1..=5 {
-        assert!(cache.get(&public(&format!("q{i}"))).unwrap().is_none(), "q{i} kept");
+        assert!(
+            cache.get(&public(&format!("q{i}"))).unwrap().is_none(),
+            "q{i} kept"
+        );
     }
     for i in 6..15 {
-        assert!(cache.get(&public(&format!("q{i}"))).unwrap().is_some(), "q{i} lost");
+        assert!(
+            cache.get(&public(&format!("q{i}"))).unwrap().is_some(),
+            "q{i} lost"
+        );
     }
     // Stats agree with what is on disk.
     let raw = raw_entries(&db);
@@ -186,6 +206,22 @@ fn byte_budget_evicts_least_recently_used() {
         .unwrap();
     assert!(cache.get(&public("huge")).unwrap().is_none());
     assert_eq!(cache.stats().unwrap().entries, 10);
+    // Opening with a smaller budget (e.g. a tool using the default config) evicts nothing...
+    let reopened = SledCache::open(
+        &db,
+        EncryptionKey::from_bytes(&KEY_A).unwrap(),
+        CacheConfig {
+            max_bytes: entry_size * 5,
+            ..config()
+        },
+    )
+    .unwrap();
+    assert_eq!(reopened.stats().unwrap().entries, 10);
+    // ...until something is stored.
+    reopened.put(&public("q15"), &answer(&text)).unwrap();
+    assert_eq!(reopened.stats().unwrap().entries, 5);
+    drop(reopened);
+    let cache = SledCache::open(&db, EncryptionKey::from_bytes(&KEY_A).unwrap(), config()).unwrap();
     // Shrinking the budget evicts immediately.
     cache
         .set_config(CacheConfig {
@@ -264,13 +300,18 @@ fn privacy_classes_never_cross() {
     assert!(cache.get(&public_key).unwrap().is_none());
     assert_eq!(cache.get(&private).unwrap().unwrap().text, "private answer");
     cache.put(&public_key, &answer("public answer")).unwrap();
-    assert_eq!(cache.get(&public_key).unwrap().unwrap().text, "public answer");
+    assert_eq!(
+        cache.get(&public_key).unwrap().unwrap().text,
+        "public answer"
+    );
     assert_eq!(cache.get(&private).unwrap().unwrap().text, "private answer");
 
     // A private record copied under the public key is rejected, not served.
     let entries = db.sled().open_tree("cache/entries").unwrap();
     let private_record = entries.get(private.as_bytes()).unwrap().unwrap();
-    entries.insert(public_key.as_bytes(), private_record).unwrap();
+    entries
+        .insert(public_key.as_bytes(), private_record)
+        .unwrap();
     assert!(cache.get(&public_key).unwrap().is_none());
     assert_eq!(cache.stats().unwrap().rejected, 1);
     assert!(entries.get(public_key.as_bytes()).unwrap().is_none());
@@ -455,7 +496,11 @@ async fn concurrent_mixed_operations_keep_counts_consistent() {
     assert_eq!(s.hits, served);
     assert_eq!(s.hits + s.misses, gets);
     assert!(s.evictions > 0, "the budget never forced an eviction");
-    assert!(s.bytes <= budget, "{} bytes over the {budget} budget", s.bytes);
+    assert!(
+        s.bytes <= budget,
+        "{} bytes over the {budget} budget",
+        s.bytes
+    );
     let raw = raw_entries(&db);
     assert_eq!(raw.len() as u64, s.entries);
     let on_disk: u64 = raw.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
@@ -476,7 +521,10 @@ async fn concurrent_mixed_operations_keep_counts_consistent() {
         let tick = atime.get(k).expect("live entry without an access time");
         let mut lru_key = tick.clone();
         lru_key.extend_from_slice(k);
-        assert!(lru.contains_key(lru_key).unwrap(), "live entry without an LRU record");
+        assert!(
+            lru.contains_key(lru_key).unwrap(),
+            "live entry without an LRU record"
+        );
     }
     // Every entry decrypts to the right answer.
     for (i, k) in keys.iter().enumerate() {

@@ -134,7 +134,11 @@ fn reservations_and_settlements_survive_reopen() {
     let db = Database::open(dir.path()).unwrap();
     let ledger = SledLedger::open(&db, BudgetLimits::default()).unwrap();
     let s = ledger.status_at(at(0)).unwrap();
-    assert_eq!(s.spent_today, usd("0.95"), "the orphaned estimate must count as spent");
+    assert_eq!(
+        s.spent_today,
+        usd("0.95"),
+        "the orphaned estimate must count as spent"
+    );
     assert_eq!(s.open_reservations, 1);
     let open: Vec<_> = ledger
         .entries()
@@ -205,4 +209,6 @@ async fn concurrent_reservations_cannot_overspend() {
     assert_eq!(entries.len(), 500);
     let counted: Decimal = entries.iter().map(|e| e.counted()).sum();
     assert_eq!(counted, s.spent_today);
+    let open = entries.iter().filter(|e| e.actual.is_none()).count() as u64;
+    assert_eq!(s.open_reservations, open);
 }

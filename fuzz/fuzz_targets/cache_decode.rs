@@ -9,8 +9,8 @@
 use std::time::UNIX_EPOCH;
 
 use edgeroute::cache::{
-    CacheConfig, CacheKey, CachedAnswer, Database, EncryptionKey, Header, KeyContext,
-    PrivacyClass, SledCache,
+    CacheConfig, CacheKey, CachedAnswer, Database, EncryptionKey, Header, KeyContext, PrivacyClass,
+    SledCache,
 };
 use edgeroute::request::Request;
 use libfuzzer_sys::fuzz_target;

@@ -123,11 +123,7 @@ impl EncryptionKey {
             .fill(&mut nonce)
             .map_err(|_| Error::Config("the system random generator failed".into()))?;
         self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                in_out,
-            )
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), in_out)
             .map_err(|_| Error::Config("AES-GCM sealing failed".into()))?;
         Ok(nonce)
     }

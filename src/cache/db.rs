@@ -25,7 +25,9 @@ pub struct Database {
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database").field("path", &self.path).finish()
+        f.debug_struct("Database")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -67,7 +69,10 @@ impl Database {
 
     /// Flushes every tree to disk (fsync). sled also flushes by itself every 500 ms.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush().map(|_| ()).map_err(|e| storage(&self.path, e))
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| storage(&self.path, e))
     }
 
     /// Flushes to disk without blocking the async executor, on a dedicated thread that batches
@@ -157,7 +162,10 @@ mod tests {
         let _first = Database::open(dir.path()).unwrap();
         match Database::open(dir.path()) {
             Err(Error::Storage { message, .. }) => {
-                assert!(message.contains("locked by another edgeroute process"), "{message}")
+                assert!(
+                    message.contains("locked by another edgeroute process"),
+                    "{message}"
+                )
             }
             other => panic!("expected a lock error, got {other:?}"),
         }

@@ -305,10 +305,7 @@ mod tests {
                     ..c
                 },
             ),
-            CacheKey::new(
-                &Request::from_messages(vec![Message::assistant("hi")]),
-                &c,
-            ),
+            CacheKey::new(&Request::from_messages(vec![Message::assistant("hi")]), &c),
         ];
         for v in variants {
             assert_ne!(k, v);

@@ -56,7 +56,12 @@ impl std::fmt::Debug for CachedAnswer {
 
 impl CachedAnswer {
     /// An answer produced now.
-    pub fn new(text: impl Into<String>, route: Route, model: impl Into<String>, usage: Usage) -> Self {
+    pub fn new(
+        text: impl Into<String>,
+        route: Route,
+        model: impl Into<String>,
+        usage: Usage,
+    ) -> Self {
         CachedAnswer {
             text: text.into(),
             route,
@@ -315,7 +320,10 @@ mod tests {
             assert!(open(&enc, &k, &bad).is_err(), "flip at {i} accepted");
         }
         for n in 0..rec.len() {
-            assert!(open(&enc, &k, &rec[..n]).is_err(), "truncation to {n} accepted");
+            assert!(
+                open(&enc, &k, &rec[..n]).is_err(),
+                "truncation to {n} accepted"
+            );
         }
     }
 

@@ -192,8 +192,10 @@ impl std::fmt::Debug for SledCache {
 impl SledCache {
     /// Opens the cache in `db` (see [`Database::open`]), sealing entries with `key`.
     ///
-    /// Counts entries and bytes, repairs access records left inconsistent by a crash, and
-    /// evicts down to `config.max_bytes` if the budget shrank. Cost: one scan of the entries.
+    /// Counts entries and bytes and repairs access records left inconsistent by a crash. Cost:
+    /// one scan of the entries. Opening never evicts (so a tool opening the cache with a default
+    /// config, e.g. for `cache stats`, cannot shrink it): a budget smaller than the content is
+    /// enforced at the next `put` or [`SledCache::set_config`].
     pub fn open(db: &Database, key: EncryptionKey, config: CacheConfig) -> Result<Self> {
         let path = db.path().to_path_buf();
         let tree = |name: &str| db.sled().open_tree(name).map_err(|e| storage(&path, e));
@@ -213,7 +215,6 @@ impl SledCache {
             evicting: Mutex::new(()),
         };
         cache.recount()?;
-        cache.evict_to_budget()?;
         Ok(cache)
     }
 
@@ -461,14 +462,18 @@ impl SledCache {
             let Some(item) = cursor.next() else { break };
             let (lru_id, _) = item.map_err(|e| storage(&self.path, e))?;
             if lru_id.len() != 8 + 32 {
-                self.lru.remove(&lru_id).map_err(|e| storage(&self.path, e))?;
+                self.lru
+                    .remove(&lru_id)
+                    .map_err(|e| storage(&self.path, e))?;
                 continue;
             }
             let (tick, id) = lru_id.split_at(8);
             let current = self.atime.get(id).map_err(|e| storage(&self.path, e))?;
             if current.as_deref() != Some(tick) {
                 // Stale access record (superseded by a later touch, or its entry is gone).
-                self.lru.remove(&lru_id).map_err(|e| storage(&self.path, e))?;
+                self.lru
+                    .remove(&lru_id)
+                    .map_err(|e| storage(&self.path, e))?;
                 continue;
             }
             let Some(stored) = self.entries.get(id).map_err(|e| storage(&self.path, e))? else {
@@ -477,7 +482,9 @@ impl SledCache {
                     .compare_and_swap(id, Some(tick), None::<&[u8]>)
                     .map_err(|e| storage(&self.path, e))?
                     .ok();
-                self.lru.remove(&lru_id).map_err(|e| storage(&self.path, e))?;
+                self.lru
+                    .remove(&lru_id)
+                    .map_err(|e| storage(&self.path, e))?;
                 continue;
             };
             if self.remove_if(id, &stored)? {
@@ -485,7 +492,10 @@ impl SledCache {
             }
         }
         if evicted > 0 {
-            tracing::debug!(evicted, "answer cache evicted entries to stay under its byte budget");
+            tracing::debug!(
+                evicted,
+                "answer cache evicted entries to stay under its byte budget"
+            );
             self.bump(EVICTIONS, evicted)?;
         }
         Ok(evicted)
@@ -594,10 +604,7 @@ fn decode_tick(bytes: &[u8]) -> Option<u64> {
 }
 
 fn decode_u64(bytes: &[u8]) -> u64 {
-    bytes
-        .try_into()
-        .map(u64::from_le_bytes)
-        .unwrap_or_default()
+    bytes.try_into().map(u64::from_le_bytes).unwrap_or_default()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
