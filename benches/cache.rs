@@ -8,6 +8,7 @@
 //! - `ledger/reserve_settle`: one reservation + settlement including both fsyncs.
 //!
 //! Run: `cargo bench --no-default-features --bench cache`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::time::Duration;

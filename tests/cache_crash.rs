@@ -4,6 +4,7 @@
 //! every cache entry reads back intact or is absent (entries known flushed are present), and
 //! every reservation or settlement the child reported durable is in the ledger, whose totals
 //! equal the sum of its entries.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

@@ -1,5 +1,6 @@
 //! The sled answer cache on a real on-disk database: hits, misses, TTL, LRU eviction under the
 //! byte budget, modes, privacy classes, tamper and wrong-key detection, concurrency.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! The cost ledger on a real sled database: reserve/settle, limits, periods, persistence,
 //! and no overspend under concurrent reservations.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::str::FromStr;
 use std::sync::Arc;

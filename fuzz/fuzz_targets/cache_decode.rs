@@ -5,6 +5,7 @@
 //! default-features = false) and a `[[bin]] name = "cache_decode"` entry.
 //! Run: `RUSTC_BOOTSTRAP=1 cargo fuzz run cache_decode`
 #![no_main]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::UNIX_EPOCH;
 
