@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::crypt::EncryptionKey;
 use super::db::{storage, Database};
 use super::key::{CacheKey, PrivacyClass};
-use super::record::{self, CachedAnswer};
+use super::record::{open_record, seal_record, CachedAnswer};
 use crate::error::Result;
 
 /// Whether the cache is read, written, both or neither.
@@ -272,7 +272,7 @@ impl SledCache {
         stored: &sled::IVec,
         config: &CacheConfig,
     ) -> Result<Option<CachedAnswer>> {
-        let answer = match record::open(&self.key, key, stored) {
+        let answer = match open_record(&self.key, key, stored) {
             Ok(answer) => answer,
             Err(why) => {
                 tracing::warn!(key = %key, reason = why.as_str(), "dropping an unreadable answer-cache entry (tampered, truncated or sealed with another key)");
@@ -300,7 +300,7 @@ impl SledCache {
         if !config.writes(key.privacy()) {
             return Ok(());
         }
-        let record = record::seal(&self.key, key, answer)?;
+        let record = seal_record(&self.key, key, answer)?;
         let id = key.as_bytes();
         let size = (id.len() + record.len()) as u64;
         if size > config.max_bytes {
