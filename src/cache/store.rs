@@ -307,22 +307,24 @@ impl SledCache {
             tracing::debug!(key = %key, size, "answer larger than the cache budget; not cached");
             return Ok(());
         }
-        let old = self
-            .entries
-            .insert(id, record.as_slice())
-            .map_err(|e| storage(&self.path, e))?
-            .map(|v| v.len() as u64);
-        self.set_access(id)?;
+        // Count first, correct after: a concurrent removal of this very entry then never
+        // subtracts from counts that do not include it yet.
+        self.bytes.fetch_add(size, Ordering::AcqRel);
+        self.entry_count.fetch_add(1, Ordering::AcqRel);
+        let old = self.entries.insert(id, record.as_slice());
         match old {
-            Some(old_len) => {
-                self.bytes.fetch_add(size, Ordering::AcqRel);
-                sub(&self.bytes, id.len() as u64 + old_len);
+            Ok(None) => {}
+            Ok(Some(old)) => {
+                sub(&self.bytes, (id.len() + old.len()) as u64);
+                sub(&self.entry_count, 1);
             }
-            None => {
-                self.bytes.fetch_add(size, Ordering::AcqRel);
-                self.entry_count.fetch_add(1, Ordering::AcqRel);
+            Err(e) => {
+                sub(&self.bytes, size);
+                sub(&self.entry_count, 1);
+                return Err(storage(&self.path, e));
             }
         }
+        self.set_access(id)?;
         if self.bytes.load(Ordering::Acquire) > config.max_bytes {
             self.evict_to_budget()?;
         }
