@@ -69,8 +69,18 @@ impl Plan {
         }
     }
 
-    /// True when this plan may send anything to the cloud.
+    /// True when this plan may send anything to the cloud: as its primary route, or as the
+    /// fallback of an unpinned local plan.
     pub fn allows_cloud(&self) -> bool {
+        match self {
+            Plan::Local { pin } => !pin,
+            Plan::Refuse { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// True when the cloud is the plan's primary route or part of it (cloud, cascade, hedge).
+    pub fn uses_cloud(&self) -> bool {
         matches!(
             self,
             Plan::Cloud { .. } | Plan::Cascade { .. } | Plan::Hedge { .. }
@@ -205,6 +215,13 @@ pub enum Reason {
         /// The rule's threshold.
         threshold: f32,
     },
+    /// The local tier's latency estimate fits the deadline.
+    LocalFits {
+        /// Estimated local latency.
+        estimate_ms: u64,
+        /// The request's deadline.
+        deadline_ms: u64,
+    },
     /// The cascade kept the local answer.
     Confident {
         /// The statistic compared.
@@ -232,6 +249,7 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::PiiFound { kinds } => write!(f, "PII found: {}", kinds.join(", ")),
+            Reason::PiiAbsent { kinds } if kinds.is_empty() => f.write_str("no PII found"),
             Reason::PiiAbsent { kinds } => write!(f, "no PII of kinds {}", kinds.join(", ")),
             Reason::PromptLarge { tokens, threshold } => {
                 write!(f, "prompt ~{tokens} tokens > {threshold}")
@@ -249,6 +267,13 @@ impl fmt::Display for Reason {
             } => write!(
                 f,
                 "local estimate {estimate_ms} ms exceeds deadline {deadline_ms} ms"
+            ),
+            Reason::LocalFits {
+                estimate_ms,
+                deadline_ms,
+            } => write!(
+                f,
+                "local estimate {estimate_ms} ms fits deadline {deadline_ms} ms"
             ),
             Reason::BudgetLow {
                 left_usd,
@@ -336,6 +361,11 @@ impl Decision {
         }
     }
 
+    /// The decision recorded for an answer served from the cache: nothing left the device.
+    pub(crate) fn cache_hit() -> Self {
+        Decision::new("cache", Plan::Local { pin: true }, vec![Reason::CacheHit])
+    }
+
     /// The clearance to call the cloud, if this decision allows it.
     pub fn cloud_clearance(&self) -> Option<&CloudClearance> {
         self.clearance.as_ref()
@@ -368,6 +398,11 @@ mod tests {
     fn clearance_only_for_cloud_plans() {
         let local = Decision::new("r", Plan::Local { pin: true }, vec![]);
         assert!(local.cloud_clearance().is_none());
+        let unpinned = Decision::new("r", Plan::Local { pin: false }, vec![]);
+        assert!(
+            unpinned.cloud_clearance().is_some(),
+            "unpinned local may fall back"
+        );
         let refuse = Decision::new(
             "r",
             Plan::Refuse {

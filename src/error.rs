@@ -212,6 +212,7 @@ impl Error {
                 | Error::CircuitOpen { .. }
                 | Error::Auth { .. }
                 | Error::TierUnavailable { .. }
+                | Error::BudgetExhausted(_)
                 | Error::AllFailed(_)
         )
     }

@@ -1,2 +1,531 @@
-//! x
-fn main() {}
+//! `edgeroute`: ask, explain, check and test policies, scan for PII, inspect the cache and budget.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use edgeroute::decision::Decision;
+use edgeroute::policy::{compile_file, compile_str, render_diagnostics, run_cases, CompiledPolicy};
+use edgeroute::router::RouterEvent;
+use edgeroute::signals::Network;
+use edgeroute::{Request, Router};
+
+/// The default policy, used when neither `--policy` nor `EDGEROUTE_POLICY` is given.
+const BUILTIN_DEFAULT_POLICY: &str = include_str!("../../policies/default.toml");
+
+#[derive(Parser)]
+#[command(
+    name = "edgeroute",
+    version,
+    about = "Route prompts between an on-device model and a cloud API, by TOML policy",
+    long_about = "Route prompts between an on-device model (ONNX Runtime) and a cloud model API, \
+by latency, privacy and cost policies written in TOML.\n\n\
+Configuration: flags first, then the environment (EDGEROUTE_POLICY, EDGEROUTE_HOME, \
+EDGEROUTE_CLOUD_URL), then defaults (the built-in default policy; home under the user's data dir)."
+)]
+struct Cli {
+    /// The edgeroute home (runtime, models, cache). Default: $EDGEROUTE_HOME, else the data dir.
+    #[arg(long, global = true, env = "EDGEROUTE_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer a prompt: the policy picks the local model, the cloud, or the cache.
+    Ask(AskArgs),
+    /// Show the routing decision for a prompt without running a model, the network, or writes.
+    Explain(ExplainArgs),
+    /// Validate and test policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// PII and secret detection.
+    #[command(subcommand)]
+    Pii(PiiCommand),
+    /// The encrypted answer cache in the edgeroute home.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Cloud spend today and this month, against the policy's [budget] limits.
+    Budget {
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Entries, bytes, hits, misses, hit rate, evictions.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every cached answer (the cost ledger is kept).
+    Clear,
+}
+
+#[derive(Args)]
+struct PolicyArg {
+    /// Policy file. Default: $EDGEROUTE_POLICY, else the built-in default policy.
+    #[arg(long, short = 'p', env = "EDGEROUTE_POLICY", value_name = "FILE")]
+    policy: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RequestArgs {
+    /// Caller tag, matched by `tags_any` conditions (repeatable).
+    #[arg(long = "tag", short = 't', value_name = "TAG")]
+    tags: Vec<String>,
+    /// Task name, matched by `task` conditions.
+    #[arg(long, value_name = "NAME")]
+    task: Option<String>,
+    /// End-to-end deadline in milliseconds.
+    #[arg(long, value_name = "N")]
+    deadline_ms: Option<u64>,
+    /// The prompt; `-` reads it from standard input.
+    prompt: String,
+}
+
+#[derive(Args)]
+struct AskArgs {
+    #[command(flatten)]
+    policy: PolicyArg,
+    #[command(flatten)]
+    request: RequestArgs,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// Maximum new tokens. Default: the policy's [local].max_new_tokens.
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<u32>,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    policy: PolicyArg,
+    #[command(flatten)]
+    request: RequestArgs,
+    /// Print JSON: {"route","rule","reasons":[..]}.
+    #[arg(long)]
+    json: bool,
+    /// Decide as if the device were offline.
+    #[arg(long)]
+    offline: bool,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files: exit 0 if all are valid, 1 otherwise; errors as file:line:col.
+    Check {
+        /// Policy files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run the [[test]] cases in policy files: a pass/fail table, exit 1 on any failure.
+    Test {
+        /// Policy files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PiiCommand {
+    /// Scan one document from standard input: {"spans":[{"kind","start","end"}]} (UTF-8 byte
+    /// offsets).
+    Scan {
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Print JSON (the default output is one line per span).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edgeroute: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ort=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> edgeroute::Result<ExitCode> {
+    match cli.command {
+        Command::Ask(args) => ask(args, cli.home.as_deref()),
+        Command::Explain(args) => explain(args, cli.home.as_deref()),
+        Command::Policy(PolicyCommand::Check { files }) => Ok(policy_check(&files)),
+        Command::Policy(PolicyCommand::Test { files }) => Ok(policy_test(&files)),
+        Command::Pii(PiiCommand::Scan { policy, json }) => pii_scan(&policy, json),
+        Command::Cache(cmd) => cache(cmd, cli.home.as_deref()),
+        Command::Budget { policy, json } => budget(&policy, json, cli.home.as_deref()),
+    }
+}
+
+fn load_policy(arg: &PolicyArg) -> edgeroute::Result<CompiledPolicy> {
+    match &arg.policy {
+        Some(p) => compile_file(p),
+        None => compile_str(BUILTIN_DEFAULT_POLICY, Path::new("<built-in default.toml>")),
+    }
+    .map_err(edgeroute::Error::Policy)
+}
+
+fn read_prompt(prompt: &str) -> edgeroute::Result<String> {
+    if prompt != "-" {
+        return Ok(prompt.to_string());
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| edgeroute::Error::io("reading the prompt from standard input", e))?;
+    Ok(s)
+}
+
+fn build_request(args: &RequestArgs) -> edgeroute::Result<Request> {
+    let prompt = read_prompt(&args.prompt)?;
+    if prompt.trim().is_empty() {
+        return Err(edgeroute::Error::InvalidRequest(
+            "the prompt is empty".into(),
+        ));
+    }
+    let mut req = Request::new(prompt);
+    req.tags = args.tags.clone();
+    req.task = args.task.clone();
+    req.deadline = args.deadline_ms.map(Duration::from_millis);
+    Ok(req)
+}
+
+fn runtime() -> edgeroute::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| edgeroute::Error::io("starting the async runtime", e))
+}
+
+fn router(
+    policy: CompiledPolicy,
+    home: Option<&Path>,
+    load_models: bool,
+) -> edgeroute::Result<Router> {
+    let mut b = Router::builder().policy(policy);
+    if let Some(h) = home {
+        b = b.home(h);
+    }
+    if !load_models {
+        b = b.load_local_model(false).cache(false);
+    }
+    b.build()
+}
+
+fn ask(args: AskArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
+    let policy = load_policy(&args.policy)?;
+    let mut request = build_request(&args.request)?;
+    request.params.max_tokens = args.max_tokens;
+    let router = router(policy, home, true)?;
+    let rt = runtime()?;
+    let response = rt.block_on(async {
+        let mut stream = router.stream(request);
+        let mut stdout = std::io::stdout();
+        let mut done = None;
+        while let Some(event) = stream.next().await {
+            match event? {
+                RouterEvent::Delta(d) if !args.json => {
+                    let _ = stdout.write_all(d.as_bytes());
+                    let _ = stdout.flush();
+                }
+                RouterEvent::Delta(_) => {}
+                RouterEvent::Done(r) => done = Some(r),
+            }
+        }
+        done.ok_or_else(|| {
+            edgeroute::Error::Inference("the router ended without a response".into())
+        })
+    })?;
+    if args.json {
+        let out = json!({
+            "text": response.text,
+            "route": response.route.as_str(),
+            "rule": response.decision.rule,
+            "reasons": reasons_json(&response.decision),
+            "latency_ms": response.timings.total.as_secs_f64() * 1000.0,
+            "cost_usd": response.cost.usd.to_string(),
+            "cost_estimated": response.cost.estimated,
+            "cached": response.cached,
+            "confidence": response.confidence,
+            "usage": {
+                "input_tokens": response.usage.input_tokens,
+                "output_tokens": response.usage.output_tokens,
+            },
+        });
+        println!("{out}");
+    } else {
+        println!();
+        eprintln!(
+            "[{} · rule `{}` · {:.0} ms · ${}{}]",
+            response.route,
+            response.decision.rule,
+            response.timings.total.as_secs_f64() * 1000.0,
+            response.cost.usd,
+            response
+                .decision
+                .reasons
+                .iter()
+                .map(|r| format!(" · {r}"))
+                .collect::<String>()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reasons_json(decision: &Decision) -> Value {
+    Value::Array(
+        decision
+            .reasons
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+                if let Value::Object(map) = &mut v {
+                    map.insert("message".into(), Value::String(r.to_string()));
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+fn explain(args: ExplainArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
+    let policy = load_policy(&args.policy)?;
+    let request = build_request(&args.request)?;
+    let router = router(policy, home, false)?;
+    let features = edgeroute::inspect::inspect(router.policy(), &request);
+    let max_tokens = request
+        .params
+        .max_tokens
+        .unwrap_or(router.policy().local.max_new_tokens);
+    let mut signals = router.signals(&features, max_tokens);
+    if args.offline {
+        signals.network = Network::Offline;
+    }
+    let decision = router.explain_with(&request, &signals);
+    if args.json {
+        let out = json!({
+            "route": decision.route(),
+            "rule": decision.rule,
+            "reasons": reasons_json(&decision),
+        });
+        println!("{out}");
+    } else {
+        println!("route: {}", decision.route());
+        println!("rule:  {}", decision.rule);
+        for r in &decision.reasons {
+            println!("  - {r}");
+        }
+        println!(
+            "inputs: ~{} prompt tokens, {} PII span(s), network {}, cloud {}{}",
+            features.prompt_tokens,
+            features.pii_spans.len(),
+            signals.network,
+            if signals.cloud_available {
+                signals.cloud_health.to_string()
+            } else {
+                "not configured".into()
+            },
+            signals
+                .budget_left_usd
+                .map(|b| format!(", budget left ${b}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_check(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for f in files {
+        match compile_file(f) {
+            Ok(p) => println!(
+                "ok: {} ({} rules, {} tests)",
+                f.display(),
+                p.rules.len(),
+                p.tests.len()
+            ),
+            Err(diags) => {
+                ok = false;
+                eprintln!("{}", render_diagnostics(&diags));
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn policy_test(files: &[PathBuf]) -> ExitCode {
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for f in files {
+        let policy = match compile_file(f) {
+            Ok(p) => p,
+            Err(diags) => {
+                eprintln!("{}", render_diagnostics(&diags));
+                failed += 1;
+                continue;
+            }
+        };
+        println!("{}", f.display());
+        if policy.tests.is_empty() {
+            println!("  (no [[test]] cases)");
+        }
+        for o in run_cases(&policy) {
+            let expected = match &o.case.expect_rule {
+                Some(r) => format!("{} / {r}", o.case.expect_route),
+                None => o.case.expect_route.clone(),
+            };
+            let got = format!("{} / {}", o.decision.route(), o.decision.rule);
+            if o.passed {
+                passed += 1;
+                println!("  PASS  {:<40} {got}", o.case.name);
+            } else {
+                failed += 1;
+                println!(
+                    "  FAIL  {:<40} expected {expected}, got {got} ({})",
+                    o.case.name, o.case.location
+                );
+                for r in &o.decision.reasons {
+                    println!("          - {r}");
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn pii_scan(policy: &PolicyArg, json: bool) -> edgeroute::Result<ExitCode> {
+    let policy = load_policy(policy)?;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .map_err(|e| edgeroute::Error::io("reading the document from standard input", e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        edgeroute::Error::InvalidRequest(format!(
+            "standard input is not valid UTF-8 (first bad byte at offset {}); convert it to UTF-8 first",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let spans = policy.scanner.scan(&text);
+    if json {
+        let spans: Vec<Value> = spans
+            .iter()
+            .map(|s| json!({"kind": s.kind, "start": s.start, "end": s.end, "confidence": s.confidence}))
+            .collect();
+        println!("{}", json!({ "spans": spans }));
+    } else {
+        for s in &spans {
+            println!("{}\t{}\t{}", s.kind, s.start, s.end);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_db(home: Option<&Path>) -> edgeroute::Result<(PathBuf, edgeroute::cache::Database)> {
+    let home = edgeroute::home::resolve(home);
+    let db = edgeroute::cache::Database::open(&edgeroute::home::db_dir(&home))?;
+    Ok((home, db))
+}
+
+fn cache(cmd: CacheCommand, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
+    let (home, db) = open_db(home)?;
+    let key =
+        edgeroute::cache::EncryptionKey::load_or_create(&edgeroute::home::cache_key_file(&home))?;
+    let cache = edgeroute::cache::SledCache::open(&db, key, Default::default())?;
+    match cmd {
+        CacheCommand::Stats { json } => {
+            let s = cache.stats()?;
+            if json {
+                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+            } else {
+                println!("entries:   {}", s.entries);
+                println!("bytes:     {} of {}", s.bytes, s.max_bytes);
+                println!("hits:      {}", s.hits);
+                println!("misses:    {}", s.misses);
+                println!("hit rate:  {:.1}%", s.hit_rate * 100.0);
+                println!("evictions: {}", s.evictions);
+                println!("expired:   {}", s.expired);
+                println!("rejected:  {}", s.rejected);
+            }
+        }
+        CacheCommand::Clear => {
+            let before = cache.stats()?.entries;
+            cache.clear()?;
+            cache.flush()?;
+            println!("removed {before} cached answer(s)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn budget(policy: &PolicyArg, json: bool, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
+    let policy = load_policy(policy)?;
+    let (_, db) = open_db(home)?;
+    let ledger = edgeroute::ledger::SledLedger::open(&db, policy.budget.limits)?;
+    let s = ledger.status_at(std::time::SystemTime::now())?;
+    if json {
+        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+    } else {
+        let limit = |l: Option<rust_decimal::Decimal>| {
+            l.map(|d| format!("${d}"))
+                .unwrap_or_else(|| "no limit".into())
+        };
+        println!(
+            "{:<22} ${} of {}",
+            format!("today ({}):", s.day),
+            s.spent_today,
+            limit(s.daily_limit)
+        );
+        println!(
+            "{:<22} ${} of {}",
+            format!("month ({}):", s.month),
+            s.spent_month,
+            limit(s.monthly_limit)
+        );
+        if let Some(left) = s.left {
+            println!("{:<22} ${left}", "left:");
+        }
+        if s.open_reservations > 0 {
+            println!(
+                "{:<22} {} (counted at their estimate)",
+                "open reservations:", s.open_reservations
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

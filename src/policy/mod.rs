@@ -1,7 +1,25 @@
-//! The TOML policy language: `raw` (serde) → `compile` (validate, spans) → `eval` (decide).
+//! The TOML policy language: [`raw`] (serde, `deny_unknown_fields`) → [`compile()`] (semantic
+//! checks, `file:line:col` diagnostics) → [`decide`] (the routing decision).
+//!
+//! The language reference for policy authors is `policies/README.md`.
 
 use std::fmt;
 use std::path::PathBuf;
+
+mod compile;
+mod eval;
+pub mod raw;
+mod source;
+mod tests;
+
+pub use compile::{
+    check_base_url, compile_file, compile_str, is_loopback, BudgetSection, CloudSection,
+    CompiledPolicy, CompiledRule, Condition, KindSet, LatencySection, LocalSection, OnExhausted,
+    PolicyTest, ProviderKind,
+};
+pub use eval::decide;
+pub use source::{nearest, TomlPath};
+pub use tests::{case_request, case_signals, run_cases, CaseOutcome};
 
 /// One problem found in a policy file, located by file, line, column and TOML path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,10 +1,32 @@
-//! In-process PII and secret detection ([`Scanner`]), redaction and re-hydration.
+//! In-process PII and secret detection ([`Scanner`]), redaction and re-hydration
+//! ([`redact_messages`], [`Rehydrator`]).
 //!
-//! Interface placeholder: the detectors live in `detect.rs`, redaction in `redact.rs`.
+//! A scan is one pass per detector family over the text: each built-in detector is a
+//! linear-time regex (the `regex` crate: finite automata, no backtracking) that proposes
+//! candidates, followed by a validator that removes false positives (Luhn, IBAN mod-97, SSN
+//! area rules, octet ranges, E.164 lengths, boundary and label-word checks). Detector families
+//! whose trigger bytes are absent (`@`, digits) are skipped. Overlapping detections are resolved
+//! by priority (custom > structured secrets > email > IBAN > card > SSN > assigned secrets >
+//! IP > phone), then by length.
+//!
+//! Spans are UTF-8 byte offsets into the scanned text. Neither [`PiiSpan`] nor [`Scanner`]
+//! ever shows scanned text in `Debug`.
 
+mod detect;
+mod redact;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use regex::Regex;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use detect::{priority, Detectors, Found};
+
+pub use redact::{redact_messages, redact_text, Rehydrator};
 
 /// Built-in detector kinds, as named in policies and in `edgeroute pii scan`.
 pub const BUILTIN_KINDS: &[&str] = &[
@@ -22,7 +44,7 @@ pub const BUILTIN_KINDS: &[&str] = &[
 pub struct CustomPattern {
     /// Kind name reported for matches.
     pub kind: String,
-    /// The regex source.
+    /// The regex source (`regex` crate syntax; linear time).
     pub regex: String,
 }
 
@@ -56,7 +78,8 @@ impl Default for PrivacyConfig {
     }
 }
 
-/// One detected span. `Debug` shows kind and offsets only, never the matched text.
+/// One detected span. It holds offsets, not text: `Debug` cannot leak the matched value.
+/// Use [`PiiSpan::text`] to read the value from the scanned string.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PiiSpan {
     /// Detector kind (`email`, `phone`, ... or a custom name).
@@ -69,37 +92,191 @@ pub struct PiiSpan {
     pub confidence: f32,
 }
 
-/// A compiled scanner. Cheap to share (`Send + Sync`); build once per policy.
-#[derive(Debug, Clone)]
+impl PiiSpan {
+    /// The matched value inside `text` (the string that was scanned), if the offsets fit it.
+    pub fn text<'a>(&self, text: &'a str) -> Option<&'a str> {
+        text.get(self.start..self.end)
+    }
+}
+
+/// A compiled scanner. `Send + Sync`, and `Clone` is an `Arc` bump: build it once per policy
+/// and share it. The built-in detectors are compiled once per process.
+#[derive(Clone)]
 pub struct Scanner {
-    email: regex::Regex,
-    enabled_email: bool,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Kind names by index: the built-ins first (in [`BUILTIN_KINDS`] order), then custom kinds.
+    kinds: Vec<String>,
+    enabled: [bool; 7],
+    builtin: Arc<Detectors>,
+    custom: Vec<(u16, Regex)>,
+}
+
+impl fmt::Debug for Scanner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let enabled: Vec<&str> = BUILTIN_KINDS
+            .iter()
+            .zip(self.inner.enabled)
+            .filter(|(_, on)| *on)
+            .map(|(k, _)| *k)
+            .chain(
+                self.inner.kinds[BUILTIN_KINDS.len()..]
+                    .iter()
+                    .map(String::as_str),
+            )
+            .collect();
+        f.debug_struct("Scanner").field("kinds", &enabled).finish()
+    }
+}
+
+fn builtin_detectors() -> Result<Arc<Detectors>> {
+    static DETECTORS: OnceLock<std::result::Result<Arc<Detectors>, String>> = OnceLock::new();
+    DETECTORS
+        .get_or_init(|| Detectors::new().map(Arc::new).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(Error::Config)
 }
 
 impl Scanner {
-    /// Compiles the detectors. Fails on an invalid custom regex, naming it.
+    /// Compiles the detectors for `config`.
+    ///
+    /// Fails with [`Error::Config`] on an unknown built-in kind in `config.kinds`, or on an
+    /// invalid custom regex (naming the kind and the regex error).
     pub fn new(config: &PrivacyConfig) -> Result<Self> {
-        let email = regex::Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-            .map_err(|e| Error::Config(format!("email regex: {e}")))?;
+        let mut kinds: Vec<String> = BUILTIN_KINDS.iter().map(|k| k.to_string()).collect();
+        let mut enabled = [false; 7];
+        for k in &config.kinds {
+            match BUILTIN_KINDS.iter().position(|b| b == k) {
+                Some(i) => enabled[i] = true,
+                None => {
+                    return Err(Error::Config(format!(
+                        "unknown built-in PII kind `{k}`; built-in kinds: {}",
+                        BUILTIN_KINDS.join(", ")
+                    )))
+                }
+            }
+        }
+        let mut kind_index = |name: &str| -> Result<u16> {
+            if name.trim().is_empty() {
+                return Err(Error::Config("a custom PII kind needs a name".into()));
+            }
+            let i = match kinds.iter().position(|k| k == name) {
+                Some(i) => i,
+                None => {
+                    kinds.push(name.to_string());
+                    kinds.len() - 1
+                }
+            };
+            u16::try_from(i).map_err(|_| Error::Config("too many custom PII kinds".into()))
+        };
+        let mut custom = Vec::new();
+        for p in &config.patterns {
+            let idx = kind_index(&p.kind)?;
+            let re = regex::RegexBuilder::new(&p.regex)
+                .size_limit(1 << 22)
+                .build()
+                .map_err(|e| {
+                    let reason = e.to_string();
+                    let reason = reason.lines().last().unwrap_or("").trim().to_string();
+                    Error::Config(format!(
+                        "invalid regex for custom PII kind `{}`: {reason}",
+                        p.kind
+                    ))
+                })?;
+            custom.push((idx, re));
+        }
+        for list in &config.keywords {
+            let idx = kind_index(&list.kind)?;
+            let words: Vec<String> = list
+                .words
+                .iter()
+                .map(|w| w.trim())
+                .filter(|w| !w.is_empty())
+                .map(regex::escape)
+                .collect();
+            if words.is_empty() {
+                continue;
+            }
+            let src = format!(r"(?i)\b(?:{})\b", words.join("|"));
+            let re = regex::RegexBuilder::new(&src)
+                .size_limit(1 << 24)
+                .build()
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "keyword list for custom PII kind `{}` is too large: {e}",
+                        list.kind
+                    ))
+                })?;
+            custom.push((idx, re));
+        }
         Ok(Scanner {
-            email,
-            enabled_email: config.kinds.iter().any(|k| k == "email"),
+            inner: Arc::new(Inner {
+                kinds,
+                enabled,
+                builtin: builtin_detectors()?,
+                custom,
+            }),
         })
     }
 
-    /// Finds PII spans in `text`, sorted by start offset, non-overlapping.
+    /// Finds PII spans in `text`: sorted by start offset, non-overlapping, UTF-8 byte offsets.
     pub fn scan(&self, text: &str) -> Vec<PiiSpan> {
-        if !self.enabled_email {
-            return Vec::new();
+        let inner = &*self.inner;
+        let mut found = Vec::new();
+        inner.builtin.run(text, &inner.enabled, &mut found);
+        for (kind, re) in &inner.custom {
+            for m in re.find_iter(text) {
+                if m.start() < m.end() {
+                    found.push(Found {
+                        start: m.start(),
+                        end: m.end(),
+                        kind: *kind,
+                        priority: priority::CUSTOM,
+                        confidence: 0.9,
+                    });
+                }
+            }
         }
-        self.email
-            .find_iter(text)
-            .map(|m| PiiSpan {
-                kind: "email".into(),
-                start: m.start(),
-                end: m.end(),
-                confidence: 0.9,
+        resolve(found)
+            .into_iter()
+            .map(|f| PiiSpan {
+                kind: inner
+                    .kinds
+                    .get(usize::from(f.kind))
+                    .cloned()
+                    .unwrap_or_default(),
+                start: f.start,
+                end: f.end,
+                confidence: f.confidence,
             })
             .collect()
     }
 }
+
+/// Keeps the best of overlapping detections (priority, then length, then leftmost) and returns
+/// them sorted by start.
+fn resolve(mut found: Vec<Found>) -> Vec<Found> {
+    found.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then((b.end - b.start).cmp(&(a.end - a.start)))
+            .then(a.start.cmp(&b.start))
+    });
+    let mut kept: BTreeMap<usize, Found> = BTreeMap::new();
+    for f in found {
+        let before = kept.range(..=f.start).next_back();
+        let after = kept.range(f.start..).next();
+        let clash =
+            before.is_some_and(|(_, k)| k.end > f.start) || after.is_some_and(|(&s, _)| s < f.end);
+        if !clash {
+            kept.insert(f.start, f);
+        }
+    }
+    kept.into_values().collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;

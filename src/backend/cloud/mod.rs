@@ -1,1 +1,629 @@
-//! Cloud tier (HTTP providers).
+//! The cloud tier: [`CloudBackend`] speaks OpenAI Chat Completions or Anthropic Messages over
+//! HTTPS (reqwest + rustls), with timeouts, retries and a circuit breaker.
+//!
+//! Layers, outermost first, for one call:
+//! 1. **credentials**: no API key → [`Error::TierUnavailable`], no network I/O;
+//! 2. **deadline**: the call's total time is `min(total_timeout, call.deadline)`;
+//! 3. **retry loop** ([`RetryConfig`]): full-jitter backoff, `Retry-After`, retry budget;
+//! 4. **circuit breaker** ([`BreakerConfig`]): each attempt needs a permit; an open breaker
+//!    fails fast with [`Error::CircuitOpen`];
+//! 5. **attempt**: connect (`connect_timeout`), then headers and first token
+//!    (`first_token_timeout`), then the rest (the total deadline).
+//!
+//! [`Backend::stream`] returns once the first token has arrived, so every retry happens before
+//! the caller has seen any text; after that, failures end the stream with an error
+//! ([`Error::TruncatedStream`] when the provider's terminator never came), never with a silently
+//! partial answer. [`Backend::generate`] uses the non-streaming endpoint; since a non-streaming
+//! response arrives only once the whole answer is generated, `first_token_timeout` does not
+//! apply to it (connect and total do).
+//!
+//! Prompts, answers and the API key are never logged; retries and failures are logged at
+//! `debug` with status codes and timings only.
+
+mod anthropic;
+mod breaker;
+mod config;
+mod openai;
+mod protocol;
+mod retry;
+pub mod sse;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+
+pub use self::breaker::BreakerState;
+pub use self::config::{ApiKey, BreakerConfig, CloudConfig, MaxTokensField, Provider, RetryConfig};
+pub use self::protocol::{estimate_prompt_tokens, estimate_tokens, parse_response, StreamDecoder};
+
+use self::breaker::{Breaker, Permit};
+use self::retry::RetryBudget;
+use self::sse::{SseEvent, SseParser};
+use crate::backend::{Backend, BackendCall, EventStream, Generation, StreamEvent};
+use crate::error::{Error, Result, TimeoutPhase};
+use crate::signals::{CloudHealth, Network};
+
+/// Largest error body read from a failed response.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A cloud model API behind the [`Backend`] trait.
+///
+/// Cheap to clone (everything is behind an `Arc`); clones share the connection pool, the
+/// circuit breaker and the retry budget. `Send + Sync`.
+#[derive(Clone)]
+pub struct CloudBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    cfg: CloudConfig,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    client: reqwest::Client,
+    breaker: Arc<Breaker>,
+    budget: RetryBudget,
+}
+
+impl std::fmt::Debug for CloudBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudBackend")
+            .field("name", &self.inner.name)
+            .field("url", &self.inner.url.as_str())
+            .field("breaker", &self.inner.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CloudBackend {
+    /// Builds the backend: validates the URL, prepares the headers and the HTTP client.
+    ///
+    /// Fails with [`Error::Config`] for a malformed `base_url`, a scheme other than `https`
+    /// or `http`, plain `http://` to a non-loopback host without `allow_insecure_http`, or an
+    /// API key that cannot be sent in a header. A missing key is not an error here: the
+    /// backend then reports itself unavailable.
+    pub fn new(cfg: CloudConfig) -> Result<Self> {
+        let base = cfg.base_url.trim_end_matches('/');
+        let path = match cfg.provider {
+            Provider::OpenAi => openai::PATH,
+            Provider::Anthropic => anthropic::PATH,
+        };
+        let url = reqwest::Url::parse(&format!("{base}{path}")).map_err(|e| {
+            Error::Config(format!(
+                "[cloud].base_url `{}` is not a URL: {e}",
+                cfg.base_url
+            ))
+        })?;
+        let loopback = is_loopback(&url);
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback || cfg.allow_insecure_http => {}
+            "http" => {
+                return Err(Error::Config(format!(
+                    "[cloud].base_url `{}` uses plain http:// to a non-loopback host; prompts \
+                     would cross the network unencrypted. Use https://, or opt in with \
+                     allow_insecure_http",
+                    cfg.base_url
+                )))
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "[cloud].base_url `{}`: unsupported scheme `{other}` (use https://)",
+                    cfg.base_url
+                )))
+            }
+        }
+        let headers = headers(&cfg)?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .tcp_nodelay(true)
+            .user_agent(concat!("edgeroute/", env!("CARGO_PKG_VERSION")));
+        if loopback {
+            // A system proxy must not see loopback traffic.
+            builder = builder.no_proxy();
+        }
+        let client = builder
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(CloudBackend {
+            inner: Arc::new(Inner {
+                name: format!("{}:{}", cfg.provider, cfg.model),
+                url,
+                headers,
+                client,
+                breaker: Arc::new(Breaker::new(cfg.breaker.clone())),
+                budget: RetryBudget::new(&cfg.retry),
+                cfg,
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CloudConfig {
+        &self.inner.cfg
+    }
+
+    /// The full endpoint URL calls are posted to.
+    pub fn endpoint(&self) -> &str {
+        self.inner.url.as_str()
+    }
+
+    /// The circuit breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost"),
+    }
+}
+
+fn headers(cfg: &CloudConfig) -> Result<HeaderMap> {
+    let mut h = HeaderMap::new();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let bad_key = || {
+        Error::Config(format!(
+            "the API key in ${} contains characters that cannot be sent in an HTTP header",
+            cfg.api_key_env
+        ))
+    };
+    match cfg.provider {
+        Provider::OpenAi => {
+            if let Some(key) = &cfg.api_key {
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+                    .map_err(|_| bad_key())?;
+                v.set_sensitive(true);
+                h.insert(reqwest::header::AUTHORIZATION, v);
+            }
+        }
+        Provider::Anthropic => {
+            if let Some(key) = &cfg.api_key {
+                let mut v = HeaderValue::from_str(key.expose_secret()).map_err(|_| bad_key())?;
+                v.set_sensitive(true);
+                h.insert("x-api-key", v);
+            }
+            let v = HeaderValue::from_str(&cfg.anthropic_version).map_err(|_| {
+                Error::Config("anthropic_version is not a valid header value".into())
+            })?;
+            h.insert("anthropic-version", v);
+        }
+    }
+    Ok(h)
+}
+
+/// The time limits of one call.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    start: Instant,
+    total_at: Instant,
+    first_token: Duration,
+}
+
+impl Clock {
+    fn new(cfg: &CloudConfig, deadline: Option<Instant>) -> Self {
+        let start = Instant::now();
+        let total_at = start + cfg.total_timeout;
+        Clock {
+            start,
+            total_at: deadline.map_or(total_at, |d| d.min(total_at)),
+            first_token: cfg.first_token_timeout,
+        }
+    }
+
+    /// When the first token of an attempt started at `attempt_start` is due, and which phase
+    /// to blame if it is late.
+    fn first_token_at(&self, attempt_start: Instant) -> (Instant, TimeoutPhase) {
+        let at = attempt_start + self.first_token;
+        if at < self.total_at {
+            (at, TimeoutPhase::FirstToken)
+        } else {
+            (self.total_at, TimeoutPhase::Total)
+        }
+    }
+
+    fn timeout(&self, phase: TimeoutPhase, attempt_start: Instant) -> Error {
+        let since = match phase {
+            TimeoutPhase::Total => self.start,
+            _ => attempt_start,
+        };
+        Error::Timeout {
+            phase,
+            elapsed: since.elapsed(),
+        }
+    }
+}
+
+/// Runs `fut` until `at`; past it, the error is `on_timeout`.
+async fn until<T>(
+    at: Instant,
+    fut: impl Future<Output = Result<T>>,
+    on_timeout: impl FnOnce() -> Error,
+) -> Result<T> {
+    match tokio::time::timeout_at(at.into(), fut).await {
+        Ok(r) => r,
+        Err(_) => Err(on_timeout()),
+    }
+}
+
+/// Whether a failure says something about the provider's health (and so counts in the
+/// breaker). Auth and request errors are answers from a healthy server.
+fn counts_against_health(e: &Error) -> bool {
+    e.is_retryable() || matches!(e, Error::MalformedResponse(_) | Error::TruncatedStream(_))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let msg = inner.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        source = inner.source();
+    }
+    s
+}
+
+impl Inner {
+    fn ensure_key(&self) -> Result<()> {
+        match &self.cfg.api_key {
+            Some(_) => Ok(()),
+            None => Err(Error::TierUnavailable {
+                tier: "cloud",
+                why: self.no_key_message(),
+            }),
+        }
+    }
+
+    fn no_key_message(&self) -> String {
+        format!("no API key: set ${}", self.cfg.api_key_env)
+    }
+
+    /// Maps a transport error (no HTTP status) and updates connectivity.
+    fn transport_error(&self, e: &reqwest::Error, attempt_start: Instant) -> Error {
+        if e.is_timeout() {
+            // No reqwest timeout is set per request: a reqwest timeout is the connect timeout.
+            return Error::Timeout {
+                phase: TimeoutPhase::Connect,
+                elapsed: attempt_start.elapsed(),
+            };
+        }
+        if e.is_connect() {
+            self.breaker.set_offline(true);
+            let host = self.url.host_str().unwrap_or("?");
+            return Error::Connection(format!("cannot connect to {host}: {}", error_chain(e)));
+        }
+        Error::Connection(format!("connection lost: {}", error_chain(e)))
+    }
+
+    /// Sends one request; returns the response once its headers are in (by `headers_by`,
+    /// else a timeout of that phase), or the typed error.
+    async fn send(
+        &self,
+        body: &[u8],
+        clock: &Clock,
+        attempt_start: Instant,
+        headers_by: (Instant, TimeoutPhase),
+    ) -> Result<reqwest::Response> {
+        let (first_at, phase) = headers_by;
+        let request = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .body(body.to_vec())
+            .send();
+        let response = until(
+            first_at,
+            async {
+                request
+                    .await
+                    .map_err(|e| self.transport_error(&e, attempt_start))
+            },
+            || clock.timeout(phase, attempt_start),
+        )
+        .await?;
+        // Any HTTP answer proves the network is up.
+        self.breaker.set_offline(false);
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = retry::parse_retry_after(response.headers());
+        let read_until = clock.total_at.min(Instant::now() + Duration::from_secs(5));
+        let body =
+            tokio::time::timeout_at(read_until.into(), read_capped(response, MAX_ERROR_BODY))
+                .await
+                .unwrap_or_default();
+        let err = protocol::status_error(status.as_u16(), &body, retry_after);
+        tracing::debug!(backend = %self.name, status = status.as_u16(), "cloud call rejected");
+        Err(err)
+    }
+
+    /// The delay before the next retry, or `None` when the call must fail with `e`.
+    fn retry_delay(&self, e: &Error, retries: u32, clock: &Clock) -> Option<Duration> {
+        let cfg = &self.cfg.retry;
+        if !e.is_retryable() || retries >= cfg.max_retries {
+            return None;
+        }
+        let mut delay = retry::backoff(cfg, retries);
+        if let Error::RateLimited {
+            retry_after: Some(ra),
+        } = e
+        {
+            if *ra > cfg.max_retry_after {
+                return None;
+            }
+            delay = delay.max(*ra);
+        }
+        if Instant::now() + delay >= clock.total_at {
+            return None;
+        }
+        if !self.budget.try_withdraw() {
+            tracing::debug!(backend = %self.name, "retry budget exhausted");
+            return None;
+        }
+        Some(delay)
+    }
+
+    /// Runs `attempt` under the breaker and the retry policy. On success, returns the value
+    /// with its breaker permit (the caller reports the final outcome).
+    async fn with_retries<T, F, Fut>(&self, clock: &Clock, mut attempt: F) -> Result<(T, Permit)>
+    where
+        F: FnMut(Instant) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.budget.deposit();
+        let mut retries = 0;
+        let mut last: Option<Error> = None;
+        loop {
+            let attempt_start = Instant::now();
+            if attempt_start >= clock.total_at {
+                return Err(
+                    last.unwrap_or_else(|| clock.timeout(TimeoutPhase::Total, attempt_start))
+                );
+            }
+            let permit = match self.breaker.acquire() {
+                Ok(p) => p,
+                // Opened while we were retrying: the real failure is more useful.
+                Err(open) => return Err(last.unwrap_or(open)),
+            };
+            match attempt(attempt_start).await {
+                Ok(v) => return Ok((v, permit)),
+                Err(e) => {
+                    if counts_against_health(&e) {
+                        permit.failure();
+                    } else {
+                        permit.success();
+                    }
+                    let Some(delay) = self.retry_delay(&e, retries, clock) else {
+                        tracing::debug!(backend = %self.name, retries, error = %e, "cloud call failed");
+                        return Err(e);
+                    };
+                    tracing::debug!(backend = %self.name, retries, ?delay, error = %e, "retrying cloud call");
+                    tokio::time::sleep(delay).await;
+                    retries += 1;
+                    last = Some(e);
+                }
+            }
+        }
+    }
+
+    async fn generate_once(
+        &self,
+        body: &[u8],
+        clock: &Clock,
+        attempt_start: Instant,
+        est: u64,
+    ) -> Result<Generation> {
+        // A non-streaming answer's headers come only once the whole answer is generated:
+        // only the connect and total limits apply.
+        let headers_by = (clock.total_at, TimeoutPhase::Total);
+        let response = self.send(body, clock, attempt_start, headers_by).await?;
+        let bytes = until(
+            clock.total_at,
+            async {
+                response
+                    .bytes()
+                    .await
+                    .map_err(|e| self.transport_error(&e, attempt_start))
+            },
+            || clock.timeout(TimeoutPhase::Total, attempt_start),
+        )
+        .await?;
+        parse_response(self.cfg.provider, &bytes, est)
+    }
+
+    async fn stream_once(
+        &self,
+        body: &[u8],
+        clock: &Clock,
+        attempt_start: Instant,
+        est: u64,
+    ) -> Result<Live> {
+        let first_token = clock.first_token_at(attempt_start);
+        let response = self.send(body, clock, attempt_start, first_token).await?;
+        let mut live = Live {
+            response,
+            parser: SseParser::new(),
+            decoder: Some(StreamDecoder::new(self.cfg.provider, est)),
+            pending: VecDeque::new(),
+            events: Vec::new(),
+        };
+        let (first_at, phase) = first_token;
+        until(first_at, live.fill(), || {
+            clock.timeout(phase, attempt_start)
+        })
+        .await?;
+        Ok(live)
+    }
+}
+
+/// Reads at most `cap` bytes of a body (error bodies; failures read as empty).
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        out.extend_from_slice(&chunk[..chunk.len().min(cap - out.len())]);
+        if out.len() >= cap {
+            break;
+        }
+    }
+    out
+}
+
+/// An open event stream and its decoding state.
+struct Live {
+    response: reqwest::Response,
+    parser: SseParser,
+    decoder: Option<StreamDecoder>,
+    pending: VecDeque<StreamEvent>,
+    events: Vec<SseEvent>,
+}
+
+impl Live {
+    /// Reads until at least one event is pending (a delta, or the final `Done`).
+    async fn fill(&mut self) -> Result<()> {
+        while self.pending.is_empty() {
+            let Some(decoder) = self.decoder.as_mut() else {
+                return Ok(());
+            };
+            let chunk = self.response.chunk().await.map_err(|e| {
+                Error::Connection(format!("connection lost mid-stream: {}", error_chain(&e)))
+            })?;
+            let Some(chunk) = chunk else {
+                // End of body: complete only if the provider's terminator came.
+                self.parser.finish(&mut self.events)?;
+                for event in self.events.drain(..) {
+                    if let Some(delta) = decoder.on_event(&event)? {
+                        self.pending.push_back(StreamEvent::Delta(delta));
+                    }
+                }
+                if let Some(decoder) = self.decoder.take() {
+                    self.pending.push_back(StreamEvent::Done(decoder.finish()?));
+                }
+                return Ok(());
+            };
+            self.parser.feed(&chunk, &mut self.events)?;
+            for event in self.events.drain(..) {
+                if let Some(delta) = decoder.on_event(&event)? {
+                    self.pending.push_back(StreamEvent::Delta(delta));
+                }
+                if decoder.is_terminated() {
+                    break;
+                }
+            }
+            if decoder.is_terminated() {
+                if let Some(decoder) = self.decoder.take() {
+                    self.pending.push_back(StreamEvent::Done(decoder.finish()?));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the returned stream carries between items.
+struct StreamState {
+    live: Live,
+    permit: Option<Permit>,
+    clock: Clock,
+    inner: Arc<Inner>,
+}
+
+async fn next_event(mut st: StreamState) -> Option<(Result<StreamEvent>, Option<StreamState>)> {
+    if st.live.pending.is_empty() {
+        let clock = st.clock;
+        let filled = until(clock.total_at, st.live.fill(), || {
+            clock.timeout(TimeoutPhase::Total, clock.start)
+        })
+        .await;
+        if let Err(e) = filled {
+            if let Some(p) = st.permit.take() {
+                p.failure();
+            }
+            tracing::debug!(backend = %st.inner.name, error = %e, "cloud stream failed after the first token");
+            return Some((Err(e), None));
+        }
+    }
+    match st.live.pending.pop_front()? {
+        StreamEvent::Done(g) => {
+            if let Some(p) = st.permit.take() {
+                p.success();
+            }
+            Some((Ok(StreamEvent::Done(g)), None))
+        }
+        delta => Some((Ok(delta), Some(st))),
+    }
+}
+
+#[async_trait]
+impl Backend for CloudBackend {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn stream(&self, call: BackendCall) -> Result<EventStream> {
+        let inner = &self.inner;
+        inner.ensure_key()?;
+        let clock = Clock::new(&inner.cfg, call.deadline);
+        let est = estimate_prompt_tokens(&call.messages);
+        let body = protocol::request_body(&inner.cfg, &call, true)?;
+        let (live, permit) = inner
+            .with_retries(&clock, |attempt_start| {
+                inner.stream_once(&body, &clock, attempt_start, est)
+            })
+            .await?;
+        let state = StreamState {
+            live,
+            permit: Some(permit),
+            clock,
+            inner: Arc::clone(inner),
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            Some(state),
+            |st| async move { next_event(st?).await },
+        )))
+    }
+
+    async fn generate(&self, call: BackendCall) -> Result<Generation> {
+        let inner = &self.inner;
+        inner.ensure_key()?;
+        let clock = Clock::new(&inner.cfg, call.deadline);
+        let est = estimate_prompt_tokens(&call.messages);
+        let body = protocol::request_body(&inner.cfg, &call, false)?;
+        let (generation, permit) = inner
+            .with_retries(&clock, |attempt_start| {
+                inner.generate_once(&body, &clock, attempt_start, est)
+            })
+            .await?;
+        permit.success();
+        Ok(generation)
+    }
+
+    fn availability(&self) -> std::result::Result<(), String> {
+        match self.inner.cfg.api_key {
+            Some(_) => Ok(()),
+            None => Err(self.inner.no_key_message()),
+        }
+    }
+
+    fn health(&self) -> CloudHealth {
+        self.inner.breaker.state().health()
+    }
+
+    fn network(&self) -> Network {
+        self.inner.breaker.network()
+    }
+}

@@ -1,1 +1,528 @@
-//! Local tier (ONNX Runtime).
+//! Local tier: a small instruct model on ONNX Runtime, in-process.
+//!
+//! [`LocalBackend`] renders the conversation with the model's ChatML template (keeping its
+//! default system prompt), runs the prompt once (prefill) and then decodes token by token with a
+//! KV cache, greedily or with temperature/top-p sampling from a seed. It stops on end-of-turn or
+//! after `max_new_tokens`, streams valid UTF-8 deltas, and reports the log-probability of every
+//! generated token as a [`Confidence`].
+//!
+//! Generation runs on its own blocking thread, never on the async executor; dropping the
+//! [`EventStream`] stops it at the next token. Sessions live in a pool, so one `LocalBackend`
+//! (cheap to clone, `Send + Sync`) serves concurrent requests.
+//!
+//! Files come from the edgeroute home (see [`crate::home`]), installed by
+//! `python3 scripts/setup.py`; a missing or damaged runtime or model is an error naming the path
+//! and that command, never a panic.
+//!
+//! ```no_run
+//! # async fn demo() -> edgeroute::Result<()> {
+//! use edgeroute::backend::local::LocalBackend;
+//! use edgeroute::backend::{Backend, BackendCall};
+//! use edgeroute::request::{GenerationParams, Message};
+//!
+//! let local = LocalBackend::builder().threads(2).max_new_tokens(64).commit()?;
+//! let call = BackendCall {
+//!     messages: vec![Message::user("What is the capital of France?")],
+//!     params: GenerationParams::default(),
+//!     deadline: None,
+//! };
+//! let answer = local.generate(call).await?;
+//! println!("{} ({:?})", answer.text, answer.confidence);
+//! # Ok(()) }
+//! ```
+
+mod decoder;
+mod manifest;
+mod pool;
+pub mod runtime;
+mod sampler;
+mod text;
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use self::decoder::{Decoder, KvShape, Names};
+pub use self::manifest::{Architecture, ChatTemplate, Manifest, MANIFEST_FILE};
+use self::pool::Pool;
+use self::sampler::Sampler;
+use self::text::{TextCodec, Utf8Stream};
+use super::{Backend, BackendCall, EventStream, FinishReason, Generation, StreamEvent};
+use crate::error::{Error, Result, TimeoutPhase};
+use crate::home;
+use crate::request::{Confidence, GenerationParams, Message, Usage};
+
+/// Default for [`LocalBackendBuilder::max_new_tokens`].
+pub const DEFAULT_MAX_NEW_TOKENS: u32 = 256;
+
+/// The first sentence (for [`Confidence::first_sentence`]) ends at the first `.`, `!`, `?` or
+/// newline once the reply is at least this many bytes long...
+pub const FIRST_SENTENCE_MIN_CHARS: usize = 20;
+/// ...or after this many tokens, whichever comes first.
+pub const FIRST_SENTENCE_MAX_TOKENS: usize = 24;
+
+/// One generated token, as seen by [`LocalBackend::generate_blocking`]'s callback.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenEvent<'a> {
+    /// Token id.
+    pub id: u32,
+    /// Its log-probability under the model (temperature 1).
+    pub logprob: f32,
+    /// The text it completes (may be empty while a UTF-8 character is split across tokens).
+    pub text: &'a str,
+    /// Time since the generation started.
+    pub elapsed: Duration,
+}
+
+/// A finished local generation with everything the model produced.
+#[derive(Debug, Clone)]
+pub struct LocalOutput {
+    /// Prompt token ids (template included).
+    pub prompt_ids: Vec<u32>,
+    /// Generated token ids (without the end-of-turn token).
+    pub token_ids: Vec<u32>,
+    /// Log-probability of each generated token.
+    pub logprobs: Vec<f32>,
+    /// The reply text.
+    pub text: String,
+    /// Why generation stopped.
+    pub finish: FinishReason,
+    /// Statistics over `logprobs` (`None` for an empty reply).
+    pub confidence: Option<Confidence>,
+    /// Time to the first generated token (prefill + first pick).
+    pub first_token: Duration,
+    /// Whole generation time.
+    pub elapsed: Duration,
+}
+
+impl LocalOutput {
+    fn into_generation(self) -> Generation {
+        Generation {
+            usage: Usage {
+                input_tokens: self.prompt_ids.len() as u64,
+                output_tokens: self.token_ids.len() as u64,
+            },
+            usage_estimated: false,
+            confidence: self.confidence,
+            finish: self.finish,
+            text: self.text,
+        }
+    }
+}
+
+/// Builds a [`LocalBackend`]. Every setter has a default; [`LocalBackendBuilder::commit`] does the
+/// expensive work (load the runtime, check the model directory, open the sessions).
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct LocalBackendBuilder {
+    home: Option<PathBuf>,
+    model: Option<String>,
+    model_dir: Option<PathBuf>,
+    runtime_path: Option<PathBuf>,
+    threads: Option<usize>,
+    max_new_tokens: Option<u32>,
+    pool_size: Option<usize>,
+    verify_checksums: bool,
+}
+
+impl LocalBackendBuilder {
+    /// The edgeroute home. Default: [`home::resolve`] (`EDGEROUTE_HOME`, else the user's data dir).
+    pub fn home(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.home = Some(dir.into());
+        self
+    }
+    /// The model's name under `<home>/models/`. Default: [`home::DEFAULT_MODEL`].
+    pub fn model(mut self, name: impl Into<String>) -> Self {
+        self.model = Some(name.into());
+        self
+    }
+    /// The model directory itself, overriding home + model name. Default: `<home>/models/<model>`.
+    pub fn model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.model_dir = Some(dir.into());
+        self
+    }
+    /// The ONNX Runtime library. Default: `ORT_DYLIB_PATH`, else `<home>/runtime/libonnxruntime.so*`.
+    /// Only the first backend of a process loads the runtime; later ones share it.
+    pub fn runtime_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.runtime_path = Some(path.into());
+        self
+    }
+    /// Intra-op threads per session. Default: the available cores, at most 4.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n.max(1));
+        self
+    }
+    /// Reply length cap when the request sets none. Default: [`DEFAULT_MAX_NEW_TOKENS`] (256).
+    pub fn max_new_tokens(mut self, n: u32) -> Self {
+        self.max_new_tokens = Some(n.max(1));
+        self
+    }
+    /// Sessions (concurrent generations; each holds the weights in memory). Default: 1.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = Some(n.max(1));
+        self
+    }
+    /// Check every model file's SHA-256 against the manifest when opening (about a second for the
+    /// default model). Default: `false` (sizes are always checked).
+    pub fn verify_checksums(mut self, yes: bool) -> Self {
+        self.verify_checksums = yes;
+        self
+    }
+
+    /// Loads the runtime, checks the model directory and opens the sessions.
+    ///
+    /// Errors: [`Error::RuntimeUnavailable`] or [`Error::ModelUnavailable`], each naming the path,
+    /// the reason and the fix.
+    pub fn commit(self) -> Result<LocalBackend> {
+        let home_dir = home::resolve(self.home.as_deref());
+        let model_dir = self.model_dir.clone().unwrap_or_else(|| {
+            home::model_dir(
+                &home_dir,
+                self.model.as_deref().unwrap_or(home::DEFAULT_MODEL),
+            )
+        });
+        let manifest = Manifest::load(&model_dir, self.verify_checksums)?;
+        let rt = runtime::ensure(self.runtime_path.as_deref(), &home_dir)?;
+        let a = &manifest.architecture;
+        let kv = KvShape {
+            layers: a.num_layers,
+            kv_heads: a.num_kv_heads,
+            head_dim: a.head_dim,
+        };
+        let codec = TextCodec::load(
+            &model_dir.join("tokenizer.json"),
+            manifest.chat_template.clone(),
+            a.vocab_size,
+        )?;
+        let threads = self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(4)
+        });
+        let pool_size = self.pool_size.unwrap_or(1);
+        let model_path = model_dir.join("model.onnx");
+        let mut sessions = Vec::with_capacity(pool_size);
+        for _ in 0..pool_size {
+            sessions.push(decoder::open_session(rt, &model_path, threads, kv)?);
+        }
+        Ok(LocalBackend {
+            inner: Arc::new(Inner {
+                name: format!("local/{}", manifest.name),
+                model_dir,
+                max_new_tokens: self.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
+                threads,
+                names: Names::new(kv.layers),
+                kv,
+                context_length: a.context_length,
+                eos: manifest.eos_token_ids.clone(),
+                codec,
+                pool: Pool::new(sessions),
+                active: AtomicUsize::new(0),
+                tokens: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// The local tier's backend. Cheap to clone (an `Arc` inside), `Send + Sync`: concurrent
+/// generations each take a session from the pool (waiting when all are busy).
+#[derive(Clone)]
+pub struct LocalBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    model_dir: PathBuf,
+    max_new_tokens: u32,
+    threads: usize,
+    names: Names,
+    kv: KvShape,
+    context_length: usize,
+    eos: Vec<u32>,
+    codec: TextCodec,
+    pool: Pool,
+    active: AtomicUsize,
+    tokens: AtomicU64,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("name", &self.inner.name)
+            .field("model_dir", &self.inner.model_dir)
+            .field("threads", &self.inner.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decrements the active-generation counter however the generation ends.
+struct ActiveGuard<'a>(&'a AtomicUsize);
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts the tokens of the first sentence: up to the first `.`, `!`, `?` or newline at or after
+/// byte [`FIRST_SENTENCE_MIN_CHARS`] of the reply, capped at [`FIRST_SENTENCE_MAX_TOKENS`].
+#[derive(Debug, Default)]
+struct FirstSentence {
+    bytes: usize,
+    tokens: usize,
+    done: bool,
+}
+
+impl FirstSentence {
+    fn push(&mut self, text: &str) {
+        if self.done {
+            return;
+        }
+        self.tokens += 1;
+        for (i, c) in text.char_indices() {
+            if self.bytes + i >= FIRST_SENTENCE_MIN_CHARS && matches!(c, '.' | '!' | '?' | '\n') {
+                self.done = true;
+            }
+        }
+        self.bytes += text.len();
+        if self.tokens >= FIRST_SENTENCE_MAX_TOKENS {
+            self.done = true;
+        }
+    }
+}
+
+impl LocalBackend {
+    /// Starts a builder; see its setters for the defaults.
+    pub fn builder() -> LocalBackendBuilder {
+        LocalBackendBuilder::default()
+    }
+
+    /// The model directory in use.
+    pub fn model_dir(&self) -> &Path {
+        &self.inner.model_dir
+    }
+
+    /// Intra-op threads per session.
+    pub fn threads(&self) -> usize {
+        self.inner.threads
+    }
+
+    /// Generations running right now (diagnostics; drops to zero once cancelled work stops).
+    pub fn active_generations(&self) -> usize {
+        self.inner.active.load(Ordering::SeqCst)
+    }
+
+    /// Tokens generated by this backend (and its clones) since it was built.
+    pub fn tokens_generated(&self) -> u64 {
+        self.inner.tokens.load(Ordering::SeqCst)
+    }
+
+    /// The prompt token ids for a conversation (ChatML, default system prompt when none given).
+    pub fn encode_prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.inner.codec.encode_chat(messages)
+    }
+
+    /// Generates on the calling thread (blocking: call it from a blocking context). `on_token`
+    /// sees every generated token; returning `ControlFlow::Break` stops with [`Error::Cancelled`].
+    pub fn generate_blocking(
+        &self,
+        messages: &[Message],
+        params: &GenerationParams,
+        deadline: Option<Instant>,
+        mut on_token: impl FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<LocalOutput> {
+        let inner = &*self.inner;
+        let start = Instant::now();
+        inner.active.fetch_add(1, Ordering::SeqCst);
+        let _active = ActiveGuard(&inner.active);
+
+        let prompt_ids = inner.codec.encode_chat(messages)?;
+        if prompt_ids.len() >= inner.context_length {
+            return Err(Error::ContextTooLong(format!(
+                "the prompt is {} tokens; the local model's context is {}",
+                prompt_ids.len(),
+                inner.context_length
+            )));
+        }
+        let max_new = params
+            .max_tokens
+            .unwrap_or(inner.max_new_tokens)
+            .max(1)
+            .min(u32::try_from(inner.context_length - prompt_ids.len()).unwrap_or(u32::MAX))
+            as usize;
+        let mut sampler = Sampler::new(params.temperature, params.top_p, params.seed);
+        let check_deadline = || match deadline {
+            Some(d) if Instant::now() >= d => Err(Error::Timeout {
+                phase: TimeoutPhase::Total,
+                elapsed: start.elapsed(),
+            }),
+            _ => Ok(()),
+        };
+        check_deadline()?;
+
+        let mut lease = inner.pool.lease()?;
+        let session = lease.session()?;
+        let mut decoder = Decoder::new(session, &inner.names, inner.kv)?;
+        let mut logits = decoder.step(&prompt_ids)?;
+
+        let mut token_ids = Vec::new();
+        let mut logprobs = Vec::new();
+        let mut text = String::new();
+        let mut utf8 = Utf8Stream::default();
+        let mut first = FirstSentence::default();
+        let mut first_token = None;
+        let finish = loop {
+            let (id, lp) = sampler.choose(logits);
+            first_token.get_or_insert_with(|| start.elapsed());
+            if inner.eos.contains(&id) {
+                break FinishReason::Stop;
+            }
+            inner.tokens.fetch_add(1, Ordering::Relaxed);
+            token_ids.push(id);
+            logprobs.push(lp);
+            let delta = utf8.push(inner.codec.bytes(id));
+            first.push(&delta);
+            text.push_str(&delta);
+            let event = TokenEvent {
+                id,
+                logprob: lp,
+                text: &delta,
+                elapsed: start.elapsed(),
+            };
+            if on_token(&event).is_break() {
+                return Err(Error::Cancelled);
+            }
+            if token_ids.len() >= max_new {
+                break FinishReason::Length;
+            }
+            check_deadline()?;
+            logits = decoder.step(&[id])?;
+        };
+        let tail = utf8.finish();
+        if !tail.is_empty() {
+            text.push_str(&tail);
+            if on_token(&TokenEvent {
+                id: inner.eos.first().copied().unwrap_or(0),
+                logprob: 0.0,
+                text: &tail,
+                elapsed: start.elapsed(),
+            })
+            .is_break()
+            {
+                return Err(Error::Cancelled);
+            }
+        }
+        let first_sentence = if first.tokens == 0 {
+            token_ids.len()
+        } else {
+            first.tokens
+        };
+        Ok(LocalOutput {
+            confidence: Confidence::from_logprobs(&logprobs, first_sentence),
+            prompt_ids,
+            token_ids,
+            logprobs,
+            text,
+            finish,
+            first_token: first_token.unwrap_or_default(),
+            elapsed: start.elapsed(),
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Generates on a dedicated thread; deltas arrive through a bounded channel. Dropping the
+    /// stream closes the channel and the thread stops before the next token.
+    async fn stream(&self, call: BackendCall) -> Result<EventStream> {
+        let (tx, mut rx) = mpsc::channel::<Result<StreamEvent>>(64);
+        let backend = self.clone();
+        std::thread::Builder::new()
+            .name("edgeroute-local".into())
+            .spawn(move || {
+                let result =
+                    backend.generate_blocking(&call.messages, &call.params, call.deadline, |ev| {
+                        if tx.is_closed() {
+                            return ControlFlow::Break(());
+                        }
+                        if ev.text.is_empty() {
+                            return ControlFlow::Continue(());
+                        }
+                        match tx.blocking_send(Ok(StreamEvent::Delta(ev.text.to_string()))) {
+                            Ok(()) => ControlFlow::Continue(()),
+                            Err(_) => ControlFlow::Break(()),
+                        }
+                    });
+                let last = match result {
+                    Ok(out) => Ok(StreamEvent::Done(out.into_generation())),
+                    Err(Error::Cancelled) => return,
+                    Err(e) => Err(e),
+                };
+                let _ = tx.blocking_send(last);
+            })
+            .map_err(|e| Error::io("spawning the local generation thread", e))?;
+        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+
+    /// Runs the whole generation on a blocking thread (no per-token channel traffic).
+    async fn generate(&self, call: BackendCall) -> Result<Generation> {
+        let backend = self.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("edgeroute-local".into())
+            .spawn(move || {
+                let out =
+                    backend.generate_blocking(&call.messages, &call.params, call.deadline, |_| {
+                        if tx.is_closed() {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    });
+                let _ = tx.send(out.map(LocalOutput::into_generation));
+            })
+            .map_err(|e| Error::io("spawning the local generation thread", e))?;
+        rx.await.map_err(|_| {
+            Error::Inference("the local generation thread ended without an answer".into())
+        })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_sentence_ends_after_min_chars_at_terminator() {
+        let mut f = FirstSentence::default();
+        for t in [
+            "Yes",
+            ".",
+            " The capital",
+            " of France",
+            " is Paris",
+            ".",
+            " It is",
+        ] {
+            f.push(t);
+        }
+        // "Yes." is too short to count; the sentence ends at the second ".".
+        assert_eq!(f.tokens, 6);
+        let mut g = FirstSentence::default();
+        for _ in 0..40 {
+            g.push(" word");
+        }
+        assert_eq!(g.tokens, FIRST_SENTENCE_MAX_TOKENS);
+    }
+}

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Regenerate tests/fixtures/local/reference_greedy.json: greedy outputs of Python onnxruntime.
+
+The Rust tests (tests/local_model.rs) check that LocalBackend produces the same token ids for the
+same prompts on the same model file. Run with the set-up tools' interpreter:
+
+    python3 scripts/setup.py   # once
+    <home>/tools/venv/bin/python scripts/reference_greedy.py [--home DIR] [--out FILE]
+
+The greedy loop here (ChatML prompt with the model's default system prompt, prefill, KV-cache
+decode, stop on an end-of-sequence id or after MAX_NEW_TOKENS) is the contract LocalBackend
+implements; scripts/bench_python.py times this same loop.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+MAX_NEW_TOKENS = 48
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Write a haiku about the sea.",
+    "What is 12 times 7?",
+    "Translate 'good morning' into Spanish.",
+    "Who wrote Romeo and Juliet?",
+]
+
+
+def default_home():
+    env = os.environ.get("EDGEROUTE_HOME")
+    if env:
+        return env
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "edgeroute")
+
+
+def chat_prompt(manifest, user):
+    """The ChatML prompt, with the model's default system prompt, ending with the assistant header."""
+    t = manifest["chat_template"]
+    return (
+        f"{t['turn_start']}system\n{t['default_system']}{t['turn_end']}\n"
+        f"{t['turn_start']}user\n{user}{t['turn_end']}\n"
+        f"{t['turn_start']}assistant\n"
+    )
+
+
+class Greedy:
+    """Python onnxruntime greedy decoder on an edgeroute model directory."""
+
+    def __init__(self, model_dir, threads=2):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        with open(os.path.join(model_dir, "edgeroute-model.json")) as f:
+            self.manifest = json.load(f)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            os.path.join(model_dir, "model.onnx"), so, providers=["CPUExecutionProvider"]
+        )
+        self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+        a = self.manifest["architecture"]
+        self.layers, self.kv_heads, self.head_dim = a["num_layers"], a["num_kv_heads"], a["head_dim"]
+        self.eos = set(self.manifest["eos_token_ids"])
+
+    def encode(self, user):
+        return self.tokenizer.encode(chat_prompt(self.manifest, user), add_special_tokens=False).ids
+
+    def empty_past(self):
+        z = np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32)
+        feed = {}
+        for i in range(self.layers):
+            feed[f"past_key_values.{i}.key"] = z
+            feed[f"past_key_values.{i}.value"] = z
+        return feed
+
+    def step(self, ids, past):
+        feed = dict(past)
+        feed["input_ids"] = np.asarray([ids], np.int64)
+        names = ["logits"] + [f"present.{i}.{k}" for i in range(self.layers) for k in ("key", "value")]
+        outs = self.session.run(names, feed)
+        new_past = {}
+        for j, name in enumerate(names[1:]):
+            new_past[name.replace("present.", "past_key_values.")] = outs[j + 1]
+        return outs[0][0, -1], new_past
+
+    def generate(self, prompt_ids, max_new_tokens, on_token=None):
+        logits, past = self.step(prompt_ids, self.empty_past())
+        out = []
+        while len(out) < max_new_tokens:
+            tok = int(np.argmax(logits))
+            if on_token:
+                on_token(tok)
+            if tok in self.eos:
+                break
+            out.append(tok)
+            if len(out) == max_new_tokens:
+                break
+            logits, past = self.step([tok], past)
+        return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--home", default=default_home())
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--out",
+        default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "local", "reference_greedy.json"),
+    )
+    args = ap.parse_args()
+    model_dir = os.path.join(args.home, "models", args.model)
+    g = Greedy(model_dir, args.threads)
+    cases = []
+    for p in PROMPTS:
+        ids = g.encode(p)
+        out = g.generate(ids, MAX_NEW_TOKENS)
+        text = g.tokenizer.decode(out, skip_special_tokens=True)
+        print(f"{p!r} -> {text!r}", file=sys.stderr)
+        cases.append({"prompt": p, "prompt_ids": ids, "output_ids": out, "text": text})
+    doc = {
+        "model": args.model,
+        "model_sha256": g.manifest["files"]["model.onnx.data"],
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "threads": args.threads,
+        "cases": cases,
+    }
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

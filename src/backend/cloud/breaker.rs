@@ -1,0 +1,315 @@
+//! A circuit breaker: closed → open → half-open → closed, plus the connectivity flag.
+//!
+//! * **Closed**: calls flow; outcomes are recorded. `consecutive_failures` failures in a row,
+//!   or a failure share of at least `failure_ratio` over the last `window` outcomes (once
+//!   `min_calls` are in), open it.
+//! * **Open**: calls fail fast with [`Error::CircuitOpen`] for `open_for`.
+//! * **Half-open**: up to `half_open_probes` calls go through; a success closes the breaker, a
+//!   failure opens it again. A probe dropped without an outcome frees its slot.
+//!
+//! Thread-safe: one breaker is shared by every call of a backend.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::config::BreakerConfig;
+use crate::error::Error;
+use crate::signals::{CloudHealth, Network};
+
+/// The breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls flow.
+    Closed,
+    /// Calls fail fast.
+    Open,
+    /// Probe calls are allowed.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// The health signal the policy sees.
+    pub fn health(self) -> CloudHealth {
+        match self {
+            BreakerState::Closed => CloudHealth::Healthy,
+            BreakerState::HalfOpen => CloudHealth::Degraded,
+            BreakerState::Open => CloudHealth::Down,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    mode: Mode,
+    consecutive: u32,
+    window: VecDeque<bool>,
+    offline: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { in_flight: u32 },
+}
+
+/// The circuit breaker. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    cfg: BreakerConfig,
+    state: Mutex<State>,
+}
+
+/// Permission for one attempt. Report its outcome with [`Permit::success`] or
+/// [`Permit::failure`]; dropping it reports nothing (and frees a half-open probe slot).
+#[derive(Debug)]
+pub(crate) struct Permit {
+    breaker: Arc<Breaker>,
+    probe: bool,
+}
+
+impl Breaker {
+    pub(crate) fn new(cfg: BreakerConfig) -> Self {
+        Breaker {
+            cfg,
+            state: Mutex::new(State {
+                mode: Mode::Closed,
+                consecutive: 0,
+                window: VecDeque::new(),
+                offline: false,
+            }),
+        }
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut guard = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// The current state (an open breaker whose rest is over reads as half-open).
+    pub(crate) fn state(&self) -> BreakerState {
+        self.state_at(Instant::now())
+    }
+
+    pub(crate) fn state_at(&self, now: Instant) -> BreakerState {
+        self.with_state(|s| match s.mode {
+            Mode::Closed => BreakerState::Closed,
+            Mode::Open { until } if now < until => BreakerState::Open,
+            Mode::Open { .. } | Mode::HalfOpen { .. } => BreakerState::HalfOpen,
+        })
+    }
+
+    /// Connectivity as last observed.
+    pub(crate) fn network(&self) -> Network {
+        if self.with_state(|s| s.offline) {
+            Network::Offline
+        } else {
+            Network::Online
+        }
+    }
+
+    /// Marks the network offline (connection refused, DNS failure) or online (any response).
+    pub(crate) fn set_offline(&self, offline: bool) {
+        self.with_state(|s| s.offline = offline);
+    }
+
+    /// Asks to make one attempt.
+    pub(crate) fn acquire(self: &Arc<Self>) -> Result<Permit, Error> {
+        self.acquire_at(Instant::now())
+    }
+
+    pub(crate) fn acquire_at(self: &Arc<Self>, now: Instant) -> Result<Permit, Error> {
+        let probes = self.cfg.half_open_probes.max(1);
+        let open_for = self.cfg.open_for;
+        let probe = self.with_state(|s| match s.mode {
+            Mode::Closed => Ok(false),
+            Mode::Open { until } if now < until => Err(until - now),
+            Mode::Open { .. } => {
+                s.mode = Mode::HalfOpen { in_flight: 1 };
+                Ok(true)
+            }
+            Mode::HalfOpen { in_flight } if in_flight < probes => {
+                s.mode = Mode::HalfOpen {
+                    in_flight: in_flight + 1,
+                };
+                Ok(true)
+            }
+            // Probes are in flight; the next probe comes no sooner than a rest period.
+            Mode::HalfOpen { .. } => Err(open_for),
+        });
+        match probe {
+            Ok(probe) => Ok(Permit {
+                breaker: Arc::clone(self),
+                probe,
+            }),
+            Err(retry_in) => Err(Error::CircuitOpen { retry_in }),
+        }
+    }
+
+    fn record(&self, probe: bool, ok: bool, now: Instant) {
+        let cfg = &self.cfg;
+        self.with_state(|s| {
+            if ok {
+                s.consecutive = 0;
+            } else {
+                s.consecutive = s.consecutive.saturating_add(1);
+            }
+            s.window.push_back(ok);
+            while s.window.len() > cfg.window.max(1) {
+                s.window.pop_front();
+            }
+            match s.mode {
+                Mode::HalfOpen { .. } if probe => {
+                    if ok {
+                        s.mode = Mode::Closed;
+                        s.window.clear();
+                    } else {
+                        s.mode = Mode::Open {
+                            until: now + cfg.open_for,
+                        };
+                    }
+                }
+                Mode::Closed if !ok => {
+                    let failures = s.window.iter().filter(|ok| !**ok).count();
+                    let ratio_trips = s.window.len() >= cfg.min_calls.max(1)
+                        && failures as f64 >= cfg.failure_ratio * s.window.len() as f64;
+                    if s.consecutive >= cfg.consecutive_failures.max(1) || ratio_trips {
+                        s.mode = Mode::Open {
+                            until: now + cfg.open_for,
+                        };
+                    }
+                }
+                _ => {}
+            }
+        });
+    }
+
+    fn release_probe(&self) {
+        self.with_state(|s| {
+            if let Mode::HalfOpen { in_flight } = s.mode {
+                s.mode = Mode::HalfOpen {
+                    in_flight: in_flight.saturating_sub(1),
+                };
+            }
+        });
+    }
+}
+
+impl Permit {
+    /// The attempt succeeded.
+    pub(crate) fn success(self) {
+        self.finish(true, Instant::now());
+    }
+
+    /// The attempt failed in a way that counts against the provider's health.
+    pub(crate) fn failure(self) {
+        self.finish(false, Instant::now());
+    }
+
+    pub(crate) fn finish(mut self, ok: bool, now: Instant) {
+        self.breaker.record(self.probe, ok, now);
+        // Recorded: the probe slot is settled, Drop must not release it again.
+        self.probe = false;
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.probe {
+            self.breaker.release_probe();
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn breaker(cfg: BreakerConfig) -> Arc<Breaker> {
+        Arc::new(Breaker::new(cfg))
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_then_probes() {
+        let b = breaker(BreakerConfig {
+            consecutive_failures: 3,
+            open_for: Duration::from_secs(10),
+            ..BreakerConfig::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            b.acquire_at(t0).unwrap().finish(false, t0);
+        }
+        assert_eq!(b.state_at(t0), BreakerState::Closed);
+        b.acquire_at(t0).unwrap().finish(false, t0);
+        assert_eq!(b.state_at(t0), BreakerState::Open);
+        assert_eq!(b.state_at(t0).health(), CloudHealth::Down);
+        assert!(matches!(b.acquire_at(t0), Err(Error::CircuitOpen { .. })));
+
+        let later = t0 + Duration::from_secs(11);
+        assert_eq!(b.state_at(later), BreakerState::HalfOpen);
+        let probe = b.acquire_at(later).unwrap();
+        // Only one probe at a time.
+        assert!(b.acquire_at(later).is_err());
+        probe.finish(false, later);
+        assert_eq!(b.state_at(later), BreakerState::Open);
+
+        let later = later + Duration::from_secs(11);
+        b.acquire_at(later).unwrap().finish(true, later);
+        assert_eq!(b.state_at(later), BreakerState::Closed);
+    }
+
+    #[test]
+    fn success_resets_the_consecutive_count() {
+        let b = breaker(BreakerConfig {
+            consecutive_failures: 2,
+            min_calls: 100,
+            ..BreakerConfig::default()
+        });
+        let t = Instant::now();
+        for _ in 0..10 {
+            b.acquire_at(t).unwrap().finish(false, t);
+            b.acquire_at(t).unwrap().finish(true, t);
+        }
+        assert_eq!(b.state_at(t), BreakerState::Closed);
+    }
+
+    #[test]
+    fn opens_on_failure_ratio() {
+        let b = breaker(BreakerConfig {
+            consecutive_failures: 100,
+            window: 10,
+            min_calls: 10,
+            failure_ratio: 0.5,
+            ..BreakerConfig::default()
+        });
+        let t = Instant::now();
+        // Alternate: never two failures in a row, but half of the window fails.
+        for i in 0..9 {
+            b.acquire_at(t).unwrap().finish(i % 2 == 0, t);
+        }
+        assert_eq!(b.state_at(t), BreakerState::Closed);
+        b.acquire_at(t).unwrap().finish(false, t);
+        assert_eq!(b.state_at(t), BreakerState::Open);
+    }
+
+    #[test]
+    fn dropped_probe_frees_its_slot() {
+        let b = breaker(BreakerConfig {
+            consecutive_failures: 1,
+            open_for: Duration::from_millis(1),
+            ..BreakerConfig::default()
+        });
+        let t = Instant::now();
+        b.acquire_at(t).unwrap().finish(false, t);
+        let later = t + Duration::from_millis(5);
+        drop(b.acquire_at(later).unwrap());
+        assert!(b.acquire_at(later).is_ok());
+    }
+}

@@ -1,0 +1,345 @@
+//! What both wire protocols share: the request a call becomes, the streaming decoder that turns
+//! server-sent events into deltas and a final [`Generation`], and the mapping of HTTP error
+//! statuses to typed errors. Provider specifics live in `openai.rs` and `anthropic.rs`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::config::{CloudConfig, Provider};
+use super::sse::SseEvent;
+use super::{anthropic, openai};
+use crate::backend::{BackendCall, FinishReason, Generation};
+use crate::error::{Error, Result};
+use crate::request::{Message, Usage};
+
+/// Longest provider error message kept in an error (provider messages are not prompts, but
+/// they are kept short anyway).
+const MAX_ERROR_MESSAGE: usize = 300;
+
+/// Rough token count of a text (≈ 4 bytes per token), used when the provider reports no usage.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4)
+}
+
+/// Estimated prompt tokens of a conversation (text plus a few tokens of framing per message).
+pub fn estimate_prompt_tokens(messages: &[Message]) -> u64 {
+    messages
+        .iter()
+        .map(|m| estimate_tokens(&m.content) + 4)
+        .sum()
+}
+
+/// The JSON body of a call.
+pub(crate) fn request_body(cfg: &CloudConfig, call: &BackendCall, stream: bool) -> Result<Vec<u8>> {
+    let body = match cfg.provider {
+        Provider::OpenAi => serde_json::to_vec(&openai::RequestBody::new(cfg, call, stream)),
+        Provider::Anthropic => serde_json::to_vec(&anthropic::RequestBody::new(cfg, call, stream)),
+    };
+    body.map_err(|e| Error::InvalidRequest(format!("cannot encode the request: {e}")))
+}
+
+/// Parses a complete (non-streaming) response body.
+///
+/// `estimated_input_tokens` is used when the provider reports no usage, in which case the
+/// generation's `usage_estimated` is set.
+pub fn parse_response(
+    provider: Provider,
+    body: &[u8],
+    estimated_input_tokens: u64,
+) -> Result<Generation> {
+    let parsed = match provider {
+        Provider::OpenAi => openai::parse_response(body)?,
+        Provider::Anthropic => anthropic::parse_response(body)?,
+    };
+    Ok(parsed.into_generation(estimated_input_tokens))
+}
+
+/// What a provider-specific parser extracts from a response.
+#[derive(Debug, Default)]
+pub(crate) struct Parsed {
+    pub text: String,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub finish: Option<FinishReason>,
+}
+
+impl Parsed {
+    fn into_generation(self, estimated_input_tokens: u64) -> Generation {
+        let usage_estimated = self.input_tokens.is_none() || self.output_tokens.is_none();
+        let usage = Usage {
+            input_tokens: self.input_tokens.unwrap_or(estimated_input_tokens),
+            output_tokens: self
+                .output_tokens
+                .unwrap_or_else(|| estimate_tokens(&self.text)),
+        };
+        Generation {
+            text: self.text,
+            usage,
+            usage_estimated,
+            confidence: None,
+            finish: self.finish.unwrap_or(FinishReason::Stop),
+        }
+    }
+}
+
+/// Turns a provider's server-sent events into text deltas and, once the provider's terminator
+/// (`[DONE]` / `message_stop`) has arrived, the final [`Generation`].
+#[derive(Debug)]
+pub struct StreamDecoder {
+    provider: Provider,
+    estimated_input_tokens: u64,
+    pub(crate) acc: Parsed,
+    pub(crate) terminated: bool,
+}
+
+impl StreamDecoder {
+    /// A decoder for `provider`'s stream format.
+    pub fn new(provider: Provider, estimated_input_tokens: u64) -> Self {
+        StreamDecoder {
+            provider,
+            estimated_input_tokens,
+            acc: Parsed::default(),
+            terminated: false,
+        }
+    }
+
+    /// Applies one event; returns the text it adds, if any. Events after the terminator are
+    /// ignored.
+    pub fn on_event(&mut self, event: &SseEvent) -> Result<Option<String>> {
+        if self.terminated {
+            return Ok(None);
+        }
+        let delta = match self.provider {
+            Provider::OpenAi => openai::on_event(self, event)?,
+            Provider::Anthropic => anthropic::on_event(self, event)?,
+        };
+        if let Some(d) = &delta {
+            self.acc.text.push_str(d);
+        }
+        Ok(delta.filter(|d| !d.is_empty()))
+    }
+
+    /// True once the provider's terminator has been seen.
+    pub fn is_terminated(&self) -> bool {
+        self.terminated
+    }
+
+    /// The final generation; [`Error::TruncatedStream`] when the terminator never came.
+    pub fn finish(self) -> Result<Generation> {
+        if !self.terminated {
+            return Err(Error::TruncatedStream(format!(
+                "the {} stream ended without {}",
+                self.provider,
+                match self.provider {
+                    Provider::OpenAi => "`data: [DONE]`",
+                    Provider::Anthropic => "`message_stop`",
+                }
+            )));
+        }
+        Ok(self.acc.into_generation(self.estimated_input_tokens))
+    }
+}
+
+/// Parses JSON, mapping failures to [`Error::MalformedResponse`] (without echoing the body).
+pub(crate) fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::MalformedResponse(format!("{what}: invalid JSON or missing fields ({e})"))
+    })
+}
+
+/// The `{"error": {"message", "type", "code"}}` shape both providers use.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ErrorBody {
+    #[serde(default)]
+    pub error: Option<ErrorDetail>,
+}
+
+/// The inner error object.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ErrorDetail {
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub code: Option<serde_json::Value>,
+}
+
+impl ErrorDetail {
+    pub(crate) fn message(&self) -> String {
+        let m = self.message.as_deref().unwrap_or("").trim();
+        let mut m = if m.is_empty() {
+            self.kind.clone().unwrap_or_else(|| "no message".into())
+        } else {
+            m.to_owned()
+        };
+        if m.len() > MAX_ERROR_MESSAGE {
+            let mut cut = MAX_ERROR_MESSAGE;
+            while !m.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            m.truncate(cut);
+            m.push('…');
+        }
+        m
+    }
+
+    fn is_context_too_long(&self) -> bool {
+        let code = self.code.as_ref().and_then(|c| c.as_str()).unwrap_or("");
+        if code == "context_length_exceeded" || code == "string_above_max_length" {
+            return true;
+        }
+        let m = self.message.as_deref().unwrap_or("").to_ascii_lowercase();
+        m.contains("context length")
+            || m.contains("context window")
+            || m.contains("maximum context")
+            || m.contains("prompt is too long")
+            || m.contains("too many tokens")
+    }
+}
+
+/// Maps a non-success HTTP status and its body to a typed error.
+pub(crate) fn status_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> Error {
+    let detail = serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .and_then(|b| b.error)
+        .unwrap_or_default();
+    match status {
+        401 | 403 => Error::Auth { status },
+        429 => Error::RateLimited { retry_after },
+        408 | 500..=599 => Error::Server {
+            status,
+            message: detail.message(),
+        },
+        _ if detail.is_context_too_long() => Error::ContextTooLong(detail.message()),
+        _ => Error::BadRequest {
+            status,
+            message: detail.message(),
+        },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_mapping() {
+        assert!(matches!(
+            status_error(401, b"", None),
+            Error::Auth { status: 401 }
+        ));
+        assert!(matches!(
+            status_error(403, b"{}", None),
+            Error::Auth { status: 403 }
+        ));
+        let ra = Some(Duration::from_secs(2));
+        assert!(matches!(
+            status_error(429, b"", ra),
+            Error::RateLimited { retry_after } if retry_after == ra
+        ));
+        assert!(matches!(
+            status_error(503, br#"{"error":{"message":"overloaded"}}"#, None),
+            Error::Server { status: 503, ref message } if message == "overloaded"
+        ));
+        let ctx = br#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
+        assert!(matches!(
+            status_error(400, ctx, None),
+            Error::ContextTooLong(_)
+        ));
+        let anth = br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 250000 tokens > 200000 maximum"}}"#;
+        assert!(matches!(
+            status_error(400, anth, None),
+            Error::ContextTooLong(_)
+        ));
+        assert!(matches!(
+            status_error(404, b"not json", None),
+            Error::BadRequest { status: 404, .. }
+        ));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_char_boundaries() {
+        let d = ErrorDetail {
+            message: Some("é".repeat(400)),
+            ..ErrorDetail::default()
+        };
+        assert!(d.message().len() <= MAX_ERROR_MESSAGE + '…'.len_utf8());
+    }
+
+    use crate::backend::cloud::sse::SseParser;
+    use proptest::prelude::*;
+
+    /// Feeds `body` through the SSE parser and a decoder; returns the deltas and the outcome.
+    fn decode(provider: Provider, body: &[u8]) -> Result<(String, Generation)> {
+        let mut parser = SseParser::new();
+        let mut events = Vec::new();
+        parser.feed(body, &mut events)?;
+        parser.finish(&mut events)?;
+        let mut dec = StreamDecoder::new(provider, 3);
+        let mut text = String::new();
+        for e in &events {
+            if let Some(d) = dec.on_event(e)? {
+                text.push_str(&d);
+            }
+        }
+        let terminated = dec.is_terminated();
+        let g = dec.finish();
+        assert_eq!(
+            g.is_ok(),
+            terminated,
+            "a generation iff the terminator came"
+        );
+        Ok((text, g?))
+    }
+
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("data: [DONE]".to_string()),
+            Just(r#"data: {"type":"message_stop"}"#.to_string()),
+            Just(r#"data: {"type":"message_start","message":{"usage":{"input_tokens":4}}}"#.to_string()),
+            "[a-z ]{0,6}".prop_map(|t| format!(
+                r#"data: {{"type":"content_block_delta","delta":{{"type":"text_delta","text":"{t}"}}}}"#
+            )),
+            "[a-z ]{0,6}".prop_map(|t| format!(r#"data: {{"choices":[{{"delta":{{"content":"{t}"}}}}]}}"#)),
+            Just(r#"data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#.to_string()),
+            Just(r#"data: {"type":"message_delta","usage":{"output_tokens":9}}"#.to_string()),
+            Just(r#"data: {"error":{"message":"x"}}"#.to_string()),
+            Just("event: ping".to_string()),
+            Just(String::new()),
+            "[ -~]{0,12}".prop_map(|s| format!("data: {s}")),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            for p in [Provider::OpenAi, Provider::Anthropic] {
+                let _ = parse_response(p, &data, 3);
+                let _ = decode(p, &data);
+            }
+        }
+
+        #[test]
+        fn event_soup_decodes_consistently(lines in proptest::collection::vec(fragment(), 0..24)) {
+            let body = lines.iter().map(|l| format!("{l}\n\n")).collect::<String>();
+            for p in [Provider::OpenAi, Provider::Anthropic] {
+                if let Ok((text, g)) = decode(p, body.as_bytes()) {
+                    prop_assert_eq!(&g.text, &text);
+                    if g.usage_estimated {
+                        prop_assert!(g.usage.input_tokens == 3 || g.usage.output_tokens == estimate_tokens(&text));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn estimates() {
+        assert_eq!(estimate_tokens(""), 0);
+        assert_eq!(estimate_tokens("abcde"), 2);
+        assert_eq!(estimate_prompt_tokens(&[Message::user("abcd")]), 5);
+    }
+}

@@ -1,0 +1,193 @@
+//! Retry mechanics: exponential backoff with full jitter, `Retry-After` parsing, and a
+//! token-bucket retry budget (after tower's `TpsBudget`) that keeps retries to a fraction of
+//! the traffic so a struggling provider is not hammered.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::config::RetryConfig;
+
+/// Full-jitter backoff before retry number `retry` (0-based): a uniform draw in
+/// `[0, min(max_backoff, initial_backoff * 2^retry)]`.
+pub(crate) fn backoff(cfg: &RetryConfig, retry: u32) -> Duration {
+    let ceiling = cfg
+        .initial_backoff
+        .saturating_mul(2u32.saturating_pow(retry.min(31)))
+        .min(cfg.max_backoff);
+    ceiling.mul_f64(unit_random())
+}
+
+/// A uniform draw in `[0, 1)`, good enough for jitter (not for anything secret).
+fn unit_random() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Parses the response headers that say when to come back: OpenAI's `retry-after-ms`, then the
+/// standard `Retry-After` (delta-seconds, possibly fractional, or an HTTP date).
+pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let v = get("retry-after")?;
+    if let Ok(secs) = v.parse::<f64>() {
+        return (0.0..1e9)
+            .contains(&secs)
+            .then(|| Duration::from_secs_f64(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Token-bucket retry budget. Each first attempt deposits `ratio` tokens, time adds
+/// `min_per_sec` tokens per second, each retry withdraws one; the balance is capped at `max`.
+#[derive(Debug)]
+pub(crate) struct RetryBudget {
+    ratio: f64,
+    min_per_sec: f64,
+    max: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RetryBudget {
+    pub(crate) fn new(cfg: &RetryConfig) -> Self {
+        let max = cfg.budget_max.max(0.0);
+        RetryBudget {
+            ratio: cfg.budget_ratio.max(0.0),
+            min_per_sec: cfg.budget_min_per_sec.max(0.0),
+            max,
+            // Start with one second's worth, so a fresh client can retry.
+            state: Mutex::new((cfg.budget_min_per_sec.clamp(0.0, max), Instant::now())),
+        }
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&mut (f64, Instant)) -> R) -> R {
+        let mut guard = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Records a first attempt.
+    pub(crate) fn deposit(&self) {
+        let (ratio, max) = (self.ratio, self.max);
+        self.with_state(|(balance, _)| *balance = (*balance + ratio).min(max));
+    }
+
+    /// Takes one retry from the budget; `false` when it is spent.
+    pub(crate) fn try_withdraw(&self) -> bool {
+        self.try_withdraw_at(Instant::now())
+    }
+
+    pub(crate) fn try_withdraw_at(&self, now: Instant) -> bool {
+        let (rate, max) = (self.min_per_sec, self.max);
+        self.with_state(|(balance, last)| {
+            let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+            *last = now.max(*last);
+            *balance = (*balance + elapsed * rate).min(max);
+            if *balance >= 1.0 {
+                *balance -= 1.0;
+                true
+            } else {
+                false
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let cfg = RetryConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(300),
+            ..RetryConfig::default()
+        };
+        let draws: Vec<Duration> = (0..200).map(|_| backoff(&cfg, 5)).collect();
+        assert!(draws.iter().all(|d| *d <= Duration::from_millis(300)));
+        // Full jitter: spread over the range, not constant.
+        assert!(draws.iter().any(|d| *d < Duration::from_millis(100)));
+        assert!(draws.iter().any(|d| *d > Duration::from_millis(200)));
+        assert!((0..100).all(|_| backoff(&cfg, 0) <= Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(parse_retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after-ms", HeaderValue::from_static("150"));
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_millis(150)));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
+        h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(parse_retry_after(&h), None);
+    }
+
+    #[test]
+    fn budget_limits_retries_to_a_fraction_of_traffic() {
+        let cfg = RetryConfig {
+            budget_ratio: 0.2,
+            budget_min_per_sec: 0.0,
+            budget_max: 100.0,
+            ..RetryConfig::default()
+        };
+        let b = RetryBudget::new(&cfg);
+        let now = Instant::now();
+        let mut retries = 0;
+        for _ in 0..1000 {
+            b.deposit();
+            // Every call fails and wants to retry.
+            if b.try_withdraw_at(now) {
+                retries += 1;
+            }
+        }
+        assert!(
+            (195..=200).contains(&retries),
+            "{retries} retries for 1000 calls"
+        );
+    }
+
+    #[test]
+    fn budget_refills_with_time() {
+        let cfg = RetryConfig {
+            budget_ratio: 0.0,
+            budget_min_per_sec: 2.0,
+            budget_max: 2.0,
+            ..RetryConfig::default()
+        };
+        let b = RetryBudget::new(&cfg);
+        let t0 = Instant::now();
+        assert!(b.try_withdraw_at(t0));
+        assert!(b.try_withdraw_at(t0));
+        assert!(!b.try_withdraw_at(t0));
+        assert!(b.try_withdraw_at(t0 + Duration::from_millis(600)));
+        assert!(!b.try_withdraw_at(t0 + Duration::from_millis(600)));
+    }
+}

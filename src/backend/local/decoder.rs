@@ -1,0 +1,162 @@
+//! One decoder session and its KV cache: run the prompt (prefill), then one token at a time.
+//!
+//! Graph contract (see `scripts/convert_gguf_to_onnx.py`): input `input_ids` int64 `[1, seq]` and
+//! `past_key_values.{i}.key|value` f32 `[1, kv_heads, past, head_dim]`; outputs `logits`
+//! f32 `[1, 1, vocab]` (last position) and `present.{i}.key|value`. The present tensors are moved
+//! back in as the next step's past without copying.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor};
+
+use super::manifest::unavailable;
+use super::runtime::{error_chain, Runtime};
+use crate::error::{Error, Result};
+
+/// The KV cache layout a decoder expects.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KvShape {
+    pub(crate) layers: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) head_dim: usize,
+}
+
+/// Opens `model` as a session. Every failure (missing, corrupt, truncated external data, wrong
+/// graph) is [`Error::ModelUnavailable`] naming the file.
+pub(crate) fn open_session(
+    rt: &Runtime,
+    model: &Path,
+    threads: usize,
+    kv: KvShape,
+) -> Result<Session> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| unavailable(model, format!("{what}: {e}"));
+    let session = Session::builder(&rt.env)
+        .map_err(|e| fail("session options", &error_chain(&e)))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| fail("session options", &e))?
+        .with_intra_threads(threads.max(1))
+        .map_err(|e| fail("session options", &e))?
+        .with_inter_threads(1)
+        .map_err(|e| fail("session options", &e))?
+        .commit_from_file(model)
+        .map_err(|e| fail("ONNX Runtime cannot load the model", &e))?;
+    check_signature(&session, kv).map_err(|reason| unavailable(model, reason))?;
+    Ok(session)
+}
+
+fn check_signature(session: &Session, kv: KvShape) -> std::result::Result<(), String> {
+    let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    let mut want_in = vec!["input_ids".to_string()];
+    let mut want_out = vec!["logits".to_string()];
+    for i in 0..kv.layers {
+        for k in ["key", "value"] {
+            want_in.push(format!("past_key_values.{i}.{k}"));
+            want_out.push(format!("present.{i}.{k}"));
+        }
+    }
+    for w in &want_in {
+        if !inputs.contains(&w.as_str()) {
+            return Err(format!(
+                "the graph has no input `{w}` (not an edgeroute KV-cache decoder?)"
+            ));
+        }
+    }
+    for w in &want_out {
+        if !outputs.contains(&w.as_str()) {
+            return Err(format!(
+                "the graph has no output `{w}` (not an edgeroute KV-cache decoder?)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Input/output names, built once.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    past: Vec<String>,
+    present: Vec<String>,
+}
+
+impl Names {
+    pub(crate) fn new(layers: usize) -> Self {
+        let mut past = Vec::with_capacity(layers * 2);
+        let mut present = Vec::with_capacity(layers * 2);
+        for i in 0..layers {
+            for k in ["key", "value"] {
+                past.push(format!("past_key_values.{i}.{k}"));
+                present.push(format!("present.{i}.{k}"));
+            }
+        }
+        Names { past, present }
+    }
+}
+
+fn infer(e: impl std::fmt::Display) -> Error {
+    Error::Inference(e.to_string())
+}
+
+/// A generation in progress on one session.
+pub(crate) struct Decoder<'s> {
+    session: &'s mut Session,
+    names: &'s Names,
+    past: Vec<DynValue>,
+    logits: Vec<f32>,
+    /// Positions consumed so far.
+    pub(crate) len: usize,
+}
+
+impl<'s> Decoder<'s> {
+    pub(crate) fn new(session: &'s mut Session, names: &'s Names, kv: KvShape) -> Result<Self> {
+        let mut past = Vec::with_capacity(names.past.len());
+        for _ in 0..names.past.len() {
+            let empty = Tensor::<f32>::from_array((
+                [1usize, kv.kv_heads, 0, kv.head_dim],
+                Vec::<f32>::new(),
+            ))
+            .map_err(infer)?;
+            past.push(empty.into_dyn());
+        }
+        Ok(Decoder {
+            session,
+            names,
+            past,
+            logits: Vec::new(),
+            len: 0,
+        })
+    }
+
+    /// Feeds `ids` (the prompt, or one new token) and returns the next-token logits.
+    pub(crate) fn step(&mut self, ids: &[u32]) -> Result<&[f32]> {
+        let input: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let input = Tensor::<i64>::from_array(([1usize, input.len()], input)).map_err(infer)?;
+        let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(self.past.len() + 1);
+        feed.push((Cow::Borrowed("input_ids"), input.into_dyn().into()));
+        for (name, value) in self.names.past.iter().zip(std::mem::take(&mut self.past)) {
+            feed.push((Cow::Borrowed(name.as_str()), value.into()));
+        }
+        let mut out = self.session.run(feed).map_err(infer)?;
+        {
+            let (_, logits) = out
+                .get("logits")
+                .ok_or_else(|| Error::Inference("no `logits` output".into()))?
+                .try_extract_tensor::<f32>()
+                .map_err(infer)?;
+            self.logits.clear();
+            self.logits.extend_from_slice(logits);
+        }
+        for name in &self.names.present {
+            let v = out
+                .remove(name.as_str())
+                .ok_or_else(|| Error::Inference(format!("no `{name}` output")))?;
+            self.past.push(v);
+        }
+        self.len += ids.len();
+        Ok(&self.logits)
+    }
+}

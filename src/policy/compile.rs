@@ -1,0 +1,1135 @@
+//! Phase two: validate a [`RawPolicy`] and produce the runtime [`CompiledPolicy`].
+//!
+//! Every problem becomes a [`Diagnostic`] with `file:line:column`, the TOML path and, where a
+//! name was misspelled, the nearest valid one. All problems are reported at once.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ring::digest;
+use rust_decimal::Decimal;
+
+use super::raw::{RawNumber, RawPolicy, RawRoute, RawTest, RawWhen};
+use super::source::{nearest, with_suggestion, SourceMap, TomlPath};
+use super::Diagnostic;
+use crate::cache::{CacheConfig, CacheMode};
+use crate::decision::Plan;
+use crate::ledger::BudgetLimits;
+use crate::privacy::{CustomPattern, KeywordList, PrivacyConfig, Scanner, BUILTIN_KINDS};
+use crate::request::ConfidenceStat;
+use crate::signals::{CloudHealth, Network};
+
+/// A set of PII kinds as a bitmask over the policy's kind table (built-ins, then custom kinds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct KindSet(pub u64);
+
+impl KindSet {
+    /// True when the two sets share a kind.
+    pub fn intersects(self, other: KindSet) -> bool {
+        self.0 & other.0 != 0
+    }
+    /// True when every kind of `other` is in `self`.
+    pub fn contains_all(self, other: KindSet) -> bool {
+        self.0 & other.0 == other.0
+    }
+    /// True when empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// One condition of a rule's `when`. A rule matches when all its conditions hold.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// `pii = true|false`.
+    Pii(bool),
+    /// `pii_any = [..]`.
+    PiiAny(KindSet),
+    /// `pii_all = [..]`.
+    PiiAll(KindSet),
+    /// `pii_none = [..]`.
+    PiiNone(KindSet),
+    /// `prompt_tokens_gt = n`.
+    PromptTokensGt(u32),
+    /// `prompt_tokens_lt = n`.
+    PromptTokensLt(u32),
+    /// `deadline_ms_lt = n`.
+    DeadlineMsLt(u64),
+    /// `local_too_slow = true|false`.
+    LocalTooSlow(bool),
+    /// `budget_left_usd_lt = x`.
+    BudgetLeftLt(Decimal),
+    /// `network = "online"|"offline"`.
+    Network(Network),
+    /// `cloud_health = ..`.
+    CloudHealth(Vec<CloudHealth>),
+    /// `tags_any = [..]`.
+    TagsAny(Vec<String>),
+    /// `task = ..`.
+    Task(Vec<String>),
+}
+
+/// A validated rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledRule {
+    /// Unique name.
+    pub name: String,
+    /// All must hold; empty = catch-all.
+    pub conditions: Vec<Condition>,
+    /// What to do when it matches.
+    pub plan: Plan,
+}
+
+/// `[local]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSection {
+    /// Model name under `<home>/models/` (default `smollm2-135m-instruct`).
+    pub model: String,
+    /// Explicit model directory.
+    pub model_dir: Option<PathBuf>,
+    /// Explicit runtime library.
+    pub runtime_path: Option<PathBuf>,
+    /// Max new tokens (default 128).
+    pub max_new_tokens: u32,
+    /// Intra-op threads (default 2).
+    pub threads: u32,
+    /// Session pool size (default 1).
+    pub sessions: u32,
+}
+
+/// Cloud API flavour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions (and compatible servers).
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+/// `[cloud]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudSection {
+    /// Provider.
+    pub provider: ProviderKind,
+    /// Model id.
+    pub model: String,
+    /// Base URL (before `EDGEROUTE_CLOUD_URL` override).
+    pub base_url: String,
+    /// Env var holding the key.
+    pub api_key_env: String,
+    /// USD per million input tokens.
+    pub input_usd_per_mtok: Decimal,
+    /// USD per million output tokens.
+    pub output_usd_per_mtok: Decimal,
+    /// Connect timeout (default 2 s).
+    pub connect_timeout: Duration,
+    /// First-token timeout (default 15 s).
+    pub first_token_timeout: Duration,
+    /// Total timeout (default 60 s).
+    pub total_timeout: Duration,
+    /// Max retries (default 2).
+    pub max_retries: u32,
+    /// Allow `http://` to non-loopback hosts.
+    pub allow_insecure_http: bool,
+}
+
+impl CloudSection {
+    /// Cost of a call, decimal-exact.
+    pub fn cost(&self, usage: crate::request::Usage) -> Decimal {
+        let million = Decimal::from(1_000_000u32);
+        (Decimal::from(usage.input_tokens) * self.input_usd_per_mtok
+            + Decimal::from(usage.output_tokens) * self.output_usd_per_mtok)
+            / million
+    }
+}
+
+/// What an exhausted budget does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExhausted {
+    /// Answer locally.
+    Local,
+    /// Refuse.
+    Refuse,
+}
+
+/// `[budget]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetSection {
+    /// Daily and monthly limits (none by default).
+    pub limits: BudgetLimits,
+    /// What happens when exhausted (default local).
+    pub on_exhausted: OnExhausted,
+}
+
+/// `[latency]`, validated: the local cost model used before measurements exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatencySection {
+    /// Prefill ms per prompt token (default 1.5).
+    pub local_prefill_ms_per_token: Decimal,
+    /// Decode ms per output token (default 10).
+    pub local_decode_ms_per_token: Decimal,
+    /// Cloud estimate (default 800 ms).
+    pub cloud_ms: u64,
+}
+
+impl LatencySection {
+    /// Estimated local latency for a prompt and output length, in ms.
+    pub fn local_estimate_ms(&self, prompt_tokens: u32, output_tokens: u32) -> u64 {
+        let ms = self.local_prefill_ms_per_token * Decimal::from(prompt_tokens)
+            + self.local_decode_ms_per_token * Decimal::from(output_tokens);
+        u64::try_from(ms.ceil()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A `[[test]]` case, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyTest {
+    /// Name.
+    pub name: String,
+    /// Prompt.
+    pub prompt: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Task.
+    pub task: Option<String>,
+    /// Deadline.
+    pub deadline_ms: Option<u64>,
+    /// Network.
+    pub network: Network,
+    /// Cloud health.
+    pub cloud_health: CloudHealth,
+    /// Budget left.
+    pub budget_left_usd: Option<Decimal>,
+    /// Cloud configured.
+    pub cloud_available: bool,
+    /// Expected route.
+    pub expect_route: String,
+    /// Expected rule.
+    pub expect_rule: Option<String>,
+    /// `file:line:col` of the case, for reports.
+    pub location: String,
+}
+
+/// A validated policy, ready for `decide()`.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    /// Display name.
+    pub name: String,
+    /// Version (explicit or a hash of the file): part of every cache key.
+    pub version: String,
+    /// Where it came from.
+    pub file: PathBuf,
+    /// Ordered rules.
+    pub rules: Vec<CompiledRule>,
+    /// `[defaults]`.
+    pub defaults: Plan,
+    /// `[local]`.
+    pub local: LocalSection,
+    /// `[cloud]`.
+    pub cloud: Option<CloudSection>,
+    /// `[budget]`.
+    pub budget: BudgetSection,
+    /// `[privacy]`.
+    pub privacy: PrivacyConfig,
+    /// `[cache]`.
+    pub cache: CacheConfig,
+    /// `[latency]`.
+    pub latency: LatencySection,
+    /// `[[test]]`.
+    pub tests: Vec<PolicyTest>,
+    /// Kind table: bit i of a [`KindSet`] is `kinds[i]`.
+    pub kinds: Vec<String>,
+    /// The compiled PII scanner.
+    pub scanner: Scanner,
+}
+
+impl CompiledPolicy {
+    /// The [`KindSet`] of the given kind names (unknown names are ignored).
+    pub fn kind_set<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> KindSet {
+        let mut set = 0u64;
+        for n in names {
+            if let Some(i) = self.kinds.iter().position(|k| k == n) {
+                set |= 1 << i;
+            }
+        }
+        KindSet(set)
+    }
+
+    /// The kind names in a set, in table order.
+    pub fn kind_names(&self, set: KindSet) -> Vec<String> {
+        self.kinds
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| set.0 & (1 << i) != 0)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+}
+
+const ROUTES: &[&str] = &["local", "cloud", "cascade", "hedge", "refuse"];
+const STATS: &[&str] = &["first_sentence", "mean", "min", "p10"];
+
+/// Parses and compiles policy text. `file` is used in diagnostics.
+pub fn compile_str(src: &str, file: &Path) -> Result<CompiledPolicy, Vec<Diagnostic>> {
+    let map = SourceMap::new(file, src);
+    let raw: RawPolicy = match toml::from_str(src) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            let path = map.path_at(offset);
+            let message = with_suggestion(e.message());
+            return Err(vec![map.at_offset(offset, &path, message)]);
+        }
+    };
+    Compiler {
+        map: &map,
+        diags: Vec::new(),
+    }
+    .compile(raw, src)
+}
+
+/// Reads and compiles a policy file.
+pub fn compile_file(path: &Path) -> Result<CompiledPolicy, Vec<Diagnostic>> {
+    match std::fs::read_to_string(path) {
+        Ok(src) => compile_str(&src, path),
+        Err(e) => Err(vec![Diagnostic {
+            file: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            message: format!("cannot read policy file: {e}"),
+        }]),
+    }
+}
+
+struct Compiler<'a> {
+    map: &'a SourceMap,
+    diags: Vec<Diagnostic>,
+}
+
+impl Compiler<'_> {
+    fn error(&mut self, path: &TomlPath, message: impl Into<String>) {
+        let d = self.map.at_path(path, message.into());
+        self.diags.push(d);
+    }
+
+    fn decimal(&mut self, n: &RawNumber, path: &TomlPath) -> Option<Decimal> {
+        let parsed = match n {
+            RawNumber::Int(i) => Some(Decimal::from(*i)),
+            RawNumber::Float(f) if f.is_finite() => Decimal::from_str(&f.to_string()).ok(),
+            RawNumber::Float(_) => None,
+            RawNumber::Text(s) => Decimal::from_str(s.trim()).ok(),
+        };
+        if parsed.is_none() {
+            self.error(
+                path,
+                "expected a finite decimal number such as 0.15 or \"0.15\"",
+            );
+        }
+        parsed
+    }
+
+    fn non_negative(
+        &mut self,
+        n: &Option<RawNumber>,
+        path: &TomlPath,
+        what: &str,
+    ) -> Option<Decimal> {
+        let d = self.decimal(n.as_ref()?, path)?;
+        if d.is_sign_negative() && !d.is_zero() {
+            self.error(path, format!("{what} cannot be negative (got {d})"));
+            return None;
+        }
+        Some(d)
+    }
+
+    fn compile(mut self, raw: RawPolicy, src: &str) -> Result<CompiledPolicy, Vec<Diagnostic>> {
+        let root = TomlPath::root();
+        let privacy = self.privacy(&raw, &root);
+        let mut kinds: Vec<String> = BUILTIN_KINDS.iter().map(|k| k.to_string()).collect();
+        for k in privacy
+            .patterns
+            .iter()
+            .map(|p| &p.kind)
+            .chain(privacy.keywords.iter().map(|k| &k.kind))
+        {
+            if !kinds.contains(k) {
+                kinds.push(k.clone());
+            }
+        }
+        if kinds.len() > 64 {
+            self.error(
+                &root.key("privacy"),
+                "at most 64 PII kinds (built-in + custom) are supported",
+            );
+            kinds.truncate(64);
+        }
+        let scanner = match Scanner::new(&privacy) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.error(&root.key("privacy"), e.to_string());
+                None
+            }
+        };
+        let cloud = raw
+            .cloud
+            .as_ref()
+            .and_then(|c| self.cloud(c, &root.key("cloud")));
+        let has_cloud = raw.cloud.is_some();
+        let local = self.local(&raw);
+        let budget = self.budget(&raw);
+        let cache = self.cache(&raw);
+        let latency = self.latency(&raw);
+
+        let ctx = RuleCtx {
+            kinds: &kinds,
+            has_cloud,
+        };
+        let defaults = match &raw.defaults {
+            Some(d) => self
+                .plan(d, &root.key("defaults"), &ctx)
+                .unwrap_or(Plan::Local { pin: false }),
+            None => Plan::Local { pin: false },
+        };
+
+        let mut rules = Vec::with_capacity(raw.rule.len());
+        let mut catch_all: Option<String> = None;
+        for (i, r) in raw.rule.iter().enumerate() {
+            let path = root.key("rule").index(i);
+            let name = match r.name.as_deref().map(str::trim) {
+                Some(n) if !n.is_empty() => n.to_string(),
+                _ => {
+                    self.error(&path, "every rule needs a non-empty `name`");
+                    format!("rule[{i}]")
+                }
+            };
+            if rules.iter().any(|x: &CompiledRule| x.name == name) || name == "defaults" {
+                self.error(
+                    &path.key("name"),
+                    format!("duplicate rule name `{name}`: rule names must be unique (and `defaults` is reserved)"),
+                );
+            }
+            if let Some(prev) = &catch_all {
+                self.error(
+                    &path,
+                    format!("rule `{name}` is unreachable: rule `{prev}` before it has no conditions and always matches"),
+                );
+            }
+            let conditions = match &r.when {
+                Some(w) => self.conditions(w, &path.key("when"), &ctx),
+                None => Vec::new(),
+            };
+            if conditions.is_empty() && catch_all.is_none() {
+                catch_all = Some(name.clone());
+            }
+            if r.route.is_none() {
+                self.error(
+                    &path,
+                    format!(
+                        "rule `{name}` needs a `route` (one of {})",
+                        ROUTES.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if let Some(plan) = self.plan(&r.route_part(), &path, &ctx) {
+                rules.push(CompiledRule {
+                    name,
+                    conditions,
+                    plan,
+                });
+            }
+        }
+
+        let mut rule_names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        rule_names.push("defaults");
+        let tests = raw
+            .test
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| self.test(t, &root.key("test").index(i), &rule_names, has_cloud))
+            .collect();
+
+        if !self.diags.is_empty() {
+            return Err(self.diags);
+        }
+        let Some(scanner) = scanner else {
+            return Err(self.diags);
+        };
+        let version = raw.version.clone().unwrap_or_else(|| {
+            let d = digest::digest(&digest::SHA256, src.as_bytes());
+            d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+        });
+        Ok(CompiledPolicy {
+            name: raw
+                .name
+                .clone()
+                .unwrap_or_else(|| file_stem(self.map.file())),
+            version,
+            file: self.map.file().to_path_buf(),
+            rules,
+            defaults,
+            local,
+            cloud,
+            budget,
+            privacy,
+            cache,
+            latency,
+            tests,
+            kinds,
+            scanner,
+        })
+    }
+
+    fn privacy(&mut self, raw: &RawPolicy, root: &TomlPath) -> PrivacyConfig {
+        let mut cfg = PrivacyConfig::default();
+        let Some(p) = &raw.privacy else { return cfg };
+        let path = root.key("privacy");
+        if let Some(detect) = &p.detect {
+            cfg.kinds.clear();
+            for (i, k) in detect.iter().enumerate() {
+                if BUILTIN_KINDS.contains(&k.as_str()) {
+                    cfg.kinds.push(k.clone());
+                } else {
+                    let hint = suggest(k, BUILTIN_KINDS.iter().copied());
+                    self.error(
+                        &path.key("detect").index(i),
+                        format!(
+                            "unknown built-in PII kind `{k}`{hint}; built-in kinds: {}",
+                            BUILTIN_KINDS.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        for (i, pat) in p.pattern.iter().enumerate() {
+            let pp = path.key("pattern").index(i);
+            self.custom_kind_name(&pat.kind, &pp.key("kind"));
+            if let Err(e) = regex::Regex::new(&pat.regex) {
+                let first = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                self.error(
+                    &pp.key("regex"),
+                    format!("invalid regex for kind `{}`: {first}", pat.kind),
+                );
+                continue;
+            }
+            cfg.patterns.push(CustomPattern {
+                kind: pat.kind.clone(),
+                regex: pat.regex.clone(),
+            });
+        }
+        for (i, kw) in p.keywords.iter().enumerate() {
+            let kp = path.key("keywords").index(i);
+            self.custom_kind_name(&kw.kind, &kp.key("kind"));
+            if kw.words.iter().all(|w| w.trim().is_empty()) {
+                self.error(
+                    &kp.key("words"),
+                    "a keyword list needs at least one non-empty word",
+                );
+                continue;
+            }
+            cfg.keywords.push(KeywordList {
+                kind: kw.kind.clone(),
+                words: kw.words.clone(),
+            });
+        }
+        cfg
+    }
+
+    fn custom_kind_name(&mut self, kind: &str, path: &TomlPath) {
+        let valid = !kind.is_empty()
+            && kind
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            self.error(
+                path,
+                format!("custom kind name `{kind}` must be lower_snake_case (a-z, 0-9, _)"),
+            );
+        } else if BUILTIN_KINDS.contains(&kind) {
+            self.error(
+                path,
+                format!("custom kind `{kind}` clashes with the built-in kind of that name"),
+            );
+        }
+    }
+
+    fn cloud(&mut self, c: &super::raw::RawCloud, path: &TomlPath) -> Option<CloudSection> {
+        let provider = match c.provider.as_deref() {
+            None | Some("openai") => ProviderKind::OpenAi,
+            Some("anthropic") => ProviderKind::Anthropic,
+            Some(other) => {
+                let hint = suggest(other, ["openai", "anthropic"]);
+                self.error(
+                    &path.key("provider"),
+                    format!("unknown provider `{other}`{hint}; expected `openai` or `anthropic`"),
+                );
+                return None;
+            }
+        };
+        let default_url = match provider {
+            ProviderKind::OpenAi => "https://api.openai.com/v1",
+            ProviderKind::Anthropic => "https://api.anthropic.com/v1",
+        };
+        let base_url = c
+            .base_url
+            .clone()
+            .unwrap_or_else(|| default_url.to_string());
+        let allow_insecure_http = c.allow_insecure_http.unwrap_or(false);
+        if let Err(msg) = check_base_url(&base_url, allow_insecure_http) {
+            self.error(&path.key("base_url"), msg);
+        }
+        let input = self.non_negative(
+            &c.input_usd_per_mtok,
+            &path.key("input_usd_per_mtok"),
+            "a price",
+        );
+        let output = self.non_negative(
+            &c.output_usd_per_mtok,
+            &path.key("output_usd_per_mtok"),
+            "a price",
+        );
+        let model = match c.model.as_deref() {
+            Some(m) if !m.trim().is_empty() => m.to_string(),
+            _ => {
+                self.error(path, "[cloud] needs a `model` (the provider's model id)");
+                String::new()
+            }
+        };
+        for (key, v) in [
+            ("connect_timeout_ms", c.connect_timeout_ms),
+            ("first_token_timeout_ms", c.first_token_timeout_ms),
+            ("total_timeout_ms", c.total_timeout_ms),
+        ] {
+            if v == Some(0) {
+                self.error(&path.key(key), "a timeout must be greater than 0 ms");
+            }
+        }
+        Some(CloudSection {
+            provider,
+            model,
+            base_url,
+            api_key_env: c.api_key_env.clone().unwrap_or_else(|| match provider {
+                ProviderKind::OpenAi => "OPENAI_API_KEY".into(),
+                ProviderKind::Anthropic => "ANTHROPIC_API_KEY".into(),
+            }),
+            input_usd_per_mtok: input.unwrap_or_default(),
+            output_usd_per_mtok: output.unwrap_or_default(),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms.unwrap_or(2_000)),
+            first_token_timeout: Duration::from_millis(c.first_token_timeout_ms.unwrap_or(15_000)),
+            total_timeout: Duration::from_millis(c.total_timeout_ms.unwrap_or(60_000)),
+            max_retries: c.max_retries.unwrap_or(2),
+            allow_insecure_http,
+        })
+    }
+
+    fn local(&mut self, raw: &RawPolicy) -> LocalSection {
+        let l = raw.local.clone().unwrap_or_default();
+        let path = TomlPath::root().key("local");
+        for (key, v) in [
+            ("max_new_tokens", l.max_new_tokens),
+            ("threads", l.threads),
+            ("sessions", l.sessions),
+        ] {
+            if v == Some(0) {
+                self.error(&path.key(key), format!("`{key}` must be at least 1"));
+            }
+        }
+        LocalSection {
+            model: l
+                .model
+                .unwrap_or_else(|| crate::home::DEFAULT_MODEL.to_string()),
+            model_dir: l.model_dir.map(PathBuf::from),
+            runtime_path: l.runtime_path.map(PathBuf::from),
+            max_new_tokens: l.max_new_tokens.unwrap_or(128),
+            threads: l.threads.unwrap_or(2),
+            sessions: l.sessions.unwrap_or(1),
+        }
+    }
+
+    fn budget(&mut self, raw: &RawPolicy) -> BudgetSection {
+        let b = raw.budget.clone().unwrap_or_default();
+        let path = TomlPath::root().key("budget");
+        let on_exhausted = match b.on_exhausted.as_deref() {
+            None | Some("local") => OnExhausted::Local,
+            Some("refuse") => OnExhausted::Refuse,
+            Some(other) => {
+                let hint = suggest(other, ["local", "refuse"]);
+                self.error(
+                    &path.key("on_exhausted"),
+                    format!("unknown value `{other}`{hint}; expected `local` or `refuse`"),
+                );
+                OnExhausted::Local
+            }
+        };
+        BudgetSection {
+            limits: BudgetLimits {
+                daily_usd: self.non_negative(&b.daily_usd, &path.key("daily_usd"), "a budget"),
+                monthly_usd: self.non_negative(
+                    &b.monthly_usd,
+                    &path.key("monthly_usd"),
+                    "a budget",
+                ),
+            },
+            on_exhausted,
+        }
+    }
+
+    fn cache(&mut self, raw: &RawPolicy) -> CacheConfig {
+        let c = raw.cache.clone().unwrap_or_default();
+        let path = TomlPath::root().key("cache");
+        let mode = match c.mode.as_deref() {
+            None | Some("on") => CacheMode::On,
+            Some("off") => CacheMode::Off,
+            Some("read_only") => CacheMode::ReadOnly,
+            Some("write_only") => CacheMode::WriteOnly,
+            Some(other) => {
+                let modes = ["on", "off", "read_only", "write_only"];
+                let hint = suggest(other, modes);
+                self.error(&path.key("mode"), format!("unknown cache mode `{other}`{hint}; expected one of on, off, read_only, write_only"));
+                CacheMode::On
+            }
+        };
+        CacheConfig {
+            mode,
+            ttl: Some(Duration::from_secs(c.ttl_secs.unwrap_or(7 * 24 * 3600)))
+                .filter(|d| !d.is_zero()),
+            max_bytes: c.max_bytes.unwrap_or(64 << 20),
+            cache_pii: c.cache_pii.unwrap_or(false),
+            normalize: c.normalize.unwrap_or(true),
+        }
+    }
+
+    fn latency(&mut self, raw: &RawPolicy) -> LatencySection {
+        let l = raw.latency.clone().unwrap_or_default();
+        let path = TomlPath::root().key("latency");
+        LatencySection {
+            local_prefill_ms_per_token: self
+                .non_negative(
+                    &l.local_prefill_ms_per_token,
+                    &path.key("local_prefill_ms_per_token"),
+                    "a latency",
+                )
+                .unwrap_or(Decimal::new(15, 1)),
+            local_decode_ms_per_token: self
+                .non_negative(
+                    &l.local_decode_ms_per_token,
+                    &path.key("local_decode_ms_per_token"),
+                    "a latency",
+                )
+                .unwrap_or(Decimal::from(10)),
+            cloud_ms: l.cloud_ms.unwrap_or(800),
+        }
+    }
+
+    fn kind_set(&mut self, names: &[String], path: &TomlPath, ctx: &RuleCtx<'_>) -> KindSet {
+        let mut set = 0u64;
+        if names.is_empty() {
+            self.error(path, "list at least one PII kind");
+        }
+        for (i, n) in names.iter().enumerate() {
+            match ctx.kinds.iter().position(|k| k == n) {
+                Some(bit) => set |= 1 << bit,
+                None => {
+                    let hint = suggest(n, ctx.kinds.iter().map(String::as_str));
+                    self.error(
+                        &path.index(i),
+                        format!("unknown PII kind `{n}`{hint}; known kinds: {} (custom kinds come from [privacy])", ctx.kinds.join(", ")),
+                    );
+                }
+            }
+        }
+        KindSet(set)
+    }
+
+    fn conditions(&mut self, w: &RawWhen, path: &TomlPath, ctx: &RuleCtx<'_>) -> Vec<Condition> {
+        let mut out = Vec::new();
+        if let Some(b) = w.pii {
+            out.push(Condition::Pii(b));
+        }
+        if let Some(v) = &w.pii_any {
+            out.push(Condition::PiiAny(self.kind_set(
+                v,
+                &path.key("pii_any"),
+                ctx,
+            )));
+        }
+        if let Some(v) = &w.pii_all {
+            out.push(Condition::PiiAll(self.kind_set(
+                v,
+                &path.key("pii_all"),
+                ctx,
+            )));
+        }
+        if let Some(v) = &w.pii_none {
+            out.push(Condition::PiiNone(self.kind_set(
+                v,
+                &path.key("pii_none"),
+                ctx,
+            )));
+        }
+        if let Some(n) = w.prompt_tokens_gt {
+            out.push(Condition::PromptTokensGt(n));
+        }
+        if let Some(n) = w.prompt_tokens_lt {
+            if n == 0 {
+                self.error(
+                    &path.key("prompt_tokens_lt"),
+                    "`prompt_tokens_lt = 0` can never hold",
+                );
+            }
+            out.push(Condition::PromptTokensLt(n));
+        }
+        if let (Some(gt), Some(lt)) = (w.prompt_tokens_gt, w.prompt_tokens_lt) {
+            if gt.saturating_add(1) >= lt {
+                self.error(
+                    &path.key("prompt_tokens_lt"),
+                    format!(
+                        "prompt_tokens_gt = {gt} and prompt_tokens_lt = {lt} can never both hold"
+                    ),
+                );
+            }
+        }
+        if let Some(n) = w.deadline_ms_lt {
+            out.push(Condition::DeadlineMsLt(n));
+        }
+        if let Some(b) = w.local_too_slow {
+            out.push(Condition::LocalTooSlow(b));
+        }
+        if let Some(n) = &w.budget_left_usd_lt {
+            if let Some(d) = self.decimal(n, &path.key("budget_left_usd_lt")) {
+                out.push(Condition::BudgetLeftLt(d));
+            }
+        }
+        if let Some(n) = &w.network {
+            match n.as_str() {
+                "online" => out.push(Condition::Network(Network::Online)),
+                "offline" => out.push(Condition::Network(Network::Offline)),
+                other => {
+                    let hint = suggest(other, ["online", "offline"]);
+                    self.error(
+                        &path.key("network"),
+                        format!(
+                            "unknown network state `{other}`{hint}; expected `online` or `offline`"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(h) = &w.cloud_health {
+            let mut states = Vec::new();
+            for (i, s) in h.to_vec().iter().enumerate() {
+                match parse_health(s) {
+                    Some(x) => states.push(x),
+                    None => {
+                        let hint = suggest(s, ["healthy", "degraded", "down"]);
+                        let p = match h {
+                            super::raw::OneOrMany::One(_) => path.key("cloud_health"),
+                            super::raw::OneOrMany::Many(_) => path.key("cloud_health").index(i),
+                        };
+                        self.error(&p, format!("unknown cloud health `{s}`{hint}; expected healthy, degraded or down"));
+                    }
+                }
+            }
+            out.push(Condition::CloudHealth(states));
+        }
+        if let Some(tags) = &w.tags_any {
+            if tags.is_empty() {
+                self.error(&path.key("tags_any"), "list at least one tag");
+            }
+            out.push(Condition::TagsAny(tags.clone()));
+        }
+        if let Some(t) = &w.task {
+            out.push(Condition::Task(t.to_vec()));
+        }
+        out
+    }
+
+    fn plan(&mut self, r: &RawRoute, path: &TomlPath, ctx: &RuleCtx<'_>) -> Option<Plan> {
+        let route = r.route.as_deref().unwrap_or("local");
+        let route_path = path.key("route");
+        let allowed: &[&str] = match route {
+            "local" => &["pin"],
+            "cloud" => &["redact", "pin"],
+            "cascade" => &["redact", "min_confidence", "confidence_stat"],
+            "hedge" => &["redact", "after_ms"],
+            "refuse" => &["message"],
+            other => {
+                let hint = suggest(other, ROUTES.iter().copied());
+                self.error(
+                    &route_path,
+                    format!(
+                        "unknown route `{other}`{hint}; expected one of {}",
+                        ROUTES.join(", ")
+                    ),
+                );
+                return None;
+            }
+        };
+        let given = [
+            ("redact", r.redact.is_some()),
+            ("min_confidence", r.min_confidence.is_some()),
+            ("confidence_stat", r.confidence_stat.is_some()),
+            ("after_ms", r.after_ms.is_some()),
+            ("pin", r.pin.is_some()),
+            ("message", r.message.is_some()),
+        ];
+        for (key, present) in given {
+            if present && !allowed.contains(&key) {
+                self.error(
+                    &path.key(key),
+                    format!(
+                        "`{key}` does not apply to route `{route}` (it takes: {})",
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+        if route != "local" && route != "refuse" && !ctx.has_cloud {
+            self.error(
+                &route_path,
+                format!("route `{route}` needs a [cloud] section (provider, model, base_url, api_key_env)"),
+            );
+        }
+        let redact = r.redact.unwrap_or(false);
+        Some(match route {
+            "local" => Plan::Local {
+                pin: r.pin.unwrap_or(false),
+            },
+            "cloud" => Plan::Cloud {
+                redact,
+                pin: r.pin.unwrap_or(false),
+            },
+            "cascade" => {
+                let min_confidence = match r.min_confidence {
+                    Some(m) if m.is_finite() && m <= 0.0 => m as f32,
+                    Some(m) => {
+                        self.error(
+                            &path.key("min_confidence"),
+                            format!("min_confidence is a log-probability and must be ≤ 0 (got {m}); e.g. -1.0"),
+                        );
+                        return None;
+                    }
+                    None => {
+                        self.error(path, "route `cascade` needs `min_confidence` (a log-probability ≤ 0, e.g. -1.0)");
+                        return None;
+                    }
+                };
+                let statistic = match r.confidence_stat.as_deref() {
+                    None | Some("first_sentence") => ConfidenceStat::FirstSentence,
+                    Some("mean") => ConfidenceStat::Mean,
+                    Some("min") => ConfidenceStat::Min,
+                    Some("p10") => ConfidenceStat::P10,
+                    Some(other) => {
+                        let hint = suggest(other, STATS.iter().copied());
+                        self.error(
+                            &path.key("confidence_stat"),
+                            format!(
+                                "unknown statistic `{other}`{hint}; expected one of {}",
+                                STATS.join(", ")
+                            ),
+                        );
+                        return None;
+                    }
+                };
+                Plan::Cascade {
+                    min_confidence,
+                    statistic,
+                    redact,
+                }
+            }
+            "hedge" => {
+                match r.after_ms {
+                    Some(ms) => Plan::Hedge {
+                        after: Duration::from_millis(ms),
+                        redact,
+                    },
+                    None => {
+                        self.error(path, "route `hedge` needs `after_ms` (delay before starting the second tier)");
+                        return None;
+                    }
+                }
+            }
+            _ => Plan::Refuse {
+                message: r
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "this request is not allowed by policy".into()),
+            },
+        })
+    }
+
+    fn test(
+        &mut self,
+        t: &RawTest,
+        path: &TomlPath,
+        rules: &[&str],
+        has_cloud: bool,
+    ) -> Option<PolicyTest> {
+        let name = t.name.clone().unwrap_or_else(|| path.to_string());
+        if !ROUTES.contains(&t.expect_route.as_str()) {
+            let hint = suggest(&t.expect_route, ROUTES.iter().copied());
+            self.error(
+                &path.key("expect_route"),
+                format!("unknown route `{}`{hint}", t.expect_route),
+            );
+        }
+        if let Some(r) = &t.expect_rule {
+            if !rules.contains(&r.as_str()) {
+                let hint = suggest(r, rules.iter().copied());
+                self.error(
+                    &path.key("expect_rule"),
+                    format!("no rule named `{r}`{hint}"),
+                );
+            }
+        }
+        let network = match t.network.as_deref() {
+            None | Some("online") => Network::Online,
+            Some("offline") => Network::Offline,
+            Some(other) => {
+                self.error(
+                    &path.key("network"),
+                    format!("unknown network state `{other}`; expected online or offline"),
+                );
+                Network::Online
+            }
+        };
+        let cloud_health = match t.cloud_health.as_deref() {
+            None => CloudHealth::Healthy,
+            Some(s) => parse_health(s).unwrap_or_else(|| {
+                self.error(
+                    &path.key("cloud_health"),
+                    format!("unknown cloud health `{s}`; expected healthy, degraded or down"),
+                );
+                CloudHealth::Healthy
+            }),
+        };
+        let budget_left_usd = match &t.budget_left_usd {
+            Some(n) => Some(self.decimal(n, &path.key("budget_left_usd"))?),
+            None => None,
+        };
+        let d = self.map.at_path(path, String::new());
+        Some(PolicyTest {
+            name,
+            prompt: t.prompt.clone(),
+            tags: t.tags.clone(),
+            task: t.task.clone(),
+            deadline_ms: t.deadline_ms,
+            network,
+            cloud_health,
+            budget_left_usd,
+            cloud_available: t.cloud_available.unwrap_or(has_cloud),
+            expect_route: t.expect_route.clone(),
+            expect_rule: t.expect_rule.clone(),
+            location: format!("{}:{}:{}", d.file.display(), d.line, d.column),
+        })
+    }
+}
+
+struct RuleCtx<'a> {
+    kinds: &'a [String],
+    has_cloud: bool,
+}
+
+fn parse_health(s: &str) -> Option<CloudHealth> {
+    match s {
+        "healthy" => Some(CloudHealth::Healthy),
+        "degraded" => Some(CloudHealth::Degraded),
+        "down" => Some(CloudHealth::Down),
+        _ => None,
+    }
+}
+
+fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    nearest(word, candidates)
+        .map(|b| format!(" (did you mean `{b}`?)"))
+        .unwrap_or_default()
+}
+
+fn file_stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "policy".into())
+}
+
+/// Checks a cloud base URL: must be `https://`, or `http://` to a loopback host, unless
+/// `allow_insecure_http` is set.
+pub fn check_base_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let lower = url.to_ascii_lowercase();
+    let rest = if let Some(r) = lower.strip_prefix("https://") {
+        r
+    } else if let Some(r) = lower.strip_prefix("http://") {
+        let host = host_of(r);
+        if !allow_insecure_http && !is_loopback(host) {
+            return Err(format!(
+                "plain http:// to non-loopback host `{host}` would send prompts unencrypted; use https:// or set allow_insecure_http = true"
+            ));
+        }
+        r
+    } else {
+        return Err(format!(
+            "base_url `{url}` must start with https:// (or http:// for a loopback host)"
+        ));
+    };
+    if host_of(rest).is_empty() {
+        return Err(format!("base_url `{url}` has no host"));
+    }
+    Ok(())
+}
+
+fn host_of(after_scheme: &str) -> &str {
+    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    authority.split(':').next().unwrap_or("")
+}
+
+/// True for `localhost`, 127.0.0.0/8 and `::1`.
+pub fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host == "::1"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_rules() {
+        assert!(check_base_url("https://api.openai.com/v1", false).is_ok());
+        assert!(check_base_url("http://127.0.0.1:8080/v1", false).is_ok());
+        assert!(check_base_url("http://localhost/v1", false).is_ok());
+        assert!(check_base_url("http://[::1]:9/v1", false).is_ok());
+        assert!(check_base_url("http://example.com/v1", false).is_err());
+        assert!(check_base_url("http://example.com/v1", true).is_ok());
+        assert!(check_base_url("ftp://x", true).is_err());
+        assert!(check_base_url("https://", false).is_err());
+    }
+
+    #[test]
+    fn prices_are_decimal_exact() {
+        let p = compile_str(
+            "[cloud]\nmodel='m'\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = \"0.6\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let c = p.cloud.unwrap();
+        let cost = c.cost(crate::request::Usage {
+            input_tokens: 1000,
+            output_tokens: 2000,
+        });
+        assert_eq!(cost.to_string(), "0.00135");
+    }
+}

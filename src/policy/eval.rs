@@ -1,0 +1,196 @@
+//! Phase three: `decide()` — the one place a routing decision is made.
+//!
+//! A pure function of the compiled policy, the request's features and the live signals: no
+//! I/O, no clock, no randomness. `explain` and the real pipeline call the same code.
+
+use super::compile::{CompiledPolicy, Condition, OnExhausted};
+use crate::decision::{Decision, Plan, Reason};
+use crate::inspect::Features;
+use crate::signals::{CloudHealth, Network, Signals};
+
+/// Decides what to do with a request: the first rule whose conditions all hold, else
+/// `[defaults]`; then the cloud gate (budget, availability, network, breaker) may turn a cloud
+/// plan into a local one — never the other way round.
+pub fn decide(policy: &CompiledPolicy, features: &Features, signals: &Signals) -> Decision {
+    let mut reasons = Vec::new();
+    for rule in &policy.rules {
+        reasons.clear();
+        if rule
+            .conditions
+            .iter()
+            .all(|c| holds(policy, c, features, signals, &mut reasons))
+        {
+            if rule.conditions.is_empty() {
+                reasons.push(Reason::Always);
+            }
+            return gate(policy, &rule.name, rule.plan.clone(), reasons, signals);
+        }
+    }
+    gate(
+        policy,
+        "defaults",
+        policy.defaults.clone(),
+        vec![Reason::Default],
+        signals,
+    )
+}
+
+/// Evaluates one condition; when it holds, pushes the reason naming its inputs.
+fn holds(
+    policy: &CompiledPolicy,
+    condition: &Condition,
+    f: &Features,
+    s: &Signals,
+    reasons: &mut Vec<Reason>,
+) -> bool {
+    let reason = match condition {
+        Condition::Pii(want) => (!f.pii.is_empty() == *want).then(|| {
+            if *want {
+                Reason::PiiFound {
+                    kinds: policy.kind_names(f.pii),
+                }
+            } else {
+                Reason::PiiAbsent { kinds: Vec::new() }
+            }
+        }),
+        Condition::PiiAny(set) => f.pii.intersects(*set).then(|| Reason::PiiFound {
+            kinds: policy.kind_names(super::KindSet(f.pii.0 & set.0)),
+        }),
+        Condition::PiiAll(set) => f.pii.contains_all(*set).then(|| Reason::PiiFound {
+            kinds: policy.kind_names(*set),
+        }),
+        Condition::PiiNone(set) => (!f.pii.intersects(*set)).then(|| Reason::PiiAbsent {
+            kinds: policy.kind_names(*set),
+        }),
+        Condition::PromptTokensGt(n) => (f.prompt_tokens > *n).then_some(Reason::PromptLarge {
+            tokens: f.prompt_tokens,
+            threshold: *n,
+        }),
+        Condition::PromptTokensLt(n) => (f.prompt_tokens < *n).then_some(Reason::PromptSmall {
+            tokens: f.prompt_tokens,
+            threshold: *n,
+        }),
+        Condition::DeadlineMsLt(n) => {
+            f.deadline_ms
+                .filter(|d| d < n)
+                .map(|deadline_ms| Reason::DeadlineTooTight {
+                    deadline_ms,
+                    threshold_ms: *n,
+                })
+        }
+        Condition::LocalTooSlow(want) => match (f.deadline_ms, s.latency.local_ms) {
+            (Some(deadline_ms), Some(estimate_ms)) => {
+                let too_slow = estimate_ms > deadline_ms;
+                (too_slow == *want).then_some(if too_slow {
+                    Reason::LocalTooSlow {
+                        estimate_ms,
+                        deadline_ms,
+                    }
+                } else {
+                    Reason::LocalFits {
+                        estimate_ms,
+                        deadline_ms,
+                    }
+                })
+            }
+            // No deadline (or no estimate): the local tier is never "too slow".
+            _ => (!*want).then_some(Reason::LocalFits {
+                estimate_ms: s.latency.local_ms.unwrap_or(0),
+                deadline_ms: f.deadline_ms.unwrap_or(u64::MAX),
+            }),
+        },
+        Condition::BudgetLeftLt(threshold) => s
+            .budget_left_usd
+            .filter(|left| left < threshold)
+            .map(|left_usd| Reason::BudgetLow {
+                left_usd,
+                threshold_usd: *threshold,
+            }),
+        Condition::Network(n) => (s.network == *n).then_some(match n {
+            Network::Online => Reason::Online,
+            Network::Offline => Reason::Offline,
+        }),
+        Condition::CloudHealth(states) => {
+            states
+                .contains(&s.cloud_health)
+                .then_some(match s.cloud_health {
+                    CloudHealth::Healthy => Reason::CloudHealthy,
+                    health => Reason::CloudUnhealthy { health },
+                })
+        }
+        Condition::TagsAny(tags) => f
+            .tags
+            .iter()
+            .find(|t| tags.contains(t))
+            .map(|tag| Reason::TagMatched { tag: tag.clone() }),
+        Condition::Task(tasks) => f
+            .task
+            .as_ref()
+            .filter(|t| tasks.contains(t))
+            .map(|task| Reason::TaskMatched { task: task.clone() }),
+    };
+    match reason {
+        Some(r) => {
+            reasons.push(r);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The cloud gate: a plan that uses the cloud is turned local (or refused) when the cloud
+/// cannot be used — budget exhausted, not configured, offline, breaker open. A plan pinned to
+/// the cloud is never turned local: it fails (or is refused) instead.
+fn gate(
+    policy: &CompiledPolicy,
+    rule: &str,
+    plan: Plan,
+    mut reasons: Vec<Reason>,
+    s: &Signals,
+) -> Decision {
+    if !plan.uses_cloud() {
+        return Decision::new(rule, plan, reasons);
+    }
+    let pinned = matches!(plan, Plan::Cloud { pin: true, .. });
+    let exhausted = s
+        .budget_left_usd
+        .is_some_and(|left| left <= rust_decimal::Decimal::ZERO);
+    if exhausted {
+        let refuse = pinned || policy.budget.on_exhausted == OnExhausted::Refuse;
+        reasons.push(Reason::BudgetExhausted {
+            action: if refuse { "refuse" } else { "local" }.into(),
+        });
+        let plan = if refuse {
+            Plan::Refuse {
+                message: "the cloud budget is exhausted".into(),
+            }
+        } else {
+            Plan::Local { pin: true }
+        };
+        return Decision::new(rule, plan, reasons);
+    }
+    let blocked = if !s.cloud_available {
+        Some(Reason::CloudUnavailable {
+            why: "no cloud tier configured or no API key".into(),
+        })
+    } else if s.network == Network::Offline {
+        Some(Reason::Offline)
+    } else if s.cloud_health == CloudHealth::Down {
+        Some(Reason::CloudUnhealthy {
+            health: CloudHealth::Down,
+        })
+    } else {
+        None
+    };
+    match blocked {
+        Some(why) if !pinned => {
+            reasons.push(why);
+            Decision::new(rule, Plan::Local { pin: true }, reasons)
+        }
+        Some(why) => {
+            reasons.push(why);
+            Decision::new(rule, plan, reasons)
+        }
+        None => Decision::new(rule, plan, reasons),
+    }
+}

@@ -1,0 +1,310 @@
+//! Phase one: the policy file exactly as written, deserialised with `deny_unknown_fields`.
+//! Nothing here is validated beyond types; `compile.rs` does the semantic checks.
+
+use serde::Deserialize;
+
+/// A number written as a TOML integer, float or string (`"0.15"`), kept for exact decimal parsing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawNumber {
+    /// `5`
+    Int(i64),
+    /// `0.15`
+    Float(f64),
+    /// `"0.15"`
+    Text(String),
+}
+
+/// One value or a list of them (`cloud_health = "down"` or `["degraded", "down"]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// A single value.
+    One(String),
+    /// A list.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values as a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Display name.
+    pub name: Option<String>,
+    /// Version string; part of the cache key. Default: a hash of the file.
+    pub version: Option<String>,
+    /// Free-text description.
+    pub description: Option<String>,
+    /// `[local]`.
+    pub local: Option<RawLocal>,
+    /// `[cloud]`.
+    pub cloud: Option<RawCloud>,
+    /// `[budget]`.
+    pub budget: Option<RawBudget>,
+    /// `[privacy]`.
+    pub privacy: Option<RawPrivacy>,
+    /// `[cache]`.
+    pub cache: Option<RawCache>,
+    /// `[latency]`.
+    pub latency: Option<RawLatency>,
+    /// `[defaults]`.
+    pub defaults: Option<RawRoute>,
+    /// `[[rule]]`.
+    #[serde(default)]
+    pub rule: Vec<RawRule>,
+    /// `[[test]]`.
+    #[serde(default)]
+    pub test: Vec<RawTest>,
+}
+
+/// `[local]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocal {
+    /// Model name under `<home>/models/`.
+    pub model: Option<String>,
+    /// Explicit model directory (overrides `model`).
+    pub model_dir: Option<String>,
+    /// Explicit ONNX Runtime library path.
+    pub runtime_path: Option<String>,
+    /// Max new tokens.
+    pub max_new_tokens: Option<u32>,
+    /// Intra-op threads.
+    pub threads: Option<u32>,
+    /// Sessions in the pool.
+    pub sessions: Option<u32>,
+}
+
+/// `[cloud]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCloud {
+    /// `openai` or `anthropic`.
+    pub provider: Option<String>,
+    /// Model id sent to the provider.
+    pub model: Option<String>,
+    /// API base URL.
+    pub base_url: Option<String>,
+    /// Environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// USD per million input tokens.
+    pub input_usd_per_mtok: Option<RawNumber>,
+    /// USD per million output tokens.
+    pub output_usd_per_mtok: Option<RawNumber>,
+    /// Connect timeout.
+    pub connect_timeout_ms: Option<u64>,
+    /// Time-to-first-token timeout.
+    pub first_token_timeout_ms: Option<u64>,
+    /// Total timeout.
+    pub total_timeout_ms: Option<u64>,
+    /// Max retries per call.
+    pub max_retries: Option<u32>,
+    /// Allow `http://` to non-loopback hosts.
+    pub allow_insecure_http: Option<bool>,
+}
+
+/// `[budget]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// Daily limit in USD.
+    pub daily_usd: Option<RawNumber>,
+    /// Monthly limit in USD.
+    pub monthly_usd: Option<RawNumber>,
+    /// `local` or `refuse`.
+    pub on_exhausted: Option<String>,
+}
+
+/// `[privacy]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrivacy {
+    /// Built-in kinds to detect (default: all).
+    pub detect: Option<Vec<String>>,
+    /// `[[privacy.pattern]]`.
+    #[serde(default)]
+    pub pattern: Vec<RawPattern>,
+    /// `[[privacy.keywords]]`.
+    #[serde(default)]
+    pub keywords: Vec<RawKeywords>,
+}
+
+/// `[[privacy.pattern]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPattern {
+    /// Kind name.
+    pub kind: String,
+    /// Regex.
+    pub regex: String,
+}
+
+/// `[[privacy.keywords]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeywords {
+    /// Kind name.
+    pub kind: String,
+    /// Words.
+    pub words: Vec<String>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// `on | off | read_only | write_only`.
+    pub mode: Option<String>,
+    /// Time to live in seconds.
+    pub ttl_secs: Option<u64>,
+    /// Byte budget.
+    pub max_bytes: Option<u64>,
+    /// Cache answers to prompts containing PII.
+    pub cache_pii: Option<bool>,
+    /// Normalise whitespace/Unicode in the key.
+    pub normalize: Option<bool>,
+}
+
+/// `[latency]`: the local tier's cost model, used before measurements exist.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLatency {
+    /// Local prefill ms per prompt token.
+    pub local_prefill_ms_per_token: Option<RawNumber>,
+    /// Local decode ms per output token.
+    pub local_decode_ms_per_token: Option<RawNumber>,
+    /// Cloud round trip estimate in ms.
+    pub cloud_ms: Option<u64>,
+}
+
+/// A route with its options (`[defaults]` and the route part of a rule).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// `local | cloud | cascade | hedge | refuse`.
+    pub route: Option<String>,
+    /// Redact PII before the cloud.
+    pub redact: Option<bool>,
+    /// Cascade threshold (log-probability, ≤ 0).
+    pub min_confidence: Option<f64>,
+    /// Cascade statistic: `first_sentence | mean | min | p10`.
+    pub confidence_stat: Option<String>,
+    /// Hedge delay.
+    pub after_ms: Option<u64>,
+    /// Never fall back across tiers.
+    pub pin: Option<bool>,
+    /// Refusal message.
+    pub message: Option<String>,
+}
+
+/// `[[rule]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Unique name.
+    pub name: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Conditions (all must hold). Absent = always.
+    pub when: Option<RawWhen>,
+    /// `local | cloud | cascade | hedge | refuse`.
+    pub route: Option<String>,
+    /// Redact PII before the cloud.
+    pub redact: Option<bool>,
+    /// Cascade threshold.
+    pub min_confidence: Option<f64>,
+    /// Cascade statistic.
+    pub confidence_stat: Option<String>,
+    /// Hedge delay.
+    pub after_ms: Option<u64>,
+    /// Never fall back across tiers.
+    pub pin: Option<bool>,
+    /// Refusal message.
+    pub message: Option<String>,
+}
+
+impl RawRule {
+    /// The route part of the rule.
+    pub fn route_part(&self) -> RawRoute {
+        RawRoute {
+            route: self.route.clone(),
+            redact: self.redact,
+            min_confidence: self.min_confidence,
+            confidence_stat: self.confidence_stat.clone(),
+            after_ms: self.after_ms,
+            pin: self.pin,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// `[rule.when]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    /// Any PII at all (`true`) or none (`false`).
+    pub pii: Option<bool>,
+    /// Any of these kinds present.
+    pub pii_any: Option<Vec<String>>,
+    /// All of these kinds present.
+    pub pii_all: Option<Vec<String>>,
+    /// None of these kinds present.
+    pub pii_none: Option<Vec<String>>,
+    /// Prompt token estimate greater than.
+    pub prompt_tokens_gt: Option<u32>,
+    /// Prompt token estimate less than.
+    pub prompt_tokens_lt: Option<u32>,
+    /// Request deadline shorter than.
+    pub deadline_ms_lt: Option<u64>,
+    /// The local tier's latency estimate exceeds the request's deadline.
+    pub local_too_slow: Option<bool>,
+    /// Remaining budget below.
+    pub budget_left_usd_lt: Option<RawNumber>,
+    /// `online` or `offline`.
+    pub network: Option<String>,
+    /// `healthy | degraded | down`, one or a list.
+    pub cloud_health: Option<OneOrMany>,
+    /// Any of these caller tags.
+    pub tags_any: Option<Vec<String>>,
+    /// Task name, one or a list.
+    pub task: Option<OneOrMany>,
+}
+
+/// `[[test]]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTest {
+    /// Test name (default: `test[i]`).
+    pub name: Option<String>,
+    /// The prompt.
+    pub prompt: String,
+    /// Caller tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Task name.
+    pub task: Option<String>,
+    /// Deadline.
+    pub deadline_ms: Option<u64>,
+    /// `online | offline`.
+    pub network: Option<String>,
+    /// `healthy | degraded | down`.
+    pub cloud_health: Option<String>,
+    /// Remaining budget.
+    pub budget_left_usd: Option<RawNumber>,
+    /// Whether the cloud tier is configured (default: true when `[cloud]` exists).
+    pub cloud_available: Option<bool>,
+    /// Expected route: `local | cloud | cascade | hedge | refuse`.
+    pub expect_route: String,
+    /// Expected rule name (or `defaults`).
+    pub expect_rule: Option<String>,
+}

@@ -1,0 +1,1016 @@
+//! Built-in detectors: a linear-time regex proposes candidates, a validator (checksum, structure,
+//! boundaries, nearby words) decides. Each detector pushes [`Found`] values; overlaps between
+//! detectors are resolved by the scanner.
+//!
+//! Every regex here runs on the `regex` crate (finite automata, no backtracking). Detectors that
+//! retry after a rejected candidate (`retrying`) only use patterns whose matches are bounded in
+//! length, so a scan stays linear in the input size.
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use regex::Regex;
+
+use super::validate::{
+    card_grouping_ok, card_issuer_ok, iban_length, iban_valid, looks_like_secret, luhn, ssn_valid,
+};
+use crate::error::{Error, Result};
+
+/// Index of each built-in kind in [`super::BUILTIN_KINDS`].
+pub(crate) mod kind {
+    pub const EMAIL: u16 = 0;
+    pub const PHONE: u16 = 1;
+    pub const CREDIT_CARD: u16 = 2;
+    pub const IBAN: u16 = 3;
+    pub const US_SSN: u16 = 4;
+    pub const IP_ADDRESS: u16 = 5;
+    pub const SECRET: u16 = 6;
+}
+
+/// One accepted detection before overlap resolution.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Found {
+    pub start: usize,
+    pub end: usize,
+    /// Index into the scanner's kind table.
+    pub kind: u16,
+    /// Higher wins when two detections overlap.
+    pub priority: u8,
+    pub confidence: f32,
+}
+
+/// Overlap priorities: structured secrets beat everything built in, checksummed kinds beat
+/// format-only kinds, phone numbers (the loosest format) lose to all.
+pub(crate) mod priority {
+    pub const CUSTOM: u8 = 10;
+    pub const SECRET_TOKEN: u8 = 9;
+    pub const EMAIL: u8 = 8;
+    pub const IBAN: u8 = 7;
+    pub const CREDIT_CARD: u8 = 6;
+    pub const US_SSN: u8 = 5;
+    pub const SECRET_ASSIGNED: u8 = 4;
+    pub const IP_ADDRESS: u8 = 3;
+    pub const PHONE: u8 = 2;
+}
+
+/// The compiled built-in detectors (shared by every scanner in the process).
+pub(crate) struct Detectors {
+    email: Regex,
+    url_credentials: Regex,
+    card: Regex,
+    iban: Regex,
+    ssn: Regex,
+    ipv4: Regex,
+    ipv6: Regex,
+    phone_intl: Regex,
+    phone_us: Regex,
+    phone_zero: Regex,
+    tokens: Regex,
+    pem: Regex,
+    labels: AhoCorasick,
+    assigned: Regex,
+    assigned_head: Regex,
+    bearer: Regex,
+    bearer_head: Regex,
+}
+
+/// Stems of the words that introduce an assigned secret (`pass` covers password, passwd,
+/// passphrase, Passwort; `api` covers api_key, apiKey...), and `bearer` for tokens. Searched
+/// case-sensitively in lower, UPPER and Capitalised form: few enough patterns for the SIMD
+/// multi-literal search, whereas a case-insensitive search is ~100x slower and would dominate
+/// the cost of scanning clean prose. The anchored regexes then check the full label.
+const LABELS: &[&str] = &[
+    "pass",
+    "pwd",
+    "kennwort",
+    "mot de passe",
+    "contrase",
+    "senha",
+    "secret",
+    "token",
+    "api",
+    "access",
+    "auth",
+    "private",
+    "credential",
+    "bearer",
+    "basic",
+];
+
+/// The label spellings searched for: each of [`LABELS`] as written, UPPER and Capitalised.
+fn label_variants() -> Vec<String> {
+    let mut out = Vec::new();
+    for l in LABELS {
+        let mut cap = l.to_string();
+        if let Some(f) = cap.get_mut(0..1) {
+            f.make_ascii_uppercase();
+        }
+        for v in [l.to_string(), l.to_uppercase(), cap] {
+            if !out.contains(&v) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+/// Bytes of context kept around digits for the digit detectors: longer than any digit-bearing
+/// match (IBAN ≤ 42 bytes with spaces) plus the label look-back (40 bytes).
+const ZONE_MARGIN: usize = 64;
+
+/// A label (any spelling or suffix: `DB_PASSWORD`, `api_key_prod`), an assignment operator
+/// (`=`, `:`, `=>`, `:=`, ` is `) and an optional opening quote.
+const ASSIGNED_HEAD: &str = concat!(
+    r"(?:(?i:password|passwd|passphrase|passwort|pwd|kennwort|mot de passe|contrase[ñn]a|senha",
+    r"|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credential)",
+    r"[A-Za-z0-9_.\-]{0,30}",
+    // A bare `pass` only as its own word part (`DB_PASS`, `pass.prod`), not `passport`.
+    r"|(?i:pass)(?:[_.\-][A-Za-z0-9_.\-]{0,30})?)",
+    r#"["']?[ \t]{0,4}(?:=>|:=|=|:|[ \t]{1,4}(?i:is)[ \t]{1,4})[ \t]{0,4}["'`]?"#,
+);
+/// The value: up to a space, quote, comma or semicolon.
+const ASSIGNED_VALUE: &str = r#"[^\s"'`,;]{1,200}"#;
+
+fn re(src: &str) -> Result<Regex> {
+    Regex::new(src).map_err(|e| Error::Config(format!("built-in privacy regex failed: {e}")))
+}
+
+impl Detectors {
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Detectors {
+            email: re(
+                r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?){0,8}\.[A-Za-z]{2,24}",
+            )?,
+            url_credentials: re(
+                r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{1,128}:([^\s:/@]{1,256})@",
+            )?,
+            card: re(r"(?-u:\b)\d(?:[ \-]?\d){12,18}(?-u:\b)")?,
+            iban: re(r"(?-u:\b)[A-Z]{2}\d{2} ?[A-Z0-9]")?,
+            ssn: re(r"(?-u:\b)\d{3}[ \-]?\d{2}[ \-]?\d{4}(?-u:\b)")?,
+            ipv4: re(r"(?-u:\b)(?:\d{1,3}\.){3}\d{1,3}(?-u:\b)")?,
+            ipv6: re(r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,8}(?:\.\d{1,3}){0,3}")?,
+            phone_intl: re(r"(?:\+|00)[1-9][\d ().\-]{6,24}\d")?,
+            phone_us: re(r"(?:1[ .\-]?)?(?:\(\d{3}\)|\d{3})[ .\-]?\d{3}[ .\-]?\d{4}")?,
+            phone_zero: re(r"\(?0[1-9]\d{0,4}\)?(?:[ ./\-]?\d{2,8}){1,5}(?-u:\b)")?,
+            tokens: re(concat!(
+                r"(?-u:\b)(?:",
+                r"(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}",
+                r"|gh[pousr]_[A-Za-z0-9]{36,251}",
+                r"|github_pat_[A-Za-z0-9_]{22,255}",
+                r"|sk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_\-]{20,}",
+                r"|xox[abposre]-[A-Za-z0-9\-]{10,}",
+                r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}",
+                r"|glpat-[A-Za-z0-9_\-]{20}",
+                r"|npm_[A-Za-z0-9]{36}",
+                r"|hf_[A-Za-z0-9]{30,40}",
+                r"|SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}",
+                r"|AIza[0-9A-Za-z_\-]{35}",
+                r"|eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
+                r")",
+            ))?,
+            pem: re(
+                r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?s:.)*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----",
+            )?,
+            labels: AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostFirst)
+                .build(label_variants())
+                .map_err(|e| Error::Config(format!("built-in privacy labels failed: {e}")))?,
+            assigned: re(&format!(r"^{ASSIGNED_HEAD}{ASSIGNED_VALUE}"))?,
+            assigned_head: re(&format!(r"^{ASSIGNED_HEAD}"))?,
+            bearer: re(r"^(?i:bearer|basic)[ \t]+[A-Za-z0-9._~+/\-]{16,512}=*")?,
+            bearer_head: re(r"^(?i:bearer|basic)[ \t]+")?,
+        })
+    }
+
+    /// Runs the enabled built-in detectors over `text`.
+    ///
+    /// Detectors that need digits only look at the zones around digits (see [`digit_zones`]),
+    /// so prose with a few numbers costs little more than prose without.
+    pub(crate) fn run(&self, text: &str, enabled: &[bool; 7], out: &mut Vec<Found>) {
+        let b = text.as_bytes();
+        let on = |k: u16| enabled[usize::from(k)];
+        if on(kind::SECRET) {
+            self.secrets(text, out);
+        }
+        if on(kind::EMAIL) && memchr::memchr(b'@', b).is_some() {
+            self.emails(text, out);
+        }
+        let digit_kinds = [
+            kind::IBAN,
+            kind::CREDIT_CARD,
+            kind::US_SSN,
+            kind::IP_ADDRESS,
+            kind::PHONE,
+        ];
+        if !digit_kinds.iter().any(|&k| on(k)) {
+            return;
+        }
+        for (zs, ze, digits) in digit_zones(b, ZONE_MARGIN) {
+            let Some(zone) = text.get(zs..ze) else {
+                continue;
+            };
+            let first = out.len();
+            // Each kind needs a minimum number of digits: most zones in prose have a few.
+            if on(kind::IBAN) && digits >= 8 {
+                self.ibans(zone, out);
+            }
+            if on(kind::CREDIT_CARD) && digits >= 13 {
+                self.cards(zone, out);
+            }
+            if on(kind::US_SSN) && digits >= 9 {
+                self.ssns(zone, out);
+            }
+            if on(kind::IP_ADDRESS) && digits >= 2 && zone.contains(['.', ':']) {
+                self.ips(zone, out);
+            }
+            if on(kind::PHONE) && digits >= 8 {
+                self.phones(zone, out);
+            }
+            for f in &mut out[first..] {
+                f.start += zs;
+                f.end += zs;
+            }
+        }
+    }
+
+    fn secrets(&self, text: &str, out: &mut Vec<Found>) {
+        let b = text.as_bytes();
+        let has_at = memchr::memchr(b'@', b).is_some();
+        let secret = |start, end, priority, confidence| Found {
+            start,
+            end,
+            kind: kind::SECRET,
+            priority,
+            confidence,
+        };
+        for m in self.tokens.find_iter(text) {
+            let s = &b[m.start()..m.end()];
+            // `sk-` and Slack bodies must look random, not like a hyphenated word.
+            let loose = s.starts_with(b"sk-") || s.starts_with(b"xox");
+            if loose && !(s.iter().any(u8::is_ascii_digit) && s.len() >= 24) {
+                continue;
+            }
+            out.push(secret(m.start(), m.end(), priority::SECRET_TOKEN, 0.97));
+        }
+        for m in self.pem.find_iter(text) {
+            out.push(secret(m.start(), m.end(), priority::SECRET_TOKEN, 0.99));
+        }
+        // Only where a label word occurs (one Aho-Corasick pass): the anchored full pattern
+        // finds the assignment, the anchored head pattern (no value) tells where the value
+        // starts. Plain DFA searches over a bounded slice; no capture groups.
+        let mut pos = 0;
+        while let Some(k) = self.labels.find(&b[pos..]) {
+            let at = pos + k.start();
+            pos += k.end();
+            let rest = &text[at..];
+            let bearer = b[at..]
+                .first()
+                .is_some_and(|c| c.eq_ignore_ascii_case(&b'b'));
+            let (full, head, conf) = if bearer {
+                (&self.bearer, &self.bearer_head, 0.85)
+            } else {
+                (&self.assigned, &self.assigned_head, 0.8)
+            };
+            let (Some(m), Some(h)) = (full.find(rest), head.find(rest)) else {
+                continue;
+            };
+            if h.end() >= m.end() {
+                continue;
+            }
+            pos = pos.max(at + m.end());
+            let (s, e) = trim_value(b, at + h.end(), at + m.end());
+            if looks_like_secret(&b[s..e]) {
+                out.push(secret(s, e, priority::SECRET_ASSIGNED, conf));
+            }
+        }
+        if has_at {
+            for c in self.url_credentials.captures_iter(text) {
+                let Some(v) = c.get(1) else { continue };
+                let val = v.as_str().as_bytes();
+                if val.len() >= 4 && !matches!(val[0], b'$' | b'<' | b'{' | b'*' | b'%') {
+                    out.push(secret(v.start(), v.end(), priority::SECRET_TOKEN, 0.9));
+                }
+            }
+        }
+    }
+
+    fn emails(&self, text: &str, out: &mut Vec<Found>) {
+        let b = text.as_bytes();
+        for m in self.email.find_iter(text) {
+            let mut start = m.start();
+            while start < m.end() && matches!(b[start], b'.' | b'-') {
+                start += 1;
+            }
+            let end = m.end();
+            if b.get(end).is_some_and(|&c| is_word(c) || c == b'@') {
+                continue;
+            }
+            if start > 0 && b[start - 1] == b'@' {
+                continue;
+            }
+            out.push(Found {
+                start,
+                end,
+                kind: kind::EMAIL,
+                priority: priority::EMAIL,
+                confidence: 0.95,
+            });
+        }
+    }
+
+    fn ibans(&self, text: &str, out: &mut Vec<Found>) {
+        let b = text.as_bytes();
+        // The regex finds only the head (`DE89` + one character at a word start); the body is
+        // walked by hand up to the country's length, so a scan never re-reads long runs.
+        for m in self.iban.find_iter(text) {
+            let s = m.start();
+            let Some(want) = iban_length(&b[s..s + 2]) else {
+                continue;
+            };
+            let mut compact = [0u8; 34];
+            let mut n = 0;
+            let mut i = s;
+            while n < want && i < b.len() {
+                let c = b[i];
+                if c.is_ascii_uppercase() || c.is_ascii_digit() {
+                    compact[n] = c;
+                    n += 1;
+                } else if !(c == b' '
+                    && n >= 4
+                    && b.get(i + 1).is_some_and(u8::is_ascii_alphanumeric))
+                {
+                    break;
+                }
+                i += 1;
+            }
+            if n != want || b.get(i).is_some_and(|&c| is_word(c)) || !iban_valid(&compact[..n]) {
+                continue;
+            }
+            out.push(Found {
+                start: s,
+                end: i,
+                kind: kind::IBAN,
+                priority: priority::IBAN,
+                confidence: 0.99,
+            });
+        }
+    }
+
+    fn cards(&self, text: &str, out: &mut Vec<Found>) {
+        let b = text.as_bytes();
+        // A card starts where its digit run starts: any later group is glued to the digits
+        // before it, so a rejected match never hides a card inside it (plain `find_iter`).
+        for m in self.card.find_iter(text) {
+            let s = m.start();
+            if !clean_before(b, s, true) {
+                continue;
+            }
+            let groups = digit_groups(b, s, m.end());
+            // Digits after the card only split off when they are another field, such as an
+            // expiry date (`4111 1111 1111 1111 12/25`); `-041` continues the same number.
+            let j = (1..=groups.len()).rev().find(|&j| {
+                let split_ok = if j == groups.len() {
+                    clean_after(b, groups[j - 1].1, true)
+                } else {
+                    b[groups[j - 1].1] == b' ' && b.get(groups[j].1) == Some(&b'/')
+                };
+                split_ok && card_ok(b, &groups[..j])
+            });
+            let Some(j) = j else {
+                continue;
+            };
+            out.push(Found {
+                start: s,
+                end: groups[j - 1].1,
+                kind: kind::CREDIT_CARD,
+                priority: priority::CREDIT_CARD,
+                confidence: 0.99,
+            });
+        }
+    }
+
+    fn ssns(&self, text: &str, out: &mut Vec<Found>) {
+        let b = text.as_bytes();
+        let num = |r: &[u8]| r.iter().fold(0u32, |a, &d| a * 10 + u32::from(d - b'0'));
+        for m in self.ssn.find_iter(text) {
+            let (s, e) = (m.start(), m.end());
+            let t = &b[s..e];
+            // `123-45-6789`, `123 45 6789` or `123456789`; one separator style throughout.
+            let digits: Vec<u8> = t.iter().copied().filter(u8::is_ascii_digit).collect();
+            let seps: Vec<u8> = t.iter().copied().filter(|c| !c.is_ascii_digit()).collect();
+            let (dashed, bare) = (seps == b"--", seps.is_empty());
+            if !(dashed || bare || seps == b"  ") || !isolated(b, s, e, true) {
+                continue;
+            }
+            if !ssn_valid(num(&digits[0..3]), num(&digits[3..5]), num(&digits[5..9])) {
+                continue;
+            }
+            // Spaced or bare digits are too common to trust without a nearby label.
+            if !dashed && context(b, s, 40, SSN_WORDS, &[]) != Some(true) {
+                continue;
+            }
+            out.push(Found {
+                start: s,
+                end: e,
+                kind: kind::US_SSN,
+                priority: priority::US_SSN,
+                confidence: if dashed { 0.9 } else { 0.8 },
+            });
+        }
+    }
+
+    fn ips(&self, text: &str, out: &mut Vec<Found>) {
+        let b = text.as_bytes();
+        for m in self.ipv4.find_iter(text) {
+            let (s, e) = (m.start(), m.end());
+            // A `:port` may follow an address; other glue means a longer token.
+            let port = b.get(e) == Some(&b':');
+            let end_ok = port || clean_after(b, e, false);
+            if !ipv4_ok(&b[s..e]) || !end_ok || !clean_before(b, s, false) {
+                continue;
+            }
+            if context(b, s, 12, &[], VERSION_WORDS) == Some(false) {
+                continue;
+            }
+            out.push(Found {
+                start: s,
+                end: e,
+                kind: kind::IP_ADDRESS,
+                priority: priority::IP_ADDRESS,
+                confidence: 0.9,
+            });
+        }
+        if !b.contains(&b':') {
+            return;
+        }
+        retrying(&self.ipv6, text, |s, e| {
+            let glued = s > 0 && (is_word(b[s - 1]) || matches!(b[s - 1], b':' | b'.'));
+            if glued {
+                return Step::Skip;
+            }
+            // A trailing `:` belongs to the sentence ("address fe80::1: unreachable").
+            let mut end = e;
+            loop {
+                let cand = &text[s..end];
+                let colons = cand.bytes().filter(|&c| c == b':').count();
+                if (colons >= 3 || cand.bytes().any(|c| c.is_ascii_digit()))
+                    && cand.len() >= 3
+                    && cand.parse::<std::net::Ipv6Addr>().is_ok()
+                    && !b.get(end).is_some_and(|&c| is_word(c) || c == b':')
+                {
+                    break;
+                }
+                if end > s + 2 && b[end - 1] == b':' && b[end - 2] != b':' {
+                    end -= 1;
+                } else {
+                    return Step::Retry;
+                }
+            }
+            out.push(Found {
+                start: s,
+                end,
+                kind: kind::IP_ADDRESS,
+                priority: priority::IP_ADDRESS,
+                confidence: 0.9,
+            });
+            Step::Accept(end)
+        });
+    }
+
+    fn phones(&self, text: &str, out: &mut Vec<Found>) {
+        let b = text.as_bytes();
+        let mut push = |s, e, confidence| {
+            out.push(Found {
+                start: s,
+                end: e,
+                kind: kind::PHONE,
+                priority: priority::PHONE,
+                confidence,
+            })
+        };
+        retrying(&self.phone_intl, text, |s, e| {
+            if !clean_before(b, s, true) || (s > 0 && b[s - 1] == b'+') {
+                return Step::Skip;
+            }
+            let Some(end) = shrink_to_valid(b, s, e, intl_phone_ok) else {
+                return Step::Retry;
+            };
+            let end = end + extension_len(b, end);
+            if !clean_after(b, end, true) || negative_phone_context(b, s) {
+                return Step::Retry;
+            }
+            push(s, end, 0.9);
+            Step::Accept(end)
+        });
+        for m in self.phone_us.find_iter(text) {
+            let s = m.start();
+            let e = m.end() + extension_len(b, m.end());
+            if (s > 0 && b[s - 1] == b'+') || !isolated(b, s, e, true) {
+                continue;
+            }
+            let t = &b[s..m.end()];
+            if !parens_ok(t) || negative_phone_context(b, s) {
+                continue;
+            }
+            // `415-555-0132`, `(415) 555-0132`, `415.555.0132` are phone-shaped enough; bare or
+            // space-separated digits must also be valid NANP numbers (area and exchange 2-9),
+            // and bare ones need a label nearby.
+            let digits: Vec<u8> = t.iter().copied().filter(u8::is_ascii_digit).collect();
+            let national = &digits[digits.len() - 10..];
+            let nanp = national[0] >= b'2' && national[3] >= b'2';
+            let bare = t.iter().all(u8::is_ascii_digit);
+            let loose = t.iter().all(|c| c.is_ascii_digit() || *c == b' ');
+            if loose && !nanp {
+                continue;
+            }
+            if bare && context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) != Some(true) {
+                continue;
+            }
+            push(s, e, if bare { 0.7 } else { 0.85 });
+        }
+        retrying(&self.phone_zero, text, |s, e| {
+            if !clean_before(b, s, true) {
+                return Step::Skip;
+            }
+            let Some(end) = shrink_to_valid(b, s, e, national_phone_ok) else {
+                return Step::Retry;
+            };
+            let end = end + extension_len(b, end);
+            if !clean_after(b, end, true) || negative_phone_context(b, s) {
+                return Step::Retry;
+            }
+            // An unbroken run of digits needs a label nearby to be called a phone number.
+            let unbroken = b[s..end].iter().all(u8::is_ascii_digit);
+            if unbroken
+                && (end - s > 11 || context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) != Some(true))
+            {
+                return Step::Retry;
+            }
+            push(s, end, 0.8);
+            Step::Accept(end)
+        });
+    }
+}
+
+const SSN_WORDS: &[&[u8]] = &[b"ssn", b"social security", b"ss#", b"ss no", b"taxpayer id"];
+const VERSION_WORDS: &[&[u8]] = &[
+    b"version",
+    b"ver ",
+    b"ver.",
+    b"release",
+    b"build",
+    b"firmware",
+    b"sdk",
+    b"v.",
+];
+const PHONE_WORDS: &[&[u8]] = &[
+    b"phone",
+    b"tel",
+    b"call",
+    b"mobile",
+    b"cell",
+    b"fax",
+    b"whatsapp",
+    b"sms",
+    b"text me",
+    b"contact",
+    b"reach",
+    b"dial",
+    b"number",
+    b"telefon",
+    b"t\xc3\xa9l\xc3\xa9phone",
+    b"portable",
+    b"handy",
+    b"nummer",
+    b"ring",
+    b"mob",
+    b"t\xc3\xa9l",
+    b"appel",
+    b"joindre",
+    b"num\xc3\xa9ro",
+    b"rufen",
+    b"anruf",
+    b"erreichbar",
+    b"llam",
+    b"tel\xc3\xa9fono",
+    b"m\xc3\xb3vil",
+    b"hotline",
+    b"landline",
+];
+const NOT_PHONE_WORDS: &[&[u8]] = &[
+    b"tracking number",
+    b"order number",
+    b"case number",
+    b"account number",
+    b"reference number",
+    b"serial number",
+    b"invoice number",
+    b"customer number",
+    b"part number",
+    b"order",
+    b"invoice",
+    b"ticket",
+    b"tracking",
+    b"ref",
+    b"id",
+    b"#",
+    b"no.",
+    b"sku",
+    b"serial",
+    b"build",
+    b"version",
+    b"account",
+    b"acct",
+    b"case",
+    b"transaction",
+    b"txn",
+    b"isbn",
+    b"zip",
+    b"batch",
+    b"lot",
+    b"commit",
+    b"pid",
+    b"port",
+    b"epoch",
+    b"timestamp",
+    b"bestell",
+    b"commande",
+    b"rechnung",
+    b"facture",
+];
+
+/// Byte ranges of `b` around its digits: each digit with `margin` bytes either side, merged,
+/// widened to UTF-8 character boundaries. Text far from any digit cannot hold a digit-bearing
+/// match (or the label words before one), so the digit detectors skip it.
+fn digit_zones(b: &[u8], margin: usize) -> Vec<(usize, usize, usize)> {
+    let mut zones: Vec<(usize, usize, usize)> = Vec::new();
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(u8::is_ascii_digit) {
+        let first = i + off;
+        let mut last = first;
+        let mut digits = 1;
+        let mut j = first + 1;
+        while j < b.len() && j <= last + margin {
+            if b[j].is_ascii_digit() {
+                last = j;
+                digits += 1;
+            }
+            j += 1;
+        }
+        let mut start = first.saturating_sub(margin);
+        while start > 0 && (b[start] & 0xC0) == 0x80 {
+            start -= 1;
+        }
+        let mut end = (last + 1 + margin).min(b.len());
+        while end < b.len() && (b[end] & 0xC0) == 0x80 {
+            end += 1;
+        }
+        match zones.last_mut() {
+            Some(z) if start <= z.1 => {
+                z.1 = end;
+                z.2 += digits;
+            }
+            _ => zones.push((start, end, digits)),
+        }
+        i = j;
+    }
+    zones
+}
+
+/// What to do after a candidate.
+enum Step {
+    /// Accepted, ending here; continue after it.
+    Accept(usize),
+    /// Rejected because its start is glued to the token before it: every position inside the
+    /// match is glued too, so continue after the match.
+    Skip,
+    /// Rejected on content: a real match may start inside it; continue one character later.
+    Retry,
+}
+
+/// Finds matches of `re`, letting `decide` accept (and trim) or reject each. Only for patterns
+/// with bounded match length, which keeps the scan linear.
+fn retrying(re: &Regex, text: &str, mut decide: impl FnMut(usize, usize) -> Step) {
+    let mut pos = 0;
+    while pos <= text.len() {
+        let Some(m) = re.find_at(text, pos) else {
+            break;
+        };
+        pos = match decide(m.start(), m.end()) {
+            Step::Accept(end) => end.max(next_char(text, m.start())),
+            Step::Skip => m.end().max(next_char(text, m.start())),
+            Step::Retry => next_char(text, m.start()),
+        };
+    }
+}
+
+fn next_char(text: &str, i: usize) -> usize {
+    let mut j = i + 1;
+    while j < text.len() && !text.is_char_boundary(j) {
+        j += 1;
+    }
+    j
+}
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// True when `[s, e)` is not glued to a longer token: no word character on either side, no
+/// `X-`/`X.`/`X/` code prefix, and no digit group continuing across a separator (the digits
+/// inside an IBAN, a card, a date or a version string). `space_joins` also treats a single
+/// space between digit groups as joining them.
+fn isolated(b: &[u8], s: usize, e: usize, space_joins: bool) -> bool {
+    clean_before(b, s, space_joins) && clean_after(b, e, space_joins)
+}
+
+fn clean_before(b: &[u8], s: usize, space_joins: bool) -> bool {
+    let Some(&c) = s.checked_sub(1).and_then(|i| b.get(i)) else {
+        return true;
+    };
+    let p = if s >= 2 { b[s - 2] } else { b' ' };
+    if is_word(c) {
+        return false;
+    }
+    if matches!(c, b'-' | b'.' | b'/' | b'_' | b'+') && is_word(p) || c == b'#' {
+        return false;
+    }
+    // A number right before (`12, 4111...`, `0044 0532...`) joins this one; `mc2 4111...` does not.
+    let number_before = s >= 2 && number_ends_at(b, s - 2);
+    if matches!(c, b',' | b':') && number_before {
+        return false;
+    }
+    !(space_joins && c == b' ' && number_before)
+}
+
+fn clean_after(b: &[u8], e: usize, space_joins: bool) -> bool {
+    let Some(&c) = b.get(e) else {
+        return true;
+    };
+    if is_word(c) {
+        return false;
+    }
+    let number_after = number_starts_at(b, e + 1);
+    if matches!(c, b'-' | b'.' | b'/' | b':' | b',') && number_after {
+        return false;
+    }
+    !(space_joins && c == b' ' && number_after)
+}
+
+/// True when `b[i]` ends a token made only of digits, or an account-number group such as
+/// `DE89` or `DBRI` (upper-case letters and digits, the way IBANs are written in groups).
+fn number_ends_at(b: &[u8], i: usize) -> bool {
+    let Some(&last) = b.get(i) else {
+        return false;
+    };
+    let mut k = i + 1;
+    while k > 0 && (b[k - 1].is_ascii_digit() || b[k - 1].is_ascii_uppercase()) {
+        k -= 1;
+    }
+    let token = &b[k..=i];
+    if token.is_empty() {
+        return false;
+    }
+    let clean_start = k == 0 || !is_word(b[k - 1]);
+    let digits_only = token.iter().all(u8::is_ascii_digit);
+    let group =
+        token.len() == 4 && (last.is_ascii_digit() || token.iter().all(u8::is_ascii_uppercase));
+    clean_start && (digits_only || group)
+}
+
+/// True when `b[i]` starts a token made only of digits.
+fn number_starts_at(b: &[u8], i: usize) -> bool {
+    if !b.get(i).is_some_and(u8::is_ascii_digit) {
+        return false;
+    }
+    let mut k = i;
+    while k < b.len() && b[k].is_ascii_digit() {
+        k += 1;
+    }
+    k == b.len() || !is_word(b[k])
+}
+
+/// Looks back up to `window` bytes from `s` for label words. Returns `Some(true)` when the
+/// nearest label is a positive one, `Some(false)` when it is a negative one, `None` when none.
+fn context(b: &[u8], s: usize, window: usize, pos: &[&[u8]], neg: &[&[u8]]) -> Option<bool> {
+    let lo = s.saturating_sub(window);
+    let hay = &b[lo..s];
+    // End offset of the last occurrence of any word, matched case-insensitively and only at the
+    // start of a word ("server" does not contain the label "ver ").
+    let last = |words: &[&[u8]]| {
+        words
+            .iter()
+            .filter_map(|w| {
+                (0..(hay.len() + 1).saturating_sub(w.len()))
+                    .rev()
+                    .find(|&p| {
+                        hay[p..p + w.len()].eq_ignore_ascii_case(w)
+                            && (lo + p == 0 || !is_word(b[lo + p - 1]))
+                    })
+                    .map(|p| p + w.len())
+            })
+            .max()
+    };
+    match (last(pos), last(neg)) {
+        (Some(p), Some(n)) => Some(p > n),
+        (Some(_), None) => Some(true),
+        (None, Some(_)) => Some(false),
+        (None, None) => None,
+    }
+}
+
+fn negative_phone_context(b: &[u8], s: usize) -> bool {
+    context(b, s, 24, PHONE_WORDS, NOT_PHONE_WORDS) == Some(false)
+}
+
+/// Byte ranges of the maximal digit runs in `[s, e)`.
+fn digit_groups(b: &[u8], s: usize, e: usize) -> Vec<(usize, usize)> {
+    let mut groups = Vec::new();
+    let mut i = s;
+    while i < e {
+        if b[i].is_ascii_digit() {
+            let start = i;
+            while i < e && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            groups.push((start, i));
+        } else {
+            i += 1;
+        }
+    }
+    groups
+}
+
+fn card_ok(b: &[u8], groups: &[(usize, usize)]) -> bool {
+    let Some(first) = groups.first() else {
+        return false;
+    };
+    // One separator character used throughout.
+    let sep = groups.get(1).map(|g| &b[first.1..g.0]);
+    if groups
+        .windows(2)
+        .any(|w| Some(&b[w[0].1..w[1].0]) != sep || w[1].0 - w[0].1 != 1)
+    {
+        return false;
+    }
+    let lens: Vec<usize> = groups.iter().map(|g| g.1 - g.0).collect();
+    let total: usize = lens.iter().sum();
+    if !(13..=19).contains(&total) || !card_grouping_ok(&lens) {
+        return false;
+    }
+    let digits: Vec<u8> = groups.iter().flat_map(|g| &b[g.0..g.1]).copied().collect();
+    luhn(&digits) && card_issuer_ok(&digits)
+}
+
+fn ipv4_ok(t: &[u8]) -> bool {
+    t.split(|&c| c == b'.').all(|o| {
+        let v = o.iter().fold(0u32, |a, &d| a * 10 + u32::from(d - b'0'));
+        !o.is_empty() && v <= 255 && !(o.len() > 1 && o[0] == b'0')
+    })
+}
+
+fn parens_ok(t: &[u8]) -> bool {
+    let open = t.iter().filter(|&&c| c == b'(').count();
+    let close = t.iter().filter(|&&c| c == b')').count();
+    open == close && open <= 1
+}
+
+/// Shrinks `[s, e)` group by group from the right until `valid` accepts it.
+fn shrink_to_valid(b: &[u8], s: usize, e: usize, valid: fn(&[u8]) -> bool) -> Option<usize> {
+    let groups = digit_groups(b, s, e);
+    (1..=groups.len())
+        .rev()
+        .map(|j| groups[j - 1].1)
+        .find(|&end| valid(&b[s..end]))
+}
+
+/// Separator sanity shared by phone formats: no doubled separators (except around a
+/// parenthesis), balanced parentheses, at most two separator kinds.
+fn phone_shape_ok(t: &[u8]) -> bool {
+    if !parens_ok(t) {
+        return false;
+    }
+    let mut kinds = [false; 4];
+    let mut prev_sep = false;
+    for &c in t {
+        let k = match c {
+            b' ' => Some(0),
+            b'-' => Some(1),
+            b'.' => Some(2),
+            b'/' => Some(3),
+            _ => None,
+        };
+        match k {
+            Some(k) => {
+                if prev_sep {
+                    return false;
+                }
+                kinds[k] = true;
+                prev_sep = true;
+            }
+            None => prev_sep = false,
+        }
+    }
+    kinds.iter().filter(|&&k| k).count() <= 2
+}
+
+/// Looks like a date at the start (`2024-03-15`, `15.03.2024`, `03/15/24`).
+fn date_like(t: &[u8]) -> bool {
+    let groups: Vec<&[u8]> = t
+        .split(|c| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .collect();
+    let seps: Vec<u8> = t.iter().copied().filter(|c| !c.is_ascii_digit()).collect();
+    if groups.len() < 3 || seps.len() < 2 || seps[0] != seps[1] || seps[0] == b' ' {
+        return false;
+    }
+    let (a, m, c) = (groups[0].len(), groups[1].len(), groups[2].len());
+    // `15.03.24` alone is a date; `06.12.34.56.78` (five pairs) is a French phone number.
+    (a == 4 && m <= 2 && c <= 2) || (a <= 2 && m <= 2 && (c == 4 || groups.len() == 3))
+}
+
+/// `+CC ...` numbers: E.164 length (8–15 digits) with per-country lengths for the common codes.
+fn intl_phone_ok(t: &[u8]) -> bool {
+    // `+49 ...` or `0049 ...`.
+    let t = t
+        .strip_prefix(b"+")
+        .or_else(|| t.strip_prefix(b"00"))
+        .unwrap_or(t);
+    if !phone_shape_ok(t) {
+        return false;
+    }
+    // `(0)` is the national trunk prefix some people write after the country code.
+    let trunk = t.windows(3).any(|w| w == b"(0)");
+    let digits: Vec<u8> = t.iter().copied().filter(u8::is_ascii_digit).collect();
+    let n = digits.len() - usize::from(trunk);
+    let cc = |p: &[u8]| digits.starts_with(p);
+    if cc(b"1") {
+        n == 11
+    } else if cc(b"44") {
+        (11..=12).contains(&n)
+    } else if cc(b"49") {
+        (10..=14).contains(&n)
+    } else if cc(b"33") {
+        n == 11
+    } else {
+        (8..=15).contains(&n)
+    }
+}
+
+/// National numbers with a leading trunk `0` (UK, DE, FR and most of Europe): 10–12 digits.
+fn national_phone_ok(t: &[u8]) -> bool {
+    let digits = t.iter().filter(|c| c.is_ascii_digit()).count();
+    // Nine digits only with a bracketed area code (`(040) 558756`).
+    let min = if t.first() == Some(&b'(') { 9 } else { 10 };
+    if !(min..=12).contains(&digits) || !phone_shape_ok(t) || date_like(t) {
+        return false;
+    }
+    // A `/` only separates the area code (`030/1234567`).
+    let slash = t.iter().position(|&c| c == b'/');
+    match slash {
+        Some(p) => {
+            t[..p]
+                .iter()
+                .all(|c| c.is_ascii_digit() || *c == b'(' || *c == b')')
+                && !t[p + 1..].contains(&b'/')
+        }
+        None => true,
+    }
+}
+
+/// Length of a phone extension right after a number (`x123`, ` x123`, ` ext. 123`), or 0.
+fn extension_len(b: &[u8], e: usize) -> usize {
+    let rest = b.get(e..).unwrap_or_default();
+    let lead = usize::from(rest.first() == Some(&b' '));
+    let r = &rest[lead..];
+    let tag = if r.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'x')) {
+        1
+    } else if r.len() >= 3 && r[..3].eq_ignore_ascii_case(b"ext") {
+        if r.get(3) == Some(&b'.') {
+            4
+        } else {
+            3
+        }
+    } else {
+        return 0;
+    };
+    let mut j = lead + tag;
+    if tag > 1 && rest.get(j) == Some(&b' ') {
+        j += 1;
+    }
+    let d = rest[j..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if (1..=5).contains(&d) && !rest.get(j + d).is_some_and(|&c| is_word(c)) {
+        j + d
+    } else {
+        0
+    }
+}
+
+/// Strips sentence punctuation and brackets around an unquoted assigned value.
+fn trim_value(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
+    while e > s && matches!(b[e - 1], b'.' | b')' | b']' | b'}' | b'>') {
+        e -= 1;
+    }
+    while s < e && matches!(b[s], b'(' | b'[') {
+        s += 1;
+    }
+    (s, e)
+}

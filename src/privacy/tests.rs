@@ -1,0 +1,282 @@
+//! Unit tests for the scanner: real detectors, one behaviour per test.
+
+use super::*;
+
+fn scanner() -> Scanner {
+    Scanner::new(&PrivacyConfig::default()).unwrap()
+}
+
+/// (kind, matched text) pairs, for readable assertions.
+fn found(text: &str) -> Vec<(String, String)> {
+    scanner()
+        .scan(text)
+        .into_iter()
+        .map(|s| (s.kind.clone(), text[s.start..s.end].to_string()))
+        .collect()
+}
+
+#[track_caller]
+fn one(text: &str, kind: &str, value: &str) {
+    assert_eq!(
+        found(text),
+        vec![(kind.to_string(), value.to_string())],
+        "in {text:?}"
+    );
+}
+
+#[track_caller]
+fn none(text: &str) {
+    assert_eq!(found(text), vec![], "in {text:?}");
+}
+
+#[test]
+fn emails() {
+    one(
+        "écrivez à jöhn <john.doe+tag@mail.example.co.uk>.",
+        "email",
+        "john.doe+tag@mail.example.co.uk",
+    );
+    one("mailto:ops@corp.io", "email", "ops@corp.io");
+    none("ping me @here or at user@localhost");
+}
+
+#[test]
+fn phones_national_and_international() {
+    for p in [
+        "+1 (415) 555-0132",
+        "(415) 555-0132",
+        "415-555-0132",
+        "415.555.0132",
+        "1-800-555-0199",
+        "+44 20 7946 0958",
+        "+44 (0)20 7946 0958",
+        "020 7946 0958",
+        "07700 900123",
+        "+49 30 12345678",
+        "030 12345678",
+        "0151 23456789",
+        "(030) 1234567",
+        "+33 1 23 45 67 89",
+        "01 23 45 67 89",
+        "06.12.34.56.78",
+        "+14155550132",
+    ] {
+        one(&format!("Tél / call: {p} today"), "phone", p);
+    }
+}
+
+#[track_caller]
+fn no_phone(text: &str) {
+    let phones: Vec<_> = found(text)
+        .into_iter()
+        .filter(|(k, _)| k == "phone")
+        .collect();
+    assert!(phones.is_empty(), "in {text:?}: {phones:?}");
+}
+
+#[test]
+fn phones_not_fooled() {
+    no_phone("server 192.168.1.20 answered at 2024-03-15 10:30:00");
+    no_phone("upgrade to 10.4.1 (build 20240315) from 3.2.1.4567");
+    no_phone("Order #4155550132 shipped, invoice 2024-000123, ticket 555-0132");
+    no_phone("total 1,234,567.89 EUR on 15.03.2024 or 03/15/2024 12:45");
+    no_phone("uuid 550e8400-e29b-41d4-a716-446655440000 sha 9f86d081884c7d659a2feaa0c55ad015");
+}
+
+#[test]
+fn phone_digits_inside_iban_or_card_are_not_phones() {
+    none("IBAN DE89 3704 0044 0532 0130 01 (typo)");
+    none("card 4111 1111 1111 1112 declined");
+    one(
+        "IBAN DE89 3704 0044 0532 0130 00",
+        "iban",
+        "DE89 3704 0044 0532 0130 00",
+    );
+}
+
+#[test]
+fn credit_cards() {
+    one(
+        "Visa 4111 1111 1111 1111 exp 12/27",
+        "credit_card",
+        "4111 1111 1111 1111",
+    );
+    one(
+        "mc: 5555-5555-5555-4444",
+        "credit_card",
+        "5555-5555-5555-4444",
+    );
+    one("mc2 2221000000000009.", "credit_card", "2221000000000009");
+    one("amex 3782 822463 10005", "credit_card", "3782 822463 10005");
+    one(
+        "card 4111 1111 1111 1111 12/25",
+        "credit_card",
+        "4111 1111 1111 1111",
+    );
+    none("not a card 4111 1111 1111 1112");
+    none("luhn-valid but no issuer 1234 5678 1234 5670");
+    none("mixed separators 4111-1111 1111-1111");
+}
+
+#[test]
+fn ibans() {
+    one(
+        "pay to GB82WEST12345698765432 today",
+        "iban",
+        "GB82WEST12345698765432",
+    );
+    one(
+        "IBAN: FR14 2004 1010 0505 0001 3M02 606 merci",
+        "iban",
+        "FR14 2004 1010 0505 0001 3M02 606",
+    );
+    one("NL91ABNA0417164300", "iban", "NL91ABNA0417164300");
+    none("GB82WEST12345698765431 and DE00 1234 5678 9012 3456 78");
+}
+
+#[test]
+fn ssns() {
+    one("SSN 536-22-1234.", "us_ssn", "536-22-1234");
+    one("social security number: 536221234", "us_ssn", "536221234");
+    none("ids 666-12-3456 000-12-3456 912-34-5678 536-00-1234 536-22-0000");
+    none("part 536221234 shipped");
+}
+
+#[test]
+fn ip_addresses() {
+    one("from 10.0.0.254:8080 ok", "ip_address", "10.0.0.254");
+    one(
+        "addr 2001:db8::8a2e:370:7334 up",
+        "ip_address",
+        "2001:db8::8a2e:370:7334",
+    );
+    one("[fe80::1]:443", "ip_address", "fe80::1");
+    one(
+        "mapped ::ffff:192.0.2.128 in",
+        "ip_address",
+        "::ffff:192.0.2.128",
+    );
+    none("256.1.1.1 and 1.2.3.4.5 and version 1.2.3.4 and std::io::Result at 12:30:45");
+}
+
+#[test]
+fn secrets() {
+    for s in [
+        "AKIAIOSFODNN7EXAMPLE",
+        "ghp_1234567890abcdefghijABCDEFGHIJ123456",
+        "sk-proj-4f9Qa7Lm2Xc8Vb1Nz6Rt3Yp5Wd0Ke",
+        "xoxb-2048-11002233-AbCdEfGhIjKlMnOp",
+        "AIzaSyD-1234567890abcdefghijklmnopqrstu",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    ] {
+        one(&format!("key: {s} done"), "secret", s);
+    }
+    one("DB_PASSWORD=\"Xk9#mP2vL!q7\"\n", "secret", "Xk9#mP2vL!q7");
+    one(
+        "my password is Summer2024!z, don't tell",
+        "secret",
+        "Summer2024!z",
+    );
+    let pem =
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1x\nabc==\n-----END RSA PRIVATE KEY-----";
+    one(&format!("key:\n{pem}\nthanks"), "secret", pem);
+    one(
+        "Authorization: Basic dXNlcjpwYXNzd29yZA==",
+        "secret",
+        "dXNlcjpwYXNzd29yZA==",
+    );
+    let pgp = "-----BEGIN PGP PRIVATE KEY BLOCK-----\nlQOYBF0x\n=abcd\n-----END PGP PRIVATE KEY BLOCK-----";
+    one(pgp, "secret", pgp);
+    none("password: ${DB_PASSWORD} token = process.env.TOKEN max_tokens: 1024");
+    none("api_key: YOUR_API_KEY, secret = os.environ['X'], password = getpass(), basic knowledge");
+    none("the sk-learn-pipeline-examples repo; your password is incorrect");
+}
+
+#[test]
+fn custom_patterns_and_keywords() {
+    let cfg = PrivacyConfig {
+        kinds: vec!["email".into()],
+        patterns: vec![CustomPattern {
+            kind: "employee_id".into(),
+            regex: r"EMP-\d{6}".into(),
+        }],
+        keywords: vec![KeywordList {
+            kind: "project".into(),
+            words: vec!["Bluebird".into(), "Ärger".into()],
+        }],
+    };
+    let s = Scanner::new(&cfg).unwrap();
+    let text = "EMP-123456 on project bluebird (not bluebirds) mail a@b.co, 415-555-0132";
+    let got: Vec<_> = s
+        .scan(text)
+        .into_iter()
+        .map(|x| (x.kind, text[x.start..x.end].to_string()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("employee_id".into(), "EMP-123456".into()),
+            ("project".into(), "bluebird".into()),
+            ("email".into(), "a@b.co".into()),
+        ]
+    );
+}
+
+#[test]
+fn invalid_custom_regex_names_the_kind() {
+    let cfg = PrivacyConfig {
+        patterns: vec![CustomPattern {
+            kind: "badge".into(),
+            regex: "(unclosed".into(),
+        }],
+        ..PrivacyConfig::default()
+    };
+    let err = Scanner::new(&cfg).unwrap_err().to_string();
+    assert!(err.contains("badge") && err.contains("unclosed"), "{err}");
+    let cfg = PrivacyConfig {
+        kinds: vec!["emial".into()],
+        ..PrivacyConfig::default()
+    };
+    assert!(Scanner::new(&cfg)
+        .unwrap_err()
+        .to_string()
+        .contains("emial"));
+}
+
+#[test]
+fn disabled_kinds_are_not_reported() {
+    let cfg = PrivacyConfig {
+        kinds: vec!["phone".into()],
+        ..PrivacyConfig::default()
+    };
+    let s = Scanner::new(&cfg).unwrap();
+    let spans = s.scan("a@b.co 415-555-0132, 4111 1111 1111 1111");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].kind, "phone");
+}
+
+#[test]
+fn offsets_are_utf8_bytes_sorted_and_disjoint() {
+    let text = "日本語のテキスト: a@b.co と 415-555-0132";
+    let spans = scanner().scan(text);
+    assert_eq!(spans.len(), 2);
+    assert_eq!(&text[spans[0].start..spans[0].end], "a@b.co");
+    assert!(spans[0].start > text[..spans[0].start].chars().count());
+    assert!(spans[0].end <= spans[1].start);
+}
+
+#[test]
+fn debug_never_shows_text() {
+    let text = "a@b.co";
+    let s = scanner();
+    let spans = s.scan(text);
+    let dbg = format!("{spans:?} {s:?}");
+    assert!(!dbg.contains("a@b.co"), "{dbg}");
+}
+
+#[test]
+fn scanner_is_send_sync_clone() {
+    fn assert_traits<T: Send + Sync + Clone>() {}
+    assert_traits::<Scanner>();
+    assert_traits::<Rehydrator>();
+}

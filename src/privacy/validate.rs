@@ -1,0 +1,354 @@
+//! Checksums and structural rules that turn regex candidates into confident detections.
+//!
+//! Every function here is pure, allocation-light and total: any input returns a `bool` (or a
+//! number), never panics.
+
+/// Luhn (mod 10) check over ASCII digits. Non-digits make the check fail.
+pub(crate) fn luhn(digits: &[u8]) -> bool {
+    if digits.is_empty() {
+        return false;
+    }
+    let mut sum = 0u32;
+    for (i, &b) in digits.iter().rev().enumerate() {
+        if !b.is_ascii_digit() {
+            return false;
+        }
+        let mut d = u32::from(b - b'0');
+        if i % 2 == 1 {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+    }
+    sum % 10 == 0
+}
+
+/// Parses up to 6 leading digits as a number (for issuer prefix ranges).
+fn prefix(digits: &[u8], n: usize) -> u32 {
+    digits.iter().take(n).fold(0u32, |acc, &b| {
+        acc * 10 + u32::from(b.wrapping_sub(b'0') % 10)
+    })
+}
+
+/// True when `digits` (ASCII digits only) has a known card issuer prefix and a length that
+/// issuer uses: Visa, Mastercard (51–55 and the 2221–2720 series), Amex, Discover, Diners,
+/// JCB, UnionPay, Maestro, Mir.
+pub(crate) fn card_issuer_ok(digits: &[u8]) -> bool {
+    let len = digits.len();
+    let p1 = prefix(digits, 1);
+    let p2 = prefix(digits, 2);
+    let p3 = prefix(digits, 3);
+    let p4 = prefix(digits, 4);
+    let p6 = prefix(digits, 6);
+    let visa = p1 == 4 && matches!(len, 13 | 16 | 19);
+    let mastercard = ((51..=55).contains(&p2) || (2221..=2720).contains(&p4)) && len == 16;
+    let amex = (p2 == 34 || p2 == 37) && len == 15;
+    let discover =
+        (p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 || (622126..=622925).contains(&p6))
+            && (16..=19).contains(&len);
+    let diners =
+        ((300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39) && (14..=19).contains(&len);
+    let jcb = ((3528..=3589).contains(&p4) && (16..=19).contains(&len))
+        || ((p4 == 2131 || p4 == 1800) && len == 15);
+    let unionpay = p2 == 62 && (16..=19).contains(&len);
+    let maestro = (p2 == 50 || (56..=58).contains(&p2) || p2 == 67) && (13..=19).contains(&len);
+    let mir = (2200..=2204).contains(&p4) && len == 16;
+    visa || mastercard || amex || discover || diners || jcb || unionpay || maestro || mir
+}
+
+/// True when digit groups (lengths of the separator-delimited groups) look like a card number
+/// as people write it: one unbroken run, 4-4-4-4(-3) style groups, or Amex/Diners 4-6-5 / 4-6-4.
+pub(crate) fn card_grouping_ok(groups: &[usize]) -> bool {
+    match groups {
+        [_] => true,
+        [4, 6, 5] | [4, 6, 4] => true,
+        [init @ .., last] => init.iter().all(|&g| g == 4) && (1..=4).contains(last),
+        [] => false,
+    }
+}
+
+/// IBAN lengths by country code (SWIFT registry).
+const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BR", 29),
+    (b"BY", 28),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
+];
+
+/// The IBAN length for a country code, if the country uses IBANs.
+pub(crate) fn iban_length(country: &[u8]) -> Option<usize> {
+    IBAN_LENGTHS
+        .iter()
+        .find(|(c, _)| c.as_slice() == country)
+        .map(|&(_, n)| n)
+}
+
+/// ISO 13616 mod-97 check over a compact IBAN (no spaces, upper case). Checks the length table.
+pub(crate) fn iban_valid(compact: &[u8]) -> bool {
+    if compact.len() < 5 || iban_length(&compact[..2]) != Some(compact.len()) {
+        return false;
+    }
+    if !compact[2..4].iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let rotated = compact[4..].iter().chain(&compact[..4]);
+    let mut rem = 0u32;
+    for &b in rotated {
+        match b {
+            b'0'..=b'9' => rem = (rem * 10 + u32::from(b - b'0')) % 97,
+            b'A'..=b'Z' => rem = (rem * 100 + u32::from(b - b'A') + 10) % 97,
+            _ => return false,
+        }
+    }
+    rem == 1
+}
+
+/// US SSN rules: area not 000, 666 or 900–999; group not 00; serial not 0000.
+pub(crate) fn ssn_valid(area: u32, group: u32, serial: u32) -> bool {
+    area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
+}
+
+/// Shannon entropy in bits per byte.
+pub(crate) fn entropy(s: &[u8]) -> f64 {
+    if s.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u32; 256];
+    for &b in s {
+        counts[usize::from(b)] += 1;
+    }
+    let n = s.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Number of character classes present (lower, upper, digit, other).
+pub(crate) fn char_classes(s: &[u8]) -> usize {
+    let lower = s.iter().any(u8::is_ascii_lowercase);
+    let upper = s.iter().any(u8::is_ascii_uppercase);
+    let digit = s.iter().any(u8::is_ascii_digit);
+    let other = s.iter().any(|b| !b.is_ascii_alphanumeric());
+    [lower, upper, digit, other].iter().filter(|&&x| x).count()
+}
+
+/// True when `value` looks like a real credential rather than a reference, placeholder or
+/// ordinary word: long enough, mixed, high entropy, and not an env/template reference.
+pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
+    if value.len() < 6 || value.len() > 512 {
+        return false;
+    }
+    let first = value[0];
+    if matches!(
+        first,
+        b'$' | b'%' | b'<' | b'{' | b'[' | b'(' | b'/' | b'~' | b'.' | b'*'
+    ) {
+        return false;
+    }
+    let lower: Vec<u8> = value.iter().map(u8::to_ascii_lowercase).collect();
+    const PLACEHOLDERS: &[&[u8]] = &[
+        b"xxxx",
+        b"****",
+        b"....",
+        b"changeme",
+        b"your_",
+        b"your-",
+        b"placeholder",
+        b"redacted",
+        b"process.env",
+        b"os.environ",
+        b"getenv",
+        b"env(",
+        b"env.",
+        b"secrets.",
+        b"config.",
+        b"settings.",
+        b"self.",
+        b"this.",
+        b"request.",
+        b"args.",
+        b"none",
+        b"null",
+        b"undefined",
+        b"true",
+        b"false",
+        b"required",
+        b"optional",
+        b"string",
+        b"<",
+        b"(",
+    ];
+    if PLACEHOLDERS
+        .iter()
+        .any(|p| memchr::memmem::find(&lower, p).is_some())
+    {
+        return false;
+    }
+    // Plain identifiers such as `user_password` or `get_token` are names, not values.
+    if value
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || *b == b'_' || *b == b'.')
+        && value.contains(&b'_')
+    {
+        return false;
+    }
+    let h = entropy(value);
+    let classes = char_classes(value);
+    (classes >= 2 && h >= 2.5) || (value.len() >= 20 && h >= 3.0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luhn_known_values() {
+        assert!(luhn(b"4111111111111111"));
+        assert!(luhn(b"5500000000000004"));
+        assert!(luhn(b"378282246310005"));
+        assert!(!luhn(b"4111111111111112"));
+        assert!(!luhn(b""));
+        assert!(!luhn(b"41111x1111111111"));
+    }
+
+    #[test]
+    fn issuers() {
+        assert!(card_issuer_ok(b"4111111111111111"));
+        assert!(card_issuer_ok(b"2221000000000009")); // Mastercard 2-series
+        assert!(card_issuer_ok(b"2720990000000007"));
+        assert!(!card_issuer_ok(b"2721000000000000"));
+        assert!(card_issuer_ok(b"378282246310005"));
+        assert!(!card_issuer_ok(b"37828224631000")); // Amex is 15 digits
+        assert!(card_issuer_ok(b"6011111111111117"));
+        assert!(!card_issuer_ok(b"1234567812345670"));
+        assert!(!card_issuer_ok(b"9111111111111111"));
+    }
+
+    #[test]
+    fn grouping() {
+        assert!(card_grouping_ok(&[16]));
+        assert!(card_grouping_ok(&[4, 4, 4, 4]));
+        assert!(card_grouping_ok(&[4, 6, 5]));
+        assert!(card_grouping_ok(&[4, 4, 4, 4, 3]));
+        assert!(!card_grouping_ok(&[4, 4, 4, 4, 2, 2]));
+        assert!(!card_grouping_ok(&[3, 3, 4, 4, 2]));
+        assert!(!card_grouping_ok(&[]));
+    }
+
+    #[test]
+    fn iban_checks() {
+        assert!(iban_valid(b"DE89370400440532013000"));
+        assert!(iban_valid(b"GB82WEST12345698765432"));
+        assert!(iban_valid(b"FR1420041010050500013M02606"));
+        assert!(iban_valid(b"NL91ABNA0417164300"));
+        assert!(!iban_valid(b"DE89370400440532013001")); // checksum
+        assert!(!iban_valid(b"DE8937040044053201300")); // length
+        assert!(!iban_valid(b"ZZ89370400440532013000")); // country
+        assert!(!iban_valid(b"DE"));
+    }
+
+    #[test]
+    fn ssn_rules() {
+        assert!(ssn_valid(123, 45, 6789));
+        assert!(!ssn_valid(0, 45, 6789));
+        assert!(!ssn_valid(666, 45, 6789));
+        assert!(!ssn_valid(901, 45, 6789));
+        assert!(!ssn_valid(123, 0, 6789));
+        assert!(!ssn_valid(123, 45, 0));
+    }
+
+    #[test]
+    fn secrets_vs_placeholders() {
+        assert!(looks_like_secret(b"Tr0ub4dor&3"));
+        assert!(looks_like_secret(b"9f8a7c6b5d4e3f2a1b0c9d8e7f6a5b4c"));
+        assert!(!looks_like_secret(b"changeme"));
+        assert!(!looks_like_secret(b"${DB_PASSWORD}"));
+        assert!(!looks_like_secret(b"process.env.API_KEY"));
+        assert!(!looks_like_secret(b"user_password"));
+        assert!(!looks_like_secret(b"short"));
+        assert!(looks_like_secret(b"hunter2"));
+        assert!(!looks_like_secret(b"hunter"));
+        assert!(!looks_like_secret(b"1024"));
+    }
+}

@@ -1,0 +1,1019 @@
+//! [`Router`]: the one place a request flows through —
+//! inspect → cache → decide → execute → record.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::backend::{
+    Backend, BackendCall, CloudTier, EventStream, Generation, LocalTier, StreamEvent,
+};
+use crate::decision::{CloudClearance, Decision, Plan, Reason};
+use crate::error::{Error, Result};
+use crate::inspect::{inspect, Features};
+use crate::policy::{compile_file, compile_str, decide, CompiledPolicy};
+use crate::request::{Attempt, Cost, Request, Response, Route, Timings, Usage};
+use crate::signals::{CloudHealth, LatencyEstimates, Network, Signals};
+use crate::stats::{RouterStats, StatsRecorder};
+
+/// Where the policy comes from.
+enum PolicySource {
+    File(PathBuf),
+    Text(String),
+    Compiled(Box<CompiledPolicy>),
+}
+
+/// Builds a [`Router`]. Every setter documents its default.
+pub struct RouterBuilder {
+    policy: PolicySource,
+    home: Option<PathBuf>,
+    local: Option<Arc<dyn Backend>>,
+    cloud: Option<Arc<dyn Backend>>,
+    load_local: bool,
+    load_cloud: bool,
+    cloud_url: Option<String>,
+    use_cache: bool,
+    cache_key: Option<[u8; 32]>,
+}
+
+impl Default for RouterBuilder {
+    fn default() -> Self {
+        RouterBuilder {
+            policy: PolicySource::Text(String::new()),
+            home: None,
+            local: None,
+            cloud: None,
+            load_local: true,
+            load_cloud: true,
+            cloud_url: None,
+            use_cache: true,
+            cache_key: None,
+        }
+    }
+}
+
+impl RouterBuilder {
+    /// Loads the policy from a TOML file. Default: an empty policy (everything local).
+    pub fn policy_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.policy = PolicySource::File(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Uses policy TOML text (diagnostics name the file `<inline>`).
+    pub fn policy_str(mut self, toml: impl Into<String>) -> Self {
+        self.policy = PolicySource::Text(toml.into());
+        self
+    }
+
+    /// Uses an already compiled policy.
+    pub fn policy(mut self, policy: CompiledPolicy) -> Self {
+        self.policy = PolicySource::Compiled(Box::new(policy));
+        self
+    }
+
+    /// The edgeroute home (runtime, models, cache). Default: `EDGEROUTE_HOME`, else the user's
+    /// data directory (see [`crate::home`]).
+    pub fn home(mut self, path: impl AsRef<Path>) -> Self {
+        self.home = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Uses this backend as the local tier instead of the ONNX model named by `[local]`.
+    pub fn local_backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.local = Some(backend);
+        self
+    }
+
+    /// Uses this backend as the cloud tier instead of the provider named by `[cloud]`.
+    pub fn cloud_backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.cloud = Some(backend);
+        self
+    }
+
+    /// Whether to load the ONNX model from `[local]` when no local backend is given.
+    /// Default: true (the model is loaded on first local use, not at build time).
+    pub fn load_local_model(mut self, yes: bool) -> Self {
+        self.load_local = yes;
+        self
+    }
+
+    /// Whether to build the HTTP client from `[cloud]` when no cloud backend is given.
+    /// Default: true.
+    pub fn load_cloud_provider(mut self, yes: bool) -> Self {
+        self.load_cloud = yes;
+        self
+    }
+
+    /// Overrides `[cloud].base_url`. Default: `EDGEROUTE_CLOUD_URL` if set, else the policy's.
+    pub fn cloud_base_url(mut self, url: impl Into<String>) -> Self {
+        self.cloud_url = Some(url.into());
+        self
+    }
+
+    /// Whether to open the answer cache and cost ledger under `<home>/db`. Default: true
+    /// (the policy's `[cache].mode` still applies).
+    pub fn cache(mut self, yes: bool) -> Self {
+        self.use_cache = yes;
+        self
+    }
+
+    /// The answer-cache encryption key. Default: `<home>/cache.key`, created (mode 0600) on
+    /// first use.
+    pub fn cache_key(mut self, key: [u8; 32]) -> Self {
+        self.cache_key = Some(key);
+        self
+    }
+
+    /// Compiles the policy and assembles the router. Fails on an invalid policy (with
+    /// `file:line:col` diagnostics) or an unusable cloud configuration.
+    pub fn build(self) -> Result<Router> {
+        let policy = match self.policy {
+            PolicySource::File(p) => compile_file(&p).map_err(Error::Policy)?,
+            PolicySource::Text(t) => {
+                compile_str(&t, Path::new("<inline>")).map_err(Error::Policy)?
+            }
+            PolicySource::Compiled(p) => *p,
+        };
+        let home = crate::home::resolve(self.home.as_deref());
+        let local = match self.local {
+            Some(b) => Some(LocalTier::new(b)),
+            None if self.load_local => crate::wiring::local_from_policy(&policy, &home)?,
+            None => None,
+        };
+        let cloud_url = self.cloud_url.or_else(|| {
+            std::env::var("EDGEROUTE_CLOUD_URL")
+                .ok()
+                .filter(|s| !s.is_empty())
+        });
+        let cloud = match self.cloud {
+            Some(b) => Some(CloudTier::new(b)),
+            None if self.load_cloud => {
+                crate::wiring::cloud_from_policy(&policy, cloud_url.as_deref())?
+            }
+            None => None,
+        };
+        let store = if self.use_cache {
+            let model_id = format!(
+                "local={};cloud={}",
+                local.as_ref().map(|l| l.name()).unwrap_or("-"),
+                cloud.as_ref().map(|c| c.name()).unwrap_or("-")
+            );
+            Some(crate::wiring::Store::open(
+                &policy,
+                &home,
+                self.cache_key,
+                model_id,
+            )?)
+        } else {
+            None
+        };
+        Ok(Router {
+            inner: Arc::new(Inner {
+                policy,
+                local,
+                cloud,
+                store,
+                stats: StatsRecorder::default(),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    policy: CompiledPolicy,
+    local: Option<LocalTier>,
+    cloud: Option<CloudTier>,
+    store: Option<crate::wiring::Store>,
+    stats: StatsRecorder,
+}
+
+/// The hybrid router. Cheap to clone (an `Arc` inside); `Send + Sync`.
+///
+/// ```no_run
+/// # async fn demo() -> edgeroute::Result<()> {
+/// use edgeroute::{Request, Router};
+/// let router = Router::builder().policy_file("policies/default.toml").build()?;
+/// let response = router.complete(Request::new("What is the capital of France?")).await?;
+/// println!("{} (answered by {}, rule `{}`)", response.text, response.route, response.decision.rule);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+/// An item of [`Router::stream`].
+#[derive(Debug)]
+pub enum RouterEvent {
+    /// More answer text, as generated (single-tier plans; cascade and hedge answers arrive
+    /// whole in `Done`).
+    Delta(String),
+    /// The final response. `text` holds the whole answer.
+    Done(Box<Response>),
+}
+
+impl Router {
+    /// Starts building a router.
+    pub fn builder() -> RouterBuilder {
+        RouterBuilder::default()
+    }
+
+    /// The compiled policy.
+    pub fn policy(&self) -> &CompiledPolicy {
+        &self.inner.policy
+    }
+
+    /// The live signals `decide()` would see for a request with these features.
+    pub fn signals(&self, features: &Features, max_tokens: u32) -> Signals {
+        let inner = &self.inner;
+        let (network, cloud_health, cloud_available) = match &inner.cloud {
+            Some(c) => (c.network(), c.health(), c.availability().is_ok()),
+            None => (Network::Online, CloudHealth::Healthy, false),
+        };
+        Signals {
+            network,
+            cloud_health,
+            budget_left_usd: inner.store.as_ref().and_then(|s| s.budget_left()),
+            cloud_available,
+            local_available: inner
+                .local
+                .as_ref()
+                .is_some_and(|l| l.availability().is_ok()),
+            latency: LatencyEstimates {
+                local_ms: Some(inner.stats.local_estimate_ms(
+                    &inner.policy.latency,
+                    features.prompt_tokens,
+                    max_tokens,
+                )),
+                cloud_ms: Some(inner.stats.cloud_estimate_ms(&inner.policy.latency)),
+            },
+        }
+    }
+
+    /// The decision for a request, with no model run, no network and no writes — the same
+    /// code the real pipeline runs.
+    pub fn explain(&self, request: &Request) -> Decision {
+        let features = inspect(&self.inner.policy, request);
+        let signals = self.signals(&features, self.max_tokens(request));
+        decide(&self.inner.policy, &features, &signals)
+    }
+
+    /// Like [`Router::explain`], with signals supplied by the caller ("what if offline?").
+    pub fn explain_with(&self, request: &Request, signals: &Signals) -> Decision {
+        let features = inspect(&self.inner.policy, request);
+        decide(&self.inner.policy, &features, signals)
+    }
+
+    /// Counters and latency figures since the router was built.
+    pub fn stats(&self) -> RouterStats {
+        self.inner.stats.snapshot()
+    }
+
+    fn max_tokens(&self, request: &Request) -> u32 {
+        request
+            .params
+            .max_tokens
+            .unwrap_or(self.inner.policy.local.max_new_tokens)
+    }
+
+    /// Answers a request: inspect → cache → decide → execute → record.
+    pub async fn complete(&self, request: Request) -> Result<Response> {
+        self.run(request, None).await
+    }
+
+    /// Answers a request, streaming text deltas as they are generated.
+    pub fn stream(
+        &self,
+        request: Request,
+    ) -> futures::stream::BoxStream<'static, Result<RouterEvent>> {
+        let (tx, rx) = mpsc::unbounded_channel::<Result<RouterEvent>>();
+        let router = self.clone();
+        let handle = tokio::spawn(async move {
+            let (dtx, mut drx) = mpsc::unbounded_channel::<String>();
+            let fut = router.run(request, Some(dtx));
+            tokio::pin!(fut);
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    Some(d) = drx.recv() => {
+                        if tx.send(Ok(RouterEvent::Delta(d))).is_err() {
+                            return; // the caller dropped the stream: dropping `fut` cancels work
+                        }
+                    }
+                    r = &mut fut => break r,
+                }
+            };
+            while let Ok(d) = drx.try_recv() {
+                let _ = tx.send(Ok(RouterEvent::Delta(d)));
+            }
+            let _ = tx.send(result.map(|r| RouterEvent::Done(Box::new(r))));
+        });
+        let abort = AbortOnDrop(handle);
+        futures::stream::unfold((rx, abort), |(mut rx, abort)| async move {
+            rx.recv().await.map(|item| (item, (rx, abort)))
+        })
+        .boxed()
+    }
+
+    async fn run(
+        &self,
+        request: Request,
+        sink: Option<mpsc::UnboundedSender<String>>,
+    ) -> Result<Response> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let deadline = request.deadline.map(|d| started + d);
+        if request.messages.iter().all(|m| m.content.trim().is_empty()) {
+            return Err(Error::InvalidRequest(
+                "the request has no non-empty message; pass a prompt".into(),
+            ));
+        }
+        let mut timings = Timings::default();
+
+        // inspect
+        let t = Instant::now();
+        let features = async { inspect(&inner.policy, &request) }
+            .instrument(tracing::debug_span!("edgeroute.inspect"))
+            .await;
+        timings.inspect = t.elapsed();
+
+        // cache
+        let t = Instant::now();
+        let cache_key = inner
+            .store
+            .as_ref()
+            .map(|s| s.key_for(&inner.policy, &request, &features));
+        let hit = match (&inner.store, &cache_key) {
+            (Some(s), Some(k)) => s.lookup(k),
+            _ => None,
+        };
+        timings.cache = t.elapsed();
+        if let Some(text) = hit {
+            let decision = Decision::cache_hit();
+            if let Some(sink) = &sink {
+                let _ = sink.send(text.clone());
+            }
+            timings.total = started.elapsed();
+            let response = Response {
+                text,
+                route: Route::Cache,
+                decision,
+                usage: Usage::default(),
+                cost: Cost::ZERO,
+                timings,
+                confidence: None,
+                attempts: Vec::new(),
+                cached: true,
+            };
+            inner.stats.record(&response, &inner.policy);
+            return Ok(response);
+        }
+
+        // decide
+        let t = Instant::now();
+        let max_tokens = self.max_tokens(&request);
+        let signals = self.signals(&features, max_tokens);
+        let mut decision = decide(&inner.policy, &features, &signals);
+        timings.decide = t.elapsed();
+        tracing::debug!(rule = %decision.rule, route = decision.route(), "edgeroute.decide");
+
+        // execute
+        let t = Instant::now();
+        let exec = Execution {
+            router: self,
+            request: &request,
+            features: &features,
+            deadline,
+            sink: sink.as_ref(),
+            forward: matches!(decision.plan, Plan::Local { .. } | Plan::Cloud { .. }),
+            streamed: false,
+            attempts: Vec::new(),
+            reasons: Vec::new(),
+        };
+        let span = tracing::info_span!(
+            "edgeroute.execute",
+            edgeroute.rule = %decision.rule,
+            edgeroute.route = decision.route(),
+            gen_ai.request.max_tokens = max_tokens,
+        );
+        let outcome = exec.run(&mut decision).instrument(span).await;
+        timings.execute = t.elapsed();
+        let (outcome, attempts) = match outcome {
+            Ok(x) => x,
+            Err(e) => {
+                inner.stats.record_failure();
+                return Err(e);
+            }
+        };
+
+        // record
+        let t = Instant::now();
+        if let (Some(store), Some(key)) = (&inner.store, &cache_key) {
+            let model = attempts.last().map(|a| a.backend.as_str()).unwrap_or("");
+            store.save(key, model, &outcome.text, outcome.route, outcome.usage);
+        }
+        timings.record = t.elapsed();
+        timings.total = started.elapsed();
+        let cost = attempts.iter().fold(Cost::ZERO, |mut acc, a| {
+            acc += a.cost;
+            acc
+        });
+        let response = Response {
+            text: outcome.text,
+            route: outcome.route,
+            decision,
+            usage: outcome.usage,
+            cost,
+            timings,
+            confidence: attempts.iter().rev().find_map(|a| a.confidence),
+            attempts,
+            cached: false,
+        };
+        inner.stats.record(&response, &inner.policy);
+        Ok(response)
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The answer of one successful tier.
+struct Outcome {
+    text: String,
+    route: Route,
+    usage: Usage,
+}
+
+/// One request's execution: runs the plan, keeps every attempt in order.
+struct Execution<'a> {
+    router: &'a Router,
+    request: &'a Request,
+    features: &'a Features,
+    deadline: Option<Instant>,
+    sink: Option<&'a mpsc::UnboundedSender<String>>,
+    /// Forward deltas as they come (single-tier plans); otherwise the final text is sent whole.
+    forward: bool,
+    /// True once a delta reached the caller: no fallback after that.
+    streamed: bool,
+    attempts: Vec<Attempt>,
+    /// Reasons found while executing (fallback, escalation, redaction), appended to the decision.
+    reasons: Vec<Reason>,
+}
+
+impl Execution<'_> {
+    async fn run(mut self, decision: &mut Decision) -> Result<(Outcome, Vec<Attempt>)> {
+        let plan = decision.plan.clone();
+        let clearance = decision.cloud_clearance().cloned();
+        let result = match plan {
+            Plan::Refuse { message } => Err(Error::Refused {
+                rule: decision.rule.clone(),
+                message,
+            }),
+            Plan::Local { pin } => self.local_first(pin, clearance.as_ref()).await,
+            Plan::Cloud { pin, redact } => self.cloud_first(pin, redact, clearance.as_ref()).await,
+            Plan::Cascade {
+                min_confidence,
+                statistic,
+                redact,
+            } => {
+                self.cascade(min_confidence, statistic, redact, clearance.as_ref())
+                    .await
+            }
+            Plan::Hedge { after, redact } => self.hedge(after, redact, clearance.as_ref()).await,
+        };
+        decision.reasons.append(&mut self.reasons);
+        let outcome = result?;
+        if !self.forward {
+            if let Some(sink) = self.sink {
+                let _ = sink.send(outcome.text.clone());
+            }
+        }
+        Ok((outcome, self.attempts))
+    }
+
+    /// Local; on failure, the cloud if the decision allows it (unpinned) and nothing was
+    /// streamed yet. A fallback with PII found is always redacted.
+    async fn local_first(
+        &mut self,
+        pin: bool,
+        clearance: Option<&CloudClearance>,
+    ) -> Result<Outcome> {
+        let error = match self.run_local().await {
+            Ok((outcome, _)) => return Ok(outcome),
+            Err(e) => e,
+        };
+        match clearance {
+            Some(c) if !pin && !self.streamed && self.cloud_tier().is_ok() => {
+                self.reasons.push(Reason::Fallback {
+                    from: "local".into(),
+                    error: error.to_string(),
+                });
+                self.run_cloud(c, true)
+                    .await
+                    .map_err(|cloud_error| self.all_failed(error, cloud_error))
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// Cloud; on a cloud failure, the local tier unless pinned or already streaming.
+    async fn cloud_first(
+        &mut self,
+        pin: bool,
+        redact: bool,
+        clearance: Option<&CloudClearance>,
+    ) -> Result<Outcome> {
+        let Some(c) = clearance else {
+            return Err(Error::PrivacyGuard);
+        };
+        let error = match self.run_cloud(c, redact).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) => e,
+        };
+        let budget_refuses = matches!(error, Error::BudgetExhausted(_))
+            && self.router.inner.policy.budget.on_exhausted == crate::policy::OnExhausted::Refuse;
+        if pin
+            || budget_refuses
+            || self.streamed
+            || self.router.inner.local.is_none()
+            || !error.is_cloud_failure()
+        {
+            return Err(error);
+        }
+        self.reasons.push(Reason::Fallback {
+            from: "cloud".into(),
+            error: error.to_string(),
+        });
+        match self.run_local().await {
+            Ok((outcome, _)) => Ok(outcome),
+            Err(local_error) => Err(self.all_failed(error, local_error)),
+        }
+    }
+
+    /// Local first; escalate when the chosen confidence statistic is under the threshold.
+    async fn cascade(
+        &mut self,
+        threshold: f32,
+        statistic: crate::request::ConfidenceStat,
+        redact: bool,
+        clearance: Option<&CloudClearance>,
+    ) -> Result<Outcome> {
+        let Some(c) = clearance else {
+            return Err(Error::PrivacyGuard);
+        };
+        let (local, generation) = match self.run_local().await {
+            Ok(x) => x,
+            Err(e) => {
+                self.reasons.push(Reason::Fallback {
+                    from: "local".into(),
+                    error: e.to_string(),
+                });
+                return self
+                    .run_cloud(c, redact)
+                    .await
+                    .map_err(|ce| self.all_failed(e, ce));
+            }
+        };
+        let confidence = generation
+            .confidence
+            .map(|x| x.get(statistic))
+            .unwrap_or(f32::NEG_INFINITY);
+        if confidence >= threshold {
+            self.reasons.push(Reason::Confident {
+                statistic,
+                confidence,
+                threshold,
+            });
+            return Ok(local);
+        }
+        self.reasons.push(Reason::Escalated {
+            statistic,
+            confidence,
+            threshold,
+        });
+        self.router.inner.stats.record_escalation();
+        match self.run_cloud(c, redact).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                self.reasons.push(Reason::Fallback {
+                    from: "cloud".into(),
+                    error: e.to_string(),
+                });
+                Ok(local)
+            }
+        }
+    }
+
+    /// Local first; if no token arrived after `after`, start the cloud too; first good answer
+    /// wins and the loser is dropped (its generation or HTTP stream stops).
+    async fn hedge(
+        &mut self,
+        after: Duration,
+        redact: bool,
+        clearance: Option<&CloudClearance>,
+    ) -> Result<Outcome> {
+        let Some(c) = clearance else {
+            return Err(Error::PrivacyGuard);
+        };
+        let local = self.local_tier()?.clone();
+        let (local_call, _) = self.call(false);
+        let mut local_stream = match local.stream(local_call).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.reasons.push(Reason::Fallback {
+                    from: "local".into(),
+                    error: e.to_string(),
+                });
+                return self.run_cloud(c, redact).await;
+            }
+        };
+        let started = Instant::now();
+        let first = tokio::time::timeout(after, local_stream.next()).await;
+        let first = first.ok();
+        let answered_in_time = first.is_some();
+        let local_future = {
+            async move {
+                let mut text = String::new();
+                let mut pending = match first {
+                    Some(Some(e)) => Some(e),
+                    Some(None) => {
+                        return Err(Error::TruncatedStream("local stream ended early".into()))
+                    }
+                    None => None,
+                };
+                loop {
+                    let event = match pending.take() {
+                        Some(e) => e,
+                        None => match local_stream.next().await {
+                            Some(e) => e,
+                            None => {
+                                return Err(Error::TruncatedStream(
+                                    "local stream ended early".into(),
+                                ))
+                            }
+                        },
+                    };
+                    match event? {
+                        StreamEvent::Delta(d) => text.push_str(&d),
+                        StreamEvent::Done(mut g) => {
+                            g.text = text;
+                            return Ok::<_, Error>(g);
+                        }
+                    }
+                }
+            }
+        };
+        if answered_in_time {
+            // The local tier answered in time: no hedge.
+            let g = local_future.await?;
+            return Ok(self.local_won(&local, started, g));
+        }
+        let (cloud_call, rehydrator) = self.call(redact || c.must_redact());
+        let cloud = self.cloud_tier()?.clone();
+        let estimate = self.cloud_estimate(&cloud_call);
+        let store = self.router.inner.store.clone();
+        let reservation = match &store {
+            Some(s) => Some(s.reserve(estimate).await?),
+            None => None,
+        };
+        let cloud_future = async move {
+            let g = cloud.generate(c, cloud_call).await?;
+            Ok::<_, Error>(match rehydrator {
+                Some(r) => Generation {
+                    text: r.rehydrate(&g.text),
+                    ..g
+                },
+                None => g,
+            })
+        };
+        tokio::pin!(local_future);
+        tokio::pin!(cloud_future);
+        let cloud_started = Instant::now();
+        // The loser is dropped when this block ends: its generation or HTTP stream stops.
+        let (outcome, cloud_cost) = tokio::select! {
+            l = &mut local_future => match l {
+                Ok(g) => (Ok(self.local_won(&local, started, g)), estimate),
+                Err(e) => match cloud_future.await {
+                    Ok(g) => self.cloud_won(cloud_started, g),
+                    Err(ce) => (Err(self.all_failed(e, ce)), Decimal::ZERO),
+                },
+            },
+            cl = &mut cloud_future => match cl {
+                Ok(g) => self.cloud_won(cloud_started, g),
+                Err(e) => match local_future.await {
+                    Ok(g) => (Ok(self.local_won(&local, started, g)), Decimal::ZERO),
+                    Err(le) => (Err(self.all_failed(e, le)), Decimal::ZERO),
+                },
+            },
+        };
+        // A cancelled cloud call may still have been billed: its estimate stays counted.
+        if let (Some(s), Some(r)) = (&store, reservation) {
+            s.settle(r, cloud_cost).await;
+        }
+        outcome
+    }
+
+    /// The cost of a cloud call if it used the whole prompt and `max_tokens`.
+    fn cloud_estimate(&self, call: &BackendCall) -> Decimal {
+        self.router
+            .inner
+            .policy
+            .cloud
+            .as_ref()
+            .map(|c| {
+                c.cost(Usage {
+                    input_tokens: u64::from(self.features.prompt_tokens),
+                    output_tokens: u64::from(call.params.max_tokens.unwrap_or(0)),
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    fn local_won(&mut self, local: &LocalTier, started: Instant, g: Generation) -> Outcome {
+        self.reasons.push(Reason::HedgeWinner {
+            winner: "local".into(),
+        });
+        self.attempts.push(Attempt {
+            route: Route::Local,
+            backend: local.name().to_string(),
+            elapsed: started.elapsed(),
+            usage: g.usage,
+            cost: Cost::ZERO,
+            confidence: g.confidence,
+            error: None,
+        });
+        Outcome {
+            text: g.text,
+            route: Route::Local,
+            usage: g.usage,
+        }
+    }
+
+    fn cloud_won(&mut self, started: Instant, g: Generation) -> (Result<Outcome>, Decimal) {
+        self.reasons.push(Reason::HedgeWinner {
+            winner: "cloud".into(),
+        });
+        let inner = &self.router.inner;
+        let usd = inner
+            .policy
+            .cloud
+            .as_ref()
+            .map(|c| c.cost(g.usage))
+            .unwrap_or_default();
+        self.attempts.push(Attempt {
+            route: Route::Cloud,
+            backend: inner
+                .cloud
+                .as_ref()
+                .map(|c| c.name().to_string())
+                .unwrap_or_default(),
+            elapsed: started.elapsed(),
+            usage: g.usage,
+            cost: Cost {
+                usd,
+                estimated: g.usage_estimated,
+            },
+            confidence: None,
+            error: None,
+        });
+        (
+            Ok(Outcome {
+                text: g.text,
+                route: Route::Cloud,
+                usage: g.usage,
+            }),
+            usd,
+        )
+    }
+
+    fn all_failed(&self, first: Error, second: Error) -> Error {
+        let mut names = self
+            .attempts
+            .iter()
+            .map(|a| format!("{}:{}", a.route, a.backend));
+        let a = names.next().unwrap_or_else(|| "first tier".into());
+        let b = names.next().unwrap_or_else(|| "second tier".into());
+        Error::AllFailed(vec![(a, first), (b, second)])
+    }
+
+    fn call(&self, redact: bool) -> (BackendCall, Option<crate::privacy::Rehydrator>) {
+        let max_tokens = self.router.max_tokens(self.request);
+        let mut params = self.request.params.clone();
+        params.max_tokens = Some(max_tokens);
+        let (messages, rehydrator) = if redact && !self.features.pii_spans.is_empty() {
+            let (m, r) = crate::privacy::redact_messages(
+                &self.request.messages,
+                &self.router.inner.policy.scanner,
+            );
+            (m, Some(r))
+        } else {
+            (self.request.messages.clone(), None)
+        };
+        (
+            BackendCall {
+                messages,
+                params,
+                deadline: self.deadline,
+            },
+            rehydrator,
+        )
+    }
+
+    fn local_tier(&self) -> Result<&LocalTier> {
+        self.router.inner.local.as_ref().ok_or_else(|| Error::TierUnavailable {
+            tier: "local",
+            why: format!(
+                "no local model is configured; run `{}` to install it, or give the builder a local backend",
+                crate::home::SETUP_COMMAND
+            ),
+        })
+    }
+
+    fn cloud_tier(&self) -> Result<&CloudTier> {
+        let cloud = self.router.inner.cloud.as_ref().ok_or_else(|| Error::TierUnavailable {
+            tier: "cloud",
+            why: "the policy has no [cloud] section (or the router was built without a cloud backend)".into(),
+        })?;
+        cloud
+            .availability()
+            .map_err(|why| Error::TierUnavailable { tier: "cloud", why })?;
+        Ok(cloud)
+    }
+
+    /// Runs the local tier, forwarding deltas when streaming.
+    async fn run_local(&mut self) -> Result<(Outcome, Generation)> {
+        let started = Instant::now();
+        let backend = self.local_tier()?.clone();
+        let (call, _) = self.call(false);
+        let result = async {
+            let stream = backend.stream(call).await?;
+            self.drain(stream, None).await
+        }
+        .instrument(tracing::info_span!(
+            "edgeroute.local",
+            gen_ai.request.model = backend.name()
+        ))
+        .await;
+        let attempt = |usage, confidence, error| Attempt {
+            route: Route::Local,
+            backend: backend.name().to_string(),
+            elapsed: started.elapsed(),
+            usage,
+            cost: Cost::ZERO,
+            confidence,
+            error,
+        };
+        match result {
+            Ok(g) => {
+                self.attempts.push(attempt(g.usage, g.confidence, None));
+                self.router
+                    .inner
+                    .stats
+                    .observe_local(started.elapsed(), g.usage);
+                Ok((
+                    Outcome {
+                        text: g.text.clone(),
+                        route: Route::Local,
+                        usage: g.usage,
+                    },
+                    g,
+                ))
+            }
+            Err(e) => {
+                self.attempts
+                    .push(attempt(Usage::default(), None, Some(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs the cloud tier with the decision's clearance; redacts and re-hydrates as required.
+    async fn run_cloud(&mut self, clearance: &CloudClearance, redact: bool) -> Result<Outcome> {
+        let started = Instant::now();
+        let backend = self.cloud_tier()?.clone();
+        let redact = redact || clearance.must_redact();
+        let (call, rehydrator) = self.call(redact);
+        if let Some(r) = &rehydrator {
+            self.reasons.push(Reason::Redacted { spans: r.len() });
+        }
+        let store = self.router.inner.store.clone();
+        let policy = &self.router.inner.policy;
+        let estimate = self.cloud_estimate(&call);
+        let reservation = match &store {
+            Some(s) => Some(s.reserve(estimate).await?),
+            None => None,
+        };
+        let result = async {
+            let stream = backend.stream(clearance, call).await?;
+            self.drain(stream, rehydrator).await
+        }
+        .instrument(tracing::info_span!(
+            "edgeroute.cloud",
+            gen_ai.request.model = backend.name()
+        ))
+        .await;
+        let (usage, cost, error) = match &result {
+            Ok(g) => {
+                let usd = policy
+                    .cloud
+                    .as_ref()
+                    .map(|c| c.cost(g.usage))
+                    .unwrap_or_default();
+                (
+                    g.usage,
+                    Cost {
+                        usd,
+                        estimated: g.usage_estimated,
+                    },
+                    None,
+                )
+            }
+            Err(e) => (Usage::default(), Cost::ZERO, Some(e.to_string())),
+        };
+        if let (Some(s), Some(r)) = (&store, reservation) {
+            s.settle(r, cost.usd).await;
+        }
+        self.attempts.push(Attempt {
+            route: Route::Cloud,
+            backend: backend.name().to_string(),
+            elapsed: started.elapsed(),
+            usage,
+            cost,
+            confidence: None,
+            error,
+        });
+        let g = result?;
+        self.router.inner.stats.observe_cloud(started.elapsed());
+        Ok(Outcome {
+            text: g.text,
+            route: Route::Cloud,
+            usage: g.usage,
+        })
+    }
+
+    /// Collects a stream into a generation, forwarding (re-hydrated) deltas to the caller.
+    async fn drain(
+        &mut self,
+        mut stream: EventStream,
+        mut rehydrator: Option<crate::privacy::Rehydrator>,
+    ) -> Result<Generation> {
+        let mut text = String::new();
+        let started = Instant::now();
+        loop {
+            let next = match self.deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), stream.next())
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        phase: crate::error::TimeoutPhase::Total,
+                        elapsed: started.elapsed(),
+                    })?,
+                None => stream.next().await,
+            };
+            match next {
+                Some(Ok(StreamEvent::Delta(d))) => {
+                    let d = match rehydrator.as_mut() {
+                        Some(r) => r.push(&d),
+                        None => d,
+                    };
+                    self.emit(&d);
+                    text.push_str(&d);
+                }
+                Some(Ok(StreamEvent::Done(mut g))) => {
+                    if let Some(r) = rehydrator.as_mut() {
+                        let tail = r.finish();
+                        self.emit(&tail);
+                        text.push_str(&tail);
+                    }
+                    g.text = text;
+                    return Ok(g);
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(Error::TruncatedStream(
+                        "the backend's stream ended without a final event".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, delta: &str) {
+        if delta.is_empty() {
+            return;
+        }
+        if let (Some(sink), true) = (self.sink, self.forward) {
+            let _ = sink.send(delta.to_string());
+            self.streamed = true;
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Assembling tiers and stores from a compiled policy, so the router's request path reads top
+//! to bottom.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rust_decimal::Decimal;
+
+use crate::backend::{CloudTier, LocalTier};
+use crate::cache::{
+    CacheKey, CachedAnswer, Database, EncryptionKey, KeyContext, PrivacyClass, SledCache,
+};
+use crate::error::Result;
+use crate::inspect::Features;
+use crate::ledger::{Ledger, Reservation, SledLedger};
+use crate::policy::CompiledPolicy;
+use crate::request::{Request, Route, Usage};
+
+/// The local tier named by `[local]`. The model is loaded on first use (not at build time), so
+/// `explain`, cloud-only requests and routers on machines without the model stay cheap; a
+/// missing model makes the tier report itself unavailable with the set-up command.
+#[cfg(feature = "onnx")]
+pub(crate) fn local_from_policy(policy: &CompiledPolicy, home: &Path) -> Result<Option<LocalTier>> {
+    use crate::backend::local::LocalBackend;
+
+    let l = &policy.local;
+    let mut builder = LocalBackend::builder()
+        .home(home)
+        .model(l.model.clone())
+        .threads(l.threads as usize)
+        .max_new_tokens(l.max_new_tokens)
+        .pool_size(l.sessions as usize);
+    if let Some(dir) = &l.model_dir {
+        builder = builder.model_dir(dir);
+    }
+    if let Some(rt) = &l.runtime_path {
+        builder = builder.runtime_path(rt);
+    }
+    let model_dir = l
+        .model_dir
+        .clone()
+        .unwrap_or_else(|| crate::home::model_dir(home, &l.model));
+    Ok(Some(LocalTier::new(Arc::new(lazy_local::LazyLocal::new(
+        builder,
+        format!("local/{}", l.model),
+        model_dir,
+    )))))
+}
+
+/// Without the `onnx` feature there is no built-in local model (give the builder a backend).
+#[cfg(not(feature = "onnx"))]
+pub(crate) fn local_from_policy(
+    _policy: &CompiledPolicy,
+    _home: &Path,
+) -> Result<Option<LocalTier>> {
+    Ok(None)
+}
+
+#[cfg(feature = "onnx")]
+mod lazy_local {
+    use std::path::PathBuf;
+
+    use async_trait::async_trait;
+    use tokio::sync::OnceCell;
+
+    use crate::backend::local::{LocalBackend, LocalBackendBuilder, MANIFEST_FILE};
+    use crate::backend::{Backend, BackendCall, EventStream, Generation};
+    use crate::error::{Error, Result};
+
+    /// Loads the ONNX model on first use; a failed load is retried on the next call.
+    pub(crate) struct LazyLocal {
+        builder: LocalBackendBuilder,
+        name: String,
+        model_dir: PathBuf,
+        loaded: OnceCell<LocalBackend>,
+    }
+
+    impl LazyLocal {
+        pub(crate) fn new(builder: LocalBackendBuilder, name: String, model_dir: PathBuf) -> Self {
+            LazyLocal {
+                builder,
+                name,
+                model_dir,
+                loaded: OnceCell::new(),
+            }
+        }
+
+        async fn backend(&self) -> Result<&LocalBackend> {
+            self.loaded
+                .get_or_try_init(|| async {
+                    let builder = self.builder.clone();
+                    tokio::task::spawn_blocking(move || builder.commit())
+                        .await
+                        .map_err(|e| Error::Inference(format!("model loading task failed: {e}")))?
+                })
+                .await
+        }
+    }
+
+    #[async_trait]
+    impl Backend for LazyLocal {
+        fn name(&self) -> &str {
+            &self.name
+        }
+
+        async fn stream(&self, call: BackendCall) -> Result<EventStream> {
+            self.backend().await?.stream(call).await
+        }
+
+        async fn generate(&self, call: BackendCall) -> Result<Generation> {
+            self.backend().await?.generate(call).await
+        }
+
+        fn availability(&self) -> std::result::Result<(), String> {
+            if self.loaded.initialized() || self.model_dir.join(MANIFEST_FILE).is_file() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no local model at {}; run `{}` to install it",
+                    self.model_dir.display(),
+                    crate::home::SETUP_COMMAND
+                ))
+            }
+        }
+    }
+}
+
+/// The cloud tier named by `[cloud]`, with `url` (from `EDGEROUTE_CLOUD_URL` or the builder)
+/// overriding its base URL. The API key comes from the variable `[cloud].api_key_env` names;
+/// without one the tier reports itself unavailable and cloud routes run locally.
+#[cfg(feature = "cloud")]
+pub(crate) fn cloud_from_policy(
+    policy: &CompiledPolicy,
+    url: Option<&str>,
+) -> Result<Option<CloudTier>> {
+    use crate::backend::cloud::{CloudBackend, CloudConfig, Provider};
+    use crate::policy::ProviderKind;
+
+    let Some(c) = &policy.cloud else {
+        return Ok(None);
+    };
+    let provider = match c.provider {
+        ProviderKind::OpenAi => Provider::OpenAi,
+        ProviderKind::Anthropic => Provider::Anthropic,
+    };
+    let mut cfg = CloudConfig::new(provider, c.model.clone())
+        .with_base_url(url.unwrap_or(&c.base_url))
+        .with_api_key_env(c.api_key_env.clone());
+    cfg.connect_timeout = c.connect_timeout;
+    cfg.first_token_timeout = c.first_token_timeout;
+    cfg.total_timeout = c.total_timeout;
+    cfg.allow_insecure_http = c.allow_insecure_http;
+    cfg.retry.max_retries = c.max_retries;
+    Ok(Some(CloudTier::new(Arc::new(CloudBackend::new(cfg)?))))
+}
+
+/// Without the `cloud` feature there is no HTTP client: cloud routes run locally.
+#[cfg(not(feature = "cloud"))]
+pub(crate) fn cloud_from_policy(
+    _policy: &CompiledPolicy,
+    _url: Option<&str>,
+) -> Result<Option<CloudTier>> {
+    Ok(None)
+}
+
+/// The answer cache and the cost ledger, in one sled database under `<home>/db`.
+#[derive(Clone)]
+pub(crate) struct Store {
+    cache: Arc<SledCache>,
+    ledger: Arc<SledLedger>,
+    /// Identity of the models that may answer: part of every cache key.
+    model_id: Arc<str>,
+    budget_configured: bool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `<home>/db` with the policy's settings.
+    pub(crate) fn open(
+        policy: &CompiledPolicy,
+        home: &Path,
+        key: Option<[u8; 32]>,
+        model_id: String,
+    ) -> Result<Self> {
+        let db = Database::open(&crate::home::db_dir(home))?;
+        let key = match key {
+            Some(k) => EncryptionKey::from_bytes(&k)?,
+            None => EncryptionKey::load_or_create(&crate::home::cache_key_file(home))?,
+        };
+        let cache = SledCache::open(&db, key, policy.cache.clone())?;
+        let ledger = SledLedger::open(&db, policy.budget.limits)?;
+        let limits = policy.budget.limits;
+        Ok(Store {
+            cache: Arc::new(cache),
+            ledger: Arc::new(ledger),
+            model_id: model_id.into(),
+            budget_configured: limits.daily_usd.is_some() || limits.monthly_usd.is_some(),
+        })
+    }
+
+    /// The cache key of a request: its privacy class comes from the PII scan.
+    pub(crate) fn key_for(
+        &self,
+        policy: &CompiledPolicy,
+        request: &Request,
+        features: &Features,
+    ) -> CacheKey {
+        CacheKey::new(
+            request,
+            &KeyContext {
+                model: &self.model_id,
+                policy_version: &policy.version,
+                privacy: PrivacyClass::from_pii(!features.pii.is_empty()),
+                normalize: policy.cache.normalize,
+            },
+        )
+    }
+
+    /// A cached answer for this key, if the mode and privacy class allow reading it.
+    pub(crate) fn lookup(&self, key: &CacheKey) -> Option<String> {
+        if !self.cache.config().reads(key.privacy()) {
+            return None;
+        }
+        match self.cache.get(key) {
+            Ok(hit) => hit.map(|a| a.text),
+            Err(e) => {
+                tracing::warn!(error = %e, "answer cache lookup failed; treating as a miss");
+                None
+            }
+        }
+    }
+
+    /// Stores an answer, if the mode and privacy class allow it. Failures are logged, never
+    /// returned: the caller already has its answer.
+    pub(crate) fn save(&self, key: &CacheKey, model: &str, text: &str, route: Route, usage: Usage) {
+        if !self.cache.config().writes(key.privacy()) {
+            return;
+        }
+        if let Err(e) = self
+            .cache
+            .put(key, &CachedAnswer::new(text, route, model, usage))
+        {
+            tracing::warn!(error = %e, "answer cache write failed");
+        }
+    }
+
+    /// Reserves the estimated cost of a cloud call (durable before the call is made).
+    pub(crate) async fn reserve(&self, estimate: Decimal) -> Result<Reservation> {
+        self.ledger.reserve(estimate).await
+    }
+
+    /// Settles a reservation with the actual cost. A failure leaves the estimate counted as
+    /// spent (the safe side) and is logged.
+    pub(crate) async fn settle(&self, reservation: Reservation, actual: Decimal) {
+        if let Err(e) = self.ledger.settle(reservation, actual).await {
+            tracing::warn!(error = %e, "cost ledger settlement failed; the estimate stays counted");
+        }
+    }
+
+    /// The remaining budget (`None` without limits).
+    pub(crate) fn budget_left(&self) -> Option<Decimal> {
+        if !self.budget_configured {
+            return None;
+        }
+        match self.ledger.status_at(SystemTime::now()) {
+            Ok(s) => s.left,
+            Err(e) => {
+                tracing::warn!(error = %e, "cost ledger unreadable; treating the budget as exhausted");
+                Some(Decimal::ZERO)
+            }
+        }
+    }
+}

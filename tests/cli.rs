@@ -1,0 +1,237 @@
+//! The `edgeroute` binary, run as a user would run it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edgeroute"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.env_remove("EDGEROUTE_POLICY");
+    c.env_remove("EDGEROUTE_CLOUD_URL");
+    c.env_remove("OPENAI_API_KEY");
+    c.env_remove("ANTHROPIC_API_KEY");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn run_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/policies/invalid")
+        .join(name)
+}
+
+#[test]
+fn policy_check_accepts_shipped_policies() {
+    let o = run(&[
+        "policy",
+        "check",
+        "policies/default.toml",
+        "policies/privacy-first.toml",
+        "policies/cost-saver.toml",
+        "policies/latency-first.toml",
+        "policies/offline-only.toml",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).matches("ok: ").count(), 5);
+}
+
+#[test]
+fn policy_check_rejects_invalid_with_location() {
+    let f = fixture("misspelled_condition.toml");
+    let o = run(&[
+        "policy",
+        "check",
+        "policies/default.toml",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    let expected = format!(
+        "{}:7:1: rule[0].when.pii_anyy: unknown field `pii_anyy`",
+        f.display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert!(err.contains("did you mean `pii_any`?"), "{err}");
+}
+
+#[test]
+fn policy_check_missing_file() {
+    let o = run(&["policy", "check", "no/such/policy.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no/such/policy.toml:1:1: cannot read policy file"));
+}
+
+#[test]
+fn policy_test_prints_table_and_fails_on_mismatch() {
+    let o = run(&["policy", "test", "policies/offline-only.toml"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("PASS  live data refused"), "{out}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[rule]]\nname = \"r\"\nroute = \"local\"\n[rule.when]\ntags_any = [\"x\"]\n\
+         [[test]]\nname = \"wrong\"\nprompt = \"q\"\ntags = [\"x\"]\nexpect_route = \"refuse\"\n",
+    )
+    .unwrap();
+    let o = run(&["policy", "test", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("FAIL  wrong"), "{out}");
+    assert!(out.contains("expected refuse, got local / r"), "{out}");
+    assert!(out.contains("0 passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn explain_json_names_rule_and_reasons() {
+    let o = run(&[
+        "explain",
+        "--json",
+        "--policy",
+        "policies/default.toml",
+        "Write to jane@example.com please",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["route"], "local");
+    assert_eq!(v["rule"], "pii-stays-local");
+    assert_eq!(v["reasons"][0]["kind"], "pii_found");
+    assert_eq!(v["reasons"][0]["kinds"][0], "email");
+}
+
+#[test]
+fn explain_offline_flag_and_tags() {
+    let args = [
+        "explain",
+        "--json",
+        "--policy",
+        "policies/default.toml",
+        "--tag",
+        "hard",
+    ];
+    // No API key in the environment: the cloud tier is unavailable, so cloud rules turn local.
+    let o = run(&[&args[..], &["Prove Fermat's little theorem"]].concat());
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["rule"], "hard-task-to-cloud");
+    assert_eq!(v["route"], "local");
+    assert_eq!(v["reasons"][1]["kind"], "cloud_unavailable");
+
+    let o = bin()
+        .args([&args[..], &["--offline", "Prove Fermat's little theorem"]].concat())
+        .env("OPENAI_API_KEY", "sk-test")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["route"], "local", "{v}");
+    assert_eq!(v["reasons"][1]["kind"], "offline", "{v}");
+}
+
+#[test]
+fn explain_reads_prompt_from_stdin_and_env_policy() {
+    let o = {
+        let mut child = bin()
+            .args(["explain", "--json", "-"])
+            .env("EDGEROUTE_POLICY", "policies/offline-only.toml")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"What is the capital of France?")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["rule"], "defaults");
+    assert_eq!(v["route"], "local");
+}
+
+#[test]
+fn explain_rejects_empty_prompt_and_bad_policy() {
+    let o = run(&["explain", "   "]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("the prompt is empty"), "{}", stderr(&o));
+
+    let f = fixture("unknown_route.toml");
+    let o = run(&["explain", "--policy", f.to_str().unwrap(), "hi"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown route `clod` (did you mean `cloud`?)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn pii_scan_json_uses_byte_offsets() {
+    let text = "Grüße — write to jörg@example.com today";
+    let o = run_stdin(&["pii", "scan", "--json"], text.as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let span = &v["spans"][0];
+    assert_eq!(span["kind"], "email");
+    let (start, end) = (
+        span["start"].as_u64().unwrap() as usize,
+        span["end"].as_u64().unwrap() as usize,
+    );
+    assert!(
+        text[start..end].ends_with("@example.com"),
+        "{}",
+        &text[start..end]
+    );
+}
+
+#[test]
+fn pii_scan_rejects_invalid_utf8() {
+    let o = run_stdin(&["pii", "scan", "--json"], b"abc\xff\xfe");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not valid UTF-8"), "{}", stderr(&o));
+}
+
+#[test]
+fn help_for_every_command() {
+    for args in [
+        vec!["--help"],
+        vec!["ask", "--help"],
+        vec!["explain", "--help"],
+        vec!["policy", "check", "--help"],
+        vec!["policy", "test", "--help"],
+        vec!["pii", "scan", "--help"],
+    ] {
+        let o = run(&args);
+        assert!(o.status.success(), "{args:?}");
+        assert!(stdout(&o).contains("Usage:"), "{args:?}");
+    }
+}

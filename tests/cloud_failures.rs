@@ -1,0 +1,560 @@
+//! Every way the provider or the network misbehaves, against a real HTTP server on 127.0.0.1:
+//! the typed error or the successful retry, how many requests went out, and the breaker state.
+#![cfg(feature = "cloud")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use edgeroute::backend::cloud::{BreakerState, CloudBackend, CloudConfig};
+use edgeroute::backend::Backend;
+use edgeroute::error::TimeoutPhase;
+use edgeroute::signals::{CloudHealth, Network};
+use edgeroute::Error;
+use support::{call, collect, unused_addr, Behavior, FakeProvider, DEFAULT_REPLY};
+
+/// Both protocols, for tests that must hold for each.
+fn configs(fake: &FakeProvider) -> [CloudConfig; 2] {
+    [fake.openai_config(), fake.anthropic_config()]
+}
+
+#[tokio::test]
+async fn rate_limited_then_retried_after_retry_after() {
+    let fake = FakeProvider::start().await;
+    for cfg in configs(&fake) {
+        fake.reset_counts();
+        fake.push_behaviors([Behavior::RateLimited {
+            retry_after_secs: Some(1),
+        }]);
+        let backend = CloudBackend::new(cfg).unwrap();
+        let started = Instant::now();
+        let g = backend.generate(call("hi")).await.unwrap();
+        assert_eq!(g.text, DEFAULT_REPLY);
+        assert_eq!(fake.requests_received(), 2);
+        // Retry-After was honoured (a lower bound, not a performance goal).
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        assert_eq!(backend.breaker_state(), BreakerState::Closed);
+    }
+}
+
+#[tokio::test]
+async fn rate_limited_with_long_retry_after_fails_without_waiting() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::RateLimited {
+        retry_after_secs: Some(3600),
+    });
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(3600)),
+        "{err:?}"
+    );
+    assert_eq!(fake.requests_received(), 1);
+}
+
+#[tokio::test]
+async fn rate_limited_without_retry_after_exhausts_retries() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::RateLimited {
+        retry_after_secs: None,
+    });
+    let backend = CloudBackend::new(fake.anthropic_config()).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::RateLimited { retry_after: None }),
+        "{err:?}"
+    );
+    // One attempt + max_retries (2).
+    assert_eq!(fake.requests_received(), 3);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_succeed() {
+    let fake = FakeProvider::start().await;
+    for cfg in configs(&fake) {
+        fake.reset_counts();
+        fake.push_behaviors([Behavior::Status(500), Behavior::Status(503)]);
+        let backend = CloudBackend::new(cfg).unwrap();
+        let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+        assert_eq!(out.outcome.unwrap().text, DEFAULT_REPLY);
+        assert_eq!(fake.requests_received(), 3);
+        assert_eq!(backend.breaker_state(), BreakerState::Closed);
+    }
+}
+
+#[tokio::test]
+async fn server_errors_exhaust_retries() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(503));
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Server { status: 503, message } if message.contains("overloaded")),
+        "{err:?}"
+    );
+    assert!(err.is_cloud_failure());
+    assert_eq!(fake.requests_received(), 3);
+}
+
+#[tokio::test]
+async fn client_errors_are_never_retried() {
+    let fake = FakeProvider::start().await;
+    for cfg in configs(&fake) {
+        for status in [400u16, 401, 403, 404] {
+            fake.reset_counts();
+            fake.set_behavior(Behavior::Status(status));
+            let backend = CloudBackend::new(cfg.clone()).unwrap();
+            let err = backend.generate(call("hi")).await.unwrap_err();
+            match status {
+                401 | 403 => assert!(
+                    matches!(err, Error::Auth { status: s } if s == status),
+                    "{err:?}"
+                ),
+                _ => assert!(
+                    matches!(err, Error::BadRequest { status: s, .. } if s == status),
+                    "{err:?}"
+                ),
+            }
+            assert_eq!(
+                fake.requests_received(),
+                1,
+                "HTTP {status} must not be retried"
+            );
+            // A server that answers is healthy, whatever it answered.
+            assert_eq!(backend.breaker_state(), BreakerState::Closed);
+        }
+    }
+}
+
+#[tokio::test]
+async fn unauthorized_says_which_variable_to_fix() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(401));
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let err = backend.stream(call("hi")).await.err().unwrap();
+    assert!(matches!(err, Error::Auth { status: 401 }));
+    assert!(err.to_string().contains("api_key_env"));
+    assert_eq!(fake.requests_received(), 1);
+}
+
+#[tokio::test]
+async fn context_too_long_is_typed_and_not_retried() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::ContextTooLong);
+    for cfg in configs(&fake) {
+        fake.reset_counts();
+        let backend = CloudBackend::new(cfg).unwrap();
+        let err = backend.generate(call("long")).await.unwrap_err();
+        assert!(matches!(err, Error::ContextTooLong(_)), "{err:?}");
+        let err = backend.stream(call("long")).await.err().unwrap();
+        assert!(matches!(err, Error::ContextTooLong(_)), "{err:?}");
+        assert_eq!(fake.requests_received(), 2);
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_time_out_in_the_first_token_phase() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::SlowHeaders(Duration::from_secs(3)));
+    let mut cfg = fake.openai_config();
+    cfg.first_token_timeout = Duration::from_millis(200);
+    cfg.retry.max_retries = 0;
+    let backend = CloudBackend::new(cfg.clone()).unwrap();
+    let err = backend.stream(call("hi")).await.err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                phase: TimeoutPhase::FirstToken,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(fake.requests_received(), 1);
+
+    // Non-streaming: the headers come with the whole answer, so the total limit applies.
+    cfg.total_timeout = Duration::from_millis(300);
+    let backend = CloudBackend::new(cfg).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                phase: TimeoutPhase::Total,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(fake.requests_received(), 2);
+}
+
+#[tokio::test]
+async fn a_slow_non_streaming_answer_is_not_cut_by_the_first_token_timeout() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::SlowHeaders(Duration::from_millis(400)));
+    let mut cfg = fake.openai_config();
+    cfg.first_token_timeout = Duration::from_millis(100);
+    let backend = CloudBackend::new(cfg).unwrap();
+    assert_eq!(
+        backend.generate(call("hi")).await.unwrap().text,
+        DEFAULT_REPLY
+    );
+    assert_eq!(fake.requests_received(), 1);
+}
+
+#[tokio::test]
+async fn slow_headers_then_a_fast_retry_succeeds() {
+    let fake = FakeProvider::start().await;
+    fake.push_behaviors([Behavior::SlowHeaders(Duration::from_secs(3))]);
+    let mut cfg = fake.anthropic_config();
+    cfg.first_token_timeout = Duration::from_millis(200);
+    let backend = CloudBackend::new(cfg).unwrap();
+    let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+    assert_eq!(out.outcome.unwrap().text, DEFAULT_REPLY);
+    assert_eq!(fake.requests_received(), 2);
+}
+
+#[tokio::test]
+async fn the_call_deadline_caps_every_timeout() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::SlowHeaders(Duration::from_secs(3)));
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let mut c = call("hi");
+    c.deadline = Some(Instant::now() + Duration::from_millis(300));
+    let started = Instant::now();
+    let err = backend.generate(c).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                phase: TimeoutPhase::Total,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Configured first-token timeout is 5 s: the deadline cut it short, and no retry fits.
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(fake.requests_received(), 1);
+
+    // A deadline already past: no request at all.
+    let mut c = call("hi");
+    c.deadline = Some(Instant::now());
+    let err = backend.generate(c).await.unwrap_err();
+    assert!(err.is_timeout());
+    assert_eq!(fake.requests_received(), 1);
+}
+
+#[tokio::test]
+async fn a_trickling_stream_hits_the_total_timeout_and_is_not_retried() {
+    let fake = FakeProvider::start().await;
+    fake.set_reply("one two three four five six seven eight nine ten eleven twelve");
+    // 3-4 events before the first text, 12 words, 3 events after: ~1.8 s in all.
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(100)));
+    for cfg in configs(&fake) {
+        fake.reset_counts();
+        let mut cfg = cfg;
+        cfg.total_timeout = Duration::from_millis(900);
+        let backend = CloudBackend::new(cfg).unwrap();
+        let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+        assert!(!out.deltas.is_empty(), "the first tokens arrived in time");
+        let err = out.outcome.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Timeout {
+                    phase: TimeoutPhase::Total,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // Tokens reached the caller: no retry.
+        assert_eq!(fake.requests_received(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_stream_completes() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(5)));
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+    assert_eq!(out.outcome.unwrap().text, DEFAULT_REPLY);
+    let g = backend.generate(call("hi")).await.unwrap();
+    assert_eq!(g.text, DEFAULT_REPLY);
+}
+
+#[tokio::test]
+async fn reset_mid_stream_after_the_first_token_is_an_error_not_a_retry() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::ResetMidBody);
+    for cfg in configs(&fake) {
+        fake.reset_counts();
+        let backend = CloudBackend::new(cfg).unwrap();
+        let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+        assert_eq!(out.deltas, vec!["The ".to_string()]);
+        let err = out.outcome.unwrap_err();
+        assert!(matches!(err, Error::Connection(_)), "{err:?}");
+        assert_eq!(fake.requests_received(), 1);
+    }
+}
+
+#[tokio::test]
+async fn reset_mid_body_without_streaming_is_retried() {
+    let fake = FakeProvider::start().await;
+    fake.push_behaviors([Behavior::ResetMidBody]);
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let g = backend.generate(call("hi")).await.unwrap();
+    assert_eq!(g.text, DEFAULT_REPLY);
+    assert_eq!(fake.requests_received(), 2);
+
+    fake.reset_counts();
+    fake.set_behavior(Behavior::ResetMidBody);
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(matches!(err, Error::Connection(_)), "{err:?}");
+    assert_eq!(fake.requests_received(), 3);
+}
+
+#[tokio::test]
+async fn malformed_json_is_typed_and_not_retried() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::MalformedJson);
+    for cfg in configs(&fake) {
+        fake.reset_counts();
+        let backend = CloudBackend::new(cfg).unwrap();
+        let err = backend.generate(call("hi")).await.unwrap_err();
+        assert!(matches!(err, Error::MalformedResponse(_)), "{err:?}");
+        let err = match backend.stream(call("hi")).await {
+            Ok(s) => collect(s).await.outcome.unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(matches!(err, Error::MalformedResponse(_)), "{err:?}");
+        assert_eq!(fake.requests_received(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_truncated_stream_is_an_error_never_a_partial_answer() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::TruncatedStream);
+    for cfg in configs(&fake) {
+        fake.reset_counts();
+        let backend = CloudBackend::new(cfg).unwrap();
+        let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+        // Every token arrived, but without the terminator the answer is not trusted.
+        assert_eq!(out.deltas.concat(), DEFAULT_REPLY);
+        let err = out.outcome.unwrap_err();
+        assert!(matches!(err, Error::TruncatedStream(_)), "{err:?}");
+        assert!(err.is_cloud_failure());
+        // Non-streaming: a body cut short is malformed.
+        let err = backend.generate(call("hi")).await.unwrap_err();
+        assert!(matches!(err, Error::MalformedResponse(_)), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn breaker_opens_fails_fast_then_probes_and_closes() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(500));
+    let mut cfg = fake.openai_config();
+    cfg.retry.max_retries = 0;
+    cfg.breaker.consecutive_failures = 3;
+    cfg.breaker.open_for = Duration::from_millis(300);
+    let backend = CloudBackend::new(cfg).unwrap();
+
+    for _ in 0..3 {
+        assert!(matches!(
+            backend.generate(call("hi")).await,
+            Err(Error::Server { status: 500, .. })
+        ));
+    }
+    assert_eq!(backend.breaker_state(), BreakerState::Open);
+    assert_eq!(backend.health(), CloudHealth::Down);
+    assert_eq!(fake.requests_received(), 3);
+
+    // Open: fail fast, no network I/O.
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(matches!(err, Error::CircuitOpen { .. }), "{err:?}");
+    assert!(matches!(
+        backend.stream(call("hi")).await.err().unwrap(),
+        Error::CircuitOpen { .. }
+    ));
+    assert_eq!(fake.requests_received(), 3);
+
+    // Rested: half-open; a failed probe opens it again.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(backend.breaker_state(), BreakerState::HalfOpen);
+    assert_eq!(backend.health(), CloudHealth::Degraded);
+    assert!(backend.generate(call("hi")).await.is_err());
+    assert_eq!(fake.requests_received(), 4);
+    assert_eq!(backend.breaker_state(), BreakerState::Open);
+
+    // Rested again: a successful probe closes it.
+    fake.set_behavior(Behavior::Ok);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        backend.generate(call("hi")).await.unwrap().text,
+        DEFAULT_REPLY
+    );
+    assert_eq!(backend.breaker_state(), BreakerState::Closed);
+    assert_eq!(backend.health(), CloudHealth::Healthy);
+}
+
+#[tokio::test]
+async fn retries_count_in_the_breaker_and_stop_when_it_opens() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(502));
+    let mut cfg = fake.anthropic_config();
+    cfg.retry.max_retries = 10;
+    cfg.breaker.consecutive_failures = 4;
+    let backend = CloudBackend::new(cfg).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    // The real failure, not CircuitOpen, and no attempts past the opening.
+    assert!(matches!(err, Error::Server { status: 502, .. }), "{err:?}");
+    assert_eq!(fake.requests_received(), 4);
+    assert_eq!(backend.breaker_state(), BreakerState::Open);
+}
+
+#[tokio::test]
+async fn stream_failures_after_the_first_token_count_in_the_breaker() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::TruncatedStream);
+    let mut cfg = fake.openai_config();
+    cfg.breaker.consecutive_failures = 2;
+    let backend = CloudBackend::new(cfg).unwrap();
+    for _ in 0..2 {
+        let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+        assert!(out.outcome.is_err());
+    }
+    assert_eq!(backend.breaker_state(), BreakerState::Open);
+}
+
+#[tokio::test]
+async fn the_retry_budget_caps_retries() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(500));
+    let mut cfg = fake.openai_config();
+    cfg.retry.max_retries = 5;
+    cfg.retry.budget_ratio = 0.5;
+    cfg.retry.budget_min_per_sec = 0.0;
+    cfg.retry.budget_max = 100.0;
+    cfg.breaker.consecutive_failures = 1000;
+    cfg.breaker.min_calls = 1000;
+    let backend = CloudBackend::new(cfg).unwrap();
+    for _ in 0..10 {
+        assert!(backend.generate(call("hi")).await.is_err());
+    }
+    // 10 calls deposit 0.5 retry each: at most 5 retries in all, instead of 50.
+    let n = fake.requests_received();
+    assert!((10..=15).contains(&n), "{n} requests for 10 calls");
+}
+
+#[tokio::test]
+async fn connection_refused_marks_the_network_offline_until_a_success() {
+    let addr = unused_addr();
+    let mut cfg = CloudConfig::openai("fake-model")
+        .with_base_url(format!("http://{addr}/v1"))
+        .with_api_key(edgeroute::backend::cloud::ApiKey::new("k"));
+    cfg.retry.initial_backoff = Duration::from_millis(5);
+    let backend = CloudBackend::new(cfg).unwrap();
+    assert_eq!(backend.network(), Network::Online);
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(matches!(err, Error::Connection(_)), "{err:?}");
+    assert!(err.to_string().contains("127.0.0.1"), "{err}");
+    assert_eq!(backend.network(), Network::Offline);
+
+    // The provider comes up on that address: the next success marks the network online.
+    let fake = FakeProvider::start_on(addr).await;
+    assert_eq!(
+        backend.generate(call("hi")).await.unwrap().text,
+        DEFAULT_REPLY
+    );
+    assert_eq!(backend.network(), Network::Online);
+    assert_eq!(fake.requests_received(), 1);
+}
+
+#[tokio::test]
+async fn no_key_means_unavailable_and_no_network_io() {
+    let fake = FakeProvider::start().await;
+    let cfg = fake.openai_config().without_api_key();
+    let mut cfg = cfg;
+    cfg.api_key_env = "EDGEROUTE_TEST_KEY_THAT_IS_NOT_SET".into();
+    let backend = CloudBackend::new(cfg).unwrap();
+    let why = backend.availability().unwrap_err();
+    assert_eq!(why, "no API key: set $EDGEROUTE_TEST_KEY_THAT_IS_NOT_SET");
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::TierUnavailable { tier: "cloud", .. }),
+        "{err:?}"
+    );
+    assert!(err
+        .to_string()
+        .contains("EDGEROUTE_TEST_KEY_THAT_IS_NOT_SET"));
+    assert!(backend.stream(call("hi")).await.is_err());
+    assert_eq!(fake.requests_received(), 0);
+}
+
+#[tokio::test]
+async fn dns_failure_marks_the_network_offline() {
+    // `.invalid` never resolves (RFC 6761).
+    let mut cfg = CloudConfig::anthropic("m")
+        .with_base_url("https://edgeroute-test.invalid/v1")
+        .with_api_key(edgeroute::backend::cloud::ApiKey::new("k"));
+    cfg.retry.max_retries = 0;
+    let backend = CloudBackend::new(cfg).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(matches!(err, Error::Connection(_)), "{err:?}");
+    assert!(err.is_cloud_failure());
+    assert_eq!(backend.network(), Network::Offline);
+}
+
+#[tokio::test]
+async fn headers_on_time_but_a_late_first_token_is_a_first_token_timeout_and_retried() {
+    let fake = FakeProvider::start().await;
+    // Headers go out at once; every event, the first included, waits 400 ms.
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(400)));
+    let mut cfg = fake.anthropic_config();
+    cfg.first_token_timeout = Duration::from_millis(150);
+    let backend = CloudBackend::new(cfg).unwrap();
+    let err = backend.stream(call("hi")).await.err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                phase: TimeoutPhase::FirstToken,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // No token reached the caller, so every attempt was made.
+    assert_eq!(fake.requests_received(), 3);
+}
+
+#[tokio::test]
+async fn the_call_deadline_ends_a_stream_in_progress() {
+    let fake = FakeProvider::start().await;
+    fake.set_reply("one two three four five six seven eight nine ten eleven twelve");
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(100)));
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let mut c = call("hi");
+    c.deadline = Some(Instant::now() + Duration::from_millis(800));
+    let out = collect(backend.stream(c).await.unwrap()).await;
+    assert!(!out.deltas.is_empty());
+    assert!(
+        matches!(
+            out.outcome,
+            Err(Error::Timeout {
+                phase: TimeoutPhase::Total,
+                ..
+            })
+        ),
+        "{:?}",
+        out.outcome.err()
+    );
+    assert_eq!(fake.requests_received(), 1);
+}

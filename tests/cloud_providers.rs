@@ -1,0 +1,211 @@
+//! Happy paths of both wire protocols against a real HTTP server on 127.0.0.1: what goes on
+//! the wire, what comes back, usage reported and estimated.
+#![cfg(feature = "cloud")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use edgeroute::backend::cloud::{estimate_tokens, BreakerState, CloudBackend};
+use edgeroute::backend::{Backend, BackendCall, FinishReason};
+use edgeroute::request::{GenerationParams, Message};
+use edgeroute::signals::{CloudHealth, Network};
+use support::{call, collect, Behavior, FakeProvider, DEFAULT_REPLY, TEST_KEY};
+
+fn full_call() -> BackendCall {
+    BackendCall {
+        messages: vec![
+            Message::system("Answer in one sentence."),
+            Message::user("What is the capital of France?"),
+        ],
+        params: GenerationParams {
+            max_tokens: Some(64),
+            temperature: Some(0.25),
+            top_p: None,
+            seed: Some(7),
+        },
+        deadline: None,
+    }
+}
+
+/// Words in the call's messages: the fake provider's notion of prompt tokens.
+const PROMPT_WORDS: u64 = 4 + 6;
+const REPLY_WORDS: u64 = 6;
+
+#[tokio::test]
+async fn openai_non_streaming() {
+    let fake = FakeProvider::start().await;
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    assert_eq!(backend.name(), "openai:fake-model");
+    let g = backend.generate(full_call()).await.unwrap();
+    assert_eq!(g.text, DEFAULT_REPLY);
+    assert_eq!(g.usage.input_tokens, PROMPT_WORDS);
+    assert_eq!(g.usage.output_tokens, REPLY_WORDS);
+    assert!(!g.usage_estimated);
+    assert_eq!(g.finish, FinishReason::Stop);
+
+    let req = fake.last_request().unwrap();
+    assert_eq!(req.path, "/v1/chat/completions");
+    assert_eq!(req.headers["authorization"], format!("Bearer {TEST_KEY}"));
+    assert_eq!(req.headers["content-type"], "application/json");
+    let b = &req.body;
+    assert_eq!(b["model"], "fake-model");
+    assert_eq!(b["stream"], false);
+    assert!(b.get("stream_options").is_none());
+    assert_eq!(b["messages"][0]["role"], "system");
+    assert_eq!(b["messages"][1]["role"], "user");
+    assert_eq!(
+        b["messages"][1]["content"],
+        "What is the capital of France?"
+    );
+    assert_eq!(b["max_completion_tokens"], 64);
+    assert_eq!(b["temperature"], 0.25);
+    assert_eq!(b["seed"], 7);
+    assert_eq!(fake.requests_received(), 1);
+    assert_eq!(backend.breaker_state(), BreakerState::Closed);
+    assert_eq!(backend.health(), CloudHealth::Healthy);
+    assert_eq!(backend.network(), Network::Online);
+}
+
+#[tokio::test]
+async fn openai_streaming() {
+    let fake = FakeProvider::start().await;
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let out = collect(backend.stream(full_call()).await.unwrap()).await;
+    let g = out.outcome.unwrap();
+    assert!(out.deltas.len() > 1, "word-sized deltas expected");
+    assert_eq!(out.deltas.concat(), DEFAULT_REPLY);
+    assert_eq!(g.text, DEFAULT_REPLY);
+    assert_eq!(g.usage.input_tokens, PROMPT_WORDS);
+    assert_eq!(g.usage.output_tokens, REPLY_WORDS);
+    assert!(!g.usage_estimated);
+    let b = fake.last_request().unwrap().body;
+    assert_eq!(b["stream"], true);
+    assert_eq!(b["stream_options"]["include_usage"], true);
+}
+
+#[tokio::test]
+async fn openai_stream_without_usage_is_estimated() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::OkWithoutUsage);
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let g = collect(backend.stream(call("hello there")).await.unwrap())
+        .await
+        .outcome
+        .unwrap();
+    assert_eq!(g.text, DEFAULT_REPLY);
+    assert!(g.usage_estimated);
+    assert_eq!(g.usage.output_tokens, estimate_tokens(DEFAULT_REPLY));
+    assert!(g.usage.input_tokens >= estimate_tokens("hello there"));
+
+    let g = backend.generate(call("hello there")).await.unwrap();
+    assert!(g.usage_estimated);
+    assert_eq!(g.usage.output_tokens, estimate_tokens(DEFAULT_REPLY));
+}
+
+#[tokio::test]
+async fn anthropic_non_streaming() {
+    let fake = FakeProvider::start().await;
+    let backend = CloudBackend::new(fake.anthropic_config()).unwrap();
+    assert_eq!(backend.name(), "anthropic:fake-model");
+    let g = backend.generate(full_call()).await.unwrap();
+    assert_eq!(g.text, DEFAULT_REPLY);
+    assert_eq!(g.usage.input_tokens, PROMPT_WORDS);
+    assert_eq!(g.usage.output_tokens, REPLY_WORDS);
+    assert!(!g.usage_estimated);
+
+    let req = fake.last_request().unwrap();
+    assert_eq!(req.path, "/v1/messages");
+    assert_eq!(req.headers["x-api-key"], TEST_KEY);
+    assert_eq!(req.headers["anthropic-version"], "2023-06-01");
+    assert!(!req.headers.contains_key("authorization"));
+    let b = &req.body;
+    assert_eq!(b["system"], "Answer in one sentence.");
+    assert_eq!(b["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(b["messages"][0]["role"], "user");
+    assert_eq!(b["max_tokens"], 64);
+    assert_eq!(b["stream"], false);
+}
+
+#[tokio::test]
+async fn anthropic_streaming() {
+    let fake = FakeProvider::start().await;
+    fake.set_reply("Paris is the capital and largest city of France.");
+    let backend = CloudBackend::new(fake.anthropic_config()).unwrap();
+    let out = collect(backend.stream(full_call()).await.unwrap()).await;
+    let g = out.outcome.unwrap();
+    assert!(out.deltas.len() > 1);
+    assert_eq!(
+        out.deltas.concat(),
+        "Paris is the capital and largest city of France."
+    );
+    assert_eq!(g.usage.input_tokens, PROMPT_WORDS);
+    assert_eq!(g.usage.output_tokens, 9);
+    assert!(!g.usage_estimated);
+    assert_eq!(fake.last_request().unwrap().body["stream"], true);
+}
+
+#[tokio::test]
+async fn anthropic_without_usage_is_estimated() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::OkWithoutUsage);
+    let backend = CloudBackend::new(fake.anthropic_config()).unwrap();
+    let g = collect(backend.stream(call("hi")).await.unwrap())
+        .await
+        .outcome
+        .unwrap();
+    assert!(g.usage_estimated);
+    assert_eq!(g.usage.output_tokens, estimate_tokens(DEFAULT_REPLY));
+    let g = backend.generate(call("hi")).await.unwrap();
+    assert!(g.usage_estimated);
+}
+
+#[tokio::test]
+async fn default_max_tokens_is_sent_to_anthropic_only() {
+    let fake = FakeProvider::start().await;
+    let a = CloudBackend::new(fake.anthropic_config()).unwrap();
+    a.generate(call("hi")).await.unwrap();
+    assert_eq!(fake.last_request().unwrap().body["max_tokens"], 1024);
+    let o = CloudBackend::new(fake.openai_config()).unwrap();
+    o.generate(call("hi")).await.unwrap();
+    let b = fake.last_request().unwrap().body;
+    assert!(b.get("max_completion_tokens").is_none());
+    assert!(b.get("seed").is_none());
+}
+
+#[tokio::test]
+async fn dropping_a_stream_early_is_clean() {
+    let fake = FakeProvider::start().await;
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let stream = backend.stream(call("hi")).await.unwrap();
+    drop(stream);
+    // The backend is still healthy and usable.
+    assert_eq!(backend.breaker_state(), BreakerState::Closed);
+    assert_eq!(
+        backend.generate(call("hi")).await.unwrap().text,
+        DEFAULT_REPLY
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_one_backend() {
+    let fake = FakeProvider::start().await;
+    let backend = CloudBackend::new(fake.anthropic_config()).unwrap();
+    let calls = (0..40).map(|i| {
+        let b = backend.clone();
+        tokio::spawn(async move {
+            if i % 2 == 0 {
+                b.generate(call("hi")).await.map(|g| g.text)
+            } else {
+                collect(b.stream(call("hi")).await?)
+                    .await
+                    .outcome
+                    .map(|g| g.text)
+            }
+        })
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap().unwrap(), DEFAULT_REPLY);
+    }
+    assert_eq!(fake.requests_received(), 40);
+    assert_eq!(backend.breaker_state(), BreakerState::Closed);
+}

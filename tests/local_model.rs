@@ -1,0 +1,250 @@
+//! The local tier on the real model and runtime (installed by `python3 scripts/setup.py`).
+//! These tests fail, with the set-up command in the message, when either is missing.
+#![cfg(feature = "onnx")]
+
+use std::ops::ControlFlow;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use edgeroute::backend::local::LocalBackend;
+use edgeroute::backend::{Backend, BackendCall, FinishReason, StreamEvent};
+use edgeroute::request::{GenerationParams, Message};
+use futures::StreamExt;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Reference {
+    max_new_tokens: u32,
+    threads: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    prompt: String,
+    prompt_ids: Vec<u32>,
+    output_ids: Vec<u32>,
+    text: String,
+}
+
+fn reference() -> Reference {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/local/reference_greedy.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn build(pool_size: usize) -> LocalBackend {
+    match LocalBackend::builder()
+        .threads(reference().threads)
+        .pool_size(pool_size)
+        .commit()
+    {
+        Ok(b) => b,
+        Err(e) => panic!("local tier not installed or broken: {e}"),
+    }
+}
+
+/// One backend shared by the tests of this binary (the runtime is per process anyway).
+fn backend() -> &'static LocalBackend {
+    static B: OnceLock<LocalBackend> = OnceLock::new();
+    B.get_or_init(|| build(2))
+}
+
+fn greedy(max: u32) -> GenerationParams {
+    GenerationParams {
+        max_tokens: Some(max),
+        ..Default::default()
+    }
+}
+
+fn call(prompt: &str, params: GenerationParams) -> BackendCall {
+    BackendCall {
+        messages: vec![Message::user(prompt)],
+        params,
+        deadline: None,
+    }
+}
+
+#[test]
+fn greedy_matches_python_onnxruntime_token_for_token() {
+    let r = reference();
+    assert!(r.cases.len() >= 5);
+    let b = backend();
+    for case in &r.cases {
+        let messages = [Message::user(case.prompt.clone())];
+        assert_eq!(
+            b.encode_prompt(&messages).unwrap(),
+            case.prompt_ids,
+            "prompt ids for {:?}",
+            case.prompt
+        );
+        let out = b
+            .generate_blocking(&messages, &greedy(r.max_new_tokens), None, |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(
+            out.token_ids, case.output_ids,
+            "generated ids for {:?}",
+            case.prompt
+        );
+        assert_eq!(out.text, case.text);
+        let expected_finish = if case.output_ids.len() as u32 == r.max_new_tokens {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        };
+        assert_eq!(out.finish, expected_finish);
+        assert_eq!(out.logprobs.len(), out.token_ids.len());
+        assert!(out.logprobs.iter().all(|lp| lp.is_finite() && *lp <= 0.0));
+    }
+}
+
+#[test]
+fn the_capital_of_france_is_paris() {
+    let b = backend();
+    let out = b
+        .generate_blocking(
+            &[Message::user("What is the capital of France?")],
+            &greedy(32),
+            None,
+            |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    assert!(out.text.contains("Paris"), "{}", out.text);
+    assert_eq!(out.finish, FinishReason::Stop);
+    let c = out.confidence.unwrap();
+    assert_eq!(c.tokens as usize, out.token_ids.len());
+    assert!(c.min <= c.p10 && c.p10 <= c.mean && c.mean <= 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_yields_the_same_text_as_generate() {
+    let b = backend();
+    let prompt = "Write a haiku about the sea.";
+    let whole = b.generate(call(prompt, greedy(40))).await.unwrap();
+    let mut stream = b.stream(call(prompt, greedy(40))).await.unwrap();
+    let mut deltas = Vec::new();
+    let mut done = None;
+    while let Some(ev) = stream.next().await {
+        match ev.unwrap() {
+            StreamEvent::Delta(d) => {
+                assert!(done.is_none(), "delta after Done");
+                deltas.push(d)
+            }
+            StreamEvent::Done(g) => done = Some(g),
+        }
+    }
+    let done = done.expect("stream ended without Done");
+    assert!(
+        deltas.len() > 5,
+        "expected token-by-token deltas, got {}",
+        deltas.len()
+    );
+    assert_eq!(deltas.concat(), whole.text);
+    assert_eq!(done.text, whole.text);
+    assert_eq!(done.usage, whole.usage);
+    assert_eq!(
+        done.usage.input_tokens as usize,
+        b.encode_prompt(&[Message::user(prompt)]).unwrap().len()
+    );
+    assert!(done.usage.output_tokens > 0 && done.usage.output_tokens <= 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utf8_deltas_stay_valid_for_multibyte_text() {
+    let b = backend();
+    let prompt = "Write the word 'café' and a smiley emoji, then the Japanese word for thank you.";
+    let mut stream = b.stream(call(prompt, greedy(40))).await.unwrap();
+    let mut text = String::new();
+    let mut final_text = None;
+    while let Some(ev) = stream.next().await {
+        match ev.unwrap() {
+            StreamEvent::Delta(d) => text.push_str(&d),
+            StreamEvent::Done(g) => final_text = Some(g.text),
+        }
+    }
+    // Deltas are `String`s (valid by construction); their concatenation is the lossless reply.
+    assert_eq!(Some(text), final_text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sampling_is_reproducible() {
+    let b = backend();
+    let params = |seed| GenerationParams {
+        max_tokens: Some(24),
+        temperature: Some(0.9),
+        top_p: Some(0.95),
+        seed: Some(seed),
+    };
+    let p = "Tell me a fun fact about octopuses.";
+    let a1 = b.generate(call(p, params(11))).await.unwrap().text;
+    let a2 = b.generate(call(p, params(11))).await.unwrap().text;
+    assert_eq!(a1, a2);
+    let mut differs = false;
+    for seed in 12..16 {
+        differs |= b.generate(call(p, params(seed))).await.unwrap().text != a1;
+    }
+    assert!(differs, "different seeds never changed the sample");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_the_pool_and_stay_exact() {
+    let r = reference();
+    let b = backend();
+    let futs = r
+        .cases
+        .iter()
+        .take(4)
+        .map(|c| b.generate(call(&c.prompt, greedy(r.max_new_tokens))));
+    let outs = futures::future::join_all(futs).await;
+    for (out, case) in outs.into_iter().zip(&r.cases) {
+        assert_eq!(out.unwrap().text, case.text);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_stream_stops_generation() {
+    // Own backend: its counters are not shared with the other tests.
+    let b = build(1);
+    let mut stream = b
+        .stream(call(
+            "Write a long story about a dragon who learns to cook.",
+            greedy(400),
+        ))
+        .await
+        .unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(matches!(first, StreamEvent::Delta(_)));
+    drop(stream);
+    let t0 = Instant::now();
+    while b.active_generations() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "generation still running after the stream was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopped_at = b.tokens_generated();
+    assert!(
+        stopped_at < 100,
+        "generated {stopped_at} tokens after cancellation at the first delta"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        b.tokens_generated(),
+        stopped_at,
+        "tokens kept coming after the generation ended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_stops_generation_with_timeout() {
+    let b = backend();
+    let mut c = call("Write a long story about a dragon.", greedy(400));
+    c.deadline = Some(Instant::now() + Duration::from_millis(150));
+    let err = b.generate(c).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+}

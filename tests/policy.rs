@@ -1,0 +1,533 @@
+//! The policy language: every condition, first-match semantics, the cloud gate, diagnostics for
+//! invalid files, the shipped policies' own test cases, and properties of `decide`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgeroute::decision::{Plan, Reason};
+use edgeroute::inspect::inspect;
+use edgeroute::policy::{
+    compile_file, compile_str, decide, render_diagnostics, run_cases, CompiledPolicy,
+};
+use edgeroute::request::{ConfidenceStat, Request};
+use edgeroute::signals::{CloudHealth, LatencyEstimates, Network, Signals};
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+
+const CLOUD: &str = "[cloud]\nmodel = \"m\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n";
+
+fn policy(body: &str) -> CompiledPolicy {
+    let src = format!(
+        "{CLOUD}\n[[privacy.pattern]]\nkind = \"badge\"\nregex = \"BADGE-[0-9]{{4}}\"\n\n{body}"
+    );
+    compile_str(&src, Path::new("inline.toml"))
+        .unwrap_or_else(|d| panic!("{}", render_diagnostics(&d)))
+}
+
+fn signals() -> Signals {
+    Signals::default()
+}
+
+/// Decides for a request under a one-rule policy; returns (rule, route, reasons).
+fn run(p: &CompiledPolicy, req: &Request, s: &Signals) -> (String, &'static str, Vec<Reason>) {
+    let d = decide(p, &inspect(p, req), s);
+    (d.rule.clone(), d.route(), d.reasons.clone())
+}
+
+fn one_rule(when: &str) -> CompiledPolicy {
+    policy(&format!("[[rule]]\nname = \"r\"\nroute = \"cloud\"\n[rule.when]\n{when}\n\n[defaults]\nroute = \"local\"\n"))
+}
+
+fn fires(p: &CompiledPolicy, req: &Request, s: &Signals) -> bool {
+    run(p, req, s).0 == "r"
+}
+
+#[test]
+fn pii_conditions() {
+    let email = Request::new("mail me at ann@example.com");
+    let badge = Request::new("my badge is BADGE-1234");
+    let both = Request::new("ann@example.com BADGE-1234");
+    let none = Request::new("what is 2+2?");
+    let s = signals();
+
+    let p = one_rule("pii = true");
+    assert!(fires(&p, &email, &s) && !fires(&p, &none, &s));
+    let p = one_rule("pii = false");
+    assert!(!fires(&p, &email, &s) && fires(&p, &none, &s));
+
+    let p = one_rule("pii_any = [\"badge\", \"phone\"]");
+    assert!(fires(&p, &badge, &s) && !fires(&p, &email, &s));
+    let (_, _, reasons) = run(&p, &both, &s);
+    assert_eq!(
+        reasons,
+        vec![Reason::PiiFound {
+            kinds: vec!["badge".into()]
+        }]
+    );
+
+    let p = one_rule("pii_all = [\"email\", \"badge\"]");
+    assert!(fires(&p, &both, &s) && !fires(&p, &email, &s) && !fires(&p, &badge, &s));
+
+    let p = one_rule("pii_none = [\"badge\"]");
+    assert!(fires(&p, &email, &s) && fires(&p, &none, &s) && !fires(&p, &both, &s));
+}
+
+#[test]
+fn prompt_size_conditions() {
+    let short = Request::new("hi");
+    let long = Request::new("word ".repeat(400));
+    let s = signals();
+    let p = one_rule("prompt_tokens_gt = 100");
+    assert!(fires(&p, &long, &s) && !fires(&p, &short, &s));
+    let (_, _, reasons) = run(&p, &long, &s);
+    assert!(matches!(reasons[0], Reason::PromptLarge { threshold: 100, tokens } if tokens > 100));
+    let p = one_rule("prompt_tokens_lt = 100");
+    assert!(!fires(&p, &long, &s) && fires(&p, &short, &s));
+}
+
+#[test]
+fn deadline_and_latency_conditions() {
+    let s = Signals {
+        latency: LatencyEstimates {
+            local_ms: Some(500),
+            cloud_ms: Some(300),
+        },
+        ..signals()
+    };
+    let tight = Request::new("q").with_deadline(Duration::from_millis(200));
+    let loose = Request::new("q").with_deadline(Duration::from_millis(2000));
+    let none = Request::new("q");
+
+    let p = one_rule("deadline_ms_lt = 1000");
+    assert!(fires(&p, &tight, &s) && !fires(&p, &loose, &s) && !fires(&p, &none, &s));
+    assert_eq!(
+        run(&p, &tight, &s).2,
+        vec![Reason::DeadlineTooTight {
+            deadline_ms: 200,
+            threshold_ms: 1000
+        }]
+    );
+
+    let p = one_rule("local_too_slow = true");
+    assert!(fires(&p, &tight, &s) && !fires(&p, &loose, &s) && !fires(&p, &none, &s));
+    assert_eq!(
+        run(&p, &tight, &s).2,
+        vec![Reason::LocalTooSlow {
+            estimate_ms: 500,
+            deadline_ms: 200
+        }]
+    );
+    let p = one_rule("local_too_slow = false");
+    assert!(!fires(&p, &tight, &s) && fires(&p, &loose, &s) && fires(&p, &none, &s));
+}
+
+#[test]
+fn budget_network_health_conditions() {
+    let req = Request::new("q");
+    let p = one_rule("budget_left_usd_lt = \"0.50\"");
+    let low = Signals {
+        budget_left_usd: Some(Decimal::new(25, 2)),
+        ..signals()
+    };
+    let high = Signals {
+        budget_left_usd: Some(Decimal::new(500, 2)),
+        ..signals()
+    };
+    assert!(fires(&p, &req, &low) && !fires(&p, &req, &high) && !fires(&p, &req, &signals()));
+    assert_eq!(
+        run(&p, &req, &low).2,
+        vec![Reason::BudgetLow {
+            left_usd: Decimal::new(25, 2),
+            threshold_usd: Decimal::new(50, 2)
+        }]
+    );
+
+    // A local rule so the cloud gate does not interfere with what we observe.
+    let net =
+        policy("[[rule]]\nname = \"r\"\nroute = \"local\"\n[rule.when]\nnetwork = \"offline\"\n");
+    let offline = Signals {
+        network: Network::Offline,
+        ..signals()
+    };
+    assert!(fires(&net, &req, &offline) && !fires(&net, &req, &signals()));
+    assert_eq!(run(&net, &req, &offline).2, vec![Reason::Offline]);
+
+    let health = policy("[[rule]]\nname = \"r\"\nroute = \"local\"\n[rule.when]\ncloud_health = [\"degraded\", \"down\"]\n");
+    for (h, expect) in [
+        (CloudHealth::Healthy, false),
+        (CloudHealth::Degraded, true),
+        (CloudHealth::Down, true),
+    ] {
+        let s = Signals {
+            cloud_health: h,
+            ..signals()
+        };
+        assert_eq!(fires(&health, &req, &s), expect, "{h}");
+    }
+    let single = policy(
+        "[[rule]]\nname = \"r\"\nroute = \"local\"\n[rule.when]\ncloud_health = \"healthy\"\n",
+    );
+    assert!(fires(&single, &req, &signals()));
+}
+
+#[test]
+fn tag_and_task_conditions() {
+    let s = signals();
+    let p = one_rule("tags_any = [\"hard\", \"urgent\"]");
+    assert!(fires(
+        &p,
+        &Request::new("q").with_tag("x").with_tag("urgent"),
+        &s
+    ));
+    assert!(!fires(&p, &Request::new("q").with_tag("x"), &s));
+    assert_eq!(
+        run(&p, &Request::new("q").with_tag("urgent"), &s).2,
+        vec![Reason::TagMatched {
+            tag: "urgent".into()
+        }]
+    );
+    let p = one_rule("task = [\"summarise\", \"translate\"]");
+    assert!(fires(&p, &Request::new("q").with_task("translate"), &s));
+    assert!(!fires(&p, &Request::new("q").with_task("chat"), &s));
+    assert!(!fires(&p, &Request::new("q"), &s));
+}
+
+#[test]
+fn all_conditions_must_hold() {
+    let p = one_rule("pii = false\ntags_any = [\"hard\"]\nprompt_tokens_lt = 50");
+    let s = signals();
+    assert!(fires(&p, &Request::new("short").with_tag("hard"), &s));
+    assert!(!fires(&p, &Request::new("short"), &s));
+    assert!(!fires(
+        &p,
+        &Request::new("ann@example.com").with_tag("hard"),
+        &s
+    ));
+    let (_, _, reasons) = run(&p, &Request::new("short").with_tag("hard"), &s);
+    assert_eq!(reasons.len(), 3, "one reason per condition: {reasons:?}");
+}
+
+#[test]
+fn first_match_wins_and_defaults_apply() {
+    let p = policy(
+        "[[rule]]\nname = \"first\"\nroute = \"local\"\n[rule.when]\ntags_any = [\"a\"]\n\n\
+         [[rule]]\nname = \"second\"\nroute = \"cloud\"\n[rule.when]\ntags_any = [\"a\", \"b\"]\n\n\
+         [defaults]\nroute = \"refuse\"\nmessage = \"nope\"\n",
+    );
+    let s = signals();
+    assert_eq!(run(&p, &Request::new("q").with_tag("a"), &s).0, "first");
+    assert_eq!(run(&p, &Request::new("q").with_tag("b"), &s).0, "second");
+    let (rule, route, reasons) = run(&p, &Request::new("q"), &s);
+    assert_eq!((rule.as_str(), route), ("defaults", "refuse"));
+    assert_eq!(reasons, vec![Reason::Default]);
+}
+
+#[test]
+fn plans_carry_their_options() {
+    let p = policy(
+        "[[rule]]\nname = \"c\"\nroute = \"cascade\"\nmin_confidence = -0.7\nconfidence_stat = \"p10\"\nredact = true\n[rule.when]\ntags_any = [\"c\"]\n\n\
+         [[rule]]\nname = \"h\"\nroute = \"hedge\"\nafter_ms = 120\n[rule.when]\ntags_any = [\"h\"]\n",
+    );
+    let s = signals();
+    let d = decide(&p, &inspect(&p, &Request::new("q").with_tag("c")), &s);
+    assert_eq!(
+        d.plan,
+        Plan::Cascade {
+            min_confidence: -0.7,
+            statistic: ConfidenceStat::P10,
+            redact: true
+        }
+    );
+    assert!(d.cloud_clearance().is_some_and(|c| c.must_redact()));
+    let d = decide(&p, &inspect(&p, &Request::new("q").with_tag("h")), &s);
+    assert_eq!(
+        d.plan,
+        Plan::Hedge {
+            after: Duration::from_millis(120),
+            redact: false
+        }
+    );
+}
+
+#[test]
+fn cloud_gate_turns_cloud_plans_local_unless_pinned() {
+    let p = policy(
+        "[budget]\ndaily_usd = 1\non_exhausted = \"local\"\n\
+         [[rule]]\nname = \"pinned\"\nroute = \"cloud\"\npin = true\n[rule.when]\ntags_any = [\"p\"]\n\n\
+         [defaults]\nroute = \"cloud\"\n",
+    );
+    let req = Request::new("q");
+    let cases = [
+        (
+            Signals {
+                network: Network::Offline,
+                ..signals()
+            },
+            Reason::Offline,
+        ),
+        (
+            Signals {
+                cloud_health: CloudHealth::Down,
+                ..signals()
+            },
+            Reason::CloudUnhealthy {
+                health: CloudHealth::Down,
+            },
+        ),
+        (
+            Signals {
+                budget_left_usd: Some(Decimal::ZERO),
+                ..signals()
+            },
+            Reason::BudgetExhausted {
+                action: "local".into(),
+            },
+        ),
+    ];
+    for (s, reason) in &cases {
+        let d = decide(&p, &inspect(&p, &req), s);
+        assert_eq!(d.plan, Plan::Local { pin: true }, "{reason}");
+        assert!(d.cloud_clearance().is_none());
+        assert!(d.reasons.contains(reason), "{:?}", d.reasons);
+    }
+    let unavailable = Signals {
+        cloud_available: false,
+        ..signals()
+    };
+    let d = decide(&p, &inspect(&p, &req), &unavailable);
+    assert!(matches!(
+        d.reasons.last(),
+        Some(Reason::CloudUnavailable { .. })
+    ));
+    assert_eq!(d.route(), "local");
+
+    // Pinned cloud: offline keeps the plan (it will fail), an exhausted budget refuses.
+    let pinned = Request::new("q").with_tag("p");
+    let d = decide(&p, &inspect(&p, &pinned), &cases[0].0);
+    assert_eq!(d.route(), "cloud");
+    let d = decide(&p, &inspect(&p, &pinned), &cases[2].0);
+    assert_eq!(d.route(), "refuse");
+}
+
+#[test]
+fn refuse_on_exhausted_budget() {
+    let p = policy(
+        "[budget]\ndaily_usd = 1\non_exhausted = \"refuse\"\n[defaults]\nroute = \"cloud\"\n",
+    );
+    let s = Signals {
+        budget_left_usd: Some(Decimal::new(-1, 2)),
+        ..signals()
+    };
+    let d = decide(&p, &inspect(&p, &Request::new("q")), &s);
+    assert_eq!(d.route(), "refuse");
+    assert!(d.reasons.contains(&Reason::BudgetExhausted {
+        action: "refuse".into()
+    }));
+}
+
+#[test]
+fn policy_version_changes_with_content() {
+    let a = policy("[defaults]\nroute = \"local\"\n");
+    let b = policy("[defaults]\nroute = \"cloud\"\n");
+    assert_ne!(a.version, b.version);
+    let c = compile_str("version = \"v7\"\n", Path::new("x")).unwrap();
+    assert_eq!(c.version, "v7");
+}
+
+fn invalid_fixtures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policies/invalid");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn invalid_policies_report_file_line_column_path_and_fix() {
+    let files = invalid_fixtures();
+    assert!(files.len() >= 15, "fixtures missing: {}", files.len());
+    for f in files {
+        let src = std::fs::read_to_string(&f).unwrap();
+        let expected: Vec<&str> = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
+        assert!(
+            !expected.is_empty(),
+            "{} has no `# expect:` line",
+            f.display()
+        );
+        let diags = match compile_file(&f) {
+            Ok(_) => panic!("{} compiled but should not", f.display()),
+            Err(d) => d,
+        };
+        let text = render_diagnostics(&diags);
+        assert!(text.starts_with(&f.display().to_string()), "{text}");
+        for e in expected {
+            assert!(
+                text.contains(e),
+                "{}:\n  expected fragment: {e}\n  got: {text}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let src = "[cloud]\nmodel = \"m\"\ninput_usd_per_mtok = -1\n[[rule]]\nname = \"a\"\nroute = \"local\"\n[rule.when]\npii_any = [\"emial\"]\n[[rule]]\nname = \"a\"\nroute = \"local\"\n";
+    let diags = compile_str(src, Path::new("many.toml")).unwrap_err();
+    assert!(diags.len() >= 3, "{}", render_diagnostics(&diags));
+}
+
+#[test]
+fn shipped_policies_compile_and_pass_their_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for name in [
+        "default",
+        "privacy-first",
+        "cost-saver",
+        "latency-first",
+        "offline-only",
+    ] {
+        let path = dir.join(format!("{name}.toml"));
+        let p = compile_file(&path).unwrap_or_else(|d| panic!("{}", render_diagnostics(&d)));
+        assert!(p.tests.len() >= 5, "{name} has {} tests", p.tests.len());
+        for o in run_cases(&p) {
+            assert!(
+                o.passed,
+                "{name}: `{}` expected {} / {:?}, got {} / {} ({:?})",
+                o.case.name,
+                o.case.expect_route,
+                o.case.expect_rule,
+                o.decision.route(),
+                o.decision.rule,
+                o.decision.reasons
+            );
+        }
+    }
+}
+
+#[test]
+fn policy_test_cases_detect_a_wrong_expectation() {
+    let p = policy(
+        "[[rule]]\nname = \"r\"\nroute = \"local\"\n[rule.when]\ntags_any = [\"x\"]\n\
+         [[test]]\nprompt = \"q\"\ntags = [\"x\"]\nexpect_route = \"cloud\"\nexpect_rule = \"r\"\n\
+         [[test]]\nprompt = \"q\"\ntags = [\"x\"]\nexpect_route = \"local\"\nexpect_rule = \"r\"\n",
+    );
+    let outcomes = run_cases(&p);
+    assert!(!outcomes[0].passed);
+    assert!(outcomes[1].passed);
+}
+
+fn shipped() -> &'static [CompiledPolicy] {
+    static POLICIES: std::sync::OnceLock<Vec<CompiledPolicy>> = std::sync::OnceLock::new();
+    POLICIES.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        [
+            "default",
+            "privacy-first",
+            "cost-saver",
+            "latency-first",
+            "offline-only",
+        ]
+        .iter()
+        .map(|name| compile_file(&dir.join(format!("{name}.toml"))).unwrap())
+        .collect()
+    })
+}
+
+fn arb_signals() -> impl Strategy<Value = Signals> {
+    (
+        any::<bool>(),
+        0u8..3,
+        proptest::option::of(-1000i64..100_000),
+        any::<bool>(),
+        any::<bool>(),
+        proptest::option::of(0u64..100_000),
+        proptest::option::of(0u64..100_000),
+    )
+        .prop_map(|(off, h, budget, cloud, local, lms, cms)| Signals {
+            network: if off {
+                Network::Offline
+            } else {
+                Network::Online
+            },
+            cloud_health: [
+                CloudHealth::Healthy,
+                CloudHealth::Degraded,
+                CloudHealth::Down,
+            ][h as usize],
+            budget_left_usd: budget.map(|c| Decimal::new(c, 2)),
+            cloud_available: cloud,
+            local_available: local,
+            latency: LatencyEstimates {
+                local_ms: lms,
+                cloud_ms: cms,
+            },
+        })
+}
+
+fn arb_request() -> impl Strategy<Value = Request> {
+    (
+        ".{0,200}",
+        proptest::collection::vec("[a-z]{1,6}", 0..4),
+        proptest::option::of(0u64..100_000),
+        proptest::option::of("[a-z]{1,8}"),
+        any::<bool>(),
+    )
+        .prop_map(|(prompt, tags, deadline, task, with_email)| {
+            let prompt = if with_email {
+                format!("{prompt} contact me: someone@example.org")
+            } else {
+                prompt
+            };
+            let mut r = Request::new(prompt);
+            r.tags = tags;
+            r.deadline = deadline.map(Duration::from_millis);
+            r.task = task;
+            r
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// `decide` never panics, on every shipped policy, for arbitrary requests and signals.
+    #[test]
+    fn decide_is_total(req in arb_request(), s in arb_signals()) {
+        for p in shipped() {
+            let d = decide(p, &inspect(p, &req), &s);
+            prop_assert!(p.rules.iter().any(|r| r.name == d.rule) || d.rule == "defaults");
+        }
+    }
+
+    /// A request matched by a pinned-local rule is never given a cloud clearance, under any
+    /// signals — so it cannot reach the cloud tier.
+    #[test]
+    fn pinned_local_never_reaches_cloud(req in arb_request(), s in arb_signals()) {
+        let p = policy(
+            "[[rule]]\nname = \"private\"\nroute = \"local\"\npin = true\n[rule.when]\npii = true\n\
+             [defaults]\nroute = \"cloud\"\n",
+        );
+        let f = inspect(&p, &req);
+        let d = decide(&p, &f, &s);
+        if d.rule == "private" {
+            prop_assert!(d.cloud_clearance().is_none());
+            prop_assert!(!d.plan.allows_cloud());
+            prop_assert_eq!(d.route(), "local");
+        }
+        if req.prompt().contains("@example.org") {
+            prop_assert_eq!(d.rule.as_str(), "private");
+        }
+    }
+
+    /// The policy compiler never panics, whatever the text.
+    #[test]
+    fn compile_never_panics(src in "(\\[\\[rule\\]\\]\n|name = \"a\"\n|route = \"(local|cloud|x)\"\n|\\[rule.when\\]\n|pii_any = \\[\"email\"\\]\n|[a-z_=\\[\\]\"\\. \n0-9-]{0,20})*") {
+        let _ = compile_str(&src, Path::new("fuzz.toml"));
+    }
+}

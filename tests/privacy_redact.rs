@@ -1,0 +1,118 @@
+//! Redaction and re-hydration: stable placeholders across messages, round trips, and streaming
+//! where chunk boundaries split placeholders.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use edgeroute::privacy::{redact_messages, redact_text, PrivacyConfig, Scanner};
+use edgeroute::request::{Message, Role};
+use proptest::prelude::*;
+
+fn scanner() -> Scanner {
+    Scanner::new(&PrivacyConfig::default()).unwrap()
+}
+
+#[test]
+fn same_value_same_placeholder_across_messages() {
+    let msgs = vec![
+        Message::system("Agent for ana@example.com"),
+        Message::user("Mail ana@example.com and bob@example.org, or call 415-555-0132."),
+        Message::user("Again: ana@example.com"),
+    ];
+    let (red, rh) = redact_messages(&msgs, &scanner());
+    assert_eq!(red[0].content, "Agent for <EMAIL_1>");
+    assert_eq!(
+        red[1].content,
+        "Mail <EMAIL_1> and <EMAIL_2>, or call <PHONE_1>."
+    );
+    assert_eq!(red[2].content, "Again: <EMAIL_1>");
+    assert_eq!(red[1].role, Role::User);
+    assert_eq!(rh.len(), 3);
+    for m in &red {
+        assert!(!m.content.contains("example.com"));
+    }
+    let back: Vec<String> = red.iter().map(|m| rh.rehydrate(&m.content)).collect();
+    assert_eq!(
+        back,
+        msgs.iter().map(|m| m.content.clone()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn placeholders_already_in_the_input_are_not_reused() {
+    let text = "literal <EMAIL_1> in the text, real one: zoe@example.com";
+    let (red, rh) = redact_text(text, &scanner());
+    assert_eq!(red, "literal <EMAIL_1> in the text, real one: <EMAIL_2>");
+    // The user's own literal stays literal after re-hydration.
+    assert_eq!(rh.rehydrate(&red), text);
+}
+
+#[test]
+fn unknown_placeholders_and_angle_brackets_pass_through() {
+    let (_, rh) = redact_text("call 415-555-0132", &scanner());
+    let answer = "if a < b then <PHONE_9> stays, <PHONE_1> is replaced, <b>html</b>";
+    assert_eq!(
+        rh.rehydrate(answer),
+        "if a < b then <PHONE_9> stays, 415-555-0132 is replaced, <b>html</b>"
+    );
+}
+
+#[test]
+fn debug_shows_no_values() {
+    let (_, rh) = redact_text("key AKIAIOSFODNN7EXAMPLE", &scanner());
+    let d = format!("{rh:?}");
+    assert!(!d.contains("AKIA") && d.contains("placeholders"), "{d}");
+}
+
+#[test]
+fn streaming_holds_back_a_split_placeholder() {
+    let (_, mut rh) = redact_text("mail ana@example.com", &scanner());
+    let mut shown = String::new();
+    for chunk in [
+        "Sure, I wrote to <EM",
+        "AIL",
+        "_1",
+        "> and <",
+        "b>done</b> <EMAIL_",
+        "1>.",
+    ] {
+        let out = rh.push(chunk);
+        assert!(!out.contains("<EM"), "leaked {out:?}");
+        shown.push_str(&out);
+    }
+    shown.push_str(&rh.finish());
+    assert_eq!(
+        shown,
+        "Sure, I wrote to ana@example.com and <b>done</b> ana@example.com."
+    );
+}
+
+#[test]
+fn streaming_finish_flushes_an_unfinished_prefix() {
+    let (_, mut rh) = redact_text("mail ana@example.com", &scanner());
+    assert_eq!(rh.push("the end <EMAI"), "the end ");
+    assert_eq!(rh.finish(), "<EMAI");
+}
+
+proptest! {
+    /// Any chunking of a redacted answer streams to the same text as whole-answer re-hydration,
+    /// and no emitted piece ever contains a placeholder or a fragment of one that later completes.
+    #[test]
+    fn any_chunking_rehydrates_like_the_whole(cuts in proptest::collection::vec(0usize..200, 0..12)) {
+        let text = "Write to ana@example.com, 📞 +44 20 7946 0958, card 4111 1111 1111 1111, ana@example.com again";
+        let (red, rh) = redact_text(text, &scanner());
+        prop_assert_eq!(rh.rehydrate(&red), text);
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (red.len() + 1)).filter(|&c| red.is_char_boundary(c)).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut stream = rh.clone();
+        let mut shown = String::new();
+        let mut last = 0;
+        for c in cuts.into_iter().chain([red.len()]) {
+            let out = stream.push(&red[last..c]);
+            prop_assert!(!out.contains("<EMAIL") && !out.contains("<PHONE") && !out.contains("<CREDIT"));
+            shown.push_str(&out);
+            last = c;
+        }
+        shown.push_str(&stream.finish());
+        prop_assert_eq!(shown, text);
+    }
+}

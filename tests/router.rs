@@ -1,0 +1,335 @@
+//! The router pipeline with an app-supplied local backend (the `Backend` extension point):
+//! routing, explain without side effects, refusals, streaming, errors.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use edgeroute::backend::{
+    Backend, BackendCall, EventStream, FinishReason, Generation, StreamEvent,
+};
+use edgeroute::decision::Reason;
+use edgeroute::request::{Confidence, Usage};
+use edgeroute::{Error, Request, Route, Router, RouterEvent};
+use futures::StreamExt;
+
+/// A deterministic local model: answers "echo: <prompt>" in three deltas, counting calls.
+#[derive(Default)]
+struct EchoModel {
+    calls: AtomicUsize,
+    fail: bool,
+}
+
+#[async_trait::async_trait]
+impl Backend for EchoModel {
+    fn name(&self) -> &str {
+        "echo-model"
+    }
+    async fn stream(&self, call: BackendCall) -> edgeroute::Result<EventStream> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail {
+            return Err(Error::Inference("model exploded".into()));
+        }
+        let prompt = call
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let done = Generation {
+            text: String::new(),
+            usage: Usage {
+                input_tokens: 7,
+                output_tokens: 3,
+            },
+            usage_estimated: false,
+            confidence: Confidence::from_logprobs(&[-0.1, -0.2, -0.3], 3),
+            finish: FinishReason::Stop,
+        };
+        let events = vec![
+            Ok(StreamEvent::Delta("echo".into())),
+            Ok(StreamEvent::Delta(": ".into())),
+            Ok(StreamEvent::Delta(prompt)),
+            Ok(StreamEvent::Done(done)),
+        ];
+        Ok(Box::pin(futures::stream::iter(events)))
+    }
+}
+
+const POLICY: &str = r#"
+[[rule]]
+name = "private"
+route = "local"
+pin = true
+[rule.when]
+pii = true
+
+[[rule]]
+name = "forbidden"
+route = "refuse"
+message = "not here"
+[rule.when]
+tags_any = ["forbidden"]
+
+[defaults]
+route = "local"
+"#;
+
+fn router(model: Arc<EchoModel>) -> Router {
+    Router::builder()
+        .policy_str(POLICY)
+        .local_backend(model)
+        .cache(false)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn complete_reports_route_rule_reasons_usage_and_timings() {
+    let model = Arc::new(EchoModel::default());
+    let r = router(model.clone());
+    let resp = r
+        .complete(Request::new("write to ann@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(resp.text, "echo: write to ann@example.com");
+    assert_eq!(resp.route, Route::Local);
+    assert_eq!(resp.decision.rule, "private");
+    assert_eq!(
+        resp.decision.reasons,
+        vec![Reason::PiiFound {
+            kinds: vec!["email".into()]
+        }]
+    );
+    assert_eq!(
+        resp.usage,
+        Usage {
+            input_tokens: 7,
+            output_tokens: 3
+        }
+    );
+    assert!(resp.cost.usd.is_zero());
+    assert!(resp.confidence.is_some());
+    assert_eq!(resp.attempts.len(), 1);
+    assert!(resp.timings.total >= resp.timings.execute);
+    assert_eq!(model.calls.load(Ordering::SeqCst), 1);
+
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(resp.decision.rule, "defaults");
+    assert_eq!(resp.decision.reasons, vec![Reason::Default]);
+}
+
+#[tokio::test]
+async fn explain_runs_no_model() {
+    let model = Arc::new(EchoModel::default());
+    let r = router(model.clone());
+    let d = r.explain(&Request::new("write to ann@example.com"));
+    assert_eq!(d.rule, "private");
+    assert_eq!(d.route(), "local");
+    assert!(d.cloud_clearance().is_none());
+    assert_eq!(model.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(r.stats().requests, 0, "explain records nothing");
+}
+
+#[tokio::test]
+async fn refuse_returns_the_policy_message() {
+    let model = Arc::new(EchoModel::default());
+    let r = router(model.clone());
+    let err = r
+        .complete(Request::new("hi").with_tag("forbidden"))
+        .await
+        .unwrap_err();
+    match err {
+        Error::Refused { rule, message } => {
+            assert_eq!(rule, "forbidden");
+            assert_eq!(message, "not here");
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert_eq!(model.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(r.stats().failures, 1);
+}
+
+#[tokio::test]
+async fn pinned_local_failure_does_not_fall_back() {
+    let model = Arc::new(EchoModel {
+        fail: true,
+        ..EchoModel::default()
+    });
+    let r = router(model);
+    let err = r
+        .complete(Request::new("ann@example.com"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Inference(_)), "{err}");
+}
+
+#[tokio::test]
+async fn stream_yields_deltas_then_the_response() {
+    let r = router(Arc::new(EchoModel::default()));
+    let mut s = r.stream(Request::new("hello there"));
+    let mut deltas = String::new();
+    let mut done = None;
+    while let Some(ev) = s.next().await {
+        match ev.unwrap() {
+            RouterEvent::Delta(d) => deltas.push_str(&d),
+            RouterEvent::Done(resp) => done = Some(resp),
+        }
+    }
+    let done = done.unwrap();
+    assert_eq!(deltas, "echo: hello there");
+    assert_eq!(done.text, deltas);
+}
+
+#[tokio::test]
+async fn empty_request_is_rejected() {
+    let r = router(Arc::new(EchoModel::default()));
+    let err = r.complete(Request::new("   ")).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest(_)));
+}
+
+#[tokio::test]
+async fn stats_count_routes() {
+    let r = router(Arc::new(EchoModel::default()));
+    for _ in 0..3 {
+        r.complete(Request::new("hello")).await.unwrap();
+    }
+    let s = r.stats();
+    assert_eq!((s.requests, s.local, s.cloud), (3, 3, 0));
+    assert_eq!(s.local_latency.samples, 3);
+    assert!((s.local_share - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn invalid_policy_fails_build_with_location() {
+    let err = Router::builder()
+        .policy_str("[[rule]]\nname = \"a\"\nroute = \"teleport\"\n")
+        .cache(false)
+        .load_local_model(false)
+        .build()
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("<inline>:3:9: rule[0].route: unknown route `teleport`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn router_is_send_sync_clone() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<Router>();
+}
+
+fn cached_router(model: Arc<EchoModel>, home: &std::path::Path, policy: &str) -> Router {
+    Router::builder()
+        .policy_str(policy)
+        .local_backend(model)
+        .home(home)
+        .cache_key([7; 32])
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn repeated_question_is_served_from_the_encrypted_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    let r = cached_router(model.clone(), home.path(), POLICY);
+    let first = r
+        .complete(Request::new("What is the capital of France?"))
+        .await
+        .unwrap();
+    assert_eq!(first.route, Route::Local);
+    // Whitespace differences normalise to the same key.
+    let second = r
+        .complete(Request::new("  What is the   capital of France? "))
+        .await
+        .unwrap();
+    assert_eq!(second.route, Route::Cache);
+    assert!(second.cached);
+    assert_eq!(second.text, first.text);
+    assert_eq!(second.decision.reasons, vec![Reason::CacheHit]);
+    assert_eq!(model.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(r.stats().cache_hits, 1);
+
+    // The answer is on disk, sealed: the plaintext does not appear in the database files.
+    drop(r);
+    let mut found = false;
+    for entry in walk(home.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        found |= bytes.windows(13).any(|w| w == b"echo: What is");
+    }
+    assert!(!found, "cached answer stored in plaintext");
+
+    // A new process (router) with the same home and key still hits.
+    let r = cached_router(model.clone(), home.path(), POLICY);
+    let third = r
+        .complete(Request::new("What is the capital of France?"))
+        .await
+        .unwrap();
+    assert_eq!(third.route, Route::Cache);
+    assert_eq!(model.calls.load(Ordering::SeqCst), 1);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn private_answers_are_not_cached_by_default_and_policy_changes_miss() {
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    {
+        let r = cached_router(model.clone(), home.path(), POLICY);
+        for _ in 0..2 {
+            let resp = r
+                .complete(Request::new("write to ann@example.com"))
+                .await
+                .unwrap();
+            assert_eq!(resp.route, Route::Local);
+        }
+        assert_eq!(
+            model.calls.load(Ordering::SeqCst),
+            2,
+            "PII answers must not be cached"
+        );
+        r.complete(Request::new("hello")).await.unwrap();
+        assert_eq!(model.calls.load(Ordering::SeqCst), 3);
+    }
+    // Another policy version never serves the old answer.
+    let r = cached_router(
+        model.clone(),
+        home.path(),
+        &format!("{POLICY}\n# changed\n"),
+    );
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(resp.route, Route::Local);
+    assert_eq!(model.calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn cache_mode_off_never_reads_or_writes() {
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    let r = cached_router(
+        model.clone(),
+        home.path(),
+        &format!("{POLICY}\n[cache]\nmode = \"off\"\n"),
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            r.complete(Request::new("hello")).await.unwrap().route,
+            Route::Local
+        );
+    }
+    assert_eq!(model.calls.load(Ordering::SeqCst), 2);
+}

@@ -1,0 +1,314 @@
+//! The router against a real HTTP provider on 127.0.0.1: privacy pins, fallbacks with reasons,
+//! redaction with re-hydration, budgets, breaker and connectivity signals, costs.
+#![cfg(feature = "cloud")]
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use edgeroute::backend::cloud::{CloudBackend, CloudConfig};
+use edgeroute::decision::Reason;
+use edgeroute::signals::{CloudHealth, Network};
+use edgeroute::{Error, Request, Route, Router};
+use rust_decimal::Decimal;
+use support::echo::EchoModel;
+use support::{unused_addr, Behavior, FakeProvider};
+
+const CLOUD: &str = "[cloud]\nmodel = \"fake-model\"\ninput_usd_per_mtok = \"0.15\"\noutput_usd_per_mtok = \"0.60\"\n";
+
+fn router(policy: &str, local: Arc<EchoModel>, cloud: CloudConfig) -> Router {
+    Router::builder()
+        .policy_str(format!("{CLOUD}{policy}"))
+        .local_backend(local)
+        .cloud_backend(Arc::new(CloudBackend::new(cloud).unwrap()))
+        .cache(false)
+        .build()
+        .unwrap()
+}
+
+/// 1,000 generated private prompts through a pinned-local rule, with the cloud configured,
+/// healthy and reachable — and with the local model failing half the time: the server must
+/// receive nothing.
+#[tokio::test]
+async fn private_prompts_never_reach_the_network() {
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    let r = router(
+        "[[rule]]\nname = \"private\"\nroute = \"local\"\npin = true\n[rule.when]\npii = true\n\
+         [defaults]\nroute = \"cloud\"\n",
+        local.clone(),
+        fake.openai_config(),
+    );
+    // The cloud is live: a public prompt reaches it.
+    let resp = r
+        .complete(Request::new("What is the capital of France?"))
+        .await
+        .unwrap();
+    assert_eq!(resp.route, Route::Cloud);
+    assert_eq!(fake.requests_received(), 1);
+    fake.reset_counts();
+
+    let secrets = [
+        "ann.lee{}@example.com",
+        "+1 (415) 555-{:04}",
+        "4111 1111 1111 1111",
+        "DE89 3704 0044 0532 0130 00",
+        "078-05-{:04}",
+        "AKIAIOSFODNN7EXAMPL{}",
+        "10.0.{}.7",
+    ];
+    let templates = [
+        "Please email {} about the contract.",
+        "Can you remind me to call {} tomorrow?",
+        "Is this one valid: {}?",
+        "Translate to French: my details are {}",
+    ];
+    let mut answered_locally = 0;
+    for i in 0..1000usize {
+        local.fail.store(i % 2 == 1, Ordering::SeqCst);
+        let secret = secrets[i % secrets.len()]
+            .replace("{:04}", &format!("{:04}", (i % 9000) + 1000))
+            .replace("{}", &((i % 9) + 1).to_string());
+        let prompt = templates[i % templates.len()].replace("{}", &secret);
+        let decision = r.explain(&Request::new(prompt.clone()));
+        assert_eq!(
+            decision.rule, "private",
+            "not detected as private: {prompt}"
+        );
+        assert!(decision.cloud_clearance().is_none());
+        match r.complete(Request::new(prompt)).await {
+            Ok(resp) => {
+                assert_eq!(resp.route, Route::Local);
+                answered_locally += 1;
+            }
+            Err(e) => assert!(matches!(e, Error::Inference(_)), "{e}"),
+        }
+    }
+    assert_eq!(answered_locally, 500);
+    assert_eq!(
+        fake.requests_received(),
+        0,
+        "a private prompt reached the cloud"
+    );
+}
+
+#[tokio::test]
+async fn cloud_failure_falls_back_to_local_with_the_reason() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(500));
+    let local = Arc::new(EchoModel::default());
+    let r = router(
+        "[defaults]\nroute = \"cloud\"\n",
+        local.clone(),
+        fake.openai_config(),
+    );
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(resp.route, Route::Local);
+    assert_eq!(resp.text, "echo: hello");
+    let fallback = resp
+        .decision
+        .reasons
+        .iter()
+        .find_map(|r| match r {
+            Reason::Fallback { from, error } => Some((from.clone(), error.clone())),
+            _ => None,
+        })
+        .expect("fallback reason");
+    assert_eq!(fallback.0, "cloud");
+    assert!(fallback.1.contains("500"), "{}", fallback.1);
+    assert_eq!(resp.attempts.len(), 2);
+    assert_eq!(resp.attempts[0].route, Route::Cloud);
+    assert!(resp.attempts[0].error.is_some());
+    assert!(fake.requests_received() >= 1);
+}
+
+#[tokio::test]
+async fn pinned_cloud_failure_is_an_error_and_never_runs_local() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(401));
+    let local = Arc::new(EchoModel::default());
+    let r = router(
+        "[defaults]\nroute = \"cloud\"\npin = true\n",
+        local.clone(),
+        fake.openai_config(),
+    );
+    let err = r.complete(Request::new("hello")).await.unwrap_err();
+    assert!(matches!(err, Error::Auth { status: 401 }), "{err}");
+    assert_eq!(local.calls(), 0);
+    assert_eq!(fake.requests_received(), 1, "401 is never retried");
+}
+
+#[tokio::test]
+async fn redacted_cloud_call_sends_placeholders_and_rehydrates_the_answer() {
+    let fake = FakeProvider::start().await;
+    fake.set_reply("Sure, I will write to <EMAIL_1> today.");
+    let local = Arc::new(EchoModel::default());
+    let r = router(
+        "[[rule]]\nname = \"redacted\"\nroute = \"cloud\"\nredact = true\n[rule.when]\npii_any = [\"email\"]\n",
+        local.clone(),
+        fake.openai_config(),
+    );
+    let resp = r
+        .complete(Request::new(
+            "Draft a note to jane.roe@example.com about lunch",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.route, Route::Cloud);
+    assert_eq!(
+        resp.text,
+        "Sure, I will write to jane.roe@example.com today."
+    );
+    assert!(resp
+        .decision
+        .reasons
+        .contains(&Reason::Redacted { spans: 1 }));
+    let sent = fake.last_request().unwrap();
+    let raw = String::from_utf8_lossy(&sent.raw);
+    assert!(!raw.contains("jane.roe@example.com"), "{raw}");
+    assert!(raw.contains("<EMAIL_1>"), "{raw}");
+}
+
+#[tokio::test]
+async fn cost_is_usage_times_prices_decimal_exact() {
+    let fake = FakeProvider::start().await;
+    let r = router(
+        "[defaults]\nroute = \"cloud\"\n",
+        Arc::new(EchoModel::default()),
+        fake.openai_config(),
+    );
+    let resp = r
+        .complete(Request::new("one two three four"))
+        .await
+        .unwrap();
+    assert_eq!(resp.route, Route::Cloud);
+    let expected = (Decimal::from(resp.usage.input_tokens) * Decimal::new(15, 2)
+        + Decimal::from(resp.usage.output_tokens) * Decimal::new(60, 2))
+        / Decimal::from(1_000_000);
+    assert!(resp.usage.input_tokens > 0 && resp.usage.output_tokens > 0);
+    assert_eq!(resp.cost.usd, expected);
+    assert!(!resp.cost.estimated);
+    assert_eq!(r.stats().cloud_spend_usd, expected);
+}
+
+#[tokio::test]
+async fn exhausted_budget_stops_cloud_calls() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    fake.set_reply("word ".repeat(150).trim_end());
+    let local = Arc::new(EchoModel::default());
+    // Each answer costs ~$0.15 (150 output tokens); each call reserves ~ (prompt + 100 output tokens) x $1000/Mtok ≈ $0.1; the day allows $0.35.
+    let policy =
+        "[cloud]\nmodel = \"fake-model\"\ninput_usd_per_mtok = 1000\noutput_usd_per_mtok = 1000\n\
+                  [budget]\ndaily_usd = \"0.35\"\non_exhausted = \"local\"\n\
+                  [cache]\nmode = \"off\"\n[defaults]\nroute = \"cloud\"\n";
+    let r = Router::builder()
+        .policy_str(policy)
+        .local_backend(local.clone())
+        .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
+        .home(home.path())
+        .build()
+        .unwrap();
+    let mut routes = Vec::new();
+    for i in 0..8 {
+        let resp = r
+            .complete(Request::new(format!("question number {i}")).with_max_tokens(100))
+            .await
+            .unwrap();
+        routes.push(resp.route);
+    }
+    let cloud_calls = routes.iter().filter(|r| **r == Route::Cloud).count();
+    assert!(cloud_calls >= 1 && cloud_calls <= 3, "{routes:?}");
+    assert_eq!(fake.requests_received(), cloud_calls);
+    assert_eq!(*routes.last().unwrap(), Route::Local);
+    let spent = r.stats().cloud_spend_usd;
+    assert!(spent <= Decimal::new(35, 2), "spent {spent}");
+    // Once nothing is left, the decision itself says so.
+    let d = r.explain(&Request::new("anything"));
+    if d.route() == "local" {
+        assert!(d
+            .reasons
+            .iter()
+            .any(|r| matches!(r, Reason::BudgetExhausted { .. })));
+    }
+}
+
+#[tokio::test]
+async fn refused_connection_marks_offline_and_later_decisions_say_so() {
+    let addr = unused_addr();
+    let cfg = CloudConfig::openai("fake-model")
+        .with_base_url(format!("http://{addr}/v1"))
+        .with_api_key(edgeroute::backend::cloud::ApiKey::new("sk-test"));
+    let local = Arc::new(EchoModel::default());
+    let r = router("[defaults]\nroute = \"cloud\"\n", local.clone(), cfg);
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(resp.route, Route::Local);
+    assert!(resp
+        .decision
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::Fallback { from, .. } if from == "cloud")));
+    let features = edgeroute::inspect::inspect(r.policy(), &Request::new("hello"));
+    assert_eq!(r.signals(&features, 16).network, Network::Offline);
+    let d = r.explain(&Request::new("hello"));
+    assert_eq!(d.route(), "local");
+    assert!(d.reasons.contains(&Reason::Offline), "{:?}", d.reasons);
+    // Offline requests no longer try the network at all.
+    let before = local.calls();
+    let resp = r.complete(Request::new("again")).await.unwrap();
+    assert_eq!(resp.attempts.len(), 1);
+    assert_eq!(local.calls(), before + 1);
+}
+
+#[tokio::test]
+async fn breaker_opens_and_the_policy_routes_around_it() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(503));
+    let local = Arc::new(EchoModel::default());
+    let r = router(
+        "[defaults]\nroute = \"cloud\"\n",
+        local.clone(),
+        fake.openai_config(),
+    );
+    for _ in 0..10 {
+        let resp = r.complete(Request::new("hello")).await.unwrap();
+        assert_eq!(resp.route, Route::Local);
+    }
+    let features = edgeroute::inspect::inspect(r.policy(), &Request::new("hello"));
+    assert_eq!(r.signals(&features, 16).cloud_health, CloudHealth::Down);
+    let d = r.explain(&Request::new("hello"));
+    assert!(
+        d.reasons.contains(&Reason::CloudUnhealthy {
+            health: CloudHealth::Down
+        }),
+        "{:?}",
+        d.reasons
+    );
+    let seen = fake.requests_received();
+    r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(
+        fake.requests_received(),
+        seen,
+        "an open breaker sends nothing"
+    );
+}
+
+#[tokio::test]
+async fn no_api_key_means_cloud_unavailable_and_local_answers() {
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    let r = router(
+        "[defaults]\nroute = \"cloud\"\n",
+        local.clone(),
+        fake.openai_config().without_api_key(),
+    );
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(resp.route, Route::Local);
+    assert!(resp
+        .decision
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::CloudUnavailable { .. })));
+    assert_eq!(fake.requests_received(), 0);
+}
