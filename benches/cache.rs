@@ -5,7 +5,9 @@
 //! - `cache/key_and_hit_1kb`: the cache's whole share of a `complete()` served from the cache;
 //! - `cache/miss`: a lookup that finds nothing;
 //! - `cache/insert_1kb`: inserting a 1 KB answer (seal + transaction), as throughput;
-//! - `ledger/reserve_settle`: one reservation + settlement including both fsyncs.
+//! - `ledger/reserve_settle`: one reservation + settlement including both fsyncs;
+//! - `router/complete_cache_hit_1kb`: a whole `Router::complete()` answered from the cache,
+//!   followed by a printed table of the cache stage's share of it (from `Response::timings`).
 //!
 //! Run: `cargo bench --no-default-features --bench cache`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,13 +15,19 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use edgeroute::backend::{
+    Backend, BackendCall, EventStream, FinishReason, Generation, StreamEvent,
+};
 use edgeroute::cache::{
     CacheConfig, CacheKey, CachedAnswer, Database, EncryptionKey, KeyContext, PrivacyClass,
     SledCache,
 };
 use edgeroute::ledger::{BudgetLimits, SledLedger};
 use edgeroute::request::{Request, Route, Usage};
+use edgeroute::Router;
 use rust_decimal::Decimal;
 
 const CTX: KeyContext<'static> = KeyContext {
@@ -118,5 +126,90 @@ fn bench_cache(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_cache);
+/// A local "model" answering 1 KB instantly: only the first call runs it, the rest are hits.
+struct OneKb;
+
+#[async_trait::async_trait]
+impl Backend for OneKb {
+    fn name(&self) -> &str {
+        "one-kb"
+    }
+    async fn stream(&self, _call: BackendCall) -> edgeroute::Result<EventStream> {
+        let done = Generation {
+            text: String::new(),
+            usage: Usage::default(),
+            usage_estimated: false,
+            confidence: None,
+            finish: FinishReason::Stop,
+        };
+        let events = vec![
+            Ok(StreamEvent::Delta("The answer is forty-two. ".repeat(41))),
+            Ok(StreamEvent::Done(done)),
+        ];
+        Ok(Box::pin(futures::stream::iter(events)))
+    }
+}
+
+fn bench_router(c: &mut Criterion) {
+    let home = tempfile::tempdir().expect("tempdir");
+    let router = Router::builder()
+        .policy_str("[defaults]\nroute = \"local\"\n")
+        .local_backend(Arc::new(OneKb))
+        .home(home.path())
+        .cache_key([7; 32])
+        .build()
+        .expect("router");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let prompt = prompt_1kb(1);
+    let first = rt
+        .block_on(router.complete(Request::new(prompt.clone())))
+        .expect("first");
+    assert_eq!(first.route, Route::Local);
+
+    let mut g = c.benchmark_group("router");
+    g.bench_function("complete_cache_hit_1kb", |b| {
+        b.iter(|| {
+            let r = rt
+                .block_on(router.complete(Request::new(prompt.clone())))
+                .expect("hit");
+            assert!(r.cached);
+            r
+        })
+    });
+    g.finish();
+
+    // The cache stage's share of a hit, from the router's own stage timings.
+    let mut cache = Vec::new();
+    let mut total = Vec::new();
+    for _ in 0..5000 {
+        let r = rt
+            .block_on(router.complete(Request::new(prompt.clone())))
+            .expect("hit");
+        cache.push(r.timings.cache);
+        total.push(r.timings.total);
+    }
+    cache.sort();
+    total.sort();
+    let p = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    println!("\ncomplete() on a cache hit, 1 KB prompt and answer, 5000 calls:");
+    println!("{:<14}{:>12}{:>12}{:>12}", "stage", "p50", "p90", "p99");
+    for (name, v) in [("cache stage", &cache), ("total", &total)] {
+        println!(
+            "{:<14}{:>12.1?}{:>12.1?}{:>12.1?}",
+            name,
+            p(v, 0.5),
+            p(v, 0.9),
+            p(v, 0.99)
+        );
+    }
+    println!(
+        "cache share of total at p50: {:.0}%",
+        100.0 * p(&cache, 0.5).as_secs_f64() / p(&total, 0.5).as_secs_f64()
+    );
+}
+
+criterion_group!(benches, bench_cache, bench_router);
 criterion_main!(benches);
