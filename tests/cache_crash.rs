@@ -16,7 +16,7 @@ use edgeroute::cache::{
     CacheConfig, CacheKey, CachedAnswer, Database, EncryptionKey, KeyContext, PrivacyClass,
     SledCache,
 };
-use edgeroute::ledger::{BudgetLimits, SledLedger};
+use edgeroute::ledger::{BudgetLimits, Ledger, SledLedger};
 use edgeroute::request::{Request, Route, Usage};
 use rust_decimal::Decimal;
 
@@ -71,6 +71,8 @@ fn open_all(dir: &Path) -> (Database, SledCache, SledLedger) {
 
 /// The child's loop. Each stdout line is written only after what it reports is durable:
 /// `R <id> <i>` a reservation, `S <id> <i>` a settlement, `F <i>` cache entries `0..=i`.
+/// Settlements alternate between the blocking path and the async trait path (group-commit
+/// flusher thread), so both durability paths are killed mid-flight.
 #[test]
 fn crash_child() {
     let Some(dir) = std::env::var_os(CHILD_DB) else {
@@ -78,6 +80,9 @@ fn crash_child() {
     };
     let run: u32 = std::env::var(CHILD_RUN).unwrap().parse().unwrap();
     let (_db, cache, ledger) = open_all(Path::new(&dir));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut out = std::io::stdout().lock();
     let started = Instant::now();
     for i in 0u64.. {
@@ -92,7 +97,12 @@ fn crash_child() {
         writeln!(out, "R {id} {i}").unwrap();
         out.flush().unwrap();
         if i % 2 == 0 {
-            ledger.settle_blocking(r, actual(i)).unwrap();
+            // Alternate the blocking and the async (group-commit flusher) durability paths.
+            if i % 4 == 0 {
+                ledger.settle_blocking(r, actual(i)).unwrap();
+            } else {
+                rt.block_on(Ledger::settle(&ledger, r, actual(i))).unwrap();
+            }
             writeln!(out, "S {id} {i}").unwrap();
             out.flush().unwrap();
         }
@@ -167,8 +177,14 @@ fn crash_safety_sigkill_20_times() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_millis(120 + seed % 400);
+        let delay = Duration::from_millis(200 + seed % 400);
         std::thread::sleep(delay);
+        // The child only stops when killed: an earlier exit means it failed.
+        let early = child.try_wait().unwrap();
+        assert!(
+            early.is_none(),
+            "run {run}: the child exited on its own: {early:?}"
+        );
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
         let mut stdout = String::new();
