@@ -1,6 +1,6 @@
-//! Built-in detectors: a linear-time regex proposes candidates, a validator (checksum, structure,
-//! boundaries, nearby words) decides. Each detector pushes [`Found`] values; overlaps between
-//! detectors are resolved by the scanner.
+//! Built-in detectors: a linear-time regex proposes candidates; the checks in `validate`
+//! (checksums, formats) and `context` (boundaries, nearby label words) decide. Each detector
+//! pushes [`Found`] values; overlaps between detectors are resolved by the scanner.
 //!
 //! Every regex here runs on the `regex` crate (finite automata, no backtracking). Detectors that
 //! retry after a rejected candidate (`retrying`) only use patterns whose matches are bounded in
@@ -9,8 +9,13 @@
 use aho_corasick::{AhoCorasick, MatchKind};
 use regex::Regex;
 
+use super::context::{
+    clean_after, clean_before, context, digit_groups, digit_zones, extension_len, is_word,
+    isolated, label_after, trim_value,
+};
 use super::validate::{
-    card_grouping_ok, card_issuer_ok, iban_length, iban_valid, looks_like_secret, luhn, ssn_valid,
+    card_ok, iban_length, iban_valid, intl_phone_ok, ipv4_ok, looks_like_secret, national_phone_ok,
+    parens_ok, ssn_valid,
 };
 use crate::error::{Error, Result};
 
@@ -137,7 +142,9 @@ impl Detectors {
     pub(crate) fn new() -> Result<Self> {
         Ok(Detectors {
             email: re(
-                r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?){0,8}\.[A-Za-z]{2,24}",
+                // Latin-script letters (`jörg@müller.de`) but not other scripts, so text written
+                // without a space before the address (`请发到zhang@x.cn`) stays out of the span.
+                r"[\p{Latin}0-9._%+\-]{1,64}@[\p{Latin}0-9](?:[\p{Latin}0-9\-]{0,61}[\p{Latin}0-9])?(?:\.[\p{Latin}0-9](?:[\p{Latin}0-9\-]{0,61}[\p{Latin}0-9])?){0,8}\.[A-Za-z]{2,24}",
             )?,
             url_credentials: re(
                 r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{1,128}:([^\s:/@]{1,256})@",
@@ -158,6 +165,7 @@ impl Detectors {
                 r"|sk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_\-]{20,}",
                 r"|xox[abposre]-[A-Za-z0-9\-]{10,}",
                 r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}",
+                r"|https://hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{16,}",
                 r"|glpat-[A-Za-z0-9_\-]{20}",
                 r"|npm_[A-Za-z0-9]{36}",
                 r"|hf_[A-Za-z0-9]{30,40}",
@@ -377,6 +385,14 @@ impl Detectors {
             let Some(j) = j else {
                 continue;
             };
+            // An unbroken run of 17–19 digits is usually just a big number (constants, ids):
+            // call it a card only next to a card label.
+            let end = groups[j - 1].1;
+            let labelled = context(b, s, 40, CARD_WORDS, &[]) == Some(true)
+                || label_after(b, end, 40, CARD_WORDS);
+            if j == 1 && end - s > 16 && !labelled {
+                continue;
+            }
             out.push(Found {
                 start: s,
                 end: groups[j - 1].1,
@@ -442,7 +458,7 @@ impl Detectors {
             return;
         }
         retrying(&self.ipv6, text, |s, e| {
-            let glued = s > 0 && (is_word(b[s - 1]) || matches!(b[s - 1], b':' | b'.'));
+            let glued = s > 0 && (is_word(b[s - 1]) || matches!(b[s - 1], b':' | b'.' | b'/'));
             if glued {
                 return Step::Skip;
             }
@@ -550,6 +566,24 @@ impl Detectors {
     }
 }
 
+const CARD_WORDS: &[&[u8]] = &[
+    b"card",
+    b"credit",
+    b"debit",
+    b"visa",
+    b"mastercard",
+    b"amex",
+    b"maestro",
+    b"unionpay",
+    b"cc",
+    b"pan",
+    b"karte",
+    b"carte",
+    b"tarjeta",
+    b"payment",
+    b"paid",
+    b"pay",
+];
 const SSN_WORDS: &[&[u8]] = &[b"ssn", b"social security", b"ss#", b"ss no", b"taxpayer id"];
 const VERSION_WORDS: &[&[u8]] = &[
     b"version",
@@ -560,6 +594,12 @@ const VERSION_WORDS: &[&[u8]] = &[
     b"firmware",
     b"sdk",
     b"v.",
+    b"upgrade",
+    b"update",
+    b"patch",
+    b"installed",
+    b"bump",
+    b"oid",
 ];
 const PHONE_WORDS: &[&[u8]] = &[
     b"phone",
@@ -617,7 +657,7 @@ const NOT_PHONE_WORDS: &[&[u8]] = &[
     b"serial",
     b"build",
     b"version",
-    b"account",
+    b"account no",
     b"acct",
     b"case",
     b"transaction",
@@ -635,45 +675,23 @@ const NOT_PHONE_WORDS: &[&[u8]] = &[
     b"commande",
     b"rechnung",
     b"facture",
+    b"part",
+    b"model",
+    b"item",
+    b"product",
+    b"reference",
+    b"confirmation",
+    b"booking",
+    b"reservation",
+    b"policy",
+    b"claim",
+    b"routing",
+    b"license",
+    b"licence",
+    b"passport",
+    b"vin",
+    b"meeting id",
 ];
-
-/// Byte ranges of `b` around its digits: each digit with `margin` bytes either side, merged,
-/// widened to UTF-8 character boundaries. Text far from any digit cannot hold a digit-bearing
-/// match (or the label words before one), so the digit detectors skip it.
-fn digit_zones(b: &[u8], margin: usize) -> Vec<(usize, usize, usize)> {
-    let mut zones: Vec<(usize, usize, usize)> = Vec::new();
-    let mut i = 0;
-    while let Some(off) = b[i..].iter().position(u8::is_ascii_digit) {
-        let first = i + off;
-        let mut last = first;
-        let mut digits = 1;
-        let mut j = first + 1;
-        while j < b.len() && j <= last + margin {
-            if b[j].is_ascii_digit() {
-                last = j;
-                digits += 1;
-            }
-            j += 1;
-        }
-        let mut start = first.saturating_sub(margin);
-        while start > 0 && (b[start] & 0xC0) == 0x80 {
-            start -= 1;
-        }
-        let mut end = (last + 1 + margin).min(b.len());
-        while end < b.len() && (b[end] & 0xC0) == 0x80 {
-            end += 1;
-        }
-        match zones.last_mut() {
-            Some(z) if start <= z.1 => {
-                z.1 = end;
-                z.2 += digits;
-            }
-            _ => zones.push((start, end, digits)),
-        }
-        i = j;
-    }
-    zones
-}
 
 /// What to do after a candidate.
 enum Step {
@@ -710,167 +728,8 @@ fn next_char(text: &str, i: usize) -> usize {
     j
 }
 
-fn is_word(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_'
-}
-
-/// True when `[s, e)` is not glued to a longer token: no word character on either side, no
-/// `X-`/`X.`/`X/` code prefix, and no digit group continuing across a separator (the digits
-/// inside an IBAN, a card, a date or a version string). `space_joins` also treats a single
-/// space between digit groups as joining them.
-fn isolated(b: &[u8], s: usize, e: usize, space_joins: bool) -> bool {
-    clean_before(b, s, space_joins) && clean_after(b, e, space_joins)
-}
-
-fn clean_before(b: &[u8], s: usize, space_joins: bool) -> bool {
-    let Some(&c) = s.checked_sub(1).and_then(|i| b.get(i)) else {
-        return true;
-    };
-    let p = if s >= 2 { b[s - 2] } else { b' ' };
-    if is_word(c) {
-        return false;
-    }
-    if matches!(c, b'-' | b'.' | b'/' | b'_' | b'+') && is_word(p) || c == b'#' {
-        return false;
-    }
-    // A number right before (`12, 4111...`, `0044 0532...`) joins this one; `mc2 4111...` does not.
-    let number_before = s >= 2 && number_ends_at(b, s - 2);
-    if matches!(c, b',' | b':') && number_before {
-        return false;
-    }
-    !(space_joins && c == b' ' && number_before)
-}
-
-fn clean_after(b: &[u8], e: usize, space_joins: bool) -> bool {
-    let Some(&c) = b.get(e) else {
-        return true;
-    };
-    if is_word(c) {
-        return false;
-    }
-    let number_after = number_starts_at(b, e + 1);
-    if matches!(c, b'-' | b'.' | b'/' | b':' | b',') && number_after {
-        return false;
-    }
-    !(space_joins && c == b' ' && number_after)
-}
-
-/// True when `b[i]` ends a token made only of digits, or an account-number group such as
-/// `DE89` or `DBRI` (upper-case letters and digits, the way IBANs are written in groups).
-fn number_ends_at(b: &[u8], i: usize) -> bool {
-    let Some(&last) = b.get(i) else {
-        return false;
-    };
-    let mut k = i + 1;
-    while k > 0 && (b[k - 1].is_ascii_digit() || b[k - 1].is_ascii_uppercase()) {
-        k -= 1;
-    }
-    let token = &b[k..=i];
-    if token.is_empty() {
-        return false;
-    }
-    let clean_start = k == 0 || !is_word(b[k - 1]);
-    let digits_only = token.iter().all(u8::is_ascii_digit);
-    let group =
-        token.len() == 4 && (last.is_ascii_digit() || token.iter().all(u8::is_ascii_uppercase));
-    clean_start && (digits_only || group)
-}
-
-/// True when `b[i]` starts a token made only of digits.
-fn number_starts_at(b: &[u8], i: usize) -> bool {
-    if !b.get(i).is_some_and(u8::is_ascii_digit) {
-        return false;
-    }
-    let mut k = i;
-    while k < b.len() && b[k].is_ascii_digit() {
-        k += 1;
-    }
-    k == b.len() || !is_word(b[k])
-}
-
-/// Looks back up to `window` bytes from `s` for label words. Returns `Some(true)` when the
-/// nearest label is a positive one, `Some(false)` when it is a negative one, `None` when none.
-fn context(b: &[u8], s: usize, window: usize, pos: &[&[u8]], neg: &[&[u8]]) -> Option<bool> {
-    let lo = s.saturating_sub(window);
-    let hay = &b[lo..s];
-    // End offset of the last occurrence of any word, matched case-insensitively and only at the
-    // start of a word ("server" does not contain the label "ver ").
-    let last = |words: &[&[u8]]| {
-        words
-            .iter()
-            .filter_map(|w| {
-                (0..(hay.len() + 1).saturating_sub(w.len()))
-                    .rev()
-                    .find(|&p| {
-                        hay[p..p + w.len()].eq_ignore_ascii_case(w)
-                            && (lo + p == 0 || !is_word(b[lo + p - 1]))
-                    })
-                    .map(|p| p + w.len())
-            })
-            .max()
-    };
-    match (last(pos), last(neg)) {
-        (Some(p), Some(n)) => Some(p > n),
-        (Some(_), None) => Some(true),
-        (None, Some(_)) => Some(false),
-        (None, None) => None,
-    }
-}
-
 fn negative_phone_context(b: &[u8], s: usize) -> bool {
     context(b, s, 24, PHONE_WORDS, NOT_PHONE_WORDS) == Some(false)
-}
-
-/// Byte ranges of the maximal digit runs in `[s, e)`.
-fn digit_groups(b: &[u8], s: usize, e: usize) -> Vec<(usize, usize)> {
-    let mut groups = Vec::new();
-    let mut i = s;
-    while i < e {
-        if b[i].is_ascii_digit() {
-            let start = i;
-            while i < e && b[i].is_ascii_digit() {
-                i += 1;
-            }
-            groups.push((start, i));
-        } else {
-            i += 1;
-        }
-    }
-    groups
-}
-
-fn card_ok(b: &[u8], groups: &[(usize, usize)]) -> bool {
-    let Some(first) = groups.first() else {
-        return false;
-    };
-    // One separator character used throughout.
-    let sep = groups.get(1).map(|g| &b[first.1..g.0]);
-    if groups
-        .windows(2)
-        .any(|w| Some(&b[w[0].1..w[1].0]) != sep || w[1].0 - w[0].1 != 1)
-    {
-        return false;
-    }
-    let lens: Vec<usize> = groups.iter().map(|g| g.1 - g.0).collect();
-    let total: usize = lens.iter().sum();
-    if !(13..=19).contains(&total) || !card_grouping_ok(&lens) {
-        return false;
-    }
-    let digits: Vec<u8> = groups.iter().flat_map(|g| &b[g.0..g.1]).copied().collect();
-    luhn(&digits) && card_issuer_ok(&digits)
-}
-
-fn ipv4_ok(t: &[u8]) -> bool {
-    t.split(|&c| c == b'.').all(|o| {
-        let v = o.iter().fold(0u32, |a, &d| a * 10 + u32::from(d - b'0'));
-        !o.is_empty() && v <= 255 && !(o.len() > 1 && o[0] == b'0')
-    })
-}
-
-fn parens_ok(t: &[u8]) -> bool {
-    let open = t.iter().filter(|&&c| c == b'(').count();
-    let close = t.iter().filter(|&&c| c == b')').count();
-    open == close && open <= 1
 }
 
 /// Shrinks `[s, e)` group by group from the right until `valid` accepts it.
@@ -880,137 +739,4 @@ fn shrink_to_valid(b: &[u8], s: usize, e: usize, valid: fn(&[u8]) -> bool) -> Op
         .rev()
         .map(|j| groups[j - 1].1)
         .find(|&end| valid(&b[s..end]))
-}
-
-/// Separator sanity shared by phone formats: no doubled separators (except around a
-/// parenthesis), balanced parentheses, at most two separator kinds.
-fn phone_shape_ok(t: &[u8]) -> bool {
-    if !parens_ok(t) {
-        return false;
-    }
-    let mut kinds = [false; 4];
-    let mut prev_sep = false;
-    for &c in t {
-        let k = match c {
-            b' ' => Some(0),
-            b'-' => Some(1),
-            b'.' => Some(2),
-            b'/' => Some(3),
-            _ => None,
-        };
-        match k {
-            Some(k) => {
-                if prev_sep {
-                    return false;
-                }
-                kinds[k] = true;
-                prev_sep = true;
-            }
-            None => prev_sep = false,
-        }
-    }
-    kinds.iter().filter(|&&k| k).count() <= 2
-}
-
-/// Looks like a date at the start (`2024-03-15`, `15.03.2024`, `03/15/24`).
-fn date_like(t: &[u8]) -> bool {
-    let groups: Vec<&[u8]> = t
-        .split(|c| !c.is_ascii_digit())
-        .filter(|g| !g.is_empty())
-        .collect();
-    let seps: Vec<u8> = t.iter().copied().filter(|c| !c.is_ascii_digit()).collect();
-    if groups.len() < 3 || seps.len() < 2 || seps[0] != seps[1] || seps[0] == b' ' {
-        return false;
-    }
-    let (a, m, c) = (groups[0].len(), groups[1].len(), groups[2].len());
-    // `15.03.24` alone is a date; `06.12.34.56.78` (five pairs) is a French phone number.
-    (a == 4 && m <= 2 && c <= 2) || (a <= 2 && m <= 2 && (c == 4 || groups.len() == 3))
-}
-
-/// `+CC ...` numbers: E.164 length (8–15 digits) with per-country lengths for the common codes.
-fn intl_phone_ok(t: &[u8]) -> bool {
-    // `+49 ...` or `0049 ...`.
-    let t = t
-        .strip_prefix(b"+")
-        .or_else(|| t.strip_prefix(b"00"))
-        .unwrap_or(t);
-    if !phone_shape_ok(t) {
-        return false;
-    }
-    // `(0)` is the national trunk prefix some people write after the country code.
-    let trunk = t.windows(3).any(|w| w == b"(0)");
-    let digits: Vec<u8> = t.iter().copied().filter(u8::is_ascii_digit).collect();
-    let n = digits.len() - usize::from(trunk);
-    let cc = |p: &[u8]| digits.starts_with(p);
-    if cc(b"1") {
-        n == 11
-    } else if cc(b"44") {
-        (11..=12).contains(&n)
-    } else if cc(b"49") {
-        (10..=14).contains(&n)
-    } else if cc(b"33") {
-        n == 11
-    } else {
-        (8..=15).contains(&n)
-    }
-}
-
-/// National numbers with a leading trunk `0` (UK, DE, FR and most of Europe): 10–12 digits.
-fn national_phone_ok(t: &[u8]) -> bool {
-    let digits = t.iter().filter(|c| c.is_ascii_digit()).count();
-    // Nine digits only with a bracketed area code (`(040) 558756`).
-    let min = if t.first() == Some(&b'(') { 9 } else { 10 };
-    if !(min..=12).contains(&digits) || !phone_shape_ok(t) || date_like(t) {
-        return false;
-    }
-    // A `/` only separates the area code (`030/1234567`).
-    let slash = t.iter().position(|&c| c == b'/');
-    match slash {
-        Some(p) => {
-            t[..p]
-                .iter()
-                .all(|c| c.is_ascii_digit() || *c == b'(' || *c == b')')
-                && !t[p + 1..].contains(&b'/')
-        }
-        None => true,
-    }
-}
-
-/// Length of a phone extension right after a number (`x123`, ` x123`, ` ext. 123`), or 0.
-fn extension_len(b: &[u8], e: usize) -> usize {
-    let rest = b.get(e..).unwrap_or_default();
-    let lead = usize::from(rest.first() == Some(&b' '));
-    let r = &rest[lead..];
-    let tag = if r.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'x')) {
-        1
-    } else if r.len() >= 3 && r[..3].eq_ignore_ascii_case(b"ext") {
-        if r.get(3) == Some(&b'.') {
-            4
-        } else {
-            3
-        }
-    } else {
-        return 0;
-    };
-    let mut j = lead + tag;
-    if tag > 1 && rest.get(j) == Some(&b' ') {
-        j += 1;
-    }
-    let d = rest[j..].iter().take_while(|c| c.is_ascii_digit()).count();
-    if (1..=5).contains(&d) && !rest.get(j + d).is_some_and(|&c| is_word(c)) {
-        j + d
-    } else {
-        0
-    }
-}
-
-/// Strips sentence punctuation and brackets around an unquoted assigned value.
-fn trim_value(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
-    while e > s && matches!(b[e - 1], b'.' | b')' | b']' | b'}' | b'>') {
-        e -= 1;
-    }
-    while s < e && matches!(b[s], b'(' | b'[') {
-        s += 1;
-    }
-    (s, e)
 }

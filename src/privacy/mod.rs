@@ -1,6 +1,10 @@
 //! In-process PII and secret detection ([`Scanner`]), redaction and re-hydration
 //! ([`redact_messages`], [`Rehydrator`]).
 //!
+//! Layout: `detect` (the detectors), `validate` (Luhn, mod-97, SSN rules, phone formats,
+//! secret-likeness), `context` (token boundaries, label words, digit zones), `redact`
+//! (placeholders and re-hydration).
+//!
 //! A scan is one pass per detector family over the text: each built-in detector is a
 //! linear-time regex (the `regex` crate: finite automata, no backtracking) that proposes
 //! candidates, followed by a validator that removes false positives (Luhn, IBAN mod-97, SSN
@@ -11,7 +15,22 @@
 //!
 //! Spans are UTF-8 byte offsets into the scanned text. Neither [`PiiSpan`] nor [`Scanner`]
 //! ever shows scanned text in `Debug`.
+//!
+//! What a span covers, per kind:
+//!
+//! | kind | span | examples |
+//! |---|---|---|
+//! | `email` | the address (no `mailto:`, no brackets) | `ana@example.co.uk` |
+//! | `phone` | from `+`/`00`/`(`/first digit to the last digit, with an extension | `+44 (0)20 7946 0958`, `(415) 555-0132x12`, `06 12 34 56 78` |
+//! | `credit_card` | the digits and their separators (no expiry) | `4111 1111 1111 1111` |
+//! | `iban` | country code to last character, spaces included | `DE89 3704 0044 0532 0130 00` |
+//! | `us_ssn` | `123-45-6789`; spaced or bare only next to an SSN label | `SSN 536221234` |
+//! | `ip_address` | the address (no port, no prefix length) | `10.0.0.1`, `fe80::1` |
+//! | `secret` | the token, the whole PEM block, or the assigned value without quotes | `ghp_…`, `password = "<value>"` |
+//!
+//! Thread safety: [`Scanner`] is `Send + Sync`; clones share the compiled detectors.
 
+mod context;
 mod detect;
 mod redact;
 mod validate;
@@ -189,17 +208,24 @@ impl Scanner {
         }
         for list in &config.keywords {
             let idx = kind_index(&list.kind)?;
+            // Word boundaries only on sides that start/end with a word character, so `C++`
+            // and `#falcon` still match.
+            let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
             let words: Vec<String> = list
                 .words
                 .iter()
                 .map(|w| w.trim())
                 .filter(|w| !w.is_empty())
-                .map(regex::escape)
+                .map(|w| {
+                    let pre = if is_word(w.chars().next()) { r"\b" } else { "" };
+                    let post = if is_word(w.chars().last()) { r"\b" } else { "" };
+                    format!("{pre}{}{post}", regex::escape(w))
+                })
                 .collect();
             if words.is_empty() {
                 continue;
             }
-            let src = format!(r"(?i)\b(?:{})\b", words.join("|"));
+            let src = format!(r"(?i)(?:{})", words.join("|"));
             let re = regex::RegexBuilder::new(&src)
                 .size_limit(1 << 24)
                 .build()

@@ -37,6 +37,16 @@ fn emails() {
         "john.doe+tag@mail.example.co.uk",
     );
     one("mailto:ops@corp.io", "email", "ops@corp.io");
+    one(
+        "Grüße — write to jörg@müller.de today",
+        "email",
+        "jörg@müller.de",
+    );
+    one(
+        "请发邮件到zhang.wei@example.cn。",
+        "email",
+        "zhang.wei@example.cn",
+    );
     none("ping me @here or at user@localhost");
 }
 
@@ -167,6 +177,7 @@ fn secrets() {
         "sk-proj-4f9Qa7Lm2Xc8Vb1Nz6Rt3Yp5Wd0Ke",
         "xoxb-2048-11002233-AbCdEfGhIjKlMnOp",
         "AIzaSyD-1234567890abcdefghijklmnopqrstu",
+        "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/aBcDeFgHiJkLmNoPqRsTuVwX",
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
     ] {
         one(&format!("key: {s} done"), "secret", s);
@@ -202,11 +213,12 @@ fn custom_patterns_and_keywords() {
         }],
         keywords: vec![KeywordList {
             kind: "project".into(),
-            words: vec!["Bluebird".into(), "Ärger".into()],
+            words: vec!["Bluebird".into(), "ärger".into(), "C++".into()],
         }],
     };
     let s = Scanner::new(&cfg).unwrap();
-    let text = "EMP-123456 on project bluebird (not bluebirds) mail a@b.co, 415-555-0132";
+    let text =
+        "EMP-123456 on project bluebird (not bluebirds) in c++, ÄRGER mail a@b.co, 415-555-0132";
     let got: Vec<_> = s
         .scan(text)
         .into_iter()
@@ -217,6 +229,8 @@ fn custom_patterns_and_keywords() {
         vec![
             ("employee_id".into(), "EMP-123456".into()),
             ("project".into(), "bluebird".into()),
+            ("project".into(), "c++".into()),
+            ("project".into(), "ÄRGER".into()),
             ("email".into(), "a@b.co".into()),
         ]
     );
@@ -279,4 +293,44 @@ fn scanner_is_send_sync_clone() {
     fn assert_traits<T: Send + Sync + Clone>() {}
     assert_traits::<Scanner>();
     assert_traits::<Rehydrator>();
+}
+
+#[test]
+fn labels_decide_ambiguous_numbers() {
+    one(
+        "Customer service: 1-800-555-0199",
+        "phone",
+        "1-800-555-0199",
+    );
+    one("tel 4155550132", "phone", "4155550132");
+    none("order number 4155550132");
+    none("SKU 415-555-0132, part 415-555-0133");
+    none("upgrade to 1.2.3.4 today");
+}
+
+#[test]
+fn csv_rows_keep_fields_apart() {
+    let text = "John,Doe,john@x.com,555-123-4567,123-45-6789,34,4111111111111111";
+    let kinds: Vec<String> = found(text).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, ["email", "phone", "us_ssn", "credit_card"]);
+}
+
+#[test]
+fn non_ascii_right_before_pii() {
+    one("电话：+86 138 0013 8000", "phone", "+86 138 0013 8000");
+    one("Téléphone:0612345678", "phone", "0612345678");
+    one(
+        "Карта 4111 1111 1111 1111",
+        "credit_card",
+        "4111 1111 1111 1111",
+    );
+    one("メール：taro@example.jp", "email", "taro@example.jp");
+    one(
+        "IBAN：DE89370400440532013000",
+        "iban",
+        "DE89370400440532013000",
+    );
+    one("SSN：536-22-1234", "us_ssn", "536-22-1234");
+    one("IP地址192.168.1.1", "ip_address", "192.168.1.1");
+    one("Passwort:Geheim123!", "secret", "Geheim123!");
 }

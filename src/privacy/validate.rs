@@ -51,9 +51,11 @@ pub(crate) fn card_issuer_ok(digits: &[u8]) -> bool {
     let diners =
         ((300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39) && (14..=19).contains(&len);
     let jcb = ((3528..=3589).contains(&p4) && (16..=19).contains(&len))
+        || (matches!(p4, 3088 | 3096 | 3112 | 3158 | 3337) && len == 16)
         || ((p4 == 2131 || p4 == 1800) && len == 15);
     let unionpay = p2 == 62 && (16..=19).contains(&len);
-    let maestro = (p2 == 50 || (56..=58).contains(&p2) || p2 == 67) && (13..=19).contains(&len);
+    let maestro =
+        (p2 == 50 || (56..=58).contains(&p2) || p2 == 67 || p4 == 6304) && (13..=19).contains(&len);
     let mir = (2200..=2204).contains(&p4) && len == 16;
     visa || mastercard || amex || discover || diners || jcb || unionpay || maestro || mir
 }
@@ -221,7 +223,7 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
     let first = value[0];
     if matches!(
         first,
-        b'$' | b'%' | b'<' | b'{' | b'[' | b'(' | b'/' | b'~' | b'.' | b'*'
+        b'$' | b'%' | b'<' | b'{' | b'[' | b'(' | b'/' | b'~' | b'.' | b'*' | b'&'
     ) {
         return false;
     }
@@ -272,9 +274,184 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
     {
         return false;
     }
+    // Rust/C++ paths (`FinishReason::Length`) and a stray `:` from `Type::Variant`.
+    if first == b':' || value.windows(2).any(|w| w == b"::") {
+        return false;
+    }
+    // Environment variable names (`api_key_env = "OPENAI_API_KEY"`) name the secret, not hold it.
+    if value.contains(&b'_')
+        && value
+            .iter()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
+    {
+        return false;
+    }
+    // Type names (`tokens: AtomicU64`, `secret: SecretString`): CamelCase words, short, no symbols.
+    let camel = value.len() < 16
+        && value[0].is_ascii_uppercase()
+        && value.iter().all(u8::is_ascii_alphanumeric)
+        && value
+            .windows(2)
+            .any(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase());
+    if camel {
+        return false;
+    }
+    // Macro calls and indexing (`quote!`, `Token![;]`, `secrets[0]`): a digit-free identifier
+    // followed by `!`, `[`, `(` or `{`.
+    if let Some(p) = value
+        .iter()
+        .position(|c| matches!(c, b'!' | b'[' | b'(' | b'{'))
+    {
+        let ident = &value[..p];
+        let call = value[p] != b'!' || matches!(value.get(p + 1), None | Some(b'[' | b'(' | b'{'));
+        if call && !ident.is_empty() && ident.iter().all(|c| c.is_ascii_alphabetic() || *c == b'_')
+        {
+            return false;
+        }
+    }
+    // Code references such as `form.password.data` or `cfg.api_key2` are not values.
+    let identifier_path = value.contains(&b'.')
+        && value.split(|&c| c == b'.').all(|seg| {
+            seg.first()
+                .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+                && seg.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        });
+    if identifier_path {
+        return false;
+    }
     let h = entropy(value);
     let classes = char_classes(value);
-    (classes >= 2 && h >= 2.5) || (value.len() >= 20 && h >= 3.0)
+    // Short values need a digit or a symbol: `getToken` and `Summer` are words, `hunter2` is not.
+    let marked = value.iter().any(|c| !c.is_ascii_alphabetic());
+    (classes >= 2 && marked && h >= 2.5) || (value.len() >= 20 && h >= 3.0)
+}
+
+pub(crate) fn card_ok(b: &[u8], groups: &[(usize, usize)]) -> bool {
+    let Some(first) = groups.first() else {
+        return false;
+    };
+    // One separator character used throughout.
+    let sep = groups.get(1).map(|g| &b[first.1..g.0]);
+    if groups
+        .windows(2)
+        .any(|w| Some(&b[w[0].1..w[1].0]) != sep || w[1].0 - w[0].1 != 1)
+    {
+        return false;
+    }
+    let lens: Vec<usize> = groups.iter().map(|g| g.1 - g.0).collect();
+    let total: usize = lens.iter().sum();
+    if !(13..=19).contains(&total) || !card_grouping_ok(&lens) {
+        return false;
+    }
+    let digits: Vec<u8> = groups.iter().flat_map(|g| &b[g.0..g.1]).copied().collect();
+    luhn(&digits) && card_issuer_ok(&digits)
+}
+
+pub(crate) fn ipv4_ok(t: &[u8]) -> bool {
+    t.split(|&c| c == b'.').all(|o| {
+        let v = o.iter().fold(0u32, |a, &d| a * 10 + u32::from(d - b'0'));
+        !o.is_empty() && v <= 255 && !(o.len() > 1 && o[0] == b'0')
+    })
+}
+
+pub(crate) fn parens_ok(t: &[u8]) -> bool {
+    let open = t.iter().filter(|&&c| c == b'(').count();
+    let close = t.iter().filter(|&&c| c == b')').count();
+    open == close && open <= 1
+}
+
+/// Separator sanity shared by phone formats: no doubled separators (except around a
+/// parenthesis), balanced parentheses, at most two separator kinds.
+pub(crate) fn phone_shape_ok(t: &[u8]) -> bool {
+    if !parens_ok(t) {
+        return false;
+    }
+    let mut kinds = [false; 4];
+    let mut prev_sep = false;
+    for &c in t {
+        let k = match c {
+            b' ' => Some(0),
+            b'-' => Some(1),
+            b'.' => Some(2),
+            b'/' => Some(3),
+            _ => None,
+        };
+        match k {
+            Some(k) => {
+                if prev_sep {
+                    return false;
+                }
+                kinds[k] = true;
+                prev_sep = true;
+            }
+            None => prev_sep = false,
+        }
+    }
+    kinds.iter().filter(|&&k| k).count() <= 2
+}
+
+/// Looks like a date at the start (`2024-03-15`, `15.03.2024`, `03/15/24`).
+pub(crate) fn date_like(t: &[u8]) -> bool {
+    let groups: Vec<&[u8]> = t
+        .split(|c| !c.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .collect();
+    let seps: Vec<u8> = t.iter().copied().filter(|c| !c.is_ascii_digit()).collect();
+    if groups.len() < 3 || seps.len() < 2 || seps[0] != seps[1] || seps[0] == b' ' {
+        return false;
+    }
+    let (a, m, c) = (groups[0].len(), groups[1].len(), groups[2].len());
+    // `15.03.24` alone is a date; `06.12.34.56.78` (five pairs) is a French phone number.
+    (a == 4 && m <= 2 && c <= 2) || (a <= 2 && m <= 2 && (c == 4 || groups.len() == 3))
+}
+
+/// `+CC ...` numbers: E.164 length (8–15 digits) with per-country lengths for the common codes.
+pub(crate) fn intl_phone_ok(t: &[u8]) -> bool {
+    // `+49 ...` or `0049 ...`.
+    let t = t
+        .strip_prefix(b"+")
+        .or_else(|| t.strip_prefix(b"00"))
+        .unwrap_or(t);
+    if !phone_shape_ok(t) {
+        return false;
+    }
+    // `(0)` is the national trunk prefix some people write after the country code.
+    let trunk = t.windows(3).any(|w| w == b"(0)");
+    let digits: Vec<u8> = t.iter().copied().filter(u8::is_ascii_digit).collect();
+    let n = digits.len() - usize::from(trunk);
+    let cc = |p: &[u8]| digits.starts_with(p);
+    if cc(b"1") {
+        n == 11
+    } else if cc(b"44") {
+        (11..=12).contains(&n)
+    } else if cc(b"49") {
+        (10..=14).contains(&n)
+    } else if cc(b"33") {
+        n == 11
+    } else {
+        (8..=15).contains(&n)
+    }
+}
+
+/// National numbers with a leading trunk `0` (UK, DE, FR and most of Europe): 10–12 digits.
+pub(crate) fn national_phone_ok(t: &[u8]) -> bool {
+    let digits = t.iter().filter(|c| c.is_ascii_digit()).count();
+    // Nine digits only with a bracketed area code (`(040) 558756`).
+    let min = if t.first() == Some(&b'(') { 9 } else { 10 };
+    if !(min..=12).contains(&digits) || !phone_shape_ok(t) || date_like(t) {
+        return false;
+    }
+    // A `/` only separates the area code (`030/1234567`).
+    let slash = t.iter().position(|&c| c == b'/');
+    match slash {
+        Some(p) => {
+            t[..p]
+                .iter()
+                .all(|c| c.is_ascii_digit() || *c == b'(' || *c == b')')
+                && !t[p + 1..].contains(&b'/')
+        }
+        None => true,
+    }
 }
 
 #[cfg(test)]
@@ -301,6 +478,9 @@ mod tests {
         assert!(card_issuer_ok(b"378282246310005"));
         assert!(!card_issuer_ok(b"37828224631000")); // Amex is 15 digits
         assert!(card_issuer_ok(b"6011111111111117"));
+        assert!(card_issuer_ok(b"3088000000000009")); // legacy JCB
+        assert!(card_issuer_ok(b"30000000000004")); // Diners 14
+        assert!(card_issuer_ok(b"6304000000000000")); // Maestro
         assert!(!card_issuer_ok(b"1234567812345670"));
         assert!(!card_issuer_ok(b"9111111111111111"));
     }
@@ -350,5 +530,19 @@ mod tests {
         assert!(looks_like_secret(b"hunter2"));
         assert!(!looks_like_secret(b"hunter"));
         assert!(!looks_like_secret(b"1024"));
+        assert!(!looks_like_secret(b"form.password.data"));
+        assert!(!looks_like_secret(b"userInput.password"));
+        assert!(!looks_like_secret(b"getToken"));
+        assert!(!looks_like_secret(b"FinishReason::Length"));
+        assert!(!looks_like_secret(b":MaxTokens"));
+        assert!(!looks_like_secret(b"OPENAI_API_KEY"));
+        assert!(!looks_like_secret(b"AtomicU64"));
+        assert!(looks_like_secret(b"Summer2024"));
+        assert!(looks_like_secret(b"Summer2024!"));
+        assert!(looks_like_secret(b"jhKxbM!33"));
+        assert!(!looks_like_secret(b"Token![;]"));
+        assert!(!looks_like_secret(b"quote_spanned!"));
+        assert!(!looks_like_secret(b"&CancellationToken"));
+        assert!(looks_like_secret(b"correcthorsebatterystaple"));
     }
 }

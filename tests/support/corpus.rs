@@ -370,7 +370,7 @@ fn ipv6(r: &Rng) -> String {
     let mut g = [0u16; 8];
     g[0] = r.pick(&[0x2001u16, 0xfe80, 0x2a00, 0x2606, 0xfd12]);
     for (i, x) in g.iter_mut().enumerate().skip(1) {
-        *x = if i >= 2 && i <= 5 && r.chance(0.5) {
+        *x = if (2..=5).contains(&i) && r.chance(0.5) {
             0
         } else {
             r.range(0, 0xffff) as u16

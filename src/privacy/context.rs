@@ -1,0 +1,229 @@
+//! Byte-level facts about the text around a candidate: whether it is glued to a longer token,
+//! which label words precede it, where the digits are. Shared by the detectors; pure and
+//! total (any offsets inside the text, never a panic).
+
+pub(crate) fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// True when `[s, e)` is not glued to a longer token: no word character on either side, no
+/// `X-`/`X.`/`X/` code prefix, and no digit group continuing across a separator (the digits
+/// inside an IBAN, a card, a date or a version string). `space_joins` also treats a single
+/// space between digit groups as joining them.
+pub(crate) fn isolated(b: &[u8], s: usize, e: usize, space_joins: bool) -> bool {
+    clean_before(b, s, space_joins) && clean_after(b, e, space_joins)
+}
+
+pub(crate) fn clean_before(b: &[u8], s: usize, space_joins: bool) -> bool {
+    let Some(&c) = s.checked_sub(1).and_then(|i| b.get(i)) else {
+        return true;
+    };
+    let p = if s >= 2 { b[s - 2] } else { b' ' };
+    if is_word(c) {
+        return false;
+    }
+    if matches!(c, b'-' | b'.' | b'/' | b'_' | b'+') && is_word(p) || c == b'#' {
+        return false;
+    }
+    // A number right before (`10:30`, `0044 0532...`) joins this one; `mc2 4111...` does not.
+    // Commas do not join: CSV rows put unrelated numbers side by side.
+    let number_before = s >= 2 && number_ends_at(b, s - 2);
+    if c == b':' && number_before {
+        return false;
+    }
+    !(space_joins && c == b' ' && number_before)
+}
+
+pub(crate) fn clean_after(b: &[u8], e: usize, space_joins: bool) -> bool {
+    let Some(&c) = b.get(e) else {
+        return true;
+    };
+    if is_word(c) {
+        return false;
+    }
+    let number_after = number_starts_at(b, e + 1);
+    if matches!(c, b'-' | b'.' | b'/' | b':') && number_after {
+        return false;
+    }
+    !(space_joins && c == b' ' && number_after)
+}
+
+/// True when `b[i]` ends a token made only of digits, or an account-number group such as
+/// `DE89` or `DBRI` (upper-case letters and digits, the way IBANs are written in groups).
+pub(crate) fn number_ends_at(b: &[u8], i: usize) -> bool {
+    let Some(&last) = b.get(i) else {
+        return false;
+    };
+    let mut k = i + 1;
+    while k > 0 && (b[k - 1].is_ascii_digit() || b[k - 1].is_ascii_uppercase()) {
+        k -= 1;
+    }
+    let token = &b[k..=i];
+    if token.is_empty() {
+        return false;
+    }
+    let clean_start = k == 0 || !is_word(b[k - 1]);
+    let digits_only = token.iter().all(u8::is_ascii_digit);
+    let group =
+        token.len() == 4 && (last.is_ascii_digit() || token.iter().all(u8::is_ascii_uppercase));
+    clean_start && (digits_only || group)
+}
+
+/// True when `b[i]` starts a token made only of digits.
+pub(crate) fn number_starts_at(b: &[u8], i: usize) -> bool {
+    if !b.get(i).is_some_and(u8::is_ascii_digit) {
+        return false;
+    }
+    let mut k = i;
+    while k < b.len() && b[k].is_ascii_digit() {
+        k += 1;
+    }
+    k == b.len() || !is_word(b[k])
+}
+
+/// Looks back up to `window` bytes from `s` for label words. Returns `Some(true)` when the
+/// nearest label is a positive one, `Some(false)` when it is a negative one, `None` when none.
+pub(crate) fn context(
+    b: &[u8],
+    s: usize,
+    window: usize,
+    pos: &[&[u8]],
+    neg: &[&[u8]],
+) -> Option<bool> {
+    let lo = s.saturating_sub(window);
+    // End offset of the last occurrence of any word, matched case-insensitively and only at the
+    // start of a word ("server" does not contain the label "ver ").
+    let (mut best_pos, mut best_neg) = (0usize, 0usize);
+    let mut p = s;
+    while p > lo {
+        p -= 1;
+        if p > 0 && is_word(b[p - 1]) && is_word(b[p]) {
+            continue;
+        }
+        // No label is longer than 24 bytes: nothing further left can end later.
+        if best_pos.max(best_neg) > p + 24 {
+            break;
+        }
+        let c = b[p].to_ascii_lowercase();
+        let hit = |w: &&&[u8]| {
+            w.first() == Some(&c) && p + w.len() <= s && b[p..p + w.len()].eq_ignore_ascii_case(w)
+        };
+        for w in pos.iter().filter(hit) {
+            best_pos = best_pos.max(p + w.len());
+        }
+        for w in neg.iter().filter(hit) {
+            best_neg = best_neg.max(p + w.len());
+        }
+    }
+    match (best_pos, best_neg) {
+        (0, 0) => None,
+        (p, n) => Some(p > n),
+    }
+}
+
+/// Byte ranges of `b` around its digits: each digit with `margin` bytes either side, merged,
+/// widened to UTF-8 character boundaries. Text far from any digit cannot hold a digit-bearing
+/// match (or the label words before one), so the digit detectors skip it.
+pub(crate) fn digit_zones(b: &[u8], margin: usize) -> Vec<(usize, usize, usize)> {
+    let mut zones: Vec<(usize, usize, usize)> = Vec::new();
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(u8::is_ascii_digit) {
+        let first = i + off;
+        let mut last = first;
+        let mut digits = 1;
+        let mut j = first + 1;
+        while j < b.len() && j <= last + margin {
+            if b[j].is_ascii_digit() {
+                last = j;
+                digits += 1;
+            }
+            j += 1;
+        }
+        let mut start = first.saturating_sub(margin);
+        while start > 0 && (b[start] & 0xC0) == 0x80 {
+            start -= 1;
+        }
+        let mut end = (last + 1 + margin).min(b.len());
+        while end < b.len() && (b[end] & 0xC0) == 0x80 {
+            end += 1;
+        }
+        match zones.last_mut() {
+            Some(z) if start <= z.1 => {
+                z.1 = end;
+                z.2 += digits;
+            }
+            _ => zones.push((start, end, digits)),
+        }
+        i = j;
+    }
+    zones
+}
+
+/// Byte ranges of the maximal digit runs in `[s, e)`.
+pub(crate) fn digit_groups(b: &[u8], s: usize, e: usize) -> Vec<(usize, usize)> {
+    let mut groups = Vec::new();
+    let mut i = s;
+    while i < e {
+        if b[i].is_ascii_digit() {
+            let start = i;
+            while i < e && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            groups.push((start, i));
+        } else {
+            i += 1;
+        }
+    }
+    groups
+}
+
+/// Length of a phone extension right after a number (`x123`, ` x123`, ` ext. 123`), or 0.
+pub(crate) fn extension_len(b: &[u8], e: usize) -> usize {
+    let rest = b.get(e..).unwrap_or_default();
+    let lead = usize::from(rest.first() == Some(&b' '));
+    let r = &rest[lead..];
+    let tag = if r.first().is_some_and(|c| c.eq_ignore_ascii_case(&b'x')) {
+        1
+    } else if r.len() >= 3 && r[..3].eq_ignore_ascii_case(b"ext") {
+        if r.get(3) == Some(&b'.') {
+            4
+        } else {
+            3
+        }
+    } else {
+        return 0;
+    };
+    let mut j = lead + tag;
+    if tag > 1 && rest.get(j) == Some(&b' ') {
+        j += 1;
+    }
+    let d = rest[j..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if (1..=5).contains(&d) && !rest.get(j + d).is_some_and(|&c| is_word(c)) {
+        j + d
+    } else {
+        0
+    }
+}
+
+/// Strips sentence punctuation and brackets around an unquoted assigned value.
+pub(crate) fn trim_value(b: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
+    while e > s && matches!(b[e - 1], b'.' | b')' | b']' | b'}' | b'>') {
+        e -= 1;
+    }
+    while s < e && matches!(b[s], b'(' | b'[') {
+        s += 1;
+    }
+    (s, e)
+}
+
+/// True when one of `words` starts a word within `window` bytes after `e` (a trailing label,
+/// as in `"4111..."  # card number`). Case-insensitive.
+pub(crate) fn label_after(b: &[u8], e: usize, window: usize, words: &[&[u8]]) -> bool {
+    let hi = (e + window).min(b.len());
+    (e..hi).any(|p| {
+        (p == 0 || !is_word(b[p - 1]))
+            && words
+                .iter()
+                .any(|w| p + w.len() <= b.len() && b[p..p + w.len()].eq_ignore_ascii_case(w))
+    })
+}
