@@ -16,8 +16,9 @@
 //!
 //! Spend is attributed to the UTC day (and month) of the reservation, also when settled later.
 //!
-//! Trees: `ledger/totals` (`d:YYYY-MM-DD` / `m:YYYY-MM` → decimal) and `ledger/log`
-//! (reservation id → entry), updated together in one transaction.
+//! Trees: `ledger/totals` (`d:YYYY-MM-DD` / `m:YYYY-MM` → decimal, `open` → count of unsettled
+//! reservations) and `ledger/log` (reservation id → entry), updated together in one
+//! transaction. [`SledLedger::status_at`] reads three keys: O(1), fine on every request.
 
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -152,6 +153,8 @@ enum Abort {
 }
 
 const ENTRY_FORMAT: u8 = 1;
+/// `ledger/totals` key of the number of unsettled reservations (u64 LE).
+const OPEN_KEY: &[u8] = b"open";
 const ENTRY_LEN: usize = 1 + 1 + 8 + 16 + 16 + 8;
 
 impl SledLedger {
@@ -209,10 +212,11 @@ impl SledLedger {
         .flatten()
         .min()
         .map(|l| l.max(Decimal::ZERO));
-        let mut open_reservations = 0;
-        for entry in self.entries()? {
-            open_reservations += u64::from(entry.actual.is_none());
-        }
+        let open_reservations = self
+            .totals
+            .get(OPEN_KEY)
+            .map_err(|e| storage(self.db.path(), e))?
+            .map_or(0, |v| decode_count(&v));
         Ok(BudgetStatus {
             day: day_string(day),
             month: month_string(day),
@@ -287,6 +291,8 @@ impl SledLedger {
             totals.insert(dk.as_slice(), &(today + estimate).serialize()[..])?;
             totals.insert(mk.as_slice(), &(month + estimate).serialize()[..])?;
             log.insert(&id.to_be_bytes()[..], encode_entry(&entry).as_slice())?;
+            let open = totals.get(OPEN_KEY)?.map_or(0, |v| decode_count(&v));
+            totals.insert(OPEN_KEY, &(open + 1).to_le_bytes()[..])?;
             Ok(())
         });
         match result {
@@ -328,6 +334,8 @@ impl SledLedger {
             }
             entry.actual = Some(actual);
             log.insert(&id[..], encode_entry(&entry).as_slice())?;
+            let open = totals.get(OPEN_KEY)?.map_or(0, |v| decode_count(&v));
+            totals.insert(OPEN_KEY, &open.saturating_sub(1).to_le_bytes()[..])?;
             Ok(())
         });
         result.map_err(|e| txn_error(path, e))
@@ -385,6 +393,12 @@ fn decode_entry(raw: &[u8]) -> Option<Entry> {
         actual: (raw[1] == 1).then_some(actual),
         reserved_at_ms,
     })
+}
+
+fn decode_count(raw: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(raw)
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
 }
 
 fn id_from_bytes(b: &[u8]) -> Option<u64> {
@@ -488,6 +502,7 @@ fn month_key(day: i64) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

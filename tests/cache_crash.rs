@@ -4,6 +4,7 @@
 //! every cache entry reads back intact or is absent (entries known flushed are present), and
 //! every reservation or settlement the child reported durable is in the ledger, whose totals
 //! equal the sum of its entries.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -15,7 +16,7 @@ use edgeroute::cache::{
     CacheConfig, CacheKey, CachedAnswer, Database, EncryptionKey, KeyContext, PrivacyClass,
     SledCache,
 };
-use edgeroute::ledger::{BudgetLimits, SledLedger};
+use edgeroute::ledger::{BudgetLimits, Ledger, SledLedger};
 use edgeroute::request::{Request, Route, Usage};
 use rust_decimal::Decimal;
 
@@ -70,6 +71,8 @@ fn open_all(dir: &Path) -> (Database, SledCache, SledLedger) {
 
 /// The child's loop. Each stdout line is written only after what it reports is durable:
 /// `R <id> <i>` a reservation, `S <id> <i>` a settlement, `F <i>` cache entries `0..=i`.
+/// Settlements alternate between the blocking path and the async trait path (group-commit
+/// flusher thread), so both durability paths are killed mid-flight.
 #[test]
 fn crash_child() {
     let Some(dir) = std::env::var_os(CHILD_DB) else {
@@ -77,6 +80,9 @@ fn crash_child() {
     };
     let run: u32 = std::env::var(CHILD_RUN).unwrap().parse().unwrap();
     let (_db, cache, ledger) = open_all(Path::new(&dir));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut out = std::io::stdout().lock();
     let started = Instant::now();
     for i in 0u64.. {
@@ -91,7 +97,12 @@ fn crash_child() {
         writeln!(out, "R {id} {i}").unwrap();
         out.flush().unwrap();
         if i % 2 == 0 {
-            ledger.settle_blocking(r, actual(i)).unwrap();
+            // Alternate the blocking and the async (group-commit flusher) durability paths.
+            if i % 4 == 0 {
+                ledger.settle_blocking(r, actual(i)).unwrap();
+            } else {
+                rt.block_on(Ledger::settle(&ledger, r, actual(i))).unwrap();
+            }
             writeln!(out, "S {id} {i}").unwrap();
             out.flush().unwrap();
         }
@@ -166,8 +177,14 @@ fn crash_safety_sigkill_20_times() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_millis(120 + seed % 400);
+        let delay = Duration::from_millis(200 + seed % 400);
         std::thread::sleep(delay);
+        // The child only stops when killed: an earlier exit means it failed.
+        let early = child.try_wait().unwrap();
+        assert!(
+            early.is_none(),
+            "run {run}: the child exited on its own: {early:?}"
+        );
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
         let mut stdout = String::new();
@@ -246,7 +263,13 @@ fn crash_safety_sigkill_20_times() {
         }
         // Totals equal the sum of the entries (settled at actual, open at estimate).
         let counted: Decimal = entries.values().map(|(e, a)| a.unwrap_or(*e)).sum();
-        assert_eq!(ledger.status_at(day()).unwrap().spent_today, counted);
+        let status = ledger.status_at(day()).unwrap();
+        assert_eq!(status.spent_today, counted);
+        let open = entries.values().filter(|(_, a)| a.is_none()).count() as u64;
+        assert_eq!(
+            status.open_reservations, open,
+            "run {run}: open count drifted"
+        );
         cache.flush().unwrap();
     }
     assert!(

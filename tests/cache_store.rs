@@ -1,5 +1,6 @@
 //! The sled answer cache on a real on-disk database: hits, misses, TTL, LRU eviction under the
 //! byte budget, modes, privacy classes, tamper and wrong-key detection, concurrency.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -206,6 +207,22 @@ fn byte_budget_evicts_least_recently_used() {
         .unwrap();
     assert!(cache.get(&public("huge")).unwrap().is_none());
     assert_eq!(cache.stats().unwrap().entries, 10);
+    // Opening with a smaller budget (e.g. a tool using the default config) evicts nothing...
+    let reopened = SledCache::open(
+        &db,
+        EncryptionKey::from_bytes(&KEY_A).unwrap(),
+        CacheConfig {
+            max_bytes: entry_size * 5,
+            ..config()
+        },
+    )
+    .unwrap();
+    assert_eq!(reopened.stats().unwrap().entries, 10);
+    // ...until something is stored.
+    reopened.put(&public("q15"), &answer(&text)).unwrap();
+    assert_eq!(reopened.stats().unwrap().entries, 5);
+    drop(reopened);
+    let cache = SledCache::open(&db, EncryptionKey::from_bytes(&KEY_A).unwrap(), config()).unwrap();
     // Shrinking the budget evicts immediately.
     cache
         .set_config(CacheConfig {

@@ -1,5 +1,6 @@
 //! The cost ledger on a real sled database: reserve/settle, limits, periods, persistence,
 //! and no overspend under concurrent reservations.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -209,4 +210,6 @@ async fn concurrent_reservations_cannot_overspend() {
     assert_eq!(entries.len(), 500);
     let counted: Decimal = entries.iter().map(|e| e.counted()).sum();
     assert_eq!(counted, s.spent_today);
+    let open = entries.iter().filter(|e| e.actual.is_none()).count() as u64;
+    assert_eq!(s.open_reservations, open);
 }

@@ -151,6 +151,7 @@ pub(crate) fn storage(path: &Path, e: sled::Error) -> Error {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

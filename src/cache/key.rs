@@ -8,7 +8,7 @@ use std::fmt;
 
 use ring::digest;
 use serde::{Deserialize, Serialize};
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
 use crate::request::{GenerationParams, Message, Request, Role};
 
@@ -185,8 +185,18 @@ pub fn normalize_text(text: &str) -> String {
 
 fn normalize_into(text: &str, out: &mut String) {
     out.clear();
+    out.reserve(text.len());
+    // Most prompts are already NFC (all ASCII text is): skip the composing iterator then.
+    if is_nfc_quick(text.chars()) == IsNormalized::Yes {
+        collapse_whitespace(text.chars(), out);
+    } else {
+        collapse_whitespace(text.nfc(), out);
+    }
+}
+
+fn collapse_whitespace(chars: impl Iterator<Item = char>, out: &mut String) {
     let mut pending_space = false;
-    for c in text.nfc() {
+    for c in chars {
         if c.is_whitespace() {
             pending_space = !out.is_empty();
         } else {
@@ -239,6 +249,7 @@ impl Encoder {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

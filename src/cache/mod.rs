@@ -35,5 +35,5 @@ mod store;
 pub use crypt::{EncryptionKey, KEY_LEN};
 pub use db::{open_db, Database};
 pub use key::{normalize_text, CacheKey, KeyContext, PrivacyClass};
-pub use record::{CachedAnswer, Header, Rejection};
+pub use record::{open_record, seal_record, CachedAnswer, Header, Rejection};
 pub use store::{CacheConfig, CacheMode, CacheStats, CacheStore, SledCache};

@@ -141,8 +141,10 @@ impl Header {
     }
 }
 
-/// Seals `answer` for storage under `key`.
-pub(crate) fn seal(enc: &EncryptionKey, key: &CacheKey, answer: &CachedAnswer) -> Result<Vec<u8>> {
+/// Seals `answer` into the stored record format for `key` (fresh random nonce; the key digest,
+/// format and header are the associated data). Public so other [`super::CacheStore`]
+/// implementations (e.g. a shared Redis store) use the same authenticated format.
+pub fn seal_record(enc: &EncryptionKey, key: &CacheKey, answer: &CachedAnswer) -> Result<Vec<u8>> {
     let created_at_ms = answer
         .created_at
         .duration_since(UNIX_EPOCH)
@@ -187,8 +189,9 @@ impl Rejection {
     }
 }
 
-/// Opens a stored record for `key`.
-pub(crate) fn open(
+/// Opens a stored record for `key`: authenticates it, checks the privacy class, decodes it.
+/// Never panics, whatever `record` holds.
+pub fn open_record(
     enc: &EncryptionKey,
     key: &CacheKey,
     record: &[u8],
@@ -265,6 +268,7 @@ impl Reader<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::cache::key::KeyContext;
@@ -299,8 +303,8 @@ mod tests {
         let enc = EncryptionKey::generate().unwrap();
         let k = key(PrivacyClass::Public, "q");
         let a = answer();
-        let rec = seal(&enc, &k, &a).unwrap();
-        let back = open(&enc, &k, &rec).unwrap();
+        let rec = seal_record(&enc, &k, &a).unwrap();
+        let back = open_record(&enc, &k, &rec).unwrap();
         assert_eq!(back.text, a.text);
         assert_eq!(back.usage, a.usage);
         assert_eq!(back.route, Route::Cloud);
@@ -313,15 +317,15 @@ mod tests {
     fn every_single_byte_flip_is_rejected() {
         let enc = EncryptionKey::generate().unwrap();
         let k = key(PrivacyClass::Public, "q");
-        let rec = seal(&enc, &k, &answer()).unwrap();
+        let rec = seal_record(&enc, &k, &answer()).unwrap();
         for i in 0..rec.len() {
             let mut bad = rec.clone();
             bad[i] ^= 0x01;
-            assert!(open(&enc, &k, &bad).is_err(), "flip at {i} accepted");
+            assert!(open_record(&enc, &k, &bad).is_err(), "flip at {i} accepted");
         }
         for n in 0..rec.len() {
             assert!(
-                open(&enc, &k, &rec[..n]).is_err(),
+                open_record(&enc, &k, &rec[..n]).is_err(),
                 "truncation to {n} accepted"
             );
         }
@@ -330,15 +334,15 @@ mod tests {
     #[test]
     fn moved_record_and_other_class_rejected() {
         let enc = EncryptionKey::generate().unwrap();
-        let rec = seal(&enc, &key(PrivacyClass::Public, "a"), &answer()).unwrap();
+        let rec = seal_record(&enc, &key(PrivacyClass::Public, "a"), &answer()).unwrap();
         assert_eq!(
-            open(&enc, &key(PrivacyClass::Public, "b"), &rec),
+            open_record(&enc, &key(PrivacyClass::Public, "b"), &rec),
             Err(Rejection::Unauthentic)
         );
-        assert!(open(&enc, &key(PrivacyClass::Private, "a"), &rec).is_err());
+        assert!(open_record(&enc, &key(PrivacyClass::Private, "a"), &rec).is_err());
         let other = EncryptionKey::generate().unwrap();
         assert_eq!(
-            open(&other, &key(PrivacyClass::Public, "a"), &rec),
+            open_record(&other, &key(PrivacyClass::Public, "a"), &rec),
             Err(Rejection::Unauthentic)
         );
     }
