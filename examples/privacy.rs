@@ -27,12 +27,18 @@ async fn main() -> edgeroute::Result<()> {
         .with_max_tokens(48);
     let response = router.complete(pinned).await?;
     println!("card number → {} ({})", response.route, response.decision);
-    println!("  requests the cloud saw so far: {}\n", cloud.requests_received());
+    println!(
+        "  requests the cloud saw so far: {}\n",
+        cloud.requests_received()
+    );
 
     let redacted = Request::new("Write a two-line reply to jane.doe@example.com about her invoice")
         .with_tag("needs-cloud");
     let response = router.complete(redacted).await?;
-    let sent = cloud.last_request().map(|r| r.body["messages"].to_string()).unwrap_or_default();
+    let sent = cloud
+        .last_request()
+        .map(|r| r.body["messages"].to_string())
+        .unwrap_or_default();
     println!("email → {} ({})", response.route, response.decision);
     println!("  what the cloud received: {sent}");
     println!("  what the app received:   {}", response.text);

@@ -9,7 +9,9 @@ async fn main() -> edgeroute::Result<()> {
     let prompt = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "What is the capital of France?".into());
-    let router = Router::builder().policy_file("policies/default.toml").build()?;
+    let router = Router::builder()
+        .policy_file("policies/default.toml")
+        .build()?;
     let response = router.complete(Request::new(prompt)).await?;
     println!("{}\n", response.text);
     println!("answered by: {}", response.route);
@@ -17,10 +19,16 @@ async fn main() -> edgeroute::Result<()> {
     for reason in &response.decision.reasons {
         println!("because:     {reason}");
     }
-    println!("latency:     {:?} (execute {:?})", response.timings.total, response.timings.execute);
+    println!(
+        "latency:     {:?} (execute {:?})",
+        response.timings.total, response.timings.execute
+    );
     println!("cost:        ${}", response.cost.usd);
     if let Some(c) = response.confidence {
-        println!("confidence:  first sentence {:.2}, mean {:.2}, p10 {:.2}", c.first_sentence, c.mean, c.p10);
+        println!(
+            "confidence:  first sentence {:.2}, mean {:.2}, p10 {:.2}",
+            c.first_sentence, c.mean, c.p10
+        );
     }
     Ok(())
 }

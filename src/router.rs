@@ -356,10 +356,11 @@ impl Router {
             .store
             .as_ref()
             .map(|s| s.key_for(&inner.policy, &request, &features));
-        let hit = tracing::debug_span!("edgeroute.cache").in_scope(|| match (&inner.store, &cache_key) {
-            (Some(s), Some(k)) => s.lookup(k),
-            _ => None,
-        });
+        let hit =
+            tracing::debug_span!("edgeroute.cache").in_scope(|| match (&inner.store, &cache_key) {
+                (Some(s), Some(k)) => s.lookup(k),
+                _ => None,
+            });
         timings.cache = t.elapsed();
         if let Some(text) = hit {
             let decision = Decision::cache_hit();
@@ -952,10 +953,13 @@ impl Execution<'_> {
             Some(s) => Some(s.reserve(estimate).await?),
             None => None,
         };
-        let provider = policy.cloud.as_ref().map_or("custom", |c| match c.provider {
-            crate::policy::ProviderKind::OpenAi => "openai",
-            crate::policy::ProviderKind::Anthropic => "anthropic",
-        });
+        let provider = policy
+            .cloud
+            .as_ref()
+            .map_or("custom", |c| match c.provider {
+                crate::policy::ProviderKind::OpenAi => "openai",
+                crate::policy::ProviderKind::Anthropic => "anthropic",
+            });
         let span = tier_span("cloud", provider, backend.name(), &call);
         let result = async {
             let stream = backend.stream(clearance, call).await?;

@@ -234,7 +234,11 @@ impl StatsEvent {
             route: response.route,
             latency_ms: ms(response.timings.total),
             spend_usd: response.cost.usd,
-            would_cost_usd: policy.cloud.as_ref().map(|c| c.cost(usage)).unwrap_or_default(),
+            would_cost_usd: policy
+                .cloud
+                .as_ref()
+                .map(|c| c.cost(usage))
+                .unwrap_or_default(),
             escalated: response
                 .decision
                 .reasons
@@ -251,21 +255,34 @@ pub struct PersistedStats {
     tree: sled::Tree,
 }
 
-const COUNTERS: [&str; 6] = ["requests", "failures", "local", "cloud", "cache_hits", "escalations"];
+const COUNTERS: [&str; 6] = [
+    "requests",
+    "failures",
+    "local",
+    "cloud",
+    "cache_hits",
+    "escalations",
+];
 
 impl PersistedStats {
     /// Opens the `stats` tree.
     pub fn open(db: &crate::cache::Database) -> crate::Result<Self> {
-        let tree = db.sled().open_tree("stats").map_err(|e| crate::Error::Storage {
-            path: db.path().to_path_buf(),
-            message: format!("cannot open the stats tree: {e}"),
-        })?;
+        let tree = db
+            .sled()
+            .open_tree("stats")
+            .map_err(|e| crate::Error::Storage {
+                path: db.path().to_path_buf(),
+                message: format!("cannot open the stats tree: {e}"),
+            })?;
         Ok(PersistedStats { tree })
     }
 
     fn add_u64(&self, key: &str, by: u64) {
         let _ = self.tree.update_and_fetch(key, |old| {
-            let n = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0);
+            let n = old
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
             Some((n + by).to_be_bytes().to_vec())
         });
     }
@@ -294,7 +311,10 @@ impl PersistedStats {
         let seq = self
             .tree
             .update_and_fetch(&seq_key, |old| {
-                let n = old.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0);
+                let n = old
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
                 Some((n + 1).to_be_bytes().to_vec())
             })
             .ok()

@@ -219,11 +219,8 @@ impl Store {
         )
     }
 
-    /// A cached answer for this key, if the mode and privacy class allow reading it.
+    /// A cached answer for this key (the cache applies the mode and privacy-class rules).
     pub(crate) fn lookup(&self, key: &CacheKey) -> Option<String> {
-        if !self.cache.config().reads(key.privacy()) {
-            return None;
-        }
         match self.cache.get(key) {
             Ok(hit) => hit.map(|a| a.text),
             Err(e) => {
@@ -233,12 +230,9 @@ impl Store {
         }
     }
 
-    /// Stores an answer, if the mode and privacy class allow it. Failures are logged, never
+    /// Stores an answer (the cache applies the mode and privacy-class rules). Failures are logged, never
     /// returned: the caller already has its answer.
     pub(crate) fn save(&self, key: &CacheKey, model: &str, text: &str, route: Route, usage: Usage) {
-        if !self.cache.config().writes(key.privacy()) {
-            return;
-        }
         if let Err(e) = self
             .cache
             .put(key, &CachedAnswer::new(text, route, model, usage))

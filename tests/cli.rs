@@ -11,6 +11,7 @@ fn bin() -> Command {
     c.env_remove("EDGEROUTE_CLOUD_URL");
     c.env_remove("OPENAI_API_KEY");
     c.env_remove("ANTHROPIC_API_KEY");
+    c.env_remove("RUST_LOG");
     c
 }
 
@@ -234,4 +235,104 @@ fn help_for_every_command() {
         assert!(o.status.success(), "{args:?}");
         assert!(stdout(&o).contains("Usage:"), "{args:?}");
     }
+}
+
+#[test]
+fn ask_without_a_model_names_the_setup_command() {
+    let home = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "--home",
+        home.path().to_str().unwrap(),
+        "ask",
+        "--policy",
+        "policies/offline-only.toml",
+        "What is the capital of France?",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("python3 scripts/setup.py"), "{err}");
+}
+
+/// `ask` answers from the real local model, then from the cache; `stats`, `cache stats` and
+/// `budget` report it. The model comes from the default home (installed by the set-up); the
+/// database lives in a fresh home so parallel tests never share it.
+#[cfg(feature = "onnx")]
+#[test]
+fn ask_answers_locally_then_from_cache_and_stats_add_up() {
+    let installed = edgeroute::home::resolve(None);
+    let home = tempfile::tempdir().unwrap();
+    let policy = home.path().join("offline.toml");
+    let model_dir = edgeroute::home::model_dir(&installed, edgeroute::home::DEFAULT_MODEL);
+    std::fs::write(
+        &policy,
+        format!(
+            "[local]\nmodel_dir = {:?}\nmax_new_tokens = 24\n[cache]\nmode = \"on\"\n[defaults]\nroute = \"local\"\npin = true\n",
+            model_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let h = home.path().to_str().unwrap();
+    let p = policy.to_str().unwrap();
+    let ask = |prompt: &str| {
+        let o = bin()
+            .args(["--home", h, "ask", "--json", "--policy", p, prompt])
+            .env(
+                "ORT_DYLIB_PATH",
+                installed.join("runtime/libonnxruntime.so.1.32.0"),
+            )
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    let first = ask("What is the capital of France?");
+    assert_eq!(first["route"], "local", "{first}");
+    assert_eq!(first["rule"], "defaults");
+    assert_eq!(first["cached"], false);
+    assert!(first["text"].as_str().unwrap().contains("Paris"), "{first}");
+    assert!(first["usage"]["output_tokens"].as_u64().unwrap() > 0);
+    assert!(first["confidence"]["mean"].as_f64().unwrap() < 0.0);
+    let second = ask("What is the capital of France?");
+    assert_eq!(second["route"], "cache");
+    assert_eq!(second["text"], first["text"]);
+
+    let o = run(&["--home", h, "stats", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (
+            s["requests"].as_u64(),
+            s["local"].as_u64(),
+            s["cache_hits"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["local_latency"]["samples"], 1);
+
+    let o = run(&["--home", h, "cache", "stats", "--json", "--policy", p]);
+    let c: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (c["entries"].as_u64(), c["hits"].as_u64()),
+        (Some(1), Some(1)),
+        "{c}"
+    );
+
+    let o = run(&[
+        "--home",
+        h,
+        "budget",
+        "--json",
+        "--policy",
+        "policies/cost-saver.toml",
+    ]);
+    let b: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(b["spent_today"], "0");
+    assert_eq!(b["daily_limit"], "1.00");
+
+    let o = run(&["--home", h, "cache", "clear", "--policy", p]);
+    assert!(
+        stdout(&o).contains("removed 1 cached answer"),
+        "{}",
+        stdout(&o)
+    );
 }

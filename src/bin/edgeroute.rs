@@ -72,12 +72,17 @@ enum Command {
 enum CacheCommand {
     /// Entries, bytes, hits, misses, hit rate, evictions.
     Stats {
+        #[command(flatten)]
+        policy: PolicyArg,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove every cached answer (the cost ledger is kept).
-    Clear,
+    Clear {
+        #[command(flatten)]
+        policy: PolicyArg,
+    },
 }
 
 #[derive(Args)]
@@ -491,7 +496,7 @@ fn cache(cmd: CacheCommand, home: Option<&Path>) -> edgeroute::Result<ExitCode> 
                 println!("rejected:  {}", s.rejected);
             }
         }
-        CacheCommand::Clear => {
+        CacheCommand::Clear { .. } => {
             let before = cache.stats()?.entries;
             cache.clear()?;
             cache.flush()?;
@@ -551,12 +556,26 @@ fn stats(json: bool, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
     println!("  cache:           {}", s.cache_hits);
     println!("local share:       {:.1}%", s.local_share * 100.0);
     println!("cache hit rate:    {:.1}%", s.cache_hit_rate * 100.0);
-    println!("escalations:       {} ({:.1}%)", s.escalations, s.escalation_rate * 100.0);
+    println!(
+        "escalations:       {} ({:.1}%)",
+        s.escalations,
+        s.escalation_rate * 100.0
+    );
     println!("cloud spend:       ${}", s.cloud_spend_usd);
-    println!("est. savings:      ${} (vs sending everything to the cloud)", s.estimated_savings_usd);
-    for (name, l) in [("local", s.local_latency), ("cloud", s.cloud_latency), ("cache", s.cache_latency)] {
+    println!(
+        "est. savings:      ${} (vs sending everything to the cloud)",
+        s.estimated_savings_usd
+    );
+    for (name, l) in [
+        ("local", s.local_latency),
+        ("cloud", s.cloud_latency),
+        ("cache", s.cache_latency),
+    ] {
         if l.samples > 0 {
-            println!("{name:<6} latency:     p50 {:.1} ms, p95 {:.1} ms ({} samples)", l.p50_ms, l.p95_ms, l.samples);
+            println!(
+                "{name:<6} latency:     p50 {:.1} ms, p95 {:.1} ms ({} samples)",
+                l.p50_ms, l.p95_ms, l.samples
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
