@@ -44,7 +44,7 @@ fn holds(
     reasons: &mut Vec<Reason>,
 ) -> bool {
     let reason = match condition {
-        Condition::Pii(want) => (!f.pii.is_empty() == *want).then(|| {
+        Condition::Pii(want) => (f.pii.is_empty() != *want).then(|| {
             if *want {
                 Reason::PiiFound {
                     kinds: policy.kind_names(f.pii),
