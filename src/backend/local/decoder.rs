@@ -140,3 +140,30 @@ impl<'s> Decoder<'s> {
         Ok(&self.logits)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn present_is_fed_back_as_past() {
+        let home_dir = crate::home::resolve(None);
+        let rt = match super::super::runtime::ensure(None, &home_dir) {
+            Ok(rt) => rt,
+            Err(e) => panic!("{e}"),
+        };
+        let kv = KvShape { layers: 1, kv_heads: 1, head_dim: 2 };
+        let model = super::super::tests::fixture("tiny/model.onnx");
+        let mut session = open_session(rt, &model, 1, kv).unwrap();
+        let names = Names::new(1);
+        let mut d = Decoder::new(&mut session, &names, kv).unwrap();
+        let logits = d.step(&[5, 13]).unwrap().to_vec();
+        assert_eq!(logits.len(), 259);
+        assert_eq!(logits.iter().position(|&l| l == 10.0), Some(75));
+        d.step(&[7]).unwrap();
+        assert_eq!(d.len, 3);
+        let (shape, data) = d.past[0].try_extract_tensor::<f32>().unwrap();
+        assert_eq!(&**shape, &[1, 1, 3, 2]);
+        assert_eq!(data, &[5.0, 5.0, 13.0, 13.0, 7.0, 7.0]);
+    }
+}
