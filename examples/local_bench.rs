@@ -1,6 +1,6 @@
 //! Local tier benchmark: time to first token (32-token prompt), decode tokens/s and peak RSS,
 //! Rust (`LocalBackend`) side by side with the same greedy loop in Python onnxruntime.
-//! Needs `python3 scripts/setup.py`; run: `cargo run --release --no-default-features --features onnx --example local_bench [threads] [max_new_tokens] [runs]`.
+//! Needs `python3 scripts/setup.py`; run: `cargo run --release --no-default-features --features onnx --example local_bench [threads] [max_new_tokens] [runs] [spin 0|1]`.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -43,9 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads = args.first().copied().unwrap_or(2);
     let max_new = args.get(1).copied().unwrap_or(128) as u32;
     let runs = args.get(2).copied().unwrap_or(3).max(1);
+    let spin = args.get(3).copied().unwrap_or(0) == 1;
 
     let t0 = Instant::now();
-    let backend = LocalBackend::builder().threads(threads).pool_size(1).commit()?;
+    let backend = LocalBackend::builder().threads(threads).pool_size(1).intra_op_spinning(spin).commit()?;
     let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let messages = [Message::system(SYSTEM), Message::user(PROMPT)];
     let params = GenerationParams { max_tokens: Some(max_new), ..Default::default() };
@@ -79,6 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .args(["--model-dir", &backend.model_dir().display().to_string()])
         .args(["--threads", &threads.to_string(), "--system", SYSTEM, "--prompt", PROMPT])
         .args(["--max-new-tokens", &max_new.to_string(), "--runs", &runs.to_string()])
+        .args(["--spin", if spin { "1" } else { "0" }])
         .output()?;
     if !out.status.success() {
         return Err(format!("{} failed: {}", python.display(), String::from_utf8_lossy(&out.stderr)).into());
@@ -93,7 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rss_mb: f("peak_rss_mb"),
     };
 
-    println!("local_bench: {} | threads {threads} | max_new_tokens {max_new} | median of {runs} runs | model load {load_ms:.0} ms", backend.model_dir().display());
+    println!("local_bench: {} | threads {threads} | max_new_tokens {max_new} | spinning {spin} | median of {runs} runs | model load {load_ms:.0} ms", backend.model_dir().display());
     println!("{:<22} {:>8} {:>10} {:>16} {:>17} {:>14}", "", "prompt", "generated", "first token ms", "decode tokens/s", "peak RSS MiB");
     for (name, r) in [("Rust (edgeroute)", &rust), ("Python onnxruntime", &py)] {
         println!(

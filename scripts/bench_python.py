@@ -33,9 +33,10 @@ def main():
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--spin", type=int, default=0, help="1: let ORT threads busy-wait (as the Rust side)")
     args = ap.parse_args()
 
-    g = Greedy(args.model_dir, args.threads)
+    g = Greedy(args.model_dir, args.threads, spin=bool(args.spin))
     t = g.manifest["chat_template"]
     text = (
         f"{t['turn_start']}system\n{args.system}{t['turn_end']}\n"

@@ -26,7 +26,7 @@ pub(crate) struct KvShape {
 
 /// Opens `model` as a session. Every failure (missing, corrupt, truncated external data, wrong
 /// graph) is [`Error::ModelUnavailable`] naming the file.
-pub(crate) fn open_session(rt: &Runtime, model: &Path, threads: usize, kv: KvShape) -> Result<Session> {
+pub(crate) fn open_session(rt: &Runtime, model: &Path, threads: usize, spin: bool, kv: KvShape) -> Result<Session> {
     let fail = |what: &str, e: &dyn std::fmt::Display| unavailable(model, format!("{what}: {e}"));
     let session = Session::builder(&rt.env)
         .map_err(|e| fail("session options", &error_chain(&e)))?
@@ -35,6 +35,8 @@ pub(crate) fn open_session(rt: &Runtime, model: &Path, threads: usize, kv: KvSha
         .with_intra_threads(threads.max(1))
         .map_err(|e| fail("session options", &e))?
         .with_inter_threads(1)
+        .map_err(|e| fail("session options", &e))?
+        .with_intra_op_spinning(spin)
         .map_err(|e| fail("session options", &e))?
         .commit_from_file(model)
         .map_err(|e| fail("ONNX Runtime cannot load the model", &e))?;
@@ -154,7 +156,7 @@ mod tests {
         };
         let kv = KvShape { layers: 1, kv_heads: 1, head_dim: 2 };
         let model = super::super::tests::fixture("tiny/model.onnx");
-        let mut session = open_session(rt, &model, 1, kv).unwrap();
+        let mut session = open_session(rt, &model, 1, false, kv).unwrap();
         let names = Names::new(1);
         let mut d = Decoder::new(&mut session, &names, kv).unwrap();
         let logits = d.step(&[5, 13]).unwrap().to_vec();

@@ -128,6 +128,7 @@ pub struct LocalBackendBuilder {
     max_new_tokens: Option<u32>,
     pool_size: Option<usize>,
     verify_checksums: bool,
+    spin: bool,
 }
 
 impl LocalBackendBuilder {
@@ -167,6 +168,12 @@ impl LocalBackendBuilder {
         self.pool_size = Some(n.max(1));
         self
     }
+    /// Let ONNX Runtime's worker threads busy-wait between operators: slightly lower latency on
+    /// an idle machine, much worse when cores are shared (and it burns CPU). Default: `false`.
+    pub fn intra_op_spinning(mut self, yes: bool) -> Self {
+        self.spin = yes;
+        self
+    }
     /// Check every model file's SHA-256 against the manifest when opening (about a second for the
     /// default model). Default: `false` (sizes are always checked).
     pub fn verify_checksums(mut self, yes: bool) -> Self {
@@ -195,7 +202,7 @@ impl LocalBackendBuilder {
         let model_path = model_dir.join("model.onnx");
         let mut sessions = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
-            sessions.push(decoder::open_session(rt, &model_path, threads, kv)?);
+            sessions.push(decoder::open_session(rt, &model_path, threads, self.spin, kv)?);
         }
         Ok(LocalBackend {
             inner: Arc::new(Inner {
