@@ -1,5 +1,6 @@
 //! Damaged installs of the real model give errors that name the file and the fix, never a crash.
 #![cfg(feature = "onnx")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 
@@ -26,13 +27,17 @@ fn damaged_copy(src: &Path, keep: usize, garbage: bool) -> tempfile::TempDir {
         std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
     }
     let mut m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("edgeroute-model.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(src.join("edgeroute-model.json")).unwrap())
+            .unwrap();
     m["sizes"] = serde_json::json!({});
     std::fs::write(dir.path().join("edgeroute-model.json"), m.to_string()).unwrap();
     let mut data = vec![0u8; keep];
     if !garbage {
         use std::io::Read;
-        std::fs::File::open(src.join("model.onnx.data")).unwrap().read_exact(&mut data).unwrap();
+        std::fs::File::open(src.join("model.onnx.data"))
+            .unwrap()
+            .read_exact(&mut data)
+            .unwrap();
     }
     std::fs::write(dir.path().join("model.onnx.data"), data).unwrap();
     dir
@@ -67,7 +72,10 @@ fn truncated_file_is_caught_by_the_recorded_size() {
     }
     std::fs::write(dir.path().join("model.onnx.data"), b"cut").unwrap();
     let msg = expect_model_unavailable(dir.path());
-    assert!(msg.contains("model.onnx.data") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("model.onnx.data") && msg.contains("truncated"),
+        "{msg}"
+    );
 }
 
 #[test]

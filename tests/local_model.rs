@@ -1,6 +1,7 @@
 //! The local tier on the real model and runtime (installed by `python3 scripts/setup.py`).
 //! These tests fail, with the set-up command in the message, when either is missing.
 #![cfg(feature = "onnx")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ops::ControlFlow;
 use std::sync::OnceLock;
@@ -28,12 +29,19 @@ struct Case {
 }
 
 fn reference() -> Reference {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/local/reference_greedy.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/local/reference_greedy.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn build(pool_size: usize) -> LocalBackend {
-    match LocalBackend::builder().threads(reference().threads).pool_size(pool_size).commit() {
+    match LocalBackend::builder()
+        .threads(reference().threads)
+        .pool_size(pool_size)
+        .commit()
+    {
         Ok(b) => b,
         Err(e) => panic!("local tier not installed or broken: {e}"),
     }
@@ -46,11 +54,18 @@ fn backend() -> &'static LocalBackend {
 }
 
 fn greedy(max: u32) -> GenerationParams {
-    GenerationParams { max_tokens: Some(max), ..Default::default() }
+    GenerationParams {
+        max_tokens: Some(max),
+        ..Default::default()
+    }
 }
 
 fn call(prompt: &str, params: GenerationParams) -> BackendCall {
-    BackendCall { messages: vec![Message::user(prompt)], params, deadline: None }
+    BackendCall {
+        messages: vec![Message::user(prompt)],
+        params,
+        deadline: None,
+    }
 }
 
 #[test]
@@ -60,13 +75,28 @@ fn greedy_matches_python_onnxruntime_token_for_token() {
     let b = backend();
     for case in &r.cases {
         let messages = [Message::user(case.prompt.clone())];
-        assert_eq!(b.encode_prompt(&messages).unwrap(), case.prompt_ids, "prompt ids for {:?}", case.prompt);
+        assert_eq!(
+            b.encode_prompt(&messages).unwrap(),
+            case.prompt_ids,
+            "prompt ids for {:?}",
+            case.prompt
+        );
         let out = b
-            .generate_blocking(&messages, &greedy(r.max_new_tokens), None, |_| ControlFlow::Continue(()))
+            .generate_blocking(&messages, &greedy(r.max_new_tokens), None, |_| {
+                ControlFlow::Continue(())
+            })
             .unwrap();
-        assert_eq!(out.token_ids, case.output_ids, "generated ids for {:?}", case.prompt);
+        assert_eq!(
+            out.token_ids, case.output_ids,
+            "generated ids for {:?}",
+            case.prompt
+        );
         assert_eq!(out.text, case.text);
-        let expected_finish = if case.output_ids.len() as u32 == r.max_new_tokens { FinishReason::Length } else { FinishReason::Stop };
+        let expected_finish = if case.output_ids.len() as u32 == r.max_new_tokens {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        };
         assert_eq!(out.finish, expected_finish);
         assert_eq!(out.logprobs.len(), out.token_ids.len());
         assert!(out.logprobs.iter().all(|lp| lp.is_finite() && *lp <= 0.0));
@@ -77,7 +107,12 @@ fn greedy_matches_python_onnxruntime_token_for_token() {
 fn the_model_knows_capitals() {
     let b = backend();
     let out = b
-        .generate_blocking(&[Message::user("What is the capital of Germany?")], &greedy(32), None, |_| ControlFlow::Continue(()))
+        .generate_blocking(
+            &[Message::user("What is the capital of Germany?")],
+            &greedy(32),
+            None,
+            |_| ControlFlow::Continue(()),
+        )
         .unwrap();
     assert!(out.text.contains("Berlin"), "{}", out.text);
     assert_eq!(out.finish, FinishReason::Stop);
@@ -104,11 +139,18 @@ async fn streaming_yields_the_same_text_as_generate() {
         }
     }
     let done = done.expect("stream ended without Done");
-    assert!(deltas.len() > 5, "expected token-by-token deltas, got {}", deltas.len());
+    assert!(
+        deltas.len() > 5,
+        "expected token-by-token deltas, got {}",
+        deltas.len()
+    );
     assert_eq!(deltas.concat(), whole.text);
     assert_eq!(done.text, whole.text);
     assert_eq!(done.usage, whole.usage);
-    assert_eq!(done.usage.input_tokens as usize, b.encode_prompt(&[Message::user(prompt)]).unwrap().len());
+    assert_eq!(
+        done.usage.input_tokens as usize,
+        b.encode_prompt(&[Message::user(prompt)]).unwrap().len()
+    );
     assert!(done.usage.output_tokens > 0 && done.usage.output_tokens <= 40);
 }
 
@@ -132,7 +174,12 @@ async fn utf8_deltas_stay_valid_for_multibyte_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_sampling_is_reproducible() {
     let b = backend();
-    let params = |seed| GenerationParams { max_tokens: Some(24), temperature: Some(0.9), top_p: Some(0.95), seed: Some(seed) };
+    let params = |seed| GenerationParams {
+        max_tokens: Some(24),
+        temperature: Some(0.9),
+        top_p: Some(0.95),
+        seed: Some(seed),
+    };
     let p = "Tell me a fun fact about octopuses.";
     let a1 = b.generate(call(p, params(11))).await.unwrap().text;
     let a2 = b.generate(call(p, params(11))).await.unwrap().text;
@@ -148,7 +195,11 @@ async fn seeded_sampling_is_reproducible() {
 async fn concurrent_requests_share_the_pool_and_stay_exact() {
     let r = reference();
     let b = backend();
-    let futs = r.cases.iter().take(4).map(|c| b.generate(call(&c.prompt, greedy(r.max_new_tokens))));
+    let futs = r
+        .cases
+        .iter()
+        .take(4)
+        .map(|c| b.generate(call(&c.prompt, greedy(r.max_new_tokens))));
     let outs = futures::future::join_all(futs).await;
     for (out, case) in outs.into_iter().zip(&r.cases) {
         assert_eq!(out.unwrap().text, case.text);
@@ -159,19 +210,35 @@ async fn concurrent_requests_share_the_pool_and_stay_exact() {
 async fn dropping_the_stream_stops_generation() {
     // Own backend: its counters are not shared with the other tests.
     let b = build(1);
-    let mut stream = b.stream(call("Write a long story about a dragon who learns to cook.", greedy(400))).await.unwrap();
+    let mut stream = b
+        .stream(call(
+            "Write a long story about a dragon who learns to cook.",
+            greedy(400),
+        ))
+        .await
+        .unwrap();
     let first = stream.next().await.unwrap().unwrap();
     assert!(matches!(first, StreamEvent::Delta(_)));
     drop(stream);
     let t0 = Instant::now();
     while b.active_generations() > 0 {
-        assert!(t0.elapsed() < Duration::from_secs(5), "generation still running after the stream was dropped");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "generation still running after the stream was dropped"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let stopped_at = b.tokens_generated();
-    assert!(stopped_at < 100, "generated {stopped_at} tokens after cancellation at the first delta");
+    assert!(
+        stopped_at < 100,
+        "generated {stopped_at} tokens after cancellation at the first delta"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(b.tokens_generated(), stopped_at, "tokens kept coming after the generation ended");
+    assert_eq!(
+        b.tokens_generated(),
+        stopped_at,
+        "tokens kept coming after the generation ended"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

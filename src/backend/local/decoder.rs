@@ -26,7 +26,13 @@ pub(crate) struct KvShape {
 
 /// Opens `model` as a session. Every failure (missing, corrupt, truncated external data, wrong
 /// graph) is [`Error::ModelUnavailable`] naming the file.
-pub(crate) fn open_session(rt: &Runtime, model: &Path, threads: usize, spin: bool, kv: KvShape) -> Result<Session> {
+pub(crate) fn open_session(
+    rt: &Runtime,
+    model: &Path,
+    threads: usize,
+    spin: bool,
+    kv: KvShape,
+) -> Result<Session> {
     let fail = |what: &str, e: &dyn std::fmt::Display| unavailable(model, format!("{what}: {e}"));
     let session = Session::builder(&rt.env)
         .map_err(|e| fail("session options", &error_chain(&e)))?
@@ -57,12 +63,16 @@ fn check_signature(session: &Session, kv: KvShape) -> std::result::Result<(), St
     }
     for w in &want_in {
         if !inputs.contains(&w.as_str()) {
-            return Err(format!("the graph has no input `{w}` (not an edgeroute KV-cache decoder?)"));
+            return Err(format!(
+                "the graph has no input `{w}` (not an edgeroute KV-cache decoder?)"
+            ));
         }
     }
     for w in &want_out {
         if !outputs.contains(&w.as_str()) {
-            return Err(format!("the graph has no output `{w}` (not an edgeroute KV-cache decoder?)"));
+            return Err(format!(
+                "the graph has no output `{w}` (not an edgeroute KV-cache decoder?)"
+            ));
         }
     }
     Ok(())
@@ -107,17 +117,28 @@ impl<'s> Decoder<'s> {
     pub(crate) fn new(session: &'s mut Session, names: &'s Names, kv: KvShape) -> Result<Self> {
         let mut past = Vec::with_capacity(names.past.len());
         for _ in 0..names.past.len() {
-            let empty = Tensor::<f32>::from_array(([1usize, kv.kv_heads, 0, kv.head_dim], Vec::<f32>::new())).map_err(infer)?;
+            let empty = Tensor::<f32>::from_array((
+                [1usize, kv.kv_heads, 0, kv.head_dim],
+                Vec::<f32>::new(),
+            ))
+            .map_err(infer)?;
             past.push(empty.into_dyn());
         }
-        Ok(Decoder { session, names, past, logits: Vec::new(), len: 0 })
+        Ok(Decoder {
+            session,
+            names,
+            past,
+            logits: Vec::new(),
+            len: 0,
+        })
     }
 
     /// Feeds `ids` (the prompt, or one new token) and returns the next-token logits.
     pub(crate) fn step(&mut self, ids: &[u32]) -> Result<&[f32]> {
         let input: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         let input = Tensor::<i64>::from_array(([1usize, input.len()], input)).map_err(infer)?;
-        let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(self.past.len() + 1);
+        let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(self.past.len() + 1);
         feed.push((Cow::Borrowed("input_ids"), input.into_dyn().into()));
         for (name, value) in self.names.past.iter().zip(std::mem::take(&mut self.past)) {
             feed.push((Cow::Borrowed(name.as_str()), value.into()));
@@ -144,6 +165,7 @@ impl<'s> Decoder<'s> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -154,7 +176,11 @@ mod tests {
             Ok(rt) => rt,
             Err(e) => panic!("{e}"),
         };
-        let kv = KvShape { layers: 1, kv_heads: 1, head_dim: 2 };
+        let kv = KvShape {
+            layers: 1,
+            kv_heads: 1,
+            head_dim: 2,
+        };
         let model = super::super::tests::fixture("tiny/model.onnx");
         let mut session = open_session(rt, &model, 1, false, kv).unwrap();
         let names = Names::new(1);

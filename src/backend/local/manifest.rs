@@ -62,7 +62,10 @@ pub(crate) fn unavailable(path: &Path, reason: impl Into<String>) -> Error {
     Error::ModelUnavailable {
         path: path.to_path_buf(),
         reason: reason.into(),
-        fix: format!("run `{}` to (re)install the local model", home::SETUP_COMMAND),
+        fix: format!(
+            "run `{}` to (re)install the local model",
+            home::SETUP_COMMAND
+        ),
     }
 }
 
@@ -74,31 +77,46 @@ impl Manifest {
             return Err(unavailable(dir, "the model directory does not exist"));
         }
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| unavailable(&path, format!("cannot read the manifest: {e}")))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| unavailable(&path, format!("invalid manifest: {e}")))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| unavailable(&path, format!("cannot read the manifest: {e}")))?;
+        let m: Manifest = serde_json::from_str(&text)
+            .map_err(|e| unavailable(&path, format!("invalid manifest: {e}")))?;
         if m.chat_template.kind != "chatml" {
-            return Err(unavailable(&path, format!("unsupported chat template kind `{}`", m.chat_template.kind)));
+            return Err(unavailable(
+                &path,
+                format!("unsupported chat template kind `{}`", m.chat_template.kind),
+            ));
         }
         for required in ["model.onnx", "tokenizer.json"] {
             if !m.files.contains_key(required) {
-                return Err(unavailable(&path, format!("the manifest does not list {required}")));
+                return Err(unavailable(
+                    &path,
+                    format!("the manifest does not list {required}"),
+                ));
             }
         }
         for (name, digest) in &m.files {
             let file = dir.join(name);
-            let meta = std::fs::metadata(&file).map_err(|e| unavailable(&file, format!("cannot read: {e}")))?;
+            let meta = std::fs::metadata(&file)
+                .map_err(|e| unavailable(&file, format!("cannot read: {e}")))?;
             if let Some(&want) = m.sizes.get(name) {
                 if meta.len() != want {
                     return Err(unavailable(
                         &file,
-                        format!("size is {} bytes, expected {want} (truncated or replaced)", meta.len()),
+                        format!(
+                            "size is {} bytes, expected {want} (truncated or replaced)",
+                            meta.len()
+                        ),
                     ));
                 }
             }
             if verify_checksums {
                 let got = sha256_file(&file)?;
                 if !got.eq_ignore_ascii_case(digest) {
-                    return Err(unavailable(&file, format!("SHA-256 is {got}, expected {digest}")));
+                    return Err(unavailable(
+                        &file,
+                        format!("SHA-256 is {got}, expected {digest}"),
+                    ));
                 }
             }
         }
@@ -107,15 +125,23 @@ impl Manifest {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| unavailable(path, format!("cannot open: {e}")))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| unavailable(path, format!("cannot open: {e}")))?;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| unavailable(path, format!("read failed: {e}")))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| unavailable(path, format!("read failed: {e}")))?;
         if n == 0 {
             break;
         }
         ctx.update(&buf[..n]);
     }
-    Ok(ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

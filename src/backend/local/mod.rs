@@ -188,21 +188,40 @@ impl LocalBackendBuilder {
     pub fn commit(self) -> Result<LocalBackend> {
         let home_dir = home::resolve(self.home.as_deref());
         let model_dir = self.model_dir.clone().unwrap_or_else(|| {
-            home::model_dir(&home_dir, self.model.as_deref().unwrap_or(home::DEFAULT_MODEL))
+            home::model_dir(
+                &home_dir,
+                self.model.as_deref().unwrap_or(home::DEFAULT_MODEL),
+            )
         });
         let manifest = Manifest::load(&model_dir, self.verify_checksums)?;
         let rt = runtime::ensure(self.runtime_path.as_deref(), &home_dir)?;
         let a = &manifest.architecture;
-        let kv = KvShape { layers: a.num_layers, kv_heads: a.num_kv_heads, head_dim: a.head_dim };
-        let codec = TextCodec::load(&model_dir.join("tokenizer.json"), manifest.chat_template.clone(), a.vocab_size)?;
+        let kv = KvShape {
+            layers: a.num_layers,
+            kv_heads: a.num_kv_heads,
+            head_dim: a.head_dim,
+        };
+        let codec = TextCodec::load(
+            &model_dir.join("tokenizer.json"),
+            manifest.chat_template.clone(),
+            a.vocab_size,
+        )?;
         let threads = self.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(2, |n| n.get()).min(4)
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(4)
         });
         let pool_size = self.pool_size.unwrap_or(1);
         let model_path = model_dir.join("model.onnx");
         let mut sessions = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
-            sessions.push(decoder::open_session(rt, &model_path, threads, self.spin, kv)?);
+            sessions.push(decoder::open_session(
+                rt,
+                &model_path,
+                threads,
+                self.spin,
+                kv,
+            )?);
         }
         Ok(LocalBackend {
             inner: Arc::new(Inner {
@@ -347,10 +366,14 @@ impl LocalBackend {
             .max_tokens
             .unwrap_or(inner.max_new_tokens)
             .max(1)
-            .min(u32::try_from(inner.context_length - prompt_ids.len()).unwrap_or(u32::MAX)) as usize;
+            .min(u32::try_from(inner.context_length - prompt_ids.len()).unwrap_or(u32::MAX))
+            as usize;
         let mut sampler = Sampler::new(params.temperature, params.top_p, params.seed);
         let check_deadline = || match deadline {
-            Some(d) if Instant::now() >= d => Err(Error::Timeout { phase: TimeoutPhase::Total, elapsed: start.elapsed() }),
+            Some(d) if Instant::now() >= d => Err(Error::Timeout {
+                phase: TimeoutPhase::Total,
+                elapsed: start.elapsed(),
+            }),
             _ => Ok(()),
         };
         check_deadline()?;
@@ -378,7 +401,12 @@ impl LocalBackend {
             let delta = utf8.push(inner.codec.bytes(id));
             first.push(&delta);
             text.push_str(&delta);
-            let event = TokenEvent { id, logprob: lp, text: &delta, elapsed: start.elapsed() };
+            let event = TokenEvent {
+                id,
+                logprob: lp,
+                text: &delta,
+                elapsed: start.elapsed(),
+            };
             if on_token(&event).is_break() {
                 return Err(Error::Cancelled);
             }
@@ -391,13 +419,22 @@ impl LocalBackend {
         let tail = utf8.finish();
         if !tail.is_empty() {
             text.push_str(&tail);
-            if on_token(&TokenEvent { id: inner.eos.first().copied().unwrap_or(0), logprob: 0.0, text: &tail, elapsed: start.elapsed() })
-                .is_break()
+            if on_token(&TokenEvent {
+                id: inner.eos.first().copied().unwrap_or(0),
+                logprob: 0.0,
+                text: &tail,
+                elapsed: start.elapsed(),
+            })
+            .is_break()
             {
                 return Err(Error::Cancelled);
             }
         }
-        let first_sentence = if first.tokens == 0 { token_ids.len() } else { first.tokens };
+        let first_sentence = if first.tokens == 0 {
+            token_ids.len()
+        } else {
+            first.tokens
+        };
         Ok(LocalOutput {
             confidence: Confidence::from_logprobs(&logprobs, first_sentence),
             prompt_ids,
@@ -425,18 +462,19 @@ impl Backend for LocalBackend {
         std::thread::Builder::new()
             .name("edgeroute-local".into())
             .spawn(move || {
-                let result = backend.generate_blocking(&call.messages, &call.params, call.deadline, |ev| {
-                    if tx.is_closed() {
-                        return ControlFlow::Break(());
-                    }
-                    if ev.text.is_empty() {
-                        return ControlFlow::Continue(());
-                    }
-                    match tx.blocking_send(Ok(StreamEvent::Delta(ev.text.to_string()))) {
-                        Ok(()) => ControlFlow::Continue(()),
-                        Err(_) => ControlFlow::Break(()),
-                    }
-                });
+                let result =
+                    backend.generate_blocking(&call.messages, &call.params, call.deadline, |ev| {
+                        if tx.is_closed() {
+                            return ControlFlow::Break(());
+                        }
+                        if ev.text.is_empty() {
+                            return ControlFlow::Continue(());
+                        }
+                        match tx.blocking_send(Ok(StreamEvent::Delta(ev.text.to_string()))) {
+                            Ok(()) => ControlFlow::Continue(()),
+                            Err(_) => ControlFlow::Break(()),
+                        }
+                    });
                 let last = match result {
                     Ok(out) => Ok(StreamEvent::Done(out.into_generation())),
                     Err(Error::Cancelled) => return,
@@ -445,7 +483,9 @@ impl Backend for LocalBackend {
                 let _ = tx.blocking_send(last);
             })
             .map_err(|e| Error::io("spawning the local generation thread", e))?;
-        Ok(Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))))
+        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
     }
 
     /// Runs the whole generation on a blocking thread (no per-token channel traffic).
@@ -455,28 +495,40 @@ impl Backend for LocalBackend {
         std::thread::Builder::new()
             .name("edgeroute-local".into())
             .spawn(move || {
-                let out = backend.generate_blocking(&call.messages, &call.params, call.deadline, |_| {
-                    if tx.is_closed() {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                });
+                let out =
+                    backend.generate_blocking(&call.messages, &call.params, call.deadline, |_| {
+                        if tx.is_closed() {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    });
                 let _ = tx.send(out.map(LocalOutput::into_generation));
             })
             .map_err(|e| Error::io("spawning the local generation thread", e))?;
-        rx.await.map_err(|_| Error::Inference("the local generation thread ended without an answer".into()))?
+        rx.await.map_err(|_| {
+            Error::Inference("the local generation thread ended without an answer".into())
+        })?
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn first_sentence_ends_after_min_chars_at_terminator() {
         let mut f = FirstSentence::default();
-        for t in ["Yes", ".", " The capital", " of France", " is Paris", ".", " It is"] {
+        for t in [
+            "Yes",
+            ".",
+            " The capital",
+            " of France",
+            " is Paris",
+            ".",
+            " It is",
+        ] {
             f.push(t);
         }
         // "Yes." is too short to count; the sentence ends at the second ".".
@@ -489,19 +541,30 @@ mod tests {
     }
 
     pub(crate) fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/local").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/local")
+            .join(name)
     }
 
     /// The tiny hand-made decoder (scripts/make_local_fixtures.py): after "\n" it writes "Hi!é"
     /// and ends the turn; any other token is followed by "x".
     fn tiny() -> LocalBackend {
-        match LocalBackend::builder().model_dir(fixture("tiny")).threads(1).pool_size(2).commit() {
+        match LocalBackend::builder()
+            .model_dir(fixture("tiny"))
+            .threads(1)
+            .pool_size(2)
+            .commit()
+        {
             Ok(b) => b,
             Err(e) => panic!("{e}"),
         }
     }
 
-    fn run(b: &LocalBackend, messages: &[Message], params: &GenerationParams) -> (LocalOutput, Vec<String>) {
+    fn run(
+        b: &LocalBackend,
+        messages: &[Message],
+        params: &GenerationParams,
+    ) -> (LocalOutput, Vec<String>) {
         let mut deltas = Vec::new();
         let out = b
             .generate_blocking(messages, params, None, |ev| {
@@ -531,11 +594,20 @@ mod tests {
         let (out, deltas) = run(&b, &msgs, &GenerationParams::default());
         assert_eq!(out.text, "Hi!é");
         assert_eq!(out.finish, FinishReason::Stop);
-        assert_eq!(out.token_ids, vec![byte(b'H'), byte(b'i'), byte(b'!'), 3 + 0xC3, 3 + 0xA9]);
+        assert_eq!(
+            out.token_ids,
+            vec![byte(b'H'), byte(b'i'), byte(b'!'), 3 + 0xC3, 3 + 0xA9]
+        );
         // "é" is split over two byte tokens: the first yields nothing, the second the character.
         assert_eq!(deltas, vec!["H", "i", "!", "", "é"]);
         let expected_lp = 10.0 - (10f32.exp() + 258.0).ln();
-        assert!(out.logprobs.iter().all(|lp| (lp - expected_lp).abs() < 1e-4), "{:?}", out.logprobs);
+        assert!(
+            out.logprobs
+                .iter()
+                .all(|lp| (lp - expected_lp).abs() < 1e-4),
+            "{:?}",
+            out.logprobs
+        );
         let c = out.confidence.unwrap();
         assert_eq!(c.tokens, 5);
         assert!((c.mean - expected_lp).abs() < 1e-4);
@@ -544,12 +616,28 @@ mod tests {
     #[test]
     fn tiny_decoder_respects_max_tokens_and_system_message() {
         let b = tiny();
-        let params = GenerationParams { max_tokens: Some(2), ..Default::default() };
+        let params = GenerationParams {
+            max_tokens: Some(2),
+            ..Default::default()
+        };
         let (out, _) = run(&b, &[Message::user("hey")], &params);
-        assert_eq!((out.text.as_str(), out.finish), ("Hi", FinishReason::Length));
+        assert_eq!(
+            (out.text.as_str(), out.finish),
+            ("Hi", FinishReason::Length)
+        );
         // An explicit system message replaces the default one.
-        let custom = b.encode_prompt(&[Message::system("S"), Message::user("u")]).unwrap();
-        assert_eq!(&custom[..4], &[1, 3 + u32::from(b's'), 3 + u32::from(b'y'), 3 + u32::from(b's')]);
+        let custom = b
+            .encode_prompt(&[Message::system("S"), Message::user("u")])
+            .unwrap();
+        assert_eq!(
+            &custom[..4],
+            &[
+                1,
+                3 + u32::from(b's'),
+                3 + u32::from(b'y'),
+                3 + u32::from(b's')
+            ]
+        );
         assert!(!custom.contains(&(3 + u32::from(b'B'))));
     }
 
@@ -566,7 +654,10 @@ mod tests {
         let b = tiny();
         let call = |max| BackendCall {
             messages: vec![Message::user("hey")],
-            params: GenerationParams { max_tokens: Some(max), ..Default::default() },
+            params: GenerationParams {
+                max_tokens: Some(max),
+                ..Default::default()
+            },
             deadline: None,
         };
         let g = b.generate(call(10)).await.unwrap();
@@ -585,10 +676,16 @@ mod tests {
 
     #[test]
     fn missing_model_dir_is_model_unavailable_with_fix() {
-        let err = LocalBackend::builder().model_dir("/nonexistent/edgeroute-model").commit().unwrap_err();
+        let err = LocalBackend::builder()
+            .model_dir("/nonexistent/edgeroute-model")
+            .commit()
+            .unwrap_err();
         assert!(matches!(err, Error::ModelUnavailable { .. }), "{err}");
         let msg = err.to_string();
-        assert!(msg.contains("/nonexistent/edgeroute-model") && msg.contains(home::SETUP_COMMAND), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/edgeroute-model") && msg.contains(home::SETUP_COMMAND),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -599,24 +696,41 @@ mod tests {
         }
         // Size check: the manifest records the model's size.
         std::fs::write(dir.path().join("model.onnx"), b"short").unwrap();
-        let err = LocalBackend::builder().model_dir(dir.path()).commit().unwrap_err();
+        let err = LocalBackend::builder()
+            .model_dir(dir.path())
+            .commit()
+            .unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
         // Same size, garbage bytes: ONNX Runtime refuses it, and we say which file.
-        let len = std::fs::metadata(fixture("tiny").join("model.onnx")).unwrap().len() as usize;
+        let len = std::fs::metadata(fixture("tiny").join("model.onnx"))
+            .unwrap()
+            .len() as usize;
         std::fs::write(dir.path().join("model.onnx"), vec![0xAB; len]).unwrap();
-        let err = LocalBackend::builder().model_dir(dir.path()).commit().unwrap_err();
+        let err = LocalBackend::builder()
+            .model_dir(dir.path())
+            .commit()
+            .unwrap_err();
         assert!(matches!(err, Error::ModelUnavailable { .. }), "{err}");
         assert!(err.to_string().contains("model.onnx"), "{err}");
         // ... and the checksum option notices without ONNX Runtime.
-        let err = LocalBackend::builder().model_dir(dir.path()).verify_checksums(true).commit().unwrap_err();
+        let err = LocalBackend::builder()
+            .model_dir(dir.path())
+            .verify_checksums(true)
+            .commit()
+            .unwrap_err();
         assert!(err.to_string().contains("SHA-256"), "{err}");
         // A valid ONNX model that is not a KV-cache decoder.
-        let mut m: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("edgeroute-model.json")).unwrap()).unwrap();
+        let mut m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("edgeroute-model.json")).unwrap(),
+        )
+        .unwrap();
         m["sizes"] = serde_json::json!({});
         std::fs::write(dir.path().join("edgeroute-model.json"), m.to_string()).unwrap();
         std::fs::copy(fixture("not_a_decoder.onnx"), dir.path().join("model.onnx")).unwrap();
-        let err = LocalBackend::builder().model_dir(dir.path()).commit().unwrap_err();
+        let err = LocalBackend::builder()
+            .model_dir(dir.path())
+            .commit()
+            .unwrap_err();
         assert!(err.to_string().contains("no input `input_ids`"), "{err}");
     }
 }

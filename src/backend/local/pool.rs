@@ -21,7 +21,10 @@ pub(crate) struct Lease<'p> {
 
 impl Pool {
     pub(crate) fn new(sessions: Vec<Session>) -> Self {
-        Pool { idle: Mutex::new(sessions), returned: Condvar::new() }
+        Pool {
+            idle: Mutex::new(sessions),
+            returned: Condvar::new(),
+        }
     }
 
     /// Waits for a free session.
@@ -30,7 +33,10 @@ impl Pool {
         let mut idle = self.idle.lock().map_err(poisoned)?;
         loop {
             if let Some(session) = idle.pop() {
-                return Ok(Lease { pool: self, session: Some(session) });
+                return Ok(Lease {
+                    pool: self,
+                    session: Some(session),
+                });
             }
             idle = self.returned.wait(idle).map_err(poisoned)?;
         }
@@ -39,7 +45,9 @@ impl Pool {
 
 impl Lease<'_> {
     pub(crate) fn session(&mut self) -> Result<&mut Session> {
-        self.session.as_mut().ok_or_else(|| Error::Inference("session already returned".into()))
+        self.session
+            .as_mut()
+            .ok_or_else(|| Error::Inference("session already returned".into()))
     }
 }
 

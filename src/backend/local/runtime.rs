@@ -61,7 +61,9 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// own source carries the actual reason ("invalid ELF header", "wrong ELF class"...).
 fn load_error(e: &ort::LoadDynamicError) -> String {
     match e {
-        ort::LoadDynamicError::Dlopen { error, .. } => format!("cannot load the library: {}", error_chain(error)),
+        ort::LoadDynamicError::Dlopen { error, .. } => {
+            format!("cannot load the library: {}", error_chain(error))
+        }
         other => error_chain(other),
     }
 }
@@ -72,7 +74,11 @@ pub fn discover(explicit: Option<&Path>, home_dir: &Path) -> Result<PathBuf> {
 }
 
 /// [`discover`] with the value of `ORT_DYLIB_PATH` passed in.
-fn discover_from(explicit: Option<&Path>, env_value: Option<std::ffi::OsString>, home_dir: &Path) -> Result<PathBuf> {
+fn discover_from(
+    explicit: Option<&Path>,
+    env_value: Option<std::ffi::OsString>,
+    home_dir: &Path,
+) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return existing_file(p, "the configured runtime path");
     }
@@ -80,7 +86,8 @@ fn discover_from(explicit: Option<&Path>, env_value: Option<std::ffi::OsString>,
         return existing_file(Path::new(&p), DYLIB_ENV);
     }
     let dir = home::runtime_dir(home_dir);
-    let entries = std::fs::read_dir(&dir).map_err(|e| unavailable(&dir, format!("cannot read the runtime directory: {e}")))?;
+    let entries = std::fs::read_dir(&dir)
+        .map_err(|e| unavailable(&dir, format!("cannot read the runtime directory: {e}")))?;
     let mut found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -128,10 +135,21 @@ pub(crate) fn load(path: &Path) -> Result<&'static Runtime> {
         .with_name("edgeroute")
         .with_telemetry(false)
         .build()
-        .map_err(|e| unavailable(path, format!("creating the ONNX Runtime environment failed: {}", error_chain(&e))))?;
+        .map_err(|e| {
+            unavailable(
+                path,
+                format!(
+                    "creating the ONNX Runtime environment failed: {}",
+                    error_chain(&e)
+                ),
+            )
+        })?;
     env.set_log_level(LogLevel::Warning);
     tracing::debug!(path = %path.display(), "ONNX Runtime loaded");
-    Ok(RUNTIME.get_or_init(|| Runtime { path: path.to_path_buf(), env }))
+    Ok(RUNTIME.get_or_init(|| Runtime {
+        path: path.to_path_buf(),
+        env,
+    }))
 }
 
 fn warn_if_other(rt: &Runtime, path: &Path) {
@@ -153,12 +171,18 @@ pub(crate) fn ensure(explicit: Option<&Path>, home_dir: &Path) -> Result<&'stati
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn missing_explicit_path_names_path_and_fix() {
-        let err = discover_from(Some(Path::new("/nonexistent/libonnxruntime.so")), None, Path::new("/tmp")).unwrap_err();
+        let err = discover_from(
+            Some(Path::new("/nonexistent/libonnxruntime.so")),
+            None,
+            Path::new("/tmp"),
+        )
+        .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("/nonexistent/libonnxruntime.so"), "{msg}");
         assert!(msg.contains(home::SETUP_COMMAND), "{msg}");
@@ -178,16 +202,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = dir.path().join("runtime");
         std::fs::create_dir_all(&rt).unwrap();
-        for n in ["libonnxruntime.so.1.9.0", "libonnxruntime.so.1.32.0", "libonnxruntime.so.1.22.1", "README"] {
+        for n in [
+            "libonnxruntime.so.1.9.0",
+            "libonnxruntime.so.1.32.0",
+            "libonnxruntime.so.1.22.1",
+            "README",
+        ] {
             std::fs::write(rt.join(n), b"x").unwrap();
         }
-        assert_eq!(discover_from(None, None, dir.path()).unwrap(), rt.join("libonnxruntime.so.1.32.0"));
+        assert_eq!(
+            discover_from(None, None, dir.path()).unwrap(),
+            rt.join("libonnxruntime.so.1.32.0")
+        );
         // ORT_DYLIB_PATH beats the home directory, an explicit path beats both.
         let other = rt.join("libonnxruntime.so.1.9.0");
-        assert_eq!(discover_from(None, Some(other.clone().into()), dir.path()).unwrap(), other);
+        assert_eq!(
+            discover_from(None, Some(other.clone().into()), dir.path()).unwrap(),
+            other
+        );
         let missing = dir.path().join("nope.so");
         assert!(discover_from(None, Some(missing.into()), dir.path()).is_err());
         let explicit = rt.join("libonnxruntime.so.1.22.1");
-        assert_eq!(discover_from(Some(&explicit), Some(other.into()), dir.path()).unwrap(), explicit);
+        assert_eq!(
+            discover_from(Some(&explicit), Some(other.into()), dir.path()).unwrap(),
+            explicit
+        );
     }
 }

@@ -36,8 +36,13 @@ impl Sampler {
                 .unwrap_or(0x5EED)
         });
         Sampler {
-            temperature: temperature.filter(|t| t.is_finite() && *t > 0.0).unwrap_or(0.0),
-            top_p: top_p.filter(|p| p.is_finite() && *p > 0.0).unwrap_or(1.0).min(1.0),
+            temperature: temperature
+                .filter(|t| t.is_finite() && *t > 0.0)
+                .unwrap_or(0.0),
+            top_p: top_p
+                .filter(|p| p.is_finite() && *p > 0.0)
+                .unwrap_or(1.0)
+                .min(1.0),
             rng: SplitMix64(seed),
         }
     }
@@ -46,7 +51,11 @@ impl Sampler {
     pub(crate) fn choose(&mut self, logits: &[f32]) -> (u32, f32) {
         let (max_i, max) = argmax(logits);
         let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
-        let id = if self.temperature == 0.0 { max_i } else { self.sample(logits, max) };
+        let id = if self.temperature == 0.0 {
+            max_i
+        } else {
+            self.sample(logits, max)
+        };
         let lp = logits.get(id).map_or(f32::NEG_INFINITY, |l| l - lse);
         (id as u32, lp)
     }
@@ -99,6 +108,7 @@ fn argmax(xs: &[f32]) -> (usize, f32) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

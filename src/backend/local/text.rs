@@ -46,7 +46,8 @@ fn byte_level_chars() -> [char; 256] {
 
 impl TextCodec {
     pub(crate) fn load(path: &Path, template: ChatTemplate, vocab_size: usize) -> Result<Self> {
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| unavailable(path, format!("invalid tokenizer: {e}")))?;
+        let mut tokenizer = Tokenizer::from_file(path)
+            .map_err(|e| unavailable(path, format!("invalid tokenizer: {e}")))?;
         tokenizer.set_encode_special_tokens(true);
         let id = |t: &str| {
             tokenizer
@@ -82,7 +83,13 @@ impl TextCodec {
                 *slot = bytes;
             }
         }
-        Ok(TextCodec { tokenizer, template, turn_start, turn_end, token_bytes })
+        Ok(TextCodec {
+            tokenizer,
+            template,
+            turn_start,
+            turn_end,
+            token_bytes,
+        })
     }
 
     fn encode_text(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
@@ -121,7 +128,10 @@ impl TextCodec {
 
     /// The bytes a token prints (nothing for special tokens and unknown ids).
     pub(crate) fn bytes(&self, id: u32) -> &[u8] {
-        self.token_bytes.get(id as usize).map(Vec::as_slice).unwrap_or(&[])
+        self.token_bytes
+            .get(id as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 }
 
@@ -174,6 +184,7 @@ impl Utf8Stream {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -206,6 +217,9 @@ mod tests {
         let mut s = Utf8Stream::default();
         let mut out = s.push(&[b'a', 0xFF, b'b', 0xE2, 0x82]);
         out.push_str(&s.finish());
-        assert_eq!(out, String::from_utf8_lossy(&[b'a', 0xFF, b'b', 0xE2, 0x82]));
+        assert_eq!(
+            out,
+            String::from_utf8_lossy(&[b'a', 0xFF, b'b', 0xE2, 0x82])
+        );
     }
 }
