@@ -56,6 +56,16 @@ MODEL = {
     "member_sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 }
 
+# The conversion is deterministic: these are the products of the pinned tools, per MatMul accuracy
+# level. A mismatch is reported (the Rust reference test pins the same model) but not fatal.
+EXPECTED_PRODUCTS = {
+    4: {
+        "model.onnx": "8afcd80ba8cf1187f6e0ec411eeee35788b0feb4237ed908c4ec3df1edb5f719",
+        "model.onnx.data": "82ae91f09f22c8748d50849c9b01404929f40658cb4ba3fa62ec8dc65827f00a",
+        "tokenizer.json": "7d27c493c729a66ecefc837280b05d948b1ed50d130eebdbf911b1b36cf38ed7",
+    },
+}
+
 START = time.monotonic()
 
 
@@ -196,18 +206,27 @@ def ensure_model(home, py, accuracy):
     except FileNotFoundError:
         pass
     env = dict(os.environ, PYTHONWARNINGS="ignore", EDGEROUTE_MATMUL_ACCURACY=str(accuracy))
-    r = subprocess.run(
+    proc = subprocess.Popen(
         [py, os.path.join(HERE, "convert_gguf_to_onnx.py"), gguf_path, model_dir],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
-    for line in r.stderr.splitlines():
+    # Progress lines (two-space indent) as they come; keep the rest for an error report.
+    log = []
+    for line in proc.stderr:
+        line = line.rstrip("\n")
+        log.append(line)
         if line.startswith("  "):
             say("model:" + line)
-    if r.returncode != 0:
-        sys.stderr.write(r.stderr[-4000:])
+    stdout = proc.stdout.read()
+    if proc.wait() != 0:
+        sys.stderr.write("\n".join(log[-60:]) + "\n")
         fail("conversion failed")
-    cfg = json.loads(r.stdout.strip().splitlines()[-1])
+    cfg = json.loads(stdout.strip().splitlines()[-1])
     files = {n: sha256(os.path.join(model_dir, n)) for n in ("model.onnx", "model.onnx.data", "tokenizer.json")}
+    for name, want in EXPECTED_PRODUCTS.get(cfg["matmul_accuracy_level"], {}).items():
+        if files.get(name) != want:
+            say(f"model: WARNING {name} differs from the pinned build ({files.get(name, '')[:12]}… vs {want[:12]}…):"
+                " tool versions changed? tests/fixtures/local/reference_greedy.json may need regenerating")
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "name": MODEL_NAME,

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 #[derive(Deserialize)]
 struct Reference {
+    model_sha256: String,
     max_new_tokens: u32,
     threads: usize,
     cases: Vec<Case>,
@@ -73,6 +74,16 @@ fn greedy_matches_python_onnxruntime_token_for_token() {
     let r = reference();
     assert!(r.cases.len() >= 5);
     let b = backend();
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(b.model_dir().join("edgeroute-model.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["files"]["model.onnx.data"].as_str(),
+        Some(r.model_sha256.as_str()),
+        "the installed model is not the one the reference was made with: rerun `python3 scripts/setup.py` \
+         or regenerate the reference with scripts/reference_greedy.py"
+    );
     for case in &r.cases {
         let messages = [Message::user(case.prompt.clone())];
         assert_eq!(
