@@ -45,6 +45,7 @@ def main():
     ids = g.tokenizer.encode(text, add_special_tokens=False).ids
     g.generate(ids, 8)  # warm-up
     ttfts, tps, counts = [], [], []
+    cpu0 = time.process_time()
     for _ in range(args.runs):
         stamps = []
         start = time.perf_counter()
@@ -55,6 +56,7 @@ def main():
         tps.append((len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan"))
         counts.append(len(out))
         del end
+    cpu_ms_per_token = (time.process_time() - cpu0) * 1000.0 / max(1, sum(counts))
     print(
         json.dumps(
             {
@@ -62,6 +64,7 @@ def main():
                 "generated_tokens": counts[-1],
                 "ttft_ms": statistics.median(ttfts),
                 "decode_tokens_per_s": statistics.median(tps),
+                "cpu_ms_per_token": cpu_ms_per_token,
                 "peak_rss_mb": vm_hwm_mb(),
             }
         )
