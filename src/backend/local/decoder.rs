@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{AutoDevicePolicy, GraphOptimizationLevel};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
@@ -43,6 +43,11 @@ pub(crate) fn open_session(
         .with_inter_threads(1)
         .map_err(|e| fail("session options", &e))?
         .with_intra_op_spinning(spin)
+        .map_err(|e| fail("session options", &e))?
+        // ort's builder selects devices with the "max efficiency" policy by default; for this
+        // CPU-only graph that measured ~35% slower per run than ONNX Runtime's default policy
+        // (32-token prefill, 1 thread, interleaved in one process: 209 vs 152 ms).
+        .with_auto_device(AutoDevicePolicy::Default)
         .map_err(|e| fail("session options", &e))?
         .commit_from_file(model)
         .map_err(|e| fail("ONNX Runtime cannot load the model", &e))?;
