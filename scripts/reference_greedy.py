@@ -51,7 +51,7 @@ def chat_prompt(manifest, user):
 class Greedy:
     """Python onnxruntime greedy decoder on an edgeroute model directory."""
 
-    def __init__(self, model_dir, threads=2):
+    def __init__(self, model_dir, threads=2, spin=False):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -60,6 +60,8 @@ class Greedy:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+        # Same default as LocalBackend: no busy-waiting between operators.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(
             os.path.join(model_dir, "model.onnx"), so, providers=["CPUExecutionProvider"]

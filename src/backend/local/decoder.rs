@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{AutoDevicePolicy, GraphOptimizationLevel};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 
@@ -30,6 +30,10 @@ pub(crate) fn open_session(
     rt: &Runtime,
     model: &Path,
     threads: usize,
+<<<<<<< HEAD
+=======
+    spin: bool,
+>>>>>>> local
     kv: KvShape,
 ) -> Result<Session> {
     let fail = |what: &str, e: &dyn std::fmt::Display| unavailable(model, format!("{what}: {e}"));
@@ -40,6 +44,13 @@ pub(crate) fn open_session(
         .with_intra_threads(threads.max(1))
         .map_err(|e| fail("session options", &e))?
         .with_inter_threads(1)
+        .map_err(|e| fail("session options", &e))?
+        .with_intra_op_spinning(spin)
+        .map_err(|e| fail("session options", &e))?
+        // ort's builder selects devices with the "max efficiency" policy by default; for this
+        // CPU-only graph that measured ~35% slower per run than ONNX Runtime's default policy
+        // (32-token prefill, 1 thread, interleaved in one process: 209 vs 152 ms).
+        .with_auto_device(AutoDevicePolicy::Default)
         .map_err(|e| fail("session options", &e))?
         .commit_from_file(model)
         .map_err(|e| fail("ONNX Runtime cannot load the model", &e))?;
@@ -158,5 +169,37 @@ impl<'s> Decoder<'s> {
         }
         self.len += ids.len();
         Ok(&self.logits)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn present_is_fed_back_as_past() {
+        let home_dir = crate::home::resolve(None);
+        let rt = match super::super::runtime::ensure(None, &home_dir) {
+            Ok(rt) => rt,
+            Err(e) => panic!("{e}"),
+        };
+        let kv = KvShape {
+            layers: 1,
+            kv_heads: 1,
+            head_dim: 2,
+        };
+        let model = super::super::tests::fixture("tiny/model.onnx");
+        let mut session = open_session(rt, &model, 1, false, kv).unwrap();
+        let names = Names::new(1);
+        let mut d = Decoder::new(&mut session, &names, kv).unwrap();
+        let logits = d.step(&[5, 13]).unwrap().to_vec();
+        assert_eq!(logits.len(), 259);
+        assert_eq!(logits.iter().position(|&l| l == 10.0), Some(75));
+        d.step(&[7]).unwrap();
+        assert_eq!(d.len, 3);
+        let (shape, data) = d.past[0].try_extract_tensor::<f32>().unwrap();
+        assert_eq!(&**shape, &[1, 1, 3, 2]);
+        assert_eq!(data, &[5.0, 5.0, 13.0, 13.0, 7.0, 7.0]);
     }
 }

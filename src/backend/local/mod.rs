@@ -128,6 +128,7 @@ pub struct LocalBackendBuilder {
     max_new_tokens: Option<u32>,
     pool_size: Option<usize>,
     verify_checksums: bool,
+    spin: bool,
 }
 
 impl LocalBackendBuilder {
@@ -165,6 +166,12 @@ impl LocalBackendBuilder {
     /// Sessions (concurrent generations; each holds the weights in memory). Default: 1.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = Some(n.max(1));
+        self
+    }
+    /// Let ONNX Runtime's worker threads busy-wait between operators: slightly lower latency on
+    /// an idle machine, much worse when cores are shared (and it burns CPU). Default: `false`.
+    pub fn intra_op_spinning(mut self, yes: bool) -> Self {
+        self.spin = yes;
         self
     }
     /// Check every model file's SHA-256 against the manifest when opening (about a second for the
@@ -208,7 +215,13 @@ impl LocalBackendBuilder {
         let model_path = model_dir.join("model.onnx");
         let mut sessions = Vec::with_capacity(pool_size);
         for _ in 0..pool_size {
-            sessions.push(decoder::open_session(rt, &model_path, threads, kv)?);
+            sessions.push(decoder::open_session(
+                rt,
+                &model_path,
+                threads,
+                self.spin,
+                kv,
+            )?);
         }
         Ok(LocalBackend {
             inner: Arc::new(Inner {
@@ -500,6 +513,7 @@ impl Backend for LocalBackend {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -524,5 +538,199 @@ mod tests {
             g.push(" word");
         }
         assert_eq!(g.tokens, FIRST_SENTENCE_MAX_TOKENS);
+    }
+
+    pub(crate) fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/local")
+            .join(name)
+    }
+
+    /// The tiny hand-made decoder (scripts/make_local_fixtures.py): after "\n" it writes "Hi!é"
+    /// and ends the turn; any other token is followed by "x".
+    fn tiny() -> LocalBackend {
+        match LocalBackend::builder()
+            .model_dir(fixture("tiny"))
+            .threads(1)
+            .pool_size(2)
+            .commit()
+        {
+            Ok(b) => b,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn run(
+        b: &LocalBackend,
+        messages: &[Message],
+        params: &GenerationParams,
+    ) -> (LocalOutput, Vec<String>) {
+        let mut deltas = Vec::new();
+        let out = b
+            .generate_blocking(messages, params, None, |ev| {
+                deltas.push(ev.text.to_string());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        (out, deltas)
+    }
+
+    #[test]
+    fn tiny_decoder_runs_template_prefill_decode_and_stops_at_end_of_turn() {
+        let b = tiny();
+        assert_eq!(b.name(), "local/tiny-fixture");
+        let msgs = [Message::user("hey")];
+        let prompt = b.encode_prompt(&msgs).unwrap();
+        // <|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhey<|im_end|>\n<|im_start|>assistant\n
+        let byte = |c: u8| 3 + u32::from(c);
+        let mut want = vec![1];
+        want.extend(b"system\nBe brief.".iter().map(|&c| byte(c)));
+        want.extend([2, byte(b'\n'), 1]);
+        want.extend(b"user\nhey".iter().map(|&c| byte(c)));
+        want.extend([2, byte(b'\n'), 1]);
+        want.extend(b"assistant\n".iter().map(|&c| byte(c)));
+        assert_eq!(prompt, want);
+
+        let (out, deltas) = run(&b, &msgs, &GenerationParams::default());
+        assert_eq!(out.text, "Hi!é");
+        assert_eq!(out.finish, FinishReason::Stop);
+        assert_eq!(
+            out.token_ids,
+            vec![byte(b'H'), byte(b'i'), byte(b'!'), 3 + 0xC3, 3 + 0xA9]
+        );
+        // "é" is split over two byte tokens: the first yields nothing, the second the character.
+        assert_eq!(deltas, vec!["H", "i", "!", "", "é"]);
+        let expected_lp = 10.0 - (10f32.exp() + 258.0).ln();
+        assert!(
+            out.logprobs
+                .iter()
+                .all(|lp| (lp - expected_lp).abs() < 1e-4),
+            "{:?}",
+            out.logprobs
+        );
+        let c = out.confidence.unwrap();
+        assert_eq!(c.tokens, 5);
+        assert!((c.mean - expected_lp).abs() < 1e-4);
+    }
+
+    #[test]
+    fn tiny_decoder_respects_max_tokens_and_system_message() {
+        let b = tiny();
+        let params = GenerationParams {
+            max_tokens: Some(2),
+            ..Default::default()
+        };
+        let (out, _) = run(&b, &[Message::user("hey")], &params);
+        assert_eq!(
+            (out.text.as_str(), out.finish),
+            ("Hi", FinishReason::Length)
+        );
+        // An explicit system message replaces the default one.
+        let custom = b
+            .encode_prompt(&[Message::system("S"), Message::user("u")])
+            .unwrap();
+        assert_eq!(
+            &custom[..4],
+            &[
+                1,
+                3 + u32::from(b's'),
+                3 + u32::from(b'y'),
+                3 + u32::from(b's')
+            ]
+        );
+        assert!(!custom.contains(&(3 + u32::from(b'B'))));
+    }
+
+    #[test]
+    fn special_tokens_in_user_text_are_plain_text() {
+        let b = tiny();
+        let ids = b.encode_prompt(&[Message::user("<|im_end|>")]).unwrap();
+        // Only the template's own turn markers are special tokens.
+        assert_eq!(ids.iter().filter(|&&i| i == 2).count(), 2);
+    }
+
+    #[tokio::test]
+    async fn tiny_generate_and_stream_agree() {
+        let b = tiny();
+        let call = |max| BackendCall {
+            messages: vec![Message::user("hey")],
+            params: GenerationParams {
+                max_tokens: Some(max),
+                ..Default::default()
+            },
+            deadline: None,
+        };
+        let g = b.generate(call(10)).await.unwrap();
+        assert_eq!((g.text.as_str(), g.usage.output_tokens), ("Hi!é", 5));
+        let mut s = b.stream(call(10)).await.unwrap();
+        let mut text = String::new();
+        use futures::StreamExt;
+        while let Some(ev) = s.next().await {
+            match ev.unwrap() {
+                StreamEvent::Delta(d) => text.push_str(&d),
+                StreamEvent::Done(done) => assert_eq!(done.text, "Hi!é"),
+            }
+        }
+        assert_eq!(text, "Hi!é");
+    }
+
+    #[test]
+    fn missing_model_dir_is_model_unavailable_with_fix() {
+        let err = LocalBackend::builder()
+            .model_dir("/nonexistent/edgeroute-model")
+            .commit()
+            .unwrap_err();
+        assert!(matches!(err, Error::ModelUnavailable { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/nonexistent/edgeroute-model") && msg.contains(home::SETUP_COMMAND),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn corrupt_or_foreign_model_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["tokenizer.json", "edgeroute-model.json"] {
+            std::fs::copy(fixture("tiny").join(f), dir.path().join(f)).unwrap();
+        }
+        // Size check: the manifest records the model's size.
+        std::fs::write(dir.path().join("model.onnx"), b"short").unwrap();
+        let err = LocalBackend::builder()
+            .model_dir(dir.path())
+            .commit()
+            .unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        // Same size, garbage bytes: ONNX Runtime refuses it, and we say which file.
+        let len = std::fs::metadata(fixture("tiny").join("model.onnx"))
+            .unwrap()
+            .len() as usize;
+        std::fs::write(dir.path().join("model.onnx"), vec![0xAB; len]).unwrap();
+        let err = LocalBackend::builder()
+            .model_dir(dir.path())
+            .commit()
+            .unwrap_err();
+        assert!(matches!(err, Error::ModelUnavailable { .. }), "{err}");
+        assert!(err.to_string().contains("model.onnx"), "{err}");
+        // ... and the checksum option notices without ONNX Runtime.
+        let err = LocalBackend::builder()
+            .model_dir(dir.path())
+            .verify_checksums(true)
+            .commit()
+            .unwrap_err();
+        assert!(err.to_string().contains("SHA-256"), "{err}");
+        // A valid ONNX model that is not a KV-cache decoder.
+        let mut m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("edgeroute-model.json")).unwrap(),
+        )
+        .unwrap();
+        m["sizes"] = serde_json::json!({});
+        std::fs::write(dir.path().join("edgeroute-model.json"), m.to_string()).unwrap();
+        std::fs::copy(fixture("not_a_decoder.onnx"), dir.path().join("model.onnx")).unwrap();
+        let err = LocalBackend::builder()
+            .model_dir(dir.path())
+            .commit()
+            .unwrap_err();
+        assert!(err.to_string().contains("no input `input_ids`"), "{err}");
     }
 }

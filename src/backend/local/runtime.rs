@@ -57,6 +57,17 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// ort's `LoadDynamicError` has no `source()`; its `Dlopen` variant holds the loader's error, whose
+/// own source carries the actual reason ("invalid ELF header", "wrong ELF class"...).
+fn load_error(e: &ort::LoadDynamicError) -> String {
+    match e {
+        ort::LoadDynamicError::Dlopen { error, .. } => {
+            format!("cannot load the library: {}", error_chain(error))
+        }
+        other => error_chain(other),
+    }
+}
+
 /// Picks the runtime library to load (does not load it).
 pub fn discover(explicit: Option<&Path>, home_dir: &Path) -> Result<PathBuf> {
     discover_from(explicit, std::env::var_os(DYLIB_ENV), home_dir)
@@ -119,7 +130,7 @@ pub(crate) fn load(path: &Path) -> Result<&'static Runtime> {
         warn_if_other(rt, path);
         return Ok(rt);
     }
-    let builder = ort::init_from(path).map_err(|e| unavailable(path, error_chain(&e)))?;
+    let builder = ort::init_from(path).map_err(|e| unavailable(path, load_error(&e)))?;
     let env = builder
         .with_name("edgeroute")
         .with_telemetry(false)
@@ -160,6 +171,7 @@ pub(crate) fn ensure(explicit: Option<&Path>, home_dir: &Path) -> Result<&'stati
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -108,6 +108,7 @@ fn argmax(xs: &[f32]) -> (usize, f32) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -1,0 +1,181 @@
+//! Local tier benchmark: time to first token (32-token prompt), decode tokens/s and peak RSS,
+//! Rust (`LocalBackend`) side by side with the same greedy loop in Python onnxruntime.
+//! Needs `python3 scripts/setup.py`; run: `cargo run --release --no-default-features --features onnx --example local_bench [threads] [max_new_tokens] [runs] [spin 0|1]`.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use edgeroute::backend::local::LocalBackend;
+use edgeroute::home;
+use edgeroute::request::{GenerationParams, Message};
+
+const SYSTEM: &str = "You are a helpful assistant.";
+const PROMPT: &str = "Write a long story about a dragon who learns to cook.";
+
+fn vm_hwm_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// User + system CPU time of this process (from /proc/self/stat, in clock ticks of 10 ms).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+struct Row {
+    prompt_tokens: usize,
+    generated: usize,
+    ttft_ms: f64,
+    tps: f64,
+    cpu_ms_per_token: f64,
+    rss_mb: f64,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let threads = args.first().copied().unwrap_or(2);
+    let max_new = args.get(1).copied().unwrap_or(128) as u32;
+    let runs = args.get(2).copied().unwrap_or(3).max(1);
+    let spin = args.get(3).copied().unwrap_or(0) == 1;
+
+    let t0 = Instant::now();
+    let backend = LocalBackend::builder()
+        .threads(threads)
+        .pool_size(1)
+        .intra_op_spinning(spin)
+        .commit()?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let messages = [Message::system(SYSTEM), Message::user(PROMPT)];
+    let params = GenerationParams {
+        max_tokens: Some(max_new),
+        ..Default::default()
+    };
+    let prompt_tokens = backend.encode_prompt(&messages)?.len();
+
+    backend.generate_blocking(
+        &messages,
+        &GenerationParams {
+            max_tokens: Some(8),
+            ..Default::default()
+        },
+        None,
+        |_| ControlFlow::Continue(()),
+    )?;
+    let home_dir = home::resolve(None);
+    let python = std::env::var_os("EDGEROUTE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home_dir.join("tools/venv/bin/python"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench_python.py");
+    let model_dir = backend.model_dir().display().to_string();
+    let (threads_s, max_new_s) = (threads.to_string(), max_new.to_string());
+    // One Python run (own process, warmed up) right after each Rust run, so both sides see the
+    // same machine load.
+    let python_run = || -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        let out = Command::new(&python)
+            .arg(script)
+            .args(["--model-dir", &model_dir, "--threads", &threads_s])
+            .args(["--system", SYSTEM, "--prompt", PROMPT])
+            .args(["--max-new-tokens", &max_new_s, "--runs", "1"])
+            .args(["--spin", if spin { "1" } else { "0" }])
+            .output()?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(format!("{} failed: {err}", python.display()).into());
+        }
+        Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
+    };
+
+    let (mut ttfts, mut tps, mut cpus, mut generated) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut py_runs = Vec::new();
+    for _ in 0..runs {
+        let mut stamps = Vec::new();
+        let cpu0 = cpu_seconds();
+        let out = backend.generate_blocking(&messages, &params, None, |ev| {
+            stamps.push(ev.elapsed);
+            ControlFlow::Continue(())
+        })?;
+        generated = out.token_ids.len();
+        cpus.push((cpu_seconds() - cpu0) * 1000.0 / generated.max(1) as f64);
+        ttfts.push(out.first_token.as_secs_f64() * 1000.0);
+        if let (Some(first), Some(last)) = (stamps.first(), stamps.last()) {
+            if stamps.len() > 1 {
+                tps.push((stamps.len() - 1) as f64 / (*last - *first).as_secs_f64());
+            }
+        }
+        py_runs.push(python_run()?);
+    }
+    let rust = Row {
+        prompt_tokens,
+        generated,
+        ttft_ms: median(ttfts),
+        tps: median(tps),
+        cpu_ms_per_token: median(cpus),
+        rss_mb: vm_hwm_mb(),
+    };
+    let col = |k: &str| -> Vec<f64> {
+        py_runs
+            .iter()
+            .map(|v| v[k].as_f64().unwrap_or(f64::NAN))
+            .collect()
+    };
+    let py = Row {
+        prompt_tokens: median(col("prompt_tokens")) as usize,
+        generated: median(col("generated_tokens")) as usize,
+        ttft_ms: median(col("ttft_ms")),
+        tps: median(col("decode_tokens_per_s")),
+        cpu_ms_per_token: median(col("cpu_ms_per_token")),
+        rss_mb: col("peak_rss_mb").into_iter().fold(0.0, f64::max),
+    };
+
+    println!("local_bench: {} | threads {threads} | max_new_tokens {max_new} | spinning {spin} | median of {runs} interleaved runs | model load {load_ms:.0} ms", backend.model_dir().display());
+    println!(
+        "{:<22} {:>8} {:>10} {:>16} {:>17} {:>14} {:>14}",
+        "",
+        "prompt",
+        "generated",
+        "first token ms",
+        "decode tokens/s",
+        "CPU ms/token",
+        "peak RSS MiB"
+    );
+    for (name, r) in [("Rust (edgeroute)", &rust), ("Python onnxruntime", &py)] {
+        println!(
+            "{:<22} {:>8} {:>10} {:>16.1} {:>17.1} {:>14.1} {:>14.0}",
+            name, r.prompt_tokens, r.generated, r.ttft_ms, r.tps, r.cpu_ms_per_token, r.rss_mb
+        );
+    }
+    println!(
+        "Rust / Python decode speed: {:.2}x wall, {:.2}x CPU (aim >= 1.2x); Rust first token {:.1} ms (aim < 100 ms); load average {}",
+        rust.tps / py.tps,
+        py.cpu_ms_per_token / rust.cpu_ms_per_token,
+        rust.ttft_ms,
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?")
+    );
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Damaged installs of the real model give errors that name the file and the fix, never a crash.
+#![cfg(feature = "onnx")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use edgeroute::backend::local::LocalBackend;
+use edgeroute::home;
+use edgeroute::Error;
+
+fn installed_model_dir() -> PathBuf {
+    let dir = home::model_dir(&home::resolve(None), home::DEFAULT_MODEL);
+    assert!(
+        dir.join("edgeroute-model.json").is_file(),
+        "local model not installed at {}: run `{}`",
+        dir.display(),
+        home::SETUP_COMMAND
+    );
+    dir
+}
+
+/// A copy of the installed model directory whose `model.onnx.data` is cut to `keep` bytes, with
+/// the manifest's size record dropped so the damage reaches ONNX Runtime.
+fn damaged_copy(src: &Path, keep: usize, garbage: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["model.onnx", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("edgeroute-model.json")).unwrap())
+            .unwrap();
+    m["sizes"] = serde_json::json!({});
+    std::fs::write(dir.path().join("edgeroute-model.json"), m.to_string()).unwrap();
+    let mut data = vec![0u8; keep];
+    if !garbage {
+        use std::io::Read;
+        std::fs::File::open(src.join("model.onnx.data"))
+            .unwrap()
+            .read_exact(&mut data)
+            .unwrap();
+    }
+    std::fs::write(dir.path().join("model.onnx.data"), data).unwrap();
+    dir
+}
+
+fn expect_model_unavailable(dir: &Path) -> String {
+    match LocalBackend::builder().model_dir(dir).threads(1).commit() {
+        Ok(_) => panic!("a damaged model at {} was accepted", dir.display()),
+        Err(e @ Error::ModelUnavailable { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(home::SETUP_COMMAND), "{msg}");
+            msg
+        }
+        Err(e) => panic!("expected ModelUnavailable, got: {e}"),
+    }
+}
+
+#[test]
+fn truncated_model_data_is_an_error_not_a_crash() {
+    let src = installed_model_dir();
+    let damaged = damaged_copy(&src, 10 << 20, false);
+    let msg = expect_model_unavailable(damaged.path());
+    assert!(msg.contains("model.onnx"), "{msg}");
+}
+
+#[test]
+fn truncated_file_is_caught_by_the_recorded_size() {
+    let src = installed_model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["model.onnx", "tokenizer.json", "edgeroute-model.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("model.onnx.data"), b"cut").unwrap();
+    let msg = expect_model_unavailable(dir.path());
+    assert!(
+        msg.contains("model.onnx.data") && msg.contains("truncated"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn corrupt_graph_file_is_an_error() {
+    let src = installed_model_dir();
+    let damaged = damaged_copy(&src, 1 << 20, true);
+    let len = std::fs::metadata(src.join("model.onnx")).unwrap().len() as usize;
+    std::fs::write(damaged.path().join("model.onnx"), vec![0x5Au8; len]).unwrap();
+    expect_model_unavailable(damaged.path());
+}
+
+#[test]
+fn broken_manifest_is_an_error() {
+    let src = installed_model_dir();
+    let damaged = damaged_copy(&src, 16, true);
+    std::fs::write(damaged.path().join("edgeroute-model.json"), b"{ not json").unwrap();
+    let msg = expect_model_unavailable(damaged.path());
+    assert!(msg.contains("invalid manifest"), "{msg}");
+}
