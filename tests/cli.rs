@@ -289,7 +289,10 @@ fn ask_answers_locally_then_from_cache_and_stats_add_up() {
     assert_eq!(first["route"], "local", "{first}");
     assert_eq!(first["rule"], "defaults");
     assert_eq!(first["cached"], false);
-    assert!(!first["text"].as_str().unwrap().trim().is_empty(), "{first}");
+    assert!(
+        !first["text"].as_str().unwrap().trim().is_empty(),
+        "{first}"
+    );
     assert!(first["usage"]["output_tokens"].as_u64().unwrap() > 0);
     assert!(first["confidence"]["mean"].as_f64().unwrap() < 0.0);
     let second = ask("What is the capital of France?");

@@ -30,10 +30,7 @@ pub(crate) fn open_session(
     rt: &Runtime,
     model: &Path,
     threads: usize,
-<<<<<<< HEAD
-=======
     spin: bool,
->>>>>>> local
     kv: KvShape,
 ) -> Result<Session> {
     let fail = |what: &str, e: &dyn std::fmt::Display| unavailable(model, format!("{what}: {e}"));
