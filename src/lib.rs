@@ -66,6 +66,7 @@
 //! Features: `onnx` (the local ONNX Runtime tier) and `cloud` (the HTTP providers), both on by
 //! default. With `--no-default-features` the policy engine, privacy scanner and cache still
 //! build and work.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backend;
 pub mod cache;

@@ -219,7 +219,7 @@ async fn exhausted_budget_stops_cloud_calls() {
         routes.push(resp.route);
     }
     let cloud_calls = routes.iter().filter(|r| **r == Route::Cloud).count();
-    assert!(cloud_calls >= 1 && cloud_calls <= 3, "{routes:?}");
+    assert!((1..=3).contains(&cloud_calls), "{routes:?}");
     assert_eq!(fake.requests_received(), cloud_calls);
     assert_eq!(*routes.last().unwrap(), Route::Local);
     let spent = r.stats().cloud_spend_usd;

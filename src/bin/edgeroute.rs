@@ -1,4 +1,5 @@
 //! `edgeroute`: ask, explain, check and test policies, scan for PII, inspect the cache and budget.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -476,12 +477,15 @@ fn open_db(home: Option<&Path>) -> edgeroute::Result<(PathBuf, edgeroute::cache:
 }
 
 fn cache(cmd: CacheCommand, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
+    let policy = match &cmd {
+        CacheCommand::Stats { policy, .. } | CacheCommand::Clear { policy } => load_policy(policy)?,
+    };
     let (home, db) = open_db(home)?;
     let key =
         edgeroute::cache::EncryptionKey::load_or_create(&edgeroute::home::cache_key_file(&home))?;
-    let cache = edgeroute::cache::SledCache::open(&db, key, Default::default())?;
+    let cache = edgeroute::cache::SledCache::open(&db, key, policy.cache.clone())?;
     match cmd {
-        CacheCommand::Stats { json } => {
+        CacheCommand::Stats { json, .. } => {
             let s = cache.stats()?;
             if json {
                 println!("{}", serde_json::to_string(&s).unwrap_or_default());
