@@ -20,8 +20,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgeroute::cache::{
-    CacheConfig, CacheKey, CachedAnswer, Database, EncryptionKey, Header, KeyContext,
-    PrivacyClass, SledCache,
+    CacheConfig, CacheKey, CachedAnswer, Database, EncryptionKey, Header, KeyContext, PrivacyClass,
+    SledCache,
 };
 use edgeroute::request::{Request, Route, Usage};
 
@@ -148,9 +148,15 @@ pub fn check(data: &[u8]) {
 /// The header parser and the body decoder on the raw bytes.
 fn decode_direct(data: &[u8]) {
     if let Some(h) = Header::parse(data) {
-        assert!(data.len() >= 1 + 1 + 8 + 12 + 16, "a header needs room for nonce and tag");
+        assert!(
+            data.len() >= 1 + 1 + 8 + 12 + 16,
+            "a header needs room for nonce and tag"
+        );
         assert_eq!(
-            h.created_at().duration_since(UNIX_EPOCH).ok().map(|d| d.as_millis()),
+            h.created_at()
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_millis()),
             Some(u128::from(h.created_at_ms))
         );
         let _ = h.age(SystemTime::now());
@@ -243,7 +249,11 @@ fn raw_trees(db: &Database, max_bytes: u64, payload: &[u8]) {
 
     let cache = open(db, max_bytes);
     assert_counts(db, &cache);
-    assert_eq!(ok(cache.get(&key), "get"), None, "a forged record was served");
+    assert_eq!(
+        ok(cache.get(&key), "get"),
+        None,
+        "a forged record was served"
+    );
     let _ = ok(cache.stats(), "stats");
     assert_counts(db, &cache);
     // The cache still works over the leftovers.

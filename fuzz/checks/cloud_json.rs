@@ -11,8 +11,7 @@ pub fn check(data: &[u8]) {
         if let Ok(g) = parse_response(provider, data, 7) {
             if g.usage_estimated {
                 assert!(
-                    g.usage.input_tokens == 7
-                        || g.usage.output_tokens == estimate_tokens(&g.text),
+                    g.usage.input_tokens == 7 || g.usage.output_tokens == estimate_tokens(&g.text),
                     "estimated usage differs from the estimate"
                 );
             }

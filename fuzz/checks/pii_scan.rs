@@ -26,7 +26,10 @@ pub fn check(data: &[u8]) {
     let mut last = 0;
     for s in &spans {
         assert!(s.start >= last, "spans sorted and disjoint");
-        assert!(s.start < s.end && s.end <= text.len(), "span inside the text");
+        assert!(
+            s.start < s.end && s.end <= text.len(),
+            "span inside the text"
+        );
         assert!(text.is_char_boundary(s.start) && text.is_char_boundary(s.end));
         last = s.end;
     }
