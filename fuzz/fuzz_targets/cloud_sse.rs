@@ -1,62 +1,10 @@
-//! Fuzzes the SSE parser and both providers' stream decoders with arbitrary bytes.
+//! Fuzz target: The SSE parser and both providers' stream decoders on arbitrary bytes.
 //!
-//! Properties: no panic; splitting the input into two chunks anywhere yields the same events;
-//! a decoder fed arbitrary events either errors or, once finished, never reports a
-//! generation without its provider's terminator.
-//! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run cloud_sse`
+//! The properties live in `fuzz/checks/cloud_sse.rs`, shared with `tests/fuzz_regressions.rs`.
+//! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run cloud_sse` (see fuzz/README.md).
 #![no_main]
 
-use edgeroute::backend::cloud::sse::{SseEvent, SseParser};
-use edgeroute::backend::cloud::{Provider, StreamDecoder};
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/cloud_sse.rs"]
+mod check;
 
-fn parse(chunks: &[&[u8]]) -> Result<Vec<SseEvent>, String> {
-    let mut p = SseParser::new();
-    let mut out = Vec::new();
-    for c in chunks {
-        p.feed(c, &mut out).map_err(|e| e.to_string())?;
-    }
-    p.finish(&mut out).map_err(|e| e.to_string())?;
-    Ok(out)
-}
-
-fuzz_target!(|data: &[u8]| {
-    let Some((&cut, body)) = data.split_first() else {
-        return;
-    };
-    let cut = usize::from(cut).min(body.len());
-    let whole = parse(&[body]);
-    let split = parse(&[&body[..cut], &body[cut..]]);
-    if let (Ok(a), Ok(b)) = (&whole, &split) {
-        assert_eq!(a, b, "chunking changed the events");
-    }
-    let Ok(events) = whole else {
-        return;
-    };
-    for provider in [Provider::OpenAi, Provider::Anthropic] {
-        let mut dec = StreamDecoder::new(provider, 10);
-        let mut text = String::new();
-        let mut failed = false;
-        for ev in &events {
-            match dec.on_event(ev) {
-                Ok(Some(d)) => text.push_str(&d),
-                Ok(None) => {}
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if failed {
-            continue;
-        }
-        let terminated = dec.is_terminated();
-        match dec.finish() {
-            Ok(g) => {
-                assert!(terminated, "a generation without a terminator");
-                assert_eq!(g.text, text, "final text differs from the deltas");
-            }
-            Err(_) => assert!(!terminated),
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

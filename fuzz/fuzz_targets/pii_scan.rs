@@ -1,50 +1,10 @@
-//! Fuzzes the PII scanner and the redaction round trip on arbitrary UTF-8.
+//! Fuzz target: The PII scanner and the redaction round trip on arbitrary UTF-8.
 //!
-//! Needs cargo-fuzz (nightly); run: `cargo +nightly fuzz run pii_scan`.
+//! The properties live in `fuzz/checks/pii_scan.rs`, shared with `tests/fuzz_regressions.rs`.
+//! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run pii_scan` (see fuzz/README.md).
 #![no_main]
-#![allow(clippy::expect_used)]
 
-use std::sync::OnceLock;
+#[path = "../checks/pii_scan.rs"]
+mod check;
 
-use edgeroute::privacy::{redact_text, PrivacyConfig, Scanner};
-use libfuzzer_sys::fuzz_target;
-
-fn scanner() -> &'static Scanner {
-    static SCANNER: OnceLock<Scanner> = OnceLock::new();
-    SCANNER.get_or_init(|| {
-        Scanner::new(&PrivacyConfig::default()).expect("built-in detectors compile")
-    })
-}
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let spans = scanner().scan(text);
-    let mut last = 0;
-    for s in &spans {
-        assert!(s.start >= last, "spans sorted and disjoint");
-        assert!(s.start < s.end && s.end <= text.len(), "span inside the text");
-        assert!(text.is_char_boundary(s.start) && text.is_char_boundary(s.end));
-        last = s.end;
-    }
-    // Redaction removes every span and re-hydration restores the text exactly, whole or
-    // streamed in arbitrary chunks.
-    let (redacted, rehydrator) = redact_text(text, scanner());
-    assert_eq!(rehydrator.rehydrate(&redacted), text);
-    let mut stream = rehydrator.clone();
-    let mut shown = String::new();
-    let mut rest = redacted.as_str();
-    let mut k = 1;
-    while !rest.is_empty() {
-        let mut cut = k.min(rest.len());
-        while !rest.is_char_boundary(cut) {
-            cut += 1;
-        }
-        shown.push_str(&stream.push(&rest[..cut]));
-        rest = &rest[cut..];
-        k = k % 7 + 1;
-    }
-    shown.push_str(&stream.finish());
-    assert_eq!(shown, text);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

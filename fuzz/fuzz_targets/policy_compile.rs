@@ -1,22 +1,10 @@
-//! Policy parse + compile + decide on arbitrary text: must never panic.
+//! Fuzz target: Policy parse + compile + decide on arbitrary text.
+//!
+//! The properties live in `fuzz/checks/policy_compile.rs`, shared with `tests/fuzz_regressions.rs`.
+//! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run policy_compile` (see fuzz/README.md).
 #![no_main]
 
-use std::path::Path;
+#[path = "../checks/policy_compile.rs"]
+mod check;
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(src) = std::str::from_utf8(data) else {
-        return;
-    };
-    match edgeroute::policy::compile_str(src, Path::new("fuzz.toml")) {
-        Ok(policy) => {
-            let request = edgeroute::Request::new(src);
-            let features = edgeroute::inspect::inspect(&policy, &request);
-            let _ = edgeroute::policy::decide(&policy, &features, &Default::default());
-        }
-        Err(diags) => {
-            let _ = edgeroute::policy::render_diagnostics(&diags);
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));
