@@ -249,7 +249,7 @@ impl StatsEvent {
 }
 
 /// Statistics persisted in the sled database, so `edgeroute stats` sees every process's
-/// requests: counters, spend, savings and the last [`WINDOW`] latencies per route.
+/// requests: counters, spend, savings and the last 1,024 latencies per route.
 #[derive(Clone)]
 pub struct PersistedStats {
     tree: sled::Tree,

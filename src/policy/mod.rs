@@ -1,4 +1,4 @@
-//! The TOML policy language: [`raw`] (serde, `deny_unknown_fields`) → [`compile()`] (semantic
+//! The TOML policy language: [`raw`] (serde, `deny_unknown_fields`) → [`compile_file`] (semantic
 //! checks, `file:line:col` diagnostics) → [`decide`] (the routing decision).
 //!
 //! The language reference for policy authors is `policies/README.md`.
