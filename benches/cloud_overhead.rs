@@ -3,6 +3,7 @@
 //! parse, both against the same fake provider on 127.0.0.1, in the same run.
 //!
 //! Prints a p50/p99 table (interleaved samples), then runs criterion.
+//! Also: the Router's added overhead (inspect, decide, clearance, stats) over the bare client.
 //! Run: `cargo bench --no-default-features --features cloud --bench cloud_overhead`
 //! (`CLOUD_BENCH_SAMPLES=5000` for more samples; default 2000).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -22,6 +23,7 @@ struct Setup {
     rt: tokio::runtime::Runtime,
     _fake: support::FakeProvider,
     backend: CloudBackend,
+    router: edgeroute::Router,
     raw: reqwest::Client,
     url: String,
 }
@@ -40,9 +42,19 @@ fn setup() -> Setup {
         .build()
         .unwrap();
     let url = format!("{}/chat/completions", fake.url());
+    // The whole pipeline (inspect, decide, execute with clearance, stats), cache off so every
+    // call reaches the server.
+    let router = edgeroute::Router::builder()
+        .policy_str("[cloud]\nmodel = \"fake-model\"\n[defaults]\nroute = \"cloud\"\n")
+        .cloud_backend(std::sync::Arc::new(backend.clone()))
+        .load_local_model(false)
+        .cache(false)
+        .build()
+        .unwrap();
     Setup {
         rt,
         _fake: fake,
+        router,
         backend,
         raw,
         url,
@@ -117,6 +129,16 @@ async fn raw_stream(s: &Setup) -> usize {
         n += chunk.len();
     }
     n
+}
+
+async fn router_complete(s: &Setup) -> usize {
+    let r = s
+        .router
+        .complete(edgeroute::Request::new(PROMPT))
+        .await
+        .unwrap();
+    assert_eq!(r.route, edgeroute::Route::Cloud);
+    r.text.len()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -197,9 +219,33 @@ fn bench(c: &mut Criterion) {
             s.rt.block_on(raw_stream(&s));
         },
     );
+    println!("\nrouter overhead on a cloud call: Router::complete (streams internally) vs the bare client");
+    table(
+        "router vs CloudBackend",
+        samples,
+        || {
+            s.rt.block_on(router_complete(&s));
+        },
+        || {
+            s.rt.block_on(cloud_stream(&s));
+        },
+    );
+    table(
+        "router vs raw reqwest",
+        samples,
+        || {
+            s.rt.block_on(router_complete(&s));
+        },
+        || {
+            s.rt.block_on(raw_stream(&s));
+        },
+    );
     println!();
 
     let mut g = c.benchmark_group("cloud_overhead");
+    g.bench_function("router_complete", |b| {
+        b.iter(|| s.rt.block_on(router_complete(&s)))
+    });
     g.bench_function("cloud_backend_generate", |b| {
         b.iter(|| s.rt.block_on(cloud_generate(&s)))
     });
