@@ -6,7 +6,7 @@
 #[path = "../tests/support/provider.rs"]
 mod provider;
 
-#[allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[path = "../tests/support/conn_probe.rs"]
 mod conn_probe;
 
