@@ -743,14 +743,22 @@ impl Execution<'_> {
         // The loser is dropped when this block ends: its generation or HTTP stream stops.
         let (outcome, cloud_cost) = tokio::select! {
             l = &mut local_future => match l {
-                Ok(g) => (Ok(self.local_won(&local, started, g)), estimate),
+                Ok(g) => {
+                    let won = self.local_won(&local, started, g);
+                    self.hedge_loser(Route::Cloud, cloud_started, estimate);
+                    (Ok(won), estimate)
+                }
                 Err(e) => match cloud_future.await {
                     Ok(g) => self.cloud_won(cloud_started, g),
                     Err(ce) => (Err(self.all_failed(e, ce)), Decimal::ZERO),
                 },
             },
             cl = &mut cloud_future => match cl {
-                Ok(g) => self.cloud_won(cloud_started, g),
+                Ok(g) => {
+                    let won = self.cloud_won(cloud_started, g);
+                    self.hedge_loser(Route::Local, started, Decimal::ZERO);
+                    won
+                }
                 Err(e) => match local_future.await {
                     Ok(g) => (Ok(self.local_won(&local, started, g)), Decimal::ZERO),
                     Err(le) => (Err(self.all_failed(e, le)), Decimal::ZERO),
@@ -778,6 +786,28 @@ impl Execution<'_> {
                 })
             })
             .unwrap_or_default()
+    }
+
+    /// Records the attempt that lost a hedge and was cancelled. A cancelled cloud call keeps
+    /// its estimated cost (it may have been billed), as the ledger does.
+    fn hedge_loser(&mut self, route: Route, started: Instant, usd: Decimal) {
+        let inner = &self.router.inner;
+        let backend = match route {
+            Route::Cloud => inner.cloud.as_ref().map(|c| c.name().to_string()),
+            _ => inner.local.as_ref().map(|l| l.name().to_string()),
+        };
+        self.attempts.push(Attempt {
+            route,
+            backend: backend.unwrap_or_default(),
+            elapsed: started.elapsed(),
+            usage: Usage::default(),
+            cost: Cost {
+                usd,
+                estimated: !usd.is_zero(),
+            },
+            confidence: None,
+            error: Some("cancelled: the other tier answered first".into()),
+        });
     }
 
     fn local_won(&mut self, local: &LocalTier, started: Instant, g: Generation) -> Outcome {

@@ -536,7 +536,19 @@ async fn hedge_local_wins_and_the_slow_http_call_is_dropped() {
         .find(|a| a.route == Route::Local)
         .expect("local attempt");
     assert!(local_attempt.confidence.is_some());
-    assert_eq!(resp.cost.usd, Decimal::ZERO);
+    // The cancelled cloud attempt is recorded; its estimate stays counted (it may be billed),
+    // as in the ledger, and is marked as an estimate.
+    let cloud_attempt = resp
+        .attempts
+        .iter()
+        .find(|a| a.route == Route::Cloud)
+        .expect("cancelled cloud attempt");
+    assert!(cloud_attempt
+        .error
+        .as_deref()
+        .is_some_and(|e| e.starts_with("cancelled")));
+    assert_eq!(resp.cost.usd, cloud_attempt.cost.usd);
+    assert!(resp.cost.estimated);
 
     // The HTTP call is dropped: its connection closes with the request unanswered.
     let until = Instant::now() + Duration::from_secs(3);
