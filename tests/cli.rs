@@ -127,6 +127,8 @@ fn explain_json_names_rule_and_reasons() {
     assert_eq!(v["reasons"][0]["kinds"][0], "email");
 }
 
+/// Needs the cloud tier to exist (with a key) for "offline" to be the reason.
+#[cfg(feature = "cloud")]
 #[test]
 fn explain_offline_flag_and_tags() {
     let args = [

@@ -41,11 +41,19 @@ impl Database {
                 message: format!("cannot create the database directory: {e}"),
             });
         }
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|e| open_error(path, e))?;
-        Ok(Database::from_sled(db, path))
+        // sled's background threads hold the file lock for a moment after the last handle is
+        // dropped, so reopening right after a close (a new Router on the same home) retries
+        // briefly before reporting the lock.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => return Ok(Database::from_sled(db, path)),
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < give_up => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(open_error(path, e)),
+            }
+        }
     }
 
     /// Wraps a sled database the app opened itself; `path` is only used in error messages.
@@ -123,6 +131,10 @@ fn spawn_flusher(db: sled::Db) -> mpsc::Sender<FlushRequest> {
 /// Shorthand for [`Database::open`].
 pub fn open_db(path: &Path) -> Result<Database> {
     Database::open(path)
+}
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    e.to_string().contains("could not acquire lock")
 }
 
 fn open_error(path: &Path, e: sled::Error) -> Error {
