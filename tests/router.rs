@@ -1,58 +1,16 @@
 //! The router pipeline with an app-supplied local backend (the `Backend` extension point):
 //! routing, explain without side effects, refusals, streaming, errors.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use edgeroute::backend::{
-    Backend, BackendCall, EventStream, FinishReason, Generation, StreamEvent,
-};
 use edgeroute::decision::Reason;
-use edgeroute::request::{Confidence, Usage};
+use edgeroute::request::Usage;
 use edgeroute::{Error, Request, Route, Router, RouterEvent};
 use futures::StreamExt;
-
-/// A deterministic local model: answers "echo: <prompt>" in three deltas, counting calls.
-#[derive(Default)]
-struct EchoModel {
-    calls: AtomicUsize,
-    fail: bool,
-}
-
-#[async_trait::async_trait]
-impl Backend for EchoModel {
-    fn name(&self) -> &str {
-        "echo-model"
-    }
-    async fn stream(&self, call: BackendCall) -> edgeroute::Result<EventStream> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.fail {
-            return Err(Error::Inference("model exploded".into()));
-        }
-        let prompt = call
-            .messages
-            .last()
-            .map(|m| m.content.clone())
-            .unwrap_or_default();
-        let done = Generation {
-            text: String::new(),
-            usage: Usage {
-                input_tokens: 7,
-                output_tokens: 3,
-            },
-            usage_estimated: false,
-            confidence: Confidence::from_logprobs(&[-0.1, -0.2, -0.3], 3),
-            finish: FinishReason::Stop,
-        };
-        let events = vec![
-            Ok(StreamEvent::Delta("echo".into())),
-            Ok(StreamEvent::Delta(": ".into())),
-            Ok(StreamEvent::Delta(prompt)),
-            Ok(StreamEvent::Done(done)),
-        ];
-        Ok(Box::pin(futures::stream::iter(events)))
-    }
-}
+use support::echo::EchoModel;
 
 const POLICY: &str = r#"
 [[rule]]
@@ -150,10 +108,8 @@ async fn refuse_returns_the_policy_message() {
 
 #[tokio::test]
 async fn pinned_local_failure_does_not_fall_back() {
-    let model = Arc::new(EchoModel {
-        fail: true,
-        ..EchoModel::default()
-    });
+    let model = Arc::new(EchoModel::default());
+    model.fail.store(true, Ordering::SeqCst);
     let r = router(model);
     let err = r
         .complete(Request::new("ann@example.com"))
