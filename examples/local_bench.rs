@@ -78,15 +78,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let prompt_tokens = backend.encode_prompt(&messages)?.len();
 
-    backend.generate_blocking(
-        &messages,
-        &GenerationParams {
-            max_tokens: Some(8),
-            ..Default::default()
-        },
-        None,
-        |_| ControlFlow::Continue(()),
-    )?;
+    // The same warm-up as the Python side (an 8-token generation), run right before every
+    // measured run: on this VM a CPU that sat idle for a couple of seconds (here: while the
+    // Python process runs) makes the next prefill ~4x slower (measured: 2 s pause, 32-token
+    // prefill 75 ms -> 300 ms, and tokenizing 0.2 ms -> 23 ms, with no extra page faults), so
+    // without it the Rust side would be measured cold and the Python side warm.
+    let warm_up = || {
+        backend.generate_blocking(
+            &messages,
+            &GenerationParams {
+                max_tokens: Some(8),
+                ..Default::default()
+            },
+            None,
+            |_| ControlFlow::Continue(()),
+        )
+    };
     let home_dir = home::resolve(None);
     let python = std::env::var_os("EDGEROUTE_PYTHON")
         .map(PathBuf::from)
@@ -114,6 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut ttfts, mut tps, mut cpus, mut generated) = (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut py_runs = Vec::new();
     for _ in 0..runs {
+        warm_up()?;
         let mut stamps = Vec::new();
         let cpu0 = cpu_seconds();
         let out = backend.generate_blocking(&messages, &params, None, |ev| {

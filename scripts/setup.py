@@ -26,7 +26,7 @@ import zipfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_NAME = "smollm2-135m-instruct"
 MANIFEST = "edgeroute-model.json"
-MANIFEST_VERSION = 4
+MANIFEST_VERSION = 5  # 5: fused GroupQueryAttention graph
 
 # Conversion tools, pinned (top-level packages; pip resolves their own dependencies).
 TOOLS = [
@@ -60,8 +60,8 @@ MODEL = {
 # level. A mismatch is reported (the Rust reference test pins the same model) but not fatal.
 EXPECTED_PRODUCTS = {
     4: {
-        "model.onnx": "8afcd80ba8cf1187f6e0ec411eeee35788b0feb4237ed908c4ec3df1edb5f719",
-        "model.onnx.data": "82ae91f09f22c8748d50849c9b01404929f40658cb4ba3fa62ec8dc65827f00a",
+        "model.onnx": "64d37ccdafc4d67c43a4816ae8f2ac8b0c2c510a0fc3e4942f96e4c6fb88537b",
+        "model.onnx.data": "576ea1940f9959f61db99999bb78de6ed5fe9b76e1314683bff80ef182d4aafa",
         "tokenizer.json": "7d27c493c729a66ecefc837280b05d948b1ed50d130eebdbf911b1b36cf38ed7",
     },
 }
@@ -235,6 +235,7 @@ def ensure_model(home, py, accuracy):
         "sizes": {n: os.path.getsize(os.path.join(model_dir, n)) for n in files},
         "quantization": {
             "method": "MatMulNBits", "bits": 8, "block_size": 32, "symmetric": False,
+            "graph": "onnxruntime fused: GroupQueryAttention, SkipSimplifiedLayerNormalization",
             "accuracy_level": cfg["matmul_accuracy_level"],
         },
         "architecture": {

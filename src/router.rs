@@ -160,8 +160,8 @@ impl RouterBuilder {
         let store = if self.use_cache {
             let model_id = format!(
                 "local={};cloud={}",
-                local.as_ref().map(|l| l.name()).unwrap_or("-"),
-                cloud.as_ref().map(|c| c.name()).unwrap_or("-")
+                local.as_ref().map_or_else(|| "-".into(), |l| l.identity()),
+                cloud.as_ref().map_or_else(|| "-".into(), |c| c.identity())
             );
             Some(crate::wiring::Store::open(
                 &policy,

@@ -64,7 +64,9 @@ mod lazy_local {
     use async_trait::async_trait;
     use tokio::sync::OnceCell;
 
-    use crate::backend::local::{LocalBackend, LocalBackendBuilder, MANIFEST_FILE};
+    use crate::backend::local::{
+        short_revision, LocalBackend, LocalBackendBuilder, Manifest, MANIFEST_FILE,
+    };
     use crate::backend::{Backend, BackendCall, EventStream, Generation};
     use crate::error::{Error, Result};
 
@@ -73,6 +75,8 @@ mod lazy_local {
         builder: LocalBackendBuilder,
         name: String,
         model_dir: PathBuf,
+        /// Read from the manifest when the router is built (the model itself loads on first use).
+        revision: Option<String>,
         loaded: OnceCell<LocalBackend>,
     }
 
@@ -81,6 +85,9 @@ mod lazy_local {
             LazyLocal {
                 builder,
                 name,
+                revision: Manifest::load(&model_dir, false)
+                    .ok()
+                    .and_then(|m| m.revision().map(short_revision)),
                 model_dir,
                 loaded: OnceCell::new(),
             }
@@ -102,6 +109,13 @@ mod lazy_local {
     impl Backend for LazyLocal {
         fn name(&self) -> &str {
             &self.name
+        }
+
+        fn revision(&self) -> Option<String> {
+            match self.loaded.get() {
+                Some(b) => b.revision(),
+                None => self.revision.clone(),
+            }
         }
 
         async fn stream(&self, call: BackendCall) -> Result<EventStream> {

@@ -227,6 +227,37 @@ async fn repeated_question_is_served_from_the_encrypted_cache() {
     assert_eq!(model.calls.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test]
+async fn a_new_model_build_does_not_serve_the_old_builds_cached_answers() {
+    let home = tempfile::tempdir().unwrap();
+    let build = |rev: &str| {
+        Arc::new(EchoModel {
+            revision: Some(rev.to_string()),
+            ..Default::default()
+        })
+    };
+    let (old, new) = (build("aaaa"), build("bbbb"));
+    let ask = || Request::new("What is the capital of France?");
+
+    let r = cached_router(old.clone(), home.path(), POLICY);
+    assert_eq!(r.complete(ask()).await.unwrap().route, Route::Local);
+    assert_eq!(r.complete(ask()).await.unwrap().route, Route::Cache);
+    drop(r);
+
+    // Same home, key, policy and model name; only the build changed: the new build answers.
+    let r = cached_router(new.clone(), home.path(), POLICY);
+    let resp = r.complete(ask()).await.unwrap();
+    assert_eq!(resp.route, Route::Local);
+    assert_eq!((old.calls(), new.calls()), (1, 1));
+    assert_eq!(r.complete(ask()).await.unwrap().route, Route::Cache);
+    drop(r);
+
+    // Going back to the old build finds its answer again.
+    let r = cached_router(old.clone(), home.path(), POLICY);
+    assert_eq!(r.complete(ask()).await.unwrap().route, Route::Cache);
+    assert_eq!(old.calls(), 1);
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {

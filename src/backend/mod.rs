@@ -110,6 +110,13 @@ pub trait Backend: Send + Sync {
         )))
     }
 
+    /// What identifies this build of the model beyond [`Backend::name`] (e.g. a checksum of its
+    /// weights). It is part of the answer-cache key, so answers cached from an older build are
+    /// not served once the model changes. Default: none (the name alone identifies it).
+    fn revision(&self) -> Option<String> {
+        None
+    }
+
     /// Whether the backend can serve right now (credentials present, model loaded...).
     /// `Err` carries the reason and the fix. Default: available.
     fn availability(&self) -> std::result::Result<(), String> {
@@ -140,6 +147,13 @@ impl LocalTier {
     pub fn name(&self) -> &str {
         self.0.name()
     }
+    /// The backend's name with its [`Backend::revision`], if any (`name@revision`).
+    pub fn identity(&self) -> String {
+        match self.0.revision() {
+            Some(r) => format!("{}@{r}", self.0.name()),
+            None => self.0.name().to_string(),
+        }
+    }
     /// See [`Backend::availability`].
     pub fn availability(&self) -> std::result::Result<(), String> {
         self.0.availability()
@@ -167,6 +181,13 @@ impl CloudTier {
     /// The backend's name.
     pub fn name(&self) -> &str {
         self.0.name()
+    }
+    /// The backend's name with its [`Backend::revision`], if any (`name@revision`).
+    pub fn identity(&self) -> String {
+        match self.0.revision() {
+            Some(r) => format!("{}@{r}", self.0.name()),
+            None => self.0.name().to_string(),
+        }
     }
     /// See [`Backend::availability`].
     pub fn availability(&self) -> std::result::Result<(), String> {

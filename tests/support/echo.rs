@@ -19,6 +19,8 @@ pub struct EchoModel {
     pub fail: AtomicBool,
     /// Log-probability reported for every token (confidence).
     pub logprob_milli: std::sync::atomic::AtomicI32,
+    /// The build it reports as its [`Backend::revision`].
+    pub revision: Option<String>,
 }
 
 impl EchoModel {
@@ -32,6 +34,9 @@ impl EchoModel {
 impl Backend for EchoModel {
     fn name(&self) -> &str {
         "echo-model"
+    }
+    fn revision(&self) -> Option<String> {
+        self.revision.clone()
     }
     async fn stream(&self, call: BackendCall) -> edgeroute::Result<EventStream> {
         self.calls.fetch_add(1, Ordering::SeqCst);

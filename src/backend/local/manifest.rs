@@ -30,6 +30,16 @@ pub struct Manifest {
     pub chat_template: ChatTemplate,
 }
 
+impl Manifest {
+    /// The weights' SHA-256 (of `model.onnx.data`, else `model.onnx`): identifies the build.
+    pub fn revision(&self) -> Option<&str> {
+        self.files
+            .get("model.onnx.data")
+            .or_else(|| self.files.get("model.onnx"))
+            .map(String::as_str)
+    }
+}
+
 /// The decoder's dimensions (what the KV cache needs).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Architecture {

@@ -226,6 +226,7 @@ impl LocalBackendBuilder {
         Ok(LocalBackend {
             inner: Arc::new(Inner {
                 name: format!("local/{}", manifest.name),
+                revision: manifest.revision().map(short_revision),
                 model_dir,
                 max_new_tokens: self.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
                 threads,
@@ -251,6 +252,7 @@ pub struct LocalBackend {
 
 struct Inner {
     name: String,
+    revision: Option<String>,
     model_dir: PathBuf,
     max_new_tokens: u32,
     threads: usize,
@@ -272,6 +274,11 @@ impl std::fmt::Debug for LocalBackend {
             .field("threads", &self.inner.threads)
             .finish_non_exhaustive()
     }
+}
+
+/// A model build's revision as shown in cache identities: 16 hex digits of its weights' SHA-256.
+pub(crate) fn short_revision(sha256: &str) -> String {
+    sha256.chars().take(16).collect()
 }
 
 /// Decrements the active-generation counter however the generation ends.
@@ -452,6 +459,11 @@ impl LocalBackend {
 impl Backend for LocalBackend {
     fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The first 16 hex digits of the weights' SHA-256 (from the manifest).
+    fn revision(&self) -> Option<String> {
+        self.inner.revision.clone()
     }
 
     /// Generates on a dedicated thread; deltas arrive through a bounded channel. Dropping the
