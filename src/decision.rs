@@ -40,9 +40,9 @@ pub enum Plan {
     },
     /// Start one tier; start the other if no first token arrived after `after`.
     Hedge {
-        /// Delay before the second tier starts.
-        #[serde(serialize_with = "ser_ms")]
-        after: Duration,
+        /// Delay before the second tier starts. In a decision it is always
+        /// [`HedgeDelay::Fixed`]: `decide()` resolves `p95` from the signals.
+        after: HedgeDelay,
         /// Redact the cloud request.
         redact: bool,
     },
@@ -53,8 +53,35 @@ pub enum Plan {
     },
 }
 
-fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// How long a hedge waits for the local tier's first token before starting the cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HedgeDelay {
+    /// A fixed delay (`after_ms = 150`).
+    Fixed(Duration),
+    /// The p95 of the local tier's recent times to first token (`after_ms = "p95"`); until
+    /// enough were observed, the local first-token estimate.
+    LocalFirstTokenP95,
+}
+
+impl HedgeDelay {
+    /// The delay, when fixed.
+    pub fn fixed(self) -> Option<Duration> {
+        match self {
+            HedgeDelay::Fixed(d) => Some(d),
+            HedgeDelay::LocalFirstTokenP95 => None,
+        }
+    }
+}
+
+impl Serialize for HedgeDelay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HedgeDelay::Fixed(d) => {
+                s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            }
+            HedgeDelay::LocalFirstTokenP95 => s.serialize_str("p95"),
+        }
+    }
 }
 
 impl Plan {
@@ -231,6 +258,13 @@ pub enum Reason {
         /// The rule's threshold.
         threshold: f32,
     },
+    /// How the hedge delay was chosen.
+    HedgeDelay {
+        /// The delay, ms.
+        after_ms: u64,
+        /// Where it came from (e.g. "p95 of local first tokens").
+        basis: String,
+    },
     /// The hedge's winner.
     HedgeWinner {
         /// `local` or `cloud`.
@@ -309,6 +343,9 @@ impl fmt::Display for Reason {
                 f,
                 "local confidence {statistic:?} {confidence:.3} >= {threshold}: kept"
             ),
+            Reason::HedgeDelay { after_ms, basis } => {
+                write!(f, "hedge after {after_ms} ms ({basis})")
+            }
             Reason::HedgeWinner { winner } => write!(f, "hedge won by {winner}"),
             Reason::CacheHit => f.write_str("answer cache hit"),
             Reason::Redacted { spans } => write!(f, "{spans} PII span(s) redacted before cloud"),

@@ -258,6 +258,10 @@ pub struct Timings {
     pub record: Duration,
     /// End to end.
     pub total: Duration,
+    /// From the request's start to the answering tier's first token (`None` when that tier's
+    /// answer did not arrive as a stream, e.g. a cloud call that won a hedge). A cache hit's
+    /// first token is its whole answer.
+    pub first_token: Option<Duration>,
 }
 
 /// Which statistic of the generated tokens' log-probabilities a cascade compares.
@@ -332,6 +336,8 @@ pub struct Attempt {
     pub backend: String,
     /// How long it ran.
     pub elapsed: Duration,
+    /// From the attempt's start to its first token, when it streamed one.
+    pub first_token: Option<Duration>,
     /// Tokens used.
     pub usage: Usage,
     /// What it cost.

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::inspect::{inspect, Features};
 use crate::policy::{compile_file, compile_str, decide, CompiledPolicy};
 use crate::request::{Attempt, Cost, Request, Response, Route, Timings, Usage};
-use crate::signals::{CloudHealth, LatencyEstimates, Network, Signals};
+use crate::signals::{CloudHealth, Network, Signals};
 use crate::stats::{RouterStats, StatsRecorder};
 
 /// Where the policy comes from.
@@ -244,14 +244,11 @@ impl Router {
                 .local
                 .as_ref()
                 .is_some_and(|l| l.availability().is_ok()),
-            latency: LatencyEstimates {
-                local_ms: Some(inner.stats.local_estimate_ms(
-                    &inner.policy.latency,
-                    features.prompt_tokens,
-                    max_tokens,
-                )),
-                cloud_ms: Some(inner.stats.cloud_estimate_ms(&inner.policy.latency)),
-            },
+            latency: inner.stats.latency_estimates(
+                &inner.policy.latency,
+                features.prompt_tokens,
+                max_tokens,
+            ),
         }
     }
 
@@ -368,6 +365,7 @@ impl Router {
                 let _ = sink.send(text.clone());
             }
             timings.total = started.elapsed();
+            timings.first_token = Some(timings.total);
             let response = Response {
                 text,
                 route: Route::Cache,
@@ -432,6 +430,7 @@ impl Router {
         }
         timings.record = t.elapsed();
         timings.total = started.elapsed();
+        timings.first_token = outcome.first_token.map(|at| at.duration_since(started));
         let cost = attempts.iter().fold(Cost::ZERO, |mut acc, a| {
             acc += a.cost;
             acc
@@ -469,7 +468,7 @@ fn tier_span(tier: &'static str, provider: &str, model: &str, call: &BackendCall
     )
 }
 
-fn record_usage(span: &tracing::Span, result: &Result<Generation>) {
+fn record_usage(span: &tracing::Span, result: std::result::Result<&Generation, &Error>) {
     match result {
         Ok(g) => {
             span.record("gen_ai.usage.input_tokens", g.usage.input_tokens);
@@ -494,6 +493,8 @@ struct Outcome {
     text: String,
     route: Route,
     usage: Usage,
+    /// When its first token arrived.
+    first_token: Option<Instant>,
 }
 
 /// One request's execution: runs the plan, keeps every attempt in order.
@@ -531,7 +532,12 @@ impl Execution<'_> {
                 self.cascade(min_confidence, statistic, redact, clearance.as_ref())
                     .await
             }
-            Plan::Hedge { after, redact } => self.hedge(after, redact, clearance.as_ref()).await,
+            Plan::Hedge { after, redact } => {
+                // decide() resolves "p95" to a fixed delay; a hand-built plan that did not is
+                // hedged at once.
+                let after = after.fixed().unwrap_or(Duration::ZERO);
+                self.hedge(after, redact, clearance.as_ref()).await
+            }
         };
         decision.reasons.append(&mut self.reasons);
         let outcome = result?;
@@ -685,6 +691,7 @@ impl Execution<'_> {
         let local_future = {
             async move {
                 let mut text = String::new();
+                let mut first_token = None;
                 let mut pending = match first {
                     Some(Some(e)) => Some(e),
                     Some(None) => {
@@ -705,10 +712,15 @@ impl Execution<'_> {
                         },
                     };
                     match event? {
-                        StreamEvent::Delta(d) => text.push_str(&d),
+                        StreamEvent::Delta(d) => {
+                            if !d.is_empty() {
+                                first_token.get_or_insert_with(Instant::now);
+                            }
+                            text.push_str(&d);
+                        }
                         StreamEvent::Done(mut g) => {
                             g.text = text;
-                            return Ok::<_, Error>(g);
+                            return Ok::<_, Error>((g, first_token));
                         }
                     }
                 }
@@ -716,8 +728,8 @@ impl Execution<'_> {
         };
         if answered_in_time {
             // The local tier answered in time: no hedge.
-            let g = local_future.await?;
-            return Ok(self.local_won(&local, started, g));
+            let (g, first_token) = local_future.await?;
+            return Ok(self.local_won(&local, started, g, first_token));
         }
         let (cloud_call, rehydrator) = self.call(redact || c.must_redact());
         let cloud = self.cloud_tier()?.clone();
@@ -743,8 +755,8 @@ impl Execution<'_> {
         // The loser is dropped when this block ends: its generation or HTTP stream stops.
         let (outcome, cloud_cost) = tokio::select! {
             l = &mut local_future => match l {
-                Ok(g) => {
-                    let won = self.local_won(&local, started, g);
+                Ok((g, first_token)) => {
+                    let won = self.local_won(&local, started, g, first_token);
                     self.hedge_loser(Route::Cloud, cloud_started, estimate);
                     (Ok(won), estimate)
                 }
@@ -760,7 +772,10 @@ impl Execution<'_> {
                     won
                 }
                 Err(e) => match local_future.await {
-                    Ok(g) => (Ok(self.local_won(&local, started, g)), Decimal::ZERO),
+                    Ok((g, first_token)) => (
+                        Ok(self.local_won(&local, started, g, first_token)),
+                        Decimal::ZERO,
+                    ),
                     Err(le) => (Err(self.all_failed(e, le)), Decimal::ZERO),
                 },
             },
@@ -800,6 +815,7 @@ impl Execution<'_> {
             route,
             backend: backend.unwrap_or_default(),
             elapsed: started.elapsed(),
+            first_token: None,
             usage: Usage::default(),
             cost: Cost {
                 usd,
@@ -810,14 +826,26 @@ impl Execution<'_> {
         });
     }
 
-    fn local_won(&mut self, local: &LocalTier, started: Instant, g: Generation) -> Outcome {
+    fn local_won(
+        &mut self,
+        local: &LocalTier,
+        started: Instant,
+        g: Generation,
+        first_token: Option<Instant>,
+    ) -> Outcome {
         self.reasons.push(Reason::HedgeWinner {
             winner: "local".into(),
         });
+        let first = first_token.map(|at| at.duration_since(started));
+        self.router
+            .inner
+            .stats
+            .observe_local(started.elapsed(), first, g.usage);
         self.attempts.push(Attempt {
             route: Route::Local,
             backend: local.name().to_string(),
             elapsed: started.elapsed(),
+            first_token: first,
             usage: g.usage,
             cost: Cost::ZERO,
             confidence: g.confidence,
@@ -827,6 +855,7 @@ impl Execution<'_> {
             text: g.text,
             route: Route::Local,
             usage: g.usage,
+            first_token,
         }
     }
 
@@ -849,6 +878,7 @@ impl Execution<'_> {
                 .map(|c| c.name().to_string())
                 .unwrap_or_default(),
             elapsed: started.elapsed(),
+            first_token: None,
             usage: g.usage,
             cost: Cost {
                 usd,
@@ -857,11 +887,16 @@ impl Execution<'_> {
             confidence: None,
             error: None,
         });
+        self.router
+            .inner
+            .stats
+            .observe_cloud(started.elapsed(), None);
         (
             Ok(Outcome {
                 text: g.text,
                 route: Route::Cloud,
                 usage: g.usage,
+                first_token: None,
             }),
             usd,
         )
@@ -933,35 +968,39 @@ impl Execution<'_> {
         }
         .instrument(span.clone())
         .await;
-        record_usage(&span, &result);
-        let attempt = |usage, confidence, error| Attempt {
+        record_usage(&span, result.as_ref().map(|(g, _)| g));
+        let attempt = |usage, first_token: Option<Instant>, confidence, error| Attempt {
             route: Route::Local,
             backend: backend.name().to_string(),
             elapsed: started.elapsed(),
+            first_token: first_token.map(|at| at.duration_since(started)),
             usage,
             cost: Cost::ZERO,
             confidence,
             error,
         };
         match result {
-            Ok(g) => {
-                self.attempts.push(attempt(g.usage, g.confidence, None));
-                self.router
-                    .inner
-                    .stats
-                    .observe_local(started.elapsed(), g.usage);
+            Ok((g, first_token)) => {
+                self.attempts
+                    .push(attempt(g.usage, first_token, g.confidence, None));
+                self.router.inner.stats.observe_local(
+                    started.elapsed(),
+                    first_token.map(|at| at.duration_since(started)),
+                    g.usage,
+                );
                 Ok((
                     Outcome {
                         text: g.text.clone(),
                         route: Route::Local,
                         usage: g.usage,
+                        first_token,
                     },
                     g,
                 ))
             }
             Err(e) => {
                 self.attempts
-                    .push(attempt(Usage::default(), None, Some(e.to_string())));
+                    .push(attempt(Usage::default(), None, None, Some(e.to_string())));
                 Err(e)
             }
         }
@@ -997,9 +1036,10 @@ impl Execution<'_> {
         }
         .instrument(span.clone())
         .await;
-        record_usage(&span, &result);
+        record_usage(&span, result.as_ref().map(|(g, _)| g));
+        let first_token = result.as_ref().ok().and_then(|(_, first)| *first);
         let (usage, cost, error) = match &result {
-            Ok(g) => {
+            Ok((g, _)) => {
                 let usd = policy
                     .cloud
                     .as_ref()
@@ -1023,17 +1063,22 @@ impl Execution<'_> {
             route: Route::Cloud,
             backend: backend.name().to_string(),
             elapsed: started.elapsed(),
+            first_token: first_token.map(|at| at.duration_since(started)),
             usage,
             cost,
             confidence: None,
             error,
         });
-        let g = result?;
-        self.router.inner.stats.observe_cloud(started.elapsed());
+        let (g, _) = result?;
+        self.router.inner.stats.observe_cloud(
+            started.elapsed(),
+            first_token.map(|at| at.duration_since(started)),
+        );
         Ok(Outcome {
             text: g.text,
             route: Route::Cloud,
             usage: g.usage,
+            first_token,
         })
     }
 
@@ -1042,8 +1087,9 @@ impl Execution<'_> {
         &mut self,
         mut stream: EventStream,
         mut rehydrator: Option<crate::privacy::Rehydrator>,
-    ) -> Result<Generation> {
+    ) -> Result<(Generation, Option<Instant>)> {
         let mut text = String::new();
+        let mut first_token = None;
         let started = Instant::now();
         loop {
             let next = match self.deadline {
@@ -1057,6 +1103,9 @@ impl Execution<'_> {
             };
             match next {
                 Some(Ok(StreamEvent::Delta(d))) => {
+                    if !d.is_empty() {
+                        first_token.get_or_insert_with(Instant::now);
+                    }
                     let d = match rehydrator.as_mut() {
                         Some(r) => r.push(&d),
                         None => d,
@@ -1071,7 +1120,7 @@ impl Execution<'_> {
                         text.push_str(&tail);
                     }
                     g.text = text;
-                    return Ok(g);
+                    return Ok((g, first_token));
                 }
                 Some(Err(e)) => return Err(e),
                 None => {

@@ -53,11 +53,20 @@ impl fmt::Display for CloudHealth {
 
 /// Latency estimates per tier, in milliseconds (`None` until observed or configured).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LatencyEstimates {
     /// Expected local latency for this request (scaled by prompt/output length).
     pub local_ms: Option<u64>,
     /// Expected cloud latency.
     pub cloud_ms: Option<u64>,
+    /// Expected local time to first token for this prompt (prefill rate × prompt length).
+    pub local_first_token_ms: Option<u64>,
+    /// p95 of recent local times to first token (once enough were observed).
+    pub local_first_token_p95_ms: Option<u64>,
+    /// Expected cloud time to first token (peak-sensitive moving average).
+    pub cloud_first_token_ms: Option<u64>,
+    /// p95 of recent cloud times to first token (once enough were observed).
+    pub cloud_first_token_p95_ms: Option<u64>,
 }
 
 /// Live state at decision time.

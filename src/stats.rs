@@ -10,11 +10,14 @@ use serde::Serialize;
 
 use crate::policy::{CompiledPolicy, LatencySection};
 use crate::request::{Response, Route, Usage};
+use crate::signals::LatencyEstimates;
 
 /// How many latency samples per route the percentiles cover.
 const WINDOW: usize = 1024;
 /// EWMA smoothing for per-token local latency.
 const ALPHA: f64 = 0.2;
+/// First-token samples a tier needs before its p95 is used (e.g. as a hedge delay).
+pub const MIN_P95_SAMPLES: usize = 10;
 
 /// Latency percentiles for one route.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -60,6 +63,10 @@ pub struct RouterStats {
     pub cloud_latency: LatencySummary,
     /// Latency of cache answers.
     pub cache_latency: LatencySummary,
+    /// Time to first token of local answers (from the request's start).
+    pub local_first_token: LatencySummary,
+    /// Time to first token of cloud answers (from the request's start).
+    pub cloud_first_token: LatencySummary,
 }
 
 #[derive(Default)]
@@ -68,8 +75,38 @@ struct State {
     local_ms: VecDeque<f64>,
     cloud_ms: VecDeque<f64>,
     cache_ms: VecDeque<f64>,
+    local_first_ms: VecDeque<f64>,
+    cloud_first_ms: VecDeque<f64>,
     local_ms_per_token: Option<f64>,
     cloud_ewma_ms: Option<f64>,
+    /// Per-tier first-token observations (every attempt, whichever route answered).
+    tier_first: TierFirstToken,
+}
+
+/// What the latency signals know about each tier's time to first token.
+#[derive(Default)]
+struct TierFirstToken {
+    /// Local prefill: ms per input token, EWMA.
+    local_ms_per_input_token: Option<f64>,
+    local_window: VecDeque<f64>,
+    /// Cloud: peak-sensitive EWMA, ms.
+    cloud_ewma_ms: Option<f64>,
+    cloud_window: VecDeque<f64>,
+}
+
+/// Peak-sensitive EWMA (as tower's `PeakEwma`): a slower sample replaces the estimate at once,
+/// faster ones pull it down gradually.
+fn peak_ewma(prev: Option<f64>, v: f64) -> f64 {
+    match prev {
+        Some(prev) if v > prev => v,
+        Some(prev) => prev + ALPHA * (v - prev),
+        None => v,
+    }
+}
+
+/// The p95 of a window once it holds [`MIN_P95_SAMPLES`].
+fn p95(window: &VecDeque<f64>) -> Option<u64> {
+    (window.len() >= MIN_P95_SAMPLES).then(|| summary(window).p95_ms.ceil() as u64)
 }
 
 /// Collects statistics; shared by all clones of a router.
@@ -122,10 +159,16 @@ impl StatsRecorder {
                     st.local += 1;
                     st.estimated_savings_usd += event.would_cost_usd;
                     push(&mut s.local_ms, event.latency_ms);
+                    if let Some(first) = event.first_token_ms {
+                        push(&mut s.local_first_ms, first);
+                    }
                 }
                 Route::Cloud => {
                     st.cloud += 1;
                     push(&mut s.cloud_ms, event.latency_ms);
+                    if let Some(first) = event.first_token_ms {
+                        push(&mut s.cloud_first_ms, first);
+                    }
                 }
                 Route::Cache => {
                     st.cache_hits += 1;
@@ -143,29 +186,64 @@ impl StatsRecorder {
         self.with(|s| s.stats.failures += 1);
     }
 
-    /// Feeds the local latency model (ms per token, EWMA).
-    pub fn observe_local(&self, elapsed: Duration, usage: Usage) {
+    /// Feeds the local latency models: total (ms per token, EWMA) and, when a token came,
+    /// time to first token (prefill ms per input token, EWMA; p95 window).
+    pub fn observe_local(&self, elapsed: Duration, first_token: Option<Duration>, usage: Usage) {
         let tokens = (usage.input_tokens / 8 + usage.output_tokens).max(1) as f64;
         let per_token = ms(elapsed) / tokens;
         self.with(|s| {
             s.local_ms_per_token = Some(match s.local_ms_per_token {
                 Some(prev) => prev + ALPHA * (per_token - prev),
                 None => per_token,
-            })
+            });
+            if let Some(first) = first_token {
+                let t = &mut s.tier_first;
+                let per_input = ms(first) / usage.input_tokens.max(1) as f64;
+                t.local_ms_per_input_token = Some(match t.local_ms_per_input_token {
+                    Some(prev) => prev + ALPHA * (per_input - prev),
+                    None => per_input,
+                });
+                push(&mut t.local_window, ms(first));
+            }
         });
     }
 
-    /// Feeds the cloud latency model: peak-sensitive EWMA (a slow call raises the estimate at
-    /// once; fast calls lower it gradually), as tower's PeakEwma does.
-    pub fn observe_cloud(&self, elapsed: Duration) {
-        let v = ms(elapsed);
+    /// Feeds the cloud latency models, total and time to first token: peak-sensitive EWMAs (a
+    /// slow call raises the estimate at once; fast calls lower it gradually) and a p95 window.
+    pub fn observe_cloud(&self, elapsed: Duration, first_token: Option<Duration>) {
         self.with(|s| {
-            s.cloud_ewma_ms = Some(match s.cloud_ewma_ms {
-                Some(prev) if v > prev => v,
-                Some(prev) => prev + ALPHA * (v - prev),
-                None => v,
-            })
+            s.cloud_ewma_ms = Some(peak_ewma(s.cloud_ewma_ms, ms(elapsed)));
+            if let Some(first) = first_token {
+                let t = &mut s.tier_first;
+                t.cloud_ewma_ms = Some(peak_ewma(t.cloud_ewma_ms, ms(first)));
+                push(&mut t.cloud_window, ms(first));
+            }
         });
+    }
+
+    /// Time-to-first-token estimates for a prompt: `(local, local p95, cloud, cloud p95)` in
+    /// ms. The local estimate scales the measured prefill rate by the prompt length (before
+    /// any observation: the policy's `[latency]` model); the cloud one is the peak EWMA
+    /// (before any observation: `[latency].cloud_ms`). A p95 needs [`MIN_P95_SAMPLES`].
+    pub fn first_token_estimates(
+        &self,
+        latency: &LatencySection,
+        prompt_tokens: u32,
+    ) -> FirstTokenEstimates {
+        self.with(|s| {
+            let t = &s.tier_first;
+            FirstTokenEstimates {
+                local_ms: match t.local_ms_per_input_token {
+                    Some(per) => (per * f64::from(prompt_tokens.max(1))).ceil() as u64,
+                    None => latency.local_estimate_ms(prompt_tokens, 1),
+                },
+                local_p95_ms: p95(&t.local_window),
+                cloud_ms: t
+                    .cloud_ewma_ms
+                    .map_or(latency.cloud_ms, |v| v.ceil() as u64),
+                cloud_p95_ms: p95(&t.cloud_window),
+            }
+        })
     }
 
     /// The local latency estimate for a request: measured ms/token once observed, else the
@@ -192,6 +270,25 @@ impl StatsRecorder {
             .unwrap_or(latency.cloud_ms)
     }
 
+    /// Every latency estimate for a request, as [`Signals`](crate::Signals) carries them. A
+    /// recorder that observed nothing gives the policy's `[latency]` model.
+    pub fn latency_estimates(
+        &self,
+        latency: &LatencySection,
+        prompt_tokens: u32,
+        max_tokens: u32,
+    ) -> LatencyEstimates {
+        let first = self.first_token_estimates(latency, prompt_tokens);
+        LatencyEstimates {
+            local_ms: Some(self.local_estimate_ms(latency, prompt_tokens, max_tokens)),
+            cloud_ms: Some(self.cloud_estimate_ms(latency)),
+            local_first_token_ms: Some(first.local_ms),
+            local_first_token_p95_ms: first.local_p95_ms,
+            cloud_first_token_ms: Some(first.cloud_ms),
+            cloud_first_token_p95_ms: first.cloud_p95_ms,
+        }
+    }
+
     /// A consistent snapshot.
     pub fn snapshot(&self) -> RouterStats {
         self.with(|s| {
@@ -203,9 +300,24 @@ impl StatsRecorder {
             st.local_latency = summary(&s.local_ms);
             st.cloud_latency = summary(&s.cloud_ms);
             st.cache_latency = summary(&s.cache_ms);
+            st.local_first_token = summary(&s.local_first_ms);
+            st.cloud_first_token = summary(&s.cloud_first_ms);
             st
         })
     }
+}
+
+/// See [`StatsRecorder::first_token_estimates`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstTokenEstimates {
+    /// Local estimate for this prompt, ms.
+    pub local_ms: u64,
+    /// p95 of recent local first tokens, ms.
+    pub local_p95_ms: Option<u64>,
+    /// Cloud estimate, ms.
+    pub cloud_ms: u64,
+    /// p95 of recent cloud first tokens, ms.
+    pub cloud_p95_ms: Option<u64>,
 }
 
 /// What one finished request contributes to the statistics.
@@ -215,6 +327,8 @@ pub struct StatsEvent {
     pub route: Route,
     /// End-to-end latency, ms.
     pub latency_ms: f64,
+    /// Time from the request's start to the first token of the answer, ms.
+    pub first_token_ms: Option<f64>,
     /// What the request spent in the cloud.
     pub spend_usd: Decimal,
     /// What the answer would have cost from the cloud (counted as saved when it did not go there).
@@ -233,6 +347,7 @@ impl StatsEvent {
         StatsEvent {
             route: response.route,
             latency_ms: ms(response.timings.total),
+            first_token_ms: response.timings.first_token.map(ms),
             spend_usd: response.cost.usd,
             would_cost_usd: policy
                 .cloud
@@ -322,8 +437,18 @@ impl PersistedStats {
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        let slot = format!("lat/{}/{:04}", e.route.as_str(), seq % WINDOW as u64);
-        let _ = self.tree.insert(slot, e.latency_ms.to_be_bytes().to_vec());
+        let slot = seq % WINDOW as u64;
+        let route = e.route.as_str();
+        let _ = self.tree.insert(
+            format!("lat/{route}/{slot:04}"),
+            e.latency_ms.to_be_bytes().to_vec(),
+        );
+        if let Some(first) = e.first_token_ms {
+            let _ = self.tree.insert(
+                format!("ttft/{route}/{slot:04}"),
+                first.to_be_bytes().to_vec(),
+            );
+        }
     }
 
     /// Adds a failed request.
@@ -350,10 +475,10 @@ impl PersistedStats {
                 .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<Decimal>().ok())
                 .unwrap_or_default()
         };
-        let window = |route: &str| {
+        let window = |prefix: &str| {
             let v: VecDeque<f64> = self
                 .tree
-                .scan_prefix(format!("lat/{route}/"))
+                .scan_prefix(prefix)
                 .filter_map(|kv| kv.ok())
                 .filter_map(|(_, b)| <[u8; 8]>::try_from(b.as_ref()).ok().map(f64::from_be_bytes))
                 .collect();
@@ -373,9 +498,11 @@ impl PersistedStats {
             escalation_rate: escalations as f64 / n,
             cloud_spend_usd: get_dec("spend"),
             estimated_savings_usd: get_dec("savings"),
-            local_latency: window("local"),
-            cloud_latency: window("cloud"),
-            cache_latency: window("cache"),
+            local_latency: window("lat/local/"),
+            cloud_latency: window("lat/cloud/"),
+            cache_latency: window("lat/cache/"),
+            local_first_token: window("ttft/local/"),
+            cloud_first_token: window("ttft/cloud/"),
         }
     }
 }
@@ -387,5 +514,71 @@ impl Route {
             Route::Cloud => "cloud",
             Route::Cache => "cache_hits",
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn model() -> LatencySection {
+        LatencySection {
+            local_prefill_ms_per_token: Decimal::new(2, 0),
+            local_decode_ms_per_token: Decimal::new(10, 0),
+            cloud_ms: 800,
+        }
+    }
+
+    fn usage(input: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: 5,
+        }
+    }
+
+    #[test]
+    fn first_token_estimates_start_from_the_model_then_follow_observations() {
+        let rec = StatsRecorder::default();
+        let e = rec.first_token_estimates(&model(), 100);
+        // 100 prompt tokens × 2 ms + one decoded token × 10 ms; cloud from the policy.
+        assert_eq!((e.local_ms, e.cloud_ms), (210, 800));
+        assert_eq!((e.local_p95_ms, e.cloud_p95_ms), (None, None));
+
+        // 50 ms for 100 input tokens: 0.5 ms per token, scaled by the prompt.
+        let ms = Duration::from_millis;
+        rec.observe_local(ms(900), Some(ms(50)), usage(100));
+        let e = rec.first_token_estimates(&model(), 200);
+        assert_eq!(e.local_ms, 100);
+        assert_eq!(rec.first_token_estimates(&model(), 20).local_ms, 10);
+        // An answer without a first token (empty reply) feeds the total model only.
+        rec.observe_local(ms(900), None, usage(100));
+        assert_eq!(rec.first_token_estimates(&model(), 200).local_ms, 100);
+
+        // Cloud: peak-sensitive — a slow first token raises the estimate at once.
+        rec.observe_cloud(ms(400), Some(ms(100)));
+        assert_eq!(rec.first_token_estimates(&model(), 1).cloud_ms, 100);
+        rec.observe_cloud(ms(400), Some(ms(300)));
+        assert_eq!(rec.first_token_estimates(&model(), 1).cloud_ms, 300);
+        rec.observe_cloud(ms(400), Some(ms(100)));
+        assert_eq!(rec.first_token_estimates(&model(), 1).cloud_ms, 260);
+    }
+
+    #[test]
+    fn first_token_p95_needs_enough_samples() {
+        let rec = StatsRecorder::default();
+        let ms = Duration::from_millis;
+        for i in 1..MIN_P95_SAMPLES as u64 {
+            rec.observe_local(ms(1000), Some(ms(i * 10)), usage(10));
+        }
+        assert_eq!(rec.first_token_estimates(&model(), 10).local_p95_ms, None);
+        rec.observe_local(ms(1000), Some(ms(1000)), usage(10));
+        // Ten samples 10..90 and 1000: the p95 (nearest rank) is the slow one.
+        assert_eq!(
+            rec.first_token_estimates(&model(), 10).local_p95_ms,
+            Some(1000)
+        );
+        let est = rec.latency_estimates(&model(), 10, 16);
+        assert_eq!(est.local_first_token_p95_ms, Some(1000));
     }
 }

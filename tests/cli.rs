@@ -297,6 +297,8 @@ fn ask_answers_locally_then_from_cache_and_stats_add_up() {
     );
     assert!(first["usage"]["output_tokens"].as_u64().unwrap() > 0);
     assert!(first["confidence"]["mean"].as_f64().unwrap() < 0.0);
+    let first_token = first["first_token_ms"].as_f64().unwrap();
+    assert!(first_token > 0.0 && first_token < first["latency_ms"].as_f64().unwrap());
     let second = ask("What is the capital of France?");
     assert_eq!(second["route"], "cache");
     assert_eq!(second["text"], first["text"]);
@@ -313,6 +315,12 @@ fn ask_answers_locally_then_from_cache_and_stats_add_up() {
         "{s}"
     );
     assert_eq!(s["local_latency"]["samples"], 1);
+    assert_eq!(s["local_first_token"]["samples"], 1);
+    assert!(
+        s["local_first_token"]["p50_ms"].as_f64().unwrap()
+            <= s["local_latency"]["p50_ms"].as_f64().unwrap(),
+        "{s}"
+    );
 
     let o = run(&["--home", h, "cache", "stats", "--json", "--policy", p]);
     let c: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edgeroute::decision::{Plan, Reason};
+use edgeroute::decision::{HedgeDelay, Plan, Reason};
 use edgeroute::inspect::inspect;
 use edgeroute::policy::{
     compile_file, compile_str, decide, render_diagnostics, run_cases, CompiledPolicy,
@@ -91,6 +91,7 @@ fn deadline_and_latency_conditions() {
         latency: LatencyEstimates {
             local_ms: Some(500),
             cloud_ms: Some(300),
+            ..Default::default()
         },
         ..signals()
     };
@@ -243,10 +244,62 @@ fn plans_carry_their_options() {
     assert_eq!(
         d.plan,
         Plan::Hedge {
-            after: Duration::from_millis(120),
+            after: HedgeDelay::Fixed(Duration::from_millis(120)),
             redact: false
         }
     );
+}
+
+#[test]
+fn hedge_after_p95_uses_the_local_first_token_signals_and_says_so() {
+    let p = policy("[defaults]\nroute = \"hedge\"\nafter_ms = \"p95\"\n");
+    let f = inspect(&p, &Request::new("q"));
+    let with = |p95: Option<u64>, estimate: Option<u64>| Signals {
+        latency: LatencyEstimates {
+            local_first_token_ms: estimate,
+            local_first_token_p95_ms: p95,
+            ..Default::default()
+        },
+        ..signals()
+    };
+    let delay_of = |d: &edgeroute::decision::Decision| match d.plan {
+        Plan::Hedge { after, .. } => after.fixed(),
+        _ => None,
+    };
+
+    // Enough observations: the p95, named in the reasons.
+    let d = decide(&p, &f, &with(Some(240), Some(90)));
+    assert_eq!(delay_of(&d), Some(Duration::from_millis(240)));
+    assert!(d.reasons.contains(&Reason::HedgeDelay {
+        after_ms: 240,
+        basis: "p95 of recent local first tokens".into()
+    }));
+    // Too few: the estimate.
+    let d = decide(&p, &f, &with(None, Some(90)));
+    assert_eq!(delay_of(&d), Some(Duration::from_millis(90)));
+    assert!(d
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::HedgeDelay { after_ms: 90, .. })));
+    // A fixed delay is left alone and adds no reason.
+    let fixed = policy("[defaults]\nroute = \"hedge\"\nafter_ms = 35\n");
+    let d = decide(&fixed, &f, &with(Some(240), Some(90)));
+    assert_eq!(delay_of(&d), Some(Duration::from_millis(35)));
+    assert!(!d
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::HedgeDelay { .. })));
+    // A pinned-local outcome (cloud unavailable) is not a hedge and gets no delay.
+    let offline = Signals {
+        cloud_available: false,
+        ..with(Some(240), None)
+    };
+    let d = decide(&p, &f, &offline);
+    assert!(matches!(d.plan, Plan::Local { .. }));
+    assert!(!d
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::HedgeDelay { .. })));
 }
 
 #[test]
@@ -467,6 +520,7 @@ fn arb_signals() -> impl Strategy<Value = Signals> {
             latency: LatencyEstimates {
                 local_ms: lms,
                 cloud_ms: cms,
+                ..Default::default()
             },
         })
 }

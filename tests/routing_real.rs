@@ -504,6 +504,68 @@ async fn hedge_cloud_wins_and_the_local_generation_is_cancelled() {
 
 /// The cloud is slow to send its headers: the local model wins, the HTTP call is abandoned
 /// (the connection closes before any byte of answer), and the router did not wait for it.
+/// `after_ms = "p95"`: before enough local first tokens were seen, the hedge waits for the
+/// local first-token estimate; after ten local answers it waits for their p95, which the
+/// decision names and `stats()` shows.
+#[tokio::test]
+async fn hedge_after_p95_waits_for_the_observed_local_first_token() {
+    let _turn = turn().await;
+    let fake = FakeProvider::start().await;
+    let r = router(
+        "[[rule]]\nname = \"hedged\"\nroute = \"hedge\"\nafter_ms = \"p95\"\n         [rule.when]\ntags_any = [\"hedge\"]\n\
+         [defaults]\nroute = \"local\"\n",
+        cloud_config(&fake),
+    );
+    let prompt = "Name a fruit that is red.";
+    let delay = |resp: &edgeroute::decision::Decision| {
+        resp.reasons.iter().find_map(|r| match r {
+            Reason::HedgeDelay { after_ms, basis } => Some((*after_ms, basis.clone())),
+            _ => None,
+        })
+    };
+    let (_, basis) = delay(&r.explain(&ask(prompt).with_tag("hedge"))).expect("delay reason");
+    assert!(basis.starts_with("local first-token estimate"), "{basis}");
+
+    let questions = [
+        "Name a color.",
+        "Name an animal.",
+        "Name a planet.",
+        "Name a tree.",
+        "Name a metal.",
+        "Name a river.",
+        "Name a sport.",
+        "Name a flower.",
+        "Name a bird.",
+        "Name a fish.",
+    ];
+    for q in questions {
+        assert_eq!(r.complete(ask(q)).await.unwrap().route, Route::Local);
+    }
+    let s = r.stats();
+    assert_eq!(s.local_first_token.samples, questions.len());
+    let features = edgeroute::inspect::inspect(r.policy(), &ask(prompt));
+    let p95 = r
+        .signals(&features, MAX_TOKENS)
+        .latency
+        .local_first_token_p95_ms
+        .expect("p95 after ten local first tokens");
+    // The signal is the tier's own first token; the stats measure from the request's start
+    // (plus inspect, cache and decide: microseconds to a few milliseconds).
+    let answers_p95 = s.local_first_token.p95_ms;
+    assert!(
+        (p95 as f64) <= answers_p95.ceil() + 1.0 && (p95 as f64) + 25.0 >= answers_p95,
+        "signal p95 {p95} ms vs answers' p95 {answers_p95} ms"
+    );
+
+    let resp = r.complete(ask(prompt).with_tag("hedge")).await.unwrap();
+    assert_eq!(
+        delay(&resp.decision),
+        Some((p95, "p95 of recent local first tokens".to_string()))
+    );
+    assert!(hedge_winner(&resp).is_some(), "{}", resp.decision);
+    assert!(generations_stop_within(Duration::from_secs(3)).await);
+}
+
 #[tokio::test]
 async fn hedge_local_wins_and_the_slow_http_call_is_dropped() {
     let _turn = turn().await;
@@ -782,6 +844,30 @@ async fn stats_add_up() {
     assert_eq!(s.cloud_latency.samples as u64, s.cloud);
     assert_eq!(s.cache_latency.samples as u64, s.cache_hits);
     assert!(s.local_latency.p50_ms > 0.0 && s.local_latency.p95_ms >= s.local_latency.p50_ms);
+    // Time to first token: every streamed answer has one, earlier than its end; cache hits'
+    // first token is their whole answer.
+    for resp in &responses {
+        let first = resp.timings.first_token.expect("first token");
+        assert!(
+            first <= resp.timings.total,
+            "{first:?} > {:?}",
+            resp.timings.total
+        );
+        let answering = resp.attempts.iter().rev().find(|a| a.error.is_none());
+        match resp.route {
+            Route::Cache => assert_eq!(first, resp.timings.total),
+            _ => {
+                let a = answering.expect("answering attempt");
+                let attempt_first = a.first_token.expect("attempt first token");
+                assert!(attempt_first <= a.elapsed && attempt_first <= first);
+                assert!(first < resp.timings.total, "first token at the very end");
+            }
+        }
+    }
+    assert_eq!(s.local_first_token.samples as u64, s.local);
+    assert_eq!(s.cloud_first_token.samples as u64, s.cloud);
+    assert!(s.local_first_token.p50_ms > 0.0);
+    assert!(s.local_first_token.p50_ms <= s.local_latency.p50_ms);
     // What the local answers would have cost in the cloud is saved; cache hits save more.
     let local_savings: Decimal = responses
         .iter()

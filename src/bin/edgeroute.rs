@@ -285,6 +285,7 @@ fn ask(args: AskArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
             "rule": response.decision.rule,
             "reasons": reasons_json(&response.decision),
             "latency_ms": response.timings.total.as_secs_f64() * 1000.0,
+            "first_token_ms": response.timings.first_token.map(|d| d.as_secs_f64() * 1000.0),
             "cost_usd": response.cost.usd.to_string(),
             "cost_estimated": response.cost.estimated,
             "cached": response.cached,
@@ -297,8 +298,14 @@ fn ask(args: AskArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
         println!("{out}");
     } else {
         println!();
+        let first_token = response
+            .timings
+            .first_token
+            .filter(|_| !response.cached)
+            .map(|d| format!(" (first token {:.0} ms)", d.as_secs_f64() * 1000.0))
+            .unwrap_or_default();
         eprintln!(
-            "[{} · rule `{}` · {:.0} ms · ${}{}]",
+            "[{} · rule `{}` · {:.0} ms{first_token} · ${}{}]",
             response.route,
             response.decision.rule,
             response.timings.total.as_secs_f64() * 1000.0,
@@ -578,6 +585,17 @@ fn stats(json: bool, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
         if l.samples > 0 {
             println!(
                 "{name:<6} latency:     p50 {:.1} ms, p95 {:.1} ms ({} samples)",
+                l.p50_ms, l.p95_ms, l.samples
+            );
+        }
+    }
+    for (name, l) in [
+        ("local", s.local_first_token),
+        ("cloud", s.cloud_first_token),
+    ] {
+        if l.samples > 0 {
+            println!(
+                "{name:<6} first token: p50 {:.1} ms, p95 {:.1} ms ({} samples)",
                 l.p50_ms, l.p95_ms, l.samples
             );
         }

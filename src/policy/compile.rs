@@ -10,11 +10,11 @@ use std::time::Duration;
 use ring::digest;
 use rust_decimal::Decimal;
 
-use super::raw::{RawNumber, RawPolicy, RawRoute, RawTest, RawWhen};
+use super::raw::{RawDelay, RawNumber, RawPolicy, RawRoute, RawTest, RawWhen};
 use super::source::{nearest, with_suggestion, SourceMap, TomlPath};
 use super::Diagnostic;
 use crate::cache::{CacheConfig, CacheMode};
-use crate::decision::Plan;
+use crate::decision::{HedgeDelay, Plan};
 use crate::ledger::BudgetLimits;
 use crate::privacy::{CustomPattern, KeywordList, PrivacyConfig, Scanner, BUILTIN_KINDS};
 use crate::request::ConfidenceStat;
@@ -946,11 +946,22 @@ impl Compiler<'_> {
                 }
             }
             "hedge" => {
-                match r.after_ms {
-                    Some(ms) => Plan::Hedge {
-                        after: Duration::from_millis(ms),
+                match &r.after_ms {
+                    Some(RawDelay::Ms(ms)) => Plan::Hedge {
+                        after: HedgeDelay::Fixed(Duration::from_millis(*ms)),
                         redact,
                     },
+                    Some(RawDelay::Named(name)) if name == "p95" => Plan::Hedge {
+                        after: HedgeDelay::LocalFirstTokenP95,
+                        redact,
+                    },
+                    Some(RawDelay::Named(name)) => {
+                        self.error(
+                            &path.key("after_ms"),
+                            format!("`after_ms` is milliseconds or \"p95\", not \"{name}\""),
+                        );
+                        return None;
+                    }
                     None => {
                         self.error(path, "route `hedge` needs `after_ms` (delay before starting the second tier)");
                         return None;

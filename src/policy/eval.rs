@@ -4,7 +4,7 @@
 //! I/O, no clock, no randomness. `explain` and the real pipeline call the same code.
 
 use super::compile::{CompiledPolicy, Condition, OnExhausted};
-use crate::decision::{Decision, Plan, Reason};
+use crate::decision::{Decision, HedgeDelay, Plan, Reason};
 use crate::inspect::Features;
 use crate::signals::{CloudHealth, Network, Signals};
 
@@ -23,16 +23,44 @@ pub fn decide(policy: &CompiledPolicy, features: &Features, signals: &Signals) -
             if rule.conditions.is_empty() {
                 reasons.push(Reason::Always);
             }
-            return gate(policy, &rule.name, rule.plan.clone(), reasons, signals);
+            let decision = gate(policy, &rule.name, rule.plan.clone(), reasons, signals);
+            return resolve_hedge_delay(decision, signals);
         }
     }
-    gate(
+    let decision = gate(
         policy,
         "defaults",
         policy.defaults.clone(),
         vec![Reason::Default],
         signals,
-    )
+    );
+    resolve_hedge_delay(decision, signals)
+}
+
+/// Turns a hedge's `after_ms = "p95"` into a fixed delay from the latency signals — the p95 of
+/// recent local first tokens, else the local first-token estimate — and says which it used.
+fn resolve_hedge_delay(mut decision: Decision, s: &Signals) -> Decision {
+    if let Plan::Hedge { after, .. } = &mut decision.plan {
+        if *after == HedgeDelay::LocalFirstTokenP95 {
+            let (ms, basis) = match (
+                s.latency.local_first_token_p95_ms,
+                s.latency.local_first_token_ms,
+            ) {
+                (Some(p95), _) => (p95, "p95 of recent local first tokens"),
+                (None, Some(estimate)) => (
+                    estimate,
+                    "local first-token estimate: too few first tokens observed for a p95",
+                ),
+                (None, None) => (0, "no local first-token signal: both tiers start at once"),
+            };
+            *after = HedgeDelay::Fixed(std::time::Duration::from_millis(ms));
+            decision.reasons.push(Reason::HedgeDelay {
+                after_ms: ms,
+                basis: basis.into(),
+            });
+        }
+    }
+    decision
 }
 
 /// Evaluates one condition; when it holds, pushes the reason naming its inputs.

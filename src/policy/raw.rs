@@ -187,6 +187,40 @@ pub struct RawLatency {
     pub cloud_ms: Option<u64>,
 }
 
+/// A hedge delay as written: milliseconds (`after_ms = 150`) or a statistic name
+/// (`after_ms = "p95"`), checked when compiling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawDelay {
+    /// Fixed milliseconds.
+    Ms(u64),
+    /// A statistic name.
+    Named(String),
+}
+
+impl<'de> Deserialize<'de> for RawDelay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawDelay;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("milliseconds (a non-negative integer) or \"p95\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawDelay, E> {
+                Ok(RawDelay::Ms(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawDelay, E> {
+                u64::try_from(v)
+                    .map(RawDelay::Ms)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDelay, E> {
+                Ok(RawDelay::Named(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A route with its options (`[defaults]` and the route part of a rule).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,8 +233,8 @@ pub struct RawRoute {
     pub min_confidence: Option<f64>,
     /// Cascade statistic: `first_sentence | mean | min | p10`.
     pub confidence_stat: Option<String>,
-    /// Hedge delay.
-    pub after_ms: Option<u64>,
+    /// Hedge delay: milliseconds, or `"p95"`.
+    pub after_ms: Option<RawDelay>,
     /// Never fall back across tiers.
     pub pin: Option<bool>,
     /// Refusal message.
@@ -225,8 +259,8 @@ pub struct RawRule {
     pub min_confidence: Option<f64>,
     /// Cascade statistic.
     pub confidence_stat: Option<String>,
-    /// Hedge delay.
-    pub after_ms: Option<u64>,
+    /// Hedge delay: milliseconds, or `"p95"`.
+    pub after_ms: Option<RawDelay>,
     /// Never fall back across tiers.
     pub pin: Option<bool>,
     /// Refusal message.
@@ -241,7 +275,7 @@ impl RawRule {
             redact: self.redact,
             min_confidence: self.min_confidence,
             confidence_stat: self.confidence_stat.clone(),
-            after_ms: self.after_ms,
+            after_ms: self.after_ms.clone(),
             pin: self.pin,
             message: self.message.clone(),
         }

@@ -5,7 +5,7 @@ use super::eval::decide;
 use crate::decision::Decision;
 use crate::inspect::inspect;
 use crate::request::Request;
-use crate::signals::{LatencyEstimates, Signals};
+use crate::signals::Signals;
 
 /// The result of one `[[test]]` case.
 #[derive(Debug, Clone)]
@@ -35,14 +35,11 @@ pub fn case_signals(policy: &CompiledPolicy, case: &PolicyTest, prompt_tokens: u
         budget_left_usd: case.budget_left_usd,
         cloud_available: case.cloud_available,
         local_available: true,
-        latency: LatencyEstimates {
-            local_ms: Some(
-                policy
-                    .latency
-                    .local_estimate_ms(prompt_tokens, policy.local.max_new_tokens),
-            ),
-            cloud_ms: Some(policy.latency.cloud_ms),
-        },
+        latency: crate::stats::StatsRecorder::default().latency_estimates(
+            &policy.latency,
+            prompt_tokens,
+            policy.local.max_new_tokens,
+        ),
     }
 }
 
