@@ -917,9 +917,10 @@ impl Execution<'_> {
         let mut params = self.request.params.clone();
         params.max_tokens = Some(max_tokens);
         let (messages, rehydrator) = if redact && !self.features.pii_spans.is_empty() {
-            let (m, r) = crate::privacy::redact_messages(
+            // The spans found by inspect: the request is not scanned twice.
+            let (m, r) = crate::privacy::redact_messages_with_spans(
                 &self.request.messages,
-                &self.router.inner.policy.scanner,
+                &self.features.pii_spans,
             );
             (m, Some(r))
         } else {

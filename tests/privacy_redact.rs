@@ -2,7 +2,9 @@
 //! where chunk boundaries split placeholders.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use edgeroute::privacy::{redact_messages, redact_text, PrivacyConfig, Scanner};
+use edgeroute::privacy::{
+    redact_messages, redact_messages_with_spans, redact_text, PrivacyConfig, Scanner,
+};
 use edgeroute::request::{Message, Role};
 use proptest::prelude::*;
 
@@ -34,6 +36,32 @@ fn same_value_same_placeholder_across_messages() {
         back,
         msgs.iter().map(|m| m.content.clone()).collect::<Vec<_>>()
     );
+}
+
+/// The router redacts with the spans its inspect step already found: the same result as
+/// scanning again, and only the spans given are replaced.
+#[test]
+fn redacting_with_known_spans_matches_scanning() {
+    let msgs = vec![
+        Message::system("Agent for ana@example.com"),
+        Message::user("Mail bob@example.org or call 415-555-0132, ana@example.com too."),
+    ];
+    let sc = scanner();
+    let spans: Vec<_> = msgs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, m)| sc.scan(&m.content).into_iter().map(move |s| (i, s)))
+        .collect();
+    assert_eq!(spans.len(), 4);
+    let (scanned, _) = redact_messages(&msgs, &sc);
+    let (given, rh) = redact_messages_with_spans(&msgs, &spans);
+    assert_eq!(given, scanned);
+    assert_eq!(rh.rehydrate(&given[1].content), msgs[1].content);
+    // Only the spans passed are replaced (here: those of the second message).
+    let second: Vec<_> = spans.iter().filter(|(i, _)| *i == 1).cloned().collect();
+    let (partial, _) = redact_messages_with_spans(&msgs, &second);
+    assert_eq!(partial[0].content, msgs[0].content);
+    assert!(!partial[1].content.contains("example"));
 }
 
 #[test]

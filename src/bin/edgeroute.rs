@@ -578,24 +578,15 @@ fn stats(json: bool, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
         s.estimated_savings_usd
     );
     for (name, l) in [
-        ("local", s.local_latency),
-        ("cloud", s.cloud_latency),
-        ("cache", s.cache_latency),
+        ("local latency:    ", s.local_latency),
+        ("cloud latency:    ", s.cloud_latency),
+        ("cache latency:    ", s.cache_latency),
+        ("local first token:", s.local_first_token),
+        ("cloud first token:", s.cloud_first_token),
     ] {
         if l.samples > 0 {
             println!(
-                "{name:<6} latency:     p50 {:.1} ms, p95 {:.1} ms ({} samples)",
-                l.p50_ms, l.p95_ms, l.samples
-            );
-        }
-    }
-    for (name, l) in [
-        ("local", s.local_first_token),
-        ("cloud", s.cloud_first_token),
-    ] {
-        if l.samples > 0 {
-            println!(
-                "{name:<6} first token: p50 {:.1} ms, p95 {:.1} ms ({} samples)",
+                "{name} p50 {:.1} ms, p95 {:.1} ms ({} samples)",
                 l.p50_ms, l.p95_ms, l.samples
             );
         }

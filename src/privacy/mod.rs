@@ -45,7 +45,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use detect::{priority, Detectors, Found};
 
-pub use redact::{redact_messages, redact_text, Rehydrator};
+pub use redact::{redact_messages, redact_messages_with_spans, redact_text, Rehydrator};
 
 /// Built-in detector kinds, as named in policies and in `edgeroute pii scan`.
 pub const BUILTIN_KINDS: &[&str] = &[

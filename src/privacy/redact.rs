@@ -9,18 +9,36 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use super::Scanner;
+use super::{PiiSpan, Scanner};
 use crate::request::Message;
 
 /// Redacts every message with `scanner`. Returns the redacted messages and the
 /// [`Rehydrator`] that maps the placeholders back to the original values.
 pub fn redact_messages(messages: &[Message], scanner: &Scanner) -> (Vec<Message>, Rehydrator) {
+    let spans: Vec<(usize, PiiSpan)> = messages
+        .iter()
+        .enumerate()
+        .flat_map(|(i, m)| scanner.scan(&m.content).into_iter().map(move |s| (i, s)))
+        .collect();
+    redact_messages_with_spans(messages, &spans)
+}
+
+/// Like [`redact_messages`], with spans already found (`(message index, span)`, in order, as
+/// [`crate::inspect::Features::pii_spans`] holds them): the router scans a request once.
+pub fn redact_messages_with_spans(
+    messages: &[Message],
+    spans: &[(usize, PiiSpan)],
+) -> (Vec<Message>, Rehydrator) {
     let mut r = Redactor::new(messages.iter().map(|m| m.content.as_str()));
     let out = messages
         .iter()
-        .map(|m| Message {
+        .enumerate()
+        .map(|(i, m)| Message {
             role: m.role,
-            content: r.redact(&m.content, scanner),
+            content: r.redact(
+                &m.content,
+                spans.iter().filter(|(at, _)| *at == i).map(|(_, s)| s),
+            ),
         })
         .collect();
     (out, r.into_rehydrator())
@@ -29,7 +47,7 @@ pub fn redact_messages(messages: &[Message], scanner: &Scanner) -> (Vec<Message>
 /// Redacts one text (see [`redact_messages`]).
 pub fn redact_text(text: &str, scanner: &Scanner) -> (String, Rehydrator) {
     let mut r = Redactor::new(std::iter::once(text));
-    let out = r.redact(text, scanner);
+    let out = r.redact(text, scanner.scan(text).iter());
     (out, r.into_rehydrator())
 }
 
@@ -63,8 +81,8 @@ impl Redactor {
         }
     }
 
-    fn redact(&mut self, text: &str, scanner: &Scanner) -> String {
-        let spans = scanner.scan(text);
+    /// Replaces `spans` (sorted, non-overlapping, as the scanner returns them) in `text`.
+    fn redact<'s>(&mut self, text: &str, spans: impl Iterator<Item = &'s PiiSpan>) -> String {
         let mut out = String::with_capacity(text.len());
         let mut last = 0;
         for span in spans {

@@ -17,9 +17,10 @@ use crate::request::{Message, Usage};
 /// they are kept short anyway).
 const MAX_ERROR_MESSAGE: usize = 300;
 
-/// Rough token count of a text (≈ 4 bytes per token), used when the provider reports no usage.
+/// Rough token count of a text, used when the provider reports no usage: the same estimate the
+/// router's inspect step uses ([`crate::inspect::estimate_tokens`]).
 pub fn estimate_tokens(text: &str) -> u64 {
-    (text.len() as u64).div_ceil(4)
+    u64::from(crate::inspect::estimate_tokens(text))
 }
 
 /// Estimated prompt tokens of a conversation (text plus a few tokens of framing per message).
@@ -340,6 +341,8 @@ mod tests {
     fn estimates() {
         assert_eq!(estimate_tokens(""), 0);
         assert_eq!(estimate_tokens("abcde"), 2);
+        // Same estimate as the inspect step: a non-ASCII character counts as a token.
+        assert_eq!(estimate_tokens("日本語です"), 5);
         assert_eq!(estimate_prompt_tokens(&[Message::user("abcd")]), 5);
     }
 }
