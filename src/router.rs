@@ -39,6 +39,7 @@ pub struct RouterBuilder {
     cloud_url: Option<String>,
     use_cache: bool,
     cache_key: Option<[u8; 32]>,
+    trace_content: bool,
 }
 
 impl Default for RouterBuilder {
@@ -53,6 +54,7 @@ impl Default for RouterBuilder {
             cloud_url: None,
             use_cache: true,
             cache_key: None,
+            trace_content: false,
         }
     }
 }
@@ -129,6 +131,15 @@ impl RouterBuilder {
         self
     }
 
+    /// Whether tier spans record the messages sent and the answer received
+    /// (`gen_ai.input.messages`, `gen_ai.output.messages`, as JSON). Default: false — spans
+    /// carry model, token counts, timings and errors, never prompt or answer text. What a
+    /// cloud tier was sent is recorded as sent (redacted when the decision redacts).
+    pub fn trace_content(mut self, yes: bool) -> Self {
+        self.trace_content = yes;
+        self
+    }
+
     /// Compiles the policy and assembles the router. Fails on an invalid policy (with
     /// `file:line:col` diagnostics) or an unusable cloud configuration.
     pub fn build(self) -> Result<Router> {
@@ -179,6 +190,7 @@ impl RouterBuilder {
                 cloud,
                 store,
                 stats: StatsRecorder::default(),
+                trace_content: self.trace_content,
             }),
         })
     }
@@ -190,6 +202,8 @@ struct Inner {
     cloud: Option<CloudTier>,
     store: Option<crate::wiring::Store>,
     stats: StatsRecorder,
+    /// See [`RouterBuilder::trace_content`].
+    trace_content: bool,
 }
 
 /// The hybrid router. Cheap to clone (an `Arc` inside); `Send + Sync`.
@@ -424,6 +438,9 @@ impl Router {
 
         // record
         let t = Instant::now();
+        let record_span =
+            tracing::debug_span!("edgeroute.record", edgeroute.route = outcome.route.as_str());
+        let _record = record_span.enter();
         if let (Some(store), Some(key)) = (&inner.store, &cache_key) {
             let model = attempts.last().map(|a| a.backend.as_str()).unwrap_or("");
             store.save(key, model, &outcome.text, outcome.route, outcome.usage);
@@ -447,14 +464,21 @@ impl Router {
             cached: false,
         };
         self.record_stats(&response, features.prompt_tokens);
+        drop(_record);
         Ok(response)
     }
 }
 
 /// A span for one tier call (`tier` = `local` or `cloud`), with OpenTelemetry GenAI
 /// semantic-convention field names. Prompt and answer text are never recorded.
-fn tier_span(tier: &'static str, provider: &str, model: &str, call: &BackendCall) -> tracing::Span {
-    tracing::info_span!(
+fn tier_span(
+    tier: &'static str,
+    provider: &str,
+    model: &str,
+    call: &BackendCall,
+    trace_content: bool,
+) -> tracing::Span {
+    let span = tracing::info_span!(
         "edgeroute.tier",
         edgeroute.tier = tier,
         gen_ai.operation.name = "chat",
@@ -464,15 +488,40 @@ fn tier_span(tier: &'static str, provider: &str, model: &str, call: &BackendCall
         gen_ai.request.temperature = call.params.temperature,
         gen_ai.usage.input_tokens = tracing::field::Empty,
         gen_ai.usage.output_tokens = tracing::field::Empty,
+        gen_ai.server.time_to_first_token = tracing::field::Empty,
+        gen_ai.input.messages = tracing::field::Empty,
+        gen_ai.output.messages = tracing::field::Empty,
         error.type = tracing::field::Empty,
-    )
+    );
+    if trace_content {
+        let messages = serde_json::to_string(&call.messages).unwrap_or_default();
+        span.record("gen_ai.input.messages", messages);
+    }
+    span
 }
 
-fn record_usage(span: &tracing::Span, result: std::result::Result<&Generation, &Error>) {
+/// Records a tier call's outcome on its span: usage, time to first token (seconds, as the
+/// semantic convention's metric), the answer when content tracing is on, or the error.
+fn record_usage(
+    span: &tracing::Span,
+    result: std::result::Result<&(Generation, Option<Instant>), &Error>,
+    started: Instant,
+    trace_content: bool,
+) {
     match result {
-        Ok(g) => {
+        Ok((g, first_token)) => {
             span.record("gen_ai.usage.input_tokens", g.usage.input_tokens);
             span.record("gen_ai.usage.output_tokens", g.usage.output_tokens);
+            if let Some(at) = first_token {
+                span.record(
+                    "gen_ai.server.time_to_first_token",
+                    at.duration_since(started).as_secs_f64(),
+                );
+            }
+            if trace_content {
+                let answer = serde_json::json!([{"role": "assistant", "content": g.text}]);
+                span.record("gen_ai.output.messages", answer.to_string());
+            }
         }
         Err(e) => {
             span.record("error.type", tracing::field::display(e));
@@ -674,6 +723,14 @@ impl Execution<'_> {
         };
         let local = self.local_tier()?.clone();
         let (local_call, _) = self.call(false);
+        let trace_content = self.router.inner.trace_content;
+        let local_span = tier_span(
+            "local",
+            "onnxruntime",
+            local.name(),
+            &local_call,
+            trace_content,
+        );
         let mut local_stream = match local.stream(local_call).await {
             Ok(s) => s,
             Err(e) => {
@@ -720,11 +777,19 @@ impl Execution<'_> {
                         }
                         StreamEvent::Done(mut g) => {
                             g.text = text;
-                            return Ok::<_, Error>((g, first_token));
+                            let done = (g, first_token);
+                            record_usage(
+                                &tracing::Span::current(),
+                                Ok(&done),
+                                started,
+                                trace_content,
+                            );
+                            return Ok::<_, Error>(done);
                         }
                     }
                 }
             }
+            .instrument(local_span)
         };
         if answered_in_time {
             // The local tier answered in time: no hedge.
@@ -739,19 +804,36 @@ impl Execution<'_> {
             Some(s) => Some(s.reserve(estimate).await?),
             None => None,
         };
+        let cloud_span = tier_span(
+            "cloud",
+            self.provider_name(),
+            cloud.name(),
+            &cloud_call,
+            trace_content,
+        );
+        let cloud_started = Instant::now();
         let cloud_future = async move {
             let g = cloud.generate(c, cloud_call).await?;
-            Ok::<_, Error>(match rehydrator {
+            let g = match rehydrator {
                 Some(r) => Generation {
                     text: r.rehydrate(&g.text),
                     ..g
                 },
                 None => g,
-            })
-        };
+            };
+            // Not streamed here: no first token to report.
+            let done = (g, None);
+            record_usage(
+                &tracing::Span::current(),
+                Ok(&done),
+                cloud_started,
+                trace_content,
+            );
+            Ok::<_, Error>(done.0)
+        }
+        .instrument(cloud_span);
         tokio::pin!(local_future);
         tokio::pin!(cloud_future);
-        let cloud_started = Instant::now();
         // The loser is dropped when this block ends: its generation or HTTP stream stops.
         let (outcome, cloud_cost) = tokio::select! {
             l = &mut local_future => match l {
@@ -936,6 +1018,19 @@ impl Execution<'_> {
         )
     }
 
+    /// `gen_ai.provider.name` of the cloud tier.
+    fn provider_name(&self) -> &'static str {
+        self.router
+            .inner
+            .policy
+            .cloud
+            .as_ref()
+            .map_or("custom", |c| match c.provider {
+                crate::policy::ProviderKind::OpenAi => "openai",
+                crate::policy::ProviderKind::Anthropic => "anthropic",
+            })
+    }
+
     fn local_tier(&self) -> Result<&LocalTier> {
         self.router.inner.local.as_ref().ok_or_else(|| Error::TierUnavailable {
             tier: "local",
@@ -962,14 +1057,15 @@ impl Execution<'_> {
         let started = Instant::now();
         let backend = self.local_tier()?.clone();
         let (call, _) = self.call(false);
-        let span = tier_span("local", "onnxruntime", backend.name(), &call);
+        let trace_content = self.router.inner.trace_content;
+        let span = tier_span("local", "onnxruntime", backend.name(), &call, trace_content);
         let result = async {
             let stream = backend.stream(call).await?;
             self.drain(stream, None).await
         }
         .instrument(span.clone())
         .await;
-        record_usage(&span, result.as_ref().map(|(g, _)| g));
+        record_usage(&span, result.as_ref(), started, trace_content);
         let attempt = |usage, first_token: Option<Instant>, confidence, error| Attempt {
             route: Route::Local,
             backend: backend.name().to_string(),
@@ -1023,21 +1119,21 @@ impl Execution<'_> {
             Some(s) => Some(s.reserve(estimate).await?),
             None => None,
         };
-        let provider = policy
-            .cloud
-            .as_ref()
-            .map_or("custom", |c| match c.provider {
-                crate::policy::ProviderKind::OpenAi => "openai",
-                crate::policy::ProviderKind::Anthropic => "anthropic",
-            });
-        let span = tier_span("cloud", provider, backend.name(), &call);
+        let trace_content = self.router.inner.trace_content;
+        let span = tier_span(
+            "cloud",
+            self.provider_name(),
+            backend.name(),
+            &call,
+            trace_content,
+        );
         let result = async {
             let stream = backend.stream(clearance, call).await?;
             self.drain(stream, rehydrator).await
         }
         .instrument(span.clone())
         .await;
-        record_usage(&span, result.as_ref().map(|(g, _)| g));
+        record_usage(&span, result.as_ref(), started, trace_content);
         let first_token = result.as_ref().ok().and_then(|(_, first)| *first);
         let (usage, cost, error) = match &result {
             Ok((g, _)) => {
