@@ -270,7 +270,7 @@ impl StatsRecorder {
             .unwrap_or(latency.cloud_ms)
     }
 
-    /// Every latency estimate for a request, as [`Signals`](crate::Signals) carries them. A
+    /// Every latency estimate for a request, as [`Signals`](crate::signals::Signals) carries them. A
     /// recorder that observed nothing gives the policy's `[latency]` model.
     pub fn latency_estimates(
         &self,
