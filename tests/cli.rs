@@ -125,6 +125,25 @@ fn explain_json_names_rule_and_reasons() {
     assert_eq!(v["rule"], "pii-stays-local");
     assert_eq!(v["reasons"][0]["kind"], "pii_found");
     assert_eq!(v["reasons"][0]["kinds"][0], "email");
+    // Every input of the decision is shown, latency estimates included: with nothing measured
+    // yet, the policy's [latency] model (local: prefill per prompt token + decode per output
+    // token; first token: the prefill plus one decoded token).
+    let policy =
+        edgeroute::policy::compile_file(std::path::Path::new("policies/default.toml")).unwrap();
+    let l = &policy.latency;
+    let tokens = v["prompt_tokens"].as_u64().unwrap() as u32;
+    let signals = &v["signals"];
+    assert_eq!(signals["network"], "online");
+    assert_eq!(
+        signals["latency"]["local_first_token_ms"].as_u64(),
+        Some(l.local_estimate_ms(tokens, 1))
+    );
+    assert_eq!(
+        signals["latency"]["local_ms"].as_u64(),
+        Some(l.local_estimate_ms(tokens, policy.local.max_new_tokens))
+    );
+    assert_eq!(signals["latency"]["cloud_ms"].as_u64(), Some(l.cloud_ms));
+    assert!(signals["latency"]["local_first_token_p95_ms"].is_null());
 }
 
 /// Needs the cloud tier to exist (with a key) for "offline" to be the reason.

@@ -356,6 +356,8 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode
             "route": decision.route(),
             "rule": decision.rule,
             "reasons": reasons_json(&decision),
+            "signals": signals,
+            "prompt_tokens": features.prompt_tokens,
         });
         println!("{out}");
     } else {
@@ -378,6 +380,15 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode
                 .budget_left_usd
                 .map(|b| format!(", budget left ${b}"))
                 .unwrap_or_default()
+        );
+        let ms = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} ms"));
+        let l = &signals.latency;
+        println!(
+            "latency estimates: local {} (first token {}), cloud {} (first token {})",
+            ms(l.local_ms),
+            ms(l.local_first_token_ms),
+            ms(l.cloud_ms),
+            ms(l.cloud_first_token_ms),
         );
     }
     Ok(ExitCode::SUCCESS)
