@@ -19,6 +19,9 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from setup import default_home  # noqa: E402  (one definition of the edgeroute home)
+
 MAX_NEW_TOKENS = 48
 PROMPTS = [
     "What is the capital of France?",
@@ -28,14 +31,6 @@ PROMPTS = [
     "Translate 'good morning' into Spanish.",
     "Who wrote Romeo and Juliet?",
 ]
-
-
-def default_home():
-    env = os.environ.get("EDGEROUTE_HOME")
-    if env:
-        return env
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "edgeroute")
 
 
 def chat_prompt(manifest, user):

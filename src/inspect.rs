@@ -27,10 +27,9 @@ pub struct Features {
 
 /// Inspects a request under a policy (whose `[privacy]` section configures the scanner).
 pub fn inspect(policy: &CompiledPolicy, request: &Request) -> Features {
-    let mut pii_spans = Vec::new();
+    let pii_spans = policy.scanner.scan_messages(&request.messages);
     let mut prompt_tokens: u32 = 0;
-    for (i, m) in request.messages.iter().enumerate() {
-        pii_spans.extend(policy.scanner.scan(&m.content).into_iter().map(|s| (i, s)));
+    for m in &request.messages {
         prompt_tokens = prompt_tokens
             .saturating_add(estimate_tokens(&m.content))
             .saturating_add(TOKENS_PER_MESSAGE);

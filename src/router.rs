@@ -440,7 +440,7 @@ impl Router {
         let t = Instant::now();
         let record_span =
             tracing::debug_span!("edgeroute.record", edgeroute.route = outcome.route.as_str());
-        let _record = record_span.enter();
+        let _in_record = record_span.enter();
         if let (Some(store), Some(key)) = (&inner.store, &cache_key) {
             let model = attempts.last().map(|a| a.backend.as_str()).unwrap_or("");
             store.save(key, model, &outcome.text, outcome.route, outcome.usage);
@@ -464,13 +464,13 @@ impl Router {
             cached: false,
         };
         self.record_stats(&response, features.prompt_tokens);
-        drop(_record);
         Ok(response)
     }
 }
 
 /// A span for one tier call (`tier` = `local` or `cloud`), with OpenTelemetry GenAI
-/// semantic-convention field names. Prompt and answer text are never recorded.
+/// semantic-convention field names. Prompt and answer text are recorded only with
+/// `trace_content` ([`RouterBuilder::trace_content`]).
 fn tier_span(
     tier: &'static str,
     provider: &str,

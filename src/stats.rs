@@ -94,13 +94,20 @@ struct TierFirstToken {
     cloud_window: VecDeque<f64>,
 }
 
+/// Exponentially weighted moving average.
+fn ewma(prev: Option<f64>, v: f64) -> f64 {
+    match prev {
+        Some(prev) => prev + ALPHA * (v - prev),
+        None => v,
+    }
+}
+
 /// Peak-sensitive EWMA (as tower's `PeakEwma`): a slower sample replaces the estimate at once,
 /// faster ones pull it down gradually.
 fn peak_ewma(prev: Option<f64>, v: f64) -> f64 {
     match prev {
         Some(prev) if v > prev => v,
-        Some(prev) => prev + ALPHA * (v - prev),
-        None => v,
+        _ => ewma(prev, v),
     }
 }
 
@@ -192,17 +199,11 @@ impl StatsRecorder {
         let tokens = (usage.input_tokens / 8 + usage.output_tokens).max(1) as f64;
         let per_token = ms(elapsed) / tokens;
         self.with(|s| {
-            s.local_ms_per_token = Some(match s.local_ms_per_token {
-                Some(prev) => prev + ALPHA * (per_token - prev),
-                None => per_token,
-            });
+            s.local_ms_per_token = Some(ewma(s.local_ms_per_token, per_token));
             if let Some(first) = first_token {
                 let t = &mut s.tier_first;
                 let per_input = ms(first) / usage.input_tokens.max(1) as f64;
-                t.local_ms_per_input_token = Some(match t.local_ms_per_input_token {
-                    Some(prev) => prev + ALPHA * (per_input - prev),
-                    None => per_input,
-                });
+                t.local_ms_per_input_token = Some(ewma(t.local_ms_per_input_token, per_input));
                 push(&mut t.local_window, ms(first));
             }
         });
@@ -221,72 +222,39 @@ impl StatsRecorder {
         });
     }
 
-    /// Time-to-first-token estimates for a prompt: `(local, local p95, cloud, cloud p95)` in
-    /// ms. The local estimate scales the measured prefill rate by the prompt length (before
-    /// any observation: the policy's `[latency]` model); the cloud one is the peak EWMA
-    /// (before any observation: `[latency].cloud_ms`). A p95 needs [`MIN_P95_SAMPLES`].
-    pub fn first_token_estimates(
-        &self,
-        latency: &LatencySection,
-        prompt_tokens: u32,
-    ) -> FirstTokenEstimates {
-        self.with(|s| {
-            let t = &s.tier_first;
-            FirstTokenEstimates {
-                local_ms: match t.local_ms_per_input_token {
-                    Some(per) => (per * f64::from(prompt_tokens.max(1))).ceil() as u64,
-                    None => latency.local_estimate_ms(prompt_tokens, 1),
-                },
-                local_p95_ms: p95(&t.local_window),
-                cloud_ms: t
-                    .cloud_ewma_ms
-                    .map_or(latency.cloud_ms, |v| v.ceil() as u64),
-                cloud_p95_ms: p95(&t.cloud_window),
-            }
-        })
-    }
-
-    /// The local latency estimate for a request: measured ms/token once observed, else the
-    /// policy's `[latency]` model.
-    pub fn local_estimate_ms(
-        &self,
-        latency: &LatencySection,
-        prompt_tokens: u32,
-        max_tokens: u32,
-    ) -> u64 {
-        match self.with(|s| s.local_ms_per_token) {
-            Some(per_token) => {
-                let tokens = f64::from(prompt_tokens) / 8.0 + f64::from(max_tokens);
-                (per_token * tokens).ceil() as u64
-            }
-            None => latency.local_estimate_ms(prompt_tokens, max_tokens),
-        }
-    }
-
-    /// The cloud latency estimate.
-    pub fn cloud_estimate_ms(&self, latency: &LatencySection) -> u64 {
-        self.with(|s| s.cloud_ewma_ms)
-            .map(|v| v.ceil() as u64)
-            .unwrap_or(latency.cloud_ms)
-    }
-
-    /// Every latency estimate for a request, as [`Signals`](crate::signals::Signals) carries them. A
-    /// recorder that observed nothing gives the policy's `[latency]` model.
+    /// Every latency estimate for a request, as [`Signals`](crate::signals::Signals) carries
+    /// them; before any observation, the policy's `[latency]` model.
+    ///
+    /// - total, local: measured ms/token × (prompt/8 + `max_tokens`);
+    /// - total, cloud: peak-sensitive EWMA;
+    /// - first token, local: measured prefill ms per input token × prompt tokens;
+    /// - first token, cloud: peak-sensitive EWMA;
+    /// - first-token p95s: once [`MIN_P95_SAMPLES`] were observed.
     pub fn latency_estimates(
         &self,
         latency: &LatencySection,
         prompt_tokens: u32,
         max_tokens: u32,
     ) -> LatencyEstimates {
-        let first = self.first_token_estimates(latency, prompt_tokens);
-        LatencyEstimates {
-            local_ms: Some(self.local_estimate_ms(latency, prompt_tokens, max_tokens)),
-            cloud_ms: Some(self.cloud_estimate_ms(latency)),
-            local_first_token_ms: Some(first.local_ms),
-            local_first_token_p95_ms: first.local_p95_ms,
-            cloud_first_token_ms: Some(first.cloud_ms),
-            cloud_first_token_p95_ms: first.cloud_p95_ms,
-        }
+        let ceil = |v: f64| v.ceil() as u64;
+        self.with(|s| {
+            let t = &s.tier_first;
+            let local_tokens = f64::from(prompt_tokens) / 8.0 + f64::from(max_tokens);
+            LatencyEstimates {
+                local_ms: Some(s.local_ms_per_token.map_or_else(
+                    || latency.local_estimate_ms(prompt_tokens, max_tokens),
+                    |per| ceil(per * local_tokens),
+                )),
+                cloud_ms: Some(s.cloud_ewma_ms.map_or(latency.cloud_ms, ceil)),
+                local_first_token_ms: Some(t.local_ms_per_input_token.map_or_else(
+                    || latency.local_estimate_ms(prompt_tokens, 1),
+                    |per| ceil(per * f64::from(prompt_tokens.max(1))),
+                )),
+                local_first_token_p95_ms: p95(&t.local_window),
+                cloud_first_token_ms: Some(t.cloud_ewma_ms.map_or(latency.cloud_ms, ceil)),
+                cloud_first_token_p95_ms: p95(&t.cloud_window),
+            }
+        })
     }
 
     /// A consistent snapshot.
@@ -305,19 +273,6 @@ impl StatsRecorder {
             st
         })
     }
-}
-
-/// See [`StatsRecorder::first_token_estimates`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FirstTokenEstimates {
-    /// Local estimate for this prompt, ms.
-    pub local_ms: u64,
-    /// p95 of recent local first tokens, ms.
-    pub local_p95_ms: Option<u64>,
-    /// Cloud estimate, ms.
-    pub cloud_ms: u64,
-    /// p95 of recent cloud first tokens, ms.
-    pub cloud_p95_ms: Option<u64>,
 }
 
 /// What one finished request contributes to the statistics.
@@ -540,28 +495,46 @@ mod tests {
     #[test]
     fn first_token_estimates_start_from_the_model_then_follow_observations() {
         let rec = StatsRecorder::default();
-        let e = rec.first_token_estimates(&model(), 100);
+        let e = rec.latency_estimates(&model(), 100, 16);
         // 100 prompt tokens × 2 ms + one decoded token × 10 ms; cloud from the policy.
-        assert_eq!((e.local_ms, e.cloud_ms), (210, 800));
-        assert_eq!((e.local_p95_ms, e.cloud_p95_ms), (None, None));
+        assert_eq!(
+            (e.local_first_token_ms, e.cloud_first_token_ms),
+            (Some(210), Some(800))
+        );
+        assert_eq!(
+            (e.local_first_token_p95_ms, e.cloud_first_token_p95_ms),
+            (None, None)
+        );
 
         // 50 ms for 100 input tokens: 0.5 ms per token, scaled by the prompt.
         let ms = Duration::from_millis;
         rec.observe_local(ms(900), Some(ms(50)), usage(100));
-        let e = rec.first_token_estimates(&model(), 200);
-        assert_eq!(e.local_ms, 100);
-        assert_eq!(rec.first_token_estimates(&model(), 20).local_ms, 10);
+        let first = |prompt| {
+            rec.latency_estimates(&model(), prompt, 16)
+                .local_first_token_ms
+        };
+        assert_eq!(first(200), Some(100));
+        assert_eq!(first(20), Some(10));
         // An answer without a first token (empty reply) feeds the total model only.
         rec.observe_local(ms(900), None, usage(100));
-        assert_eq!(rec.first_token_estimates(&model(), 200).local_ms, 100);
+        assert_eq!(first(200), Some(100));
 
         // Cloud: peak-sensitive — a slow first token raises the estimate at once.
         rec.observe_cloud(ms(400), Some(ms(100)));
-        assert_eq!(rec.first_token_estimates(&model(), 1).cloud_ms, 100);
+        assert_eq!(
+            rec.latency_estimates(&model(), 1, 16).cloud_first_token_ms,
+            Some(100)
+        );
         rec.observe_cloud(ms(400), Some(ms(300)));
-        assert_eq!(rec.first_token_estimates(&model(), 1).cloud_ms, 300);
+        assert_eq!(
+            rec.latency_estimates(&model(), 1, 16).cloud_first_token_ms,
+            Some(300)
+        );
         rec.observe_cloud(ms(400), Some(ms(100)));
-        assert_eq!(rec.first_token_estimates(&model(), 1).cloud_ms, 260);
+        assert_eq!(
+            rec.latency_estimates(&model(), 1, 16).cloud_first_token_ms,
+            Some(260)
+        );
     }
 
     #[test]
@@ -571,14 +544,13 @@ mod tests {
         for i in 1..MIN_P95_SAMPLES as u64 {
             rec.observe_local(ms(1000), Some(ms(i * 10)), usage(10));
         }
-        assert_eq!(rec.first_token_estimates(&model(), 10).local_p95_ms, None);
+        let p95 = || {
+            rec.latency_estimates(&model(), 10, 16)
+                .local_first_token_p95_ms
+        };
+        assert_eq!(p95(), None);
         rec.observe_local(ms(1000), Some(ms(1000)), usage(10));
         // Ten samples 10..90 and 1000: the p95 (nearest rank) is the slow one.
-        assert_eq!(
-            rec.first_token_estimates(&model(), 10).local_p95_ms,
-            Some(1000)
-        );
-        let est = rec.latency_estimates(&model(), 10, 16);
-        assert_eq!(est.local_first_token_p95_ms, Some(1000));
+        assert_eq!(p95(), Some(1000));
     }
 }

@@ -112,10 +112,7 @@ mod lazy_local {
         }
 
         fn revision(&self) -> Option<String> {
-            match self.loaded.get() {
-                Some(b) => b.revision(),
-                None => self.revision.clone(),
-            }
+            self.revision.clone()
         }
 
         async fn stream(&self, call: BackendCall) -> Result<EventStream> {

@@ -47,11 +47,13 @@ fn redacting_with_known_spans_matches_scanning() {
         Message::user("Mail bob@example.org or call 415-555-0132, ana@example.com too."),
     ];
     let sc = scanner();
+    // Built message by message here, independently of `Scanner::scan_messages`.
     let spans: Vec<_> = msgs
         .iter()
         .enumerate()
         .flat_map(|(i, m)| sc.scan(&m.content).into_iter().map(move |s| (i, s)))
         .collect();
+    assert_eq!(sc.scan_messages(&msgs), spans);
     assert_eq!(spans.len(), 4);
     let (scanned, _) = redact_messages(&msgs, &sc);
     let (given, rh) = redact_messages_with_spans(&msgs, &spans);

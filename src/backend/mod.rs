@@ -134,6 +134,14 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// `name@revision`, or the name alone when the backend reports no revision.
+fn identity(backend: &dyn Backend) -> String {
+    match backend.revision() {
+        Some(r) => format!("{}@{r}", backend.name()),
+        None => backend.name().to_string(),
+    }
+}
+
 /// The router's local slot.
 #[derive(Clone)]
 pub struct LocalTier(Arc<dyn Backend>);
@@ -149,10 +157,7 @@ impl LocalTier {
     }
     /// The backend's name with its [`Backend::revision`], if any (`name@revision`).
     pub fn identity(&self) -> String {
-        match self.0.revision() {
-            Some(r) => format!("{}@{r}", self.0.name()),
-            None => self.0.name().to_string(),
-        }
+        identity(self.0.as_ref())
     }
     /// See [`Backend::availability`].
     pub fn availability(&self) -> std::result::Result<(), String> {
@@ -184,10 +189,7 @@ impl CloudTier {
     }
     /// The backend's name with its [`Backend::revision`], if any (`name@revision`).
     pub fn identity(&self) -> String {
-        match self.0.revision() {
-            Some(r) => format!("{}@{r}", self.0.name()),
-            None => self.0.name().to_string(),
-        }
+        identity(self.0.as_ref())
     }
     /// See [`Backend::availability`].
     pub fn availability(&self) -> std::result::Result<(), String> {

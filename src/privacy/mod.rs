@@ -247,6 +247,16 @@ impl Scanner {
         })
     }
 
+    /// Finds PII spans in every message: `(message index, span)`, in message order, each
+    /// message's spans as [`Scanner::scan`] returns them.
+    pub fn scan_messages(&self, messages: &[crate::request::Message]) -> Vec<(usize, PiiSpan)> {
+        messages
+            .iter()
+            .enumerate()
+            .flat_map(|(i, m)| self.scan(&m.content).into_iter().map(move |s| (i, s)))
+            .collect()
+    }
+
     /// Finds PII spans in `text`: sorted by start offset, non-overlapping, UTF-8 byte offsets.
     pub fn scan(&self, text: &str) -> Vec<PiiSpan> {
         let inner = &*self.inner;

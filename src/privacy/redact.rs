@@ -15,12 +15,7 @@ use crate::request::Message;
 /// Redacts every message with `scanner`. Returns the redacted messages and the
 /// [`Rehydrator`] that maps the placeholders back to the original values.
 pub fn redact_messages(messages: &[Message], scanner: &Scanner) -> (Vec<Message>, Rehydrator) {
-    let spans: Vec<(usize, PiiSpan)> = messages
-        .iter()
-        .enumerate()
-        .flat_map(|(i, m)| scanner.scan(&m.content).into_iter().map(move |s| (i, s)))
-        .collect();
-    redact_messages_with_spans(messages, &spans)
+    redact_messages_with_spans(messages, &scanner.scan_messages(messages))
 }
 
 /// Like [`redact_messages`], with spans already found (`(message index, span)`, in order, as
