@@ -9,8 +9,8 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "disk space"
-# The two feature sets' test builds need about 2 GiB (measured on a fresh clone: 2.1 GiB); say so plainly instead of failing deep
-# inside rustc with "No space left on device".
+# The two feature sets' test builds need about 2 GiB (2.1 GiB measured on a fresh clone);
+# say so plainly instead of failing deep inside rustc with "No space left on device".
 target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target_dir"
 free_kib=$(df -Pk "$target_dir" | awk 'NR==2 {print $4}')
