@@ -2,7 +2,7 @@
 //! inspect → cache → decide → execute → record.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -745,10 +745,13 @@ impl Execution<'_> {
         let first = tokio::time::timeout(after, local_stream.next()).await;
         let first = first.ok();
         let answered_in_time = first.is_some();
+        // When the local tier's first token came; shared so that a losing local leg still
+        // reports it (see `hedge_loser`).
+        let local_first = Arc::new(OnceLock::new());
         let local_future = {
+            let local_first = Arc::clone(&local_first);
             async move {
                 let mut text = String::new();
-                let mut first_token = None;
                 let mut pending = match first {
                     Some(Some(e)) => Some(e),
                     Some(None) => {
@@ -771,13 +774,13 @@ impl Execution<'_> {
                     match event? {
                         StreamEvent::Delta(d) => {
                             if !d.is_empty() {
-                                first_token.get_or_insert_with(Instant::now);
+                                let _ = local_first.set(Instant::now());
                             }
                             text.push_str(&d);
                         }
                         StreamEvent::Done(mut g) => {
                             g.text = text;
-                            let done = (g, first_token);
+                            let done = (g, local_first.get().copied());
                             record_usage(
                                 &tracing::Span::current(),
                                 Ok(&done),
@@ -839,7 +842,7 @@ impl Execution<'_> {
             l = &mut local_future => match l {
                 Ok((g, first_token)) => {
                     let won = self.local_won(&local, started, g, first_token);
-                    self.hedge_loser(Route::Cloud, cloud_started, estimate);
+                    self.hedge_loser(Route::Cloud, cloud_started, None, estimate);
                     (Ok(won), estimate)
                 }
                 Err(e) => match cloud_future.await {
@@ -850,7 +853,8 @@ impl Execution<'_> {
             cl = &mut cloud_future => match cl {
                 Ok(g) => {
                     let won = self.cloud_won(cloud_started, g);
-                    self.hedge_loser(Route::Local, started, Decimal::ZERO);
+                    let first = local_first.get().map(|at| at.duration_since(started));
+                    self.hedge_loser(Route::Local, started, first, Decimal::ZERO);
                     won
                 }
                 Err(e) => match local_future.await {
@@ -886,9 +890,23 @@ impl Execution<'_> {
     }
 
     /// Records the attempt that lost a hedge and was cancelled. A cancelled cloud call keeps
-    /// its estimated cost (it may have been billed), as the ledger does.
-    fn hedge_loser(&mut self, route: Route, started: Instant, usd: Decimal) {
+    /// its estimated cost (it may have been billed), as the ledger does. A cancelled local
+    /// generation still feeds the local first-token p95: with its first token if one came,
+    /// else with how long it ran (a lower bound), so that the slow prefills that make hedges
+    /// fire are not left out of the delay the next hedge waits for.
+    fn hedge_loser(
+        &mut self,
+        route: Route,
+        started: Instant,
+        first_token: Option<Duration>,
+        usd: Decimal,
+    ) {
         let inner = &self.router.inner;
+        if route == Route::Local {
+            inner
+                .stats
+                .observe_local_first_token(first_token.unwrap_or_else(|| started.elapsed()));
+        }
         let backend = match route {
             Route::Cloud => inner.cloud.as_ref().map(|c| c.name().to_string()),
             _ => inner.local.as_ref().map(|l| l.name().to_string()),
@@ -897,7 +915,7 @@ impl Execution<'_> {
             route,
             backend: backend.unwrap_or_default(),
             elapsed: started.elapsed(),
-            first_token: None,
+            first_token,
             usage: Usage::default(),
             cost: Cost {
                 usd,

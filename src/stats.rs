@@ -209,6 +209,15 @@ impl StatsRecorder {
         });
     }
 
+    /// Feeds the local first-token p95 window from a local generation that was cancelled (it
+    /// lost a hedge): `first_token` is when its first token came or, when none came, how long
+    /// it ran without one -- a lower bound. Either way the sample is kept: leaving out the
+    /// generations that lose, which are the slow ones, would bias the p95 low, and the p95 is
+    /// what `after_ms = "p95"` waits for. The per-token averages are left alone (no usage).
+    pub fn observe_local_first_token(&self, first_token: Duration) {
+        self.with(|s| push(&mut s.tier_first.local_window, ms(first_token)));
+    }
+
     /// Feeds the cloud latency models, total and time to first token: peak-sensitive EWMAs (a
     /// slow call raises the estimate at once; fast calls lower it gradually) and a p95 window.
     pub fn observe_cloud(&self, elapsed: Duration, first_token: Option<Duration>) {
@@ -552,5 +561,21 @@ mod tests {
         rec.observe_local(ms(1000), Some(ms(1000)), usage(10));
         // Ten samples 10..90 and 1000: the p95 (nearest rank) is the slow one.
         assert_eq!(p95(), Some(1000));
+    }
+
+    #[test]
+    fn cancelled_local_generations_count_in_the_p95_but_not_the_averages() {
+        let rec = StatsRecorder::default();
+        let ms = Duration::from_millis;
+        for _ in 1..MIN_P95_SAMPLES {
+            rec.observe_local(ms(1000), Some(ms(50)), usage(10));
+        }
+        let before = rec.latency_estimates(&model(), 10, 16);
+        // The tenth sample is a generation that lost a hedge after 700 ms without a token.
+        rec.observe_local_first_token(ms(700));
+        let after = rec.latency_estimates(&model(), 10, 16);
+        assert_eq!(after.local_first_token_p95_ms, Some(700));
+        assert_eq!(after.local_first_token_ms, before.local_first_token_ms);
+        assert_eq!(after.local_ms, before.local_ms);
     }
 }

@@ -502,6 +502,82 @@ async fn hedge_cloud_wins_and_the_local_generation_is_cancelled() {
     );
 }
 
+/// A local generation that loses a hedge still counts in the local first-token p95: nine
+/// local answers leave the p95 undecided (it needs ten samples), and the cancelled tenth --
+/// which did produce a first token before the slow cloud answered -- decides it.
+#[tokio::test]
+async fn a_cancelled_local_leg_still_feeds_the_first_token_p95() {
+    let _turn = turn().await;
+    let fake = FakeProvider::start().await;
+    let cloud_delay = Duration::from_millis(1500);
+    fake.set_behavior(Behavior::SlowHeaders(cloud_delay));
+    let r = router(
+        "[[rule]]\nname = \"hedged\"\nroute = \"hedge\"\nafter_ms = 1\n         [rule.when]\ntags_any = [\"hedge\"]\n\
+         [defaults]\nroute = \"local\"\n",
+        cloud_config(&fake),
+    );
+    let p95 = || {
+        let features = edgeroute::inspect::inspect(r.policy(), &ask("Name a fruit."));
+        r.signals(&features, MAX_TOKENS)
+            .latency
+            .local_first_token_p95_ms
+    };
+    for q in [
+        "Name a color.",
+        "Name an animal.",
+        "Name a planet.",
+        "Name a tree.",
+        "Name a metal.",
+        "Name a river.",
+        "Name a sport.",
+        "Name a flower.",
+        "Name a bird.",
+    ] {
+        let resp = r.complete(ask(q).with_max_tokens(2)).await.unwrap();
+        assert_eq!(resp.route, Route::Local);
+    }
+    assert_eq!(p95(), None, "nine samples must not give a p95 yet");
+
+    // Left alone the local model would run for seconds; the cloud answers after 1.5 s.
+    let resp = r
+        .complete(
+            Request::new("Write a long story about a dragon who learns to bake bread.")
+                .with_max_tokens(400)
+                .with_tag("hedge"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        hedge_winner(&resp).as_deref(),
+        Some("cloud"),
+        "{}",
+        resp.decision
+    );
+    let loser = resp
+        .attempts
+        .iter()
+        .find(|a| a.route == Route::Local)
+        .expect("the cancelled local attempt");
+    assert!(
+        loser
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("cancelled"),
+        "{loser:?}"
+    );
+    let first = loser
+        .first_token
+        .expect("the local leg produced a first token before 1.5 s");
+    assert!(first < loser.elapsed && first < cloud_delay, "{loser:?}");
+    let p95 = p95().expect("the cancelled leg is the tenth sample");
+    assert!(
+        p95 as f64 >= first.as_secs_f64() * 1000.0 - 1.0,
+        "p95 {p95} ms, loser's first token {first:?}"
+    );
+    assert!(generations_stop_within(Duration::from_secs(3)).await);
+}
+
 /// The cloud is slow to send its headers: the local model wins, the HTTP call is abandoned
 /// (the connection closes before any byte of answer), and the router did not wait for it.
 /// `after_ms = "p95"`: before enough local first tokens were seen, the hedge waits for the
