@@ -104,13 +104,15 @@ pub enum Error {
         retry_after: Option<Duration>,
     },
 
-    /// The provider answered 5xx and retries were exhausted.
-    #[error("cloud server error (HTTP {status}): {message}")]
+    /// The provider answered 5xx (or 408) and retries were exhausted.
+    #[error("cloud server error (HTTP {status}): {message}{}", .retry_after.map(|d| format!("; retry after {d:?}")).unwrap_or_default())]
     Server {
         /// HTTP status.
         status: u16,
         /// The provider's message (never the prompt).
         message: String,
+        /// The provider's `Retry-After` (common with 503), when given.
+        retry_after: Option<Duration>,
     },
 
     /// The provider rejected the request as malformed (400/404/422).
@@ -226,6 +228,14 @@ impl Error {
                 | Error::Timeout { .. }
                 | Error::Connection(_)
         )
+    }
+
+    /// When the provider asked us to come back (`Retry-After` on a 429 or a 5xx), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited { retry_after } | Error::Server { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     /// Shorthand for an [`Error::Io`] with context.

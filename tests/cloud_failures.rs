@@ -69,6 +69,40 @@ async fn rate_limited_without_retry_after_exhausts_retries() {
     assert_eq!(fake.requests_received(), 3);
 }
 
+/// RFC 9110 pairs `Retry-After` with 503 as much as with 429: honoured when short, and a long
+/// one fails at once (the router can fall back) instead of sleeping through it.
+#[tokio::test]
+async fn unavailable_with_retry_after_waits_or_fails_fast() {
+    let fake = FakeProvider::start().await;
+    for cfg in configs(&fake) {
+        fake.reset_counts();
+        fake.push_behaviors([Behavior::Unavailable {
+            retry_after_secs: 1,
+        }]);
+        let backend = CloudBackend::new(cfg.clone()).unwrap();
+        let started = Instant::now();
+        let g = backend.generate(call("hi")).await.unwrap();
+        assert_eq!(g.text, DEFAULT_REPLY);
+        assert_eq!(fake.requests_received(), 2);
+        // The backoff alone is milliseconds; Retry-After (a lower bound) made it wait.
+        assert!(started.elapsed() >= Duration::from_secs(1));
+
+        fake.reset_counts();
+        fake.set_behavior(Behavior::Unavailable {
+            retry_after_secs: 3600,
+        });
+        let backend = CloudBackend::new(cfg).unwrap();
+        let err = backend.generate(call("hi")).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Server { status: 503, retry_after: Some(d), .. } if d == Duration::from_secs(3600)),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("retry after"), "{err}");
+        assert_eq!(fake.requests_received(), 1);
+        fake.set_behavior(Behavior::Ok);
+    }
+}
+
 #[tokio::test]
 async fn server_errors_are_retried_then_succeed() {
     let fake = FakeProvider::start().await;
@@ -90,7 +124,7 @@ async fn server_errors_exhaust_retries() {
     let backend = CloudBackend::new(fake.openai_config()).unwrap();
     let err = backend.generate(call("hi")).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Server { status: 503, message } if message.contains("overloaded")),
+        matches!(&err, Error::Server { status: 503, message, .. } if message.contains("overloaded")),
         "{err:?}"
     );
     assert!(err.is_cloud_failure());

@@ -54,6 +54,11 @@ pub enum Behavior {
     },
     /// An error status with the provider's error body (500, 503, 401, 403, 404, 400...).
     Status(u16),
+    /// HTTP 503 (overloaded) with a `Retry-After` in seconds.
+    Unavailable {
+        /// `Retry-After` value in seconds.
+        retry_after_secs: u64,
+    },
     /// HTTP 400 saying the prompt does not fit the context window.
     ContextTooLong,
     /// Wait this long before sending the headers, then answer normally.
@@ -306,6 +311,17 @@ async fn handle(
                 "Rate limit reached",
             );
             respond(StatusCode::TOO_MANY_REQUESTS, h, Body::from(body))
+        }
+        Behavior::Unavailable { retry_after_secs } => {
+            let mut h = json_headers();
+            h.push(("retry-after", retry_after_secs.to_string()));
+            let body = error_body(
+                proto,
+                "overloaded_error",
+                "overloaded",
+                "The server is overloaded",
+            );
+            respond(StatusCode::SERVICE_UNAVAILABLE, h, Body::from(body))
         }
         Behavior::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

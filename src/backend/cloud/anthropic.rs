@@ -185,10 +185,12 @@ pub(crate) fn on_event(dec: &mut StreamDecoder, event: &SseEvent) -> Result<Opti
                 Some("overloaded_error") => Error::Server {
                     status: 529,
                     message: error.message(),
+                    retry_after: None,
                 },
                 _ => Error::Server {
                     status: 500,
                     message: format!("error event in stream: {}", error.message()),
+                    retry_after: None,
                 },
             })
         }

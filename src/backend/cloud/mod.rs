@@ -359,14 +359,11 @@ impl Inner {
             return None;
         }
         let mut delay = retry::backoff(cfg, retries);
-        if let Error::RateLimited {
-            retry_after: Some(ra),
-        } = e
-        {
-            if *ra > cfg.max_retry_after {
+        if let Some(ra) = e.retry_after() {
+            if ra > cfg.max_retry_after {
                 return None;
             }
-            delay = delay.max(*ra);
+            delay = delay.max(ra);
         }
         if Instant::now() + delay >= clock.total_at {
             return None;

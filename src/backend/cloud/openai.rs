@@ -165,6 +165,7 @@ pub(crate) fn on_event(dec: &mut StreamDecoder, event: &SseEvent) -> Result<Opti
             return Err(Error::Server {
                 status: 200,
                 message: format!("error event in stream: {}", e.message()),
+                retry_after: None,
             });
         }
     }

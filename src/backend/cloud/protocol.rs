@@ -212,6 +212,7 @@ pub(crate) fn status_error(status: u16, body: &[u8], retry_after: Option<Duratio
         408 | 500..=599 => Error::Server {
             status,
             message: detail.message(),
+            retry_after,
         },
         _ if detail.is_context_too_long() => Error::ContextTooLong(detail.message()),
         _ => Error::BadRequest {
@@ -243,7 +244,11 @@ mod tests {
         ));
         assert!(matches!(
             status_error(503, br#"{"error":{"message":"overloaded"}}"#, None),
-            Error::Server { status: 503, ref message } if message == "overloaded"
+            Error::Server { status: 503, ref message, retry_after: None } if message == "overloaded"
+        ));
+        assert!(matches!(
+            status_error(503, b"", ra),
+            Error::Server { status: 503, retry_after, .. } if retry_after == ra
         ));
         let ctx = br#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
         assert!(matches!(
