@@ -529,6 +529,37 @@ fn record_usage(
     }
 }
 
+/// Collects one hedge leg's stream (nothing reaches the caller until a leg has won) into its
+/// generation, setting `first` when the first non-empty delta arrives. `pending` is an event
+/// already taken off the stream.
+async fn collect_leg(
+    mut stream: EventStream,
+    mut pending: Option<Result<StreamEvent>>,
+    first: &OnceLock<Instant>,
+) -> Result<Generation> {
+    let mut text = String::new();
+    loop {
+        let event = match pending.take() {
+            Some(e) => e,
+            None => stream.next().await.ok_or_else(|| {
+                Error::TruncatedStream("the backend's stream ended without a final event".into())
+            })?,
+        };
+        match event? {
+            StreamEvent::Delta(d) => {
+                if !d.is_empty() {
+                    let _ = first.set(Instant::now());
+                }
+                text.push_str(&d);
+            }
+            StreamEvent::Done(mut g) => {
+                g.text = text;
+                return Ok(g);
+            }
+        }
+    }
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -745,52 +776,22 @@ impl Execution<'_> {
         let first = tokio::time::timeout(after, local_stream.next()).await;
         let first = first.ok();
         let answered_in_time = first.is_some();
-        // When the local tier's first token came; shared so that a losing local leg still
-        // reports it (see `hedge_loser`).
+        // When each leg's first token came; shared so that a losing leg still reports it.
         let local_first = Arc::new(OnceLock::new());
         let local_future = {
             let local_first = Arc::clone(&local_first);
             async move {
-                let mut text = String::new();
-                let mut pending = match first {
+                let pending = match first {
                     Some(Some(e)) => Some(e),
                     Some(None) => {
                         return Err(Error::TruncatedStream("local stream ended early".into()))
                     }
                     None => None,
                 };
-                loop {
-                    let event = match pending.take() {
-                        Some(e) => e,
-                        None => match local_stream.next().await {
-                            Some(e) => e,
-                            None => {
-                                return Err(Error::TruncatedStream(
-                                    "local stream ended early".into(),
-                                ))
-                            }
-                        },
-                    };
-                    match event? {
-                        StreamEvent::Delta(d) => {
-                            if !d.is_empty() {
-                                let _ = local_first.set(Instant::now());
-                            }
-                            text.push_str(&d);
-                        }
-                        StreamEvent::Done(mut g) => {
-                            g.text = text;
-                            let done = (g, local_first.get().copied());
-                            record_usage(
-                                &tracing::Span::current(),
-                                Ok(&done),
-                                started,
-                                trace_content,
-                            );
-                            return Ok::<_, Error>(done);
-                        }
-                    }
-                }
+                let g = collect_leg(local_stream, pending, &local_first).await?;
+                let done = (g, local_first.get().copied());
+                record_usage(&tracing::Span::current(), Ok(&done), started, trace_content);
+                Ok::<_, Error>(done)
             }
             .instrument(local_span)
         };
@@ -815,45 +816,48 @@ impl Execution<'_> {
             trace_content,
         );
         let cloud_started = Instant::now();
-        let cloud_future = async move {
-            let g = cloud.generate(c, cloud_call).await?;
-            let g = match rehydrator {
-                Some(r) => Generation {
-                    text: r.rehydrate(&g.text),
-                    ..g
-                },
-                None => g,
-            };
-            // Not streamed here: no first token to report.
-            let done = (g, None);
-            record_usage(
-                &tracing::Span::current(),
-                Ok(&done),
-                cloud_started,
-                trace_content,
-            );
-            Ok::<_, Error>(done.0)
-        }
-        .instrument(cloud_span);
+        let cloud_first = Arc::new(OnceLock::new());
+        let cloud_future = {
+            let cloud_first = Arc::clone(&cloud_first);
+            async move {
+                let stream = cloud.stream(c, cloud_call).await?;
+                let mut g = collect_leg(stream, None, &cloud_first).await?;
+                if let Some(r) = rehydrator {
+                    g.text = r.rehydrate(&g.text);
+                }
+                let done = (g, cloud_first.get().copied());
+                record_usage(
+                    &tracing::Span::current(),
+                    Ok(&done),
+                    cloud_started,
+                    trace_content,
+                );
+                Ok::<_, Error>(done)
+            }
+            .instrument(cloud_span)
+        };
         tokio::pin!(local_future);
         tokio::pin!(cloud_future);
         // The loser is dropped when this block ends: its generation or HTTP stream stops.
+        let since =
+            |at: &OnceLock<Instant>, start: Instant| at.get().map(|t| t.duration_since(start));
         let (outcome, cloud_cost) = tokio::select! {
             l = &mut local_future => match l {
                 Ok((g, first_token)) => {
                     let won = self.local_won(&local, started, g, first_token);
-                    self.hedge_loser(Route::Cloud, cloud_started, None, estimate);
+                    let first = since(&cloud_first, cloud_started);
+                    self.hedge_loser(Route::Cloud, cloud_started, first, estimate);
                     (Ok(won), estimate)
                 }
                 Err(e) => match cloud_future.await {
-                    Ok(g) => self.cloud_won(cloud_started, g),
+                    Ok((g, first_token)) => self.cloud_won(cloud_started, g, first_token),
                     Err(ce) => (Err(self.all_failed(e, ce)), Decimal::ZERO),
                 },
             },
             cl = &mut cloud_future => match cl {
-                Ok(g) => {
-                    let won = self.cloud_won(cloud_started, g);
-                    let first = local_first.get().map(|at| at.duration_since(started));
+                Ok((g, first_token)) => {
+                    let won = self.cloud_won(cloud_started, g, first_token);
+                    let first = since(&local_first, started);
                     self.hedge_loser(Route::Local, started, first, Decimal::ZERO);
                     won
                 }
@@ -959,7 +963,13 @@ impl Execution<'_> {
         }
     }
 
-    fn cloud_won(&mut self, started: Instant, g: Generation) -> (Result<Outcome>, Decimal) {
+    fn cloud_won(
+        &mut self,
+        started: Instant,
+        g: Generation,
+        first_token: Option<Instant>,
+    ) -> (Result<Outcome>, Decimal) {
+        let first = first_token.map(|at| at.duration_since(started));
         self.reasons.push(Reason::HedgeWinner {
             winner: "cloud".into(),
         });
@@ -978,7 +988,7 @@ impl Execution<'_> {
                 .map(|c| c.name().to_string())
                 .unwrap_or_default(),
             elapsed: started.elapsed(),
-            first_token: None,
+            first_token: first,
             usage: g.usage,
             cost: Cost {
                 usd,
@@ -990,13 +1000,13 @@ impl Execution<'_> {
         self.router
             .inner
             .stats
-            .observe_cloud(started.elapsed(), None);
+            .observe_cloud(started.elapsed(), first);
         (
             Ok(Outcome {
                 text: g.text,
                 route: Route::Cloud,
                 usage: g.usage,
-                first_token: None,
+                first_token,
             }),
             usd,
         )

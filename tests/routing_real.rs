@@ -476,6 +476,13 @@ async fn hedge_cloud_wins_and_the_local_generation_is_cancelled() {
         .expect("cloud attempt");
     assert_eq!(cloud.cost.usd, price(cloud.usage));
     assert_eq!(resp.cost.usd, cloud.cost.usd);
+    // The cloud leg is streamed: its first token is timed like any other cloud call's.
+    let cloud_first = cloud
+        .first_token
+        .expect("the winning cloud leg's first token");
+    assert!(cloud_first <= cloud.elapsed, "{cloud:?}");
+    assert!(resp.timings.first_token.is_some());
+    assert_eq!(r.stats().cloud_first_token.samples, 1);
 
     // The local generation was running, and stops promptly.
     assert!(
