@@ -150,7 +150,9 @@ impl Detectors {
                 r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{1,128}:([^\s:/@]{1,256})@",
             )?,
             card: re(r"(?-u:\b)\d(?:[ \-]?\d){12,18}(?-u:\b)")?,
-            iban: re(r"(?-u:\b)[A-Z]{2}\d{2} ?[A-Z0-9]")?,
+            // Either case: people type `gb82 west ...` too; the country's length and the
+            // mod-97 check keep ordinary words out.
+            iban: re(r"(?-u:\b)[A-Za-z]{2}\d{2} ?[A-Za-z0-9]")?,
             ssn: re(r"(?-u:\b)\d{3}[ \-]?\d{2}[ \-]?\d{4}(?-u:\b)")?,
             ipv4: re(r"(?-u:\b)(?:\d{1,3}\.){3}\d{1,3}(?-u:\b)")?,
             ipv6: re(r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,8}(?:\.\d{1,3}){0,3}")?,
@@ -330,7 +332,8 @@ impl Detectors {
         // walked by hand up to the country's length, so a scan never re-reads long runs.
         for m in self.iban.find_iter(text) {
             let s = m.start();
-            let Some(want) = iban_length(&b[s..s + 2]) else {
+            let country = [b[s].to_ascii_uppercase(), b[s + 1].to_ascii_uppercase()];
+            let Some(want) = iban_length(&country) else {
                 continue;
             };
             let mut compact = [0u8; 34];
@@ -338,8 +341,8 @@ impl Detectors {
             let mut i = s;
             while n < want && i < b.len() {
                 let c = b[i];
-                if c.is_ascii_uppercase() || c.is_ascii_digit() {
-                    compact[n] = c;
+                if c.is_ascii_alphanumeric() {
+                    compact[n] = c.to_ascii_uppercase();
                     n += 1;
                 } else if !(c == b' '
                     && n >= 4

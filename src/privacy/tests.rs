@@ -141,6 +141,14 @@ fn ibans() {
         "FR14 2004 1010 0505 0001 3M02 606",
     );
     one("NL91ABNA0417164300", "iban", "NL91ABNA0417164300");
+    // Typed in lower case: same checks, same span.
+    one(
+        "my iban is gb82 west 1234 5698 7654 32, thanks",
+        "iban",
+        "gb82 west 1234 5698 7654 32",
+    );
+    // Lower case that fails mod-97 (last digit changed) is not an IBAN.
+    none("my iban is gb82 west 1234 5698 7654 33, thanks");
     none("GB82WEST12345698765431 and DE00 1234 5678 9012 3456 78");
 }
 
