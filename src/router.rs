@@ -776,10 +776,11 @@ impl Execution<'_> {
         let first = tokio::time::timeout(after, local_stream.next()).await;
         let first = first.ok();
         let answered_in_time = first.is_some();
-        // When each leg's first token came; shared so that a losing leg still reports it.
-        let local_first = Arc::new(OnceLock::new());
+        // When each leg's first token came, outside the legs so that a losing leg (dropped
+        // mid-stream) still reports it.
+        let local_first = OnceLock::new();
         let local_future = {
-            let local_first = Arc::clone(&local_first);
+            let local_first = &local_first;
             async move {
                 let pending = match first {
                     Some(Some(e)) => Some(e),
@@ -788,7 +789,7 @@ impl Execution<'_> {
                     }
                     None => None,
                 };
-                let g = collect_leg(local_stream, pending, &local_first).await?;
+                let g = collect_leg(local_stream, pending, local_first).await?;
                 let done = (g, local_first.get().copied());
                 record_usage(&tracing::Span::current(), Ok(&done), started, trace_content);
                 Ok::<_, Error>(done)
@@ -816,12 +817,12 @@ impl Execution<'_> {
             trace_content,
         );
         let cloud_started = Instant::now();
-        let cloud_first = Arc::new(OnceLock::new());
+        let cloud_first = OnceLock::new();
         let cloud_future = {
-            let cloud_first = Arc::clone(&cloud_first);
+            let cloud_first = &cloud_first;
             async move {
                 let stream = cloud.stream(c, cloud_call).await?;
-                let mut g = collect_leg(stream, None, &cloud_first).await?;
+                let mut g = collect_leg(stream, None, cloud_first).await?;
                 if let Some(r) = rehydrator {
                     g.text = r.rehydrate(&g.text);
                 }
