@@ -40,6 +40,8 @@ pub enum Plan {
     },
     /// Start one tier; start the other if no first token arrived after `after`.
     Hedge {
+        /// The tier started first.
+        first: HedgeFirst,
         /// Delay before the second tier starts. In a decision it is always
         /// [`HedgeDelay::Fixed`]: `decide()` resolves `p95` from the signals.
         after: HedgeDelay,
@@ -53,14 +55,34 @@ pub enum Plan {
     },
 }
 
-/// How long a hedge waits for the local tier's first token before starting the cloud.
+/// The tier a hedge starts with (`first = "local"`, the default, or `"cloud"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HedgeFirst {
+    /// Start on the device; start the cloud if no token came in time.
+    Local,
+    /// Start in the cloud; start the device if no token came in time.
+    Cloud,
+}
+
+impl HedgeFirst {
+    /// `local` or `cloud`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HedgeFirst::Local => "local",
+            HedgeFirst::Cloud => "cloud",
+        }
+    }
+}
+
+/// How long a hedge waits for the first tier's first token before starting the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HedgeDelay {
     /// A fixed delay (`after_ms = 150`).
     Fixed(Duration),
-    /// The p95 of the local tier's recent times to first token (`after_ms = "p95"`); until
-    /// enough were observed, the local first-token estimate.
-    LocalFirstTokenP95,
+    /// The p95 of the first tier's recent times to first token (`after_ms = "p95"`); until
+    /// enough were observed, that tier's first-token estimate.
+    FirstTokenP95,
 }
 
 impl HedgeDelay {
@@ -68,7 +90,7 @@ impl HedgeDelay {
     pub fn fixed(self) -> Option<Duration> {
         match self {
             HedgeDelay::Fixed(d) => Some(d),
-            HedgeDelay::LocalFirstTokenP95 => None,
+            HedgeDelay::FirstTokenP95 => None,
         }
     }
 }
@@ -79,7 +101,7 @@ impl Serialize for HedgeDelay {
             HedgeDelay::Fixed(d) => {
                 s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             }
-            HedgeDelay::LocalFirstTokenP95 => s.serialize_str("p95"),
+            HedgeDelay::FirstTokenP95 => s.serialize_str("p95"),
         }
     }
 }

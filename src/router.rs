@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crate::backend::{
     Backend, BackendCall, CloudTier, EventStream, Generation, LocalTier, StreamEvent,
 };
-use crate::decision::{CloudClearance, Decision, Plan, Reason};
+use crate::decision::{CloudClearance, Decision, HedgeFirst, Plan, Reason};
 use crate::error::{Error, Result};
 use crate::inspect::{inspect, Features};
 use crate::policy::{compile_file, compile_str, decide, CompiledPolicy};
@@ -529,26 +529,65 @@ fn record_usage(
     }
 }
 
+/// One leg of a hedge: a tier's whole call, from start to collected answer.
+type Leg<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Generation>> + Send + 'a>>;
+
+/// When a hedge leg started and when its first token came. Kept outside the leg's future, so
+/// that a leg dropped mid-stream (the loser) still reports them.
+#[derive(Default)]
+struct LegClock {
+    started: OnceLock<Instant>,
+    first_token: OnceLock<Instant>,
+    first_token_notify: tokio::sync::Notify,
+}
+
+impl LegClock {
+    fn start(&self) {
+        let _ = self.started.set(Instant::now());
+    }
+
+    fn started(&self) -> Instant {
+        self.started.get().copied().unwrap_or_else(Instant::now)
+    }
+
+    fn first_token(&self) -> Option<Instant> {
+        self.first_token.get().copied()
+    }
+
+    fn note_token(&self) {
+        if self.first_token.set(Instant::now()).is_ok() {
+            // A stored permit: a waiter that arrives later still wakes.
+            self.first_token_notify.notify_one();
+        }
+    }
+
+    /// Completes when the first token has come.
+    async fn first_token_arrived(&self) {
+        if self.first_token.get().is_none() {
+            self.first_token_notify.notified().await;
+        }
+    }
+}
+
+/// How a hedge leg ended.
+enum LegEnd<'g> {
+    Answered(&'g Generation),
+    Cancelled,
+    Failed(&'g Error),
+}
+
 /// Collects one hedge leg's stream (nothing reaches the caller until a leg has won) into its
-/// generation, setting `first` when the first non-empty delta arrives. `pending` is an event
-/// already taken off the stream.
-async fn collect_leg(
-    mut stream: EventStream,
-    mut pending: Option<Result<StreamEvent>>,
-    first: &OnceLock<Instant>,
-) -> Result<Generation> {
+/// generation, noting its first token on `clock`.
+async fn collect_leg(mut stream: EventStream, clock: &LegClock) -> Result<Generation> {
     let mut text = String::new();
     loop {
-        let event = match pending.take() {
-            Some(e) => e,
-            None => stream.next().await.ok_or_else(|| {
-                Error::TruncatedStream("the backend's stream ended without a final event".into())
-            })?,
-        };
+        let event = stream.next().await.ok_or_else(|| {
+            Error::TruncatedStream("the backend's stream ended without a final event".into())
+        })?;
         match event? {
             StreamEvent::Delta(d) => {
                 if !d.is_empty() {
-                    let _ = first.set(Instant::now());
+                    clock.note_token();
                 }
                 text.push_str(&d);
             }
@@ -612,11 +651,15 @@ impl Execution<'_> {
                 self.cascade(min_confidence, statistic, redact, clearance.as_ref())
                     .await
             }
-            Plan::Hedge { after, redact } => {
+            Plan::Hedge {
+                first,
+                after,
+                redact,
+            } => {
                 // decide() resolves "p95" to a fixed delay; a hand-built plan that did not is
                 // hedged at once.
                 let after = after.fixed().unwrap_or(Duration::ZERO);
-                self.hedge(after, redact, clearance.as_ref()).await
+                self.hedge(first, after, redact, clearance.as_ref()).await
             }
         };
         decision.reasons.append(&mut self.reasons);
@@ -741,10 +784,12 @@ impl Execution<'_> {
         }
     }
 
-    /// Local first; if no token arrived after `after`, start the cloud too; first good answer
-    /// wins and the loser is dropped (its generation or HTTP stream stops).
+    /// Starts the `first` tier; if it has produced no token after `after`, starts the other
+    /// too. The first good answer wins and the loser is dropped (its generation or HTTP stream
+    /// stops, nothing keeps running). When a tier fails, the other one answers.
     async fn hedge(
         &mut self,
+        first: HedgeFirst,
         after: Duration,
         redact: bool,
         clearance: Option<&CloudClearance>,
@@ -753,8 +798,9 @@ impl Execution<'_> {
             return Err(Error::PrivacyGuard);
         };
         let local = self.local_tier()?.clone();
-        let (local_call, _) = self.call(false);
+        let cloud = self.cloud_tier()?.clone();
         let trace_content = self.router.inner.trace_content;
+        let (local_call, _) = self.call(false);
         let local_span = tier_span(
             "local",
             "onnxruntime",
@@ -762,53 +808,7 @@ impl Execution<'_> {
             &local_call,
             trace_content,
         );
-        let mut local_stream = match local.stream(local_call).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.reasons.push(Reason::Fallback {
-                    from: "local".into(),
-                    error: e.to_string(),
-                });
-                return self.run_cloud(c, redact).await;
-            }
-        };
-        let started = Instant::now();
-        let first = tokio::time::timeout(after, local_stream.next()).await;
-        let first = first.ok();
-        let answered_in_time = first.is_some();
-        // When each leg's first token came, outside the legs so that a losing leg (dropped
-        // mid-stream) still reports it.
-        let local_first = OnceLock::new();
-        let local_future = {
-            let local_first = &local_first;
-            async move {
-                let pending = match first {
-                    Some(Some(e)) => Some(e),
-                    Some(None) => {
-                        return Err(Error::TruncatedStream("local stream ended early".into()))
-                    }
-                    None => None,
-                };
-                let g = collect_leg(local_stream, pending, local_first).await?;
-                let done = (g, local_first.get().copied());
-                record_usage(&tracing::Span::current(), Ok(&done), started, trace_content);
-                Ok::<_, Error>(done)
-            }
-            .instrument(local_span)
-        };
-        if answered_in_time {
-            // The local tier answered in time: no hedge.
-            let (g, first_token) = local_future.await?;
-            return Ok(self.local_won(&local, started, g, first_token));
-        }
         let (cloud_call, rehydrator) = self.call(redact || c.must_redact());
-        let cloud = self.cloud_tier()?.clone();
-        let estimate = self.cloud_estimate(&cloud_call);
-        let store = self.router.inner.store.clone();
-        let reservation = match &store {
-            Some(s) => Some(s.reserve(estimate).await?),
-            None => None,
-        };
         let cloud_span = tier_span(
             "cloud",
             self.provider_name(),
@@ -816,63 +816,135 @@ impl Execution<'_> {
             &cloud_call,
             trace_content,
         );
-        let cloud_started = Instant::now();
-        let cloud_first = OnceLock::new();
-        let cloud_future = {
-            let cloud_first = &cloud_first;
+        let estimate = self.cloud_estimate(&cloud_call);
+        let store = self.router.inner.store.clone();
+        // Outside the legs, so that a leg dropped mid-stream (the loser) still reports them.
+        let (local_clock, cloud_clock) = (LegClock::default(), LegClock::default());
+        let reservation = std::sync::Mutex::new(None);
+
+        let local_leg = {
+            let clock = &local_clock;
             async move {
-                let stream = cloud.stream(c, cloud_call).await?;
-                let mut g = collect_leg(stream, None, cloud_first).await?;
-                if let Some(r) = rehydrator {
-                    g.text = r.rehydrate(&g.text);
-                }
-                let done = (g, cloud_first.get().copied());
+                clock.start();
+                let stream = local.stream(local_call).await?;
+                let g = collect_leg(stream, clock).await?;
+                let done = (g, clock.first_token());
                 record_usage(
                     &tracing::Span::current(),
                     Ok(&done),
-                    cloud_started,
+                    clock.started(),
                     trace_content,
                 );
-                Ok::<_, Error>(done)
+                Ok(done.0)
+            }
+            .instrument(local_span)
+        };
+        let cloud_leg = {
+            let (clock, store, reservation) = (&cloud_clock, store.clone(), &reservation);
+            async move {
+                clock.start();
+                // The budget is only touched when the cloud actually starts.
+                if let Some(s) = &store {
+                    let r = s.reserve(estimate).await?;
+                    *reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+                let stream = cloud.stream(c, cloud_call).await?;
+                let mut g = collect_leg(stream, clock).await?;
+                if let Some(r) = rehydrator {
+                    g.text = r.rehydrate(&g.text);
+                }
+                let done = (g, clock.first_token());
+                record_usage(
+                    &tracing::Span::current(),
+                    Ok(&done),
+                    clock.started(),
+                    trace_content,
+                );
+                Ok(done.0)
             }
             .instrument(cloud_span)
         };
-        tokio::pin!(local_future);
-        tokio::pin!(cloud_future);
-        // The loser is dropped when this block ends: its generation or HTTP stream stops.
-        let since =
-            |at: &OnceLock<Instant>, start: Instant| at.get().map(|t| t.duration_since(start));
-        let (outcome, cloud_cost) = tokio::select! {
-            l = &mut local_future => match l {
-                Ok((g, first_token)) => {
-                    let won = self.local_won(&local, started, g, first_token);
-                    let first = since(&cloud_first, cloud_started);
-                    self.hedge_loser(Route::Cloud, cloud_started, first, estimate);
-                    (Ok(won), estimate)
-                }
-                Err(e) => match cloud_future.await {
-                    Ok((g, first_token)) => self.cloud_won(cloud_started, g, first_token),
-                    Err(ce) => (Err(self.all_failed(e, ce)), Decimal::ZERO),
+        let (local_leg, cloud_leg): (Leg<'_>, Leg<'_>) = (Box::pin(local_leg), Box::pin(cloud_leg));
+        let (tiers, mut primary, mut secondary) = match first {
+            HedgeFirst::Local => ([Route::Local, Route::Cloud], local_leg, cloud_leg),
+            HedgeFirst::Cloud => ([Route::Cloud, Route::Local], cloud_leg, local_leg),
+        };
+        let clock = |route: Route| match route {
+            Route::Cloud => &cloud_clock,
+            _ => &local_clock,
+        };
+
+        // The first tier alone, until its first token, its end or the delay.
+        let early = tokio::select! {
+            r = &mut primary => Some(r),
+            () = clock(tiers[0]).first_token_arrived() => Some(primary.as_mut().await),
+            () = tokio::time::sleep(after) => None,
+        };
+        // `answered_by`'s result, and the error of the other tier if it failed first.
+        let (answered_by, result, failed) = match early {
+            Some(Ok(g)) => (tiers[0], Ok(g), None),
+            Some(Err(e)) => {
+                self.reasons.push(Reason::Fallback {
+                    from: tiers[0].to_string(),
+                    error: e.to_string(),
+                });
+                (tiers[1], secondary.as_mut().await, Some(e))
+            }
+            None => tokio::select! {
+                r = &mut primary => match r {
+                    Ok(g) => (tiers[0], Ok(g), None),
+                    Err(e) => (tiers[1], secondary.as_mut().await, Some(e)),
                 },
-            },
-            cl = &mut cloud_future => match cl {
-                Ok((g, first_token)) => {
-                    let won = self.cloud_won(cloud_started, g, first_token);
-                    let first = since(&local_first, started);
-                    self.hedge_loser(Route::Local, started, first, Decimal::ZERO);
-                    won
-                }
-                Err(e) => match local_future.await {
-                    Ok((g, first_token)) => (
-                        Ok(self.local_won(&local, started, g, first_token)),
-                        Decimal::ZERO,
-                    ),
-                    Err(le) => (Err(self.all_failed(e, le)), Decimal::ZERO),
+                r = &mut secondary => match r {
+                    Ok(g) => (tiers[1], Ok(g), None),
+                    Err(e) => (tiers[0], primary.as_mut().await, Some(e)),
                 },
             },
         };
-        // A cancelled cloud call may still have been billed: its estimate stays counted.
-        if let (Some(s), Some(r)) = (&store, reservation) {
+        // The loser stops here: its generation ends, its HTTP stream is dropped.
+        drop((primary, secondary));
+        let other = if answered_by == tiers[0] {
+            tiers[1]
+        } else {
+            tiers[0]
+        };
+
+        let mut cloud_cost = Decimal::ZERO;
+        if let Some(e) = &failed {
+            cloud_cost += self.hedge_leg(other, clock(other), LegEnd::Failed(e), estimate);
+        }
+        let outcome = match result {
+            Ok(g) => {
+                self.reasons.push(Reason::HedgeWinner {
+                    winner: answered_by.to_string(),
+                });
+                let end = LegEnd::Answered(&g);
+                cloud_cost += self.hedge_leg(answered_by, clock(answered_by), end, estimate);
+                if failed.is_none() && clock(other).started.get().is_some() {
+                    cloud_cost += self.hedge_leg(other, clock(other), LegEnd::Cancelled, estimate);
+                }
+                Ok(Outcome {
+                    route: answered_by,
+                    usage: g.usage,
+                    first_token: clock(answered_by).first_token(),
+                    text: g.text,
+                })
+            }
+            Err(e) => {
+                self.hedge_leg(
+                    answered_by,
+                    clock(answered_by),
+                    LegEnd::Failed(&e),
+                    estimate,
+                );
+                Err(match failed {
+                    Some(first_error) => self.all_failed(first_error, e),
+                    None => e,
+                })
+            }
+        };
+        let reserved = reservation.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let (Some(s), Some(r)) = (&store, reserved) {
             s.settle(r, cloud_cost).await;
         }
         outcome
@@ -894,123 +966,71 @@ impl Execution<'_> {
             .unwrap_or_default()
     }
 
-    /// Records the attempt that lost a hedge and was cancelled. A cancelled cloud call keeps
-    /// its estimated cost (it may have been billed), as the ledger does. A cancelled local
-    /// generation still feeds the local first-token p95: with its first token if one came,
-    /// else with how long it ran (a lower bound), so that the slow prefills that make hedges
-    /// fire are not left out of the delay the next hedge waits for.
-    fn hedge_loser(
+    /// Records one hedge leg as an attempt and feeds the latency signals; returns what it
+    /// costs against the budget. A cancelled cloud call keeps its estimated cost (it may have
+    /// been billed), as the ledger does. A cancelled local generation still feeds the local
+    /// first-token p95 -- with its first token if one came, else with how long it ran (a lower
+    /// bound) -- so that the slow prefills that make hedges fire are not left out of the delay
+    /// the next hedge waits for.
+    fn hedge_leg(
         &mut self,
         route: Route,
-        started: Instant,
-        first_token: Option<Duration>,
-        usd: Decimal,
-    ) {
+        clock: &LegClock,
+        end: LegEnd<'_>,
+        estimate: Decimal,
+    ) -> Decimal {
         let inner = &self.router.inner;
-        if route == Route::Local {
-            inner
-                .stats
-                .observe_local_first_token(first_token.unwrap_or_else(|| started.elapsed()));
-        }
-        let backend = match route {
-            Route::Cloud => inner.cloud.as_ref().map(|c| c.name().to_string()),
-            _ => inner.local.as_ref().map(|l| l.name().to_string()),
+        let started = clock.started();
+        let elapsed = started.elapsed();
+        let first_token = clock.first_token().map(|at| at.duration_since(started));
+        let is_cloud = route == Route::Cloud;
+        let backend = if is_cloud {
+            inner.cloud.as_ref().map(|c| c.name().to_string())
+        } else {
+            inner.local.as_ref().map(|l| l.name().to_string())
         };
+        let (usage, cost, confidence, error) = match end {
+            LegEnd::Answered(g) => {
+                let usd = match (&inner.policy.cloud, is_cloud) {
+                    (Some(c), true) => c.cost(g.usage),
+                    _ => Decimal::ZERO,
+                };
+                if is_cloud {
+                    inner.stats.observe_cloud(elapsed, first_token);
+                } else {
+                    inner.stats.observe_local(elapsed, first_token, g.usage);
+                }
+                let estimated = is_cloud && g.usage_estimated;
+                (g.usage, Cost { usd, estimated }, g.confidence, None)
+            }
+            LegEnd::Cancelled => {
+                if !is_cloud {
+                    inner
+                        .stats
+                        .observe_local_first_token(first_token.unwrap_or(elapsed));
+                }
+                let usd = if is_cloud { estimate } else { Decimal::ZERO };
+                let cost = Cost {
+                    usd,
+                    estimated: !usd.is_zero(),
+                };
+                let why = "cancelled: the other tier answered first";
+                (Usage::default(), cost, None, Some(why.to_string()))
+            }
+            LegEnd::Failed(e) => (Usage::default(), Cost::ZERO, None, Some(e.to_string())),
+        };
+        let usd = cost.usd;
         self.attempts.push(Attempt {
             route,
             backend: backend.unwrap_or_default(),
-            elapsed: started.elapsed(),
+            elapsed,
             first_token,
-            usage: Usage::default(),
-            cost: Cost {
-                usd,
-                estimated: !usd.is_zero(),
-            },
-            confidence: None,
-            error: Some("cancelled: the other tier answered first".into()),
+            usage,
+            cost,
+            confidence,
+            error,
         });
-    }
-
-    fn local_won(
-        &mut self,
-        local: &LocalTier,
-        started: Instant,
-        g: Generation,
-        first_token: Option<Instant>,
-    ) -> Outcome {
-        self.reasons.push(Reason::HedgeWinner {
-            winner: "local".into(),
-        });
-        let first = first_token.map(|at| at.duration_since(started));
-        self.router
-            .inner
-            .stats
-            .observe_local(started.elapsed(), first, g.usage);
-        self.attempts.push(Attempt {
-            route: Route::Local,
-            backend: local.name().to_string(),
-            elapsed: started.elapsed(),
-            first_token: first,
-            usage: g.usage,
-            cost: Cost::ZERO,
-            confidence: g.confidence,
-            error: None,
-        });
-        Outcome {
-            text: g.text,
-            route: Route::Local,
-            usage: g.usage,
-            first_token,
-        }
-    }
-
-    fn cloud_won(
-        &mut self,
-        started: Instant,
-        g: Generation,
-        first_token: Option<Instant>,
-    ) -> (Result<Outcome>, Decimal) {
-        let first = first_token.map(|at| at.duration_since(started));
-        self.reasons.push(Reason::HedgeWinner {
-            winner: "cloud".into(),
-        });
-        let inner = &self.router.inner;
-        let usd = inner
-            .policy
-            .cloud
-            .as_ref()
-            .map(|c| c.cost(g.usage))
-            .unwrap_or_default();
-        self.attempts.push(Attempt {
-            route: Route::Cloud,
-            backend: inner
-                .cloud
-                .as_ref()
-                .map(|c| c.name().to_string())
-                .unwrap_or_default(),
-            elapsed: started.elapsed(),
-            first_token: first,
-            usage: g.usage,
-            cost: Cost {
-                usd,
-                estimated: g.usage_estimated,
-            },
-            confidence: None,
-            error: None,
-        });
-        self.router
-            .inner
-            .stats
-            .observe_cloud(started.elapsed(), first);
-        (
-            Ok(Outcome {
-                text: g.text,
-                route: Route::Cloud,
-                usage: g.usage,
-                first_token,
-            }),
-            usd,
-        )
+        usd
     }
 
     fn all_failed(&self, first: Error, second: Error) -> Error {

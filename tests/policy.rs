@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edgeroute::decision::{HedgeDelay, Plan, Reason};
+use edgeroute::decision::{HedgeDelay, HedgeFirst, Plan, Reason};
 use edgeroute::inspect::inspect;
 use edgeroute::policy::{
     compile_file, compile_str, decide, render_diagnostics, run_cases, CompiledPolicy,
@@ -244,6 +244,7 @@ fn plans_carry_their_options() {
     assert_eq!(
         d.plan,
         Plan::Hedge {
+            first: HedgeFirst::Local,
             after: HedgeDelay::Fixed(Duration::from_millis(120)),
             redact: false
         }
@@ -300,6 +301,66 @@ fn hedge_after_p95_uses_the_local_first_token_signals_and_says_so() {
         .reasons
         .iter()
         .any(|r| matches!(r, Reason::HedgeDelay { .. })));
+}
+
+/// `first = "cloud"`: the hedge starts in the cloud, and `"p95"` reads the cloud's
+/// first-token signals (the local ones are ignored), naming them in the reasons.
+#[test]
+fn hedge_can_start_in_the_cloud_and_then_waits_for_the_cloud_p95() {
+    let p = policy("[defaults]\nroute = \"hedge\"\nfirst = \"cloud\"\nafter_ms = \"p95\"\n");
+    let f = inspect(&p, &Request::new("q"));
+    let s = Signals {
+        latency: LatencyEstimates {
+            local_first_token_ms: Some(90),
+            local_first_token_p95_ms: Some(240),
+            cloud_first_token_ms: Some(400),
+            cloud_first_token_p95_ms: None,
+            ..Default::default()
+        },
+        ..signals()
+    };
+    let d = decide(&p, &f, &s);
+    assert_eq!(
+        d.plan,
+        Plan::Hedge {
+            first: HedgeFirst::Cloud,
+            after: HedgeDelay::Fixed(Duration::from_millis(400)),
+            redact: false
+        }
+    );
+    assert!(d.reasons.contains(&Reason::HedgeDelay {
+        after_ms: 400,
+        basis: "cloud first-token estimate: too few first tokens observed for a p95".into()
+    }));
+    let s = Signals {
+        latency: LatencyEstimates {
+            cloud_first_token_p95_ms: Some(650),
+            ..s.latency
+        },
+        ..s
+    };
+    let d = decide(&p, &f, &s);
+    assert!(d.reasons.contains(&Reason::HedgeDelay {
+        after_ms: 650,
+        basis: "p95 of recent cloud first tokens".into()
+    }));
+
+    // Only `local` or `cloud`, with a suggestion for a near miss; only on hedges.
+    for (src, want) in [
+        (
+            "[defaults]\nroute = \"hedge\"\nfirst = \"clod\"\nafter_ms = 5\n",
+            "did you mean `cloud`",
+        ),
+        (
+            "[defaults]\nroute = \"cloud\"\nfirst = \"cloud\"\n",
+            "`first` does not apply to route `cloud`",
+        ),
+    ] {
+        let diags = compile_str(&format!("{CLOUD}{src}"), Path::new("p.toml")).unwrap_err();
+        let err = render_diagnostics(&diags);
+        assert!(err.contains(want), "{err}");
+        assert!(err.contains("p.toml:"), "{err}");
+    }
 }
 
 #[test]

@@ -709,6 +709,122 @@ async fn hedge_local_wins_and_the_slow_http_call_is_dropped() {
     assert!(generations_stop_within(Duration::from_secs(3)).await);
 }
 
+/// `first = "cloud"`: a cloud that streams its first token in time answers alone -- the local
+/// model never runs.
+#[tokio::test]
+async fn hedge_starting_in_the_cloud_leaves_the_device_idle_when_the_cloud_is_quick() {
+    let _turn = turn().await;
+    let fake = FakeProvider::start().await;
+    let r = router(
+        "[defaults]\nroute = \"hedge\"\nfirst = \"cloud\"\nafter_ms = 5000\n",
+        cloud_config(&fake),
+    );
+    let tokens_before = local().tokens_generated();
+    let watcher = PeakWatcher::start();
+    let resp = r
+        .complete(ask("Name a fruit that is yellow."))
+        .await
+        .unwrap();
+    assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    assert_eq!(hedge_winner(&resp).as_deref(), Some("cloud"));
+    assert_eq!(resp.text, support::DEFAULT_REPLY);
+    assert_eq!(resp.attempts.len(), 1, "{:?}", resp.attempts);
+    let cloud = &resp.attempts[0];
+    assert_eq!(cloud.route, Route::Cloud);
+    assert!(cloud.first_token.is_some());
+    assert_eq!(resp.cost.usd, price(cloud.usage));
+    assert_eq!(watcher.peak(), 0, "the local model ran");
+    assert_eq!(local().tokens_generated(), tokens_before);
+}
+
+/// `first = "cloud"` with a cloud that sends nothing: after the delay the device starts, wins,
+/// and the unanswered HTTP call is dropped; the cancelled call's estimate stays counted.
+#[tokio::test]
+async fn hedge_starting_in_the_cloud_falls_to_the_device_when_the_cloud_stalls() {
+    let _turn = turn().await;
+    let fake = FakeProvider::start().await;
+    let slow = Duration::from_secs(20);
+    fake.set_behavior(Behavior::SlowHeaders(slow));
+    let probe = conn_probe::ConnProbe::start(fake.addr()).await;
+    let after = Duration::from_millis(300);
+    let r = router(
+        "[defaults]\nroute = \"hedge\"\nfirst = \"cloud\"\nafter_ms = 300\n",
+        cloud_config(&fake).with_base_url(probe.url()),
+    );
+    let started = Instant::now();
+    let resp = r
+        .complete(ask("What is the boiling point of water?"))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.route, Route::Local, "{}", resp.decision);
+    assert_eq!(hedge_winner(&resp).as_deref(), Some("local"));
+    assert!(took < slow / 2, "the router waited for the cloud: {took:?}");
+    assert_eq!(fake.requests_received(), 1);
+    let local_attempt = resp
+        .attempts
+        .iter()
+        .find(|a| a.route == Route::Local)
+        .expect("local attempt");
+    // The device started only after the delay: the cloud ran at least `after` longer.
+    let cloud_attempt = resp
+        .attempts
+        .iter()
+        .find(|a| a.route == Route::Cloud)
+        .expect("cancelled cloud attempt");
+    assert!(
+        cloud_attempt.elapsed >= local_attempt.elapsed + after,
+        "{:?}",
+        resp.attempts
+    );
+    assert!(cloud_attempt
+        .error
+        .as_deref()
+        .is_some_and(|e| e.starts_with("cancelled")));
+    assert_eq!(resp.cost.usd, cloud_attempt.cost.usd);
+    assert!(resp.cost.estimated);
+
+    let until = Instant::now() + Duration::from_secs(3);
+    while (probe.abandoned() < 1 || probe.open() > 0) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(probe.abandoned(), 1, "the cloud call was not dropped");
+    assert_eq!(
+        probe.open(),
+        0,
+        "a connection to the provider is still open"
+    );
+    assert!(generations_stop_within(Duration::from_secs(3)).await);
+}
+
+/// A first tier that fails outright hands the request to the other one at once, and the
+/// response says so; the failed call is recorded and costs nothing.
+#[tokio::test]
+async fn hedge_falls_back_when_the_first_tier_fails() {
+    let _turn = turn().await;
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(401));
+    let r = router(
+        "[defaults]\nroute = \"hedge\"\nfirst = \"cloud\"\nafter_ms = 5000\n",
+        cloud_config(&fake),
+    );
+    let started = Instant::now();
+    let resp = r.complete(ask("Name a color.")).await.unwrap();
+    assert_eq!(resp.route, Route::Local, "{}", resp.decision);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited for the hedge delay after the cloud had failed"
+    );
+    assert!(resp.decision.reasons.iter().any(
+        |r| matches!(r, Reason::Fallback { from, error } if from == "cloud" && error.contains("401"))
+    ), "{}", resp.decision);
+    let routes: Vec<Route> = resp.attempts.iter().map(|a| a.route).collect();
+    assert_eq!(routes, [Route::Cloud, Route::Local]);
+    assert!(resp.attempts[0].error.is_some());
+    assert!(resp.attempts[0].cost.usd.is_zero());
+    assert!(resp.cost.usd.is_zero());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Budgets
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ use super::raw::{RawDelay, RawNumber, RawPolicy, RawRoute, RawTest, RawWhen};
 use super::source::{nearest, with_suggestion, SourceMap, TomlPath};
 use super::Diagnostic;
 use crate::cache::{CacheConfig, CacheMode};
-use crate::decision::{HedgeDelay, Plan};
+use crate::decision::{HedgeDelay, HedgeFirst, Plan};
 use crate::ledger::BudgetLimits;
 use crate::privacy::{CustomPattern, KeywordList, PrivacyConfig, Scanner, BUILTIN_KINDS};
 use crate::request::ConfidenceStat;
@@ -859,7 +859,7 @@ impl Compiler<'_> {
             "local" => &["pin"],
             "cloud" => &["redact", "pin"],
             "cascade" => &["redact", "min_confidence", "confidence_stat"],
-            "hedge" => &["redact", "after_ms"],
+            "hedge" => &["redact", "after_ms", "first"],
             "refuse" => &["message"],
             other => {
                 let hint = suggest(other, ROUTES.iter().copied());
@@ -878,6 +878,7 @@ impl Compiler<'_> {
             ("min_confidence", r.min_confidence.is_some()),
             ("confidence_stat", r.confidence_stat.is_some()),
             ("after_ms", r.after_ms.is_some()),
+            ("first", r.first.is_some()),
             ("pin", r.pin.is_some()),
             ("message", r.message.is_some()),
         ];
@@ -946,15 +947,21 @@ impl Compiler<'_> {
                 }
             }
             "hedge" => {
-                match &r.after_ms {
-                    Some(RawDelay::Ms(ms)) => Plan::Hedge {
-                        after: HedgeDelay::Fixed(Duration::from_millis(*ms)),
-                        redact,
-                    },
-                    Some(RawDelay::Named(name)) if name == "p95" => Plan::Hedge {
-                        after: HedgeDelay::LocalFirstTokenP95,
-                        redact,
-                    },
+                let first = match r.first.as_deref() {
+                    None | Some("local") => Some(HedgeFirst::Local),
+                    Some("cloud") => Some(HedgeFirst::Cloud),
+                    Some(other) => {
+                        let hint = suggest(other, ["local", "cloud"]);
+                        self.error(
+                            &path.key("first"),
+                            format!("a hedge starts with `local` or `cloud`, not `{other}`{hint}"),
+                        );
+                        None
+                    }
+                };
+                let after = match &r.after_ms {
+                    Some(RawDelay::Ms(ms)) => HedgeDelay::Fixed(Duration::from_millis(*ms)),
+                    Some(RawDelay::Named(name)) if name == "p95" => HedgeDelay::FirstTokenP95,
                     Some(RawDelay::Named(name)) => {
                         self.error(
                             &path.key("after_ms"),
@@ -966,6 +973,11 @@ impl Compiler<'_> {
                         self.error(path, "route `hedge` needs `after_ms` (delay before starting the second tier)");
                         return None;
                     }
+                };
+                Plan::Hedge {
+                    first: first?,
+                    after,
+                    redact,
                 }
             }
             _ => Plan::Refuse {

@@ -4,7 +4,7 @@
 //! I/O, no clock, no randomness. `explain` and the real pipeline call the same code.
 
 use super::compile::{CompiledPolicy, Condition, OnExhausted};
-use crate::decision::{Decision, HedgeDelay, Plan, Reason};
+use crate::decision::{Decision, HedgeDelay, HedgeFirst, Plan, Reason};
 use crate::inspect::Features;
 use crate::signals::{CloudHealth, Network, Signals};
 
@@ -37,26 +37,33 @@ pub fn decide(policy: &CompiledPolicy, features: &Features, signals: &Signals) -
     resolve_hedge_delay(decision, signals)
 }
 
-/// Turns a hedge's `after_ms = "p95"` into a fixed delay from the latency signals — the p95 of
-/// recent local first tokens, else the local first-token estimate — and says which it used.
+/// Turns a hedge's `after_ms = "p95"` into a fixed delay from the latency signals of the tier
+/// it starts with — the p95 of its recent first tokens, else its first-token estimate — and
+/// says which it used.
 fn resolve_hedge_delay(mut decision: Decision, s: &Signals) -> Decision {
-    if let Plan::Hedge { after, .. } = &mut decision.plan {
-        if *after == HedgeDelay::LocalFirstTokenP95 {
-            let (ms, basis) = match (
-                s.latency.local_first_token_p95_ms,
-                s.latency.local_first_token_ms,
-            ) {
-                (Some(p95), _) => (p95, "p95 of recent local first tokens"),
+    if let Plan::Hedge { first, after, .. } = &mut decision.plan {
+        if *after == HedgeDelay::FirstTokenP95 {
+            let l = &s.latency;
+            let (p95, estimate) = match first {
+                HedgeFirst::Local => (l.local_first_token_p95_ms, l.local_first_token_ms),
+                HedgeFirst::Cloud => (l.cloud_first_token_p95_ms, l.cloud_first_token_ms),
+            };
+            let tier = first.name();
+            let (ms, basis) = match (p95, estimate) {
+                (Some(p95), _) => (p95, format!("p95 of recent {tier} first tokens")),
                 (None, Some(estimate)) => (
                     estimate,
-                    "local first-token estimate: too few first tokens observed for a p95",
+                    format!("{tier} first-token estimate: too few first tokens observed for a p95"),
                 ),
-                (None, None) => (0, "no local first-token signal: both tiers start at once"),
+                (None, None) => (
+                    0,
+                    format!("no {tier} first-token signal: both tiers start at once"),
+                ),
             };
             *after = HedgeDelay::Fixed(std::time::Duration::from_millis(ms));
             decision.reasons.push(Reason::HedgeDelay {
                 after_ms: ms,
-                basis: basis.into(),
+                basis,
             });
         }
     }

@@ -235,6 +235,8 @@ pub struct RawRoute {
     pub confidence_stat: Option<String>,
     /// Hedge delay: milliseconds, or `"p95"`.
     pub after_ms: Option<RawDelay>,
+    /// The tier a hedge starts with: `local` (default) or `cloud`.
+    pub first: Option<String>,
     /// Never fall back across tiers.
     pub pin: Option<bool>,
     /// Refusal message.
@@ -261,6 +263,8 @@ pub struct RawRule {
     pub confidence_stat: Option<String>,
     /// Hedge delay: milliseconds, or `"p95"`.
     pub after_ms: Option<RawDelay>,
+    /// The tier a hedge starts with: `local` (default) or `cloud`.
+    pub first: Option<String>,
     /// Never fall back across tiers.
     pub pin: Option<bool>,
     /// Refusal message.
@@ -276,6 +280,7 @@ impl RawRule {
             min_confidence: self.min_confidence,
             confidence_stat: self.confidence_stat.clone(),
             after_ms: self.after_ms.clone(),
+            first: self.first.clone(),
             pin: self.pin,
             message: self.message.clone(),
         }
