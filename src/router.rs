@@ -797,8 +797,27 @@ impl Execution<'_> {
         let Some(c) = clearance else {
             return Err(Error::PrivacyGuard);
         };
-        let local = self.local_tier()?.clone();
-        let cloud = self.cloud_tier()?.clone();
+        // With one tier missing there is nothing to race: the other answers alone.
+        let local = match self.local_tier() {
+            Ok(l) => l.clone(),
+            Err(e) => {
+                self.reasons.push(Reason::Fallback {
+                    from: "local".into(),
+                    error: e.to_string(),
+                });
+                return self.run_cloud(c, redact).await;
+            }
+        };
+        let cloud = match self.cloud_tier() {
+            Ok(cl) => cl.clone(),
+            Err(e) => {
+                self.reasons.push(Reason::Fallback {
+                    from: "cloud".into(),
+                    error: e.to_string(),
+                });
+                return self.run_local().await.map(|(outcome, _)| outcome);
+            }
+        };
         let trace_content = self.router.inner.trace_content;
         let (local_call, _) = self.call(false);
         let local_span = tier_span(

@@ -312,3 +312,53 @@ async fn no_api_key_means_cloud_unavailable_and_local_answers() {
         .any(|r| matches!(r, Reason::CloudUnavailable { .. })));
     assert_eq!(fake.requests_received(), 0);
 }
+
+/// A hedge with one tier missing has nothing to race: the other tier answers alone, and the
+/// decision says why.
+#[tokio::test]
+async fn hedge_without_a_local_tier_answers_from_the_cloud() {
+    let fake = FakeProvider::start().await;
+    let r = Router::builder()
+        .policy_str(format!(
+            "{CLOUD}[defaults]\nroute = \"hedge\"\nafter_ms = 50\n"
+        ))
+        .load_local_model(false)
+        .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
+        .cache(false)
+        .build()
+        .unwrap();
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    assert!(resp.decision.reasons.iter().any(
+        |r| matches!(r, Reason::Fallback { from, error } if from == "local" && error.contains("no local model"))
+    ), "{}", resp.decision);
+    assert_eq!(fake.requests_received(), 1);
+}
+
+/// Both tiers of a hedge failing is one error naming both, in the order they failed; both
+/// attempts are recorded and nothing is charged.
+#[tokio::test]
+async fn hedge_with_both_tiers_failing_reports_both() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(401));
+    let local = Arc::new(EchoModel::default());
+    local.fail.store(true, Ordering::SeqCst);
+    let r = router(
+        "[defaults]\nroute = \"hedge\"\nafter_ms = 50\n",
+        local.clone(),
+        fake.openai_config(),
+    );
+    let err = r.complete(Request::new("hello")).await.unwrap_err();
+    let Error::AllFailed(errors) = &err else {
+        panic!("expected AllFailed, got {err:?}");
+    };
+    let names: Vec<&str> = errors.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 2, "{err}");
+    assert!(
+        names[0].starts_with("local:") && names[1].starts_with("cloud:"),
+        "{err}"
+    );
+    assert!(matches!(errors[1].1, Error::Auth { status: 401 }), "{err}");
+    assert_eq!(local.calls(), 1);
+    assert_eq!(fake.requests_received(), 1);
+}
