@@ -820,68 +820,63 @@ impl Execution<'_> {
         };
         let trace_content = self.router.inner.trace_content;
         let (local_call, _) = self.call(false);
-        let local_span = tier_span(
-            "local",
-            "onnxruntime",
-            local.name(),
-            &local_call,
-            trace_content,
-        );
         let (cloud_call, rehydrator) = self.call(redact || c.must_redact());
-        let cloud_span = tier_span(
-            "cloud",
-            self.provider_name(),
-            cloud.name(),
-            &cloud_call,
-            trace_content,
-        );
+        let redacted_spans = rehydrator.as_ref().map(|r| r.len());
+        let provider = self.provider_name();
         let estimate = self.cloud_estimate(&cloud_call);
         let store = self.router.inner.store.clone();
         // Outside the legs, so that a leg dropped mid-stream (the loser) still reports them.
         let (local_clock, cloud_clock) = (LegClock::default(), LegClock::default());
         let reservation = std::sync::Mutex::new(None);
 
+        // Each leg opens its span when it starts: a tier that never ran leaves no span.
         let local_leg = {
             let clock = &local_clock;
             async move {
-                clock.start();
-                let stream = local.stream(local_call).await?;
-                let g = collect_leg(stream, clock).await?;
-                let done = (g, clock.first_token());
-                record_usage(
-                    &tracing::Span::current(),
-                    Ok(&done),
-                    clock.started(),
+                let span = tier_span(
+                    "local",
+                    "onnxruntime",
+                    local.name(),
+                    &local_call,
                     trace_content,
                 );
-                Ok(done.0)
+                async move {
+                    clock.start();
+                    let stream = local.stream(local_call).await?;
+                    let g = collect_leg(stream, clock).await?;
+                    let done = (g, clock.first_token());
+                    let span = tracing::Span::current();
+                    record_usage(&span, Ok(&done), clock.started(), trace_content);
+                    Ok(done.0)
+                }
+                .instrument(span)
+                .await
             }
-            .instrument(local_span)
         };
         let cloud_leg = {
             let (clock, store, reservation) = (&cloud_clock, store.clone(), &reservation);
             async move {
-                clock.start();
-                // The budget is only touched when the cloud actually starts.
-                if let Some(s) = &store {
-                    let r = s.reserve(estimate).await?;
-                    *reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                let span = tier_span("cloud", provider, cloud.name(), &cloud_call, trace_content);
+                async move {
+                    clock.start();
+                    // The budget is only touched when the cloud actually starts.
+                    if let Some(s) = &store {
+                        let r = s.reserve(estimate).await?;
+                        *reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                    }
+                    let stream = cloud.stream(c, cloud_call).await?;
+                    let mut g = collect_leg(stream, clock).await?;
+                    if let Some(r) = rehydrator {
+                        g.text = r.rehydrate(&g.text);
+                    }
+                    let done = (g, clock.first_token());
+                    let span = tracing::Span::current();
+                    record_usage(&span, Ok(&done), clock.started(), trace_content);
+                    Ok(done.0)
                 }
-                let stream = cloud.stream(c, cloud_call).await?;
-                let mut g = collect_leg(stream, clock).await?;
-                if let Some(r) = rehydrator {
-                    g.text = r.rehydrate(&g.text);
-                }
-                let done = (g, clock.first_token());
-                record_usage(
-                    &tracing::Span::current(),
-                    Ok(&done),
-                    clock.started(),
-                    trace_content,
-                );
-                Ok(done.0)
+                .instrument(span)
+                .await
             }
-            .instrument(cloud_span)
         };
         let (local_leg, cloud_leg): (Leg<'_>, Leg<'_>) = (Box::pin(local_leg), Box::pin(cloud_leg));
         let (tiers, mut primary, mut secondary) = match first {
@@ -928,6 +923,9 @@ impl Execution<'_> {
             tiers[0]
         };
 
+        if let (Some(spans), true) = (redacted_spans, cloud_clock.started.get().is_some()) {
+            self.reasons.push(Reason::Redacted { spans });
+        }
         let mut cloud_cost = Decimal::ZERO;
         if let Some(e) = &failed {
             cloud_cost += self.hedge_leg(other, clock(other), LegEnd::Failed(e), estimate);

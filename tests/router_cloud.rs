@@ -362,3 +362,42 @@ async fn hedge_with_both_tiers_failing_reports_both() {
     assert_eq!(local.calls(), 1);
     assert_eq!(fake.requests_received(), 1);
 }
+
+/// A redacting hedge whose cloud leg runs (here: the device fails first) sends placeholders,
+/// re-hydrates the answer and says it redacted; a hedge the device answers alone does not
+/// claim a redaction that never left the device.
+#[tokio::test]
+async fn redacting_hedge_sends_placeholders_only_when_the_cloud_runs() {
+    let fake = FakeProvider::start().await;
+    fake.set_reply("Sure, I will write to <EMAIL_1> today.");
+    let local = Arc::new(EchoModel::default());
+    let r = router(
+        "[defaults]\nroute = \"hedge\"\nredact = true\nafter_ms = 5000\n",
+        local.clone(),
+        fake.openai_config(),
+    );
+    let prompt = "Draft a note to jane.roe@example.com about lunch";
+    let resp = r.complete(Request::new(prompt)).await.unwrap();
+    assert_eq!(resp.route, Route::Local);
+    assert!(!resp
+        .decision
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::Redacted { .. })));
+    assert_eq!(fake.requests_received(), 0);
+
+    local.fail.store(true, Ordering::SeqCst);
+    let resp = r.complete(Request::new(prompt)).await.unwrap();
+    assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    assert_eq!(
+        resp.text,
+        "Sure, I will write to jane.roe@example.com today."
+    );
+    assert!(resp
+        .decision
+        .reasons
+        .contains(&Reason::Redacted { spans: 1 }));
+    let raw = String::from_utf8_lossy(&fake.last_request().unwrap().raw).into_owned();
+    assert!(!raw.contains("jane.roe@example.com"), "{raw}");
+    assert!(raw.contains("<EMAIL_1>"), "{raw}");
+}

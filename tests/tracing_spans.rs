@@ -154,3 +154,42 @@ fn opting_in_records_the_messages_and_the_answer() {
     let output: serde_json::Value = serde_json::from_str(&tier["gen_ai.output.messages"]).unwrap();
     assert_eq!(output[0]["content"], response.text.as_str());
 }
+
+/// A hedge that the local tier answers before the delay opens no span for the cloud: a trace
+/// never shows a cloud call that did not happen.
+#[cfg(feature = "cloud")]
+#[test]
+fn a_hedge_that_never_starts_the_cloud_has_no_cloud_span() {
+    use edgeroute::backend::cloud::CloudBackend;
+
+    let capture = Captured::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = rt.block_on(support::FakeProvider::start());
+    let response = tracing::subscriber::with_default(subscriber, || {
+        rt.block_on(async {
+            let router = Router::builder()
+                .policy_str(
+                    "[cloud]\nmodel = \"fake-model\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n\
+                     [defaults]\nroute = \"hedge\"\nafter_ms = 5000\n",
+                )
+                .local_backend(Arc::new(EchoModel::default()))
+                .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
+                .cache(false)
+                .build()
+                .unwrap();
+            router.complete(Request::new("hello")).await.unwrap()
+        })
+    });
+    assert_eq!(response.route, Route::Local);
+    let tiers: Vec<String> = capture
+        .spans("edgeroute.tier")
+        .iter()
+        .map(|f| f["edgeroute.tier"].clone())
+        .collect();
+    assert_eq!(tiers, ["local"]);
+    assert_eq!(fake.requests_received(), 0);
+}
