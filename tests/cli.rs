@@ -146,6 +146,60 @@ fn explain_json_names_rule_and_reasons() {
     assert!(signals["latency"]["local_first_token_p95_ms"].is_null());
 }
 
+/// `explain` shows the plan with its options: here latency-first's deadline rule, a hedge that
+/// starts in the cloud, with the delay resolved from the cloud's first-token estimate (the
+/// policy's `cloud_ms` until anything was measured).
+#[cfg(feature = "cloud")]
+#[test]
+fn explain_shows_the_plan_and_its_options() {
+    let args = [
+        "explain",
+        "--policy",
+        "policies/latency-first.toml",
+        "--deadline-ms",
+        "200",
+        "Give me a synonym for happy.",
+    ];
+    let json = bin()
+        .args([&args[..1], &["--json"], &args[1..]].concat())
+        .env("OPENAI_API_KEY", "sk-test")
+        .output()
+        .unwrap();
+    assert!(json.status.success(), "{}", stderr(&json));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    let policy =
+        edgeroute::policy::compile_file(std::path::Path::new("policies/latency-first.toml"))
+            .unwrap();
+    assert_eq!(v["rule"], "local-too-slow", "{v}");
+    assert_eq!(v["plan"]["route"], "hedge", "{v}");
+    assert_eq!(v["plan"]["first"], "cloud", "{v}");
+    assert_eq!(
+        v["plan"]["after"].as_u64(),
+        Some(policy.latency.cloud_ms),
+        "{v}"
+    );
+    assert!(v["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["kind"] == "hedge_delay"
+            && r["basis"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("cloud first-token estimate")));
+
+    let text = bin()
+        .args(args)
+        .env("OPENAI_API_KEY", "sk-test")
+        .output()
+        .unwrap();
+    let out = stdout(&text);
+    assert!(
+        out.contains("plan:  {\"route\":\"hedge\",\"first\":\"cloud\""),
+        "{out}"
+    );
+}
+
 /// Needs the cloud tier to exist (with a key) for "offline" to be the reason.
 #[cfg(feature = "cloud")]
 #[test]

@@ -355,6 +355,7 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode
         let out = json!({
             "route": decision.route(),
             "rule": decision.rule,
+            "plan": decision.plan,
             "reasons": reasons_json(&decision),
             "signals": signals,
             "prompt_tokens": features.prompt_tokens,
@@ -363,6 +364,9 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode
     } else {
         println!("route: {}", decision.route());
         println!("rule:  {}", decision.rule);
+        // The plan with every option the executor will use (pin, redact, thresholds, delays).
+        let plan = serde_json::to_string(&decision.plan).unwrap_or_default();
+        println!("plan:  {plan}");
         for r in &decision.reasons {
             println!("  - {r}");
         }
