@@ -577,8 +577,14 @@ enum LegEnd<'g> {
 }
 
 /// Collects one hedge leg's stream (nothing reaches the caller until a leg has won) into its
-/// generation, noting its first token on `clock`.
-async fn collect_leg(mut stream: EventStream, clock: &LegClock) -> Result<Generation> {
+/// generation, noting its first token on `clock`, re-hydrating a redacted answer, and
+/// recording the outcome on the leg's (current) span.
+async fn collect_leg(
+    mut stream: EventStream,
+    clock: &LegClock,
+    rehydrator: Option<crate::privacy::Rehydrator>,
+    trace_content: bool,
+) -> Result<Generation> {
     let mut text = String::new();
     loop {
         let event = stream.next().await.ok_or_else(|| {
@@ -592,8 +598,14 @@ async fn collect_leg(mut stream: EventStream, clock: &LegClock) -> Result<Genera
                 text.push_str(&d);
             }
             StreamEvent::Done(mut g) => {
-                g.text = text;
-                return Ok(g);
+                g.text = match rehydrator {
+                    Some(r) => r.rehydrate(&text),
+                    None => text,
+                };
+                let done = (g, clock.first_token());
+                let span = tracing::Span::current();
+                record_usage(&span, Ok(&done), clock.started(), trace_content);
+                return Ok(done.0);
             }
         }
     }
@@ -843,11 +855,7 @@ impl Execution<'_> {
                 async move {
                     clock.start();
                     let stream = local.stream(local_call).await?;
-                    let g = collect_leg(stream, clock).await?;
-                    let done = (g, clock.first_token());
-                    let span = tracing::Span::current();
-                    record_usage(&span, Ok(&done), clock.started(), trace_content);
-                    Ok(done.0)
+                    collect_leg(stream, clock, None, trace_content).await
                 }
                 .instrument(span)
                 .await
@@ -865,14 +873,7 @@ impl Execution<'_> {
                         *reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                     }
                     let stream = cloud.stream(c, cloud_call).await?;
-                    let mut g = collect_leg(stream, clock).await?;
-                    if let Some(r) = rehydrator {
-                        g.text = r.rehydrate(&g.text);
-                    }
-                    let done = (g, clock.first_token());
-                    let span = tracing::Span::current();
-                    record_usage(&span, Ok(&done), clock.started(), trace_content);
-                    Ok(done.0)
+                    collect_leg(stream, clock, rehydrator, trace_content).await
                 }
                 .instrument(span)
                 .await
