@@ -161,7 +161,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rss_mb: col("peak_rss_mb").into_iter().fold(0.0, f64::max),
     };
 
-    println!("local_bench: {} | threads {threads} | max_new_tokens {max_new} | spinning {spin} | median of {runs} interleaved runs | model load {load_ms:.0} ms", backend.model_dir().display());
+    println!(
+        "local_bench: {} | threads {threads} | max_new_tokens {max_new} | spinning {spin} | median of {runs} interleaved runs | model load {load_ms:.0} ms | weights on 2 MiB pages: {} MiB",
+        backend.model_dir().display(),
+        backend.huge_page_bytes() >> 20
+    );
     println!(
         "{:<22} {:>8} {:>10} {:>16} {:>17} {:>14} {:>14}",
         "",

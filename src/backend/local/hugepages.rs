@@ -1,0 +1,320 @@
+//! Backs the model's weights with 2 MiB pages.
+//!
+//! Decoding reads every weight once per token (~190 MB for the default model), so its speed is
+//! bounded by memory traffic — and, with 4 KiB pages, by address-translation (TLB) misses over
+//! that much memory. Linux's transparent huge pages remove most of those misses, but most
+//! systems give them only to memory that asks for them (`enabled = madvise`), and ONNX Runtime
+//! does not ask. So once the sessions are open, [`collapse_since`] asks the kernel
+//! (`madvise(MADV_COLLAPSE)`, Linux ≥ 6.1) to rebuild in place, as 2 MiB pages, every fully
+//! resident 2 MiB stretch of private anonymous memory mapped since a [`Snapshot`] — that is,
+//! what loading the model allocated. Contents, addresses and resident size stay the same; only
+//! chunks whose every page is already resident are touched, so nothing grows.
+//!
+//! Best effort: on other systems, on older kernels, with huge pages switched off
+//! (`enabled = never`) or when the kernel declines a chunk, memory stays as it was.
+//! Measured with `examples/local_bench.rs`: see the README's local tier section.
+
+use std::ops::Range;
+
+/// Private anonymous writable mappings of this process at one moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    regions: Vec<Range<usize>>,
+}
+
+/// What [`collapse_since`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Collapsed {
+    /// Bytes now backed by 2 MiB pages.
+    pub(crate) bytes: usize,
+    /// Fully resident chunks the kernel declined (no free huge page at the moment...).
+    pub(crate) declined: usize,
+    /// Why nothing was tried, when this system cannot do it.
+    pub(crate) unavailable: Option<String>,
+}
+
+impl Snapshot {
+    /// Reads `/proc/self/maps`; empty where that does not exist.
+    pub(crate) fn take() -> Self {
+        Snapshot {
+            regions: std::fs::read_to_string("/proc/self/maps")
+                .map(|maps| anonymous_regions(&maps))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The private, anonymous, writable mappings (heaps, `mmap`ed allocations) listed in a
+/// `/proc/<pid>/maps` text.
+fn anonymous_regions(maps: &str) -> Vec<Range<usize>> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            let inode = fields.nth(2)?;
+            let path = fields.next().unwrap_or("");
+            let anonymous = inode == "0" && (path.is_empty() || path == "[heap]");
+            if !anonymous || !perms.starts_with("rw") || !perms.ends_with('p') {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            let start = usize::from_str_radix(start, 16).ok()?;
+            let end = usize::from_str_radix(end, 16).ok()?;
+            (start < end).then_some(start..end)
+        })
+        .collect()
+}
+
+/// The parts of `now` not covered by any of `before`.
+fn new_parts(before: &[Range<usize>], now: &[Range<usize>]) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    for region in now {
+        let mut pieces = vec![region.clone()];
+        for old in before {
+            pieces = pieces
+                .into_iter()
+                .flat_map(|p| {
+                    let left = p.start..p.end.min(old.start);
+                    let right = p.start.max(old.end)..p.end;
+                    [left, right].into_iter().filter(|r| r.start < r.end)
+                })
+                .collect();
+        }
+        out.extend(pieces);
+    }
+    out
+}
+
+/// Starts of the `chunk`-aligned chunks lying wholly inside `range`.
+fn aligned_chunks(range: &Range<usize>, chunk: usize) -> impl Iterator<Item = usize> {
+    let first = range.start.div_ceil(chunk) * chunk;
+    let end = range.end / chunk * chunk;
+    (first..end).step_by(chunk)
+}
+
+/// Collapses into huge pages the fully resident chunks of anonymous memory mapped since
+/// `before`. Never fails: what cannot be done is logged at debug level and skipped.
+pub(crate) fn collapse_since(before: &Snapshot) -> Collapsed {
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = before;
+        return Collapsed {
+            unavailable: Some("transparent huge pages are a Linux feature".into()),
+            ..Collapsed::default()
+        };
+    }
+    #[cfg(target_os = "linux")]
+    match system::Support::probe() {
+        Ok(support) => {
+            let now = Snapshot::take();
+            let mut done = Collapsed::default();
+            for part in new_parts(&before.regions, &now.regions) {
+                for chunk in aligned_chunks(&part, support.huge_page) {
+                    if !support.fully_resident(chunk) {
+                        continue;
+                    }
+                    match system::collapse(chunk, support.huge_page) {
+                        Ok(()) => done.bytes += support.huge_page,
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                            let why = format!("this kernel has no MADV_COLLAPSE (Linux >= 6.1): {e}");
+                            tracing::debug!(%why, "huge pages: not used");
+                            done.unavailable = Some(why);
+                            return done;
+                        }
+                        Err(_) => done.declined += 1,
+                    }
+                }
+            }
+            tracing::debug!(
+                mib = done.bytes >> 20,
+                declined = done.declined,
+                "huge pages: model memory collapsed"
+            );
+            done
+        }
+        Err(why) => {
+            tracing::debug!(%why, "huge pages: not used");
+            Collapsed {
+                unavailable: Some(why),
+                ..Collapsed::default()
+            }
+        }
+    }
+}
+
+/// The few system calls this needs.
+#[cfg(target_os = "linux")]
+mod system {
+    use std::fs::File;
+    use std::io;
+    use std::os::unix::fs::FileExt;
+
+    /// `MADV_COLLAPSE` from Linux's uapi `mman-common.h` (the `libc` crate does not name it).
+    const MADV_COLLAPSE: libc::c_int = 25;
+    const PAGE_PRESENT: u64 = 1 << 63;
+
+    /// What this system offers.
+    pub(super) struct Support {
+        /// Size of a huge page (2 MiB on x86-64 and on arm64 with 4 KiB pages).
+        pub(super) huge_page: usize,
+        page: usize,
+        pagemap: File,
+    }
+
+    impl Support {
+        pub(super) fn probe() -> Result<Self, String> {
+            const THP: &str = "/sys/kernel/mm/transparent_hugepage";
+            let enabled = std::fs::read_to_string(format!("{THP}/enabled"))
+                .map_err(|e| format!("{THP}/enabled: {e}"))?;
+            if enabled.contains("[never]") {
+                return Err("transparent huge pages are switched off (enabled = never)".into());
+            }
+            let huge_page = std::fs::read_to_string(format!("{THP}/hpage_pmd_size"))
+                .map_err(|e| format!("{THP}/hpage_pmd_size: {e}"))?
+                .trim()
+                .parse::<usize>()
+                .map_err(|e| format!("{THP}/hpage_pmd_size: {e}"))?;
+            let page = page_size();
+            if page == 0 || huge_page == 0 || huge_page % page != 0 {
+                return Err(format!("page size {page}, huge page size {huge_page}"));
+            }
+            let pagemap =
+                File::open("/proc/self/pagemap").map_err(|e| format!("/proc/self/pagemap: {e}"))?;
+            Ok(Support {
+                huge_page,
+                page,
+                pagemap,
+            })
+        }
+
+        /// Whether every page of the huge-page-sized chunk at `addr` is in memory (so collapsing
+        /// it adds nothing to the resident size).
+        pub(super) fn fully_resident(&self, addr: usize) -> bool {
+            let pages = self.huge_page / self.page;
+            let mut entries = vec![0u8; pages * 8];
+            let offset = (addr / self.page * 8) as u64;
+            if self.pagemap.read_exact_at(&mut entries, offset).is_err() {
+                return false;
+            }
+            entries.chunks_exact(8).all(|e| {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(e);
+                u64::from_ne_bytes(bytes) & PAGE_PRESENT != 0
+            })
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn page_size() -> usize {
+        // SAFETY: sysconf only reads a system constant.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(size).unwrap_or(0)
+    }
+
+    /// Asks the kernel to back `[addr, addr + len)` with huge pages, keeping its contents.
+    #[allow(unsafe_code)]
+    pub(super) fn collapse(addr: usize, len: usize) -> io::Result<()> {
+        // SAFETY: MADV_COLLAPSE changes only how the range is backed, never its contents or
+        // addresses; the range lies inside a mapping of this process that was just listed, and
+        // on a range that is not (or no longer) mapped the kernel returns ENOMEM.
+        let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, MADV_COLLAPSE) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0                          [heap]
+7f0000000000-7f0000400000 rw-p 00000000 00:00 0 
+7f0000400000-7f0000600000 r--p 00000000 08:01 1234                       /usr/lib/libfoo.so
+7f0000600000-7f0000800000 rw-p 00010000 08:01 1234                       /usr/lib/libfoo.so
+7f0000800000-7f0000a00000 ---p 00000000 00:00 0 
+7f0000a00000-7f0000c00000 rw-s 00000000 00:01 77                         /dev/zero (deleted)
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+";
+
+    #[test]
+    fn only_private_anonymous_writable_mappings_count() {
+        assert_eq!(
+            anonymous_regions(MAPS),
+            vec![
+                0x55d0_c0a0_0000..0x55d0_c0a2_1000,
+                0x7f00_0000_0000..0x7f00_0040_0000
+            ]
+        );
+        assert!(anonymous_regions("garbage\n\n1-2\nzz-yy rw-p 0 00:00 0\n").is_empty());
+    }
+
+    #[test]
+    fn new_parts_subtracts_what_was_mapped_before() {
+        let before = [10..20, 30..40];
+        let now = [0..25, 30..40, 35..50, 60..70];
+        assert_eq!(
+            new_parts(&before, &now),
+            vec![0..10, 20..25, 40..50, 60..70]
+        );
+        assert_eq!(new_parts(&[], &[5..9]), vec![5..9]);
+        assert!(new_parts(&[0..100], &[10..20]).is_empty());
+    }
+
+    #[test]
+    fn only_whole_aligned_chunks_are_used() {
+        let chunks: Vec<usize> = aligned_chunks(&(5..47), 10).collect();
+        assert_eq!(chunks, vec![10, 20, 30]);
+        assert_eq!(aligned_chunks(&(0..20), 10).count(), 2);
+        assert_eq!(aligned_chunks(&(11..19), 10).count(), 0);
+    }
+
+    /// AnonHugePages (kB) of the mapping containing `addr`, from `/proc/self/smaps`.
+    fn anon_huge_kib_at(addr: usize) -> Option<usize> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((a, b)) = range.split_once('-') {
+                    if let (Ok(a), Ok(b)) =
+                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                    {
+                        inside = (a..b).contains(&addr);
+                        continue;
+                    }
+                }
+            }
+            if inside {
+                if let Some(v) = line.strip_prefix("AnonHugePages:") {
+                    return v.trim().trim_end_matches("kB").trim().parse().ok();
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn memory_allocated_after_the_snapshot_is_collapsed_when_the_kernel_can() {
+        let before = Snapshot::take();
+        // 16 MiB written through, so every page is resident; big enough that the allocator maps
+        // it on its own.
+        let buffer: Vec<u8> = (0..16 << 20).map(|i| (i % 251) as u8).collect();
+        let done = collapse_since(&before);
+        // Contents survive whatever happened.
+        assert!(buffer.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        if let Some(why) = &done.unavailable {
+            eprintln!("huge pages unavailable here ({why}); only contents checked");
+            assert_eq!(done.bytes, 0);
+            return;
+        }
+        // The 7 whole 2 MiB chunks inside the buffer (at least) are now huge pages.
+        assert!(done.bytes >= 7 << 21, "{done:?}");
+        let huge = anon_huge_kib_at(buffer.as_ptr() as usize).unwrap();
+        assert!(huge >= 7 * 2048, "AnonHugePages {huge} kB");
+    }
+}
