@@ -1,6 +1,9 @@
 //! Local tier benchmark: time to first token (32-token prompt), decode tokens/s and peak RSS,
 //! Rust (`LocalBackend`) side by side with the same greedy loop in Python onnxruntime.
-//! Needs `python3 scripts/setup.py`; run: `cargo run --release --no-default-features --features onnx --example local_bench [threads] [max_new_tokens] [runs] [spin 0|1]`.
+//! The Python loop runs twice per round: as is, and with its memory moved to 2 MiB pages the way
+//! `LocalBackend` does it (`--huge-pages 1`), so the table shows how much of the difference that
+//! accounts for.
+//! Needs `python3 scripts/setup.py`; run: `cargo run --release --no-default-features --features onnx --example local_bench [threads] [max_new_tokens] [runs] [spin 0|1] [huge_pages 1|0]`.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -63,12 +66,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let max_new = args.get(1).copied().unwrap_or(128) as u32;
     let runs = args.get(2).copied().unwrap_or(3).max(1);
     let spin = args.get(3).copied().unwrap_or(0) == 1;
+    let huge_pages = args.get(4).copied().unwrap_or(1) == 1;
 
     let t0 = Instant::now();
     let backend = LocalBackend::builder()
         .threads(threads)
         .pool_size(1)
         .intra_op_spinning(spin)
+        .huge_pages(huge_pages)
         .commit()?;
     let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let messages = [Message::system(SYSTEM), Message::user(PROMPT)];
@@ -103,13 +108,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (threads_s, max_new_s) = (threads.to_string(), max_new.to_string());
     // One Python run (own process, warmed up) right after each Rust run, so both sides see the
     // same machine load.
-    let python_run = || -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let python_run = |huge: bool| -> Result<serde_json::Value, Box<dyn std::error::Error>> {
         let out = Command::new(&python)
             .arg(script)
             .args(["--model-dir", &model_dir, "--threads", &threads_s])
             .args(["--system", SYSTEM, "--prompt", PROMPT])
             .args(["--max-new-tokens", &max_new_s, "--runs", "1"])
             .args(["--spin", if spin { "1" } else { "0" }])
+            .args(["--huge-pages", if huge { "1" } else { "0" }])
             .output()?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
@@ -119,7 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let (mut ttfts, mut tps, mut cpus, mut generated) = (Vec::new(), Vec::new(), Vec::new(), 0);
-    let mut py_runs = Vec::new();
+    let (mut py_runs, mut py_huge_runs) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         warm_up()?;
         let mut stamps = Vec::new();
@@ -136,7 +142,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tps.push((stamps.len() - 1) as f64 / (*last - *first).as_secs_f64());
             }
         }
-        py_runs.push(python_run()?);
+        py_runs.push(python_run(false)?);
+        py_huge_runs.push(python_run(true)?);
     }
     let rust = Row {
         prompt_tokens,
@@ -146,21 +153,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cpu_ms_per_token: median(cpus),
         rss_mb: vm_hwm_mb(),
     };
-    let col = |k: &str| -> Vec<f64> {
-        py_runs
+    let python_row = |runs: &[serde_json::Value]| {
+        let col = |k: &str| -> Vec<f64> {
+            runs.iter()
+                .map(|v| v[k].as_f64().unwrap_or(f64::NAN))
+                .collect()
+        };
+        Row {
+            prompt_tokens: median(col("prompt_tokens")) as usize,
+            generated: median(col("generated_tokens")) as usize,
+            ttft_ms: median(col("ttft_ms")),
+            tps: median(col("decode_tokens_per_s")),
+            cpu_ms_per_token: median(col("cpu_ms_per_token")),
+            rss_mb: col("peak_rss_mb").into_iter().fold(0.0, f64::max),
+        }
+    };
+    let py = python_row(&py_runs);
+    let py_huge = python_row(&py_huge_runs);
+    let py_huge_mib = median(
+        py_huge_runs
             .iter()
-            .map(|v| v[k].as_f64().unwrap_or(f64::NAN))
-            .collect()
-    };
-    let py = Row {
-        prompt_tokens: median(col("prompt_tokens")) as usize,
-        generated: median(col("generated_tokens")) as usize,
-        ttft_ms: median(col("ttft_ms")),
-        tps: median(col("decode_tokens_per_s")),
-        cpu_ms_per_token: median(col("cpu_ms_per_token")),
-        rss_mb: col("peak_rss_mb").into_iter().fold(0.0, f64::max),
-    };
-
+            .map(|v| v["huge_page_mib"].as_f64().unwrap_or(0.0))
+            .collect(),
+    );
     println!(
         "local_bench: {} | threads {threads} | max_new_tokens {max_new} | spinning {spin} | median of {runs} interleaved runs | model load {load_ms:.0} ms | weights on 2 MiB pages: {} MiB",
         backend.model_dir().display(),
@@ -176,16 +191,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "CPU ms/token",
         "peak RSS MiB"
     );
-    for (name, r) in [("Rust (edgeroute)", &rust), ("Python onnxruntime", &py)] {
+    let py_huge_name = format!("Python + {py_huge_mib:.0} MiB huge");
+    for (name, r) in [
+        ("Rust (edgeroute)", &rust),
+        ("Python onnxruntime", &py),
+        (py_huge_name.as_str(), &py_huge),
+    ] {
         println!(
             "{:<22} {:>8} {:>10} {:>16.1} {:>17.1} {:>14.1} {:>14.0}",
             name, r.prompt_tokens, r.generated, r.ttft_ms, r.tps, r.cpu_ms_per_token, r.rss_mb
         );
     }
     println!(
-        "Rust / Python decode speed: {:.2}x wall, {:.2}x CPU (aim >= 1.2x); Rust first token {:.1} ms (aim < 100 ms); load average {}",
+        "Rust / Python decode speed: {:.2}x wall, {:.2}x CPU (aim >= 1.2x); vs Python on huge pages {:.2}x wall; Rust first token {:.1} ms (aim < 100 ms); load average {}",
         rust.tps / py.tps,
         py.cpu_ms_per_token / rust.cpu_ms_per_token,
+        rust.tps / py_huge.tps,
         rust.ttft_ms,
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?")
     );

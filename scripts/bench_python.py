@@ -25,6 +25,34 @@ def vm_hwm_mb():
     return float("nan")
 
 
+def collapse_to_huge_pages():
+    """What LocalBackend does after opening its session (src/backend/local/hugepages.rs), done
+    here with ctypes: MADV_COLLAPSE every fully resident 2 MiB chunk of private anonymous
+    memory. Returns the bytes collapsed (0 where the system cannot)."""
+    import ctypes
+
+    huge, page, done = 2 << 20, os.sysconf("SC_PAGE_SIZE"), 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb") as pagemap:
+        for line in maps.read().splitlines():
+            f = line.split()
+            if len(f) < 5 or f[4] != "0" or not f[1].startswith("rw") or not f[1].endswith("p"):
+                continue
+            if len(f) > 5 and f[5] != "[heap]":
+                continue
+            start, end = (int(x, 16) for x in f[0].split("-"))
+            chunk = -(-start // huge) * huge
+            while chunk + huge <= end:
+                pagemap.seek(chunk // page * 8)
+                entries = pagemap.read(huge // page * 8)
+                present = all(entries[i + 7] & 0x80 for i in range(0, len(entries), 8))
+                if present and libc.madvise(chunk, huge, 25) == 0:  # 25 = MADV_COLLAPSE
+                    done += huge
+                chunk += huge
+    return done
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", required=True)
@@ -34,9 +62,11 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--spin", type=int, default=0, help="1: let ORT threads busy-wait (as the Rust side)")
+    ap.add_argument("--huge-pages", type=int, default=0, help="1: move the session's memory to 2 MiB pages")
     args = ap.parse_args()
 
     g = Greedy(args.model_dir, args.threads, spin=bool(args.spin))
+    huge_page_bytes = collapse_to_huge_pages() if args.huge_pages else 0
     t = g.manifest["chat_template"]
     text = (
         f"{t['turn_start']}system\n{args.system}{t['turn_end']}\n"
@@ -66,6 +96,7 @@ def main():
                 "decode_tokens_per_s": statistics.median(tps),
                 "cpu_ms_per_token": cpu_ms_per_token,
                 "peak_rss_mb": vm_hwm_mb(),
+                "huge_page_mib": huge_page_bytes >> 20,
             }
         )
     )

@@ -260,3 +260,48 @@ async fn a_passed_deadline_stops_generation_with_timeout() {
     let err = b.generate(c).await.unwrap_err();
     assert!(err.is_timeout(), "{err}");
 }
+
+/// Whether this machine can move memory to transparent huge pages on request: Linux >= 6.1
+/// (MADV_COLLAPSE) with huge pages not switched off.
+fn huge_pages_available() -> bool {
+    let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut version = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let (major, minor) = (version.next().unwrap_or(0), version.next().unwrap_or(0));
+    matches!(enabled, Ok(e) if !e.contains("[never]")) && (major, minor) >= (6, 1)
+}
+
+#[test]
+fn the_weights_move_to_huge_pages_without_changing_answers() {
+    let open = |huge: bool| {
+        LocalBackend::builder()
+            .threads(reference().threads)
+            .huge_pages(huge)
+            .commit()
+            .unwrap()
+    };
+    let off = open(false);
+    assert_eq!(off.huge_page_bytes(), 0);
+    let on = open(true);
+    if huge_pages_available() {
+        // The default model's packed weights are ~150 MiB; most of it must have moved.
+        assert!(
+            on.huge_page_bytes() >= 64 << 20,
+            "only {} MiB on huge pages",
+            on.huge_page_bytes() >> 20
+        );
+    } else {
+        eprintln!("no transparent huge pages on request here: only the answers are compared");
+    }
+    let messages = [Message::user("Name three primary colors.")];
+    let run = |b: &LocalBackend| {
+        b.generate_blocking(&messages, &greedy(24), None, |_| ControlFlow::Continue(()))
+            .unwrap()
+    };
+    let (a, b) = (run(&off), run(&on));
+    assert_eq!(a.token_ids, b.token_ids);
+    assert_eq!(a.logprobs, b.logprobs);
+    eprintln!("{} MiB on huge pages", on.huge_page_bytes() >> 20);
+}

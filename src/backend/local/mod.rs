@@ -179,7 +179,7 @@ impl LocalBackendBuilder {
     /// Back the weights with 2 MiB pages once the sessions are open (Linux ≥ 6.1 with
     /// transparent huge pages not switched off; elsewhere nothing happens). Decoding reads every
     /// weight per token, and on 4 KiB pages much of its time goes to address translation:
-    /// measured ~15% faster decode for the default model. Contents and resident size are
+    /// measured ~10% faster decode for the default model. Contents and resident size are
     /// unchanged. Default: `true`. See [`LocalBackend::huge_page_bytes`].
     pub fn huge_pages(mut self, yes: bool) -> Self {
         self.huge_pages = Some(yes);
