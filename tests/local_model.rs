@@ -285,6 +285,14 @@ fn the_weights_move_to_huge_pages_without_changing_answers() {
     let off = open(false);
     assert_eq!(off.huge_page_bytes(), 0);
     let on = open(true);
+    let started = Instant::now();
+    while !on.huge_pages_settled() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the collapse never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     if huge_pages_available() {
         // The default model's packed weights are ~150 MiB; most of it must have moved.
         assert!(

@@ -4,17 +4,23 @@
 //! bounded by memory traffic — and, with 4 KiB pages, by address-translation (TLB) misses over
 //! that much memory. Linux's transparent huge pages remove most of those misses, but most
 //! systems give them only to memory that asks for them (`enabled = madvise`), and ONNX Runtime
-//! does not ask. So once the sessions are open, [`collapse_since`] asks the kernel
+//! does not ask. So once the sessions are open, [`in_background`] asks the kernel
 //! (`madvise(MADV_COLLAPSE)`, Linux ≥ 6.1) to rebuild in place, as 2 MiB pages, every fully
 //! resident 2 MiB stretch of private anonymous memory mapped since a [`Snapshot`] — that is,
 //! what loading the model allocated. Contents, addresses and resident size stay the same; only
 //! chunks whose every page is already resident are touched, so nothing grows.
+//!
+//! The kernel may have to compact memory to find free huge pages (100–450 ms measured for the
+//! default model), so this runs on a thread of its own at the lowest priority instead of
+//! delaying `commit()`; generations run meanwhile, on 4 KiB pages until it is done.
 //!
 //! Best effort: on other systems, on older kernels, with huge pages switched off
 //! (`enabled = never`) or when the kernel declines a chunk, memory stays as it was.
 //! Measured with `examples/local_bench.rs`: see the README's performance table.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Private anonymous writable mappings of this process at one moment.
 #[derive(Debug, Clone, Default)]
@@ -22,7 +28,7 @@ pub(crate) struct Snapshot {
     regions: Vec<Range<usize>>,
 }
 
-/// What [`collapse_since`] did.
+/// What [`collapse`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Collapsed {
     /// Bytes now backed by 2 MiB pages.
@@ -42,6 +48,56 @@ impl Snapshot {
                 .unwrap_or_default(),
         }
     }
+
+    /// The anonymous memory mapped since `self` was taken.
+    pub(crate) fn mapped_since(&self) -> Vec<Range<usize>> {
+        new_parts(&self.regions, &Snapshot::take().regions)
+    }
+}
+
+/// How far the background collapse has got; shared with the [`super::LocalBackend`].
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    bytes: AtomicUsize,
+    settled: AtomicBool,
+}
+
+impl Progress {
+    /// Bytes moved to huge pages so far.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the collapse has finished (or was never started).
+    pub(crate) fn settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// A collapse that will not run.
+    pub(crate) fn off() -> Arc<Self> {
+        let p = Progress::default();
+        p.settled.store(true, Ordering::Release);
+        Arc::new(p)
+    }
+}
+
+/// Collapses `regions` (see [`Snapshot::mapped_since`]) on a low-priority thread of its own.
+pub(crate) fn in_background(regions: Vec<Range<usize>>) -> Arc<Progress> {
+    let progress = Arc::new(Progress::default());
+    let shared = Arc::clone(&progress);
+    let spawned = std::thread::Builder::new()
+        .name("edgeroute-huge-pages".into())
+        .spawn(move || {
+            #[cfg(target_os = "linux")]
+            system::lower_priority();
+            collapse(&regions, &shared.bytes);
+            shared.settled.store(true, Ordering::Release);
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "huge pages: no thread for the collapse");
+        progress.settled.store(true, Ordering::Release);
+    }
+    progress
 }
 
 /// The private, anonymous, writable mappings (heaps, `mmap`ed allocations) listed in a
@@ -93,12 +149,12 @@ fn aligned_chunks(range: &Range<usize>, chunk: usize) -> impl Iterator<Item = us
     (first..end).step_by(chunk)
 }
 
-/// Collapses into huge pages the fully resident chunks of anonymous memory mapped since
-/// `before`. Never fails: what cannot be done is logged at debug level and skipped.
-pub(crate) fn collapse_since(before: &Snapshot) -> Collapsed {
+/// Collapses into huge pages the fully resident chunks of `regions`, adding each chunk done to
+/// `moved` as it goes. Never fails: what cannot be done is logged at debug level and skipped.
+pub(crate) fn collapse(regions: &[Range<usize>], moved: &AtomicUsize) -> Collapsed {
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = before;
+        let _ = (regions, moved);
         return Collapsed {
             unavailable: Some("transparent huge pages are a Linux feature".into()),
             ..Collapsed::default()
@@ -107,15 +163,17 @@ pub(crate) fn collapse_since(before: &Snapshot) -> Collapsed {
     #[cfg(target_os = "linux")]
     match system::Support::probe() {
         Ok(support) => {
-            let now = Snapshot::take();
             let mut done = Collapsed::default();
-            for part in new_parts(&before.regions, &now.regions) {
-                for chunk in aligned_chunks(&part, support.huge_page) {
+            for region in regions {
+                for chunk in aligned_chunks(region, support.huge_page) {
                     if !support.fully_resident(chunk) {
                         continue;
                     }
                     match system::collapse(chunk, support.huge_page) {
-                        Ok(()) => done.bytes += support.huge_page,
+                        Ok(()) => {
+                            done.bytes += support.huge_page;
+                            moved.fetch_add(support.huge_page, Ordering::Relaxed);
+                        }
                         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                             let why =
                                 format!("this kernel has no MADV_COLLAPSE (Linux >= 6.1): {e}");
@@ -213,12 +271,23 @@ mod system {
         usize::try_from(size).unwrap_or(0)
     }
 
+    /// Lowest scheduling priority for the calling thread (Linux threads have their own nice
+    /// value), so the collapse yields to generations.
+    #[allow(unsafe_code)]
+    pub(super) fn lower_priority() {
+        // SAFETY: setpriority only changes the calling thread's (who = 0) nice value.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+        if rc != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "huge pages: priority unchanged");
+        }
+    }
+
     /// Asks the kernel to back `[addr, addr + len)` with huge pages, keeping its contents.
     #[allow(unsafe_code)]
     pub(super) fn collapse(addr: usize, len: usize) -> io::Result<()> {
-        // SAFETY: MADV_COLLAPSE changes only how the range is backed, never its contents or
-        // addresses; the range lies inside a mapping of this process that was just listed, and
-        // on a range that is not (or no longer) mapped the kernel returns ENOMEM.
+        // SAFETY: MADV_COLLAPSE changes only how a range is backed, never the contents or
+        // addresses of whatever is mapped there; the range was listed as this process's
+        // anonymous memory, and if it has been unmapped since the kernel returns ENOMEM.
         let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, MADV_COLLAPSE) };
         if rc == 0 {
             Ok(())
@@ -306,7 +375,9 @@ mod tests {
         // 40 MiB written through, so every page is resident; above glibc's largest mmap
         // threshold (32 MiB), so it is a mapping of its own made after the snapshot.
         let buffer: Vec<u8> = (0..40 << 20).map(|i| (i % 251) as u8).collect();
-        let done = collapse_since(&before);
+        let moved = AtomicUsize::new(0);
+        let done = collapse(&before.mapped_since(), &moved);
+        assert_eq!(moved.load(Ordering::Relaxed), done.bytes);
         // Contents survive whatever happened.
         assert!(buffer
             .iter()
