@@ -986,9 +986,9 @@ impl Execution<'_> {
 
     /// Records one hedge leg as an attempt and feeds the latency signals; returns what it
     /// costs against the budget. A cancelled cloud call keeps its estimated cost (it may have
-    /// been billed), as the ledger does. A cancelled local generation still feeds the local
+    /// been billed), as the ledger does. A cancelled leg, local or cloud, still feeds its tier's
     /// first-token p95 -- with its first token if one came, else with how long it ran (a lower
-    /// bound) -- so that the slow prefills that make hedges fire are not left out of the delay
+    /// bound) -- so that the slow starts that make hedges fire are not left out of the delay
     /// the next hedge waits for.
     fn hedge_leg(
         &mut self,
@@ -1022,11 +1022,9 @@ impl Execution<'_> {
                 (g.usage, Cost { usd, estimated }, g.confidence, None)
             }
             LegEnd::Cancelled => {
-                if !is_cloud {
-                    inner
-                        .stats
-                        .observe_local_first_token(first_token.unwrap_or(elapsed));
-                }
+                inner
+                    .stats
+                    .observe_cancelled_first_token(route, first_token.unwrap_or(elapsed));
                 let usd = if is_cloud { estimate } else { Decimal::ZERO };
                 let cost = Cost {
                     usd,

@@ -209,13 +209,18 @@ impl StatsRecorder {
         });
     }
 
-    /// Feeds the local first-token p95 window from a local generation that was cancelled (it
-    /// lost a hedge): `first_token` is when its first token came or, when none came, how long
-    /// it ran without one -- a lower bound. Either way the sample is kept: leaving out the
-    /// generations that lose, which are the slow ones, would bias the p95 low, and the p95 is
-    /// what `after_ms = "p95"` waits for. The per-token averages are left alone (no usage).
-    pub fn observe_local_first_token(&self, first_token: Duration) {
-        self.with(|s| push(&mut s.tier_first.local_window, ms(first_token)));
+    /// Feeds a tier's first-token p95 window from a call that was cancelled (it lost a hedge):
+    /// `first_token` is when its first token came or, when none came, how long it ran without
+    /// one -- a lower bound. Either way the sample is kept: leaving out the calls that lose,
+    /// which are the slow ones, would bias the p95 low, and the p95 is what `after_ms = "p95"`
+    /// waits for. The averages (EWMAs) are left alone: a cancelled call has no usage and no
+    /// end. `Route::Cache` has no first-token signal and is ignored.
+    pub fn observe_cancelled_first_token(&self, route: Route, first_token: Duration) {
+        self.with(|s| match route {
+            Route::Local => push(&mut s.tier_first.local_window, ms(first_token)),
+            Route::Cloud => push(&mut s.tier_first.cloud_window, ms(first_token)),
+            Route::Cache => {}
+        });
     }
 
     /// Feeds the cloud latency models, total and time to first token: peak-sensitive EWMAs (a
@@ -564,18 +569,29 @@ mod tests {
     }
 
     #[test]
-    fn cancelled_local_generations_count_in_the_p95_but_not_the_averages() {
+    fn cancelled_calls_count_in_their_tiers_p95_but_not_the_averages() {
         let rec = StatsRecorder::default();
         let ms = Duration::from_millis;
         for _ in 1..MIN_P95_SAMPLES {
             rec.observe_local(ms(1000), Some(ms(50)), usage(10));
+            rec.observe_cloud(ms(900), Some(ms(80)));
         }
         let before = rec.latency_estimates(&model(), 10, 16);
-        // The tenth sample is a generation that lost a hedge after 700 ms without a token.
-        rec.observe_local_first_token(ms(700));
+        // The tenth local sample is a generation that lost a hedge after 700 ms without a token.
+        rec.observe_cancelled_first_token(Route::Local, ms(700));
         let after = rec.latency_estimates(&model(), 10, 16);
         assert_eq!(after.local_first_token_p95_ms, Some(700));
+        assert_eq!(after.cloud_first_token_p95_ms, None);
         assert_eq!(after.local_first_token_ms, before.local_first_token_ms);
         assert_eq!(after.local_ms, before.local_ms);
+        // Likewise a cloud call that lost after 1.5 s; the cloud EWMAs stay where they were.
+        rec.observe_cancelled_first_token(Route::Cloud, ms(1500));
+        let after = rec.latency_estimates(&model(), 10, 16);
+        assert_eq!(after.cloud_first_token_p95_ms, Some(1500));
+        assert_eq!(after.cloud_first_token_ms, before.cloud_first_token_ms);
+        assert_eq!(after.cloud_ms, before.cloud_ms);
+        assert_eq!(after.local_first_token_p95_ms, Some(700));
+        rec.observe_cancelled_first_token(Route::Cache, ms(9000));
+        assert_eq!(rec.latency_estimates(&model(), 10, 16), after);
     }
 }

@@ -787,6 +787,58 @@ async fn hedge_starting_in_the_cloud_falls_to_the_device_when_the_cloud_stalls()
     assert!(generations_stop_within(Duration::from_secs(3)).await);
 }
 
+/// The mirror of `a_cancelled_local_leg_still_feeds_the_first_token_p95`: with the cloud
+/// first, a cloud call that loses to the device still counts in the cloud first-token p95 --
+/// with how long it ran without a token -- so the stall that made the hedge fire is in the
+/// delay the next cloud-first hedge waits for.
+#[tokio::test]
+async fn a_cancelled_cloud_leg_still_feeds_the_cloud_first_token_p95() {
+    let _turn = turn().await;
+    let fake = FakeProvider::start().await;
+    let r = router(
+        "[defaults]\nroute = \"hedge\"\nfirst = \"cloud\"\nafter_ms = 300\n",
+        cloud_config(&fake),
+    );
+    let p95 = || {
+        let features = edgeroute::inspect::inspect(r.policy(), &ask("Name a fruit."));
+        r.signals(&features, MAX_TOKENS)
+            .latency
+            .cloud_first_token_p95_ms
+    };
+    for _ in 0..9 {
+        let resp = r
+            .complete(ask("Name a color.").with_max_tokens(2))
+            .await
+            .unwrap();
+        assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    }
+    assert_eq!(p95(), None, "nine samples must not give a p95 yet");
+    // What the quick answers' first tokens took (their p95, from the response statistics).
+    let quick = r.stats().cloud_first_token.p95_ms;
+    assert!(quick > 0.0);
+
+    fake.set_behavior(Behavior::SlowHeaders(Duration::from_secs(20)));
+    let resp = r
+        .complete(ask("What is the boiling point of water?"))
+        .await
+        .unwrap();
+    assert_eq!(
+        hedge_winner(&resp).as_deref(),
+        Some("local"),
+        "{}",
+        resp.decision
+    );
+    let loser = cancelled_cloud_attempt_keeps_its_estimate(&resp);
+    assert_eq!(loser.first_token, None, "{loser:?}");
+    let p95 = p95().expect("the cancelled cloud leg is the tenth sample");
+    let ran_ms = loser.elapsed.as_secs_f64() * 1000.0;
+    assert!(
+        p95 as f64 >= ran_ms - 1.0 && p95 as f64 > quick,
+        "p95 {p95} ms; the loser ran {ran_ms:.0} ms; quick answers' first-token p95 {quick:.0} ms"
+    );
+    assert!(generations_stop_within(Duration::from_secs(3)).await);
+}
+
 /// A first tier that fails outright hands the request to the other one at once, and the
 /// response says so; the failed call is recorded and costs nothing.
 #[tokio::test]
