@@ -290,6 +290,31 @@ fn pii_scan_json_uses_byte_offsets() {
 }
 
 #[test]
+fn pii_scan_takes_the_text_as_an_argument_too() {
+    let text = "my SSN is 219-09-9999, card 4111 1111 1111 1111";
+    let o = run(&["pii", "scan", text]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let span = |line: &str| -> (String, String) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (start, end) = (
+            f[1].parse::<usize>().unwrap(),
+            f[2].parse::<usize>().unwrap(),
+        );
+        (f[0].to_string(), text[start..end].to_string())
+    };
+    assert_eq!(span(&lines[0]), ("us_ssn".into(), "219-09-9999".into()));
+    assert_eq!(
+        span(&lines[1]),
+        ("credit_card".into(), "4111 1111 1111 1111".into())
+    );
+    // `-` still reads standard input.
+    let o = run_stdin(&["pii", "scan", "-"], text.as_bytes());
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+}
+
+#[test]
 fn pii_scan_rejects_invalid_utf8() {
     let o = run_stdin(&["pii", "scan", "--json"], b"abc\xff\xfe");
     assert_eq!(o.status.code(), Some(1));

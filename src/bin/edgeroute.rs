@@ -154,9 +154,11 @@ enum PolicyCommand {
 
 #[derive(Subcommand)]
 enum PiiCommand {
-    /// Scan one document from standard input: {"spans":[{"kind","start","end"}]} (UTF-8 byte
-    /// offsets).
+    /// Scan one document (the argument, or standard input): one `kind start end` line per span,
+    /// or {"spans":[{"kind","start","end","confidence"}]} with --json (UTF-8 byte offsets).
     Scan {
+        /// The text to scan; omitted or `-` reads standard input.
+        text: Option<String>,
         #[command(flatten)]
         policy: PolicyArg,
         /// Print JSON (the default output is one line per span).
@@ -192,7 +194,9 @@ fn run(cli: Cli) -> edgeroute::Result<ExitCode> {
         Command::Explain(args) => explain(args, cli.home.as_deref()),
         Command::Policy(PolicyCommand::Check { files }) => Ok(policy_check(&files)),
         Command::Policy(PolicyCommand::Test { files }) => Ok(policy_test(&files)),
-        Command::Pii(PiiCommand::Scan { policy, json }) => pii_scan(&policy, json),
+        Command::Pii(PiiCommand::Scan { text, policy, json }) => {
+            pii_scan(text.as_deref(), &policy, json)
+        }
         Command::Cache(cmd) => cache(cmd, cli.home.as_deref()),
         Command::Budget { policy, json } => budget(&policy, json, cli.home.as_deref()),
         Command::Stats { json } => stats(json, cli.home.as_deref()),
@@ -465,18 +469,23 @@ fn policy_test(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn pii_scan(policy: &PolicyArg, json: bool) -> edgeroute::Result<ExitCode> {
+fn pii_scan(text: Option<&str>, policy: &PolicyArg, json: bool) -> edgeroute::Result<ExitCode> {
     let policy = load_policy(policy)?;
-    let mut bytes = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut bytes)
-        .map_err(|e| edgeroute::Error::io("reading the document from standard input", e))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        edgeroute::Error::InvalidRequest(format!(
-            "standard input is not valid UTF-8 (first bad byte at offset {}); convert it to UTF-8 first",
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
+    let text = match text {
+        Some(t) if t != "-" => t.to_string(),
+        _ => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|e| edgeroute::Error::io("reading the document from standard input", e))?;
+            String::from_utf8(bytes).map_err(|e| {
+                edgeroute::Error::InvalidRequest(format!(
+                    "standard input is not valid UTF-8 (first bad byte at offset {}); convert it to UTF-8 first",
+                    e.utf8_error().valid_up_to()
+                ))
+            })?
+        }
+    };
     let spans = policy.scanner.scan(&text);
     if json {
         let spans: Vec<Value> = spans
