@@ -8,8 +8,9 @@ same prompts on the same model file. Run with the set-up tools' interpreter:
     <home>/tools/venv/bin/python scripts/reference_greedy.py [--home DIR] [--out FILE]
 
 The greedy loop here (ChatML prompt with the model's default system prompt, prefill, KV-cache
-decode, stop on an end-of-sequence id or after MAX_NEW_TOKENS) is the contract LocalBackend
-implements; scripts/bench_python.py times this same loop.
+decode, repetition penalty on tokens generated 3+ times among the last 64, stop on an end-of-sequence id or
+after MAX_NEW_TOKENS) is the contract LocalBackend implements; scripts/bench_python.py times
+this same loop.
 """
 
 import argparse
@@ -23,6 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from setup import default_home  # noqa: E402  (one definition of the edgeroute home)
 
 MAX_NEW_TOKENS = 48
+# edgeroute::request::{DEFAULT_REPETITION_PENALTY, REPETITION_WINDOW, REPETITION_MIN_COUNT}.
+REPETITION_PENALTY = 1.1
+REPETITION_WINDOW = 64
+REPETITION_MIN_COUNT = 3
 PROMPTS = [
     "What is the capital of France?",
     "Name three primary colors.",
@@ -30,6 +35,10 @@ PROMPTS = [
     "What is 12 times 7?",
     "Translate 'good morning' into Spanish.",
     "Who wrote Romeo and Juliet?",
+    # These two run on under pure greedy decoding ("1. **1011111…", "8. Monday 9. Tuesday…"):
+    # they check the repetition penalty.
+    "Give me three tips for learning to cook at home.",
+    "List the days of the week.",
 ]
 
 
@@ -87,11 +96,21 @@ class Greedy:
             new_past[name.replace("present.", "past_key_values.")] = outs[j + 1]
         return outs[0][0, -1], new_past
 
-    def generate(self, prompt_ids, max_new_tokens, on_token=None):
+    def generate(self, prompt_ids, max_new_tokens, on_token=None, repetition_penalty=REPETITION_PENALTY):
+        penalty = np.float32(repetition_penalty)
         logits, past = self.step(prompt_ids, self.empty_past())
         out = []
         while len(out) < max_new_tokens:
-            tok = int(np.argmax(logits))
+            scores = logits
+            ids, counts = np.unique(np.asarray(out[-REPETITION_WINDOW:], dtype=np.int64), return_counts=True)
+            recurring = ids[counts >= REPETITION_MIN_COUNT]
+            if penalty != 1 and len(recurring):
+                # float32 arithmetic, like the Rust sampler: positive logits divided, negative
+                # ones multiplied, each recurring token once.
+                scores = logits.copy()
+                v = logits[recurring]
+                scores[recurring] = np.where(v > 0, v / penalty, v * penalty)
+            tok = int(np.argmax(scores))
             if on_token:
                 on_token(tok)
             if tok in self.eos:
@@ -108,6 +127,7 @@ def main():
     ap.add_argument("--home", default=default_home())
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repetition-penalty", type=float, default=REPETITION_PENALTY)
     ap.add_argument(
         "--out",
         default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "local", "reference_greedy.json"),
@@ -118,7 +138,7 @@ def main():
     cases = []
     for p in PROMPTS:
         ids = g.encode(p)
-        out = g.generate(ids, MAX_NEW_TOKENS)
+        out = g.generate(ids, MAX_NEW_TOKENS, repetition_penalty=args.repetition_penalty)
         text = g.tokenizer.decode(out, skip_special_tokens=True)
         print(f"{p!r} -> {text!r}", file=sys.stderr)
         cases.append({"prompt": p, "prompt_ids": ids, "output_ids": out, "text": text})
@@ -126,6 +146,7 @@ def main():
         "model": args.model,
         "model_sha256": g.manifest["files"]["model.onnx.data"],
         "max_new_tokens": MAX_NEW_TOKENS,
+        "repetition_penalty": args.repetition_penalty,
         "threads": args.threads,
         "cases": cases,
     }

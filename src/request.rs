@@ -86,6 +86,37 @@ pub struct GenerationParams {
     pub top_p: Option<f32>,
     /// Seed for reproducible sampling.
     pub seed: Option<u64>,
+    /// Local tier: a loop breaker. A token already generated [`REPETITION_MIN_COUNT`] or more
+    /// times among the last [`REPETITION_WINDOW`] has its logit divided by this (multiplied when
+    /// negative) before the pick; `1` turns it off, allowed range 1–2. Small models decoding
+    /// greedily fall into loops ("1. **1011111…") without it; gating on a count leaves answers
+    /// that do not loop exactly as greedy decoding gives them. Default: the local backend's (the
+    /// policy's `[local].repetition_penalty`, else 1.1). Cloud providers ignore it.
+    pub repetition_penalty: Option<f32>,
+}
+
+/// How many of the most recent generated tokens [`GenerationParams::repetition_penalty`] looks at.
+pub const REPETITION_WINDOW: usize = 64;
+
+/// How often a token must occur in the window before [`GenerationParams::repetition_penalty`]
+/// applies to it. Measured on the default model over eight prompts: penalising every recent
+/// token (as llama.cpp does) broke three good greedy answers (a list gained a wrong item); from
+/// three occurrences on, only the two answers that looped changed.
+pub const REPETITION_MIN_COUNT: usize = 3;
+
+/// The local tier's repetition penalty when neither the request nor the policy sets one (as
+/// llama.cpp's and Ollama's).
+pub const DEFAULT_REPETITION_PENALTY: f32 = 1.1;
+
+/// Checks a repetition penalty: finite, from 1 (off) to 2.
+pub fn check_repetition_penalty(p: f32) -> crate::Result<f32> {
+    if p.is_finite() && (1.0..=2.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(crate::Error::InvalidRequest(format!(
+            "repetition_penalty must be between 1 (off) and 2, not {p}"
+        )))
+    }
 }
 
 /// One request to the router.
@@ -159,6 +190,12 @@ impl Request {
     /// Sets the sampling seed.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.params.seed = Some(seed);
+        self
+    }
+
+    /// Sets the local tier's repetition penalty (`1` = off; see [`GenerationParams`]).
+    pub fn with_repetition_penalty(mut self, penalty: f32) -> Self {
+        self.params.repetition_penalty = Some(penalty);
         self
     }
 

@@ -30,6 +30,7 @@ pub(crate) fn local_from_policy(policy: &CompiledPolicy, home: &Path) -> Result<
         .model(l.model.clone())
         .threads(l.threads as usize)
         .max_new_tokens(l.max_new_tokens)
+        .repetition_penalty(l.repetition_penalty)
         .pool_size(l.sessions as usize);
     if let Some(dir) = &l.model_dir {
         builder = builder.model_dir(dir);

@@ -353,6 +353,44 @@ fn ask_without_a_model_names_the_setup_command() {
     assert!(err.contains("python3 scripts/setup.py"), "{err}");
 }
 
+/// The policy's `[local].repetition_penalty` reaches the local model: at 1 (off) this prompt
+/// loops under greedy decoding, at the default it does not.
+#[cfg(feature = "onnx")]
+#[test]
+fn the_policys_repetition_penalty_reaches_the_local_model() {
+    let installed = edgeroute::home::resolve(None);
+    let home = tempfile::tempdir().unwrap();
+    let model_dir = edgeroute::home::model_dir(&installed, edgeroute::home::DEFAULT_MODEL);
+    let answer = |penalty_line: &str| {
+        let policy = home.path().join("p.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                "[local]\nmodel_dir = {:?}\nmax_new_tokens = 48\n{penalty_line}\n[cache]\nmode = \"off\"\n[defaults]\nroute = \"local\"\n",
+                model_dir.display().to_string()
+            ),
+        )
+        .unwrap();
+        let o = bin()
+            .args(["--home", home.path().to_str().unwrap(), "ask", "--json"])
+            .args(["--policy", policy.to_str().unwrap()])
+            .arg("Give me three tips for learning to cook at home.")
+            .env(
+                "ORT_DYLIB_PATH",
+                installed.join("runtime/libonnxruntime.so.1.32.0"),
+            )
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["text"].as_str().unwrap().to_string()
+    };
+    let off = answer("repetition_penalty = 1.0");
+    assert!(off.contains("1111111111"), "{off:?}");
+    let default = answer("");
+    assert!(!default.contains("1111"), "{default:?}");
+}
+
 /// `ask` answers from the real local model, then from the cache; `stats`, `cache stats` and
 /// `budget` report it. The model comes from the default home (installed by the set-up); the
 /// database lives in a fresh home so parallel tests never share it.

@@ -22,6 +22,7 @@ fn full_call() -> BackendCall {
             temperature: Some(0.25),
             top_p: None,
             seed: Some(7),
+            repetition_penalty: None,
         },
         deadline: None,
     }

@@ -17,6 +17,7 @@ use serde::Deserialize;
 struct Reference {
     model_sha256: String,
     max_new_tokens: u32,
+    repetition_penalty: f32,
     threads: usize,
     cases: Vec<Case>,
 }
@@ -73,6 +74,11 @@ fn call(prompt: &str, params: GenerationParams) -> BackendCall {
 fn greedy_matches_python_onnxruntime_token_for_token() {
     let r = reference();
     assert!(r.cases.len() >= 5);
+    // The reference was made with the default penalty, so this checks the default path.
+    assert_eq!(
+        r.repetition_penalty,
+        edgeroute::request::DEFAULT_REPETITION_PENALTY
+    );
     let b = backend();
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(b.model_dir().join("edgeroute-model.json")).unwrap(),
@@ -97,6 +103,7 @@ fn greedy_matches_python_onnxruntime_token_for_token() {
                 ControlFlow::Continue(())
             })
             .unwrap();
+        assert_eq!(longest_run(&out.token_ids), longest_run(&case.output_ids));
         assert_eq!(
             out.token_ids, case.output_ids,
             "generated ids for {:?}",
@@ -112,6 +119,48 @@ fn greedy_matches_python_onnxruntime_token_for_token() {
         assert_eq!(out.logprobs.len(), out.token_ids.len());
         assert!(out.logprobs.iter().all(|lp| lp.is_finite() && *lp <= 0.0));
     }
+}
+
+/// The longest run of one repeated token.
+fn longest_run(ids: &[u32]) -> usize {
+    ids.chunk_by(|a, b| a == b)
+        .map(<[u32]>::len)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Pure greedy decoding (`repetition_penalty = 1`) of this prompt falls into "1111…"; the
+/// default penalty breaks the loop (the reference test checks the default output token for
+/// token against Python).
+#[test]
+fn the_repetition_penalty_breaks_a_greedy_loop_and_one_turns_it_off() {
+    let prompt = "Give me three tips for learning to cook at home.";
+    let case = reference()
+        .cases
+        .into_iter()
+        .find(|c| c.prompt == prompt)
+        .expect("the looping prompt is in the reference");
+    let messages = [Message::user(prompt)];
+    let pure = GenerationParams {
+        repetition_penalty: Some(1.0),
+        ..greedy(48)
+    };
+    let out = backend()
+        .generate_blocking(&messages, &pure, None, |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert!(longest_run(&out.token_ids) >= 30, "{:?}", out.text);
+    assert!(out.text.contains("1111111111"), "{:?}", out.text);
+    assert_ne!(out.token_ids, case.output_ids);
+    assert!(longest_run(&case.output_ids) < 4, "{:?}", case.text);
+    // Out of range is a clear error, not a silent clamp.
+    let bad = GenerationParams {
+        repetition_penalty: Some(0.5),
+        ..greedy(4)
+    };
+    let err = backend()
+        .generate_blocking(&messages, &bad, None, |_| ControlFlow::Continue(()))
+        .unwrap_err();
+    assert!(err.to_string().contains("repetition_penalty"), "{err}");
 }
 
 #[test]
@@ -190,6 +239,7 @@ async fn seeded_sampling_is_reproducible() {
         temperature: Some(0.9),
         top_p: Some(0.95),
         seed: Some(seed),
+        ..GenerationParams::default()
     };
     let p = "Tell me a fun fact about octopuses.";
     let a1 = b.generate(call(p, params(11))).await.unwrap().text;

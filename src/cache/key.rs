@@ -102,6 +102,7 @@ impl CacheKey {
             temperature,
             top_p,
             seed,
+            repetition_penalty,
         } = params;
         let KeyContext {
             model,
@@ -119,6 +120,7 @@ impl CacheKey {
         enc.opt_f32(*temperature);
         enc.opt_f32(*top_p);
         enc.opt_u64(*seed);
+        enc.opt_f32(*repetition_penalty);
         enc.u64(messages.len() as u64);
         let mut scratch = String::new();
         for message in messages {
@@ -295,6 +297,7 @@ mod tests {
             CacheKey::new(&base.clone().with_max_tokens(5), &c),
             CacheKey::new(&base.clone().with_temperature(0.5), &c),
             CacheKey::new(&base.clone().with_seed(1), &c),
+            CacheKey::new(&base.clone().with_repetition_penalty(1.3), &c),
             CacheKey::new(&base.clone().with_system("be brief"), &c),
             CacheKey::new(&Request::new("hi!"), &c),
             CacheKey::new(&base, &ctx(PrivacyClass::Private)),

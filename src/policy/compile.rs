@@ -82,7 +82,7 @@ pub struct CompiledRule {
 }
 
 /// `[local]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LocalSection {
     /// Model name under `<home>/models/` (default `smollm2-135m-instruct`).
     pub model: String,
@@ -92,6 +92,9 @@ pub struct LocalSection {
     pub runtime_path: Option<PathBuf>,
     /// Max new tokens (default 128).
     pub max_new_tokens: u32,
+    /// Repetition penalty for requests that set none (default
+    /// [`crate::request::DEFAULT_REPETITION_PENALTY`]; 1 = off).
+    pub repetition_penalty: f32,
     /// Intra-op threads (default 2).
     pub threads: u32,
     /// Session pool size (default 1).
@@ -642,7 +645,21 @@ impl Compiler<'_> {
                 self.error(&path.key(key), format!("`{key}` must be at least 1"));
             }
         }
+        let repetition_penalty = match l.repetition_penalty {
+            None => crate::request::DEFAULT_REPETITION_PENALTY,
+            Some(p) => match crate::request::check_repetition_penalty(p as f32) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.error(
+                        &path.key("repetition_penalty"),
+                        format!("`repetition_penalty` must be between 1 (off) and 2, not {p}"),
+                    );
+                    crate::request::DEFAULT_REPETITION_PENALTY
+                }
+            },
+        };
         LocalSection {
+            repetition_penalty,
             model: l
                 .model
                 .unwrap_or_else(|| crate::home::DEFAULT_MODEL.to_string()),

@@ -79,6 +79,8 @@ pub struct RawLocal {
     pub runtime_path: Option<String>,
     /// Max new tokens.
     pub max_new_tokens: Option<u32>,
+    /// Repetition penalty for requests that set none.
+    pub repetition_penalty: Option<f64>,
     /// Intra-op threads.
     pub threads: Option<u32>,
     /// Sessions in the pool.

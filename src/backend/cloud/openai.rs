@@ -201,11 +201,14 @@ mod tests {
                 temperature: Some(0.5),
                 top_p: None,
                 seed: Some(42),
+                repetition_penalty: Some(1.3),
             },
             deadline: None,
         };
         let v = serde_json::to_value(RequestBody::new(&cfg, &call, true)).unwrap();
         assert_eq!(v["model"], "gpt-x");
+        // A local-tier setting: not sent (the API has no such field).
+        assert!(v.get("repetition_penalty").is_none(), "{v}");
         assert_eq!(v["messages"][0]["role"], "system");
         assert_eq!(v["messages"][1]["content"], "hi");
         assert_eq!(v["max_completion_tokens"], 7);

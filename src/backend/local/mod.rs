@@ -56,7 +56,10 @@ use self::text::{TextCodec, Utf8Stream};
 use super::{Backend, BackendCall, EventStream, FinishReason, Generation, StreamEvent};
 use crate::error::{Error, Result, TimeoutPhase};
 use crate::home;
-use crate::request::{Confidence, GenerationParams, Message, Usage};
+use crate::request::{
+    check_repetition_penalty, Confidence, GenerationParams, Message, Usage,
+    DEFAULT_REPETITION_PENALTY, REPETITION_WINDOW,
+};
 
 /// Default for [`LocalBackendBuilder::max_new_tokens`].
 pub const DEFAULT_MAX_NEW_TOKENS: u32 = 256;
@@ -131,6 +134,7 @@ pub struct LocalBackendBuilder {
     verify_checksums: bool,
     spin: bool,
     huge_pages: Option<bool>,
+    repetition_penalty: Option<f32>,
 }
 
 impl LocalBackendBuilder {
@@ -165,6 +169,13 @@ impl LocalBackendBuilder {
         self.max_new_tokens = Some(n.max(1));
         self
     }
+    /// Repetition penalty for requests that set none (see
+    /// [`GenerationParams::repetition_penalty`]; 1 = off, allowed 1–2, checked by
+    /// [`LocalBackendBuilder::commit`]). Default: [`DEFAULT_REPETITION_PENALTY`].
+    pub fn repetition_penalty(mut self, p: f32) -> Self {
+        self.repetition_penalty = Some(p);
+        self
+    }
     /// Sessions (concurrent generations; each holds the weights in memory). Default: 1.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = Some(n.max(1));
@@ -197,6 +208,11 @@ impl LocalBackendBuilder {
     /// Errors: [`Error::RuntimeUnavailable`] or [`Error::ModelUnavailable`], each naming the path,
     /// the reason and the fix.
     pub fn commit(self) -> Result<LocalBackend> {
+        let repetition_penalty = check_repetition_penalty(
+            self.repetition_penalty
+                .unwrap_or(DEFAULT_REPETITION_PENALTY),
+        )
+        .map_err(|e| Error::Config(format!("local backend: {e}")))?;
         let home_dir = home::resolve(self.home.as_deref());
         let model_dir = self.model_dir.clone().unwrap_or_else(|| {
             home::model_dir(
@@ -246,6 +262,7 @@ impl LocalBackendBuilder {
                 revision: manifest.revision().map(short_revision),
                 model_dir,
                 max_new_tokens: self.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
+                repetition_penalty,
                 threads,
                 names: Names::new(kv.layers),
                 kv,
@@ -273,6 +290,7 @@ struct Inner {
     revision: Option<String>,
     model_dir: PathBuf,
     max_new_tokens: u32,
+    repetition_penalty: f32,
     threads: usize,
     names: Names,
     kv: KvShape,
@@ -407,7 +425,11 @@ impl LocalBackend {
             .max(1)
             .min(u32::try_from(inner.context_length - prompt_ids.len()).unwrap_or(u32::MAX))
             as usize;
-        let mut sampler = Sampler::new(params.temperature, params.top_p, params.seed);
+        let penalty = match params.repetition_penalty {
+            Some(p) => check_repetition_penalty(p)?,
+            None => inner.repetition_penalty,
+        };
+        let mut sampler = Sampler::new(params.temperature, params.top_p, params.seed, penalty);
         let check_deadline = || match deadline {
             Some(d) if Instant::now() >= d => Err(Error::Timeout {
                 phase: TimeoutPhase::Total,
@@ -429,7 +451,8 @@ impl LocalBackend {
         let mut first = FirstSentence::default();
         let mut first_token = None;
         let finish = loop {
-            let (id, lp) = sampler.choose(logits);
+            let recent = &token_ids[token_ids.len().saturating_sub(REPETITION_WINDOW)..];
+            let (id, lp) = sampler.choose(logits, recent);
             first_token.get_or_insert_with(|| start.elapsed());
             if inner.eos.contains(&id) {
                 break FinishReason::Stop;

@@ -1,4 +1,7 @@
-//! Choosing the next token: greedy, or temperature + top-p with a seeded generator.
+//! Choosing the next token: greedy, or temperature + top-p with a seeded generator, after a
+//! repetition penalty on tokens that keep recurring.
+
+use crate::request::REPETITION_MIN_COUNT;
 
 /// A small, fast, seedable generator (SplitMix64); sampling needs reproducibility, not crypto.
 #[derive(Debug, Clone)]
@@ -23,12 +26,22 @@ impl SplitMix64 {
 pub(crate) struct Sampler {
     temperature: f32,
     top_p: f32,
+    /// 1 = off.
+    repetition_penalty: f32,
     rng: SplitMix64,
+    /// The penalised logits (reused between tokens).
+    scores: Vec<f32>,
 }
 
 impl Sampler {
-    /// `temperature` `None`/`<= 0` means greedy; `top_p` defaults to 1.
-    pub(crate) fn new(temperature: Option<f32>, top_p: Option<f32>, seed: Option<u64>) -> Self {
+    /// `temperature` `None`/`<= 0` means greedy; `top_p` defaults to 1; `repetition_penalty`
+    /// (validated by the caller) 1 means none.
+    pub(crate) fn new(
+        temperature: Option<f32>,
+        top_p: Option<f32>,
+        seed: Option<u64>,
+        repetition_penalty: f32,
+    ) -> Self {
         let seed = seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -43,19 +56,45 @@ impl Sampler {
                 .filter(|p| p.is_finite() && *p > 0.0)
                 .unwrap_or(1.0)
                 .min(1.0),
+            repetition_penalty,
             rng: SplitMix64(seed),
+            scores: Vec::new(),
         }
     }
 
-    /// Picks a token and returns it with its log-probability under the model (temperature 1).
-    pub(crate) fn choose(&mut self, logits: &[f32]) -> (u32, f32) {
+    /// Picks a token after penalising those that occur at least [`REPETITION_MIN_COUNT`] times
+    /// in `recent` (the latest generated ids) and returns it with its log-probability under the
+    /// model itself (temperature 1, no penalty), which is what confidence is computed from.
+    pub(crate) fn choose(&mut self, logits: &[f32], recent: &[u32]) -> (u32, f32) {
         let (max_i, max) = argmax(logits);
         let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
-        let id = if self.temperature == 0.0 {
+        let repeated = if self.repetition_penalty == 1.0 {
+            Vec::new()
+        } else {
+            repeated_at_least(recent, REPETITION_MIN_COUNT)
+        };
+        let mut scores = std::mem::take(&mut self.scores);
+        let id = if !repeated.is_empty() {
+            scores.clear();
+            scores.extend_from_slice(logits);
+            let p = self.repetition_penalty;
+            for id in repeated {
+                if let Some(s) = scores.get_mut(id as usize) {
+                    *s = if *s > 0.0 { *s / p } else { *s * p };
+                }
+            }
+            let (best_i, best) = argmax(&scores);
+            if self.temperature == 0.0 {
+                best_i
+            } else {
+                self.sample(&scores, best)
+            }
+        } else if self.temperature == 0.0 {
             max_i
         } else {
             self.sample(logits, max)
         };
+        self.scores = scores;
         let lp = logits.get(id).map_or(f32::NEG_INFINITY, |l| l - lse);
         (id as u32, lp)
     }
@@ -96,6 +135,17 @@ impl Sampler {
     }
 }
 
+/// The distinct ids occurring at least `min` times in `ids` (ascending).
+fn repeated_at_least(ids: &[u32], min: usize) -> Vec<u32> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted
+        .chunk_by(|a, b| a == b)
+        .filter(|run| run.len() >= min)
+        .map(|run| run[0])
+        .collect()
+}
+
 /// Index and value of the first maximum (NumPy's `argmax` tie rule).
 fn argmax(xs: &[f32]) -> (usize, f32) {
     let mut best = (0, f32::NEG_INFINITY);
@@ -114,8 +164,8 @@ mod tests {
 
     #[test]
     fn greedy_takes_first_maximum_and_reports_logprob() {
-        let mut s = Sampler::new(None, None, Some(1));
-        let (id, lp) = s.choose(&[0.0, 2.0, 2.0, -1.0]);
+        let mut s = Sampler::new(None, None, Some(1), 1.0);
+        let (id, lp) = s.choose(&[0.0, 2.0, 2.0, -1.0], &[1, 2]);
         assert_eq!(id, 1);
         let expected = 2.0 - (1.0f32 + 2.0 * 2f32.exp() + (-1f32).exp()).ln();
         assert!((lp - expected).abs() < 1e-5);
@@ -125,15 +175,55 @@ mod tests {
     fn same_seed_same_samples_and_top_p_restricts() {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
         let run = |seed| {
-            let mut s = Sampler::new(Some(1.0), Some(1.0), Some(seed));
-            (0..20).map(|_| s.choose(&logits).0).collect::<Vec<_>>()
+            let mut s = Sampler::new(Some(1.0), Some(1.0), Some(seed), 1.0);
+            (0..20)
+                .map(|_| s.choose(&logits, &[]).0)
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
         // top_p tiny: only the single most likely token survives (ties broken by index).
-        let mut s = Sampler::new(Some(1.0), Some(1e-6), Some(3));
+        let mut s = Sampler::new(Some(1.0), Some(1e-6), Some(3), 1.0);
         for _ in 0..20 {
-            assert_eq!(s.choose(&logits).0, 6);
+            assert_eq!(s.choose(&logits, &[]).0, 6);
         }
+    }
+
+    #[test]
+    fn repetition_penalty_demotes_recurring_tokens_but_not_their_logprob() {
+        let logits = [1.0, 3.0, 2.9, -1.0];
+        let lse = logits.iter().map(|l: &f32| l.exp()).sum::<f32>().ln();
+        let mut s = Sampler::new(None, None, Some(1), 1.1);
+        // Token 1 twice: below the count, greedy as usual.
+        assert_eq!(s.choose(&logits, &[1, 0, 1]).0, 1);
+        // Three times: 3.0 / 1.1 = 2.73 < 2.9, so token 2 wins; its logprob is the model's own.
+        let (id, lp) = s.choose(&logits, &[1, 0, 1, 2, 1]);
+        assert_eq!(id, 2);
+        assert!((lp - (logits[2] - lse)).abs() < 1e-6);
+        assert!((s.scores[1] - 3.0 / 1.1).abs() < 1e-6, "penalised once");
+        // Negative logits are pushed further down, not up.
+        s.choose(&logits, &[3, 3, 3]);
+        assert!((s.scores[3] + 1.1).abs() < 1e-6);
+        // 1 = off; out-of-vocabulary ids are ignored.
+        let recent = [1, 1, 1, 99, 99, 99];
+        assert_eq!(
+            Sampler::new(None, None, Some(1), 1.0)
+                .choose(&logits, &recent)
+                .0,
+            1
+        );
+        assert_eq!(
+            Sampler::new(None, None, Some(1), 1.1)
+                .choose(&logits, &[99; 5])
+                .0,
+            1
+        );
+    }
+
+    #[test]
+    fn recurring_ids_are_counted() {
+        assert_eq!(repeated_at_least(&[5, 1, 5, 2, 5, 1, 1], 3), vec![1, 5]);
+        assert!(repeated_at_least(&[1, 2, 1], 3).is_empty());
+        assert!(repeated_at_least(&[], 3).is_empty());
     }
 }
