@@ -352,6 +352,10 @@ impl Router {
                 "the request has no non-empty message; pass a prompt".into(),
             ));
         }
+        // Checked up front whatever the route, so a bad value is an error, not a fallback.
+        if let Some(p) = request.params.repetition_penalty {
+            crate::request::check_repetition_penalty(p)?;
+        }
         let mut timings = Timings::default();
 
         // inspect

@@ -353,15 +353,15 @@ fn ask_without_a_model_names_the_setup_command() {
     assert!(err.contains("python3 scripts/setup.py"), "{err}");
 }
 
-/// The policy's `[local].repetition_penalty` reaches the local model: at 1 (off) this prompt
-/// loops under greedy decoding, at the default it does not.
+/// The policy's `[local].repetition_penalty` and `ask --repetition-penalty` reach the local
+/// model: at 1 (off) this prompt loops under greedy decoding, at the default it does not.
 #[cfg(feature = "onnx")]
 #[test]
 fn the_policys_repetition_penalty_reaches_the_local_model() {
     let installed = edgeroute::home::resolve(None);
     let home = tempfile::tempdir().unwrap();
     let model_dir = edgeroute::home::model_dir(&installed, edgeroute::home::DEFAULT_MODEL);
-    let answer = |penalty_line: &str| {
+    let answer = |penalty_line: &str, flags: &[&str]| {
         let policy = home.path().join("p.toml");
         std::fs::write(
             &policy,
@@ -374,6 +374,7 @@ fn the_policys_repetition_penalty_reaches_the_local_model() {
         let o = bin()
             .args(["--home", home.path().to_str().unwrap(), "ask", "--json"])
             .args(["--policy", policy.to_str().unwrap()])
+            .args(flags)
             .arg("Give me three tips for learning to cook at home.")
             .env(
                 "ORT_DYLIB_PATH",
@@ -385,10 +386,13 @@ fn the_policys_repetition_penalty_reaches_the_local_model() {
         let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
         v["text"].as_str().unwrap().to_string()
     };
-    let off = answer("repetition_penalty = 1.0");
+    let off = answer("repetition_penalty = 1.0", &[]);
     assert!(off.contains("1111111111"), "{off:?}");
-    let default = answer("");
+    let default = answer("", &[]);
     assert!(!default.contains("1111"), "{default:?}");
+    // The request's value (`--repetition-penalty`) overrides the policy's.
+    let flag = answer("", &["--repetition-penalty", "1"]);
+    assert_eq!(flag, off);
 }
 
 /// `ask` answers from the real local model, then from the cache; `stats`, `cache stats` and

@@ -142,6 +142,29 @@ async fn empty_request_is_rejected() {
     assert!(matches!(err, Error::InvalidRequest(_)));
 }
 
+/// An out-of-range repetition penalty is an error before any tier runs (not a local failure
+/// that falls back to another tier).
+#[tokio::test]
+async fn out_of_range_repetition_penalty_is_rejected_before_any_tier_runs() {
+    let model = Arc::new(EchoModel::default());
+    let r = router(model.clone());
+    for bad in [0.5, 2.5, f32::NAN] {
+        let err = r
+            .complete(Request::new("hello").with_repetition_penalty(bad))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidRequest(m) if m.contains("repetition_penalty")),
+            "{err}"
+        );
+    }
+    assert_eq!(model.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    r.complete(Request::new("hello").with_repetition_penalty(1.3))
+        .await
+        .unwrap();
+    assert_eq!(model.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn stats_count_routes() {
     let r = router(Arc::new(EchoModel::default()));

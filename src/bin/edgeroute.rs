@@ -120,6 +120,10 @@ struct AskArgs {
     /// Maximum new tokens. Default: the policy's [local].max_new_tokens.
     #[arg(long, value_name = "N")]
     max_tokens: Option<u32>,
+    /// Local model's repetition penalty, 1 (off) to 2. Default: the policy's
+    /// [local].repetition_penalty.
+    #[arg(long, value_name = "P")]
+    repetition_penalty: Option<f32>,
 }
 
 #[derive(Args)]
@@ -262,6 +266,7 @@ fn ask(args: AskArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
     let policy = load_policy(&args.policy)?;
     let mut request = build_request(&args.request)?;
     request.params.max_tokens = args.max_tokens;
+    request.params.repetition_penalty = args.repetition_penalty;
     let router = router(policy, home, true)?;
     let rt = runtime()?;
     let response = rt.block_on(async {

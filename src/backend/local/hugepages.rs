@@ -1,6 +1,6 @@
 //! Backs the model's weights with 2 MiB pages.
 //!
-//! Decoding reads every weight once per token (~190 MB for the default model), so its speed is
+//! Decoding reads every weight once per token (~150 MiB packed for the default model), so its speed is
 //! bounded by memory traffic — and, with 4 KiB pages, by address-translation (TLB) misses over
 //! that much memory. Linux's transparent huge pages remove most of those misses, but most
 //! systems give them only to memory that asks for them (`enabled = madvise`), and ONNX Runtime
@@ -10,7 +10,7 @@
 //! what loading the model allocated. Contents, addresses and resident size stay the same; only
 //! chunks whose every page is already resident are touched, so nothing grows.
 //!
-//! The kernel may have to compact memory to find free huge pages (100–450 ms measured for the
+//! The kernel may have to compact memory to find free huge pages (50–460 ms measured for the
 //! default model), so this runs on a thread of its own at the lowest priority instead of
 //! delaying `commit()`; generations run meanwhile, on 4 KiB pages until it is done.
 //!

@@ -206,7 +206,7 @@ impl LocalBackendBuilder {
     /// Loads the runtime, checks the model directory and opens the sessions.
     ///
     /// Errors: [`Error::RuntimeUnavailable`] or [`Error::ModelUnavailable`], each naming the path,
-    /// the reason and the fix.
+    /// the reason and the fix; [`Error::Config`] for a repetition penalty outside 1–2.
     pub fn commit(self) -> Result<LocalBackend> {
         let repetition_penalty = check_repetition_penalty(
             self.repetition_penalty
