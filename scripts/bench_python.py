@@ -27,8 +27,8 @@ def vm_hwm_mb():
 
 def collapse_to_huge_pages():
     """What LocalBackend does after opening its session (src/backend/local/hugepages.rs), done
-    here with ctypes: MADV_COLLAPSE every fully resident 2 MiB chunk of private anonymous
-    memory. Returns the bytes collapsed (0 where the system cannot)."""
+    here with ctypes: MADV_COLLAPSE every 2 MiB chunk of private anonymous memory whose pages
+    are all present and this process's own. Returns the bytes collapsed (0 where the system cannot)."""
     import ctypes
 
     huge, page, done = 2 << 20, os.sysconf("SC_PAGE_SIZE"), 0
@@ -46,8 +46,9 @@ def collapse_to_huge_pages():
             while chunk + huge <= end:
                 pagemap.seek(chunk // page * 8)
                 entries = pagemap.read(huge // page * 8)
-                present = all(entries[i + 7] & 0x80 for i in range(0, len(entries), 8))
-                if present and libc.madvise(chunk, huge, 25) == 0:  # 25 = MADV_COLLAPSE
+                # Bits 63 (present) and 56 (mapped by this process only), as the Rust side.
+                own = all(entries[i + 7] & 0x81 == 0x81 for i in range(0, len(entries), 8))
+                if own and libc.madvise(chunk, huge, 25) == 0:  # 25 = MADV_COLLAPSE
                     done += huge
                 chunk += huge
     return done

@@ -89,9 +89,10 @@ pub struct GenerationParams {
     /// Local tier: a loop breaker. A token already generated [`REPETITION_MIN_COUNT`] or more
     /// times among the last [`REPETITION_WINDOW`] has its logit divided by this (multiplied when
     /// negative) before the pick; `1` turns it off, allowed range 1–2. Small models decoding
-    /// greedily fall into loops ("1. **1011111…") without it; gating on a count leaves answers
-    /// that do not loop exactly as greedy decoding gives them. Default: the local backend's (the
-    /// policy's `[local].repetition_penalty`, else 1.1). Cloud providers ignore it.
+    /// greedily fall into loops ("1. **1011111…") without it. An answer differs from pure
+    /// greedy decoding only where a token already said 3+ times was about to be picked again
+    /// by a margin smaller than the penalty. Default: the local backend's (the policy's
+    /// `[local].repetition_penalty`, else 1.1). Cloud providers ignore it.
     pub repetition_penalty: Option<f32>,
 }
 
@@ -99,11 +100,11 @@ pub struct GenerationParams {
 pub const REPETITION_WINDOW: usize = 64;
 
 /// How often a token must occur in the window before [`GenerationParams::repetition_penalty`]
-/// applies to it. Measured on the default model over nine prompts: penalising every recent
+/// applies to it. Measured on the default model (twelve prompts): penalising every recent
 /// token (as llama.cpp does) broke three good greedy answers (a list gained a wrong item); from
-/// three occurrences on, the answers that did not repeat themselves stayed token-identical and
-/// only those that did (a "1111…" loop, a week list running on past Sunday, a phrase said
-/// three times) changed.
+/// three occurrences on, the ones that changed were those repeating themselves (a "1111…"
+/// loop, a week list running on past Sunday, a haiku and a translation that said the same
+/// phrase again).
 pub const REPETITION_MIN_COUNT: usize = 3;
 
 /// The local tier's repetition penalty when neither the request nor the policy sets one (as

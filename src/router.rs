@@ -576,7 +576,11 @@ impl LegClock {
 /// How a hedge leg ended.
 enum LegEnd<'g> {
     Answered(&'g Generation),
-    Cancelled,
+    /// Stopped because the other leg answered; `first_tier`: it was the hedge's first tier
+    /// (ran from the start) rather than the one started after the delay.
+    Cancelled {
+        first_tier: bool,
+    },
     Failed(&'g Error),
 }
 
@@ -943,7 +947,10 @@ impl Execution<'_> {
                 let end = LegEnd::Answered(&g);
                 cloud_cost += self.hedge_leg(answered_by, clock(answered_by), end, estimate);
                 if failed.is_none() && clock(other).started.get().is_some() {
-                    cloud_cost += self.hedge_leg(other, clock(other), LegEnd::Cancelled, estimate);
+                    let end = LegEnd::Cancelled {
+                        first_tier: other == tiers[0],
+                    };
+                    cloud_cost += self.hedge_leg(other, clock(other), end, estimate);
                 }
                 Ok(Outcome {
                     route: answered_by,
@@ -991,9 +998,9 @@ impl Execution<'_> {
     /// Records one hedge leg as an attempt and feeds the latency signals; returns what it
     /// costs against the budget. A cancelled cloud call keeps its estimated cost (it may have
     /// been billed), as the ledger does. A cancelled leg, local or cloud, still feeds its tier's
-    /// first-token p95 -- with its first token if one came, else with how long it ran (a lower
-    /// bound) -- so that the slow starts that make hedges fire are not left out of the delay
-    /// the next hedge waits for.
+    /// first-token p95 with its first token if one came -- or, for the first tier, with how long
+    /// it ran without one (a lower bound) -- so that the slow starts that make hedges fire are
+    /// not left out of the delay the next hedge waits for.
     fn hedge_leg(
         &mut self,
         route: Route,
@@ -1025,10 +1032,16 @@ impl Execution<'_> {
                 let estimated = is_cloud && g.usage_estimated;
                 (g.usage, Cost { usd, estimated }, g.confidence, None)
             }
-            LegEnd::Cancelled => {
-                inner
-                    .stats
-                    .observe_cancelled_first_token(route, first_token.unwrap_or(elapsed));
+            LegEnd::Cancelled { first_tier } => {
+                // Its first token is a measurement either way. How long it ran without one is a
+                // lower bound worth keeping only for the first tier, whose slow start made the
+                // hedge fire; a second tier cancelled soon after it started would report only
+                // that short wait and pull its own p95 down.
+                match (first_token, first_tier) {
+                    (Some(t), _) => inner.stats.observe_cancelled_first_token(route, t),
+                    (None, true) => inner.stats.observe_cancelled_first_token(route, elapsed),
+                    (None, false) => {}
+                }
                 let usd = if is_cloud { estimate } else { Decimal::ZERO };
                 let cost = Cost {
                     usd,

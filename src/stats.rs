@@ -210,10 +210,11 @@ impl StatsRecorder {
     }
 
     /// Feeds a tier's first-token p95 window from a call that was cancelled (it lost a hedge):
-    /// `first_token` is when its first token came or, when none came, how long it ran without
-    /// one -- a lower bound. Either way the sample is kept: leaving out the calls that lose,
-    /// which are the slow ones, would bias the p95 low, and the p95 is what `after_ms = "p95"`
-    /// waits for. The averages (EWMAs) are left alone: a cancelled call has no usage and no
+    /// `first_token` is when its first token came or, when none came and the call was the
+    /// hedge's first tier, how long it ran without one -- a lower bound. Leaving out the calls
+    /// that lose, which are the slow ones, would bias the p95 low, and the p95 is what
+    /// `after_ms = "p95"` waits for. (The router does not report a second tier cancelled
+    /// without a token: it only waited since the delay, which says little of its first token.) The averages (EWMAs) are left alone: a cancelled call has no usage and no
     /// end. `Route::Cache` has no first-token signal and is ignored.
     pub fn observe_cancelled_first_token(&self, route: Route, first_token: Duration) {
         self.with(|s| match route {

@@ -65,9 +65,7 @@ mod lazy_local {
     use async_trait::async_trait;
     use tokio::sync::OnceCell;
 
-    use crate::backend::local::{
-        short_revision, LocalBackend, LocalBackendBuilder, Manifest, MANIFEST_FILE,
-    };
+    use crate::backend::local::{LocalBackend, LocalBackendBuilder, Manifest, MANIFEST_FILE};
     use crate::backend::{Backend, BackendCall, EventStream, Generation};
     use crate::error::{Error, Result};
 
@@ -83,12 +81,13 @@ mod lazy_local {
 
     impl LazyLocal {
         pub(crate) fn new(builder: LocalBackendBuilder, name: String, model_dir: PathBuf) -> Self {
+            let revision = Manifest::load(&model_dir, false)
+                .ok()
+                .map(|m| builder.revision_for(m.revision()));
             LazyLocal {
                 builder,
                 name,
-                revision: Manifest::load(&model_dir, false)
-                    .ok()
-                    .and_then(|m| m.revision().map(short_revision)),
+                revision,
                 model_dir,
                 loaded: OnceCell::new(),
             }

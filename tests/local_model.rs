@@ -152,6 +152,20 @@ fn the_repetition_penalty_breaks_a_greedy_loop_and_one_turns_it_off() {
     assert!(out.text.contains("1111111111"), "{:?}", out.text);
     assert_ne!(out.token_ids, case.output_ids);
     assert!(longest_run(&case.output_ids) < 4, "{:?}", case.text);
+    // The default is part of the backend's revision (so of every cache key): a backend with
+    // another default does not share cached answers with this one.
+    let pure_backend = LocalBackend::builder()
+        .threads(reference().threads)
+        .repetition_penalty(1.0)
+        .huge_pages(false)
+        .commit()
+        .unwrap();
+    let (a, b) = (
+        backend().revision().unwrap(),
+        pure_backend.revision().unwrap(),
+    );
+    assert!(a.ends_with("-rp1.1") && b.ends_with("-rp1"), "{a} / {b}");
+    assert_eq!(a.split('+').next(), b.split('+').next(), "same weights");
     // Out of range is a clear error, not a silent clamp.
     let bad = GenerationParams {
         repetition_penalty: Some(0.5),
@@ -333,7 +347,6 @@ fn the_weights_move_to_huge_pages_without_changing_answers() {
             .unwrap()
     };
     let off = open(false);
-    assert_eq!(off.huge_page_bytes(), 0);
     let on = open(true);
     let started = Instant::now();
     while !on.huge_pages_settled() {

@@ -839,6 +839,49 @@ async fn a_cancelled_cloud_leg_still_feeds_the_cloud_first_token_p95() {
     assert!(generations_stop_within(Duration::from_secs(3)).await);
 }
 
+/// The other side of the rule: a second tier that is cancelled before its first token only
+/// waited since the delay, which says little about its first token, so it is not counted --
+/// nine quick cloud first tokens plus that short wait must not make a p95.
+#[tokio::test]
+async fn a_second_tier_cancelled_without_a_token_does_not_count() {
+    let _turn = turn().await;
+    let fake = FakeProvider::start().await;
+    let r = router(
+        "[[rule]]\nname = \"direct\"\nroute = \"cloud\"\n[rule.when]\ntags_any = [\"direct\"]\n\
+         [defaults]\nroute = \"hedge\"\nafter_ms = 1\n",
+        cloud_config(&fake),
+    );
+    let p95 = || {
+        let features = edgeroute::inspect::inspect(r.policy(), &ask("Name a fruit."));
+        r.signals(&features, MAX_TOKENS)
+            .latency
+            .cloud_first_token_p95_ms
+    };
+    for _ in 0..9 {
+        let resp = r
+            .complete(ask("Name a color.").with_max_tokens(2).with_tag("direct"))
+            .await
+            .unwrap();
+        assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    }
+    fake.set_behavior(Behavior::SlowHeaders(Duration::from_secs(20)));
+    // Local first; the cloud starts after 1 ms, sends nothing, and is cancelled.
+    let resp = r
+        .complete(ask("Name a color.").with_max_tokens(4))
+        .await
+        .unwrap();
+    assert_eq!(
+        hedge_winner(&resp).as_deref(),
+        Some("local"),
+        "{}",
+        resp.decision
+    );
+    let loser = cancelled_cloud_attempt_keeps_its_estimate(&resp);
+    assert_eq!(loser.first_token, None, "{loser:?}");
+    assert_eq!(p95(), None, "the second tier's short wait was counted");
+    assert!(generations_stop_within(Duration::from_secs(3)).await);
+}
+
 /// A first tier that fails outright hands the request to the other one at once, and the
 /// response says so; the failed call is recorded and costs nothing.
 #[tokio::test]

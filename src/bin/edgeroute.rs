@@ -161,7 +161,8 @@ enum PiiCommand {
     /// Scan one document (the argument, or standard input): one `kind start end` line per span,
     /// or {"spans":[{"kind","start","end","confidence"}]} with --json (UTF-8 byte offsets).
     Scan {
-        /// The text to scan; omitted or `-` reads standard input.
+        /// The text to scan; omitted or `-` reads standard input (put `--` before a text that
+        /// starts with `-`).
         text: Option<String>,
         #[command(flatten)]
         policy: PolicyArg,

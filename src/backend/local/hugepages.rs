@@ -7,8 +7,9 @@
 //! does not ask. So once the sessions are open, [`in_background`] asks the kernel
 //! (`madvise(MADV_COLLAPSE)`, Linux ≥ 6.1) to rebuild in place, as 2 MiB pages, every fully
 //! resident 2 MiB stretch of private anonymous memory mapped since a [`Snapshot`] — that is,
-//! what loading the model allocated. Contents, addresses and resident size stay the same; only
-//! chunks whose every page is already resident are touched, so nothing grows.
+//! what loading the model allocated. Contents, addresses and resident size stay the same: only
+//! chunks whose every page is present and mapped by this process alone (not the shared zero
+//! page, not copy-on-write) are touched, so nothing grows.
 //!
 //! The kernel may have to compact memory to find free huge pages (50–460 ms measured for the
 //! default model), so this runs on a thread of its own at the lowest priority instead of
@@ -55,11 +56,13 @@ impl Snapshot {
     }
 }
 
-/// How far the background collapse has got; shared with the [`super::LocalBackend`].
+/// How far the background collapse has got; shared with the [`super::LocalBackend`], which
+/// calls [`Progress::stop`] when it is dropped (its memory is then no longer the model's).
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
     bytes: AtomicUsize,
     settled: AtomicBool,
+    stopped: AtomicBool,
 }
 
 impl Progress {
@@ -71,6 +74,11 @@ impl Progress {
     /// Whether the collapse has finished (or was never started).
     pub(crate) fn settled(&self) -> bool {
         self.settled.load(Ordering::Acquire)
+    }
+
+    /// Asks a running collapse to stop before its next chunk.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
     }
 
     /// A collapse that will not run.
@@ -90,7 +98,7 @@ pub(crate) fn in_background(regions: Vec<Range<usize>>) -> Arc<Progress> {
         .spawn(move || {
             #[cfg(target_os = "linux")]
             system::lower_priority();
-            collapse(&regions, &shared.bytes);
+            collapse(&regions, &shared);
             shared.settled.store(true, Ordering::Release);
         });
     if let Err(e) = spawned {
@@ -150,11 +158,12 @@ fn aligned_chunks(range: &Range<usize>, chunk: usize) -> impl Iterator<Item = us
 }
 
 /// Collapses into huge pages the fully resident chunks of `regions`, adding each chunk done to
-/// `moved` as it goes. Never fails: what cannot be done is logged at debug level and skipped.
-pub(crate) fn collapse(regions: &[Range<usize>], moved: &AtomicUsize) -> Collapsed {
+/// `progress` as it goes and stopping early when asked to. Never fails: what cannot be done is
+/// logged at debug level and skipped.
+pub(crate) fn collapse(regions: &[Range<usize>], progress: &Progress) -> Collapsed {
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (regions, moved);
+        let _ = (regions, progress);
         return Collapsed {
             unavailable: Some("transparent huge pages are a Linux feature".into()),
             ..Collapsed::default()
@@ -164,25 +173,26 @@ pub(crate) fn collapse(regions: &[Range<usize>], moved: &AtomicUsize) -> Collaps
     match system::Support::probe() {
         Ok(support) => {
             let mut done = Collapsed::default();
-            for region in regions {
-                for chunk in aligned_chunks(region, support.huge_page) {
-                    if !support.fully_resident(chunk) {
-                        continue;
+            let chunks = regions
+                .iter()
+                .flat_map(|r| aligned_chunks(r, support.huge_page));
+            for chunk in chunks {
+                if progress.stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                if !support.fully_resident(chunk) {
+                    continue;
+                }
+                // EINVAL here is the kernel's "this range cannot be collapsed" (its support was
+                // probed once, up front): skip the chunk like any other refusal.
+                match system::collapse(chunk, support.huge_page) {
+                    Ok(()) => {
+                        done.bytes += support.huge_page;
+                        progress
+                            .bytes
+                            .fetch_add(support.huge_page, Ordering::Relaxed);
                     }
-                    match system::collapse(chunk, support.huge_page) {
-                        Ok(()) => {
-                            done.bytes += support.huge_page;
-                            moved.fetch_add(support.huge_page, Ordering::Relaxed);
-                        }
-                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                            let why =
-                                format!("this kernel has no MADV_COLLAPSE (Linux >= 6.1): {e}");
-                            tracing::debug!(%why, "huge pages: not used");
-                            done.unavailable = Some(why);
-                            return done;
-                        }
-                        Err(_) => done.declined += 1,
-                    }
+                    Err(_) => done.declined += 1,
                 }
             }
             tracing::debug!(
@@ -211,7 +221,10 @@ mod system {
 
     /// `MADV_COLLAPSE` from Linux's uapi `mman-common.h` (the `libc` crate does not name it).
     const MADV_COLLAPSE: libc::c_int = 25;
+    /// `/proc/self/pagemap` bits: the page is present; it is mapped by this process only (so not
+    /// the shared zero page of a never-written page, nor shared copy-on-write).
     const PAGE_PRESENT: u64 = 1 << 63;
+    const PAGE_EXCLUSIVE: u64 = 1 << 56;
 
     /// What this system offers.
     pub(super) struct Support {
@@ -240,6 +253,10 @@ mod system {
             }
             let pagemap =
                 File::open("/proc/self/pagemap").map_err(|e| format!("/proc/self/pagemap: {e}"))?;
+            // A zero-length request is accepted (a no-op) by kernels that know the advice and
+            // refused with EINVAL by those that do not (before Linux 6.1).
+            collapse(0, 0)
+                .map_err(|e| format!("this kernel has no MADV_COLLAPSE (Linux >= 6.1): {e}"))?;
             Ok(Support {
                 huge_page,
                 page,
@@ -247,8 +264,8 @@ mod system {
             })
         }
 
-        /// Whether every page of the huge-page-sized chunk at `addr` is in memory (so collapsing
-        /// it adds nothing to the resident size).
+        /// Whether every page of the huge-page-sized chunk at `addr` is in memory and this
+        /// process's own (so collapsing it adds nothing to the resident size).
         pub(super) fn fully_resident(&self, addr: usize) -> bool {
             let pages = self.huge_page / self.page;
             let mut entries = vec![0u8; pages * 8];
@@ -259,7 +276,8 @@ mod system {
             entries.chunks_exact(8).all(|e| {
                 let mut bytes = [0u8; 8];
                 bytes.copy_from_slice(e);
-                u64::from_ne_bytes(bytes) & PAGE_PRESENT != 0
+                let entry = u64::from_ne_bytes(bytes);
+                entry & PAGE_PRESENT != 0 && entry & PAGE_EXCLUSIVE != 0
             })
         }
     }
@@ -285,9 +303,10 @@ mod system {
     /// Asks the kernel to back `[addr, addr + len)` with huge pages, keeping its contents.
     #[allow(unsafe_code)]
     pub(super) fn collapse(addr: usize, len: usize) -> io::Result<()> {
-        // SAFETY: MADV_COLLAPSE changes only how a range is backed, never the contents or
-        // addresses of whatever is mapped there; the range was listed as this process's
-        // anonymous memory, and if it has been unmapped since the kernel returns ENOMEM.
+        // SAFETY: MADV_COLLAPSE changes only how memory is backed, never the contents or the
+        // addresses of any mapping. The range was listed as this process's anonymous memory but
+        // may have been unmapped (ENOMEM) or even reused by another mapping since; either way
+        // no memory the program can observe changes.
         let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, MADV_COLLAPSE) };
         if rc == 0 {
             Ok(())
@@ -370,15 +389,23 @@ mod tests {
     }
 
     #[test]
-    fn memory_allocated_after_the_snapshot_is_collapsed_when_the_kernel_can() {
+    fn a_buffer_mapped_after_the_snapshot_is_found_and_collapsed_when_the_kernel_can() {
         let before = Snapshot::take();
-        // 40 MiB written through, so every page is resident; above glibc's largest mmap
-        // threshold (32 MiB), so it is a mapping of its own made after the snapshot.
+        // 40 MiB written through, so every page is present and this process's own; above
+        // glibc's largest mmap threshold (32 MiB), so it is a mapping of its own.
         let buffer: Vec<u8> = (0..40 << 20).map(|i| (i % 251) as u8).collect();
-        let moved = AtomicUsize::new(0);
-        let done = collapse(&before.mapped_since(), &moved);
-        assert_eq!(moved.load(Ordering::Relaxed), done.bytes);
-        // Contents survive whatever happened.
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        assert!(
+            before
+                .mapped_since()
+                .iter()
+                .any(|r| r.start <= range.start && range.end <= r.end),
+            "the new buffer is not among the regions mapped since the snapshot"
+        );
+        // Only the buffer's own range: other tests of this process are not touched.
+        let progress = Progress::default();
+        let done = collapse(std::slice::from_ref(&range), &progress);
+        assert_eq!(progress.bytes(), done.bytes);
         assert!(buffer
             .iter()
             .enumerate()
@@ -388,9 +415,39 @@ mod tests {
             assert_eq!(done.bytes, 0);
             return;
         }
-        // The 19 whole 2 MiB chunks inside the buffer (at least) are now huge pages.
-        assert!(done.bytes >= 19 << 21, "{done:?}");
-        let huge = anon_huge_kib_at(buffer.as_ptr() as usize).unwrap();
-        assert!(huge >= 19 * 2048, "AnonHugePages {huge} kB");
+        // Every whole 2 MiB chunk inside the buffer was collapsed or declined (the kernel may
+        // lack a free huge page at that moment), and what was collapsed shows.
+        let chunks = aligned_chunks(&range, 2 << 20).count();
+        assert!(chunks >= 19);
+        assert_eq!(done.bytes + (done.declined << 21), chunks << 21, "{done:?}");
+        assert!(done.bytes > 0, "{done:?}");
+        let huge = anon_huge_kib_at(range.start).unwrap();
+        assert!(
+            huge * 1024 >= done.bytes,
+            "AnonHugePages {huge} kB, {done:?}"
+        );
+    }
+
+    #[test]
+    fn a_stopped_collapse_does_nothing_more() {
+        let buffer: Vec<u8> = vec![1; 8 << 20];
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        let progress = Progress::default();
+        progress.stop();
+        let done = collapse(std::slice::from_ref(&range), &progress);
+        assert_eq!((done.bytes, done.declined), (0, 0), "{done:?}");
+    }
+
+    #[test]
+    fn never_written_pages_are_not_collapsed() {
+        // Mapped but never touched (or only read): no page of this process's own, so a
+        // collapse would add resident memory; it must be skipped, not counted as moved.
+        // 40 MiB: a fresh mapping of its own, which calloc does not need to write.
+        let buffer: Vec<u8> = vec![0; 40 << 20];
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        let sum: u64 = buffer.iter().map(|&b| u64::from(b)).sum();
+        assert_eq!(sum, 0);
+        let done = collapse(std::slice::from_ref(&range), &Progress::default());
+        assert_eq!((done.bytes, done.declined), (0, 0), "{done:?}");
     }
 }

@@ -203,6 +203,22 @@ impl LocalBackendBuilder {
         self
     }
 
+    /// The backend's [`Backend::revision`] for weights with this SHA-256: their first 16 hex
+    /// digits plus the defaults that change answers (`+max256-rp1.1`), so the answer cache
+    /// does not serve what another build or other defaults produced.
+    pub(crate) fn revision_for(&self, weights_sha256: Option<&str>) -> String {
+        let defaults = format!(
+            "max{}-rp{}",
+            self.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
+            self.repetition_penalty
+                .unwrap_or(DEFAULT_REPETITION_PENALTY)
+        );
+        match weights_sha256 {
+            Some(sha) => format!("{}+{defaults}", short_revision(sha)),
+            None => defaults,
+        }
+    }
+
     /// Loads the runtime, checks the model directory and opens the sessions.
     ///
     /// Errors: [`Error::RuntimeUnavailable`] or [`Error::ModelUnavailable`], each naming the path,
@@ -259,7 +275,7 @@ impl LocalBackendBuilder {
         Ok(LocalBackend {
             inner: Arc::new(Inner {
                 name: format!("local/{}", manifest.name),
-                revision: manifest.revision().map(short_revision),
+                revision: self.revision_for(manifest.revision()),
                 model_dir,
                 max_new_tokens: self.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
                 repetition_penalty,
@@ -287,7 +303,7 @@ pub struct LocalBackend {
 
 struct Inner {
     name: String,
-    revision: Option<String>,
+    revision: String,
     model_dir: PathBuf,
     max_new_tokens: u32,
     repetition_penalty: f32,
@@ -303,6 +319,13 @@ struct Inner {
     huge_pages: Arc<hugepages::Progress>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The sessions' memory goes back to the allocator: no longer the model's to collapse.
+        self.huge_pages.stop();
+    }
+}
+
 impl std::fmt::Debug for LocalBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalBackend")
@@ -315,7 +338,7 @@ impl std::fmt::Debug for LocalBackend {
 }
 
 /// A model build's revision as shown in cache identities: 16 hex digits of its weights' SHA-256.
-pub(crate) fn short_revision(sha256: &str) -> String {
+fn short_revision(sha256: &str) -> String {
     sha256.chars().take(16).collect()
 }
 
@@ -516,9 +539,10 @@ impl Backend for LocalBackend {
         &self.inner.name
     }
 
-    /// The first 16 hex digits of the weights' SHA-256 (from the manifest).
+    /// The first 16 hex digits of the weights' SHA-256 (from the manifest) and the defaults
+    /// that change answers, e.g. `576ea1940f9959f6+max256-rp1.1`.
     fn revision(&self) -> Option<String> {
-        self.inner.revision.clone()
+        Some(self.inner.revision.clone())
     }
 
     /// Generates on a dedicated thread; deltas arrive through a bounded channel. Dropping the
