@@ -353,37 +353,60 @@ fn ask_without_a_model_names_the_setup_command() {
     assert!(err.contains("python3 scripts/setup.py"), "{err}");
 }
 
+/// Writes `<home>/<name>` (a policy whose `[local]` section points at the installed model and
+/// goes on with `rest`) and returns its path.
+#[cfg(feature = "onnx")]
+fn installed_model_policy(home: &Path, name: &str, rest: &str) -> PathBuf {
+    let installed = edgeroute::home::resolve(None);
+    let model_dir = edgeroute::home::model_dir(&installed, edgeroute::home::DEFAULT_MODEL);
+    let policy = home.join(name);
+    std::fs::write(
+        &policy,
+        format!(
+            "[local]\nmodel_dir = {:?}\n{rest}",
+            model_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    policy
+}
+
+/// `ask --json` with `home` as the edgeroute home, the installed runtime and `policy`; `args`
+/// end with the prompt. The parsed answer (the command must succeed).
+#[cfg(feature = "onnx")]
+fn ask_json(home: &Path, policy: &Path, args: &[&str]) -> serde_json::Value {
+    let installed = edgeroute::home::resolve(None);
+    let o = bin()
+        .args(["--home", home.to_str().unwrap(), "ask", "--json"])
+        .args(["--policy", policy.to_str().unwrap()])
+        .args(args)
+        .env(
+            "ORT_DYLIB_PATH",
+            installed.join("runtime/libonnxruntime.so.1.32.0"),
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
 /// The policy's `[local].repetition_penalty` and `ask --repetition-penalty` reach the local
 /// model: at 1 (off) this prompt loops under greedy decoding, at the default it does not.
 #[cfg(feature = "onnx")]
 #[test]
 fn the_policys_repetition_penalty_reaches_the_local_model() {
-    let installed = edgeroute::home::resolve(None);
     let home = tempfile::tempdir().unwrap();
-    let model_dir = edgeroute::home::model_dir(&installed, edgeroute::home::DEFAULT_MODEL);
     let answer = |penalty_line: &str, flags: &[&str]| {
-        let policy = home.path().join("p.toml");
-        std::fs::write(
-            &policy,
-            format!(
-                "[local]\nmodel_dir = {:?}\nmax_new_tokens = 48\n{penalty_line}\n[cache]\nmode = \"off\"\n[defaults]\nroute = \"local\"\n",
-                model_dir.display().to_string()
+        let policy = installed_model_policy(
+            home.path(),
+            "p.toml",
+            &format!(
+                "max_new_tokens = 48\n{penalty_line}\n[cache]\nmode = \"off\"\n[defaults]\nroute = \"local\"\n"
             ),
-        )
-        .unwrap();
-        let o = bin()
-            .args(["--home", home.path().to_str().unwrap(), "ask", "--json"])
-            .args(["--policy", policy.to_str().unwrap()])
-            .args(flags)
-            .arg("Give me three tips for learning to cook at home.")
-            .env(
-                "ORT_DYLIB_PATH",
-                installed.join("runtime/libonnxruntime.so.1.32.0"),
-            )
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        );
+        let mut args = flags.to_vec();
+        args.push("Give me three tips for learning to cook at home.");
+        let v = ask_json(home.path(), &policy, &args);
         v["text"].as_str().unwrap().to_string()
     };
     let off = answer("repetition_penalty = 1.0", &[]);
@@ -401,32 +424,15 @@ fn the_policys_repetition_penalty_reaches_the_local_model() {
 #[cfg(feature = "onnx")]
 #[test]
 fn ask_answers_locally_then_from_cache_and_stats_add_up() {
-    let installed = edgeroute::home::resolve(None);
     let home = tempfile::tempdir().unwrap();
-    let policy = home.path().join("offline.toml");
-    let model_dir = edgeroute::home::model_dir(&installed, edgeroute::home::DEFAULT_MODEL);
-    std::fs::write(
-        &policy,
-        format!(
-            "[local]\nmodel_dir = {:?}\nmax_new_tokens = 24\n[cache]\nmode = \"on\"\n[defaults]\nroute = \"local\"\npin = true\n",
-            model_dir.display().to_string()
-        ),
-    )
-    .unwrap();
+    let policy = installed_model_policy(
+        home.path(),
+        "offline.toml",
+        "max_new_tokens = 24\n[cache]\nmode = \"on\"\n[defaults]\nroute = \"local\"\npin = true\n",
+    );
     let h = home.path().to_str().unwrap();
     let p = policy.to_str().unwrap();
-    let ask = |prompt: &str| {
-        let o = bin()
-            .args(["--home", h, "ask", "--json", "--policy", p, prompt])
-            .env(
-                "ORT_DYLIB_PATH",
-                installed.join("runtime/libonnxruntime.so.1.32.0"),
-            )
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
-    };
+    let ask = |prompt: &str| ask_json(home.path(), &policy, &[prompt]);
     let first = ask("What is the capital of France?");
     assert_eq!(first["route"], "local", "{first}");
     assert_eq!(first["rule"], "defaults");

@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use edgeroute::backend::local::LocalBackend;
+use edgeroute::backend::local::{LocalBackend, LocalBackendBuilder, LocalOutput};
 use edgeroute::backend::{Backend, BackendCall, FinishReason, StreamEvent};
 use edgeroute::request::{GenerationParams, Message};
 use futures::StreamExt;
@@ -38,12 +38,22 @@ fn reference() -> Reference {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// A builder with the reference's thread count (the tests change what else they need).
+fn builder() -> LocalBackendBuilder {
+    LocalBackend::builder().threads(reference().threads)
+}
+
+/// Generates to the end (no cancellation).
+fn generate(
+    b: &LocalBackend,
+    messages: &[Message],
+    params: &GenerationParams,
+) -> edgeroute::Result<LocalOutput> {
+    b.generate_blocking(messages, params, None, |_| ControlFlow::Continue(()))
+}
+
 fn build(pool_size: usize) -> LocalBackend {
-    match LocalBackend::builder()
-        .threads(reference().threads)
-        .pool_size(pool_size)
-        .commit()
-    {
+    match builder().pool_size(pool_size).commit() {
         Ok(b) => b,
         Err(e) => panic!("local tier not installed or broken: {e}"),
     }
@@ -98,11 +108,7 @@ fn greedy_matches_python_onnxruntime_token_for_token() {
             "prompt ids for {:?}",
             case.prompt
         );
-        let out = b
-            .generate_blocking(&messages, &greedy(r.max_new_tokens), None, |_| {
-                ControlFlow::Continue(())
-            })
-            .unwrap();
+        let out = generate(b, &messages, &greedy(r.max_new_tokens)).unwrap();
         assert_eq!(longest_run(&out.token_ids), longest_run(&case.output_ids));
         assert_eq!(
             out.token_ids, case.output_ids,
@@ -145,17 +151,14 @@ fn the_repetition_penalty_breaks_a_greedy_loop_and_one_turns_it_off() {
         repetition_penalty: Some(1.0),
         ..greedy(48)
     };
-    let out = backend()
-        .generate_blocking(&messages, &pure, None, |_| ControlFlow::Continue(()))
-        .unwrap();
+    let out = generate(backend(), &messages, &pure).unwrap();
     assert!(longest_run(&out.token_ids) >= 30, "{:?}", out.text);
     assert!(out.text.contains("1111111111"), "{:?}", out.text);
     assert_ne!(out.token_ids, case.output_ids);
     assert!(longest_run(&case.output_ids) < 4, "{:?}", case.text);
     // The default is part of the backend's revision (so of every cache key): a backend with
     // another default does not share cached answers with this one.
-    let pure_backend = LocalBackend::builder()
-        .threads(reference().threads)
+    let pure_backend = builder()
         .repetition_penalty(1.0)
         .huge_pages(false)
         .commit()
@@ -171,23 +174,19 @@ fn the_repetition_penalty_breaks_a_greedy_loop_and_one_turns_it_off() {
         repetition_penalty: Some(0.5),
         ..greedy(4)
     };
-    let err = backend()
-        .generate_blocking(&messages, &bad, None, |_| ControlFlow::Continue(()))
-        .unwrap_err();
+    let err = generate(backend(), &messages, &bad).unwrap_err();
     assert!(err.to_string().contains("repetition_penalty"), "{err}");
 }
 
 #[test]
 fn the_model_knows_capitals() {
     let b = backend();
-    let out = b
-        .generate_blocking(
-            &[Message::user("What is the capital of Germany?")],
-            &greedy(32),
-            None,
-            |_| ControlFlow::Continue(()),
-        )
-        .unwrap();
+    let out = generate(
+        b,
+        &[Message::user("What is the capital of Germany?")],
+        &greedy(32),
+    )
+    .unwrap();
     assert!(out.text.contains("Berlin"), "{}", out.text);
     assert_eq!(out.finish, FinishReason::Stop);
     let c = out.confidence.unwrap();
@@ -339,13 +338,7 @@ fn huge_pages_available() -> bool {
 
 #[test]
 fn the_weights_move_to_huge_pages_without_changing_answers() {
-    let open = |huge: bool| {
-        LocalBackend::builder()
-            .threads(reference().threads)
-            .huge_pages(huge)
-            .commit()
-            .unwrap()
-    };
+    let open = |huge: bool| builder().huge_pages(huge).commit().unwrap();
     let off = open(false);
     let on = open(true);
     let started = Instant::now();
@@ -367,10 +360,7 @@ fn the_weights_move_to_huge_pages_without_changing_answers() {
         eprintln!("no transparent huge pages on request here: only the answers are compared");
     }
     let messages = [Message::user("Name three primary colors.")];
-    let run = |b: &LocalBackend| {
-        b.generate_blocking(&messages, &greedy(24), None, |_| ControlFlow::Continue(()))
-            .unwrap()
-    };
+    let run = |b: &LocalBackend| generate(b, &messages, &greedy(24)).unwrap();
     let (a, b) = (run(&off), run(&on));
     assert_eq!(a.token_ids, b.token_ids);
     assert_eq!(a.logprobs, b.logprobs);

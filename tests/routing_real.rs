@@ -94,6 +94,12 @@ fn router(policy: &str, cloud: CloudConfig) -> Router {
     builder(policy, cloud).cache(false).build().unwrap()
 }
 
+/// The latency signals the router's next decision would see (for a short probe prompt).
+fn latency_signals(r: &Router) -> edgeroute::signals::LatencyEstimates {
+    let features = edgeroute::inspect::inspect(r.policy(), &ask("Name a fruit."));
+    r.signals(&features, MAX_TOKENS).latency
+}
+
 fn ask(prompt: &str) -> Request {
     Request::new(prompt).with_max_tokens(MAX_TOKENS)
 }
@@ -523,12 +529,7 @@ async fn a_cancelled_local_leg_still_feeds_the_first_token_p95() {
          [defaults]\nroute = \"local\"\n",
         cloud_config(&fake),
     );
-    let p95 = || {
-        let features = edgeroute::inspect::inspect(r.policy(), &ask("Name a fruit."));
-        r.signals(&features, MAX_TOKENS)
-            .latency
-            .local_first_token_p95_ms
-    };
+    let p95 = || latency_signals(&r).local_first_token_p95_ms;
     for q in [
         "Name a color.",
         "Name an animal.",
@@ -799,12 +800,7 @@ async fn a_cancelled_cloud_leg_still_feeds_the_cloud_first_token_p95() {
         "[defaults]\nroute = \"hedge\"\nfirst = \"cloud\"\nafter_ms = 300\n",
         cloud_config(&fake),
     );
-    let p95 = || {
-        let features = edgeroute::inspect::inspect(r.policy(), &ask("Name a fruit."));
-        r.signals(&features, MAX_TOKENS)
-            .latency
-            .cloud_first_token_p95_ms
-    };
+    let p95 = || latency_signals(&r).cloud_first_token_p95_ms;
     for _ in 0..9 {
         let resp = r
             .complete(ask("Name a color.").with_max_tokens(2))
@@ -851,12 +847,7 @@ async fn a_second_tier_cancelled_without_a_token_does_not_count() {
          [defaults]\nroute = \"hedge\"\nafter_ms = 1\n",
         cloud_config(&fake),
     );
-    let p95 = || {
-        let features = edgeroute::inspect::inspect(r.policy(), &ask("Name a fruit."));
-        r.signals(&features, MAX_TOKENS)
-            .latency
-            .cloud_first_token_p95_ms
-    };
+    let p95 = || latency_signals(&r).cloud_first_token_p95_ms;
     for _ in 0..9 {
         let resp = r
             .complete(ask("Name a color.").with_max_tokens(2).with_tag("direct"))
