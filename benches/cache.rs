@@ -6,6 +6,8 @@
 //! - `cache/miss`: a lookup that finds nothing;
 //! - `cache/insert_1kb`: inserting a 1 KB answer (seal + transaction), as throughput;
 //! - `ledger/reserve_settle`: one reservation + settlement including both fsyncs;
+//! - `stats/record_persisted`: what one finished request adds to the persisted statistics
+//!   (totals + latency samples; sled flushes in the background);
 //! - `router/complete_cache_hit_1kb`: a whole `Router::complete()` answered from the cache,
 //!   followed by a printed table of the cache stage's share of it (from `Response::timings`).
 //!
@@ -27,6 +29,7 @@ use edgeroute::cache::{
 };
 use edgeroute::ledger::{BudgetLimits, SledLedger};
 use edgeroute::request::{Request, Route, Usage};
+use edgeroute::stats::{PersistedStats, StatsEvent};
 use edgeroute::Router;
 use rust_decimal::Decimal;
 
@@ -157,6 +160,22 @@ fn bench_cache(c: &mut Criterion) {
                 .settle_blocking(r, Decimal::new(5, 4))
                 .expect("settle")
         })
+    });
+    g.finish();
+
+    let stats = PersistedStats::open(&db).expect("stats");
+    let event = StatsEvent {
+        route: Route::Local,
+        latency_ms: 412.0,
+        first_token_ms: Some(61.0),
+        spend_usd: Decimal::ZERO,
+        would_cost_usd: Decimal::new(2, 4),
+        escalated: false,
+    };
+    let mut g = c.benchmark_group("stats");
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("record_persisted", |b| {
+        b.iter(|| stats.record(black_box(&event)))
     });
     g.finish();
 }

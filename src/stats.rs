@@ -335,12 +335,19 @@ impl StatsEvent {
 
 /// Statistics persisted in the sled database, so `edgeroute stats` sees every process's
 /// requests: counters, spend, savings and the last 1,024 latencies per route.
+///
+/// The counters, spend and savings live in one value (`totals`, replaced with compare-and-swap),
+/// so a reader never sees a request counted under `requests` but not yet under its route, and a
+/// request costs one counter write plus its latency samples.
 #[derive(Clone)]
 pub struct PersistedStats {
     tree: sled::Tree,
 }
 
-const COUNTERS: [&str; 6] = [
+/// The key of the [`Totals`] value.
+const TOTALS_KEY: &str = "totals";
+/// Keys of earlier versions, one per counter (folded into [`TOTALS_KEY`] on open).
+const LEGACY_COUNTERS: [&str; 6] = [
     "requests",
     "failures",
     "local",
@@ -348,66 +355,160 @@ const COUNTERS: [&str; 6] = [
     "cache_hits",
     "escalations",
 ];
+const LEGACY_DECIMALS: [&str; 2] = ["spend", "savings"];
+const LEGACY_SEQUENCES: [&str; 3] = ["seq/local", "seq/cloud", "seq/cache"];
+
+/// Every running total of [`PersistedStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Totals {
+    counters: [u64; 6],
+    spend: Decimal,
+    savings: Decimal,
+}
+
+impl Totals {
+    const VERSION: u8 = 1;
+    const LEN: usize = 1 + 6 * 8 + 2 * 16;
+    const REQUESTS: usize = 0;
+    const FAILURES: usize = 1;
+    const ESCALATIONS: usize = 5;
+
+    /// The counter a route's answers add to (also the index of its latency ring).
+    fn route_counter(route: Route) -> usize {
+        match route {
+            Route::Local => 2,
+            Route::Cloud => 3,
+            Route::Cache => 4,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::LEN);
+        out.push(Self::VERSION);
+        for c in self.counters {
+            out.extend_from_slice(&c.to_be_bytes());
+        }
+        out.extend_from_slice(&self.spend.serialize());
+        out.extend_from_slice(&self.savings.serialize());
+        out
+    }
+
+    /// `None` for a value this version cannot read.
+    fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != Self::LEN || b[0] != Self::VERSION {
+            return None;
+        }
+        let mut t = Totals::default();
+        for (i, c) in t.counters.iter_mut().enumerate() {
+            *c = u64::from_be_bytes(b[1 + i * 8..9 + i * 8].try_into().ok()?);
+        }
+        let dec = |at: usize| Some(Decimal::deserialize(b[at..at + 16].try_into().ok()?));
+        t.spend = dec(49)?;
+        t.savings = dec(65)?;
+        Some(t)
+    }
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(b).ok().map(u64::from_be_bytes)
+}
 
 impl PersistedStats {
-    /// Opens the `stats` tree.
+    /// Opens the `stats` tree (folding the per-counter keys of earlier versions into one value).
     pub fn open(db: &crate::cache::Database) -> crate::Result<Self> {
-        let tree = db
-            .sled()
-            .open_tree("stats")
-            .map_err(|e| crate::Error::Storage {
-                path: db.path().to_path_buf(),
-                message: format!("cannot open the stats tree: {e}"),
-            })?;
-        Ok(PersistedStats { tree })
+        let storage = |e: sled::Error| crate::Error::Storage {
+            path: db.path().to_path_buf(),
+            message: format!("cannot open the stats tree: {e}"),
+        };
+        let tree = db.sled().open_tree("stats").map_err(storage)?;
+        let stats = PersistedStats { tree };
+        stats.migrate().map_err(storage)?;
+        Ok(stats)
     }
 
-    fn add_u64(&self, key: &str, by: u64) {
-        let _ = self.tree.update_and_fetch(key, |old| {
-            let n = old
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            Some((n + by).to_be_bytes().to_vec())
-        });
+    /// Earlier versions kept one key per counter. Their values become one `totals` value, in a
+    /// transaction so that a crash or a second process cannot count them twice or lose them.
+    fn migrate(&self) -> std::result::Result<(), sled::Error> {
+        let legacy: Vec<&str> = LEGACY_COUNTERS
+            .iter()
+            .chain(&LEGACY_DECIMALS)
+            .chain(&LEGACY_SEQUENCES)
+            .copied()
+            .collect();
+        if legacy
+            .iter()
+            .all(|k| !matches!(self.tree.contains_key(k), Ok(true)))
+        {
+            return Ok(());
+        }
+        self.tree
+            .transaction(|tx| {
+                let mut t = match tx.get(TOTALS_KEY)? {
+                    Some(b) => Totals::decode(&b).unwrap_or_default(),
+                    None => Totals::default(),
+                };
+                for (i, k) in LEGACY_COUNTERS.iter().enumerate() {
+                    if let Some(n) = tx.get(k)?.as_deref().and_then(be_u64) {
+                        t.counters[i] += n;
+                    }
+                }
+                let dec = |b: Option<sled::IVec>| {
+                    b.and_then(|b| std::str::from_utf8(&b).ok()?.parse::<Decimal>().ok())
+                        .unwrap_or_default()
+                };
+                t.spend += dec(tx.get("spend")?);
+                t.savings += dec(tx.get("savings")?);
+                for k in &legacy {
+                    tx.remove(*k)?;
+                }
+                tx.insert(TOTALS_KEY, t.encode())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => e,
+                sled::transaction::TransactionError::Abort(()) => {
+                    sled::Error::Unsupported("stats migration aborted".into())
+                }
+            })
     }
 
-    fn add_decimal(&self, key: &str, by: Decimal) {
-        let _ = self.tree.update_and_fetch(key, |old| {
-            let n = old
-                .and_then(|b| std::str::from_utf8(b).ok()?.parse::<Decimal>().ok())
-                .unwrap_or_default();
-            Some((n + by).to_string().into_bytes())
+    /// Applies `change` to the totals and returns the new value.
+    fn update(&self, change: impl Fn(&mut Totals)) -> Option<Totals> {
+        let mut after = None;
+        let _ = self.tree.update_and_fetch(TOTALS_KEY, |old| {
+            let mut t = match old {
+                Some(b) => Totals::decode(b).unwrap_or_else(|| {
+                    tracing::warn!("unreadable stats totals; starting them again from zero");
+                    Totals::default()
+                }),
+                None => Totals::default(),
+            };
+            change(&mut t);
+            after = Some(t);
+            Some(t.encode())
         });
+        after
     }
 
     /// Adds a finished request. Storage errors are ignored: statistics never fail a request.
     pub fn record(&self, e: &StatsEvent) {
-        self.add_u64("requests", 1);
-        self.add_u64(e.route.as_str_counter(), 1);
-        if e.escalated {
-            self.add_u64("escalations", 1);
-        }
-        self.add_decimal("spend", e.spend_usd);
-        if e.route != Route::Cloud {
-            self.add_decimal("savings", e.would_cost_usd);
-        }
-        let seq_key = format!("seq/{}", e.route.as_str());
-        let seq = self
-            .tree
-            .update_and_fetch(&seq_key, |old| {
-                let n = old
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                Some((n + 1).to_be_bytes().to_vec())
-            })
-            .ok()
-            .flatten()
-            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        let slot = seq % WINDOW as u64;
+        let route_counter = Totals::route_counter(e.route);
+        let Some(totals) = self.update(|t| {
+            t.counters[Totals::REQUESTS] += 1;
+            t.counters[route_counter] += 1;
+            if e.escalated {
+                t.counters[Totals::ESCALATIONS] += 1;
+            }
+            t.spend += e.spend_usd;
+            if e.route != Route::Cloud {
+                t.savings += e.would_cost_usd;
+            }
+        }) else {
+            return;
+        };
+        // The route's count so far places this request in the route's ring of samples (counted
+        // from 1, as earlier versions did, so their samples keep their places).
+        let slot = totals.counters[route_counter] % WINDOW as u64;
         let route = e.route.as_str();
         let _ = self.tree.insert(
             format!("lat/{route}/{slot:04}"),
@@ -423,38 +524,28 @@ impl PersistedStats {
 
     /// Adds a failed request.
     pub fn record_failure(&self) {
-        self.add_u64("failures", 1);
+        self.update(|t| t.counters[Totals::FAILURES] += 1);
     }
 
     /// Everything recorded so far.
     pub fn load(&self) -> RouterStats {
-        let get_u64 = |k: &str| {
-            self.tree
-                .get(k)
-                .ok()
-                .flatten()
-                .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0)
-        };
-        let get_dec = |k: &str| {
-            self.tree
-                .get(k)
-                .ok()
-                .flatten()
-                .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<Decimal>().ok())
-                .unwrap_or_default()
-        };
+        let totals = self
+            .tree
+            .get(TOTALS_KEY)
+            .ok()
+            .flatten()
+            .and_then(|b| Totals::decode(&b))
+            .unwrap_or_default();
         let window = |prefix: &str| {
             let v: VecDeque<f64> = self
                 .tree
                 .scan_prefix(prefix)
                 .filter_map(|kv| kv.ok())
-                .filter_map(|(_, b)| <[u8; 8]>::try_from(b.as_ref()).ok().map(f64::from_be_bytes))
+                .filter_map(|(_, b)| be_u64(&b).map(f64::from_bits))
                 .collect();
             summary(&v)
         };
-        let [requests, failures, local, cloud, cache_hits, escalations] = COUNTERS.map(get_u64);
+        let [requests, failures, local, cloud, cache_hits, escalations] = totals.counters;
         let n = requests.max(1) as f64;
         RouterStats {
             requests,
@@ -466,23 +557,13 @@ impl PersistedStats {
             cache_hit_rate: cache_hits as f64 / n,
             local_share: (local + cache_hits) as f64 / n,
             escalation_rate: escalations as f64 / n,
-            cloud_spend_usd: get_dec("spend"),
-            estimated_savings_usd: get_dec("savings"),
+            cloud_spend_usd: totals.spend,
+            estimated_savings_usd: totals.savings,
             local_latency: window("lat/local/"),
             cloud_latency: window("lat/cloud/"),
             cache_latency: window("lat/cache/"),
             local_first_token: window("ttft/local/"),
             cloud_first_token: window("ttft/cloud/"),
-        }
-    }
-}
-
-impl Route {
-    fn as_str_counter(self) -> &'static str {
-        match self {
-            Route::Local => "local",
-            Route::Cloud => "cloud",
-            Route::Cache => "cache_hits",
         }
     }
 }
@@ -594,5 +675,162 @@ mod tests {
         assert_eq!(after.local_first_token_p95_ms, Some(700));
         rec.observe_cancelled_first_token(Route::Cache, ms(9000));
         assert_eq!(rec.latency_estimates(&model(), 10, 16), after);
+    }
+
+    fn db() -> (tempfile::TempDir, crate::cache::Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::cache::Database::open(dir.path()).unwrap();
+        (dir, db)
+    }
+
+    fn event(route: Route, latency_ms: f64, spend: &str, would_cost: &str) -> StatsEvent {
+        StatsEvent {
+            route,
+            latency_ms,
+            first_token_ms: (route != Route::Cache).then_some(latency_ms / 2.0),
+            spend_usd: spend.parse().unwrap(),
+            would_cost_usd: would_cost.parse().unwrap(),
+            escalated: route == Route::Cloud,
+        }
+    }
+
+    #[test]
+    fn persisted_totals_and_latencies_survive_reopening() {
+        let (dir, db) = db();
+        let stats = PersistedStats::open(&db).unwrap();
+        stats.record(&event(Route::Local, 100.0, "0", "0.002"));
+        stats.record(&event(Route::Local, 300.0, "0", "0.002"));
+        stats.record(&event(Route::Cloud, 900.0, "0.004", "0.004"));
+        stats.record(&event(Route::Cache, 2.0, "0", "0.001"));
+        stats.record_failure();
+        // One value holds the totals; each request adds only its latency samples.
+        let keys: Vec<String> = stats
+            .tree
+            .iter()
+            .keys()
+            .map(|k| String::from_utf8(k.unwrap().to_vec()).unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "lat/cache/0001",
+                "lat/cloud/0001",
+                "lat/local/0001",
+                "lat/local/0002",
+                "totals",
+                "ttft/cloud/0001",
+                "ttft/local/0001",
+                "ttft/local/0002",
+            ]
+        );
+        drop((stats, db));
+
+        let db = crate::cache::Database::open(dir.path()).unwrap();
+        let s = PersistedStats::open(&db).unwrap().load();
+        assert_eq!(
+            (
+                s.requests,
+                s.failures,
+                s.local,
+                s.cloud,
+                s.cache_hits,
+                s.escalations
+            ),
+            (4, 1, 2, 1, 1, 1)
+        );
+        assert_eq!(s.cloud_spend_usd, "0.004".parse::<Decimal>().unwrap());
+        assert_eq!(s.estimated_savings_usd, "0.005".parse::<Decimal>().unwrap());
+        assert_eq!(s.local_latency.samples, 2);
+        assert_eq!(s.local_latency.p95_ms, 300.0);
+        assert_eq!(s.local_first_token.p95_ms, 150.0);
+        assert_eq!(s.cloud_latency.p50_ms, 900.0);
+        assert_eq!(s.cache_latency.samples, 1);
+        assert_eq!(s.local_share, 0.75);
+    }
+
+    #[test]
+    fn concurrent_readers_see_consistent_totals() {
+        let (_dir, db) = db();
+        let stats = PersistedStats::open(&db).unwrap();
+        std::thread::scope(|scope| {
+            for route in [Route::Local, Route::Cloud, Route::Cache] {
+                let stats = stats.clone();
+                scope.spawn(move || {
+                    for _ in 0..150 {
+                        stats.record(&event(route, 10.0, "0.001", "0.001"));
+                    }
+                });
+            }
+            let reader = stats.clone();
+            scope.spawn(move || {
+                for _ in 0..300 {
+                    let s = reader.load();
+                    assert_eq!(s.requests, s.local + s.cloud + s.cache_hits);
+                    assert_eq!(s.escalations, s.cloud);
+                    assert_eq!(s.cloud_spend_usd, Decimal::new(s.requests as i64, 3));
+                }
+            });
+        });
+        let s = stats.load();
+        assert_eq!(
+            (s.requests, s.local, s.cloud, s.cache_hits),
+            (450, 150, 150, 150)
+        );
+        assert_eq!(s.local_latency.samples, 150);
+    }
+
+    #[test]
+    fn counters_of_earlier_versions_are_folded_in_once() {
+        let (dir, db) = db();
+        // What version 0.x wrote: one key per counter, decimals as text, a sequence per route.
+        let tree = db.sled().open_tree("stats").unwrap();
+        for (k, n) in [
+            ("requests", 5u64),
+            ("failures", 2),
+            ("local", 3),
+            ("cloud", 1),
+            ("cache_hits", 1),
+            ("escalations", 1),
+            ("seq/local", 3),
+            ("seq/cloud", 1),
+            ("seq/cache", 1),
+        ] {
+            tree.insert(k, n.to_be_bytes().to_vec()).unwrap();
+        }
+        tree.insert("spend", b"0.0042".to_vec()).unwrap();
+        tree.insert("savings", b"0.0100".to_vec()).unwrap();
+        for slot in 1..=3 {
+            tree.insert(format!("lat/local/{slot:04}"), 50f64.to_be_bytes().to_vec())
+                .unwrap();
+        }
+        drop(tree);
+
+        let stats = PersistedStats::open(&db).unwrap();
+        stats.record(&event(Route::Local, 80.0, "0", "0.001"));
+        drop((stats, db));
+        // Opening again must not add the old counters a second time.
+        let db = crate::cache::Database::open(dir.path()).unwrap();
+        let stats = PersistedStats::open(&db).unwrap();
+        let s = stats.load();
+        assert_eq!(
+            (
+                s.requests,
+                s.failures,
+                s.local,
+                s.cloud,
+                s.cache_hits,
+                s.escalations
+            ),
+            (6, 2, 4, 1, 1, 1)
+        );
+        assert_eq!(s.cloud_spend_usd, "0.0042".parse::<Decimal>().unwrap());
+        assert_eq!(
+            s.estimated_savings_usd,
+            "0.0110".parse::<Decimal>().unwrap()
+        );
+        // The new sample went to the next slot of the old ring, not over an old one.
+        assert_eq!(s.local_latency.samples, 4);
+        assert!(!stats.tree.contains_key("requests").unwrap());
+        assert!(!stats.tree.contains_key("seq/local").unwrap());
     }
 }
