@@ -149,7 +149,7 @@ impl Detectors {
             url_credentials: re(
                 r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{1,128}:([^\s:/@]{1,256})@",
             )?,
-            card: re(r"(?-u:\b)\d(?:[ \-]?\d){12,18}(?-u:\b)")?,
+            card: re(r"(?-u:\b)\d(?:[ \-]?\d){11,18}(?-u:\b)")?,
             // Either case: people type `gb82 west ...` too; the country's length and the
             // mod-97 check keep ordinary words out.
             iban: re(r"(?-u:\b)[A-Za-z]{2}\d{2} ?[A-Za-z0-9]")?,
@@ -222,7 +222,7 @@ impl Detectors {
             if on(kind::IBAN) && digits >= 8 {
                 self.ibans(zone, out);
             }
-            if on(kind::CREDIT_CARD) && digits >= 13 {
+            if on(kind::CREDIT_CARD) && digits >= 12 {
                 self.cards(zone, out);
             }
             if on(kind::US_SSN) && digits >= 9 {
@@ -388,12 +388,14 @@ impl Detectors {
             let Some(j) = j else {
                 continue;
             };
-            // An unbroken run of 17–19 digits is usually just a big number (constants, ids):
-            // call it a card only next to a card label.
+            // An unbroken run of 17–19 digits is usually just a big number (constants, ids), and
+            // 12 digits (short Maestro cards) are as often an order or account number: call
+            // either a card only next to a card label.
             let end = groups[j - 1].1;
+            let digits: usize = groups[..j].iter().map(|g| g.1 - g.0).sum();
             let labelled = context(b, s, 40, CARD_WORDS, &[]) == Some(true)
                 || label_after(b, end, 40, CARD_WORDS);
-            if j == 1 && end - s > 16 && !labelled {
+            if ((j == 1 && digits > 16) || digits == 12) && !labelled {
                 continue;
             }
             out.push(Found {

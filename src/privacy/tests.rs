@@ -123,6 +123,15 @@ fn credit_cards() {
         "credit_card",
         "4111 1111 1111 1111",
     );
+    // Maestro also issues 12-digit cards; 12 digits count only next to a card label.
+    one(
+        "my Maestro card 5018 1234 5673, thanks",
+        "credit_card",
+        "5018 1234 5673",
+    );
+    one("debit card: 675912345674", "credit_card", "675912345674");
+    none("order 5018 1234 5673 shipped");
+    none("debit card: 411111111113");
     none("not a card 4111 1111 1111 1112");
     none("luhn-valid but no issuer 1234 5678 1234 5670");
     none("mixed separators 4111-1111 1111-1111");

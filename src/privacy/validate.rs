@@ -55,7 +55,7 @@ pub(crate) fn card_issuer_ok(digits: &[u8]) -> bool {
         || ((p4 == 2131 || p4 == 1800) && len == 15);
     let unionpay = p2 == 62 && (16..=19).contains(&len);
     let maestro =
-        (p2 == 50 || (56..=58).contains(&p2) || p2 == 67 || p4 == 6304) && (13..=19).contains(&len);
+        (p2 == 50 || (56..=58).contains(&p2) || p2 == 67 || p4 == 6304) && (12..=19).contains(&len);
     let mir = (2200..=2204).contains(&p4) && len == 16;
     visa || mastercard || amex || discover || diners || jcb || unionpay || maestro || mir
 }
@@ -340,7 +340,7 @@ pub(crate) fn card_ok(b: &[u8], groups: &[(usize, usize)]) -> bool {
     }
     let lens: Vec<usize> = groups.iter().map(|g| g.1 - g.0).collect();
     let total: usize = lens.iter().sum();
-    if !(13..=19).contains(&total) || !card_grouping_ok(&lens) {
+    if !(12..=19).contains(&total) || !card_grouping_ok(&lens) {
         return false;
     }
     let digits: Vec<u8> = groups.iter().flat_map(|g| &b[g.0..g.1]).copied().collect();
