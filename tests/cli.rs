@@ -315,10 +315,19 @@ fn pii_scan_takes_the_text_as_an_argument_too() {
 }
 
 #[test]
-fn pii_scan_rejects_invalid_utf8() {
-    let o = run_stdin(&["pii", "scan", "--json"], b"abc\xff\xfe");
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("not valid UTF-8"), "{}", stderr(&o));
+fn invalid_utf8_on_stdin_is_a_clear_error() {
+    for args in [
+        &["pii", "scan", "--json"][..],
+        &["explain", "--policy", "policies/offline-only.toml", "-"],
+    ] {
+        let o = run_stdin(args, b"abc\xff\xfe");
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&o).contains("standard input is not valid UTF-8 (first bad byte at offset 3)"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
 }
 
 #[test]

@@ -216,19 +216,25 @@ fn load_policy(arg: &PolicyArg) -> edgeroute::Result<CompiledPolicy> {
     .map_err(edgeroute::Error::Policy)
 }
 
-fn read_prompt(prompt: &str) -> edgeroute::Result<String> {
-    if prompt != "-" {
-        return Ok(prompt.to_string());
+/// `arg` itself, or standard input when it is `-` (`what` names the text in errors).
+fn arg_or_stdin(arg: &str, what: &str) -> edgeroute::Result<String> {
+    if arg != "-" {
+        return Ok(arg.to_string());
     }
-    let mut s = String::new();
+    let mut bytes = Vec::new();
     std::io::stdin()
-        .read_to_string(&mut s)
-        .map_err(|e| edgeroute::Error::io("reading the prompt from standard input", e))?;
-    Ok(s)
+        .read_to_end(&mut bytes)
+        .map_err(|e| edgeroute::Error::io(format!("reading the {what} from standard input"), e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        edgeroute::Error::InvalidRequest(format!(
+            "standard input is not valid UTF-8 (first bad byte at offset {}); convert it to UTF-8 first",
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 fn build_request(args: &RequestArgs) -> edgeroute::Result<Request> {
-    let prompt = read_prompt(&args.prompt)?;
+    let prompt = arg_or_stdin(&args.prompt, "prompt")?;
     if prompt.trim().is_empty() {
         return Err(edgeroute::Error::InvalidRequest(
             "the prompt is empty".into(),
@@ -477,21 +483,7 @@ fn policy_test(files: &[PathBuf]) -> ExitCode {
 
 fn pii_scan(text: Option<&str>, policy: &PolicyArg, json: bool) -> edgeroute::Result<ExitCode> {
     let policy = load_policy(policy)?;
-    let text = match text {
-        Some(t) if t != "-" => t.to_string(),
-        _ => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .map_err(|e| edgeroute::Error::io("reading the document from standard input", e))?;
-            String::from_utf8(bytes).map_err(|e| {
-                edgeroute::Error::InvalidRequest(format!(
-                    "standard input is not valid UTF-8 (first bad byte at offset {}); convert it to UTF-8 first",
-                    e.utf8_error().valid_up_to()
-                ))
-            })?
-        }
-    };
+    let text = arg_or_stdin(text.unwrap_or("-"), "document")?;
     let spans = policy.scanner.scan(&text);
     if json {
         let spans: Vec<Value> = spans
