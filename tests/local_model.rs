@@ -325,15 +325,22 @@ async fn a_passed_deadline_stops_generation_with_timeout() {
 }
 
 /// Whether this machine can move memory to transparent huge pages on request: Linux >= 6.1
-/// (MADV_COLLAPSE) with huge pages not switched off.
+/// (MADV_COLLAPSE) with huge pages not switched off, for the system or for this process
+/// (`prctl(PR_SET_THP_DISABLE)`, inherited from a parent, shows as `THP_enabled: 0`).
 fn huge_pages_available() -> bool {
+    let process_allows = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            !s.lines()
+                .any(|l| l.replace(char::is_whitespace, "") == "THP_enabled:0")
+        })
+        .unwrap_or(true);
     let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut version = release
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse::<u32>().ok());
     let (major, minor) = (version.next().unwrap_or(0), version.next().unwrap_or(0));
-    matches!(enabled, Ok(e) if !e.contains("[never]")) && (major, minor) >= (6, 1)
+    process_allows && matches!(enabled, Ok(e) if !e.contains("[never]")) && (major, minor) >= (6, 1)
 }
 
 #[test]
