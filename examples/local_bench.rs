@@ -74,6 +74,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .pool_size(1)
         .intra_op_spinning(spin)
         .huge_pages(huge_pages)
+        // Python runs the whole prompt every time; so does this side of the comparison (the
+        // prompt cache is measured on its own below).
+        .prompt_cache_tokens(0)
         .commit()?;
     let load_ms = t0.elapsed().as_secs_f64() * 1000.0;
     // The move to huge pages runs in the background after commit; measure once it is over.
@@ -214,6 +217,73 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rust.tps / py_huge.tps,
         rust.ttft_ms,
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?")
+    );
+    prompt_cache(&backend, threads, huge_pages)?;
+    Ok(())
+}
+
+/// First token with and without the prompt cache: different questions after the same system
+/// prompt, then the second turn of a conversation (interleaved, median).
+fn prompt_cache(
+    uncached: &LocalBackend,
+    threads: usize,
+    huge_pages: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    const QUESTIONS: [&str; 6] = [
+        "What is the capital of France?",
+        "Name three primary colors.",
+        "Who wrote Romeo and Juliet?",
+        "What is 12 times 7?",
+        "List the days of the week.",
+        "Translate 'good morning' into Spanish.",
+    ];
+    let cached = LocalBackend::builder()
+        .threads(threads)
+        .pool_size(1)
+        .huge_pages(huge_pages)
+        .commit()?;
+    let params = GenerationParams {
+        max_tokens: Some(16),
+        ..Default::default()
+    };
+    let first_token = |b: &LocalBackend, messages: &[Message]| {
+        b.generate_blocking(messages, &params, None, |_| ControlFlow::Continue(()))
+    };
+    first_token(&cached, &[Message::user("Hello!")])?;
+    let (mut cold, mut warm, mut reused, mut prompt) = (vec![], vec![], vec![], vec![]);
+    let (mut turn_cold, mut turn_warm, mut turn_reused, mut turn_prompt) =
+        (vec![], vec![], vec![], vec![]);
+    for q in QUESTIONS {
+        let ask = [Message::user(q)];
+        let c = first_token(uncached, &ask)?;
+        let w = first_token(&cached, &ask)?;
+        cold.push(c.first_token.as_secs_f64() * 1000.0);
+        warm.push(w.first_token.as_secs_f64() * 1000.0);
+        reused.push(w.reused_prompt_tokens as f64);
+        prompt.push(w.prompt_ids.len() as f64);
+        let next = [
+            Message::user(q),
+            Message::assistant(w.text.clone()),
+            Message::user("Tell me more."),
+        ];
+        let c = first_token(uncached, &next)?;
+        let w = first_token(&cached, &next)?;
+        turn_cold.push(c.first_token.as_secs_f64() * 1000.0);
+        turn_warm.push(w.first_token.as_secs_f64() * 1000.0);
+        turn_reused.push(w.reused_prompt_tokens as f64);
+        turn_prompt.push(w.prompt_ids.len() as f64);
+    }
+    println!(
+        "prompt cache, first token (median of {}): a new question after the same system prompt {:.1} ms -> {:.1} ms ({:.0} of {:.0} prompt tokens reused); the next turn of a conversation {:.1} ms -> {:.1} ms ({:.0} of {:.0} reused)",
+        QUESTIONS.len(),
+        median(cold),
+        median(warm),
+        median(reused),
+        median(prompt),
+        median(turn_cold),
+        median(turn_warm),
+        median(turn_reused),
+        median(turn_prompt),
     );
     Ok(())
 }

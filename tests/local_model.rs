@@ -127,6 +127,61 @@ fn greedy_matches_python_onnxruntime_token_for_token() {
     }
 }
 
+#[test]
+fn the_prompt_cache_reuses_a_shared_start_with_bit_identical_answers() {
+    let cached = builder().pool_size(1).commit().unwrap();
+    let fresh = builder()
+        .pool_size(1)
+        .prompt_cache_tokens(0)
+        .commit()
+        .unwrap();
+    let france = [Message::user("What is the capital of France?")];
+    let colours = [Message::user("Name three primary colors.")];
+    let both = |messages: &[Message]| {
+        let c = generate(&cached, messages, &greedy(24)).unwrap();
+        let f = generate(&fresh, messages, &greedy(24)).unwrap();
+        assert_eq!(c.token_ids, f.token_ids, "{messages:?}");
+        let bits = |o: &LocalOutput| o.logprobs.iter().map(|l| l.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&c), bits(&f), "{messages:?}");
+        assert_eq!(f.reused_prompt_tokens, 0);
+        c
+    };
+
+    let first = both(&france);
+    assert_eq!(first.reused_prompt_tokens, 0);
+    // Another question: the system prompt and the user header come from the cache.
+    let other = both(&colours);
+    let shared = first
+        .prompt_ids
+        .iter()
+        .zip(&other.prompt_ids)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(shared >= 10, "{shared}");
+    assert_eq!(other.reused_prompt_tokens, shared);
+    // The same question again: all but the last two prompt tokens (a run of one token would
+    // take the decode kernels, whose results differ in the last bits).
+    let again = both(&colours);
+    assert_eq!(again.reused_prompt_tokens, again.prompt_ids.len() - 2);
+    // The next turn of the conversation reuses the whole previous prompt.
+    let turn = both(&[
+        colours[0].clone(),
+        Message::assistant(again.text.clone()),
+        Message::user("Which one is the warmest?"),
+    ]);
+    assert_eq!(turn.reused_prompt_tokens, again.prompt_ids.len());
+
+    // A cap keeps only the first tokens.
+    let capped = builder()
+        .pool_size(1)
+        .prompt_cache_tokens(8)
+        .commit()
+        .unwrap();
+    generate(&capped, &france, &greedy(4)).unwrap();
+    let out = generate(&capped, &colours, &greedy(4)).unwrap();
+    assert_eq!(out.reused_prompt_tokens, 8);
+}
+
 /// The longest run of one repeated token.
 fn longest_run(ids: &[u32]) -> usize {
     ids.chunk_by(|a, b| a == b)

@@ -4,6 +4,10 @@
 //! `past_key_values.{i}.key|value` f32 `[1, kv_heads, past, head_dim]`; outputs `logits`
 //! f32 `[1, 1, vocab]` (last position) and `present.{i}.key|value`. The present tensors are moved
 //! back in as the next step's past without copying.
+//!
+//! After a generation the keys and values of its prompt stay with the session as a
+//! [`PromptKv`]; the next generation whose prompt starts the same way (the same system prompt,
+//! or the same conversation one turn later) resumes from them and runs only the rest.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -108,6 +112,65 @@ fn infer(e: impl std::fmt::Display) -> Error {
     Error::Inference(e.to_string())
 }
 
+/// The fewest tokens a prefill run may have. ONNX Runtime's kernels give a run of two or more
+/// tokens bit-identical keys, values and logits however the prompt is split between runs (checked
+/// on every split of the eight reference prompts, 1 and 2 threads), while a one-token run takes
+/// the decode path, whose results differ in the last bits. So a resumed prompt always runs at
+/// least this many tokens, and the cache holds only positions computed by such runs.
+pub(crate) const MIN_PREFILL: usize = 2;
+
+/// The keys and values of a prompt's first tokens, kept on a pooled session for the next
+/// generation (see [`Decoder::into_prompt_kv`] and [`Decoder::resume`]).
+pub(crate) struct PromptKv {
+    /// The prompt ids whose keys and values can be reused.
+    ids: Vec<u32>,
+    /// Keys and values, `positions` long: `ids`, possibly followed by decoded tokens.
+    past: Vec<DynValue>,
+    positions: usize,
+}
+
+impl PromptKv {
+    /// How many leading tokens of `prompt` can come from here: the common prefix, leaving at
+    /// least [`MIN_PREFILL`] tokens to run.
+    pub(crate) fn reusable(&self, prompt: &[u32]) -> usize {
+        let common = self
+            .ids
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        common.min(prompt.len().saturating_sub(MIN_PREFILL))
+    }
+}
+
+/// The first `keep` positions of a `[1, heads, positions, head_dim]` tensor, copied.
+fn truncate(value: &DynValue, keep: usize) -> Result<DynValue> {
+    let (shape, data) = value.try_extract_tensor::<f32>().map_err(infer)?;
+    let dims: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(0))
+        .collect();
+    let &[1, heads, positions, head_dim] = dims.as_slice() else {
+        return Err(Error::Inference(format!(
+            "unexpected KV cache shape {dims:?}"
+        )));
+    };
+    if keep > positions || data.len() != heads * positions * head_dim {
+        return Err(Error::Inference(format!(
+            "cannot keep {keep} positions of a KV cache shaped {dims:?}"
+        )));
+    }
+    let mut out = Vec::with_capacity(heads * keep * head_dim);
+    for head in data.chunks_exact(positions * head_dim) {
+        out.extend_from_slice(&head[..keep * head_dim]);
+    }
+    Ok(
+        Tensor::<f32>::from_array(([1usize, heads, keep, head_dim], out))
+            .map_err(infer)?
+            .into_dyn(),
+    )
+}
+
 /// A generation in progress on one session.
 pub(crate) struct Decoder<'s> {
     session: &'s mut Session,
@@ -136,6 +199,59 @@ impl<'s> Decoder<'s> {
             logits: Vec::new(),
             len: 0,
         })
+    }
+
+    /// A decoder whose cache already holds the first `keep` tokens of `cached` (at most
+    /// [`PromptKv::reusable`]); feed it the rest of the prompt.
+    pub(crate) fn resume(
+        session: &'s mut Session,
+        names: &'s Names,
+        cached: PromptKv,
+        keep: usize,
+    ) -> Result<Self> {
+        let past = if keep == cached.positions {
+            cached.past
+        } else {
+            cached
+                .past
+                .iter()
+                .map(|v| truncate(v, keep))
+                .collect::<Result<Vec<_>>>()?
+        };
+        Ok(Decoder {
+            session,
+            names,
+            past,
+            logits: Vec::new(),
+            len: keep,
+        })
+    }
+
+    /// The keys and values of `prompt`'s first `min(prompt.len(), cap)` tokens, for the next
+    /// generation on this session; `None` when there is nothing worth keeping or a failed step
+    /// lost the cache. `prompt` must be what this decoder's prefill consumed.
+    pub(crate) fn into_prompt_kv(self, prompt: &[u32], cap: usize) -> Result<Option<PromptKv>> {
+        let keep = prompt.len().min(cap);
+        if keep < MIN_PREFILL || self.past.len() != self.names.past.len() || self.len < keep {
+            return Ok(None);
+        }
+        // Decoded positions ride along while the whole cache fits under `cap` (no copy now;
+        // the next resume copies only what it reuses); beyond it, keep just the prompt's part.
+        let (past, positions) = if self.len <= cap {
+            (self.past, self.len)
+        } else {
+            let past = self
+                .past
+                .iter()
+                .map(|v| truncate(v, keep))
+                .collect::<Result<Vec<_>>>()?;
+            (past, keep)
+        };
+        Ok(Some(PromptKv {
+            ids: prompt[..keep].to_vec(),
+            past,
+            positions,
+        }))
     }
 
     /// Feeds `ids` (the prompt, or one new token) and returns the next-token logits.
@@ -198,5 +314,59 @@ mod tests {
         let (shape, data) = d.past[0].try_extract_tensor::<f32>().unwrap();
         assert_eq!(&**shape, &[1, 1, 3, 2]);
         assert_eq!(data, &[5.0, 5.0, 13.0, 13.0, 7.0, 7.0]);
+    }
+
+    #[test]
+    fn a_kept_prompt_resumes_with_the_same_cache() {
+        let home_dir = crate::home::resolve(None);
+        let rt = super::super::runtime::ensure(None, &home_dir).unwrap();
+        let kv = KvShape {
+            layers: 1,
+            kv_heads: 1,
+            head_dim: 2,
+        };
+        let model = super::super::tests::fixture("tiny/model.onnx");
+        let mut session = open_session(rt, &model, 1, false, kv).unwrap();
+        let names = Names::new(1);
+        let cache = |d: &Decoder<'_>| {
+            let (shape, data) = d.past[0].try_extract_tensor::<f32>().unwrap();
+            (shape.to_vec(), data.to_vec())
+        };
+
+        // Prompt [5, 13, 9], one decoded token; the whole cache fits under the cap of 8.
+        let mut d = Decoder::new(&mut session, &names, kv).unwrap();
+        d.step(&[5, 13, 9]).unwrap();
+        d.step(&[7]).unwrap();
+        let kept = d.into_prompt_kv(&[5, 13, 9], 8).unwrap().unwrap();
+        assert_eq!((kept.ids.as_slice(), kept.positions), (&[5, 13, 9][..], 4));
+        // Same start, different end: two tokens shared; at least MIN_PREFILL are left to run.
+        assert_eq!(kept.reusable(&[5, 13, 4, 4]), 2);
+        assert_eq!(kept.reusable(&[5, 13, 9]), 1);
+        assert_eq!(kept.reusable(&[5, 13, 9, 2, 2]), 3);
+        assert_eq!(kept.reusable(&[6, 13, 9, 2]), 0);
+
+        let mut d = Decoder::resume(&mut session, &names, kept, 2).unwrap();
+        assert_eq!(d.len, 2);
+        assert_eq!(cache(&d), (vec![1, 1, 2, 2], vec![5.0, 5.0, 13.0, 13.0]));
+        d.step(&[4, 4]).unwrap();
+        assert_eq!(
+            cache(&d),
+            (
+                vec![1, 1, 4, 2],
+                vec![5.0, 5.0, 13.0, 13.0, 4.0, 4.0, 4.0, 4.0]
+            )
+        );
+
+        // Over the cap only the prompt's first `cap` positions stay.
+        let kept = d.into_prompt_kv(&[5, 13, 4, 4], 3).unwrap().unwrap();
+        assert_eq!((kept.ids.as_slice(), kept.positions), (&[5, 13, 4][..], 3));
+        let d = Decoder::resume(&mut session, &names, kept, 3).unwrap();
+        assert_eq!(cache(&d).1, vec![5.0, 5.0, 13.0, 13.0, 4.0, 4.0]);
+
+        // A failed step loses the cache: nothing is kept.
+        let mut d = Decoder::new(&mut session, &names, kv).unwrap();
+        d.step(&[5, 13]).unwrap();
+        assert!(d.step(&[100_000]).is_err());
+        assert!(d.into_prompt_kv(&[5, 13], 8).unwrap().is_none());
     }
 }

@@ -8,7 +8,10 @@
 //!
 //! Generation runs on its own blocking thread, never on the async executor; dropping the
 //! [`EventStream`] stops it at the next token. Sessions live in a pool, so one `LocalBackend`
-//! (cheap to clone, `Send + Sync`) serves concurrent requests.
+//! (cheap to clone, `Send + Sync`) serves concurrent requests. Each session keeps the keys and
+//! values of the last prompt it ran, so a prompt that starts the same way (the same system
+//! prompt, or the same conversation one turn later) runs only its new tokens, with exactly the
+//! results of running it all ([`LocalBackendBuilder::prompt_cache_tokens`]).
 //!
 //! Files come from the edgeroute home (see [`crate::home`]), installed by
 //! `python3 scripts/setup.py`; a missing or damaged runtime or model is an error naming the path
@@ -64,6 +67,10 @@ use crate::request::{
 /// Default for [`LocalBackendBuilder::max_new_tokens`].
 pub const DEFAULT_MAX_NEW_TOKENS: u32 = 256;
 
+/// Default for [`LocalBackendBuilder::prompt_cache_tokens`]: 512 positions are ~23 MB per
+/// session for the default model.
+pub const DEFAULT_PROMPT_CACHE_TOKENS: usize = 512;
+
 /// The first sentence (for [`Confidence::first_sentence`]) ends at the first `.`, `!`, `?` or
 /// newline once the reply is at least this many bytes long...
 pub const FIRST_SENTENCE_MIN_CHARS: usize = 20;
@@ -98,6 +105,8 @@ pub struct LocalOutput {
     pub finish: FinishReason,
     /// Statistics over `logprobs` (`None` for an empty reply).
     pub confidence: Option<Confidence>,
+    /// Leading prompt tokens taken from the session's prompt cache instead of being run again.
+    pub reused_prompt_tokens: usize,
     /// Time to the first generated token (prefill + first pick).
     pub first_token: Duration,
     /// Whole generation time.
@@ -135,6 +144,7 @@ pub struct LocalBackendBuilder {
     spin: bool,
     huge_pages: Option<bool>,
     repetition_penalty: Option<f32>,
+    prompt_cache_tokens: Option<usize>,
 }
 
 impl LocalBackendBuilder {
@@ -174,6 +184,14 @@ impl LocalBackendBuilder {
     /// [`LocalBackendBuilder::commit`]). Default: [`DEFAULT_REPETITION_PENALTY`].
     pub fn repetition_penalty(mut self, p: f32) -> Self {
         self.repetition_penalty = Some(p);
+        self
+    }
+    /// How many leading prompt tokens each session keeps the keys and values of for the next
+    /// generation (default [`DEFAULT_PROMPT_CACHE_TOKENS`]; 0 turns the cache off). A prompt that
+    /// starts with the same tokens resumes from them: answers are bit-for-bit the same, the
+    /// first token comes sooner.
+    pub fn prompt_cache_tokens(mut self, n: usize) -> Self {
+        self.prompt_cache_tokens = Some(n);
         self
     }
     /// Sessions (concurrent generations; each holds the weights in memory). Default: 1.
@@ -283,6 +301,9 @@ impl LocalBackendBuilder {
                 model_dir,
                 max_new_tokens: self.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
                 repetition_penalty,
+                prompt_cache_tokens: self
+                    .prompt_cache_tokens
+                    .unwrap_or(DEFAULT_PROMPT_CACHE_TOKENS),
                 threads,
                 names: Names::new(kv.layers),
                 kv,
@@ -311,6 +332,7 @@ struct Inner {
     model_dir: PathBuf,
     max_new_tokens: u32,
     repetition_penalty: f32,
+    prompt_cache_tokens: usize,
     threads: usize,
     names: Names,
     kv: KvShape,
@@ -467,11 +489,62 @@ impl LocalBackend {
         };
         check_deadline()?;
 
-        let mut lease = inner.pool.lease()?;
+        let mut lease = inner.pool.lease(&prompt_ids)?;
+        let cached = lease.take_prompt_kv();
+        let reused = cached.as_ref().map_or(0, |kv| kv.reusable(&prompt_ids));
         let session = lease.session()?;
-        let mut decoder = Decoder::new(session, &inner.names, inner.kv)?;
-        let mut logits = decoder.step(&prompt_ids)?;
+        let mut decoder = match cached {
+            Some(kv) if reused > 0 => Decoder::resume(session, &inner.names, kv, reused)?,
+            _ => Decoder::new(session, &inner.names, inner.kv)?,
+        };
+        let result = inner.decode(
+            &mut decoder,
+            &prompt_ids,
+            reused,
+            max_new,
+            &mut sampler,
+            start,
+            &check_deadline,
+            &mut on_token,
+        );
+        // Whatever the outcome, a prompt that ran leaves its keys and values for the next one.
+        if inner.prompt_cache_tokens > 0 {
+            match decoder.into_prompt_kv(&prompt_ids, inner.prompt_cache_tokens) {
+                Ok(Some(kv)) => lease.keep_prompt_kv(kv),
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "prompt cache not kept"),
+            }
+        }
+        let d = result?;
+        Ok(LocalOutput {
+            confidence: Confidence::from_logprobs(&d.logprobs, d.first_sentence),
+            prompt_ids,
+            token_ids: d.token_ids,
+            logprobs: d.logprobs,
+            text: d.text,
+            finish: d.finish,
+            reused_prompt_tokens: reused,
+            first_token: d.first_token,
+            elapsed: start.elapsed(),
+        })
+    }
+}
 
+impl Inner {
+    /// Runs the prompt from position `reused` on, then decodes.
+    #[allow(clippy::too_many_arguments)]
+    fn decode(
+        &self,
+        decoder: &mut Decoder<'_>,
+        prompt_ids: &[u32],
+        reused: usize,
+        max_new: usize,
+        sampler: &mut Sampler,
+        start: Instant,
+        check_deadline: &dyn Fn() -> Result<()>,
+        on_token: &mut dyn FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<Decoded> {
+        let mut logits = decoder.step(&prompt_ids[reused..])?;
         let mut token_ids = Vec::new();
         let mut logprobs = Vec::new();
         let mut text = String::new();
@@ -482,13 +555,13 @@ impl LocalBackend {
             let recent = &token_ids[token_ids.len().saturating_sub(REPETITION_WINDOW)..];
             let (id, lp) = sampler.choose(logits, recent);
             first_token.get_or_insert_with(|| start.elapsed());
-            if inner.eos.contains(&id) {
+            if self.eos.contains(&id) {
                 break FinishReason::Stop;
             }
-            inner.tokens.fetch_add(1, Ordering::Relaxed);
+            self.tokens.fetch_add(1, Ordering::Relaxed);
             token_ids.push(id);
             logprobs.push(lp);
-            let delta = utf8.push(inner.codec.bytes(id));
+            let delta = utf8.push(self.codec.bytes(id));
             first.push(&delta);
             text.push_str(&delta);
             let event = TokenEvent {
@@ -510,7 +583,7 @@ impl LocalBackend {
         if !tail.is_empty() {
             text.push_str(&tail);
             if on_token(&TokenEvent {
-                id: inner.eos.first().copied().unwrap_or(0),
+                id: self.eos.first().copied().unwrap_or(0),
                 logprob: 0.0,
                 text: &tail,
                 elapsed: start.elapsed(),
@@ -525,17 +598,26 @@ impl LocalBackend {
         } else {
             first.tokens
         };
-        Ok(LocalOutput {
-            confidence: Confidence::from_logprobs(&logprobs, first_sentence),
-            prompt_ids,
+        Ok(Decoded {
             token_ids,
             logprobs,
             text,
             finish,
             first_token: first_token.unwrap_or_default(),
-            elapsed: start.elapsed(),
+            first_sentence,
         })
     }
+}
+
+/// What [`Inner::decode`] produced.
+struct Decoded {
+    token_ids: Vec<u32>,
+    logprobs: Vec<f32>,
+    text: String,
+    finish: FinishReason,
+    first_token: Duration,
+    /// Tokens of the first sentence (for [`Confidence::first_sentence`]).
+    first_sentence: usize,
 }
 
 #[async_trait]
