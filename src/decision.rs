@@ -425,6 +425,22 @@ impl Decision {
         Decision::new("cache", Plan::Local { pin: true }, vec![Reason::CacheHit])
     }
 
+    /// Whether the answer came from a tier taken because the chosen one was out of reach for
+    /// the moment (a fallback after a failure, offline, an unhealthy cloud, an exhausted
+    /// budget). Such answers are not cached: once the condition passes, the same request gets
+    /// the answer its rule asked for.
+    pub fn is_degraded(&self) -> bool {
+        self.reasons.iter().any(|r| {
+            matches!(
+                r,
+                Reason::Fallback { .. }
+                    | Reason::Offline
+                    | Reason::CloudUnhealthy { .. }
+                    | Reason::BudgetExhausted { .. }
+            )
+        })
+    }
+
     /// The clearance to call the cloud, if this decision allows it.
     pub fn cloud_clearance(&self) -> Option<&CloudClearance> {
         self.clearance.as_ref()

@@ -346,7 +346,8 @@ impl Router {
     ) -> Result<Response> {
         let inner = &self.inner;
         let started = Instant::now();
-        let deadline = request.deadline.map(|d| started + d);
+        // A deadline too far away to represent (`Duration::MAX`) is no deadline.
+        let deadline = request.deadline.and_then(|d| started.checked_add(d));
         if request.messages.iter().all(|m| m.content.trim().is_empty()) {
             return Err(Error::InvalidRequest(
                 "the request has no non-empty message; pass a prompt".into(),
@@ -365,6 +366,17 @@ impl Router {
             .await;
         timings.inspect = t.elapsed();
 
+        // decide (before the cache: a request the policy refuses is refused, whatever an
+        // earlier request with other tags or another task left in the cache)
+        let t = Instant::now();
+        let max_tokens = self.max_tokens(&request);
+        let signals = self.signals(&features, max_tokens);
+        let mut decision = tracing::debug_span!("edgeroute.decide")
+            .in_scope(|| decide(&inner.policy, &features, &signals));
+        timings.decide = t.elapsed();
+        tracing::debug!(rule = %decision.rule, route = decision.route(), "edgeroute.decide");
+        let refused = matches!(decision.plan, Plan::Refuse { .. });
+
         // cache
         let t = Instant::now();
         let cache_key = inner
@@ -373,7 +385,7 @@ impl Router {
             .map(|s| s.key_for(&inner.policy, &request, &features));
         let hit =
             tracing::debug_span!("edgeroute.cache").in_scope(|| match (&inner.store, &cache_key) {
-                (Some(s), Some(k)) => s.lookup(k),
+                (Some(s), Some(k)) if !refused => s.lookup(k),
                 _ => None,
             });
         timings.cache = t.elapsed();
@@ -398,15 +410,6 @@ impl Router {
             self.record_stats(&response, features.prompt_tokens);
             return Ok(response);
         }
-
-        // decide
-        let t = Instant::now();
-        let max_tokens = self.max_tokens(&request);
-        let signals = self.signals(&features, max_tokens);
-        let mut decision = tracing::debug_span!("edgeroute.decide")
-            .in_scope(|| decide(&inner.policy, &features, &signals));
-        timings.decide = t.elapsed();
-        tracing::debug!(rule = %decision.rule, route = decision.route(), "edgeroute.decide");
 
         // execute
         let t = Instant::now();
@@ -445,9 +448,15 @@ impl Router {
         let record_span =
             tracing::debug_span!("edgeroute.record", edgeroute.route = outcome.route.as_str());
         let _in_record = record_span.enter();
-        if let (Some(store), Some(key)) = (&inner.store, &cache_key) {
-            let model = attempts.last().map(|a| a.backend.as_str()).unwrap_or("");
-            store.save(key, model, &outcome.text, outcome.route, outcome.usage);
+        match (&inner.store, &cache_key) {
+            (Some(_), Some(_)) if decision.is_degraded() => {
+                tracing::debug!("answer not cached: it stood in for the tier the rule chose");
+            }
+            (Some(store), Some(key)) => {
+                let model = attempts.last().map(|a| a.backend.as_str()).unwrap_or("");
+                store.save(key, model, &outcome.text, outcome.route, outcome.usage);
+            }
+            _ => {}
         }
         timings.record = t.elapsed();
         timings.total = started.elapsed();
@@ -541,6 +550,8 @@ type Leg<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Generat
 #[derive(Default)]
 struct LegClock {
     started: OnceLock<Instant>,
+    /// Set once the tier accepted the call (for the cloud: an answer is streaming).
+    accepted: OnceLock<()>,
     first_token: OnceLock<Instant>,
     first_token_notify: tokio::sync::Notify,
 }
@@ -548,6 +559,10 @@ struct LegClock {
 impl LegClock {
     fn start(&self) {
         let _ = self.started.set(Instant::now());
+    }
+
+    fn accept(&self) {
+        let _ = self.accepted.set(());
     }
 
     fn started(&self) -> Instant {
@@ -570,6 +585,21 @@ impl LegClock {
         if self.first_token.get().is_none() {
             self.first_token_notify.notified().await;
         }
+    }
+}
+
+/// What a failed cloud call costs against the budget: nothing when the provider never accepted
+/// it (no connection, an error status), its estimate once it had started answering (a stream
+/// cut short or timed out mid-answer has been billed for what it produced), as for a cancelled
+/// call.
+fn failed_call_cost(accepted: bool, estimate: Decimal) -> Cost {
+    if accepted {
+        Cost {
+            usd: estimate,
+            estimated: true,
+        }
+    } else {
+        Cost::ZERO
     }
 }
 
@@ -881,6 +911,7 @@ impl Execution<'_> {
                         *reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                     }
                     let stream = cloud.stream(c, cloud_call).await?;
+                    clock.accept();
                     collect_leg(stream, clock, rehydrator, trace_content).await
                 }
                 .instrument(span)
@@ -1050,7 +1081,11 @@ impl Execution<'_> {
                 let why = "cancelled: the other tier answered first";
                 (Usage::default(), cost, None, Some(why.to_string()))
             }
-            LegEnd::Failed(e) => (Usage::default(), Cost::ZERO, None, Some(e.to_string())),
+            LegEnd::Failed(e) => {
+                let accepted = is_cloud && clock.accepted.get().is_some();
+                let cost = failed_call_cost(accepted, estimate);
+                (Usage::default(), cost, None, Some(e.to_string()))
+            }
         };
         let usd = cost.usd;
         self.attempts.push(Attempt {
@@ -1209,8 +1244,10 @@ impl Execution<'_> {
             &call,
             trace_content,
         );
+        let mut accepted = false;
         let result = async {
             let stream = backend.stream(clearance, call).await?;
+            accepted = true;
             self.drain(stream, rehydrator).await
         }
         .instrument(span.clone())
@@ -1233,7 +1270,11 @@ impl Execution<'_> {
                     None,
                 )
             }
-            Err(e) => (Usage::default(), Cost::ZERO, Some(e.to_string())),
+            Err(e) => (
+                Usage::default(),
+                failed_call_cost(accepted, estimate),
+                Some(e.to_string()),
+            ),
         };
         if let (Some(s), Some(r)) = (&store, reservation) {
             s.settle(r, cost.usd).await;

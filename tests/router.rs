@@ -136,6 +136,16 @@ async fn stream_yields_deltas_then_the_response() {
 }
 
 #[tokio::test]
+async fn an_unrepresentable_deadline_means_no_deadline() {
+    let model = Arc::new(EchoModel::default());
+    let r = router(model.clone());
+    let mut req = Request::new("hi");
+    req.deadline = Some(std::time::Duration::MAX);
+    let resp = r.complete(req).await.unwrap();
+    assert_eq!(resp.text, "echo: hi");
+}
+
+#[tokio::test]
 async fn empty_request_is_rejected() {
     let r = router(Arc::new(EchoModel::default()));
     let err = r.complete(Request::new("   ")).await.unwrap_err();
@@ -248,6 +258,24 @@ async fn repeated_question_is_served_from_the_encrypted_cache() {
         .unwrap();
     assert_eq!(third.route, Route::Cache);
     assert_eq!(model.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_cached_answer_never_overrides_a_refusal() {
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    let r = cached_router(model.clone(), home.path(), POLICY);
+    let ask = || Request::new("What is the EUR/USD rate right now?");
+    r.complete(ask()).await.unwrap();
+    assert_eq!(r.complete(ask()).await.unwrap().route, Route::Cache);
+    // Tags are not part of the cache key, but the policy refuses this request: the cached
+    // answer must not come back instead.
+    let err = r.complete(ask().with_tag("forbidden")).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Refused { rule, .. } if rule == "forbidden"),
+        "{err}"
+    );
+    assert_eq!(model.calls(), 1);
 }
 
 #[tokio::test]

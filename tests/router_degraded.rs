@@ -1,0 +1,147 @@
+//! What a failure leaves behind, against a real HTTP provider on 127.0.0.1 and a real sled
+//! home: an answer that stood in for a failed tier is not cached, a cloud answer cut short is
+//! charged to the budget, a refused call is not.
+#![cfg(feature = "cloud")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use edgeroute::backend::cloud::CloudBackend;
+use edgeroute::decision::Reason;
+use edgeroute::ledger::{BudgetLimits, SledLedger};
+use edgeroute::{Request, Route, Router};
+use rust_decimal::Decimal;
+use support::echo::EchoModel;
+use support::{Behavior, FakeProvider};
+
+/// $1,000 per million tokens both ways: a call's estimate is visible in the ledger.
+const POLICY: &str = "[cloud]\nmodel = \"fake-model\"\ninput_usd_per_mtok = 1000\n\
+                      output_usd_per_mtok = 1000\n[budget]\ndaily_usd = \"100\"\n\
+                      [defaults]\nroute = \"cloud\"\n";
+
+fn router(home: &std::path::Path, fake: &FakeProvider, local: Arc<EchoModel>) -> Router {
+    router_with(POLICY, home, fake, local)
+}
+
+fn router_with(
+    policy: &str,
+    home: &std::path::Path,
+    fake: &FakeProvider,
+    local: Arc<EchoModel>,
+) -> Router {
+    Router::builder()
+        .policy_str(policy)
+        .local_backend(local)
+        .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
+        .home(home)
+        .cache_key([3; 32])
+        .build()
+        .unwrap()
+}
+
+fn spent_today(home: &std::path::Path) -> Decimal {
+    let db = edgeroute::cache::open_db(&edgeroute::home::db_dir(home)).unwrap();
+    let limits = BudgetLimits {
+        daily_usd: Some(Decimal::new(100, 0)),
+        monthly_usd: None,
+    };
+    let ledger = SledLedger::open(&db, limits).unwrap();
+    ledger.status_at(SystemTime::now()).unwrap().spent_today
+}
+
+#[tokio::test]
+async fn an_answer_standing_in_for_a_failed_cloud_is_not_cached() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    let r = router(home.path(), &fake, local.clone());
+
+    fake.set_behavior(Behavior::Status(500));
+    let first = r.complete(Request::new("What is a monad?")).await.unwrap();
+    assert_eq!(first.route, Route::Local);
+    assert!(first.decision.is_degraded(), "{}", first.decision);
+    assert!(first
+        .decision
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::Fallback { from, .. } if from == "cloud")));
+
+    // The cloud is back: the same question goes where its rule sends it, not to the
+    // stand-in answer.
+    fake.set_behavior(Behavior::Ok);
+    let second = r.complete(Request::new("What is a monad?")).await.unwrap();
+    assert_eq!(second.route, Route::Cloud);
+    assert!(!second.decision.is_degraded());
+    // That answer is the rule's own: cached.
+    let third = r.complete(Request::new("What is a monad?")).await.unwrap();
+    assert_eq!(third.route, Route::Cache);
+    assert_eq!(local.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_cloud_answer_cut_short_is_charged_its_estimate_and_a_refused_one_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    let r = router(home.path(), &fake, local.clone());
+
+    // Refused with a server error (retried, then given up): the provider bills nothing, nor does the ledger.
+    fake.set_behavior(Behavior::Status(500));
+    let refused = r
+        .complete(Request::new("Explain monads.").with_max_tokens(100))
+        .await
+        .unwrap();
+    assert_eq!(refused.route, Route::Local);
+    assert!(refused.cost.usd.is_zero());
+
+    // Accepted, first token sent, then the connection drops: the call was billed for what it
+    // produced, so the budget counts its estimate (prompt + max_tokens).
+    fake.set_behavior(Behavior::ResetMidBody);
+    let cut = r
+        .complete(Request::new("Explain functors.").with_max_tokens(100))
+        .await
+        .unwrap();
+    assert_eq!(cut.route, Route::Local, "{}", cut.decision);
+    let cloud = cut
+        .attempts
+        .iter()
+        .find(|a| a.route == Route::Cloud)
+        .unwrap();
+    assert!(cloud.error.is_some());
+    assert!(cloud.cost.estimated);
+    assert!(cloud.cost.usd > Decimal::new(1, 1), "{}", cloud.cost.usd); // >= 100 tokens x $0.001
+    assert_eq!(cut.cost.usd, cloud.cost.usd);
+    drop(r);
+    assert_eq!(spent_today(home.path()), cloud.cost.usd);
+}
+
+#[tokio::test]
+async fn a_hedged_cloud_leg_cut_short_is_charged_its_estimate() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    // The cloud starts; the device joins at once when it fails.
+    let policy = POLICY.replace(
+        "route = \"cloud\"",
+        "route = \"hedge\"\nfirst = \"cloud\"\nafter_ms = 60000",
+    );
+    let r = router_with(&policy, home.path(), &fake, local.clone());
+    fake.set_behavior(Behavior::ResetMidBody);
+    let resp = r
+        .complete(Request::new("Explain functors.").with_max_tokens(100))
+        .await
+        .unwrap();
+    assert_eq!(resp.route, Route::Local, "{}", resp.decision);
+    let cloud = resp
+        .attempts
+        .iter()
+        .find(|a| a.route == Route::Cloud)
+        .unwrap();
+    assert!(cloud.error.is_some() && cloud.cost.estimated);
+    assert!(cloud.cost.usd > Decimal::new(1, 1), "{}", cloud.cost.usd);
+    drop(r);
+    assert_eq!(spent_today(home.path()), cloud.cost.usd);
+}
