@@ -472,21 +472,32 @@ impl PersistedStats {
             })
     }
 
-    /// Applies `change` to the totals and returns the new value.
+    /// Applies `change` to the totals and returns the new value; `None` (and nothing written)
+    /// when the stored totals are unreadable — e.g. written by a newer version sharing this
+    /// home — so that they are never overwritten with counts that start again from zero.
     fn update(&self, change: impl Fn(&mut Totals)) -> Option<Totals> {
         let mut after = None;
         let _ = self.tree.update_and_fetch(TOTALS_KEY, |old| {
             let mut t = match old {
-                Some(b) => Totals::decode(b).unwrap_or_else(|| {
-                    tracing::warn!("unreadable stats totals; starting them again from zero");
-                    Totals::default()
-                }),
+                Some(b) => match Totals::decode(b) {
+                    Some(t) => t,
+                    None => {
+                        after = None;
+                        return Some(b.to_vec());
+                    }
+                },
                 None => Totals::default(),
             };
             change(&mut t);
             after = Some(t);
             Some(t.encode())
         });
+        if after.is_none() {
+            tracing::warn!(
+                "the persisted statistics were written in a format this version cannot read; \
+                 not recording this request there"
+            );
+        }
         after
     }
 
@@ -832,5 +843,17 @@ mod tests {
         assert_eq!(s.local_latency.samples, 4);
         assert!(!stats.tree.contains_key("requests").unwrap());
         assert!(!stats.tree.contains_key("seq/local").unwrap());
+    }
+
+    #[test]
+    fn totals_this_version_cannot_read_are_left_alone() {
+        let (_dir, db) = db();
+        let stats = PersistedStats::open(&db).unwrap();
+        let future = [2u8; 97];
+        stats.tree.insert(TOTALS_KEY, future.to_vec()).unwrap();
+        stats.record(&event(Route::Local, 10.0, "0", "0.001"));
+        stats.record_failure();
+        assert_eq!(stats.tree.get(TOTALS_KEY).unwrap().unwrap(), future.to_vec());
+        assert_eq!(stats.load().requests, 0);
     }
 }
