@@ -271,6 +271,14 @@ pub enum Reason {
         /// The request's deadline.
         deadline_ms: u64,
     },
+    /// `local_too_slow = false` held because there was nothing to compare: the request has no
+    /// deadline, or there is no local latency estimate.
+    LocalNotLimited {
+        /// The request's deadline, if any.
+        deadline_ms: Option<u64>,
+        /// The local latency estimate, if any.
+        estimate_ms: Option<u64>,
+    },
     /// The cascade kept the local answer.
     Confident {
         /// The statistic compared.
@@ -330,6 +338,24 @@ impl fmt::Display for Reason {
             } => write!(
                 f,
                 "local estimate {estimate_ms} ms fits deadline {deadline_ms} ms"
+            ),
+            Reason::LocalNotLimited {
+                deadline_ms: None,
+                estimate_ms: Some(e),
+            } => write!(
+                f,
+                "no deadline: the local tier cannot be too slow (local estimate {e} ms)"
+            ),
+            Reason::LocalNotLimited {
+                deadline_ms: None,
+                estimate_ms: None,
+            } => f.write_str("no deadline: the local tier cannot be too slow"),
+            Reason::LocalNotLimited {
+                deadline_ms: Some(d),
+                ..
+            } => write!(
+                f,
+                "no local latency estimate to compare with deadline {d} ms"
             ),
             Reason::BudgetLow {
                 left_usd,

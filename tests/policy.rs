@@ -120,6 +120,20 @@ fn deadline_and_latency_conditions() {
     );
     let p = one_rule("local_too_slow = false");
     assert!(!fires(&p, &tight, &s) && fires(&p, &loose, &s) && fires(&p, &none, &s));
+    // Without a deadline there is nothing to compare with: the reason says so rather than
+    // inventing one.
+    let reasons = run(&p, &none, &s).2;
+    assert_eq!(
+        reasons,
+        vec![Reason::LocalNotLimited {
+            deadline_ms: None,
+            estimate_ms: Some(500)
+        }]
+    );
+    assert_eq!(
+        reasons[0].to_string(),
+        "no deadline: the local tier cannot be too slow (local estimate 500 ms)"
+    );
 }
 
 #[test]
@@ -488,6 +502,52 @@ fn invalid_policies_report_file_line_column_path_and_fix() {
             );
         }
     }
+}
+
+#[test]
+fn conditions_that_could_never_hold_are_errors() {
+    let rule =
+        |when: &str| format!("[[rule]]\nname = \"r\"\nroute = \"local\"\n[rule.when]\n{when}\n");
+    for (src, message) in [
+        (
+            format!("[privacy]\ndetect = []\n{}", rule("pii = true")),
+            "`pii = true` can never hold",
+        ),
+        (
+            format!(
+                "[privacy]\ndetect = [\"secret\"]\n{}",
+                rule("pii_none = [\"email\"]")
+            ),
+            "PII kind `email` is not detected",
+        ),
+        (rule("cloud_health = []"), "list at least one cloud health"),
+        (rule("tags_any = [\"vip\", \" \"]"), "a tag cannot be empty"),
+        (rule("task = []"), "list at least one task"),
+        (rule("task = \"\""), "a task cannot be empty"),
+        (rule("prompt_tokens_gt = 4294967295"), "can never hold"),
+        (
+            format!(
+                "[[privacy.keywords]]\nkind = \"{}\"\nwords = [\"x\"]\n",
+                "k".repeat(41)
+            ),
+            "is longer than 40 characters",
+        ),
+    ] {
+        let diags = compile_str(&src, Path::new("p.toml")).unwrap_err();
+        let text = render_diagnostics(&diags);
+        assert!(text.contains(message), "{src}\n=> {text}");
+    }
+    // Custom kinds are always detected, whatever `detect` says.
+    let src = format!(
+        "[privacy]\ndetect = []\n[[privacy.keywords]]\nkind = \"codename\"\nwords = [\"falcon\"]\n{}",
+        rule("pii_any = [\"codename\"]")
+    );
+    compile_str(&src, Path::new("p.toml")).unwrap();
+    let src = format!(
+        "[privacy]\ndetect = []\n[[privacy.keywords]]\nkind = \"codename\"\nwords = [\"falcon\"]\n{}",
+        rule("pii = true")
+    );
+    compile_str(&src, Path::new("p.toml")).unwrap();
 }
 
 #[test]

@@ -387,6 +387,7 @@ impl Compiler<'_> {
 
         let ctx = RuleCtx {
             kinds: &kinds,
+            detected_builtins: &privacy.kinds,
             has_cloud,
         };
         let defaults = match &raw.defaults {
@@ -547,6 +548,12 @@ impl Compiler<'_> {
     }
 
     fn custom_kind_name(&mut self, kind: &str, path: &TomlPath) {
+        if kind.len() > MAX_KIND_NAME {
+            self.error(
+                path,
+                format!("custom kind name `{kind}` is longer than {MAX_KIND_NAME} characters (it becomes the redaction placeholder)"),
+            );
+        }
         let valid = !kind.is_empty()
             && kind
                 .chars()
@@ -753,6 +760,15 @@ impl Compiler<'_> {
         }
         for (i, n) in names.iter().enumerate() {
             match ctx.kinds.iter().position(|k| k == n) {
+                Some(_)
+                    if BUILTIN_KINDS.contains(&n.as_str())
+                        && !ctx.detected_builtins.contains(n) =>
+                {
+                    self.error(
+                        &path.index(i),
+                        format!("PII kind `{n}` is not detected: `[privacy].detect` leaves it out, so this condition could never see it; add it to `detect` or remove it here"),
+                    );
+                }
                 Some(bit) => set |= 1 << bit,
                 None => {
                     let hint = suggest(n, ctx.kinds.iter().map(String::as_str));
@@ -769,6 +785,12 @@ impl Compiler<'_> {
     fn conditions(&mut self, w: &RawWhen, path: &TomlPath, ctx: &RuleCtx<'_>) -> Vec<Condition> {
         let mut out = Vec::new();
         if let Some(b) = w.pii {
+            if b && ctx.kinds.len() == BUILTIN_KINDS.len() && ctx.detected_builtins.is_empty() {
+                self.error(
+                    &path.key("pii"),
+                    "`pii = true` can never hold: `[privacy].detect` is empty and there are no custom kinds",
+                );
+            }
             out.push(Condition::Pii(b));
         }
         if let Some(v) = &w.pii_any {
@@ -793,6 +815,12 @@ impl Compiler<'_> {
             )));
         }
         if let Some(n) = w.prompt_tokens_gt {
+            if n == u32::MAX {
+                self.error(
+                    &path.key("prompt_tokens_gt"),
+                    format!("`prompt_tokens_gt = {n}` can never hold"),
+                );
+            }
             out.push(Condition::PromptTokensGt(n));
         }
         if let Some(n) = w.prompt_tokens_lt {
@@ -815,6 +843,12 @@ impl Compiler<'_> {
             }
         }
         if let Some(n) = w.deadline_ms_lt {
+            if n == 0 {
+                self.error(
+                    &path.key("deadline_ms_lt"),
+                    "`deadline_ms_lt = 0` can never hold",
+                );
+            }
             out.push(Condition::DeadlineMsLt(n));
         }
         if let Some(b) = w.local_too_slow {
@@ -841,6 +875,12 @@ impl Compiler<'_> {
             }
         }
         if let Some(h) = &w.cloud_health {
+            if h.to_vec().is_empty() {
+                self.error(
+                    &path.key("cloud_health"),
+                    "list at least one cloud health (healthy, degraded or down)",
+                );
+            }
             let mut states = Vec::new();
             for (i, s) in h.to_vec().iter().enumerate() {
                 match parse_health(s) {
@@ -858,15 +898,30 @@ impl Compiler<'_> {
             out.push(Condition::CloudHealth(states));
         }
         if let Some(tags) = &w.tags_any {
-            if tags.is_empty() {
-                self.error(&path.key("tags_any"), "list at least one tag");
-            }
+            self.names_listed(tags, &path.key("tags_any"), "tag", false);
             out.push(Condition::TagsAny(tags.clone()));
         }
         if let Some(t) = &w.task {
-            out.push(Condition::Task(t.to_vec()));
+            let tasks = t.to_vec();
+            let single = matches!(t, super::raw::OneOrMany::One(_));
+            self.names_listed(&tasks, &path.key("task"), "task", single);
+            out.push(Condition::Task(tasks));
         }
         out
+    }
+
+    /// A list of tags or tasks (`single`: written as one string): not empty, no empty names
+    /// (neither could ever match).
+    fn names_listed(&mut self, names: &[String], path: &TomlPath, what: &str, single: bool) {
+        if names.is_empty() {
+            self.error(path, format!("list at least one {what}"));
+        }
+        for (i, n) in names.iter().enumerate() {
+            if n.trim().is_empty() {
+                let at = if single { path.clone() } else { path.index(i) };
+                self.error(&at, format!("a {what} cannot be empty"));
+            }
+        }
     }
 
     fn plan(&mut self, r: &RawRoute, path: &TomlPath, ctx: &RuleCtx<'_>) -> Option<Plan> {
@@ -1073,8 +1128,14 @@ impl Compiler<'_> {
     }
 }
 
+/// The longest custom PII kind name: it becomes the redaction placeholder (`<KIND_1>`), which
+/// the re-hydrator recognises only up to a bounded length.
+const MAX_KIND_NAME: usize = 40;
+
 struct RuleCtx<'a> {
     kinds: &'a [String],
+    /// The built-in kinds `[privacy].detect` leaves on (custom kinds are always detected).
+    detected_builtins: &'a [String],
     has_cloud: bool,
 }
 

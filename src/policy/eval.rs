@@ -129,9 +129,9 @@ fn holds(
                 })
             }
             // No deadline (or no estimate): the local tier is never "too slow".
-            _ => (!*want).then_some(Reason::LocalFits {
-                estimate_ms: s.latency.local_ms.unwrap_or(0),
-                deadline_ms: f.deadline_ms.unwrap_or(u64::MAX),
+            (deadline_ms, estimate_ms) => (!*want).then_some(Reason::LocalNotLimited {
+                deadline_ms,
+                estimate_ms,
             }),
         },
         Condition::BudgetLeftLt(threshold) => s
