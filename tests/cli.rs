@@ -254,6 +254,56 @@ fn explain_reads_prompt_from_stdin_and_env_policy() {
     assert_eq!(v["route"], "local");
 }
 
+/// `explain` decides with the budget the home's ledger has left (creating nothing), or with
+/// `--budget-left`.
+#[test]
+fn explain_reads_the_budget_left_from_the_home_ledger() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "--home",
+            h,
+            "explain",
+            "--policy",
+            "policies/cost-saver.toml",
+        ];
+        args.extend(extra);
+        args.push("What is the capital of France?");
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let rule = |extra: &[&str]| {
+        let out = explain(&[&["--json"], extra].concat());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["rule"].as_str().unwrap().to_string()
+    };
+    // Nothing spent yet: the whole daily limit ($1.00) is left, and no database is created.
+    assert!(explain(&[]).contains("budget left $1.00"));
+    assert_eq!(rule(&[]), "short-cascade");
+    let db_dir = edgeroute::home::db_dir(home.path());
+    assert!(!db_dir.exists());
+    assert_eq!(rule(&["--budget-left", "0.05"]), "low-budget-local");
+
+    // $0.95 of today's $1.00 spent: the low-budget rule fires.
+    {
+        let db = edgeroute::cache::open_db(&db_dir).unwrap();
+        let limits = edgeroute::ledger::BudgetLimits {
+            daily_usd: Some("1.00".parse().unwrap()),
+            monthly_usd: Some("10.00".parse().unwrap()),
+        };
+        let ledger = edgeroute::ledger::SledLedger::open(&db, limits).unwrap();
+        let spent: rust_decimal::Decimal = "0.95".parse().unwrap();
+        let r = ledger
+            .reserve_at(spent, std::time::SystemTime::now())
+            .unwrap();
+        ledger.settle_blocking(r, spent).unwrap();
+    }
+    assert!(explain(&[]).contains("budget left $0.05"));
+    assert_eq!(rule(&[]), "low-budget-local");
+}
+
 #[test]
 fn explain_rejects_empty_prompt_and_bad_policy() {
     let o = run(&["explain", "   "]);

@@ -138,6 +138,10 @@ struct ExplainArgs {
     /// Decide as if the device were offline.
     #[arg(long)]
     offline: bool,
+    /// Decide as if this much cloud budget (USD) were left; default: what the home's ledger
+    /// says, when the policy has a [budget].
+    #[arg(long, value_name = "USD")]
+    budget_left: Option<rust_decimal::Decimal>,
 }
 
 #[derive(Subcommand)]
@@ -366,6 +370,10 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode
     if args.offline {
         signals.network = Network::Offline;
     }
+    signals.budget_left_usd = match args.budget_left {
+        Some(left) => Some(left),
+        None => budget_left(router.policy(), home),
+    };
     let decision = router.explain_with(&request, &signals);
     if args.json {
         let out = json!({
@@ -537,6 +545,32 @@ fn cache(cmd: CacheCommand, home: Option<&Path>) -> edgeroute::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the home's ledger says is left of the policy's budget (`None` without limits). A home
+/// without a database has spent nothing; a database another process holds is reported on
+/// standard error and left out (nothing is created or written here).
+fn budget_left(policy: &CompiledPolicy, home: Option<&Path>) -> Option<rust_decimal::Decimal> {
+    let limits = policy.budget.limits;
+    let untouched = [limits.daily_usd, limits.monthly_usd]
+        .into_iter()
+        .flatten()
+        .min();
+    untouched?;
+    let db_dir = edgeroute::home::db_dir(&edgeroute::home::resolve(home));
+    if !db_dir.exists() {
+        return untouched;
+    }
+    let status = edgeroute::cache::Database::open(&db_dir)
+        .and_then(|db| edgeroute::ledger::SledLedger::open(&db, limits))
+        .and_then(|ledger| ledger.status_at(std::time::SystemTime::now()));
+    match status {
+        Ok(s) => s.left,
+        Err(e) => {
+            eprintln!("note: budget left unknown ({e}); pass --budget-left to decide with a value");
+            None
+        }
+    }
 }
 
 fn budget(policy: &PolicyArg, json: bool, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
