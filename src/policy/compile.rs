@@ -1163,44 +1163,35 @@ fn file_stem(p: &Path) -> String {
 /// Checks a cloud base URL: must be `https://`, or `http://` to a loopback host, unless
 /// `allow_insecure_http` is set.
 pub fn check_base_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
-    let lower = url.to_ascii_lowercase();
-    let rest = if let Some(r) = lower.strip_prefix("https://") {
-        r
-    } else if let Some(r) = lower.strip_prefix("http://") {
-        let host = host_of(r);
-        if !allow_insecure_http && !is_loopback(host) {
-            return Err(format!(
-                "plain http:// to non-loopback host `{host}` would send prompts unencrypted; use https:// or set allow_insecure_http = true"
-            ));
-        }
-        r
-    } else {
-        return Err(format!(
-            "base_url `{url}` must start with https:// (or http:// for a loopback host)"
-        ));
-    };
-    if host_of(rest).is_empty() {
+    let parsed = url::Url::parse(url).map_err(|e| format!("base_url `{url}` is not a URL: {e}"))?;
+    let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
         return Err(format!("base_url `{url}` has no host"));
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback_url(&parsed) => Ok(()),
+        "http" => Err(format!(
+            "plain http:// to non-loopback host `{host}` would send prompts unencrypted; use https:// or set allow_insecure_http = true"
+        )),
+        _ => Err(format!(
+            "base_url `{url}` must start with https:// (or http:// for a loopback host)"
+        )),
     }
-    Ok(())
 }
 
-fn host_of(after_scheme: &str) -> &str {
-    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or("");
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or("");
+/// True when `url`'s host is this machine: a loopback address (127.0.0.0/8, `::1`),
+/// `localhost` or a `*.localhost` name. The one definition the policy check and the cloud
+/// client both use.
+pub fn is_loopback_url(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        None => false,
     }
-    authority.split(':').next().unwrap_or("")
-}
-
-/// True for `localhost`, 127.0.0.0/8 and `::1`.
-pub fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host == "::1"
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -1217,6 +1208,12 @@ mod tests {
         assert!(check_base_url("http://example.com/v1", true).is_ok());
         assert!(check_base_url("ftp://x", true).is_err());
         assert!(check_base_url("https://", false).is_err());
+        // The same reading of the URL as the HTTP client's.
+        assert!(check_base_url("http://api.localhost:8080/v1", false).is_ok());
+        assert!(check_base_url("http://127.1:8080/v1", false).is_ok());
+        assert!(check_base_url("http://evil.com\\@localhost/v1", false).is_err());
+        assert!(check_base_url("http://localhost.evil.com/v1", false).is_err());
+        assert!(check_base_url("not a url", false).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod source;
 mod tests;
 
 pub use compile::{
-    check_base_url, compile_file, compile_str, is_loopback, BudgetSection, CloudSection,
+    check_base_url, compile_file, compile_str, is_loopback_url, BudgetSection, CloudSection,
     CompiledPolicy, CompiledRule, Condition, KindSet, LatencySection, LocalSection, OnExhausted,
     PolicyTest, ProviderKind,
 };
