@@ -1,5 +1,5 @@
 //! [`Router`]: the one place a request flows through —
-//! inspect → cache → decide → execute → record.
+//! inspect → decide → cache → execute → record.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -300,7 +300,7 @@ impl Router {
             .unwrap_or(self.inner.policy.local.max_new_tokens)
     }
 
-    /// Answers a request: inspect → cache → decide → execute → record.
+    /// Answers a request: inspect → decide → cache → execute → record.
     pub async fn complete(&self, request: Request) -> Result<Response> {
         self.run(request, None).await
     }
