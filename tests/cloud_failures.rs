@@ -592,3 +592,256 @@ async fn the_call_deadline_ends_a_stream_in_progress() {
     );
     assert_eq!(fake.requests_received(), 1);
 }
+
+/// A `retry-after-ms` no delay can represent (here 1e30 ms) is ignored, not a panic: the
+/// call is retried as without the header, and `Retry-After` still applies when present.
+#[tokio::test]
+async fn a_malformed_retry_after_ms_is_ignored() {
+    let fake = FakeProvider::start().await;
+    let rate_limited = |headers: &[(&str, &str)]| {
+        Behavior::Raw {
+        status: 429,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        body: r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#.into(),
+    }
+    };
+    fake.set_behavior(rate_limited(&[("retry-after-ms", "1e30")]));
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::RateLimited { retry_after: None }),
+        "{err:?}"
+    );
+    assert_eq!(fake.requests_received(), 3);
+    let err = backend.stream(call("hi")).await.err().unwrap();
+    assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+
+    fake.reset_counts();
+    fake.set_behavior(Behavior::Ok);
+    fake.push_behaviors([rate_limited(&[
+        ("retry-after-ms", "-1e300"),
+        ("retry-after", "3600"),
+    ])]);
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(3600)),
+        "{err:?}"
+    );
+    assert_eq!(fake.requests_received(), 1);
+}
+
+/// A redirect is never followed: it would carry the prompt and the key (Anthropic's
+/// `x-api-key` included) elsewhere. The error names the target; the target gets nothing.
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let fake = FakeProvider::start().await;
+    let elsewhere = FakeProvider::start().await;
+    for cfg in configs(&fake) {
+        for status in [307u16, 308, 302, 301] {
+            fake.reset_counts();
+            let location = format!("{}/chat/completions", elsewhere.url());
+            fake.set_behavior(Behavior::Raw {
+                status,
+                headers: vec![("location".into(), location.clone())],
+                body: String::new(),
+            });
+            let backend = CloudBackend::new(cfg.clone()).unwrap();
+            let err = backend
+                .generate(call("a private prompt"))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::TierUnavailable { tier: "cloud", .. }),
+                "{err:?}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains(&location), "{msg}");
+            assert!(msg.contains(&format!("HTTP {status}")), "{msg}");
+            assert!(msg.contains("redirect"), "{msg}");
+            let err = backend
+                .stream(call("a private prompt"))
+                .await
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains(&location), "{err}");
+            // Not retried, and a server that answers is healthy.
+            assert_eq!(fake.requests_received(), 2);
+            assert_eq!(backend.breaker_state(), BreakerState::Closed);
+            assert_eq!(
+                elsewhere.requests_received(),
+                0,
+                "HTTP {status} was followed"
+            );
+        }
+    }
+}
+
+/// "Offline" is not forever: a failure to connect marks the network offline for
+/// `offline_for`, then it reads online again and the next call probes it.
+#[tokio::test]
+async fn offline_expires_and_the_next_call_probes() {
+    let addr = unused_addr();
+    let mut cfg = CloudConfig::openai("fake-model")
+        .with_base_url(format!("http://{addr}/v1"))
+        .with_api_key(edgeroute::backend::cloud::ApiKey::new("k"));
+    cfg.retry.max_retries = 0;
+    cfg.breaker.offline_for = Duration::from_millis(500);
+    let backend = CloudBackend::new(cfg).unwrap();
+    assert!(matches!(
+        backend.generate(call("hi")).await,
+        Err(Error::Connection(_))
+    ));
+    assert_eq!(backend.network(), Network::Offline);
+
+    // Expired: online again, with no request needed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(backend.network(), Network::Online);
+    // The probe finds the provider still down: offline again.
+    assert!(matches!(
+        backend.generate(call("hi")).await,
+        Err(Error::Connection(_))
+    ));
+    assert_eq!(backend.network(), Network::Offline);
+
+    // The provider comes up; once the mark expires, a probe finds it.
+    let fake = FakeProvider::start_on(addr).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(backend.network(), Network::Online);
+    assert_eq!(
+        backend.generate(call("hi")).await.unwrap().text,
+        DEFAULT_REPLY
+    );
+    assert_eq!(backend.network(), Network::Online);
+    assert_eq!(fake.requests_received(), 1);
+}
+
+/// A caller's tight deadline running out says nothing about the provider: such timeouts
+/// (before or after the first token) never open the breaker. The configured timeouts do.
+#[tokio::test]
+async fn the_callers_deadline_does_not_count_against_the_provider() {
+    let fake = FakeProvider::start().await;
+    let mut cfg = fake.openai_config();
+    cfg.breaker.consecutive_failures = 2;
+    let backend = CloudBackend::new(cfg.clone()).unwrap();
+    let tight = || {
+        let mut c = call("hi");
+        c.deadline = Some(Instant::now() + Duration::from_millis(150));
+        c
+    };
+    let total_timeout = |e: &Error| {
+        matches!(
+            e,
+            Error::Timeout {
+                phase: TimeoutPhase::Total,
+                ..
+            }
+        )
+    };
+
+    fake.set_behavior(Behavior::SlowHeaders(Duration::from_secs(3)));
+    for _ in 0..3 {
+        let err = backend.generate(tight()).await.unwrap_err();
+        assert!(total_timeout(&err), "{err:?}");
+        let err = backend.stream(tight()).await.err().unwrap();
+        assert!(total_timeout(&err), "{err:?}");
+    }
+    assert_eq!(backend.breaker_state(), BreakerState::Closed);
+
+    // After the first token: the stream ends with the caller's deadline.
+    fake.set_reply("one two three four five six seven eight nine ten eleven twelve");
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(60)));
+    for _ in 0..3 {
+        let mut c = call("hi");
+        c.deadline = Some(Instant::now() + Duration::from_millis(400));
+        let out = collect(backend.stream(c).await.unwrap()).await;
+        let err = out.outcome.unwrap_err();
+        assert!(total_timeout(&err), "{err:?}");
+    }
+    assert_eq!(backend.breaker_state(), BreakerState::Closed);
+
+    // The configured total timeout is the provider being slow: it counts.
+    fake.set_behavior(Behavior::SlowHeaders(Duration::from_secs(3)));
+    cfg.total_timeout = Duration::from_millis(150);
+    let backend = CloudBackend::new(cfg).unwrap();
+    for _ in 0..2 {
+        let err = backend.generate(call("hi")).await.unwrap_err();
+        assert!(total_timeout(&err), "{err:?}");
+    }
+    assert_eq!(backend.breaker_state(), BreakerState::Open);
+}
+
+/// OpenAI's `insufficient_quota` comes as a 429 but is not a rate limit: reported in the
+/// provider's words, not retried, not counted against the provider's health.
+#[tokio::test]
+async fn out_of_quota_is_reported_in_the_providers_words_and_not_retried() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::json_error(
+        429,
+        serde_json::json!({"error": {
+            "message": "You exceeded your current quota, please check your plan and billing details.",
+            "type": "insufficient_quota", "param": null, "code": "insufficient_quota"}}),
+    ));
+    let mut cfg = fake.openai_config();
+    cfg.breaker.consecutive_failures = 1;
+    let backend = CloudBackend::new(cfg).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(
+        matches!(err, Error::TierUnavailable { tier: "cloud", .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("You exceeded your current quota"), "{msg}");
+    assert!(!msg.contains("slow down"), "{msg}");
+    // The router falls back to the local tier on it.
+    assert!(err.is_cloud_failure());
+    assert_eq!(
+        fake.requests_received(),
+        1,
+        "insufficient_quota was retried"
+    );
+    let err = backend.stream(call("hi")).await.err().unwrap();
+    assert!(err.to_string().contains("exceeded your current quota"));
+    assert_eq!(fake.requests_received(), 2);
+    assert_eq!(backend.breaker_state(), BreakerState::Closed);
+
+    // A real rate limit is still one: retried.
+    fake.reset_counts();
+    fake.push_behaviors([Behavior::RateLimited {
+        retry_after_secs: None,
+    }]);
+    fake.set_behavior(Behavior::Ok);
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    assert_eq!(
+        backend.generate(call("hi")).await.unwrap().text,
+        DEFAULT_REPLY
+    );
+    assert_eq!(fake.requests_received(), 2);
+}
+
+/// OpenAI's 403 for an unsupported region is not a key problem: the provider's message is
+/// kept, and the error does not send the reader to check the API key.
+#[tokio::test]
+async fn a_region_block_keeps_the_providers_message() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::json_error(
+        403,
+        serde_json::json!({"error": {
+            "code": "unsupported_country_region_territory",
+            "message": "Country, region, or territory not supported",
+            "param": null, "type": "request_forbidden"}}),
+    ));
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("Country, region, or territory not supported"),
+        "{msg}"
+    );
+    assert!(!msg.contains("api_key_env"), "{msg}");
+    assert!(err.is_cloud_failure());
+    assert_eq!(fake.requests_received(), 1);
+}

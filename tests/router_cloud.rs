@@ -267,6 +267,34 @@ async fn refused_connection_marks_offline_and_later_decisions_say_so() {
     assert_eq!(local.calls(), before + 1);
 }
 
+/// Offline is not forever: once `offline_for` is over, the next request probes the cloud, and
+/// a provider that is back answers it. (Until then, offline requests stay local: above.)
+#[tokio::test]
+async fn offline_expires_and_a_reachable_cloud_answers_again() {
+    let addr = unused_addr();
+    let mut cfg = CloudConfig::openai("fake-model")
+        .with_base_url(format!("http://{addr}/v1"))
+        .with_api_key(edgeroute::backend::cloud::ApiKey::new("sk-test"));
+    cfg.breaker.offline_for = std::time::Duration::from_millis(500);
+    let local = Arc::new(EchoModel::default());
+    let r = router("[defaults]\nroute = \"cloud\"\n", local.clone(), cfg);
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(resp.route, Route::Local);
+    let features = edgeroute::inspect::inspect(r.policy(), &Request::new("hello"));
+    assert_eq!(r.signals(&features, 16).network, Network::Offline);
+
+    // The provider comes back on that address; the offline mark expires.
+    let fake = FakeProvider::start_on(addr).await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(r.signals(&features, 16).network, Network::Online);
+    let d = r.explain(&Request::new("hello"));
+    assert_eq!(d.route(), "cloud", "{:?}", d.reasons);
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    assert_eq!(fake.requests_received(), 1);
+    assert_eq!(r.signals(&features, 16).network, Network::Online);
+}
+
 #[tokio::test]
 async fn breaker_opens_and_the_policy_routes_around_it() {
     let fake = FakeProvider::start().await;

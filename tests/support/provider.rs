@@ -72,6 +72,27 @@ pub enum Behavior {
     /// A stream whose body ends cleanly but without `[DONE]` / `message_stop`
     /// (non-streaming: the JSON cut in half).
     TruncatedStream,
+    /// Exactly this status, these headers and this body, whatever the protocol (redirects,
+    /// odd headers, provider-specific error bodies).
+    Raw {
+        /// HTTP status.
+        status: u16,
+        /// Response headers (name, value).
+        headers: Vec<(String, String)>,
+        /// Response body.
+        body: String,
+    },
+}
+
+impl Behavior {
+    /// A [`Behavior::Raw`] error answer with a JSON body.
+    pub fn json_error(status: u16, body: serde_json::Value) -> Behavior {
+        Behavior::Raw {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string(),
+        }
+    }
 }
 
 /// One request as the server saw it.
@@ -346,6 +367,17 @@ async fn handle(
                 json_headers(),
                 Body::from(error_body(proto, kind, code_s, msg)),
             )
+        }
+        Behavior::Raw {
+            status,
+            headers,
+            body,
+        } => {
+            let mut b = Response::builder().status(status);
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            b.body(Body::from(body)).expect("raw response")
         }
         Behavior::ContextTooLong => {
             let body = match proto {

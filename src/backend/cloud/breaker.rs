@@ -7,6 +7,10 @@
 //! * **Half-open**: up to `half_open_probes` calls go through; a success closes the breaker, a
 //!   failure opens it again. A probe dropped without an outcome frees its slot.
 //!
+//! Connectivity: a failure to connect marks the network offline for `offline_for`; then it
+//! reads online again and the next attempt probes it (re-arming the flag while in flight, so
+//! other decisions keep routing locally). Any HTTP answer marks it online.
+//!
 //! Thread-safe: one breaker is shared by every call of a backend.
 
 use std::collections::VecDeque;
@@ -44,7 +48,8 @@ struct State {
     mode: Mode,
     consecutive: u32,
     window: VecDeque<bool>,
-    offline: bool,
+    /// Offline until then (`None`: online).
+    offline_until: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +82,7 @@ impl Breaker {
                 mode: Mode::Closed,
                 consecutive: 0,
                 window: VecDeque::new(),
-                offline: false,
+                offline_until: None,
             }),
         }
     }
@@ -103,18 +108,39 @@ impl Breaker {
         })
     }
 
-    /// Connectivity as last observed.
+    /// Connectivity as last observed; an offline mark reads online once `offline_for` is over.
     pub(crate) fn network(&self) -> Network {
-        if self.with_state(|s| s.offline) {
-            Network::Offline
-        } else {
-            Network::Online
+        self.network_at(Instant::now())
+    }
+
+    pub(crate) fn network_at(&self, now: Instant) -> Network {
+        match self.with_state(|s| s.offline_until) {
+            Some(until) if now < until => Network::Offline,
+            _ => Network::Online,
         }
     }
 
-    /// Marks the network offline (connection refused, DNS failure) or online (any response).
-    pub(crate) fn set_offline(&self, offline: bool) {
-        self.with_state(|s| s.offline = offline);
+    /// Marks the network offline for `offline_for` (connection refused, DNS failure).
+    pub(crate) fn mark_offline(&self, now: Instant) {
+        let until = now + self.cfg.offline_for;
+        self.with_state(|s| s.offline_until = Some(until));
+    }
+
+    /// Marks the network online (any HTTP answer).
+    pub(crate) fn mark_online(&self) {
+        self.with_state(|s| s.offline_until = None);
+    }
+
+    /// Called before each attempt: when an offline mark has expired, this attempt is the
+    /// probe, and the mark is re-armed so other decisions keep routing locally until the
+    /// probe's outcome ([`Breaker::mark_online`] or [`Breaker::mark_offline`]) is known.
+    pub(crate) fn start_attempt(&self, now: Instant) {
+        let until = now + self.cfg.offline_for;
+        self.with_state(|s| {
+            if matches!(s.offline_until, Some(t) if t <= now) {
+                s.offline_until = Some(until);
+            }
+        });
     }
 
     /// Asks to make one attempt.
@@ -210,6 +236,12 @@ impl Permit {
         self.finish(false, Instant::now());
     }
 
+    /// The attempt ended in a way that says nothing about the provider (the caller's own
+    /// deadline ran out): no outcome is recorded; a half-open probe slot is freed.
+    pub(crate) fn release(self) {
+        drop(self);
+    }
+
     pub(crate) fn finish(mut self, ok: bool, now: Instant) {
         self.breaker.record(self.probe, ok, now);
         // Recorded: the probe slot is settled, Drop must not release it again.
@@ -297,6 +329,28 @@ mod tests {
         assert_eq!(b.state_at(t), BreakerState::Closed);
         b.acquire_at(t).unwrap().finish(false, t);
         assert_eq!(b.state_at(t), BreakerState::Open);
+    }
+
+    #[test]
+    fn offline_expires_and_one_attempt_probes() {
+        let b = breaker(BreakerConfig {
+            offline_for: Duration::from_secs(10),
+            ..BreakerConfig::default()
+        });
+        let t0 = Instant::now();
+        assert_eq!(b.network_at(t0), Network::Online);
+        b.mark_offline(t0);
+        assert_eq!(b.network_at(t0 + Duration::from_secs(9)), Network::Offline);
+        // An attempt made while the mark is fresh is not a probe: nothing changes.
+        b.start_attempt(t0 + Duration::from_secs(9));
+        let later = t0 + Duration::from_secs(11);
+        assert_eq!(b.network_at(later), Network::Online);
+        // The probe re-arms the mark while it is in flight...
+        b.start_attempt(later);
+        assert_eq!(b.network_at(later), Network::Offline);
+        // ...and an HTTP answer clears it.
+        b.mark_online();
+        assert_eq!(b.network_at(later), Network::Online);
     }
 
     #[test]

@@ -162,6 +162,12 @@ pub struct BreakerConfig {
     pub open_for: Duration,
     /// Concurrent probe calls allowed while half-open. Default: `1`.
     pub half_open_probes: u32,
+    /// How long a failure to connect (refused, unreachable, DNS) marks the network offline.
+    /// Meanwhile the policy sees `offline` and routes locally, so no request would ever
+    /// prove the network back: once this is over the signal reads online again and the next
+    /// call probes it (others still see offline while the probe is in flight). Any HTTP
+    /// answer marks the network online at once. Default: 30 s (as `open_for`).
+    pub offline_for: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -173,6 +179,7 @@ impl Default for BreakerConfig {
             failure_ratio: 0.5,
             open_for: Duration::from_secs(30),
             half_open_probes: 1,
+            offline_for: Duration::from_secs(30),
         }
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! Layers, outermost first, for one call:
 //! 1. **credentials**: no API key → [`Error::TierUnavailable`], no network I/O;
-//! 2. **deadline**: the call's total time is `min(total_timeout, call.deadline)`;
+//! 2. **deadline**: the call's total time is `min(total_timeout, call.deadline)`; a timeout
+//!    caused by the caller's own deadline says nothing about the provider and is not counted
+//!    by the breaker;
 //! 3. **retry loop** ([`RetryConfig`]): full-jitter backoff, `Retry-After`, retry budget;
 //! 4. **circuit breaker** ([`BreakerConfig`]): each attempt needs a permit; an open breaker
 //!    fails fast with [`Error::CircuitOpen`];
@@ -16,6 +18,10 @@
 //! partial answer. [`Backend::generate`] uses the non-streaming endpoint; since a non-streaming
 //! response arrives only once the whole answer is generated, `first_token_timeout` does not
 //! apply to it (connect and total do).
+//!
+//! Redirects are never followed: they would carry the prompt and the API key (Anthropic's
+//! `x-api-key` survives reqwest's cross-host redirect scrubbing) to another address, possibly
+//! over plain http. A 3xx answer is an error naming the `Location`.
 //!
 //! Prompts, answers and the API key are never logged; retries and failures are logged at
 //! `debug` with status codes and timings only.
@@ -30,7 +36,6 @@ pub mod sse;
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +55,9 @@ use crate::signals::{CloudHealth, Network};
 
 /// Largest error body read from a failed response.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Longest redirect target quoted in an error.
+const MAX_LOCATION: usize = 200;
 
 /// A cloud model API behind the [`Backend`] trait.
 ///
@@ -99,7 +107,7 @@ impl CloudBackend {
                 cfg.base_url
             ))
         })?;
-        let loopback = is_loopback(&url);
+        let loopback = crate::policy::is_loopback_url(&url);
         match url.scheme() {
             "https" => {}
             "http" if loopback || cfg.allow_insecure_http => {}
@@ -122,6 +130,8 @@ impl CloudBackend {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .tcp_nodelay(true)
+            // Never follow a redirect: see the module docs.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("edgeroute/", env!("CARGO_PKG_VERSION")));
         if loopback {
             // A system proxy must not see loopback traffic.
@@ -156,17 +166,6 @@ impl CloudBackend {
     /// The circuit breaker's state.
     pub fn breaker_state(&self) -> BreakerState {
         self.inner.breaker.state()
-    }
-}
-
-fn is_loopback(url: &reqwest::Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost"),
     }
 }
 
@@ -209,16 +208,47 @@ struct Clock {
     start: Instant,
     total_at: Instant,
     first_token: Duration,
+    /// `total_at` is the caller's deadline, earlier than the configured `total_timeout`.
+    callers_deadline: bool,
 }
 
 impl Clock {
     fn new(cfg: &CloudConfig, deadline: Option<Instant>) -> Self {
         let start = Instant::now();
-        let total_at = start + cfg.total_timeout;
+        let configured = start + cfg.total_timeout;
+        let (total_at, callers_deadline) = match deadline {
+            Some(d) if d < configured => (d, true),
+            _ => (configured, false),
+        };
         Clock {
             start,
-            total_at: deadline.map_or(total_at, |d| d.min(total_at)),
+            total_at,
             first_token: cfg.first_token_timeout,
+            callers_deadline,
+        }
+    }
+
+    /// Whether `e` is the caller's own deadline running out (a `Total` timeout when the
+    /// deadline is what set the total): it says nothing about the provider's health.
+    fn is_callers_timeout(&self, e: &Error) -> bool {
+        self.callers_deadline
+            && matches!(
+                e,
+                Error::Timeout {
+                    phase: TimeoutPhase::Total,
+                    ..
+                }
+            )
+    }
+
+    /// Reports an attempt's failure `e` to the breaker through its permit.
+    fn settle(&self, permit: Permit, e: &Error) {
+        if self.is_callers_timeout(e) {
+            permit.release();
+        } else if counts_against_health(e) {
+            permit.failure();
+        } else {
+            permit.success();
         }
     }
 
@@ -302,7 +332,7 @@ impl Inner {
             };
         }
         if e.is_connect() {
-            self.breaker.set_offline(true);
+            self.breaker.mark_offline(Instant::now());
             let host = self.url.host_str().unwrap_or("?");
             return Error::Connection(format!("cannot connect to {host}: {}", error_chain(e)));
         }
@@ -319,6 +349,7 @@ impl Inner {
         headers_by: (Instant, TimeoutPhase),
     ) -> Result<reqwest::Response> {
         let (first_at, phase) = headers_by;
+        self.breaker.start_attempt(attempt_start);
         let request = self
             .client
             .post(self.url.clone())
@@ -336,10 +367,15 @@ impl Inner {
         )
         .await?;
         // Any HTTP answer proves the network is up.
-        self.breaker.set_offline(false);
+        self.breaker.mark_online();
         let status = response.status();
         if status.is_success() {
             return Ok(response);
+        }
+        if status.is_redirection() {
+            let err = self.redirect_error(status.as_u16(), response.headers());
+            tracing::debug!(backend = %self.name, status = status.as_u16(), "cloud call redirected");
+            return Err(err);
         }
         let retry_after = retry::parse_retry_after(response.headers());
         let read_until = clock.total_at.min(Instant::now() + Duration::from_secs(5));
@@ -350,6 +386,30 @@ impl Inner {
         let err = protocol::status_error(status.as_u16(), &body, retry_after);
         tracing::debug!(backend = %self.name, status = status.as_u16(), "cloud call rejected");
         Err(err)
+    }
+
+    /// The error for a 3xx answer, which is never followed (see the module docs).
+    fn redirect_error(&self, status: u16, headers: &HeaderMap) -> Error {
+        let location = match headers.get(reqwest::header::LOCATION) {
+            Some(v) => {
+                let full = String::from_utf8_lossy(v.as_bytes());
+                let mut v: String = full.chars().take(MAX_LOCATION).collect();
+                if v.len() < full.len() {
+                    v.push('…');
+                }
+                format!("to `{v}`")
+            }
+            None => "without a Location".to_owned(),
+        };
+        Error::TierUnavailable {
+            tier: "cloud",
+            why: format!(
+                "{} answered HTTP {status}, a redirect {location}; redirects are not followed \
+                 (they would carry the prompt and the API key to another address): set \
+                 [cloud].base_url to the address that answers",
+                self.url
+            ),
+        }
     }
 
     /// The delay before the next retry, or `None` when the call must fail with `e`.
@@ -400,11 +460,7 @@ impl Inner {
             match attempt(attempt_start).await {
                 Ok(v) => return Ok((v, permit)),
                 Err(e) => {
-                    if counts_against_health(&e) {
-                        permit.failure();
-                    } else {
-                        permit.success();
-                    }
+                    clock.settle(permit, &e);
                     let Some(delay) = self.retry_delay(&e, retries, clock) else {
                         tracing::debug!(backend = %self.name, retries, error = %e, "cloud call failed");
                         return Err(e);
@@ -548,7 +604,11 @@ async fn next_event(mut st: StreamState) -> Option<(Result<StreamEvent>, Option<
         .await;
         if let Err(e) = filled {
             if let Some(p) = st.permit.take() {
-                p.failure();
+                if clock.is_callers_timeout(&e) {
+                    p.release();
+                } else {
+                    p.failure();
+                }
             }
             tracing::debug!(backend = %st.inner.name, error = %e, "cloud stream failed after the first token");
             return Some((Err(e), None));

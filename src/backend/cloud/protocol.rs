@@ -186,8 +186,34 @@ impl ErrorDetail {
         m
     }
 
+    /// The `code` as a string (OpenAI sends a string; some compatible servers a number).
+    fn code(&self) -> &str {
+        self.code.as_ref().and_then(|c| c.as_str()).unwrap_or("")
+    }
+
+    /// OpenAI's `insufficient_quota`: the account is out of credit or over its spending
+    /// limit. Sent with 429, but not transient: retrying cannot help.
+    fn is_out_of_quota(&self) -> bool {
+        self.code() == "insufficient_quota"
+            || self.kind.as_deref() == Some("insufficient_quota")
+            || self.message.as_deref().is_some_and(|m| {
+                m.to_ascii_lowercase()
+                    .contains("exceeded your current quota")
+            })
+    }
+
+    /// OpenAI's 403 for a country, region or territory it does not serve: not a problem with
+    /// the key.
+    fn is_region_block(&self) -> bool {
+        self.code() == "unsupported_country_region_territory"
+            || self.message.as_deref().is_some_and(|m| {
+                m.to_ascii_lowercase()
+                    .contains("country, region, or territory not supported")
+            })
+    }
+
     fn is_context_too_long(&self) -> bool {
-        let code = self.code.as_ref().and_then(|c| c.as_str()).unwrap_or("");
+        let code = self.code();
         if code == "context_length_exceeded" || code == "string_above_max_length" {
             return true;
         }
@@ -207,7 +233,25 @@ pub(crate) fn status_error(status: u16, body: &[u8], retry_after: Option<Duratio
         .and_then(|b| b.error)
         .unwrap_or_default();
     match status {
+        // Not the key: "check the API key" would mislead. The provider's words say what is.
+        403 if detail.is_region_block() => Error::TierUnavailable {
+            tier: "cloud",
+            why: format!(
+                "the provider refuses requests from this location (HTTP 403): {}",
+                detail.message()
+            ),
+        },
         401 | 403 => Error::Auth { status },
+        // Out of credit is not a rate limit: not retried, not a sign of an unhealthy
+        // provider (the breaker ignores it), and reported in the provider's words.
+        429 if detail.is_out_of_quota() => Error::TierUnavailable {
+            tier: "cloud",
+            why: format!(
+                "the provider account is out of quota (HTTP 429 insufficient_quota): {}; \
+                 check the plan and billing at the provider",
+                detail.message()
+            ),
+        },
         429 => Error::RateLimited { retry_after },
         408 | 500..=599 => Error::Server {
             status,
@@ -264,6 +308,19 @@ mod tests {
             status_error(404, b"not json", None),
             Error::BadRequest { status: 404, .. }
         ));
+        let quota = br#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+        let e = status_error(429, quota, ra);
+        assert!(
+            matches!(&e, Error::TierUnavailable { tier: "cloud", why } if why.contains("exceeded your current quota")),
+            "{e:?}"
+        );
+        assert!(!e.is_retryable() && e.is_cloud_failure());
+        let region = br#"{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","param":null,"type":"request_forbidden"}}"#;
+        let e = status_error(403, region, None);
+        assert!(
+            matches!(&e, Error::TierUnavailable { why, .. } if why.contains("Country, region, or territory not supported")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -36,22 +36,34 @@ pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
+    // A malformed value (negative, NaN, or absurdly large) is ignored, not trusted.
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+        if let Some(d) = secs_to_duration(ms / 1000.0) {
+            return Some(d);
         }
     }
     let v = get("retry-after")?;
     if let Ok(secs) = v.parse::<f64>() {
-        return (0.0..1e9)
-            .contains(&secs)
-            .then(|| Duration::from_secs_f64(secs));
+        return secs_to_duration(secs);
     }
     let when = httpdate::parse_http_date(v).ok()?;
     Some(
         when.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// Longest `Retry-After` accepted, in seconds (~31 years): anything longer is malformed.
+const MAX_RETRY_AFTER_SECS: f64 = 1e9;
+
+/// `secs` as a duration when it is a plausible delay: finite, non-negative and under
+/// [`MAX_RETRY_AFTER_SECS`] (so adding it to an `Instant` cannot overflow).
+fn secs_to_duration(secs: f64) -> Option<Duration> {
+    if (0.0..MAX_RETRY_AFTER_SECS).contains(&secs) {
+        Duration::try_from_secs_f64(secs).ok()
+    } else {
+        None
+    }
 }
 
 /// Token-bucket retry budget. Each first attempt deposits `ratio` tokens, time adds
@@ -147,6 +159,21 @@ mod tests {
         );
         assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
         h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(parse_retry_after(&h), None);
+    }
+
+    #[test]
+    fn malformed_retry_after_ms_is_ignored_not_a_panic() {
+        for bad in ["1e30", "-5", "NaN", "inf", "1e300", "9999999999999999"] {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after-ms", HeaderValue::from_static(bad));
+            assert_eq!(parse_retry_after(&h), None, "{bad}");
+            // The standard header still applies.
+            h.insert("retry-after", HeaderValue::from_static("3"));
+            assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(3)), "{bad}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("1e30"));
         assert_eq!(parse_retry_after(&h), None);
     }
 
