@@ -91,17 +91,21 @@ pub enum Error {
     },
 
     /// The cloud provider rejected the credentials (401/403).
-    #[error("cloud authentication failed (HTTP {status}): check the API key in the environment variable named by the policy's [cloud].api_key_env")]
+    #[error("cloud authentication failed (HTTP {status}: {message}); check the API key in the environment variable named by the policy's [cloud].api_key_env")]
     Auth {
         /// HTTP status.
         status: u16,
+        /// The provider's own explanation (or its error type).
+        message: String,
     },
 
     /// The cloud provider rate-limited us (429) and retries were exhausted.
-    #[error("cloud rate limited (HTTP 429){}; slow down or raise the provider quota", .retry_after.map(|d| format!(", retry after {d:?}")).unwrap_or_default())]
+    #[error("cloud rate limited (HTTP 429: {message}){}; slow down or raise the provider quota", .retry_after.map(|d| format!(", retry after {d:?}")).unwrap_or_default())]
     RateLimited {
         /// The provider's `Retry-After`, when given.
         retry_after: Option<Duration>,
+        /// The provider's own explanation (or its error type).
+        message: String,
     },
 
     /// The provider answered 5xx (or 408) and retries were exhausted.
@@ -233,7 +237,9 @@ impl Error {
     /// When the provider asked us to come back (`Retry-After` on a 429 or a 5xx), if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::RateLimited { retry_after } | Error::Server { retry_after, .. } => *retry_after,
+            Error::RateLimited { retry_after, .. } | Error::Server { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }

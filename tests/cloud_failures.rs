@@ -47,7 +47,7 @@ async fn rate_limited_with_long_retry_after_fails_without_waiting() {
     let backend = CloudBackend::new(fake.openai_config()).unwrap();
     let err = backend.generate(call("hi")).await.unwrap_err();
     assert!(
-        matches!(err, Error::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(3600)),
+        matches!(err, Error::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(3600)),
         "{err:?}"
     );
     assert_eq!(fake.requests_received(), 1);
@@ -62,9 +62,16 @@ async fn rate_limited_without_retry_after_exhausts_retries() {
     let backend = CloudBackend::new(fake.anthropic_config()).unwrap();
     let err = backend.generate(call("hi")).await.unwrap_err();
     assert!(
-        matches!(err, Error::RateLimited { retry_after: None }),
+        matches!(
+            err,
+            Error::RateLimited {
+                retry_after: None,
+                ..
+            }
+        ),
         "{err:?}"
     );
+    assert!(err.to_string().contains("Rate limit reached"), "{err}");
     // One attempt + max_retries (2).
     assert_eq!(fake.requests_received(), 3);
 }
@@ -142,7 +149,7 @@ async fn client_errors_are_never_retried() {
             let err = backend.generate(call("hi")).await.unwrap_err();
             match status {
                 401 | 403 => assert!(
-                    matches!(err, Error::Auth { status: s } if s == status),
+                    matches!(err, Error::Auth { status: s, .. } if s == status),
                     "{err:?}"
                 ),
                 _ => assert!(
@@ -167,8 +174,13 @@ async fn unauthorized_says_which_variable_to_fix() {
     fake.set_behavior(Behavior::Status(401));
     let backend = CloudBackend::new(fake.openai_config()).unwrap();
     let err = backend.stream(call("hi")).await.err().unwrap();
-    assert!(matches!(err, Error::Auth { status: 401 }));
+    assert!(matches!(err, Error::Auth { status: 401, .. }));
     assert!(err.to_string().contains("api_key_env"));
+    // The provider's own words come along.
+    assert!(
+        err.to_string().contains("Incorrect API key provided"),
+        "{err}"
+    );
     assert_eq!(fake.requests_received(), 1);
 }
 
@@ -612,7 +624,13 @@ async fn a_malformed_retry_after_ms_is_ignored() {
     let backend = CloudBackend::new(fake.openai_config()).unwrap();
     let err = backend.generate(call("hi")).await.unwrap_err();
     assert!(
-        matches!(err, Error::RateLimited { retry_after: None }),
+        matches!(
+            err,
+            Error::RateLimited {
+                retry_after: None,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert_eq!(fake.requests_received(), 3);
@@ -628,7 +646,7 @@ async fn a_malformed_retry_after_ms_is_ignored() {
     let backend = CloudBackend::new(fake.openai_config()).unwrap();
     let err = backend.generate(call("hi")).await.unwrap_err();
     assert!(
-        matches!(err, Error::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(3600)),
+        matches!(err, Error::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(3600)),
         "{err:?}"
     );
     assert_eq!(fake.requests_received(), 1);

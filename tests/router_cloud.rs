@@ -134,7 +134,7 @@ async fn pinned_cloud_failure_is_an_error_and_never_runs_local() {
         fake.openai_config(),
     );
     let err = r.complete(Request::new("hello")).await.unwrap_err();
-    assert!(matches!(err, Error::Auth { status: 401 }), "{err}");
+    assert!(matches!(err, Error::Auth { status: 401, .. }), "{err}");
     assert_eq!(local.calls(), 0);
     assert_eq!(fake.requests_received(), 1, "401 is never retried");
 }
@@ -392,7 +392,10 @@ async fn hedge_with_both_tiers_failing_reports_both() {
         names[0].starts_with("local:") && names[1].starts_with("cloud:"),
         "{err}"
     );
-    assert!(matches!(errors[1].1, Error::Auth { status: 401 }), "{err}");
+    assert!(
+        matches!(errors[1].1, Error::Auth { status: 401, .. }),
+        "{err}"
+    );
     assert_eq!(local.calls(), 1);
     assert_eq!(fake.requests_received(), 1);
 }

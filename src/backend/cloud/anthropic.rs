@@ -181,7 +181,10 @@ pub(crate) fn on_event(dec: &mut StreamDecoder, event: &SseEvent) -> Result<Opti
         StreamEvent::MessageStop => dec.terminated = true,
         StreamEvent::Error { error } => {
             return Err(match error.kind.as_deref() {
-                Some("rate_limit_error") => Error::RateLimited { retry_after: None },
+                Some("rate_limit_error") => Error::RateLimited {
+                    retry_after: None,
+                    message: error.message(),
+                },
                 Some("overloaded_error") => Error::Server {
                     status: 529,
                     message: error.message(),

@@ -241,7 +241,10 @@ pub(crate) fn status_error(status: u16, body: &[u8], retry_after: Option<Duratio
                 detail.message()
             ),
         },
-        401 | 403 => Error::Auth { status },
+        401 | 403 => Error::Auth {
+            status,
+            message: detail.message(),
+        },
         // Out of credit is not a rate limit: not retried, not a sign of an unhealthy
         // provider (the breaker ignores it), and reported in the provider's words.
         429 if detail.is_out_of_quota() => Error::TierUnavailable {
@@ -252,7 +255,10 @@ pub(crate) fn status_error(status: u16, body: &[u8], retry_after: Option<Duratio
                 detail.message()
             ),
         },
-        429 => Error::RateLimited { retry_after },
+        429 => Error::RateLimited {
+            retry_after,
+            message: detail.message(),
+        },
         408 | 500..=599 => Error::Server {
             status,
             message: detail.message(),
@@ -275,16 +281,16 @@ mod tests {
     fn status_mapping() {
         assert!(matches!(
             status_error(401, b"", None),
-            Error::Auth { status: 401 }
+            Error::Auth { status: 401, .. }
         ));
         assert!(matches!(
             status_error(403, b"{}", None),
-            Error::Auth { status: 403 }
+            Error::Auth { status: 403, .. }
         ));
         let ra = Some(Duration::from_secs(2));
         assert!(matches!(
             status_error(429, b"", ra),
-            Error::RateLimited { retry_after } if retry_after == ra
+            Error::RateLimited { retry_after, .. } if retry_after == ra
         ));
         assert!(matches!(
             status_error(503, br#"{"error":{"message":"overloaded"}}"#, None),
