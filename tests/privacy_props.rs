@@ -60,6 +60,16 @@ fn tricky() -> impl Strategy<Value = String> {
             Just("-----END RSA PRIVATE KEY-----"),
             Just("AKIA"),
             Just("ffff"),
+            Just("\u{a0}"),
+            Just("\u{202f}"),
+            Just("\u{2009}"),
+            Just("\u{3000}"),
+            Just("  "),
+            Just("\u{2011}"),
+            Just("\u{2013}"),
+            Just("\u{2212}"),
+            Just("\u{664}\u{661}\u{665}"),
+            Just("\u{ff15}"),
         ],
         0..400,
     )
@@ -81,6 +91,30 @@ proptest! {
         check_spans(&text, &spans)?;
     }
 
+    /// Unicode spaces and dashes next to digits are read as their ASCII spelling: the same
+    /// spans (kinds and the same characters covered) as the text written with ASCII separators.
+    #[test]
+    fn unicode_separators_read_like_ascii((text, pieces) in with_separators()) {
+        let s = scanner();
+        let ascii: String = pieces.iter().map(|p| p.0.as_str()).collect();
+        // Byte offset of each ASCII piece boundary in the Unicode text.
+        let mut map = vec![0usize; ascii.len() + 1];
+        let (mut a, mut u) = (0, 0);
+        for (pa, pu) in &pieces {
+            for k in 0..pa.len() {
+                map[a + k] = u + if pa.len() == pu.len() { k } else { 0 };
+            }
+            a += pa.len();
+            u += pu.len();
+        }
+        map[a] = u;
+        let want: Vec<_> = s.scan(&ascii).into_iter().map(|x| (x.kind, map[x.start], map[x.end])).collect();
+        let spans = s.scan(&text);
+        check_spans(&text, &spans)?;
+        let got: Vec<_> = spans.into_iter().map(|x| (x.kind, x.start, x.end)).collect();
+        prop_assert_eq!(got, want, "ascii {:?} unicode {:?}", ascii, text);
+    }
+
     /// A multi-byte prefix shifts every span by its byte length: offsets are bytes, not chars.
     #[test]
     fn non_ascii_prefix_shifts_spans_by_bytes(text in tricky()) {
@@ -95,6 +129,58 @@ proptest! {
             prop_assert_eq!(&a.kind, &b.kind);
         }
     }
+}
+
+/// ASCII text with its spaces and hyphens (only those) rewritten as Unicode separators.
+fn with_separators() -> impl Strategy<Value = (String, Vec<(String, String)>)> {
+    let ascii = proptest::collection::vec(
+        prop_oneof![
+            Just("4111"),
+            Just("1111"),
+            Just("0"),
+            Just("5"),
+            Just("9"),
+            Just("44"),
+            Just("+"),
+            Just("DE89"),
+            Just("SSN"),
+            Just("call"),
+            Just("x"),
+            Just("."),
+            Just(":"),
+            Just("/"),
+        ],
+        0..60,
+    );
+    let seps = proptest::collection::vec((0usize..7, 0usize..7), 0..60);
+    (ascii, seps).prop_map(|(words, seps)| {
+        const SPACES: [&str; 7] = [
+            " ", "\u{a0}", "\u{202f}", "\u{2009}", "\u{2007}", "\u{3000}", " ",
+        ];
+        const DASHES: [&str; 7] = [
+            "-", "\u{2010}", "\u{2011}", "\u{2012}", "\u{2013}", "\u{2212}", "-",
+        ];
+        // (ASCII piece, Unicode piece) pairs: the same text with different separators.
+        let mut pieces = Vec::new();
+        for (i, w) in words.iter().enumerate() {
+            pieces.push((w.to_string(), w.to_string()));
+            // Separators next to a digit (the ones written in Unicode in real text); others
+            // stay ASCII.
+            let (k, which) = seps.get(i).copied().unwrap_or((0, 0));
+            let digit_side = w.ends_with(|c: char| c.is_ascii_digit())
+                || words
+                    .get(i + 1)
+                    .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()));
+            let k = if digit_side { k } else { 0 };
+            match which % 3 {
+                0 => pieces.push((" ".to_string(), SPACES[k].to_string())),
+                1 => pieces.push(("-".to_string(), DASHES[k].to_string())),
+                _ => {}
+            }
+        }
+        let text = pieces.iter().map(|p| p.1.as_str()).collect();
+        (text, pieces)
+    })
 }
 
 /// Inputs built to provoke worst cases: long runs a greedy pattern would re-scan, unterminated
@@ -121,6 +207,10 @@ fn adversarial(n: usize) -> Vec<(&'static str, String)> {
         ("near phones", rep("(415) 555-013 ")),
         ("ipv4-ish", rep("1.1.1.")),
         ("jwt-ish", rep("eyJ.")),
+        ("no-break spaced digits", rep("1\u{a0}")),
+        ("double spaced digits", rep("1  ")),
+        ("en dashed digits", rep("4\u{2013}")),
+        ("mixed spaces", rep("DE89\u{202f} ")),
     ]
 }
 

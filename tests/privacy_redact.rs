@@ -122,6 +122,44 @@ fn streaming_finish_flushes_an_unfinished_prefix() {
     assert_eq!(rh.finish(), "<EMAI");
 }
 
+/// Numbers written with no-break spaces, narrow no-break spaces and en dashes are redacted
+/// whole: no digit of them reaches the cloud, and re-hydration restores the exact characters.
+#[test]
+fn unicode_separators_are_redacted_whole() {
+    let msgs = vec![
+        Message::user(
+            "Mon IBAN est FR14\u{a0}2004\u{a0}1010\u{a0}0505\u{a0}0001\u{a0}3M02\u{a0}606, \
+             ma carte 4111\u{202f}1111\u{202f}1111\u{202f}1111, tél. +33\u{a0}6\u{a0}12\u{a0}34\u{a0}56\u{a0}78",
+        ),
+        Message::user("SSN 536\u{2013}22\u{2013}1234 and card 4111  1111  1111  1111 again"),
+    ];
+    let (red, rh) = redact_messages(&msgs, &scanner());
+    assert_eq!(
+        red[0].content,
+        "Mon IBAN est <IBAN_1>, ma carte <CREDIT_CARD_1>, tél. <PHONE_1>"
+    );
+    assert_eq!(
+        red[1].content,
+        "SSN <US_SSN_1> and card <CREDIT_CARD_2> again"
+    );
+    for m in &red {
+        // No digit outside the placeholders.
+        let outside: String = m
+            .content
+            .split('<')
+            .map(|p| p.split_once('>').map_or(p, |x| x.1))
+            .collect();
+        assert!(
+            !outside.contains(|c: char| c.is_ascii_digit()),
+            "{:?}",
+            m.content
+        );
+    }
+    for (r, m) in red.iter().zip(&msgs) {
+        assert_eq!(rh.rehydrate(&r.content), m.content);
+    }
+}
+
 proptest! {
     /// Any chunking of a redacted answer streams to the same text as whole-answer re-hydration,
     /// and no emitted piece ever contains a placeholder or a fragment of one that later completes.

@@ -2,6 +2,8 @@
 //! which label words precede it, where the digits are. Shared by the detectors; pure and
 //! total (any offsets inside the text, never a panic).
 
+use super::fold::{separator_ends_at, separator_len_at};
+
 pub(crate) fn is_word(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
 }
@@ -121,21 +123,62 @@ pub(crate) fn context(
     }
 }
 
+/// A byte range of the text around digits (see [`digit_zones`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Zone {
+    pub start: usize,
+    pub end: usize,
+    /// How many ASCII digits it holds.
+    pub digits: usize,
+    /// Whether a digit in it is next to two or more ASCII spaces (`4111  1111`).
+    pub spaced: bool,
+    /// Whether a digit in it is next to a typographic separator that `fold` turns into ASCII
+    /// (`4111\u{a0}1111`, `123\u{2013}45`), possibly after ASCII spaces.
+    pub wide: bool,
+}
+
+/// Separators right next to the digit `b[d]`: (two or more ASCII spaces, a typographic
+/// separator), on either side.
+fn separators_around(b: &[u8], d: usize) -> (bool, bool) {
+    // Most digits sit between digits, letters or ASCII punctuation: one look at each side.
+    let next = b.get(d + 1).copied().unwrap_or(0);
+    let prev = d.checked_sub(1).map_or(0, |i| b[i]);
+    if next != b' ' && next < 0xC2 && prev != b' ' && prev < 0x80 {
+        return (false, false);
+    }
+    let mut a = d + 1;
+    while a < b.len() && a <= d + 8 && b[a] == b' ' {
+        a += 1;
+    }
+    let mut z = d;
+    while z > 0 && z + 8 > d && b[z - 1] == b' ' {
+        z -= 1;
+    }
+    let spaced = a - d > 2 || d - z >= 2;
+    let wide = (b.get(a).is_some_and(|&c| c >= 0xC2) && separator_len_at(b, a).is_some())
+        || (z > 0 && b[z - 1] >= 0x80 && separator_ends_at(b, z));
+    (spaced, wide)
+}
+
 /// Byte ranges of `b` around its digits: each digit with `margin` bytes either side, merged,
 /// widened to UTF-8 character boundaries. Text far from any digit cannot hold a digit-bearing
 /// match (or the label words before one), so the digit detectors skip it.
-pub(crate) fn digit_zones(b: &[u8], margin: usize) -> Vec<(usize, usize, usize)> {
-    let mut zones: Vec<(usize, usize, usize)> = Vec::new();
+pub(crate) fn digit_zones(b: &[u8], margin: usize) -> Vec<Zone> {
+    let mut zones: Vec<Zone> = Vec::new();
     let mut i = 0;
     while let Some(off) = b[i..].iter().position(u8::is_ascii_digit) {
         let first = i + off;
         let mut last = first;
         let mut digits = 1;
+        let (mut spaced, mut wide) = separators_around(b, first);
         let mut j = first + 1;
         while j < b.len() && j <= last + margin {
             if b[j].is_ascii_digit() {
                 last = j;
                 digits += 1;
+                let (s, w) = separators_around(b, j);
+                spaced |= s;
+                wide |= w;
             }
             j += 1;
         }
@@ -148,11 +191,19 @@ pub(crate) fn digit_zones(b: &[u8], margin: usize) -> Vec<(usize, usize, usize)>
             end += 1;
         }
         match zones.last_mut() {
-            Some(z) if start <= z.1 => {
-                z.1 = end;
-                z.2 += digits;
+            Some(z) if start <= z.end => {
+                z.end = end;
+                z.digits += digits;
+                z.spaced |= spaced;
+                z.wide |= wide;
             }
-            _ => zones.push((start, end, digits)),
+            _ => zones.push(Zone {
+                start,
+                end,
+                digits,
+                spaced,
+                wide,
+            }),
         }
         i = j;
     }

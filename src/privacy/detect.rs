@@ -13,6 +13,7 @@ use super::context::{
     clean_after, clean_before, context, digit_groups, digit_zones, extension_len, is_word,
     isolated, label_after, trim_value,
 };
+use super::fold::fold;
 use super::validate::{
     card_ok, iban_length, iban_valid, intl_phone_ok, ipv4_ok, looks_like_secret, national_phone_ok,
     parens_ok, ssn_valid,
@@ -129,7 +130,11 @@ const ASSIGNED_HEAD: &str = concat!(
     r"[A-Za-z0-9_.\-]{0,30}",
     // A bare `pass` only as its own word part (`DB_PASS`, `pass.prod`), not `passport`.
     r"|(?i:pass)(?:[_.\-][A-Za-z0-9_.\-]{0,30})?)",
-    r#"["']?[ \t]{0,4}(?:=>|:=|=|:|[ \t]{1,4}(?i:is)[ \t]{1,4})[ \t]{0,4}["'`]?"#,
+    // Spaces include the Unicode ones of `fold` (`mot de passe\u{a0}: ...` in French).
+    r#"["']?[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{0,4}"#,
+    r#"(?:=>|:=|=|:|[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4}(?i:is)"#,
+    r#"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4})"#,
+    r#"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{0,4}["'`]?"#,
 );
 /// The value: up to a space, quote, comma or semicolon.
 const ASSIGNED_VALUE: &str = r#"[^\s"'`,;]{1,200}"#;
@@ -140,6 +145,8 @@ fn re(src: &str) -> Result<Regex> {
 
 impl Detectors {
     pub(crate) fn new() -> Result<Self> {
+        // Digits are ASCII `[0-9]`, never `\d` (any Unicode digit): the validators and
+        // `digit_groups` read ASCII digits, and other scripts' digits are not folded.
         Ok(Detectors {
             email: re(
                 // Latin-script letters (`jörg@müller.de`) but not other scripts, so text written
@@ -149,16 +156,16 @@ impl Detectors {
             url_credentials: re(
                 r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{1,128}:([^\s:/@]{1,256})@",
             )?,
-            card: re(r"(?-u:\b)\d(?:[ \-]?\d){11,18}(?-u:\b)")?,
+            card: re(r"(?-u:\b)[0-9](?:[ \-]?[0-9]){11,18}(?-u:\b)")?,
             // Either case: people type `gb82 west ...` too; the country's length and the
             // mod-97 check keep ordinary words out.
-            iban: re(r"(?-u:\b)[A-Za-z]{2}\d{2} ?[A-Za-z0-9]")?,
-            ssn: re(r"(?-u:\b)\d{3}[ \-]?\d{2}[ \-]?\d{4}(?-u:\b)")?,
-            ipv4: re(r"(?-u:\b)(?:\d{1,3}\.){3}\d{1,3}(?-u:\b)")?,
-            ipv6: re(r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,8}(?:\.\d{1,3}){0,3}")?,
-            phone_intl: re(r"(?:\+|00)[1-9][\d ().\-]{6,24}\d")?,
-            phone_us: re(r"(?:1[ .\-]?)?(?:\(\d{3}\)|\d{3})[ .\-]?\d{3}[ .\-]?\d{4}")?,
-            phone_zero: re(r"\(?0[1-9]\d{0,4}\)?(?:[ ./\-]?\d{2,8}){1,5}(?-u:\b)")?,
+            iban: re(r"(?-u:\b)[A-Za-z]{2}[0-9]{2} ?[A-Za-z0-9]")?,
+            ssn: re(r"(?-u:\b)[0-9]{3}[ \-]?[0-9]{2}[ \-]?[0-9]{4}(?-u:\b)")?,
+            ipv4: re(r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)")?,
+            ipv6: re(r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,8}(?:\.[0-9]{1,3}){0,3}")?,
+            phone_intl: re(r"(?:\+|00)[1-9][0-9 ().\-]{6,24}[0-9]")?,
+            phone_us: re(r"(?:1[ .\-]?)?(?:\([0-9]{3}\)|[0-9]{3})[ .\-]?[0-9]{3}[ .\-]?[0-9]{4}")?,
+            phone_zero: re(r"\(?0[1-9][0-9]{0,4}\)?(?:[ ./\-]?[0-9]{2,8}){1,5}(?-u:\b)")?,
             tokens: re(concat!(
                 r"(?-u:\b)(?:",
                 r"(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}",
@@ -185,15 +192,18 @@ impl Detectors {
                 .map_err(|e| Error::Config(format!("built-in privacy labels failed: {e}")))?,
             assigned: re(&format!(r"^{ASSIGNED_HEAD}{ASSIGNED_VALUE}"))?,
             assigned_head: re(&format!(r"^{ASSIGNED_HEAD}"))?,
-            bearer: re(r"^(?i:bearer|basic)[ \t]+[A-Za-z0-9._~+/\-]{16,512}=*")?,
-            bearer_head: re(r"^(?i:bearer|basic)[ \t]+")?,
+            bearer: re(r"^(?i:bearer|basic)[ \t\x{a0}\x{202f}]+[A-Za-z0-9._~+/\-]{16,512}=*")?,
+            bearer_head: re(r"^(?i:bearer|basic)[ \t\x{a0}\x{202f}]+")?,
         })
     }
 
     /// Runs the enabled built-in detectors over `text`.
     ///
     /// Detectors that need digits only look at the zones around digits (see [`digit_zones`]),
-    /// so prose with a few numbers costs little more than prose without.
+    /// so prose with a few numbers costs little more than prose without. A zone where a digit
+    /// is next to a typographic separator (no-break or thin space, en dash, non-breaking
+    /// hyphen, two or more spaces) is scanned as its ASCII [`fold`](super::fold) and the spans
+    /// are mapped back to `text`.
     pub(crate) fn run(&self, text: &str, enabled: &[bool; 7], out: &mut Vec<Found>) {
         let b = text.as_bytes();
         let on = |k: u16| enabled[usize::from(k)];
@@ -213,31 +223,46 @@ impl Detectors {
         if !digit_kinds.iter().any(|&k| on(k)) {
             return;
         }
-        for (zs, ze, digits) in digit_zones(b, ZONE_MARGIN) {
-            let Some(zone) = text.get(zs..ze) else {
+        for z in digit_zones(b, ZONE_MARGIN) {
+            let Some(zone) = text.get(z.start..z.end) else {
                 continue;
             };
             let first = out.len();
-            // Each kind needs a minimum number of digits: most zones in prose have a few.
-            if on(kind::IBAN) && digits >= 8 {
-                self.ibans(zone, out);
-            }
-            if on(kind::CREDIT_CARD) && digits >= 12 {
-                self.cards(zone, out);
-            }
-            if on(kind::US_SSN) && digits >= 9 {
-                self.ssns(zone, out);
-            }
-            if on(kind::IP_ADDRESS) && digits >= 2 && zone.contains(['.', ':']) {
-                self.ips(zone, out);
-            }
-            if on(kind::PHONE) && digits >= 8 {
-                self.phones(zone, out);
+            match (z.spaced || z.wide).then(|| fold(zone, z.spaced)).flatten() {
+                None => self.numbers(zone, z.digits, enabled, out),
+                Some(folded) => {
+                    self.numbers(folded.text(), z.digits, enabled, out);
+                    for f in &mut out[first..] {
+                        f.start = folded.original(f.start);
+                        f.end = folded.original(f.end);
+                    }
+                }
             }
             for f in &mut out[first..] {
-                f.start += zs;
-                f.end += zs;
+                f.start += z.start;
+                f.end += z.start;
             }
+        }
+    }
+
+    /// Runs the enabled digit detectors over one zone holding `digits` digits.
+    fn numbers(&self, zone: &str, digits: usize, enabled: &[bool; 7], out: &mut Vec<Found>) {
+        let on = |k: u16| enabled[usize::from(k)];
+        // Each kind needs a minimum number of digits: most zones in prose have a few.
+        if on(kind::IBAN) && digits >= 8 {
+            self.ibans(zone, out);
+        }
+        if on(kind::CREDIT_CARD) && digits >= 12 {
+            self.cards(zone, out);
+        }
+        if on(kind::US_SSN) && digits >= 9 {
+            self.ssns(zone, out);
+        }
+        if on(kind::IP_ADDRESS) && digits >= 2 && zone.contains(['.', ':']) {
+            self.ips(zone, out);
+        }
+        if on(kind::PHONE) && digits >= 8 {
+            self.phones(zone, out);
         }
     }
 
@@ -442,9 +467,10 @@ impl Detectors {
         let b = text.as_bytes();
         for m in self.ipv4.find_iter(text) {
             let (s, e) = (m.start(), m.end());
-            // A `:port` may follow an address; other glue means a longer token.
+            // A `:port` or a `/prefix` length may follow an address (outside the span); other
+            // glue means a longer token.
             let port = b.get(e) == Some(&b':');
-            let end_ok = port || clean_after(b, e, false);
+            let end_ok = port || prefix_len(b, e).is_some() || clean_after(b, e, false);
             if !ipv4_ok(&b[s..e]) || !end_ok || !clean_before(b, s, false) {
                 continue;
             }
@@ -731,6 +757,27 @@ fn next_char(text: &str, i: usize) -> usize {
         j += 1;
     }
     j
+}
+
+/// Length of a CIDR prefix length (`/0` to `/32`) right after an IPv4 address ending at `e`,
+/// when nothing but a clean token end follows it (`10.0.0.0/8,`, not `1.2.3.4/5.6`).
+fn prefix_len(b: &[u8], e: usize) -> Option<usize> {
+    if b.get(e) != Some(&b'/') {
+        return None;
+    }
+    let d = b[e + 1..]
+        .iter()
+        .take(3)
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    let v = b[e + 1..e + 1 + d]
+        .iter()
+        .fold(0u32, |a, &c| a * 10 + u32::from(c - b'0'));
+    let ok = (1..=2).contains(&d)
+        && v <= 32
+        && !(d == 2 && b[e + 1] == b'0')
+        && clean_after(b, e + 1 + d, false);
+    ok.then_some(1 + d)
 }
 
 fn negative_phone_context(b: &[u8], s: usize) -> bool {

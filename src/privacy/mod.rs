@@ -13,6 +13,17 @@
 //! by priority (custom > structured secrets > email > IBAN > card > SSN > assigned secrets >
 //! IP > phone), then by length.
 //!
+//! Numbers are found whatever separators they are written with: no-break, narrow no-break,
+//! figure and thin spaces (U+00A0, U+202F, U+2007, U+2009 and the other Unicode spaces of
+//! U+2000–U+200A, U+205F, U+3000) count as a space, the hyphen, non-breaking hyphen, figure
+//! dash, en dash and minus sign (U+2010–U+2013, U+2212) as `-`, and a run of spaces between a
+//! digit group and the next group as one space (`4111  1111  1111  1111`). The number
+//! detectors (all but `email` and `secret`) scan a copy of the text around digits folded that
+//! way, made only when a digit is next to such a separator, and report spans in the original
+//! text, covering the original separators. The em dash (U+2014) is punctuation, not a
+//! separator. Custom patterns and keywords see the original text; assigned secrets accept the
+//! Unicode spaces around `=`, `:` and `is` (`mot de passe\u{a0}: …`).
+//!
 //! Spans are UTF-8 byte offsets into the scanned text. Neither [`PiiSpan`] nor [`Scanner`]
 //! ever shows scanned text in `Debug`.
 //!
@@ -21,17 +32,18 @@
 //! | kind | span | examples |
 //! |---|---|---|
 //! | `email` | the address (no `mailto:`, no brackets) | `ana@example.co.uk` |
-//! | `phone` | from `+`/`00`/`(`/first digit to the last digit, with an extension | `+44 (0)20 7946 0958`, `(415) 555-0132x12`, `06 12 34 56 78` |
+//! | `phone` | from `+`/`00`/`(`/first digit to the last digit, with an extension | `+44 (0)20 7946 0958`, `(415) 555-0132x12`, `06 12 34 56 78`, `+33 6 12 34 56 78` with no-break spaces |
 //! | `credit_card` | the digits and their separators (no expiry); 12-digit (Maestro) and unbroken 17–19-digit runs only next to a card label | `4111 1111 1111 1111`, `Maestro 5018 1234 5673` |
-//! | `iban` | country code to last character, spaces included | `DE89 3704 0044 0532 0130 00` |
-//! | `us_ssn` | `123-45-6789`; spaced or bare only next to an SSN label | `SSN 536221234` |
-//! | `ip_address` | the address (no port, no prefix length) | `10.0.0.1`, `fe80::1` |
+//! | `iban` | country code to last character, spaces (any kind above) included | `DE89 3704 0044 0532 0130 00` |
+//! | `us_ssn` | `123-45-6789` (or en dashes, `123–45–6789`); spaced or bare only next to an SSN label | `SSN 536221234` |
+//! | `ip_address` | the address (no port, no prefix length) | `10.0.0.1` in `10.0.0.1/24`, `fe80::1` in `[fe80::1]:443`, `2001:db8::` in `2001:db8::/64` |
 //! | `secret` | the token, the whole PEM block, or the assigned value without quotes | `ghp_…`, `password = "<value>"` |
 //!
 //! Thread safety: [`Scanner`] is `Send + Sync`; clones share the compiled detectors.
 
 mod context;
 mod detect;
+mod fold;
 mod redact;
 mod validate;
 
@@ -72,7 +84,9 @@ pub struct CustomPattern {
 pub struct KeywordList {
     /// Kind name reported for matches.
     pub kind: String,
-    /// Words matched case-insensitively at word boundaries.
+    /// Words matched case-insensitively at word boundaries. The words of a phrase match
+    /// across any run of whitespace: `"project x"` matches `Project   X`, `project\nx` and
+    /// `project` + U+00A0 + `x`.
     pub words: Vec<String>,
 }
 
@@ -209,7 +223,8 @@ impl Scanner {
         for list in &config.keywords {
             let idx = kind_index(&list.kind)?;
             // Word boundaries only on sides that start/end with a word character, so `C++`
-            // and `#falcon` still match.
+            // and `#falcon` still match. The words of a phrase match across any run of
+            // whitespace (spaces, tabs, line breaks, no-break spaces).
             let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
             let words: Vec<String> = list
                 .words
@@ -219,7 +234,8 @@ impl Scanner {
                 .map(|w| {
                     let pre = if is_word(w.chars().next()) { r"\b" } else { "" };
                     let post = if is_word(w.chars().last()) { r"\b" } else { "" };
-                    format!("{pre}{}{post}", regex::escape(w))
+                    let body: Vec<String> = w.split_whitespace().map(regex::escape).collect();
+                    format!(r"{pre}{}{post}", body.join(r"\s+"))
                 })
                 .collect();
             if words.is_empty() {

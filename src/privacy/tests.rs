@@ -351,3 +351,167 @@ fn non_ascii_right_before_pii() {
     one("IP地址192.168.1.1", "ip_address", "192.168.1.1");
     one("Passwort:Geheim123!", "secret", "Geheim123!");
 }
+
+/// French typography puts a no-break space before a colon; people paste values after one.
+#[test]
+fn assigned_secrets_after_unicode_spaces() {
+    one("mot de passe\u{a0}: Geheim123!", "secret", "Geheim123!");
+    one("my password is\u{a0}2dSAGckA&73", "secret", "2dSAGckA&73");
+    one(
+        "password\u{202f}=\u{202f}Xk9#mP2vL!q7",
+        "secret",
+        "Xk9#mP2vL!q7",
+    );
+    one(
+        "Authorization: Bearer\u{a0}dXNlcjpwYXNzd29yZA9x",
+        "secret",
+        "dXNlcjpwYXNzd29yZA9x",
+    );
+}
+
+/// Numbers written with Unicode spaces or dashes (French groups IBANs, cards and phones with
+/// no-break or narrow no-break spaces; word processors turn `-` into en dashes or non-breaking
+/// hyphens) are found like their ASCII spelling, and the span covers the original characters.
+#[test]
+fn unicode_separators_in_numbers() {
+    let text = "Mon IBAN est FR14\u{a0}2004\u{a0}1010\u{a0}0505\u{a0}0001\u{a0}3M02\u{a0}606, \
+                ma carte 4111\u{a0}1111\u{a0}1111\u{a0}1111";
+    assert_eq!(
+        found(text),
+        vec![
+            (
+                "iban".to_string(),
+                "FR14\u{a0}2004\u{a0}1010\u{a0}0505\u{a0}0001\u{a0}3M02\u{a0}606".to_string()
+            ),
+            (
+                "credit_card".to_string(),
+                "4111\u{a0}1111\u{a0}1111\u{a0}1111".to_string()
+            ),
+        ]
+    );
+    for sep in [
+        '\u{a0}', '\u{202f}', '\u{2007}', '\u{2009}', '\u{2002}', '\u{3000}',
+    ] {
+        let card = ["4111", "1111", "1111", "1111"].join(&sep.to_string());
+        one(&format!("carte : {card}."), "credit_card", &card);
+        let iban = format!("DE89{sep}3704{sep}0044{sep}0532{sep}0130{sep}00");
+        one(&format!("IBAN {iban} merci"), "iban", &iban);
+        let phone = format!("+33{sep}6{sep}12{sep}34{sep}56{sep}78");
+        one(&format!("Tél. {phone}"), "phone", &phone);
+        let national = format!("06{sep}12{sep}34{sep}56{sep}78");
+        one(&format!("portable : {national}"), "phone", &national);
+    }
+    for dash in ['\u{2010}', '\u{2011}', '\u{2012}', '\u{2013}', '\u{2212}'] {
+        let ssn = format!("123{dash}45{dash}6789");
+        one(&format!("SSN {ssn}"), "us_ssn", &ssn);
+        let card = format!("5555{dash}5555{dash}5555{dash}4444");
+        one(&format!("mc: {card}"), "credit_card", &card);
+        let phone = format!("415{dash}555{dash}0132");
+        one(&format!("call {phone} now"), "phone", &phone);
+    }
+    one(
+        "+44\u{a0}20\u{a0}7946\u{a0}0958",
+        "phone",
+        "+44\u{a0}20\u{a0}7946\u{a0}0958",
+    );
+    one(
+        "+44 (0)20\u{202f}7946\u{202f}0958",
+        "phone",
+        "+44 (0)20\u{202f}7946\u{202f}0958",
+    );
+    one(
+        "SSN 536\u{a0}22\u{a0}1234",
+        "us_ssn",
+        "536\u{a0}22\u{a0}1234",
+    );
+    // Doubled (or mixed) spaces between digit groups.
+    one(
+        "card 4111  1111  1111  1111 exp",
+        "credit_card",
+        "4111  1111  1111  1111",
+    );
+    one(
+        "card 4111 \u{a0}1111\u{a0} 1111   1111 exp",
+        "credit_card",
+        "4111 \u{a0}1111\u{a0} 1111   1111",
+    );
+    one(
+        "IBAN GB82  WEST  1234  5698  7654  32",
+        "iban",
+        "GB82  WEST  1234  5698  7654  32",
+    );
+    one("tel 020  7946  0958", "phone", "020  7946  0958");
+    // Multi-byte text around the number: offsets stay bytes of the original text.
+    one(
+        "Überweisung an DE89\u{202f}3704\u{202f}0044\u{202f}0532\u{202f}0130\u{202f}00 — danke",
+        "iban",
+        "DE89\u{202f}3704\u{202f}0044\u{202f}0532\u{202f}0130\u{202f}00",
+    );
+    // The same checks still reject what ASCII separators would not make PII.
+    none("pages 10\u{2013}20, prix 1\u{202f}234,56\u{a0}€, not a card 4111\u{a0}1111\u{a0}1111\u{a0}1112");
+    none("mixed separators 4111\u{2013}1111\u{a0}1111\u{2013}1111");
+    none("ids 666\u{2013}12\u{2013}3456");
+}
+
+#[test]
+fn unicode_separators_redact_and_rehydrate() {
+    let text = "IBAN FR14\u{a0}2004\u{a0}1010\u{a0}0505\u{a0}0001\u{a0}3M02\u{a0}606 et SSN 536\u{2013}22\u{2013}1234";
+    let (red, rh) = redact_text(text, &scanner());
+    assert_eq!(red, "IBAN <IBAN_1> et SSN <US_SSN_1>");
+    assert_eq!(rh.rehydrate(&red), text);
+}
+
+#[test]
+fn ipv4_with_prefix_length() {
+    one("route 10.0.0.1/24 via eth0", "ip_address", "10.0.0.1");
+    one(
+        "allow 203.0.113.7/32, then deny",
+        "ip_address",
+        "203.0.113.7",
+    );
+    one("subnet 192.168.1.0/24.", "ip_address", "192.168.1.0");
+    one("net 2001:db8::/64 up", "ip_address", "2001:db8::");
+    // Not a prefix length: too large, more digits or another field after it.
+    none("see 10.0.0.1/33 and 10.0.0.1/240 and 10.0.0.1/24/7 and 10.0.0.1/2.5");
+}
+
+#[test]
+fn keyword_phrases_match_across_any_whitespace() {
+    let cfg = PrivacyConfig {
+        kinds: vec![],
+        patterns: vec![],
+        keywords: vec![KeywordList {
+            kind: "project".into(),
+            words: vec!["project x".into(), " red  falcon ".into()],
+        }],
+    };
+    let s = Scanner::new(&cfg).unwrap();
+    for text in [
+        "about Project   X today",
+        "about project\nx today",
+        "about project\u{a0}x today",
+        "about PROJECT\t\u{202f}X today",
+        "the red falcon",
+        "the Red\r\nFalcon",
+    ] {
+        let spans = s.scan(text);
+        assert_eq!(spans.len(), 1, "{text:?}");
+        let got = spans[0].text(text).unwrap();
+        assert!(got.starts_with(['p', 'P', 'r', 'R']), "{text:?}: {got:?}");
+        assert!(got.ends_with(['x', 'X', 'n', 'N']), "{text:?}: {got:?}");
+    }
+    for text in ["projectx", "project xy", "project - x", "redfalcon"] {
+        assert!(s.scan(text).is_empty(), "{text:?}");
+    }
+}
+
+/// Digits of other scripts (Arabic-Indic, fullwidth) are not read as numbers, and never make a
+/// detector panic on text that also holds ASCII digits.
+#[test]
+fn non_ascii_digits_do_not_panic() {
+    none(
+        "call 12345678 \u{664}\u{661}\u{665}-\u{665}\u{665}\u{665}-\u{660}\u{661}\u{663}\u{662} ok",
+    );
+    none("call 12345678 \u{ff14}\u{ff11}\u{ff15}-\u{ff15}\u{ff15}\u{ff15}-\u{ff10}\u{ff11}\u{ff13}\u{ff12}");
+    none("order 1234 5678 \u{664}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661}");
+}
