@@ -853,7 +853,10 @@ mod tests {
         stats.tree.insert(TOTALS_KEY, future.to_vec()).unwrap();
         stats.record(&event(Route::Local, 10.0, "0", "0.001"));
         stats.record_failure();
-        assert_eq!(stats.tree.get(TOTALS_KEY).unwrap().unwrap(), future.to_vec());
+        assert_eq!(
+            stats.tree.get(TOTALS_KEY).unwrap().unwrap(),
+            future.to_vec()
+        );
         assert_eq!(stats.load().requests, 0);
     }
 }
