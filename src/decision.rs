@@ -451,10 +451,11 @@ impl Decision {
         Decision::new("cache", Plan::Local { pin: true }, vec![Reason::CacheHit])
     }
 
-    /// Whether the answer came from a tier taken because the chosen one was out of reach for
-    /// the moment (a fallback after a failure, offline, an unhealthy cloud, an exhausted
-    /// budget). Such answers are not cached: once the condition passes, the same request gets
-    /// the answer its rule asked for.
+    /// Whether the answer depended on a condition that passes: a fallback after a failure,
+    /// the device offline, an unhealthy or unavailable cloud (no API key yet), a low or
+    /// exhausted budget — whether the cloud gate or a rule's own condition brought it in. Such
+    /// answers are not cached: once the condition passes, the same request gets the answer
+    /// its policy gives then.
     pub fn is_degraded(&self) -> bool {
         self.reasons.iter().any(|r| {
             matches!(
@@ -462,6 +463,8 @@ impl Decision {
                 Reason::Fallback { .. }
                     | Reason::Offline
                     | Reason::CloudUnhealthy { .. }
+                    | Reason::CloudUnavailable { .. }
+                    | Reason::BudgetLow { .. }
                     | Reason::BudgetExhausted { .. }
             )
         })

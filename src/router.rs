@@ -937,13 +937,7 @@ impl Execution<'_> {
         // `answered_by`'s result, and the error of the other tier if it failed first.
         let (answered_by, result, failed) = match early {
             Some(Ok(g)) => (tiers[0], Ok(g), None),
-            Some(Err(e)) => {
-                self.reasons.push(Reason::Fallback {
-                    from: tiers[0].to_string(),
-                    error: e.to_string(),
-                });
-                (tiers[1], secondary.as_mut().await, Some(e))
-            }
+            Some(Err(e)) => (tiers[1], secondary.as_mut().await, Some(e)),
             None => tokio::select! {
                 r = &mut primary => match r {
                     Ok(g) => (tiers[0], Ok(g), None),
@@ -962,6 +956,13 @@ impl Execution<'_> {
         } else {
             tiers[0]
         };
+        // A tier that failed, before the delay or after it, handed over to the other.
+        if let Some(e) = &failed {
+            self.reasons.push(Reason::Fallback {
+                from: other.to_string(),
+                error: e.to_string(),
+            });
+        }
 
         if let (Some(spans), true) = (redacted_spans, cloud_clock.started.get().is_some()) {
             self.reasons.push(Reason::Redacted { spans });
@@ -991,7 +992,7 @@ impl Execution<'_> {
                 })
             }
             Err(e) => {
-                self.hedge_leg(
+                cloud_cost += self.hedge_leg(
                     answered_by,
                     clock(answered_by),
                     LegEnd::Failed(&e),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde::Serialize;
+use sled::transaction::ConflictableTransactionError;
 
 use crate::policy::{CompiledPolicy, LatencySection};
 use crate::request::{Response, Route, Usage};
@@ -444,7 +445,11 @@ impl PersistedStats {
         self.tree
             .transaction(|tx| {
                 let mut t = match tx.get(TOTALS_KEY)? {
-                    Some(b) => Totals::decode(&b).unwrap_or_default(),
+                    // Totals in a format this version cannot read: leave every key alone.
+                    Some(b) => match Totals::decode(&b) {
+                        Some(t) => t,
+                        None => return Err(ConflictableTransactionError::Abort(())),
+                    },
                     None => Totals::default(),
                 };
                 for (i, k) in LEGACY_COUNTERS.iter().enumerate() {
@@ -462,12 +467,16 @@ impl PersistedStats {
                     tx.remove(*k)?;
                 }
                 tx.insert(TOTALS_KEY, t.encode())?;
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => e,
+            .or_else(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => Err(e),
                 sled::transaction::TransactionError::Abort(()) => {
-                    sled::Error::Unsupported("stats migration aborted".into())
+                    tracing::warn!(
+                        "the persisted statistics were written in a format this version cannot \
+                         read; not folding the earlier version's counters into them"
+                    );
+                    Ok(())
                 }
             })
     }
@@ -848,9 +857,14 @@ mod tests {
     #[test]
     fn totals_this_version_cannot_read_are_left_alone() {
         let (_dir, db) = db();
-        let stats = PersistedStats::open(&db).unwrap();
         let future = [2u8; 97];
-        stats.tree.insert(TOTALS_KEY, future.to_vec()).unwrap();
+        let tree = db.sled().open_tree("stats").unwrap();
+        tree.insert(TOTALS_KEY, future.to_vec()).unwrap();
+        // An earlier version's counter next to them is not folded in either.
+        tree.insert("requests", 5u64.to_be_bytes().to_vec())
+            .unwrap();
+        let stats = PersistedStats::open(&db).unwrap();
+        assert!(stats.tree.contains_key("requests").unwrap());
         stats.record(&event(Route::Local, 10.0, "0", "0.001"));
         stats.record_failure();
         assert_eq!(

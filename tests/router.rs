@@ -279,6 +279,35 @@ async fn a_cached_answer_never_overrides_a_refusal() {
 }
 
 #[tokio::test]
+async fn answers_that_depended_on_a_passing_condition_are_not_cached() {
+    // The cloud is unavailable (no API key yet), or a rule keeps work local while the budget
+    // is low: once the key is set or the budget resets, the request must not get the old
+    // stand-in from the cache.
+    let policies = [
+        "[cloud]\nmodel = \"m\"\napi_key_env = \"EDGEROUTE_TEST_UNSET_KEY\"\n\
+         [defaults]\nroute = \"cloud\"\n",
+        "[cloud]\nmodel = \"m\"\napi_key_env = \"EDGEROUTE_TEST_UNSET_KEY\"\n\
+         [budget]\ndaily_usd = \"0.05\"\n\
+         [[rule]]\nname = \"low-budget\"\nroute = \"local\"\n[rule.when]\nbudget_left_usd_lt = \"1\"\n",
+    ];
+    for (policy, reason) in policies
+        .into_iter()
+        .zip(["cloud_unavailable", "budget_low"])
+    {
+        let home = tempfile::tempdir().unwrap();
+        let model = Arc::new(EchoModel::default());
+        let r = cached_router(model.clone(), home.path(), policy);
+        for _ in 0..2 {
+            let resp = r.complete(Request::new("What is a monad?")).await.unwrap();
+            assert_eq!(resp.route, Route::Local, "{reason}");
+            let json = serde_json::to_value(&resp.decision.reasons).unwrap();
+            assert!(json.to_string().contains(reason), "{json}");
+        }
+        assert_eq!(model.calls(), 2, "{reason}");
+    }
+}
+
+#[tokio::test]
 async fn a_new_model_build_does_not_serve_the_old_builds_cached_answers() {
     let home = tempfile::tempdir().unwrap();
     let build = |rev: &str| {

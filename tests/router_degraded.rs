@@ -145,3 +145,55 @@ async fn a_hedged_cloud_leg_cut_short_is_charged_its_estimate() {
     drop(r);
     assert_eq!(spent_today(home.path()), cloud.cost.usd);
 }
+
+#[tokio::test]
+async fn a_hedge_whose_tiers_both_fail_still_charges_the_accepted_cloud_call() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    local.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let policy = POLICY.replace(
+        "route = \"cloud\"",
+        "route = \"hedge\"\nfirst = \"local\"\nafter_ms = 60000",
+    );
+    let r = router_with(&policy, home.path(), &fake, local.clone());
+    fake.set_behavior(Behavior::ResetMidBody);
+    let err = r
+        .complete(Request::new("Explain functors.").with_max_tokens(100))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("local"), "{err}");
+    drop(r);
+    let spent = spent_today(home.path());
+    assert!(spent > Decimal::new(1, 1), "{spent}");
+}
+
+#[tokio::test]
+async fn a_hedge_tier_failing_after_the_delay_is_a_fallback_too() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    local.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The cloud starts and is slow to its first token; the device joins after 1 ms and fails.
+    let policy = POLICY.replace(
+        "route = \"cloud\"",
+        "route = \"hedge\"\nfirst = \"cloud\"\nafter_ms = 1",
+    );
+    let r = router_with(&policy, home.path(), &fake, local.clone());
+    fake.set_behavior(Behavior::Trickle(std::time::Duration::from_millis(30)));
+    let resp = r.complete(Request::new("What is a monad?")).await.unwrap();
+    assert_eq!(resp.route, Route::Cloud);
+    assert!(
+        resp.decision
+            .reasons
+            .iter()
+            .any(|r| matches!(r, Reason::Fallback { from, .. } if from == "local")),
+        "{}",
+        resp.decision
+    );
+    // Like any answer that stood in, it is not cached.
+    fake.set_behavior(Behavior::Ok);
+    local.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let again = r.complete(Request::new("What is a monad?")).await.unwrap();
+    assert_ne!(again.route, Route::Cache);
+}

@@ -548,8 +548,8 @@ fn cache(cmd: CacheCommand, home: Option<&Path>) -> edgeroute::Result<ExitCode> 
 }
 
 /// What the home's ledger says is left of the policy's budget (`None` without limits). A home
-/// without a database has spent nothing; a database another process holds is reported on
-/// standard error and left out (nothing is created or written here).
+/// without a database has spent nothing (and none is created); a database another process
+/// holds is reported on standard error and left out. Nothing is spent or reserved.
 fn budget_left(policy: &CompiledPolicy, home: Option<&Path>) -> Option<rust_decimal::Decimal> {
     let limits = policy.budget.limits;
     let untouched = [limits.daily_usd, limits.monthly_usd]
