@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::config::BreakerConfig;
 use crate::error::Error;
@@ -122,7 +122,7 @@ impl Breaker {
 
     /// Marks the network offline for `offline_for` (connection refused, DNS failure).
     pub(crate) fn mark_offline(&self, now: Instant) {
-        let until = now + self.cfg.offline_for;
+        let until = after(now, self.cfg.offline_for);
         self.with_state(|s| s.offline_until = Some(until));
     }
 
@@ -135,7 +135,7 @@ impl Breaker {
     /// probe, and the mark is re-armed so other decisions keep routing locally until the
     /// probe's outcome ([`Breaker::mark_online`] or [`Breaker::mark_offline`]) is known.
     pub(crate) fn start_attempt(&self, now: Instant) {
-        let until = now + self.cfg.offline_for;
+        let until = after(now, self.cfg.offline_for);
         self.with_state(|s| {
             if matches!(s.offline_until, Some(t) if t <= now) {
                 s.offline_until = Some(until);
@@ -195,7 +195,7 @@ impl Breaker {
                         s.window.clear();
                     } else {
                         s.mode = Mode::Open {
-                            until: now + cfg.open_for,
+                            until: after(now, cfg.open_for),
                         };
                     }
                 }
@@ -205,7 +205,7 @@ impl Breaker {
                         && failures as f64 >= cfg.failure_ratio * s.window.len() as f64;
                     if s.consecutive >= cfg.consecutive_failures.max(1) || ratio_trips {
                         s.mode = Mode::Open {
-                            until: now + cfg.open_for,
+                            until: after(now, cfg.open_for),
                         };
                     }
                 }
@@ -257,6 +257,14 @@ impl Drop for Permit {
     }
 }
 
+/// `now + d`, saturating: an absurdly long configured duration means "for as long as this
+/// process can tell", not a panic.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -265,6 +273,27 @@ mod tests {
 
     fn breaker(cfg: BreakerConfig) -> Arc<Breaker> {
         Arc::new(Breaker::new(cfg))
+    }
+
+    #[test]
+    fn huge_configured_durations_saturate_instead_of_panicking() {
+        let b = breaker(BreakerConfig {
+            consecutive_failures: 1,
+            open_for: Duration::MAX,
+            offline_for: Duration::MAX,
+            ..BreakerConfig::default()
+        });
+        let t0 = Instant::now();
+        b.acquire_at(t0).unwrap().finish(false, t0);
+        assert_eq!(
+            b.state_at(t0 + Duration::from_secs(86_400)),
+            BreakerState::Open
+        );
+        b.mark_offline(t0);
+        assert_eq!(
+            b.network_at(t0 + Duration::from_secs(86_400)),
+            Network::Offline
+        );
     }
 
     #[test]
