@@ -173,6 +173,43 @@ pub(crate) fn fold(text: &str, spaced: bool) -> Option<Folded> {
     Some(f)
 }
 
+/// Folds fullwidth ASCII forms (U+FF01–U+FF5E: `４１１１`, `ＦＲ１４`, `－`, `＠`), which
+/// Chinese and Japanese input methods type, to ASCII, so that the built-in detectors read
+/// `４１１１　１１１１…` as the card it is. `None` when the text has none.
+pub(crate) fn fold_fullwidth(text: &str) -> Option<Folded> {
+    let b = text.as_bytes();
+    let mut out: Option<Folded> = None;
+    let mut cursor = 0;
+    for at in memchr::memchr_iter(0xEF, b) {
+        if at < cursor {
+            continue;
+        }
+        let Some(c) = text.get(at..).and_then(|r| r.chars().next()) else {
+            continue;
+        };
+        let Some(ascii) = fullwidth_to_ascii(c) else {
+            continue;
+        };
+        let f = out.get_or_insert_with(|| start(text, cursor));
+        f.text.push_str(&text[cursor..at]);
+        f.text.push(ascii);
+        cursor = at + c.len_utf8();
+        f.points.push((f.text.len(), cursor));
+    }
+    let mut f = out?;
+    f.text.push_str(&text[cursor..]);
+    Some(f)
+}
+
+/// The ASCII character a fullwidth form stands for.
+fn fullwidth_to_ascii(c: char) -> Option<char> {
+    let cp = u32::from(c);
+    (0xFF01..=0xFF5E)
+        .contains(&cp)
+        .then(|| char::from_u32(cp - 0xFEE0))
+        .flatten()
+}
+
 /// The folded copy, started with `text[..upto]` (which needs no folding).
 fn start(text: &str, upto: usize) -> Folded {
     let mut s = String::with_capacity(text.len());
@@ -246,5 +283,21 @@ mod tests {
         assert_eq!(span("123-45-6789"), "123\u{2013}45\u{2011}6789");
         assert_eq!(span("4111 1111"), "4111  1111");
         assert_eq!(span("x  y"), "x  y");
+    }
+
+    #[test]
+    fn fullwidth_forms_fold_to_ascii_and_map_back() {
+        assert!(fold_fullwidth("plain ascii, ünïcödé, 日本語").is_none());
+        let t = "カード４１１１－１１１１ x ＦＲ１４";
+        let f = fold_fullwidth(t).unwrap();
+        assert_eq!(f.text(), "カード4111-1111 x FR14");
+        let span = |s: &str| {
+            let a = f.text().find(s).unwrap();
+            &t[f.original(a)..f.original(a + s.len())]
+        };
+        assert_eq!(span("4111-1111"), "４１１１－１１１１");
+        assert_eq!(span("FR14"), "ＦＲ１４");
+        assert_eq!(span(" x "), " x ");
+        assert_eq!(f.original(f.text().len()), t.len());
     }
 }

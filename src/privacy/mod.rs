@@ -22,7 +22,10 @@
 //! way, made only when a digit is next to such a separator, and report spans in the original
 //! text, covering the original separators. The em dash (U+2014) is punctuation, not a
 //! separator. Custom patterns and keywords see the original text; assigned secrets accept the
-//! Unicode spaces around `=`, `:` and `is` (`mot de passe\u{a0}: …`).
+//! Unicode spaces around `=`, `:` and `is` (`mot de passe\u{a0}: …`). Fullwidth forms
+//! (U+FF01–U+FF5E: `４１１１`, `ＤＥ８９`, `ａｎｎ＠ｅｘａｍｐｌｅ．ｃｏｍ`), which CJK input
+//! methods type, are read as their ASCII characters by every built-in detector, again with
+//! spans in the original text.
 //!
 //! Spans are UTF-8 byte offsets into the scanned text. Neither [`PiiSpan`] nor [`Scanner`]
 //! ever shows scanned text in `Debug`.
@@ -277,7 +280,18 @@ impl Scanner {
     pub fn scan(&self, text: &str) -> Vec<PiiSpan> {
         let inner = &*self.inner;
         let mut found = Vec::new();
-        inner.builtin.run(text, &inner.enabled, &mut found);
+        // Fullwidth digits and letters (typed by CJK input methods) are read as ASCII; the
+        // spans are mapped back to the original characters.
+        match fold::fold_fullwidth(text) {
+            None => inner.builtin.run(text, &inner.enabled, &mut found),
+            Some(folded) => {
+                inner.builtin.run(folded.text(), &inner.enabled, &mut found);
+                for f in &mut found {
+                    f.start = folded.original(f.start);
+                    f.end = folded.original(f.end);
+                }
+            }
+        }
         for (kind, re) in &inner.custom {
             for m in re.find_iter(text) {
                 if m.start() < m.end() {

@@ -515,3 +515,34 @@ fn non_ascii_digits_do_not_panic() {
     none("call 12345678 \u{ff14}\u{ff11}\u{ff15}-\u{ff15}\u{ff15}\u{ff15}-\u{ff10}\u{ff11}\u{ff13}\u{ff12}");
     none("order 1234 5678 \u{664}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661}");
 }
+
+#[test]
+fn fullwidth_digits_and_letters_from_cjk_input_methods() {
+    one(
+        "カード番号は４１１１　１１１１　１１１１　１１１１です",
+        "credit_card",
+        "４１１１　１１１１　１１１１　１１１１",
+    );
+    one(
+        "口座 ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００",
+        "iban",
+        "ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００",
+    );
+    one(
+        "メール：ａｎｎ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+        "email",
+        "ａｎｎ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+    );
+    one(
+        "SSN ５３６－２２－１２３４",
+        "us_ssn",
+        "５３６－２２－１２３４",
+    );
+    // Fullwidth text that is not PII stays clean, and mixed widths are one number.
+    none("第１２３回 ＡＢＣ大会");
+    one(
+        "card 4111 1111 １１１１ 1111",
+        "credit_card",
+        "4111 1111 １１１１ 1111",
+    );
+}
