@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use edgeroute::backend::local::LocalBackend;
+use edgeroute::backend::local::{LocalBackend, LocalOutput};
 use edgeroute::home;
 use edgeroute::request::{GenerationParams, Message};
 
@@ -250,40 +250,67 @@ fn prompt_cache(
         b.generate_blocking(messages, &params, None, |_| ControlFlow::Continue(()))
     };
     first_token(&cached, &[Message::user("Hello!")])?;
-    let (mut cold, mut warm, mut reused, mut prompt) = (vec![], vec![], vec![], vec![]);
-    let (mut turn_cold, mut turn_warm, mut turn_reused, mut turn_prompt) =
-        (vec![], vec![], vec![], vec![]);
+    let (mut question, mut turn) = (CacheSamples::default(), CacheSamples::default());
     for q in QUESTIONS {
         let ask = [Message::user(q)];
-        let c = first_token(uncached, &ask)?;
-        let w = first_token(&cached, &ask)?;
-        cold.push(c.first_token.as_secs_f64() * 1000.0);
-        warm.push(w.first_token.as_secs_f64() * 1000.0);
-        reused.push(w.reused_prompt_tokens as f64);
-        prompt.push(w.prompt_ids.len() as f64);
+        let w = question.measure(
+            &ask,
+            |m| first_token(uncached, m),
+            |m| first_token(&cached, m),
+        )?;
         let next = [
             Message::user(q),
-            Message::assistant(w.text.clone()),
+            Message::assistant(w.text),
             Message::user("Tell me more."),
         ];
-        let c = first_token(uncached, &next)?;
-        let w = first_token(&cached, &next)?;
-        turn_cold.push(c.first_token.as_secs_f64() * 1000.0);
-        turn_warm.push(w.first_token.as_secs_f64() * 1000.0);
-        turn_reused.push(w.reused_prompt_tokens as f64);
-        turn_prompt.push(w.prompt_ids.len() as f64);
+        turn.measure(
+            &next,
+            |m| first_token(uncached, m),
+            |m| first_token(&cached, m),
+        )?;
     }
     println!(
-        "prompt cache, first token (median of {}): a new question after the same system prompt {:.1} ms -> {:.1} ms ({:.0} of {:.0} prompt tokens reused); the next turn of a conversation {:.1} ms -> {:.1} ms ({:.0} of {:.0} reused)",
+        "prompt cache, first token (median of {}): a new question after the same system prompt {}; the next turn of a conversation {}",
         QUESTIONS.len(),
-        median(cold),
-        median(warm),
-        median(reused),
-        median(prompt),
-        median(turn_cold),
-        median(turn_warm),
-        median(turn_reused),
-        median(turn_prompt),
+        question.summary(),
+        turn.summary(),
     );
     Ok(())
+}
+
+/// First tokens without and with the prompt cache for one kind of request.
+#[derive(Default)]
+struct CacheSamples {
+    cold_ms: Vec<f64>,
+    warm_ms: Vec<f64>,
+    reused: Vec<f64>,
+    prompt: Vec<f64>,
+}
+
+impl CacheSamples {
+    /// Runs `messages` on both backends (uncached first) and returns the cached run.
+    fn measure(
+        &mut self,
+        messages: &[Message],
+        uncached: impl Fn(&[Message]) -> edgeroute::Result<LocalOutput>,
+        cached: impl Fn(&[Message]) -> edgeroute::Result<LocalOutput>,
+    ) -> edgeroute::Result<LocalOutput> {
+        let c = uncached(messages)?;
+        let w = cached(messages)?;
+        self.cold_ms.push(c.first_token.as_secs_f64() * 1000.0);
+        self.warm_ms.push(w.first_token.as_secs_f64() * 1000.0);
+        self.reused.push(w.reused_prompt_tokens as f64);
+        self.prompt.push(w.prompt_ids.len() as f64);
+        Ok(w)
+    }
+
+    fn summary(self) -> String {
+        format!(
+            "{:.1} ms -> {:.1} ms ({:.0} of {:.0} prompt tokens reused)",
+            median(self.cold_ms),
+            median(self.warm_ms),
+            median(self.reused),
+            median(self.prompt)
+        )
+    }
 }

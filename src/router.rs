@@ -450,7 +450,7 @@ impl Router {
         let _in_record = record_span.enter();
         match (&inner.store, &cache_key) {
             (Some(_), Some(_)) if decision.is_degraded() => {
-                tracing::debug!("answer not cached: it stood in for the tier the rule chose");
+                tracing::debug!("answer not cached: it depended on a condition that passes");
             }
             (Some(store), Some(key)) => {
                 let model = attempts.last().map(|a| a.backend.as_str()).unwrap_or("");

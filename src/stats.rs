@@ -486,12 +486,15 @@ impl PersistedStats {
     /// home — so that they are never overwritten with counts that start again from zero.
     fn update(&self, change: impl Fn(&mut Totals)) -> Option<Totals> {
         let mut after = None;
+        let mut unreadable = false;
         let _ = self.tree.update_and_fetch(TOTALS_KEY, |old| {
+            after = None;
+            unreadable = false;
             let mut t = match old {
                 Some(b) => match Totals::decode(b) {
                     Some(t) => t,
                     None => {
-                        after = None;
+                        unreadable = true;
                         return Some(b.to_vec());
                     }
                 },
@@ -501,7 +504,7 @@ impl PersistedStats {
             after = Some(t);
             Some(t.encode())
         });
-        if after.is_none() {
+        if unreadable {
             tracing::warn!(
                 "the persisted statistics were written in a format this version cannot read; \
                  not recording this request there"
@@ -703,6 +706,18 @@ mod tests {
         (dir, db)
     }
 
+    /// (requests, failures, local, cloud, cache hits, escalations).
+    fn counters(s: &RouterStats) -> (u64, u64, u64, u64, u64, u64) {
+        (
+            s.requests,
+            s.failures,
+            s.local,
+            s.cloud,
+            s.cache_hits,
+            s.escalations,
+        )
+    }
+
     fn event(route: Route, latency_ms: f64, spend: &str, would_cost: &str) -> StatsEvent {
         StatsEvent {
             route,
@@ -747,17 +762,7 @@ mod tests {
 
         let db = crate::cache::Database::open(dir.path()).unwrap();
         let s = PersistedStats::open(&db).unwrap().load();
-        assert_eq!(
-            (
-                s.requests,
-                s.failures,
-                s.local,
-                s.cloud,
-                s.cache_hits,
-                s.escalations
-            ),
-            (4, 1, 2, 1, 1, 1)
-        );
+        assert_eq!(counters(&s), (4, 1, 2, 1, 1, 1));
         assert_eq!(s.cloud_spend_usd, "0.004".parse::<Decimal>().unwrap());
         assert_eq!(s.estimated_savings_usd, "0.005".parse::<Decimal>().unwrap());
         assert_eq!(s.local_latency.samples, 2);
@@ -832,17 +837,7 @@ mod tests {
         let db = crate::cache::Database::open(dir.path()).unwrap();
         let stats = PersistedStats::open(&db).unwrap();
         let s = stats.load();
-        assert_eq!(
-            (
-                s.requests,
-                s.failures,
-                s.local,
-                s.cloud,
-                s.cache_hits,
-                s.escalations
-            ),
-            (6, 2, 4, 1, 1, 1)
-        );
+        assert_eq!(counters(&s), (6, 2, 4, 1, 1, 1));
         assert_eq!(s.cloud_spend_usd, "0.0042".parse::<Decimal>().unwrap());
         assert_eq!(
             s.estimated_savings_usd,

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use edgeroute::backend::cloud::CloudBackend;
 use edgeroute::decision::Reason;
 use edgeroute::ledger::{BudgetLimits, SledLedger};
+use edgeroute::request::{Attempt, Response};
 use edgeroute::{Request, Route, Router};
 use rust_decimal::Decimal;
 use support::echo::EchoModel;
@@ -40,6 +41,28 @@ fn router_with(
         .cache_key([3; 32])
         .build()
         .unwrap()
+}
+
+/// `POLICY` with a hedge as its default route.
+fn hedge_policy(first: &str, after_ms: u64) -> String {
+    POLICY.replace(
+        "route = \"cloud\"",
+        &format!("route = \"hedge\"\nfirst = \"{first}\"\nafter_ms = {after_ms}"),
+    )
+}
+
+/// The response's failed cloud attempt, which must have been charged its estimate (prompt +
+/// 100 output tokens at $0.001: more than $0.10).
+fn charged_cloud_attempt(resp: &Response) -> &Attempt {
+    let cloud = resp
+        .attempts
+        .iter()
+        .find(|a| a.route == Route::Cloud)
+        .unwrap();
+    assert!(cloud.error.is_some());
+    assert!(cloud.cost.estimated);
+    assert!(cloud.cost.usd > Decimal::new(1, 1), "{}", cloud.cost.usd);
+    cloud
 }
 
 fn spent_today(home: &std::path::Path) -> Decimal {
@@ -105,14 +128,7 @@ async fn a_cloud_answer_cut_short_is_charged_its_estimate_and_a_refused_one_noth
         .await
         .unwrap();
     assert_eq!(cut.route, Route::Local, "{}", cut.decision);
-    let cloud = cut
-        .attempts
-        .iter()
-        .find(|a| a.route == Route::Cloud)
-        .unwrap();
-    assert!(cloud.error.is_some());
-    assert!(cloud.cost.estimated);
-    assert!(cloud.cost.usd > Decimal::new(1, 1), "{}", cloud.cost.usd); // >= 100 tokens x $0.001
+    let cloud = charged_cloud_attempt(&cut);
     assert_eq!(cut.cost.usd, cloud.cost.usd);
     drop(r);
     assert_eq!(spent_today(home.path()), cloud.cost.usd);
@@ -124,10 +140,7 @@ async fn a_hedged_cloud_leg_cut_short_is_charged_its_estimate() {
     let fake = FakeProvider::start().await;
     let local = Arc::new(EchoModel::default());
     // The cloud starts; the device joins at once when it fails.
-    let policy = POLICY.replace(
-        "route = \"cloud\"",
-        "route = \"hedge\"\nfirst = \"cloud\"\nafter_ms = 60000",
-    );
+    let policy = hedge_policy("cloud", 60_000);
     let r = router_with(&policy, home.path(), &fake, local.clone());
     fake.set_behavior(Behavior::ResetMidBody);
     let resp = r
@@ -135,13 +148,7 @@ async fn a_hedged_cloud_leg_cut_short_is_charged_its_estimate() {
         .await
         .unwrap();
     assert_eq!(resp.route, Route::Local, "{}", resp.decision);
-    let cloud = resp
-        .attempts
-        .iter()
-        .find(|a| a.route == Route::Cloud)
-        .unwrap();
-    assert!(cloud.error.is_some() && cloud.cost.estimated);
-    assert!(cloud.cost.usd > Decimal::new(1, 1), "{}", cloud.cost.usd);
+    let cloud = charged_cloud_attempt(&resp);
     drop(r);
     assert_eq!(spent_today(home.path()), cloud.cost.usd);
 }
@@ -152,10 +159,7 @@ async fn a_hedge_whose_tiers_both_fail_still_charges_the_accepted_cloud_call() {
     let fake = FakeProvider::start().await;
     let local = Arc::new(EchoModel::default());
     local.fail.store(true, std::sync::atomic::Ordering::SeqCst);
-    let policy = POLICY.replace(
-        "route = \"cloud\"",
-        "route = \"hedge\"\nfirst = \"local\"\nafter_ms = 60000",
-    );
+    let policy = hedge_policy("local", 60_000);
     let r = router_with(&policy, home.path(), &fake, local.clone());
     fake.set_behavior(Behavior::ResetMidBody);
     let err = r
@@ -175,10 +179,7 @@ async fn a_hedge_tier_failing_after_the_delay_is_a_fallback_too() {
     let local = Arc::new(EchoModel::default());
     local.fail.store(true, std::sync::atomic::Ordering::SeqCst);
     // The cloud starts and is slow to its first token; the device joins after 1 ms and fails.
-    let policy = POLICY.replace(
-        "route = \"cloud\"",
-        "route = \"hedge\"\nfirst = \"cloud\"\nafter_ms = 1",
-    );
+    let policy = hedge_policy("cloud", 1);
     let r = router_with(&policy, home.path(), &fake, local.clone());
     fake.set_behavior(Behavior::Trickle(std::time::Duration::from_millis(30)));
     let resp = r.complete(Request::new("What is a monad?")).await.unwrap();

@@ -875,14 +875,15 @@ impl Compiler<'_> {
             }
         }
         if let Some(h) = &w.cloud_health {
-            if h.to_vec().is_empty() {
+            let names = h.to_vec();
+            if names.is_empty() {
                 self.error(
                     &path.key("cloud_health"),
                     "list at least one cloud health (healthy, degraded or down)",
                 );
             }
             let mut states = Vec::new();
-            for (i, s) in h.to_vec().iter().enumerate() {
+            for (i, s) in names.iter().enumerate() {
                 match parse_health(s) {
                     Some(x) => states.push(x),
                     None => {

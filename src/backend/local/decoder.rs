@@ -290,21 +290,29 @@ impl<'s> Decoder<'s> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn present_is_fed_back_as_past() {
+    /// The tiny hand-made decoder's KV layout.
+    const TINY: KvShape = KvShape {
+        layers: 1,
+        kv_heads: 1,
+        head_dim: 2,
+    };
+
+    /// A session on the tiny decoder, with its input/output names.
+    fn tiny_session() -> (Session, Names) {
         let home_dir = crate::home::resolve(None);
         let rt = match super::super::runtime::ensure(None, &home_dir) {
             Ok(rt) => rt,
             Err(e) => panic!("{e}"),
         };
-        let kv = KvShape {
-            layers: 1,
-            kv_heads: 1,
-            head_dim: 2,
-        };
         let model = super::super::tests::fixture("tiny/model.onnx");
-        let mut session = open_session(rt, &model, 1, false, kv).unwrap();
-        let names = Names::new(1);
+        let session = open_session(rt, &model, 1, false, TINY).unwrap();
+        (session, Names::new(TINY.layers))
+    }
+
+    #[test]
+    fn present_is_fed_back_as_past() {
+        let (mut session, names) = tiny_session();
+        let kv = TINY;
         let mut d = Decoder::new(&mut session, &names, kv).unwrap();
         let logits = d.step(&[5, 13]).unwrap().to_vec();
         assert_eq!(logits.len(), 259);
@@ -318,16 +326,8 @@ mod tests {
 
     #[test]
     fn a_kept_prompt_resumes_with_the_same_cache() {
-        let home_dir = crate::home::resolve(None);
-        let rt = super::super::runtime::ensure(None, &home_dir).unwrap();
-        let kv = KvShape {
-            layers: 1,
-            kv_heads: 1,
-            head_dim: 2,
-        };
-        let model = super::super::tests::fixture("tiny/model.onnx");
-        let mut session = open_session(rt, &model, 1, false, kv).unwrap();
-        let names = Names::new(1);
+        let (mut session, names) = tiny_session();
+        let kv = TINY;
         let cache = |d: &Decoder<'_>| {
             let (shape, data) = d.past[0].try_extract_tensor::<f32>().unwrap();
             (shape.to_vec(), data.to_vec())

@@ -507,13 +507,12 @@ impl LocalBackend {
             &check_deadline,
             &mut on_token,
         );
-        // Whatever the outcome, a prompt that ran leaves its keys and values for the next one.
-        if inner.prompt_cache_tokens > 0 {
-            match decoder.into_prompt_kv(&prompt_ids, inner.prompt_cache_tokens) {
-                Ok(Some(kv)) => lease.keep_prompt_kv(kv),
-                Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, "prompt cache not kept"),
-            }
+        // Whatever the outcome, a prompt that ran leaves its keys and values for the next one
+        // (nothing when the cache is off: a cap of 0 keeps nothing).
+        match decoder.into_prompt_kv(&prompt_ids, inner.prompt_cache_tokens) {
+            Ok(Some(kv)) => lease.keep_prompt_kv(kv),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "prompt cache not kept"),
         }
         let d = result?;
         Ok(LocalOutput {
