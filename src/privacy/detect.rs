@@ -146,7 +146,8 @@ fn re(src: &str) -> Result<Regex> {
 impl Detectors {
     pub(crate) fn new() -> Result<Self> {
         // Digits are ASCII `[0-9]`, never `\d` (any Unicode digit): the validators and
-        // `digit_groups` read ASCII digits, and other scripts' digits are not folded.
+        // `digit_groups` read ASCII digits, and `Scanner::scan` has already folded the digits
+        // of other scripts it knows to ASCII (`fold::fold_forms`).
         Ok(Detectors {
             email: re(
                 // Latin-script letters (`jörg@müller.de`) but not other scripts, so text written

@@ -22,10 +22,16 @@ fn is_space(c: char) -> bool {
     )
 }
 
-/// Dashes folded to `'-'`: hyphen, non-breaking hyphen, figure dash, en dash, minus sign.
-/// The em dash (U+2014) is sentence punctuation, not a digit separator, and is left alone.
+/// Dashes folded to `'-'`: hyphen, non-breaking hyphen, figure dash, en dash, minus sign, and
+/// (see [`is_sentence_dash`]) the em dash and horizontal bar.
 fn is_dash(c: char) -> bool {
-    matches!(c, '\u{2010}'..='\u{2013}' | '\u{2212}')
+    matches!(c, '\u{2010}'..='\u{2015}' | '\u{2212}')
+}
+
+/// The em dash and horizontal bar are sentence punctuation (`the plan—finally`), folded only
+/// between two digits, where a word processor's "--" autocorrection put them (`555—0132`).
+fn is_sentence_dash(c: char) -> bool {
+    matches!(c, '\u{2014}' | '\u{2015}')
 }
 
 /// Byte length of the folded separator (see [`is_space`], [`is_dash`]) that starts at `b[i]`,
@@ -33,7 +39,7 @@ fn is_dash(c: char) -> bool {
 pub(crate) fn separator_len_at(b: &[u8], i: usize) -> Option<usize> {
     match b.get(i..)? {
         [0xC2, 0xA0, ..] => Some(2),
-        [0xE2, 0x80, 0x80..=0x8A | 0x90..=0x93 | 0xAF, ..]
+        [0xE2, 0x80, 0x80..=0x8A | 0x90..=0x95 | 0xAF, ..]
         | [0xE2, 0x81, 0x9F, ..]
         | [0xE2, 0x88, 0x92, ..]
         | [0xE3, 0x80, 0x80, ..] => Some(3),
@@ -107,7 +113,11 @@ pub(crate) fn fold(text: &str, spaced: bool) -> Option<Folded> {
             pos = at + 1;
             continue;
         };
-        if is_dash(c) {
+        let between_digits = || {
+            at.checked_sub(1).is_some_and(|p| b[p].is_ascii_digit())
+                && b.get(at + c.len_utf8()).is_some_and(u8::is_ascii_digit)
+        };
+        if is_dash(c) && (!is_sentence_dash(c) || between_digits()) {
             let f = out.get_or_insert_with(|| start(text, cursor));
             f.text.push_str(&text[cursor..at]);
             f.text.push('-');
@@ -173,27 +183,37 @@ pub(crate) fn fold(text: &str, spaced: bool) -> Option<Folded> {
     Some(f)
 }
 
-/// Folds fullwidth ASCII forms (U+FF01–U+FF5E: `４１１１`, `ＦＲ１４`, `－`, `＠`), which
-/// Chinese and Japanese input methods type, to ASCII, so that the built-in detectors read
-/// `４１１１　１１１１…` as the card it is. `None` when the text has none.
-pub(crate) fn fold_fullwidth(text: &str) -> Option<Folded> {
+/// Folds the characters that stand for ASCII ones, or for nothing, so that every built-in
+/// detector reads them as what they say (see [`form_of`]): fullwidth forms, the decimal digits
+/// of other scripts, mathematical digits, and invisible format characters (zero-width spaces
+/// and joiners, the soft hyphen, direction marks, the byte order mark, variation selectors),
+/// which are dropped. `None` when the text has none: ASCII runs are skipped 16 bytes at a time.
+pub(crate) fn fold_forms(text: &str) -> Option<Folded> {
     let b = text.as_bytes();
     let mut out: Option<Folded> = None;
     let mut cursor = 0;
-    for at in memchr::memchr_iter(0xEF, b) {
-        if at < cursor {
+    let mut pos = 0;
+    while let Some(at) = next_non_ascii(b, pos) {
+        if !FORM_LEADS.contains(&b[at]) {
+            // Accented Latin, Greek, Cyrillic, CJK ...: nothing to fold, no need to decode.
+            pos = at + utf8_len(b[at]);
             continue;
         }
         let Some(c) = text.get(at..).and_then(|r| r.chars().next()) else {
+            // A continuation byte: not reached from a char boundary, but stay total.
+            pos = at + 1;
             continue;
         };
-        let Some(ascii) = fullwidth_to_ascii(c) else {
+        pos = at + c.len_utf8();
+        let Some(form) = form_of(c) else {
             continue;
         };
         let f = out.get_or_insert_with(|| start(text, cursor));
         f.text.push_str(&text[cursor..at]);
-        f.text.push(ascii);
-        cursor = at + c.len_utf8();
+        if let Form::Ascii(a) = form {
+            f.text.push(a);
+        }
+        cursor = pos;
         f.points.push((f.text.len(), cursor));
     }
     let mut f = out?;
@@ -201,13 +221,85 @@ pub(crate) fn fold_fullwidth(text: &str) -> Option<Folded> {
     Some(f)
 }
 
-/// The ASCII character a fullwidth form stands for.
-fn fullwidth_to_ascii(c: char) -> Option<char> {
+/// What [`fold_forms`] makes of a character.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Read as this ASCII character.
+    Ascii(char),
+    /// Invisible: dropped.
+    Nothing,
+}
+
+/// The first code point (zero) of each run of ten decimal digits read as `0`–`9`: Arabic-Indic,
+/// Extended Arabic-Indic (Persian, Urdu), NKo, the Indic scripts (Devanagari to Malayalam),
+/// Thai, Lao, Tibetan, Myanmar, Khmer and Mongolian.
+const DIGIT_ZEROS: [u32; 18] = [
+    0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6, 0x0D66,
+    0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x17E0, 0x1810,
+];
+
+/// The UTF-8 lead bytes of every character [`form_of`] folds (U+00AD, U+034F, U+061C,
+/// U+0660–U+07C9, U+0966–U+0FFF, U+1040–U+1819, U+200B–U+2069, U+FE00–U+FF5E, U+1D7CE–U+1D7FF).
+const FORM_LEADS: [u8; 11] = [
+    0xC2, 0xCD, 0xD8, 0xD9, 0xDB, 0xDF, 0xE0, 0xE1, 0xE2, 0xEF, 0xF0,
+];
+
+/// The length of the UTF-8 sequence that `lead` starts (1 for a stray continuation byte).
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xFF => 4,
+        _ => 1,
+    }
+}
+
+/// How [`fold_forms`] reads `c`, or `None` to leave it as it is.
+fn form_of(c: char) -> Option<Form> {
     let cp = u32::from(c);
-    (0xFF01..=0xFF5E)
-        .contains(&cp)
-        .then(|| char::from_u32(cp - 0xFEE0))
-        .flatten()
+    let digit = |d: u32| char::from_digit(d, 10).map(Form::Ascii);
+    match cp {
+        // Soft hyphen, combining grapheme joiner, Arabic letter mark, Mongolian vowel
+        // separator, zero-width space/non-joiner/joiner, left-to-right and right-to-left
+        // marks, embeddings and overrides, word joiner and invisible operators, isolates,
+        // variation selectors, zero-width no-break space (byte order mark).
+        0x00AD
+        | 0x034F
+        | 0x061C
+        | 0x180E
+        | 0x200B..=0x200F
+        | 0x202A..=0x202E
+        | 0x2060..=0x2064
+        | 0x2066..=0x2069
+        | 0xFE00..=0xFE0F
+        | 0xFEFF => Some(Form::Nothing),
+        // Fullwidth ASCII: `４１１１`, `ＦＲ１４`, `－`, `＠`.
+        0xFF01..=0xFF5E => char::from_u32(cp - 0xFEE0).map(Form::Ascii),
+        // Mathematical bold, double-struck, sans-serif (plain and bold) and monospace digits
+        // (`𝟒𝟏𝟏𝟏`).
+        0x1D7CE..=0x1D7FF => digit((cp - 0x1D7CE) % 10),
+        0x0660..=0x1819 => DIGIT_ZEROS
+            .iter()
+            .find(|&&zero| (zero..zero + 10).contains(&cp))
+            .and_then(|&zero| digit(cp - zero)),
+        _ => None,
+    }
+}
+
+/// The offset of the first non-ASCII byte of `b` at or after `from`.
+fn next_non_ascii(b: &[u8], from: usize) -> Option<usize> {
+    const HIGH: u128 = u128::from_ne_bytes([0x80; 16]);
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i + 16) {
+        let Ok(word) = <[u8; 16]>::try_from(chunk) else {
+            break;
+        };
+        if u128::from_ne_bytes(word) & HIGH != 0 {
+            break;
+        }
+        i += 16;
+    }
+    b.get(i..)?.iter().position(|&x| x >= 0x80).map(|p| i + p)
 }
 
 /// The folded copy, started with `text[..upto]` (which needs no folding).
@@ -285,19 +377,115 @@ mod tests {
         assert_eq!(span("x  y"), "x  y");
     }
 
+    /// The original text of the folded text's first `s`.
+    fn span<'t>(f: &Folded, t: &'t str, s: &str) -> &'t str {
+        let a = f.text().find(s).unwrap();
+        &t[f.original(a)..f.original(a + s.len())]
+    }
+
     #[test]
     fn fullwidth_forms_fold_to_ascii_and_map_back() {
-        assert!(fold_fullwidth("plain ascii, ünïcödé, 日本語").is_none());
+        assert!(fold_forms("plain ascii, ünïcödé, 日本語 — “quoted”").is_none());
         let t = "カード４１１１－１１１１ x ＦＲ１４";
-        let f = fold_fullwidth(t).unwrap();
+        let f = fold_forms(t).unwrap();
         assert_eq!(f.text(), "カード4111-1111 x FR14");
-        let span = |s: &str| {
-            let a = f.text().find(s).unwrap();
-            &t[f.original(a)..f.original(a + s.len())]
-        };
-        assert_eq!(span("4111-1111"), "４１１１－１１１１");
-        assert_eq!(span("FR14"), "ＦＲ１４");
-        assert_eq!(span(" x "), " x ");
+        assert_eq!(span(&f, t, "4111-1111"), "４１１１－１１１１");
+        assert_eq!(span(&f, t, "FR14"), "ＦＲ１４");
+        assert_eq!(span(&f, t, " x "), " x ");
         assert_eq!(f.original(f.text().len()), t.len());
+    }
+
+    #[test]
+    fn other_scripts_digits_fold_to_ascii() {
+        // Arabic-Indic, Persian, Devanagari, Bengali, Thai, Myanmar, Khmer, mathematical bold
+        // and monospace: each 0 to 9.
+        for zero in [
+            '\u{660}',
+            '\u{6f0}',
+            '\u{966}',
+            '\u{9e6}',
+            '\u{e50}',
+            '\u{1040}',
+            '\u{17e0}',
+            '\u{1d7ce}',
+            '\u{1d7f6}',
+        ] {
+            let t: String = (0..10)
+                .map(|d| char::from_u32(u32::from(zero) + d).unwrap())
+                .collect();
+            let f = fold_forms(&t).unwrap();
+            assert_eq!(f.text(), "0123456789", "{zero:?}");
+            assert_eq!(
+                span(&f, &t, "345"),
+                t.chars().skip(3).take(3).collect::<String>()
+            );
+        }
+        // Letters and signs of those scripts stay as they are.
+        let t = "مرحبا ٤١٥ नमस्ते";
+        assert_eq!(fold_forms(t).unwrap().text(), "مرحبا 415 नमस्ते");
+    }
+
+    #[test]
+    fn invisible_characters_are_dropped_and_spans_cover_them() {
+        let t = "\u{200b}4111\u{200b}1111\u{ad}1111\u{2060}1111\u{feff} pass\u{ad}word \u{200e}+33\u{200f}";
+        let f = fold_forms(t).unwrap();
+        assert_eq!(f.text(), "4111111111111111 password +33");
+        // A span starts after the invisible characters before it and covers the ones inside.
+        assert_eq!(
+            span(&f, t, "4111111111111111"),
+            "4111\u{200b}1111\u{ad}1111\u{2060}1111\u{feff}"
+        );
+        assert_eq!(span(&f, t, "password"), "pass\u{ad}word");
+        assert_eq!(f.original(0), "\u{200b}".len());
+        // Every char boundary of the copy maps to a char boundary of the original, in order.
+        let mut last = 0;
+        for (i, _) in f.text().char_indices().chain([(f.text().len(), ' ')]) {
+            let o = f.original(i);
+            assert!(t.is_char_boundary(o) && o >= last, "{i} -> {o}");
+            last = o;
+        }
+        assert_eq!(f.original(f.text().len()), t.len());
+        // Only invisible characters: an empty copy.
+        assert_eq!(fold_forms("\u{200b}\u{200d}").unwrap().text(), "");
+    }
+
+    #[test]
+    fn em_dash_folds_only_between_digits() {
+        let t = "call 555\u{2014}0132 \u{2014} or 555\u{2015}0199\u{2014}x, the plan\u{2014}finally 7\u{2014}";
+        let f = fold(t, false).unwrap();
+        assert_eq!(
+            f.text(),
+            "call 555-0132 \u{2014} or 555-0199\u{2014}x, the plan\u{2014}finally 7\u{2014}"
+        );
+        assert_eq!(span(&f, t, "555-0132"), "555\u{2014}0132");
+        assert!(fold("the plan\u{2014}finally, 1990 \u{2014} 2000", false).is_none());
+    }
+
+    #[test]
+    fn lead_bytes_cover_every_folded_character() {
+        let mut folded = 0;
+        for c in (0x80..=0x10FFFFu32).filter_map(char::from_u32) {
+            let mut buf = [0u8; 4];
+            let e = c.encode_utf8(&mut buf).as_bytes();
+            assert_eq!(utf8_len(e[0]), e.len(), "{c:?}");
+            if form_of(c).is_some() {
+                folded += 1;
+                assert!(FORM_LEADS.contains(&e[0]), "{c:?}");
+            }
+        }
+        // 180 digits of 18 scripts, 94 fullwidth forms, 50 mathematical digits (5 styles) and
+        // 40 invisible characters.
+        assert_eq!(folded, 180 + 94 + 50 + 40);
+    }
+
+    #[test]
+    fn non_ascii_search_finds_every_position() {
+        let t = "a".repeat(40) + "é" + &"b".repeat(17) + "ü";
+        let b = t.as_bytes();
+        assert_eq!(next_non_ascii(b, 0), Some(40));
+        assert_eq!(next_non_ascii(b, 41), Some(41));
+        assert_eq!(next_non_ascii(b, 42), Some(59));
+        assert_eq!(next_non_ascii(b, 61), None);
+        assert_eq!(next_non_ascii(b, 99), None);
     }
 }

@@ -20,12 +20,18 @@
 //! digit group and the next group as one space (`4111  1111  1111  1111`). The number
 //! detectors (all but `email` and `secret`) scan a copy of the text around digits folded that
 //! way, made only when a digit is next to such a separator, and report spans in the original
-//! text, covering the original separators. The em dash (U+2014) is punctuation, not a
-//! separator. Custom patterns and keywords see the original text; assigned secrets accept the
-//! Unicode spaces around `=`, `:` and `is` (`mot de passe\u{a0}: …`). Fullwidth forms
-//! (U+FF01–U+FF5E: `４１１１`, `ＤＥ８９`, `ａｎｎ＠ｅｘａｍｐｌｅ．ｃｏｍ`), which CJK input
-//! methods type, are read as their ASCII characters by every built-in detector, again with
-//! spans in the original text.
+//! text, covering the original separators. The em dash and horizontal bar (U+2014, U+2015)
+//! are punctuation, read as `-` only between two digits (`555—0132`, as a word processor
+//! autocorrects `555--0132`). Custom patterns and keywords see the original text; assigned
+//! secrets accept the Unicode spaces around `=`, `:` and `is` (`mot de passe\u{a0}: …`).
+//!
+//! Every built-in detector also reads characters that stand for ASCII ones as those:
+//! fullwidth forms (U+FF01–U+FF5E: `４１１１`, `ＤＥ８９`, `ａｎｎ＠ｅｘａｍｐｌｅ．ｃｏｍ`), which
+//! CJK input methods type; the decimal digits of other scripts (Arabic-Indic `٤١٥`, Persian
+//! `۰۹۱۲`, Devanagari `४१५`, Thai, Myanmar, Khmer …) and mathematical digits (`𝟒𝟏𝟏𝟏`). And it
+//! reads past invisible format characters: zero-width spaces and joiners, the soft hyphen,
+//! direction marks and isolates, word joiners, variation selectors and the byte order mark
+//! (`4111\u{200b}1111…`, `pass\u{ad}word: …`). Spans are again in the original text.
 //!
 //! Spans are UTF-8 byte offsets into the scanned text. Neither [`PiiSpan`] nor [`Scanner`]
 //! ever shows scanned text in `Debug`.
@@ -280,9 +286,9 @@ impl Scanner {
     pub fn scan(&self, text: &str) -> Vec<PiiSpan> {
         let inner = &*self.inner;
         let mut found = Vec::new();
-        // Fullwidth digits and letters (typed by CJK input methods) are read as ASCII; the
-        // spans are mapped back to the original characters.
-        match fold::fold_fullwidth(text) {
+        // Fullwidth forms, other scripts' digits and invisible characters are read as what
+        // they stand for; the spans are mapped back to the original characters.
+        match fold::fold_forms(text) {
             None => inner.builtin.run(text, &inner.enabled, &mut found),
             Some(folded) => {
                 inner.builtin.run(folded.text(), &inner.enabled, &mut found);

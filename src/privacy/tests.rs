@@ -505,15 +505,68 @@ fn keyword_phrases_match_across_any_whitespace() {
     }
 }
 
-/// Digits of other scripts (Arabic-Indic, fullwidth) are not read as numbers, and never make a
-/// detector panic on text that also holds ASCII digits.
+/// Digits of other scripts are read as the numbers they write, next to ASCII digits too.
 #[test]
-fn non_ascii_digits_do_not_panic() {
-    none(
-        "call 12345678 \u{664}\u{661}\u{665}-\u{665}\u{665}\u{665}-\u{660}\u{661}\u{663}\u{662} ok",
+fn other_scripts_digits_are_read_as_numbers() {
+    // Arabic-Indic: a US phone number, with a right-to-left mark before it as Arabic text has.
+    one(
+        "اتصل على \u{200f}\u{664}\u{661}\u{665}-\u{665}\u{665}\u{665}-\u{660}\u{661}\u{663}\u{662} شكرا",
+        "phone",
+        "\u{664}\u{661}\u{665}-\u{665}\u{665}\u{665}-\u{660}\u{661}\u{663}\u{662}",
     );
-    none("call 12345678 \u{ff14}\u{ff11}\u{ff15}-\u{ff15}\u{ff15}\u{ff15}-\u{ff10}\u{ff11}\u{ff13}\u{ff12}");
-    none("order 1234 5678 \u{664}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661}");
+    // Persian (Extended Arabic-Indic) card number, and Devanagari SSN with its label.
+    one(
+        "کارت \u{6f4}\u{6f1}\u{6f1}\u{6f1} \u{6f1}\u{6f1}\u{6f1}\u{6f1} \u{6f1}\u{6f1}\u{6f1}\u{6f1} \u{6f1}\u{6f1}\u{6f1}\u{6f1}",
+        "credit_card",
+        "\u{6f4}\u{6f1}\u{6f1}\u{6f1} \u{6f1}\u{6f1}\u{6f1}\u{6f1} \u{6f1}\u{6f1}\u{6f1}\u{6f1} \u{6f1}\u{6f1}\u{6f1}\u{6f1}",
+    );
+    one(
+        "SSN \u{96b}\u{969}\u{96c}-\u{968}\u{968}-\u{967}\u{968}\u{969}\u{96a}",
+        "us_ssn",
+        "\u{96b}\u{969}\u{96c}-\u{968}\u{968}-\u{967}\u{968}\u{969}\u{96a}",
+    );
+    // Mixed with ASCII digits: one number.
+    one(
+        "order 4111 1111 \u{661}\u{661}\u{661}\u{661} 1111",
+        "credit_card",
+        "4111 1111 \u{661}\u{661}\u{661}\u{661} 1111",
+    );
+    // Mathematical bold digits, as filter-evading text writes them.
+    one(
+        "card \u{1d7d2}\u{1d7cf}\u{1d7cf}\u{1d7cf} 1111 1111 1111",
+        "credit_card",
+        "\u{1d7d2}\u{1d7cf}\u{1d7cf}\u{1d7cf} 1111 1111 1111",
+    );
+    // Numbers of other scripts that are not PII stay clean.
+    none("الصفحة \u{661}\u{662} من \u{663}\u{660}، سنة \u{662}\u{660}\u{662}\u{664}");
+}
+
+/// Invisible characters inside a number, an address or a label do not hide it.
+#[test]
+fn invisible_characters_do_not_hide_pii() {
+    one(
+        "card 4111\u{200b}1111\u{200b}1111\u{200b}1111 ok",
+        "credit_card",
+        "4111\u{200b}1111\u{200b}1111\u{200b}1111",
+    );
+    one(
+        "IBAN FR14\u{ad}2004\u{ad}1010\u{ad}0505\u{ad}0001\u{ad}3M02\u{ad}606",
+        "iban",
+        "FR14\u{ad}2004\u{ad}1010\u{ad}0505\u{ad}0001\u{ad}3M02\u{ad}606",
+    );
+    one(
+        "mail ann\u{2060}@exam\u{200d}ple.com now",
+        "email",
+        "ann\u{2060}@exam\u{200d}ple.com",
+    );
+    one("pass\u{ad}word: Tr0ub4dor&3xyz", "secret", "Tr0ub4dor&3xyz");
+    one("\u{feff}SSN 536-22-1234", "us_ssn", "536-22-1234");
+    // An em dash between digits, as "--" autocorrects.
+    one(
+        "call (415) 555\u{2014}0132 today",
+        "phone",
+        "(415) 555\u{2014}0132",
+    );
 }
 
 #[test]

@@ -191,14 +191,18 @@ impl ErrorDetail {
         self.code.as_ref().and_then(|c| c.as_str()).unwrap_or("")
     }
 
-    /// OpenAI's `insufficient_quota`: the account is out of credit or over its spending
-    /// limit. Sent with 429, but not transient: retrying cannot help.
+    /// The account is out of credit or over its spending limit: OpenAI's `insufficient_quota`
+    /// (sent with 429) or billing codes, Anthropic's "credit balance is too low" (sent with
+    /// 400). Not transient and not a bad request: retrying cannot help, the local tier can.
     fn is_out_of_quota(&self) -> bool {
-        self.code() == "insufficient_quota"
-            || self.kind.as_deref() == Some("insufficient_quota")
+        let code = self.code();
+        matches!(
+            code,
+            "insufficient_quota" | "billing_hard_limit_reached" | "billing_not_active"
+        ) || self.kind.as_deref() == Some("insufficient_quota")
             || self.message.as_deref().is_some_and(|m| {
-                m.to_ascii_lowercase()
-                    .contains("exceeded your current quota")
+                let m = m.to_ascii_lowercase();
+                m.contains("exceeded your current quota") || m.contains("credit balance is too low")
             })
     }
 
@@ -245,12 +249,13 @@ pub(crate) fn status_error(status: u16, body: &[u8], retry_after: Option<Duratio
             status,
             message: detail.message(),
         },
-        // Out of credit is not a rate limit: not retried, not a sign of an unhealthy
-        // provider (the breaker ignores it), and reported in the provider's words.
-        429 if detail.is_out_of_quota() => Error::TierUnavailable {
+        // Out of credit is neither a rate limit nor a bad request: not retried, not a sign of
+        // an unhealthy provider (the breaker ignores it), reported in the provider's words, and
+        // a cloud failure the router falls back from.
+        400 | 402 | 429 if detail.is_out_of_quota() => Error::TierUnavailable {
             tier: "cloud",
             why: format!(
-                "the provider account is out of quota (HTTP 429 insufficient_quota): {}; \
+                "the provider account is out of credit or quota (HTTP {status}): {}; \
                  check the plan and billing at the provider",
                 detail.message()
             ),
@@ -321,6 +326,21 @@ mod tests {
             "{e:?}"
         );
         assert!(!e.is_retryable() && e.is_cloud_failure());
+        // Anthropic's out-of-credit answer is a 400 "invalid_request_error": a cloud failure
+        // (the router falls back), not a bad request; other 400s stay bad requests.
+        let credit = br#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#;
+        let e = status_error(400, credit, None);
+        assert!(
+            matches!(&e, Error::TierUnavailable { tier: "cloud", why } if why.contains("credit balance is too low") && why.contains("HTTP 400")),
+            "{e:?}"
+        );
+        assert!(!e.is_retryable() && e.is_cloud_failure());
+        let billing = br#"{"error":{"message":"Billing hard limit has been reached","type":"invalid_request_error","code":"billing_hard_limit_reached"}}"#;
+        assert!(status_error(400, billing, None).is_cloud_failure());
+        let bad = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
+        let e = status_error(400, bad, None);
+        assert!(matches!(e, Error::BadRequest { status: 400, .. }), "{e:?}");
+        assert!(!e.is_cloud_failure());
         let region = br#"{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","param":null,"type":"request_forbidden"}}"#;
         let e = status_error(403, region, None);
         assert!(
