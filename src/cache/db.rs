@@ -8,8 +8,9 @@ use futures::channel::oneshot;
 
 use crate::error::{Error, Result};
 
-/// A flush request: answered once a flush that started after the request has completed.
-type FlushRequest = oneshot::Sender<std::result::Result<(), String>>;
+/// A flush request: the database to flush, answered once a flush that started after the
+/// request has completed.
+type FlushRequest = (sled::Db, oneshot::Sender<std::result::Result<(), String>>);
 
 /// An open sled database plus its path (for error messages).
 ///
@@ -91,13 +92,13 @@ impl Database {
     /// deadlocks — observed with 8 concurrent ledger reservations.)
     pub async fn flush_async(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        let sender = self.flusher.get_or_init(|| spawn_flusher(self.db.clone()));
+        let sender = self.flusher.get_or_init(spawn_flusher);
         let failed = |message: String| Error::Storage {
             path: self.path.clone(),
             message,
         };
         sender
-            .send(tx)
+            .send((self.db.clone(), tx))
             .map_err(|_| failed("the flusher thread has stopped".into()))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -108,15 +109,25 @@ impl Database {
 }
 
 /// Starts the group-commit thread. It exits when every `Database` clone has been dropped.
-fn spawn_flusher(db: sled::Db) -> mpsc::Sender<FlushRequest> {
+///
+/// The thread holds a `sled::Db` only while it flushes, and drops it before answering: sled
+/// writes its last changes to disk when the last `Db` handle is dropped, and that must be the
+/// app's own handle, dropped on the app's thread. (A flusher that kept a handle for its whole
+/// life made the process exit with that final flush undone: cache entries and statistics
+/// written after the last explicit flush were lost.)
+fn spawn_flusher() -> mpsc::Sender<FlushRequest> {
     let (tx, rx) = mpsc::channel::<FlushRequest>();
     let spawned = std::thread::Builder::new()
         .name("edgeroute-flush".into())
         .spawn(move || {
             while let Ok(first) = rx.recv() {
-                let mut waiting = vec![first];
-                waiting.extend(rx.try_iter());
-                let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                let (dbs, waiting): (Vec<sled::Db>, Vec<_>) = batch.into_iter().unzip();
+                let result = dbs
+                    .first()
+                    .map_or(Ok(()), |db| db.flush().map(|_| ()).map_err(|e| e.to_string()));
+                drop(dbs);
                 for w in waiting {
                     let _ = w.send(result.clone());
                 }
