@@ -54,3 +54,16 @@ pub fn db_dir(home: &Path) -> PathBuf {
 pub fn cache_key_file(home: &Path) -> PathBuf {
     home.join("cache.key")
 }
+
+/// Creates `dir` and its missing parents readable by their owner only (mode 0700 on Unix): the
+/// home holds the answer cache, the ledger and the cache key.
+pub(crate) fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}

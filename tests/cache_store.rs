@@ -79,7 +79,7 @@ fn hit_and_miss_and_persistence_across_reopen() {
         cache.put(&public("capital of France?"), &a).unwrap();
         // Normalised prompt: same key.
         let hit = cache
-            .get(&public("  capital   of France?\n"))
+            .get(&public("  capital of France?  \r\n"))
             .unwrap()
             .unwrap();
         assert_eq!(hit.text, "Paris.");
@@ -309,13 +309,12 @@ fn privacy_classes_never_cross() {
 
     // A private record copied under the public key is rejected, not served.
     let entries = db.sled().open_tree("cache/entries").unwrap();
-    let private_record = entries.get(private.as_bytes()).unwrap().unwrap();
-    entries
-        .insert(public_key.as_bytes(), private_record)
-        .unwrap();
+    let id = |k: &CacheKey| EncryptionKey::from_bytes(&KEY_A).unwrap().entry_id(k);
+    let private_record = entries.get(id(&private)).unwrap().unwrap();
+    entries.insert(id(&public_key), private_record).unwrap();
     assert!(cache.get(&public_key).unwrap().is_none());
     assert_eq!(cache.stats().unwrap().rejected, 1);
-    assert!(entries.get(public_key.as_bytes()).unwrap().is_none());
+    assert!(entries.get(id(&public_key)).unwrap().is_none());
 
     // With cache_pii off, private requests neither read nor write.
     cache
@@ -329,7 +328,7 @@ fn privacy_classes_never_cross() {
         .put(&key("other pii", PrivacyClass::Private), &answer("z"))
         .unwrap();
     assert!(entries
-        .get(key("other pii", PrivacyClass::Private).as_bytes())
+        .get(id(&key("other pii", PrivacyClass::Private)))
         .unwrap()
         .is_none());
 }
@@ -341,21 +340,22 @@ fn tampered_records_are_dropped_not_served() {
     let entries = db.sled().open_tree("cache/entries").unwrap();
     let k = public("tamper me");
     cache.put(&k, &answer("original")).unwrap();
-    let good = entries.get(k.as_bytes()).unwrap().unwrap().to_vec();
+    // The one entry's id (a keyed hash of the key's digest).
+    let (id, good) = raw_entries(&db).remove(0);
     // Flip one bit at several positions: header, nonce, ciphertext, tag.
     let positions = [1, 5, 12, 30, good.len() / 2, good.len() - 1];
     for (n, &pos) in positions.iter().enumerate() {
         let mut bad = good.clone();
         bad[pos] ^= 0x10;
-        entries.insert(k.as_bytes(), bad).unwrap();
+        entries.insert(&id, bad).unwrap();
         assert!(cache.get(&k).unwrap().is_none(), "flip at {pos} served");
-        assert!(entries.get(k.as_bytes()).unwrap().is_none(), "not removed");
+        assert!(entries.get(&id).unwrap().is_none(), "not removed");
         let st = cache.stats().unwrap();
         assert_eq!(st.rejected as usize, n + 1, "{st:?}");
     }
     // Truncation and garbage.
     for bad in [good[..good.len() - 3].to_vec(), vec![], vec![1, 2, 3]] {
-        entries.insert(k.as_bytes(), bad).unwrap();
+        entries.insert(&id, bad).unwrap();
         assert!(cache.get(&k).unwrap().is_none());
     }
     // The store still works, and the counts are right (the raw inserts bypassed accounting; a
@@ -368,8 +368,9 @@ fn tampered_records_are_dropped_not_served() {
     assert_eq!(cache.stats().unwrap().rejected, 9);
 }
 
+/// Entries sealed with another key are never served, and stay: the right key reads them again.
 #[test]
-fn wrong_encryption_key_is_a_miss_and_removes_the_entry() {
+fn wrong_encryption_key_is_a_miss_and_the_right_key_still_reads() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (_db, cache) = open(dir.path(), KEY_A, config());
@@ -379,12 +380,111 @@ fn wrong_encryption_key_is_a_miss_and_removes_the_entry() {
     {
         let (_db, cache) = open(dir.path(), KEY_B, config());
         assert!(cache.get(&public("q")).unwrap().is_none());
+        cache.put(&public("q"), &answer("b's answer")).unwrap();
+        assert_eq!(cache.get(&public("q")).unwrap().unwrap().text, "b's answer");
         let s = cache.stats().unwrap();
-        assert_eq!((s.rejected, s.entries), (1, 0));
+        assert_eq!((s.rejected, s.entries), (0, 2));
         cache.flush().unwrap();
     }
     let (_db, cache) = open(dir.path(), KEY_A, config());
-    assert!(cache.get(&public("q")).unwrap().is_none());
+    assert_eq!(
+        cache.get(&public("q")).unwrap().unwrap().text,
+        "secret answer"
+    );
+}
+
+/// What is on disk cannot tell whether a guessed prompt was asked: the cache key's digest (a
+/// plain hash of the prompt, model and policy, which anyone can recompute) appears in no file
+/// of the database, and its directory is readable by its owner only.
+#[test]
+fn the_database_holds_no_recomputable_prompt_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let asked = public("What is the capital of France?");
+    {
+        let (_db, cache) = open(dir.path(), KEY_A, config());
+        cache.put(&asked, &answer("Paris.")).unwrap();
+        assert!(cache.get(&asked).unwrap().is_some());
+        cache.flush().unwrap();
+    }
+    let mut files = 0;
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            files += 1;
+            let bytes = std::fs::read(&p).unwrap();
+            assert!(
+                !bytes.windows(32).any(|w| w == asked.as_bytes()),
+                "{} holds the key digest",
+                p.display()
+            );
+        }
+    }
+    assert!(files > 0);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "database directory mode {mode:o}");
+    }
+    // Still found with the key.
+    let (_db, cache) = open(dir.path(), KEY_A, config());
+    assert!(cache.get(&asked).unwrap().is_some());
+}
+
+/// A database directory an earlier version created readable by everyone is restricted to its
+/// owner when opened.
+#[cfg(unix)]
+#[test]
+fn an_open_database_directory_is_restricted_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db_dir = dir.path().join("db");
+    std::fs::create_dir(&db_dir).unwrap();
+    std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _db = Database::open(&db_dir).unwrap();
+    let mode = std::fs::metadata(&db_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+/// Entries stored by an earlier version under the bare digest can never be found again: they
+/// are removed on the first open, once; later entries are kept across opens.
+#[test]
+fn entries_of_the_unkeyed_format_are_removed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Database::open(dir.path()).unwrap();
+        let t = |name: &str| db.sled().open_tree(name).unwrap();
+        let old = public("old question");
+        t("cache/entries")
+            .insert(old.as_bytes(), &[7u8; 64][..])
+            .unwrap();
+        t("cache/atime")
+            .insert(old.as_bytes(), &1u64.to_be_bytes()[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    {
+        let (db, cache) = open(dir.path(), KEY_A, config());
+        assert_eq!(cache.stats().unwrap().entries, 0);
+        assert!(raw_entries(&db).is_empty());
+        cache.put(&public("new question"), &answer("kept")).unwrap();
+        CacheStore::clear(&cache).unwrap();
+        cache
+            .put(&public("after clear"), &answer("kept too"))
+            .unwrap();
+        cache.flush().unwrap();
+    }
+    let (_db, cache) = open(dir.path(), KEY_A, config());
+    assert_eq!(cache.stats().unwrap().entries, 1);
+    assert_eq!(
+        cache.get(&public("after clear")).unwrap().unwrap().text,
+        "kept too"
+    );
 }
 
 #[test]

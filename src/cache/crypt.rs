@@ -5,7 +5,10 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+
+use super::key::CacheKey;
 
 use crate::error::{Error, Result};
 
@@ -17,6 +20,9 @@ pub const KEY_LEN: usize = 32;
 /// Thread-safety: `Send + Sync`; sealing and opening take `&self`.
 pub struct EncryptionKey {
     key: LessSafeKey,
+    /// Derived from the same 32 bytes: turns a cache key's digest into the id an entry is
+    /// stored under (see [`EncryptionKey::entry_id`]).
+    ids: hmac::Key,
     rng: SystemRandom,
 }
 
@@ -37,8 +43,15 @@ impl EncryptionKey {
         }
         let unbound = UnboundKey::new(&AES_256_GCM, bytes)
             .map_err(|_| Error::Config("invalid AES-256-GCM key".into()))?;
+        // A separate key for ids (HMAC of a label under the file's key), so the AES key is
+        // never used for anything but AES-GCM.
+        let ids = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, bytes),
+            b"edgeroute/cache-entry-id/v1",
+        );
         Ok(EncryptionKey {
             key: LessSafeKey::new(unbound),
+            ids: hmac::Key::new(hmac::HMAC_SHA256, ids.as_ref()),
             rng: SystemRandom::new(),
         })
     }
@@ -62,29 +75,42 @@ impl EncryptionKey {
             Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
+            crate::home::create_private_dirs(parent)
                 .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
         }
         let mut bytes = [0u8; KEY_LEN];
         SystemRandom::new()
             .fill(&mut bytes)
             .map_err(|_| Error::Config("the system random generator failed".into()))?;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
+        // Written to a private temporary file, synced, then linked into place: the key file
+        // either does not exist or holds all 32 bytes, whatever crashes or races. (Linking
+        // fails if another process created it meanwhile; then theirs is used.)
+        // A name no other creator (process or thread) uses.
+        let mut nonce = [0u8; 8];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| Error::Config("the system random generator failed".into()))?;
+        let suffix: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = path.with_extension(format!("tmp-{}-{suffix}", std::process::id()));
+        let written = write_private(&tmp, &bytes);
+        let mut linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+        let _ = std::fs::remove_file(&tmp);
+        if linked
+            .as_ref()
+            .is_err_and(|e| e.kind() != ErrorKind::AlreadyExists)
         {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
+            // A file system without hard links: create the file in place instead.
+            linked = write_private(path, &bytes);
         }
-        match options.open(path) {
-            Ok(mut file) => {
-                file.write_all(&bytes)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        match linked {
+            Ok(()) => {
+                if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    // Make the new name durable too (best effort: not every file system can).
+                    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+                }
                 tracing::info!(path = %path.display(), "created a new answer-cache key");
                 Self::from_bytes(&bytes)
             }
-            // Another process created it between our open and create: use theirs.
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 let file = std::fs::File::open(path)
                     .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
@@ -92,6 +118,17 @@ impl EncryptionKey {
             }
             Err(e) => Err(Error::io(format!("creating {}", path.display()), e)),
         }
+    }
+
+    /// The id the answer cache stores `key`'s entry under: HMAC-SHA256 of the key's digest
+    /// with a key derived from this one. The digest itself is a plain hash of the prompt, the
+    /// model and the policy, so storing it would let anyone who can read the database check
+    /// whether a guessed prompt was asked; the id cannot be computed without the key file.
+    pub fn entry_id(&self, key: &CacheKey) -> [u8; 32] {
+        let tag = hmac::sign(&self.ids, key.as_bytes());
+        let mut id = [0u8; 32];
+        id.copy_from_slice(tag.as_ref());
+        id
     }
 
     fn read_key_file(path: &Path, file: std::fs::File) -> Result<Self> {
@@ -142,6 +179,21 @@ impl EncryptionKey {
     }
 }
 
+/// Creates `path` (an existing file is an `AlreadyExists` error) readable by its owner only,
+/// writes `bytes` and syncs.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -162,6 +214,32 @@ mod tests {
         let mut copy = buf.clone();
         assert_eq!(k.open(nonce, b"aad", &mut buf).unwrap(), b"hello");
         assert!(k.open(nonce, b"other", &mut copy).is_none());
+    }
+
+    /// Racing creators (threads of one process here) all end up with the one key that was
+    /// linked into place, and no temporary file is left behind.
+    #[test]
+    fn key_file_creation_is_atomic_under_races() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.key");
+        let keys: Vec<EncryptionKey> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| EncryptionKey::load_or_create(&path).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut buf = b"same key".to_vec();
+        let nonce = keys[0].seal(b"", &mut buf).unwrap();
+        for k in &keys[1..] {
+            let mut copy = buf.clone();
+            assert_eq!(k.open(nonce, b"", &mut copy).unwrap(), b"same key");
+        }
+        assert_eq!(std::fs::read(&path).unwrap().len(), KEY_LEN);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["cache.key"], "temporary files left behind");
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub struct KeyContext<'a> {
     pub policy_version: &'a str,
     /// The request's privacy class.
     pub privacy: PrivacyClass,
-    /// Normalise message text (Unicode NFC, trim, collapse whitespace runs) before hashing.
+    /// Normalise message text (Unicode NFC, line endings, trailing whitespace; see
+    /// [`normalize_text`]) before hashing.
     /// Default in [`crate::cache::CacheConfig`]: `true`.
     pub normalize: bool,
 }
@@ -178,7 +179,10 @@ fn role_tag(role: Role) -> u8 {
     }
 }
 
-/// NFC, trimmed, every run of Unicode whitespace collapsed to one ASCII space.
+/// NFC, line endings as `\n`, each line's trailing whitespace removed, blank lines and
+/// whitespace at both ends removed. Indentation and the spaces inside a line are kept: they
+/// change what a program, a table or a poem says (two snippets that differ only in the
+/// indentation of one line are different programs and must not share an answer).
 pub fn normalize_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     normalize_into(text, &mut out);
@@ -190,25 +194,25 @@ fn normalize_into(text: &str, out: &mut String) {
     out.reserve(text.len());
     // Most prompts are already NFC (all ASCII text is): skip the composing iterator then.
     if is_nfc_quick(text.chars()) == IsNormalized::Yes {
-        collapse_whitespace(text.chars(), out);
+        tidy_lines(text, out);
     } else {
-        collapse_whitespace(text.nfc(), out);
+        tidy_lines(&text.nfc().collect::<String>(), out);
     }
 }
 
-fn collapse_whitespace(chars: impl Iterator<Item = char>, out: &mut String) {
-    let mut pending_space = false;
-    for c in chars {
-        if c.is_whitespace() {
-            pending_space = !out.is_empty();
+fn tidy_lines(text: &str, out: &mut String) {
+    // `lines` splits on `\n` and drops a `\r` before it; a lone `\r` (old Mac) ends a line too.
+    for line in text.lines().flat_map(|l| l.split('\r')) {
+        let line = line.trim_end();
+        if out.is_empty() {
+            // Leading blank lines and the first line's leading whitespace go.
+            out.push_str(line.trim_start());
         } else {
-            if pending_space {
-                out.push(' ');
-                pending_space = false;
-            }
-            out.push(c);
+            out.push('\n');
+            out.push_str(line);
         }
     }
+    out.truncate(out.trim_end().len());
 }
 
 /// Length-prefixed, tagged encoding: no two different inputs encode the same.
@@ -266,7 +270,15 @@ mod tests {
 
     #[test]
     fn normalisation() {
-        assert_eq!(normalize_text("  a \t\n b  "), "a b");
+        assert_eq!(normalize_text("  a \t\r\n b  \n\n"), "a\n b");
+        assert_eq!(normalize_text("\n\n  x = 1  \r\n\r\n  y\r"), "x = 1\n\n  y");
+        assert_eq!(normalize_text("a\rb\r\nc"), "a\nb\nc");
+        assert_eq!(normalize_text(" \t\n \u{a0}"), "");
+        // Indentation and spaces inside a line are kept: these are different programs.
+        let one = "def f():\n    if x:\n        return 1\n    return 2";
+        let two = "def f():\n    if x:\n        return 1\n        return 2";
+        assert_ne!(normalize_text(one), normalize_text(two));
+        assert_eq!(normalize_text("a  b"), "a  b");
         // "é" decomposed (e + U+0301) → composed U+00E9.
         assert_eq!(normalize_text("cafe\u{301}"), "caf\u{e9}");
         assert_eq!(normalize_text(""), "");
@@ -275,7 +287,7 @@ mod tests {
     #[test]
     fn equal_after_normalisation() {
         let c = ctx(PrivacyClass::Public);
-        let a = CacheKey::new(&Request::new("What is  Rust?\n"), &c);
+        let a = CacheKey::new(&Request::new("What is Rust?  \r\n"), &c);
         let b = CacheKey::new(&Request::new(" What is Rust?"), &c);
         assert_eq!(a, b);
         let raw = KeyContext {

@@ -1,10 +1,15 @@
 //! [`CacheStore`] and its sled implementation, [`SledCache`].
 //!
 //! Trees (all prefixed `cache/` so the ledger can share the database):
-//! - `cache/entries`: key digest → sealed record (see `record.rs`);
-//! - `cache/atime`: key digest → last-access tick (u64 BE, from `Db::generate_id`);
-//! - `cache/lru`: tick ‖ key digest → `[]`, iterated oldest first to evict;
-//! - `cache/meta`: persisted counters (hits, misses, evictions, expired, rejected).
+//! - `cache/entries`: entry id → sealed record (see `record.rs`);
+//! - `cache/atime`: entry id → last-access tick (u64 BE, from `Db::generate_id`);
+//! - `cache/lru`: tick ‖ entry id → `[]`, iterated oldest first to evict;
+//! - `cache/meta`: persisted counters (hits, misses, evictions, expired, rejected) and the
+//!   format of the ids.
+//!
+//! An entry id is a keyed hash of the cache key's digest ([`EncryptionKey::entry_id`]), never
+//! the digest itself: the digest is a plain hash of the prompt, model and policy, which anyone
+//! able to read the database could recompute for a guessed prompt.
 //!
 //! No sled transactions (they take a process-wide lock and cost ~20x a plain insert). Instead
 //! the invariant "a live entry has an `atime` tick and an `lru` record for that tick" is kept by
@@ -154,6 +159,9 @@ const MISSES: usize = 1;
 const EVICTIONS: usize = 2;
 const EXPIRED: usize = 3;
 const REJECTED: usize = 4;
+/// The `cache/meta` record saying entry ids are keyed (see `SledCache::drop_unkeyed_entries`).
+const IDS_MARK: &[u8] = b"ids";
+const IDS_KEYED: &[u8] = b"hmac-sha256/v1";
 /// Pending counter increments are written to `cache/meta` every this many lookups.
 const PERSIST_EVERY: u64 = 1024;
 
@@ -214,8 +222,32 @@ impl SledCache {
             lookups: AtomicU64::new(0),
             evicting: Mutex::new(()),
         };
+        cache.drop_unkeyed_entries()?;
         cache.recount()?;
         Ok(cache)
+    }
+
+    /// Entries written before ids were keyed (stored under the bare digest) can never be found
+    /// again, and their ids are the guessable digests: removed once, on the first open by a
+    /// version that keys ids, which then marks the tree.
+    fn drop_unkeyed_entries(&self) -> Result<()> {
+        let err = |e| storage(&self.path, e);
+        if self.meta.get(IDS_MARK).map_err(err)?.as_deref() == Some(IDS_KEYED) {
+            return Ok(());
+        }
+        let old = self.entries.len();
+        if old > 0 {
+            let _guard = lock(&self.evicting);
+            for tree in [&self.entries, &self.atime, &self.lru] {
+                tree.clear().map_err(err)?;
+            }
+            tracing::info!(
+                entries = old,
+                "removed answer-cache entries of an earlier version (unreadable by this one)"
+            );
+        }
+        self.meta.insert(IDS_MARK, IDS_KEYED).map_err(err)?;
+        Ok(())
     }
 
     /// The current configuration.
@@ -248,16 +280,16 @@ impl SledCache {
         if !config.reads(key.privacy()) {
             return Ok(None);
         }
-        let id = key.as_bytes();
+        let id = self.key.entry_id(key);
         let found = self.entries.get(id).map_err(|e| storage(&self.path, e))?;
         let outcome = match found {
             None => None,
-            Some(stored) => self.check(key, &stored, &config)?,
+            Some(stored) => self.check(key, &id, &stored, &config)?,
         };
         let counter = if outcome.is_some() { HITS } else { MISSES };
         self.bump(counter, 1)?;
         if outcome.is_some() {
-            self.touch(id)?;
+            self.touch(&id)?;
         }
         Ok(outcome)
     }
@@ -269,6 +301,7 @@ impl SledCache {
     fn check(
         &self,
         key: &CacheKey,
+        id: &[u8],
         stored: &sled::IVec,
         config: &CacheConfig,
     ) -> Result<Option<CachedAnswer>> {
@@ -276,7 +309,7 @@ impl SledCache {
             Ok(answer) => answer,
             Err(why) => {
                 tracing::warn!(key = %key, reason = why.as_str(), "dropping an unreadable answer-cache entry (tampered, truncated or sealed with another key)");
-                if self.remove_if(key.as_bytes(), stored)? {
+                if self.remove_if(id, stored)? {
                     self.bump(REJECTED, 1)?;
                 }
                 return Ok(None);
@@ -286,7 +319,7 @@ impl SledCache {
             .duration_since(answer.created_at)
             .unwrap_or_default();
         if config.ttl.is_some_and(|ttl| age > ttl) {
-            if self.remove_if(key.as_bytes(), stored)? {
+            if self.remove_if(id, stored)? {
                 self.bump(EXPIRED, 1)?;
             }
             return Ok(None);
@@ -301,7 +334,7 @@ impl SledCache {
             return Ok(());
         }
         let record = seal_record(&self.key, key, answer)?;
-        let id = key.as_bytes();
+        let id = &self.key.entry_id(key)[..];
         let size = (id.len() + record.len()) as u64;
         if size > config.max_bytes {
             tracing::debug!(key = %key, size, "answer larger than the cache budget; not cached");
@@ -369,6 +402,9 @@ impl SledCache {
         for tree in [&self.entries, &self.atime, &self.lru, &self.meta] {
             tree.clear().map_err(|e| storage(&self.path, e))?;
         }
+        self.meta
+            .insert(IDS_MARK, IDS_KEYED)
+            .map_err(|e| storage(&self.path, e))?;
         for p in &self.pending {
             p.store(0, Ordering::Release);
         }
