@@ -36,12 +36,13 @@ impl Database {
     /// Opens (creating if needed) the database directory at `path`, e.g.
     /// [`crate::home::db_dir`]. Crash recovery runs here.
     pub fn open(path: &Path) -> Result<Self> {
-        if let Err(e) = std::fs::create_dir_all(path) {
+        if let Err(e) = crate::home::create_private_dirs(path) {
             return Err(Error::Storage {
                 path: path.to_path_buf(),
                 message: format!("cannot create the database directory: {e}"),
             });
         }
+        restrict_to_owner(path);
         // sled's background threads hold the file lock for a moment after the last handle is
         // dropped, so reopening right after a close (a new Router on the same home) retries
         // briefly before reporting the lock.
@@ -124,9 +125,9 @@ fn spawn_flusher() -> mpsc::Sender<FlushRequest> {
                 let mut batch = vec![first];
                 batch.extend(rx.try_iter());
                 let (dbs, waiting): (Vec<sled::Db>, Vec<_>) = batch.into_iter().unzip();
-                let result = dbs
-                    .first()
-                    .map_or(Ok(()), |db| db.flush().map(|_| ()).map_err(|e| e.to_string()));
+                let result = dbs.first().map_or(Ok(()), |db| {
+                    db.flush().map(|_| ()).map_err(|e| e.to_string())
+                });
                 drop(dbs);
                 for w in waiting {
                     let _ = w.send(result.clone());
@@ -137,6 +138,25 @@ fn spawn_flusher() -> mpsc::Sender<FlushRequest> {
         tracing::error!(error = %e, "could not start the database flusher thread");
     }
     tx
+}
+
+/// Makes a database directory created by an earlier version (mode 0755, so its files were
+/// readable by other users) readable by its owner only. Best effort: a directory the app
+/// chose and shares on purpose may refuse, which is only worth a warning.
+fn restrict_to_owner(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            let owner_only = std::fs::Permissions::from_mode(meta.permissions().mode() & 0o700);
+            if let Err(e) = std::fs::set_permissions(path, owner_only) {
+                tracing::warn!(path = %path.display(), error = %e, "the database directory is readable by other users and could not be restricted; run chmod 700 on it");
+            }
+        }
+    }
 }
 
 /// Shorthand for [`Database::open`].
