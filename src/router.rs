@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::backend::{
-    Backend, BackendCall, CloudTier, EventStream, Generation, LocalTier, StreamEvent,
+    Backend, BackendCall, CallReport, CloudTier, EventStream, Generation, LocalTier, StreamEvent,
 };
 use crate::decision::{CloudClearance, Decision, HedgeFirst, Plan, Reason};
 use crate::error::{Error, Result};
@@ -552,6 +552,8 @@ struct LegClock {
     started: OnceLock<Instant>,
     /// Set once the tier accepted the call (for the cloud: an answer is streaming).
     accepted: OnceLock<()>,
+    /// The cloud attempts the provider accepted, retried ones included.
+    report: CallReport,
     first_token: OnceLock<Instant>,
     first_token_notify: tokio::sync::Notify,
 }
@@ -563,6 +565,14 @@ impl LegClock {
 
     fn accept(&self) {
         let _ = self.accepted.set(());
+    }
+
+    /// How many of the leg's cloud attempts the provider accepted (at least one once it
+    /// streams, even from a backend that does not report its attempts).
+    fn accepted_attempts(&self) -> u32 {
+        self.report
+            .accepted_attempts()
+            .max(u32::from(self.accepted.get().is_some()))
     }
 
     fn started(&self) -> Instant {
@@ -588,18 +598,21 @@ impl LegClock {
     }
 }
 
-/// What a failed cloud call costs against the budget: nothing when the provider never accepted
-/// it (no connection, an error status), its estimate once it had started answering (a stream
-/// cut short or timed out mid-answer has been billed for what it produced), as for a cancelled
-/// call.
-fn failed_call_cost(accepted: bool, estimate: Decimal) -> Cost {
-    if accepted {
-        Cost {
-            usd: estimate,
-            estimated: true,
-        }
-    } else {
-        Cost::ZERO
+/// What `attempts` cloud attempts that the provider accepted but that did not answer cost
+/// against the budget: the call's estimate each. The provider bills an attempt it accepted (a
+/// success status) for what it generated, whatever became of it — a stream cut short or timed
+/// out before or after its first token, then retried or not, a hedge leg cancelled —, and bills
+/// nothing for one it never accepted (no connection, an error status).
+fn unanswered_cost(attempts: u32, estimate: Decimal) -> Cost {
+    if attempts == 0 {
+        return Cost::ZERO;
+    }
+    Cost {
+        // An estimate so large that this overflows is past any budget anyway.
+        usd: estimate
+            .checked_mul(Decimal::from(attempts))
+            .unwrap_or(Decimal::MAX),
+        estimated: true,
     }
 }
 
@@ -910,7 +923,7 @@ impl Execution<'_> {
                         let r = s.reserve(estimate).await?;
                         *reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                     }
-                    let stream = cloud.stream(c, cloud_call).await?;
+                    let stream = cloud.stream(c, cloud_call, &clock.report).await?;
                     clock.accept();
                     collect_leg(stream, clock, rehydrator, trace_content).await
                 }
@@ -1029,10 +1042,11 @@ impl Execution<'_> {
 
     /// Records one hedge leg as an attempt and feeds the latency signals; returns what it
     /// costs against the budget. A cancelled cloud call keeps its estimated cost (it may have
-    /// been billed), as the ledger does. A cancelled leg, local or cloud, still feeds its tier's
-    /// first-token p95 with its first token if one came -- or, for the first tier, with how long
-    /// it ran without one (a lower bound) -- so that the slow starts that make hedges fire are
-    /// not left out of the delay the next hedge waits for.
+    /// been billed), as the ledger does, and so does every attempt of a cloud leg that the
+    /// provider accepted without it answering (see [`unanswered_cost`]). A cancelled leg, local
+    /// or cloud, still feeds its tier's first-token p95 with its first token if one came -- or,
+    /// for the first tier, with how long it ran without one (a lower bound) -- so that the slow
+    /// starts that make hedges fire are not left out of the delay the next hedge waits for.
     fn hedge_leg(
         &mut self,
         route: Route,
@@ -1061,8 +1075,16 @@ impl Execution<'_> {
                 } else {
                     inner.stats.observe_local(elapsed, first_token, g.usage);
                 }
-                let estimated = is_cloud && g.usage_estimated;
-                (g.usage, Cost { usd, estimated }, g.confidence, None)
+                let mut cost = Cost {
+                    usd,
+                    estimated: is_cloud && g.usage_estimated,
+                };
+                if is_cloud {
+                    // The answer came from one accepted attempt; the others were cut short.
+                    let retried = clock.accepted_attempts().saturating_sub(1);
+                    cost += unanswered_cost(retried, estimate);
+                }
+                (g.usage, cost, g.confidence, None)
             }
             LegEnd::Cancelled { first_tier } => {
                 // Its first token is a measurement either way. How long it ran without one is a
@@ -1074,17 +1096,22 @@ impl Execution<'_> {
                     (None, true) => inner.stats.observe_cancelled_first_token(route, elapsed),
                     (None, false) => {}
                 }
-                let usd = if is_cloud { estimate } else { Decimal::ZERO };
-                let cost = Cost {
-                    usd,
-                    estimated: !usd.is_zero(),
+                // The attempt in flight may have been billed, accepted yet or not, and so were
+                // the accepted ones before it.
+                let cost = if is_cloud {
+                    unanswered_cost(clock.accepted_attempts().max(1), estimate)
+                } else {
+                    Cost::ZERO
                 };
                 let why = "cancelled: the other tier answered first";
                 (Usage::default(), cost, None, Some(why.to_string()))
             }
             LegEnd::Failed(e) => {
-                let accepted = is_cloud && clock.accepted.get().is_some();
-                let cost = failed_call_cost(accepted, estimate);
+                let cost = if is_cloud {
+                    unanswered_cost(clock.accepted_attempts(), estimate)
+                } else {
+                    Cost::ZERO
+                };
                 (Usage::default(), cost, None, Some(e.to_string()))
             }
         };
@@ -1245,16 +1272,20 @@ impl Execution<'_> {
             &call,
             trace_content,
         );
-        let mut accepted = false;
+        let report = CallReport::new();
+        let mut streaming = false;
         let result = async {
-            let stream = backend.stream(clearance, call).await?;
-            accepted = true;
+            let stream = backend.stream(clearance, call, &report).await?;
+            streaming = true;
             self.drain(stream, rehydrator).await
         }
         .instrument(span.clone())
         .await;
         record_usage(&span, result.as_ref(), started, trace_content);
         let first_token = result.as_ref().ok().and_then(|(_, first)| *first);
+        // Every attempt the provider accepted may be billed, the retried ones too; a stream
+        // that started was accepted even if the backend does not report its attempts.
+        let accepted = report.accepted_attempts().max(u32::from(streaming));
         let (usage, cost, error) = match &result {
             Ok((g, _)) => {
                 let usd = policy
@@ -1262,18 +1293,17 @@ impl Execution<'_> {
                     .as_ref()
                     .map(|c| c.cost(g.usage))
                     .unwrap_or_default();
-                (
-                    g.usage,
-                    Cost {
-                        usd,
-                        estimated: g.usage_estimated,
-                    },
-                    None,
-                )
+                let mut cost = Cost {
+                    usd,
+                    estimated: g.usage_estimated,
+                };
+                // The answer came from one accepted attempt; the others were cut short.
+                cost += unanswered_cost(accepted.saturating_sub(1), estimate);
+                (g.usage, cost, None)
             }
             Err(e) => (
                 Usage::default(),
-                failed_call_cost(accepted, estimate),
+                unanswered_cost(accepted, estimate),
                 Some(e.to_string()),
             ),
         };

@@ -145,7 +145,7 @@ pub(crate) fn cloud_from_policy(
     policy: &CompiledPolicy,
     url: Option<&str>,
 ) -> Result<Option<CloudTier>> {
-    use crate::backend::cloud::{CloudBackend, CloudConfig, Provider};
+    use crate::backend::cloud::{BreakerConfig, CloudBackend, CloudConfig, Provider};
     use crate::policy::ProviderKind;
 
     let Some(c) = &policy.cloud else {
@@ -163,6 +163,7 @@ pub(crate) fn cloud_from_policy(
     cfg.total_timeout = c.total_timeout;
     cfg.allow_insecure_http = c.allow_insecure_http;
     cfg.retry.max_retries = c.max_retries;
+    cfg.breaker = BreakerConfig::from_policy(c);
     Ok(Some(CloudTier::new(Arc::new(CloudBackend::new(cfg)?))))
 }
 

@@ -6,10 +6,13 @@
 mod support;
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use edgeroute::backend::cloud::{ApiKey, CloudBackend, CloudConfig};
+use edgeroute::backend::cloud::{ApiKey, BreakerConfig, BreakerState, CloudBackend, CloudConfig};
 use edgeroute::backend::Backend;
+use edgeroute::policy::{compile_str, render_diagnostics, CloudSection};
 use edgeroute::Error;
 use support::{call, collect, Behavior, FakeProvider, TEST_KEY};
 
@@ -168,4 +171,62 @@ async fn prompts_answers_and_keys_stay_out_of_logs_and_errors() {
         assert!(!text.contains("PRIVATE-ANSWER"), "answer leaked: {text}");
         assert!(!text.contains(TEST_KEY), "key leaked: {text}");
     }
+}
+
+/// The `[cloud]` section of a policy with this `[cloud.breaker]` table.
+fn cloud_section(breaker: &str) -> CloudSection {
+    let src = format!("[cloud]\nmodel = \"fake-model\"\n[cloud.breaker]\n{breaker}");
+    compile_str(&src, Path::new("p.toml"))
+        .unwrap_or_else(|d| panic!("{}", render_diagnostics(&d)))
+        .cloud
+        .unwrap()
+}
+
+#[test]
+fn every_cloud_breaker_key_reaches_the_breaker_config() {
+    let cloud = cloud_section(
+        "consecutive_failures = 3\nwindow = 40\nmin_calls = 8\nfailure_ratio = \"0.25\"\n\
+         open_for_ms = 1500\nhalf_open_probes = 2\noffline_for_ms = 2500\n",
+    );
+    let mut expected = BreakerConfig::default();
+    expected.consecutive_failures = 3;
+    expected.window = 40;
+    expected.min_calls = 8;
+    expected.failure_ratio = 0.25;
+    expected.open_for = Duration::from_millis(1500);
+    expected.half_open_probes = 2;
+    expected.offline_for = Duration::from_millis(2500);
+    assert_eq!(BreakerConfig::from_policy(&cloud), expected);
+    // Keys left out keep their defaults.
+    let mut expected = BreakerConfig::default();
+    expected.window = 50;
+    assert_eq!(
+        BreakerConfig::from_policy(&cloud_section("window = 50\n")),
+        expected
+    );
+}
+
+/// A policy's `[cloud.breaker]` drives the breaker of a backend against a real server: with a
+/// threshold of one failure (the default is five) one failed call opens it, and it stays open
+/// for `open_for_ms` (the default is 30 s), failing fast without a request.
+#[tokio::test]
+async fn a_policys_breaker_settings_are_honoured() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(500));
+    let cloud = cloud_section("consecutive_failures = 1\nopen_for_ms = 700\n");
+    let mut cfg = fake.openai_config();
+    cfg.retry.max_retries = 0;
+    cfg.breaker = BreakerConfig::from_policy(&cloud);
+    let backend = CloudBackend::new(cfg).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(matches!(err, Error::Server { status: 500, .. }), "{err:?}");
+    assert_eq!(backend.breaker_state(), BreakerState::Open);
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    match err {
+        Error::CircuitOpen { retry_in } => {
+            assert!(retry_in <= Duration::from_millis(700), "{retry_in:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fake.requests_received(), 1);
 }

@@ -792,6 +792,75 @@ async fn the_callers_deadline_does_not_count_against_the_provider() {
     assert_eq!(backend.breaker_state(), BreakerState::Open);
 }
 
+/// A provider that hangs opens the breaker even when every caller's deadline is tighter than
+/// `total_timeout`. One caller's timeout is never held against the provider, even with a
+/// threshold of one failure; once the provider has been silent (asked, and answering nothing)
+/// for longer than `total_timeout` in all, callers' timeouts count. An answer starts the
+/// silence over. Streaming or not.
+#[tokio::test]
+async fn a_hung_provider_opens_the_breaker_even_when_every_caller_is_in_a_hurry() {
+    let fake = FakeProvider::start().await;
+    // Hung: the headers would come after a minute.
+    fake.set_behavior(Behavior::SlowHeaders(Duration::from_secs(60)));
+    let mut cfg = fake.openai_config();
+    cfg.total_timeout = Duration::from_millis(600);
+    cfg.retry.max_retries = 0;
+    cfg.breaker.consecutive_failures = 1;
+    for streaming in [false, true] {
+        let backend = CloudBackend::new(cfg.clone()).unwrap();
+        // One call with a 150 ms deadline, well under total_timeout; its error.
+        let hurried = || async {
+            let mut c = call("hi");
+            c.deadline = Some(Instant::now() + Duration::from_millis(150));
+            if streaming {
+                backend.stream(c).await.err().unwrap()
+            } else {
+                backend.generate(c).await.unwrap_err()
+            }
+        };
+        let callers_timeout = |e: &Error| {
+            matches!(
+                e,
+                Error::Timeout {
+                    phase: TimeoutPhase::Total,
+                    ..
+                }
+            )
+        };
+        // ~450 ms of silence: under total_timeout, nothing is held against the provider.
+        for _ in 0..3 {
+            let err = hurried().await;
+            assert!(callers_timeout(&err), "{err:?}");
+        }
+        assert_eq!(backend.breaker_state(), BreakerState::Closed);
+
+        // It answers once: its silence starts over, and ~450 ms more are still under the limit.
+        fake.push_behaviors([Behavior::Ok]);
+        assert_eq!(
+            backend.generate(call("hi")).await.unwrap().text,
+            DEFAULT_REPLY
+        );
+        for _ in 0..3 {
+            let err = hurried().await;
+            assert!(callers_timeout(&err), "{err:?}");
+        }
+        assert_eq!(backend.breaker_state(), BreakerState::Closed);
+
+        // Silent for longer than total_timeout: the next callers' timeouts count, and the
+        // breaker (threshold 1) opens.
+        let mut more = 0;
+        while backend.breaker_state() == BreakerState::Closed {
+            more += 1;
+            assert!(more <= 10, "still closed after {more} more silent calls");
+            let err = hurried().await;
+            assert!(callers_timeout(&err), "{err:?}");
+        }
+        assert_eq!(backend.breaker_state(), BreakerState::Open);
+        let err = hurried().await;
+        assert!(matches!(err, Error::CircuitOpen { .. }), "{err:?}");
+    }
+}
+
 /// OpenAI's `insufficient_quota` comes as a 429 but is not a rate limit: reported in the
 /// provider's words, not retried, not counted against the provider's health.
 #[tokio::test]

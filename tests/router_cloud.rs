@@ -428,3 +428,39 @@ async fn redacting_hedge_sends_placeholders_only_when_the_cloud_runs() {
     assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
     redacted_round_trip(&resp, &fake);
 }
+
+/// A policy's `[cloud.breaker]` reaches the provider the router builds from `[cloud]`: with a
+/// threshold of one failure (the default is five), one failed call opens the breaker, and
+/// later requests stay on the device without touching the network.
+#[tokio::test]
+async fn the_policys_breaker_settings_reach_the_cloud_tier() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(503));
+    let var = "EDGEROUTE_TEST_BREAKER_POLICY_KEY";
+    std::env::set_var(var, "sk-test");
+    let local = Arc::new(EchoModel::default());
+    let r = Router::builder()
+        .policy_str(format!(
+            "{CLOUD}api_key_env = \"{var}\"\nmax_retries = 0\n[cloud.breaker]\n\
+             consecutive_failures = 1\n[defaults]\nroute = \"cloud\"\n"
+        ))
+        .local_backend(local.clone())
+        .cloud_base_url(fake.url())
+        .cache(false)
+        .build()
+        .unwrap();
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(resp.route, Route::Local, "{}", resp.decision);
+    assert_eq!(fake.requests_received(), 1);
+    let d = r.explain(&Request::new("hello"));
+    assert!(
+        d.reasons.contains(&Reason::CloudUnhealthy {
+            health: CloudHealth::Down
+        }),
+        "{:?}",
+        d.reasons
+    );
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(resp.route, Route::Local);
+    assert_eq!(fake.requests_received(), 1, "an open breaker sends nothing");
+}

@@ -7,12 +7,12 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use edgeroute::backend::cloud::CloudBackend;
+use edgeroute::backend::cloud::{CloudBackend, CloudConfig};
 use edgeroute::decision::Reason;
 use edgeroute::ledger::{BudgetLimits, SledLedger};
-use edgeroute::request::{Attempt, Response};
+use edgeroute::request::{Attempt, Response, Usage};
 use edgeroute::{Request, Route, Router};
 use rust_decimal::Decimal;
 use support::echo::EchoModel;
@@ -33,10 +33,19 @@ fn router_with(
     fake: &FakeProvider,
     local: Arc<EchoModel>,
 ) -> Router {
+    router_for(policy, home, fake.openai_config(), local)
+}
+
+fn router_for(
+    policy: &str,
+    home: &std::path::Path,
+    cloud: CloudConfig,
+    local: Arc<EchoModel>,
+) -> Router {
     Router::builder()
         .policy_str(policy)
         .local_backend(local)
-        .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
+        .cloud_backend(Arc::new(CloudBackend::new(cloud).unwrap()))
         .home(home)
         .cache_key([3; 32])
         .build()
@@ -197,4 +206,81 @@ async fn a_hedge_tier_failing_after_the_delay_is_a_fallback_too() {
     local.fail.store(false, std::sync::atomic::Ordering::SeqCst);
     let again = r.complete(Request::new("What is a monad?")).await.unwrap();
     assert_ne!(again.route, Route::Cache);
+}
+
+/// A cloud config whose first token must come within 200 ms, with one retry.
+fn impatient(fake: &FakeProvider) -> CloudConfig {
+    let mut cfg = fake.openai_config();
+    cfg.first_token_timeout = Duration::from_millis(200);
+    cfg.retry.max_retries = 1;
+    cfg
+}
+
+/// The provider accepted the first attempt (HTTP 200), but its first token came too late and
+/// the attempt was retried: the provider may bill both. What a request costs the budget is
+/// its answer plus `attempts` estimates (prompt + 100 output tokens each).
+fn answer_plus_estimates(r: &Router, request: &Request, usage: Usage, attempts: u32) -> Decimal {
+    let cloud = r.policy().cloud.as_ref().unwrap();
+    let features = edgeroute::inspect::inspect(r.policy(), request);
+    let estimate = cloud.cost(Usage {
+        input_tokens: u64::from(features.prompt_tokens),
+        output_tokens: 100,
+    });
+    cloud.cost(usage) + estimate * Decimal::from(attempts)
+}
+
+/// Every attempt the provider accepted is charged, not only the one that answered: a first
+/// attempt accepted (200) whose first token is late, then a retry that answers, costs the
+/// answer plus the first attempt's estimate — in the response, the statistics and the ledger.
+/// When no attempt answers, each accepted one is charged its estimate.
+#[tokio::test]
+async fn every_accepted_attempt_of_a_retried_cloud_call_is_charged() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    let r = router_for(POLICY, home.path(), impatient(&fake), local.clone());
+
+    // Accepted, then every event (the first token included) comes a second apart.
+    fake.push_behaviors([Behavior::Trickle(Duration::from_secs(1))]);
+    let request = Request::new("Explain functors.").with_max_tokens(100);
+    let resp = r.complete(request.clone()).await.unwrap();
+    assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    assert_eq!(fake.requests_received(), 2);
+    let answered = answer_plus_estimates(&r, &request, resp.usage, 1);
+    assert_eq!(resp.cost.usd, answered);
+    assert!(resp.cost.estimated);
+    assert_eq!(r.stats().cloud_spend_usd, answered);
+
+    // Both attempts accepted, neither answers: the device answers, and the budget is charged
+    // both estimates.
+    fake.set_behavior(Behavior::Trickle(Duration::from_secs(1)));
+    let request = Request::new("Explain monads.").with_max_tokens(100);
+    let resp = r.complete(request.clone()).await.unwrap();
+    assert_eq!(resp.route, Route::Local, "{}", resp.decision);
+    assert_eq!(fake.requests_received(), 4);
+    let unanswered = answer_plus_estimates(&r, &request, Usage::default(), 2);
+    assert_eq!(charged_cloud_attempt(&resp).cost.usd, unanswered);
+    drop(r);
+    assert_eq!(spent_today(home.path()), answered + unanswered);
+}
+
+/// The same for a hedge's cloud leg: retried after an accepted attempt, it answers, and costs
+/// its answer plus the first attempt's estimate.
+#[tokio::test]
+async fn a_hedged_cloud_leg_is_charged_every_attempt_the_provider_accepted() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    let policy = hedge_policy("cloud", 60_000);
+    let r = router_for(&policy, home.path(), impatient(&fake), local.clone());
+    fake.push_behaviors([Behavior::Trickle(Duration::from_secs(1))]);
+    let request = Request::new("Explain functors.").with_max_tokens(100);
+    let resp = r.complete(request.clone()).await.unwrap();
+    assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    assert_eq!(fake.requests_received(), 2);
+    assert_eq!(local.calls(), 0);
+    let expected = answer_plus_estimates(&r, &request, resp.usage, 1);
+    assert_eq!(resp.cost.usd, expected);
+    drop(r);
+    assert_eq!(spent_today(home.path()), expected);
 }

@@ -5,6 +5,7 @@
 //! policy keeps local has no clearance and therefore no way to reach the cloud backend.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -77,6 +78,33 @@ pub enum StreamEvent {
 /// A stream of generation events. Dropping it cancels the generation.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent>> + Send>>;
 
+/// What a backend noted about one call's attempts as it made them. The caller owns it and lends
+/// it to [`Backend::stream_reporting`], so it can still be read when the call failed, or was
+/// dropped halfway (a hedge's loser). Thread-safe.
+#[derive(Debug, Default)]
+pub struct CallReport {
+    accepted: AtomicU32,
+}
+
+impl CallReport {
+    /// An empty report.
+    pub fn new() -> Self {
+        CallReport::default()
+    }
+
+    /// Notes that the provider accepted an attempt (it answered with a success status): it may
+    /// bill that attempt whatever happens to it next — a stream cut short, a first token too
+    /// late, a retry.
+    pub fn note_accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many attempts the provider accepted so far (a retried call can have several).
+    pub fn accepted_attempts(&self) -> u32 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
 /// A tier that can answer prompts. Implement it to plug in your own model or provider.
 ///
 /// Implementations must be cheap to share (`Send + Sync`) and must stop work when the returned
@@ -88,6 +116,19 @@ pub trait Backend: Send + Sync {
 
     /// Starts generating; events arrive as they are produced.
     async fn stream(&self, call: BackendCall) -> Result<EventStream>;
+
+    /// [`Backend::stream`], noting on `report` what becomes of the call's attempts as they are
+    /// made (see [`CallReport`]). Backends that may make several billable attempts for one
+    /// call (the cloud backend retries) implement it, so that the router charges every attempt
+    /// the provider accepted, not only the one that answered. The default runs
+    /// [`Backend::stream`] and notes nothing.
+    async fn stream_reporting(
+        &self,
+        call: BackendCall,
+        _report: &CallReport,
+    ) -> Result<EventStream> {
+        self.stream(call).await
+    }
 
     /// Generates the whole answer. The default drains [`Backend::stream`].
     async fn generate(&self, call: BackendCall) -> Result<Generation> {
@@ -203,13 +244,15 @@ impl CloudTier {
     pub fn network(&self) -> Network {
         self.0.network()
     }
-    /// Streams a cloud generation, with the decision's clearance.
+    /// Streams a cloud generation, with the decision's clearance, noting on `report` the
+    /// attempts the provider accepted ([`Backend::stream_reporting`]).
     pub async fn stream(
         &self,
         _clearance: &CloudClearance,
         call: BackendCall,
+        report: &CallReport,
     ) -> Result<EventStream> {
-        self.0.stream(call).await
+        self.0.stream_reporting(call, report).await
     }
     /// Runs a cloud generation, with the decision's clearance.
     pub async fn generate(

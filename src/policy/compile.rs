@@ -135,7 +135,51 @@ pub struct CloudSection {
     pub max_retries: u32,
     /// Allow `http://` to non-loopback hosts.
     pub allow_insecure_http: bool,
+    /// `[cloud.breaker]` (the defaults when absent).
+    pub breaker: BreakerSection,
 }
+
+/// `[cloud.breaker]`, validated: when the cloud's circuit breaker opens, and for how long.
+/// The defaults are those of the cloud backend's `BreakerConfig`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerSection {
+    /// Failures in a row that open the breaker (default 5).
+    pub consecutive_failures: u32,
+    /// Recent outcomes kept for the failure ratio (default 20).
+    pub window: u32,
+    /// Outcomes needed in the window before the ratio applies (default 10; at most `window`).
+    pub min_calls: u32,
+    /// Failure share of the window that opens the breaker, in (0, 1] (default 0.5).
+    pub failure_ratio: Decimal,
+    /// How long the breaker stays open before probing (default 30 s).
+    pub open_for: Duration,
+    /// Probe calls allowed at once while half-open (default 1).
+    pub half_open_probes: u32,
+    /// How long a failure to connect marks the network offline (default 30 s).
+    pub offline_for: Duration,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        BreakerSection {
+            consecutive_failures: 5,
+            window: 20,
+            min_calls: 10,
+            failure_ratio: Decimal::new(5, 1),
+            open_for: Duration::from_secs(30),
+            half_open_probes: 1,
+            offline_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Largest count a `[cloud.breaker]` key accepts: anything beyond is surely a typo (and a
+/// window that size would never fill).
+const MAX_BREAKER_COUNT: u32 = 10_000;
+
+/// Longest `[cloud.breaker]` duration, in ms (one day): a breaker open or a network marked
+/// offline for longer would hide the provider's recovery for good.
+const MAX_BREAKER_MS: u64 = 86_400_000;
 
 impl CloudSection {
     /// Cost of a call, decimal-exact.
@@ -637,7 +681,108 @@ impl Compiler<'_> {
             total_timeout: Duration::from_millis(c.total_timeout_ms.unwrap_or(60_000)),
             max_retries: c.max_retries.unwrap_or(2),
             allow_insecure_http,
+            breaker: match &c.breaker {
+                Some(b) => self.breaker(b, &path.key("breaker")),
+                None => BreakerSection::default(),
+            },
         })
+    }
+
+    fn breaker(&mut self, b: &super::raw::RawBreaker, path: &TomlPath) -> BreakerSection {
+        let d = BreakerSection::default();
+        let consecutive_failures = self.breaker_count(
+            path,
+            "consecutive_failures",
+            b.consecutive_failures,
+            d.consecutive_failures,
+        );
+        let window = self.breaker_count(path, "window", b.window, d.window);
+        let min_calls = self.breaker_count(path, "min_calls", b.min_calls, d.min_calls);
+        let half_open_probes = self.breaker_count(
+            path,
+            "half_open_probes",
+            b.half_open_probes,
+            d.half_open_probes,
+        );
+        if min_calls > window {
+            // Point at whichever of the two was written.
+            let key = if b.min_calls.is_some() {
+                "min_calls"
+            } else {
+                "window"
+            };
+            self.error(
+                &path.key(key),
+                format!("`min_calls` ({min_calls}) is larger than `window` ({window}): the window never holds that many outcomes, so the failure ratio could never open the breaker"),
+            );
+        }
+        let failure_ratio = match &b.failure_ratio {
+            None => d.failure_ratio,
+            Some(n) => match self.decimal(n, &path.key("failure_ratio")) {
+                Some(r) if r > Decimal::ZERO && r <= Decimal::ONE => r,
+                Some(r) => {
+                    self.error(
+                        &path.key("failure_ratio"),
+                        format!("`failure_ratio` is a share of the window: greater than 0 and at most 1, not {r}"),
+                    );
+                    d.failure_ratio
+                }
+                None => d.failure_ratio,
+            },
+        };
+        BreakerSection {
+            consecutive_failures,
+            window,
+            min_calls,
+            failure_ratio,
+            open_for: self.breaker_ms(path, "open_for_ms", b.open_for_ms, d.open_for),
+            half_open_probes,
+            offline_for: self.breaker_ms(path, "offline_for_ms", b.offline_for_ms, d.offline_for),
+        }
+    }
+
+    /// A `[cloud.breaker]` count: 1 to [`MAX_BREAKER_COUNT`].
+    fn breaker_count(&mut self, path: &TomlPath, key: &str, v: Option<u32>, default: u32) -> u32 {
+        match v {
+            None => default,
+            Some(0) => {
+                self.error(&path.key(key), format!("`{key}` must be at least 1"));
+                default
+            }
+            Some(n) if n > MAX_BREAKER_COUNT => {
+                self.error(
+                    &path.key(key),
+                    format!("`{key}` must be at most {MAX_BREAKER_COUNT}, not {n}"),
+                );
+                default
+            }
+            Some(n) => n,
+        }
+    }
+
+    /// A `[cloud.breaker]` duration: 1 ms to [`MAX_BREAKER_MS`].
+    fn breaker_ms(
+        &mut self,
+        path: &TomlPath,
+        key: &str,
+        v: Option<u64>,
+        default: Duration,
+    ) -> Duration {
+        match v {
+            None => default,
+            Some(0) => {
+                self.error(&path.key(key), format!("`{key}` must be greater than 0 ms"));
+                default
+            }
+            Some(ms) if ms > MAX_BREAKER_MS => {
+                self.error(
+                    &path.key(key),
+                    format!("`{key}` must be at most {MAX_BREAKER_MS} ms (one day), not {ms}"),
+                );
+                default
+            }
+            Some(ms) => Duration::from_millis(ms),
+        }
     }
 
     fn local(&mut self, raw: &RawPolicy) -> LocalSection {

@@ -13,9 +13,9 @@ mod source;
 mod tests;
 
 pub use compile::{
-    check_base_url, compile_file, compile_str, is_loopback_url, BudgetSection, CloudSection,
-    CompiledPolicy, CompiledRule, Condition, KindSet, LatencySection, LocalSection, OnExhausted,
-    PolicyTest, ProviderKind,
+    check_base_url, compile_file, compile_str, is_loopback_url, BreakerSection, BudgetSection,
+    CloudSection, CompiledPolicy, CompiledRule, Condition, KindSet, LatencySection, LocalSection,
+    OnExhausted, PolicyTest, ProviderKind,
 };
 pub use eval::decide;
 pub use source::{nearest, TomlPath};

@@ -113,6 +113,28 @@ pub struct RawCloud {
     pub max_retries: Option<u32>,
     /// Allow `http://` to non-loopback hosts.
     pub allow_insecure_http: Option<bool>,
+    /// `[cloud.breaker]`.
+    pub breaker: Option<RawBreaker>,
+}
+
+/// `[cloud.breaker]`: when the cloud's circuit breaker opens, and for how long.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    /// Failures in a row that open the breaker.
+    pub consecutive_failures: Option<u32>,
+    /// Recent outcomes kept for the failure ratio.
+    pub window: Option<u32>,
+    /// Outcomes needed in the window before the ratio applies.
+    pub min_calls: Option<u32>,
+    /// Failure share of the window that opens the breaker.
+    pub failure_ratio: Option<RawNumber>,
+    /// How long the breaker stays open before probing.
+    pub open_for_ms: Option<u64>,
+    /// Probe calls allowed at once while half-open.
+    pub half_open_probes: Option<u32>,
+    /// How long a failure to connect marks the network offline.
+    pub offline_for_ms: Option<u64>,
 }
 
 /// `[budget]`.

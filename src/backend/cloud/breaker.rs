@@ -11,6 +11,12 @@
 //! reads online again and the next attempt probes it (re-arming the flag while in flight, so
 //! other decisions keep routing locally). Any HTTP answer marks it online.
 //!
+//! Silence: how long the provider has been asked without answering — the wall-clock time
+//! covered by attempts that ended with no answer (a timeout, a lost connection) since the last
+//! attempt that got one. Overlapping attempts count once, and time with no attempt in flight
+//! does not count. The backend uses it to tell a hung provider from callers' tight deadlines
+//! (see `Clock::settle` in the backend).
+//!
 //! Thread-safe: one breaker is shared by every call of a backend.
 
 use std::collections::VecDeque;
@@ -50,6 +56,17 @@ struct State {
     window: VecDeque<bool>,
     /// Offline until then (`None`: online).
     offline_until: Option<Instant>,
+    silence: Silence,
+}
+
+/// The provider's silence since its last answer. See the module docs.
+#[derive(Debug, Default)]
+struct Silence {
+    /// Wall-clock time covered by unanswered attempts since the last answer.
+    total: Duration,
+    /// The latest instant counted so far: the end of the last unanswered attempt, or the last
+    /// answer. Time before it is never counted again.
+    counted_until: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +100,7 @@ impl Breaker {
                 consecutive: 0,
                 window: VecDeque::new(),
                 offline_until: None,
+                silence: Silence::default(),
             }),
         }
     }
@@ -141,6 +159,36 @@ impl Breaker {
                 s.offline_until = Some(until);
             }
         });
+    }
+
+    /// An attempt got an answer from the provider at `now` (a success, an error status, a
+    /// malformed body — anything but silence): its silence starts over.
+    pub(crate) fn answered(&self, now: Instant) {
+        self.with_state(|s| {
+            s.silence = Silence {
+                total: Duration::ZERO,
+                counted_until: Some(now),
+            };
+        });
+    }
+
+    /// An attempt that ran from `since` to `now` ended with no answer. Returns how long the
+    /// provider has now been silent: the wall-clock time covered by such attempts since its
+    /// last answer, overlapping attempts counted once (time before the last counted instant
+    /// is never counted twice, so a late-reported overlap can only make it shorter).
+    pub(crate) fn unanswered(&self, since: Instant, now: Instant) -> Duration {
+        self.with_state(|s| {
+            let silence = &mut s.silence;
+            let from = match silence.counted_until {
+                Some(t) => since.max(t),
+                None => since,
+            };
+            silence.total = silence
+                .total
+                .saturating_add(now.saturating_duration_since(from));
+            silence.counted_until = Some(silence.counted_until.map_or(now, |t| t.max(now)));
+            silence.total
+        })
     }
 
     /// Asks to make one attempt.
@@ -380,6 +428,23 @@ mod tests {
         // ...and an HTTP answer clears it.
         b.mark_online();
         assert_eq!(b.network_at(later), Network::Online);
+    }
+
+    #[test]
+    fn silence_covers_unanswered_attempts_once_and_restarts_on_an_answer() {
+        let b = breaker(BreakerConfig::default());
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Two attempts one after the other, with idle time between them that does not count.
+        assert_eq!(b.unanswered(t0, t0 + ms(100)), ms(100));
+        assert_eq!(b.unanswered(t0 + ms(500), t0 + ms(600)), ms(200));
+        // Two overlapping attempts: the shared time counts once.
+        assert_eq!(b.unanswered(t0 + ms(550), t0 + ms(700)), ms(300));
+        assert_eq!(b.unanswered(t0 + ms(650), t0 + ms(750)), ms(350));
+        // An answer: silence starts over, and an attempt that started before the answer only
+        // counts from it.
+        b.answered(t0 + ms(800));
+        assert_eq!(b.unanswered(t0 + ms(600), t0 + ms(900)), ms(100));
     }
 
     #[test]

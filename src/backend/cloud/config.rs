@@ -184,6 +184,25 @@ impl Default for BreakerConfig {
     }
 }
 
+impl BreakerConfig {
+    /// The breaker settings of a policy's `[cloud]` section, from its `[cloud.breaker]` table
+    /// (validated when the policy compiled; absent keys have the defaults above).
+    pub fn from_policy(cloud: &crate::policy::CloudSection) -> Self {
+        use rust_decimal::prelude::ToPrimitive;
+
+        let b = &cloud.breaker;
+        BreakerConfig {
+            consecutive_failures: b.consecutive_failures,
+            window: b.window as usize,
+            min_calls: b.min_calls as usize,
+            failure_ratio: b.failure_ratio.to_f64().unwrap_or(0.5),
+            open_for: b.open_for,
+            half_open_probes: b.half_open_probes,
+            offline_for: b.offline_for,
+        }
+    }
+}
+
 /// Everything a [`CloudBackend`](super::CloudBackend) needs.
 ///
 /// Start from [`CloudConfig::openai`] or [`CloudConfig::anthropic`] and set fields.
@@ -218,7 +237,10 @@ pub struct CloudConfig {
     /// bounded by `total_timeout` instead. Default: 30 s.
     pub first_token_timeout: Duration,
     /// The whole call, retries and backoff included. The call's own deadline, when earlier,
-    /// caps it (and every other timeout). Default: 120 s.
+    /// caps it (and every other timeout). It is also how long the provider may stay silent —
+    /// attempts ending with no answer, cumulated since its last answer — before timeouts set
+    /// by callers' deadlines count against it in the breaker (see the
+    /// [backend docs](super#breaker-accounting)). Default: 120 s.
     pub total_timeout: Duration,
     /// Accept plain `http://` to hosts other than loopback. Default: `false`.
     pub allow_insecure_http: bool,
@@ -303,6 +325,15 @@ mod tests {
             cfg.api_key.as_ref().map(ApiKey::expose_secret),
             Some("sk-secret-123")
         );
+    }
+
+    #[test]
+    fn a_policy_without_cloud_breaker_gets_the_default_breaker() {
+        let policy =
+            crate::policy::compile_str("[cloud]\nmodel = \"m\"\n", std::path::Path::new("p.toml"))
+                .unwrap();
+        let cloud = policy.cloud.unwrap();
+        assert_eq!(BreakerConfig::from_policy(&cloud), BreakerConfig::default());
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! Layers, outermost first, for one call:
 //! 1. **credentials**: no API key → [`Error::TierUnavailable`], no network I/O;
 //! 2. **deadline**: the call's total time is `min(total_timeout, call.deadline)`; a timeout
-//!    caused by the caller's own deadline says nothing about the provider and is not counted
-//!    by the breaker;
+//!    caused by the caller's own deadline does not, by itself, count against the provider
+//!    in the breaker — unless the provider has been silent for longer than `total_timeout`
+//!    (see [Breaker accounting](#breaker-accounting));
 //! 3. **retry loop** ([`RetryConfig`]): full-jitter backoff, `Retry-After`, retry budget;
 //! 4. **circuit breaker** ([`BreakerConfig`]): each attempt needs a permit; an open breaker
 //!    fails fast with [`Error::CircuitOpen`];
@@ -18,6 +19,25 @@
 //! partial answer. [`Backend::generate`] uses the non-streaming endpoint; since a non-streaming
 //! response arrives only once the whole answer is generated, `first_token_timeout` does not
 //! apply to it (connect and total do).
+//!
+//! # Breaker accounting
+//!
+//! Each attempt's outcome is reported to the breaker: a success, or an HTTP answer that says
+//! nothing about the provider's health (400, 401, a redirect...), counts as a success;
+//! retryable failures (429, 5xx, the configured timeouts, lost connections) and broken answers
+//! count as failures. A timeout set by the caller's own deadline, shorter than
+//! `total_timeout`, is the exception: the provider was cut off before its configured time was
+//! up, so one such timeout is not held against it. But a provider that hangs must still open
+//! the breaker when every caller is in a hurry, so the breaker also keeps the provider's
+//! *silence*: the wall-clock time covered by attempts that ended with no answer (a timeout or a
+//! lost connection) since the last attempt that got one (overlapping attempts count once;
+//! time with nothing in flight does not count). A caller's timeout counts as a failure once
+//! that silence exceeds `total_timeout` — the longest any single call may take, streaming or
+//! not — and is released without an outcome before that. So no caller's deadline alone ever
+//! counts (it is shorter than `total_timeout` by definition), while a provider that answers
+//! nobody keeps failing each caller after `total_timeout` of cumulated silence. A provider
+//! whose every answer is slower than every caller's deadline looks the same from here, and
+//! is treated the same: the cloud is of no use to those callers.
 //!
 //! Redirects are never followed: they would carry the prompt and the API key (Anthropic's
 //! `x-api-key` survives reqwest's cross-host redirect scrubbing) to another address, possibly
@@ -49,7 +69,7 @@ pub use self::protocol::{estimate_prompt_tokens, estimate_tokens, parse_response
 use self::breaker::{Breaker, Permit};
 use self::retry::RetryBudget;
 use self::sse::{SseEvent, SseParser};
-use crate::backend::{Backend, BackendCall, EventStream, Generation, StreamEvent};
+use crate::backend::{Backend, BackendCall, CallReport, EventStream, Generation, StreamEvent};
 use crate::error::{Error, Result, TimeoutPhase};
 use crate::signals::{CloudHealth, Network};
 
@@ -210,6 +230,9 @@ struct Clock {
     first_token: Duration,
     /// `total_at` is the caller's deadline, earlier than the configured `total_timeout`.
     callers_deadline: bool,
+    /// The configured `total_timeout`: past that much silence, a caller's timeout counts
+    /// against the provider (see the module docs).
+    silence_limit: Duration,
 }
 
 impl Clock {
@@ -225,6 +248,7 @@ impl Clock {
             total_at,
             first_token: cfg.first_token_timeout,
             callers_deadline,
+            silence_limit: cfg.total_timeout,
         }
     }
 
@@ -241,10 +265,28 @@ impl Clock {
             )
     }
 
-    /// Reports an attempt's failure `e` to the breaker through its permit.
-    fn settle(&self, permit: Permit, e: &Error) {
+    /// Reports the failure `e` of the attempt started at `attempt_start` to the breaker
+    /// through its permit, and updates the provider's silence. A timeout set by the caller's
+    /// deadline counts as a failure only once the provider has been silent for longer than
+    /// `total_timeout` (see the module docs); before that it is released without an outcome.
+    fn settle(&self, breaker: &Breaker, permit: Permit, e: &Error, attempt_start: Instant) {
+        let now = Instant::now();
+        let silence = if got_no_answer(e) {
+            breaker.unanswered(attempt_start, now)
+        } else {
+            breaker.answered(now);
+            Duration::ZERO
+        };
         if self.is_callers_timeout(e) {
-            permit.release();
+            if silence > self.silence_limit {
+                tracing::debug!(
+                    ?silence,
+                    "caller's deadline ran out on a provider silent for longer than total_timeout: counted as a failure"
+                );
+                permit.failure();
+            } else {
+                permit.release();
+            }
         } else if counts_against_health(e) {
             permit.failure();
         } else {
@@ -285,6 +327,13 @@ async fn until<T>(
         Ok(r) => r,
         Err(_) => Err(on_timeout()),
     }
+}
+
+/// Whether an attempt that failed with `e` ended without an answer from the provider (a
+/// timeout, a connection refused or lost) rather than with one (an error status, a broken
+/// body).
+fn got_no_answer(e: &Error) -> bool {
+    matches!(e, Error::Timeout { .. } | Error::Connection(_))
 }
 
 /// Whether a failure says something about the provider's health (and so counts in the
@@ -340,13 +389,15 @@ impl Inner {
     }
 
     /// Sends one request; returns the response once its headers are in (by `headers_by`,
-    /// else a timeout of that phase), or the typed error.
+    /// else a timeout of that phase), or the typed error. A success status is noted on
+    /// `report`, if any: from then on the provider may bill the attempt.
     async fn send(
         &self,
         body: &[u8],
         clock: &Clock,
         attempt_start: Instant,
         headers_by: (Instant, TimeoutPhase),
+        report: Option<&CallReport>,
     ) -> Result<reqwest::Response> {
         let (first_at, phase) = headers_by;
         self.breaker.start_attempt(attempt_start);
@@ -370,6 +421,9 @@ impl Inner {
         self.breaker.mark_online();
         let status = response.status();
         if status.is_success() {
+            if let Some(report) = report {
+                report.note_accepted();
+            }
             return Ok(response);
         }
         if status.is_redirection() {
@@ -458,9 +512,12 @@ impl Inner {
                 Err(open) => return Err(last.unwrap_or(open)),
             };
             match attempt(attempt_start).await {
-                Ok(v) => return Ok((v, permit)),
+                Ok(v) => {
+                    self.breaker.answered(Instant::now());
+                    return Ok((v, permit));
+                }
                 Err(e) => {
-                    clock.settle(permit, &e);
+                    clock.settle(&self.breaker, permit, &e, attempt_start);
                     let Some(delay) = self.retry_delay(&e, retries, clock) else {
                         tracing::debug!(backend = %self.name, retries, error = %e, "cloud call failed");
                         return Err(e);
@@ -484,7 +541,10 @@ impl Inner {
         // A non-streaming answer's headers come only once the whole answer is generated:
         // only the connect and total limits apply.
         let headers_by = (clock.total_at, TimeoutPhase::Total);
-        let response = self.send(body, clock, attempt_start, headers_by).await?;
+        // Only streams report their attempts (`Backend::stream_reporting`).
+        let response = self
+            .send(body, clock, attempt_start, headers_by, None)
+            .await?;
         let bytes = until(
             clock.total_at,
             async {
@@ -505,9 +565,12 @@ impl Inner {
         clock: &Clock,
         attempt_start: Instant,
         est: u64,
+        report: &CallReport,
     ) -> Result<Live> {
         let first_token = clock.first_token_at(attempt_start);
-        let response = self.send(body, clock, attempt_start, first_token).await?;
+        let response = self
+            .send(body, clock, attempt_start, first_token, Some(report))
+            .await?;
         let mut live = Live {
             response,
             parser: SseParser::new(),
@@ -632,6 +695,15 @@ impl Backend for CloudBackend {
     }
 
     async fn stream(&self, call: BackendCall) -> Result<EventStream> {
+        self.stream_reporting(call, &CallReport::new()).await
+    }
+
+    /// Notes every attempt the provider accepted (a 2xx), the retried ones included.
+    async fn stream_reporting(
+        &self,
+        call: BackendCall,
+        report: &CallReport,
+    ) -> Result<EventStream> {
         let inner = &self.inner;
         inner.ensure_key()?;
         let clock = Clock::new(&inner.cfg, call.deadline);
@@ -639,7 +711,7 @@ impl Backend for CloudBackend {
         let body = protocol::request_body(&inner.cfg, &call, true)?;
         let (live, permit) = inner
             .with_retries(&clock, |attempt_start| {
-                inner.stream_once(&body, &clock, attempt_start, est)
+                inner.stream_once(&body, &clock, attempt_start, est, report)
             })
             .await?;
         let state = StreamState {
