@@ -128,6 +128,30 @@ impl Plan {
         }
     }
 
+    /// What of this plan decides which answer a request gets, as part of its cache key: a
+    /// request is answered from the cache only with an answer given under the same kind of
+    /// plan. So a rule that pins the cloud never gets the device's answer to the same prompt,
+    /// a local rule never gets the cloud's, and a cascade never gets an answer that skipped
+    /// its confidence check. A hedge's delay only changes how fast the answer comes, and is
+    /// left out. `None` for `refuse`, which is never answered.
+    pub fn cache_class(&self) -> Option<String> {
+        match self {
+            Plan::Local { .. } => Some("local".into()),
+            Plan::Cloud { redact, .. } => Some(format!("cloud redact={redact}")),
+            Plan::Cascade {
+                min_confidence,
+                statistic,
+                redact,
+            } => Some(format!(
+                "cascade {statistic:?}<{min_confidence:?} redact={redact}"
+            )),
+            Plan::Hedge { first, redact, .. } => {
+                Some(format!("hedge first={} redact={redact}", first.name()))
+            }
+            Plan::Refuse { .. } => None,
+        }
+    }
+
     /// True when the cloud is the plan's primary route or part of it (cloud, cascade, hedge).
     pub fn uses_cloud(&self) -> bool {
         matches!(
@@ -446,16 +470,17 @@ impl Decision {
         }
     }
 
-    /// The decision recorded for an answer served from the cache: nothing left the device.
-    pub(crate) fn cache_hit() -> Self {
-        Decision::new("cache", Plan::Local { pin: true }, vec![Reason::CacheHit])
+    /// This decision, answered from the cache: the rule that fired and its inputs stay, with
+    /// [`Reason::CacheHit`] added, and the clearance goes (nothing leaves the device).
+    pub(crate) fn answered_from_cache(mut self) -> Self {
+        self.reasons.push(Reason::CacheHit);
+        self.clearance = None;
+        self
     }
 
     /// Whether the answer depended on a condition that passes: a fallback after a failure,
     /// the device offline, an unhealthy or unavailable cloud (no API key yet), a low or
-    /// exhausted budget — whether the cloud gate or a rule's own condition brought it in. Such
-    /// answers are not cached: once the condition passes, the same request gets the answer
-    /// its policy gives then.
+    /// exhausted budget — whether the cloud gate or a rule's own condition brought it in.
     pub fn is_degraded(&self) -> bool {
         self.reasons.iter().any(|r| {
             matches!(
@@ -468,6 +493,18 @@ impl Decision {
                     | Reason::BudgetExhausted { .. }
             )
         })
+    }
+
+    /// Whether a tier other than the plan's answered: a fallback after the planned tier failed.
+    /// Such an answer is not cached, since the cache files answers by the plan that gave them
+    /// ([`Plan::cache_class`]) and this one did not come from it. Answers under other passing
+    /// conditions are cached: the gate that keeps a request local (offline, an unhealthy or
+    /// unavailable cloud, the budget) changes its plan to `local` too, so they are filed apart
+    /// from what the cloud answers once the condition passes.
+    pub fn fell_back(&self) -> bool {
+        self.reasons
+            .iter()
+            .any(|r| matches!(r, Reason::Fallback { .. }))
     }
 
     /// The clearance to call the cloud, if this decision allows it.

@@ -78,11 +78,12 @@ impl Message {
 /// Generation parameters. `None` means "the backend's default".
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GenerationParams {
-    /// Maximum number of new tokens. Default: the policy's `[local].max_new_tokens` / provider default.
+    /// Maximum number of new tokens, at least 1. Default: the policy's `[local].max_new_tokens`
+    /// for the local tier, its `[cloud].max_tokens` for the cloud tier.
     pub max_tokens: Option<u32>,
-    /// Sampling temperature; `0` or `None` means greedy for the local tier.
+    /// Sampling temperature, 0 to 2; `0` or `None` means greedy for the local tier.
     pub temperature: Option<f32>,
-    /// Nucleus sampling mass (0, 1].
+    /// Nucleus sampling mass, in (0, 1].
     pub top_p: Option<f32>,
     /// Seed for reproducible sampling.
     pub seed: Option<u64>,
@@ -94,6 +95,34 @@ pub struct GenerationParams {
     /// by a margin smaller than the penalty. Default: the local backend's (the policy's
     /// `[local].repetition_penalty`, else 1.1). Cloud providers ignore it.
     pub repetition_penalty: Option<f32>,
+}
+
+impl GenerationParams {
+    /// Checks every value set: `max_tokens` at least 1, `temperature` from 0 to 2, `top_p` in
+    /// (0, 1], `repetition_penalty` from 1 to 2. The router checks them before deciding, so a
+    /// bad value is an error naming it, not a provider's 400 or a silent greedy run.
+    pub fn check(&self) -> crate::Result<()> {
+        let bad = |what: String| Err(crate::Error::InvalidRequest(what));
+        if self.max_tokens == Some(0) {
+            return bad("max_tokens must be at least 1".into());
+        }
+        if let Some(t) = self.temperature {
+            if !(t.is_finite() && (0.0..=2.0).contains(&t)) {
+                return bad(format!("temperature must be between 0 and 2, not {t}"));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p.is_finite() && p > 0.0 && p <= 1.0) {
+                return bad(format!(
+                    "top_p must be greater than 0 and at most 1, not {p}"
+                ));
+            }
+        }
+        if let Some(p) = self.repetition_penalty {
+            check_repetition_penalty(p)?;
+        }
+        Ok(())
+    }
 }
 
 /// How many of the most recent generated tokens [`GenerationParams::repetition_penalty`] looks at.

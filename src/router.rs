@@ -354,9 +354,7 @@ impl Router {
             ));
         }
         // Checked up front whatever the route, so a bad value is an error, not a fallback.
-        if let Some(p) = request.params.repetition_penalty {
-            crate::request::check_repetition_penalty(p)?;
-        }
+        request.params.check()?;
         let mut timings = Timings::default();
 
         // inspect
@@ -375,22 +373,22 @@ impl Router {
             .in_scope(|| decide(&inner.policy, &features, &signals));
         timings.decide = t.elapsed();
         tracing::debug!(rule = %decision.rule, route = decision.route(), "edgeroute.decide");
-        let refused = matches!(decision.plan, Plan::Refuse { .. });
 
         // cache
         let t = Instant::now();
-        let cache_key = inner
-            .store
-            .as_ref()
-            .map(|s| s.key_for(&inner.policy, &request, &features));
+        // A refused request has no cache class: it is neither looked up nor stored.
+        let cache_key = match (&inner.store, decision.plan.cache_class()) {
+            (Some(s), Some(class)) => Some(s.key_for(&inner.policy, &request, &features, &class)),
+            _ => None,
+        };
         let hit =
             tracing::debug_span!("edgeroute.cache").in_scope(|| match (&inner.store, &cache_key) {
-                (Some(s), Some(k)) if !refused => s.lookup(k),
+                (Some(s), Some(k)) => s.lookup(k).map(|a| a.text),
                 _ => None,
             });
         timings.cache = t.elapsed();
         if let Some(text) = hit {
-            let decision = Decision::cache_hit();
+            let decision = decision.answered_from_cache();
             if let Some(sink) = &sink {
                 let _ = sink.send(text.clone());
             }
@@ -449,8 +447,8 @@ impl Router {
             tracing::debug_span!("edgeroute.record", edgeroute.route = outcome.route.as_str());
         let _in_record = record_span.enter();
         match (&inner.store, &cache_key) {
-            (Some(_), Some(_)) if decision.is_degraded() => {
-                tracing::debug!("answer not cached: it depended on a condition that passes");
+            (Some(_), Some(_)) if decision.fell_back() => {
+                tracing::debug!("answer not cached: a fallback tier gave it, not the plan's");
             }
             (Some(store), Some(key)) => {
                 let model = attempts.last().map(|a| a.backend.as_str()).unwrap_or("");
@@ -882,8 +880,8 @@ impl Execution<'_> {
             }
         };
         let trace_content = self.router.inner.trace_content;
-        let (local_call, _) = self.call(false);
-        let (cloud_call, rehydrator) = self.call(redact || c.must_redact());
+        let (local_call, _) = self.call(Route::Local, false);
+        let (cloud_call, rehydrator) = self.call(Route::Cloud, redact || c.must_redact());
         let redacted_spans = rehydrator.as_ref().map(|r| r.len());
         let provider = self.provider_name();
         let estimate = self.cloud_estimate(&cloud_call);
@@ -1139,10 +1137,17 @@ impl Execution<'_> {
         Error::AllFailed(vec![(a, first), (b, second)])
     }
 
-    fn call(&self, redact: bool) -> (BackendCall, Option<crate::privacy::Rehydrator>) {
-        let max_tokens = self.router.max_tokens(self.request);
+    /// The call for `tier` (`Route::Local` or `Route::Cloud`): the request's messages (PII
+    /// replaced with placeholders when `redact`) and parameters, with the tier's own output
+    /// limit when the request sets none.
+    fn call(&self, tier: Route, redact: bool) -> (BackendCall, Option<crate::privacy::Rehydrator>) {
+        let policy = &self.router.inner.policy;
+        let default_limit = match (tier, &policy.cloud) {
+            (Route::Cloud, Some(c)) => c.max_tokens,
+            _ => policy.local.max_new_tokens,
+        };
         let mut params = self.request.params.clone();
-        params.max_tokens = Some(max_tokens);
+        params.max_tokens = Some(params.max_tokens.unwrap_or(default_limit));
         let (messages, rehydrator) = if redact && !self.features.pii_spans.is_empty() {
             // The spans found by inspect: the request is not scanned twice.
             let (m, r) = crate::privacy::redact_messages_with_spans(
@@ -1201,7 +1206,7 @@ impl Execution<'_> {
     async fn run_local(&mut self) -> Result<(Outcome, Generation)> {
         let started = Instant::now();
         let backend = self.local_tier()?.clone();
-        let (call, _) = self.call(false);
+        let (call, _) = self.call(Route::Local, false);
         let trace_content = self.router.inner.trace_content;
         let span = tier_span("local", "onnxruntime", backend.name(), &call, trace_content);
         let result = async {
@@ -1253,7 +1258,7 @@ impl Execution<'_> {
         let started = Instant::now();
         let backend = self.cloud_tier()?.clone();
         let redact = redact || clearance.must_redact();
-        let (call, rehydrator) = self.call(redact);
+        let (call, rehydrator) = self.call(Route::Cloud, redact);
         if let Some(r) = &rehydrator {
             self.reasons.push(Reason::Redacted { spans: r.len() });
         }

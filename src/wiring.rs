@@ -163,6 +163,7 @@ pub(crate) fn cloud_from_policy(
     cfg.total_timeout = c.total_timeout;
     cfg.allow_insecure_http = c.allow_insecure_http;
     cfg.retry.max_retries = c.max_retries;
+    cfg.default_max_tokens = c.max_tokens;
     cfg.breaker = BreakerConfig::from_policy(c);
     Ok(Some(CloudTier::new(Arc::new(CloudBackend::new(cfg)?))))
 }
@@ -213,17 +214,23 @@ impl Store {
         })
     }
 
-    /// The cache key of a request: its privacy class comes from the PII scan.
+    /// The cache key of a request decided to `plan_class` ([`Plan::cache_class`]): its
+    /// privacy class comes from the PII scan, and the plan is part of the models' identity, so
+    /// an answer only ever answers requests decided the same way.
+    ///
+    /// [`Plan::cache_class`]: crate::decision::Plan::cache_class
     pub(crate) fn key_for(
         &self,
         policy: &CompiledPolicy,
         request: &Request,
         features: &Features,
+        plan_class: &str,
     ) -> CacheKey {
+        let model = format!("{};plan={plan_class}", self.model_id);
         CacheKey::new(
             request,
             &KeyContext {
-                model: &self.model_id,
+                model: &model,
                 policy_version: &policy.version,
                 privacy: PrivacyClass::from_pii(!features.pii.is_empty()),
                 normalize: policy.cache.normalize,
@@ -232,9 +239,9 @@ impl Store {
     }
 
     /// A cached answer for this key (the cache applies the mode and privacy-class rules).
-    pub(crate) fn lookup(&self, key: &CacheKey) -> Option<String> {
+    pub(crate) fn lookup(&self, key: &CacheKey) -> Option<CachedAnswer> {
         match self.cache.get(key) {
-            Ok(hit) => hit.map(|a| a.text),
+            Ok(hit) => hit,
             Err(e) => {
                 tracing::warn!(error = %e, "answer cache lookup failed; treating as a miss");
                 None

@@ -152,6 +152,50 @@ async fn empty_request_is_rejected() {
     assert!(matches!(err, Error::InvalidRequest(_)));
 }
 
+/// Sets one generation parameter of a request.
+type SetParam = fn(&mut edgeroute::request::GenerationParams);
+
+/// Out-of-range generation parameters are errors naming the parameter, before any tier runs
+/// (a zero `max_tokens` still made the local model say one token, and was cached; a bad
+/// temperature or top_p became a provider's 400 or a silent greedy run).
+#[tokio::test]
+async fn out_of_range_generation_parameters_are_rejected_before_any_tier_runs() {
+    let model = Arc::new(EchoModel::default());
+    let r = router(model.clone());
+    let with = |f: SetParam| {
+        let mut req = Request::new("hello");
+        f(&mut req.params);
+        req
+    };
+    let cases: [(SetParam, &str); 7] = [
+        (|p| p.max_tokens = Some(0), "max_tokens"),
+        (|p| p.temperature = Some(-0.1), "temperature"),
+        (|p| p.temperature = Some(2.5), "temperature"),
+        (|p| p.temperature = Some(f32::NAN), "temperature"),
+        (|p| p.top_p = Some(0.0), "top_p"),
+        (|p| p.top_p = Some(1.5), "top_p"),
+        (|p| p.top_p = Some(f32::INFINITY), "top_p"),
+    ];
+    for (set, name) in cases {
+        let err = r.complete(with(set)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidRequest(m) if m.contains(name)),
+            "{name}: {err}"
+        );
+    }
+    assert_eq!(model.calls(), 0);
+    // The edges are fine.
+    let ok = |f: SetParam| r.complete(with(f));
+    ok(|p| {
+        p.max_tokens = Some(1);
+        p.temperature = Some(0.0);
+        p.top_p = Some(1.0);
+    })
+    .await
+    .unwrap();
+    ok(|p| p.temperature = Some(2.0)).await.unwrap();
+}
+
 /// An out-of-range repetition penalty is an error before any tier runs (not a local failure
 /// that falls back to another tier).
 #[tokio::test]
@@ -237,7 +281,13 @@ async fn repeated_question_is_served_from_the_encrypted_cache() {
     assert_eq!(second.route, Route::Cache);
     assert!(second.cached);
     assert_eq!(second.text, first.text);
-    assert_eq!(second.decision.reasons, vec![Reason::CacheHit]);
+    // The decision still says which rule fired, and with which inputs; then that the cache
+    // answered.
+    assert_eq!(second.decision.rule, first.decision.rule);
+    let (last, policy_reasons) = second.decision.reasons.split_last().unwrap();
+    assert_eq!(last, &Reason::CacheHit);
+    assert_eq!(policy_reasons, first.decision.reasons.as_slice());
+    assert!(second.decision.cloud_clearance().is_none());
     assert_eq!(model.calls.load(Ordering::SeqCst), 1);
     assert_eq!(r.stats().cache_hits, 1);
 
@@ -278,33 +328,45 @@ async fn a_cached_answer_never_overrides_a_refusal() {
     assert_eq!(model.calls(), 1);
 }
 
+/// A rule that keeps work local while the budget is low gives a local answer under a local
+/// plan: cached under that plan, so it answers the same request while the rule holds, and
+/// never one the cloud plan answers once the budget resets (see tests/router_cloud.rs).
 #[tokio::test]
-async fn answers_that_depended_on_a_passing_condition_are_not_cached() {
-    // The cloud is unavailable (no API key yet), or a rule keeps work local while the budget
-    // is low: once the key is set or the budget resets, the request must not get the old
-    // stand-in from the cache.
-    let policies = [
-        "[cloud]\nmodel = \"m\"\napi_key_env = \"EDGEROUTE_TEST_UNSET_KEY\"\n\
-         [defaults]\nroute = \"cloud\"\n",
-        "[cloud]\nmodel = \"m\"\napi_key_env = \"EDGEROUTE_TEST_UNSET_KEY\"\n\
+async fn answers_under_a_rule_that_keeps_work_local_are_cached_under_its_plan() {
+    let policy = "[cloud]\nmodel = \"m\"\napi_key_env = \"EDGEROUTE_TEST_UNSET_KEY\"\n\
          [budget]\ndaily_usd = \"0.05\"\n\
-         [[rule]]\nname = \"low-budget\"\nroute = \"local\"\n[rule.when]\nbudget_left_usd_lt = \"1\"\n",
-    ];
-    for (policy, reason) in policies
-        .into_iter()
-        .zip(["cloud_unavailable", "budget_low"])
-    {
-        let home = tempfile::tempdir().unwrap();
-        let model = Arc::new(EchoModel::default());
-        let r = cached_router(model.clone(), home.path(), policy);
-        for _ in 0..2 {
-            let resp = r.complete(Request::new("What is a monad?")).await.unwrap();
-            assert_eq!(resp.route, Route::Local, "{reason}");
-            let json = serde_json::to_value(&resp.decision.reasons).unwrap();
-            assert!(json.to_string().contains(reason), "{json}");
-        }
-        assert_eq!(model.calls(), 2, "{reason}");
-    }
+         [[rule]]\nname = \"low-budget\"\nroute = \"local\"\n[rule.when]\nbudget_left_usd_lt = \"1\"\n";
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    let r = cached_router(model.clone(), home.path(), policy);
+    let first = r.complete(Request::new("What is a monad?")).await.unwrap();
+    assert_eq!(first.route, Route::Local);
+    let json = serde_json::to_value(&first.decision.reasons).unwrap();
+    assert!(json.to_string().contains("budget_low"), "{json}");
+    let second = r.complete(Request::new("What is a monad?")).await.unwrap();
+    assert_eq!(second.route, Route::Cache);
+    assert_eq!(second.decision.rule, "low-budget");
+    assert_eq!(model.calls(), 1);
+}
+
+/// With no API key yet, a cloud route turns local: that answer is cached (the app works
+/// offline and fast), under a key of its own, so it never shadows what the cloud answers once
+/// the key is set (see tests/router_cloud.rs for that half).
+#[tokio::test]
+async fn answers_given_while_the_cloud_is_unavailable_are_cached_apart() {
+    let policy = "[cloud]\nmodel = \"m\"\napi_key_env = \"EDGEROUTE_TEST_UNSET_KEY\"\n\
+         [defaults]\nroute = \"cloud\"\n";
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    let r = cached_router(model.clone(), home.path(), policy);
+    let first = r.complete(Request::new("What is a monad?")).await.unwrap();
+    assert_eq!(first.route, Route::Local);
+    let json = serde_json::to_value(&first.decision.reasons).unwrap();
+    assert!(json.to_string().contains("cloud_unavailable"), "{json}");
+    let second = r.complete(Request::new("What is a monad?")).await.unwrap();
+    assert_eq!(second.route, Route::Cache);
+    assert_eq!(second.text, first.text);
+    assert_eq!(model.calls(), 1);
 }
 
 #[tokio::test]

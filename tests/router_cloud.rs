@@ -464,3 +464,178 @@ async fn the_policys_breaker_settings_reach_the_cloud_tier() {
     assert_eq!(resp.route, Route::Local);
     assert_eq!(fake.requests_received(), 1, "an open breaker sends nothing");
 }
+
+fn cached_router(
+    home: &std::path::Path,
+    policy: &str,
+    local: Arc<EchoModel>,
+    fake: &FakeProvider,
+) -> Router {
+    Router::builder()
+        .policy_str(format!("{CLOUD}{policy}"))
+        .local_backend(local)
+        .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
+        .home(home)
+        .cache_key([9; 32])
+        .build()
+        .unwrap()
+}
+
+/// A cached answer only answers requests decided the same way: a rule that pins the cloud
+/// never gets the device's answer to the same prompt (and says which rule fired when the
+/// cache answers), and the default local route never gets the cloud's.
+#[tokio::test]
+async fn a_pinned_cloud_rule_never_gets_the_devices_cached_answer() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    fake.set_reply("The cloud's careful answer.");
+    let local = Arc::new(EchoModel::default());
+    let r = cached_router(
+        home.path(),
+        "[defaults]\nroute = \"local\"\n\
+         [[rule]]\nname = \"hard-must-use-cloud\"\nroute = \"cloud\"\npin = true\n\
+         [rule.when]\ntags_any = [\"hard\"]\n",
+        local.clone(),
+        &fake,
+    );
+    let ask = || Request::new("What is the capital of France?");
+    let device = r.complete(ask()).await.unwrap();
+    assert_eq!(device.route, Route::Local);
+    assert_eq!(r.complete(ask()).await.unwrap().route, Route::Cache);
+
+    let hard = r.complete(ask().with_tag("hard")).await.unwrap();
+    assert_eq!(hard.route, Route::Cloud, "{}", hard.decision);
+    assert_eq!(hard.text, "The cloud's careful answer.");
+    assert_eq!(fake.requests_received(), 1);
+
+    let again = r.complete(ask().with_tag("hard")).await.unwrap();
+    assert_eq!(again.route, Route::Cache);
+    assert_eq!(again.text, "The cloud's careful answer.");
+    assert_eq!(again.decision.rule, "hard-must-use-cloud");
+    assert_eq!(again.decision.reasons.last(), Some(&Reason::CacheHit));
+
+    let plain = r.complete(ask()).await.unwrap();
+    assert_eq!(plain.route, Route::Cache);
+    assert_eq!(plain.text, device.text);
+    assert_eq!(local.calls(), 1);
+    assert_eq!(fake.requests_received(), 1);
+}
+
+/// With no API key yet, the cloud route turns local and that answer is cached; once the key
+/// is set, the same request goes to the cloud instead of getting the stand-in from the cache.
+#[tokio::test]
+async fn an_answer_cached_without_an_api_key_never_shadows_the_clouds() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    fake.set_reply("From the cloud.");
+    let var = "EDGEROUTE_TEST_KEY_SET_LATER";
+    std::env::remove_var(var);
+    let local = Arc::new(EchoModel::default());
+    let build = || {
+        Router::builder()
+            .policy_str(format!(
+                "{CLOUD}api_key_env = \"{var}\"\n[defaults]\nroute = \"cloud\"\n"
+            ))
+            .local_backend(local.clone())
+            .cloud_base_url(fake.url())
+            .home(home.path())
+            .cache_key([9; 32])
+            .build()
+            .unwrap()
+    };
+    let r = build();
+    let ask = || Request::new("What is a monad?");
+    assert_eq!(r.complete(ask()).await.unwrap().route, Route::Local);
+    assert_eq!(r.complete(ask()).await.unwrap().route, Route::Cache);
+    drop(r);
+
+    std::env::set_var(var, "sk-test");
+    let r = build();
+    let resp = r.complete(ask()).await.unwrap();
+    assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    assert_eq!(resp.text, "From the cloud.");
+    assert_eq!(fake.requests_received(), 1);
+    assert_eq!(local.calls(), 1);
+}
+
+/// A request with no `max_tokens` gets the policy's `[cloud].max_tokens` from the cloud, not
+/// the local tier's `[local].max_new_tokens`; the request's own value wins over both.
+#[tokio::test]
+async fn cloud_calls_get_the_clouds_output_limit() {
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    let r = router(
+        "max_tokens = 700\n[local]\nmax_new_tokens = 24\n[defaults]\nroute = \"cloud\"\n",
+        local.clone(),
+        fake.openai_config(),
+    );
+    r.complete(Request::new("Write a long essay."))
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.last_request().unwrap().body["max_completion_tokens"],
+        700
+    );
+    r.complete(Request::new("Write a short essay.").with_max_tokens(50))
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.last_request().unwrap().body["max_completion_tokens"],
+        50
+    );
+    // Without the key, the default.
+    let r = router(
+        "[defaults]\nroute = \"cloud\"\n",
+        local,
+        fake.openai_config(),
+    );
+    r.complete(Request::new("Write a long essay."))
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.last_request().unwrap().body["max_completion_tokens"],
+        edgeroute::policy::DEFAULT_CLOUD_MAX_TOKENS
+    );
+}
+
+/// Offline, a cloud route turns local: the first answer stands in for a failed cloud call (a
+/// fallback: not cached), later ones are the offline plan's own and are cached, so an
+/// offline device answers a repeated question at once. Back online, the same question goes
+/// to the cloud, never to the offline answer.
+#[tokio::test]
+async fn offline_answers_are_cached_and_never_shadow_the_clouds() {
+    let home = tempfile::tempdir().unwrap();
+    let local = Arc::new(EchoModel::default());
+    let build = |base_url: String| {
+        let cfg = CloudConfig::openai("fake-model")
+            .with_base_url(base_url)
+            .with_api_key(edgeroute::backend::cloud::ApiKey::new("sk-test"));
+        Router::builder()
+            .policy_str(format!("{CLOUD}[defaults]\nroute = \"cloud\"\n"))
+            .local_backend(local.clone())
+            .cloud_backend(Arc::new(CloudBackend::new(cfg).unwrap()))
+            .home(home.path())
+            .cache_key([9; 32])
+            .build()
+            .unwrap()
+    };
+    let r = build(format!("http://{}/v1", unused_addr()));
+    let ask = || Request::new("What is a monad?");
+    let fallback = r.complete(ask()).await.unwrap();
+    assert!(fallback.decision.fell_back(), "{}", fallback.decision);
+    let offline = r.complete(ask()).await.unwrap();
+    assert_eq!(offline.route, Route::Local);
+    assert!(offline.decision.reasons.contains(&Reason::Offline));
+    assert_eq!(local.calls(), 2, "the fallback answer was cached");
+    let cached = r.complete(ask()).await.unwrap();
+    assert_eq!(cached.route, Route::Cache);
+    assert_eq!(local.calls(), 2);
+    drop(r);
+
+    let fake = FakeProvider::start().await;
+    fake.set_reply("From the cloud.");
+    let r = build(fake.url());
+    let online = r.complete(ask()).await.unwrap();
+    assert_eq!(online.route, Route::Cloud, "{}", online.decision);
+    assert_eq!(fake.requests_received(), 1);
+}

@@ -133,11 +133,18 @@ pub struct CloudSection {
     pub total_timeout: Duration,
     /// Max retries (default 2).
     pub max_retries: u32,
+    /// Output limit of a cloud answer when the request sets none, and what the budget
+    /// reserves for it (default [`DEFAULT_CLOUD_MAX_TOKENS`]).
+    pub max_tokens: u32,
     /// Allow `http://` to non-loopback hosts.
     pub allow_insecure_http: bool,
     /// `[cloud.breaker]` (the defaults when absent).
     pub breaker: BreakerSection,
 }
+
+/// `[cloud].max_tokens` when the policy does not set it: room for a long answer (the local
+/// tier's 128 would cut the answers a policy sends to the cloud because they are hard or long).
+pub const DEFAULT_CLOUD_MAX_TOKENS: u32 = 1024;
 
 /// `[cloud.breaker]`, validated: when the cloud's circuit breaker opens, and for how long.
 /// The defaults are those of the cloud backend's `BreakerConfig`.
@@ -657,6 +664,9 @@ impl Compiler<'_> {
                 String::new()
             }
         };
+        if c.max_tokens == Some(0) {
+            self.error(&path.key("max_tokens"), "`max_tokens` must be at least 1");
+        }
         for (key, v) in [
             ("connect_timeout_ms", c.connect_timeout_ms),
             ("first_token_timeout_ms", c.first_token_timeout_ms),
@@ -680,6 +690,7 @@ impl Compiler<'_> {
             first_token_timeout: Duration::from_millis(c.first_token_timeout_ms.unwrap_or(15_000)),
             total_timeout: Duration::from_millis(c.total_timeout_ms.unwrap_or(60_000)),
             max_retries: c.max_retries.unwrap_or(2),
+            max_tokens: c.max_tokens.unwrap_or(DEFAULT_CLOUD_MAX_TOKENS),
             allow_insecure_http,
             breaker: match &c.breaker {
                 Some(b) => self.breaker(b, &path.key("breaker")),

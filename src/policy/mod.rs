@@ -15,7 +15,7 @@ mod tests;
 pub use compile::{
     check_base_url, compile_file, compile_str, is_loopback_url, BreakerSection, BudgetSection,
     CloudSection, CompiledPolicy, CompiledRule, Condition, KindSet, LatencySection, LocalSection,
-    OnExhausted, PolicyTest, ProviderKind,
+    OnExhausted, PolicyTest, ProviderKind, DEFAULT_CLOUD_MAX_TOKENS,
 };
 pub use eval::decide;
 pub use source::{nearest, TomlPath};

@@ -111,6 +111,8 @@ pub struct RawCloud {
     pub total_timeout_ms: Option<u64>,
     /// Max retries per call.
     pub max_retries: Option<u32>,
+    /// Output limit of a cloud answer when the request sets none.
+    pub max_tokens: Option<u32>,
     /// Allow `http://` to non-loopback hosts.
     pub allow_insecure_http: Option<bool>,
     /// `[cloud.breaker]`.
