@@ -348,3 +348,52 @@ fn writes_after_the_last_flush_survive_a_clean_exit() {
         }
     }
 }
+
+const HOLD_CHILD_DB: &str = "EDGEROUTE_HOLD_CHILD_DB";
+
+/// The lock child: opens the database, says so, and holds it until its stdin closes.
+#[test]
+fn lock_holding_child() {
+    let Some(dir) = std::env::var_os(HOLD_CHILD_DB) else {
+        return; // Not the child: nothing to do.
+    };
+    let _db = Database::open(Path::new(&dir)).unwrap();
+    println!("open");
+    std::io::stdout().flush().unwrap();
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+}
+
+/// Another process holding the home's database gets a clear error naming the lock and the fix
+/// (only one process can open a sled database), not a hang or a panic.
+#[test]
+fn another_process_holding_the_database_is_a_clear_error() {
+    let exe = std::env::current_exe().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(&exe)
+        .args([
+            "--exact",
+            "lock_holding_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HOLD_CHILD_DB, dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 64];
+    while !seen.contains("open") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the child ended before opening the database");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let err = Database::open(dir.path()).unwrap_err();
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("locked by another edgeroute process"), "{msg}");
+    assert!(msg.contains("EDGEROUTE_HOME"), "{msg}");
+}

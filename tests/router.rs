@@ -462,3 +462,18 @@ async fn cache_mode_off_never_reads_or_writes() {
     }
     assert_eq!(model.calls.load(Ordering::SeqCst), 2);
 }
+
+/// Two routers (two policies, say) on one home in one process share its database: both
+/// build, both answer, and the answer cache and statistics are the home's. (The second build
+/// failed after 3 s with "locked by another edgeroute process".)
+#[tokio::test]
+async fn two_routers_in_one_process_share_a_home() {
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    let a = cached_router(model.clone(), home.path(), POLICY);
+    let b = cached_router(model.clone(), home.path(), POLICY);
+    let ask = || Request::new("What is the capital of France?");
+    assert_eq!(a.complete(ask()).await.unwrap().route, Route::Local);
+    assert_eq!(b.complete(ask()).await.unwrap().route, Route::Cache);
+    assert_eq!(model.calls(), 1);
+}

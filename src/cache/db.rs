@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use futures::channel::oneshot;
 
@@ -14,27 +14,37 @@ type FlushRequest = (sled::Db, oneshot::Sender<std::result::Result<(), String>>)
 
 /// An open sled database plus its path (for error messages).
 ///
-/// Cheap to clone (sled's `Db` is reference-counted). Only one process can hold the database:
-/// sled takes an exclusive file lock; a second process gets an [`Error::Storage`] saying so.
+/// Cheap to clone (one shared handle). Only one process can hold the database: sled takes an
+/// exclusive file lock, and a second process gets an [`Error::Storage`] saying so. Within one
+/// process, [`Database::open`] of a directory that is already open returns the open database,
+/// so several routers (two policies, say) can share one home, its cache and its budget.
 #[derive(Clone)]
 pub struct Database {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     db: sled::Db,
     path: PathBuf,
     /// Group-commit flusher thread, started on the first [`Database::flush_async`].
-    flusher: Arc<OnceLock<mpsc::Sender<FlushRequest>>>,
+    flusher: OnceLock<mpsc::Sender<FlushRequest>>,
 }
+
+/// The databases [`Database::open`] has open in this process, by directory.
+static OPEN: Mutex<Vec<(PathBuf, Weak<Shared>)>> = Mutex::new(Vec::new());
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Database")
-            .field("path", &self.path)
+            .field("path", &self.shared.path)
             .finish()
     }
 }
 
 impl Database {
     /// Opens (creating if needed) the database directory at `path`, e.g.
-    /// [`crate::home::db_dir`]. Crash recovery runs here.
+    /// [`crate::home::db_dir`]. Crash recovery runs here. A directory this process already
+    /// has open is shared, not opened twice.
     pub fn open(path: &Path) -> Result<Self> {
         if let Err(e) = crate::home::create_private_dirs(path) {
             return Err(Error::Storage {
@@ -43,46 +53,62 @@ impl Database {
             });
         }
         restrict_to_owner(path);
+        let id = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        // Held while opening, so two threads opening one directory share one database.
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(_, weak)| weak.strong_count() > 0);
+        if let Some(shared) = open
+            .iter()
+            .find(|(p, _)| *p == id)
+            .and_then(|(_, weak)| weak.upgrade())
+        {
+            return Ok(Database { shared });
+        }
         // sled's background threads hold the file lock for a moment after the last handle is
         // dropped, so reopening right after a close (a new Router on the same home) retries
         // briefly before reporting the lock.
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        loop {
+        let db = loop {
             match sled::Config::new().path(path).open() {
-                Ok(db) => return Ok(Database::from_sled(db, path)),
+                Ok(db) => break db,
                 Err(e) if is_lock_error(&e) && std::time::Instant::now() < give_up => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => return Err(open_error(path, e)),
             }
-        }
+        };
+        let database = Database::from_sled(db, path);
+        open.push((id, Arc::downgrade(&database.shared)));
+        Ok(database)
     }
 
     /// Wraps a sled database the app opened itself; `path` is only used in error messages.
     pub fn from_sled(db: sled::Db, path: impl Into<PathBuf>) -> Self {
         Database {
-            db,
-            path: path.into(),
-            flusher: Arc::new(OnceLock::new()),
+            shared: Arc::new(Shared {
+                db,
+                path: path.into(),
+                flusher: OnceLock::new(),
+            }),
         }
     }
 
     /// The underlying sled database.
     pub fn sled(&self) -> &sled::Db {
-        &self.db
+        &self.shared.db
     }
 
     /// The database directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
     /// Flushes every tree to disk (fsync). sled also flushes by itself every 500 ms.
     pub fn flush(&self) -> Result<()> {
-        self.db
+        self.sled()
             .flush()
             .map(|_| ())
-            .map_err(|e| storage(&self.path, e))
+            .map_err(|e| storage(self.path(), e))
     }
 
     /// Flushes to disk without blocking the async executor, on a dedicated thread that batches
@@ -93,13 +119,13 @@ impl Database {
     /// deadlocks — observed with 8 concurrent ledger reservations.)
     pub async fn flush_async(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        let sender = self.flusher.get_or_init(spawn_flusher);
+        let sender = self.shared.flusher.get_or_init(spawn_flusher);
         let failed = |message: String| Error::Storage {
-            path: self.path.clone(),
+            path: self.path().to_path_buf(),
             message,
         };
         sender
-            .send((self.db.clone(), tx))
+            .send((self.sled().clone(), tx))
             .map_err(|_| failed("the flusher thread has stopped".into()))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -198,20 +224,18 @@ pub(crate) fn storage(path: &Path, e: sled::Error) -> Error {
 mod tests {
     use super::*;
 
+    /// A second open in this process shares the open database (two routers on one home);
+    /// once every handle is gone, the directory opens afresh. (Another process gets the lock
+    /// error: tests/cache_crash.rs.)
     #[test]
-    fn second_open_in_another_process_reports_the_lock() {
-        // sled's lock is per process (flock on Linux is per open file description, and sled
-        // also refuses a second open in one process), so a second `open` here hits it too.
+    fn a_second_open_in_one_process_shares_the_database() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Database::open(dir.path()).unwrap();
-        match Database::open(dir.path()) {
-            Err(Error::Storage { message, .. }) => {
-                assert!(
-                    message.contains("locked by another edgeroute process"),
-                    "{message}"
-                )
-            }
-            other => panic!("expected a lock error, got {other:?}"),
-        }
+        let first = Database::open(dir.path()).unwrap();
+        let second = Database::open(&dir.path().join(".")).unwrap();
+        first.sled().insert(b"k", b"v").unwrap();
+        assert_eq!(second.sled().get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        drop((first, second));
+        let again = Database::open(dir.path()).unwrap();
+        assert_eq!(again.sled().get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 }
