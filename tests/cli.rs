@@ -1,5 +1,7 @@
 //! The `edgeroute` binary, run as a user would run it.
 
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -553,4 +555,285 @@ fn ask_answers_locally_then_from_cache_and_stats_add_up() {
         "{}",
         stdout(&o)
     );
+}
+
+/// A reader that stops early (`edgeroute pii scan < many.txt | head -1`) ends the command
+/// quietly with exit status 0, like ripgrep: no "failed printing to stdout" panic (status 101).
+/// The output (~20 bytes a span, 30,000 spans) is far larger than a pipe's buffer, so the
+/// command is still writing when the pipe closes.
+#[test]
+fn a_closed_stdout_pipe_ends_pii_scan_quietly() {
+    use std::io::Read;
+    let document = "write to ann@example.com ".repeat(30_000);
+    for args in [&["pii", "scan"][..], &["pii", "scan", "--json"]] {
+        let mut child = bin()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The whole document is read before anything is written, so this cannot deadlock.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(document.as_bytes()).unwrap();
+        drop(stdin);
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 16];
+        stdout.read_exact(&mut first).unwrap();
+        drop(stdout);
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{args:?}");
+    }
+}
+
+/// The same for a command whose output is short: the pipe is closed before the command writes
+/// anything (it is still waiting for its prompt on standard input).
+#[test]
+fn a_closed_stdout_pipe_ends_explain_quietly() {
+    for args in [
+        &["explain", "--policy", "policies/offline-only.toml", "-"][..],
+        &[
+            "explain",
+            "--json",
+            "--policy",
+            "policies/offline-only.toml",
+            "-",
+        ],
+    ] {
+        let mut child = bin()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"What is the capital of France?").unwrap();
+        drop(stdin);
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{args:?}");
+    }
+}
+
+/// `ask` streaming an answer (here from a fake cloud provider on loopback) into a pipe that is
+/// already closed stops and ends quietly too: it used to drop the stream's write errors, then
+/// panic on its final newline.
+#[cfg(feature = "cloud")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stdout_pipe_ends_a_streamed_ask_quietly() {
+    let fake = support::FakeProvider::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let policy = home.path().join("cloud.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[cloud]\nmodel = \"fake-model\"\nbase_url = {:?}\napi_key_env = \"EDGEROUTE_TEST_KEY\"\n\
+             [cache]\nmode = \"off\"\n[defaults]\nroute = \"cloud\"\n",
+            fake.url()
+        ),
+    )
+    .unwrap();
+    let args = [
+        "--home",
+        home.path().to_str().unwrap(),
+        "ask",
+        "--policy",
+        policy.to_str().unwrap(),
+        "-",
+    ];
+    let ask = |close_stdout: bool| {
+        let mut child = bin()
+            .args(args)
+            .env("EDGEROUTE_TEST_KEY", support::TEST_KEY)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if close_stdout {
+            drop(child.stdout.take());
+        }
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"What is the capital of France?").unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    // The set-up answers from the cloud when stdout is open.
+    let o = ask(false);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), support::DEFAULT_REPLY);
+    assert!(stderr(&o).starts_with("[cloud"), "{}", stderr(&o));
+
+    let o = ask(true);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "");
+}
+
+/// Any other failure to write the output (here a full disk) is an error that says so.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_stdout_write_is_a_clear_error() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = bin()
+        .args(["pii", "scan", "mail ann@example.com"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("edgeroute: writing to standard output: No space left on device"),
+        "{err}"
+    );
+}
+
+/// `explain` reports whether the local model is installed in the home, the way the router's
+/// local tier decides it (the model directory's manifest), without loading it; the fixture home
+/// is built here, whatever is installed in the default one.
+#[test]
+fn explain_reports_whether_the_local_model_is_installed() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let explain = |json: bool| {
+        let mut args = vec!["--home", h, "explain", "--policy", "policies/default.toml"];
+        if json {
+            args.push("--json");
+        }
+        args.push("What is the capital of France?");
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let local_available = || {
+        let v: serde_json::Value = serde_json::from_str(&explain(true)).unwrap();
+        v["signals"]["local_available"].clone()
+    };
+    assert_eq!(local_available(), false);
+    assert!(explain(false).contains(", local unavailable,"));
+
+    let model_dir = edgeroute::home::model_dir(home.path(), edgeroute::home::DEFAULT_MODEL);
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::write(model_dir.join("edgeroute-model.json"), "{}").unwrap();
+    // Without the `onnx` feature there is no built-in local model, installed or not.
+    let installed = cfg!(feature = "onnx");
+    assert_eq!(local_available(), installed);
+    let text = explain(false);
+    assert_eq!(text.contains(", local available,"), installed, "{text}");
+    // Nothing was written to the home: no database, no cache key.
+    assert!(!edgeroute::home::db_dir(home.path()).exists());
+    assert!(!edgeroute::home::cache_key_file(home.path()).exists());
+}
+
+/// The commands that read what earlier requests recorded (`stats`, `budget`, `cache stats`,
+/// and `cache clear`) refuse a home nothing has run in — a mistyped `--home` or
+/// `EDGEROUTE_HOME` — instead of creating an empty one there and showing zeros.
+#[test]
+fn reading_commands_refuse_a_home_nothing_has_run_in() {
+    let parent = tempfile::tempdir().unwrap();
+    let commands: [&[&str]; 5] = [
+        &["stats"],
+        &["stats", "--json"],
+        &["budget", "--policy", "policies/cost-saver.toml"],
+        &["cache", "stats"],
+        &["cache", "clear"],
+    ];
+    let typo = parent.path().join("edgroute-home");
+    for command in commands {
+        let by_flag = bin()
+            .args(["--home", typo.to_str().unwrap()])
+            .args(command)
+            .output()
+            .unwrap();
+        let by_env = bin()
+            .args(command)
+            .env("EDGEROUTE_HOME", &typo)
+            .output()
+            .unwrap();
+        for o in [by_flag, by_env] {
+            assert_eq!(o.status.code(), Some(1), "{command:?}");
+            let err = stderr(&o);
+            let expected = format!(
+                "edgeroute: no edgeroute home at {} (nothing has run there yet); check --home / EDGEROUTE_HOME",
+                typo.display()
+            );
+            assert!(err.starts_with(&expected), "{command:?}: {err}");
+            assert_eq!(stdout(&o), "", "{command:?}");
+            assert!(!typo.exists(), "{command:?} created {}", typo.display());
+        }
+    }
+
+    // A directory that exists but was never used as a home (no database): refused too, and
+    // left as it was.
+    let empty = tempfile::tempdir().unwrap();
+    for command in commands {
+        let o = bin()
+            .args(["--home", empty.path().to_str().unwrap()])
+            .args(command)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{command:?}");
+        let err = stderr(&o);
+        let expected = format!(
+            "nothing has run with the edgeroute home at {} yet",
+            empty.path().display()
+        );
+        assert!(err.contains(&expected), "{command:?}: {err}");
+        assert!(
+            err.contains("check --home / EDGEROUTE_HOME"),
+            "{command:?}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(empty.path()).unwrap().count(),
+            0,
+            "{command:?}"
+        );
+    }
+}
+
+/// …and read a home that has been used (it has a database), even one without a cache key
+/// file (an app that passes its own key), which is not created.
+#[test]
+fn reading_commands_read_a_used_home() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    drop(edgeroute::cache::open_db(&edgeroute::home::db_dir(home.path())).unwrap());
+
+    let o = run(&["--home", h, "stats", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(s["requests"], 0, "{s}");
+    let o = run(&["--home", h, "stats"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("requests:          0"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = run(&[
+        "--home",
+        h,
+        "budget",
+        "--json",
+        "--policy",
+        "policies/cost-saver.toml",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(b["spent_today"], "0", "{b}");
+
+    let o = run(&["--home", h, "cache", "stats", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(c["entries"], 0, "{c}");
+    let o = run(&["--home", h, "cache", "clear"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("removed 0 cached answer(s)"));
+    assert!(!edgeroute::home::cache_key_file(home.path()).exists());
 }

@@ -1,7 +1,11 @@
 //! `edgeroute`: ask, explain, check and test policies, scan for PII, inspect the cache and budget.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+// Everything printed goes through `out!` (standard output: a reader that went away ends the
+// command quietly) and `note!` (standard error: failures ignored), never `println!`, which
+// panics on a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,7 +31,9 @@ const BUILTIN_DEFAULT_POLICY: &str = include_str!("../../policies/default.toml")
     long_about = "Route prompts between an on-device model (ONNX Runtime) and a cloud model API, \
 by latency, privacy and cost policies written in TOML.\n\n\
 Configuration: flags first, then the environment (EDGEROUTE_POLICY, EDGEROUTE_HOME, \
-EDGEROUTE_CLOUD_URL), then defaults (the built-in default policy; home under the user's data dir)."
+EDGEROUTE_CLOUD_URL), then defaults (the built-in default policy; home under the user's data dir).\n\n\
+Exit status: 0 on success, also when the reader of the output stops early (`| head`), which \
+ends the command quietly; 1 on errors, invalid policies and failed policy tests."
 )]
 struct Cli {
     /// The edgeroute home (runtime, models, cache). Default: $EDGEROUTE_HOME, else the data dir.
@@ -176,13 +182,70 @@ enum PiiCommand {
     },
 }
 
+/// Why a command ended before it finished.
+enum Stop {
+    /// An error, reported on standard error (exit status 1).
+    Failed(edgeroute::Error),
+    /// A usage error with its own wording, reported on standard error (exit status 1).
+    Usage(String),
+    /// The reader of standard output went away (`edgeroute pii scan | head -1`): a normal end,
+    /// quiet, with exit status 0 — what ripgrep does, and what a pipeline that only wanted the
+    /// first lines expects.
+    StdoutClosed,
+}
+
+impl From<edgeroute::Error> for Stop {
+    fn from(e: edgeroute::Error) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+impl Stop {
+    /// A failed write to standard output: a closed pipe ends the command quietly, anything else
+    /// (a full disk...) is an error.
+    fn writing_stdout(e: std::io::Error) -> Self {
+        if e.kind() == ErrorKind::BrokenPipe {
+            Stop::StdoutClosed
+        } else {
+            Stop::Failed(edgeroute::Error::io("writing to standard output", e))
+        }
+    }
+}
+
+/// What a command returns: its exit status, or why it stopped.
+type CmdResult = std::result::Result<ExitCode, Stop>;
+
+/// `println!` for commands: writes a line to standard output and, when that fails, returns
+/// from the enclosing function with [`Stop::writing_stdout`].
+macro_rules! out {
+    () => {
+        out!("")
+    };
+    ($($arg:tt)+) => {
+        writeln!(std::io::stdout().lock(), $($arg)+).map_err(Stop::writing_stdout)?
+    };
+}
+
+/// `eprintln!` that never panics: a message standard error cannot take is dropped (there is
+/// nowhere left to report it).
+macro_rules! note {
+    ($($arg:tt)+) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($arg)+);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match run(cli) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("edgeroute: {e}");
+        Err(Stop::StdoutClosed) => ExitCode::SUCCESS,
+        Err(Stop::Failed(e)) => {
+            note!("edgeroute: {e}");
+            ExitCode::FAILURE
+        }
+        Err(Stop::Usage(message)) => {
+            note!("edgeroute: {message}");
             ExitCode::FAILURE
         }
     }
@@ -197,12 +260,12 @@ fn init_tracing() {
         .try_init();
 }
 
-fn run(cli: Cli) -> edgeroute::Result<ExitCode> {
+fn run(cli: Cli) -> CmdResult {
     match cli.command {
         Command::Ask(args) => ask(args, cli.home.as_deref()),
         Command::Explain(args) => explain(args, cli.home.as_deref()),
-        Command::Policy(PolicyCommand::Check { files }) => Ok(policy_check(&files)),
-        Command::Policy(PolicyCommand::Test { files }) => Ok(policy_test(&files)),
+        Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
+        Command::Policy(PolicyCommand::Test { files }) => policy_test(&files),
         Command::Pii(PiiCommand::Scan { text, policy, json }) => {
             pii_scan(text.as_deref(), &policy, json)
         }
@@ -258,22 +321,19 @@ fn runtime() -> edgeroute::Result<tokio::runtime::Runtime> {
         .map_err(|e| edgeroute::Error::io("starting the async runtime", e))
 }
 
-fn router(
-    policy: CompiledPolicy,
-    home: Option<&Path>,
-    load_models: bool,
-) -> edgeroute::Result<Router> {
-    let mut b = Router::builder().policy(policy);
+/// The router for `policy`, with both tiers as `ask` uses them: the local model is loaded on
+/// first use, so building reads at most its manifest, and the local tier reports itself
+/// available exactly when the model is installed. `store` opens the answer cache and cost
+/// ledger under the home, creating them; `explain` writes nothing, so it goes without.
+fn router(policy: CompiledPolicy, home: Option<&Path>, store: bool) -> edgeroute::Result<Router> {
+    let mut b = Router::builder().policy(policy).cache(store);
     if let Some(h) = home {
         b = b.home(h);
-    }
-    if !load_models {
-        b = b.load_local_model(false).cache(false);
     }
     b.build()
 }
 
-fn ask(args: AskArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
+fn ask(args: AskArgs, home: Option<&Path>) -> CmdResult {
     let policy = load_policy(&args.policy)?;
     let mut request = build_request(&args.request)?;
     request.params.max_tokens = args.max_tokens;
@@ -282,20 +342,25 @@ fn ask(args: AskArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
     let rt = runtime()?;
     let response = rt.block_on(async {
         let mut stream = router.stream(request);
-        let mut stdout = std::io::stdout();
         let mut done = None;
         while let Some(event) = stream.next().await {
             match event? {
                 RouterEvent::Delta(d) if !args.json => {
-                    let _ = stdout.write_all(d.as_bytes());
-                    let _ = stdout.flush();
+                    // A closed pipe drops the stream, which cancels the generation.
+                    let mut stdout = std::io::stdout().lock();
+                    stdout
+                        .write_all(d.as_bytes())
+                        .and_then(|()| stdout.flush())
+                        .map_err(Stop::writing_stdout)?;
                 }
                 RouterEvent::Delta(_) => {}
                 RouterEvent::Done(r) => done = Some(r),
             }
         }
         done.ok_or_else(|| {
-            edgeroute::Error::Inference("the router ended without a response".into())
+            Stop::Failed(edgeroute::Error::Inference(
+                "the router ended without a response".into(),
+            ))
         })
     })?;
     if args.json {
@@ -315,16 +380,16 @@ fn ask(args: AskArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
                 "output_tokens": response.usage.output_tokens,
             },
         });
-        println!("{out}");
+        out!("{out}");
     } else {
-        println!();
+        out!();
         let first_token = response
             .timings
             .first_token
             .filter(|_| !response.cached)
             .map(|d| format!(" (first token {:.0} ms)", d.as_secs_f64() * 1000.0))
             .unwrap_or_default();
-        eprintln!(
+        note!(
             "[{} · rule `{}` · {:.0} ms{first_token} · ${}{}]",
             response.route,
             response.decision.rule,
@@ -357,7 +422,7 @@ fn reasons_json(decision: &Decision) -> Value {
     )
 }
 
-fn explain(args: ExplainArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
+fn explain(args: ExplainArgs, home: Option<&Path>) -> CmdResult {
     let policy = load_policy(&args.policy)?;
     let request = build_request(&args.request)?;
     let router = router(policy, home, false)?;
@@ -384,21 +449,26 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode
             "signals": signals,
             "prompt_tokens": features.prompt_tokens,
         });
-        println!("{out}");
+        out!("{out}");
     } else {
-        println!("route: {}", decision.route());
-        println!("rule:  {}", decision.rule);
+        out!("route: {}", decision.route());
+        out!("rule:  {}", decision.rule);
         // The plan with every option the executor will use (pin, redact, thresholds, delays).
         let plan = serde_json::to_string(&decision.plan).unwrap_or_default();
-        println!("plan:  {plan}");
+        out!("plan:  {plan}");
         for r in &decision.reasons {
-            println!("  - {r}");
+            out!("  - {r}");
         }
-        println!(
-            "inputs: ~{} prompt tokens, {} PII span(s), network {}, cloud {}{}",
+        out!(
+            "inputs: ~{} prompt tokens, {} PII span(s), network {}, local {}, cloud {}{}",
             features.prompt_tokens,
             features.pii_spans.len(),
             signals.network,
+            if signals.local_available {
+                "available"
+            } else {
+                "unavailable"
+            },
             if signals.cloud_available {
                 signals.cloud_health.to_string()
             } else {
@@ -411,7 +481,7 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode
         );
         let ms = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} ms"));
         let l = &signals.latency;
-        println!(
+        out!(
             "latency estimates: local {} (first token {}), cloud {} (first token {})",
             ms(l.local_ms),
             ms(l.local_first_token_ms),
@@ -422,11 +492,11 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> edgeroute::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-fn policy_check(files: &[PathBuf]) -> ExitCode {
+fn policy_check(files: &[PathBuf]) -> CmdResult {
     let mut ok = true;
     for f in files {
         match compile_file(f) {
-            Ok(p) => println!(
+            Ok(p) => out!(
                 "ok: {} ({} rules, {} tests)",
                 f.display(),
                 p.rules.len(),
@@ -434,31 +504,31 @@ fn policy_check(files: &[PathBuf]) -> ExitCode {
             ),
             Err(diags) => {
                 ok = false;
-                eprintln!("{}", render_diagnostics(&diags));
+                note!("{}", render_diagnostics(&diags));
             }
         }
     }
-    if ok {
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }
 
-fn policy_test(files: &[PathBuf]) -> ExitCode {
+fn policy_test(files: &[PathBuf]) -> CmdResult {
     let (mut passed, mut failed) = (0usize, 0usize);
     for f in files {
         let policy = match compile_file(f) {
             Ok(p) => p,
             Err(diags) => {
-                eprintln!("{}", render_diagnostics(&diags));
+                note!("{}", render_diagnostics(&diags));
                 failed += 1;
                 continue;
             }
         };
-        println!("{}", f.display());
+        out!("{}", f.display());
         if policy.tests.is_empty() {
-            println!("  (no [[test]] cases)");
+            out!("  (no [[test]] cases)");
         }
         for o in run_cases(&policy) {
             let expected = match &o.case.expect_rule {
@@ -468,28 +538,29 @@ fn policy_test(files: &[PathBuf]) -> ExitCode {
             let got = format!("{} / {}", o.decision.route(), o.decision.rule);
             if o.passed {
                 passed += 1;
-                println!("  PASS  {:<40} {got}", o.case.name);
+                out!("  PASS  {:<40} {got}", o.case.name);
             } else {
                 failed += 1;
-                println!(
+                out!(
                     "  FAIL  {:<40} expected {expected}, got {got} ({})",
-                    o.case.name, o.case.location
+                    o.case.name,
+                    o.case.location
                 );
                 for r in &o.decision.reasons {
-                    println!("          - {r}");
+                    out!("          - {r}");
                 }
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
+    out!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }
 
-fn pii_scan(text: Option<&str>, policy: &PolicyArg, json: bool) -> edgeroute::Result<ExitCode> {
+fn pii_scan(text: Option<&str>, policy: &PolicyArg, json: bool) -> CmdResult {
     let policy = load_policy(policy)?;
     let text = arg_or_stdin(text.unwrap_or("-"), "document")?;
     let spans = policy.scanner.scan(&text);
@@ -498,50 +569,80 @@ fn pii_scan(text: Option<&str>, policy: &PolicyArg, json: bool) -> edgeroute::Re
             .iter()
             .map(|s| json!({"kind": s.kind, "start": s.start, "end": s.end, "confidence": s.confidence}))
             .collect();
-        println!("{}", json!({ "spans": spans }));
+        out!("{}", json!({ "spans": spans }));
     } else {
         for s in &spans {
-            println!("{}\t{}\t{}", s.kind, s.start, s.end);
+            out!("{}\t{}\t{}", s.kind, s.start, s.end);
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn open_db(home: Option<&Path>) -> edgeroute::Result<(PathBuf, edgeroute::cache::Database)> {
+/// The database of a home that has been used already, for `stats`, `budget` and `cache`. A home
+/// with no database is refused rather than created: these commands only look at what earlier
+/// requests recorded, and a new, empty home under a mistyped `--home` / `EDGEROUTE_HOME` would
+/// only show zeros.
+fn open_existing_db(
+    home: Option<&Path>,
+) -> std::result::Result<(PathBuf, edgeroute::cache::Database), Stop> {
     let home = edgeroute::home::resolve(home);
-    let db = edgeroute::cache::Database::open(&edgeroute::home::db_dir(&home))?;
+    let db_dir = edgeroute::home::db_dir(&home);
+    if !db_dir.is_dir() {
+        let why = if home.is_dir() {
+            format!(
+                "nothing has run with the edgeroute home at {} yet (it has no {})",
+                home.display(),
+                db_dir.display()
+            )
+        } else {
+            format!(
+                "no edgeroute home at {} (nothing has run there yet)",
+                home.display()
+            )
+        };
+        return Err(Stop::Usage(format!(
+            "{why}; check --home / EDGEROUTE_HOME, or answer a prompt there first (`edgeroute ask`)"
+        )));
+    }
+    let db = edgeroute::cache::Database::open(&db_dir)?;
     Ok((home, db))
 }
 
-fn cache(cmd: CacheCommand, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
+fn cache(cmd: CacheCommand, home: Option<&Path>) -> CmdResult {
     let policy = match &cmd {
         CacheCommand::Stats { policy, .. } | CacheCommand::Clear { policy } => load_policy(policy)?,
     };
-    let (home, db) = open_db(home)?;
-    let key =
-        edgeroute::cache::EncryptionKey::load_or_create(&edgeroute::home::cache_key_file(&home))?;
+    let (home, db) = open_existing_db(home)?;
+    // Counting and clearing never decrypt: without a key file (an app that passes its own key)
+    // a throwaway key serves, and none is written.
+    let key_file = edgeroute::home::cache_key_file(&home);
+    let key = if key_file.exists() {
+        edgeroute::cache::EncryptionKey::load_or_create(&key_file)?
+    } else {
+        edgeroute::cache::EncryptionKey::generate()?
+    };
     let cache = edgeroute::cache::SledCache::open(&db, key, policy.cache.clone())?;
     match cmd {
         CacheCommand::Stats { json, .. } => {
             let s = cache.stats()?;
             if json {
-                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+                out!("{}", serde_json::to_string(&s).unwrap_or_default());
             } else {
-                println!("entries:   {}", s.entries);
-                println!("bytes:     {} of {}", s.bytes, s.max_bytes);
-                println!("hits:      {}", s.hits);
-                println!("misses:    {}", s.misses);
-                println!("hit rate:  {:.1}%", s.hit_rate * 100.0);
-                println!("evictions: {}", s.evictions);
-                println!("expired:   {}", s.expired);
-                println!("rejected:  {}", s.rejected);
+                out!("entries:   {}", s.entries);
+                out!("bytes:     {} of {}", s.bytes, s.max_bytes);
+                out!("hits:      {}", s.hits);
+                out!("misses:    {}", s.misses);
+                out!("hit rate:  {:.1}%", s.hit_rate * 100.0);
+                out!("evictions: {}", s.evictions);
+                out!("expired:   {}", s.expired);
+                out!("rejected:  {}", s.rejected);
             }
         }
         CacheCommand::Clear { .. } => {
             let before = cache.stats()?.entries;
             cache.clear()?;
             cache.flush()?;
-            println!("removed {before} cached answer(s)");
+            out!("removed {before} cached answer(s)");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -567,69 +668,70 @@ fn budget_left(policy: &CompiledPolicy, home: Option<&Path>) -> Option<rust_deci
     match status {
         Ok(s) => s.left,
         Err(e) => {
-            eprintln!("note: budget left unknown ({e}); pass --budget-left to decide with a value");
+            note!("note: budget left unknown ({e}); pass --budget-left to decide with a value");
             None
         }
     }
 }
 
-fn budget(policy: &PolicyArg, json: bool, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
+fn budget(policy: &PolicyArg, json: bool, home: Option<&Path>) -> CmdResult {
     let policy = load_policy(policy)?;
-    let (_, db) = open_db(home)?;
+    let (_, db) = open_existing_db(home)?;
     let ledger = edgeroute::ledger::SledLedger::open(&db, policy.budget.limits)?;
     let s = ledger.status_at(std::time::SystemTime::now())?;
     if json {
-        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+        out!("{}", serde_json::to_string(&s).unwrap_or_default());
     } else {
         let limit = |l: Option<rust_decimal::Decimal>| {
             l.map(|d| format!("${d}"))
                 .unwrap_or_else(|| "no limit".into())
         };
-        println!(
+        out!(
             "{:<22} ${} of {}",
             format!("today ({}):", s.day),
             s.spent_today,
             limit(s.daily_limit)
         );
-        println!(
+        out!(
             "{:<22} ${} of {}",
             format!("month ({}):", s.month),
             s.spent_month,
             limit(s.monthly_limit)
         );
         if let Some(left) = s.left {
-            println!("{:<22} ${left}", "left:");
+            out!("{:<22} ${left}", "left:");
         }
         if s.open_reservations > 0 {
-            println!(
+            out!(
                 "{:<22} {} (counted at their estimate)",
-                "open reservations:", s.open_reservations
+                "open reservations:",
+                s.open_reservations
             );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn stats(json: bool, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
-    let (_, db) = open_db(home)?;
+fn stats(json: bool, home: Option<&Path>) -> CmdResult {
+    let (_, db) = open_existing_db(home)?;
     let s = edgeroute::stats::PersistedStats::open(&db)?.load();
     if json {
-        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+        out!("{}", serde_json::to_string(&s).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("requests:          {} ({} failed)", s.requests, s.failures);
-    println!("  local:           {}", s.local);
-    println!("  cloud:           {}", s.cloud);
-    println!("  cache:           {}", s.cache_hits);
-    println!("local share:       {:.1}%", s.local_share * 100.0);
-    println!("cache hit rate:    {:.1}%", s.cache_hit_rate * 100.0);
-    println!(
+    out!("requests:          {} ({} failed)", s.requests, s.failures);
+    out!("  local:           {}", s.local);
+    out!("  cloud:           {}", s.cloud);
+    out!("  cache:           {}", s.cache_hits);
+    out!("local share:       {:.1}%", s.local_share * 100.0);
+    out!("cache hit rate:    {:.1}%", s.cache_hit_rate * 100.0);
+    out!(
         "escalations:       {} ({:.1}%)",
         s.escalations,
         s.escalation_rate * 100.0
     );
-    println!("cloud spend:       ${}", s.cloud_spend_usd);
-    println!(
+    out!("cloud spend:       ${}", s.cloud_spend_usd);
+    out!(
         "est. savings:      ${} (vs sending everything to the cloud)",
         s.estimated_savings_usd
     );
@@ -641,9 +743,11 @@ fn stats(json: bool, home: Option<&Path>) -> edgeroute::Result<ExitCode> {
         ("cloud first token:", s.cloud_first_token),
     ] {
         if l.samples > 0 {
-            println!(
+            out!(
                 "{name} p50 {:.1} ms, p95 {:.1} ms ({} samples)",
-                l.p50_ms, l.p95_ms, l.samples
+                l.p50_ms,
+                l.p95_ms,
+                l.samples
             );
         }
     }
