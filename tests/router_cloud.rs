@@ -523,34 +523,40 @@ async fn a_pinned_cloud_rule_never_gets_the_devices_cached_answer() {
 
 /// With no API key yet, the cloud route turns local and that answer is cached; once the key
 /// is set, the same request goes to the cloud instead of getting the stand-in from the cache.
+/// (The two routers differ only in the key their cloud backend has: same policy, same home.)
 #[tokio::test]
 async fn an_answer_cached_without_an_api_key_never_shadows_the_clouds() {
     let home = tempfile::tempdir().unwrap();
     let fake = FakeProvider::start().await;
     fake.set_reply("From the cloud.");
-    let var = "EDGEROUTE_TEST_KEY_SET_LATER";
-    std::env::remove_var(var);
     let local = Arc::new(EchoModel::default());
-    let build = || {
+    let build = |with_key: bool| {
+        let mut cfg = CloudConfig::openai("fake-model").with_base_url(fake.url());
+        if with_key {
+            cfg = cfg.with_api_key(edgeroute::backend::cloud::ApiKey::new("sk-test"));
+        }
         Router::builder()
-            .policy_str(format!(
-                "{CLOUD}api_key_env = \"{var}\"\n[defaults]\nroute = \"cloud\"\n"
-            ))
+            .policy_str(format!("{CLOUD}[defaults]\nroute = \"cloud\"\n"))
             .local_backend(local.clone())
-            .cloud_base_url(fake.url())
+            .cloud_backend(Arc::new(CloudBackend::new(cfg).unwrap()))
             .home(home.path())
             .cache_key([9; 32])
             .build()
             .unwrap()
     };
-    let r = build();
+    let r = build(false);
     let ask = || Request::new("What is a monad?");
-    assert_eq!(r.complete(ask()).await.unwrap().route, Route::Local);
+    let first = r.complete(ask()).await.unwrap();
+    assert_eq!(first.route, Route::Local);
+    assert!(first
+        .decision
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::CloudUnavailable { .. })));
     assert_eq!(r.complete(ask()).await.unwrap().route, Route::Cache);
     drop(r);
 
-    std::env::set_var(var, "sk-test");
-    let r = build();
+    let r = build(true);
     let resp = r.complete(ask()).await.unwrap();
     assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
     assert_eq!(resp.text, "From the cloud.");

@@ -6,11 +6,17 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use futures::channel::oneshot;
 
+use super::store::Tally;
+
 use crate::error::{Error, Result};
 
-/// A flush request: the database to flush, answered once a flush that started after the
+/// A flush request: the database to flush (weakly: a request whose caller gave up, left in
+/// the queue, must not keep the database open), answered once a flush that started after the
 /// request has completed.
-type FlushRequest = (sled::Db, oneshot::Sender<std::result::Result<(), String>>);
+type FlushRequest = (
+    Weak<Shared>,
+    oneshot::Sender<std::result::Result<(), String>>,
+);
 
 /// An open sled database plus its path (for error messages).
 ///
@@ -28,6 +34,8 @@ struct Shared {
     path: PathBuf,
     /// Group-commit flusher thread, started on the first [`Database::flush_async`].
     flusher: OnceLock<mpsc::Sender<FlushRequest>>,
+    /// The counts the answer caches open on this database share (see [`Database::cache_tally`]).
+    cache_tally: Mutex<Weak<Tally>>,
 }
 
 /// The databases [`Database::open`] has open in this process, by directory.
@@ -52,7 +60,6 @@ impl Database {
                 message: format!("cannot create the database directory: {e}"),
             });
         }
-        restrict_to_owner(path);
         let id = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         // Held while opening, so two threads opening one directory share one database.
         let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
@@ -89,6 +96,7 @@ impl Database {
                 db,
                 path: path.into(),
                 flusher: OnceLock::new(),
+                cache_tally: Mutex::new(Weak::new()),
             }),
         }
     }
@@ -96,6 +104,23 @@ impl Database {
     /// The underlying sled database.
     pub fn sled(&self) -> &sled::Db {
         &self.shared.db
+    }
+
+    /// The counts shared by the answer caches open on this database, and whether this call
+    /// made them: when no cache is open here, a new one counts the entries afresh (and
+    /// repairs what a crash left), and the caches opened while it lives share its counts.
+    pub(crate) fn cache_tally(&self) -> (Arc<Tally>, bool) {
+        let mut slot = self
+            .shared
+            .cache_tally
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(tally) = slot.upgrade() {
+            return (tally, false);
+        }
+        let tally = Arc::new(Tally::default());
+        *slot = Arc::downgrade(&tally);
+        (tally, true)
     }
 
     /// The database directory.
@@ -125,7 +150,7 @@ impl Database {
             message,
         };
         sender
-            .send((self.sled().clone(), tx))
+            .send((Arc::downgrade(&self.shared), tx))
             .map_err(|_| failed("the flusher thread has stopped".into()))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -137,11 +162,12 @@ impl Database {
 
 /// Starts the group-commit thread. It exits when every `Database` clone has been dropped.
 ///
-/// The thread holds a `sled::Db` only while it flushes, and drops it before answering: sled
-/// writes its last changes to disk when the last `Db` handle is dropped, and that must be the
+/// The thread holds the database only while it flushes, and lets go before answering: sled
+/// writes its last changes to disk when the last handle is dropped, and that must be the
 /// app's own handle, dropped on the app's thread. (A flusher that kept a handle for its whole
 /// life made the process exit with that final flush undone: cache entries and statistics
-/// written after the last explicit flush were lost.)
+/// written after the last explicit flush were lost.) Requests hold the database weakly, so
+/// one left in the queue by a caller that gave up keeps nothing open either.
 fn spawn_flusher() -> mpsc::Sender<FlushRequest> {
     let (tx, rx) = mpsc::channel::<FlushRequest>();
     let spawned = std::thread::Builder::new()
@@ -150,11 +176,16 @@ fn spawn_flusher() -> mpsc::Sender<FlushRequest> {
             while let Ok(first) = rx.recv() {
                 let mut batch = vec![first];
                 batch.extend(rx.try_iter());
-                let (dbs, waiting): (Vec<sled::Db>, Vec<_>) = batch.into_iter().unzip();
-                let result = dbs.first().map_or(Ok(()), |db| {
-                    db.flush().map(|_| ()).map_err(|e| e.to_string())
-                });
-                drop(dbs);
+                let (dbs, waiting): (Vec<Weak<Shared>>, Vec<_>) = batch.into_iter().unzip();
+                let result = match dbs.iter().find_map(Weak::upgrade) {
+                    Some(shared) => {
+                        let flushed = shared.db.flush().map(|_| ()).map_err(|e| e.to_string());
+                        drop(shared);
+                        flushed
+                    }
+                    // Nobody holds the database any more: its last drop flushed it.
+                    None => Ok(()),
+                };
                 for w in waiting {
                     let _ = w.send(result.clone());
                 }
@@ -166,10 +197,10 @@ fn spawn_flusher() -> mpsc::Sender<FlushRequest> {
     tx
 }
 
-/// Makes a database directory created by an earlier version (mode 0755, so its files were
-/// readable by other users) readable by its owner only. Best effort: a directory the app
-/// chose and shares on purpose may refuse, which is only worth a warning.
-fn restrict_to_owner(path: &Path) {
+/// Makes the edgeroute home's database directory readable by its owner only, when an earlier
+/// version created it readable by everyone (mode 0755, files 0644). Only for the home's own
+/// directory (the router's store): a directory an app opens itself keeps the mode it chose.
+pub(crate) fn restrict_to_owner(path: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -179,8 +179,8 @@ fn role_tag(role: Role) -> u8 {
     }
 }
 
-/// NFC, line endings as `\n`, each line's trailing whitespace removed, blank lines and
-/// whitespace at both ends removed. Indentation and the spaces inside a line are kept: they
+/// NFC, line endings as `\n`, each line's trailing whitespace removed, blank lines at both
+/// ends removed. Indentation (the first line's too) and the spaces inside a line are kept: they
 /// change what a program, a table or a poem says (two snippets that differ only in the
 /// indentation of one line are different programs and must not share an answer).
 pub fn normalize_text(text: &str) -> String {
@@ -205,8 +205,8 @@ fn tidy_lines(text: &str, out: &mut String) {
     for line in text.lines().flat_map(|l| l.split('\r')) {
         let line = line.trim_end();
         if out.is_empty() {
-            // Leading blank lines and the first line's leading whitespace go.
-            out.push_str(line.trim_start());
+            // Leading blank lines go; the first line with text keeps its indentation.
+            out.push_str(line);
         } else {
             out.push('\n');
             out.push_str(line);
@@ -270,8 +270,15 @@ mod tests {
 
     #[test]
     fn normalisation() {
-        assert_eq!(normalize_text("  a \t\r\n b  \n\n"), "a\n b");
-        assert_eq!(normalize_text("\n\n  x = 1  \r\n\r\n  y\r"), "x = 1\n\n  y");
+        assert_eq!(normalize_text("  a \t\r\n b  \n\n"), "  a\n b");
+        assert_eq!(
+            normalize_text("\n \n  x = 1  \r\n\r\n  y\r"),
+            "  x = 1\n\n  y"
+        );
+        assert_ne!(
+            normalize_text("    if x:\n  y"),
+            normalize_text("if x:\n  y")
+        );
         assert_eq!(normalize_text("a\rb\r\nc"), "a\nb\nc");
         assert_eq!(normalize_text(" \t\n \u{a0}"), "");
         // Indentation and spaces inside a line are kept: these are different programs.
@@ -288,7 +295,7 @@ mod tests {
     fn equal_after_normalisation() {
         let c = ctx(PrivacyClass::Public);
         let a = CacheKey::new(&Request::new("What is Rust?  \r\n"), &c);
-        let b = CacheKey::new(&Request::new(" What is Rust?"), &c);
+        let b = CacheKey::new(&Request::new("\n\nWhat is Rust?"), &c);
         assert_eq!(a, b);
         let raw = KeyContext {
             normalize: false,

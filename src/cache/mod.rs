@@ -33,6 +33,7 @@ mod record;
 mod store;
 
 pub use crypt::{EncryptionKey, KEY_LEN};
+pub(crate) use db::restrict_to_owner;
 pub use db::{open_db, Database};
 pub use key::{normalize_text, CacheKey, KeyContext, PrivacyClass};
 pub use record::{open_record, seal_record, CachedAnswer, Header, Rejection};

@@ -27,7 +27,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -84,7 +84,8 @@ pub struct CacheConfig {
     /// Byte budget (key + stored record bytes); least recently used entries are evicted above it.
     /// An answer larger than the whole budget is not stored. Default: 64 MiB.
     pub max_bytes: u64,
-    /// Normalise message text before hashing (NFC, trim, collapse whitespace). Default: `true`.
+    /// Normalise message text before hashing (NFC, line endings, trailing whitespace and blank
+    /// lines at both ends; indentation kept: see [`super::normalize_text`]). Default: `true`.
     pub normalize: bool,
     /// Cache answers to requests that contained PII ([`PrivacyClass::Private`]); they are
     /// encrypted like every entry and never served to public requests. Default: `false`.
@@ -159,6 +160,12 @@ const MISSES: usize = 1;
 const EVICTIONS: usize = 2;
 const EXPIRED: usize = 3;
 const REJECTED: usize = 4;
+/// The first 6 bytes of an entry id in hex, for logs. Never the key's digest: that is a plain
+/// hash of the prompt, which a reader of the logs could recompute for a guessed prompt.
+fn short_id(id: &[u8]) -> String {
+    id.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
 /// The `cache/meta` record saying entry ids are keyed (see `SledCache::drop_unkeyed_entries`).
 const IDS_MARK: &[u8] = b"ids";
 const IDS_KEYED: &[u8] = b"hmac-sha256/v1";
@@ -179,6 +186,14 @@ pub struct SledCache {
     meta: sled::Tree,
     key: EncryptionKey,
     config: RwLock<CacheConfig>,
+    /// Counts shared by every `SledCache` on this database (see [`Tally`]).
+    tally: Arc<Tally>,
+}
+
+/// What the caches of one database count together: two routers on one home (one shared
+/// [`Database`]) enforce one byte budget, report one set of statistics and evict one at a time.
+#[derive(Default)]
+pub(crate) struct Tally {
     entry_count: AtomicU64,
     bytes: AtomicU64,
     /// Increments not yet merged into `cache/meta`.
@@ -191,8 +206,8 @@ impl std::fmt::Debug for SledCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SledCache")
             .field("path", &self.path)
-            .field("entries", &self.entry_count.load(Ordering::Relaxed))
-            .field("bytes", &self.bytes.load(Ordering::Relaxed))
+            .field("entries", &self.tally.entry_count.load(Ordering::Relaxed))
+            .field("bytes", &self.tally.bytes.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -200,12 +215,15 @@ impl std::fmt::Debug for SledCache {
 impl SledCache {
     /// Opens the cache in `db` (see [`Database::open`]), sealing entries with `key`.
     ///
-    /// Counts entries and bytes and repairs access records left inconsistent by a crash. Cost:
-    /// one scan of the entries. Opening never evicts (so a tool opening the cache with a default
+    /// Counts entries and bytes and repairs access records left inconsistent by a crash when
+    /// no other cache is open on this [`Database`] (cost: one scan of the entries); caches
+    /// opened while one is share its counts, byte budget and eviction. Opening never evicts (so a tool opening the cache with a default
     /// config, e.g. for `cache stats`, cannot shrink it): a budget smaller than the content is
     /// enforced at the next `put` or [`SledCache::set_config`].
     pub fn open(db: &Database, key: EncryptionKey, config: CacheConfig) -> Result<Self> {
         let path = db.path().to_path_buf();
+        // The first cache open on this database counts (and repairs); others share its counts.
+        let (tally, first) = db.cache_tally();
         let tree = |name: &str| db.sled().open_tree(name).map_err(|e| storage(&path, e));
         let cache = SledCache {
             entries: tree("cache/entries")?,
@@ -216,14 +234,12 @@ impl SledCache {
             path,
             key,
             config: RwLock::new(config),
-            entry_count: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            pending: Default::default(),
-            lookups: AtomicU64::new(0),
-            evicting: Mutex::new(()),
+            tally: Arc::clone(&tally),
         };
-        cache.drop_unkeyed_entries()?;
-        cache.recount()?;
+        if first {
+            cache.drop_unkeyed_entries()?;
+            cache.recount()?;
+        }
         Ok(cache)
     }
 
@@ -237,7 +253,7 @@ impl SledCache {
         }
         let old = self.entries.len();
         if old > 0 {
-            let _guard = lock(&self.evicting);
+            let _guard = lock(&self.tally.evicting);
             for tree in [&self.entries, &self.atime, &self.lru] {
                 tree.clear().map_err(err)?;
             }
@@ -308,7 +324,7 @@ impl SledCache {
         let answer = match open_record(&self.key, key, stored) {
             Ok(answer) => answer,
             Err(why) => {
-                tracing::warn!(key = %key, reason = why.as_str(), "dropping an unreadable answer-cache entry (tampered, truncated or sealed with another key)");
+                tracing::warn!(entry = %short_id(id), reason = why.as_str(), "dropping an unreadable answer-cache entry (tampered, truncated or sealed with another key)");
                 if self.remove_if(id, stored)? {
                     self.bump(REJECTED, 1)?;
                 }
@@ -337,28 +353,28 @@ impl SledCache {
         let id = &self.key.entry_id(key)[..];
         let size = (id.len() + record.len()) as u64;
         if size > config.max_bytes {
-            tracing::debug!(key = %key, size, "answer larger than the cache budget; not cached");
+            tracing::debug!(entry = %short_id(id), size, "answer larger than the cache budget; not cached");
             return Ok(());
         }
         // Count first, correct after: a concurrent removal of this very entry then never
         // subtracts from counts that do not include it yet.
-        self.bytes.fetch_add(size, Ordering::AcqRel);
-        self.entry_count.fetch_add(1, Ordering::AcqRel);
+        self.tally.bytes.fetch_add(size, Ordering::AcqRel);
+        self.tally.entry_count.fetch_add(1, Ordering::AcqRel);
         let old = self.entries.insert(id, record.as_slice());
         match old {
             Ok(None) => {}
             Ok(Some(old)) => {
-                sub(&self.bytes, (id.len() + old.len()) as u64);
-                sub(&self.entry_count, 1);
+                sub(&self.tally.bytes, (id.len() + old.len()) as u64);
+                sub(&self.tally.entry_count, 1);
             }
             Err(e) => {
-                sub(&self.bytes, size);
-                sub(&self.entry_count, 1);
+                sub(&self.tally.bytes, size);
+                sub(&self.tally.entry_count, 1);
                 return Err(storage(&self.path, e));
             }
         }
         self.set_access(id)?;
-        if self.bytes.load(Ordering::Acquire) > config.max_bytes {
+        if self.tally.bytes.load(Ordering::Acquire) > config.max_bytes {
             self.evict_to_budget()?;
         }
         Ok(())
@@ -374,14 +390,14 @@ impl SledCache {
                 .map_err(|e| storage(&self.path, e))?
                 .map(|v| decode_u64(&v))
                 .unwrap_or(0);
-            totals[i] = stored.saturating_add(self.pending[i].load(Ordering::Acquire));
+            totals[i] = stored.saturating_add(self.tally.pending[i].load(Ordering::Acquire));
         }
         let lookups = totals[HITS] + totals[MISSES];
         let config = self.config();
         Ok(CacheStats {
             mode: config.mode,
-            entries: self.entry_count.load(Ordering::Acquire),
-            bytes: self.bytes.load(Ordering::Acquire),
+            entries: self.tally.entry_count.load(Ordering::Acquire),
+            bytes: self.tally.bytes.load(Ordering::Acquire),
             max_bytes: config.max_bytes,
             hits: totals[HITS],
             misses: totals[MISSES],
@@ -398,14 +414,14 @@ impl SledCache {
 
     /// Removes every entry and resets the counters. See [`CacheStore::clear`].
     pub fn clear(&self) -> Result<()> {
-        let _guard = lock(&self.evicting);
+        let _guard = lock(&self.tally.evicting);
         for tree in [&self.entries, &self.atime, &self.lru, &self.meta] {
             tree.clear().map_err(|e| storage(&self.path, e))?;
         }
         self.meta
             .insert(IDS_MARK, IDS_KEYED)
             .map_err(|e| storage(&self.path, e))?;
-        for p in &self.pending {
+        for p in &self.tally.pending {
             p.store(0, Ordering::Release);
         }
         drop(_guard);
@@ -422,7 +438,7 @@ impl SledCache {
         let current = self.atime.get(id).map_err(|e| storage(&self.path, e))?;
         if let Some(tick) = current.as_deref().and_then(decode_tick) {
             let now = self.tick()?;
-            let recent = self.entry_count.load(Ordering::Acquire) / 4;
+            let recent = self.tally.entry_count.load(Ordering::Acquire) / 4;
             if now.saturating_sub(tick) <= recent {
                 return Ok(());
             }
@@ -458,8 +474,8 @@ impl SledCache {
         if swapped.is_err() {
             return Ok(false); // replaced or removed meanwhile
         }
-        sub(&self.bytes, (id.len() + expected.len()) as u64);
-        sub(&self.entry_count, 1);
+        sub(&self.tally.bytes, (id.len() + expected.len()) as u64);
+        sub(&self.tally.entry_count, 1);
         if let Some(tick) = tick {
             // Only if no put/touch gave it a new tick since (that one owns its lru record).
             let _ = self
@@ -479,8 +495,8 @@ impl SledCache {
     /// evictor re-checks the budget after releasing the lock so no such put is left over budget.
     fn evict_to_budget(&self) -> Result<()> {
         let max = self.config().max_bytes;
-        while self.bytes.load(Ordering::Acquire) > max {
-            let Ok(guard) = self.evicting.try_lock() else {
+        while self.tally.bytes.load(Ordering::Acquire) > max {
+            let Ok(guard) = self.tally.evicting.try_lock() else {
                 return Ok(());
             };
             let evicted = self.evict_locked(max)?;
@@ -496,7 +512,7 @@ impl SledCache {
     fn evict_locked(&self, max: u64) -> Result<u64> {
         let mut evicted = 0u64;
         let mut cursor = self.lru.iter();
-        while self.bytes.load(Ordering::Acquire) > max {
+        while self.tally.bytes.load(Ordering::Acquire) > max {
             let Some(item) = cursor.next() else { break };
             let (lru_id, _) = item.map_err(|e| storage(&self.path, e))?;
             if lru_id.len() != 8 + 32 {
@@ -541,7 +557,7 @@ impl SledCache {
 
     /// Recomputes entry/byte counts and repairs access records (run at open and after clear).
     fn recount(&self) -> Result<()> {
-        let _guard = lock(&self.evicting);
+        let _guard = lock(&self.tally.evicting);
         let (mut count, mut bytes) = (0u64, 0u64);
         for item in self.entries.iter() {
             let (id, value) = item.map_err(|e| storage(&self.path, e))?;
@@ -568,14 +584,16 @@ impl SledCache {
                     .map_err(|e| storage(&self.path, e))?;
             }
         }
-        self.entry_count.store(count, Ordering::Release);
-        self.bytes.store(bytes, Ordering::Release);
+        self.tally.entry_count.store(count, Ordering::Release);
+        self.tally.bytes.store(bytes, Ordering::Release);
         Ok(())
     }
 
     fn bump(&self, counter: usize, by: u64) -> Result<()> {
-        self.pending[counter].fetch_add(by, Ordering::AcqRel);
-        if counter <= MISSES && self.lookups.fetch_add(1, Ordering::AcqRel) % PERSIST_EVERY == 0 {
+        self.tally.pending[counter].fetch_add(by, Ordering::AcqRel);
+        if counter <= MISSES
+            && self.tally.lookups.fetch_add(1, Ordering::AcqRel) % PERSIST_EVERY == 0
+        {
             self.persist_counters()?;
         }
         Ok(())
@@ -584,7 +602,7 @@ impl SledCache {
     /// Merges pending counter increments into `cache/meta`.
     fn persist_counters(&self) -> Result<()> {
         for (i, name) in COUNTER_NAMES.iter().enumerate() {
-            let delta = self.pending[i].swap(0, Ordering::AcqRel);
+            let delta = self.tally.pending[i].swap(0, Ordering::AcqRel);
             if delta == 0 {
                 continue;
             }
