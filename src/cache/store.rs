@@ -392,7 +392,8 @@ impl SledCache {
                 .unwrap_or(0);
             totals[i] = stored.saturating_add(self.tally.pending[i].load(Ordering::Acquire));
         }
-        let lookups = totals[HITS] + totals[MISSES];
+        // Saturating: the stored counters are read from disk, whatever they hold.
+        let lookups = totals[HITS].saturating_add(totals[MISSES]);
         let config = self.config();
         Ok(CacheStats {
             mode: config.mode,
