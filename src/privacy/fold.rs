@@ -273,6 +273,9 @@ fn form_of(c: char) -> Option<Form> {
         | 0x2066..=0x2069
         | 0xFE00..=0xFE0F
         | 0xFEFF => Some(Form::Nothing),
+        // Arabic decimal and thousands separators, written with Arabic-Indic digits.
+        0x066B => Some(Form::Ascii('.')),
+        0x066C => Some(Form::Ascii(',')),
         // Fullwidth ASCII: `４１１１`, `ＦＲ１４`, `－`, `＠`.
         0xFF01..=0xFF5E => char::from_u32(cp - 0xFEE0).map(Form::Ascii),
         // Mathematical bold, double-struck, sans-serif (plain and bold) and monospace digits
@@ -473,9 +476,9 @@ mod tests {
                 assert!(FORM_LEADS.contains(&e[0]), "{c:?}");
             }
         }
-        // 180 digits of 18 scripts, 94 fullwidth forms, 50 mathematical digits (5 styles) and
-        // 40 invisible characters.
-        assert_eq!(folded, 180 + 94 + 50 + 40);
+        // 180 digits of 18 scripts, 94 fullwidth forms, 50 mathematical digits (5 styles), 40
+        // invisible characters and the Arabic decimal and thousands separators.
+        assert_eq!(folded, 180 + 94 + 50 + 40 + 2);
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! way, made only when a digit is next to such a separator, and report spans in the original
 //! text, covering the original separators. The em dash and horizontal bar (U+2014, U+2015)
 //! are punctuation, read as `-` only between two digits (`555—0132`, as a word processor
-//! autocorrects `555--0132`). Custom patterns and keywords see the original text; assigned
+//! autocorrects `555--0132`). Custom patterns and keywords see the text as written and, as
+//! the built-in detectors do, with the forms below read as what they stand for; assigned
 //! secrets accept the Unicode spaces around `=`, `:` and `is` (`mot de passe\u{a0}: …`).
 //!
 //! Every built-in detector also reads characters that stand for ASCII ones as those:
@@ -288,20 +289,16 @@ impl Scanner {
         let mut found = Vec::new();
         // Fullwidth forms, other scripts' digits and invisible characters are read as what
         // they stand for; the spans are mapped back to the original characters.
-        match fold::fold_forms(text) {
-            None => inner.builtin.run(text, &inner.enabled, &mut found),
-            Some(folded) => {
-                inner.builtin.run(folded.text(), &inner.enabled, &mut found);
-                for f in &mut found {
-                    f.start = folded.original(f.start);
-                    f.end = folded.original(f.end);
-                }
-            }
-        }
-        for (kind, re) in &inner.custom {
-            for m in re.find_iter(text) {
-                if m.start() < m.end() {
-                    found.push(Found {
+        let folded = fold::fold_forms(text);
+        let scanned = folded.as_ref().map_or(text, |f| f.text());
+        inner.builtin.run(scanned, &inner.enabled, &mut found);
+        // Custom patterns and keywords see the folded copy (so a zero-width character or
+        // another script's digits cannot hide what they match) and the original text (a
+        // pattern may name non-ASCII characters itself).
+        let custom = |t: &str, out: &mut Vec<Found>| {
+            for (kind, re) in &inner.custom {
+                for m in re.find_iter(t).filter(|m| m.start() < m.end()) {
+                    out.push(Found {
                         start: m.start(),
                         end: m.end(),
                         kind: *kind,
@@ -310,6 +307,14 @@ impl Scanner {
                     });
                 }
             }
+        };
+        custom(scanned, &mut found);
+        if let Some(folded) = &folded {
+            for f in &mut found {
+                f.start = folded.original(f.start);
+                f.end = folded.original(f.end);
+            }
+            custom(text, &mut found);
         }
         resolve(found)
             .into_iter()

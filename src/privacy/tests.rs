@@ -220,6 +220,63 @@ fn secrets() {
     none("the sk-learn-pipeline-examples repo; your password is incorrect");
 }
 
+/// Custom patterns and keywords are not hidden by invisible characters or other scripts'
+/// digits either, and a pattern that names non-ASCII characters itself still matches them.
+#[test]
+fn custom_patterns_and_keywords_see_through_invisible_characters_and_other_digits() {
+    let cfg = PrivacyConfig {
+        kinds: vec![],
+        patterns: vec![
+            CustomPattern {
+                kind: "employee_id".into(),
+                regex: r"EMP-[0-9]{6}".into(),
+            },
+            CustomPattern {
+                kind: "arabic_ref".into(),
+                regex: r"مرجع [٠-٩]{4}".into(),
+            },
+        ],
+        keywords: vec![KeywordList {
+            kind: "project".into(),
+            words: vec!["Bluebird".into(), "red falcon".into()],
+        }],
+    };
+    let s = Scanner::new(&cfg).unwrap();
+    let found = |text: &str| -> Vec<(String, String)> {
+        s.scan(text)
+            .into_iter()
+            .map(|x| (x.kind, text[x.start..x.end].to_string()))
+            .collect()
+    };
+    let pair = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    assert_eq!(
+        found("id EMP-\u{663}\u{664}\u{665}\u{666}\u{667}\u{668} ok"),
+        pair(
+            "employee_id",
+            "EMP-\u{663}\u{664}\u{665}\u{666}\u{667}\u{668}"
+        )
+    );
+    assert_eq!(
+        found("id EMP-12\u{200b}3456 ok"),
+        pair("employee_id", "EMP-12\u{200b}3456")
+    );
+    assert_eq!(
+        found("on Blue\u{ad}bird today"),
+        pair("project", "Blue\u{ad}bird")
+    );
+    assert_eq!(
+        found("the red\u{200d} falcon"),
+        pair("project", "red\u{200d} falcon")
+    );
+    assert_eq!(found("انظر مرجع ١٢٣٤ الآن"), pair("arabic_ref", "مرجع ١٢٣٤"));
+    // Arabic decimal and thousands separators read as `.` and `,` for the built-in detectors.
+    let ip = Scanner::new(&PrivacyConfig::default()).unwrap();
+    let text = "الخادم \u{661}\u{669}\u{662}\u{66b}\u{661}\u{666}\u{668}\u{66b}\u{660}\u{66b}\u{661}\u{660}";
+    let spans = ip.scan(text);
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0].kind, "ip_address");
+}
+
 #[test]
 fn custom_patterns_and_keywords() {
     let cfg = PrivacyConfig {
