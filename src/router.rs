@@ -37,6 +37,7 @@ pub struct RouterBuilder {
     load_local: bool,
     load_cloud: bool,
     cloud_url: Option<String>,
+    cloud_api_key: Option<String>,
     use_cache: bool,
     cache_key: Option<[u8; 32]>,
     trace_content: bool,
@@ -52,6 +53,7 @@ impl Default for RouterBuilder {
             load_local: true,
             load_cloud: true,
             cloud_url: None,
+            cloud_api_key: None,
             use_cache: true,
             cache_key: None,
             trace_content: false,
@@ -117,6 +119,15 @@ impl RouterBuilder {
         self
     }
 
+    /// The API key for the cloud tier the policy's `[cloud]` names, for apps that keep it in
+    /// their own keystore rather than the environment. Default: read from the variable
+    /// `[cloud].api_key_env` names. (Not used with [`RouterBuilder::cloud_backend`], whose
+    /// backend has its own configuration.)
+    pub fn cloud_api_key(mut self, key: impl Into<String>) -> Self {
+        self.cloud_api_key = Some(key.into());
+        self
+    }
+
     /// Whether to open the answer cache and cost ledger under `<home>/db`. Default: true
     /// (the policy's `[cache].mode` still applies).
     pub fn cache(mut self, yes: bool) -> Self {
@@ -163,9 +174,11 @@ impl RouterBuilder {
         });
         let cloud = match self.cloud {
             Some(b) => Some(CloudTier::new(b)),
-            None if self.load_cloud => {
-                crate::wiring::cloud_from_policy(&policy, cloud_url.as_deref())?
-            }
+            None if self.load_cloud => crate::wiring::cloud_from_policy(
+                &policy,
+                cloud_url.as_deref(),
+                self.cloud_api_key.as_deref(),
+            )?,
             None => None,
         };
         let store = if self.use_cache {

@@ -138,14 +138,16 @@ mod lazy_local {
 }
 
 /// The cloud tier named by `[cloud]`, with `url` (from `EDGEROUTE_CLOUD_URL` or the builder)
-/// overriding its base URL. The API key comes from the variable `[cloud].api_key_env` names;
-/// without one the tier reports itself unavailable and cloud routes run locally.
+/// overriding its base URL. The API key is `key` (from the builder) or else comes from the
+/// variable `[cloud].api_key_env` names; without one the tier reports itself unavailable and
+/// cloud routes run locally.
 #[cfg(feature = "cloud")]
 pub(crate) fn cloud_from_policy(
     policy: &CompiledPolicy,
     url: Option<&str>,
+    key: Option<&str>,
 ) -> Result<Option<CloudTier>> {
-    use crate::backend::cloud::{BreakerConfig, CloudBackend, CloudConfig, Provider};
+    use crate::backend::cloud::{ApiKey, BreakerConfig, CloudBackend, CloudConfig, Provider};
     use crate::policy::ProviderKind;
 
     let Some(c) = &policy.cloud else {
@@ -165,6 +167,9 @@ pub(crate) fn cloud_from_policy(
     cfg.retry.max_retries = c.max_retries;
     cfg.default_max_tokens = c.max_tokens;
     cfg.breaker = BreakerConfig::from_policy(c);
+    if let Some(key) = key.filter(|k| !k.trim().is_empty()) {
+        cfg = cfg.with_api_key(ApiKey::new(key.trim()));
+    }
     Ok(Some(CloudTier::new(Arc::new(CloudBackend::new(cfg)?))))
 }
 
@@ -173,6 +178,7 @@ pub(crate) fn cloud_from_policy(
 pub(crate) fn cloud_from_policy(
     _policy: &CompiledPolicy,
     _url: Option<&str>,
+    _key: Option<&str>,
 ) -> Result<Option<CloudTier>> {
     Ok(None)
 }

@@ -436,16 +436,15 @@ async fn redacting_hedge_sends_placeholders_only_when_the_cloud_runs() {
 async fn the_policys_breaker_settings_reach_the_cloud_tier() {
     let fake = FakeProvider::start().await;
     fake.set_behavior(Behavior::Status(503));
-    let var = "EDGEROUTE_TEST_BREAKER_POLICY_KEY";
-    std::env::set_var(var, "sk-test");
     let local = Arc::new(EchoModel::default());
     let r = Router::builder()
         .policy_str(format!(
-            "{CLOUD}api_key_env = \"{var}\"\nmax_retries = 0\n[cloud.breaker]\n\
+            "{CLOUD}max_retries = 0\n[cloud.breaker]\n\
              consecutive_failures = 1\n[defaults]\nroute = \"cloud\"\n"
         ))
         .local_backend(local.clone())
         .cloud_base_url(fake.url())
+        .cloud_api_key("sk-test")
         .cache(false)
         .build()
         .unwrap();
@@ -644,4 +643,36 @@ async fn offline_answers_are_cached_and_never_shadow_the_clouds() {
     let online = r.complete(ask()).await.unwrap();
     assert_eq!(online.route, Route::Cloud, "{}", online.decision);
     assert_eq!(fake.requests_received(), 1);
+}
+
+/// An app can give the router the cloud API key from its own keystore: the policy's provider
+/// is used with it, whatever the environment holds (here the policy's variable is unset).
+#[tokio::test]
+async fn the_builders_api_key_reaches_the_policys_provider() {
+    let fake = FakeProvider::start().await;
+    let build = |key: Option<&str>| {
+        let mut b = Router::builder()
+            .policy_str(format!(
+                "{CLOUD}api_key_env = \"EDGEROUTE_TEST_NEVER_SET\"\n[defaults]\nroute = \"cloud\"\n"
+            ))
+            .local_backend(Arc::new(EchoModel::default()))
+            .cloud_base_url(fake.url())
+            .cache(false);
+        if let Some(k) = key {
+            b = b.cloud_api_key(k);
+        }
+        b.build().unwrap()
+    };
+    let without = build(None).complete(Request::new("hello")).await.unwrap();
+    assert_eq!(without.route, Route::Local);
+    assert_eq!(fake.requests_received(), 0);
+    let with = build(Some("sk-from-keystore"))
+        .complete(Request::new("hello"))
+        .await
+        .unwrap();
+    assert_eq!(with.route, Route::Cloud, "{}", with.decision);
+    assert_eq!(
+        fake.last_request().unwrap().headers["authorization"],
+        "Bearer sk-from-keystore"
+    );
 }
