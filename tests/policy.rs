@@ -706,3 +706,54 @@ proptest! {
         let _ = compile_str(&src, Path::new("fuzz.toml"));
     }
 }
+
+/// Without a local model, a plan that may use the cloud goes there up front and says why (it
+/// used to fail locally and fall back); a pinned local plan stays local whatever happens.
+#[test]
+fn no_local_model_sends_unpinned_plans_to_the_cloud_and_keeps_pinned_ones() {
+    let no_local = Signals {
+        local_available: false,
+        ..signals()
+    };
+    let unavailable = |d: &edgeroute::decision::Decision| {
+        d.reasons
+            .iter()
+            .any(|r| matches!(r, Reason::LocalUnavailable { .. }))
+    };
+    for (route, extra, redact) in [
+        ("local", "", true),
+        ("cascade", "min_confidence = -1.0\n", false),
+        ("hedge", "after_ms = 100\nredact = true\n", true),
+    ] {
+        let p = policy(&format!("[defaults]\nroute = \"{route}\"\n{extra}"));
+        let d = decide(&p, &inspect(&p, &Request::new("hello")), &no_local);
+        assert_eq!(d.plan, Plan::Cloud { redact, pin: false }, "{route}: {d}");
+        assert!(unavailable(&d), "{route}: {d}");
+        assert!(d.cloud_clearance().is_some());
+        // With the local model there, the plan is the policy's own.
+        let d = decide(&p, &inspect(&p, &Request::new("hello")), &signals());
+        assert_eq!(d.route(), route);
+        assert!(!unavailable(&d));
+    }
+    let pinned = policy("[defaults]\nroute = \"local\"\npin = true\n");
+    let d = decide(
+        &pinned,
+        &inspect(&pinned, &Request::new("hello")),
+        &no_local,
+    );
+    assert_eq!(d.plan, Plan::Local { pin: true });
+    assert!(d.cloud_clearance().is_none());
+    // No local model and no cloud either: the plan turns local again, with both reasons.
+    let neither = Signals {
+        cloud_available: false,
+        ..no_local
+    };
+    let p = policy("[defaults]\nroute = \"cascade\"\nmin_confidence = -1.0\n");
+    let d = decide(&p, &inspect(&p, &Request::new("hello")), &neither);
+    assert_eq!(d.route(), "local");
+    assert!(unavailable(&d));
+    assert!(d
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::CloudUnavailable { .. })));
+}

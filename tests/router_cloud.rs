@@ -347,8 +347,8 @@ async fn no_api_key_means_cloud_unavailable_and_local_answers() {
     assert_eq!(fake.requests_received(), 0);
 }
 
-/// A hedge with one tier missing has nothing to race: the other tier answers alone, and the
-/// decision says why.
+/// A hedge with one tier missing has nothing to race: the decision sends it to the other tier
+/// up front and says why.
 #[tokio::test]
 async fn hedge_without_a_local_tier_answers_from_the_cloud() {
     let fake = FakeProvider::start().await;
@@ -363,9 +363,16 @@ async fn hedge_without_a_local_tier_answers_from_the_cloud() {
         .unwrap();
     let resp = r.complete(Request::new("hello")).await.unwrap();
     assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
-    assert!(resp.decision.reasons.iter().any(
-        |r| matches!(r, Reason::Fallback { from, error } if from == "local" && error.contains("no local model"))
-    ), "{}", resp.decision);
+    assert_eq!(resp.decision.route(), "cloud");
+    assert!(
+        resp.decision
+            .reasons
+            .iter()
+            .any(|r| matches!(r, Reason::LocalUnavailable { .. })),
+        "{}",
+        resp.decision
+    );
+    assert!(!resp.decision.fell_back());
     assert_eq!(fake.requests_received(), 1);
 }
 

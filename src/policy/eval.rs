@@ -37,6 +37,23 @@ pub fn decide(policy: &CompiledPolicy, features: &Features, signals: &Signals) -
     resolve_hedge_delay(decision, signals)
 }
 
+/// The cloud-only plan standing in for `plan` when the local tier cannot run, or `None` when
+/// `plan` needs no local tier or must not leave the device. An unpinned local plan would fall
+/// back to the cloud with its request redacted, so it redacts; a cascade or a hedge keeps its
+/// own redaction.
+fn without_local(plan: &Plan) -> Option<Plan> {
+    match *plan {
+        Plan::Local { pin: false } => Some(Plan::Cloud {
+            redact: true,
+            pin: false,
+        }),
+        Plan::Cascade { redact, .. } | Plan::Hedge { redact, .. } => {
+            Some(Plan::Cloud { redact, pin: false })
+        }
+        Plan::Local { pin: true } | Plan::Cloud { .. } | Plan::Refuse { .. } => None,
+    }
+}
+
 /// Turns a hedge's `after_ms = "p95"` into a fixed delay from the latency signals of the tier
 /// it starts with — the p95 of its recent first tokens, else its first-token estimate — and
 /// says which it used.
@@ -183,6 +200,18 @@ fn gate(
     mut reasons: Vec<Reason>,
     s: &Signals,
 ) -> Decision {
+    // No local model (not installed, or a build without the local tier): a plan that may use
+    // the cloud goes there now, said up front, instead of failing locally and falling back.
+    // A pinned local plan stays local (and fails with the reason): privacy first.
+    let plan = match without_local(&plan) {
+        Some(cloud) if !s.local_available => {
+            reasons.push(Reason::LocalUnavailable {
+                why: "no local model installed or loaded".into(),
+            });
+            cloud
+        }
+        _ => plan,
+    };
     if !plan.uses_cloud() {
         return Decision::new(rule, plan, reasons);
     }
