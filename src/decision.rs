@@ -479,7 +479,8 @@ impl Decision {
     }
 
     /// Whether the answer depended on a condition that passes: a fallback after a failure,
-    /// the device offline, an unhealthy or unavailable cloud (no API key yet), a low or
+    /// the device offline, an unhealthy or unavailable cloud (no API key yet), no local model
+    /// installed, a low or
     /// exhausted budget — whether the cloud gate or a rule's own condition brought it in.
     pub fn is_degraded(&self) -> bool {
         self.reasons.iter().any(|r| {
@@ -489,6 +490,7 @@ impl Decision {
                     | Reason::Offline
                     | Reason::CloudUnhealthy { .. }
                     | Reason::CloudUnavailable { .. }
+                    | Reason::LocalUnavailable { .. }
                     | Reason::BudgetLow { .. }
                     | Reason::BudgetExhausted { .. }
             )

@@ -80,7 +80,8 @@ pub struct Signals {
     pub budget_left_usd: Option<Decimal>,
     /// Whether a cloud tier is configured and has credentials.
     pub cloud_available: bool,
-    /// Whether a local tier is configured.
+    /// Whether the local tier can run (configured, and its model installed: the backend's
+    /// `availability()`). When it cannot, unpinned plans go to the cloud.
     pub local_available: bool,
     /// Latency estimates.
     pub latency: LatencyEstimates,

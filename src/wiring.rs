@@ -167,8 +167,12 @@ pub(crate) fn cloud_from_policy(
     cfg.retry.max_retries = c.max_retries;
     cfg.default_max_tokens = c.max_tokens;
     cfg.breaker = BreakerConfig::from_policy(c);
-    if let Some(key) = key.filter(|k| !k.trim().is_empty()) {
-        cfg = cfg.with_api_key(ApiKey::new(key.trim()));
+    // A key from the builder replaces the environment's; an empty one means "no key" (an
+    // app whose user signed out), never "use the environment's".
+    match key.map(str::trim) {
+        Some("") => cfg = cfg.without_api_key(),
+        Some(key) => cfg = cfg.with_api_key(ApiKey::new(key)),
+        None => {}
     }
     Ok(Some(CloudTier::new(Arc::new(CloudBackend::new(cfg)?))))
 }

@@ -151,10 +151,19 @@ fn explain_json_names_rule_and_reasons() {
 /// `explain` shows the plan with its options: here latency-first's deadline rule, a hedge that
 /// starts in the cloud, with the delay resolved from the cloud's first-token estimate (the
 /// policy's `cloud_ms` until anything was measured).
-#[cfg(feature = "cloud")]
+#[cfg(all(feature = "cloud", feature = "onnx"))]
 #[test]
 fn explain_shows_the_plan_and_its_options() {
+    // A home with the local model "installed" (its manifest is what availability checks), so
+    // the decision does not depend on the machine's own home: without a local model the hedge
+    // would go to the cloud up front.
+    let home = tempfile::tempdir().unwrap();
+    let model_dir = edgeroute::home::model_dir(home.path(), edgeroute::home::DEFAULT_MODEL);
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::write(model_dir.join("edgeroute-model.json"), "{}").unwrap();
     let args = [
+        "--home",
+        home.path().to_str().unwrap(),
         "explain",
         "--policy",
         "policies/latency-first.toml",
@@ -163,7 +172,7 @@ fn explain_shows_the_plan_and_its_options() {
         "Give me a synonym for happy.",
     ];
     let json = bin()
-        .args([&args[..1], &["--json"], &args[1..]].concat())
+        .args([&args[..3], &["--json"], &args[3..]].concat())
         .env("OPENAI_API_KEY", "sk-test")
         .output()
         .unwrap();

@@ -729,6 +729,8 @@ fn no_local_model_sends_unpinned_plans_to_the_cloud_and_keeps_pinned_ones() {
         let d = decide(&p, &inspect(&p, &Request::new("hello")), &no_local);
         assert_eq!(d.plan, Plan::Cloud { redact, pin: false }, "{route}: {d}");
         assert!(unavailable(&d), "{route}: {d}");
+        // A passing condition: apps watching `is_degraded` see it.
+        assert!(d.is_degraded(), "{route}: {d}");
         assert!(d.cloud_clearance().is_some());
         // With the local model there, the plan is the policy's own.
         let d = decide(&p, &inspect(&p, &Request::new("hello")), &signals());
@@ -743,6 +745,8 @@ fn no_local_model_sends_unpinned_plans_to_the_cloud_and_keeps_pinned_ones() {
     );
     assert_eq!(d.plan, Plan::Local { pin: true });
     assert!(d.cloud_clearance().is_none());
+    // It will fail, and the decision already says why.
+    assert!(unavailable(&d), "{d}");
     // No local model and no cloud either: the plan turns local again, with both reasons.
     let neither = Signals {
         cloud_available: false,

@@ -683,3 +683,23 @@ async fn the_builders_api_key_reaches_the_policys_provider() {
         "Bearer sk-from-keystore"
     );
 }
+
+/// An empty key from the app means "no key" (its user signed out), never "use the one in the
+/// environment": here the policy names a variable that is always set.
+#[tokio::test]
+async fn an_empty_builder_key_never_falls_back_to_the_environment() {
+    let fake = FakeProvider::start().await;
+    let r = Router::builder()
+        .policy_str(format!(
+            "{CLOUD}api_key_env = \"PATH\"\n[defaults]\nroute = \"cloud\"\n"
+        ))
+        .local_backend(Arc::new(EchoModel::default()))
+        .cloud_base_url(fake.url())
+        .cloud_api_key("  ")
+        .cache(false)
+        .build()
+        .unwrap();
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    assert_eq!(resp.route, Route::Local, "{}", resp.decision);
+    assert_eq!(fake.requests_received(), 0);
+}

@@ -158,8 +158,11 @@ pub trait Backend: Send + Sync {
         None
     }
 
-    /// Whether the backend can serve right now (credentials present, model loaded...).
-    /// `Err` carries the reason and the fix. Default: available.
+    /// Whether the backend can serve at all (credentials present, model installed...).
+    /// `Err` carries the reason and the fix. Default: available. For a local backend, `Err`
+    /// sends every request the policy does not pin to the device to the cloud instead (the
+    /// local gate), so report `Err` only when it cannot serve, not merely when it has not
+    /// loaded its model yet: the first request loads it.
     fn availability(&self) -> std::result::Result<(), String> {
         Ok(())
     }

@@ -9,8 +9,9 @@ use crate::inspect::Features;
 use crate::signals::{CloudHealth, Network, Signals};
 
 /// Decides what to do with a request: the first rule whose conditions all hold, else
-/// `[defaults]`; then the cloud gate (budget, availability, network, breaker) may turn a cloud
-/// plan into a local one — never the other way round.
+/// `[defaults]`; then the local gate (no local model: an unpinned plan goes to the cloud) and
+/// the cloud gate (budget, availability, network, breaker: a cloud plan that is not pinned
+/// becomes local). A pinned local plan is never sent to the cloud.
 pub fn decide(policy: &CompiledPolicy, features: &Features, signals: &Signals) -> Decision {
     let mut reasons = Vec::new();
     for rule in &policy.rules {
@@ -190,10 +191,36 @@ fn holds(
     }
 }
 
-/// The cloud gate: a plan that uses the cloud is turned local (or refused) when the cloud
-/// cannot be used — budget exhausted, not configured, offline, breaker open. A plan pinned to
-/// the cloud is never turned local: it fails (or is refused) instead.
+/// The gates, in order. The local gate: with no local model, a plan that may use the cloud
+/// goes there (see [`without_local`]). The cloud gate: a plan that uses the cloud is turned
+/// local (or refused) when the cloud cannot be used — budget exhausted, not configured,
+/// offline, breaker open; a plan pinned to the cloud is never turned local: it fails (or is
+/// refused) instead. A local plan decided while no local model is there says so.
 fn gate(
+    policy: &CompiledPolicy,
+    rule: &str,
+    plan: Plan,
+    reasons: Vec<Reason>,
+    s: &Signals,
+) -> Decision {
+    let mut decision = gates(policy, rule, plan, reasons, s);
+    let said = decision
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::LocalUnavailable { .. }));
+    if !s.local_available && matches!(decision.plan, Plan::Local { .. }) && !said {
+        decision.reasons.push(local_unavailable());
+    }
+    decision
+}
+
+fn local_unavailable() -> Reason {
+    Reason::LocalUnavailable {
+        why: "no local model installed or loaded".into(),
+    }
+}
+
+fn gates(
     policy: &CompiledPolicy,
     rule: &str,
     plan: Plan,
@@ -205,9 +232,7 @@ fn gate(
     // A pinned local plan stays local (and fails with the reason): privacy first.
     let plan = match without_local(&plan) {
         Some(cloud) if !s.local_available => {
-            reasons.push(Reason::LocalUnavailable {
-                why: "no local model installed or loaded".into(),
-            });
+            reasons.push(local_unavailable());
             cloud
         }
         _ => plan,
