@@ -1156,13 +1156,12 @@ impl Execution<'_> {
     /// replaced with placeholders when `redact`) and parameters, with the tier's own output
     /// limit when the request sets none.
     fn call(&self, tier: Route, redact: bool) -> (BackendCall, Option<crate::privacy::Rehydrator>) {
-        let policy = &self.router.inner.policy;
-        let default_limit = match (tier, &policy.cloud) {
-            (Route::Cloud, Some(c)) => c.max_tokens,
-            _ => policy.local.max_new_tokens,
+        let max_tokens = match (tier, &self.router.inner.policy.cloud) {
+            (Route::Cloud, Some(c)) => self.request.params.max_tokens.unwrap_or(c.max_tokens),
+            _ => self.router.max_tokens(self.request),
         };
         let mut params = self.request.params.clone();
-        params.max_tokens = Some(params.max_tokens.unwrap_or(default_limit));
+        params.max_tokens = Some(max_tokens);
         let (messages, rehydrator) = if redact && !self.features.pii_spans.is_empty() {
             // The spans found by inspect: the request is not scanned twice.
             let (m, r) = crate::privacy::redact_messages_with_spans(

@@ -84,16 +84,7 @@ fn typographic(d: Doc, seed: u64) -> Doc {
         }
     }
     map[d.text.len()] = text.len();
-    let spans = d
-        .spans
-        .iter()
-        .map(|&(k, s, e)| (k, map[s], map[e]))
-        .collect();
-    Doc {
-        text,
-        spans,
-        genre: d.genre,
-    }
+    rewritten(d, text, &map)
 }
 
 /// The same corpus as people and filter-evading text also write it: each document's digits in
@@ -167,6 +158,12 @@ fn disguised(d: Doc, seed: u64) -> Doc {
         }
     }
     map[d.text.len()] = text.len();
+    rewritten(d, text, &map)
+}
+
+/// `d` with its text replaced by `text`, where `map[i]` is the new offset of the old offset `i`
+/// (one past the end included): the gold spans move along.
+fn rewritten(d: Doc, text: String, map: &[usize]) -> Doc {
     let spans = d
         .spans
         .iter()

@@ -262,7 +262,14 @@ impl SledCache {
                 "removed answer-cache entries of an earlier version (unreadable by this one)"
             );
         }
-        self.meta.insert(IDS_MARK, IDS_KEYED).map_err(err)?;
+        self.mark_ids_keyed()
+    }
+
+    /// Records in `cache/meta` that entry ids are keyed.
+    fn mark_ids_keyed(&self) -> Result<()> {
+        self.meta
+            .insert(IDS_MARK, IDS_KEYED)
+            .map_err(|e| storage(&self.path, e))?;
         Ok(())
     }
 
@@ -419,9 +426,7 @@ impl SledCache {
         for tree in [&self.entries, &self.atime, &self.lru, &self.meta] {
             tree.clear().map_err(|e| storage(&self.path, e))?;
         }
-        self.meta
-            .insert(IDS_MARK, IDS_KEYED)
-            .map_err(|e| storage(&self.path, e))?;
+        self.mark_ids_keyed()?;
         for p in &self.tally.pending {
             p.store(0, Ordering::Release);
         }

@@ -360,6 +360,19 @@ mod tests {
         assert_eq!(f.text(), "FR14 2004 1010 0505, 123-45-6789, 4111 1111 x  y");
         // Every char boundary of the copy maps to a char boundary of the original, in order,
         // and the folded separators map to the whole original separator.
+        assert_maps_in_order(&f, t);
+        assert_eq!(
+            span(&f, t, "FR14 2004 1010 0505"),
+            "FR14\u{a0}2004\u{202f}1010 \u{2009}0505"
+        );
+        assert_eq!(span(&f, t, "123-45-6789"), "123\u{2013}45\u{2011}6789");
+        assert_eq!(span(&f, t, "4111 1111"), "4111  1111");
+        assert_eq!(span(&f, t, "x  y"), "x  y");
+    }
+
+    /// Every char boundary of the copy maps to a char boundary of the original, in order, and
+    /// the copy's end to the original's.
+    fn assert_maps_in_order(f: &Folded, t: &str) {
         let mut last = 0;
         for (i, _) in f.text().char_indices().chain([(f.text().len(), ' ')]) {
             let o = f.original(i);
@@ -367,17 +380,6 @@ mod tests {
             last = o;
         }
         assert_eq!(f.original(f.text().len()), t.len());
-        let span = |s: &str| {
-            let a = f.text().find(s).unwrap();
-            &t[f.original(a)..f.original(a + s.len())]
-        };
-        assert_eq!(
-            span("FR14 2004 1010 0505"),
-            "FR14\u{a0}2004\u{202f}1010 \u{2009}0505"
-        );
-        assert_eq!(span("123-45-6789"), "123\u{2013}45\u{2011}6789");
-        assert_eq!(span("4111 1111"), "4111  1111");
-        assert_eq!(span("x  y"), "x  y");
     }
 
     /// The original text of the folded text's first `s`.
@@ -441,13 +443,7 @@ mod tests {
         assert_eq!(span(&f, t, "password"), "pass\u{ad}word");
         assert_eq!(f.original(0), "\u{200b}".len());
         // Every char boundary of the copy maps to a char boundary of the original, in order.
-        let mut last = 0;
-        for (i, _) in f.text().char_indices().chain([(f.text().len(), ' ')]) {
-            let o = f.original(i);
-            assert!(t.is_char_boundary(o) && o >= last, "{i} -> {o}");
-            last = o;
-        }
-        assert_eq!(f.original(f.text().len()), t.len());
+        assert_maps_in_order(&f, t);
         // Only invisible characters: an empty copy.
         assert_eq!(fold_forms("\u{200b}\u{200d}").unwrap().text(), "");
     }
