@@ -805,6 +805,37 @@ fn reading_commands_refuse_a_home_nothing_has_run_in() {
     }
 }
 
+/// `ask` under a home named by `--home` / `EDGEROUTE_HOME` that does not exist is refused
+/// before anything is created there (a mistyped path would become a new home with a database
+/// and a cache key, and then fail for want of a model).
+#[test]
+fn ask_refuses_a_named_home_that_does_not_exist() {
+    let parent = tempfile::tempdir().unwrap();
+    let typo = parent.path().join("edgroute-home");
+    let ask = ["ask", "--policy", "policies/offline-only.toml", "Hello?"];
+    let by_flag = bin()
+        .args(["--home", typo.to_str().unwrap()])
+        .args(ask)
+        .output()
+        .unwrap();
+    let by_env = bin()
+        .args(ask)
+        .env("EDGEROUTE_HOME", &typo)
+        .output()
+        .unwrap();
+    for o in [by_flag, by_env] {
+        assert_eq!(o.status.code(), Some(1));
+        let err = stderr(&o);
+        let expected = format!(
+            "edgeroute: no edgeroute home at {} (nothing has run there yet); check --home / EDGEROUTE_HOME, or install there with `EDGEROUTE_HOME={} python3 scripts/setup.py`",
+            typo.display(),
+            typo.display()
+        );
+        assert!(err.starts_with(&expected), "{err}");
+        assert!(!typo.exists(), "ask created {}", typo.display());
+    }
+}
+
 /// …and read a home that has been used (it has a database), even one without a cache key
 /// file (an app that passes its own key), which is not created.
 #[test]

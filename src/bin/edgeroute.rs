@@ -338,6 +338,7 @@ fn ask(args: AskArgs, home: Option<&Path>) -> CmdResult {
     let mut request = build_request(&args.request)?;
     request.params.max_tokens = args.max_tokens;
     request.params.repetition_penalty = args.repetition_penalty;
+    refuse_missing_named_home(home)?;
     let router = router(policy, home, true)?;
     let rt = runtime()?;
     let response = rt.block_on(async {
@@ -576,6 +577,26 @@ fn pii_scan(text: Option<&str>, policy: &PolicyArg, json: bool) -> CmdResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a home named by `--home` or `EDGEROUTE_HOME` that does not exist, before `ask` creates
+/// its database and cache key there: a mistyped path would otherwise become a new, empty home
+/// (and the answer would then fail for want of a model installed under the path meant). The
+/// default home is created on first use.
+fn refuse_missing_named_home(home: Option<&Path>) -> std::result::Result<(), Stop> {
+    let named = home.is_some()
+        || std::env::var_os(edgeroute::home::HOME_ENV).is_some_and(|v| !v.is_empty());
+    let home = edgeroute::home::resolve(home);
+    if !named || home.is_dir() {
+        return Ok(());
+    }
+    Err(Stop::Usage(format!(
+        "no edgeroute home at {} (nothing has run there yet); check --home / EDGEROUTE_HOME, \
+         or install there with `EDGEROUTE_HOME={} {}`, or create the directory to start an empty home",
+        home.display(),
+        home.display(),
+        edgeroute::home::SETUP_COMMAND
+    )))
 }
 
 /// The database of a home that has been used already, for `stats`, `budget` and `cache`. A home

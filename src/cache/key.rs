@@ -143,7 +143,9 @@ impl CacheKey {
         }
     }
 
-    /// The digest bytes (the key under which the entry is stored).
+    /// The digest bytes. The store files an entry under a keyed hash of them
+    /// ([`EncryptionKey::entry_id`](super::EncryptionKey::entry_id)), never under the digest
+    /// itself: anyone can recompute it from a guessed prompt.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.digest
     }
@@ -153,21 +155,21 @@ impl CacheKey {
         self.privacy
     }
 
-    /// Full lower-case hex of the digest.
+    /// Full lower-case hex of the digest. Like [`CacheKey::as_bytes`], it confirms a guessed
+    /// prompt: keep it out of logs.
     pub fn to_hex(&self) -> String {
         self.digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
+/// Shows the privacy class only: even a prefix of the digest lets whoever reads a log confirm
+/// a guessed prompt.
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CacheKey({}…)", &self.to_hex()[..12])
-    }
-}
-
-impl fmt::Display for CacheKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex()[..12])
+        f.debug_struct("CacheKey")
+            .field("privacy", &self.privacy)
+            .field("digest", &"<redacted>")
+            .finish()
     }
 }
 
@@ -289,6 +291,24 @@ mod tests {
         // "é" decomposed (e + U+0301) → composed U+00E9.
         assert_eq!(normalize_text("cafe\u{301}"), "caf\u{e9}");
         assert_eq!(normalize_text(""), "");
+    }
+
+    #[test]
+    fn debug_output_hides_the_digest() {
+        let key = CacheKey::new(
+            &Request::new("my salary is 91,000"),
+            &ctx(PrivacyClass::Public),
+        );
+        let shown = format!("{key:?}");
+        let hex = key.to_hex();
+        // No run of 6 hex digits of the digest (a 24-bit prefix already narrows guesses).
+        for start in 0..hex.len() - 6 {
+            assert!(
+                !shown.contains(&hex[start..start + 6]),
+                "{shown} shows {hex}"
+            );
+        }
+        assert!(shown.contains("Public"), "{shown}");
     }
 
     #[test]
