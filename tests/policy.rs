@@ -597,6 +597,36 @@ fn policy_test_cases_detect_a_wrong_expectation() {
     assert!(outcomes[1].passed);
 }
 
+/// A case's `local_available = false` reaches the local gate: an unpinned cascade goes to the
+/// cloud with the reason, a pinned local rule stays local; the default (true) leaves both alone.
+#[test]
+fn policy_test_cases_can_simulate_a_device_without_the_local_model() {
+    let p = policy(
+        "[defaults]\nroute = \"cascade\"\nmin_confidence = -1.0\n\
+         [[rule]]\nname = \"keep\"\nroute = \"local\"\npin = true\n[rule.when]\ntags_any = [\"x\"]\n\
+         [[test]]\nprompt = \"q\"\nlocal_available = false\nexpect_route = \"cloud\"\n\
+         [[test]]\nprompt = \"q\"\nexpect_route = \"cascade\"\n\
+         [[test]]\nprompt = \"q\"\ntags = [\"x\"]\nlocal_available = false\nexpect_route = \"local\"\nexpect_rule = \"keep\"\n",
+    );
+    let outcomes = run_cases(&p);
+    assert_eq!(
+        outcomes.iter().map(|o| o.passed).collect::<Vec<_>>(),
+        [true, true, true],
+        "{outcomes:#?}"
+    );
+    for i in [0, 2] {
+        assert!(
+            outcomes[i]
+                .decision
+                .reasons
+                .iter()
+                .any(|r| matches!(r, Reason::LocalUnavailable { .. })),
+            "case {i}: {:?}",
+            outcomes[i].decision.reasons
+        );
+    }
+}
+
 fn shipped() -> &'static [CompiledPolicy] {
     static POLICIES: std::sync::OnceLock<Vec<CompiledPolicy>> = std::sync::OnceLock::new();
     POLICIES.get_or_init(|| {

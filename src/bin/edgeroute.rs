@@ -531,6 +531,13 @@ fn policy_test(files: &[PathBuf]) -> CmdResult {
         if policy.tests.is_empty() {
             out!("  (no [[test]] cases)");
         }
+        // Names in one column, as wide as the longest (they are written by hand and vary).
+        let width = policy
+            .tests
+            .iter()
+            .map(|t| t.name.chars().count())
+            .max()
+            .unwrap_or(0);
         for o in run_cases(&policy) {
             let expected = match &o.case.expect_rule {
                 Some(r) => format!("{} / {r}", o.case.expect_route),
@@ -539,11 +546,11 @@ fn policy_test(files: &[PathBuf]) -> CmdResult {
             let got = format!("{} / {}", o.decision.route(), o.decision.rule);
             if o.passed {
                 passed += 1;
-                out!("  PASS  {:<40} {got}", o.case.name);
+                out!("  PASS  {:<width$}  {got}", o.case.name);
             } else {
                 failed += 1;
                 out!(
-                    "  FAIL  {:<40} expected {expected}, got {got} ({})",
+                    "  FAIL  {:<width$}  expected {expected}, got {got} ({})",
                     o.case.name,
                     o.case.location
                 );

@@ -257,6 +257,8 @@ pub struct PolicyTest {
     pub budget_left_usd: Option<Decimal>,
     /// Cloud configured.
     pub cloud_available: bool,
+    /// Local model installed.
+    pub local_available: bool,
     /// Expected route.
     pub expect_route: String,
     /// Expected rule.
@@ -1278,6 +1280,7 @@ impl Compiler<'_> {
             cloud_health,
             budget_left_usd,
             cloud_available: t.cloud_available.unwrap_or(has_cloud),
+            local_available: t.local_available.unwrap_or(true),
             expect_route: t.expect_route.clone(),
             expect_rule: t.expect_rule.clone(),
             location: format!("{}:{}:{}", d.file.display(), d.line, d.column),

@@ -368,6 +368,8 @@ pub struct RawTest {
     pub budget_left_usd: Option<RawNumber>,
     /// Whether the cloud tier is configured (default: true when `[cloud]` exists).
     pub cloud_available: Option<bool>,
+    /// Whether the local model is installed (default: true).
+    pub local_available: Option<bool>,
     /// Expected route: `local | cloud | cascade | hedge | refuse`.
     pub expect_route: String,
     /// Expected rule name (or `defaults`).

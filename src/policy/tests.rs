@@ -34,7 +34,7 @@ pub fn case_signals(policy: &CompiledPolicy, case: &PolicyTest, prompt_tokens: u
         cloud_health: case.cloud_health,
         budget_left_usd: case.budget_left_usd,
         cloud_available: case.cloud_available,
-        local_available: true,
+        local_available: case.local_available,
         latency: crate::stats::StatsRecorder::default().latency_estimates(
             &policy.latency,
             prompt_tokens,
