@@ -230,17 +230,17 @@ pub struct CloudConfig {
     /// `max_tokens` sent to Anthropic when the call does not set one (the field is required
     /// there). Default: `1024`.
     pub default_max_tokens: u32,
-    /// TCP + TLS connection timeout. Default: 5 s.
+    /// TCP + TLS connection timeout. Default: 2 s (as a policy's `[cloud]`).
     pub connect_timeout: Duration,
     /// Per attempt of a streaming call: time until the response headers and the first token
     /// of the answer. Non-streaming calls (whose headers come only with the whole answer) are
-    /// bounded by `total_timeout` instead. Default: 30 s.
+    /// bounded by `total_timeout` instead. Default: 15 s (as a policy's `[cloud]`).
     pub first_token_timeout: Duration,
     /// The whole call, retries and backoff included. The call's own deadline, when earlier,
     /// caps it (and every other timeout). It is also how long the provider may stay silent —
     /// attempts ending with no answer, cumulated since its last answer — before timeouts set
     /// by callers' deadlines count against it in the breaker (see the
-    /// [backend docs](super#breaker-accounting)). Default: 120 s.
+    /// [backend docs](super#breaker-accounting)). Default: 60 s (as a policy's `[cloud]`).
     pub total_timeout: Duration,
     /// Accept plain `http://` to hosts other than loopback. Default: `false`.
     pub allow_insecure_http: bool,
@@ -264,9 +264,9 @@ impl CloudConfig {
             anthropic_version: "2023-06-01".to_owned(),
             max_tokens_field: MaxTokensField::default(),
             default_max_tokens: 1024,
-            connect_timeout: Duration::from_secs(5),
-            first_token_timeout: Duration::from_secs(30),
-            total_timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(2),
+            first_token_timeout: Duration::from_secs(15),
+            total_timeout: Duration::from_secs(60),
             allow_insecure_http: false,
             retry: RetryConfig::default(),
             breaker: BreakerConfig::default(),
@@ -334,6 +334,22 @@ mod tests {
                 .unwrap();
         let cloud = policy.cloud.unwrap();
         assert_eq!(BreakerConfig::from_policy(&cloud), BreakerConfig::default());
+    }
+
+    /// An app configuring a `CloudBackend` itself gets the timeouts, retries and output limit a
+    /// policy's `[cloud]` section defaults to: one set of defaults, documented once.
+    #[test]
+    fn direct_configuration_defaults_match_the_policys() {
+        let policy =
+            crate::policy::compile_str("[cloud]\nmodel = \"m\"\n", std::path::Path::new("p.toml"))
+                .unwrap();
+        let cloud = policy.cloud.unwrap();
+        let direct = CloudConfig::openai("m");
+        assert_eq!(direct.connect_timeout, cloud.connect_timeout);
+        assert_eq!(direct.first_token_timeout, cloud.first_token_timeout);
+        assert_eq!(direct.total_timeout, cloud.total_timeout);
+        assert_eq!(direct.retry.max_retries, cloud.max_retries);
+        assert_eq!(direct.default_max_tokens, cloud.max_tokens);
     }
 
     #[test]
