@@ -501,6 +501,20 @@ fn invalid_policies_report_file_line_column_path_and_fix() {
                 f.display()
             );
         }
+        for e in src.lines().filter_map(|l| l.strip_prefix("# expect-not: ")) {
+            assert!(
+                !text.contains(e),
+                "{}:\n  unexpected fragment: {e}\n  got: {text}",
+                f.display()
+            );
+        }
+        // All of them, in file order.
+        let lines: Vec<(usize, usize)> = diags.iter().map(|d| (d.line, d.column)).collect();
+        assert!(
+            lines.is_sorted(),
+            "{}: not in file order: {text}",
+            f.display()
+        );
     }
 }
 

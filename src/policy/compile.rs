@@ -329,20 +329,211 @@ const STATS: &[&str] = &["first_sentence", "mean", "min", "p10"];
 /// Parses and compiles policy text. `file` is used in diagnostics.
 pub fn compile_str(src: &str, file: &Path) -> Result<CompiledPolicy, Vec<Diagnostic>> {
     let map = SourceMap::new(file, src);
-    let raw: RawPolicy = match toml::from_str(src) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let offset = e.span().map(|s| s.start).unwrap_or(0);
-            let path = map.path_at(offset);
-            let message = with_suggestion(e.message());
-            return Err(vec![map.at_offset(offset, &path, message)]);
-        }
+    let shape = read_shape(src, &map);
+    let Some(raw) = shape.raw else {
+        return Err(sorted(shape.diags));
     };
-    Compiler {
+    let touched_rules: Vec<String> = raw
+        .rule
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| shape.touched.has_section(&format!("rule[{i}]")))
+        .filter_map(|(_, r)| r.name.as_ref().map(|n| format!("`{n}`")))
+        .collect();
+    let compiled = Compiler {
         map: &map,
         diags: Vec::new(),
     }
-    .compile(raw, src)
+    .compile(raw, src);
+    if shape.diags.is_empty() {
+        return compiled.map_err(sorted);
+    }
+    // The file's shape was wrong somewhere: report that, and whatever else is wrong, except
+    // what only follows from the keys taken out (a rule whose only condition was misspelled
+    // would also be "a rule with no conditions", shadowing the rules after it).
+    let mut diags = shape.diags;
+    if let Err(more) = compiled {
+        diags.extend(more.into_iter().filter(|d| {
+            !shape.touched.caused(d) && !touched_rules.iter().any(|n| d.message.contains(n))
+        }));
+    }
+    Err(sorted(diags))
+}
+
+/// Diagnostics in file order.
+fn sorted(mut diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    diags.sort_by_key(|d| (d.line, d.column));
+    diags
+}
+
+/// How many shape errors (unknown keys, wrong types) one reading reports before it gives up.
+const MAX_SHAPE_ERRORS: usize = 64;
+
+/// What reading a policy file into [`RawPolicy`] gave.
+struct Shape {
+    /// The policy, read with every key that was wrong taken out; `None` when a problem could
+    /// not be stepped over (a syntax error, a missing field).
+    raw: Option<RawPolicy>,
+    /// One diagnostic per wrong key.
+    diags: Vec<Diagnostic>,
+    /// Where keys were taken out.
+    touched: Touched,
+}
+
+/// Reads `src` into a [`RawPolicy`], reporting every unknown or mistyped key instead of only the
+/// first: each one is reported, taken out of a copy of the document, and the copy read again.
+/// (Serde stops at the first problem, and visits keys in sorted order, so without this a file
+/// with three misspelled keys took three rounds of fixing, in no particular order.)
+fn read_shape(src: &str, map: &SourceMap) -> Shape {
+    let mut text = src.to_string();
+    let mut diags = Vec::new();
+    let mut touched = Touched::default();
+    for _ in 0..MAX_SHAPE_ERRORS {
+        let e = match toml::from_str::<RawPolicy>(&text) {
+            Ok(raw) => {
+                return Shape {
+                    raw: Some(raw),
+                    diags,
+                    touched,
+                }
+            }
+            Err(e) => e,
+        };
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        let message = with_suggestion(e.message());
+        let missing = e.message().starts_with("missing field");
+        // Offsets are into the edited copy once keys are out; paths are the same in both
+        // (keys are only ever taken out of tables, never out of arrays, so no index moves).
+        let edited = (!touched.is_empty()).then(|| SourceMap::new(map.file(), &text));
+        let path = edited.as_ref().unwrap_or(map).path_at(offset);
+        let message = misplaced(&path).unwrap_or(message);
+        if path.0.is_empty() {
+            // Not a key's problem (a syntax error): the offset is all there is.
+            diags.push(map.at_offset(offset, &path, message));
+        } else if e.message().starts_with("unknown field") {
+            diags.push(map.at_key(&path, message));
+        } else if !(missing && touched.contains_under(&path)) {
+            // (A required key taken out for its type is reported already.)
+            diags.push(map.at_path(&path, message));
+        }
+        let next = if missing { None } else { without(&text, &path) };
+        let Some(next) = next else { break };
+        touched.add(&path);
+        text = next;
+    }
+    Shape {
+        raw: None,
+        diags,
+        touched,
+    }
+}
+
+/// The fix for a rule key written under `[rule.when]`, or a condition written on the rule: the
+/// usual slip in TOML, where every key after a table header belongs to that table. (The nearest
+/// name in the wrong table would be misleading: `pii` on a rule is not a misspelled `pin`.)
+fn misplaced(path: &TomlPath) -> Option<String> {
+    use super::raw::{CONDITION_KEYS, RULE_KEYS};
+    use super::source::Seg;
+    match path.0.as_slice() {
+        [Seg::Key(r), Seg::Index(_), Seg::Key(w), Seg::Key(k)]
+            if r == "rule" && w == "when" && RULE_KEYS.contains(&k.as_str()) =>
+        {
+            Some(format!(
+                "`{k}` belongs to the rule, not to its conditions: move it above `[rule.when]` \
+                 (every key after a table header belongs to that table)"
+            ))
+        }
+        [Seg::Key(r), Seg::Index(_), Seg::Key(k)]
+            if r == "rule" && CONDITION_KEYS.contains(&k.as_str()) =>
+        {
+            Some(format!(
+                "`{k}` is a condition: put it under the rule's `[rule.when]` table"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// `text` with the key at `path` taken out (a whole array, for a path into one); `None` when
+/// there is no such key in a table (the path is the root, or an element of an array of tables).
+fn without(text: &str, path: &TomlPath) -> Option<String> {
+    use super::source::Seg;
+    use toml_edit::Item;
+    let mut segs = path.0.as_slice();
+    while let Some((Seg::Index(_), rest)) = segs.split_last() {
+        segs = rest;
+    }
+    let (Seg::Key(last), parents) = segs.split_last()? else {
+        return None;
+    };
+    let mut doc: toml_edit::DocumentMut = text.parse().ok()?;
+    let mut item: &mut Item = doc.as_item_mut();
+    for seg in parents {
+        item = match seg {
+            Seg::Key(k) => item.get_mut(k.as_str())?,
+            Seg::Index(i) => item.get_mut(*i)?,
+        };
+    }
+    let table = item.as_table_like_mut()?;
+    // An array of tables is a list of sections; taking it all out would hide the rest.
+    if path.0.len() > segs.len() && table.get(last)?.is_array_of_tables() {
+        return None;
+    }
+    table.remove(last)?;
+    Some(doc.to_string())
+}
+
+/// The sections (a `[[rule]]`, `[[test]]`, or a top-level table) keys were taken out of.
+#[derive(Default)]
+struct Touched(Vec<TomlPath>);
+
+impl Touched {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn add(&mut self, path: &TomlPath) {
+        self.0.push(path.clone());
+    }
+
+    /// A key was taken out at or under `path`.
+    fn contains_under(&self, path: &TomlPath) -> bool {
+        self.0.iter().any(|p| p.0.starts_with(&path.0))
+    }
+
+    /// A key was taken out of `section` (`rule[2]`, `cloud`).
+    fn has_section(&self, section: &str) -> bool {
+        self.0.iter().any(|p| section_of(p) == section)
+    }
+
+    /// `d` may only be a consequence of taking a key out: it is about that key (or what was
+    /// under it), or about its section and names the key (`needs `min_confidence``).
+    fn caused(&self, d: &Diagnostic) -> bool {
+        use super::source::Seg;
+        self.0.iter().any(|p| {
+            let removed = p.to_string();
+            let about_key = d.path == removed
+                || d.path.starts_with(&format!("{removed}."))
+                || d.path.starts_with(&format!("{removed}["));
+            let names_key = match p.0.last() {
+                Some(Seg::Key(k)) => {
+                    d.path == section_of(p) && d.message.contains(&format!("`{k}`"))
+                }
+                _ => false,
+            };
+            about_key || names_key
+        })
+    }
+}
+
+/// `rule[2]` for `rule[2].when.pii_anyy`, `cloud` for `cloud.timeout`.
+fn section_of(path: &TomlPath) -> String {
+    use super::source::Seg;
+    let end = match path.0.iter().position(|s| matches!(s, Seg::Index(_))) {
+        Some(i) => i + 1,
+        None => 1,
+    };
+    TomlPath(path.0[..end.min(path.0.len())].to_vec()).to_string()
 }
 
 /// Reads and compiles a policy file.
@@ -452,6 +643,7 @@ impl Compiler<'_> {
 
         let mut rules = Vec::with_capacity(raw.rule.len());
         let mut catch_all: Option<String> = None;
+        let mut names: Vec<String> = Vec::new();
         for (i, r) in raw.rule.iter().enumerate() {
             let path = root.key("rule").index(i);
             let name = match r.name.as_deref().map(str::trim) {
@@ -461,12 +653,20 @@ impl Compiler<'_> {
                     format!("rule[{i}]")
                 }
             };
-            if rules.iter().any(|x: &CompiledRule| x.name == name) || name == "defaults" {
+            if name == "defaults" {
                 self.error(
                     &path.key("name"),
-                    format!("duplicate rule name `{name}`: rule names must be unique (and `defaults` is reserved)"),
+                    "`defaults` is reserved (it names the [defaults] route); choose another name",
+                );
+            } else if names.contains(&name) {
+                self.error(
+                    &path.key("name"),
+                    format!("duplicate rule name `{name}`: rule names must be unique"),
                 );
             }
+            // Every named rule counts, even one with an error of its own: a later rule or a
+            // test that names it is not wrong too.
+            names.push(name.clone());
             if let Some(prev) = &catch_all {
                 self.error(
                     &path,
@@ -499,7 +699,7 @@ impl Compiler<'_> {
             }
         }
 
-        let mut rule_names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        let mut rule_names: Vec<&str> = names.iter().map(String::as_str).collect();
         rule_names.push("defaults");
         let tests = raw
             .test

@@ -269,6 +269,40 @@ pub struct RawRoute {
     pub message: Option<String>,
 }
 
+/// The keys of a `[[rule]]` ([`RawRule`]'s fields), for pointing out one written under
+/// `[rule.when]` by mistake.
+pub const RULE_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "when",
+    "route",
+    "redact",
+    "min_confidence",
+    "confidence_stat",
+    "after_ms",
+    "first",
+    "pin",
+    "message",
+];
+
+/// The keys of a `[rule.when]` table ([`RawWhen`]'s fields), for pointing out a condition
+/// written on the rule itself by mistake.
+pub const CONDITION_KEYS: &[&str] = &[
+    "pii",
+    "pii_any",
+    "pii_all",
+    "pii_none",
+    "prompt_tokens_gt",
+    "prompt_tokens_lt",
+    "deadline_ms_lt",
+    "local_too_slow",
+    "budget_left_usd_lt",
+    "network",
+    "cloud_health",
+    "tags_any",
+    "task",
+];
+
 /// `[[rule]]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -374,4 +408,28 @@ pub struct RawTest {
     pub expect_route: String,
     /// Expected rule name (or `defaults`).
     pub expect_rule: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys serde's "unknown field" message lists for `T`.
+    fn serde_keys<T: serde::de::DeserializeOwned + std::fmt::Debug>() -> Vec<String> {
+        let e = toml::from_str::<T>("no_such_key_here = 1").unwrap_err();
+        let message = e.message().to_string();
+        let listed = message.split("expected one of").nth(1).unwrap_or_default();
+        listed
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn key_lists_match_the_structs() {
+        assert_eq!(serde_keys::<RawRule>(), RULE_KEYS);
+        assert_eq!(serde_keys::<RawWhen>(), CONDITION_KEYS);
+    }
 }

@@ -108,15 +108,34 @@ impl SourceMap {
         self.at_offset(offset, path, message)
     }
 
+    /// A diagnostic at the key of `path` (its name is what is wrong: an unknown key), or at the
+    /// deepest existing element when that key is not there.
+    pub fn at_key(&self, path: &TomlPath, message: String) -> Diagnostic {
+        let offset = self
+            .locate(path, true)
+            .or_else(|| self.span_of(path))
+            .map(|r| r.start)
+            .unwrap_or(0);
+        self.at_offset(offset, path, message)
+    }
+
     /// The span of the deepest element of `path` that exists in the document: the value for a
     /// scalar or array, the header for a table, the key when the value has no span.
     pub fn span_of(&self, path: &TomlPath) -> Option<Range<usize>> {
+        self.locate(path, false)
+    }
+
+    /// [`SourceMap::span_of`], or with `key_only` the span of the last key of `path` (`None`
+    /// when it does not end with a key that is there).
+    fn locate(&self, path: &TomlPath, key_only: bool) -> Option<Range<usize>> {
         let doc = self.doc.as_ref()?;
+        let mut key_span = None;
         let mut best = None;
         let mut cur = Node::Table(doc.as_table());
         for seg in &path.0 {
             let next = match (&cur, seg) {
                 (Node::Table(t), Seg::Key(k)) => {
+                    key_span = t.key(k).and_then(|key| key.span());
                     if let Some(key) = t.key(k) {
                         best = key.span().or(best);
                     }
@@ -124,12 +143,14 @@ impl SourceMap {
                 }
                 (Node::Item(item), Seg::Key(k)) => match item {
                     Item::Table(t) => {
+                        key_span = t.key(k).and_then(|key| key.span());
                         if let Some(key) = t.key(k) {
                             best = key.span().or(best);
                         }
                         t.get(k).map(Node::Item)
                     }
                     Item::Value(Value::InlineTable(t)) => {
+                        key_span = t.get_key_value(k).and_then(|(key, _)| key.span());
                         if let Some((key, _)) = t.get_key_value(k) {
                             best = key.span().or(best);
                         }
@@ -137,7 +158,10 @@ impl SourceMap {
                     }
                     _ => None,
                 },
-                (Node::Value(Value::InlineTable(t)), Seg::Key(k)) => t.get(k).map(Node::Value),
+                (Node::Value(Value::InlineTable(t)), Seg::Key(k)) => {
+                    key_span = t.get_key_value(k).and_then(|(key, _)| key.span());
+                    t.get(k).map(Node::Value)
+                }
                 (Node::Item(Item::ArrayOfTables(a)), Seg::Index(i)) => a.get(*i).map(Node::Table),
                 (Node::Item(Item::Value(Value::Array(a))), Seg::Index(i))
                 | (Node::Value(Value::Array(a)), Seg::Index(i)) => a.get(*i).map(Node::Value),
@@ -148,10 +172,17 @@ impl SourceMap {
                     best = n.span().or(best);
                     cur = n;
                 }
-                None => break,
+                None => return if key_only { None } else { best },
+            }
+            if !matches!(seg, Seg::Key(_)) {
+                key_span = None;
             }
         }
-        best
+        if key_only {
+            key_span
+        } else {
+            best
+        }
     }
 
     /// The TOML path of the deepest element whose span contains `offset`.
