@@ -805,3 +805,21 @@ fn no_local_model_sends_unpinned_plans_to_the_cloud_and_keeps_pinned_ones() {
         .iter()
         .any(|r| matches!(r, Reason::CloudUnavailable { .. })));
 }
+
+/// The estimates made with a policy's numbers saturate instead of overflowing, whatever a
+/// section built by hand holds (a compiled policy bounds them; these sections are public).
+#[test]
+fn estimates_saturate_instead_of_overflowing() {
+    let mut p = policy("");
+    p.latency.local_prefill_ms_per_token = Decimal::MAX;
+    p.latency.local_decode_ms_per_token = Decimal::MAX;
+    assert_eq!(p.latency.local_estimate_ms(u32::MAX, u32::MAX), u64::MAX);
+    let mut cloud = p.cloud.clone().unwrap();
+    cloud.input_usd_per_mtok = Decimal::MAX;
+    cloud.output_usd_per_mtok = Decimal::MAX;
+    let usage = edgeroute::request::Usage {
+        input_tokens: u64::MAX,
+        output_tokens: u64::MAX,
+    };
+    assert!(cloud.cost(usage) > Decimal::from(1_000_000_000u64));
+}

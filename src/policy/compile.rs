@@ -192,8 +192,12 @@ impl CloudSection {
     /// Cost of a call, decimal-exact.
     pub fn cost(&self, usage: crate::request::Usage) -> Decimal {
         let million = Decimal::from(1_000_000u32);
-        (Decimal::from(usage.input_tokens) * self.input_usd_per_mtok
-            + Decimal::from(usage.output_tokens) * self.output_usd_per_mtok)
+        // Saturating: a compiled policy bounds the prices, but the section is public.
+        Decimal::from(usage.input_tokens)
+            .saturating_mul(self.input_usd_per_mtok)
+            .saturating_add(
+                Decimal::from(usage.output_tokens).saturating_mul(self.output_usd_per_mtok),
+            )
             / million
     }
 }
@@ -230,8 +234,14 @@ pub struct LatencySection {
 impl LatencySection {
     /// Estimated local latency for a prompt and output length, in ms.
     pub fn local_estimate_ms(&self, prompt_tokens: u32, output_tokens: u32) -> u64 {
-        let ms = self.local_prefill_ms_per_token * Decimal::from(prompt_tokens)
-            + self.local_decode_ms_per_token * Decimal::from(output_tokens);
+        // Saturating: a compiled policy bounds the rates, but the section is public.
+        let ms = self
+            .local_prefill_ms_per_token
+            .saturating_mul(Decimal::from(prompt_tokens))
+            .saturating_add(
+                self.local_decode_ms_per_token
+                    .saturating_mul(Decimal::from(output_tokens)),
+            );
         u64::try_from(ms.ceil()).unwrap_or(u64::MAX)
     }
 }
@@ -365,6 +375,32 @@ fn sorted(mut diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
     diags.sort_by_key(|d| (d.line, d.column));
     diags
 }
+
+/// A kind of number a policy sets, with the most it may be: far above any real setting, and
+/// low enough that the arithmetic done with it (times a token count, summed over a month) can
+/// never overflow.
+#[derive(Clone, Copy)]
+struct Quantity {
+    name: &'static str,
+    unit: &'static str,
+    max: u64,
+}
+
+const PRICE: Quantity = Quantity {
+    name: "a price",
+    unit: "USD per million tokens",
+    max: 100_000,
+};
+const BUDGET: Quantity = Quantity {
+    name: "a budget",
+    unit: "USD",
+    max: 1_000_000_000,
+};
+const LATENCY: Quantity = Quantity {
+    name: "a latency",
+    unit: "ms per token",
+    max: 60_000,
+};
 
 /// How many shape errors (unknown keys, wrong types) one reading reports before it gives up.
 const MAX_SHAPE_ERRORS: usize = 64;
@@ -581,11 +617,22 @@ impl Compiler<'_> {
         &mut self,
         n: &Option<RawNumber>,
         path: &TomlPath,
-        what: &str,
+        what: Quantity,
     ) -> Option<Decimal> {
         let d = self.decimal(n.as_ref()?, path)?;
         if d.is_sign_negative() && !d.is_zero() {
-            self.error(path, format!("{what} cannot be negative (got {d})"));
+            self.error(path, format!("{} cannot be negative (got {d})", what.name));
+            return None;
+        }
+        let max = Decimal::from(what.max);
+        if d > max {
+            self.error(
+                path,
+                format!(
+                    "{} cannot be more than {max} {} (got {d}): is a digit too many?",
+                    what.name, what.unit
+                ),
+            );
             return None;
         }
         Some(d)
@@ -852,12 +899,12 @@ impl Compiler<'_> {
         let input = self.non_negative(
             &c.input_usd_per_mtok,
             &path.key("input_usd_per_mtok"),
-            "a price",
+            PRICE,
         );
         let output = self.non_negative(
             &c.output_usd_per_mtok,
             &path.key("output_usd_per_mtok"),
-            "a price",
+            PRICE,
         );
         let model = match c.model.as_deref() {
             Some(m) if !m.trim().is_empty() => m.to_string(),
@@ -1001,13 +1048,20 @@ impl Compiler<'_> {
     fn local(&mut self, raw: &RawPolicy) -> LocalSection {
         let l = raw.local.clone().unwrap_or_default();
         let path = TomlPath::root().key("local");
-        for (key, v) in [
-            ("max_new_tokens", l.max_new_tokens),
-            ("threads", l.threads),
-            ("sessions", l.sessions),
+        // Upper bounds far above any device, but below what would exhaust memory before the
+        // first answer (every session holds its own buffers and KV cache).
+        for (key, v, max) in [
+            ("max_new_tokens", l.max_new_tokens, 32_768),
+            ("threads", l.threads, 256),
+            ("sessions", l.sessions, 16),
         ] {
-            if v == Some(0) {
-                self.error(&path.key(key), format!("`{key}` must be at least 1"));
+            match v {
+                Some(0) => self.error(&path.key(key), format!("`{key}` must be at least 1")),
+                Some(n) if n > max => self.error(
+                    &path.key(key),
+                    format!("`{key}` must be at most {max}, not {n}"),
+                ),
+                _ => {}
             }
         }
         let repetition_penalty = match l.repetition_penalty {
@@ -1053,12 +1107,8 @@ impl Compiler<'_> {
         };
         BudgetSection {
             limits: BudgetLimits {
-                daily_usd: self.non_negative(&b.daily_usd, &path.key("daily_usd"), "a budget"),
-                monthly_usd: self.non_negative(
-                    &b.monthly_usd,
-                    &path.key("monthly_usd"),
-                    "a budget",
-                ),
+                daily_usd: self.non_negative(&b.daily_usd, &path.key("daily_usd"), BUDGET),
+                monthly_usd: self.non_negative(&b.monthly_usd, &path.key("monthly_usd"), BUDGET),
             },
             on_exhausted,
         }
@@ -1097,14 +1147,14 @@ impl Compiler<'_> {
                 .non_negative(
                     &l.local_prefill_ms_per_token,
                     &path.key("local_prefill_ms_per_token"),
-                    "a latency",
+                    LATENCY,
                 )
                 .unwrap_or(Decimal::new(15, 1)),
             local_decode_ms_per_token: self
                 .non_negative(
                     &l.local_decode_ms_per_token,
                     &path.key("local_decode_ms_per_token"),
-                    "a latency",
+                    LATENCY,
                 )
                 .unwrap_or(Decimal::from(10)),
             cloud_ms: l.cloud_ms.unwrap_or(800),
