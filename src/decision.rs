@@ -405,7 +405,7 @@ impl fmt::Display for Reason {
                 threshold,
             } => write!(
                 f,
-                "local confidence {statistic:?} {confidence:.3} < {threshold}: escalated"
+                "local confidence ({statistic}) {confidence:.3} < {threshold}: escalated"
             ),
             Reason::Confident {
                 statistic,
@@ -413,7 +413,7 @@ impl fmt::Display for Reason {
                 threshold,
             } => write!(
                 f,
-                "local confidence {statistic:?} {confidence:.3} >= {threshold}: kept"
+                "local confidence ({statistic}) {confidence:.3} >= {threshold}: kept"
             ),
             Reason::HedgeDelay { after_ms, basis } => {
                 write!(f, "hedge after {after_ms} ms ({basis})")

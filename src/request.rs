@@ -335,11 +335,11 @@ pub struct Timings {
 
 /// Which statistic of the generated tokens' log-probabilities a cascade compares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ConfidenceStat {
     /// Mean log-probability over the first sentence of the reply (best predictor measured).
     #[default]
-    #[serde(alias = "first_sentence")]
+    #[serde(alias = "firstsentence")]
     FirstSentence,
     /// Mean log-probability over the whole reply.
     Mean,
@@ -347,6 +347,24 @@ pub enum ConfidenceStat {
     Min,
     /// 10th-percentile log-probability.
     P10,
+}
+
+impl ConfidenceStat {
+    /// The name a policy's `confidence_stat` gives it: `first_sentence`, `mean`, `min`, `p10`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfidenceStat::FirstSentence => "first_sentence",
+            ConfidenceStat::Mean => "mean",
+            ConfidenceStat::Min => "min",
+            ConfidenceStat::P10 => "p10",
+        }
+    }
+}
+
+impl std::fmt::Display for ConfidenceStat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The local model's confidence in its answer, from generated tokens' log-probabilities.
@@ -443,6 +461,25 @@ pub struct Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Explain, `ask --json` and reasons name a statistic as the policy language does.
+    #[test]
+    fn confidence_stats_are_named_as_in_policies() {
+        for (stat, name) in [
+            (ConfidenceStat::FirstSentence, "first_sentence"),
+            (ConfidenceStat::Mean, "mean"),
+            (ConfidenceStat::Min, "min"),
+            (ConfidenceStat::P10, "p10"),
+        ] {
+            assert_eq!(stat.to_string(), name);
+            assert_eq!(serde_json::to_string(&stat).unwrap(), format!("\"{name}\""));
+            let back: ConfidenceStat = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(back, stat);
+        }
+        // Records written before the rename still read.
+        let old: ConfidenceStat = serde_json::from_str("\"firstsentence\"").unwrap();
+        assert_eq!(old, ConfidenceStat::FirstSentence);
+    }
 
     #[test]
     fn confidence_statistics() {

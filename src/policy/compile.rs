@@ -402,6 +402,11 @@ const LATENCY: Quantity = Quantity {
     max: 60_000,
 };
 
+/// The lowest cascade threshold: no statistic of token log-probabilities comes near it (a
+/// uniform guess over a 49,152-token vocabulary is -10.8), so below it a cascade would never
+/// escalate, and a far lower number would not survive the conversion to `f32`.
+const MIN_CONFIDENCE_FLOOR: f64 = -100.0;
+
 /// How many shape errors (unknown keys, wrong types) one reading reports before it gives up.
 const MAX_SHAPE_ERRORS: usize = 64;
 
@@ -929,7 +934,7 @@ impl Compiler<'_> {
             provider,
             model,
             base_url,
-            api_key_env: c.api_key_env.clone().unwrap_or_else(|| match provider {
+            api_key_env: self.api_key_env(c, path).unwrap_or_else(|| match provider {
                 ProviderKind::OpenAi => "OPENAI_API_KEY".into(),
                 ProviderKind::Anthropic => "ANTHROPIC_API_KEY".into(),
             }),
@@ -946,6 +951,33 @@ impl Compiler<'_> {
                 None => BreakerSection::default(),
             },
         })
+    }
+
+    /// `[cloud].api_key_env`: the name of an environment variable, never the key itself (a
+    /// key pasted here would sit in the policy file, and the cloud would quietly stay off).
+    fn api_key_env(&mut self, c: &super::raw::RawCloud, path: &TomlPath) -> Option<String> {
+        let name = c.api_key_env.as_ref()?;
+        let is_name = name
+            .chars()
+            .next()
+            .is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+        if !is_name {
+            let looks_like_key = Scanner::new(&PrivacyConfig::default())
+                .is_ok_and(|scanner| scanner.scan(name).iter().any(|s| s.kind == "secret"));
+            let why = if looks_like_key {
+                "looks like an API key itself: put the key in an environment variable and name the variable here (the key must not be in the policy file"
+            } else {
+                "is not an environment variable name (letters, digits and `_`, not starting with a digit"
+            };
+            self.error(
+                &path.key("api_key_env"),
+                format!("`api_key_env` {why}; e.g. api_key_env = \"OPENAI_API_KEY\")"),
+            );
+        }
+        Some(name.clone())
     }
 
     fn breaker(&mut self, b: &super::raw::RawBreaker, path: &TomlPath) -> BreakerSection {
@@ -1391,11 +1423,11 @@ impl Compiler<'_> {
             },
             "cascade" => {
                 let min_confidence = match r.min_confidence {
-                    Some(m) if m.is_finite() && m <= 0.0 => m as f32,
+                    Some(m) if (MIN_CONFIDENCE_FLOOR..=0.0).contains(&m) => m as f32,
                     Some(m) => {
                         self.error(
                             &path.key("min_confidence"),
-                            format!("min_confidence is a log-probability and must be ≤ 0 (got {m}); e.g. -1.0"),
+                            format!("min_confidence is a log-probability between {MIN_CONFIDENCE_FLOOR} and 0 (got {}); e.g. -1.0", if m.abs() >= 1e6 { format!("{m:e}") } else { m.to_string() }),
                         );
                         return None;
                     }

@@ -267,15 +267,18 @@ fn table_contains(t: &Table, offset: usize) -> bool {
     })
 }
 
-/// The candidate closest to `word` (Jaro-Winkler ≥ 0.75 or Levenshtein ≤ 2), if any.
+/// The candidate closest to `word` (Jaro-Winkler ≥ 0.75 or Levenshtein ≤ 2, ignoring case),
+/// if any.
 pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word = word.to_lowercase();
     candidates
         .into_iter()
         .map(|c| {
+            let lower = c.to_lowercase();
             (
                 c,
-                strsim::jaro_winkler(word, c),
-                strsim::levenshtein(word, c),
+                strsim::jaro_winkler(&word, &lower),
+                strsim::levenshtein(&word, &lower),
             )
         })
         .filter(|(_, jw, lev)| *jw >= 0.75 || *lev <= 2)
@@ -331,6 +334,7 @@ mod tests {
         assert!(m.ends_with("did you mean `pii_any`?"), "{m}");
         let m = with_suggestion("unknown field `zzzzzz`, expected `pii`");
         assert!(!m.contains("did you mean"));
+        assert_eq!(nearest("OpenAI", ["openai", "anthropic"]), Some("openai"));
     }
 
     #[test]
