@@ -15,6 +15,9 @@ pub enum TimeoutPhase {
     FirstToken,
     /// The whole call, including the body or the rest of the stream.
     Total,
+    /// The request's own deadline ([`Request::deadline`](crate::Request::deadline)) passed,
+    /// whichever tier was answering.
+    Deadline,
 }
 
 impl std::fmt::Display for TimeoutPhase {
@@ -23,6 +26,7 @@ impl std::fmt::Display for TimeoutPhase {
             TimeoutPhase::Connect => "connect",
             TimeoutPhase::FirstToken => "first token",
             TimeoutPhase::Total => "total",
+            TimeoutPhase::Deadline => "request deadline",
         })
     }
 }
@@ -133,11 +137,12 @@ pub enum Error {
     ContextTooLong(String),
 
     /// A deadline or timeout expired.
-    #[error("timed out in the {phase} phase after {elapsed:?}")]
+    #[error("{}", timeout_message(*phase, *elapsed))]
     Timeout {
         /// Which phase.
         phase: TimeoutPhase,
-        /// How long we waited.
+        /// How long we waited: since the request started for [`TimeoutPhase::Deadline`], since
+        /// the attempt started otherwise.
         elapsed: Duration,
     },
 
@@ -196,6 +201,28 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What timed out, and what to change.
+fn timeout_message(phase: TimeoutPhase, elapsed: Duration) -> String {
+    match phase {
+        TimeoutPhase::Deadline => format!(
+            "the request's deadline passed after {elapsed:?} with no answer; allow more time \
+             (Request::with_deadline, `ask --deadline-ms`) — a first local request also loads the model"
+        ),
+        TimeoutPhase::Connect => format!(
+            "timed out connecting to the cloud after {elapsed:?}; check the network and \
+             [cloud].base_url (the limit is [cloud].connect_timeout_ms)"
+        ),
+        TimeoutPhase::FirstToken => format!(
+            "timed out after {elapsed:?} waiting for the cloud's first token (the provider is slow \
+             or overloaded; the limit is [cloud].first_token_timeout_ms)"
+        ),
+        TimeoutPhase::Total => format!(
+            "timed out after {elapsed:?} in the whole call (the limit is [cloud].total_timeout_ms, \
+             or the request's deadline)"
+        ),
+    }
 }
 
 impl Error {

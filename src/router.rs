@@ -430,6 +430,7 @@ impl Router {
             router: self,
             request: &request,
             features: &features,
+            started,
             deadline,
             sink: sink.as_ref(),
             forward: matches!(decision.plan, Plan::Local { .. } | Plan::Cloud { .. }),
@@ -696,6 +697,8 @@ struct Execution<'a> {
     router: &'a Router,
     request: &'a Request,
     features: &'a Features,
+    /// When the request started, and its deadline.
+    started: Instant,
     deadline: Option<Instant>,
     sink: Option<&'a mpsc::UnboundedSender<String>>,
     /// Forward deltas as they come (single-tier plans); otherwise the final text is sent whole.
@@ -738,7 +741,7 @@ impl Execution<'_> {
             }
         };
         decision.reasons.append(&mut self.reasons);
-        let outcome = result?;
+        let outcome = result.map_err(|e| self.deadline_error(e))?;
         if !self.forward {
             if let Some(sink) = self.sink {
                 let _ = sink.send(outcome.text.clone());
@@ -747,8 +750,28 @@ impl Execution<'_> {
         Ok((outcome, self.attempts))
     }
 
-    /// Local; on failure, the cloud if the decision allows it (unpinned) and nothing was
-    /// streamed yet. A fallback with PII found is always redacted.
+    /// The request's deadline has passed: no tier can answer in time, so a failure is final
+    /// (falling back would only fail again, and hide the timeout behind "all failed").
+    fn out_of_time(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// A timeout once the request's deadline has passed is the deadline's, timed from the
+    /// request's start (a tier times only its own part: a cloud call's total phase, a local
+    /// stream cut short).
+    fn deadline_error(&self, error: Error) -> Error {
+        if error.is_timeout() && self.out_of_time() {
+            Error::Timeout {
+                phase: crate::error::TimeoutPhase::Deadline,
+                elapsed: self.started.elapsed(),
+            }
+        } else {
+            error
+        }
+    }
+
+    /// Local; on failure, the cloud if the decision allows it (unpinned), nothing was
+    /// streamed yet and there is time left. A fallback with PII found is always redacted.
     async fn local_first(
         &mut self,
         pin: bool,
@@ -759,7 +782,9 @@ impl Execution<'_> {
             Err(e) => e,
         };
         match clearance {
-            Some(c) if !pin && !self.streamed && self.cloud_tier().is_ok() => {
+            Some(c)
+                if !pin && !self.streamed && !self.out_of_time() && self.cloud_tier().is_ok() =>
+            {
                 self.reasons.push(Reason::Fallback {
                     from: "local".into(),
                     error: error.to_string(),
@@ -772,7 +797,8 @@ impl Execution<'_> {
         }
     }
 
-    /// Cloud; on a cloud failure, the local tier unless pinned or already streaming.
+    /// Cloud; on a cloud failure, the local tier unless pinned, already streaming or out of
+    /// time.
     async fn cloud_first(
         &mut self,
         pin: bool,
@@ -791,6 +817,7 @@ impl Execution<'_> {
         if pin
             || budget_refuses
             || self.streamed
+            || self.out_of_time()
             || self.router.inner.local.is_none()
             || !error.is_cloud_failure()
         {
@@ -819,6 +846,7 @@ impl Execution<'_> {
         };
         let (local, generation) = match self.run_local().await {
             Ok(x) => x,
+            Err(e) if self.out_of_time() => return Err(e),
             Err(e) => {
                 self.reasons.push(Reason::Fallback {
                     from: "local".into(),

@@ -284,3 +284,39 @@ async fn a_hedged_cloud_leg_is_charged_every_attempt_the_provider_accepted() {
     drop(r);
     assert_eq!(spent_today(home.path()), expected);
 }
+
+/// A request whose deadline passes during the cloud call fails with the deadline's timeout,
+/// timed from the request's start, and does not fall back: the local tier would fail at once
+/// (no time left), and the app would get "all failed", which `is_timeout()` does not see.
+#[tokio::test]
+async fn a_deadline_that_passes_in_the_cloud_is_final() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::SlowHeaders(Duration::from_secs(3)));
+    let home = tempfile::tempdir().unwrap();
+    let local = Arc::new(EchoModel::default());
+    let r = router(home.path(), &fake, local.clone());
+    let deadline = Duration::from_millis(300);
+    let err = r
+        .complete(Request::new("hello").with_deadline(deadline))
+        .await
+        .unwrap_err();
+    match &err {
+        edgeroute::Error::Timeout { phase, elapsed } => {
+            assert_eq!(*phase, edgeroute::error::TimeoutPhase::Deadline, "{err}");
+            assert!(*elapsed >= deadline, "{elapsed:?}");
+        }
+        other => panic!("expected the deadline's timeout, got {other}"),
+    }
+    assert!(err.is_timeout());
+    assert!(err.to_string().contains("Request::with_deadline"), "{err}");
+    assert_eq!(local.calls(), 0, "fell back after the deadline");
+
+    // With time left, the same failure still falls back to the device.
+    fake.set_behavior(Behavior::Status(503));
+    let resp = r
+        .complete(Request::new("hello again").with_deadline(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(resp.route, Route::Local);
+    assert_eq!(local.calls(), 1);
+}
