@@ -164,6 +164,10 @@ pub struct Request {
     pub tags: Vec<String>,
     /// Task name (matched by `task` conditions).
     pub task: Option<String>,
+    /// Neither look the answer up in the cache nor store it (a "regenerate" button). Requests
+    /// that sample (a temperature above 0 and no seed) are never cached either: each asks for
+    /// a new answer.
+    pub skip_cache: bool,
 }
 
 impl Request {
@@ -199,6 +203,22 @@ impl Request {
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
+    }
+
+    /// Sets [`Request::skip_cache`]: the answer is neither looked up nor stored.
+    pub fn without_cache(mut self) -> Self {
+        self.skip_cache = true;
+        self
+    }
+
+    /// Whether the answer may come from, and go to, the cache: not when the caller said so,
+    /// and not when it asks for a sampled answer (a temperature above 0 with no seed), which is
+    /// meant to differ each time. Cloud answers with the provider's default temperature are
+    /// cached: the app did not ask for variety.
+    pub fn cacheable(&self) -> bool {
+        let sampled =
+            self.params.temperature.is_some_and(|t| t > 0.0) && self.params.seed.is_none();
+        !self.skip_cache && !sampled
     }
 
     /// Sets the task name.

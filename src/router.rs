@@ -391,9 +391,12 @@ impl Router {
 
         // cache
         let t = Instant::now();
-        // A refused request has no cache class: it is neither looked up nor stored.
+        // A refused request has no cache class: it is neither looked up nor stored; nor is
+        // one that skips the cache or asks for a sampled answer.
         let cache_key = match (&inner.store, decision.plan.cache_class()) {
-            (Some(s), Some(class)) => Some(s.key_for(&inner.policy, &request, &features, &class)),
+            (Some(s), Some(class)) if request.cacheable() => {
+                Some(s.key_for(&inner.policy, &request, &features, &class))
+            }
             _ => None,
         };
         let hit =

@@ -310,6 +310,48 @@ async fn repeated_question_is_served_from_the_encrypted_cache() {
     assert_eq!(model.calls.load(Ordering::SeqCst), 1);
 }
 
+/// A sampled request (temperature above 0, no seed) asks for a new answer each time, and a
+/// request can skip the cache ("regenerate"): neither is answered from the cache nor stored.
+/// A seeded one is reproducible, so it is cached.
+#[tokio::test]
+async fn sampled_and_cache_skipping_requests_are_neither_served_nor_stored() {
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    let r = cached_router(model.clone(), home.path(), POLICY);
+    let sampled = || Request::new("Write one sentence about cats.").with_temperature(0.8);
+    for _ in 0..2 {
+        let resp = r.complete(sampled()).await.unwrap();
+        assert_eq!(resp.route, Route::Local);
+        assert!(!resp.cached);
+    }
+    assert_eq!(model.calls(), 2);
+
+    let greedy = || Request::new("Write one sentence about dogs.");
+    r.complete(greedy()).await.unwrap();
+    for _ in 0..2 {
+        let resp = r.complete(greedy().without_cache()).await.unwrap();
+        assert_eq!(
+            resp.route,
+            Route::Local,
+            "skip_cache was answered from the cache"
+        );
+    }
+    assert_eq!(model.calls(), 5);
+    // The cached answer is still there for a request that uses the cache...
+    assert_eq!(r.complete(greedy()).await.unwrap().route, Route::Cache);
+    // ...and nothing sampled or skipped was stored: the only entry is the greedy one.
+    assert_eq!(r.stats().cache_hits, 1);
+    assert_eq!(
+        r.complete(sampled().with_seed(7)).await.unwrap().route,
+        Route::Local
+    );
+    assert_eq!(
+        r.complete(sampled().with_seed(7)).await.unwrap().route,
+        Route::Cache
+    );
+    assert_eq!(model.calls(), 6);
+}
+
 #[tokio::test]
 async fn a_cached_answer_never_overrides_a_refusal() {
     let home = tempfile::tempdir().unwrap();

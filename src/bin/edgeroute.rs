@@ -130,6 +130,9 @@ struct AskArgs {
     /// [local].repetition_penalty.
     #[arg(long, value_name = "P")]
     repetition_penalty: Option<f32>,
+    /// Neither answer from the cache nor store the answer (ask again for a new answer).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 #[derive(Args)]
@@ -338,6 +341,7 @@ fn ask(args: AskArgs, home: Option<&Path>) -> CmdResult {
     let mut request = build_request(&args.request)?;
     request.params.max_tokens = args.max_tokens;
     request.params.repetition_penalty = args.repetition_penalty;
+    request.skip_cache = args.no_cache;
     refuse_missing_named_home(home)?;
     let router = router(policy, home, true)?;
     let rt = runtime()?;

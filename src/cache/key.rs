@@ -78,8 +78,8 @@ pub struct KeyContext<'a> {
 }
 
 /// A cache key: the 32-byte digest plus the privacy class it was computed for (the class is
-/// hashed into the digest *and* checked against the stored record). `Debug`/`Display` print a
-/// short hex prefix only.
+/// hashed into the digest *and* checked against the stored record). `Debug` shows the class
+/// only.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     digest: [u8; 32],
@@ -97,6 +97,8 @@ impl CacheKey {
             deadline: _,
             tags: _,
             task: _,
+            // Whether to use the cache at all (the router's question, not the key's).
+            skip_cache: _,
         } = request;
         let GenerationParams {
             max_tokens,
