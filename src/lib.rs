@@ -7,15 +7,17 @@
 //! Every request goes through one pipeline, in [`Router`]:
 //!
 //! ```text
-//! Request ─▶ inspect ─▶ cache ─▶ decide ─▶ execute ─▶ record ─▶ Response
+//! Request ─▶ inspect ─▶ decide ─▶ cache ─▶ execute ─▶ record ─▶ Response
 //! ```
 //!
 //! - **inspect** ([`inspect`]): PII and secret scan ([`privacy`]), prompt token estimate,
 //!   deadline, tags and task → [`inspect::Features`].
-//! - **cache**: exact-match lookup of an earlier answer of the same privacy class.
 //! - **decide** ([`policy::decide`]): a pure function of the compiled policy, the features and
 //!   the live [`signals::Signals`]; returns a [`decision::Decision`] naming the rule that fired
 //!   and typed [`decision::Reason`]s with the inputs that made it fire.
+//! - **cache**: exact-match lookup of an earlier answer of the same privacy class, given under
+//!   the same kind of plan (after the decision, so that a refusal is never answered from the
+//!   cache, nor a cloud-pinned request with the device's answer).
 //! - **execute**: runs the [`decision::Plan`] — local, cloud (optionally redacted), cascade
 //!   (local first, escalate on low confidence) or hedge — with explicit fallbacks that never
 //!   cross a privacy pin. The cloud tier can only be called with a

@@ -237,8 +237,9 @@ pub struct Router {
 /// An item of [`Router::stream`].
 #[derive(Debug)]
 pub enum RouterEvent {
-    /// More answer text, as generated (single-tier plans; cascade and hedge answers arrive
-    /// whole in `Done`).
+    /// More answer text: as generated for single-tier plans (local, cloud); for a cascade or
+    /// a hedge, whose answer is known only once a tier has won, one delta with the whole
+    /// answer just before `Done`. A cache hit is one delta too.
     Delta(String),
     /// The final response. `text` holds the whole answer.
     Done(Box<Response>),
@@ -316,11 +317,20 @@ impl Router {
     }
 
     /// Answers a request: inspect → decide → cache → execute → record.
+    ///
+    /// Dropping the future stops the work: local generation ends, a cloud call is closed and
+    /// charged to the budget for the prompt and what had arrived (its whole estimate, the
+    /// prompt and `max_tokens` of output, if nothing had).
     pub async fn complete(&self, request: Request) -> Result<Response> {
         self.run(request, None).await
     }
 
-    /// Answers a request, streaming text deltas as they are generated.
+    /// Answers a request, streaming text deltas as they are generated (see [`RouterEvent`]).
+    /// Dropping the stream stops the work, as for [`Router::complete`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime: the request runs on a task of the current runtime.
     pub fn stream(
         &self,
         request: Request,
@@ -619,6 +629,76 @@ impl LegClock {
 /// success status) for what it generated, whatever became of it — a stream cut short or timed
 /// out before or after its first token, then retried or not, a hedge leg cancelled —, and bills
 /// nothing for one it never accepted (no connection, an error status).
+/// How much of a cloud answer has arrived (characters), for [`PendingCharge`].
+#[derive(Default)]
+struct PendingProgress {
+    chars: std::sync::atomic::AtomicU64,
+}
+
+impl PendingProgress {
+    fn add(&self, delta: &str) {
+        let n = delta.chars().count() as u64;
+        self.chars
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn chars(&self) -> u64 {
+        self.chars.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A cloud call's budget reservation, settled exactly once: with the call's cost when it
+/// ends, or, when the request is dropped mid-answer (an app's stop button), with the prompt
+/// and what was streamed so far. Left unsettled, the whole estimate (the prompt plus
+/// `max_tokens` of output) would count as spent for good.
+struct PendingCharge {
+    store: crate::wiring::Store,
+    reservation: Option<crate::ledger::Reservation>,
+    estimate: Decimal,
+    cloud: Option<crate::policy::CloudSection>,
+    input_tokens: u64,
+    received: Arc<PendingProgress>,
+}
+
+impl PendingCharge {
+    async fn settle(mut self, usd: Decimal) {
+        if let Some(r) = self.reservation.take() {
+            self.store.settle(r, usd).await;
+        }
+    }
+
+    /// What a call dropped now has cost: the prompt and the output received (about four
+    /// characters a token, rounded up), once any came; before that, the provider may be
+    /// generating the whole answer: the estimate.
+    fn cost_so_far(&self) -> Decimal {
+        let chars = self.received.chars();
+        match &self.cloud {
+            Some(c) if chars > 0 => c
+                .cost(Usage {
+                    input_tokens: self.input_tokens,
+                    output_tokens: chars.div_ceil(4),
+                })
+                .min(self.estimate),
+            _ => self.estimate,
+        }
+    }
+}
+
+impl Drop for PendingCharge {
+    fn drop(&mut self) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        let usd = self.cost_so_far();
+        // Settling is async (the ledger writes on a blocking thread); without a runtime the
+        // reservation stays unsettled, which counts the estimate (the safe side).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            runtime.spawn(async move { store.settle(reservation, usd).await });
+        }
+    }
+}
+
 fn unanswered_cost(attempts: u32, estimate: Decimal) -> Cost {
     if attempts == 0 {
         return Cost::ZERO;
@@ -1256,7 +1336,7 @@ impl Execution<'_> {
         let span = tier_span("local", "onnxruntime", backend.name(), &call, trace_content);
         let result = async {
             let stream = backend.stream(call).await?;
-            self.drain(stream, None).await
+            self.drain(stream, None, None).await
         }
         .instrument(span.clone())
         .await;
@@ -1310,10 +1390,18 @@ impl Execution<'_> {
         let store = self.router.inner.store.clone();
         let policy = &self.router.inner.policy;
         let estimate = self.cloud_estimate(&call);
-        let reservation = match &store {
-            Some(s) => Some(s.reserve(estimate).await?),
+        let mut charge = match &store {
+            Some(s) => Some(PendingCharge {
+                reservation: Some(s.reserve(estimate).await?),
+                store: s.clone(),
+                estimate,
+                cloud: policy.cloud.clone(),
+                input_tokens: u64::from(self.features.prompt_tokens),
+                received: Arc::default(),
+            }),
             None => None,
         };
+        let received = charge.as_ref().map(|c| c.received.clone());
         let trace_content = self.router.inner.trace_content;
         let span = tier_span(
             "cloud",
@@ -1327,7 +1415,7 @@ impl Execution<'_> {
         let result = async {
             let stream = backend.stream(clearance, call, &report).await?;
             streaming = true;
-            self.drain(stream, rehydrator).await
+            self.drain(stream, rehydrator, received.as_deref()).await
         }
         .instrument(span.clone())
         .await;
@@ -1357,8 +1445,8 @@ impl Execution<'_> {
                 Some(e.to_string()),
             ),
         };
-        if let (Some(s), Some(r)) = (&store, reservation) {
-            s.settle(r, cost.usd).await;
+        if let Some(charge) = charge.take() {
+            charge.settle(cost.usd).await;
         }
         self.attempts.push(Attempt {
             route: Route::Cloud,
@@ -1388,6 +1476,7 @@ impl Execution<'_> {
         &mut self,
         mut stream: EventStream,
         mut rehydrator: Option<crate::privacy::Rehydrator>,
+        received: Option<&PendingProgress>,
     ) -> Result<(Generation, Option<Instant>)> {
         let mut text = String::new();
         let mut first_token = None;
@@ -1406,6 +1495,9 @@ impl Execution<'_> {
                 Some(Ok(StreamEvent::Delta(d))) => {
                     if !d.is_empty() {
                         first_token.get_or_insert_with(Instant::now);
+                    }
+                    if let Some(r) = received {
+                        r.add(&d);
                     }
                     let d = match rehydrator.as_mut() {
                         Some(r) => r.push(&d),

@@ -320,3 +320,35 @@ async fn a_deadline_that_passes_in_the_cloud_is_final() {
     assert_eq!(resp.route, Route::Local);
     assert_eq!(local.calls(), 1);
 }
+
+/// A cloud answer dropped mid-stream (an app's stop button) is charged the prompt and what
+/// was streamed, not the whole estimate (prompt + `max_tokens` of output), which stayed
+/// counted as spent for good.
+#[tokio::test]
+async fn a_cloud_answer_dropped_mid_stream_is_charged_what_was_streamed() {
+    use futures::StreamExt;
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(300)));
+    let r = router(home.path(), &fake, Arc::new(EchoModel::default()));
+    // 10,000 output tokens at $0.001 each: a $10 estimate, reserved while the call runs.
+    let mut stream = r.stream(Request::new("Tell me a story.").with_max_tokens(10_000));
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(matches!(first, edgeroute::RouterEvent::Delta(_)));
+    assert!(spent_today(home.path()) >= Decimal::from(10));
+    drop(stream);
+    // The reservation is settled in the background, at a few cents.
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let spent = spent_today(home.path());
+        if spent < Decimal::from(10) {
+            assert!(
+                spent > Decimal::ZERO && spent < Decimal::new(5, 2),
+                "{spent}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < give_up, "still {spent} spent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
