@@ -325,7 +325,14 @@ pub enum Reason {
         winner: String,
     },
     /// Served from the answer cache.
-    CacheHit,
+    CacheHit {
+        /// The tier that first gave the answer: `local` or `cloud`.
+        answered_by: String,
+        /// Its model (backend name).
+        model: String,
+        /// How long ago, in seconds.
+        age_secs: u64,
+    },
     /// PII was replaced with placeholders before the cloud call.
     Redacted {
         /// Number of spans replaced.
@@ -419,7 +426,14 @@ impl fmt::Display for Reason {
                 write!(f, "hedge after {after_ms} ms ({basis})")
             }
             Reason::HedgeWinner { winner } => write!(f, "hedge won by {winner}"),
-            Reason::CacheHit => f.write_str("answer cache hit"),
+            Reason::CacheHit {
+                answered_by,
+                model,
+                age_secs,
+            } => write!(
+                f,
+                "answer cache hit (first answered by {answered_by}, {model}, {age_secs} s ago)"
+            ),
             Reason::Redacted { spans } => write!(f, "{spans} PII span(s) redacted before cloud"),
         }
     }
@@ -471,9 +485,14 @@ impl Decision {
     }
 
     /// This decision, answered from the cache: the rule that fired and its inputs stay, with
-    /// [`Reason::CacheHit`] added, and the clearance goes (nothing leaves the device).
-    pub(crate) fn answered_from_cache(mut self) -> Self {
-        self.reasons.push(Reason::CacheHit);
+    /// [`Reason::CacheHit`] added (which tier and model gave `answer`, and when), and the
+    /// clearance goes (nothing leaves the device).
+    pub(crate) fn answered_from_cache(mut self, answer: &crate::cache::CachedAnswer) -> Self {
+        self.reasons.push(Reason::CacheHit {
+            answered_by: answer.route.as_str().to_string(),
+            model: answer.model.clone(),
+            age_secs: answer.created_at.elapsed().map_or(0, |age| age.as_secs()),
+        });
         self.clearance = None;
         self
     }

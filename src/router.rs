@@ -411,12 +411,13 @@ impl Router {
         };
         let hit =
             tracing::debug_span!("edgeroute.cache").in_scope(|| match (&inner.store, &cache_key) {
-                (Some(s), Some(k)) => s.lookup(k).map(|a| a.text),
+                (Some(s), Some(k)) => s.lookup(k),
                 _ => None,
             });
         timings.cache = t.elapsed();
-        if let Some(text) = hit {
-            let decision = decision.answered_from_cache();
+        if let Some(answer) = hit {
+            let decision = decision.answered_from_cache(&answer);
+            let text = answer.text;
             if let Some(sink) = &sink {
                 let _ = sink.send(text.clone());
             }

@@ -518,7 +518,19 @@ async fn a_pinned_cloud_rule_never_gets_the_devices_cached_answer() {
     assert_eq!(again.route, Route::Cache);
     assert_eq!(again.text, "The cloud's careful answer.");
     assert_eq!(again.decision.rule, "hard-must-use-cloud");
-    assert_eq!(again.decision.reasons.last(), Some(&Reason::CacheHit));
+    // The hit says which tier and model first gave the answer.
+    match again.decision.reasons.last() {
+        Some(Reason::CacheHit {
+            answered_by,
+            model,
+            age_secs,
+        }) => {
+            assert_eq!(answered_by, "cloud");
+            assert_eq!(model, hard.attempts.last().unwrap().backend.as_str());
+            assert!(*age_secs < 60);
+        }
+        other => panic!("{other:?}"),
+    }
 
     let plain = r.complete(ask()).await.unwrap();
     assert_eq!(plain.route, Route::Cache);
