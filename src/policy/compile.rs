@@ -447,7 +447,7 @@ fn read_shape(src: &str, map: &SourceMap) -> Shape {
         // (keys are only ever taken out of tables, never out of arrays, so no index moves).
         let edited = (!touched.is_empty()).then(|| SourceMap::new(map.file(), &text));
         let path = edited.as_ref().unwrap_or(map).path_at(offset);
-        let message = misplaced(&path).unwrap_or(message);
+        let message = misplaced(&path).unwrap_or_else(|| in_policy_terms(&message, &path));
         if path.0.is_empty() {
             // Not a key's problem (a syntax error): the offset is all there is.
             diags.push(map.at_offset(offset, &path, message));
@@ -493,6 +493,53 @@ fn misplaced(path: &TomlPath) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// A serde message in the policy's terms: what to write, not the names of the Rust types that
+/// read it (`untagged enum OneOrMany`, `struct RawWhen`, `u32`).
+fn in_policy_terms(message: &str, path: &TomlPath) -> String {
+    use super::source::Seg;
+    let top_level_array = matches!(path.0.as_slice(), [Seg::Key(k)] if k == "rule" || k == "test");
+    if top_level_array && message.contains("expected a sequence") {
+        let k = path.to_string();
+        return format!(
+            "`[{k}]` is a single table, but {k}s are a list: write `[[{k}]]` above each one"
+        );
+    }
+    let wanted = [
+        (
+            "untagged enum OneOrMany",
+            "expected a string or a list of strings",
+        ),
+        (
+            "untagged enum RawNumber",
+            "expected a number such as 0.15 or \"0.15\"",
+        ),
+    ];
+    for (rust, plain) in wanted {
+        if message.contains(rust) {
+            return plain.to_string();
+        }
+    }
+    let mut out = message.to_string();
+    for (rust, plain) in [
+        (
+            "expected struct RawWhen",
+            "expected a table of conditions (`[rule.when]`, or `when = { ... }`); a rule with no `when` always matches",
+        ),
+        ("expected u8", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    if let Some(i) = out.find("expected struct Raw") {
+        out.replace_range(i.., "expected a table");
+    }
+    out
 }
 
 /// `text` with the key at `path` taken out (a whole array, for a path into one); `None` when
