@@ -6,7 +6,7 @@ use crate::privacy::PiiSpan;
 use crate::request::Request;
 
 /// Per-message overhead in the token estimate (role markers of a chat template).
-const TOKENS_PER_MESSAGE: u32 = 4;
+pub(crate) const TOKENS_PER_MESSAGE: u32 = 4;
 
 /// What `decide()` knows about a request.
 #[derive(Debug, Clone, Default, PartialEq)]

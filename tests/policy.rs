@@ -139,7 +139,10 @@ fn deadline_and_latency_conditions() {
 #[test]
 fn budget_network_health_conditions() {
     let req = Request::new("q");
-    let p = one_rule("budget_left_usd_lt = \"0.50\"");
+    let p = policy(
+        "[budget]\ndaily_usd = 5\n[[rule]]\nname = \"r\"\nroute = \"cloud\"\n[rule.when]\n\
+         budget_left_usd_lt = \"0.50\"\n[defaults]\nroute = \"local\"\n",
+    );
     let low = Signals {
         budget_left_usd: Some(Decimal::new(25, 2)),
         ..signals()

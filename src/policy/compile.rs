@@ -732,6 +732,7 @@ impl Compiler<'_> {
             kinds: &kinds,
             detected_builtins: &privacy.kinds,
             has_cloud,
+            has_budget: budget.limits.daily_usd.is_some() || budget.limits.monthly_usd.is_some(),
         };
         let defaults = match &raw.defaults {
             Some(d) => self
@@ -1269,6 +1270,42 @@ impl Compiler<'_> {
         KindSet(set)
     }
 
+    /// PII conditions of one rule that cannot all hold: no PII and some PII; a kind both
+    /// required and excluded.
+    fn contradictions(&mut self, conditions: &[Condition], path: &TomlPath) {
+        let (mut none, mut pii) = (None, None);
+        for c in conditions {
+            match c {
+                Condition::PiiNone(s) => none = Some(*s),
+                Condition::Pii(b) => pii = Some(*b),
+                _ => {}
+            }
+        }
+        for c in conditions {
+            let (key, clash) = match (c, none) {
+                (Condition::PiiAll(all), Some(n)) if all.intersects(n) => {
+                    ("pii_all", "a kind in `pii_all` is also in `pii_none`")
+                }
+                (Condition::PiiAny(any), Some(n)) if n.contains_all(*any) => {
+                    ("pii_any", "every kind in `pii_any` is also in `pii_none`")
+                }
+                (Condition::PiiAny(_), _) if pii == Some(false) => (
+                    "pii_any",
+                    "`pii = false` and `pii_any` ask for no PII and some",
+                ),
+                (Condition::PiiAll(_), _) if pii == Some(false) => (
+                    "pii_all",
+                    "`pii = false` and `pii_all` ask for no PII and some",
+                ),
+                _ => continue,
+            };
+            self.error(
+                &path.key(key),
+                format!("the rule's conditions can never all hold: {clash}"),
+            );
+        }
+    }
+
     fn conditions(&mut self, w: &RawWhen, path: &TomlPath, ctx: &RuleCtx<'_>) -> Vec<Condition> {
         let mut out = Vec::new();
         if let Some(b) = w.pii {
@@ -1301,6 +1338,7 @@ impl Compiler<'_> {
                 ctx,
             )));
         }
+        self.contradictions(&out, path);
         if let Some(n) = w.prompt_tokens_gt {
             if n == u32::MAX {
                 self.error(
@@ -1311,10 +1349,12 @@ impl Compiler<'_> {
             out.push(Condition::PromptTokensGt(n));
         }
         if let Some(n) = w.prompt_tokens_lt {
-            if n == 0 {
+            // The smallest prompt: one token, plus the per-message overhead of the estimate.
+            let least = crate::inspect::TOKENS_PER_MESSAGE + 1;
+            if n <= least {
                 self.error(
                     &path.key("prompt_tokens_lt"),
-                    "`prompt_tokens_lt = 0` can never hold",
+                    format!("`prompt_tokens_lt = {n}` can never hold: the estimate counts {} tokens per message on top of its text, so the shortest prompt is {least} tokens", crate::inspect::TOKENS_PER_MESSAGE),
                 );
             }
             out.push(Condition::PromptTokensLt(n));
@@ -1342,7 +1382,19 @@ impl Compiler<'_> {
             out.push(Condition::LocalTooSlow(b));
         }
         if let Some(n) = &w.budget_left_usd_lt {
+            if !ctx.has_budget {
+                self.error(
+                    &path.key("budget_left_usd_lt"),
+                    "`budget_left_usd_lt` can never hold without a budget: add `[budget]` with `daily_usd` or `monthly_usd`",
+                );
+            }
             if let Some(d) = self.decimal(n, &path.key("budget_left_usd_lt")) {
+                if d <= Decimal::ZERO {
+                    self.error(
+                        &path.key("budget_left_usd_lt"),
+                        format!("`budget_left_usd_lt = {d}` can never hold: what is left is never below 0"),
+                    );
+                }
                 out.push(Condition::BudgetLeftLt(d));
             }
         }
@@ -1626,6 +1678,8 @@ struct RuleCtx<'a> {
     /// The built-in kinds `[privacy].detect` leaves on (custom kinds are always detected).
     detected_builtins: &'a [String],
     has_cloud: bool,
+    /// `[budget]` sets a limit: only then is there a budget left to compare.
+    has_budget: bool,
 }
 
 fn parse_health(s: &str) -> Option<CloudHealth> {
