@@ -22,6 +22,24 @@ pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
 /// The command that installs the runtime and model, named in every "missing" error.
 pub const SETUP_COMMAND: &str = "python3 scripts/setup.py";
 
+/// The set-up command that installs into the home holding `path` (a model directory, a file in
+/// one, the runtime directory or a library in it): [`SETUP_COMMAND`] for the default home, with
+/// `EDGEROUTE_HOME=<home>` before it for any other (run as is, it would install into the
+/// default home, and the error would stay). Both run from a checkout of the repository.
+pub fn setup_command_for(path: &Path) -> String {
+    let home = path
+        .ancestors()
+        .find(|a| {
+            a.file_name()
+                .is_some_and(|n| n == "models" || n == "runtime")
+        })
+        .and_then(Path::parent);
+    match home {
+        Some(h) if h != resolve(None) => format!("EDGEROUTE_HOME={} {SETUP_COMMAND}", h.display()),
+        _ => SETUP_COMMAND.to_string(),
+    }
+}
+
 /// Resolves the home directory (does not create it).
 pub fn resolve(explicit: Option<&Path>) -> PathBuf {
     if let Some(p) = explicit {
@@ -66,4 +84,30 @@ pub(crate) fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
         builder.mode(0o700);
     }
     builder.create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fix in a "missing model/runtime" error installs into the home that was looked in.
+    #[test]
+    fn the_setup_command_names_a_home_other_than_the_default() {
+        let other = Path::new("/srv/app-home");
+        assert_eq!(
+            setup_command_for(&model_dir(other, DEFAULT_MODEL).join("model.onnx")),
+            format!("EDGEROUTE_HOME=/srv/app-home {SETUP_COMMAND}")
+        );
+        assert_eq!(
+            setup_command_for(&runtime_dir(other).join("libonnxruntime.so.1.32.0")),
+            format!("EDGEROUTE_HOME=/srv/app-home {SETUP_COMMAND}")
+        );
+        let default = resolve(None);
+        assert_eq!(
+            setup_command_for(&model_dir(&default, DEFAULT_MODEL)),
+            SETUP_COMMAND
+        );
+        // A model directory outside any home: the plain command.
+        assert_eq!(setup_command_for(Path::new("/opt/my-model")), SETUP_COMMAND);
+    }
 }

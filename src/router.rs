@@ -285,13 +285,37 @@ impl Router {
     pub fn explain(&self, request: &Request) -> Decision {
         let features = inspect(&self.inner.policy, request);
         let signals = self.signals(&features, self.max_tokens(request));
-        decide(&self.inner.policy, &features, &signals)
+        self.decide(&features, &signals)
     }
 
     /// Like [`Router::explain`], with signals supplied by the caller ("what if offline?").
     pub fn explain_with(&self, request: &Request, signals: &Signals) -> Decision {
         let features = inspect(&self.inner.policy, request);
-        decide(&self.inner.policy, &features, signals)
+        self.decide(&features, signals)
+    }
+
+    /// `decide()`, with an unavailable tier's reason saying why this router's tier is
+    /// unavailable (which variable has no key, where no model is installed) rather than the
+    /// policy's generic words.
+    fn decide(&self, features: &Features, signals: &Signals) -> Decision {
+        let mut decision = decide(&self.inner.policy, features, signals);
+        for reason in &mut decision.reasons {
+            let (why, availability) = match reason {
+                Reason::CloudUnavailable { why } => {
+                    (why, self.inner.cloud.as_ref().map(|t| t.availability()))
+                }
+                Reason::LocalUnavailable { why } => {
+                    (why, self.inner.local.as_ref().map(|t| t.availability()))
+                }
+                _ => continue,
+            };
+            match availability {
+                Some(Err(specific)) => *why = specific,
+                None => *why = "no such tier: the policy or the builder configures none".into(),
+                Some(Ok(())) => {}
+            }
+        }
+        decision
     }
 
     /// Counters and latency figures since the router was built.
@@ -394,8 +418,8 @@ impl Router {
         let t = Instant::now();
         let max_tokens = self.max_tokens(&request);
         let signals = self.signals(&features, max_tokens);
-        let mut decision = tracing::debug_span!("edgeroute.decide")
-            .in_scope(|| decide(&inner.policy, &features, &signals));
+        let mut decision =
+            tracing::debug_span!("edgeroute.decide").in_scope(|| self.decide(&features, &signals));
         timings.decide = t.elapsed();
         tracing::debug!(rule = %decision.rule, route = decision.route(), "edgeroute.decide");
 

@@ -130,7 +130,7 @@ mod lazy_local {
                 Err(format!(
                     "no local model at {}; run `{}` to install it",
                     self.model_dir.display(),
-                    crate::home::SETUP_COMMAND
+                    crate::home::setup_command_for(&self.model_dir)
                 ))
             }
         }

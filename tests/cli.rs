@@ -211,6 +211,43 @@ fn explain_shows_the_plan_and_its_options() {
     );
 }
 
+/// `explain` shows every input a rule can test — tags, task, deadline, PII kinds — so that a
+/// rule that did not fire can be checked against what it saw.
+#[test]
+fn explain_lists_the_requests_inputs() {
+    let o = run(&[
+        "explain",
+        "--policy",
+        "policies/default.toml",
+        "-t",
+        "Reasoning",
+        "-t",
+        "hard",
+        "--task",
+        "summarize",
+        "--deadline-ms",
+        "900",
+        "mail ann@example.com or bob@example.org, call 415-555-0132",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("request: tags [Reasoning, hard], task summarize, deadline 900 ms, PII email, phone (3 span(s))"),
+        "{out}"
+    );
+    let o = run(&[
+        "explain",
+        "--policy",
+        "policies/default.toml",
+        "hello there",
+    ]);
+    assert!(
+        stdout(&o).contains("request: tags [none], task none, deadline none, PII none (0 span(s))"),
+        "{}",
+        stdout(&o)
+    );
+}
+
 /// Needs the cloud tier to exist (with a key) for "offline" to be the reason.
 #[cfg(feature = "cloud")]
 #[test]
@@ -229,6 +266,11 @@ fn explain_offline_flag_and_tags() {
     assert_eq!(v["rule"], "hard-task-to-cloud");
     assert_eq!(v["route"], "local");
     assert_eq!(v["reasons"][1]["kind"], "cloud_unavailable");
+    // The reason says which variable has no key, not the policy's generic words.
+    assert_eq!(
+        v["reasons"][1]["why"], "no API key: set $OPENAI_API_KEY",
+        "{v}"
+    );
 
     let o = bin()
         .args([&args[..], &["--offline", "Prove Fermat's little theorem"]].concat())

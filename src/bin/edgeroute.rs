@@ -464,10 +464,35 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> CmdResult {
         for r in &decision.reasons {
             out!("  - {r}");
         }
+        // Every input a rule can test, so that a rule that did not fire can be checked against
+        // what it saw (a tag spelled differently, a task not given).
+        let mut kinds: Vec<&str> = features
+            .pii_spans
+            .iter()
+            .map(|(_, s)| s.kind.as_str())
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let listed = |xs: &[&str]| {
+            if xs.is_empty() {
+                "none".to_string()
+            } else {
+                xs.join(", ")
+            }
+        };
         out!(
-            "inputs: ~{} prompt tokens, {} PII span(s), network {}, local {}, cloud {}{}",
-            features.prompt_tokens,
+            "request: tags [{}], task {}, deadline {}, PII {} ({} span(s))",
+            listed(&features.tags.iter().map(String::as_str).collect::<Vec<_>>()),
+            features.task.as_deref().unwrap_or("none"),
+            features
+                .deadline_ms
+                .map_or_else(|| "none".to_string(), |ms| format!("{ms} ms")),
+            listed(&kinds),
             features.pii_spans.len(),
+        );
+        out!(
+            "inputs: ~{} prompt tokens, network {}, local {}, cloud {}{}",
+            features.prompt_tokens,
             signals.network,
             if signals.local_available {
                 "available"
@@ -476,6 +501,8 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> CmdResult {
             },
             if signals.cloud_available {
                 signals.cloud_health.to_string()
+            } else if router.policy().cloud.is_some() {
+                "unavailable".into()
             } else {
                 "not configured".into()
             },

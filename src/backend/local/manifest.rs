@@ -74,7 +74,7 @@ pub(crate) fn unavailable(path: &Path, reason: impl Into<String>) -> Error {
         reason: reason.into(),
         fix: format!(
             "run `{}` to (re)install the local model",
-            home::SETUP_COMMAND
+            home::setup_command_for(path)
         ),
     }
 }

@@ -26,10 +26,10 @@ pub(crate) struct Runtime {
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 static INIT: Mutex<()> = Mutex::new(());
 
-fn fix() -> String {
+fn fix(path: &Path) -> String {
     format!(
         "run `{}` (installs ONNX Runtime 1.32 into the edgeroute home), or set {DYLIB_ENV} to a libonnxruntime.so of version >= 1.31",
-        home::SETUP_COMMAND
+        home::setup_command_for(path)
     )
 }
 
@@ -37,7 +37,7 @@ fn unavailable(path: &Path, reason: impl Into<String>) -> Error {
     Error::RuntimeUnavailable {
         path: path.display().to_string(),
         reason: reason.into(),
-        fix: fix(),
+        fix: fix(path),
     }
 }
 
