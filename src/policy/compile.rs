@@ -407,6 +407,9 @@ const LATENCY: Quantity = Quantity {
 /// escalate, and a far lower number would not survive the conversion to `f32`.
 const MIN_CONFIDENCE_FLOOR: f64 = -100.0;
 
+/// `[cloud].total_timeout_ms` when the policy does not set it.
+const DEFAULT_TOTAL_TIMEOUT_MS: u64 = 60_000;
+
 /// How many shape errors (unknown keys, wrong types) one reading reports before it gives up.
 const MAX_SHAPE_ERRORS: usize = 64;
 
@@ -799,13 +802,19 @@ impl Compiler<'_> {
             }
         }
 
+        if let (Some(prev), Some(_)) = (&catch_all, &raw.defaults) {
+            self.error(
+                &root.key("defaults"),
+                format!("[defaults] is never used: rule `{prev}` has no conditions and always matches; remove one of them"),
+            );
+        }
         let mut rule_names: Vec<&str> = names.iter().map(String::as_str).collect();
         rule_names.push("defaults");
         let tests = raw
             .test
             .iter()
             .enumerate()
-            .filter_map(|(i, t)| self.test(t, &root.key("test").index(i), &rule_names, has_cloud))
+            .filter_map(|(i, t)| self.test(t, &root.key("test").index(i), &rule_names, &ctx))
             .collect();
 
         if !self.diags.is_empty() {
@@ -978,6 +987,18 @@ impl Compiler<'_> {
                 self.error(&path.key(key), "a timeout must be greater than 0 ms");
             }
         }
+        let total = c.total_timeout_ms.unwrap_or(DEFAULT_TOTAL_TIMEOUT_MS);
+        for (key, v) in [
+            ("connect_timeout_ms", c.connect_timeout_ms),
+            ("first_token_timeout_ms", c.first_token_timeout_ms),
+        ] {
+            if let Some(ms) = v.filter(|&ms| ms > total) {
+                self.error(
+                    &path.key(key),
+                    format!("`{key}` ({ms}) is longer than `total_timeout_ms` ({total}), which ends the call first"),
+                );
+            }
+        }
         Some(CloudSection {
             provider,
             model,
@@ -990,7 +1011,7 @@ impl Compiler<'_> {
             output_usd_per_mtok: output.unwrap_or_default(),
             connect_timeout: Duration::from_millis(c.connect_timeout_ms.unwrap_or(2_000)),
             first_token_timeout: Duration::from_millis(c.first_token_timeout_ms.unwrap_or(15_000)),
-            total_timeout: Duration::from_millis(c.total_timeout_ms.unwrap_or(60_000)),
+            total_timeout: Duration::from_millis(total),
             max_retries: c.max_retries.unwrap_or(2),
             max_tokens: c.max_tokens.unwrap_or(DEFAULT_CLOUD_MAX_TOKENS),
             allow_insecure_http,
@@ -1185,11 +1206,26 @@ impl Compiler<'_> {
                 OnExhausted::Local
             }
         };
+        let limits = BudgetLimits {
+            daily_usd: self.non_negative(&b.daily_usd, &path.key("daily_usd"), BUDGET),
+            monthly_usd: self.non_negative(&b.monthly_usd, &path.key("monthly_usd"), BUDGET),
+        };
+        if let (Some(day), Some(month)) = (limits.daily_usd, limits.monthly_usd) {
+            if day > month {
+                self.error(
+                    &path.key("daily_usd"),
+                    format!("`daily_usd` ({day}) is more than `monthly_usd` ({month}): the daily limit could never be reached"),
+                );
+            }
+        }
+        if b.on_exhausted.is_some() && limits.daily_usd.is_none() && limits.monthly_usd.is_none() {
+            self.error(
+                &path.key("on_exhausted"),
+                "`on_exhausted` has no effect without a limit: set `daily_usd` or `monthly_usd`",
+            );
+        }
         BudgetSection {
-            limits: BudgetLimits {
-                daily_usd: self.non_negative(&b.daily_usd, &path.key("daily_usd"), BUDGET),
-                monthly_usd: self.non_negative(&b.monthly_usd, &path.key("monthly_usd"), BUDGET),
-            },
+            limits,
             on_exhausted,
         }
     }
@@ -1606,9 +1642,23 @@ impl Compiler<'_> {
         t: &RawTest,
         path: &TomlPath,
         rules: &[&str],
-        has_cloud: bool,
+        ctx: &RuleCtx<'_>,
     ) -> Option<PolicyTest> {
+        let has_cloud = ctx.has_cloud;
         let name = t.name.clone().unwrap_or_else(|| path.to_string());
+        if t.prompt.trim().is_empty() {
+            // The router refuses an empty prompt before any rule is looked at.
+            self.error(
+                &path.key("prompt"),
+                "a test's prompt cannot be empty (the router refuses empty prompts)",
+            );
+        }
+        if t.cloud_available == Some(true) && !has_cloud {
+            self.error(
+                &path.key("cloud_available"),
+                "`cloud_available = true` but the policy has no [cloud] section: there is no cloud tier to be available",
+            );
+        }
         if !ROUTES.contains(&t.expect_route.as_str()) {
             let hint = suggest(&t.expect_route, ROUTES.iter().copied());
             self.error(
@@ -1629,9 +1679,10 @@ impl Compiler<'_> {
             None | Some("online") => Network::Online,
             Some("offline") => Network::Offline,
             Some(other) => {
+                let hint = suggest(other, ["online", "offline"]);
                 self.error(
                     &path.key("network"),
-                    format!("unknown network state `{other}`; expected online or offline"),
+                    format!("unknown network state `{other}`{hint}; expected online or offline"),
                 );
                 Network::Online
             }
@@ -1639,15 +1690,25 @@ impl Compiler<'_> {
         let cloud_health = match t.cloud_health.as_deref() {
             None => CloudHealth::Healthy,
             Some(s) => parse_health(s).unwrap_or_else(|| {
+                let hint = suggest(s, ["healthy", "degraded", "down"]);
                 self.error(
                     &path.key("cloud_health"),
-                    format!("unknown cloud health `{s}`; expected healthy, degraded or down"),
+                    format!("unknown cloud health `{s}`{hint}; expected healthy, degraded or down"),
                 );
                 CloudHealth::Healthy
             }),
         };
         let budget_left_usd = match &t.budget_left_usd {
-            Some(n) => Some(self.decimal(n, &path.key("budget_left_usd"))?),
+            Some(_) => {
+                let key = path.key("budget_left_usd");
+                if !ctx.has_budget {
+                    self.error(
+                        &key,
+                        "`budget_left_usd` but the policy has no [budget] limit: the router never has a budget left to compare",
+                    );
+                }
+                Some(self.non_negative(&t.budget_left_usd, &key, BUDGET)?)
+            }
             None => None,
         };
         let d = self.map.at_path(path, String::new());
