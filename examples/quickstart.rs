@@ -9,9 +9,7 @@ async fn main() -> edgeroute::Result<()> {
     let prompt = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "What is the capital of France?".into());
-    let router = Router::builder()
-        .policy_file("policies/default.toml")
-        .build()?;
+    let router = Router::builder().default_policy().build()?;
     let response = router.complete(Request::new(prompt)).await?;
     println!("{}\n", response.text);
     println!("answered by: {}", response.route);

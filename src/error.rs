@@ -35,7 +35,7 @@ impl std::fmt::Display for TimeoutPhase {
 ///
 /// The enum is `#[non_exhaustive]`: match the variants you care about and keep a `_` arm.
 /// Helper predicates (`is_timeout`, `is_retryable`, ...) answer the common questions.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A policy file failed to load or validate. Each diagnostic carries `file:line:col`.
@@ -113,7 +113,7 @@ pub enum Error {
     },
 
     /// The provider answered 5xx (or 408) and retries were exhausted.
-    #[error("cloud server error (HTTP {status}): {message}{}", .retry_after.map(|d| format!("; retry after {d:?}")).unwrap_or_default())]
+    #[error("cloud server error (HTTP {status}): {message}{}; the provider is failing: try again later (retries: [cloud].max_retries)", .retry_after.map(|d| format!("; retry after {d:?}")).unwrap_or_default())]
     Server {
         /// HTTP status.
         status: u16,
@@ -124,7 +124,7 @@ pub enum Error {
     },
 
     /// The provider rejected the request as malformed (400/404/422).
-    #[error("cloud rejected the request (HTTP {status}): {message}")]
+    #[error("cloud rejected the request (HTTP {status}): {message}; check [cloud].model and the request's parameters")]
     BadRequest {
         /// HTTP status.
         status: u16,
@@ -133,7 +133,7 @@ pub enum Error {
     },
 
     /// The prompt does not fit the model's context window.
-    #[error("context too long: {0}; shorten the prompt or lower max_tokens")]
+    #[error("context too long: {0}; shorten the prompt (or the conversation), or lower max_tokens when the prompt fits but not with the answer")]
     ContextTooLong(String),
 
     /// A deadline or timeout expired.
@@ -151,11 +151,11 @@ pub enum Error {
     Connection(String),
 
     /// The provider's response could not be understood.
-    #[error("malformed response from the cloud: {0}")]
+    #[error("malformed response from the cloud: {0}; check that [cloud].base_url is the provider's API and [cloud].provider its protocol")]
     MalformedResponse(String),
 
     /// A stream ended before its terminator (`[DONE]` / `message_stop`).
-    #[error("stream truncated: {0}; the partial answer was discarded")]
+    #[error("stream truncated: {0}; the partial answer was discarded (the connection or the provider cut it short: try again)")]
     TruncatedStream(String),
 
     /// The circuit breaker is open: the cloud failed repeatedly and is being rested.
@@ -203,6 +203,15 @@ pub enum Error {
     },
 }
 
+/// The message, as `Display` shows it: what `main() -> edgeroute::Result<()>` and `unwrap()`
+/// print is then the error with its fix (and, for a policy, every `file:line:col`), not a
+/// dump of the enum.
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 /// What timed out, and what to change.
 fn timeout_message(phase: TimeoutPhase, elapsed: Duration) -> String {
     match phase {
@@ -231,8 +240,11 @@ impl Error {
         matches!(self, Error::Timeout { .. })
     }
 
-    /// True when the failure is the network or provider being unreachable or unhealthy:
-    /// the situations where falling back to the local tier makes sense.
+    /// True when the cloud could not answer, for a reason on its side or in getting there:
+    /// unreachable, unhealthy, rate-limiting, rejecting our credentials, out of budget, not
+    /// configured. These are the failures an unpinned cloud rule falls back to the device from
+    /// (a wrong API key should not stop an app that can answer locally; the fallback reason
+    /// names the error). Not: a request the provider rejects as malformed, or too long.
     pub fn is_cloud_failure(&self) -> bool {
         matches!(
             self,
@@ -277,5 +289,22 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `main() -> edgeroute::Result<()>` prints an error with `Debug`: it shows the message
+    /// and its fix, not the enum's fields.
+    #[test]
+    fn debug_shows_the_message() {
+        let e = Error::Timeout {
+            phase: TimeoutPhase::Deadline,
+            elapsed: Duration::from_millis(250),
+        };
+        assert_eq!(format!("{e:?}"), e.to_string());
+        assert!(format!("{e:?}").contains("Request::with_deadline"), "{e:?}");
     }
 }

@@ -23,6 +23,7 @@ use crate::stats::{RouterStats, StatsRecorder};
 
 /// Where the policy comes from.
 enum PolicySource {
+    Builtin,
     File(PathBuf),
     Text(String),
     Compiled(Box<CompiledPolicy>),
@@ -65,6 +66,13 @@ impl RouterBuilder {
     /// Loads the policy from a TOML file. Default: an empty policy (everything local).
     pub fn policy_file(mut self, path: impl AsRef<Path>) -> Self {
         self.policy = PolicySource::File(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Uses the shipped default policy ([`crate::policy::DEFAULT_POLICY`], built in: no file
+    /// to find at run time).
+    pub fn default_policy(mut self) -> Self {
+        self.policy = PolicySource::Builtin;
         self
     }
 
@@ -155,6 +163,11 @@ impl RouterBuilder {
     /// `file:line:col` diagnostics) or an unusable cloud configuration.
     pub fn build(self) -> Result<Router> {
         let policy = match self.policy {
+            PolicySource::Builtin => compile_str(
+                crate::policy::DEFAULT_POLICY,
+                Path::new("<built-in default.toml>"),
+            )
+            .map_err(Error::Policy)?,
             PolicySource::File(p) => compile_file(&p).map_err(Error::Policy)?,
             PolicySource::Text(t) => {
                 compile_str(&t, Path::new("<inline>")).map_err(Error::Policy)?

@@ -537,3 +537,26 @@ async fn the_homes_database_directory_is_restricted_to_its_owner() {
     let mode = std::fs::metadata(&db_dir).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+/// The shipped default policy is built in: a router gets it with no file to find (an app's
+/// working directory has no `policies/`), and it is the file in the repository.
+#[test]
+fn the_default_policy_is_built_in() {
+    let r = Router::builder()
+        .default_policy()
+        .local_backend(Arc::new(EchoModel::default()))
+        .cache(false)
+        .build()
+        .unwrap();
+    let file = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies/default.toml"
+    ))
+    .unwrap();
+    assert_eq!(edgeroute::policy::DEFAULT_POLICY, file);
+    assert_eq!(r.policy().name, "default");
+    assert_eq!(
+        r.explain(&Request::new("mail ann@example.com")).rule,
+        "pii-stays-local"
+    );
+}

@@ -21,7 +21,6 @@ use edgeroute::signals::Network;
 use edgeroute::{Request, Router};
 
 /// The default policy, used when neither `--policy` nor `EDGEROUTE_POLICY` is given.
-const BUILTIN_DEFAULT_POLICY: &str = include_str!("../../policies/default.toml");
 
 #[derive(Parser)]
 #[command(
@@ -281,7 +280,10 @@ fn run(cli: Cli) -> CmdResult {
 fn load_policy(arg: &PolicyArg) -> edgeroute::Result<CompiledPolicy> {
     match &arg.policy {
         Some(p) => compile_file(p),
-        None => compile_str(BUILTIN_DEFAULT_POLICY, Path::new("<built-in default.toml>")),
+        None => compile_str(
+            edgeroute::policy::DEFAULT_POLICY,
+            Path::new("<built-in default.toml>"),
+        ),
     }
     .map_err(edgeroute::Error::Policy)
 }

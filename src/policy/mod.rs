@@ -18,6 +18,11 @@ pub use compile::{
     OnExhausted, PolicyTest, ProviderKind, DEFAULT_CLOUD_MAX_TOKENS,
 };
 pub use eval::decide;
+
+/// The shipped `policies/default.toml`, built in: private data stays on the device, hard or
+/// long prompts and tight deadlines go to the cloud, everything else cascades. What the CLI
+/// uses without `--policy`, and [`RouterBuilder::default_policy`](crate::RouterBuilder::default_policy).
+pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.toml");
 pub use source::{nearest, TomlPath};
 pub use tests::{case_request, case_signals, run_cases, CaseOutcome};
 
