@@ -161,6 +161,13 @@ impl RouterBuilder {
 
     /// Compiles the policy and assembles the router. Fails on an invalid policy (with
     /// `file:line:col` diagnostics) or an unusable cloud configuration.
+    ///
+    /// Opens the home's database (answer cache, cost ledger, statistics), which one process at
+    /// a time can hold; it waits up to 3 s for another to let go (blocking: call it before
+    /// serving, or from `spawn_blocking`). When another process keeps it, a policy without a
+    /// `[budget]` limit gets a router without the cache (a warning is logged); one with a limit
+    /// fails, as its budget could not be enforced. Apps that run side by side should each have
+    /// their own home ([`RouterBuilder::home`]).
     pub fn build(self) -> Result<Router> {
         let policy = match self.policy {
             PolicySource::Builtin => compile_str(
@@ -200,12 +207,17 @@ impl RouterBuilder {
                 local.as_ref().map_or_else(|| "-".into(), |l| l.identity()),
                 cloud.as_ref().map_or_else(|| "-".into(), |c| c.identity())
             );
-            Some(crate::wiring::Store::open(
-                &policy,
-                &home,
-                self.cache_key,
-                model_id,
-            )?)
+            match crate::wiring::Store::open(&policy, &home, self.cache_key, model_id) {
+                Ok(store) => Some(store),
+                // Another process (another app on the same home, or `edgeroute ask`) holds the
+                // database. Without a budget to enforce, answer without the cache and the
+                // persisted statistics rather than not at all; a budget needs the ledger.
+                Err(e) if crate::cache::db::is_locked_error(&e) && !policy.budget.has_limits() => {
+                    tracing::warn!(error = %e, "answering without the answer cache and persisted statistics");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             None
         };

@@ -368,8 +368,20 @@ fn lock_holding_child() {
 /// (only one process can open a sled database), not a hang or a panic.
 #[test]
 fn another_process_holding_the_database_is_a_clear_error() {
-    let exe = std::env::current_exe().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let mut child = hold_database(dir.path());
+    let err = Database::open(dir.path()).unwrap_err();
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("locked by another edgeroute process"), "{msg}");
+    assert!(msg.contains("EDGEROUTE_HOME"), "{msg}");
+}
+
+/// A child process (`lock_holding_child`) that holds the database at `dir` until its standard
+/// input closes; returns once it has the database open.
+fn hold_database(dir: &Path) -> std::process::Child {
+    let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(&exe)
         .args([
             "--exact",
@@ -377,7 +389,7 @@ fn another_process_holding_the_database_is_a_clear_error() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(HOLD_CHILD_DB, dir.path())
+        .env(HOLD_CHILD_DB, dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -390,10 +402,37 @@ fn another_process_holding_the_database_is_a_clear_error() {
         assert!(n > 0, "the child ended before opening the database");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    let err = Database::open(dir.path()).unwrap_err();
+    child.stdout = Some(stdout);
+    child
+}
+
+/// While another process holds the home's database (another app, `edgeroute ask`), a router
+/// whose policy has no budget answers without the cache; one with a budget to enforce fails
+/// with the lock error (its ledger is out of reach).
+#[tokio::test]
+async fn a_router_answers_without_the_cache_while_another_process_holds_it() {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = hold_database(&edgeroute::home::db_dir(home.path()));
+    let router = |policy: &str| {
+        edgeroute::Router::builder()
+            .policy_str(policy)
+            .home(home.path())
+            .load_local_model(false)
+            .load_cloud_provider(false)
+            .build()
+    };
+    let without_budget = router("[defaults]\nroute = \"refuse\"\n").unwrap();
+    let err = without_budget
+        .complete(Request::new("hello"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, edgeroute::Error::Refused { .. }), "{err}");
+    let err = router("[budget]\ndaily_usd = 1\n").err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("locked by another edgeroute process"),
+        "{err}"
+    );
     drop(child.stdin.take());
     child.wait().unwrap();
-    let msg = err.to_string();
-    assert!(msg.contains("locked by another edgeroute process"), "{msg}");
-    assert!(msg.contains("EDGEROUTE_HOME"), "{msg}");
 }

@@ -221,6 +221,14 @@ pub fn open_db(path: &Path) -> Result<Database> {
     Database::open(path)
 }
 
+/// The message of the error `Database::open` gives when another process holds the database.
+const LOCKED: &str = "the database is locked by another edgeroute process";
+
+/// `e` is [`Database::open`]'s "locked by another process" error.
+pub(crate) fn is_locked_error(e: &Error) -> bool {
+    matches!(e, Error::Storage { message, .. } if message.starts_with(LOCKED))
+}
+
 fn is_lock_error(e: &sled::Error) -> bool {
     e.to_string().contains("could not acquire lock")
 }
@@ -228,9 +236,7 @@ fn is_lock_error(e: &sled::Error) -> bool {
 fn open_error(path: &Path, e: sled::Error) -> Error {
     let text = e.to_string();
     let message = if text.contains("could not acquire lock") {
-        "the database is locked by another edgeroute process; stop it, or point EDGEROUTE_HOME \
-         (or the builder's home) somewhere else"
-            .to_string()
+        format!("{LOCKED}; stop it, or point EDGEROUTE_HOME (or the builder's home) somewhere else")
     } else if matches!(e, sled::Error::Corruption { .. }) {
         format!("the database is corrupted ({text}); move the directory away to start afresh")
     } else {

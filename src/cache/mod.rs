@@ -27,7 +27,7 @@
 //! ```
 
 mod crypt;
-mod db;
+pub(crate) mod db;
 mod key;
 mod record;
 mod store;

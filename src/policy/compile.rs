@@ -202,6 +202,13 @@ impl CloudSection {
     }
 }
 
+impl BudgetSection {
+    /// A daily or monthly limit is set: there is a budget to enforce.
+    pub fn has_limits(&self) -> bool {
+        self.limits.daily_usd.is_some() || self.limits.monthly_usd.is_some()
+    }
+}
+
 /// What an exhausted budget does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnExhausted {
@@ -735,7 +742,7 @@ impl Compiler<'_> {
             kinds: &kinds,
             detected_builtins: &privacy.kinds,
             has_cloud,
-            has_budget: budget.limits.daily_usd.is_some() || budget.limits.monthly_usd.is_some(),
+            has_budget: budget.has_limits(),
         };
         let defaults = match &raw.defaults {
             Some(d) => self
