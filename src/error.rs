@@ -95,7 +95,7 @@ pub enum Error {
     },
 
     /// The cloud provider rejected the credentials (401/403).
-    #[error("cloud authentication failed (HTTP {status}: {message}); check the API key in the environment variable named by the policy's [cloud].api_key_env")]
+    #[error("cloud authentication failed (HTTP {status}: {message}); check the API key: the one given to RouterBuilder::cloud_api_key, else the environment variable named by the policy's [cloud].api_key_env")]
     Auth {
         /// HTTP status.
         status: u16,

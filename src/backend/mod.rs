@@ -257,7 +257,9 @@ impl CloudTier {
     ) -> Result<EventStream> {
         self.0.stream_reporting(call, report).await
     }
-    /// Runs a cloud generation, with the decision's clearance.
+    /// Runs a cloud generation, with the decision's clearance. Unlike [`CloudTier::stream`], it
+    /// reports no attempts: the router streams every call, so that retried attempts are
+    /// charged.
     pub async fn generate(
         &self,
         _clearance: &CloudClearance,
