@@ -6,7 +6,7 @@ use std::time::Duration;
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Which phase of a cloud call ran out of time.
+/// Which limit ran out: a phase of a cloud call, or the request's own deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutPhase {
     /// Establishing the TCP/TLS connection.

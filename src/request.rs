@@ -343,13 +343,13 @@ pub struct Timings {
     pub decide: Duration,
     /// Running the backend(s).
     pub execute: Duration,
-    /// Cache write, ledger, stats.
+    /// Cache write (the cost ledger is settled during `execute`; statistics are recorded after
+    /// `total` is taken).
     pub record: Duration,
     /// End to end.
     pub total: Duration,
-    /// From the request's start to the answering tier's first token (`None` when that tier's
-    /// answer did not arrive as a stream, e.g. a cloud call that won a hedge). A cache hit's
-    /// first token is its whole answer.
+    /// From the request's start to the answering tier's first token (`None` when the answering
+    /// tier streamed no text: an empty answer). A cache hit's first token is its whole answer.
     pub first_token: Option<Duration>,
 }
 

@@ -369,7 +369,8 @@ impl Router {
     ///
     /// Dropping the future stops the work: local generation ends, a cloud call is closed and
     /// charged to the budget for the prompt and what had arrived (its whole estimate, the
-    /// prompt and `max_tokens` of output, if nothing had).
+    /// prompt and `max_tokens` of output, if nothing had; a hedge's cloud leg always keeps its
+    /// whole estimate).
     pub async fn complete(&self, request: Request) -> Result<Response> {
         self.run(request, None).await
     }

@@ -30,8 +30,14 @@ pub fn check(data: &[u8]) {
             assert!(!diags.is_empty(), "a rejected policy explains why");
             let _ = edgeroute::policy::render_diagnostics(&diags);
             let positions: Vec<(usize, usize)> = diags.iter().map(|d| (d.line, d.column)).collect();
-            assert!(positions.iter().all(|&(l, c)| l >= 1 && c >= 1), "{positions:?}");
-            assert!(positions.is_sorted(), "diagnostics out of file order: {positions:?}");
+            assert!(
+                positions.iter().all(|&(l, c)| l >= 1 && c >= 1),
+                "{positions:?}"
+            );
+            assert!(
+                positions.is_sorted(),
+                "diagnostics out of file order: {positions:?}"
+            );
         }
     }
 }

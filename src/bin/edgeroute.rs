@@ -20,8 +20,6 @@ use edgeroute::router::RouterEvent;
 use edgeroute::signals::Network;
 use edgeroute::{Request, Router};
 
-/// The default policy, used when neither `--policy` nor `EDGEROUTE_POLICY` is given.
-
 #[derive(Parser)]
 #[command(
     name = "edgeroute",
@@ -122,7 +120,8 @@ struct AskArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
-    /// Maximum new tokens. Default: the policy's [local].max_new_tokens.
+    /// Maximum new tokens. Default: the policy's [local].max_new_tokens for the local model,
+    /// its [cloud].max_tokens for the cloud.
     #[arg(long, value_name = "N")]
     max_tokens: Option<u32>,
     /// Local model's repetition penalty, 1 (off) to 2. Default: the policy's
@@ -140,7 +139,7 @@ struct ExplainArgs {
     policy: PolicyArg,
     #[command(flatten)]
     request: RequestArgs,
-    /// Print JSON: {"route","rule","reasons":[..]}.
+    /// Print JSON: {"route","rule","plan","reasons":[..],"signals","prompt_tokens"}.
     #[arg(long)]
     json: bool,
     /// Decide as if the device were offline.

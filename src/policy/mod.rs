@@ -29,7 +29,7 @@ pub use tests::{case_request, case_signals, run_cases, CaseOutcome};
 /// One problem found in a policy file, located by file, line, column and TOML path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
-    /// The policy file (or `<inline>`).
+    /// The policy file (`<inline>` for `policy_str`, `<built-in default.toml>` for the built-in policy).
     pub file: PathBuf,
     /// 1-based line.
     pub line: usize,
