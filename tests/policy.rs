@@ -826,3 +826,31 @@ fn estimates_saturate_instead_of_overflowing() {
     };
     assert!(cloud.cost(usage) > Decimal::from(1_000_000_000u64));
 }
+
+/// A later rule that reaches requests the earlier one does not is kept: no false "unreachable".
+#[test]
+fn rules_that_reach_other_requests_are_not_unreachable() {
+    for (first, second) in [
+        // A phone number alone reaches the second rule.
+        ("pii_any = [\"email\"]", "pii_any = [\"email\", \"phone\"]"),
+        // 1500 tokens reach the second.
+        ("prompt_tokens_gt = 2000", "prompt_tokens_gt = 1000"),
+        // The "hard" tag reaches the second.
+        (
+            "tags_any = [\"urgent\"]",
+            "tags_any = [\"urgent\", \"hard\"]",
+        ),
+        // A request without PII, or without a deadline.
+        ("pii = true", "deadline_ms_lt = 500"),
+        // Offline requests reach the second.
+        ("network = \"online\"\ntask = \"x\"", "task = \"x\""),
+    ] {
+        let src = format!(
+            "[[rule]]\nname = \"a\"\nroute = \"local\"\n[rule.when]\n{first}\n\
+             [[rule]]\nname = \"b\"\nroute = \"local\"\n[rule.when]\n{second}\n"
+        );
+        if let Err(d) = compile_str(&src, Path::new("reach.toml")) {
+            panic!("{first} / {second}: {}", render_diagnostics(&d));
+        }
+    }
+}

@@ -70,6 +70,42 @@ pub enum Condition {
     Task(Vec<String>),
 }
 
+impl Condition {
+    /// Every request that meets `other` meets this condition too. A sufficient test, per pair
+    /// of conditions: `false` does not prove the contrary.
+    fn follows_from(&self, other: &Condition) -> bool {
+        use Condition as C;
+        match (self, other) {
+            (C::Pii(true), C::Pii(true) | C::PiiAll(_)) | (C::Pii(false), C::Pii(false)) => true,
+            (C::Pii(true), C::PiiAny(b)) => b.0 != 0,
+            (C::PiiAny(a), C::PiiAny(b)) => b.0 != 0 && a.contains_all(*b),
+            (C::PiiAny(a), C::PiiAll(b)) => a.intersects(*b),
+            (C::PiiAll(a), C::PiiAll(b)) | (C::PiiNone(a), C::PiiNone(b)) => b.contains_all(*a),
+            (C::PiiNone(_), C::Pii(false)) => true,
+            (C::PromptTokensGt(a), C::PromptTokensGt(b)) => b >= a,
+            (C::PromptTokensLt(a), C::PromptTokensLt(b)) => b <= a,
+            (C::DeadlineMsLt(a), C::DeadlineMsLt(b)) => b <= a,
+            (C::BudgetLeftLt(a), C::BudgetLeftLt(b)) => b <= a,
+            (C::LocalTooSlow(a), C::LocalTooSlow(b)) => a == b,
+            (C::Network(a), C::Network(b)) => a == b,
+            (C::CloudHealth(a), C::CloudHealth(b)) => b.iter().all(|h| a.contains(h)),
+            (C::TagsAny(a), C::TagsAny(b)) | (C::Task(a), C::Task(b)) => {
+                b.iter().all(|t| a.contains(t))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A rule with `earlier`'s conditions takes every request that a later rule with `later`'s
+/// would: each earlier condition follows from one of the later rule's. (No conditions at all:
+/// a catch-all, which takes everything.)
+fn shadows(earlier: &[Condition], later: &[Condition]) -> bool {
+    earlier
+        .iter()
+        .all(|e| later.iter().any(|l| e.follows_from(l)))
+}
+
 /// A validated rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompiledRule {
@@ -752,7 +788,7 @@ impl Compiler<'_> {
         };
 
         let mut rules = Vec::with_capacity(raw.rule.len());
-        let mut catch_all: Option<String> = None;
+        let mut earlier: Vec<(String, Vec<Condition>)> = Vec::new();
         let mut names: Vec<String> = Vec::new();
         for (i, r) in raw.rule.iter().enumerate() {
             let path = root.key("rule").index(i);
@@ -777,19 +813,27 @@ impl Compiler<'_> {
             // Every named rule counts, even one with an error of its own: a later rule or a
             // test that names it is not wrong too.
             names.push(name.clone());
-            if let Some(prev) = &catch_all {
-                self.error(
-                    &path,
-                    format!("rule `{name}` is unreachable: rule `{prev}` before it has no conditions and always matches"),
-                );
-            }
             let conditions = match &r.when {
                 Some(w) => self.conditions(w, &path.key("when"), &ctx),
                 None => Vec::new(),
             };
-            if conditions.is_empty() && catch_all.is_none() {
-                catch_all = Some(name.clone());
+            // Rules are tried in order: one whose every request an earlier rule takes first
+            // can never fire (the earlier rule's conditions all follow from its own).
+            if let Some((prev, earlier)) = earlier
+                .iter()
+                .find(|(_, earlier)| shadows(earlier, &conditions))
+            {
+                let why = if earlier.is_empty() {
+                    "before it has no conditions and always matches".to_string()
+                } else {
+                    "before it takes every request this one would (each of its conditions follows from one of this rule's)".to_string()
+                };
+                self.error(
+                    &path,
+                    format!("rule `{name}` is unreachable: rule `{prev}` {why}"),
+                );
             }
+            earlier.push((name.clone(), conditions.clone()));
             if r.route.is_none() {
                 self.error(
                     &path,
@@ -809,7 +853,8 @@ impl Compiler<'_> {
             }
         }
 
-        if let (Some(prev), Some(_)) = (&catch_all, &raw.defaults) {
+        let catch_all = earlier.iter().find(|(_, c)| c.is_empty()).map(|(n, _)| n);
+        if let (Some(prev), Some(_)) = (catch_all, &raw.defaults) {
             self.error(
                 &root.key("defaults"),
                 format!("[defaults] is never used: rule `{prev}` has no conditions and always matches; remove one of them"),
