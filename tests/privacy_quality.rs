@@ -122,6 +122,78 @@ fn precision_and_recall_hold_with_other_digits_and_invisible_characters() {
     assert_quality(&docs);
 }
 
+/// The same corpus with every ASCII letter of a document written in one mathematical style
+/// (`𝐚𝐧𝐧@𝐞𝐱𝐚𝐦𝐩𝐥𝐞.𝐜𝐨𝐦`), as text generators and filter evasion produce it: bold, sans-serif
+/// bold, monospace, or double-struck, whose missing letters are the letterlike symbols (`ℂ`,
+/// `ℍ`, `ℕ`, `ℙ`, `ℚ`, `ℝ`, `ℤ`); or left ASCII.
+#[test]
+fn precision_and_recall_hold_with_mathematical_letters() {
+    let docs: Vec<Doc> = generate(1000, 0x1D40_2026)
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| letters_styled(d, i as u64))
+        .collect();
+    let styled = docs
+        .iter()
+        .filter(|d| {
+            d.text
+                .chars()
+                .any(|c| ('\u{1d400}'..='\u{1d7ff}').contains(&c))
+        })
+        .count();
+    let letterlike = docs
+        .iter()
+        .filter(|d| {
+            d.text
+                .chars()
+                .any(|c| ('\u{2100}'..='\u{214f}').contains(&c))
+        })
+        .count();
+    assert!(
+        styled >= 600 && letterlike >= 100,
+        "{styled} styled, {letterlike} with letterlike symbols"
+    );
+    assert_quality(&docs);
+}
+
+/// Rewrites every ASCII letter of `d` in one style (see above), moving the gold spans along.
+fn letters_styled(d: Doc, seed: u64) -> Doc {
+    const DOUBLE_STRUCK: u32 = 0x1D538;
+    let r = Rng::new(seed ^ 0x1E77E25);
+    let base = r.pick(&[0, 0x1D400, 0x1D5D4, 0x1D670, DOUBLE_STRUCK]);
+    let mut text = String::with_capacity(d.text.len() * 4);
+    let mut map = vec![0; d.text.len() + 1];
+    for (i, c) in d.text.char_indices() {
+        map[i] = text.len();
+        let index = match c {
+            'A'..='Z' => u32::from(c) - u32::from('A'),
+            'a'..='z' => 26 + u32::from(c) - u32::from('a'),
+            _ => {
+                text.push(c);
+                continue;
+            }
+        };
+        if base == 0 {
+            text.push(c);
+            continue;
+        }
+        // Double-struck capitals that Unicode had already encoded as letterlike symbols.
+        let letterlike = match (base, c) {
+            (DOUBLE_STRUCK, 'C') => Some('\u{2102}'),
+            (DOUBLE_STRUCK, 'H') => Some('\u{210d}'),
+            (DOUBLE_STRUCK, 'N') => Some('\u{2115}'),
+            (DOUBLE_STRUCK, 'P') => Some('\u{2119}'),
+            (DOUBLE_STRUCK, 'Q') => Some('\u{211a}'),
+            (DOUBLE_STRUCK, 'R') => Some('\u{211d}'),
+            (DOUBLE_STRUCK, 'Z') => Some('\u{2124}'),
+            _ => None,
+        };
+        text.push(letterlike.unwrap_or_else(|| char::from_u32(base + index).unwrap()));
+    }
+    map[d.text.len()] = text.len();
+    rewritten(d, text, &map)
+}
+
 const INVISIBLE: [char; 6] = [
     '\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{ad}', '\u{feff}',
 ];
