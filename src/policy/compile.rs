@@ -496,6 +496,12 @@ fn read_shape(src: &str, map: &SourceMap) -> Shape {
         let message = misplaced(&path).unwrap_or_else(|| in_policy_terms(&message, &path));
         if path.0.is_empty() {
             // Not a key's problem (a syntax error): the offset is all there is.
+            let message = match (message.as_str(), key_at(&text, offset)) {
+                ("duplicate key", Some(key)) => format!(
+                    "duplicate key `{key}`: a key (or a [table]) appears once per table; for several rules or tests, start each with [[rule]] / [[test]]"
+                ),
+                _ => message,
+            };
             diags.push(map.at_offset(offset, &path, message));
         } else if e.message().starts_with("unknown field") {
             diags.push(map.at_key(&path, message));
@@ -586,6 +592,18 @@ fn in_policy_terms(message: &str, path: &TomlPath) -> String {
         out.replace_range(i.., "expected a table");
     }
     out
+}
+
+/// The bare or quoted key (or table name) that starts at `offset` of `text`.
+fn key_at(text: &str, offset: usize) -> Option<&str> {
+    let rest = text.get(offset..)?;
+    let key = match rest.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next()?,
+        None => rest
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+            .next()?,
+    };
+    (!key.is_empty()).then_some(key)
 }
 
 /// `text` with the key at `path` taken out (a whole array, for a path into one); `None` when
