@@ -594,6 +594,33 @@ fn in_policy_terms(message: &str, path: &TomlPath) -> String {
     out
 }
 
+/// What is wrong with a regex, on one line, with where: the regex crate draws a caret under the
+/// pattern on lines of their own ("    ORD-(\d+" / "        ^"), which one line would lose.
+fn regex_problem(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let what = lines.last().map_or("", |l| l.trim());
+    let what = what.strip_prefix("error: ").unwrap_or(what);
+    // The caret line comes right after the pattern's line; both are indented alike.
+    let caret = lines.iter().enumerate().skip(1).find_map(|(i, l)| {
+        let trimmed = l.trim_start();
+        (trimmed.starts_with('^') && trimmed.trim_end().chars().all(|c| c == '^'))
+            .then(|| (lines[i - 1], l.len() - trimmed.len()))
+    });
+    match caret {
+        Some((pattern, column)) => {
+            let indent = pattern.len() - pattern.trim_start().len();
+            let at = pattern.get(indent..).map_or(0, |p| {
+                p.char_indices()
+                    .take_while(|(b, _)| *b < column.saturating_sub(indent))
+                    .count()
+            });
+            format!("{what}, at character {} of the pattern", at + 1)
+        }
+        None => what.to_string(),
+    }
+}
+
 /// The bare or quoted key (or table name) that starts at `offset` of `text`.
 fn key_at(text: &str, offset: usize) -> Option<&str> {
     let rest = text.get(offset..)?;
@@ -943,16 +970,13 @@ impl Compiler<'_> {
             let pp = path.key("pattern").index(i);
             self.custom_kind_name(&pat.kind, &pp.key("kind"));
             if let Err(e) = regex::Regex::new(&pat.regex) {
-                let first = e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
                 self.error(
                     &pp.key("regex"),
-                    format!("invalid regex for kind `{}`: {first}", pat.kind),
+                    format!(
+                        "invalid regex for kind `{}`: {}",
+                        pat.kind,
+                        regex_problem(&e)
+                    ),
                 );
                 continue;
             }
