@@ -492,7 +492,20 @@ fn read_shape(src: &str, map: &SourceMap) -> Shape {
         // Offsets are into the edited copy once keys are out; paths are the same in both
         // (keys are only ever taken out of tables, never out of arrays, so no index moves).
         let edited = (!touched.is_empty()).then(|| SourceMap::new(map.file(), &text));
-        let path = edited.as_ref().unwrap_or(map).path_at(offset);
+        let current = edited.as_ref().unwrap_or(map);
+        let mut path = current.path_at(offset);
+        // An unknown key inside an inline table (`when = { pii_anyy = [..] }`) is reported at
+        // the table: name the key itself, so that it alone is taken out.
+        if let Some(field) = e
+            .message()
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            let deeper = path.key(field);
+            if current.has_key(&deeper) {
+                path = deeper;
+            }
+        }
         let message = misplaced(&path).unwrap_or_else(|| in_policy_terms(&message, &path));
         if path.0.is_empty() {
             // Not a key's problem (a syntax error): the offset is all there is.

@@ -119,6 +119,11 @@ impl SourceMap {
         self.at_offset(offset, path, message)
     }
 
+    /// `path` ends with a key that is in the document.
+    pub fn has_key(&self, path: &TomlPath) -> bool {
+        self.locate(path, true).is_some()
+    }
+
     /// The span of the deepest element of `path` that exists in the document: the value for a
     /// scalar or array, the header for a table, the key when the value has no span.
     pub fn span_of(&self, path: &TomlPath) -> Option<Range<usize>> {
