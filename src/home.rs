@@ -35,8 +35,25 @@ pub fn setup_command_for(path: &Path) -> String {
         })
         .and_then(Path::parent);
     match home {
-        Some(h) if h != resolve(None) => format!("EDGEROUTE_HOME={} {SETUP_COMMAND}", h.display()),
+        Some(h) if h != resolve(None) => {
+            format!(
+                "EDGEROUTE_HOME={} {SETUP_COMMAND}",
+                shell_quoted(&h.display().to_string())
+            )
+        }
         _ => SETUP_COMMAND.to_string(),
+    }
+}
+
+/// `s` as one shell word: as is when it is plain, else in single quotes.
+fn shell_quoted(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%,=".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 
@@ -106,6 +123,11 @@ mod tests {
         assert_eq!(
             setup_command_for(&model_dir(&default, DEFAULT_MODEL)),
             SETUP_COMMAND
+        );
+        // A path a shell would split is quoted.
+        assert_eq!(
+            setup_command_for(Path::new("/tmp/my home/it's/models/x")),
+            format!("EDGEROUTE_HOME='/tmp/my home/it'\\''s' {SETUP_COMMAND}")
         );
         // A model directory outside any home: the plain command.
         assert_eq!(setup_command_for(Path::new("/opt/my-model")), SETUP_COMMAND);

@@ -39,6 +39,25 @@ fn bad_library_is_a_clear_error_then_the_installed_runtime_loads() {
 
     let real = runtime::discover(None, &home::resolve(None))
         .unwrap_or_else(|e| panic!("ONNX Runtime not installed: {e}"));
+
+    // The real library cut short (an interrupted download): `dlopen` would map it and the
+    // process would die with SIGBUS; it is a clear error instead. A leftover of an interrupted
+    // install next to a good library is not picked up.
+    let bytes = std::fs::read(&real).unwrap();
+    let cut = dir.path().join("runtime/libonnxruntime.so.1.32.0");
+    std::fs::create_dir_all(cut.parent().unwrap()).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let err = LocalBackend::builder()
+        .runtime_path(&cut)
+        .model_dir(&model_dir)
+        .commit()
+        .unwrap_err();
+    assert!(matches!(err, Error::RuntimeUnavailable { .. }), "{err}");
+    assert!(err.to_string().contains("the file is truncated"), "{err}");
+    std::fs::write(&cut, &bytes).unwrap();
+    std::fs::write(cut.with_extension("0.partial"), &bytes[..1000]).unwrap();
+    assert_eq!(runtime::discover(None, dir.path()).unwrap(), cut);
+
     let backend = LocalBackend::builder()
         .runtime_path(real)
         .model_dir(&model_dir)

@@ -27,10 +27,25 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 static INIT: Mutex<()> = Mutex::new(());
 
 fn fix(path: &Path) -> String {
-    format!(
-        "run `{}` (installs ONNX Runtime 1.32 into the edgeroute home), or set {DYLIB_ENV} to a libonnxruntime.so of version >= 1.31",
-        home::setup_command_for(path)
-    )
+    let from_env = std::env::var_os(DYLIB_ENV).is_some_and(|v| Path::new(&v) == path);
+    let in_a_home = path
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == "runtime");
+    if from_env {
+        // Installing into the home would not help: the variable wins.
+        format!("{DYLIB_ENV} points here: unset it to use the edgeroute home's runtime, or point it at a complete libonnxruntime.so of version >= 1.31")
+    } else if in_a_home {
+        format!(
+            "run `{}` (installs ONNX Runtime 1.32 into the edgeroute home), or set {DYLIB_ENV} to a libonnxruntime.so of version >= 1.31",
+            home::setup_command_for(path)
+        )
+    } else {
+        format!(
+            "correct or remove the configured runtime path ([local].runtime_path, or the builder's) to use the edgeroute home's runtime (`{}` installs it)",
+            home::setup_command_for(path)
+        )
+    }
 }
 
 fn unavailable(path: &Path, reason: impl Into<String>) -> Error {
@@ -93,7 +108,7 @@ fn discover_from(
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+                .is_some_and(is_library_name)
         })
         .collect();
     // Prefer the highest version: compare the numeric suffix parts.
@@ -101,6 +116,83 @@ fn discover_from(
     found
         .pop()
         .ok_or_else(|| unavailable(&dir, "no libonnxruntime.so* in the runtime directory"))
+}
+
+/// `libonnxruntime.so`, or with a numeric version (`libonnxruntime.so.1.32.0`); not a
+/// leftover of an interrupted install (`libonnxruntime.so.1.32.0.partial`).
+fn is_library_name(name: &str) -> bool {
+    match name.strip_prefix("libonnxruntime.so") {
+        Some("") => true,
+        Some(version) => version.strip_prefix('.').is_some_and(|v| {
+            v.split('.')
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+        }),
+        None => false,
+    }
+}
+
+/// Why the ELF file at `path` cannot be loaded whole: it ends before the segments, program
+/// headers or section headers its header declares (a truncated download or copy). `dlopen`
+/// maps such a file and the process dies with SIGBUS when it touches the missing part, so it
+/// is checked first. `None` when the file is complete, or not ELF (`dlopen` explains that).
+fn truncated_elf(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let mut h = [0u8; 64];
+    file.read_exact(&mut h).ok()?;
+    if &h[..4] != b"\x7fELF" {
+        return None;
+    }
+    let wide = match h[4] {
+        1 => false,
+        2 => true,
+        _ => return None,
+    };
+    let little = match h[5] {
+        1 => true,
+        2 => false,
+        _ => return None,
+    };
+    let num = |b: &[u8], at: usize, size: usize| -> u64 {
+        let bytes = &b[at..at + size];
+        let fold = |acc: u64, &x: &u8| (acc << 8) | u64::from(x);
+        if little {
+            bytes.iter().rev().fold(0, fold)
+        } else {
+            bytes.iter().fold(0, fold)
+        }
+    };
+    let word = if wide { 8 } else { 4 };
+    let (phoff, shoff) = (
+        num(&h, if wide { 0x20 } else { 0x1C }, word),
+        num(&h, if wide { 0x28 } else { 0x20 }, word),
+    );
+    let half =
+        |wide_at: usize, narrow_at: usize| num(&h, if wide { wide_at } else { narrow_at }, 2);
+    let (phentsize, phnum) = (half(0x36, 0x2A), half(0x38, 0x2C));
+    let (shentsize, shnum) = (half(0x3A, 0x2E), half(0x3C, 0x30));
+    let mut needed = shoff
+        .saturating_add(shentsize.saturating_mul(shnum))
+        .max(phoff.saturating_add(phentsize.saturating_mul(phnum)));
+    // Loadable segments: where the mapped bytes end.
+    let table = phentsize.saturating_mul(phnum);
+    if phoff.saturating_add(table) <= len && table <= 1 << 20 {
+        let mut t = vec![0u8; usize::try_from(table).ok()?];
+        file.seek(SeekFrom::Start(phoff)).ok()?;
+        file.read_exact(&mut t).ok()?;
+        for entry in t.chunks_exact(usize::try_from(phentsize).ok()?.max(1)) {
+            let (offset_at, filesz_at) = if wide { (0x08, 0x20) } else { (0x04, 0x10) };
+            if entry.len() < filesz_at + word || num(entry, 0, 4) != 1 {
+                continue; // not PT_LOAD
+            }
+            needed =
+                needed.max(num(entry, offset_at, word).saturating_add(num(entry, filesz_at, word)));
+        }
+    }
+    (needed > len).then(|| {
+        format!("the file is truncated: {len} bytes, but its ELF header describes {needed} (an interrupted download or copy)")
+    })
 }
 
 fn version_key(p: &Path) -> Vec<u64> {
@@ -129,6 +221,9 @@ pub(crate) fn load(path: &Path) -> Result<&'static Runtime> {
     if let Some(rt) = RUNTIME.get() {
         warn_if_other(rt, path);
         return Ok(rt);
+    }
+    if let Some(why) = truncated_elf(path) {
+        return Err(unavailable(path, why));
     }
     let builder = ort::init_from(path).map_err(|e| unavailable(path, load_error(&e)))?;
     let env = builder
@@ -186,6 +281,50 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("/nonexistent/libonnxruntime.so"), "{msg}");
         assert!(msg.contains(home::SETUP_COMMAND), "{msg}");
+    }
+
+    /// A truncated library is caught before `dlopen` maps it (which ends the process with
+    /// SIGBUS); a complete one, and a file that is not ELF, pass to `dlopen`.
+    #[test]
+    fn a_truncated_library_is_caught_before_loading() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let whole = dir.path().join("whole.so");
+        std::fs::write(&whole, &exe).unwrap();
+        assert_eq!(truncated_elf(&whole), None);
+        for keep in [64, 4096, exe.len() / 2, exe.len() - 1] {
+            let cut = dir.path().join(format!("cut-{keep}.so"));
+            std::fs::write(&cut, &exe[..keep]).unwrap();
+            let why = truncated_elf(&cut).unwrap_or_else(|| panic!("{keep} bytes passed"));
+            assert!(
+                why.starts_with(&format!("the file is truncated: {keep} bytes")),
+                "{why}"
+            );
+        }
+        let text = dir.path().join("text.so");
+        std::fs::write(&text, "not a library").unwrap();
+        assert_eq!(truncated_elf(&text), None);
+    }
+
+    #[test]
+    fn only_library_names_are_discovered() {
+        for name in [
+            "libonnxruntime.so",
+            "libonnxruntime.so.1.32.0",
+            "libonnxruntime.so.1",
+        ] {
+            assert!(is_library_name(name), "{name}");
+        }
+        for name in [
+            "libonnxruntime.so.1.32.0.partial",
+            "libonnxruntime.so.1.32.0~",
+            "libonnxruntime.so.",
+            "libonnxruntime.so.1..2",
+            "libonnxruntime.sox",
+            "libonnxruntime_providers_shared.so",
+        ] {
+            assert!(!is_library_name(name), "{name}");
+        }
     }
 
     #[test]
