@@ -164,10 +164,11 @@ impl RouterBuilder {
     ///
     /// Opens the home's database (answer cache, cost ledger, statistics), which one process at
     /// a time can hold; it waits up to 3 s for another to let go (blocking: call it before
-    /// serving, or from `spawn_blocking`). When another process keeps it, a policy without a
-    /// `[budget]` limit gets a router without the cache (a warning is logged); one with a limit
-    /// fails, as its budget could not be enforced. Apps that run side by side should each have
-    /// their own home ([`RouterBuilder::home`]).
+    /// serving, or from `spawn_blocking`). When another process keeps it, or the database
+    /// cannot be opened at all (a read-only home), a policy without a `[budget]` limit gets a
+    /// router without the cache (a warning is logged); one with a limit fails, as its budget
+    /// could not be enforced. Apps that run side by side should each have their own home
+    /// ([`RouterBuilder::home`]).
     pub fn build(self) -> Result<Router> {
         let policy = match self.policy {
             PolicySource::Builtin => compile_str(
@@ -209,10 +210,11 @@ impl RouterBuilder {
             );
             match crate::wiring::Store::open(&policy, &home, self.cache_key, model_id) {
                 Ok(store) => Some(store),
-                // Another process (another app on the same home, or `edgeroute ask`) holds the
-                // database. Without a budget to enforce, answer without the cache and the
-                // persisted statistics rather than not at all; a budget needs the ledger.
-                Err(e) if crate::cache::db::is_locked_error(&e) && !policy.budget.has_limits() => {
+                // The database cannot be used: another process (another app on the same home,
+                // or `edgeroute ask`) holds it, or the home is read-only or not a directory.
+                // Without a budget to enforce, answer without the cache and the persisted
+                // statistics rather than not at all; a budget needs the ledger.
+                Err(e @ Error::Storage { .. }) if !policy.budget.has_limits() => {
                     tracing::warn!(error = %e, "answering without the answer cache and persisted statistics");
                     None
                 }
@@ -528,6 +530,11 @@ impl Router {
         match (&inner.store, &cache_key) {
             (Some(_), Some(_)) if decision.fell_back() => {
                 tracing::debug!("answer not cached: a fallback tier gave it, not the plan's");
+            }
+            // An empty answer is nothing to replay (a model that stopped at once, or a damaged
+            // one): the next request asks again.
+            (Some(_), Some(_)) if outcome.text.trim().is_empty() => {
+                tracing::debug!("answer not cached: it is empty");
             }
             (Some(store), Some(key)) => {
                 let model = attempts.last().map(|a| a.backend.as_str()).unwrap_or("");

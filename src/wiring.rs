@@ -83,7 +83,7 @@ mod lazy_local {
         pub(crate) fn new(builder: LocalBackendBuilder, name: String, model_dir: PathBuf) -> Self {
             let revision = Manifest::load(&model_dir, false)
                 .ok()
-                .map(|m| builder.revision_for(m.revision()));
+                .map(|m| builder.revision_for(m.installed_build(&model_dir).as_deref()));
             LazyLocal {
                 builder,
                 name,

@@ -95,3 +95,39 @@ fn broken_manifest_is_an_error() {
     let msg = expect_model_unavailable(damaged.path());
     assert!(msg.contains("invalid manifest"), "{msg}");
 }
+
+/// A copy repaired or reinstalled in place (same checksum, written again) is another
+/// revision: the answer cache, keyed by it, does not replay what the damaged copy answered.
+#[test]
+fn a_model_written_again_is_a_new_revision() {
+    use edgeroute::backend::Backend;
+    let src = installed_model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "model.onnx",
+        "tokenizer.json",
+        "edgeroute-model.json",
+        "model.onnx.data",
+    ] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let revision = || {
+        LocalBackend::builder()
+            .model_dir(dir.path())
+            .threads(1)
+            .huge_pages(false)
+            .commit()
+            .unwrap()
+            .revision()
+            .unwrap()
+    };
+    let before = revision();
+    assert_eq!(revision(), before, "unchanged files, same revision");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let data = std::fs::read(dir.path().join("model.onnx.data")).unwrap();
+    std::fs::write(dir.path().join("model.onnx.data"), data).unwrap();
+    let after = revision();
+    assert_ne!(after, before);
+    // Same build: the checksum part is the same.
+    assert_eq!(after.split('-').next(), before.split('-').next());
+}

@@ -355,6 +355,29 @@ async fn sampled_and_cache_skipping_requests_are_neither_served_nor_stored() {
     assert_eq!(model.calls(), 6);
 }
 
+/// An empty answer (a model that stopped at once, or a damaged one) is not cached: the next
+/// request asks again and gets the real answer.
+#[tokio::test]
+async fn an_empty_answer_is_not_cached() {
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    let r = cached_router(model.clone(), home.path(), POLICY);
+    model.empty.store(true, Ordering::SeqCst);
+    let first = r.complete(Request::new("What is 2+2?")).await.unwrap();
+    assert_eq!((first.route, first.text.as_str()), (Route::Local, ""));
+    model.empty.store(false, Ordering::SeqCst);
+    let second = r.complete(Request::new("What is 2+2?")).await.unwrap();
+    assert_eq!(second.route, Route::Local, "the empty answer was replayed");
+    assert_eq!(second.text, "echo: What is 2+2?");
+    assert_eq!(
+        r.complete(Request::new("What is 2+2?"))
+            .await
+            .unwrap()
+            .route,
+        Route::Cache
+    );
+}
+
 #[tokio::test]
 async fn a_cached_answer_never_overrides_a_refusal() {
     let home = tempfile::tempdir().unwrap();
@@ -559,4 +582,36 @@ fn the_default_policy_is_built_in() {
         r.explain(&Request::new("mail ann@example.com")).rule,
         "pii-stays-local"
     );
+}
+
+/// A home where the database cannot be created (here: under a file; on a device, a read-only
+/// data directory) still answers when there is no budget to enforce, without the cache; with
+/// a budget it is an error naming the database.
+#[tokio::test]
+async fn a_home_without_a_usable_database_answers_without_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, "x").unwrap();
+    let home = file.join("home");
+    let build = |policy: &str| {
+        Router::builder()
+            .policy_str(policy)
+            .local_backend(Arc::new(EchoModel::default()))
+            .home(&home)
+            .build()
+    };
+    let r = build(POLICY).unwrap();
+    let resp = r.complete(Request::new("What is a monad?")).await.unwrap();
+    assert_eq!(resp.route, Route::Local);
+    assert_eq!(
+        r.complete(Request::new("What is a monad?"))
+            .await
+            .unwrap()
+            .route,
+        Route::Local
+    );
+    let err = build(&format!("{POLICY}\n[budget]\ndaily_usd = 1\n"))
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
 }

@@ -224,11 +224,6 @@ pub fn open_db(path: &Path) -> Result<Database> {
 /// The message of the error `Database::open` gives when another process holds the database.
 const LOCKED: &str = "the database is locked by another edgeroute process";
 
-/// `e` is [`Database::open`]'s "locked by another process" error.
-pub(crate) fn is_locked_error(e: &Error) -> bool {
-    matches!(e, Error::Storage { message, .. } if message.starts_with(LOCKED))
-}
-
 fn is_lock_error(e: &sled::Error) -> bool {
     e.to_string().contains("could not acquire lock")
 }

@@ -27,7 +27,7 @@
 //! ```
 
 mod crypt;
-pub(crate) mod db;
+mod db;
 mod key;
 mod record;
 mod store;

@@ -21,6 +21,8 @@ pub struct EchoModel {
     pub logprob_milli: std::sync::atomic::AtomicI32,
     /// The build it reports as its [`Backend::revision`].
     pub revision: Option<String>,
+    /// Answer with no text at all.
+    pub empty: AtomicBool,
 }
 
 impl EchoModel {
@@ -59,12 +61,16 @@ impl Backend for EchoModel {
             confidence: Confidence::from_logprobs(&[lp, lp, lp], 3),
             finish: FinishReason::Stop,
         };
-        let events = vec![
-            Ok(StreamEvent::Delta("echo".into())),
-            Ok(StreamEvent::Delta(": ".into())),
-            Ok(StreamEvent::Delta(prompt)),
-            Ok(StreamEvent::Done(done)),
-        ];
+        let events = if self.empty.load(Ordering::SeqCst) {
+            vec![Ok(StreamEvent::Done(done))]
+        } else {
+            vec![
+                Ok(StreamEvent::Delta("echo".into())),
+                Ok(StreamEvent::Delta(": ".into())),
+                Ok(StreamEvent::Delta(prompt)),
+                Ok(StreamEvent::Done(done)),
+            ]
+        };
         Ok(Box::pin(futures::stream::iter(events)))
     }
 }

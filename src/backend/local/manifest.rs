@@ -33,10 +33,31 @@ pub struct Manifest {
 impl Manifest {
     /// The weights' SHA-256 (of `model.onnx.data`, else `model.onnx`): identifies the build.
     pub fn revision(&self) -> Option<&str> {
-        self.files
-            .get("model.onnx.data")
-            .or_else(|| self.files.get("model.onnx"))
-            .map(String::as_str)
+        self.weights().map(|(_, sha)| sha)
+    }
+
+    /// The weights file's name and SHA-256.
+    fn weights(&self) -> Option<(&str, &str)> {
+        ["model.onnx.data", "model.onnx"]
+            .into_iter()
+            .find_map(|name| self.files.get(name).map(|sha| (name, sha.as_str())))
+    }
+
+    /// This installed copy of the build in `dir`: the first 16 hex digits of the weights'
+    /// SHA-256, and when the weights file was written. A copy repaired or reinstalled in place
+    /// has the same checksum but a new write time, so the answer cache does not replay what a
+    /// damaged copy answered.
+    pub(crate) fn installed_build(&self, dir: &Path) -> Option<String> {
+        let (name, sha) = self.weights()?;
+        let short: String = sha.chars().take(16).collect();
+        let written = std::fs::metadata(dir.join(name))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        Some(match written {
+            Some(t) => format!("{short}-{:x}", t.as_nanos()),
+            None => short,
+        })
     }
 }
 

@@ -221,18 +221,19 @@ impl LocalBackendBuilder {
         self
     }
 
-    /// The backend's [`Backend::revision`] for weights with this SHA-256: their first 16 hex
-    /// digits plus the defaults that change answers (`+max256-rp1.1`), so the answer cache
-    /// does not serve what another build or other defaults produced.
-    pub(crate) fn revision_for(&self, weights_sha256: Option<&str>) -> String {
+    /// The backend's [`Backend::revision`] for an installed build (see
+    /// `Manifest::installed_build`) plus the defaults that change answers (`+max256-rp1.1`),
+    /// so the answer cache does not serve what another build, another copy or other defaults
+    /// produced.
+    pub(crate) fn revision_for(&self, build: Option<&str>) -> String {
         let defaults = format!(
             "max{}-rp{}",
             self.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
             self.repetition_penalty
                 .unwrap_or(DEFAULT_REPETITION_PENALTY)
         );
-        match weights_sha256 {
-            Some(sha) => format!("{}+{defaults}", short_revision(sha)),
+        match build {
+            Some(build) => format!("{build}+{defaults}"),
             None => defaults,
         }
     }
@@ -297,7 +298,7 @@ impl LocalBackendBuilder {
         Ok(LocalBackend {
             inner: Arc::new(Inner {
                 name: format!("local/{}", manifest.name),
-                revision: self.revision_for(manifest.revision()),
+                revision: self.revision_for(manifest.installed_build(&model_dir).as_deref()),
                 model_dir,
                 max_new_tokens: self.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
                 repetition_penalty,
@@ -365,10 +366,6 @@ impl std::fmt::Debug for LocalBackend {
 }
 
 /// A model build's revision as shown in cache identities: 16 hex digits of its weights' SHA-256.
-fn short_revision(sha256: &str) -> String {
-    sha256.chars().take(16).collect()
-}
-
 /// Decrements the active-generation counter however the generation ends.
 struct ActiveGuard<'a>(&'a AtomicUsize);
 impl Drop for ActiveGuard<'_> {
