@@ -919,3 +919,22 @@ fn reading_commands_read_a_used_home() {
     assert!(stdout(&o).contains("removed 0 cached answer(s)"));
     assert!(!edgeroute::home::cache_key_file(home.path()).exists());
 }
+
+/// Logged warnings reach a pipe without terminal colour codes; here the warning that a home
+/// whose database cannot be opened (its `db` is a file) answers without the cache.
+#[test]
+fn warnings_in_a_pipe_have_no_colour_codes() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(edgeroute::home::db_dir(home.path()), "not a directory").unwrap();
+    let o = run(&[
+        "--home",
+        home.path().to_str().unwrap(),
+        "ask",
+        "--policy",
+        "policies/offline-only.toml",
+        "What is 2+2?",
+    ]);
+    let err = stderr(&o);
+    assert!(err.contains("answering without the answer cache"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}
