@@ -131,3 +131,43 @@ fn a_model_written_again_is_a_new_revision() {
     // Same build: the checksum part is the same.
     assert_eq!(after.split('-').next(), before.split('-').next());
 }
+
+/// A manifest that parses but does not describe the graph next to it (hand-edited, or from
+/// another model) is a clear error when the model opens, naming the mismatch, not ONNX
+/// Runtime's "invalid dimensions" in the middle of the first generation.
+#[test]
+fn a_manifest_that_does_not_match_the_graph_is_an_error() {
+    let src = installed_model_dir();
+    for (key, value, expect) in [
+        (
+            "head_dim",
+            32,
+            "the manifest says head dimension 32, the graph's",
+        ),
+        (
+            "num_kv_heads",
+            5,
+            "the manifest says KV heads 5, the graph's",
+        ),
+        (
+            "num_layers",
+            12,
+            "the manifest says 12 layers, the graph has 30",
+        ),
+        ("num_layers", 0, "architecture.num_layers is 0"),
+        ("context_length", 0, "architecture.context_length is 0"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["model.onnx", "tokenizer.json", "model.onnx.data"] {
+            std::os::unix::fs::symlink(src.join(f), dir.path().join(f)).unwrap();
+        }
+        let mut m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(src.join("edgeroute-model.json")).unwrap(),
+        )
+        .unwrap();
+        m["architecture"][key] = serde_json::json!(value);
+        std::fs::write(dir.path().join("edgeroute-model.json"), m.to_string()).unwrap();
+        let msg = expect_model_unavailable(dir.path());
+        assert!(msg.contains(expect), "{key} = {value}: {msg}");
+    }
+}

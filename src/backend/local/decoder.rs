@@ -84,6 +84,41 @@ fn check_signature(session: &Session, kv: KvShape) -> std::result::Result<(), St
             ));
         }
     }
+    // The manifest's architecture must be the graph's: a mismatch would fail in the middle of
+    // the first generation with ONNX Runtime's words ("invalid dimensions", "missing input").
+    let graph_layers = inputs
+        .iter()
+        .filter(|n| n.starts_with("past_key_values.") && n.ends_with(".key"))
+        .count();
+    if graph_layers != kv.layers {
+        return Err(format!(
+            "the manifest says {} layers, the graph has {graph_layers}: the manifest does not belong to this model",
+            kv.layers
+        ));
+    }
+    for input in session.inputs() {
+        if !input.name().starts_with("past_key_values.") {
+            continue;
+        }
+        let Some(shape) = input.dtype().tensor_shape() else {
+            continue;
+        };
+        // `[batch, kv_heads, past, head_dim]`; a symbolic dimension is -1.
+        for (axis, what, want) in [
+            (1, "KV heads", kv.kv_heads),
+            (3, "head dimension", kv.head_dim),
+        ] {
+            match shape.get(axis).copied() {
+                Some(d) if d >= 0 && usize::try_from(d).ok() != Some(want) => {
+                    return Err(format!(
+                        "the manifest says {what} {want}, the graph's `{}` has {d}: the manifest does not belong to this model",
+                        input.name()
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
     Ok(())
 }
 

@@ -112,6 +112,21 @@ impl Manifest {
             .map_err(|e| unavailable(&path, format!("cannot read the manifest: {e}")))?;
         let m: Manifest = serde_json::from_str(&text)
             .map_err(|e| unavailable(&path, format!("invalid manifest: {e}")))?;
+        let a = &m.architecture;
+        for (what, n) in [
+            ("num_layers", a.num_layers),
+            ("num_kv_heads", a.num_kv_heads),
+            ("head_dim", a.head_dim),
+            ("vocab_size", a.vocab_size),
+            ("context_length", a.context_length),
+        ] {
+            if n == 0 {
+                return Err(unavailable(
+                    &path,
+                    format!("invalid manifest: architecture.{what} is 0"),
+                ));
+            }
+        }
         if m.chat_template.kind != "chatml" {
             return Err(unavailable(
                 &path,
