@@ -15,6 +15,7 @@ standard library itself; the conversion runs in the venv (scripts/convert_gguf_t
 
 import argparse
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -358,6 +359,14 @@ def main():
     args = ap.parse_args()
     home = os.path.abspath(args.home or default_home())
     say(f"edgeroute home: {home}")
+    os.makedirs(home, exist_ok=True)
+    # One set-up at a time per home: a second run waits for the first, then finds it done.
+    lock = open(os.path.join(home, ".setup.lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say("another set-up is running on this home; waiting for it")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         py = ensure_tools(home)
         ensure_runtime(home)
