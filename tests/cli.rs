@@ -241,11 +241,38 @@ fn explain_lists_the_requests_inputs() {
         "policies/default.toml",
         "hello there",
     ]);
+    let out = stdout(&o);
     assert!(
-        stdout(&o).contains("request: tags [none], task none, deadline none, PII none (0 span(s))"),
-        "{}",
-        stdout(&o)
+        out.contains("request: tags [none], task none, deadline none, PII none (0 span(s))"),
+        "{out}"
     );
+    // Each rule tried before the answer, with the condition that did not hold.
+    assert!(
+        out.contains("passed over: rule `hard-task-to-cloud`: tags_any = [\"hard\", \"reasoning\"] does not hold"),
+        "{out}"
+    );
+    assert!(
+        out.contains("passed over: rule `pii-stays-local`: pii = true does not hold"),
+        "{out}"
+    );
+    let o = run(&[
+        "explain",
+        "--json",
+        "--policy",
+        "policies/default.toml",
+        "-t",
+        "Hard",
+        "hello there",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let passed: Vec<&str> = v["passed_over"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["rule"].as_str().unwrap())
+        .collect();
+    // Tags match exactly: `Hard` is not `hard`, and the explanation shows it.
+    assert!(passed.contains(&"hard-task-to-cloud"), "{v}");
 }
 
 /// Needs the cloud tier to exist (with a key) for "offline" to be the reason.

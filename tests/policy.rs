@@ -854,3 +854,27 @@ fn rules_that_reach_other_requests_are_not_unreachable() {
         }
     }
 }
+
+/// `passed_over` (what `explain` shows) is exactly the rules before the one `decide` fired,
+/// each with a condition that indeed does not hold, on every shipped policy's test cases.
+#[test]
+fn passed_over_lists_the_rules_before_the_one_that_fired() {
+    for p in shipped() {
+        for case in &p.tests {
+            let request = edgeroute::policy::case_request(case);
+            let features = edgeroute::inspect::inspect(p, &request);
+            let signals = edgeroute::policy::case_signals(p, case, features.prompt_tokens);
+            let decision = decide(p, &features, &signals);
+            let passed: Vec<&str> = edgeroute::policy::passed_over(p, &features, &signals)
+                .into_iter()
+                .map(|(rule, _)| rule)
+                .collect();
+            let fired = p.rules.iter().position(|r| r.name == decision.rule);
+            let before: Vec<&str> = p.rules[..fired.unwrap_or(p.rules.len())]
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect();
+            assert_eq!(passed, before, "{}: {}", p.name, case.name);
+        }
+    }
+}

@@ -139,7 +139,7 @@ struct ExplainArgs {
     policy: PolicyArg,
     #[command(flatten)]
     request: RequestArgs,
-    /// Print JSON: {"route","rule","plan","reasons":[..],"signals","prompt_tokens"}.
+    /// Print JSON: {"route","rule","plan","reasons":[..],"passed_over":[..],"signals","prompt_tokens"}.
     #[arg(long)]
     json: bool,
     /// Decide as if the device were offline.
@@ -448,12 +448,22 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> CmdResult {
         None => budget_left(router.policy(), home),
     };
     let decision = router.explain_with(&request, &signals);
+    // The rules tried first, each with the condition that did not hold.
+    let passed_over: Vec<(&str, String)> =
+        edgeroute::policy::passed_over(router.policy(), &features, &signals)
+            .into_iter()
+            .map(|(rule, c)| (rule, router.policy().describe(c)))
+            .collect();
     if args.json {
         let out = json!({
             "route": decision.route(),
             "rule": decision.rule,
             "plan": decision.plan,
             "reasons": reasons_json(&decision),
+            "passed_over": passed_over
+                .iter()
+                .map(|(rule, c)| json!({"rule": rule, "did_not_hold": c}))
+                .collect::<Vec<_>>(),
             "signals": signals,
             "prompt_tokens": features.prompt_tokens,
         });
@@ -466,6 +476,9 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> CmdResult {
         out!("plan:  {plan}");
         for r in &decision.reasons {
             out!("  - {r}");
+        }
+        for (rule, c) in &passed_over {
+            out!("passed over: rule `{rule}`: {c} does not hold");
         }
         // Every input a rule can test, so that a rule that did not fire can be checked against
         // what it saw (a tag spelled differently, a task not given).

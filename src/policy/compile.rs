@@ -374,6 +374,29 @@ impl CompiledPolicy {
             .map(|(_, k)| k.clone())
             .collect()
     }
+
+    /// `condition` as a policy writes it: `tags_any = ["hard"]`, `pii_any = ["email"]`.
+    pub fn describe(&self, condition: &Condition) -> String {
+        let list = |items: &[String]| format!("{items:?}");
+        match condition {
+            Condition::Pii(b) => format!("pii = {b}"),
+            Condition::PiiAny(s) => format!("pii_any = {}", list(&self.kind_names(*s))),
+            Condition::PiiAll(s) => format!("pii_all = {}", list(&self.kind_names(*s))),
+            Condition::PiiNone(s) => format!("pii_none = {}", list(&self.kind_names(*s))),
+            Condition::PromptTokensGt(n) => format!("prompt_tokens_gt = {n}"),
+            Condition::PromptTokensLt(n) => format!("prompt_tokens_lt = {n}"),
+            Condition::DeadlineMsLt(n) => format!("deadline_ms_lt = {n}"),
+            Condition::LocalTooSlow(b) => format!("local_too_slow = {b}"),
+            Condition::BudgetLeftLt(d) => format!("budget_left_usd_lt = \"{d}\""),
+            Condition::Network(n) => format!("network = \"{n}\""),
+            Condition::CloudHealth(h) => format!(
+                "cloud_health = {}",
+                list(&h.iter().map(ToString::to_string).collect::<Vec<_>>())
+            ),
+            Condition::TagsAny(t) => format!("tags_any = {}", list(t)),
+            Condition::Task(t) => format!("task = {}", list(t)),
+        }
+    }
 }
 
 const ROUTES: &[&str] = &["local", "cloud", "cascade", "hedge", "refuse"];

@@ -38,6 +38,29 @@ pub fn decide(policy: &CompiledPolicy, features: &Features, signals: &Signals) -
     resolve_hedge_delay(decision, signals)
 }
 
+/// The rules tried before the one that fired (all of them when `[defaults]` answered), each
+/// with the first of its conditions that did not hold: what `explain` shows, so that a rule
+/// that did not fire can be checked against what it saw. The same evaluation as [`decide`].
+pub fn passed_over<'p>(
+    policy: &'p CompiledPolicy,
+    features: &Features,
+    signals: &Signals,
+) -> Vec<(&'p str, &'p Condition)> {
+    let mut out = Vec::new();
+    let mut unused = Vec::new();
+    for rule in &policy.rules {
+        match rule
+            .conditions
+            .iter()
+            .find(|c| !holds(policy, c, features, signals, &mut unused))
+        {
+            Some(failed) => out.push((rule.name.as_str(), failed)),
+            None => break,
+        }
+    }
+    out
+}
+
 /// The cloud-only plan standing in for `plan` when the local tier cannot run, or `None` when
 /// `plan` needs no local tier or must not leave the device. An unpinned local plan would fall
 /// back to the cloud with its request redacted, so it redacts; a cascade or a hedge keeps its

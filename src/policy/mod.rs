@@ -17,7 +17,7 @@ pub use compile::{
     CloudSection, CompiledPolicy, CompiledRule, Condition, KindSet, LatencySection, LocalSection,
     OnExhausted, PolicyTest, ProviderKind, DEFAULT_CLOUD_MAX_TOKENS,
 };
-pub use eval::decide;
+pub use eval::{decide, passed_over};
 
 /// The shipped `policies/default.toml`, built in: private data stays on the device, hard or
 /// long prompts and tight deadlines go to the cloud, everything else cascades. What the CLI
