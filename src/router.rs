@@ -371,8 +371,8 @@ impl Router {
     ///
     /// Dropping the future stops the work: local generation ends, a cloud call is closed and
     /// charged to the budget for the prompt and what had arrived (its whole estimate, the
-    /// prompt and `max_tokens` of output, if nothing had; a hedge's cloud leg always keeps its
-    /// whole estimate).
+    /// prompt and `max_tokens` of output, if nothing had). Within a hedge, the cloud leg that
+    /// loses keeps its whole estimate (it may have been billed for all of it).
     pub async fn complete(&self, request: Request) -> Result<Response> {
         self.run(request, None).await
     }
@@ -638,6 +638,8 @@ struct LegClock {
     accepted: OnceLock<()>,
     /// The cloud attempts the provider accepted, retried ones included.
     report: CallReport,
+    /// How much text has arrived (what a cloud leg dropped with the request is charged).
+    received: Arc<PendingProgress>,
     first_token: OnceLock<Instant>,
     first_token_notify: tokio::sync::Notify,
 }
@@ -800,6 +802,7 @@ async fn collect_leg(
                 if !d.is_empty() {
                     clock.note_token();
                 }
+                clock.received.add(&d);
                 text.push_str(&d);
             }
             StreamEvent::Done(mut g) => {
@@ -1071,7 +1074,13 @@ impl Execution<'_> {
         let store = self.router.inner.store.clone();
         // Outside the legs, so that a leg dropped mid-stream (the loser) still reports them.
         let (local_clock, cloud_clock) = (LegClock::default(), LegClock::default());
-        let reservation = std::sync::Mutex::new(None);
+        // The cloud leg's reservation: settled below when the hedge ends, or by the guard
+        // when the request is dropped mid-hedge (at the prompt and what had arrived).
+        let charge: std::sync::Mutex<Option<PendingCharge>> = std::sync::Mutex::new(None);
+        let (cloud_section, input_tokens) = (
+            self.router.inner.policy.cloud.clone(),
+            u64::from(self.features.prompt_tokens),
+        );
 
         // Each leg opens its span when it starts: a tier that never ran leaves no span.
         let local_leg = {
@@ -1094,15 +1103,22 @@ impl Execution<'_> {
             }
         };
         let cloud_leg = {
-            let (clock, store, reservation) = (&cloud_clock, store.clone(), &reservation);
+            let (clock, store, charge) = (&cloud_clock, store.clone(), &charge);
             async move {
                 let span = tier_span("cloud", provider, cloud.name(), &cloud_call, trace_content);
                 async move {
                     clock.start();
                     // The budget is only touched when the cloud actually starts.
                     if let Some(s) = &store {
-                        let r = s.reserve(estimate).await?;
-                        *reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                        let reservation = Some(s.reserve(estimate).await?);
+                        *charge.lock().unwrap_or_else(|p| p.into_inner()) = Some(PendingCharge {
+                            store: s.clone(),
+                            reservation,
+                            estimate,
+                            cloud: cloud_section,
+                            input_tokens,
+                            received: clock.received.clone(),
+                        });
                     }
                     let stream = cloud.stream(c, cloud_call, &clock.report).await?;
                     clock.accept();
@@ -1198,9 +1214,9 @@ impl Execution<'_> {
                 })
             }
         };
-        let reserved = reservation.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let (Some(s), Some(r)) = (&store, reserved) {
-            s.settle(r, cloud_cost).await;
+        let pending = charge.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(pending) = pending {
+            pending.settle(cloud_cost).await;
         }
         outcome
     }

@@ -352,3 +352,33 @@ async fn a_cloud_answer_dropped_mid_stream_is_charged_what_was_streamed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The same for a hedge whose cloud leg is answering when the request is dropped: the
+/// reservation is settled at the prompt and what arrived, not kept at the whole estimate.
+#[tokio::test]
+async fn a_hedge_dropped_while_the_cloud_answers_is_charged_what_arrived() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(200)));
+    // The cloud starts; the device would join only after a minute.
+    let policy = hedge_policy("cloud", 60_000);
+    let local = Arc::new(EchoModel::default());
+    let r = router_with(&policy, home.path(), &fake, local.clone());
+    let request = Request::new("Tell me a story.").with_max_tokens(10_000);
+    let dropped = tokio::time::timeout(Duration::from_millis(700), r.complete(request)).await;
+    assert!(dropped.is_err(), "the hedge finished before it was dropped");
+    assert_eq!(local.calls(), 0);
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let spent = spent_today(home.path());
+        if spent < Decimal::from(10) {
+            assert!(
+                spent > Decimal::ZERO && spent < Decimal::new(5, 2),
+                "{spent}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < give_up, "still {spent} spent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
