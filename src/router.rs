@@ -684,11 +684,6 @@ impl LegClock {
     }
 }
 
-/// What `attempts` cloud attempts that the provider accepted but that did not answer cost
-/// against the budget: the call's estimate each. The provider bills an attempt it accepted (a
-/// success status) for what it generated, whatever became of it — a stream cut short or timed
-/// out before or after its first token, then retried or not, a hedge leg cancelled —, and bills
-/// nothing for one it never accepted (no connection, an error status).
 /// How much of a cloud answer has arrived (characters), for [`PendingCharge`].
 #[derive(Default)]
 struct PendingProgress {
@@ -721,6 +716,24 @@ struct PendingCharge {
 }
 
 impl PendingCharge {
+    /// Reserves a cloud call's `estimate` in `store`'s ledger; `received` counts what arrives.
+    async fn reserve(
+        store: &crate::wiring::Store,
+        estimate: Decimal,
+        cloud: Option<crate::policy::CloudSection>,
+        input_tokens: u64,
+        received: Arc<PendingProgress>,
+    ) -> Result<Self> {
+        Ok(PendingCharge {
+            reservation: Some(store.reserve(estimate).await?),
+            store: store.clone(),
+            estimate,
+            cloud,
+            input_tokens,
+            received,
+        })
+    }
+
     async fn settle(mut self, usd: Decimal) {
         if let Some(r) = self.reservation.take() {
             self.store.settle(r, usd).await;
@@ -759,6 +772,11 @@ impl Drop for PendingCharge {
     }
 }
 
+/// What `attempts` cloud attempts that the provider accepted but that did not answer cost
+/// against the budget: the call's estimate each. The provider bills an attempt it accepted (a
+/// success status) for what it generated, whatever became of it — a stream cut short or timed
+/// out before or after its first token, then retried or not, a hedge leg cancelled —, and bills
+/// nothing for one it never accepted (no connection, an error status).
 fn unanswered_cost(attempts: u32, estimate: Decimal) -> Cost {
     if attempts == 0 {
         return Cost::ZERO;
@@ -1110,15 +1128,15 @@ impl Execution<'_> {
                     clock.start();
                     // The budget is only touched when the cloud actually starts.
                     if let Some(s) = &store {
-                        let reservation = Some(s.reserve(estimate).await?);
-                        *charge.lock().unwrap_or_else(|p| p.into_inner()) = Some(PendingCharge {
-                            store: s.clone(),
-                            reservation,
+                        let pending = PendingCharge::reserve(
+                            s,
                             estimate,
-                            cloud: cloud_section,
+                            cloud_section,
                             input_tokens,
-                            received: clock.received.clone(),
-                        });
+                            clock.received.clone(),
+                        )
+                        .await?;
+                        *charge.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
                     }
                     let stream = cloud.stream(c, cloud_call, &clock.report).await?;
                     clock.accept();
@@ -1464,15 +1482,17 @@ impl Execution<'_> {
         let store = self.router.inner.store.clone();
         let policy = &self.router.inner.policy;
         let estimate = self.cloud_estimate(&call);
-        let mut charge = match &store {
-            Some(s) => Some(PendingCharge {
-                reservation: Some(s.reserve(estimate).await?),
-                store: s.clone(),
-                estimate,
-                cloud: policy.cloud.clone(),
-                input_tokens: u64::from(self.features.prompt_tokens),
-                received: Arc::default(),
-            }),
+        let charge = match &store {
+            Some(s) => Some(
+                PendingCharge::reserve(
+                    s,
+                    estimate,
+                    policy.cloud.clone(),
+                    u64::from(self.features.prompt_tokens),
+                    Arc::default(),
+                )
+                .await?,
+            ),
             None => None,
         };
         let received = charge.as_ref().map(|c| c.received.clone());
@@ -1519,7 +1539,7 @@ impl Execution<'_> {
                 Some(e.to_string()),
             ),
         };
-        if let Some(charge) = charge.take() {
+        if let Some(charge) = charge {
             charge.settle(cost.usd).await;
         }
         self.attempts.push(Attempt {

@@ -216,12 +216,11 @@ impl Store {
         let cache = SledCache::open(&db, key, policy.cache.clone())?;
         let ledger = SledLedger::open(&db, policy.budget.limits)?;
         let stats = crate::stats::PersistedStats::open(&db)?;
-        let limits = policy.budget.limits;
         Ok(Store {
             cache: Arc::new(cache),
             ledger: Arc::new(ledger),
             model_id: model_id.into(),
-            budget_configured: limits.daily_usd.is_some() || limits.monthly_usd.is_some(),
+            budget_configured: policy.budget.has_limits(),
             stats,
         })
     }

@@ -869,8 +869,9 @@ impl Compiler<'_> {
         };
 
         let mut rules = Vec::with_capacity(raw.rule.len());
+        // Every rule tried so far, by name, with its conditions; even one with an error of its
+        // own, so that a later rule or a test that names it is not wrong too.
         let mut earlier: Vec<(String, Vec<Condition>)> = Vec::new();
-        let mut names: Vec<String> = Vec::new();
         for (i, r) in raw.rule.iter().enumerate() {
             let path = root.key("rule").index(i);
             let name = match r.name.as_deref().map(str::trim) {
@@ -885,15 +886,12 @@ impl Compiler<'_> {
                     &path.key("name"),
                     "`defaults` is reserved (it names the [defaults] route); choose another name",
                 );
-            } else if names.contains(&name) {
+            } else if earlier.iter().any(|(n, _)| *n == name) {
                 self.error(
                     &path.key("name"),
                     format!("duplicate rule name `{name}`: rule names must be unique"),
                 );
             }
-            // Every named rule counts, even one with an error of its own: a later rule or a
-            // test that names it is not wrong too.
-            names.push(name.clone());
             let conditions = match &r.when {
                 Some(w) => self.conditions(w, &path.key("when"), &ctx),
                 None => Vec::new(),
@@ -941,7 +939,7 @@ impl Compiler<'_> {
                 format!("[defaults] is never used: rule `{prev}` has no conditions and always matches; remove one of them"),
             );
         }
-        let mut rule_names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut rule_names: Vec<&str> = earlier.iter().map(|(n, _)| n.as_str()).collect();
         rule_names.push("defaults");
         let tests = raw
             .test

@@ -327,12 +327,17 @@ mod tests {
         );
     }
 
+    /// The `[cloud]` section of a policy that sets only the model: every default.
+    fn minimal_policy_cloud() -> crate::policy::CloudSection {
+        crate::policy::compile_str("[cloud]\nmodel = \"m\"\n", std::path::Path::new("p.toml"))
+            .unwrap()
+            .cloud
+            .unwrap()
+    }
+
     #[test]
     fn a_policy_without_cloud_breaker_gets_the_default_breaker() {
-        let policy =
-            crate::policy::compile_str("[cloud]\nmodel = \"m\"\n", std::path::Path::new("p.toml"))
-                .unwrap();
-        let cloud = policy.cloud.unwrap();
+        let cloud = minimal_policy_cloud();
         assert_eq!(BreakerConfig::from_policy(&cloud), BreakerConfig::default());
     }
 
@@ -340,10 +345,7 @@ mod tests {
     /// policy's `[cloud]` section defaults to: one set of defaults, documented once.
     #[test]
     fn direct_configuration_defaults_match_the_policys() {
-        let policy =
-            crate::policy::compile_str("[cloud]\nmodel = \"m\"\n", std::path::Path::new("p.toml"))
-                .unwrap();
-        let cloud = policy.cloud.unwrap();
+        let cloud = minimal_policy_cloud();
         let direct = CloudConfig::openai("m");
         assert_eq!(direct.connect_timeout, cloud.connect_timeout);
         assert_eq!(direct.first_token_timeout, cloud.first_token_timeout);
