@@ -473,6 +473,9 @@ const LATENCY: Quantity = Quantity {
 /// escalate, and a far lower number would not survive the conversion to `f32`.
 const MIN_CONFIDENCE_FLOOR: f64 = -100.0;
 
+/// The longest cloud round trip `[latency].cloud_ms` may estimate: an hour.
+const MAX_CLOUD_MS: u64 = 3_600_000;
+
 /// `[cloud].total_timeout_ms` when the policy does not set it.
 const DEFAULT_TOTAL_TIMEOUT_MS: u64 = 60_000;
 
@@ -1401,7 +1404,19 @@ impl Compiler<'_> {
                     LATENCY,
                 )
                 .unwrap_or(Decimal::from(10)),
-            cloud_ms: l.cloud_ms.unwrap_or(800),
+            cloud_ms: match l.cloud_ms {
+                Some(ms) if ms > MAX_CLOUD_MS => {
+                    self.error(
+                        &path.key("cloud_ms"),
+                        format!(
+                            "a round trip cannot take more than {MAX_CLOUD_MS} ms, an hour \
+                             (got {ms}): is a digit too many?"
+                        ),
+                    );
+                    800
+                }
+                ms => ms.unwrap_or(800),
+            },
         }
     }
 
