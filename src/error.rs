@@ -217,7 +217,8 @@ fn timeout_message(phase: TimeoutPhase, elapsed: Duration) -> String {
     match phase {
         TimeoutPhase::Deadline => format!(
             "the request's deadline passed after {elapsed:?} with no answer; allow more time \
-             (Request::with_deadline, `ask --deadline-ms`) — a first local request also loads the model"
+             (Request::with_deadline, `ask --deadline-ms`); a first local request also loads the model, \
+             which goes on loading for the next request"
         ),
         TimeoutPhase::Connect => format!(
             "timed out connecting to the cloud after {elapsed:?}; check the network and \

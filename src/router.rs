@@ -1426,8 +1426,18 @@ impl Execution<'_> {
         let (call, _) = self.call(Route::Local, false);
         let trace_content = self.router.inner.trace_content;
         let span = tier_span("local", "onnxruntime", backend.name(), &call, trace_content);
+        let deadline = self.deadline;
         let result = async {
-            let stream = backend.stream(call).await?;
+            // The deadline covers getting the stream too: a first request loads the model.
+            let stream = match deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), backend.stream(call))
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        phase: crate::error::TimeoutPhase::Total,
+                        elapsed: started.elapsed(),
+                    })??,
+                None => backend.stream(call).await?,
+            };
             self.drain(stream, None, None).await
         }
         .instrument(span.clone())

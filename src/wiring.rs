@@ -61,6 +61,7 @@ pub(crate) fn local_from_policy(
 #[cfg(feature = "onnx")]
 mod lazy_local {
     use std::path::PathBuf;
+    use std::sync::Arc;
 
     use async_trait::async_trait;
     use tokio::sync::OnceCell;
@@ -76,7 +77,9 @@ mod lazy_local {
         model_dir: PathBuf,
         /// Read from the manifest when the router is built (the model itself loads on first use).
         revision: Option<String>,
-        loaded: OnceCell<LocalBackend>,
+        /// Shared with the task that loads the model, which outlives a caller that stops
+        /// waiting.
+        loaded: Arc<OnceCell<LocalBackend>>,
     }
 
     impl LazyLocal {
@@ -89,19 +92,34 @@ mod lazy_local {
                 name,
                 revision,
                 model_dir,
-                loaded: OnceCell::new(),
+                loaded: Arc::new(OnceCell::new()),
             }
         }
 
+        /// The loaded model, loading it first if needed. The load runs in a task of its own, so
+        /// a request that stops waiting (its deadline passed, or it was dropped) does not waste
+        /// it: the load finishes and the next request finds the model ready. Concurrent first
+        /// requests share one load.
         async fn backend(&self) -> Result<&LocalBackend> {
-            self.loaded
-                .get_or_try_init(|| async {
-                    let builder = self.builder.clone();
+            if let Some(backend) = self.loaded.get() {
+                return Ok(backend);
+            }
+            let cell = Arc::clone(&self.loaded);
+            let builder = self.builder.clone();
+            let load = tokio::spawn(async move {
+                cell.get_or_try_init(|| async move {
                     tokio::task::spawn_blocking(move || builder.commit())
                         .await
                         .map_err(|e| Error::Inference(format!("model loading task failed: {e}")))?
                 })
                 .await
+                .map(|_| ())
+            });
+            load.await
+                .map_err(|e| Error::Inference(format!("model loading task failed: {e}")))??;
+            self.loaded.get().ok_or_else(|| {
+                Error::Inference("the model load reported success but left no model".into())
+            })
         }
     }
 
@@ -133,6 +151,41 @@ mod lazy_local {
                     crate::home::setup_command_for(&self.model_dir)
                 ))
             }
+        }
+    }
+    #[cfg(test)]
+    mod tests {
+        use std::time::Duration;
+
+        use super::*;
+
+        /// A caller that stops waiting for the first load (its deadline passed) leaves the load
+        /// running: the model ends up loaded without another call.
+        #[tokio::test]
+        async fn a_load_outlives_the_caller_that_started_it() {
+            let dir = PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/local/tiny"
+            ));
+            let builder = LocalBackend::builder()
+                .model_dir(&dir)
+                .threads(1)
+                .pool_size(1);
+            let lazy = LazyLocal::new(builder, "local/tiny".into(), dir);
+            // A zero timeout polls the load once (it starts) and then gives up on it.
+            let gave_up = tokio::time::timeout(Duration::ZERO, lazy.backend()).await;
+            assert!(gave_up.is_err(), "the load finished within its first poll");
+            for _ in 0..300 {
+                if lazy.loaded.initialized() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(
+                lazy.loaded.initialized(),
+                "the abandoned load never finished"
+            );
+            assert!(lazy.backend().await.is_ok());
         }
     }
 }

@@ -5,8 +5,10 @@ mod support;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgeroute::decision::Reason;
+use edgeroute::error::TimeoutPhase;
 use edgeroute::request::Usage;
 use edgeroute::{Error, Request, Route, Router, RouterEvent};
 use futures::StreamExt;
@@ -116,6 +118,31 @@ async fn pinned_local_failure_does_not_fall_back() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Inference(_)), "{err}");
+}
+
+/// The deadline covers a tier that has not started answering yet (the first local request loads
+/// the model): the request ends with the deadline's error instead of waiting for it.
+#[tokio::test]
+async fn the_deadline_covers_a_tier_that_never_starts_streaming() {
+    let model = Arc::new(EchoModel::default());
+    model.stall.store(true, Ordering::SeqCst);
+    let r = router(model.clone());
+    let request = Request::new("ann@example.com").with_deadline(Duration::from_millis(50));
+    let err = tokio::time::timeout(Duration::from_secs(30), r.complete(request))
+        .await
+        .expect("the request outlived its 50 ms deadline by 30 s")
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                phase: TimeoutPhase::Deadline,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(model.calls(), 1);
 }
 
 #[tokio::test]

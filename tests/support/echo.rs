@@ -23,6 +23,8 @@ pub struct EchoModel {
     pub revision: Option<String>,
     /// Answer with no text at all.
     pub empty: AtomicBool,
+    /// Never return from `stream` (a model load that does not finish).
+    pub stall: AtomicBool,
 }
 
 impl EchoModel {
@@ -42,6 +44,9 @@ impl Backend for EchoModel {
     }
     async fn stream(&self, call: BackendCall) -> edgeroute::Result<EventStream> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.stall.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.fail.load(Ordering::SeqCst) {
             return Err(Error::Inference("model exploded".into()));
         }
