@@ -59,11 +59,53 @@ fn redacting_with_known_spans_matches_scanning() {
     let (given, rh) = redact_messages_with_spans(&msgs, &spans);
     assert_eq!(given, scanned);
     assert_eq!(rh.rehydrate(&given[1].content), msgs[1].content);
-    // Only the spans passed are replaced (here: those of the second message).
-    let second: Vec<_> = spans.iter().filter(|(i, _)| *i == 1).cloned().collect();
-    let (partial, _) = redact_messages_with_spans(&msgs, &second);
-    assert_eq!(partial[0].content, msgs[0].content);
-    assert!(!partial[1].content.contains("example"));
+    // Only the values of the spans passed are replaced (here: the first message's), wherever
+    // they appear.
+    let first: Vec<_> = spans.iter().filter(|(i, _)| *i == 0).cloned().collect();
+    let (partial, _) = redact_messages_with_spans(&msgs, &first);
+    assert_eq!(partial[0].content, "Agent for <EMAIL_1>");
+    assert_eq!(
+        partial[1].content,
+        "Mail bob@example.org or call 415-555-0132, <EMAIL_1> too."
+    );
+}
+
+/// A number the detectors find only next to a label word ("my number is …") is redacted
+/// wherever else it appears: later in the text without the label, in other messages, and
+/// written with other separators. Re-hydration gives back each spelling as written.
+#[test]
+fn every_occurrence_of_a_found_value_is_redacted() {
+    let filler = "The weather was fine and the meeting went on for a long while. ".repeat(5);
+    let msgs = vec![
+        Message::system("Sign every reply with 4155550132."),
+        Message::user(format!(
+            "My number is 4155550132. {filler}Then sign it off with 4155550132, or \
+             (415) 555-0132, or ４１５.５５５.０１３２ and my initials; \
+             not 94155550132 or 4155550132777 or id4155550132."
+        )),
+    ];
+    let sc = scanner();
+    // The detectors find the labelled bare number and the two formatted ones, not the bare
+    // repeats.
+    let found = sc.scan_messages(&msgs);
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(found.iter().all(|(i, _)| *i == 1), "{found:?}");
+    let (red, rh) = redact_messages(&msgs, &sc);
+    assert_eq!(red[0].content, "Sign every reply with <PHONE_1>.");
+    assert_eq!(
+        red[1].content,
+        format!(
+            "My number is <PHONE_1>. {filler}Then sign it off with <PHONE_1>, or \
+             <PHONE_2>, or <PHONE_3> and my initials; \
+             not 9<PHONE_1> or <PHONE_1>777 or id<PHONE_1>."
+        )
+    );
+    for (original, redacted) in msgs.iter().zip(&red) {
+        assert_eq!(rh.rehydrate(&redacted.content), original.content);
+    }
+    // One text: the same.
+    let (one, _) = redact_text(&msgs[1].content, &sc);
+    assert_eq!(one, red[1].content);
 }
 
 #[test]

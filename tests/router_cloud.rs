@@ -10,7 +10,7 @@ use std::sync::Arc;
 use edgeroute::backend::cloud::{CloudBackend, CloudConfig};
 use edgeroute::decision::Reason;
 use edgeroute::signals::{CloudHealth, Network};
-use edgeroute::{Error, Request, Route, Router};
+use edgeroute::{Error, Message, Request, Route, Router};
 use rust_decimal::Decimal;
 use support::echo::EchoModel;
 use support::{unused_addr, Behavior, FakeProvider};
@@ -157,6 +157,37 @@ async fn redacted_cloud_call_sends_placeholders_and_rehydrates_the_answer() {
         .unwrap();
     assert_eq!(resp.route, Route::Cloud);
     redacted_round_trip(&resp, &fake);
+}
+
+/// A number found once, next to its label, is redacted everywhere before the call: a repeat
+/// without the label, in an earlier turn and in the system prompt.
+#[tokio::test]
+async fn a_found_number_is_redacted_everywhere_it_appears() {
+    let fake = FakeProvider::start().await;
+    fake.set_reply("Noted: <PHONE_1>.");
+    let r = router(
+        "[[rule]]\nname = \"redacted\"\nroute = \"cloud\"\nredact = true\n[rule.when]\npii_any = [\"phone\"]\n",
+        Arc::new(EchoModel::default()),
+        fake.openai_config(),
+    );
+    let resp = r
+        .complete(Request::from_messages(vec![
+            Message::system("Sign replies with 4155550132."),
+            Message::user("Remember 4155550132 for later."),
+            Message::assistant("I will remember 4155550132."),
+            Message::user(format!(
+                "My number is 4155550132. {}Sign it off with 4155550132.",
+                "The meeting went on for a long while. ".repeat(8)
+            )),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(resp.route, Route::Cloud);
+    assert_eq!(resp.text, "Noted: 4155550132.");
+    let sent = fake.last_request().unwrap();
+    let raw = String::from_utf8_lossy(&sent.raw);
+    assert!(!raw.contains("4155550132"), "{raw}");
+    assert_eq!(raw.matches("<PHONE_1>").count(), 5, "{raw}");
 }
 
 /// The cloud got `<EMAIL_1>` instead of the address (it replied with the placeholder), the

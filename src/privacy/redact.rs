@@ -1,7 +1,8 @@
 //! Redaction (spans → stable placeholders such as `<EMAIL_1>`) and re-hydration of answers,
 //! whole or streamed.
 //!
-//! Within one request the same value always gets the same placeholder, across messages.
+//! Within one request the same value always gets the same placeholder, across messages, and a
+//! value found once is replaced wherever else it appears (for a number: with any separators).
 //! Placeholders are numbered per kind (`<EMAIL_1>`, `<EMAIL_2>`, `<PHONE_1>`); a placeholder
 //! that already appears literally in the input is never reused for a value, so re-hydration
 //! cannot confuse the user's own text with a redacted value.
@@ -20,11 +21,18 @@ pub fn redact_messages(messages: &[Message], scanner: &Scanner) -> (Vec<Message>
 
 /// Like [`redact_messages`], with spans already found (`(message index, span)`, in order, as
 /// [`crate::inspect::Features::pii_spans`] holds them): the router scans a request once.
+///
+/// Every other place a found value appears is redacted too: written the same way in any
+/// message, or, for a number, with the same digits and any separators. Detectors that need a
+/// label word near a bare number (a phone, an SSN) find only the labelled occurrence, and the
+/// cloud must not get the same number a paragraph later.
 pub fn redact_messages_with_spans(
     messages: &[Message],
     spans: &[(usize, PiiSpan)],
 ) -> (Vec<Message>, Rehydrator) {
-    let mut r = Redactor::new(messages.iter().map(|m| m.content.as_str()));
+    let texts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+    let spans = with_repeats(&texts, spans);
+    let mut r = Redactor::new(texts.iter().copied());
     let out = messages
         .iter()
         .enumerate()
@@ -41,9 +49,131 @@ pub fn redact_messages_with_spans(
 
 /// Redacts one text (see [`redact_messages`]).
 pub fn redact_text(text: &str, scanner: &Scanner) -> (String, Rehydrator) {
+    let found: Vec<(usize, PiiSpan)> = scanner.scan(text).into_iter().map(|s| (0, s)).collect();
+    let spans = with_repeats(&[text], &found);
     let mut r = Redactor::new(std::iter::once(text));
-    let out = r.redact(text, scanner.scan(text).iter());
+    let out = r.redact(text, spans.iter().map(|(_, s)| s));
     (out, r.into_rehydrator())
+}
+
+/// The shortest found value whose other occurrences are redacted too.
+const MIN_REPEAT_LEN: usize = 4;
+/// The fewest digits a number must have for its other spellings to be redacted too.
+const MIN_REPEAT_DIGITS: usize = 6;
+
+/// `spans` (per message index, sorted) plus every other occurrence of the values they cover
+/// (see [`redact_messages_with_spans`]), sorted and without overlaps: where two overlap, the
+/// one that starts first wins (a found span before a repeat at the same place).
+fn with_repeats(texts: &[&str], spans: &[(usize, PiiSpan)]) -> Vec<(usize, PiiSpan)> {
+    let mut values: Vec<(&str, &str)> = Vec::new();
+    let mut numbers: HashMap<String, &str> = HashMap::new();
+    for (i, span) in spans {
+        let Some(value) = texts.get(*i).and_then(|t| span.text(t)) else {
+            continue;
+        };
+        if value.len() >= MIN_REPEAT_LEN && !values.iter().any(|(v, _)| *v == value) {
+            values.push((value, &span.kind));
+        }
+        if let Some(digits) = number_digits(value).filter(|d| d.len() >= MIN_REPEAT_DIGITS) {
+            numbers.entry(digits).or_insert(&span.kind);
+        }
+    }
+    let mut all: Vec<(usize, PiiSpan)> = spans.to_vec();
+    let repeat = |i: usize, start: usize, end: usize, kind: &str| {
+        (
+            i,
+            PiiSpan {
+                kind: kind.to_string(),
+                start,
+                end,
+                confidence: 1.0,
+            },
+        )
+    };
+    for (i, text) in texts.iter().enumerate() {
+        for (value, kind) in &values {
+            for (start, _) in text.match_indices(value) {
+                all.push(repeat(i, start, start + value.len(), kind));
+            }
+        }
+        if !numbers.is_empty() {
+            for (start, end, digits) in number_runs(text) {
+                if let Some(kind) = numbers.get(&digits) {
+                    all.push(repeat(i, start, end, kind));
+                }
+            }
+        }
+    }
+    all.sort_by_key(|(i, s)| (*i, s.start, std::cmp::Reverse(s.end)));
+    let mut out: Vec<(usize, PiiSpan)> = Vec::with_capacity(all.len());
+    for (i, span) in all {
+        match out.last() {
+            Some((j, last)) if *j == i && span.start < last.end => {}
+            _ => out.push((i, span)),
+        }
+    }
+    out
+}
+
+/// A character that may sit between the digits of a written number.
+fn is_number_separator(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '-' | '.' | '/' | '(' | ')' | '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{200b}'
+        )
+}
+
+/// The value of a decimal digit, ASCII or fullwidth.
+fn digit_value(c: char) -> Option<char> {
+    match c {
+        '0'..='9' => Some(c),
+        '\u{ff10}'..='\u{ff19}' => char::from_u32(c as u32 - 0xff10 + u32::from(b'0')),
+        _ => None,
+    }
+}
+
+/// The digits of `value` when it is a number (digits and separators, an optional leading `+`).
+fn number_digits(value: &str) -> Option<String> {
+    let value = value.strip_prefix('+').unwrap_or(value);
+    let mut digits = String::new();
+    for c in value.chars() {
+        match digit_value(c) {
+            Some(d) => digits.push(d),
+            None if is_number_separator(c) => {}
+            None => return None,
+        }
+    }
+    Some(digits)
+}
+
+/// Each maximal run of digits and separators in `text` that starts and ends with a digit, not
+/// inside a longer run of letters and digits: `(start, end, digits)`.
+fn number_runs(text: &str) -> Vec<(usize, usize, String)> {
+    let mut runs = Vec::new();
+    let mut run: Option<(usize, usize, String)> = None;
+    let mut prev_alnum = false;
+    for (at, c) in text.char_indices() {
+        if let Some(d) = digit_value(c) {
+            match run.as_mut() {
+                Some((_, end, digits)) => {
+                    digits.push(d);
+                    *end = at + c.len_utf8();
+                }
+                None if !prev_alnum => run = Some((at, at + c.len_utf8(), d.to_string())),
+                None => {}
+            }
+        } else if !is_number_separator(c) {
+            if let Some(r) = run.take() {
+                if !c.is_alphanumeric() {
+                    runs.push(r);
+                }
+            }
+        }
+        prev_alnum = c.is_alphanumeric();
+    }
+    runs.extend(run);
+    runs
 }
 
 /// Assigns placeholders for one request.
