@@ -6,6 +6,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::FinishReason;
 use crate::decision::Decision;
 
 /// Who said a message.
@@ -476,6 +477,11 @@ pub struct Response {
     pub attempts: Vec<Attempt>,
     /// True when served from the answer cache.
     pub cached: bool,
+    /// Why the model that answered stopped ([`FinishReason::Stop`]: the answer is whole). An
+    /// answer cut at the token limit, stopped by a content filter or refused still comes back
+    /// as `Ok`; check this (or [`FinishReason::is_complete`]) before treating it as whole.
+    /// A cache hit reports the original answer's.
+    pub finish: FinishReason,
 }
 
 #[cfg(test)]

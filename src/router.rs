@@ -11,8 +11,10 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::backend::{
-    Backend, BackendCall, CallReport, CloudTier, EventStream, Generation, LocalTier, StreamEvent,
+    Backend, BackendCall, CallReport, CloudTier, EventStream, FinishReason, Generation, LocalTier,
+    StreamEvent,
 };
+use crate::cache::CachedAnswer;
 use crate::decision::{CloudClearance, Decision, HedgeFirst, Plan, Reason};
 use crate::error::{Error, Result};
 use crate::inspect::{inspect, Features};
@@ -485,6 +487,7 @@ impl Router {
                 confidence: None,
                 attempts: Vec::new(),
                 cached: true,
+                finish: answer.finish,
             };
             self.record_stats(&response, features.prompt_tokens);
             return Ok(response);
@@ -536,9 +539,21 @@ impl Router {
             (Some(_), Some(_)) if outcome.text.trim().is_empty() => {
                 tracing::debug!("answer not cached: it is empty");
             }
+            // A filtered or refused answer may come out differently next time; one cut at the
+            // token limit is kept, and says so when it is served.
+            (Some(_), Some(_))
+                if matches!(
+                    outcome.finish,
+                    FinishReason::ContentFilter | FinishReason::Refusal
+                ) =>
+            {
+                tracing::debug!(finish = %outcome.finish, "answer not cached: it is not whole");
+            }
             (Some(store), Some(key)) => {
                 let model = attempts.last().map(|a| a.backend.as_str()).unwrap_or("");
-                store.save(key, model, &outcome.text, outcome.route, outcome.usage);
+                let answer = CachedAnswer::new(&outcome.text, outcome.route, model, outcome.usage)
+                    .finished(outcome.finish);
+                store.save(key, &answer);
             }
             _ => {}
         }
@@ -559,6 +574,7 @@ impl Router {
             confidence: attempts.iter().rev().find_map(|a| a.confidence),
             attempts,
             cached: false,
+            finish: outcome.finish,
         };
         self.record_stats(&response, features.prompt_tokens);
         Ok(response)
@@ -850,6 +866,8 @@ struct Outcome {
     text: String,
     route: Route,
     usage: Usage,
+    /// Why the answering model stopped.
+    finish: FinishReason,
     /// When its first token arrived.
     first_token: Option<Instant>,
 }
@@ -1215,6 +1233,7 @@ impl Execution<'_> {
                 Ok(Outcome {
                     route: answered_by,
                     usage: g.usage,
+                    finish: g.finish,
                     first_token: clock(answered_by).first_token(),
                     text: g.text,
                 })
@@ -1467,6 +1486,7 @@ impl Execution<'_> {
                         text: g.text.clone(),
                         route: Route::Local,
                         usage: g.usage,
+                        finish: g.finish,
                         first_token,
                     },
                     g,
@@ -1571,6 +1591,7 @@ impl Execution<'_> {
             text: g.text,
             route: Route::Cloud,
             usage: g.usage,
+            finish: g.finish,
             first_token,
         })
     }

@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::inspect::Features;
 use crate::ledger::{Ledger, Reservation, SledLedger};
 use crate::policy::CompiledPolicy;
-use crate::request::{Request, Route, Usage};
+use crate::request::Request;
 
 /// The local tier named by `[local]`. The model is loaded on first use (not at build time), so
 /// `explain`, cloud-only requests and routers on machines without the model stay cheap; a
@@ -315,11 +315,8 @@ impl Store {
 
     /// Stores an answer (the cache applies the mode and privacy-class rules). Failures are logged, never
     /// returned: the caller already has its answer.
-    pub(crate) fn save(&self, key: &CacheKey, model: &str, text: &str, route: Route, usage: Usage) {
-        if let Err(e) = self
-            .cache
-            .put(key, &CachedAnswer::new(text, route, model, usage))
-        {
+    pub(crate) fn save(&self, key: &CacheKey, answer: &CachedAnswer) {
+        if let Err(e) = self.cache.put(key, answer) {
             tracing::warn!(error = %e, "answer cache write failed");
         }
     }

@@ -584,9 +584,11 @@ fn ask_answers_locally_then_from_cache_and_stats_add_up() {
     assert!(first["confidence"]["mean"].as_f64().unwrap() < 0.0);
     let first_token = first["first_token_ms"].as_f64().unwrap();
     assert!(first_token > 0.0 && first_token < first["latency_ms"].as_f64().unwrap());
+    assert_eq!(first["finish"], "stop", "{first}");
     let second = ask("What is the capital of France?");
     assert_eq!(second["route"], "cache");
     assert_eq!(second["text"], first["text"]);
+    assert_eq!(second["finish"], "stop");
 
     let o = run(&["--home", h, "stats", "--json"]);
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -633,6 +635,20 @@ fn ask_answers_locally_then_from_cache_and_stats_add_up() {
         "{}",
         stdout(&o)
     );
+
+    // An answer cut at the token limit says so.
+    let short = ask_json(
+        home.path(),
+        &policy,
+        &[
+            "--max-tokens",
+            "3",
+            "--no-cache",
+            "Write a poem about the sea.",
+        ],
+    );
+    assert_eq!(short["finish"], "length", "{short}");
+    assert_eq!(short["usage"]["output_tokens"], 3, "{short}");
 }
 
 /// A reader that stops early (`edgeroute pii scan < many.txt | head -1`) ends the command

@@ -746,3 +746,55 @@ async fn an_empty_builder_key_never_falls_back_to_the_environment() {
     assert_eq!(resp.route, Route::Local, "{}", resp.decision);
     assert_eq!(fake.requests_received(), 0);
 }
+
+/// An answer the provider cut short or stopped says so (`Response::finish`), on both
+/// protocols: one cut at the token limit is cached and says so again when served; one stopped
+/// by a content filter or refused is not cached (the next request asks again).
+#[tokio::test]
+async fn cut_short_filtered_and_refused_answers_say_so() {
+    use edgeroute::backend::FinishReason;
+    let cases = [
+        ("openai", "length", FinishReason::Length, true),
+        (
+            "openai",
+            "content_filter",
+            FinishReason::ContentFilter,
+            false,
+        ),
+        ("anthropic", "max_tokens", FinishReason::Length, true),
+        ("anthropic", "refusal", FinishReason::Refusal, false),
+        ("anthropic", "end_turn", FinishReason::Stop, true),
+    ];
+    for (protocol, stop_reason, finish, cached) in cases {
+        let home = tempfile::tempdir().unwrap();
+        let fake = FakeProvider::start().await;
+        fake.set_reply("The three steps are: 1. Unplug the");
+        fake.set_stop_reason(stop_reason);
+        let config = match protocol {
+            "openai" => fake.openai_config(),
+            _ => fake.anthropic_config(),
+        };
+        let r = Router::builder()
+            .policy_str(format!("{CLOUD}[defaults]\nroute = \"cloud\"\n"))
+            .local_backend(Arc::new(EchoModel::default()))
+            .cloud_backend(Arc::new(CloudBackend::new(config).unwrap()))
+            .home(home.path())
+            .cache_key([9; 32])
+            .build()
+            .unwrap();
+        let ask = || Request::new("How do I reset the router?");
+        let first = r.complete(ask()).await.unwrap();
+        let case = format!("{protocol} {stop_reason}");
+        assert_eq!(first.route, Route::Cloud, "{case}");
+        assert_eq!(first.finish, finish, "{case}");
+        assert_eq!(first.finish.is_complete(), finish == FinishReason::Stop);
+        let second = r.complete(ask()).await.unwrap();
+        assert_eq!(second.cached, cached, "{case}");
+        assert_eq!(second.finish, finish, "{case}: the second answer");
+        assert_eq!(
+            fake.requests_received(),
+            if cached { 1 } else { 2 },
+            "{case}"
+        );
+    }
+}

@@ -42,13 +42,59 @@ pub struct BackendCall {
     pub deadline: Option<Instant>,
 }
 
-/// Why generation stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why generation stopped. Anything but [`FinishReason::Stop`] is an answer that is not whole,
+/// and [`crate::Response::finish`] says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
-    /// End of turn / stop token.
+    /// End of turn / stop token: the model finished its answer.
     Stop,
-    /// `max_tokens` reached.
+    /// The output token limit was reached (`max_tokens`; OpenAI `length`, Anthropic
+    /// `max_tokens`): the answer is cut short.
     Length,
+    /// The provider's content filter stopped the answer (OpenAI `content_filter`).
+    ContentFilter,
+    /// The model declined to answer (Anthropic `refusal`).
+    Refusal,
+}
+
+impl FinishReason {
+    /// The name used in `ask --json` and logs: `stop`, `length`, `content_filter`, `refusal`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ContentFilter => "content_filter",
+            FinishReason::Refusal => "refusal",
+        }
+    }
+
+    /// True when the model finished its answer.
+    pub fn is_complete(self) -> bool {
+        self == FinishReason::Stop
+    }
+
+    /// One line for someone reading a cut-short answer: what happened and what to change.
+    pub fn explain(self) -> Option<&'static str> {
+        match self {
+            FinishReason::Stop => None,
+            FinishReason::Length => Some(
+                "the answer was cut short at the output token limit (raise it: \
+                 Request::with_max_tokens, `ask --max-tokens`, [cloud].max_tokens or \
+                 [local].max_new_tokens)",
+            ),
+            FinishReason::ContentFilter => {
+                Some("the provider's content filter stopped the answer; it is incomplete")
+            }
+            FinishReason::Refusal => Some("the model declined to answer"),
+        }
+    }
+}
+
+impl std::fmt::Display for FinishReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A finished generation.

@@ -382,6 +382,7 @@ fn ask(args: AskArgs, home: Option<&Path>) -> CmdResult {
             "cost_usd": response.cost.usd.to_string(),
             "cost_estimated": response.cost.estimated,
             "cached": response.cached,
+            "finish": response.finish.as_str(),
             "confidence": response.confidence,
             "usage": {
                 "input_tokens": response.usage.input_tokens,
@@ -410,6 +411,9 @@ fn ask(args: AskArgs, home: Option<&Path>) -> CmdResult {
                 .map(|r| format!(" · {r}"))
                 .collect::<String>()
         );
+        if let Some(why) = response.finish.explain() {
+            note!("[incomplete: {why}]");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

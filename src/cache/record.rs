@@ -4,6 +4,7 @@
 //! record   = format(1) | class(1) | created_at_ms(8, LE) | nonce(12) | sealed(body) | tag(16)
 //! aad      = cache key digest(32) | format | class | created_at_ms
 //! body     = len(4) text | route(1) | len(4) model | input_tokens(8) | output_tokens(8)
+//!            [| finish(1), absent for a whole answer]
 //! ```
 //! The header stays in clear (tools can read an entry's age and class without the key), but it
 //! is bound to the body through the AAD, and the store trusts it only after authentication: flipping any byte of the record, moving it under another key, or
@@ -15,6 +16,7 @@ use ring::aead::NONCE_LEN;
 
 use super::crypt::EncryptionKey;
 use super::key::{CacheKey, PrivacyClass};
+use crate::backend::FinishReason;
 use crate::error::Result;
 use crate::request::{Route, Usage};
 
@@ -40,6 +42,8 @@ pub struct CachedAnswer {
     pub usage: Usage,
     /// When it was produced (stored with millisecond precision).
     pub created_at: SystemTime,
+    /// Why the model stopped (an answer cut at the token limit says so when served).
+    pub finish: FinishReason,
 }
 
 impl std::fmt::Debug for CachedAnswer {
@@ -50,6 +54,7 @@ impl std::fmt::Debug for CachedAnswer {
             .field("model", &self.model)
             .field("usage", &self.usage)
             .field("created_at", &self.created_at)
+            .field("finish", &self.finish)
             .finish()
     }
 }
@@ -68,7 +73,14 @@ impl CachedAnswer {
             model: model.into(),
             usage,
             created_at: SystemTime::now(),
+            finish: FinishReason::Stop,
         }
+    }
+
+    /// The same answer, stopped for `finish` (default: [`FinishReason::Stop`]).
+    pub fn finished(mut self, finish: FinishReason) -> Self {
+        self.finish = finish;
+        self
     }
 
     /// Encodes the body (everything except `created_at`, which lives in the header).
@@ -79,6 +91,9 @@ impl CachedAnswer {
         put_str(&mut out, &self.model);
         out.extend_from_slice(&self.usage.input_tokens.to_le_bytes());
         out.extend_from_slice(&self.usage.output_tokens.to_le_bytes());
+        // A whole answer's body ends here, as every body did before the finish reason was
+        // stored.
+        out.extend(finish_tag(self.finish));
         out
     }
 
@@ -91,9 +106,11 @@ impl CachedAnswer {
         let model = r.string()?;
         let input_tokens = r.u64()?;
         let output_tokens = r.u64()?;
-        if !r.0.is_empty() {
-            return None;
-        }
+        let finish = match r.0 {
+            [] => FinishReason::Stop,
+            [tag] => finish_from_tag(*tag)?,
+            _ => return None,
+        };
         Some(CachedAnswer {
             text,
             route,
@@ -103,8 +120,29 @@ impl CachedAnswer {
                 output_tokens,
             },
             created_at,
+            finish,
         })
     }
+}
+
+/// The byte stored for an answer that is not whole; none for a whole one (one encoding per
+/// answer).
+fn finish_tag(finish: FinishReason) -> Option<u8> {
+    match finish {
+        FinishReason::Stop => None,
+        FinishReason::Length => Some(1),
+        FinishReason::ContentFilter => Some(2),
+        FinishReason::Refusal => Some(3),
+    }
+}
+
+fn finish_from_tag(tag: u8) -> Option<FinishReason> {
+    Some(match tag {
+        1 => FinishReason::Length,
+        2 => FinishReason::ContentFilter,
+        3 => FinishReason::Refusal,
+        _ => return None,
+    })
 }
 
 /// The clear header of a stored record.
@@ -357,5 +395,30 @@ mod tests {
         long.push(0);
         assert!(CachedAnswer::decode_body(&long, UNIX_EPOCH).is_none());
         assert!(CachedAnswer::decode_body(&body, UNIX_EPOCH).is_some());
+    }
+
+    /// An answer that is not whole keeps its finish reason; a whole one is stored as before
+    /// the reason was stored, so older records read back as whole.
+    #[test]
+    fn the_finish_reason_round_trips() {
+        let whole = answer().encode_body();
+        assert_eq!(
+            CachedAnswer::decode_body(&whole, UNIX_EPOCH).map(|a| a.finish),
+            Some(FinishReason::Stop)
+        );
+        for finish in [
+            FinishReason::Length,
+            FinishReason::ContentFilter,
+            FinishReason::Refusal,
+        ] {
+            let body = answer().finished(finish).encode_body();
+            assert_eq!(body.len(), whole.len() + 1);
+            let back = CachedAnswer::decode_body(&body, UNIX_EPOCH).unwrap();
+            assert_eq!(back.finish, finish);
+            assert_eq!(back.text, answer().text);
+        }
+        let mut unknown = whole.clone();
+        unknown.push(9);
+        assert!(CachedAnswer::decode_body(&unknown, UNIX_EPOCH).is_none());
     }
 }

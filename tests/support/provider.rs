@@ -113,6 +113,7 @@ struct Shared {
     default: Mutex<Option<Behavior>>,
     script: Mutex<VecDeque<Behavior>>,
     reply: Mutex<Option<String>>,
+    stop_reason: Mutex<Option<String>>,
     count: AtomicUsize,
     recorded: Mutex<Vec<Recorded>>,
 }
@@ -196,6 +197,13 @@ impl FakeProvider {
     /// The reply text. Default: [`DEFAULT_REPLY`].
     pub fn set_reply(&self, reply: impl Into<String>) {
         *lock(&self.shared.reply) = Some(reply.into());
+    }
+
+    /// Ends answers with this stop reason, in the protocol's own words (OpenAI
+    /// `finish_reason`: `length`, `content_filter`; Anthropic `stop_reason`: `max_tokens`,
+    /// `refusal`) instead of a finished turn.
+    pub fn set_stop_reason(&self, reason: impl Into<String>) {
+        *lock(&self.shared.stop_reason) = Some(reason.into());
     }
 
     /// How many HTTP requests reached the server (any path, any outcome).
@@ -287,9 +295,17 @@ async fn handle(
     } && behavior != Behavior::OkWithoutUsage;
     let model = body["model"].as_str().unwrap_or("fake-model").to_owned();
     let prompt_tokens = prompt_words(&body);
+    let stop_reason = lock(&shared.stop_reason).clone().unwrap_or_else(|| {
+        match proto {
+            Proto::OpenAi => "stop",
+            Proto::Anthropic => "end_turn",
+        }
+        .to_owned()
+    });
     let answer = Answer {
         proto,
         model,
+        stop_reason,
         reply,
         prompt_tokens,
         include_usage,
@@ -419,6 +435,7 @@ struct Answer {
     proto: Proto,
     model: String,
     reply: String,
+    stop_reason: String,
     prompt_tokens: u64,
     include_usage: bool,
 }
@@ -433,13 +450,13 @@ impl Answer {
         let mut v = match self.proto {
             Proto::OpenAi => json!({
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.reply}, "finish_reason": self.stop_reason}],
                 "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
             }),
             Proto::Anthropic => json!({
                 "id": "msg_fake", "type": "message", "role": "assistant", "model": self.model,
                 "content": [{"type": "text", "text": self.reply}],
-                "stop_reason": "end_turn", "stop_sequence": null,
+                "stop_reason": self.stop_reason, "stop_sequence": null,
                 "usage": {"input_tokens": p, "output_tokens": c},
             }),
         };
@@ -474,7 +491,7 @@ impl Answer {
                 for piece in &pieces {
                     ev.push(chunk(json!({"content": piece}), Value::Null));
                 }
-                ev.push(chunk(json!({}), json!("stop")));
+                ev.push(chunk(json!({}), json!(self.stop_reason)));
                 if self.include_usage {
                     ev.push(format!(
                         "data: {}\n\n",
@@ -489,7 +506,7 @@ impl Answer {
                 let mut start = json!({"id": "msg_fake", "type": "message", "role": "assistant",
                                        "model": self.model, "content": []});
                 let mut delta =
-                    json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}});
+                    json!({"type": "message_delta", "delta": {"stop_reason": self.stop_reason}});
                 if self.include_usage {
                     start["usage"] = json!({"input_tokens": p, "output_tokens": 1});
                     delta["usage"] = json!({"output_tokens": c});

@@ -133,6 +133,8 @@ struct MessageDeltaBody {
 fn finish_reason(s: &str) -> FinishReason {
     match s {
         "max_tokens" => FinishReason::Length,
+        "refusal" => FinishReason::Refusal,
+        // "end_turn", "stop_sequence", "tool_use", "pause_turn"
         _ => FinishReason::Stop,
     }
 }

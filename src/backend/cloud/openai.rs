@@ -124,6 +124,8 @@ struct ChunkDelta {
 fn finish_reason(s: &str) -> FinishReason {
     match s {
         "length" => FinishReason::Length,
+        "content_filter" => FinishReason::ContentFilter,
+        // "stop", and "tool_calls" / "function_call" (a whole turn)
         _ => FinishReason::Stop,
     }
 }
