@@ -732,16 +732,40 @@ struct PendingCharge {
 }
 
 impl PendingCharge {
-    /// Reserves a cloud call's `estimate` in `store`'s ledger; `received` counts what arrives.
+    /// Reserves a cloud call's `estimate` in `store`'s ledger, once for every attempt the
+    /// provider may accept and bill (the first and each retry, `[cloud].max_retries`), or for
+    /// as many as the budget has room for, at least one; `report` tells the backend how many
+    /// that is, so that it never retries past what was reserved. Settling gives back what was
+    /// not used. `received` counts what arrives.
     async fn reserve(
         store: &crate::wiring::Store,
         estimate: Decimal,
         cloud: Option<crate::policy::CloudSection>,
         input_tokens: u64,
         received: Arc<PendingProgress>,
+        report: &CallReport,
     ) -> Result<Self> {
+        let most = 1 + cloud.as_ref().map_or(0, |c| c.max_retries);
+        let mut attempts = most;
+        let reservation = loop {
+            let total = estimate
+                .checked_mul(Decimal::from(attempts))
+                .unwrap_or(Decimal::MAX);
+            match store.reserve(total).await {
+                Ok(r) => break r,
+                Err(Error::BudgetExhausted(_)) if attempts > 1 => attempts -= 1,
+                Err(e) => return Err(e),
+            }
+        };
+        report.afford(attempts);
+        if attempts < most {
+            tracing::debug!(
+                attempts,
+                "the budget has room for fewer attempts than [cloud].max_retries allows"
+            );
+        }
         Ok(PendingCharge {
-            reservation: Some(store.reserve(estimate).await?),
+            reservation: Some(reservation),
             store: store.clone(),
             estimate,
             cloud,
@@ -1152,6 +1176,7 @@ impl Execution<'_> {
                             cloud_section,
                             input_tokens,
                             clock.received.clone(),
+                            &clock.report,
                         )
                         .await?;
                         *charge.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
@@ -1512,6 +1537,7 @@ impl Execution<'_> {
         let store = self.router.inner.store.clone();
         let policy = &self.router.inner.policy;
         let estimate = self.cloud_estimate(&call);
+        let report = CallReport::new();
         let charge = match &store {
             Some(s) => Some(
                 PendingCharge::reserve(
@@ -1520,6 +1546,7 @@ impl Execution<'_> {
                     policy.cloud.clone(),
                     u64::from(self.features.prompt_tokens),
                     Arc::default(),
+                    &report,
                 )
                 .await?,
             ),
@@ -1534,7 +1561,6 @@ impl Execution<'_> {
             &call,
             trace_content,
         );
-        let report = CallReport::new();
         let mut streaming = false;
         let result = async {
             let stream = backend.stream(clearance, call, &report).await?;

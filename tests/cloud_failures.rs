@@ -479,6 +479,23 @@ async fn stream_failures_after_the_first_token_count_in_the_breaker() {
     assert_eq!(backend.breaker_state(), BreakerState::Open);
 }
 
+/// A fresh client (a CLI run, an app's first call) gets every retry `max_retries` allows:
+/// the retry budget starts with one call's worth.
+#[tokio::test]
+async fn a_fresh_client_retries_as_often_as_configured() {
+    let fake = FakeProvider::start().await;
+    fake.push_behaviors([Behavior::Status(500), Behavior::Status(503)]);
+    let mut cfg = fake.openai_config();
+    assert_eq!(cfg.retry.max_retries, 2);
+    // No refill with time: only what the budget starts with counts (with the default refill
+    // of one retry a second, whether a second retry fits depends on the backoff's length).
+    cfg.retry.budget_min_per_sec = 0.0;
+    let backend = CloudBackend::new(cfg).unwrap();
+    let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+    assert!(out.outcome.is_ok(), "{:?}", out.outcome.err());
+    assert_eq!(fake.requests_received(), 3);
+}
+
 #[tokio::test]
 async fn the_retry_budget_caps_retries() {
     let fake = FakeProvider::start().await;
@@ -494,9 +511,10 @@ async fn the_retry_budget_caps_retries() {
     for _ in 0..10 {
         assert!(backend.generate(call("hi")).await.is_err());
     }
-    // 10 calls deposit 0.5 retry each: at most 5 retries in all, instead of 50.
+    // One call's worth of retries (5) to start, and 10 calls deposit 0.5 retry each: at most
+    // 10 retries in all, instead of 50.
     let n = fake.requests_received();
-    assert!((10..=15).contains(&n), "{n} requests for 10 calls");
+    assert!((15..=20).contains(&n), "{n} requests for 10 calls");
 }
 
 #[tokio::test]

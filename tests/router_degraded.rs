@@ -264,6 +264,36 @@ async fn every_accepted_attempt_of_a_retried_cloud_call_is_charged() {
     assert_eq!(spent_today(home.path()), answered + unanswered);
 }
 
+/// A budget with room for one attempt's estimate, not two: once the provider accepted an
+/// attempt, the call is not retried, since the retry could be billed past the limit (with room
+/// for more, it is retried: the test above). Spending stays within the limit.
+#[tokio::test]
+async fn a_call_is_not_retried_past_what_the_budget_could_reserve() {
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    let request = Request::new("Explain functors.").with_max_tokens(100);
+    let probe_home = tempfile::tempdir().unwrap();
+    let probe = router_for(POLICY, probe_home.path(), impatient(&fake), local.clone());
+    let estimate = answer_plus_estimates(&probe, &request, Usage::default(), 1);
+    drop(probe);
+    let limit = estimate * Decimal::new(15, 1);
+    let tight = POLICY.replace("daily_usd = \"100\"", &format!("daily_usd = \"{limit}\""));
+    assert_ne!(tight, POLICY);
+    let home = tempfile::tempdir().unwrap();
+    let r = router_for(&tight, home.path(), impatient(&fake), local.clone());
+
+    // Accepted, then a first token too late for the 200 ms limit: a retryable failure.
+    fake.set_behavior(Behavior::Trickle(Duration::from_secs(1)));
+    let resp = r.complete(request.clone()).await.unwrap();
+    assert_eq!(resp.route, Route::Local, "{}", resp.decision);
+    assert_eq!(fake.requests_received(), 1, "retried past the budget");
+    assert_eq!(charged_cloud_attempt(&resp).cost.usd, estimate);
+    drop(r);
+    let spent = spent_today(home.path());
+    assert_eq!(spent, estimate);
+    assert!(spent <= limit, "{spent} spent, limit {limit}");
+}
+
 /// The same for a hedge's cloud leg: retried after an accepted attempt, it answers, and costs
 /// its answer plus the first attempt's estimate.
 #[tokio::test]

@@ -130,6 +130,8 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent>> + Send>>;
 #[derive(Debug, Default)]
 pub struct CallReport {
     accepted: AtomicU32,
+    /// The most accepted attempts the caller can pay for; 0: no limit.
+    affordable: AtomicU32,
 }
 
 impl CallReport {
@@ -148,6 +150,21 @@ impl CallReport {
     /// How many attempts the provider accepted so far (a retried call can have several).
     pub fn accepted_attempts(&self) -> u32 {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// The caller can pay for at most `attempts` accepted attempts (its budget reservation
+    /// covers that many): a backend must not retry once that many were accepted, since the
+    /// next one could be billed too. 0 lifts the limit.
+    pub fn afford(&self, attempts: u32) {
+        self.affordable.store(attempts, Ordering::Relaxed);
+    }
+
+    /// True when another attempt may be made: fewer were accepted than the caller can pay for.
+    pub fn may_retry(&self) -> bool {
+        match self.affordable.load(Ordering::Relaxed) {
+            0 => true,
+            n => self.accepted_attempts() < n,
+        }
     }
 }
 

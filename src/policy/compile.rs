@@ -473,6 +473,9 @@ const LATENCY: Quantity = Quantity {
 /// escalate, and a far lower number would not survive the conversion to `f32`.
 const MIN_CONFIDENCE_FLOOR: f64 = -100.0;
 
+/// The most retries `[cloud].max_retries` may allow for one call.
+const MAX_RETRIES: u32 = 10;
+
 /// The longest cloud round trip `[latency].cloud_ms` may estimate: an hour.
 const MAX_CLOUD_MS: u64 = 3_600_000;
 
@@ -1109,6 +1112,16 @@ impl Compiler<'_> {
         if c.max_tokens == Some(0) {
             self.error(&path.key("max_tokens"), "`max_tokens` must be at least 1");
         }
+        if let Some(n) = c.max_retries.filter(|&n| n > MAX_RETRIES) {
+            self.error(
+                &path.key("max_retries"),
+                format!(
+                    "`max_retries` must be at most {MAX_RETRIES}, not {n} (each retry the \
+                     provider accepts may be billed, and the budget reserves one estimate per \
+                     attempt)"
+                ),
+            );
+        }
         for (key, v) in [
             ("connect_timeout_ms", c.connect_timeout_ms),
             ("first_token_timeout_ms", c.first_token_timeout_ms),
@@ -1143,7 +1156,7 @@ impl Compiler<'_> {
             connect_timeout: Duration::from_millis(c.connect_timeout_ms.unwrap_or(2_000)),
             first_token_timeout: Duration::from_millis(c.first_token_timeout_ms.unwrap_or(15_000)),
             total_timeout: Duration::from_millis(total),
-            max_retries: c.max_retries.unwrap_or(2),
+            max_retries: c.max_retries.unwrap_or(2).min(MAX_RETRIES),
             max_tokens: c.max_tokens.unwrap_or(DEFAULT_CLOUD_MAX_TOKENS),
             allow_insecure_http,
             breaker: match &c.breaker {

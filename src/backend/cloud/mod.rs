@@ -491,7 +491,15 @@ impl Inner {
 
     /// Runs `attempt` under the breaker and the retry policy. On success, returns the value
     /// with its breaker permit (the caller reports the final outcome).
-    async fn with_retries<T, F, Fut>(&self, clock: &Clock, mut attempt: F) -> Result<(T, Permit)>
+    ///
+    /// With a `report`, a failed attempt is not retried once the caller cannot pay for another
+    /// accepted one ([`CallReport::may_retry`]).
+    async fn with_retries<T, F, Fut>(
+        &self,
+        clock: &Clock,
+        report: Option<&CallReport>,
+        mut attempt: F,
+    ) -> Result<(T, Permit)>
     where
         F: FnMut(Instant) -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -518,6 +526,15 @@ impl Inner {
                 }
                 Err(e) => {
                     clock.settle(&self.breaker, permit, &e, attempt_start);
+                    if report.is_some_and(|r| !r.may_retry()) {
+                        tracing::debug!(
+                            backend = %self.name,
+                            retries,
+                            error = %e,
+                            "not retried: the budget reservation covers no more accepted attempts"
+                        );
+                        return Err(e);
+                    }
                     let Some(delay) = self.retry_delay(&e, retries, clock) else {
                         tracing::debug!(backend = %self.name, retries, error = %e, "cloud call failed");
                         return Err(e);
@@ -710,7 +727,7 @@ impl Backend for CloudBackend {
         let est = estimate_prompt_tokens(&call.messages);
         let body = protocol::request_body(&inner.cfg, &call, true)?;
         let (live, permit) = inner
-            .with_retries(&clock, |attempt_start| {
+            .with_retries(&clock, Some(report), |attempt_start| {
                 inner.stream_once(&body, &clock, attempt_start, est, report)
             })
             .await?;
@@ -733,7 +750,7 @@ impl Backend for CloudBackend {
         let est = estimate_prompt_tokens(&call.messages);
         let body = protocol::request_body(&inner.cfg, &call, false)?;
         let (generation, permit) = inner
-            .with_retries(&clock, |attempt_start| {
+            .with_retries(&clock, None, |attempt_start| {
                 inner.generate_once(&body, &clock, attempt_start, est)
             })
             .await?;
