@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::{CloudConfig, MaxTokensField};
-use super::protocol::{from_json, ErrorBody, Parsed, StreamDecoder};
+use super::protocol::{from_json, ErrorDetail, Parsed, StreamDecoder};
 use super::sse::SseEvent;
 use crate::backend::{BackendCall, FinishReason};
 use crate::error::{Error, Result};
@@ -161,9 +161,13 @@ pub(crate) fn on_event(dec: &mut StreamDecoder, event: &SseEvent) -> Result<Opti
     if data.is_empty() {
         return Ok(None);
     }
-    // Some servers report a failure mid-stream as an `{"error": ...}` event.
+    // Some servers report a failure mid-stream as an `{"error": ...}` event: an object
+    // (OpenAI, vLLM) or a string (Hugging Face TGI).
     if data.contains("\"error\"") {
-        if let Ok(ErrorBody { error: Some(e) }) = serde_json::from_str::<ErrorBody>(data) {
+        let has_error =
+            serde_json::from_str::<serde_json::Value>(data).is_ok_and(|v| !v["error"].is_null());
+        if has_error {
+            let e = ErrorDetail::from_body(data.as_bytes());
             return Err(Error::Server {
                 status: 200,
                 message: format!("error event in stream: {}", e.message()),
@@ -295,6 +299,33 @@ mod tests {
             })
             .unwrap_err();
         assert!(matches!(e, Error::Server { ref message, .. } if message.contains("overloaded")));
+    }
+
+    /// Hugging Face TGI's mid-stream error is a string, not an object.
+    #[test]
+    fn a_string_error_event_mid_stream_is_a_server_error() {
+        let ev = |s: &str| SseEvent {
+            event: String::new(),
+            data: s.into(),
+        };
+        let mut d = StreamDecoder::new(Provider::OpenAi, 5);
+        d.on_event(&ev(r#"{"choices":[{"delta":{"content":"Partial"}}]}"#))
+            .unwrap();
+        let e = d
+            .on_event(&ev(r#"{"error":"CUDA out of memory"}"#))
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Server { ref message, .. } if message.contains("CUDA out of memory")),
+            "{e:?}"
+        );
+        // A chunk that merely has an `error` key set to null is a chunk.
+        let mut d = StreamDecoder::new(Provider::OpenAi, 5);
+        let text = d
+            .on_event(&ev(
+                r#"{"error":null,"choices":[{"delta":{"content":"Hi"}}]}"#,
+            ))
+            .unwrap();
+        assert_eq!(text.as_deref(), Some("Hi"));
     }
 
     #[test]

@@ -149,14 +149,8 @@ pub(crate) fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> 
     })
 }
 
-/// The `{"error": {"message", "type", "code"}}` shape both providers use.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ErrorBody {
-    #[serde(default)]
-    pub error: Option<ErrorDetail>,
-}
-
-/// The inner error object.
+/// A provider's error: the inner object of the `{"error": {"message", "type", "code"}}` shape
+/// both providers use (other shapes: [`ErrorDetail::from_body`]).
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ErrorDetail {
     #[serde(default)]
@@ -167,7 +161,46 @@ pub(crate) struct ErrorDetail {
     pub code: Option<serde_json::Value>,
 }
 
+/// The most of a non-JSON error body (an HTML page, plain text) kept as the message.
+const MAX_TEXT_ERROR: usize = 200;
+
 impl ErrorDetail {
+    /// The error in a provider's error body, whatever its shape: `{"error": {...}}` (OpenAI,
+    /// Anthropic), `{"error": "text"}` (Hugging Face TGI, Ollama), a flat
+    /// `{"message", "type", "code"}` (vLLM), `{"detail": ...}` (FastAPI servers), or a body
+    /// that is not JSON at all (a proxy's HTML or text page: its text, tags removed).
+    pub(crate) fn from_body(body: &[u8]) -> ErrorDetail {
+        let text = |m: &str| ErrorDetail {
+            message: Some(m.to_owned()),
+            ..ErrorDetail::default()
+        };
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+            let page = plain_text(&String::from_utf8_lossy(body));
+            return if page.is_empty() {
+                ErrorDetail::default()
+            } else {
+                text(&page)
+            };
+        };
+        let object = |v: &serde_json::Value| {
+            serde_json::from_value::<ErrorDetail>(v.clone()).unwrap_or_default()
+        };
+        match (&value["error"], &value["message"], &value["detail"]) {
+            (e @ serde_json::Value::Object(_), _, _) => object(e),
+            (serde_json::Value::String(m), _, _) => text(m),
+            (_, serde_json::Value::String(_), _) => object(&value),
+            (_, _, serde_json::Value::String(m)) => text(m),
+            (_, _, serde_json::Value::Array(items)) => text(
+                &items
+                    .iter()
+                    .filter_map(|i| i["msg"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            _ => ErrorDetail::default(),
+        }
+    }
+
     pub(crate) fn message(&self) -> String {
         let m = self.message.as_deref().unwrap_or("").trim();
         let mut m = if m.is_empty() {
@@ -230,12 +263,38 @@ impl ErrorDetail {
     }
 }
 
+/// The text of an HTML or plain-text page: tags removed, whitespace collapsed, at most
+/// [`MAX_TEXT_ERROR`] bytes.
+fn plain_text(page: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in page.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                out.push(' ');
+            }
+            _ if in_tag => {}
+            c if c.is_whitespace() || c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    let mut out = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    if out.len() > MAX_TEXT_ERROR {
+        let mut cut = MAX_TEXT_ERROR;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
 /// Maps a non-success HTTP status and its body to a typed error.
 pub(crate) fn status_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> Error {
-    let detail = serde_json::from_slice::<ErrorBody>(body)
-        .ok()
-        .and_then(|b| b.error)
-        .unwrap_or_default();
+    let detail = ErrorDetail::from_body(body);
     match status {
         // Not the key: "check the API key" would mislead. The provider's words say what is.
         403 if detail.is_region_block() => Error::TierUnavailable {
@@ -423,6 +482,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The provider's words survive whatever shape its error body has.
+    #[test]
+    fn error_messages_are_read_from_every_common_body_shape() {
+        let cases: [(&[u8], &str); 8] = [
+            (br#"{"error":{"message":"model overloaded","type":"server_error"}}"#, "model overloaded"),
+            (br#"{"error":"model 'llama9' not found"}"#, "model 'llama9' not found"),
+            (
+                br#"{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","code":404}"#,
+                "The model `x` does not exist.",
+            ),
+            (br#"{"detail":"Not authenticated"}"#, "Not authenticated"),
+            (
+                br#"{"detail":[{"loc":["body","model"],"msg":"field required","type":"missing"}]}"#,
+                "field required",
+            ),
+            (
+                b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>",
+                "502 Bad Gateway 502 Bad Gateway nginx",
+            ),
+            (b"upstream connect error or disconnect/reset before headers", "upstream connect error or disconnect/reset before headers"),
+            (b"", "no message"),
+        ];
+        for (body, want) in cases {
+            let message = match status_error(404, body, None) {
+                Error::BadRequest { message, .. } => message,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(message, want, "{}", String::from_utf8_lossy(body));
+        }
+        // A long page is cut.
+        let page = format!("<p>{}</p>", "x".repeat(5000));
+        let Error::Server { message, .. } = status_error(503, page.as_bytes(), None) else {
+            panic!()
+        };
+        assert!(
+            message.len() <= MAX_TEXT_ERROR + '…'.len_utf8(),
+            "{}",
+            message.len()
+        );
     }
 
     #[test]
