@@ -950,3 +950,18 @@ async fn a_region_block_keeps_the_providers_message() {
     assert!(err.is_cloud_failure());
     assert_eq!(fake.requests_received(), 1);
 }
+
+/// Limits set to `Duration::MAX` through the public config mean "no limit", not an overflow
+/// panic when the call starts.
+#[tokio::test]
+async fn unbounded_timeouts_do_not_panic() {
+    let fake = FakeProvider::start().await;
+    let mut cfg = fake.openai_config();
+    cfg.total_timeout = Duration::MAX;
+    cfg.first_token_timeout = Duration::MAX;
+    cfg.retry.max_retry_after = Duration::MAX;
+    let backend = CloudBackend::new(cfg).unwrap();
+    let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+    assert!(out.outcome.is_ok(), "{:?}", out.outcome.err());
+    assert!(backend.generate(call("hi")).await.is_ok());
+}

@@ -307,7 +307,7 @@ impl Drop for Permit {
 
 /// `now + d`, saturating: an absurdly long configured duration means "for as long as this
 /// process can tell", not a panic.
-fn after(now: Instant, d: Duration) -> Instant {
+pub(crate) fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
         .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
         .unwrap_or(now)

@@ -238,7 +238,7 @@ struct Clock {
 impl Clock {
     fn new(cfg: &CloudConfig, deadline: Option<Instant>) -> Self {
         let start = Instant::now();
-        let configured = start + cfg.total_timeout;
+        let configured = breaker::after(start, cfg.total_timeout);
         let (total_at, callers_deadline) = match deadline {
             Some(d) if d < configured => (d, true),
             _ => (configured, false),
@@ -297,7 +297,7 @@ impl Clock {
     /// When the first token of an attempt started at `attempt_start` is due, and which phase
     /// to blame if it is late.
     fn first_token_at(&self, attempt_start: Instant) -> (Instant, TimeoutPhase) {
-        let at = attempt_start + self.first_token;
+        let at = breaker::after(attempt_start, self.first_token);
         if at < self.total_at {
             (at, TimeoutPhase::FirstToken)
         } else {
@@ -479,7 +479,7 @@ impl Inner {
             }
             delay = delay.max(ra);
         }
-        if Instant::now() + delay >= clock.total_at {
+        if breaker::after(Instant::now(), delay) >= clock.total_at {
             return None;
         }
         if !self.budget.try_withdraw() {
