@@ -798,3 +798,28 @@ async fn cut_short_filtered_and_refused_answers_say_so() {
         );
     }
 }
+
+/// The cloud's address is part of what answered: the same model id served from another
+/// address (`EDGEROUTE_CLOUD_URL`, `cloud_base_url`) does not get the first address's cached
+/// answers.
+#[tokio::test]
+async fn answers_cached_from_one_cloud_address_are_not_served_for_another() {
+    let home = tempfile::tempdir().unwrap();
+    let (a, b) = (FakeProvider::start().await, FakeProvider::start().await);
+    a.set_reply("Answer from server A.");
+    b.set_reply("Answer from server B.");
+    let ask = || Request::new("hello there");
+    for (fake, expected) in [(&a, "Answer from server A."), (&b, "Answer from server B.")] {
+        let r = cached_router(
+            home.path(),
+            "[defaults]\nroute = \"cloud\"\n",
+            Arc::new(EchoModel::default()),
+            fake,
+        );
+        let first = r.complete(ask()).await.unwrap();
+        assert_eq!((first.route, first.text.as_str()), (Route::Cloud, expected));
+        let again = r.complete(ask()).await.unwrap();
+        assert_eq!((again.route, again.text.as_str()), (Route::Cache, expected));
+    }
+    assert_eq!((a.requests_received(), b.requests_received()), (1, 1));
+}

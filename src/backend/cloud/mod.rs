@@ -715,6 +715,23 @@ impl Backend for CloudBackend {
         self.stream_reporting(call, &CallReport::new()).await
     }
 
+    /// The endpoint, as a digest: the same model id at another address (another provider
+    /// behind an OpenAI-compatible URL, a local server) is another model, and answers cached
+    /// from one are not served for the other.
+    fn revision(&self) -> Option<String> {
+        let mut url = self.inner.url.clone();
+        // Credentials in the URL are not part of what answers.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        let digest = ring::digest::digest(&ring::digest::SHA256, url.as_str().as_bytes());
+        Some(
+            digest.as_ref()[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+
     /// Notes every attempt the provider accepted (a 2xx), the retried ones included.
     async fn stream_reporting(
         &self,
