@@ -427,7 +427,12 @@ async fn a_router_answers_without_the_cache_while_another_process_holds_it() {
         .await
         .unwrap_err();
     assert!(matches!(err, edgeroute::Error::Refused { .. }), "{err}");
-    let err = router("[budget]\ndaily_usd = 1\n").err().unwrap();
+    let err = router(
+        "[cloud]\nmodel = \"m\"\nbase_url = \"http://127.0.0.1:9/v1\"\ninput_usd_per_mtok = 1\n\
+         [budget]\ndaily_usd = 1\n",
+    )
+    .err()
+    .unwrap();
     assert!(
         err.to_string()
             .contains("locked by another edgeroute process"),

@@ -429,7 +429,7 @@ async fn a_cached_answer_never_overrides_a_refusal() {
 #[tokio::test]
 async fn answers_under_a_rule_that_keeps_work_local_are_cached_under_its_plan() {
     let policy = "[cloud]\nmodel = \"m\"\napi_key_env = \"EDGEROUTE_TEST_UNSET_KEY\"\n\
-         [budget]\ndaily_usd = \"0.05\"\n\
+         output_usd_per_mtok = 1\n[budget]\ndaily_usd = \"0.05\"\n\
          [[rule]]\nname = \"low-budget\"\nroute = \"local\"\n[rule.when]\nbudget_left_usd_lt = \"1\"\n";
     let home = tempfile::tempdir().unwrap();
     let model = Arc::new(EchoModel::default());
@@ -637,8 +637,10 @@ async fn a_home_without_a_usable_database_answers_without_the_cache() {
             .route,
         Route::Local
     );
-    let err = build(&format!("{POLICY}\n[budget]\ndaily_usd = 1\n"))
-        .err()
-        .unwrap();
+    let err = build(&format!(
+        "{POLICY}\n[cloud]\nmodel = \"m\"\ninput_usd_per_mtok = 1\n[budget]\ndaily_usd = 1\n"
+    ))
+    .err()
+    .unwrap();
     assert!(matches!(err, Error::Storage { .. }), "{err}");
 }

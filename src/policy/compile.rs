@@ -858,6 +858,7 @@ impl Compiler<'_> {
         let has_cloud = raw.cloud.is_some();
         let local = self.local(&raw);
         let budget = self.budget(&raw);
+        self.check_budget_has_prices(&raw, cloud.as_ref());
         let cache = self.cache(&raw);
         let latency = self.latency(&raw);
 
@@ -1372,6 +1373,31 @@ impl Compiler<'_> {
             limits,
             on_exhausted,
         }
+    }
+
+    /// A budget limit counts what calls cost by the `[cloud]` prices: without them every call
+    /// costs $0 and the limit never holds.
+    fn check_budget_has_prices(&mut self, raw: &RawPolicy, cloud: Option<&CloudSection>) {
+        let Some(b) = &raw.budget else {
+            return;
+        };
+        let key = match (&b.daily_usd, &b.monthly_usd) {
+            (Some(_), _) => "daily_usd",
+            (None, Some(_)) => "monthly_usd",
+            (None, None) => return,
+        };
+        let why = match cloud {
+            None if raw.cloud.is_none() => "there is no [cloud] section, whose prices it counts",
+            Some(c) if c.input_usd_per_mtok.is_zero() && c.output_usd_per_mtok.is_zero() => {
+                "[cloud] sets no prices (`input_usd_per_mtok`, `output_usd_per_mtok`), so every \
+                 call would count as $0"
+            }
+            _ => return,
+        };
+        self.error(
+            &TomlPath::root().key("budget").key(key),
+            format!("a budget limit never holds here: {why}"),
+        );
     }
 
     fn cache(&mut self, raw: &RawPolicy) -> CacheConfig {
