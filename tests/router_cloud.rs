@@ -2,6 +2,8 @@
 //! redaction with re-hydration, budgets, breaker and connectivity signals, costs.
 #![cfg(feature = "cloud")]
 
+#[path = "support/conn_probe.rs"]
+mod conn_probe;
 mod support;
 
 use std::sync::atomic::Ordering;
@@ -157,6 +159,87 @@ async fn redacted_cloud_call_sends_placeholders_and_rehydrates_the_answer() {
         .unwrap();
     assert_eq!(resp.route, Route::Cloud);
     redacted_round_trip(&resp, &fake);
+}
+
+/// Private data anywhere in the conversation keeps it on the device, not only in the last
+/// message: in the system prompt, an earlier user turn or an assistant turn, with the last
+/// message harmless. Streamed, with the cache on, with the local model failing every other
+/// time: not one connection reaches the cloud (counted at the TCP level, in front of a live
+/// provider that a harmless conversation does reach).
+#[tokio::test]
+async fn private_data_in_any_turn_keeps_the_conversation_off_the_network() {
+    use futures::StreamExt;
+    let fake = FakeProvider::start().await;
+    let probe = conn_probe::ConnProbe::start(fake.addr()).await;
+    let home = tempfile::tempdir().unwrap();
+    let local = Arc::new(EchoModel::default());
+    let r = Router::builder()
+        .policy_str(format!(
+            "{CLOUD}[[rule]]\nname = \"private\"\nroute = \"local\"\npin = true\n\
+             [rule.when]\npii = true\n[defaults]\nroute = \"cascade\"\nmin_confidence = -1.0\n"
+        ))
+        .local_backend(local.clone())
+        .cloud_backend(Arc::new(
+            CloudBackend::new(fake.openai_config().with_base_url(probe.url())).unwrap(),
+        ))
+        .home(home.path())
+        .cache_key([5; 32])
+        .build()
+        .unwrap();
+    let harmless = "Thanks! Now summarise our chat in one line.";
+    let conversations = |secret: &str| {
+        [
+            vec![
+                Message::system(format!("The user's card is {secret}.")),
+                Message::user(harmless),
+            ],
+            vec![
+                Message::user(format!("Remember {secret} for me.")),
+                Message::assistant("Done."),
+                Message::user(harmless),
+            ],
+            vec![
+                Message::user("What did I tell you?"),
+                Message::assistant(format!("You told me {secret}.")),
+                Message::user(harmless),
+            ],
+        ]
+    };
+    // The cloud is live: the harmless conversation alone reaches it (a cascade escalates the
+    // echo model's low confidence).
+    local.logprob_milli.store(-5000, Ordering::SeqCst);
+    let resp = r
+        .complete(Request::from_messages(vec![Message::user(harmless)]))
+        .await
+        .unwrap();
+    assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    let reached = probe.connections();
+    assert!(reached >= 1);
+    let mut i = 0;
+    for secret in [
+        "4111 1111 1111 1111",
+        "ann.lee@example.com",
+        "AKIAIOSFODNN7EXAMPLE",
+    ] {
+        for messages in conversations(secret) {
+            for _ in 0..2 {
+                i += 1;
+                local.fail.store(i % 2 == 0, Ordering::SeqCst);
+                let mut events = r.stream(Request::from_messages(messages.clone()));
+                while let Some(event) = events.next().await {
+                    if let Err(e) = event {
+                        assert!(matches!(e, Error::Inference(_)), "{e}");
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        probe.connections(),
+        reached,
+        "a conversation with private data reached the cloud"
+    );
+    assert_eq!(fake.requests_received(), 1);
 }
 
 /// A number found once, next to its label, is redacted everywhere before the call: a repeat
