@@ -338,6 +338,13 @@ pub enum Reason {
         /// Number of spans replaced.
         spans: usize,
     },
+    /// The cloud's answer put placeholders inside links (a URL, a markdown link or image
+    /// target, a `mailto:`): they were left as placeholders, not re-hydrated, so that
+    /// rendering the answer cannot send the private values to an address the cloud chose.
+    PlaceholdersLeftInLinks {
+        /// How many.
+        count: usize,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -435,6 +442,10 @@ impl fmt::Display for Reason {
                 "answer cache hit (first answered by {answered_by}, {model}, {age_secs} s ago)"
             ),
             Reason::Redacted { spans } => write!(f, "{spans} PII span(s) redacted before cloud"),
+            Reason::PlaceholdersLeftInLinks { count } => write!(
+                f,
+                "{count} placeholder(s) left as they are inside links in the answer (not re-hydrated)"
+            ),
         }
     }
 }

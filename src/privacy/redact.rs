@@ -249,6 +249,8 @@ impl Redactor {
             map: self.map,
             max_len,
             pending: String::new(),
+            word: Word::default(),
+            withheld: 0,
         }
     }
 }
@@ -298,12 +300,61 @@ fn placeholder_len(s: &str) -> Option<usize> {
 /// [`rehydrate`]: Rehydrator::rehydrate
 /// [`push`]: Rehydrator::push
 /// [`finish`]: Rehydrator::finish
+///
+/// A placeholder inside a link — a URL (`https://…?u=<EMAIL_1>`), a markdown link or image
+/// target (`](…<EMAIL_1>)`), a `mailto:` — is left as it is: an app that renders the answer
+/// would otherwise fetch an address the cloud chose (or a prompt injection chose) with the
+/// private value in it. [`Rehydrator::withheld`] counts them.
 #[derive(Clone, Default)]
 pub struct Rehydrator {
     map: HashMap<String, String>,
     max_len: usize,
     /// Streamed text held back because it may be the start of a placeholder.
     pending: String,
+    /// The streamed text's current word, for links that span chunks.
+    word: Word,
+    withheld: usize,
+}
+
+/// The word (text since the last whitespace) a placeholder stands in: whether it is a link.
+#[derive(Clone, Default)]
+struct Word {
+    /// The word so far, up to [`MAX_WORD`] bytes.
+    text: String,
+    /// A link was seen in it.
+    link: bool,
+}
+
+/// The most of a word kept to recognise a link start (`://`, `](`, `mailto:`) across chunks.
+const MAX_WORD: usize = 64;
+
+impl Word {
+    /// Takes in `text` (shown before the next placeholder).
+    fn feed(&mut self, text: &str) {
+        let text = match text.rfind(char::is_whitespace) {
+            Some(at) => {
+                self.text.clear();
+                self.link = false;
+                &text[at..]
+            }
+            None => text,
+        };
+        self.text.push_str(text.trim_start());
+        let lower = self.text.to_ascii_lowercase();
+        self.link |= lower.contains("://")
+            || lower.contains("](")
+            || lower.contains("mailto:")
+            || lower.starts_with("www.")
+            || lower.contains("href=")
+            || lower.contains("src=");
+        if self.text.len() > MAX_WORD {
+            let mut cut = self.text.len() - MAX_WORD;
+            while !self.text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.text.drain(..cut);
+        }
+    }
 }
 
 impl fmt::Debug for Rehydrator {
@@ -311,6 +362,7 @@ impl fmt::Debug for Rehydrator {
         f.debug_struct("Rehydrator")
             .field("placeholders", &self.map.len())
             .field("pending_bytes", &self.pending.len())
+            .field("withheld", &self.withheld)
             .finish()
     }
 }
@@ -326,10 +378,23 @@ impl Rehydrator {
         self.map.is_empty()
     }
 
-    /// Replaces every known placeholder in `text` with its original value. Unknown
-    /// placeholder-shaped text is left as is.
+    /// Replaces every known placeholder in `text` with its original value, except inside a
+    /// link (see the type's docs). Unknown placeholder-shaped text is left as is.
     pub fn rehydrate(&self, text: &str) -> String {
+        self.rehydrate_in(text, &mut Word::default()).0
+    }
+
+    /// Placeholders withheld so far because they stood in a link ([`push`](Self::push),
+    /// [`finish`](Self::finish)).
+    pub fn withheld(&self) -> usize {
+        self.withheld
+    }
+
+    /// [`rehydrate`](Self::rehydrate) continuing the text whose current word is `word`;
+    /// returns the text and how many placeholders it withheld.
+    fn rehydrate_in(&self, text: &str, word: &mut Word) -> (String, usize) {
         let mut out = String::with_capacity(text.len());
+        let mut withheld = 0;
         let mut last = 0;
         let mut i = 0;
         while let Some(off) = text[i..].find('<') {
@@ -338,16 +403,24 @@ impl Rehydrator {
                 .and_then(|len| self.map.get(&text[at..at + len]).map(|v| (len, v)));
             match hit {
                 Some((len, value)) => {
+                    word.feed(&text[last..at]);
                     out.push_str(&text[last..at]);
-                    out.push_str(value);
+                    if word.link {
+                        out.push_str(&text[at..at + len]);
+                        withheld += 1;
+                    } else {
+                        out.push_str(value);
+                    }
+                    word.feed(&text[at..at + len]);
                     last = at + len;
                     i = last;
                 }
                 None => i = at + 1,
             }
         }
+        word.feed(&text[last..]);
         out.push_str(&text[last..]);
-        out
+        (out, withheld)
     }
 
     /// Streaming: feeds one chunk and returns the re-hydrated text that is safe to show now.
@@ -362,15 +435,22 @@ impl Rehydrator {
                 .any(|k| k.len() > tail.len() && k.starts_with(tail))
         });
         let ready_len = hold.unwrap_or(self.pending.len());
-        let out = self.rehydrate(&self.pending[..ready_len]);
-        self.pending.drain(..ready_len);
-        out
+        let ready: String = self.pending.drain(..ready_len).collect();
+        self.rehydrate_streamed(&ready)
     }
 
     /// Streaming: the end of the answer; returns whatever was held back (re-hydrated).
     pub fn finish(&mut self) -> String {
         let rest = std::mem::take(&mut self.pending);
-        self.rehydrate(&rest)
+        self.rehydrate_streamed(&rest)
+    }
+
+    fn rehydrate_streamed(&mut self, text: &str) -> String {
+        let mut word = std::mem::take(&mut self.word);
+        let (out, withheld) = self.rehydrate_in(text, &mut word);
+        self.word = word;
+        self.withheld += withheld;
+        out
     }
 
     /// The longest placeholder, in bytes (the most [`push`](Rehydrator::push) ever holds back).
