@@ -629,12 +629,19 @@ fn ask_answers_locally_then_from_cache_and_stats_add_up() {
     assert_eq!(b["spent_today"], "0");
     assert_eq!(b["daily_limit"], "1.00");
 
+    let key_file = edgeroute::home::cache_key_file(home.path());
+    let old_key = std::fs::read(&key_file).unwrap();
     let o = run(&["--home", h, "cache", "clear", "--policy", p]);
     assert!(
         stdout(&o).contains("removed 1 cached answer"),
         "{}",
         stdout(&o)
     );
+    // The removed records' bytes may linger in the database's log: the key that could read
+    // them is gone.
+    let new_key = std::fs::read(&key_file).unwrap();
+    assert_eq!(new_key.len(), old_key.len());
+    assert_ne!(new_key, old_key);
 
     // An answer cut at the token limit says so.
     let short = ask_json(

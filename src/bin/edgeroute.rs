@@ -82,7 +82,8 @@ enum CacheCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove every cached answer (the cost ledger is kept).
+    /// Remove every cached answer and replace the cache key, so that removed answers cannot be
+    /// read from the database files either (the cost ledger is kept).
     Clear {
         #[command(flatten)]
         policy: PolicyArg,
@@ -721,6 +722,11 @@ fn cache(cmd: CacheCommand, home: Option<&Path>) -> CmdResult {
             let before = cache.stats()?.entries;
             cache.clear()?;
             cache.flush()?;
+            // The database's log keeps the removed records' bytes for a while: a new key makes
+            // them unreadable (answers are only ever read with the current key).
+            if key_file.exists() {
+                edgeroute::cache::EncryptionKey::replace_file(&key_file)?;
+            }
             out!("removed {before} cached answer(s)");
         }
     }

@@ -120,6 +120,29 @@ impl EncryptionKey {
         }
     }
 
+    /// Replaces the key file at `path` with a new random key (mode 0600, written to a
+    /// temporary file, synced and renamed into place) and returns it. Whatever was sealed
+    /// with the old key — entries removed from the database that its append-only log still
+    /// holds on disk — can no longer be read. Used by `edgeroute cache clear`; only while no
+    /// other process uses the key (the database lock ensures that).
+    pub fn replace_file(path: &Path) -> Result<Self> {
+        let mut bytes = [0u8; KEY_LEN];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| Error::Config("the system random generator failed".into()))?;
+        let tmp = path.with_extension(format!("tmp-{}-new", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let written = write_private(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(format!("replacing {}", path.display()), e));
+        }
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        Self::from_bytes(&bytes)
+    }
+
     /// The id the answer cache stores `key`'s entry under: HMAC-SHA256 of the key's digest
     /// with a key derived from this one. The digest itself is a plain hash of the prompt, the
     /// model and the policy, so storing it would let anyone who can read the database check
@@ -198,6 +221,35 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// A replaced key file holds a new key, private, and nothing of the old one remains.
+    #[test]
+    fn a_replaced_key_file_holds_a_new_private_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.key");
+        let old = EncryptionKey::load_or_create(&path).unwrap();
+        let new = EncryptionKey::replace_file(&path).unwrap();
+        let key = CacheKey::new(
+            &crate::request::Request::new("q"),
+            &crate::cache::key::KeyContext {
+                model: "m",
+                policy_version: "v",
+                privacy: crate::cache::key::PrivacyClass::Public,
+                normalize: true,
+            },
+        );
+        assert_ne!(old.entry_id(&key), new.entry_id(&key));
+        let reloaded = EncryptionKey::load_or_create(&path).unwrap();
+        assert_eq!(reloaded.entry_id(&key), new.entry_id(&key));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "a temporary file was left behind");
+    }
 
     #[test]
     fn debug_hides_key() {

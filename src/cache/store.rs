@@ -150,7 +150,10 @@ pub trait CacheStore: Send + Sync {
     fn put(&self, key: &CacheKey, answer: &CachedAnswer) -> Result<()>;
     /// Current statistics.
     fn stats(&self) -> Result<CacheStats>;
-    /// Removes every entry and resets the counters.
+    /// Removes every entry and resets the counters. The database's log may still hold the
+    /// removed records' (encrypted) bytes until it compacts them: replace the encryption key
+    /// too ([`crate::cache::EncryptionKey::replace_file`], as `edgeroute cache clear` does) to
+    /// make them unreadable.
     fn clear(&self) -> Result<()>;
 }
 
