@@ -254,6 +254,18 @@ impl SledLedger {
         Ok(out)
     }
 
+    /// Reserves now, without waiting for the reservation to be durable: the caller makes it
+    /// durable with [`SledLedger::flush`] before the call it pays for, and meanwhile holds the
+    /// reservation where a cancellation cannot lose it.
+    pub(crate) fn reserve_now(&self, estimate: Decimal) -> Result<Reservation> {
+        self.reserve_unflushed(estimate, SystemTime::now())
+    }
+
+    /// Makes every reservation and settlement so far durable.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await
+    }
+
     fn reserve_unflushed(&self, estimate: Decimal, at: SystemTime) -> Result<Reservation> {
         if estimate.is_sign_negative() {
             return Err(Error::InvalidRequest(format!(

@@ -352,6 +352,18 @@ impl Router {
         self.inner.stats.snapshot()
     }
 
+    /// Completes once every cloud call's budget reservation is settled, including those of
+    /// requests dropped midway (a stop button, a timeout in the app), which settle in the
+    /// background at the prompt and what had arrived. Await it before a program exits after
+    /// dropping requests (on Ctrl-C, at shutdown): a reservation left open counts the call's
+    /// whole estimate as spent. Calls still running finish first; wrap it in a timeout if
+    /// that may take long.
+    pub async fn settled(&self) {
+        if let Some(store) = &self.inner.store {
+            store.settled().await;
+        }
+    }
+
     fn record_stats(&self, response: &Response, prompt_tokens: u32) {
         let event = crate::stats::StatsEvent::of(response, &self.inner.policy, prompt_tokens);
         self.inner.stats.record(&event);
@@ -704,13 +716,24 @@ impl LegClock {
     }
 }
 
-/// How much of a cloud answer has arrived (characters), for [`PendingCharge`].
+/// Whether a cloud call was made, and how much of its answer has arrived (characters), for
+/// [`PendingCharge`].
 #[derive(Default)]
 struct PendingProgress {
+    sent: std::sync::atomic::AtomicBool,
     chars: std::sync::atomic::AtomicU64,
 }
 
 impl PendingProgress {
+    /// The call is about to be made: from now on the provider may bill it.
+    fn mark_sent(&self) {
+        self.sent.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn was_sent(&self) -> bool {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn add(&self, delta: &str) {
         let n = delta.chars().count() as u64;
         self.chars
@@ -729,6 +752,8 @@ impl PendingProgress {
 struct PendingCharge {
     store: crate::wiring::Store,
     reservation: Option<crate::ledger::Reservation>,
+    /// Counts the reservation as open ([`Router::settled`]) until it is settled.
+    open: Option<crate::wiring::OpenReservation>,
     estimate: Decimal,
     cloud: Option<crate::policy::CloudSection>,
     input_tokens: u64,
@@ -755,7 +780,7 @@ impl PendingCharge {
             let total = estimate
                 .checked_mul(Decimal::from(attempts))
                 .unwrap_or(Decimal::MAX);
-            match store.reserve(total).await {
+            match store.reserve(total) {
                 Ok(r) => break r,
                 Err(Error::BudgetExhausted(_)) if attempts > 1 => attempts -= 1,
                 Err(e) => return Err(e),
@@ -768,26 +793,35 @@ impl PendingCharge {
                 "the budget has room for fewer attempts than [cloud].max_retries allows"
             );
         }
-        Ok(PendingCharge {
+        // Held before the reservation is made durable: a request dropped while it is being
+        // written still settles it (at nothing: no call was made).
+        let charge = PendingCharge {
             reservation: Some(reservation),
+            open: Some(store.open_reservation()),
             store: store.clone(),
             estimate,
             cloud,
             input_tokens,
             received,
-        })
+        };
+        store.flush_ledger().await?;
+        Ok(charge)
     }
 
     async fn settle(mut self, usd: Decimal) {
         if let Some(r) = self.reservation.take() {
             self.store.settle(r, usd).await;
         }
+        self.open.take();
     }
 
     /// What a call dropped now has cost: the prompt and the output received (about four
     /// characters a token, rounded up), once any came; before that, the provider may be
     /// generating the whole answer: the estimate.
     fn cost_so_far(&self) -> Decimal {
+        if !self.received.was_sent() {
+            return Decimal::ZERO;
+        }
         let chars = self.received.chars();
         match &self.cloud {
             Some(c) if chars > 0 => c
@@ -807,11 +841,15 @@ impl Drop for PendingCharge {
             return;
         };
         let usd = self.cost_so_far();
+        let open = self.open.take();
         // Settling is async (the ledger writes on a blocking thread); without a runtime the
         // reservation stays unsettled, which counts the estimate (the safe side).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = self.store.clone();
-            runtime.spawn(async move { store.settle(reservation, usd).await });
+            runtime.spawn(async move {
+                store.settle(reservation, usd).await;
+                drop(open);
+            });
         }
     }
 }
@@ -1191,6 +1229,7 @@ impl Execution<'_> {
                         .await?;
                         *charge.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
                     }
+                    clock.received.mark_sent();
                     let stream = cloud.stream(c, cloud_call, &clock.report).await?;
                     clock.accept();
                     collect_leg(stream, clock, rehydrator, trace_content).await
@@ -1579,6 +1618,9 @@ impl Execution<'_> {
         );
         let mut streaming = false;
         let result = async {
+            if let Some(r) = &received {
+                r.mark_sent();
+            }
             let stream = backend.stream(clearance, call, &report).await?;
             streaming = true;
             self.drain(stream, rehydrator, received.as_deref()).await

@@ -249,6 +249,31 @@ pub(crate) struct Store {
     model_id: Arc<str>,
     budget_configured: bool,
     stats: crate::stats::PersistedStats,
+    /// Cloud-call reservations not settled yet (see [`Store::settled`]).
+    open: Arc<OpenReservations>,
+}
+
+/// A count of unsettled reservations, and a way to wait for none.
+#[derive(Default)]
+struct OpenReservations {
+    count: std::sync::atomic::AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+/// One unsettled reservation, counted in [`Store::settled`] until dropped.
+pub(crate) struct OpenReservation(Arc<OpenReservations>);
+
+impl Drop for OpenReservation {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.none_left.notify_waiters();
+        }
+    }
 }
 
 impl Store {
@@ -275,7 +300,30 @@ impl Store {
             model_id: model_id.into(),
             budget_configured: policy.budget.has_limits(),
             stats,
+            open: Arc::default(),
         })
+    }
+
+    /// Counts a reservation as open until the returned guard is dropped (once it is settled).
+    pub(crate) fn open_reservation(&self) -> OpenReservation {
+        self.open
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        OpenReservation(Arc::clone(&self.open))
+    }
+
+    /// Completes once no reservation is open: every cloud call has settled its cost, those of
+    /// dropped requests (which settle in the background) included.
+    pub(crate) async fn settled(&self) {
+        loop {
+            let none_left = self.open.none_left.notified();
+            tokio::pin!(none_left);
+            none_left.as_mut().enable();
+            if self.open.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            none_left.await;
+        }
     }
 
     /// The cache key of a request decided to `plan_class` ([`Plan::cache_class`]): its
@@ -321,9 +369,15 @@ impl Store {
         }
     }
 
-    /// Reserves the estimated cost of a cloud call (durable before the call is made).
-    pub(crate) async fn reserve(&self, estimate: Decimal) -> Result<Reservation> {
-        self.ledger.reserve(estimate).await
+    /// Reserves the estimated cost of a cloud call, not yet durable: flush with
+    /// [`Store::flush_ledger`] before making the call.
+    pub(crate) fn reserve(&self, estimate: Decimal) -> Result<Reservation> {
+        self.ledger.reserve_now(estimate)
+    }
+
+    /// Makes the ledger's reservations durable.
+    pub(crate) async fn flush_ledger(&self) -> Result<()> {
+        self.ledger.flush().await
     }
 
     /// Settles a reservation with the actual cost. A failure leaves the estimate counted as

@@ -773,6 +773,60 @@ async fn a_closed_stdout_pipe_ends_a_streamed_ask_quietly() {
     assert_eq!(stderr(&o), "");
 }
 
+/// Ctrl-C (or SIGTERM) during a streamed cloud answer stops `ask` with status 130, and the call's
+/// budget reservation is settled at the prompt and what had arrived, not left open at the whole
+/// estimate (the prompt plus 1,024 output tokens at $1,000 per million: over $1).
+#[cfg(all(feature = "cloud", unix))]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_ask_settles_its_cloud_reservation() {
+    use std::io::Read;
+    let fake = support::FakeProvider::start().await;
+    fake.set_reply("one two three four five six seven eight nine ten eleven twelve");
+    fake.set_behavior(support::Behavior::Trickle(
+        std::time::Duration::from_millis(400),
+    ));
+    let home = tempfile::tempdir().unwrap();
+    let policy = home.path().join("cloud.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[cloud]\nmodel = \"fake-model\"\nbase_url = {:?}\napi_key_env = \"EDGEROUTE_TEST_KEY\"\n\
+             input_usd_per_mtok = 1000\noutput_usd_per_mtok = 1000\n\
+             [budget]\ndaily_usd = 100\n[defaults]\nroute = \"cloud\"\n",
+            fake.url()
+        ),
+    )
+    .unwrap();
+    let (h, p) = (home.path().to_str().unwrap(), policy.to_str().unwrap());
+    for signal in ["-INT", "-TERM"] {
+        let mut child = bin()
+            .args(["--home", h, "ask", "--policy", p, "Count to twelve."])
+            .env("EDGEROUTE_TEST_KEY", support::TEST_KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Interrupt once the answer has started to arrive.
+        let mut answer = child.stdout.take().unwrap();
+        let mut first = [0u8; 1];
+        assert_eq!(answer.read(&mut first).unwrap(), 1);
+        let killed = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(130), "{signal}: {}", stderr(&o));
+        assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
+
+        let o = run(&["--home", h, "budget", "--json", "--policy", p]);
+        let b: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(b["open_reservations"], 0, "{signal}: {b}");
+        let spent: f64 = b["spent_today"].as_str().unwrap().parse().unwrap();
+        assert!(spent > 0.0 && spent < 0.2, "{signal}: {b}");
+    }
+}
+
 /// Any other failure to write the output (here a full disk) is an error that says so.
 #[cfg(target_os = "linux")]
 #[test]

@@ -194,6 +194,9 @@ enum Stop {
     /// quiet, with exit status 0 — what ripgrep does, and what a pipeline that only wanted the
     /// first lines expects.
     StdoutClosed,
+    /// Interrupted by Ctrl-C or SIGTERM (exit status 130, as a shell reports SIGINT), after
+    /// the work in flight was stopped and its budget reservation settled.
+    Interrupted,
 }
 
 impl From<edgeroute::Error> for Stop {
@@ -242,6 +245,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(Stop::StdoutClosed) => ExitCode::SUCCESS,
+        Err(Stop::Interrupted) => {
+            note!("edgeroute: interrupted");
+            ExitCode::from(130)
+        }
         Err(Stop::Failed(e)) => {
             note!("edgeroute: {e}");
             ExitCode::FAILURE
@@ -350,27 +357,43 @@ fn ask(args: AskArgs, home: Option<&Path>) -> CmdResult {
     let router = router(policy, home, true)?;
     let rt = runtime()?;
     let response = rt.block_on(async {
-        let mut stream = router.stream(request);
-        let mut done = None;
-        while let Some(event) = stream.next().await {
-            match event? {
-                RouterEvent::Delta(d) if !args.json => {
-                    // A closed pipe drops the stream, which cancels the generation.
-                    let mut stdout = std::io::stdout().lock();
-                    stdout
-                        .write_all(d.as_bytes())
-                        .and_then(|()| stdout.flush())
-                        .map_err(Stop::writing_stdout)?;
+        let answer = async {
+            let mut stream = router.stream(request);
+            let mut done = None;
+            while let Some(event) = stream.next().await {
+                match event? {
+                    RouterEvent::Delta(d) if !args.json => {
+                        // A closed pipe drops the stream, which cancels the generation.
+                        let mut stdout = std::io::stdout().lock();
+                        stdout
+                            .write_all(d.as_bytes())
+                            .and_then(|()| stdout.flush())
+                            .map_err(Stop::writing_stdout)?;
+                    }
+                    RouterEvent::Delta(_) => {}
+                    RouterEvent::Done(r) => done = Some(r),
                 }
-                RouterEvent::Delta(_) => {}
-                RouterEvent::Done(r) => done = Some(r),
             }
+            done.ok_or_else(|| {
+                Stop::Failed(edgeroute::Error::Inference(
+                    "the router ended without a response".into(),
+                ))
+            })
+        };
+        let result = tokio::select! {
+            r = answer => r,
+            () = interrupted() => Err(Stop::Interrupted),
+        };
+        // Whatever stopped the request (an interrupt, a closed pipe, an error), the reservation
+        // of a cloud call it dropped settles in the background: wait for it, or the call's
+        // whole estimate stays counted as spent.
+        if tokio::time::timeout(Duration::from_secs(5), router.settled())
+            .await
+            .is_err()
+        {
+            tracing::warn!("a cloud call's budget reservation did not settle within 5 s");
         }
-        done.ok_or_else(|| {
-            Stop::Failed(edgeroute::Error::Inference(
-                "the router ended without a response".into(),
-            ))
-        })
+        result
     })?;
     if args.json {
         let out = json!({
@@ -417,6 +440,33 @@ fn ask(args: AskArgs, home: Option<&Path>) -> CmdResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            // No handler could be installed: the default action (exit) applies.
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 fn reasons_json(decision: &Decision) -> Value {
