@@ -524,14 +524,16 @@ impl Router {
             edgeroute.rule = %decision.rule,
             edgeroute.route = decision.route(),
         );
-        let outcome = exec.run(&mut decision).instrument(span).await;
+        let (outcome, attempts) = exec.run(&mut decision).instrument(span).await;
         timings.execute = t.elapsed();
-        let (outcome, attempts) = match outcome {
+        let outcome = match outcome {
             Ok(x) => x,
             Err(e) => {
-                inner.stats.record_failure();
+                // Accepted cloud attempts are charged (in the ledger) even when none answered.
+                let spent: Decimal = attempts.iter().map(|a| a.cost.usd).sum();
+                inner.stats.record_failure(spent);
                 if let Some(store) = &inner.store {
-                    store.stats().record_failure();
+                    store.stats().record_failure(spent);
                 }
                 return Err(e);
             }
@@ -963,7 +965,8 @@ struct Execution<'a> {
 }
 
 impl Execution<'_> {
-    async fn run(mut self, decision: &mut Decision) -> Result<(Outcome, Vec<Attempt>)> {
+    /// Runs the plan: the answer, and every attempt made (also when none answered).
+    async fn run(mut self, decision: &mut Decision) -> (Result<Outcome>, Vec<Attempt>) {
         let plan = decision.plan.clone();
         let clearance = decision.cloud_clearance().cloned();
         let result = match plan {
@@ -993,13 +996,11 @@ impl Execution<'_> {
             }
         };
         decision.reasons.append(&mut self.reasons);
-        let outcome = result.map_err(|e| self.deadline_error(e))?;
-        if !self.forward {
-            if let Some(sink) = self.sink {
-                let _ = sink.send(outcome.text.clone());
-            }
+        let outcome = result.map_err(|e| self.deadline_error(e));
+        if let (Ok(outcome), false, Some(sink)) = (&outcome, self.forward, self.sink) {
+            let _ = sink.send(outcome.text.clone());
         }
-        Ok((outcome, self.attempts))
+        (outcome, self.attempts)
     }
 
     /// The request's deadline has passed: no tier can answer in time, so a failure is final

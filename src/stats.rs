@@ -189,9 +189,13 @@ impl StatsRecorder {
         });
     }
 
-    /// Records a request that returned an error.
-    pub fn record_failure(&self) {
-        self.with(|s| s.stats.failures += 1);
+    /// Records a request that returned an error, and what its cloud attempts cost (an
+    /// accepted attempt is charged even when the request fails).
+    pub fn record_failure(&self, spend_usd: Decimal) {
+        self.with(|s| {
+            s.stats.failures += 1;
+            s.stats.cloud_spend_usd += spend_usd;
+        });
     }
 
     /// Feeds the local latency models: total (ms per token, EWMA) and, when a token came,
@@ -545,9 +549,12 @@ impl PersistedStats {
         }
     }
 
-    /// Adds a failed request.
-    pub fn record_failure(&self) {
-        self.update(|t| t.counters[Totals::FAILURES] += 1);
+    /// Adds a failed request and what its cloud attempts cost.
+    pub fn record_failure(&self, spend_usd: Decimal) {
+        self.update(|t| {
+            t.counters[Totals::FAILURES] += 1;
+            t.spend += spend_usd;
+        });
     }
 
     /// Everything recorded so far.
@@ -737,7 +744,7 @@ mod tests {
         stats.record(&event(Route::Local, 300.0, "0", "0.002"));
         stats.record(&event(Route::Cloud, 900.0, "0.004", "0.004"));
         stats.record(&event(Route::Cache, 2.0, "0", "0.001"));
-        stats.record_failure();
+        stats.record_failure(Decimal::ZERO);
         // One value holds the totals; each request adds only its latency samples.
         let keys: Vec<String> = stats
             .tree
@@ -861,7 +868,7 @@ mod tests {
         let stats = PersistedStats::open(&db).unwrap();
         assert!(stats.tree.contains_key("requests").unwrap());
         stats.record(&event(Route::Local, 10.0, "0", "0.001"));
-        stats.record_failure();
+        stats.record_failure(Decimal::ZERO);
         assert_eq!(
             stats.tree.get(TOTALS_KEY).unwrap().unwrap(),
             future.to_vec()

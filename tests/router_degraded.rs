@@ -294,6 +294,34 @@ async fn a_call_is_not_retried_past_what_the_budget_could_reserve() {
     assert!(spent <= limit, "{spent} spent, limit {limit}");
 }
 
+/// A request that fails after the provider accepted its attempts reports their cost in the
+/// statistics as the ledger charges it (`stats` had said $0 while `budget` said more).
+#[tokio::test]
+async fn a_failed_request_counts_what_its_accepted_attempts_cost() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    let policy = POLICY.replace("route = \"cloud\"", "route = \"cloud\"\npin = true");
+    let r = router_for(
+        &policy,
+        home.path(),
+        impatient(&fake),
+        Arc::new(EchoModel::default()),
+    );
+    fake.set_behavior(Behavior::Trickle(Duration::from_secs(1)));
+    let request = Request::new("Explain monads.").with_max_tokens(100);
+    assert!(r.complete(request.clone()).await.is_err());
+    assert_eq!(fake.requests_received(), 2);
+    let charged = answer_plus_estimates(&r, &request, Usage::default(), 2);
+    assert_eq!(r.stats().failures, 1);
+    assert_eq!(r.stats().cloud_spend_usd, charged);
+    drop(r);
+    assert_eq!(spent_today(home.path()), charged);
+    // The persisted statistics (`edgeroute stats`) agree.
+    let db = edgeroute::cache::open_db(&edgeroute::home::db_dir(home.path())).unwrap();
+    let persisted = edgeroute::stats::PersistedStats::open(&db).unwrap().load();
+    assert_eq!(persisted.cloud_spend_usd, charged);
+}
+
 /// The same for a hedge's cloud leg: retried after an accepted attempt, it answers, and costs
 /// its answer plus the first attempt's estimate.
 #[tokio::test]
