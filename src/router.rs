@@ -184,6 +184,9 @@ impl RouterBuilder {
             }
             PolicySource::Compiled(p) => *p,
         };
+        for w in &policy.warnings {
+            tracing::warn!("policy: {}", w.as_warning());
+        }
         let home = crate::home::resolve(self.home.as_deref());
         let local = match self.local {
             Some(b) => Some(LocalTier::new(b)),

@@ -62,6 +62,31 @@ fn policy_check_accepts_shipped_policies() {
     assert_eq!(stdout(&o).matches("ok: ").count(), 5);
 }
 
+/// A valid policy with a rule that does not do what it seems passes, and says why it might not
+/// be what was meant.
+#[test]
+fn policy_check_prints_warnings_and_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("w.toml");
+    std::fs::write(
+        &f,
+        "[[rule]]\nname = \"pii-stays-local\"\nroute = \"local\"\n[rule.when]\npii = true\n",
+    )
+    .unwrap();
+    let o = run(&["policy", "check", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("(1 rules, 0 tests, 1 warning)"),
+        "{}",
+        stdout(&o)
+    );
+    let expected = format!(
+        "{}:3:9: warning: rule[0].route: rule `pii-stays-local`",
+        f.display()
+    );
+    assert!(stderr(&o).contains(&expected), "{}", stderr(&o));
+}
+
 #[test]
 fn policy_check_rejects_invalid_with_location() {
     let f = fixture("misspelled_condition.toml");

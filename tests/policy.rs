@@ -878,3 +878,41 @@ fn passed_over_lists_the_rules_before_the_one_that_fired() {
         }
     }
 }
+
+/// Valid rules that do not do what they seem to are compiled, with warnings at their `route`:
+/// personal data kept local without a pin (it goes to the cloud, redacted, when the device
+/// cannot answer), and a cloud rule that only fires offline. Their corrected forms warn nothing.
+#[test]
+fn rules_that_do_not_do_what_they_seem_compile_with_warnings() {
+    let policy = |pin: &str, network: &str| {
+        format!(
+            "[cloud]\nmodel = \"m\"\n\n\
+             [[rule]]\nname = \"pii-stays-local\"\nroute = \"local\"\n{pin}[rule.when]\npii_any = [\"email\"]\n\n\
+             [[rule]]\nname = \"hard-to-cloud\"\nroute = \"cloud\"\n[rule.when]\nnetwork = \"{network}\"\n"
+        )
+    };
+    let p = compile_str(&policy("", "offline"), Path::new("w.toml")).unwrap();
+    let shown: Vec<String> = p.warnings.iter().map(|w| w.as_warning()).collect();
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert!(
+        shown[0].starts_with("w.toml:6:9: warning: rule[0].route: rule `pii-stays-local` keeps requests with personal data on the device, but without `pin = true`"),
+        "{shown:?}"
+    );
+    assert!(
+        shown[1].starts_with("w.toml:12:9: warning: rule[1].route: rule `hard-to-cloud` uses the cloud only when the network is offline"),
+        "{shown:?}"
+    );
+    let fixed = compile_str(&policy("pin = true\n", "online"), Path::new("w.toml")).unwrap();
+    assert!(fixed.warnings.is_empty(), "{:?}", fixed.warnings);
+    // The shipped policies warn about nothing.
+    for f in [
+        "default",
+        "privacy-first",
+        "cost-saver",
+        "latency-first",
+        "offline-only",
+    ] {
+        let p = compile_file(Path::new(&format!("policies/{f}.toml"))).unwrap();
+        assert!(p.warnings.is_empty(), "{f}: {:?}", p.warnings);
+    }
+}

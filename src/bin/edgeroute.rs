@@ -599,12 +599,22 @@ fn policy_check(files: &[PathBuf]) -> CmdResult {
     let mut ok = true;
     for f in files {
         match compile_file(f) {
-            Ok(p) => out!(
-                "ok: {} ({} rules, {} tests)",
-                f.display(),
-                p.rules.len(),
-                p.tests.len()
-            ),
+            Ok(p) => {
+                for w in &p.warnings {
+                    note!("{}", w.as_warning());
+                }
+                let warnings = match p.warnings.len() {
+                    0 => String::new(),
+                    1 => ", 1 warning".into(),
+                    n => format!(", {n} warnings"),
+                };
+                out!(
+                    "ok: {} ({} rules, {} tests{warnings})",
+                    f.display(),
+                    p.rules.len(),
+                    p.tests.len()
+                );
+            }
             Err(diags) => {
                 ok = false;
                 note!("{}", render_diagnostics(&diags));

@@ -347,6 +347,10 @@ pub struct CompiledPolicy {
     pub latency: LatencySection,
     /// `[[test]]`.
     pub tests: Vec<PolicyTest>,
+    /// What is valid but probably not what the author meant (a rule that keeps personal data
+    /// local without pinning it, a cloud rule that only fires offline), in file order.
+    /// `edgeroute policy check` prints them; the router logs them when built.
+    pub warnings: Vec<Diagnostic>,
     /// Kind table: bit i of a [`KindSet`] is `kinds[i]`.
     pub kinds: Vec<String>,
     /// The compiled PII scanner.
@@ -419,6 +423,7 @@ pub fn compile_str(src: &str, file: &Path) -> Result<CompiledPolicy, Vec<Diagnos
     let compiled = Compiler {
         map: &map,
         diags: Vec::new(),
+        warnings: Vec::new(),
     }
     .compile(raw, src);
     if shape.diags.is_empty() {
@@ -774,9 +779,57 @@ pub fn compile_file(path: &Path) -> Result<CompiledPolicy, Vec<Diagnostic>> {
 struct Compiler<'a> {
     map: &'a SourceMap,
     diags: Vec<Diagnostic>,
+    /// What is valid but probably not what the author meant.
+    warnings: Vec<Diagnostic>,
 }
 
 impl Compiler<'_> {
+    fn warn(&mut self, path: &TomlPath, message: impl Into<String>) {
+        let d = self.map.at_path(path, message.into());
+        self.warnings.push(d);
+    }
+
+    /// Warns about a rule (or `[defaults]`, `name` = `defaults`) that is valid but does not do
+    /// what it seems to.
+    fn warn_about_plan(
+        &mut self,
+        name: &str,
+        conditions: &[Condition],
+        plan: &Plan,
+        path: &TomlPath,
+    ) {
+        let about_pii = conditions.iter().any(|c| {
+            matches!(
+                c,
+                Condition::Pii(true) | Condition::PiiAny(_) | Condition::PiiAll(_)
+            )
+        });
+        match plan {
+            Plan::Local { pin: false } if about_pii => self.warn(
+                &path.key("route"),
+                format!(
+                    "rule `{name}` keeps requests with personal data on the device, but without \
+                     `pin = true`: when the local model is missing or fails, they go to the \
+                     cloud (redacted); add `pin = true` to keep them on the device whatever \
+                     happens"
+                ),
+            ),
+            Plan::Cloud { .. } | Plan::Cascade { .. } | Plan::Hedge { .. }
+                if conditions.contains(&Condition::Network(Network::Offline)) =>
+            {
+                self.warn(
+                    &path.key("route"),
+                    format!(
+                        "rule `{name}` uses the cloud only when the network is offline, when the \
+                         cloud cannot be reached: its requests always run on the device; did \
+                         you mean `network = \"online\"`?"
+                    ),
+                )
+            }
+            _ => {}
+        }
+    }
+
     fn error(&mut self, path: &TomlPath, message: impl Into<String>) {
         let d = self.map.at_path(path, message.into());
         self.diags.push(d);
@@ -931,6 +984,7 @@ impl Compiler<'_> {
                 continue;
             }
             if let Some(plan) = self.plan(&r.route_part(), &path, &ctx) {
+                self.warn_about_plan(&name, &conditions, &plan, &path);
                 rules.push(CompiledRule {
                     name,
                     conditions,
@@ -983,6 +1037,7 @@ impl Compiler<'_> {
             tests,
             kinds,
             scanner,
+            warnings: sorted(std::mem::take(&mut self.warnings)),
         })
     }
 

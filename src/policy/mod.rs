@@ -51,6 +51,24 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// The diagnostic as a warning: `file:line:col: warning: path: message`.
+    pub fn as_warning(&self) -> String {
+        let mut s = format!(
+            "{}:{}:{}: warning: ",
+            self.file.display(),
+            self.line,
+            self.column
+        );
+        if !self.path.is_empty() {
+            s.push_str(&self.path);
+            s.push_str(": ");
+        }
+        s.push_str(&self.message);
+        s
+    }
+}
+
 /// Renders diagnostics one per line.
 pub fn render_diagnostics(diags: &[Diagnostic]) -> String {
     diags
