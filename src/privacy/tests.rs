@@ -656,3 +656,42 @@ fn fullwidth_digits_and_letters_from_cjk_input_methods() {
         "4111 1111 １１１１ 1111",
     );
 }
+
+/// Numbers written with dots or slashes between their groups (cards), dashes (IBANs) or dots
+/// (SSNs, next to a label), as forms and other countries write them; one separator throughout.
+#[test]
+fn numbers_with_dots_slashes_and_dashes() {
+    one(
+        "card 5500.0000.0000.0004",
+        "credit_card",
+        "5500.0000.0000.0004",
+    );
+    one(
+        "card 5500/0000/0000/0004",
+        "credit_card",
+        "5500/0000/0000/0004",
+    );
+    one(
+        "Charge my visa card 4111.1111.1111.1111 today",
+        "credit_card",
+        "4111.1111.1111.1111",
+    );
+    one(
+        "IBAN DE89-3704-0044-0532-0130-00",
+        "iban",
+        "DE89-3704-0044-0532-0130-00",
+    );
+    one("my SSN is 536.22.1234", "us_ssn", "536.22.1234");
+    // Mixed separators, a failed checksum, and dotted digits without a label are not these.
+    none("card 5500.0000/0000.0004");
+    none("card 5500.0000.0000.0005");
+    none("IBAN DE89-3704-0044-0532-0130-01");
+    none("reference 536.22.1234");
+    none("pi is 3.141592653589793238 and the build 2024/01/15");
+    // The expiry after a card is still another field.
+    one(
+        "4111/1111/1111/1111 12/25",
+        "credit_card",
+        "4111/1111/1111/1111",
+    );
+}
