@@ -200,7 +200,9 @@ pub(crate) fn cloud_from_policy(
     url: Option<&str>,
     key: Option<&str>,
 ) -> Result<Option<CloudTier>> {
-    use crate::backend::cloud::{ApiKey, BreakerConfig, CloudBackend, CloudConfig, Provider};
+    use crate::backend::cloud::{
+        ApiKey, BreakerConfig, CloudBackend, CloudConfig, MaxTokensField, Provider,
+    };
     use crate::policy::ProviderKind;
 
     let Some(c) = &policy.cloud else {
@@ -217,6 +219,10 @@ pub(crate) fn cloud_from_policy(
     cfg.first_token_timeout = c.first_token_timeout;
     cfg.total_timeout = c.total_timeout;
     cfg.allow_insecure_http = c.allow_insecure_http;
+    cfg.ca_file = c.ca_file.clone();
+    if c.legacy_max_tokens {
+        cfg.max_tokens_field = MaxTokensField::MaxTokens;
+    }
     cfg.retry.max_retries = c.max_retries;
     cfg.default_max_tokens = c.max_tokens;
     cfg.breaker = BreakerConfig::from_policy(c);

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
+#[path = "support/tls_front.rs"]
+mod tls_front;
 
 use std::time::{Duration, Instant};
 
@@ -964,4 +966,51 @@ async fn unbounded_timeouts_do_not_panic() {
     let out = collect(backend.stream(call("hi")).await.unwrap()).await;
     assert!(out.outcome.is_ok(), "{:?}", out.outcome.err());
     assert!(backend.generate(call("hi")).await.is_ok());
+}
+
+/// A server whose certificate is signed by an authority the client does not trust (a company
+/// proxy, a private server) is an error that names the certificate and `[cloud].ca_file`: not
+/// retried, and the device is not marked offline (the network is fine). With the authority in
+/// `ca_file`, the same server answers.
+#[tokio::test]
+async fn an_untrusted_certificate_is_a_clear_error_and_ca_file_fixes_it() {
+    let fake = FakeProvider::start().await;
+    let front = tls_front::TlsFront::start(fake.addr()).await;
+    let cfg = fake.openai_config().with_base_url(front.url());
+    let backend = CloudBackend::new(cfg.clone()).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, edgeroute::Error::TierUnavailable { .. }),
+        "{err:?}"
+    );
+    assert!(
+        text.contains("not trusted") && text.contains("[cloud].ca_file"),
+        "{text}"
+    );
+    assert_eq!(front.connections(), 1, "retried");
+    assert_eq!(front.handshakes(), 0);
+    assert_eq!(fake.requests_received(), 0);
+    assert_eq!(backend.network(), edgeroute::signals::Network::Online);
+
+    let mut trusted = cfg;
+    trusted.ca_file = Some(tls_front::fixtures().join("ca.pem"));
+    let backend = CloudBackend::new(trusted).unwrap();
+    let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+    assert!(out.outcome.is_ok(), "{:?}", out.outcome.err());
+    assert_eq!(fake.requests_received(), 1);
+
+    // A ca_file that is missing or not PEM is a configuration error when the backend is built.
+    for (bad, why) in [
+        (tls_front::fixtures().join("missing.pem"), "cannot read it"),
+        (tls_front::fixtures().join("README.md"), "no certificate"),
+    ] {
+        let mut cfg = fake.openai_config();
+        cfg.ca_file = Some(bad);
+        let err = CloudBackend::new(cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("[cloud].ca_file") && err.contains(why),
+            "{err}"
+        );
+    }
 }

@@ -943,3 +943,36 @@ async fn answers_cached_from_one_cloud_address_are_not_served_for_another() {
     }
     assert_eq!((a.requests_received(), b.requests_received()), (1, 1));
 }
+
+/// `[cloud].max_tokens_field = "max_tokens"` sends the output limit in the field servers such
+/// as Ollama read (they ignore `max_completion_tokens`, and the answer would have no limit);
+/// by default the current OpenAI field is sent.
+#[tokio::test]
+async fn the_policy_chooses_the_output_limit_field() {
+    let fake = FakeProvider::start().await;
+    for (line, field, other) in [
+        ("", "max_completion_tokens", "max_tokens"),
+        (
+            "max_tokens_field = \"max_tokens\"\n",
+            "max_tokens",
+            "max_completion_tokens",
+        ),
+    ] {
+        let r = Router::builder()
+            .policy_str(format!(
+                "[cloud]\nmodel = \"fake-model\"\nbase_url = \"{}\"\nmax_tokens = 77\n{line}\
+                 [defaults]\nroute = \"cloud\"\n",
+                fake.url()
+            ))
+            .cloud_api_key(support::TEST_KEY)
+            .local_backend(Arc::new(EchoModel::default()))
+            .cache(false)
+            .build()
+            .unwrap();
+        let resp = r.complete(Request::new("hello")).await.unwrap();
+        assert_eq!(resp.route, Route::Cloud);
+        let body = fake.last_request().unwrap().body;
+        assert_eq!(body[field], 77, "{body}");
+        assert!(body.get(other).is_none(), "{body}");
+    }
+}

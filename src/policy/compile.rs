@@ -174,6 +174,12 @@ pub struct CloudSection {
     pub max_tokens: u32,
     /// Allow `http://` to non-loopback hosts.
     pub allow_insecure_http: bool,
+    /// Extra certificate authorities to trust (a PEM file; a relative path is taken from the
+    /// working directory, as `model_dir` is).
+    pub ca_file: Option<PathBuf>,
+    /// Send the output limit as `max_tokens` rather than `max_completion_tokens` (OpenAI
+    /// protocol; servers such as Ollama only read `max_tokens`).
+    pub legacy_max_tokens: bool,
     /// `[cloud.breaker]` (the defaults when absent).
     pub breaker: BreakerSection,
 }
@@ -1215,6 +1221,22 @@ impl Compiler<'_> {
             max_retries: c.max_retries.unwrap_or(2).min(MAX_RETRIES),
             max_tokens: c.max_tokens.unwrap_or(DEFAULT_CLOUD_MAX_TOKENS),
             allow_insecure_http,
+            ca_file: c.ca_file.as_ref().map(PathBuf::from),
+            legacy_max_tokens: match c.max_tokens_field.as_deref() {
+                None | Some("max_completion_tokens") => false,
+                Some("max_tokens") => true,
+                Some(other) => {
+                    let hint = suggest(other, ["max_completion_tokens", "max_tokens"]);
+                    self.error(
+                        &path.key("max_tokens_field"),
+                        format!(
+                            "unknown field name `{other}`{hint}; expected `max_completion_tokens` \
+                             (OpenAI) or `max_tokens` (servers that only read that, such as Ollama)"
+                        ),
+                    );
+                    false
+                }
+            },
             breaker: match &c.breaker {
                 Some(b) => self.breaker(b, &path.key("breaker")),
                 None => BreakerSection::default(),

@@ -115,6 +115,11 @@ pub struct RawCloud {
     pub max_tokens: Option<u32>,
     /// Allow `http://` to non-loopback hosts.
     pub allow_insecure_http: Option<bool>,
+    /// A PEM file of certificate authorities to trust besides the system's and the built-in
+    /// ones (a company proxy, a private server).
+    pub ca_file: Option<String>,
+    /// The request field for the output limit: `max_completion_tokens` or `max_tokens`.
+    pub max_tokens_field: Option<String>,
     /// `[cloud.breaker]`.
     pub breaker: Option<RawBreaker>,
 }

@@ -244,6 +244,10 @@ pub struct CloudConfig {
     pub total_timeout: Duration,
     /// Accept plain `http://` to hosts other than loopback. Default: `false`.
     pub allow_insecure_http: bool,
+    /// A PEM file of certificate authorities to trust besides the system's trust store and
+    /// the built-in Mozilla roots: a company's TLS-inspecting proxy, a private server.
+    /// Default: none.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Retry policy.
     pub retry: RetryConfig,
     /// Circuit breaker policy.
@@ -268,6 +272,7 @@ impl CloudConfig {
             first_token_timeout: Duration::from_secs(15),
             total_timeout: Duration::from_secs(60),
             allow_insecure_http: false,
+            ca_file: None,
             retry: RetryConfig::default(),
             breaker: BreakerConfig::default(),
         }

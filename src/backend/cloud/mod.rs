@@ -157,6 +157,11 @@ impl CloudBackend {
             // A system proxy must not see loopback traffic.
             builder = builder.no_proxy();
         }
+        if let Some(file) = &cfg.ca_file {
+            for cert in certificate_authorities(file)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
         let client = builder
             .build()
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
@@ -342,6 +347,37 @@ fn counts_against_health(e: &Error) -> bool {
     e.is_retryable() || matches!(e, Error::MalformedResponse(_) | Error::TruncatedStream(_))
 }
 
+/// Whether a transport error's description (`error_chain`) is a TLS certificate the client
+/// does not trust (rustls: "invalid peer certificate: UnknownIssuer", an expired one, a name
+/// mismatch), rather than a network failure.
+fn is_certificate_error(chain: &str) -> bool {
+    chain.contains("invalid peer certificate") || chain.contains("certificate verify failed")
+}
+
+/// The certificates in the PEM file `file` ([`CloudConfig::ca_file`]).
+fn certificate_authorities(file: &std::path::Path) -> Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(file).map_err(|e| {
+        Error::Config(format!(
+            "[cloud].ca_file {}: cannot read it: {e}",
+            file.display()
+        ))
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        Error::Config(format!(
+            "[cloud].ca_file {}: not PEM certificates: {e}",
+            file.display()
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "[cloud].ca_file {}: holds no certificate (expected PEM blocks starting \
+             `-----BEGIN CERTIFICATE-----`)",
+            file.display()
+        )));
+    }
+    Ok(certs)
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
@@ -380,10 +416,23 @@ impl Inner {
                 elapsed: attempt_start.elapsed(),
             };
         }
+        let host = self.url.host_str().unwrap_or("?");
+        let chain = error_chain(e);
+        // The network is up and the host answered, but its certificate is not trusted:
+        // retrying cannot help, and the device is not offline.
+        if is_certificate_error(&chain) {
+            return Error::TierUnavailable {
+                tier: "cloud",
+                why: format!(
+                    "the TLS certificate of {host} is not trusted ({chain}); if a company proxy \
+                     or a private certificate authority signs it, set [cloud].ca_file to the \
+                     authority's PEM file, or add it to the system's trust store"
+                ),
+            };
+        }
         if e.is_connect() {
             self.breaker.mark_offline(Instant::now());
-            let host = self.url.host_str().unwrap_or("?");
-            return Error::Connection(format!("cannot connect to {host}: {}", error_chain(e)));
+            return Error::Connection(format!("cannot connect to {host}: {chain}"));
         }
         Error::Connection(format!("connection lost: {}", error_chain(e)))
     }
