@@ -124,7 +124,7 @@ pub enum Error {
     },
 
     /// The provider rejected the request as malformed (400/404/422).
-    #[error("cloud rejected the request (HTTP {status}): {message}; check [cloud].model and the request's parameters")]
+    #[error("cloud rejected the request (HTTP {status}): {message}; {}", if *status == 404 { "check [cloud].base_url (the API's root, such as https://api.openai.com/v1) and [cloud].model" } else { "check [cloud].model and the request's parameters" })]
     BadRequest {
         /// HTTP status.
         status: u16,

@@ -116,17 +116,11 @@ impl CloudBackend {
     /// API key that cannot be sent in a header. A missing key is not an error here: the
     /// backend then reports itself unavailable.
     pub fn new(cfg: CloudConfig) -> Result<Self> {
-        let base = cfg.base_url.trim_end_matches('/');
         let path = match cfg.provider {
             Provider::OpenAi => openai::PATH,
             Provider::Anthropic => anthropic::PATH,
         };
-        let url = reqwest::Url::parse(&format!("{base}{path}")).map_err(|e| {
-            Error::Config(format!(
-                "[cloud].base_url `{}` is not a URL: {e}",
-                cfg.base_url
-            ))
-        })?;
+        let url = endpoint_url(&cfg.base_url, path)?;
         let loopback = crate::policy::is_loopback_url(&url);
         match url.scheme() {
             "https" => {}
@@ -345,6 +339,34 @@ fn got_no_answer(e: &Error) -> bool {
 /// breaker). Auth and request errors are answers from a healthy server.
 fn counts_against_health(e: &Error) -> bool {
     e.is_retryable() || matches!(e, Error::MalformedResponse(_) | Error::TruncatedStream(_))
+}
+
+/// The endpoint for `base_url` (the API's root) and the protocol's `path`
+/// (`/chat/completions`): the path is appended to the URL's path, keeping its query (Azure's
+/// `?api-version=…`); a base URL that already ends with the path (the endpoint pasted whole)
+/// is taken as it is.
+fn endpoint_url(base_url: &str, path: &str) -> Result<reqwest::Url> {
+    let mut url = reqwest::Url::parse(base_url.trim())
+        .map_err(|e| Error::Config(format!("[cloud].base_url `{base_url}` is not a URL: {e}")))?;
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let already: Vec<String> = url
+        .path_segments()
+        .map(|s| s.filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    if already.ends_with(&segments.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()) {
+        return Ok(url);
+    }
+    match url.path_segments_mut() {
+        Ok(mut p) => {
+            p.pop_if_empty().extend(segments);
+        }
+        Err(()) => {
+            return Err(Error::Config(format!(
+                "[cloud].base_url `{base_url}` cannot have a path (it needs an http(s) address)"
+            )))
+        }
+    }
+    Ok(url)
 }
 
 /// Whether a transport error's description (`error_chain`) is a TLS certificate the client
@@ -837,5 +859,41 @@ impl Backend for CloudBackend {
 
     fn network(&self) -> Network {
         self.inner.breaker.network()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// The endpoint keeps the base URL's query, takes a pasted endpoint as it is, and ignores a
+    /// trailing slash.
+    #[test]
+    fn endpoint_urls() {
+        let cases = [
+            ("https://api.openai.com/v1", openai::PATH, "https://api.openai.com/v1/chat/completions"),
+            ("https://api.openai.com/v1/", openai::PATH, "https://api.openai.com/v1/chat/completions"),
+            (
+                "https://x.openai.azure.com/openai/deployments/d1?api-version=2024-10-21",
+                openai::PATH,
+                "https://x.openai.azure.com/openai/deployments/d1/chat/completions?api-version=2024-10-21",
+            ),
+            (
+                "https://api.openai.com/v1/chat/completions",
+                openai::PATH,
+                "https://api.openai.com/v1/chat/completions",
+            ),
+            ("http://localhost:11434/v1", openai::PATH, "http://localhost:11434/v1/chat/completions"),
+            ("https://api.anthropic.com/v1", anthropic::PATH, "https://api.anthropic.com/v1/messages"),
+            ("https://api.anthropic.com/v1/messages/", anthropic::PATH, "https://api.anthropic.com/v1/messages/"),
+        ];
+        for (base, path, want) in cases {
+            assert_eq!(endpoint_url(base, path).unwrap().as_str(), want, "{base}");
+        }
+        assert!(matches!(
+            endpoint_url("api.openai.com/v1", openai::PATH),
+            Err(Error::Config(_))
+        ));
     }
 }
