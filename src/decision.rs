@@ -478,6 +478,11 @@ pub struct Decision {
     pub reasons: Vec<Reason>,
     #[serde(skip)]
     clearance: Option<CloudClearance>,
+    /// The cache class of the answers this decision may replay, when not its plan's own: a
+    /// cloud plan refused only because the budget ran out still serves answers already cached
+    /// under it (they cost nothing).
+    #[serde(skip)]
+    replays: Option<String>,
 }
 
 impl Decision {
@@ -492,7 +497,22 @@ impl Decision {
             plan,
             reasons,
             clearance,
+            replays: None,
         }
+    }
+
+    /// The same decision, serving answers cached under `plan` (the plan the rule chose before
+    /// the budget gate refused it).
+    pub(crate) fn replaying(mut self, plan: &Plan) -> Self {
+        self.replays = plan.cache_class();
+        self
+    }
+
+    /// The cache class of the answers this decision may be answered with: its plan's
+    /// ([`Plan::cache_class`]), or, for a cloud plan refused only because the budget ran out,
+    /// the refused plan's. `None`: neither looked up nor stored.
+    pub fn cache_class(&self) -> Option<String> {
+        self.replays.clone().or_else(|| self.plan.cache_class())
     }
 
     /// This decision, answered from the cache: the rule that fired and its inputs stay, with

@@ -470,9 +470,11 @@ impl Router {
 
         // cache
         let t = Instant::now();
-        // A refused request has no cache class: it is neither looked up nor stored; nor is
-        // one that skips the cache or asks for a sampled answer.
-        let cache_key = match (&inner.store, decision.plan.cache_class()) {
+        // A refused request has no cache class: it is neither looked up nor stored (except one
+        // refused only because the budget ran out: what is already cached for its rule's plan
+        // costs nothing, and is served); nor is one that skips the cache or asks for a sampled
+        // answer.
+        let cache_key = match (&inner.store, decision.cache_class()) {
             (Some(s), Some(class)) if request.cacheable() => {
                 Some(s.key_for(&inner.policy, &request, &features, &class))
             }

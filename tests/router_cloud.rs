@@ -976,3 +976,43 @@ async fn the_policy_chooses_the_output_limit_field() {
         assert!(body.get(other).is_none(), "{body}");
     }
 }
+
+/// With `on_exhausted = "refuse"`, a request the budget refuses is still answered from the
+/// cache when its rule's plan already has the answer there (it costs nothing); a request with
+/// nothing cached is refused.
+#[tokio::test]
+async fn an_exhausted_budget_still_serves_answers_already_cached() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    fake.set_reply("one two three four five six");
+    // Six output tokens at $1,000 per million: the first call spends the whole $0.006.
+    let r = Router::builder()
+        .policy_str(
+            "[cloud]\nmodel = \"fake-model\"\noutput_usd_per_mtok = 1000\n\
+             [budget]\ndaily_usd = \"0.006\"\non_exhausted = \"refuse\"\n\
+             [defaults]\nroute = \"cloud\"\n",
+        )
+        .local_backend(Arc::new(EchoModel::default()))
+        .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
+        .home(home.path())
+        .cache_key([4; 32])
+        .build()
+        .unwrap();
+    let ask = |prompt: &str| Request::new(prompt).with_max_tokens(6);
+    let first = r.complete(ask("Count to six.")).await.unwrap();
+    assert_eq!(first.route, Route::Cloud, "{}", first.decision);
+    assert_eq!(first.cost.usd, Decimal::new(6, 3));
+
+    let again = r.complete(ask("Count to six.")).await.unwrap();
+    assert_eq!(again.route, Route::Cache, "{}", again.decision);
+    assert_eq!(again.text, first.text);
+    assert!(again
+        .decision
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::BudgetExhausted { .. })));
+
+    let err = r.complete(ask("Count to seven.")).await.unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "{err}");
+    assert_eq!(fake.requests_received(), 1);
+}

@@ -272,14 +272,14 @@ fn gates(
         reasons.push(Reason::BudgetExhausted {
             action: if refuse { "refuse" } else { "local" }.into(),
         });
-        let plan = if refuse {
-            Plan::Refuse {
+        if refuse {
+            let refused = Plan::Refuse {
                 message: "the cloud budget is exhausted".into(),
-            }
-        } else {
-            Plan::Local { pin: true }
-        };
-        return Decision::new(rule, plan, reasons);
+            };
+            // An answer already cached under the rule's plan costs nothing: it is served.
+            return Decision::new(rule, refused, reasons).replaying(&plan);
+        }
+        return Decision::new(rule, Plan::Local { pin: true }, reasons);
     }
     let blocked = if !s.cloud_available {
         Some(Reason::CloudUnavailable {
