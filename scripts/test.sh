@@ -22,6 +22,9 @@ fi
 step "set-up (idempotent): ONNX Runtime + local model"
 python3 scripts/setup.py
 
+step "set-up script tests (model installation: staging, check, swap)"
+python3 -m unittest discover -s scripts -p 'test_*.py'
+
 step "format"
 cargo fmt --all -- --check
 
