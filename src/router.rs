@@ -355,6 +355,14 @@ impl Router {
         self.inner.stats.snapshot()
     }
 
+    /// Whether answers are cached and statistics persisted: `false` when built with
+    /// `cache(false)`, or when the home's database could not be opened (another process holds
+    /// it, or the home is read-only) and the router, having no budget to enforce, answers
+    /// without it.
+    pub fn cache_in_use(&self) -> bool {
+        self.inner.store.is_some()
+    }
+
     /// Completes once every cloud call's budget reservation is settled, including those of
     /// requests dropped midway (a stop button, a timeout in the app), which settle in the
     /// background at the prompt and what had arrived. Await it before a program exits after

@@ -422,6 +422,7 @@ async fn a_router_answers_without_the_cache_while_another_process_holds_it() {
             .build()
     };
     let without_budget = router("[defaults]\nroute = \"refuse\"\n").unwrap();
+    assert!(!without_budget.cache_in_use());
     let err = without_budget
         .complete(Request::new("hello"))
         .await

@@ -295,6 +295,7 @@ async fn repeated_question_is_served_from_the_encrypted_cache() {
     let home = tempfile::tempdir().unwrap();
     let model = Arc::new(EchoModel::default());
     let r = cached_router(model.clone(), home.path(), POLICY);
+    assert!(r.cache_in_use());
     let first = r
         .complete(Request::new("What is the capital of France?"))
         .await
