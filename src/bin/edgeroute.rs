@@ -490,11 +490,7 @@ fn explain(args: ExplainArgs, home: Option<&Path>) -> CmdResult {
     let request = build_request(&args.request)?;
     let router = router(policy, home, false)?;
     let features = edgeroute::inspect::inspect(router.policy(), &request);
-    let max_tokens = request
-        .params
-        .max_tokens
-        .unwrap_or(router.policy().local.max_new_tokens);
-    let mut signals = router.signals(&features, max_tokens);
+    let mut signals = router.signals(&features, router.max_tokens(&request));
     if args.offline {
         signals.network = Network::Offline;
     }
