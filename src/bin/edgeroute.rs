@@ -765,7 +765,14 @@ fn cache(cmd: CacheCommand, home: Option<&Path>) -> CmdResult {
                 out!("{}", serde_json::to_string(&s).unwrap_or_default());
             } else {
                 out!("entries:   {}", s.entries);
-                out!("bytes:     {} of {}", s.bytes, s.max_bytes);
+                // The limit is the given policy's (the database does not record the one the
+                // app runs with): say whose.
+                out!(
+                    "bytes:     {} of {} ([cache].max_bytes in {})",
+                    s.bytes,
+                    s.max_bytes,
+                    policy.file.display()
+                );
                 out!("hits:      {}", s.hits);
                 out!("misses:    {}", s.misses);
                 out!("hit rate:  {:.1}%", s.hit_rate * 100.0);
