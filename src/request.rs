@@ -456,8 +456,9 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
-/// The router's answer.
-#[derive(Debug, Clone)]
+/// The router's answer. `Debug` shows the text's length, not the text (an answer often repeats
+/// the personal data of the prompt, and debug output ends up in logs).
+#[derive(Clone)]
 pub struct Response {
     /// The answer text.
     pub text: String,
@@ -482,6 +483,23 @@ pub struct Response {
     /// as `Ok`; check this (or [`FinishReason::is_complete`]) before treating it as whole.
     /// A cache hit reports the original answer's.
     pub finish: FinishReason,
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response")
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .field("route", &self.route)
+            .field("decision", &self.decision)
+            .field("usage", &self.usage)
+            .field("cost", &self.cost)
+            .field("timings", &self.timings)
+            .field("confidence", &self.confidence)
+            .field("attempts", &self.attempts)
+            .field("cached", &self.cached)
+            .field("finish", &self.finish)
+            .finish()
+    }
 }
 
 #[cfg(test)]

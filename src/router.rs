@@ -266,8 +266,8 @@ pub struct Router {
     inner: Arc<Inner>,
 }
 
-/// An item of [`Router::stream`].
-#[derive(Debug)]
+/// An item of [`Router::stream`]. `Debug` shows a delta's length, not its text (answers
+/// often repeat the personal data of the prompt).
 pub enum RouterEvent {
     /// More answer text: as generated for single-tier plans (local, cloud); for a cascade or
     /// a hedge, whose answer is known only once a tier has won, one delta with the whole
@@ -275,6 +275,18 @@ pub enum RouterEvent {
     Delta(String),
     /// The final response. `text` holds the whole answer.
     Done(Box<Response>),
+}
+
+impl std::fmt::Debug for RouterEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouterEvent::Delta(d) => f
+                .debug_tuple("Delta")
+                .field(&format_args!("<{} bytes>", d.len()))
+                .finish(),
+            RouterEvent::Done(r) => f.debug_tuple("Done").field(r).finish(),
+        }
+    }
 }
 
 impl Router {

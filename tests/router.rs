@@ -162,6 +162,26 @@ async fn stream_yields_deltas_then_the_response() {
     assert_eq!(done.text, deltas);
 }
 
+/// Debug output of a response or a streamed delta shows lengths, not the answer (which often
+/// repeats the prompt's personal data), as `Message` does.
+#[tokio::test]
+async fn debug_output_shows_no_answer_text() {
+    let r = router(Arc::new(EchoModel::default()));
+    let resp = r
+        .complete(Request::new("write to ann@example.com"))
+        .await
+        .unwrap();
+    assert!(resp.text.contains("ann@example.com"));
+    let shown = format!("{resp:?}");
+    assert!(!shown.contains("ann@example"), "{shown}");
+    assert!(shown.contains("bytes>"), "{shown}");
+    let mut s = r.stream(Request::new("write to ann@example.com"));
+    while let Some(ev) = s.next().await {
+        let shown = format!("{:?}", ev.unwrap());
+        assert!(!shown.contains("ann@example"), "{shown}");
+    }
+}
+
 #[tokio::test]
 async fn an_unrepresentable_deadline_means_no_deadline() {
     let model = Arc::new(EchoModel::default());
