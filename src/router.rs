@@ -396,9 +396,8 @@ impl Router {
     }
 
     /// The local tier's output limit for `request`, which the latency signals estimate the
-    /// local decode time from (each tier's call gets its own limit: `Execution::call`).
-    /// The output limit the latency estimates assume for `request` (what [`Router::signals`]
-    /// takes): the request's own `max_tokens`, else `[local].max_new_tokens`.
+    /// local decode time from (what [`Router::signals`] takes): the request's own
+    /// `max_tokens`, else `[local].max_new_tokens`. Each tier's call gets its own limit.
     pub fn max_tokens(&self, request: &Request) -> u32 {
         request
             .params

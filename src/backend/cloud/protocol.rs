@@ -50,10 +50,29 @@ pub fn parse_response(
     estimated_input_tokens: u64,
 ) -> Result<Generation> {
     let parsed = match provider {
-        Provider::OpenAi => openai::parse_response(body)?,
-        Provider::Anthropic => anthropic::parse_response(body)?,
+        Provider::OpenAi => openai::parse_response(body),
+        Provider::Anthropic => anthropic::parse_response(body),
     };
-    Ok(parsed.into_generation(estimated_input_tokens))
+    match parsed {
+        Ok(parsed) => Ok(parsed.into_generation(estimated_input_tokens)),
+        // Some gateways answer a failure with a success status and an error body: its words
+        // say more than "malformed".
+        Err(Error::MalformedResponse(_)) if has_error_field(body) => Err(Error::Server {
+            status: 200,
+            message: format!(
+                "an error with a success status: {}",
+                ErrorDetail::from_body(body).message()
+            ),
+            retry_after: None,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `body` is a JSON object with a non-null `error` (or Anthropic's `"type": "error"`).
+fn has_error_field(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| !v["error"].is_null() || v["type"] == "error")
 }
 
 /// What a provider-specific parser extracts from a response.
@@ -482,6 +501,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A success status with an error body (some gateways) is the provider's error in its own
+    /// words, not "malformed".
+    #[test]
+    fn an_error_body_with_a_success_status_keeps_its_message() {
+        for (provider, body) in [
+            (Provider::OpenAi, &br#"{"error":{"message":"upstream quota hit","type":"server_error"}}"#[..]),
+            (Provider::OpenAi, br#"{"error":"upstream quota hit"}"#),
+            (
+                Provider::Anthropic,
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"upstream quota hit"}}"#,
+            ),
+        ] {
+            let e = parse_response(provider, body, 5).unwrap_err();
+            assert!(
+                matches!(e, Error::Server { status: 200, ref message, .. } if message.contains("upstream quota hit")),
+                "{e:?}"
+            );
+        }
+        // Malformed without an error field stays malformed.
+        assert!(matches!(
+            parse_response(Provider::OpenAi, br#"{"choices":"x"}"#, 5),
+            Err(Error::MalformedResponse(_))
+        ));
     }
 
     /// The provider's words survive whatever shape its error body has.
