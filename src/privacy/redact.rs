@@ -323,6 +323,8 @@ struct Word {
     text: String,
     /// A link was seen in it.
     link: bool,
+    /// Its start was dropped (it is longer than [`MAX_WORD`]).
+    cut: bool,
 }
 
 /// The most of a word kept to recognise a link start (`://`, `](`, `mailto:`) across chunks.
@@ -335,6 +337,7 @@ impl Word {
             Some(at) => {
                 self.text.clear();
                 self.link = false;
+                self.cut = false;
                 &text[at..]
             }
             None => text,
@@ -344,7 +347,7 @@ impl Word {
         self.link |= lower.contains("://")
             || lower.contains("](")
             || lower.contains("mailto:")
-            || lower.starts_with("www.")
+            || (!self.cut && lower.starts_with("www."))
             || lower.contains("href=")
             || lower.contains("src=");
         if self.text.len() > MAX_WORD {
@@ -353,6 +356,7 @@ impl Word {
                 cut += 1;
             }
             self.text.drain(..cut);
+            self.cut = true;
         }
     }
 }
@@ -381,7 +385,13 @@ impl Rehydrator {
     /// Replaces every known placeholder in `text` with its original value, except inside a
     /// link (see the type's docs). Unknown placeholder-shaped text is left as is.
     pub fn rehydrate(&self, text: &str) -> String {
-        self.rehydrate_in(text, &mut Word::default()).0
+        self.rehydrate_in(text, Some(&mut Word::default())).0
+    }
+
+    /// Like [`rehydrate`](Self::rehydrate), inside links too: for text that is never rendered
+    /// or fetched from (a log, a plain terminal), or that the app has checked itself.
+    pub fn rehydrate_everywhere(&self, text: &str) -> String {
+        self.rehydrate_in(text, None).0
     }
 
     /// Placeholders withheld so far because they stood in a link ([`push`](Self::push),
@@ -390,9 +400,9 @@ impl Rehydrator {
         self.withheld
     }
 
-    /// [`rehydrate`](Self::rehydrate) continuing the text whose current word is `word`;
-    /// returns the text and how many placeholders it withheld.
-    fn rehydrate_in(&self, text: &str, word: &mut Word) -> (String, usize) {
+    /// [`rehydrate`](Self::rehydrate) continuing the text whose current word is `word` (`None`:
+    /// links are not looked for); returns the text and how many placeholders it withheld.
+    fn rehydrate_in(&self, text: &str, mut word: Option<&mut Word>) -> (String, usize) {
         let mut out = String::with_capacity(text.len());
         let mut withheld = 0;
         let mut last = 0;
@@ -403,22 +413,28 @@ impl Rehydrator {
                 .and_then(|len| self.map.get(&text[at..at + len]).map(|v| (len, v)));
             match hit {
                 Some((len, value)) => {
-                    word.feed(&text[last..at]);
                     out.push_str(&text[last..at]);
-                    if word.link {
+                    let in_link = word.as_deref_mut().is_some_and(|w| {
+                        w.feed(&text[last..at]);
+                        let link = w.link;
+                        w.feed(&text[at..at + len]);
+                        link
+                    });
+                    if in_link {
                         out.push_str(&text[at..at + len]);
                         withheld += 1;
                     } else {
                         out.push_str(value);
                     }
-                    word.feed(&text[at..at + len]);
                     last = at + len;
                     i = last;
                 }
                 None => i = at + 1,
             }
         }
-        word.feed(&text[last..]);
+        if let Some(w) = word {
+            w.feed(&text[last..]);
+        }
         out.push_str(&text[last..]);
         (out, withheld)
     }
@@ -447,7 +463,7 @@ impl Rehydrator {
 
     fn rehydrate_streamed(&mut self, text: &str) -> String {
         let mut word = std::mem::take(&mut self.word);
-        let (out, withheld) = self.rehydrate_in(text, &mut word);
+        let (out, withheld) = self.rehydrate_in(text, Some(&mut word));
         self.word = word;
         self.withheld += withheld;
         out
