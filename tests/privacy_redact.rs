@@ -106,6 +106,23 @@ fn every_occurrence_of_a_found_value_is_redacted() {
     // One text: the same.
     let (one, _) = redact_text(&msgs[1].content, &sc);
     assert_eq!(one, red[1].content);
+
+    // A spelling the detectors do not find on its own (a spaced SSN with no label near it),
+    // followed by a word, and the same number twice in a row.
+    let text = format!(
+        "My SSN is 536-22-1234. {filler}Later I wrote 536 22 1234 on the form, \
+         then 536221234 536221234 again; not 5362212345 or 536 22 12345."
+    );
+    assert_eq!(sc.scan(&text).len(), 1);
+    let (red, rh) = redact_text(&text, &sc);
+    assert_eq!(
+        red,
+        format!(
+            "My SSN is <US_SSN_1>. {filler}Later I wrote <US_SSN_2> on the form, \
+             then <US_SSN_3> <US_SSN_3> again; not 5362212345 or 536 22 12345."
+        )
+    );
+    assert_eq!(rh.rehydrate(&red), text);
 }
 
 #[test]

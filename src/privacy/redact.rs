@@ -63,15 +63,17 @@ const MIN_REPEAT_DIGITS: usize = 6;
 
 /// `spans` (per message index, sorted) plus every other occurrence of the values they cover
 /// (see [`redact_messages_with_spans`]), sorted and without overlaps: where two overlap, the
-/// one that starts first wins (a found span before a repeat at the same place).
+/// one that starts first wins (a found span before a repeat at the same place). One pass over
+/// each text for all the values (Aho-Corasick), one for the numbers.
 fn with_repeats(texts: &[&str], spans: &[(usize, PiiSpan)]) -> Vec<(usize, PiiSpan)> {
+    let mut seen = HashSet::new();
     let mut values: Vec<(&str, &str)> = Vec::new();
     let mut numbers: HashMap<String, &str> = HashMap::new();
     for (i, span) in spans {
         let Some(value) = texts.get(*i).and_then(|t| span.text(t)) else {
             continue;
         };
-        if value.len() >= MIN_REPEAT_LEN && !values.iter().any(|(v, _)| *v == value) {
+        if value.len() >= MIN_REPEAT_LEN && seen.insert(value) {
             values.push((value, &span.kind));
         }
         if let Some(digits) = number_digits(value).filter(|d| d.len() >= MIN_REPEAT_DIGITS) {
@@ -90,14 +92,30 @@ fn with_repeats(texts: &[&str], spans: &[(usize, PiiSpan)]) -> Vec<(usize, PiiSp
             },
         )
     };
+    let exact = aho_corasick::AhoCorasick::builder()
+        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+        .build(values.iter().map(|(v, _)| v))
+        .ok()
+        .filter(|_| !values.is_empty());
+    let lengths: Vec<usize> = {
+        let mut l: Vec<usize> = numbers.keys().map(String::len).collect();
+        l.sort_unstable();
+        l.dedup();
+        l
+    };
     for (i, text) in texts.iter().enumerate() {
-        for (value, kind) in &values {
-            for (start, _) in text.match_indices(value) {
-                all.push(repeat(i, start, start + value.len(), kind));
+        if let Some(ac) = &exact {
+            for m in ac.find_iter(text) {
+                all.push(repeat(
+                    i,
+                    m.start(),
+                    m.end(),
+                    values[m.pattern().as_usize()].1,
+                ));
             }
         }
         if !numbers.is_empty() {
-            for (start, end, digits) in number_runs(text) {
+            for (start, end, digits) in number_spellings(text, &lengths) {
                 if let Some(kind) = numbers.get(&digits) {
                     all.push(repeat(i, start, end, kind));
                 }
@@ -147,33 +165,65 @@ fn number_digits(value: &str) -> Option<String> {
     Some(digits)
 }
 
-/// Each maximal run of digits and separators in `text` that starts and ends with a digit, not
-/// inside a longer run of letters and digits: `(start, end, digits)`.
-fn number_runs(text: &str) -> Vec<(usize, usize, String)> {
-    let mut runs = Vec::new();
-    let mut run: Option<(usize, usize, String)> = None;
-    let mut prev_alnum = false;
-    for (at, c) in text.char_indices() {
-        if let Some(d) = digit_value(c) {
-            match run.as_mut() {
-                Some((_, end, digits)) => {
-                    digits.push(d);
-                    *end = at + c.len_utf8();
-                }
-                None if !prev_alnum => run = Some((at, at + c.len_utf8(), d.to_string())),
-                None => {}
+/// Every way of reading a number of one of `lengths` digits in `text`: runs of digit groups
+/// joined by separators, read from the start of a group to the end of a group, and not glued
+/// to letters or digits on either side: `(start, end, digits)`.
+fn number_spellings(text: &str, lengths: &[usize]) -> Vec<(usize, usize, String)> {
+    /// One digit of a run: its value, its bytes, and whether a group starts with it.
+    struct Digit {
+        value: char,
+        start: usize,
+        end: usize,
+        group_start: bool,
+    }
+    let mut out = Vec::new();
+    let mut read = |run: &[Digit]| {
+        for (first, d) in run.iter().enumerate() {
+            if !d.group_start
+                || !text[..d.start]
+                    .chars()
+                    .next_back()
+                    .is_none_or(|c| !c.is_alphanumeric())
+            {
+                continue;
             }
-        } else if !is_number_separator(c) {
-            if let Some(r) = run.take() {
-                if !c.is_alphanumeric() {
-                    runs.push(r);
+            for &len in lengths {
+                let Some(last) = run.get(first + len - 1) else {
+                    break;
+                };
+                let ends_group = run.get(first + len).is_none_or(|next| next.group_start);
+                let glued = text[last.end..]
+                    .chars()
+                    .next()
+                    .is_some_and(char::is_alphanumeric);
+                if ends_group && !glued {
+                    let digits = run[first..first + len].iter().map(|d| d.value).collect();
+                    out.push((d.start, last.end, digits));
                 }
             }
         }
-        prev_alnum = c.is_alphanumeric();
+    };
+    let mut run: Vec<Digit> = Vec::new();
+    let mut gap = false;
+    for (at, c) in text.char_indices() {
+        if let Some(value) = digit_value(c) {
+            run.push(Digit {
+                value,
+                start: at,
+                end: at + c.len_utf8(),
+                group_start: run.is_empty() || gap,
+            });
+            gap = false;
+        } else if is_number_separator(c) && !run.is_empty() {
+            gap = true;
+        } else {
+            read(&run);
+            run.clear();
+            gap = false;
+        }
     }
-    runs.extend(run);
-    runs
+    read(&run);
+    out
 }
 
 /// Assigns placeholders for one request.
