@@ -180,10 +180,10 @@ fn number_spellings(text: &str, lengths: &[usize]) -> Vec<(usize, usize, String)
     let mut read = |run: &[Digit]| {
         for (first, d) in run.iter().enumerate() {
             if !d.group_start
-                || !text[..d.start]
+                || text[..d.start]
                     .chars()
                     .next_back()
-                    .is_none_or(|c| !c.is_alphanumeric())
+                    .is_some_and(char::is_alphanumeric)
             {
                 continue;
             }
