@@ -384,6 +384,13 @@ fn ask(args: AskArgs, home: Option<&Path>) -> CmdResult {
             r = answer => r,
             () = interrupted() => Err(Stop::Interrupted),
         };
+        if matches!(result, Err(Stop::Interrupted)) {
+            // A second Ctrl-C does not wait for the settlement below.
+            tokio::spawn(async {
+                interrupted().await;
+                std::process::exit(130);
+            });
+        }
         // Whatever stopped the request (an interrupt, a closed pipe, an error), the reservation
         // of a cloud call it dropped settles in the background: wait for it, or the call's
         // whole estimate stays counted as spent.

@@ -795,8 +795,7 @@ impl Compiler<'_> {
         self.warnings.push(d);
     }
 
-    /// Warns about a rule (or `[defaults]`, `name` = `defaults`) that is valid but does not do
-    /// what it seems to.
+    /// Warns about a rule that is valid but does not do what it seems to.
     fn warn_about_plan(
         &mut self,
         name: &str,
@@ -823,12 +822,16 @@ impl Compiler<'_> {
             Plan::Cloud { .. } | Plan::Cascade { .. } | Plan::Hedge { .. }
                 if conditions.contains(&Condition::Network(Network::Offline)) =>
             {
+                let outcome = if matches!(plan, Plan::Cloud { pin: true, .. }) {
+                    "its requests always fail (pinned to a cloud it cannot reach)"
+                } else {
+                    "its requests always run on the device"
+                };
                 self.warn(
                     &path.key("route"),
                     format!(
                         "rule `{name}` uses the cloud only when the network is offline, when the \
-                         cloud cannot be reached: its requests always run on the device; did \
-                         you mean `network = \"online\"`?"
+                         cloud cannot be reached: {outcome}; did you mean `network = \"online\"`?"
                     ),
                 )
             }
