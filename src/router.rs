@@ -375,12 +375,12 @@ impl Router {
         self.inner.store.is_some()
     }
 
-    /// Completes once every cloud call's budget reservation is settled, including those of
-    /// requests dropped midway (a stop button, a timeout in the app), which settle in the
-    /// background at the prompt and what had arrived. Await it before a program exits after
-    /// dropping requests (on Ctrl-C, at shutdown): a reservation left open counts the call's
-    /// whole estimate as spent. Calls still running finish first; wrap it in a timeout if
-    /// that may take long.
+    /// Completes once no request is running and every cloud call's budget reservation is
+    /// settled, including those of requests dropped midway (a stop button, a timeout in the
+    /// app), which settle in the background at the prompt and what had arrived. Await it
+    /// before a program exits after dropping requests (on Ctrl-C, at shutdown): a reservation
+    /// left open counts the call's whole estimate as spent. Requests still running finish
+    /// first; wrap it in a timeout if that may take long.
     pub async fn settled(&self) {
         if let Some(store) = &self.inner.store {
             store.settled().await;
@@ -460,6 +460,10 @@ impl Router {
         sink: Option<mpsc::UnboundedSender<String>>,
     ) -> Result<Response> {
         let inner = &self.inner;
+        // Counted until this future is done or dropped, after whatever it reserved (dropped
+        // first, as declared later): `settled()` cannot return between a reservation and the
+        // guard that settles it.
+        let _in_flight = inner.store.as_ref().map(|s| s.open_reservation());
         let started = Instant::now();
         // A deadline too far away to represent (`Duration::MAX`) is no deadline.
         let deadline = request.deadline.and_then(|d| started.checked_add(d));

@@ -255,7 +255,7 @@ pub(crate) struct Store {
     model_id: Arc<str>,
     budget_configured: bool,
     stats: crate::stats::PersistedStats,
-    /// Cloud-call reservations not settled yet (see [`Store::settled`]).
+    /// Requests running and cloud-call reservations not settled yet (see [`Store::settled`]).
     open: Arc<OpenReservations>,
 }
 
@@ -310,7 +310,8 @@ impl Store {
         })
     }
 
-    /// Counts a reservation as open until the returned guard is dropped (once it is settled).
+    /// Counts a reservation (or a running request) as open until the returned guard is
+    /// dropped (once it is settled, or done).
     pub(crate) fn open_reservation(&self) -> OpenReservation {
         self.open
             .count
