@@ -697,7 +697,7 @@ struct LegClock {
     /// Set once the tier accepted the call (for the cloud: an answer is streaming).
     accepted: OnceLock<()>,
     /// The cloud attempts the provider accepted, retried ones included.
-    report: CallReport,
+    report: Arc<CallReport>,
     /// How much text has arrived (what a cloud leg dropped with the request is charged).
     received: Arc<PendingProgress>,
     first_token: OnceLock<Instant>,
@@ -786,6 +786,10 @@ struct PendingCharge {
     reservation: Option<crate::ledger::Reservation>,
     /// Counts the reservation as open ([`Router::settled`]) until it is settled.
     open: Option<crate::wiring::OpenReservation>,
+    /// One more estimate each, reserved before a retry the provider may bill too.
+    retries: Arc<std::sync::Mutex<Vec<crate::ledger::Reservation>>>,
+    /// The call's attempts (those the provider accepted are billed).
+    report: Arc<CallReport>,
     estimate: Decimal,
     cloud: Option<crate::policy::CloudSection>,
     input_tokens: u64,
@@ -793,43 +797,39 @@ struct PendingCharge {
 }
 
 impl PendingCharge {
-    /// Reserves a cloud call's `estimate` in `store`'s ledger, once for every attempt the
-    /// provider may accept and bill (the first and each retry, `[cloud].max_retries`), or for
-    /// as many as the budget has room for, at least one; `report` tells the backend how many
-    /// that is, so that it never retries past what was reserved. Settling gives back what was
-    /// not used. `received` counts what arrives.
+    /// Reserves a cloud call's `estimate` in `store`'s ledger for its first attempt, and
+    /// tells the backend through `report` to ask for one more estimate before each retry the
+    /// provider may bill too (after an attempt it accepted): a retry the budget has no room for
+    /// is not made. `received` counts what arrives.
     async fn reserve(
         store: &crate::wiring::Store,
         estimate: Decimal,
         cloud: Option<crate::policy::CloudSection>,
         input_tokens: u64,
         received: Arc<PendingProgress>,
-        report: &CallReport,
+        report: Arc<CallReport>,
     ) -> Result<Self> {
-        let most = 1 + cloud.as_ref().map_or(0, |c| c.max_retries);
-        let mut attempts = most;
-        let reservation = loop {
-            let total = estimate
-                .checked_mul(Decimal::from(attempts))
-                .unwrap_or(Decimal::MAX);
-            match store.reserve(total) {
-                Ok(r) => break r,
-                Err(Error::BudgetExhausted(_)) if attempts > 1 => attempts -= 1,
-                Err(e) => return Err(e),
+        let reservation = store.reserve(estimate)?;
+        let retries = Arc::new(std::sync::Mutex::new(Vec::new()));
+        report.afford(1);
+        let (more, room) = (store.clone(), Arc::clone(&retries));
+        report.on_used_up(Box::new(move || match more.reserve_durably(estimate) {
+            Ok(r) => {
+                room.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                true
             }
-        };
-        report.afford(attempts);
-        if attempts < most {
-            tracing::debug!(
-                attempts,
-                "the budget has room for fewer attempts than [cloud].max_retries allows"
-            );
-        }
+            Err(e) => {
+                tracing::debug!(error = %e, "no retry: the budget has no room for another attempt");
+                false
+            }
+        }));
         // Held before the reservation is made durable: a request dropped while it is being
         // written still settles it (at nothing: no call was made).
         let charge = PendingCharge {
             reservation: Some(reservation),
             open: Some(store.open_reservation()),
+            retries,
+            report,
             store: store.clone(),
             estimate,
             cloud,
@@ -840,9 +840,19 @@ impl PendingCharge {
         Ok(charge)
     }
 
+    /// The reservations to settle: the first with the call's cost, the retries' with nothing
+    /// (the cost covers every attempt).
+    fn take_reservations(&mut self) -> Vec<crate::ledger::Reservation> {
+        let mut all: Vec<_> = self.reservation.take().into_iter().collect();
+        all.append(&mut self.retries.lock().unwrap_or_else(|p| p.into_inner()));
+        all
+    }
+
     async fn settle(mut self, usd: Decimal) {
-        if let Some(r) = self.reservation.take() {
-            self.store.settle(r, usd).await;
+        let mut cost = usd;
+        for r in self.take_reservations() {
+            self.store.settle(r, cost).await;
+            cost = Decimal::ZERO;
         }
         self.open.take();
     }
@@ -850,12 +860,14 @@ impl PendingCharge {
     /// What a call dropped now has cost: the prompt and the output received (about four
     /// characters a token, rounded up), once any came; before that, the provider may be
     /// generating the whole answer: the estimate.
+    ///
+    /// Earlier attempts the provider accepted (then retried) are charged their estimate each.
     fn cost_so_far(&self) -> Decimal {
         if !self.received.was_sent() {
             return Decimal::ZERO;
         }
         let chars = self.received.chars();
-        match &self.cloud {
+        let this_attempt = match &self.cloud {
             Some(c) if chars > 0 => c
                 .cost(Usage {
                     input_tokens: self.input_tokens,
@@ -863,23 +875,30 @@ impl PendingCharge {
                 })
                 .min(self.estimate),
             _ => self.estimate,
-        }
+        };
+        let earlier = self.report.accepted_attempts().saturating_sub(1);
+        this_attempt.saturating_add(unanswered_cost(earlier, self.estimate).usd)
     }
 }
 
 impl Drop for PendingCharge {
     fn drop(&mut self) {
-        let Some(reservation) = self.reservation.take() else {
-            return;
-        };
         let usd = self.cost_so_far();
+        let reservations = self.take_reservations();
+        if reservations.is_empty() {
+            return;
+        }
         let open = self.open.take();
         // Settling is async (the ledger writes on a blocking thread); without a runtime the
-        // reservation stays unsettled, which counts the estimate (the safe side).
+        // reservations stay unsettled, which counts the estimates (the safe side).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = self.store.clone();
             runtime.spawn(async move {
-                store.settle(reservation, usd).await;
+                let mut cost = usd;
+                for r in reservations {
+                    store.settle(r, cost).await;
+                    cost = Decimal::ZERO;
+                }
                 drop(open);
             });
         }
@@ -1255,7 +1274,7 @@ impl Execution<'_> {
                             cloud_section,
                             input_tokens,
                             clock.received.clone(),
-                            &clock.report,
+                            Arc::clone(&clock.report),
                         )
                         .await?;
                         *charge.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
@@ -1623,7 +1642,7 @@ impl Execution<'_> {
         let store = self.router.inner.store.clone();
         let policy = &self.router.inner.policy;
         let estimate = self.cloud_estimate(&call);
-        let report = CallReport::new();
+        let report = Arc::new(CallReport::new());
         let charge = match &store {
             Some(s) => Some(
                 PendingCharge::reserve(
@@ -1632,7 +1651,7 @@ impl Execution<'_> {
                     policy.cloud.clone(),
                     u64::from(self.features.prompt_tokens),
                     Arc::default(),
-                    &report,
+                    Arc::clone(&report),
                 )
                 .await?,
             ),

@@ -382,6 +382,12 @@ impl Store {
         self.ledger.reserve_now(estimate)
     }
 
+    /// Reserves `estimate` and makes it durable before returning (blocking: an fsync). For the
+    /// rare retry of a cloud call, from the backend's retry loop.
+    pub(crate) fn reserve_durably(&self, estimate: Decimal) -> Result<Reservation> {
+        self.ledger.reserve_at(estimate, SystemTime::now())
+    }
+
     /// Makes the ledger's reservations durable.
     pub(crate) async fn flush_ledger(&self) -> Result<()> {
         self.ledger.flush().await

@@ -322,6 +322,34 @@ async fn a_failed_request_counts_what_its_accepted_attempts_cost() {
     assert_eq!(persisted.cloud_spend_usd, charged);
 }
 
+/// Retries reserve their estimate only when they happen: two calls at once fit a budget with
+/// room for two estimates (reserving every possible retry up front had kept the second out).
+#[tokio::test]
+async fn concurrent_calls_share_a_budget_by_first_attempts() {
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    let request = Request::new("Explain functors.").with_max_tokens(100);
+    let probe_home = tempfile::tempdir().unwrap();
+    let probe = router_for(
+        POLICY,
+        probe_home.path(),
+        fake.openai_config(),
+        local.clone(),
+    );
+    let estimate = answer_plus_estimates(&probe, &request, Usage::default(), 1);
+    drop(probe);
+    let limit = estimate * Decimal::new(25, 1);
+    let tight = POLICY.replace("daily_usd = \"100\"", &format!("daily_usd = \"{limit}\""));
+    let home = tempfile::tempdir().unwrap();
+    let r = router_for(&tight, home.path(), fake.openai_config(), local.clone());
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(50)));
+    let (a, b) = tokio::join!(r.complete(request.clone()), r.complete(request.clone()));
+    for resp in [a.unwrap(), b.unwrap()] {
+        assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    }
+    assert_eq!(local.calls(), 0);
+}
+
 /// The same for a hedge's cloud leg: retried after an accepted attempt, it answers, and costs
 /// its answer plus the first attempt's estimate.
 #[tokio::test]
@@ -410,6 +438,50 @@ async fn a_cloud_answer_dropped_mid_stream_is_charged_what_was_streamed() {
     assert!(spent_today(home.path()) >= Decimal::from(10));
     drop(stream);
     assert_settled_at_what_arrived(&r, home.path()).await;
+}
+
+/// A call dropped mid-answer after a retry is charged what arrived plus the estimate of the
+/// attempt before, which the provider accepted and may bill.
+#[tokio::test]
+async fn a_dropped_retried_call_is_charged_its_earlier_accepted_attempt() {
+    use futures::StreamExt;
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    // Accepted, but its first token is later than the 200 ms limit: retried; the retry answers
+    // slowly, and the request is dropped at its first words.
+    fake.push_behaviors([Behavior::Trickle(Duration::from_secs(1))]);
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(40)));
+    fake.set_reply(
+        "Once upon a time there was a dragon who learned to cook for the whole village.",
+    );
+    let local = Arc::new(EchoModel::default());
+    local.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = router_for(POLICY, home.path(), impatient(&fake), local);
+    let request = Request::new("Tell me a story.").with_max_tokens(10_000);
+    let cloud = r.policy().cloud.clone().unwrap();
+    let features = edgeroute::inspect::inspect(r.policy(), &request);
+    let estimate = cloud.cost(Usage {
+        input_tokens: u64::from(features.prompt_tokens),
+        output_tokens: 10_000,
+    });
+    let mut stream = r.stream(request);
+    loop {
+        match stream.next().await.unwrap().unwrap() {
+            edgeroute::RouterEvent::Delta(d) if !d.is_empty() => break,
+            edgeroute::RouterEvent::Delta(_) => {}
+            edgeroute::RouterEvent::Done(_) => panic!("answered before it was dropped"),
+        }
+    }
+    assert_eq!(fake.requests_received(), 2);
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(10), r.settled())
+        .await
+        .expect("not settled within 10 s");
+    let spent = spent_today(home.path());
+    assert!(
+        spent > estimate && spent < estimate + Decimal::new(5, 2),
+        "{spent} spent; one attempt's estimate is {estimate}"
+    );
 }
 
 /// The same for a hedge whose cloud leg is answering when the request is dropped: the

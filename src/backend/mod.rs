@@ -127,11 +127,25 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent>> + Send>>;
 /// What a backend noted about one call's attempts as it made them. The caller owns it and lends
 /// it to [`Backend::stream_reporting`], so it can still be read when the call failed, or was
 /// dropped halfway (a hedge's loser). Thread-safe.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct CallReport {
     accepted: AtomicU32,
     /// The most accepted attempts the caller can pay for; 0: no limit.
     affordable: AtomicU32,
+    /// Asked for room for one more accepted attempt when those are used up.
+    top_up: std::sync::Mutex<Option<TopUp>>,
+}
+
+/// Makes room for one more billable attempt (reserves its estimate); `false` when there is none.
+type TopUp = Box<dyn Fn() -> bool + Send + Sync>;
+
+impl std::fmt::Debug for CallReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallReport")
+            .field("accepted", &self.accepted_attempts())
+            .field("affordable", &self.affordable.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl CallReport {
@@ -159,11 +173,26 @@ impl CallReport {
         self.affordable.store(attempts, Ordering::Relaxed);
     }
 
-    /// True when another attempt may be made: fewer were accepted than the caller can pay for.
+    /// With [`CallReport::afford`]: `top_up` is asked to make room for one more accepted
+    /// attempt when those afforded are used up (the router reserves one more estimate).
+    pub(crate) fn on_used_up(&self, top_up: TopUp) {
+        *self.top_up.lock().unwrap_or_else(|p| p.into_inner()) = Some(top_up);
+    }
+
+    /// True when another attempt may be made: fewer were accepted than the caller can pay for,
+    /// or the caller made room for one more.
     pub fn may_retry(&self) -> bool {
-        match self.affordable.load(Ordering::Relaxed) {
-            0 => true,
-            n => self.accepted_attempts() < n,
+        let n = self.affordable.load(Ordering::Relaxed);
+        if n == 0 || self.accepted_attempts() < n {
+            return true;
+        }
+        let top_up = self.top_up.lock().unwrap_or_else(|p| p.into_inner());
+        match top_up.as_ref() {
+            Some(more) if more() => {
+                self.affordable.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
         }
     }
 }

@@ -597,19 +597,20 @@ impl Inner {
                 }
                 Err(e) => {
                     clock.settle(&self.breaker, permit, &e, attempt_start);
+                    let Some(delay) = self.retry_delay(&e, retries, clock) else {
+                        tracing::debug!(backend = %self.name, retries, error = %e, "cloud call failed");
+                        return Err(e);
+                    };
+                    // Asked only for a retry that would be made: it may reserve budget.
                     if report.is_some_and(|r| !r.may_retry()) {
                         tracing::debug!(
                             backend = %self.name,
                             retries,
                             error = %e,
-                            "not retried: the budget reservation covers no more accepted attempts"
+                            "not retried: the budget has no room for another billable attempt"
                         );
                         return Err(e);
                     }
-                    let Some(delay) = self.retry_delay(&e, retries, clock) else {
-                        tracing::debug!(backend = %self.name, retries, error = %e, "cloud call failed");
-                        return Err(e);
-                    };
                     tracing::debug!(backend = %self.name, retries, ?delay, error = %e, "retrying cloud call");
                     tokio::time::sleep(delay).await;
                     retries += 1;
