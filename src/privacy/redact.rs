@@ -351,10 +351,12 @@ fn placeholder_len(s: &str) -> Option<usize> {
 /// [`push`]: Rehydrator::push
 /// [`finish`]: Rehydrator::finish
 ///
-/// A placeholder inside a link — a URL (`https://…?u=<EMAIL_1>`), a markdown link or image
-/// target (`](…<EMAIL_1>)`), a `mailto:` — is left as it is: an app that renders the answer
-/// would otherwise fetch an address the cloud chose (or a prompt injection chose) with the
-/// private value in it. [`Rehydrator::withheld`] counts them.
+/// A placeholder inside a link — a URL (`https://…?u=<EMAIL_1>`, `//host/…`), a markdown link
+/// or image target (`](…<EMAIL_1>)`, `](<… …>)`), a `mailto:`, an HTML attribute a renderer
+/// fetches (`src="…"`, `href="…"`, `style="…url(…)"`) — is left as it is: an app that renders
+/// the answer would otherwise fetch an address the cloud chose (or a prompt injection chose)
+/// with the private value in it. [`Rehydrator::withheld`] counts them;
+/// [`Rehydrator::rehydrate_everywhere`] re-hydrates them too.
 #[derive(Clone, Default)]
 pub struct Rehydrator {
     map: HashMap<String, String>,
@@ -366,47 +368,111 @@ pub struct Rehydrator {
     withheld: usize,
 }
 
-/// The word (text since the last whitespace) a placeholder stands in: whether it is a link.
+/// Where the streamed answer is, for the placeholders in it: inside a link or not. Read one
+/// character at a time, so a whole answer and the same answer streamed in any chunks are read
+/// alike.
+///
+/// A link is a word (text between whitespace) with `://`, `mailto:`, `url(` or `](` in it, or
+/// starting with `//` or `www.`; a markdown link or image target (`](…)`, `](<…>)`) and a
+/// quoted `href` / `src` / `action` / `poster` / `background` / `style` / … attribute value
+/// are links up to their closing `)`, `>` or quote, spaces included; so is the rest of an
+/// `<…>` autolink or reference target once a link shows in it.
 #[derive(Clone, Default)]
 struct Word {
-    /// The word so far, up to [`MAX_WORD`] bytes.
-    text: String,
-    /// A link was seen in it.
+    /// The word's last characters, lower-cased (enough to recognise the markers).
+    tail: String,
+    /// Characters in the word so far (saturating).
+    len: usize,
+    /// The word's first character.
+    first: Option<char>,
+    /// The current word, or the target or value being read, is a link.
     link: bool,
-    /// Its start was dropped (it is longer than [`MAX_WORD`]).
-    cut: bool,
+    /// Inside a link target or attribute value that ends at this character (whitespace does
+    /// not end it).
+    until: Option<char>,
+    /// The last character opened a markdown target: a `<` now makes it end at `>`.
+    just_opened: bool,
 }
 
-/// The most of a word kept to recognise a link start (`://`, `](`, `mailto:`) across chunks.
-const MAX_WORD: usize = 64;
+/// Characters of the tail kept: the longest marker (`formaction="`) and a little more.
+const TAIL: usize = 16;
+
+/// Attributes whose value an HTML renderer fetches or follows.
+const URL_ATTRIBUTES: &[&str] = &[
+    "href",
+    "src",
+    "srcset",
+    "action",
+    "formaction",
+    "poster",
+    "background",
+    "cite",
+    "data",
+    "style",
+    "longdesc",
+    "ping",
+    "xlink:href",
+];
 
 impl Word {
     /// Takes in `text` (shown before the next placeholder).
     fn feed(&mut self, text: &str) {
-        let text = match text.rfind(char::is_whitespace) {
-            Some(at) => {
-                self.text.clear();
-                self.link = false;
-                self.cut = false;
-                &text[at..]
+        text.chars().for_each(|c| self.push(c));
+    }
+
+    /// A placeholder stands here: a character of the word, not a marker.
+    fn placeholder(&mut self) {
+        self.push('x');
+    }
+
+    fn push(&mut self, c: char) {
+        if let Some(end) = self.until {
+            if self.just_opened && c == '<' {
+                self.until = Some('>');
+            } else if c == end {
+                self.until = None;
             }
-            None => text,
-        };
-        self.text.push_str(text.trim_start());
-        let lower = self.text.to_ascii_lowercase();
-        self.link |= lower.contains("://")
-            || lower.contains("](")
-            || lower.contains("mailto:")
-            || (!self.cut && lower.starts_with("www."))
-            || lower.contains("href=")
-            || lower.contains("src=");
-        if self.text.len() > MAX_WORD {
-            let mut cut = self.text.len() - MAX_WORD;
-            while !self.text.is_char_boundary(cut) {
-                cut += 1;
+            self.just_opened = false;
+            return;
+        }
+        if c.is_whitespace() {
+            *self = Word::default();
+            return;
+        }
+        self.len = self.len.saturating_add(1);
+        if self.len == 1 {
+            self.first = Some(c);
+        }
+        self.tail.push(c.to_ascii_lowercase());
+        if self.tail.chars().count() > TAIL {
+            self.tail.remove(0);
+        }
+        let t = self.tail.as_str();
+        if t.ends_with("://")
+            || t.ends_with("mailto:")
+            || t.ends_with("url(")
+            || (self.len == 2 && t.ends_with("//"))
+            || (self.len == 4 && t.ends_with("www."))
+        {
+            self.link = true;
+            // An autolink or a reference target in angle brackets goes on to its `>`.
+            if self.first == Some('<') {
+                self.until = Some('>');
             }
-            self.text.drain(..cut);
-            self.cut = true;
+        }
+        if t.ends_with("](") {
+            self.link = true;
+            self.until = Some(')');
+            self.just_opened = true;
+        }
+        if let Some(quote) = t.chars().last().filter(|q| *q == '"' || *q == '\'') {
+            let attribute = t[..t.len() - 1]
+                .strip_suffix('=')
+                .is_some_and(|name| URL_ATTRIBUTES.iter().any(|a| name.ends_with(a)));
+            if attribute {
+                self.link = true;
+                self.until = Some(quote);
+            }
         }
     }
 }
@@ -466,8 +532,8 @@ impl Rehydrator {
                     out.push_str(&text[last..at]);
                     let in_link = word.as_deref_mut().is_some_and(|w| {
                         w.feed(&text[last..at]);
-                        let link = w.link;
-                        w.feed(&text[at..at + len]);
+                        let link = w.link || w.until.is_some();
+                        w.placeholder();
                         link
                     });
                     if in_link {
