@@ -18,6 +18,9 @@ pub enum TimeoutPhase {
     /// The request's own deadline ([`Request::deadline`](crate::Request::deadline)) passed,
     /// whichever tier was answering.
     Deadline,
+    /// A streamed answer stopped arriving: nothing came for longer than the idle limit after
+    /// it had started.
+    BetweenTokens,
 }
 
 impl std::fmt::Display for TimeoutPhase {
@@ -27,6 +30,7 @@ impl std::fmt::Display for TimeoutPhase {
             TimeoutPhase::FirstToken => "first token",
             TimeoutPhase::Total => "total",
             TimeoutPhase::Deadline => "request deadline",
+            TimeoutPhase::BetweenTokens => "between tokens",
         })
     }
 }
@@ -227,6 +231,10 @@ fn timeout_message(phase: TimeoutPhase, elapsed: Duration) -> String {
         TimeoutPhase::FirstToken => format!(
             "timed out after {elapsed:?} waiting for the cloud's first token (the provider is slow \
              or overloaded; the limit is [cloud].first_token_timeout_ms)"
+        ),
+        TimeoutPhase::BetweenTokens => format!(
+            "the cloud's answer stopped arriving: nothing came for {elapsed:?} mid-answer (the \
+             limit is [cloud].idle_timeout_ms); the partial answer was discarded, try again"
         ),
         TimeoutPhase::Total => format!(
             "timed out after {elapsed:?} in the whole call (the limit is [cloud].total_timeout_ms, \

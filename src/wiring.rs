@@ -217,6 +217,7 @@ pub(crate) fn cloud_from_policy(
         .with_api_key_env(c.api_key_env.clone());
     cfg.connect_timeout = c.connect_timeout;
     cfg.first_token_timeout = c.first_token_timeout;
+    cfg.idle_timeout = c.idle_timeout;
     cfg.total_timeout = c.total_timeout;
     cfg.allow_insecure_http = c.allow_insecure_http;
     cfg.ca_file = c.ca_file.clone();

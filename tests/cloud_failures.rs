@@ -1014,3 +1014,34 @@ async fn an_untrusted_certificate_is_a_clear_error_and_ca_file_fixes_it() {
         );
     }
 }
+
+/// A streamed answer that goes silent mid-way for longer than `idle_timeout` ends with a
+/// between-tokens timeout after what had arrived, instead of holding the call until the total
+/// limit; the same silence within the limit is waited out.
+#[tokio::test]
+async fn an_answer_that_stops_arriving_times_out_between_tokens() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::StallAfterFirstToken(Duration::from_millis(800)));
+    let mut cfg = fake.openai_config();
+    cfg.idle_timeout = Duration::from_millis(200);
+    let backend = CloudBackend::new(cfg.clone()).unwrap();
+    let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+    assert_eq!(out.deltas.len(), 1, "{:?}", out.deltas);
+    let err = out.outcome.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                phase: TimeoutPhase::BetweenTokens,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("[cloud].idle_timeout_ms"), "{err}");
+
+    cfg.idle_timeout = Duration::from_secs(5);
+    let backend = CloudBackend::new(cfg).unwrap();
+    let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+    assert!(out.outcome.is_ok(), "{:?}", out.outcome.err());
+}

@@ -165,6 +165,8 @@ pub struct CloudSection {
     pub connect_timeout: Duration,
     /// First-token timeout (default 15 s).
     pub first_token_timeout: Duration,
+    /// Longest silence in a streamed answer once it has started.
+    pub idle_timeout: Duration,
     /// Total timeout (default 60 s).
     pub total_timeout: Duration,
     /// Max retries (default 2).
@@ -1190,6 +1192,7 @@ impl Compiler<'_> {
         for (key, v) in [
             ("connect_timeout_ms", c.connect_timeout_ms),
             ("first_token_timeout_ms", c.first_token_timeout_ms),
+            ("idle_timeout_ms", c.idle_timeout_ms),
             ("total_timeout_ms", c.total_timeout_ms),
         ] {
             if v == Some(0) {
@@ -1200,6 +1203,7 @@ impl Compiler<'_> {
         for (key, v) in [
             ("connect_timeout_ms", c.connect_timeout_ms),
             ("first_token_timeout_ms", c.first_token_timeout_ms),
+            ("idle_timeout_ms", c.idle_timeout_ms),
         ] {
             if let Some(ms) = v.filter(|&ms| ms > total) {
                 self.error(
@@ -1220,6 +1224,7 @@ impl Compiler<'_> {
             output_usd_per_mtok: output.unwrap_or_default(),
             connect_timeout: Duration::from_millis(c.connect_timeout_ms.unwrap_or(2_000)),
             first_token_timeout: Duration::from_millis(c.first_token_timeout_ms.unwrap_or(15_000)),
+            idle_timeout: Duration::from_millis(c.idle_timeout_ms.unwrap_or(30_000)),
             total_timeout: Duration::from_millis(total),
             max_retries: c.max_retries.unwrap_or(2).min(MAX_RETRIES),
             max_tokens: c.max_tokens.unwrap_or(DEFAULT_CLOUD_MAX_TOKENS),

@@ -107,6 +107,8 @@ pub struct RawCloud {
     pub connect_timeout_ms: Option<u64>,
     /// Time-to-first-token timeout.
     pub first_token_timeout_ms: Option<u64>,
+    /// Longest silence mid-answer.
+    pub idle_timeout_ms: Option<u64>,
     /// Total timeout.
     pub total_timeout_ms: Option<u64>,
     /// Max retries per call.

@@ -67,6 +67,8 @@ pub enum Behavior {
     Trickle(Duration),
     /// Send the start of the body (for streams: the first token), then abort the connection.
     ResetMidBody,
+    /// Streams only: send the start (the first token), go silent this long, then send the rest.
+    StallAfterFirstToken(Duration),
     /// HTTP 200 with a body that is not valid JSON (for streams: an event with invalid JSON).
     MalformedJson,
     /// A stream whose body ends cleanly but without `[DONE]` / `message_stop`
@@ -319,6 +321,7 @@ async fn handle(
         }
         Behavior::Trickle(d) => ok(&answer, stream, Some(d), false, false),
         Behavior::ResetMidBody => ok(&answer, stream, None, true, false),
+        Behavior::StallAfterFirstToken(d) => stalled(&answer, d),
         Behavior::TruncatedStream => ok(&answer, stream, None, false, true),
         Behavior::MalformedJson => {
             if stream {
@@ -630,6 +633,23 @@ fn ok(
         }
     });
     respond(StatusCode::OK, headers, Body::from_stream(rx))
+}
+
+/// A stream that goes silent for `stall` after its first token, then finishes.
+fn stalled(a: &Answer, stall: Duration) -> Response {
+    let (events, first_text, _) = a.events();
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, io::Error>>(4);
+    tokio::spawn(async move {
+        for (i, piece) in events.into_iter().enumerate() {
+            if i == first_text + 1 {
+                tokio::time::sleep(stall).await;
+            }
+            if tx.send(Ok(Bytes::from(piece))).await.is_err() {
+                return;
+            }
+        }
+    });
+    respond(StatusCode::OK, sse_headers(), Body::from_stream(rx))
 }
 
 /// A one-turn call with no deadline.

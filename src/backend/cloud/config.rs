@@ -236,6 +236,9 @@ pub struct CloudConfig {
     /// of the answer. Non-streaming calls (whose headers come only with the whole answer) are
     /// bounded by `total_timeout` instead. Default: 15 s (as a policy's `[cloud]`).
     pub first_token_timeout: Duration,
+    /// Longest silence in a streamed answer once it has started (between two events).
+    /// Default: 30 s.
+    pub idle_timeout: Duration,
     /// The whole call, retries and backoff included. The call's own deadline, when earlier,
     /// caps it (and every other timeout). It is also how long the provider may stay silent —
     /// attempts ending with no answer, cumulated since its last answer — before timeouts set
@@ -270,6 +273,7 @@ impl CloudConfig {
             default_max_tokens: 1024,
             connect_timeout: Duration::from_secs(2),
             first_token_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(30),
             total_timeout: Duration::from_secs(60),
             allow_insecure_http: false,
             ca_file: None,
@@ -354,6 +358,7 @@ mod tests {
         let direct = CloudConfig::openai("m");
         assert_eq!(direct.connect_timeout, cloud.connect_timeout);
         assert_eq!(direct.first_token_timeout, cloud.first_token_timeout);
+        assert_eq!(direct.idle_timeout, cloud.idle_timeout);
         assert_eq!(direct.total_timeout, cloud.total_timeout);
         assert_eq!(direct.retry.max_retries, cloud.max_retries);
         assert_eq!(direct.default_max_tokens, cloud.max_tokens);

@@ -227,6 +227,8 @@ struct Clock {
     start: Instant,
     total_at: Instant,
     first_token: Duration,
+    /// Longest silence in a stream once it has started.
+    idle: Duration,
     /// `total_at` is the caller's deadline, earlier than the configured `total_timeout`.
     callers_deadline: bool,
     /// The configured `total_timeout`: past that much silence, a caller's timeout counts
@@ -246,6 +248,7 @@ impl Clock {
             start,
             total_at,
             first_token: cfg.first_token_timeout,
+            idle: cfg.idle_timeout,
             callers_deadline,
             silence_limit: cfg.total_timeout,
         }
@@ -668,7 +671,8 @@ impl Inner {
             events: Vec::new(),
         };
         let (first_at, phase) = first_token;
-        until(first_at, live.fill(), || {
+        // Until the first token, its own limit applies, not the idle one.
+        until(first_at, live.fill(Duration::MAX), || {
             clock.timeout(phase, attempt_start)
         })
         .await?;
@@ -698,15 +702,31 @@ struct Live {
 }
 
 impl Live {
-    /// Reads until at least one event is pending (a delta, or the final `Done`).
-    async fn fill(&mut self) -> Result<()> {
+    /// Reads until at least one event is pending (a delta, or the final `Done`). Nothing on
+    /// the wire for `idle` (no bytes at all: a provider's keep-alive pings count as something)
+    /// is a [`TimeoutPhase::BetweenTokens`] timeout.
+    async fn fill(&mut self, idle: Duration) -> Result<()> {
         while self.pending.is_empty() {
             let Some(decoder) = self.decoder.as_mut() else {
                 return Ok(());
             };
-            let chunk = self.response.chunk().await.map_err(|e| {
-                Error::Connection(format!("connection lost mid-stream: {}", error_chain(&e)))
-            })?;
+            let waited = Instant::now();
+            let chunk = until(
+                breaker::after(waited, idle),
+                async {
+                    self.response.chunk().await.map_err(|e| {
+                        Error::Connection(format!(
+                            "connection lost mid-stream: {}",
+                            error_chain(&e)
+                        ))
+                    })
+                },
+                || Error::Timeout {
+                    phase: TimeoutPhase::BetweenTokens,
+                    elapsed: waited.elapsed(),
+                },
+            )
+            .await?;
             let Some(chunk) = chunk else {
                 // End of body: complete only if the provider's terminator came.
                 self.parser.finish(&mut self.events)?;
@@ -750,7 +770,7 @@ struct StreamState {
 async fn next_event(mut st: StreamState) -> Option<(Result<StreamEvent>, Option<StreamState>)> {
     if st.live.pending.is_empty() {
         let clock = st.clock;
-        let filled = until(clock.total_at, st.live.fill(), || {
+        let filled = until(clock.total_at, st.live.fill(clock.idle), || {
             clock.timeout(TimeoutPhase::Total, clock.start)
         })
         .await;
