@@ -712,12 +712,15 @@ fn refuse_missing_named_home(home: Option<&Path>) -> std::result::Result<(), Sto
     if !named || home.is_dir() {
         return Ok(());
     }
+    // The same set-up command the model and runtime errors name (shell-quoted as needed).
+    let setup = edgeroute::home::setup_command_for(&edgeroute::home::model_dir(
+        &home,
+        edgeroute::home::DEFAULT_MODEL,
+    ));
     Err(Stop::Usage(format!(
         "no edgeroute home at {} (nothing has run there yet); check --home / EDGEROUTE_HOME, \
-         or install there with `EDGEROUTE_HOME={} {}`, or create the directory to start an empty home",
+         or install there with `{setup}`, or create the directory to start an empty home",
         home.display(),
-        home.display(),
-        edgeroute::home::SETUP_COMMAND
     )))
 }
 
