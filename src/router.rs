@@ -463,7 +463,7 @@ impl Router {
         // Counted until this future is done or dropped, after whatever it reserved (dropped
         // first, as declared later): `settled()` cannot return between a reservation and the
         // guard that settles it.
-        let _in_flight = inner.store.as_ref().map(|s| s.open_reservation());
+        let _in_flight = inner.store.as_ref().map(|s| s.unsettled());
         let started = Instant::now();
         // A deadline too far away to represent (`Duration::MAX`) is no deadline.
         let deadline = request.deadline.and_then(|d| started.checked_add(d));
@@ -785,7 +785,7 @@ struct PendingCharge {
     store: crate::wiring::Store,
     reservation: Option<crate::ledger::Reservation>,
     /// Counts the reservation as open ([`Router::settled`]) until it is settled.
-    open: Option<crate::wiring::OpenReservation>,
+    open: Option<crate::wiring::Unsettled>,
     /// One more estimate each, reserved before a retry the provider may bill too.
     retries: Arc<std::sync::Mutex<Vec<crate::ledger::Reservation>>>,
     /// The call's attempts (those the provider accepted are billed).
@@ -827,7 +827,7 @@ impl PendingCharge {
         // written still settles it (at nothing: no call was made).
         let charge = PendingCharge {
             reservation: Some(reservation),
-            open: Some(store.open_reservation()),
+            open: Some(store.unsettled()),
             retries,
             report,
             store: store.clone(),
@@ -840,8 +840,8 @@ impl PendingCharge {
         Ok(charge)
     }
 
-    /// The reservations to settle: the first with the call's cost, the retries' with nothing
-    /// (the cost covers every attempt).
+    /// The reservations to settle ([`crate::wiring::Store::settle`]): the first attempt's, then
+    /// the retries'.
     fn take_reservations(&mut self) -> Vec<crate::ledger::Reservation> {
         let mut all: Vec<_> = self.reservation.take().into_iter().collect();
         all.append(&mut self.retries.lock().unwrap_or_else(|p| p.into_inner()));
@@ -849,11 +849,8 @@ impl PendingCharge {
     }
 
     async fn settle(mut self, usd: Decimal) {
-        let mut cost = usd;
-        for r in self.take_reservations() {
-            self.store.settle(r, cost).await;
-            cost = Decimal::ZERO;
-        }
+        let reservations = self.take_reservations();
+        self.store.settle(reservations, usd).await;
         self.open.take();
     }
 
@@ -894,11 +891,7 @@ impl Drop for PendingCharge {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = self.store.clone();
             runtime.spawn(async move {
-                let mut cost = usd;
-                for r in reservations {
-                    store.settle(r, cost).await;
-                    cost = Decimal::ZERO;
-                }
+                store.settle(reservations, usd).await;
                 drop(open);
             });
         }

@@ -110,17 +110,21 @@ mod lazy_local {
                 cell.get_or_try_init(|| async move {
                     tokio::task::spawn_blocking(move || builder.commit())
                         .await
-                        .map_err(|e| Error::Inference(format!("model loading task failed: {e}")))?
+                        .map_err(load_failed)?
                 })
                 .await
                 .map(|_| ())
             });
-            load.await
-                .map_err(|e| Error::Inference(format!("model loading task failed: {e}")))??;
+            load.await.map_err(load_failed)??;
             self.loaded.get().ok_or_else(|| {
                 Error::Inference("the model load reported success but left no model".into())
             })
         }
+    }
+
+    /// A model-loading task that panicked or was cancelled.
+    fn load_failed(e: tokio::task::JoinError) -> Error {
+        Error::Inference(format!("model loading task failed: {e}"))
     }
 
     #[async_trait]
@@ -257,20 +261,20 @@ pub(crate) struct Store {
     budget_configured: bool,
     stats: crate::stats::PersistedStats,
     /// Requests running and cloud-call reservations not settled yet (see [`Store::settled`]).
-    open: Arc<OpenReservations>,
+    unsettled: Arc<UnsettledWork>,
 }
 
-/// A count of unsettled reservations, and a way to wait for none.
+/// A count of running requests and unsettled reservations, and a way to wait for none.
 #[derive(Default)]
-struct OpenReservations {
+struct UnsettledWork {
     count: std::sync::atomic::AtomicUsize,
     none_left: tokio::sync::Notify,
 }
 
-/// One unsettled reservation, counted in [`Store::settled`] until dropped.
-pub(crate) struct OpenReservation(Arc<OpenReservations>);
+/// One running request or unsettled reservation, counted in [`Store::settled`] until dropped.
+pub(crate) struct Unsettled(Arc<UnsettledWork>);
 
-impl Drop for OpenReservation {
+impl Drop for Unsettled {
     fn drop(&mut self) {
         if self
             .0
@@ -307,27 +311,32 @@ impl Store {
             model_id: model_id.into(),
             budget_configured: policy.budget.has_limits(),
             stats,
-            open: Arc::default(),
+            unsettled: Arc::default(),
         })
     }
 
     /// Counts a reservation (or a running request) as open until the returned guard is
     /// dropped (once it is settled, or done).
-    pub(crate) fn open_reservation(&self) -> OpenReservation {
-        self.open
+    pub(crate) fn unsettled(&self) -> Unsettled {
+        self.unsettled
             .count
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        OpenReservation(Arc::clone(&self.open))
+        Unsettled(Arc::clone(&self.unsettled))
     }
 
     /// Completes once no reservation is open: every cloud call has settled its cost, those of
     /// dropped requests (which settle in the background) included.
     pub(crate) async fn settled(&self) {
         loop {
-            let none_left = self.open.none_left.notified();
+            let none_left = self.unsettled.none_left.notified();
             tokio::pin!(none_left);
             none_left.as_mut().enable();
-            if self.open.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            if self
+                .unsettled
+                .count
+                .load(std::sync::atomic::Ordering::Acquire)
+                == 0
+            {
                 return;
             }
             none_left.await;
@@ -394,11 +403,16 @@ impl Store {
         self.ledger.flush().await
     }
 
-    /// Settles a reservation with the actual cost. A failure leaves the estimate counted as
-    /// spent (the safe side) and is logged.
-    pub(crate) async fn settle(&self, reservation: Reservation, actual: Decimal) {
-        if let Err(e) = self.ledger.settle(reservation, actual).await {
-            tracing::warn!(error = %e, "cost ledger settlement failed; the estimate stays counted");
+    /// Settles one call's reservations (its first attempt's, then one per retry) with the
+    /// call's actual cost: the first takes it all, the others nothing. A failure leaves that
+    /// estimate counted as spent (the safe side) and is logged.
+    pub(crate) async fn settle(&self, reservations: Vec<Reservation>, actual: Decimal) {
+        let mut cost = actual;
+        for reservation in reservations {
+            if let Err(e) = self.ledger.settle(reservation, cost).await {
+                tracing::warn!(error = %e, "cost ledger settlement failed; the estimate stays counted");
+            }
+            cost = Decimal::ZERO;
         }
     }
 

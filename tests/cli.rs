@@ -744,6 +744,22 @@ fn a_closed_stdout_pipe_ends_explain_quietly() {
     }
 }
 
+/// `dir/cloud.toml`: a `[cloud]` section for `fake` (its key in `EDGEROUTE_TEST_KEY`), then
+/// `rest` (more `[cloud]` keys first, if any).
+#[cfg(feature = "cloud")]
+fn cloud_policy(dir: &Path, fake: &support::FakeProvider, rest: &str) -> PathBuf {
+    let policy = dir.join("cloud.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[cloud]\nmodel = \"fake-model\"\nbase_url = {:?}\napi_key_env = \"EDGEROUTE_TEST_KEY\"\n{rest}",
+            fake.url()
+        ),
+    )
+    .unwrap();
+    policy
+}
+
 /// `ask` streaming an answer (here from a fake cloud provider on loopback) into a pipe that is
 /// already closed stops and ends quietly too: it used to drop the stream's write errors, then
 /// panic on its final newline.
@@ -752,16 +768,11 @@ fn a_closed_stdout_pipe_ends_explain_quietly() {
 async fn a_closed_stdout_pipe_ends_a_streamed_ask_quietly() {
     let fake = support::FakeProvider::start().await;
     let home = tempfile::tempdir().unwrap();
-    let policy = home.path().join("cloud.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "[cloud]\nmodel = \"fake-model\"\nbase_url = {:?}\napi_key_env = \"EDGEROUTE_TEST_KEY\"\n\
-             [cache]\nmode = \"off\"\n[defaults]\nroute = \"cloud\"\n",
-            fake.url()
-        ),
-    )
-    .unwrap();
+    let policy = cloud_policy(
+        home.path(),
+        &fake,
+        "[cache]\nmode = \"off\"\n[defaults]\nroute = \"cloud\"\n",
+    );
     let args = [
         "--home",
         home.path().to_str().unwrap(),
@@ -811,17 +822,12 @@ async fn an_interrupted_ask_settles_its_cloud_reservation() {
         std::time::Duration::from_millis(400),
     ));
     let home = tempfile::tempdir().unwrap();
-    let policy = home.path().join("cloud.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "[cloud]\nmodel = \"fake-model\"\nbase_url = {:?}\napi_key_env = \"EDGEROUTE_TEST_KEY\"\n\
-             input_usd_per_mtok = 1000\noutput_usd_per_mtok = 1000\n\
-             [budget]\ndaily_usd = 100\n[defaults]\nroute = \"cloud\"\n",
-            fake.url()
-        ),
-    )
-    .unwrap();
+    let policy = cloud_policy(
+        home.path(),
+        &fake,
+        "input_usd_per_mtok = 1000\noutput_usd_per_mtok = 1000\n\
+         [budget]\ndaily_usd = 100\n[defaults]\nroute = \"cloud\"\n",
+    );
     let (h, p) = (home.path().to_str().unwrap(), policy.to_str().unwrap());
     for signal in ["-INT", "-TERM"] {
         let mut child = bin()

@@ -216,17 +216,30 @@ fn impatient(fake: &FakeProvider) -> CloudConfig {
     cfg
 }
 
+/// One cloud attempt's estimate for `request` under `POLICY`'s prices: the prompt plus the
+/// request's `max_tokens` of output.
+fn estimate(request: &Request) -> Decimal {
+    let policy = edgeroute::policy::compile_str(POLICY, std::path::Path::new("<test>")).unwrap();
+    let features = edgeroute::inspect::inspect(&policy, request);
+    policy.cloud.unwrap().cost(Usage {
+        input_tokens: u64::from(features.prompt_tokens),
+        output_tokens: u64::from(request.params.max_tokens.unwrap()),
+    })
+}
+
+/// `POLICY` with its daily limit at `limit` instead of $100.
+fn with_daily_limit(limit: Decimal) -> String {
+    let tight = POLICY.replace("daily_usd = \"100\"", &format!("daily_usd = \"{limit}\""));
+    assert_ne!(tight, POLICY);
+    tight
+}
+
 /// The provider accepted the first attempt (HTTP 200), but its first token came too late and
 /// the attempt was retried: the provider may bill both. What a request costs the budget is
-/// its answer plus `attempts` estimates (prompt + 100 output tokens each).
+/// its answer plus `attempts` estimates (prompt + the request's `max_tokens` each).
 fn answer_plus_estimates(r: &Router, request: &Request, usage: Usage, attempts: u32) -> Decimal {
     let cloud = r.policy().cloud.as_ref().unwrap();
-    let features = edgeroute::inspect::inspect(r.policy(), request);
-    let estimate = cloud.cost(Usage {
-        input_tokens: u64::from(features.prompt_tokens),
-        output_tokens: 100,
-    });
-    cloud.cost(usage) + estimate * Decimal::from(attempts)
+    cloud.cost(usage) + estimate(request) * Decimal::from(attempts)
 }
 
 /// Every attempt the provider accepted is charged, not only the one that answered: a first
@@ -272,13 +285,9 @@ async fn a_call_is_not_retried_past_what_the_budget_could_reserve() {
     let fake = FakeProvider::start().await;
     let local = Arc::new(EchoModel::default());
     let request = Request::new("Explain functors.").with_max_tokens(100);
-    let probe_home = tempfile::tempdir().unwrap();
-    let probe = router_for(POLICY, probe_home.path(), impatient(&fake), local.clone());
-    let estimate = answer_plus_estimates(&probe, &request, Usage::default(), 1);
-    drop(probe);
+    let estimate = estimate(&request);
     let limit = estimate * Decimal::new(15, 1);
-    let tight = POLICY.replace("daily_usd = \"100\"", &format!("daily_usd = \"{limit}\""));
-    assert_ne!(tight, POLICY);
+    let tight = with_daily_limit(limit);
     let home = tempfile::tempdir().unwrap();
     let r = router_for(&tight, home.path(), impatient(&fake), local.clone());
 
@@ -329,17 +338,7 @@ async fn concurrent_calls_share_a_budget_by_first_attempts() {
     let fake = FakeProvider::start().await;
     let local = Arc::new(EchoModel::default());
     let request = Request::new("Explain functors.").with_max_tokens(100);
-    let probe_home = tempfile::tempdir().unwrap();
-    let probe = router_for(
-        POLICY,
-        probe_home.path(),
-        fake.openai_config(),
-        local.clone(),
-    );
-    let estimate = answer_plus_estimates(&probe, &request, Usage::default(), 1);
-    drop(probe);
-    let limit = estimate * Decimal::new(25, 1);
-    let tight = POLICY.replace("daily_usd = \"100\"", &format!("daily_usd = \"{limit}\""));
+    let tight = with_daily_limit(estimate(&request) * Decimal::new(25, 1));
     let home = tempfile::tempdir().unwrap();
     let r = router_for(&tight, home.path(), fake.openai_config(), local.clone());
     fake.set_behavior(Behavior::Trickle(Duration::from_millis(50)));
@@ -408,16 +407,16 @@ async fn a_deadline_that_passes_in_the_cloud_is_final() {
 }
 
 /// Waits (`Router::settled`, up to 10 s) for the $10 reservation of a dropped cloud call to be
-/// settled in the background, and checks it was settled at a few cents: the prompt and what
-/// had arrived.
-async fn assert_settled_at_what_arrived(r: &Router, home: &std::path::Path) {
+/// settled in the background, and checks it was settled at `earlier` (what earlier attempts
+/// cost) plus a few cents: the prompt and what had arrived.
+async fn assert_settled_at_what_arrived(r: &Router, home: &std::path::Path, earlier: Decimal) {
     tokio::time::timeout(Duration::from_secs(10), r.settled())
         .await
         .expect("the reservation was not settled within 10 s");
     let spent = spent_today(home);
     assert!(
-        spent > Decimal::ZERO && spent < Decimal::new(5, 2),
-        "{spent}"
+        spent > earlier && spent < earlier + Decimal::new(5, 2),
+        "{spent} spent; the earlier attempts cost {earlier}"
     );
 }
 
@@ -437,7 +436,7 @@ async fn a_cloud_answer_dropped_mid_stream_is_charged_what_was_streamed() {
     assert!(matches!(first, edgeroute::RouterEvent::Delta(_)));
     assert!(spent_today(home.path()) >= Decimal::from(10));
     drop(stream);
-    assert_settled_at_what_arrived(&r, home.path()).await;
+    assert_settled_at_what_arrived(&r, home.path(), Decimal::ZERO).await;
 }
 
 /// A call dropped mid-answer after a retry is charged what arrived plus the estimate of the
@@ -458,12 +457,7 @@ async fn a_dropped_retried_call_is_charged_its_earlier_accepted_attempt() {
     local.fail.store(true, std::sync::atomic::Ordering::SeqCst);
     let r = router_for(POLICY, home.path(), impatient(&fake), local);
     let request = Request::new("Tell me a story.").with_max_tokens(10_000);
-    let cloud = r.policy().cloud.clone().unwrap();
-    let features = edgeroute::inspect::inspect(r.policy(), &request);
-    let estimate = cloud.cost(Usage {
-        input_tokens: u64::from(features.prompt_tokens),
-        output_tokens: 10_000,
-    });
+    let earlier = estimate(&request);
     let mut stream = r.stream(request);
     loop {
         match stream.next().await.unwrap().unwrap() {
@@ -474,14 +468,7 @@ async fn a_dropped_retried_call_is_charged_its_earlier_accepted_attempt() {
     }
     assert_eq!(fake.requests_received(), 2);
     drop(stream);
-    tokio::time::timeout(Duration::from_secs(10), r.settled())
-        .await
-        .expect("not settled within 10 s");
-    let spent = spent_today(home.path());
-    assert!(
-        spent > estimate && spent < estimate + Decimal::new(5, 2),
-        "{spent} spent; one attempt's estimate is {estimate}"
-    );
+    assert_settled_at_what_arrived(&r, home.path(), earlier).await;
 }
 
 /// The same for a hedge whose cloud leg is answering when the request is dropped: the
@@ -499,5 +486,5 @@ async fn a_hedge_dropped_while_the_cloud_answers_is_charged_what_arrived() {
     let dropped = tokio::time::timeout(Duration::from_millis(700), r.complete(request)).await;
     assert!(dropped.is_err(), "the hedge finished before it was dropped");
     assert_eq!(local.calls(), 0);
-    assert_settled_at_what_arrived(&r, home.path()).await;
+    assert_settled_at_what_arrived(&r, home.path(), Decimal::ZERO).await;
 }

@@ -1226,7 +1226,7 @@ impl Compiler<'_> {
             first_token_timeout: Duration::from_millis(c.first_token_timeout_ms.unwrap_or(15_000)),
             idle_timeout: Duration::from_millis(c.idle_timeout_ms.unwrap_or(30_000)),
             total_timeout: Duration::from_millis(total),
-            max_retries: c.max_retries.unwrap_or(2).min(MAX_RETRIES),
+            max_retries: c.max_retries.unwrap_or(2),
             max_tokens: c.max_tokens.unwrap_or(DEFAULT_CLOUD_MAX_TOKENS),
             allow_insecure_http,
             ca_file: c.ca_file.as_ref().map(PathBuf::from),

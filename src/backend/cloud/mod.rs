@@ -352,11 +352,12 @@ fn endpoint_url(base_url: &str, path: &str) -> Result<reqwest::Url> {
     let mut url = reqwest::Url::parse(base_url.trim())
         .map_err(|e| Error::Config(format!("[cloud].base_url `{base_url}` is not a URL: {e}")))?;
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let already: Vec<String> = url
-        .path_segments()
-        .map(|s| s.filter(|s| !s.is_empty()).map(str::to_owned).collect())
-        .unwrap_or_default();
-    if already.ends_with(&segments.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()) {
+    let pasted = url.path_segments().is_some_and(|s| {
+        s.filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .ends_with(&segments)
+    });
+    if pasted {
         return Ok(url);
     }
     match url.path_segments_mut() {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::{CloudConfig, MaxTokensField};
-use super::protocol::{from_json, ErrorDetail, Parsed, StreamDecoder};
+use super::protocol::{error_sent_with_success, from_json, Parsed, StreamDecoder};
 use super::sse::SseEvent;
 use crate::backend::{BackendCall, FinishReason};
 use crate::error::{Error, Result};
@@ -167,12 +167,10 @@ pub(crate) fn on_event(dec: &mut StreamDecoder, event: &SseEvent) -> Result<Opti
         let has_error =
             serde_json::from_str::<serde_json::Value>(data).is_ok_and(|v| !v["error"].is_null());
         if has_error {
-            let e = ErrorDetail::from_body(data.as_bytes());
-            return Err(Error::Server {
-                status: 200,
-                message: format!("error event in stream: {}", e.message()),
-                retry_after: None,
-            });
+            return Err(error_sent_with_success(
+                data.as_bytes(),
+                "error event in stream",
+            ));
         }
     }
     let chunk: Chunk = from_json(data.as_bytes(), "chat completion chunk")?;

@@ -57,15 +57,21 @@ pub fn parse_response(
         Ok(parsed) => Ok(parsed.into_generation(estimated_input_tokens)),
         // Some gateways answer a failure with a success status and an error body: its words
         // say more than "malformed".
-        Err(Error::MalformedResponse(_)) if has_error_field(body) => Err(Error::Server {
-            status: 200,
-            message: format!(
-                "an error with a success status: {}",
-                ErrorDetail::from_body(body).message()
-            ),
-            retry_after: None,
-        }),
+        Err(Error::MalformedResponse(_)) if has_error_field(body) => Err(error_sent_with_success(
+            body,
+            "an error with a success status",
+        )),
         Err(e) => Err(e),
+    }
+}
+
+/// The provider's error in `body`, which came with a success status (in a stream, or a whole
+/// answer from some gateways), as a server error in its words after `what`.
+pub(crate) fn error_sent_with_success(body: &[u8], what: &str) -> Error {
+    Error::Server {
+        status: 200,
+        message: format!("{what}: {}", ErrorDetail::from_body(body).message()),
+        retry_after: None,
     }
 }
 
