@@ -123,7 +123,10 @@ impl RouterBuilder {
         self
     }
 
-    /// Overrides `[cloud].base_url`. Default: `EDGEROUTE_CLOUD_URL` if set, else the policy's.
+    /// Overrides `[cloud].base_url` (the API key is sent there). Default: the policy's. The
+    /// library reads no environment variable for this, so the process environment cannot move
+    /// cloud calls, and the key, to another host; the CLI's `--cloud-url` (or
+    /// `EDGEROUTE_CLOUD_URL`) passes its value here.
     pub fn cloud_base_url(mut self, url: impl Into<String>) -> Self {
         self.cloud_url = Some(url.into());
         self
@@ -193,16 +196,11 @@ impl RouterBuilder {
             None if self.load_local => crate::wiring::local_from_policy(&policy, &home)?,
             None => None,
         };
-        let cloud_url = self.cloud_url.or_else(|| {
-            std::env::var("EDGEROUTE_CLOUD_URL")
-                .ok()
-                .filter(|s| !s.is_empty())
-        });
         let cloud = match self.cloud {
             Some(b) => Some(CloudTier::new(b)),
             None if self.load_cloud => crate::wiring::cloud_from_policy(
                 &policy,
-                cloud_url.as_deref(),
+                self.cloud_url.as_deref(),
                 self.cloud_api_key.as_deref(),
             )?,
             None => None,

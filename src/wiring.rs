@@ -194,7 +194,7 @@ mod lazy_local {
     }
 }
 
-/// The cloud tier named by `[cloud]`, with `url` (from `EDGEROUTE_CLOUD_URL` or the builder)
+/// The cloud tier named by `[cloud]`, with `url` (from `RouterBuilder::cloud_base_url`)
 /// overriding its base URL. The API key is `key` (from the builder) or else comes from the
 /// variable `[cloud].api_key_env` names; without one the tier reports itself unavailable and
 /// cloud routes run locally.

@@ -1078,3 +1078,51 @@ fn warnings_in_a_pipe_have_no_colour_codes() {
     assert!(err.contains("answering without the answer cache"), "{err}");
     assert!(!err.contains('\u{1b}'), "{err:?}");
 }
+
+/// `--cloud-url` and `EDGEROUTE_CLOUD_URL` point `ask` at another address than the policy's
+/// `[cloud].base_url` (the flag wins over the variable); without either, the policy's is used.
+#[cfg(feature = "cloud")]
+#[tokio::test(flavor = "multi_thread")]
+async fn cloud_url_flag_and_variable_override_the_policys_base_url() {
+    let (policy_host, other) = (
+        support::FakeProvider::start().await,
+        support::FakeProvider::start().await,
+    );
+    policy_host.set_reply("From the policy's host.");
+    other.set_reply("From the other host.");
+    let home = tempfile::tempdir().unwrap();
+    let policy = cloud_policy(
+        home.path(),
+        &policy_host,
+        "[cache]\nmode = \"off\"\n[defaults]\nroute = \"cloud\"\n",
+    );
+    let home_s = home.path().to_str().unwrap().to_owned();
+    let policy_s = policy.to_str().unwrap().to_owned();
+    let ask = |flag: Option<&str>, var: Option<&str>| {
+        let mut c = bin();
+        c.args(["--home", &home_s, "ask", "--policy", &policy_s, "hello"])
+            .env("EDGEROUTE_TEST_KEY", support::TEST_KEY);
+        if let Some(url) = flag {
+            c.args(["--cloud-url", url]);
+        }
+        if let Some(url) = var {
+            c.env("EDGEROUTE_CLOUD_URL", url);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).trim().to_owned()
+    };
+    assert_eq!(ask(None, None), "From the policy's host.");
+    assert_eq!(ask(None, Some("")), "From the policy's host.");
+    assert_eq!(ask(None, Some(&other.url())), "From the other host.");
+    assert_eq!(ask(Some(&other.url()), None), "From the other host.");
+    let unused = format!("http://{}", support::unused_addr());
+    assert_eq!(
+        ask(Some(&policy_host.url()), Some(&unused)),
+        "From the policy's host."
+    );
+    assert_eq!(
+        (policy_host.requests_received(), other.requests_received()),
+        (3, 2)
+    );
+}

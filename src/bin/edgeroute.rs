@@ -36,6 +36,10 @@ struct Cli {
     /// The edgeroute home (runtime, models, cache). Default: $EDGEROUTE_HOME, else the data dir.
     #[arg(long, global = true, env = "EDGEROUTE_HOME", value_name = "DIR")]
     home: Option<PathBuf>,
+    /// The cloud provider's base URL, overriding the policy's `[cloud].base_url` (the API key
+    /// is sent there). Default: $EDGEROUTE_CLOUD_URL, else the policy's.
+    #[arg(long, global = true, env = "EDGEROUTE_CLOUD_URL", value_name = "URL")]
+    cloud_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -273,8 +277,8 @@ fn init_tracing() {
 
 fn run(cli: Cli) -> CmdResult {
     match cli.command {
-        Command::Ask(args) => ask(args, cli.home.as_deref()),
-        Command::Explain(args) => explain(args, cli.home.as_deref()),
+        Command::Ask(args) => ask(args, cli.home.as_deref(), cli.cloud_url.as_deref()),
+        Command::Explain(args) => explain(args, cli.home.as_deref(), cli.cloud_url.as_deref()),
         Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
         Command::Policy(PolicyCommand::Test { files }) => policy_test(&files),
         Command::Pii(PiiCommand::Scan { text, policy, json }) => {
@@ -339,22 +343,31 @@ fn runtime() -> edgeroute::Result<tokio::runtime::Runtime> {
 /// first use, so building reads at most its manifest, and the local tier reports itself
 /// available exactly when the model is installed. `store` opens the answer cache and cost
 /// ledger under the home, creating them; `explain` writes nothing, so it goes without.
-fn router(policy: CompiledPolicy, home: Option<&Path>, store: bool) -> edgeroute::Result<Router> {
+/// `cloud_url` (`--cloud-url`, `EDGEROUTE_CLOUD_URL`) overrides the policy's `[cloud].base_url`.
+fn router(
+    policy: CompiledPolicy,
+    home: Option<&Path>,
+    cloud_url: Option<&str>,
+    store: bool,
+) -> edgeroute::Result<Router> {
     let mut b = Router::builder().policy(policy).cache(store);
     if let Some(h) = home {
         b = b.home(h);
     }
+    if let Some(url) = cloud_url.filter(|u| !u.trim().is_empty()) {
+        b = b.cloud_base_url(url);
+    }
     b.build()
 }
 
-fn ask(args: AskArgs, home: Option<&Path>) -> CmdResult {
+fn ask(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdResult {
     let policy = load_policy(&args.policy)?;
     let mut request = build_request(&args.request)?;
     request.params.max_tokens = args.max_tokens;
     request.params.repetition_penalty = args.repetition_penalty;
     request.skip_cache = args.no_cache;
     refuse_missing_named_home(home)?;
-    let router = router(policy, home, true)?;
+    let router = router(policy, home, cloud_url, true)?;
     let rt = runtime()?;
     let response = rt.block_on(async {
         let answer = async {
@@ -492,10 +505,10 @@ fn reasons_json(decision: &Decision) -> Value {
     )
 }
 
-fn explain(args: ExplainArgs, home: Option<&Path>) -> CmdResult {
+fn explain(args: ExplainArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdResult {
     let policy = load_policy(&args.policy)?;
     let request = build_request(&args.request)?;
-    let router = router(policy, home, false)?;
+    let router = router(policy, home, cloud_url, false)?;
     let features = edgeroute::inspect::inspect(router.policy(), &request);
     let mut signals = router.signals(&features, router.max_tokens(&request));
     if args.offline {

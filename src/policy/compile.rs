@@ -153,7 +153,8 @@ pub struct CloudSection {
     pub provider: ProviderKind,
     /// Model id.
     pub model: String,
-    /// Base URL (before `EDGEROUTE_CLOUD_URL` override).
+    /// Base URL (before a `RouterBuilder::cloud_base_url` override, which the CLI takes from
+    /// `--cloud-url` or `EDGEROUTE_CLOUD_URL`).
     pub base_url: String,
     /// Env var holding the key.
     pub api_key_env: String,
