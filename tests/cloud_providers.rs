@@ -103,6 +103,35 @@ async fn openai_stream_without_usage_is_estimated() {
     assert_eq!(g.usage.output_tokens, estimate_tokens(DEFAULT_REPLY));
 }
 
+/// A server that ignores `stream: true` and answers with one JSON document (some gateways and
+/// self-hosted servers do) still answers a streaming call, on both protocols: the whole text as
+/// one delta, then the end with the provider's usage and finish reason. A cut-short whole
+/// answer keeps its reason.
+#[tokio::test]
+async fn a_whole_json_answer_to_a_streaming_call_is_read_as_the_answer() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::IgnoresStream);
+    for config in [fake.openai_config(), fake.anthropic_config()] {
+        let backend = CloudBackend::new(config).unwrap();
+        let out = collect(backend.stream(full_call()).await.unwrap()).await;
+        let g = out.outcome.unwrap();
+        assert_eq!(out.deltas, [DEFAULT_REPLY], "{}", backend.name());
+        assert_eq!(g.text, DEFAULT_REPLY);
+        assert_eq!(g.usage.input_tokens, PROMPT_WORDS);
+        assert_eq!(g.usage.output_tokens, REPLY_WORDS);
+        assert!(!g.usage_estimated);
+        assert_eq!(g.finish, FinishReason::Stop);
+        assert_eq!(fake.last_request().unwrap().body["stream"], true);
+    }
+    fake.set_stop_reason("length");
+    let backend = CloudBackend::new(fake.openai_config()).unwrap();
+    let g = collect(backend.stream(full_call()).await.unwrap())
+        .await
+        .outcome
+        .unwrap();
+    assert_eq!(g.finish, FinishReason::Length);
+}
+
 #[tokio::test]
 async fn anthropic_non_streaming() {
     let fake = FakeProvider::start().await;

@@ -69,6 +69,9 @@ pub enum Behavior {
     ResetMidBody,
     /// Streams only: send the start (the first token), go silent this long, then send the rest.
     StallAfterFirstToken(Duration),
+    /// A whole JSON answer (`application/json`) even when the request asked for a stream, as
+    /// some gateways and self-hosted servers send.
+    IgnoresStream,
     /// HTTP 200 with a body that is not valid JSON (for streams: an event with invalid JSON).
     MalformedJson,
     /// A stream whose body ends cleanly but without `[DONE]` / `message_stop`
@@ -320,6 +323,7 @@ async fn handle(
             ok(&answer, stream, None, false, false)
         }
         Behavior::Trickle(d) => ok(&answer, stream, Some(d), false, false),
+        Behavior::IgnoresStream => ok(&answer, false, None, false, false),
         Behavior::ResetMidBody => ok(&answer, stream, None, true, false),
         Behavior::StallAfterFirstToken(d) => stalled(&answer, d),
         Behavior::TruncatedStream => ok(&answer, stream, None, false, true),

@@ -664,6 +664,24 @@ impl Inner {
         let response = self
             .send(body, clock, attempt_start, first_token, Some(report))
             .await?;
+        let (first_at, phase) = first_token;
+        if is_whole_json(response.headers()) {
+            // The server ignored `stream: true` (some gateways and self-hosted servers do):
+            // its answer is one JSON document, which arrives whole as the first token.
+            let mut response = response;
+            let body = until(
+                first_at,
+                async {
+                    read_all(&mut response)
+                        .await
+                        .map_err(|e| self.transport_error(&e, attempt_start))
+                },
+                || clock.timeout(phase, attempt_start),
+            )
+            .await?;
+            let generation = parse_response(self.cfg.provider, &body, est)?;
+            return Ok(Live::whole(response, generation));
+        }
         let mut live = Live {
             response,
             parser: SseParser::new(),
@@ -671,7 +689,6 @@ impl Inner {
             pending: VecDeque::new(),
             events: Vec::new(),
         };
-        let (first_at, phase) = first_token;
         // Until the first token, its own limit applies, not the idle one.
         until(first_at, live.fill(Duration::MAX), || {
             clock.timeout(phase, attempt_start)
@@ -679,6 +696,29 @@ impl Inner {
         .await?;
         Ok(live)
     }
+}
+
+/// Whether a response to a streaming request is a whole JSON answer rather than an event
+/// stream (`Content-Type: application/json`, or any `+json` type).
+fn is_whole_json(headers: &HeaderMap) -> bool {
+    let Some(mime) = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+    else {
+        return false;
+    };
+    let mime = mime.trim().to_ascii_lowercase();
+    mime == "application/json" || mime.ends_with("+json")
+}
+
+/// Reads a whole body without consuming the response.
+async fn read_all(response: &mut reqwest::Response) -> reqwest::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// Reads at most `cap` bytes of a body (error bodies; failures read as empty).
@@ -703,6 +743,22 @@ struct Live {
 }
 
 impl Live {
+    /// A whole answer already read: its text as one delta, then the end.
+    fn whole(response: reqwest::Response, generation: Generation) -> Live {
+        let mut pending = VecDeque::new();
+        if !generation.text.is_empty() {
+            pending.push_back(StreamEvent::Delta(generation.text.clone()));
+        }
+        pending.push_back(StreamEvent::Done(generation));
+        Live {
+            response,
+            parser: SseParser::new(),
+            decoder: None,
+            pending,
+            events: Vec::new(),
+        }
+    }
+
     /// Reads until at least one event is pending (a delta, or the final `Done`). Nothing on
     /// the wire for `idle` (no bytes at all: a provider's keep-alive pings count as something)
     /// is a [`TimeoutPhase::BetweenTokens`] timeout.
