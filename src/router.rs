@@ -1,6 +1,7 @@
 //! [`Router`]: the one place a request flows through —
 //! inspect → decide → cache → execute → record.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -925,6 +926,23 @@ enum LegEnd<'g> {
     Failed(&'g Error),
 }
 
+/// `work`, ended at `deadline` (when there is one) with a `Total` timeout of the time it ran;
+/// the request's `deadline_error` then reports it as the request's deadline.
+async fn within<T>(deadline: Option<Instant>, work: impl Future<Output = Result<T>>) -> Result<T> {
+    let Some(d) = deadline else {
+        return work.await;
+    };
+    let started = Instant::now();
+    tokio::time::timeout_at(d.into(), work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                phase: crate::error::TimeoutPhase::Total,
+                elapsed: started.elapsed(),
+            })
+        })
+}
+
 /// Collects one hedge leg's stream (nothing reaches the caller until a leg has won) into its
 /// generation, noting its first token on `clock`, re-hydrating a redacted answer, and
 /// recording the outcome on the leg's (current) span.
@@ -1231,7 +1249,10 @@ impl Execution<'_> {
             u64::from(self.features.prompt_tokens),
         );
 
-        // Each leg opens its span when it starts: a tier that never ran leaves no span.
+        // Each leg opens its span when it starts: a tier that never ran leaves no span. Each
+        // ends at the request's deadline, so a leg that never answers cannot hold the other's
+        // failure (or the request) past it.
+        let deadline = self.deadline;
         let local_leg = {
             let clock = &local_clock;
             async move {
@@ -1242,11 +1263,11 @@ impl Execution<'_> {
                     &local_call,
                     trace_content,
                 );
-                async move {
+                within(deadline, async move {
                     clock.start();
                     let stream = local.stream(local_call).await?;
                     collect_leg(stream, clock, None, trace_content).await
-                }
+                })
                 .instrument(span)
                 .await
             }
@@ -1255,7 +1276,7 @@ impl Execution<'_> {
             let (clock, store, charge) = (&cloud_clock, store.clone(), &charge);
             async move {
                 let span = tier_span("cloud", provider, cloud.name(), &cloud_call, trace_content);
-                async move {
+                within(deadline, async move {
                     clock.start();
                     // The budget is only touched when the cloud actually starts.
                     if let Some(s) = &store {
@@ -1274,7 +1295,7 @@ impl Execution<'_> {
                     let stream = cloud.stream(c, cloud_call, &clock.report).await?;
                     clock.accept();
                     collect_leg(stream, clock, rehydrator, trace_content).await
-                }
+                })
                 .instrument(span)
                 .await
             }
@@ -1366,9 +1387,12 @@ impl Execution<'_> {
                     LegEnd::Failed(&e),
                     estimate,
                 );
+                // Past the deadline, the deadline is the answer (the other leg's failure is
+                // in the attempts and reasons), as on the other plans.
                 Err(match failed {
+                    Some(_) if e.is_timeout() && self.out_of_time() => self.deadline_error(e),
                     Some(first_error) => self.all_failed(first_error, e),
-                    None => e,
+                    None => self.deadline_error(e),
                 })
             }
         };
@@ -1569,15 +1593,7 @@ impl Execution<'_> {
         let deadline = self.deadline;
         let result = async {
             // The deadline covers getting the stream too: a first request loads the model.
-            let stream = match deadline {
-                Some(d) => tokio::time::timeout_at(d.into(), backend.stream(call))
-                    .await
-                    .map_err(|_| Error::Timeout {
-                        phase: crate::error::TimeoutPhase::Total,
-                        elapsed: started.elapsed(),
-                    })??,
-                None => backend.stream(call).await?,
-            };
+            let stream = within(deadline, backend.stream(call)).await?;
             self.drain(stream, None, None).await
         }
         .instrument(span.clone())

@@ -488,3 +488,35 @@ async fn a_hedge_dropped_while_the_cloud_answers_is_charged_what_arrived() {
     assert_eq!(local.calls(), 0);
     assert_settled_at_what_arrived(&r, home.path(), Decimal::ZERO).await;
 }
+
+/// A hedge ends at the request's deadline even when one leg fails and the other never starts
+/// answering (a local model still loading, a custom backend that hangs): the request used to
+/// wait for the second leg without bound.
+#[tokio::test]
+async fn a_hedge_whose_legs_fail_and_hang_ends_at_the_deadline() {
+    for first in ["local", "cloud"] {
+        let home = tempfile::tempdir().unwrap();
+        let fake = FakeProvider::start().await;
+        fake.set_behavior(Behavior::Status(401));
+        let local = Arc::new(EchoModel::default());
+        local.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = router_with(&hedge_policy(first, 20), home.path(), &fake, local.clone());
+        let request = Request::new("hello").with_deadline(Duration::from_millis(300));
+        let err = tokio::time::timeout(Duration::from_secs(20), r.complete(request))
+            .await
+            .unwrap_or_else(|_| panic!("first = {first}: the request outlived its deadline"))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                edgeroute::Error::Timeout {
+                    phase: edgeroute::error::TimeoutPhase::Deadline,
+                    ..
+                }
+            ),
+            "first = {first}: {err}"
+        );
+        assert_eq!(fake.requests_received(), 1, "first = {first}");
+        assert_eq!(local.calls(), 1, "first = {first}");
+    }
+}
