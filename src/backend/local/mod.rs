@@ -451,6 +451,20 @@ impl LocalBackend {
         messages: &[Message],
         params: &GenerationParams,
         deadline: Option<Instant>,
+        on_token: impl FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
+    ) -> Result<LocalOutput> {
+        self.generate_unless(messages, params, deadline, &|| false, on_token)
+    }
+
+    /// [`LocalBackend::generate_blocking`], also stopped by `abandoned` (the caller went away):
+    /// checked while the request waits for a session, before its prompt runs and before every
+    /// token, so an abandoned request does not hold up the ones queued behind it.
+    fn generate_unless(
+        &self,
+        messages: &[Message],
+        params: &GenerationParams,
+        deadline: Option<Instant>,
+        abandoned: &dyn Fn() -> bool,
         mut on_token: impl FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<LocalOutput> {
         let inner = &*self.inner;
@@ -478,6 +492,7 @@ impl LocalBackend {
         };
         let mut sampler = Sampler::new(params.temperature, params.top_p, params.seed, penalty);
         let check_deadline = || match deadline {
+            _ if abandoned() => Err(Error::Cancelled),
             Some(d) if Instant::now() >= d => Err(Error::Timeout {
                 phase: TimeoutPhase::Total,
                 elapsed: start.elapsed(),
@@ -486,7 +501,8 @@ impl LocalBackend {
         };
         check_deadline()?;
 
-        let mut lease = inner.pool.lease(&prompt_ids)?;
+        let mut lease = inner.pool.lease(&prompt_ids, &check_deadline)?;
+        check_deadline()?;
         let cached = lease.take_prompt_kv();
         let reused = cached.as_ref().map_or(0, |kv| kv.reusable(&prompt_ids));
         let session = lease.session()?;
@@ -629,15 +645,21 @@ impl Backend for LocalBackend {
     }
 
     /// Generates on a dedicated thread; deltas arrive through a bounded channel. Dropping the
-    /// stream closes the channel and the thread stops before the next token.
+    /// stream closes the channel and the thread stops before the next token (or, still queued
+    /// for a session, without running its prompt).
     async fn stream(&self, call: BackendCall) -> Result<EventStream> {
         let (tx, mut rx) = mpsc::channel::<Result<StreamEvent>>(64);
         let backend = self.clone();
         std::thread::Builder::new()
             .name("edgeroute-local".into())
             .spawn(move || {
-                let result =
-                    backend.generate_blocking(&call.messages, &call.params, call.deadline, |ev| {
+                let abandoned = || tx.is_closed();
+                let result = backend.generate_unless(
+                    &call.messages,
+                    &call.params,
+                    call.deadline,
+                    &abandoned,
+                    |ev| {
                         if tx.is_closed() {
                             return ControlFlow::Break(());
                         }
@@ -648,7 +670,8 @@ impl Backend for LocalBackend {
                             Ok(()) => ControlFlow::Continue(()),
                             Err(_) => ControlFlow::Break(()),
                         }
-                    });
+                    },
+                );
                 let last = match result {
                     Ok(out) => Ok(StreamEvent::Done(out.into_generation())),
                     Err(Error::Cancelled) => return,
@@ -669,14 +692,20 @@ impl Backend for LocalBackend {
         std::thread::Builder::new()
             .name("edgeroute-local".into())
             .spawn(move || {
-                let out =
-                    backend.generate_blocking(&call.messages, &call.params, call.deadline, |_| {
-                        if tx.is_closed() {
+                let abandoned = || tx.is_closed();
+                let out = backend.generate_unless(
+                    &call.messages,
+                    &call.params,
+                    call.deadline,
+                    &abandoned,
+                    |_| {
+                        if abandoned() {
                             ControlFlow::Break(())
                         } else {
                             ControlFlow::Continue(())
                         }
-                    });
+                    },
+                );
                 let _ = tx.send(out.map(LocalOutput::into_generation));
             })
             .map_err(|e| Error::io("spawning the local generation thread", e))?;
@@ -846,6 +875,65 @@ mod tests {
             }
         }
         assert_eq!(text, "Hi!é");
+    }
+
+    /// A request queued behind a busy session stops without running its prompt when its
+    /// caller goes away (a dropped stream) or its deadline passes, so abandoned requests do not
+    /// hold up the live ones behind them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_request_waiting_for_a_session_never_runs() {
+        let b = LocalBackend::builder()
+            .model_dir(fixture("tiny"))
+            .threads(1)
+            .pool_size(1)
+            .commit()
+            .unwrap();
+        let call = |deadline| BackendCall {
+            messages: vec![Message::user("hey")],
+            params: GenerationParams::default(),
+            deadline,
+        };
+        // The one session is held by a generation paused after its first token.
+        let (pause_tx, pause_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                b.generate_blocking(&[Message::user("hey")], &Default::default(), None, |_| {
+                    let _ = pause_rx.recv();
+                    ControlFlow::Continue(())
+                })
+            })
+        };
+        let wait_for = |n: usize| {
+            let t = Instant::now();
+            while b.active_generations() != n {
+                assert!(t.elapsed() < Duration::from_secs(20), "never {n} active");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        wait_for(1);
+        let dropped = b.stream(call(None)).await.unwrap();
+        let timed_out = {
+            let (b, call) = (
+                b.clone(),
+                call(Some(Instant::now() + Duration::from_millis(50))),
+            );
+            tokio::spawn(async move { b.generate(call).await })
+        };
+        wait_for(3);
+        drop(dropped);
+        let err = tokio::time::timeout(Duration::from_secs(20), timed_out)
+            .await
+            .expect("a request past its deadline kept waiting for the session")
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        wait_for(1);
+        drop(pause_tx);
+        assert_eq!(holder.join().unwrap().unwrap().text, "Hi!é");
+        wait_for(0);
+        // Only the holder's five tokens were ever generated.
+        assert_eq!(b.tokens_generated(), 5);
     }
 
     #[test]

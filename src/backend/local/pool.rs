@@ -2,11 +2,15 @@
 //! with the prompt cache its last generation left behind.
 
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use ort::session::Session;
 
 use super::decoder::PromptKv;
 use crate::error::{Error, Result};
+
+/// How often a request waiting for a session checks whether it should stop waiting.
+const GIVE_UP_POLL: Duration = Duration::from_millis(10);
 
 /// A session and the keys and values of the last prompt it ran.
 struct Slot {
@@ -44,7 +48,13 @@ impl Pool {
     }
 
     /// Waits for a free session, preferring the one whose cache shares most of `prompt`.
-    pub(crate) fn lease(&self, prompt: &[u32]) -> Result<Lease<'_>> {
+    /// `give_up` is asked every few milliseconds while waiting: its error (the caller left, the
+    /// deadline passed) ends the wait.
+    pub(crate) fn lease(
+        &self,
+        prompt: &[u32],
+        give_up: &dyn Fn() -> Result<()>,
+    ) -> Result<Lease<'_>> {
         let poisoned = |_| Error::Inference("session pool poisoned by a panic".into());
         let mut idle = self.idle.lock().map_err(poisoned)?;
         loop {
@@ -60,7 +70,12 @@ impl Pool {
                     slot: Some(idle.swap_remove(i)),
                 });
             }
-            idle = self.returned.wait(idle).map_err(poisoned)?;
+            give_up()?;
+            idle = self
+                .returned
+                .wait_timeout(idle, GIVE_UP_POLL)
+                .map_err(|_| Error::Inference("session pool poisoned by a panic".into()))?
+                .0;
         }
     }
 }
