@@ -1126,3 +1126,52 @@ async fn cloud_url_flag_and_variable_override_the_policys_base_url() {
         (3, 2)
     );
 }
+
+/// Set but empty, `EDGEROUTE_HOME`, `EDGEROUTE_POLICY` and `EDGEROUTE_CLOUD_URL` mean unset,
+/// as the library and the set-up script read them; they used to stop every command with
+/// "a value is required for '--home <DIR>'" (exit status 2).
+#[test]
+fn empty_configuration_variables_mean_unset() {
+    for var in ["EDGEROUTE_HOME", "EDGEROUTE_POLICY", "EDGEROUTE_CLOUD_URL"] {
+        let o = bin()
+            .args(["explain", "--json", "What is the capital of France?"])
+            .env(var, "")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{var}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(v["route"].is_string(), "{var}: {v}");
+    }
+}
+
+/// `ask --json` on a request the policy refuses prints a JSON object naming the rule and its
+/// message on stdout (scripts parse stdout), and still exits with status 1 and the message on
+/// stderr.
+#[test]
+fn ask_json_reports_a_refusal_as_json() {
+    let home = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "--home",
+        home.path().to_str().unwrap(),
+        "ask",
+        "--json",
+        "--policy",
+        "policies/offline-only.toml",
+        "--tag",
+        "live-data",
+        "What is the EUR/USD rate right now?",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["refused"], true, "{v}");
+    assert_eq!(v["rule"], "no-live-data");
+    assert_eq!(
+        v["message"],
+        "offline mode cannot look up live data (prices, weather, news)"
+    );
+    assert!(
+        stderr(&o).contains("refused by policy rule `no-live-data`"),
+        "{}",
+        stderr(&o)
+    );
+}

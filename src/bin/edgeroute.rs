@@ -30,7 +30,8 @@ by latency, privacy and cost policies written in TOML.\n\n\
 Configuration: flags first, then the environment (EDGEROUTE_POLICY, EDGEROUTE_HOME, \
 EDGEROUTE_CLOUD_URL), then defaults (the built-in default policy; home under the user's data dir).\n\n\
 Exit status: 0 on success, also when the reader of the output stops early (`| head`), which \
-ends the command quietly; 1 on errors, invalid policies and failed policy tests."
+ends the command quietly; 1 on errors, refusals, invalid policies and failed policy tests; 2 on \
+a usage error (an unknown flag, a missing argument); 130 when interrupted (Ctrl-C, SIGTERM)."
 )]
 struct Cli {
     /// The edgeroute home (runtime, models, cache). Default: $EDGEROUTE_HOME, else the data dir.
@@ -122,7 +123,10 @@ struct AskArgs {
     policy: PolicyArg,
     #[command(flatten)]
     request: RequestArgs,
-    /// Print one JSON object instead of streaming text.
+    /// Print one JSON object instead of streaming text: `text`, `route`, `rule`, `reasons`,
+    /// `latency_ms`, `first_token_ms`, `cost_usd` (a decimal string), `cost_estimated`,
+    /// `cached`, `finish`, `confidence`, `usage`. A refused or failed request prints
+    /// `{"error", "refused", "rule", "message"}` (exit status 1).
     #[arg(long)]
     json: bool,
     /// Maximum new tokens. Default: the policy's [local].max_new_tokens for the local model,
@@ -243,7 +247,17 @@ macro_rules! note {
     }};
 }
 
+/// The variables the CLI reads as flag defaults. Set but empty means unset (as the library's
+/// `EDGEROUTE_HOME` and the set-up script read them), not an empty flag value.
+const FLAG_VARIABLES: [&str; 3] = ["EDGEROUTE_HOME", "EDGEROUTE_POLICY", "EDGEROUTE_CLOUD_URL"];
+
 fn main() -> ExitCode {
+    for var in FLAG_VARIABLES {
+        if std::env::var_os(var).is_some_and(|v| v.is_empty()) {
+            // Single-threaded still: nothing else reads the environment yet.
+            std::env::remove_var(var);
+        }
+    }
     let cli = Cli::parse();
     init_tracing();
     match run(cli) {
@@ -414,7 +428,27 @@ fn ask(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdResult
             tracing::warn!("a cloud call's budget reservation did not settle within 5 s");
         }
         result
-    })?;
+    });
+    let response = match response {
+        Err(Stop::Failed(e)) if args.json => {
+            // Scripts get an answer on stdout either way; the message still goes to stderr.
+            let (rule, message) = match &e {
+                edgeroute::Error::Refused { rule, message } => (Some(rule), Some(message)),
+                _ => (None, None),
+            };
+            out!(
+                "{}",
+                json!({
+                    "error": e.to_string(),
+                    "refused": rule.is_some(),
+                    "rule": rule,
+                    "message": message,
+                })
+            );
+            return Err(Stop::Failed(e));
+        }
+        other => other?,
+    };
     if args.json {
         let out = json!({
             "text": response.text,
