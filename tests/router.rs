@@ -665,3 +665,57 @@ async fn a_home_without_a_usable_database_answers_without_the_cache() {
     .unwrap();
     assert!(matches!(err, Error::Storage { .. }), "{err}");
 }
+
+/// A backend that sends its whole answer in the final event, with no deltas (allowed: the
+/// trait's own `generate` reads it there).
+struct AnswersInOnePiece;
+
+#[async_trait::async_trait]
+impl edgeroute::backend::Backend for AnswersInOnePiece {
+    fn name(&self) -> &str {
+        "one-piece"
+    }
+
+    async fn stream(
+        &self,
+        _call: edgeroute::backend::BackendCall,
+    ) -> edgeroute::Result<edgeroute::backend::EventStream> {
+        let done = edgeroute::backend::Generation {
+            text: "42".into(),
+            usage: Usage {
+                input_tokens: 3,
+                output_tokens: 1,
+            },
+            usage_estimated: false,
+            confidence: None,
+            finish: edgeroute::backend::FinishReason::Stop,
+        };
+        Ok(Box::pin(futures::stream::iter([Ok(
+            edgeroute::backend::StreamEvent::Done(done),
+        )])))
+    }
+}
+
+/// The router answers with the text a backend put in its final event when no delta carried it
+/// (it used to answer ""), and streams it to the caller as one delta.
+#[tokio::test]
+async fn a_backend_answering_in_its_final_event_alone_is_answered_and_streamed() {
+    let r = Router::builder()
+        .policy_str(POLICY)
+        .local_backend(Arc::new(AnswersInOnePiece))
+        .cache(false)
+        .build()
+        .unwrap();
+    let resp = r.complete(Request::new("q")).await.unwrap();
+    assert_eq!(resp.text, "42");
+    assert!(resp.timings.first_token.is_some());
+    let mut s = r.stream(Request::new("q"));
+    let mut deltas = Vec::new();
+    while let Some(ev) = s.next().await {
+        match ev.unwrap() {
+            RouterEvent::Delta(d) => deltas.push(d),
+            RouterEvent::Done(resp) => assert_eq!(resp.text, "42"),
+        }
+    }
+    assert_eq!(deltas, ["42"]);
+}

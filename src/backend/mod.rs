@@ -117,7 +117,9 @@ pub struct Generation {
 pub enum StreamEvent {
     /// More text.
     Delta(String),
-    /// The end, with usage and confidence. Always the last item of a successful stream.
+    /// The end, with usage and confidence. Always the last item of a successful stream. Its
+    /// `text` may be empty when the text came as deltas; a backend that sends no deltas puts
+    /// the whole text here, and the router streams it as one delta.
     Done(Generation),
 }
 
@@ -270,6 +272,27 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// `stream`, with the text of a final event that no delta carried (a backend that answers in
+/// one piece) sent as a delta first, so every stream the router reads carries its text as
+/// deltas.
+fn whole_text_as_delta(stream: EventStream) -> EventStream {
+    let mut streamed = false;
+    Box::pin(stream.flat_map(move |item| {
+        let items = match item {
+            Ok(StreamEvent::Delta(d)) => {
+                streamed |= !d.is_empty();
+                vec![Ok(StreamEvent::Delta(d))]
+            }
+            Ok(StreamEvent::Done(g)) if !streamed && !g.text.is_empty() => vec![
+                Ok(StreamEvent::Delta(g.text.clone())),
+                Ok(StreamEvent::Done(g)),
+            ],
+            other => vec![other],
+        };
+        futures::stream::iter(items)
+    }))
+}
+
 /// `name@revision`, or the name alone when the backend reports no revision.
 fn identity(backend: &dyn Backend) -> String {
     match backend.revision() {
@@ -301,7 +324,7 @@ impl LocalTier {
     }
     /// Streams a local generation.
     pub async fn stream(&self, call: BackendCall) -> Result<EventStream> {
-        self.0.stream(call).await
+        Ok(whole_text_as_delta(self.0.stream(call).await?))
     }
     /// Runs a local generation.
     pub async fn generate(&self, call: BackendCall) -> Result<Generation> {
@@ -347,7 +370,9 @@ impl CloudTier {
         call: BackendCall,
         report: &CallReport,
     ) -> Result<EventStream> {
-        self.0.stream_reporting(call, report).await
+        Ok(whole_text_as_delta(
+            self.0.stream_reporting(call, report).await?,
+        ))
     }
     /// Runs a cloud generation, with the decision's clearance. Unlike [`CloudTier::stream`], it
     /// reports no attempts: the router streams every call, so that retried attempts are
