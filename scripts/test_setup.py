@@ -2,6 +2,9 @@
 does not pass its check leaves the installed model as it was, and nothing half-written behind;
 a good one replaces it whole. The conversion itself (about 30 s and 1 GB) is replaced by a stub
 that writes a small model directory; everything else is setup.py's own code on a real disk.
+Also the steps around it, offline (pip and the venv creation are faked): a venv left without pip
+is recreated, downloads use the venv's pip, the host and the home are checked first with the fix
+named, and a relative EDGEROUTE_HOME means the caller's directory in demo.sh and test.sh.
 
 Run: python3 -m unittest discover -s scripts -p 'test_*.py'   (scripts/test.sh runs it)
 """
@@ -9,6 +12,9 @@ Run: python3 -m unittest discover -s scripts -p 'test_*.py'   (scripts/test.sh r
 import io
 import json
 import os
+import shutil
+import stat
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -140,6 +146,214 @@ class EnsureModel(unittest.TestCase):
                     setup.ensure_model(self.home, "python3", 4, force=True)
         self.assertIn("MB free", out.getvalue())
         self.assertEqual(read_weights(self.model_dir), "old weights")
+
+
+
+def capture(fn, *args, **kw):
+    """Runs fn, returning (its result or the SystemExit, everything it printed)."""
+    out = io.StringIO()
+    with redirect_stdout(out), redirect_stderr(out):
+        try:
+            result = fn(*args, **kw)
+        except SystemExit as e:
+            result = e
+    return result, out.getvalue()
+
+
+class EnsureTools(unittest.TestCase):
+    def setUp(self):
+        self.home = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.home, ignore_errors=True)
+        self.venv = os.path.join(self.home, "tools", "venv")
+        self.py = os.path.join(self.venv, "bin", "python")
+        self.commands = []
+
+    def fake_run(self, venv_returncode=0):
+        """run() without network: `-m venv` makes a stand-in venv whose python answers 0 to
+        anything (so `-m pip --version` works), pip install does nothing."""
+        def run(cmd, check=True, **kw):
+            self.commands.append(list(cmd))
+            if cmd[1:3] == ["-m", "venv"]:
+                self.assertFalse(os.path.exists(self.venv), "the broken venv was not removed first")
+                if venv_returncode == 0:
+                    os.makedirs(os.path.dirname(self.py))
+                    with open(self.py, "w") as f:
+                        f.write("#!/bin/sh\nexit 0\n")
+                    os.chmod(self.py, 0o755)
+                else:
+                    os.makedirs(os.path.dirname(self.py))  # what a failed venv leaves: no pip
+                return subprocess.CompletedProcess(cmd, venv_returncode)
+            return subprocess.CompletedProcess(cmd, 0)
+        return run
+
+    def test_a_venv_without_pip_is_recreated(self):
+        # What `python3 -m venv` leaves on Debian without python3-venv, or when interrupted.
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", self.venv], check=True)
+        leftover = os.path.join(self.venv, "leftover")
+        open(leftover, "w").close()
+        self.assertTrue(os.path.exists(self.py))
+        self.assertFalse(setup.pip_works(self.py))
+        with mock.patch.object(setup, "run", self.fake_run()):
+            py, out = capture(setup.ensure_tools, self.home)
+        self.assertEqual(py, self.py, out)
+        self.assertIn("recreating it", out)
+        self.assertFalse(os.path.exists(leftover))
+        self.assertEqual(self.commands[0], [sys.executable, "-m", "venv", self.venv])
+        self.assertEqual(self.commands[1][:4], [self.py, "-m", "pip", "install"])
+        self.assertEqual(len(self.commands), 2)
+        with open(os.path.join(self.venv, "edgeroute-tools.txt")) as f:
+            self.assertEqual(f.read(), "\n".join(setup.TOOLS) + "\n")
+
+    def test_a_failed_venv_creation_names_the_fix(self):
+        with mock.patch.object(setup, "run", self.fake_run(venv_returncode=1)):
+            result, out = capture(setup.ensure_tools, self.home)
+        self.assertIsInstance(result, SystemExit)
+        self.assertIn("apt install python3-venv", out)
+        self.assertIn(f"python{sys.version_info[0]}.{sys.version_info[1]}-venv", out)
+        self.assertIn("run the same command again", out)
+        self.assertFalse(os.path.exists(self.venv), "a venv without pip was left behind")
+        self.assertEqual(len(self.commands), 1, "pip install ran without a venv")
+
+
+class Downloads(unittest.TestCase):
+    def test_pip_download_uses_the_venv_python(self):
+        home = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, home, ignore_errors=True)
+        venv_py = os.path.join(home, "tools", "venv", "bin", "python")
+        commands = []
+
+        def run(cmd, check=True, **kw):
+            commands.append(list(cmd))
+            return subprocess.CompletedProcess(cmd, 0)
+        with mock.patch.object(setup, "run", run):
+            result, out = capture(setup.ensure_runtime, home, venv_py)
+        self.assertIsInstance(result, SystemExit)  # the fake pip downloads nothing
+        self.assertIn("pip did not produce", out)
+        self.assertEqual(len(commands), 1)
+        self.assertEqual(commands[0][:4], [venv_py, "-m", "pip", "download"])
+        self.assertIn(setup.RUNTIME["requirement"], commands[0])
+
+
+class CheckHost(unittest.TestCase):
+    def check(self, version=(3, 11, 7, "final", 0), machine="x86_64", plat="linux"):
+        with mock.patch.object(setup.sys, "version_info", version), \
+                mock.patch.object(setup.sys, "platform", plat), \
+                mock.patch.object(setup.platform, "machine", lambda: machine):
+            return capture(setup.check_host)
+
+    def test_x86_64_linux_with_python_3_11_passes(self):
+        result, out = self.check()
+        self.assertIsNone(result, out)
+        self.assertEqual(out, "")
+
+    def test_an_old_python_is_refused_with_the_minimum(self):
+        self.assertEqual(setup.MIN_PYTHON, (3, 11))
+        result, out = self.check(version=(3, 10, 12, "final", 0))
+        self.assertIsInstance(result, SystemExit)
+        self.assertIn("Python 3.11 or newer is needed", out)
+        self.assertIn("3.10.12", out)
+
+    def test_a_non_x86_64_machine_is_refused(self):
+        result, out = self.check(machine="aarch64")
+        self.assertIsInstance(result, SystemExit)
+        self.assertIn("x86_64 Linux only", out)
+        self.assertIn("aarch64", out)
+
+    def test_a_non_linux_system_is_refused(self):
+        result, out = self.check(plat="darwin")
+        self.assertIsInstance(result, SystemExit)
+        self.assertIn("x86_64 Linux only", out)
+
+
+class Home(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+
+    def assert_refused_with_the_fix(self, home):
+        result, out = capture(setup.open_home, home)
+        self.assertIsInstance(result, SystemExit, out)
+        self.assertIn(home, out)
+        self.assertIn("set EDGEROUTE_HOME (or --home) to a writable directory", out)
+        self.assertNotIn("Traceback", out)
+        return out
+
+    def test_a_home_under_a_file_is_refused_with_the_fix(self):
+        # ENOTDIR: fails for root too.
+        not_a_dir = os.path.join(self.tmp, "file")
+        open(not_a_dir, "w").close()
+        out = self.assert_refused_with_the_fix(os.path.join(not_a_dir, "edgeroute"))
+        self.assertIn("Not a directory", out)
+
+    def read_only_dir(self):
+        ro = os.path.join(self.tmp, "ro")
+        os.mkdir(ro)
+        os.chmod(ro, stat.S_IRUSR | stat.S_IXUSR)
+        self.addCleanup(os.chmod, ro, stat.S_IRWXU)
+        if os.access(ro, os.W_OK):
+            self.skipTest("permissions are not enforced for this user (root)")
+        return ro
+
+    def test_a_home_in_a_read_only_directory_is_refused_with_the_fix(self):
+        self.assert_refused_with_the_fix(os.path.join(self.read_only_dir(), "edgeroute"))
+
+    def test_a_read_only_home_is_refused_with_the_fix(self):
+        # The home exists but its lock file cannot be created.
+        self.assert_refused_with_the_fix(self.read_only_dir())
+
+    def test_a_writable_home_is_created_and_its_lock_opened(self):
+        home = os.path.join(self.tmp, "a", "edgeroute")
+        lock, out = capture(setup.open_home, home)
+        self.addCleanup(lock.close)
+        self.assertEqual(lock.name, os.path.join(home, ".setup.lock"))
+
+    def default_home(self, **env):
+        clean = {k: v for k, v in os.environ.items() if k not in ("EDGEROUTE_HOME", "XDG_DATA_HOME")}
+        with mock.patch.dict(os.environ, dict(clean, **env), clear=True):
+            return setup.default_home()
+
+    def test_default_home_ignores_a_relative_xdg_data_home(self):
+        fallback = os.path.join(os.path.expanduser("~"), ".local", "share", "edgeroute")
+        self.assertEqual(self.default_home(), fallback)
+        self.assertEqual(self.default_home(XDG_DATA_HOME="relative/data"), fallback)
+        self.assertEqual(self.default_home(XDG_DATA_HOME=""), fallback)
+        self.assertEqual(self.default_home(XDG_DATA_HOME="/srv/data"), "/srv/data/edgeroute")
+        self.assertEqual(self.default_home(EDGEROUTE_HOME="/srv/home", XDG_DATA_HOME="/srv/data"), "/srv/home")
+        self.assertEqual(self.default_home(EDGEROUTE_HOME=""), fallback)
+
+
+class ScriptsResolveARelativeHome(unittest.TestCase):
+    """demo.sh and test.sh cd to the repository before the set-up; a relative EDGEROUTE_HOME
+    must still mean the caller's directory, as it does for the edgeroute binary. A stand-in
+    python3 prints the home the set-up would get and stops the script (no set-up, no cargo)."""
+
+    def setUp(self):
+        self.tmp = os.path.realpath(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+        self.bin = os.path.join(self.tmp, "bin")
+        os.mkdir(self.bin)
+        with open(os.path.join(self.bin, "python3"), "w") as f:
+            f.write('#!/bin/sh\necho "EDGEROUTE_HOME=${EDGEROUTE_HOME-unset}"\nexit 3\n')
+        os.chmod(os.path.join(self.bin, "python3"), 0o755)
+
+    def home_seen_by_setup(self, script, home):
+        env = dict(os.environ, PATH=self.bin + os.pathsep + os.environ["PATH"],
+                   CARGO_TARGET_DIR=os.path.join(self.tmp, "target"))
+        env.pop("EDGEROUTE_HOME", None)
+        if home is not None:
+            env["EDGEROUTE_HOME"] = home
+        r = subprocess.run(["bash", os.path.join(os.path.dirname(os.path.abspath(__file__)), script)],
+                           cwd=self.tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.assertEqual(r.returncode, 3, r.stdout)
+        return [l for l in r.stdout.splitlines() if l.startswith("EDGEROUTE_HOME=")][0].split("=", 1)[1]
+
+    def test_demo_and_test_scripts(self):
+        for script in ("demo.sh", "test.sh"):
+            with self.subTest(script=script):
+                self.assertEqual(self.home_seen_by_setup(script, "rel/home"), os.path.join(self.tmp, "rel", "home"))
+                self.assertEqual(self.home_seen_by_setup(script, "/abs/home"), "/abs/home")
+                self.assertEqual(self.home_seen_by_setup(script, ""), "")
+                self.assertEqual(self.home_seen_by_setup(script, None), "unset")
 
 
 if __name__ == "__main__":
