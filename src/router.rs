@@ -20,7 +20,7 @@ use crate::decision::{CloudClearance, Decision, HedgeFirst, Plan, Reason};
 use crate::error::{Error, Result};
 use crate::inspect::{inspect, Features};
 use crate::policy::{compile_file, compile_str, decide, CompiledPolicy};
-use crate::request::{Attempt, Cost, Request, Response, Route, Timings, Usage};
+use crate::request::{Attempt, Cost, Request, Response, Role, Route, Timings, Usage};
 use crate::signals::{CloudHealth, Network, Signals};
 use crate::stats::{RouterStats, StatsRecorder};
 
@@ -469,6 +469,12 @@ impl Router {
         if request.messages.iter().all(|m| m.content.trim().is_empty()) {
             return Err(Error::InvalidRequest(
                 "the request has no non-empty message; pass a prompt".into(),
+            ));
+        }
+        // Instructions alone are no conversation (a provider answers them with a 400).
+        if request.messages.iter().all(|m| m.role == Role::System) {
+            return Err(Error::InvalidRequest(
+                "the request has only system messages; add the user's message".into(),
             ));
         }
         // Checked up front whatever the route, so a bad value is an error, not a fallback.
@@ -1529,6 +1535,13 @@ impl Execution<'_> {
         };
         let mut params = self.request.params.clone();
         params.max_tokens = Some(max_tokens);
+        if tier == Route::Local {
+            // The policy's `[local]` governs the local tier, built from it or supplied by the
+            // app, as it does the output limit.
+            params.repetition_penalty = params
+                .repetition_penalty
+                .or(Some(self.router.inner.policy.local.repetition_penalty));
+        }
         let (messages, rehydrator) = if redact && !self.features.pii_spans.is_empty() {
             // The spans found by inspect: the request is not scanned twice.
             let (m, r) = crate::privacy::redact_messages_with_spans(

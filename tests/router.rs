@@ -667,8 +667,11 @@ async fn a_home_without_a_usable_database_answers_without_the_cache() {
 }
 
 /// A backend that sends its whole answer in the final event, with no deltas (allowed: the
-/// trait's own `generate` reads it there).
-struct AnswersInOnePiece;
+/// trait's own `generate` reads it there), and keeps the parameters of every call.
+#[derive(Default)]
+struct AnswersInOnePiece {
+    calls: std::sync::Mutex<Vec<edgeroute::request::GenerationParams>>,
+}
 
 #[async_trait::async_trait]
 impl edgeroute::backend::Backend for AnswersInOnePiece {
@@ -678,8 +681,9 @@ impl edgeroute::backend::Backend for AnswersInOnePiece {
 
     async fn stream(
         &self,
-        _call: edgeroute::backend::BackendCall,
+        call: edgeroute::backend::BackendCall,
     ) -> edgeroute::Result<edgeroute::backend::EventStream> {
+        self.calls.lock().unwrap().push(call.params);
         let done = edgeroute::backend::Generation {
             text: "42".into(),
             usage: Usage {
@@ -702,7 +706,7 @@ impl edgeroute::backend::Backend for AnswersInOnePiece {
 async fn a_backend_answering_in_its_final_event_alone_is_answered_and_streamed() {
     let r = Router::builder()
         .policy_str(POLICY)
-        .local_backend(Arc::new(AnswersInOnePiece))
+        .local_backend(Arc::new(AnswersInOnePiece::default()))
         .cache(false)
         .build()
         .unwrap();
@@ -718,4 +722,41 @@ async fn a_backend_answering_in_its_final_event_alone_is_answered_and_streamed()
         }
     }
     assert_eq!(deltas, ["42"]);
+}
+
+/// A request of system messages alone is refused up front, before any tier runs.
+#[tokio::test]
+async fn a_request_of_system_messages_alone_is_invalid() {
+    let model = Arc::new(EchoModel::default());
+    let r = router(model.clone());
+    let request = Request::from_messages(vec![edgeroute::Message::system("Be terse.")]);
+    let err = r.complete(request).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidRequest(m) if m.contains("only system messages")),
+        "{err}"
+    );
+    assert_eq!(model.calls(), 0);
+}
+
+/// Through a router, the policy's `[local]` section sets an app-supplied local backend's output
+/// limit and repetition penalty when the request sets none; the request's own values win.
+#[tokio::test]
+async fn the_policys_local_section_reaches_an_app_supplied_backend() {
+    let backend = Arc::new(AnswersInOnePiece::default());
+    let r = Router::builder()
+        .policy_str(format!(
+            "{POLICY}\n[local]\nmax_new_tokens = 77\nrepetition_penalty = 1.3\n"
+        ))
+        .local_backend(backend.clone())
+        .cache(false)
+        .build()
+        .unwrap();
+    r.complete(Request::new("q")).await.unwrap();
+    r.complete(Request::new("q").with_max_tokens(5))
+        .await
+        .unwrap();
+    let calls = backend.calls.lock().unwrap().clone();
+    assert_eq!(calls[0].max_tokens, Some(77));
+    assert_eq!(calls[0].repetition_penalty, Some(1.3));
+    assert_eq!(calls[1].max_tokens, Some(5));
 }

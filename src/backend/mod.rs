@@ -56,16 +56,21 @@ pub enum FinishReason {
     ContentFilter,
     /// The model declined to answer (Anthropic `refusal`).
     Refusal,
+    /// The model's context window filled up (the prompt and the answer so far): the answer is
+    /// cut short, and a higher token limit would not help.
+    ContextFull,
 }
 
 impl FinishReason {
-    /// The name used in `ask --json` and logs: `stop`, `length`, `content_filter`, `refusal`.
+    /// The name used in `ask --json` and logs: `stop`, `length`, `content_filter`, `refusal`,
+    /// `context_full`.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::ContentFilter => "content_filter",
             FinishReason::Refusal => "refusal",
+            FinishReason::ContextFull => "context_full",
         }
     }
 
@@ -87,6 +92,10 @@ impl FinishReason {
                 Some("the provider's content filter stopped the answer; it is incomplete")
             }
             FinishReason::Refusal => Some("the model declined to answer"),
+            FinishReason::ContextFull => Some(
+                "the answer was cut short: the model's context window is full (shorten the \
+                 conversation or the prompt; a higher token limit would not help)",
+            ),
         }
     }
 }

@@ -133,6 +133,7 @@ fn finish_tag(finish: FinishReason) -> Option<u8> {
         FinishReason::Length => Some(1),
         FinishReason::ContentFilter => Some(2),
         FinishReason::Refusal => Some(3),
+        FinishReason::ContextFull => Some(4),
     }
 }
 
@@ -141,6 +142,7 @@ fn finish_from_tag(tag: u8) -> Option<FinishReason> {
         1 => FinishReason::Length,
         2 => FinishReason::ContentFilter,
         3 => FinishReason::Refusal,
+        4 => FinishReason::ContextFull,
         _ => return None,
     })
 }
@@ -410,6 +412,7 @@ mod tests {
             FinishReason::Length,
             FinishReason::ContentFilter,
             FinishReason::Refusal,
+            FinishReason::ContextFull,
         ] {
             let body = answer().finished(finish).encode_body();
             assert_eq!(body.len(), whole.len() + 1);

@@ -134,6 +134,7 @@ fn finish_reason(s: &str) -> FinishReason {
     match s {
         "max_tokens" => FinishReason::Length,
         "refusal" => FinishReason::Refusal,
+        "model_context_window_exceeded" => FinishReason::ContextFull,
         // "end_turn", "stop_sequence", "tool_use", "pause_turn"
         _ => FinishReason::Stop,
     }
@@ -230,6 +231,19 @@ mod tests {
         assert_eq!(v["max_tokens"], 1024);
         assert_eq!(v["temperature"], 1.0);
         assert_eq!(v["stream"], true);
+    }
+
+    #[test]
+    fn stop_reasons_map_to_finish_reasons() {
+        for (reason, finish) in [
+            ("end_turn", FinishReason::Stop),
+            ("stop_sequence", FinishReason::Stop),
+            ("max_tokens", FinishReason::Length),
+            ("refusal", FinishReason::Refusal),
+            ("model_context_window_exceeded", FinishReason::ContextFull),
+        ] {
+            assert_eq!(finish_reason(reason), finish, "{reason}");
+        }
     }
 
     #[test]

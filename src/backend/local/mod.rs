@@ -174,14 +174,18 @@ impl LocalBackendBuilder {
         self.threads = Some(n.max(1));
         self
     }
-    /// Reply length cap when the request sets none. Default: [`DEFAULT_MAX_NEW_TOKENS`] (256).
+    /// Reply length cap when the call sets none. Default: [`DEFAULT_MAX_NEW_TOKENS`] (256).
+    /// Through a [`crate::Router`], every call sets one: the request's, else the policy's
+    /// `[local].max_new_tokens`; this value applies to direct calls.
     pub fn max_new_tokens(mut self, n: u32) -> Self {
         self.max_new_tokens = Some(n.max(1));
         self
     }
-    /// Repetition penalty for requests that set none (see
+    /// Repetition penalty for calls that set none (see
     /// [`GenerationParams::repetition_penalty`]; 1 = off, allowed 1–2, checked by
-    /// [`LocalBackendBuilder::commit`]). Default: [`DEFAULT_REPETITION_PENALTY`].
+    /// [`LocalBackendBuilder::commit`]). Default: [`DEFAULT_REPETITION_PENALTY`]. Through a
+    /// [`crate::Router`], every local call sets one: the request's, else the policy's
+    /// `[local].repetition_penalty`; this value applies to direct calls.
     pub fn repetition_penalty(mut self, p: f32) -> Self {
         self.repetition_penalty = Some(p);
         self
@@ -468,6 +472,9 @@ impl LocalBackend {
         mut on_token: impl FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<LocalOutput> {
         let inner = &*self.inner;
+        // The router checks them too; a direct caller gets the same errors, not a silent
+        // greedy run or a one-token answer.
+        params.check()?;
         let start = Instant::now();
         inner.active.fetch_add(1, Ordering::SeqCst);
         let _active = ActiveGuard(&inner.active);
@@ -480,16 +487,17 @@ impl LocalBackend {
                 inner.context_length
             )));
         }
-        let max_new = params
-            .max_tokens
-            .unwrap_or(inner.max_new_tokens)
-            .max(1)
-            .min(u32::try_from(inner.context_length - prompt_ids.len()).unwrap_or(u32::MAX))
-            as usize;
-        let penalty = match params.repetition_penalty {
-            Some(p) => check_repetition_penalty(p)?,
-            None => inner.repetition_penalty,
+        let wanted = params.max_tokens.unwrap_or(inner.max_new_tokens).max(1);
+        let room = u32::try_from(inner.context_length - prompt_ids.len()).unwrap_or(u32::MAX);
+        // Where the answer must end: at the token limit, or where the context window fills up.
+        let (max_new, at_limit) = if wanted <= room {
+            (wanted as usize, FinishReason::Length)
+        } else {
+            (room as usize, FinishReason::ContextFull)
         };
+        let penalty = params
+            .repetition_penalty
+            .unwrap_or(inner.repetition_penalty);
         let mut sampler = Sampler::new(params.temperature, params.top_p, params.seed, penalty);
         let check_deadline = || match deadline {
             _ if abandoned() => Err(Error::Cancelled),
@@ -515,6 +523,7 @@ impl LocalBackend {
             &prompt_ids,
             reused,
             max_new,
+            at_limit,
             &mut sampler,
             start,
             &check_deadline,
@@ -543,7 +552,8 @@ impl LocalBackend {
 }
 
 impl Inner {
-    /// Runs the prompt from position `reused` on, then decodes.
+    /// Runs the prompt from position `reused` on, then decodes; `max_new` tokens in, it stops
+    /// with `at_limit` (the token limit's `Length`, or `ContextFull`).
     #[allow(clippy::too_many_arguments)]
     fn decode(
         &self,
@@ -551,6 +561,7 @@ impl Inner {
         prompt_ids: &[u32],
         reused: usize,
         max_new: usize,
+        at_limit: FinishReason,
         sampler: &mut Sampler,
         start: Instant,
         check_deadline: &dyn Fn() -> Result<()>,
@@ -586,7 +597,7 @@ impl Inner {
                 return Err(Error::Cancelled);
             }
             if token_ids.len() >= max_new {
-                break FinishReason::Length;
+                break at_limit;
             }
             check_deadline()?;
             logits = decoder.step(&[id])?;
@@ -842,6 +853,68 @@ mod tests {
             ]
         );
         assert!(!custom.contains(&(3 + u32::from(b'B'))));
+    }
+
+    /// An answer stopped by the full context window says so (`ContextFull`), not `Length`,
+    /// whose advice (raise the token limit) could not help.
+    #[test]
+    fn an_answer_stopped_by_the_context_window_says_so() {
+        let b = tiny();
+        let msgs = [Message::user("abcdefghijklmnopqrstuvw")];
+        let room = 64 - b.encode_prompt(&msgs).unwrap().len();
+        assert_eq!(room, 3, "the tiny model's context is 64 tokens");
+        let params = |max| GenerationParams {
+            max_tokens: Some(max),
+            ..Default::default()
+        };
+        let (out, _) = run(&b, &msgs, &params(50));
+        assert_eq!(
+            (out.text.as_str(), out.finish),
+            ("Hi!", FinishReason::ContextFull)
+        );
+        let (out, _) = run(&b, &msgs, &params(3));
+        assert_eq!(out.finish, FinishReason::Length);
+    }
+
+    /// Called directly (not through a router), the backend checks its parameters as the router
+    /// does: a bad value is an error naming it, not a silent greedy or one-token run.
+    #[test]
+    fn direct_calls_check_their_parameters() {
+        let b = tiny();
+        for (params, what) in [
+            (
+                GenerationParams {
+                    temperature: Some(-1.0),
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                GenerationParams {
+                    max_tokens: Some(0),
+                    ..Default::default()
+                },
+                "max_tokens",
+            ),
+            (
+                GenerationParams {
+                    top_p: Some(f32::NAN),
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+        ] {
+            let err = b
+                .generate_blocking(&[Message::user("hey")], &params, None, |_| {
+                    ControlFlow::Continue(())
+                })
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidRequest(m) if m.contains(what)),
+                "{err}"
+            );
+        }
+        assert_eq!(b.tokens_generated(), 0);
     }
 
     #[test]
