@@ -78,6 +78,10 @@ pub const FIRST_SENTENCE_MIN_CHARS: usize = 20;
 pub const FIRST_SENTENCE_MAX_TOKENS: usize = 24;
 
 /// One generated token, as seen by [`LocalBackend::generate_blocking`]'s callback.
+///
+/// One more event may follow the last token when the answer ends inside a split UTF-8
+/// character: its `text` is the leftover bytes (as U+FFFD), its `id` the end-of-turn id and its
+/// `logprob` 0. Count tokens with [`LocalOutput::token_ids`], not with events.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenEvent<'a> {
     /// Token id.
