@@ -36,6 +36,10 @@ cargo clippy --all-targets -- -D warnings
 step "lint (no default features)"
 cargo clippy --no-default-features --lib --tests -- -D warnings
 
+step "lint (each optional feature alone: onnx, cloud)"
+cargo clippy --no-default-features --features onnx --all-targets -- -D warnings
+cargo clippy --no-default-features --features cloud --all-targets -- -D warnings
+
 step "tests (no default features: policy engine, privacy, cache)"
 cargo test --no-default-features
 
