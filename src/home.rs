@@ -57,17 +57,20 @@ fn shell_quoted(s: &str) -> String {
     }
 }
 
-/// Resolves the home directory (does not create it).
+/// Resolves the home directory (does not create it), as an absolute path: a relative one is
+/// taken from the current directory now, so messages name the real place and a later change
+/// of directory does not move the home.
 pub fn resolve(explicit: Option<&Path>) -> PathBuf {
-    if let Some(p) = explicit {
-        return p.to_path_buf();
-    }
-    if let Some(p) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
-        return PathBuf::from(p);
-    }
-    dirs::data_dir()
-        .map(|d| d.join("edgeroute"))
-        .unwrap_or_else(|| PathBuf::from(".edgeroute"))
+    let home = if let Some(p) = explicit {
+        p.to_path_buf()
+    } else if let Some(p) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
+        PathBuf::from(p)
+    } else {
+        dirs::data_dir()
+            .map(|d| d.join("edgeroute"))
+            .unwrap_or_else(|| PathBuf::from(".edgeroute"))
+    };
+    std::path::absolute(&home).unwrap_or(home)
 }
 
 /// `<home>/runtime`.
@@ -131,5 +134,15 @@ mod tests {
         );
         // A model directory outside any home: the plain command.
         assert_eq!(setup_command_for(Path::new("/opt/my-model")), SETUP_COMMAND);
+    }
+
+    /// A relative home is taken from the current directory at once, so it does not move with
+    /// a later change of directory and messages name the real place.
+    #[test]
+    fn a_relative_home_resolves_to_an_absolute_path() {
+        let home = resolve(Some(Path::new("rel/home")));
+        assert!(home.is_absolute(), "{}", home.display());
+        assert_eq!(home, std::env::current_dir().unwrap().join("rel/home"));
+        assert_eq!(resolve(Some(Path::new("/srv/h"))), Path::new("/srv/h"));
     }
 }

@@ -55,9 +55,17 @@ impl Database {
     /// has open is shared, not opened twice.
     pub fn open(path: &Path) -> Result<Self> {
         if let Err(e) = crate::home::create_private_dirs(path) {
+            let fix = match e.kind() {
+                std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::ReadOnlyFilesystem
+                | std::io::ErrorKind::NotADirectory => {
+                    "; use a writable edgeroute home (--home, EDGEROUTE_HOME or RouterBuilder::home)"
+                }
+                _ => "",
+            };
             return Err(Error::Storage {
                 path: path.to_path_buf(),
-                message: format!("cannot create the database directory: {e}"),
+                message: format!("cannot create the database directory: {e}{fix}"),
             });
         }
         let id = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
@@ -255,6 +263,21 @@ pub(crate) fn storage(path: &Path, e: sled::Error) -> Error {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// A database that cannot be created where the home says (here: under a regular file,
+    /// which fails even for root) names the fix.
+    #[test]
+    fn an_unusable_home_names_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Database::open(&file.join("db")).err().unwrap();
+        assert!(
+            matches!(&err, Error::Storage { .. })
+                && err.to_string().contains("writable edgeroute home"),
+            "{err}"
+        );
+    }
 
     /// A second open in this process shares the open database (two routers on one home);
     /// once every handle is gone, the directory opens afresh. (Another process gets the lock
