@@ -116,7 +116,7 @@ pub enum Error {
         message: String,
     },
 
-    /// The provider answered 5xx (or 408) and retries were exhausted.
+    /// The provider answered 5xx (or 408 or 409) and retries were exhausted.
     #[error("cloud server error (HTTP {status}): {message}{}; the provider is failing: try again later (retries: [cloud].max_retries)", .retry_after.map(|d| format!("; retry after {d:?}")).unwrap_or_default())]
     Server {
         /// HTTP status.

@@ -112,12 +112,14 @@ async fn unavailable_with_retry_after_waits_or_fails_fast() {
     }
 }
 
+/// 5xx answers are retried, and so is 409 (a conflict on the provider's side, which both
+/// providers' own SDKs retry).
 #[tokio::test]
 async fn server_errors_are_retried_then_succeed() {
     let fake = FakeProvider::start().await;
     for cfg in configs(&fake) {
         fake.reset_counts();
-        fake.push_behaviors([Behavior::Status(500), Behavior::Status(503)]);
+        fake.push_behaviors([Behavior::Status(409), Behavior::Status(503)]);
         let backend = CloudBackend::new(cfg).unwrap();
         let out = collect(backend.stream(call("hi")).await.unwrap()).await;
         assert_eq!(out.outcome.unwrap().text, DEFAULT_REPLY);

@@ -95,7 +95,7 @@ impl fmt::Display for ApiKey {
 
 /// Retry policy: exponential backoff with full jitter, a cap on attempts and a retry budget.
 ///
-/// Only retryable failures are retried (429, 5xx, timeouts, connection failures); never
+/// Only retryable failures are retried (408, 409, 429, 5xx, timeouts, connection failures); never
 /// 400/401/403/404, and never once a streamed token has reached the caller.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]

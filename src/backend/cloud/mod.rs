@@ -24,7 +24,7 @@
 //!
 //! Each attempt's outcome is reported to the breaker: a success, or an HTTP answer that says
 //! nothing about the provider's health (400, 401, a redirect...), counts as a success;
-//! retryable failures (429, 5xx, the configured timeouts, lost connections) and broken answers
+//! retryable failures (408, 409, 429, 5xx, the configured timeouts, lost connections) and broken answers
 //! count as failures. A timeout set by the caller's own deadline, shorter than
 //! `total_timeout`, is the exception: the provider was cut off before its configured time was
 //! up, so one such timeout is not held against it. But a provider that hangs must still open

@@ -348,7 +348,8 @@ pub(crate) fn status_error(status: u16, body: &[u8], retry_after: Option<Duratio
             retry_after,
             message: detail.message(),
         },
-        408 | 500..=599 => Error::Server {
+        // 409: a conflict on the provider's side (a lock timeout), which both providers' SDKs retry.
+        408 | 409 | 500..=599 => Error::Server {
             status,
             message: detail.message(),
             retry_after,
