@@ -141,11 +141,13 @@ def run(cmd, check=True, **kw):
     return r
 
 
-def pip_works(py):
-    """True when py exists and has pip (a venv whose creation failed or was interrupted has not)."""
+def venv_works(py):
+    """True when py exists, has pip (a venv whose creation failed or was interrupted has not) and
+    is at least MIN_PYTHON (a venv made earlier by an older Python cannot install the tools)."""
     if not os.path.exists(py):
         return False
-    probe = subprocess.run([py, "-m", "pip", "--version"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = f"import sys, pip; sys.exit(0 if sys.version_info[:2] >= {MIN_PYTHON!r} else 3)"
+    probe = subprocess.run([py, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return probe.returncode == 0
 
 
@@ -171,15 +173,17 @@ def ensure_tools(home):
             return py
         say("tools: the venv is damaged (an import failed); reinstalling")
         shutil.rmtree(venv, ignore_errors=True)
-    if not pip_works(py):
-        # No venv, or one left without pip by a failed `python3 -m venv` (Debian without
-        # python3-venv) or an interrupted one: pip install would fail in it every time.
+    if not venv_works(py):
+        # No venv, one left without pip by a failed `python3 -m venv` (Debian without
+        # python3-venv) or an interrupted one, or one an older Python made: pip install would
+        # fail in it every time.
         if os.path.lexists(venv):
-            say("tools: the venv has no working python or pip (a failed or interrupted creation); recreating it")
+            say("tools: the venv has no working python or pip (a failed or interrupted creation), "
+                f"or an older Python than {'.'.join(map(str, MIN_PYTHON))} made it; recreating it")
             shutil.rmtree(venv, ignore_errors=True)
         say(f"tools: creating venv {venv}")
         created = run([sys.executable, "-m", "venv", venv], check=False)
-        if created.returncode != 0 or not pip_works(py):
+        if created.returncode != 0 or not venv_works(py):
             shutil.rmtree(venv, ignore_errors=True)
             fail(f"could not create a Python venv with pip at {venv} ({sys.executable} -m venv): {venv_fix()}")
     say("tools: installing " + " ".join(TOOLS) + " (PyPI; about a minute, quiet)")

@@ -192,7 +192,7 @@ class EnsureTools(unittest.TestCase):
         leftover = os.path.join(self.venv, "leftover")
         open(leftover, "w").close()
         self.assertTrue(os.path.exists(self.py))
-        self.assertFalse(setup.pip_works(self.py))
+        self.assertFalse(setup.venv_works(self.py))
         with mock.patch.object(setup, "run", self.fake_run()):
             py, out = capture(setup.ensure_tools, self.home)
         self.assertEqual(py, self.py, out)
@@ -203,6 +203,20 @@ class EnsureTools(unittest.TestCase):
         self.assertEqual(len(self.commands), 2)
         with open(os.path.join(self.venv, "edgeroute-tools.txt")) as f:
             self.assertEqual(f.read(), "\n".join(setup.TOOLS) + "\n")
+
+    def test_a_venv_an_older_python_made_is_recreated(self):
+        # A venv left by an earlier run with Python 3.10 (its pip install of the tools failed):
+        # here a python that answers the version probe "too old" (exit 3) and has pip.
+        os.makedirs(os.path.dirname(self.py))
+        with open(self.py, "w") as f:
+            f.write("#!/bin/sh\ncase \"$*\" in *version_info*) exit 3;; esac\nexit 0\n")
+        os.chmod(self.py, 0o755)
+        self.assertFalse(setup.venv_works(self.py))
+        with mock.patch.object(setup, "run", self.fake_run()):
+            py, out = capture(setup.ensure_tools, self.home)
+        self.assertEqual(py, self.py, out)
+        self.assertIn("recreating it", out)
+        self.assertEqual(self.commands[0], [sys.executable, "-m", "venv", self.venv])
 
     def test_a_failed_venv_creation_names_the_fix(self):
         with mock.patch.object(setup, "run", self.fake_run(venv_returncode=1)):

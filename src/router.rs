@@ -1687,11 +1687,13 @@ impl Execution<'_> {
             trace_content,
         );
         let mut streaming = false;
+        let deadline = self.deadline;
         let result = async {
             if let Some(r) = &received {
                 r.mark_sent();
             }
-            let stream = backend.stream(clearance, call, &report).await?;
+            // The deadline covers getting the stream too (an app's backend may hang there).
+            let stream = within(deadline, backend.stream(clearance, call, &report)).await?;
             streaming = true;
             self.drain(stream, rehydrator, received.as_deref()).await
         }

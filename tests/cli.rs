@@ -1174,4 +1174,21 @@ fn ask_json_reports_a_refusal_as_json() {
         "{}",
         stderr(&o)
     );
+
+    // Failures before the request starts (an empty prompt, a missing policy file) too.
+    for args in [
+        &["ask", "--json", "   "][..],
+        &["ask", "--json", "--policy", "no/such/policy.toml", "hi"][..],
+    ] {
+        let o = bin()
+            .arg("--home")
+            .arg(home.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["refused"], false, "{v}");
+        assert!(!v["error"].as_str().unwrap().is_empty(), "{v}");
+    }
 }

@@ -752,11 +752,59 @@ async fn the_policys_local_section_reaches_an_app_supplied_backend() {
         .build()
         .unwrap();
     r.complete(Request::new("q")).await.unwrap();
-    r.complete(Request::new("q").with_max_tokens(5))
-        .await
-        .unwrap();
+    let mut own = Request::new("q").with_max_tokens(5);
+    own.params.repetition_penalty = Some(1.05);
+    r.complete(own).await.unwrap();
     let calls = backend.calls.lock().unwrap().clone();
     assert_eq!(calls[0].max_tokens, Some(77));
     assert_eq!(calls[0].repetition_penalty, Some(1.3));
     assert_eq!(calls[1].max_tokens, Some(5));
+    assert_eq!(calls[1].repetition_penalty, Some(1.05));
+}
+
+/// A cloud backend (an app's own) whose `stream` never returns.
+struct NeverStarts;
+
+#[async_trait::async_trait]
+impl edgeroute::backend::Backend for NeverStarts {
+    fn name(&self) -> &str {
+        "never-starts"
+    }
+
+    async fn stream(
+        &self,
+        _call: edgeroute::backend::BackendCall,
+    ) -> edgeroute::Result<edgeroute::backend::EventStream> {
+        std::future::pending().await
+    }
+}
+
+/// The deadline covers a cloud plan's wait for its stream, as it does the local plan's and a
+/// hedge's: a cloud backend that never starts answering cannot hold the request past it.
+#[tokio::test]
+async fn the_deadline_covers_a_cloud_tier_that_never_starts_streaming() {
+    let r = Router::builder()
+        .policy_str("[cloud]\nmodel = \"m\"\n[[rule]]\nname = \"to-cloud\"\nroute = \"cloud\"\npin = true\n[rule.when]\ntags_any = [\"c\"]\n")
+        .local_backend(Arc::new(EchoModel::default()))
+        .cloud_backend(Arc::new(NeverStarts))
+        .cache(false)
+        .build()
+        .unwrap();
+    let request = Request::new("hello")
+        .with_tag("c")
+        .with_deadline(Duration::from_millis(100));
+    let err = tokio::time::timeout(Duration::from_secs(30), r.complete(request))
+        .await
+        .expect("the request outlived its 100 ms deadline by 30 s")
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                phase: TimeoutPhase::Deadline,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

@@ -920,7 +920,7 @@ async fn cut_short_filtered_and_refused_answers_say_so() {
 }
 
 /// The cloud's address is part of what answered: the same model id served from another
-/// address (`EDGEROUTE_CLOUD_URL`, `cloud_base_url`) does not get the first address's cached
+/// address (`cloud_base_url`, which the CLI's `--cloud-url` sets) does not get the first address's cached
 /// answers.
 #[tokio::test]
 async fn answers_cached_from_one_cloud_address_are_not_served_for_another() {

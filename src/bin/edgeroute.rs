@@ -30,8 +30,9 @@ by latency, privacy and cost policies written in TOML.\n\n\
 Configuration: flags first, then the environment (EDGEROUTE_POLICY, EDGEROUTE_HOME, \
 EDGEROUTE_CLOUD_URL), then defaults (the built-in default policy; home under the user's data dir).\n\n\
 Exit status: 0 on success, also when the reader of the output stops early (`| head`), which \
-ends the command quietly; 1 on errors, refusals, invalid policies and failed policy tests; 2 on \
-a usage error (an unknown flag, a missing argument); 130 when interrupted (Ctrl-C, SIGTERM)."
+ends the command quietly; 1 on errors, refusals, invalid policies and failed policy tests; 2 when \
+the arguments cannot be parsed (an unknown flag, a missing argument); 130 when `ask` is \
+interrupted (Ctrl-C, SIGTERM: it first settles the budget of a cloud call it stopped)."
 )]
 struct Cli {
     /// The edgeroute home (runtime, models, cache). Default: $EDGEROUTE_HOME, else the data dir.
@@ -125,7 +126,7 @@ struct AskArgs {
     request: RequestArgs,
     /// Print one JSON object instead of streaming text: `text`, `route`, `rule`, `reasons`,
     /// `latency_ms`, `first_token_ms`, `cost_usd` (a decimal string), `cost_estimated`,
-    /// `cached`, `finish`, `confidence`, `usage`. A refused or failed request prints
+    /// `cached`, `finish`, `confidence`, `usage`. A refusal or any other failure prints
     /// `{"error", "refused", "rule", "message"}` (exit status 1).
     #[arg(long)]
     json: bool,
@@ -375,6 +376,28 @@ fn router(
 }
 
 fn ask(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdResult {
+    let json = args.json;
+    let result = answer(args, home, cloud_url);
+    if let (true, Err(stop)) = (json, &result) {
+        // Scripts get an answer on stdout either way; the message still goes to stderr.
+        let (error, rule, message) = match stop {
+            Stop::Failed(e @ edgeroute::Error::Refused { rule, message }) => {
+                (e.to_string(), Some(rule.as_str()), Some(message.as_str()))
+            }
+            Stop::Failed(e) => (e.to_string(), None, None),
+            Stop::Usage(m) => (m.clone(), None, None),
+            Stop::Interrupted | Stop::StdoutClosed => return result,
+        };
+        out!(
+            "{}",
+            json!({"error": error, "refused": rule.is_some(), "rule": rule, "message": message})
+        );
+    }
+    result
+}
+
+/// `ask` itself: answers the prompt and prints the answer.
+fn answer(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdResult {
     let policy = load_policy(&args.policy)?;
     let mut request = build_request(&args.request)?;
     request.params.max_tokens = args.max_tokens;
@@ -429,26 +452,7 @@ fn ask(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdResult
         }
         result
     });
-    let response = match response {
-        Err(Stop::Failed(e)) if args.json => {
-            // Scripts get an answer on stdout either way; the message still goes to stderr.
-            let (rule, message) = match &e {
-                edgeroute::Error::Refused { rule, message } => (Some(rule), Some(message)),
-                _ => (None, None),
-            };
-            out!(
-                "{}",
-                json!({
-                    "error": e.to_string(),
-                    "refused": rule.is_some(),
-                    "rule": rule,
-                    "message": message,
-                })
-            );
-            return Err(Stop::Failed(e));
-        }
-        other => other?,
-    };
+    let response = response?;
     if args.json {
         let out = json!({
             "text": response.text,

@@ -55,17 +55,12 @@ impl Database {
     /// has open is shared, not opened twice.
     pub fn open(path: &Path) -> Result<Self> {
         if let Err(e) = crate::home::create_private_dirs(path) {
-            let fix = match e.kind() {
-                std::io::ErrorKind::PermissionDenied
-                | std::io::ErrorKind::ReadOnlyFilesystem
-                | std::io::ErrorKind::NotADirectory => {
-                    "; use a writable edgeroute home (--home, EDGEROUTE_HOME or RouterBuilder::home)"
-                }
-                _ => "",
-            };
             return Err(Error::Storage {
                 path: path.to_path_buf(),
-                message: format!("cannot create the database directory: {e}{fix}"),
+                message: format!(
+                    "cannot create the database directory: {e}{}",
+                    unusable_home_fix(e.kind())
+                ),
             });
         }
         let id = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
@@ -243,11 +238,27 @@ fn open_error(path: &Path, e: sled::Error) -> Error {
     } else if matches!(e, sled::Error::Corruption { .. }) {
         format!("the database is corrupted ({text}); move the directory away to start afresh")
     } else {
-        format!("cannot open the database: {text}")
+        let fix = match &e {
+            sled::Error::Io(io) => unusable_home_fix(io.kind()),
+            _ => "",
+        };
+        format!("cannot open the database: {text}{fix}")
     };
     Error::Storage {
         path: path.to_path_buf(),
         message,
+    }
+}
+
+/// What to do about an I/O error that says the home cannot hold a database (no permission, a
+/// read-only file system, a file where a directory should be); nothing for other errors.
+fn unusable_home_fix(kind: std::io::ErrorKind) -> &'static str {
+    use std::io::ErrorKind::*;
+    match kind {
+        PermissionDenied | ReadOnlyFilesystem | NotADirectory | AlreadyExists => {
+            "; use a writable edgeroute home (--home, EDGEROUTE_HOME or RouterBuilder::home)"
+        }
+        _ => "",
     }
 }
 
@@ -271,12 +282,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a-file");
         std::fs::write(&file, b"x").unwrap();
-        let err = Database::open(&file.join("db")).err().unwrap();
-        assert!(
-            matches!(&err, Error::Storage { .. })
-                && err.to_string().contains("writable edgeroute home"),
-            "{err}"
-        );
+        // A file in the way of the home, and a file where the database directory should be.
+        for db in [file.join("db"), file.clone()] {
+            let err = Database::open(&db).err().unwrap();
+            assert!(
+                matches!(&err, Error::Storage { .. })
+                    && err.to_string().contains("writable edgeroute home"),
+                "{err}"
+            );
+        }
     }
 
     /// A second open in this process shares the open database (two routers on one home);

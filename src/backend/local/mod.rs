@@ -981,34 +981,35 @@ mod tests {
                 })
             })
         };
-        let wait_for = |n: usize| {
+        let wait_until = |what: &str, done: &dyn Fn() -> bool| {
             let t = Instant::now();
-            while b.active_generations() != n {
-                assert!(t.elapsed() < Duration::from_secs(20), "never {n} active");
+            while !done() {
+                assert!(t.elapsed() < Duration::from_secs(20), "never {what}");
                 std::thread::sleep(Duration::from_millis(2));
             }
         };
-        wait_for(1);
+        // The holder has the session once it has generated a token.
+        wait_until("a first token", &|| b.tokens_generated() == 1);
         let dropped = b.stream(call(None)).await.unwrap();
+        wait_until("2 active", &|| b.active_generations() == 2);
+        drop(dropped);
+        wait_until("the dropped request gone", &|| b.active_generations() == 1);
         let timed_out = {
             let (b, call) = (
                 b.clone(),
-                call(Some(Instant::now() + Duration::from_millis(50))),
+                call(Some(Instant::now() + Duration::from_millis(200))),
             );
             tokio::spawn(async move { b.generate(call).await })
         };
-        wait_for(3);
-        drop(dropped);
         let err = tokio::time::timeout(Duration::from_secs(20), timed_out)
             .await
             .expect("a request past its deadline kept waiting for the session")
             .unwrap()
             .unwrap_err();
         assert!(matches!(err, Error::Timeout { .. }), "{err}");
-        wait_for(1);
         drop(pause_tx);
         assert_eq!(holder.join().unwrap().unwrap().text, "Hi!é");
-        wait_for(0);
+        wait_until("0 active", &|| b.active_generations() == 0);
         // Only the holder's five tokens were ever generated.
         assert_eq!(b.tokens_generated(), 5);
     }
