@@ -233,7 +233,7 @@ impl RouterBuilder {
                 local,
                 cloud,
                 store,
-                stats: StatsRecorder::default(),
+                stats: Arc::default(),
                 trace_content: self.trace_content,
             }),
         })
@@ -245,7 +245,7 @@ struct Inner {
     local: Option<LocalTier>,
     cloud: Option<CloudTier>,
     store: Option<crate::wiring::Store>,
-    stats: StatsRecorder,
+    stats: Arc<StatsRecorder>,
     /// See [`RouterBuilder::trace_content`].
     trace_content: bool,
 }
@@ -691,6 +691,20 @@ fn record_usage(
     }
 }
 
+/// Ends a hedge leg: notes when, and records a failure on its span (an answer recorded itself).
+fn end_leg(
+    clock: &LegClock,
+    span: &tracing::Span,
+    result: Result<Generation>,
+    trace_content: bool,
+) -> Result<Generation> {
+    let _ = clock.ended.set(Instant::now());
+    if let Err(e) = &result {
+        record_usage(span, Err(e), clock.started(), trace_content);
+    }
+    result
+}
+
 /// One leg of a hedge: a tier's whole call, from start to collected answer.
 type Leg<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Generation>> + Send + 'a>>;
 
@@ -699,6 +713,11 @@ type Leg<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Generat
 #[derive(Default)]
 struct LegClock {
     started: OnceLock<Instant>,
+    /// When generation started: the local tier's stream was ready (a first request loads the
+    /// model before that, which the latency signals must not count as generating).
+    generating: OnceLock<Instant>,
+    /// When the leg ended (answered or failed); unset for a leg dropped mid-way.
+    ended: OnceLock<Instant>,
     /// Set once the tier accepted the call (for the cloud: an answer is streaming).
     accepted: OnceLock<()>,
     /// The cloud attempts the provider accepted, retried ones included.
@@ -732,6 +751,12 @@ impl LegClock {
 
     fn started(&self) -> Instant {
         self.started.get().copied().unwrap_or_else(Instant::now)
+    }
+
+    /// How long the leg ran: until it ended, or until now for one still running.
+    fn elapsed(&self) -> Duration {
+        let end = self.ended.get().copied().unwrap_or_else(Instant::now);
+        end.saturating_duration_since(self.started())
     }
 
     fn first_token(&self) -> Option<Instant> {
@@ -799,6 +824,9 @@ struct PendingCharge {
     cloud: Option<crate::policy::CloudSection>,
     input_tokens: u64,
     received: Arc<PendingProgress>,
+    /// The router's statistics: a call dropped with its request is counted there when it is
+    /// settled, as it is in the ledger (the request itself records nothing).
+    stats: Arc<StatsRecorder>,
 }
 
 impl PendingCharge {
@@ -813,6 +841,7 @@ impl PendingCharge {
         input_tokens: u64,
         received: Arc<PendingProgress>,
         report: Arc<CallReport>,
+        stats: Arc<StatsRecorder>,
     ) -> Result<Self> {
         let reservation = store.reserve(estimate)?;
         let retries = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -840,6 +869,7 @@ impl PendingCharge {
             cloud,
             input_tokens,
             received,
+            stats,
         };
         store.flush_ledger().await?;
         Ok(charge)
@@ -891,6 +921,8 @@ impl Drop for PendingCharge {
             return;
         }
         let open = self.open.take();
+        self.stats.record_spend(usd);
+        self.store.stats().record_spend(usd);
         // Settling is async (the ledger writes on a blocking thread); without a runtime the
         // reservations stay unsettled, which counts the estimates (the safe side).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -1269,20 +1301,23 @@ impl Execution<'_> {
                     &local_call,
                     trace_content,
                 );
-                within(deadline, async move {
+                let result = within(deadline, async move {
                     clock.start();
                     let stream = local.stream(local_call).await?;
+                    let _ = clock.generating.set(Instant::now());
                     collect_leg(stream, clock, None, trace_content).await
                 })
-                .instrument(span)
-                .await
+                .instrument(span.clone())
+                .await;
+                end_leg(clock, &span, result, trace_content)
             }
         };
         let cloud_leg = {
             let (clock, store, charge) = (&cloud_clock, store.clone(), &charge);
+            let stats = Arc::clone(&self.router.inner.stats);
             async move {
                 let span = tier_span("cloud", provider, cloud.name(), &cloud_call, trace_content);
-                within(deadline, async move {
+                let result = within(deadline, async move {
                     clock.start();
                     // The budget is only touched when the cloud actually starts.
                     if let Some(s) = &store {
@@ -1293,6 +1328,7 @@ impl Execution<'_> {
                             input_tokens,
                             clock.received.clone(),
                             Arc::clone(&clock.report),
+                            stats,
                         )
                         .await?;
                         *charge.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
@@ -1302,8 +1338,9 @@ impl Execution<'_> {
                     clock.accept();
                     collect_leg(stream, clock, rehydrator, trace_content).await
                 })
-                .instrument(span)
-                .await
+                .instrument(span.clone())
+                .await;
+                end_leg(clock, &span, result, trace_content)
             }
         };
         let (local_leg, cloud_leg): (Leg<'_>, Leg<'_>) = (Box::pin(local_leg), Box::pin(cloud_leg));
@@ -1441,7 +1478,7 @@ impl Execution<'_> {
     ) -> Decimal {
         let inner = &self.router.inner;
         let started = clock.started();
-        let elapsed = started.elapsed();
+        let elapsed = clock.elapsed();
         let first_token = clock.first_token().map(|at| at.duration_since(started));
         let is_cloud = route == Route::Cloud;
         let backend = if is_cloud {
@@ -1458,7 +1495,16 @@ impl Execution<'_> {
                 if is_cloud {
                     inner.stats.observe_cloud(elapsed, first_token);
                 } else {
-                    inner.stats.observe_local(elapsed, first_token, g.usage);
+                    // Timed from when generation started: a model load is not generating.
+                    let from = clock.generating.get().copied().unwrap_or(started);
+                    let end = clock.ended.get().copied().unwrap_or_else(Instant::now);
+                    inner.stats.observe_local(
+                        end.saturating_duration_since(from),
+                        clock
+                            .first_token()
+                            .map(|at| at.saturating_duration_since(from)),
+                        g.usage,
+                    );
                 }
                 let mut cost = Cost {
                     usd,
@@ -1604,9 +1650,11 @@ impl Execution<'_> {
         let trace_content = self.router.inner.trace_content;
         let span = tier_span("local", "onnxruntime", backend.name(), &call, trace_content);
         let deadline = self.deadline;
+        let mut generating = started;
         let result = async {
             // The deadline covers getting the stream too: a first request loads the model.
             let stream = within(deadline, backend.stream(call)).await?;
+            generating = Instant::now();
             self.drain(stream, None, None).await
         }
         .instrument(span.clone())
@@ -1626,9 +1674,10 @@ impl Execution<'_> {
             Ok((g, first_token)) => {
                 self.attempts
                     .push(attempt(g.usage, first_token, g.confidence, None));
+                // Timed from when generation started: a model load is not generating.
                 self.router.inner.stats.observe_local(
-                    started.elapsed(),
-                    first_token.map(|at| at.duration_since(started)),
+                    generating.elapsed(),
+                    first_token.map(|at| at.saturating_duration_since(generating)),
                     g.usage,
                 );
                 Ok((
@@ -1672,6 +1721,7 @@ impl Execution<'_> {
                     u64::from(self.features.prompt_tokens),
                     Arc::default(),
                     Arc::clone(&report),
+                    Arc::clone(&self.router.inner.stats),
                 )
                 .await?,
             ),

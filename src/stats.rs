@@ -198,6 +198,12 @@ impl StatsRecorder {
         });
     }
 
+    /// Counts what a cloud call cost whose request was dropped before it ended (it records
+    /// nothing else): the spend agrees with the ledger's.
+    pub fn record_spend(&self, spend_usd: Decimal) {
+        self.with(|s| s.stats.cloud_spend_usd += spend_usd);
+    }
+
     /// Feeds the local latency models: total (ms per token, EWMA) and, when a token came,
     /// time to first token (prefill ms per input token, EWMA; p95 window).
     pub fn observe_local(&self, elapsed: Duration, first_token: Option<Duration>, usage: Usage) {
@@ -306,7 +312,8 @@ pub struct StatsEvent {
     pub first_token_ms: Option<f64>,
     /// What the request spent in the cloud.
     pub spend_usd: Decimal,
-    /// What the answer would have cost from the cloud (counted as saved when it did not go there).
+    /// For an answer from the device or the cache: what it would have cost from the cloud, less
+    /// what the request spent there anyway (at least 0); counted as saved. 0 for a cloud answer.
     pub would_cost_usd: Decimal,
     /// Whether a cascade escalated.
     pub escalated: bool,
@@ -324,11 +331,18 @@ impl StatsEvent {
             latency_ms: ms(response.timings.total),
             first_token_ms: response.timings.first_token.map(ms),
             spend_usd: response.cost.usd,
-            would_cost_usd: policy
-                .cloud
-                .as_ref()
-                .map(|c| c.cost(usage))
-                .unwrap_or_default(),
+            // Net of what the request did spend on the cloud (a hedge's cancelled cloud leg,
+            // a cascade's failed escalation): a local answer that cost more saved nothing.
+            would_cost_usd: match response.route {
+                Route::Cloud => Decimal::ZERO,
+                Route::Local | Route::Cache => policy
+                    .cloud
+                    .as_ref()
+                    .map(|c| c.cost(usage))
+                    .unwrap_or_default()
+                    .saturating_sub(response.cost.usd)
+                    .max(Decimal::ZERO),
+            },
             escalated: response
                 .decision
                 .reasons
@@ -555,6 +569,11 @@ impl PersistedStats {
             t.counters[Totals::FAILURES] += 1;
             t.spend += spend_usd;
         });
+    }
+
+    /// See [`StatsRecorder::record_spend`].
+    pub fn record_spend(&self, spend_usd: Decimal) {
+        self.update(|t| t.spend += spend_usd);
     }
 
     /// Everything recorded so far.

@@ -808,3 +808,62 @@ async fn the_deadline_covers_a_cloud_tier_that_never_starts_streaming() {
         "{err}"
     );
 }
+
+/// A local backend whose first `stream` call spends 400 ms loading (as the lazily loaded
+/// model does), then answers at once.
+#[derive(Default)]
+struct SlowToLoad {
+    loaded: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl edgeroute::backend::Backend for SlowToLoad {
+    fn name(&self) -> &str {
+        "slow-to-load"
+    }
+
+    async fn stream(
+        &self,
+        _call: edgeroute::backend::BackendCall,
+    ) -> edgeroute::Result<edgeroute::backend::EventStream> {
+        if !self.loaded.swap(true, Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let done = edgeroute::backend::Generation {
+            text: String::new(),
+            usage: Usage {
+                input_tokens: 32,
+                output_tokens: 8,
+            },
+            usage_estimated: false,
+            confidence: None,
+            finish: edgeroute::backend::FinishReason::Stop,
+        };
+        Ok(Box::pin(futures::stream::iter([
+            Ok(edgeroute::backend::StreamEvent::Delta("ready".into())),
+            Ok(edgeroute::backend::StreamEvent::Done(done)),
+        ])))
+    }
+}
+
+/// The latency signals learn how fast the local tier generates, not how long its first
+/// request took to load the model: one 400 ms load used to read as ~40 ms per token, which
+/// sent every later request with a deadline to the cloud.
+#[tokio::test]
+async fn a_model_load_is_not_counted_as_local_generation_time() {
+    let r = Router::builder()
+        .policy_str(POLICY)
+        .local_backend(Arc::new(SlowToLoad::default()))
+        .cache(false)
+        .build()
+        .unwrap();
+    let resp = r.complete(Request::new("hello")).await.unwrap();
+    // What the caller waited for includes the load.
+    assert!(resp.attempts[0].elapsed >= Duration::from_millis(400));
+    let features = edgeroute::inspect::inspect(r.policy(), &Request::new("hello"));
+    let estimate = r.signals(&features, 10).latency.local_ms.unwrap();
+    assert!(
+        estimate < 200,
+        "10 tokens estimated at {estimate} ms after an instant answer"
+    );
+}

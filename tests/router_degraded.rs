@@ -418,6 +418,9 @@ async fn assert_settled_at_what_arrived(r: &Router, home: &std::path::Path, earl
         spent > earlier && spent < earlier + Decimal::new(5, 2),
         "{spent} spent; the earlier attempts cost {earlier}"
     );
+    // The statistics count what the ledger charged (the dropped request recorded nothing
+    // else): they used to say $0.
+    assert_eq!(r.stats().cloud_spend_usd, spent);
 }
 
 /// A cloud answer dropped mid-stream (an app's stop button) is charged the prompt and what
@@ -519,4 +522,29 @@ async fn a_hedge_whose_legs_fail_and_hang_ends_at_the_deadline() {
         assert_eq!(fake.requests_received(), 1, "first = {first}");
         assert_eq!(local.calls(), 1, "first = {first}");
     }
+}
+
+/// A device answer that won a hedge after the cloud leg was accepted (and charged its $10
+/// estimate) saved nothing: the estimated savings are net of what the request spent. They used
+/// to count the answer's whole cloud price as saved on top of the spend.
+#[tokio::test]
+async fn savings_are_net_of_what_the_request_spent_on_the_cloud() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(300)));
+    let r = router_with(
+        &hedge_policy("cloud", 50),
+        home.path(),
+        &fake,
+        Arc::new(EchoModel::default()),
+    );
+    let resp = r
+        .complete(Request::new("Tell me a story.").with_max_tokens(10_000))
+        .await
+        .unwrap();
+    assert_eq!(resp.route, Route::Local, "{}", resp.decision);
+    assert!(resp.cost.usd >= Decimal::from(10), "{}", resp.cost.usd);
+    let stats = r.stats();
+    assert_eq!(stats.cloud_spend_usd, resp.cost.usd);
+    assert_eq!(stats.estimated_savings_usd, Decimal::ZERO);
 }

@@ -193,3 +193,64 @@ fn a_hedge_that_never_starts_the_cloud_has_no_cloud_span() {
     assert_eq!(tiers, ["local"]);
     assert_eq!(fake.requests_received(), 0);
 }
+
+/// A hedge leg that fails records its error on its span (a failed leg used to look like an
+/// empty success in a trace), and its attempt reports how long it ran, not how long the other
+/// leg took to answer afterwards.
+#[cfg(feature = "cloud")]
+#[test]
+fn a_failed_hedge_leg_records_its_error_and_its_own_duration() {
+    use edgeroute::backend::cloud::CloudBackend;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    let capture = Captured::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = rt.block_on(support::FakeProvider::start());
+    fake.set_behavior(support::Behavior::SlowHeaders(Duration::from_millis(400)));
+    let local = Arc::new(EchoModel::default());
+    local.fail.store(true, Ordering::SeqCst);
+    let response = tracing::subscriber::with_default(subscriber, || {
+        rt.block_on(async {
+            let router = Router::builder()
+                .policy_str(
+                    "[cloud]\nmodel = \"fake-model\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n\
+                     [defaults]\nroute = \"hedge\"\nfirst = \"local\"\nafter_ms = 5000\n",
+                )
+                .local_backend(local)
+                .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
+                .cache(false)
+                .build()
+                .unwrap();
+            router.complete(Request::new("hello")).await.unwrap()
+        })
+    });
+    assert_eq!(response.route, Route::Cloud);
+    let spans = capture.spans("edgeroute.tier");
+    let local_span = spans
+        .iter()
+        .find(|f| f["edgeroute.tier"] == "local")
+        .unwrap();
+    assert!(local_span.contains_key("error.type"), "{local_span:?}");
+    let cloud_span = spans
+        .iter()
+        .find(|f| f["edgeroute.tier"] == "cloud")
+        .unwrap();
+    assert!(!cloud_span.contains_key("error.type"), "{cloud_span:?}");
+    let local_attempt = response
+        .attempts
+        .iter()
+        .find(|a| a.route == Route::Local)
+        .unwrap();
+    assert!(local_attempt.error.is_some());
+    assert!(
+        local_attempt.elapsed < Duration::from_millis(300),
+        "the failed local leg ran {:?}",
+        local_attempt.elapsed
+    );
+    assert!(response.timings.total >= Duration::from_millis(400));
+}
