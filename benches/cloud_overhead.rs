@@ -3,7 +3,9 @@
 //! parse, both against the same fake provider on 127.0.0.1, in the same run.
 //!
 //! Prints a p50/p99 table (interleaved samples), then runs criterion.
-//! Also: the Router's added overhead (inspect, decide, clearance, stats) over the bare client.
+//! Also: the Router's added overhead (inspect, decide, clearance, in-memory stats) over the bare
+//! client, with the answer cache and ledger off (with them on, a cloud call also reserves and
+//! settles its budget: two group-committed flushes, see `benches/cache.rs`).
 //! Run: `cargo bench --no-default-features --features cloud --bench cloud_overhead`
 //! (`CLOUD_BENCH_SAMPLES=5000` for more samples; default 2000).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]

@@ -359,12 +359,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut all_cloud = Decimal::ZERO;
     let started = Instant::now();
     for (i, item) in items.iter().enumerate() {
+        // A real provider stops at the request's max_tokens; so does the fake (a word a token).
+        let reply = item
+            .reply
+            .split_whitespace()
+            .take(max_tokens as usize)
+            .collect::<Vec<_>>()
+            .join(" ");
         // What the same request would cost in the cloud: the fake counts words.
         all_cloud += prices.cost(Usage {
             input_tokens: item.prompt.split_whitespace().count() as u64,
-            output_tokens: item.reply.split_whitespace().count() as u64,
+            output_tokens: reply.split_whitespace().count() as u64,
         });
-        fake.set_reply(item.reply.clone());
+        fake.set_reply(reply);
         let mut request = Request::new(item.prompt.clone()).with_max_tokens(max_tokens);
         if item.kind == Kind::Hard {
             request = request.with_tag("hard");
@@ -386,7 +393,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     kind: item.kind,
                     path: match resp.route {
                         Route::Local => "local",
-                        Route::Cache => "cache",
+                        // A cached cloud answer was not answered on the device.
+                        Route::Cache if cached_from_cloud(&resp) => "cache (cloud answer)",
+                        Route::Cache => "cache (device answer)",
                         Route::Cloud if escalated => "cloud (escalated)",
                         Route::Cloud => "cloud (direct)",
                     },
@@ -416,7 +425,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let escalations = outcomes.iter().filter(|o| o.escalated).count();
     let local_share = outcomes
         .iter()
-        .filter(|o| o.path == "local" || o.path == "cache")
+        .filter(|o| o.path == "local" || o.path == "cache (device answer)")
+        .count();
+    let cached_cloud = outcomes
+        .iter()
+        .filter(|o| o.path == "cache (cloud answer)")
         .count();
 
     println!(
@@ -429,7 +442,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:<22} {:>5} {:>8} {:>9} {:>9}",
         "route", "n", "share", "p50 ms", "p95 ms"
     );
-    for path in ["local", "cloud (direct)", "cloud (escalated)", "cache"] {
+    for path in [
+        "local",
+        "cloud (direct)",
+        "cloud (escalated)",
+        "cache (device answer)",
+        "cache (cloud answer)",
+    ] {
         let xs: Vec<&Outcome> = outcomes.iter().filter(|o| o.path == path).collect();
         println!("{}", latency_row(path, &xs, total));
     }
@@ -473,8 +492,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .join(", ")
     );
     println!(
-        "local share (local + cache): {:.1}%",
-        100.0 * local_share as f64 / total.max(1) as f64
+        "answered on the device (local + cached device answers): {:.1}%; cached cloud answers: {:.1}%",
+        100.0 * local_share as f64 / total.max(1) as f64,
+        100.0 * cached_cloud as f64 / total.max(1) as f64
     );
     println!(
         "cascades: {cascades}, escalated: {escalations} ({:.1}% of cascades)",
@@ -492,7 +512,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (saved * Decimal::from(100) / all_cloud).round_dp(1)
     };
     println!(
-        "cost: ${} spent vs ${} all-cloud: ${} saved ({pct}%)",
+        "cost: ${} spent vs ${} all-cloud without a cache: ${} saved ({pct}%)",
         spent.round_dp(6),
         all_cloud.round_dp(6),
         saved.round_dp(6)
@@ -515,4 +535,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         wall.as_secs_f64()
     );
     Ok(())
+}
+
+/// Whether a cache hit replayed an answer the cloud first gave.
+fn cached_from_cloud(resp: &edgeroute::Response) -> bool {
+    resp.decision.reasons.iter().any(
+        |r| matches!(r, Reason::CacheHit { answered_by, .. } if answered_by.as_str() == "cloud"),
+    )
 }

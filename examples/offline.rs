@@ -19,13 +19,15 @@ async fn main() -> edgeroute::Result<()> {
         .cache(false)
         .build()?;
     let prompts = [
-        Request::new("Prove that there are infinitely many primes.").with_tag("hard"),
+        Request::new("Prove that there are infinitely many primes.")
+            .with_tag("hard")
+            .with_max_tokens(48),
         Request::new("What is the capital of Italy?").with_max_tokens(32),
         Request::new("Name a primary colour.").with_max_tokens(32),
     ];
     for request in prompts {
         let prompt = request.prompt().to_string();
-        let response = router.complete(request.with_max_tokens(48)).await?;
+        let response = router.complete(request).await?;
         println!("Q: {prompt}\nA: {}", response.text.trim());
         println!("   [{} · {}]\n", response.route, response.decision);
     }

@@ -28,8 +28,10 @@ async fn main() -> edgeroute::Result<()> {
                 std::io::stdout().flush().ok();
             }
             RouterEvent::Done(response) => {
+                // The model loads on first use: this one request's first token includes the
+                // load (a few hundred ms); `local_bench` times a loaded model.
                 println!(
-                    "\n\n[{} · first token after {:?} · {} tokens in {:?}]",
+                    "\n\n[{} · first token after {:?}, model load included · {} tokens in {:?}]",
                     response.route,
                     first_token.unwrap_or_default(),
                     response.usage.output_tokens,

@@ -136,7 +136,8 @@ fn summary(window: &VecDeque<f64>) -> LatencySummary {
     }
     let mut v: Vec<f64> = window.iter().copied().collect();
     v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    // Nearest rank: the smallest value with at least a `q` share of the samples at or below it.
+    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
     LatencySummary {
         samples: v.len(),
         p50_ms: at(0.5),
@@ -697,6 +698,21 @@ mod tests {
         rec.observe_local(ms(1000), Some(ms(1000)), usage(10));
         // Ten samples 10..90 and 1000: the p95 (nearest rank) is the slow one.
         assert_eq!(p95(), Some(1000));
+    }
+
+    /// Percentiles are nearest rank: the smallest sample with at least that share of the
+    /// samples at or below it (of two, the p50 is the lower one).
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let window = |xs: &[f64]| xs.iter().copied().collect::<VecDeque<f64>>();
+        let s = summary(&window(&[300.0, 100.0]));
+        assert_eq!((s.p50_ms, s.p95_ms), (100.0, 300.0));
+        let s = summary(&window(&[7.0]));
+        assert_eq!((s.samples, s.p50_ms, s.p95_ms), (1, 7.0, 7.0));
+        let twenty: Vec<f64> = (1..=20).map(f64::from).collect();
+        let s = summary(&window(&twenty));
+        assert_eq!((s.p50_ms, s.p95_ms), (10.0, 19.0));
+        assert_eq!(summary(&window(&[])).samples, 0);
     }
 
     #[test]

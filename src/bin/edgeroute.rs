@@ -928,7 +928,11 @@ fn stats(json: bool, home: Option<&Path>) -> CmdResult {
         out!("{}", serde_json::to_string(&s).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
-    out!("requests:          {} ({} failed)", s.requests, s.failures);
+    out!(
+        "requests:          {} answered, {} failed",
+        s.requests,
+        s.failures
+    );
     out!("  local:           {}", s.local);
     out!("  cloud:           {}", s.cloud);
     out!("  cache:           {}", s.cache_hits);
