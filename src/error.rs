@@ -244,6 +244,37 @@ fn timeout_message(phase: TimeoutPhase, elapsed: Duration) -> String {
 }
 
 impl Error {
+    /// A short, stable name for the kind of error (`timeout`, `rate_limited`, `server_error`,
+    /// ...): the `error.type` of a tier span, for grouping errors without their messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Policy(_) => "policy",
+            Error::Config(_) => "config",
+            Error::InvalidRequest(_) => "invalid_request",
+            Error::RuntimeUnavailable { .. } => "runtime_unavailable",
+            Error::ModelUnavailable { .. } => "model_unavailable",
+            Error::Inference(_) => "inference",
+            Error::TierUnavailable { .. } => "tier_unavailable",
+            Error::Refused { .. } => "refused",
+            Error::Auth { .. } => "auth",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Server { .. } => "server_error",
+            Error::BadRequest { .. } => "bad_request",
+            Error::ContextTooLong(_) => "context_too_long",
+            Error::Timeout { .. } => "timeout",
+            Error::Connection(_) => "connection",
+            Error::MalformedResponse(_) => "malformed_response",
+            Error::TruncatedStream(_) => "truncated_stream",
+            Error::CircuitOpen { .. } => "circuit_open",
+            Error::PrivacyGuard => "privacy_guard",
+            Error::BudgetExhausted(_) => "budget_exhausted",
+            Error::Storage { .. } => "storage",
+            Error::AllFailed(_) => "all_failed",
+            Error::Cancelled => "cancelled",
+            Error::Io { .. } => "io",
+        }
+    }
+
     /// True for timeouts of any phase.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })

@@ -157,8 +157,11 @@ impl RouterBuilder {
     }
 
     /// Whether tier spans record the messages sent and the answer received
-    /// (`gen_ai.input.messages`, `gen_ai.output.messages`, as JSON). Default: false — spans
-    /// carry model, token counts, timings and errors, never prompt or answer text. What a
+    /// (`gen_ai.input.messages`, `gen_ai.output.messages`, as JSON in the conventions' shape:
+    /// `[{"role", "parts": [{"type": "text", "content"}]}]`). Default: false — spans carry
+    /// model, token counts, timings and errors (`error.type` a class such as `timeout`;
+    /// `edgeroute.error` the message, which may quote the provider), never prompt or answer
+    /// text. What a
     /// cloud tier was sent is recorded as sent (redacted when the decision redacts).
     pub fn trace_content(mut self, yes: bool) -> Self {
         self.trace_content = yes;
@@ -642,6 +645,10 @@ fn tier_span(
 ) -> tracing::Span {
     let span = tracing::info_span!(
         "edgeroute.tier",
+        // The convention's span name and kind, for exporters that read them
+        // (tracing-opentelemetry).
+        otel.name = format!("chat {model}"),
+        otel.kind = "client",
         edgeroute.tier = tier,
         gen_ai.operation.name = "chat",
         gen_ai.provider.name = provider,
@@ -654,12 +661,33 @@ fn tier_span(
         gen_ai.input.messages = tracing::field::Empty,
         gen_ai.output.messages = tracing::field::Empty,
         error.type = tracing::field::Empty,
+        edgeroute.error = tracing::field::Empty,
     );
     if trace_content {
-        let messages = serde_json::to_string(&call.messages).unwrap_or_default();
-        span.record("gen_ai.input.messages", messages);
+        let messages: Vec<serde_json::Value> = call
+            .messages
+            .iter()
+            .map(|m| text_message(m.role.as_str(), &m.content, None))
+            .collect();
+        span.record(
+            "gen_ai.input.messages",
+            serde_json::Value::from(messages).to_string(),
+        );
     }
     span
+}
+
+/// A message in the GenAI conventions' JSON shape: `{"role", "parts": [{"type": "text",
+/// "content"}]}`, with `finish_reason` for an output message.
+fn text_message(role: &str, content: &str, finish: Option<FinishReason>) -> serde_json::Value {
+    let mut m = serde_json::json!({
+        "role": role,
+        "parts": [{"type": "text", "content": content}],
+    });
+    if let Some(f) = finish {
+        m["finish_reason"] = f.as_str().into();
+    }
+    m
 }
 
 /// Records a tier call's outcome on its span: usage, time to first token (seconds, as the
@@ -681,12 +709,17 @@ fn record_usage(
                 );
             }
             if trace_content {
-                let answer = serde_json::json!([{"role": "assistant", "content": g.text}]);
-                span.record("gen_ai.output.messages", answer.to_string());
+                let answer = [text_message("assistant", &g.text, Some(g.finish))];
+                span.record(
+                    "gen_ai.output.messages",
+                    serde_json::Value::from(answer.to_vec()).to_string(),
+                );
             }
         }
         Err(e) => {
-            span.record("error.type", tracing::field::display(e));
+            // A low-cardinality class, as the convention asks; the message apart.
+            span.record("error.type", e.kind());
+            span.record("edgeroute.error", tracing::field::display(e));
         }
     }
 }

@@ -131,6 +131,8 @@ fn every_stage_has_a_span_with_gen_ai_fields_and_no_text_by_default() {
     }
     let tier = &capture.spans("edgeroute.tier")[0];
     assert_eq!(tier["gen_ai.operation.name"], "chat");
+    assert_eq!(tier["otel.name"], "chat echo-model");
+    assert_eq!(tier["otel.kind"], "client");
     assert_eq!(tier["gen_ai.request.model"], "echo-model");
     assert_eq!(tier["edgeroute.tier"], "local");
     // EchoModel reports 7 input and 3 output tokens.
@@ -149,10 +151,15 @@ fn every_stage_has_a_span_with_gen_ai_fields_and_no_text_by_default() {
 fn opting_in_records_the_messages_and_the_answer() {
     let (capture, response) = traced(true);
     let tier = &capture.spans("edgeroute.tier")[0];
+    // The GenAI conventions' message shape: role, then the text as parts.
     let input: serde_json::Value = serde_json::from_str(&tier["gen_ai.input.messages"]).unwrap();
-    assert_eq!(input[0]["content"], SECRET_PROMPT);
+    assert_eq!(input[0]["role"], "user");
+    assert_eq!(input[0]["parts"][0]["type"], "text");
+    assert_eq!(input[0]["parts"][0]["content"], SECRET_PROMPT);
     let output: serde_json::Value = serde_json::from_str(&tier["gen_ai.output.messages"]).unwrap();
-    assert_eq!(output[0]["content"], response.text.as_str());
+    assert_eq!(output[0]["role"], "assistant");
+    assert_eq!(output[0]["parts"][0]["content"], response.text.as_str());
+    assert_eq!(output[0]["finish_reason"], "stop");
 }
 
 /// A hedge that the local tier answers before the delay opens no span for the cloud: a trace
@@ -235,7 +242,9 @@ fn a_failed_hedge_leg_records_its_error_and_its_own_duration() {
         .iter()
         .find(|f| f["edgeroute.tier"] == "local")
         .unwrap();
-    assert!(local_span.contains_key("error.type"), "{local_span:?}");
+    // A low-cardinality class, the message apart.
+    assert_eq!(local_span["error.type"], "inference", "{local_span:?}");
+    assert!(local_span["edgeroute.error"].contains("model exploded"));
     let cloud_span = spans
         .iter()
         .find(|f| f["edgeroute.tier"] == "cloud")
