@@ -556,11 +556,14 @@ impl PersistedStats {
             format!("lat/{route}/{slot:04}"),
             e.latency_ms.to_be_bytes().to_vec(),
         );
-        if let Some(first) = e.first_token_ms {
-            let _ = self.tree.insert(
-                format!("ttft/{route}/{slot:04}"),
-                first.to_be_bytes().to_vec(),
-            );
+        // A cache hit has no first-token sample worth keeping (it is its whole latency). A
+        // request without a first token clears its slot, so no sample a ring older stays.
+        if e.route != Route::Cache {
+            let key = format!("ttft/{route}/{slot:04}");
+            let _ = match e.first_token_ms {
+                Some(first) => self.tree.insert(key, first.to_be_bytes().to_vec()),
+                None => self.tree.remove(key),
+            };
         }
     }
 
@@ -769,6 +772,30 @@ mod tests {
             would_cost_usd: would_cost.parse().unwrap(),
             escalated: route == Route::Cloud,
         }
+    }
+
+    /// A request without a first token clears its ring slot (no sample a ring older stays
+    /// counted), and a cache hit keeps no first-token sample (nothing reads one).
+    #[test]
+    fn persisted_first_token_samples_stay_current() {
+        let (_dir, db) = db();
+        let stats = PersistedStats::open(&db).unwrap();
+        for _ in 0..WINDOW {
+            stats.record(&event(Route::Local, 100.0, "0", "0"));
+        }
+        let key = |k: &str| stats.tree.contains_key(k).unwrap();
+        assert!(key("ttft/local/0001"));
+        stats.record(&StatsEvent {
+            first_token_ms: None,
+            ..event(Route::Local, 100.0, "0", "0")
+        });
+        assert!(!key("ttft/local/0001"), "a sample a ring older stayed");
+        stats.record(&StatsEvent {
+            first_token_ms: Some(2.0),
+            ..event(Route::Cache, 2.0, "0", "0")
+        });
+        assert!(!stats.tree.scan_prefix("ttft/cache/").any(|_| true));
+        assert_eq!(stats.load().local_first_token.samples, WINDOW - 1);
     }
 
     #[test]
