@@ -278,7 +278,8 @@ fn workload(n: usize) -> Vec<Item> {
 /// What happened to one request.
 struct Outcome {
     kind: Kind,
-    /// `local`, `cloud`, `escalated` (cascade → cloud) or `cache`.
+    /// `local`, `cloud (direct)`, `cloud (escalated)` (cascade → cloud), `cache (device
+    /// answer)` or `cache (cloud answer)`.
     path: &'static str,
     rule: String,
     latency: Duration,
@@ -291,7 +292,8 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    // Nearest rank, as the router's statistics.
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 fn latency_row(label: &str, xs: &[&Outcome], total: usize) -> String {

@@ -545,6 +545,10 @@ impl Router {
 
         // execute
         let t = Instant::now();
+        let uncounted = UncountedSpend {
+            inner,
+            notes: SpendNotes::new(Arc::clone(&inner.stats)),
+        };
         let exec = Execution {
             router: self,
             request: &request,
@@ -556,6 +560,7 @@ impl Router {
             streamed: false,
             attempts: Vec::new(),
             reasons: Vec::new(),
+            notes: uncounted.notes.clone(),
         };
         let span = tracing::info_span!(
             "edgeroute.execute",
@@ -569,6 +574,7 @@ impl Router {
             Err(e) => {
                 // Accepted cloud attempts are charged (in the ledger) even when none answered.
                 let spent: Decimal = attempts.iter().map(|a| a.cost.usd).sum();
+                uncounted.counted();
                 inner.stats.record_failure(spent);
                 if let Some(store) = &inner.store {
                     store.stats().record_failure(spent);
@@ -628,6 +634,7 @@ impl Router {
             cached: false,
             finish: outcome.finish,
         };
+        uncounted.counted();
         self.record_stats(&response, features.prompt_tokens);
         Ok(response)
     }
@@ -857,9 +864,60 @@ struct PendingCharge {
     cloud: Option<crate::policy::CloudSection>,
     input_tokens: u64,
     received: Arc<PendingProgress>,
-    /// The router's statistics: a call dropped with its request is counted there when it is
-    /// settled, as it is in the ledger (the request itself records nothing).
+    /// Where the call's cost reaches the statistics if its request is dropped before it
+    /// records itself (the ledger is charged either way).
+    notes: SpendNotes,
+}
+
+/// A request's cloud spend on its way to the statistics. The request counts its cost when it
+/// records itself; one dropped before that is counted from here: charges already settled (by
+/// [`UncountedSpend`], the request's guard) and charges dropped unsettled (by the charge).
+#[derive(Clone)]
+struct SpendNotes {
     stats: Arc<StatsRecorder>,
+    /// Settled in the ledger, not yet counted in the statistics.
+    settled: Arc<std::sync::Mutex<Decimal>>,
+}
+
+impl SpendNotes {
+    fn new(stats: Arc<StatsRecorder>) -> Self {
+        SpendNotes {
+            stats,
+            settled: Arc::default(),
+        }
+    }
+
+    fn add_settled(&self, usd: Decimal) {
+        let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+        *settled = settled.saturating_add(usd);
+    }
+}
+
+/// Counts, when dropped, the request's settled cloud charges that it did not count itself
+/// (it was dropped mid-way): the statistics' spend agrees with the ledger's.
+struct UncountedSpend<'a> {
+    inner: &'a Inner,
+    notes: SpendNotes,
+}
+
+impl UncountedSpend<'_> {
+    /// The request counts its whole cost itself (its response, or its failure).
+    fn counted(&self) {
+        *self.notes.settled.lock().unwrap_or_else(|p| p.into_inner()) = Decimal::ZERO;
+    }
+}
+
+impl Drop for UncountedSpend<'_> {
+    fn drop(&mut self) {
+        let usd =
+            std::mem::take(&mut *self.notes.settled.lock().unwrap_or_else(|p| p.into_inner()));
+        if !usd.is_zero() {
+            self.inner.stats.record_spend(usd);
+            if let Some(store) = &self.inner.store {
+                store.stats().record_spend(usd);
+            }
+        }
+    }
 }
 
 impl PendingCharge {
@@ -874,7 +932,7 @@ impl PendingCharge {
         input_tokens: u64,
         received: Arc<PendingProgress>,
         report: Arc<CallReport>,
-        stats: Arc<StatsRecorder>,
+        notes: SpendNotes,
     ) -> Result<Self> {
         let reservation = store.reserve(estimate)?;
         let retries = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -902,7 +960,7 @@ impl PendingCharge {
             cloud,
             input_tokens,
             received,
-            stats,
+            notes,
         };
         store.flush_ledger().await?;
         Ok(charge)
@@ -917,6 +975,9 @@ impl PendingCharge {
     }
 
     async fn settle(mut self, usd: Decimal) {
+        // Noted before the ledger's write, which a dropped request can cut short after it
+        // took effect.
+        self.notes.add_settled(usd);
         let reservations = self.take_reservations();
         self.store.settle(reservations, usd).await;
         self.open.take();
@@ -954,7 +1015,7 @@ impl Drop for PendingCharge {
             return;
         }
         let open = self.open.take();
-        self.stats.record_spend(usd);
+        self.notes.stats.record_spend(usd);
         self.store.stats().record_spend(usd);
         // Settling is async (the ledger writes on a blocking thread); without a runtime the
         // reservations stay unsettled, which counts the estimates (the safe side).
@@ -1091,6 +1152,8 @@ struct Execution<'a> {
     attempts: Vec<Attempt>,
     /// Reasons found while executing (fallback, escalation, redaction), appended to the decision.
     reasons: Vec<Reason>,
+    /// Where the cloud calls' costs go should the request be dropped.
+    notes: SpendNotes,
 }
 
 impl Execution<'_> {
@@ -1347,7 +1410,7 @@ impl Execution<'_> {
         };
         let cloud_leg = {
             let (clock, store, charge) = (&cloud_clock, store.clone(), &charge);
-            let stats = Arc::clone(&self.router.inner.stats);
+            let notes = self.notes.clone();
             async move {
                 let span = tier_span("cloud", provider, cloud.name(), &cloud_call, trace_content);
                 let result = within(deadline, async move {
@@ -1361,7 +1424,7 @@ impl Execution<'_> {
                             input_tokens,
                             clock.received.clone(),
                             Arc::clone(&clock.report),
-                            stats,
+                            notes,
                         )
                         .await?;
                         *charge.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending);
@@ -1555,15 +1618,30 @@ impl Execution<'_> {
                 // lower bound worth keeping only for the first tier, whose slow start made the
                 // hedge fire; a second tier cancelled soon after it started would report only
                 // that short wait and pull its own p95 down.
-                match (first_token, first_tier) {
-                    (Some(t), _) => inner.stats.observe_cancelled_first_token(route, t),
-                    (None, true) => inner.stats.observe_cancelled_first_token(route, elapsed),
-                    (None, false) => {}
+                // A local leg is timed from when generation started (a model load is not
+                // generating); one still loading says nothing of its first token.
+                let from = match (is_cloud, clock.generating.get()) {
+                    (true, _) => Some(started),
+                    (false, generating) => generating.copied(),
+                };
+                if let Some(from) = from {
+                    let first = clock
+                        .first_token()
+                        .map(|at| at.saturating_duration_since(from));
+                    match (first, first_tier) {
+                        (Some(t), _) => inner.stats.observe_cancelled_first_token(route, t),
+                        (None, true) => inner
+                            .stats
+                            .observe_cancelled_first_token(route, from.elapsed()),
+                        (None, false) => {}
+                    }
                 }
                 // The attempt in flight may have been billed, accepted yet or not: one
                 // estimate at least, one per accepted attempt when more were accepted. (An
                 // accepted attempt that failed plus one in flight not accepted yet count once.)
-                let cost = if is_cloud {
+                // A call never sent (cancelled while its reservation was written) cost nothing,
+                // as its reservation is settled.
+                let cost = if is_cloud && clock.received.was_sent() {
                     unanswered_cost(clock.accepted_attempts().max(1), estimate)
                 } else {
                     Cost::ZERO
@@ -1754,7 +1832,7 @@ impl Execution<'_> {
                     u64::from(self.features.prompt_tokens),
                     Arc::default(),
                     Arc::clone(&report),
-                    Arc::clone(&self.router.inner.stats),
+                    self.notes.clone(),
                 )
                 .await?,
             ),

@@ -55,7 +55,8 @@ pub struct RouterStats {
     /// Cloud spend, USD.
     #[serde(with = "rust_decimal::serde::str")]
     pub cloud_spend_usd: Decimal,
-    /// What the requests answered locally or from cache would have cost in the cloud, USD.
+    /// What the requests answered locally or from cache would have cost in the cloud, less
+    /// what those requests spent on the cloud anyway (each at least 0), USD.
     #[serde(with = "rust_decimal::serde::str")]
     pub estimated_savings_usd: Decimal,
     /// Latency of local answers.

@@ -548,3 +548,34 @@ async fn savings_are_net_of_what_the_request_spent_on_the_cloud() {
     assert_eq!(stats.cloud_spend_usd, resp.cost.usd);
     assert_eq!(stats.estimated_savings_usd, Decimal::ZERO);
 }
+
+/// A request dropped after its cloud call was charged and settled (here: accepted, cut short,
+/// then a local fallback that the caller abandons) still counts that charge in the
+/// statistics, as the ledger does: they said $0.
+#[tokio::test]
+async fn a_request_dropped_after_a_settled_cloud_charge_counts_it() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::TruncatedStream);
+    let local = Arc::new(EchoModel::default());
+    local.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = router_with(
+        &POLICY.replace(
+            "output_usd_per_mtok",
+            "max_retries = 0\noutput_usd_per_mtok",
+        ),
+        home.path(),
+        &fake,
+        local.clone(),
+    );
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(500), r.complete(Request::new("hi"))).await;
+    assert!(dropped.is_err(), "the request ended before it was dropped");
+    assert_eq!((fake.requests_received(), local.calls()), (1, 1));
+    tokio::time::timeout(Duration::from_secs(10), r.settled())
+        .await
+        .unwrap();
+    let spent = spent_today(home.path());
+    assert!(spent > Decimal::ZERO);
+    assert_eq!(r.stats().cloud_spend_usd, spent);
+}
