@@ -1014,6 +1014,65 @@ mod tests {
         assert_eq!(b.tokens_generated(), 5);
     }
 
+    /// Requests waiting for a session get it in the order they asked: none is passed over by
+    /// later arrivals (a condition variable alone wakes waiters in no set order).
+    #[test]
+    fn waiting_requests_get_the_session_in_arrival_order() {
+        let b = LocalBackend::builder()
+            .model_dir(fixture("tiny"))
+            .threads(1)
+            .pool_size(1)
+            .commit()
+            .unwrap();
+        let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+            let t = Instant::now();
+            while !done() {
+                assert!(t.elapsed() < Duration::from_secs(20), "never {what}");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        let (pause_tx, pause_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                b.generate_blocking(&[Message::user("hey")], &Default::default(), None, |_| {
+                    let _ = pause_rx.recv();
+                    ControlFlow::Continue(())
+                })
+            })
+        };
+        wait_until("a first token", &|| b.tokens_generated() == 1);
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let waiters: Vec<_> = (0..6)
+            .map(|i| {
+                let (mine, order) = (b.clone(), Arc::clone(&order));
+                let waiter = std::thread::spawn(move || {
+                    mine.generate_blocking(
+                        &[Message::user("hey")],
+                        &Default::default(),
+                        None,
+                        |_| {
+                            let mut order = order.lock().unwrap();
+                            if !order.contains(&i) {
+                                order.push(i);
+                            }
+                            ControlFlow::Continue(())
+                        },
+                    )
+                });
+                // Each one queued before the next arrives.
+                wait_until("the waiter queued", &|| b.inner.pool.waiting() == i + 1);
+                waiter
+            })
+            .collect();
+        drop(pause_tx);
+        holder.join().unwrap().unwrap();
+        for w in waiters {
+            assert_eq!(w.join().unwrap().unwrap().text, "Hi!é");
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4, 5]);
+    }
+
     #[test]
     fn missing_model_dir_is_model_unavailable_with_fix() {
         let err = LocalBackend::builder()

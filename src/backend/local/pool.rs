@@ -1,6 +1,7 @@
 //! A fixed set of sessions shared by concurrent generations (`Session::run` needs `&mut`), each
 //! with the prompt cache its last generation left behind.
 
+use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -19,10 +20,19 @@ struct Slot {
 }
 
 /// Sessions waiting to be used. A generation checks one out for its whole length (its KV cache
-/// lives outside the session, but runs on one thread anyway); others wait for it.
+/// lives outside the session, but runs on one thread anyway); others wait for it, and get one
+/// in the order they asked (a queue of tickets: a condition variable alone wakes waiters in no
+/// set order, so a request could be passed over again and again).
 pub(crate) struct Pool {
-    idle: Mutex<Vec<Slot>>,
+    state: Mutex<State>,
     returned: Condvar,
+}
+
+struct State {
+    idle: Vec<Slot>,
+    /// Tickets of the requests waiting, oldest first.
+    waiting: VecDeque<u64>,
+    next_ticket: u64,
 }
 
 /// A checked-out session; goes back to the pool on drop.
@@ -34,15 +44,17 @@ pub(crate) struct Lease<'p> {
 impl Pool {
     pub(crate) fn new(sessions: Vec<Session>) -> Self {
         Pool {
-            idle: Mutex::new(
-                sessions
+            state: Mutex::new(State {
+                idle: sessions
                     .into_iter()
                     .map(|session| Slot {
                         session,
                         prompt_kv: None,
                     })
                     .collect(),
-            ),
+                waiting: VecDeque::new(),
+                next_ticket: 0,
+            }),
             returned: Condvar::new(),
         }
     }
@@ -55,28 +67,50 @@ impl Pool {
         prompt: &[u32],
         give_up: &dyn Fn() -> Result<()>,
     ) -> Result<Lease<'_>> {
-        let poisoned = |_| Error::Inference("session pool poisoned by a panic".into());
-        let mut idle = self.idle.lock().map_err(poisoned)?;
+        let poisoned = || Error::Inference("session pool poisoned by a panic".into());
+        let mut state = self.state.lock().map_err(|_| poisoned())?;
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.waiting.push_back(ticket);
         loop {
-            let best = (0..idle.len()).max_by_key(|&i| {
-                idle[i]
-                    .prompt_kv
-                    .as_ref()
-                    .map_or(0, |kv| kv.reusable(prompt))
-            });
-            if let Some(i) = best {
-                return Ok(Lease {
-                    pool: self,
-                    slot: Some(idle.swap_remove(i)),
+            if state.waiting.front() == Some(&ticket) {
+                let best = (0..state.idle.len()).max_by_key(|&i| {
+                    state.idle[i]
+                        .prompt_kv
+                        .as_ref()
+                        .map_or(0, |kv| kv.reusable(prompt))
                 });
+                if let Some(i) = best {
+                    state.waiting.pop_front();
+                    let slot = state.idle.swap_remove(i);
+                    // The next in line may take another idle session.
+                    self.returned.notify_all();
+                    return Ok(Lease {
+                        pool: self,
+                        slot: Some(slot),
+                    });
+                }
             }
-            give_up()?;
-            idle = self
+            if let Err(e) = give_up() {
+                state.waiting.retain(|&t| t != ticket);
+                // The one behind may now be first in line.
+                self.returned.notify_all();
+                return Err(e);
+            }
+            state = self
                 .returned
-                .wait_timeout(idle, GIVE_UP_POLL)
-                .map_err(|_| Error::Inference("session pool poisoned by a panic".into()))?
+                .wait_timeout(state, GIVE_UP_POLL)
+                .map_err(|_| poisoned())?
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+impl Pool {
+    /// Requests waiting for a session (tests: to queue requests in a known order).
+    pub(crate) fn waiting(&self) -> usize {
+        self.state.lock().map_or(0, |s| s.waiting.len())
     }
 }
 
@@ -107,9 +141,10 @@ impl Lease<'_> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.slot.take() {
-            if let Ok(mut idle) = self.pool.idle.lock() {
-                idle.push(s);
-                self.pool.returned.notify_one();
+            if let Ok(mut state) = self.pool.state.lock() {
+                state.idle.push(s);
+                // Every waiter checks whether it is first in line.
+                self.pool.returned.notify_all();
             }
         }
     }
