@@ -322,6 +322,8 @@ impl LocalBackendBuilder {
                 pool: Pool::new(sessions),
                 active,
                 tokens: AtomicU64::new(0),
+                #[cfg(test)]
+                panic_next: std::sync::atomic::AtomicBool::new(false),
                 huge_pages,
             }),
         })
@@ -352,6 +354,9 @@ struct Inner {
     /// Generations running (shared with the huge-page thread, which waits while any runs).
     active: Arc<AtomicUsize>,
     tokens: AtomicU64,
+    /// Tests: the next generation panics (to check how a panic is reported).
+    #[cfg(test)]
+    panic_next: std::sync::atomic::AtomicBool,
     huge_pages: Arc<hugepages::Progress>,
 }
 
@@ -515,6 +520,10 @@ impl LocalBackend {
 
         let mut lease = inner.pool.lease(&prompt_ids, &check_deadline)?;
         check_deadline()?;
+        #[cfg(test)]
+        if inner.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("a test asked for a panic");
+        }
         let cached = lease.take_prompt_kv();
         let reused = cached.as_ref().map_or(0, |kv| kv.reusable(&prompt_ids));
         let session = lease.session()?;
@@ -636,6 +645,22 @@ impl Inner {
     }
 }
 
+/// Runs a generation on its thread, a panic there becoming an error that says so: the stream
+/// would otherwise just end, which reads as a connection cut short.
+fn catch_panic(generate: impl FnOnce() -> Result<LocalOutput>) -> Result<LocalOutput> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(generate)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(Error::Inference(format!(
+            "the local generation failed unexpectedly (a panic: {what}); this is a bug in \
+             edgeroute: please report it"
+        )))
+    })
+}
+
 /// What [`Inner::decode`] produced.
 struct Decoded {
     token_ids: Vec<u32>,
@@ -669,24 +694,26 @@ impl Backend for LocalBackend {
             .name("edgeroute-local".into())
             .spawn(move || {
                 let abandoned = || tx.is_closed();
-                let result = backend.generate_unless(
-                    &call.messages,
-                    &call.params,
-                    call.deadline,
-                    &abandoned,
-                    |ev| {
-                        if tx.is_closed() {
-                            return ControlFlow::Break(());
-                        }
-                        if ev.text.is_empty() {
-                            return ControlFlow::Continue(());
-                        }
-                        match tx.blocking_send(Ok(StreamEvent::Delta(ev.text.to_string()))) {
-                            Ok(()) => ControlFlow::Continue(()),
-                            Err(_) => ControlFlow::Break(()),
-                        }
-                    },
-                );
+                let result = catch_panic(|| {
+                    backend.generate_unless(
+                        &call.messages,
+                        &call.params,
+                        call.deadline,
+                        &abandoned,
+                        |ev| {
+                            if tx.is_closed() {
+                                return ControlFlow::Break(());
+                            }
+                            if ev.text.is_empty() {
+                                return ControlFlow::Continue(());
+                            }
+                            match tx.blocking_send(Ok(StreamEvent::Delta(ev.text.to_string()))) {
+                                Ok(()) => ControlFlow::Continue(()),
+                                Err(_) => ControlFlow::Break(()),
+                            }
+                        },
+                    )
+                });
                 let last = match result {
                     Ok(out) => Ok(StreamEvent::Done(out.into_generation())),
                     Err(Error::Cancelled) => return,
@@ -708,19 +735,21 @@ impl Backend for LocalBackend {
             .name("edgeroute-local".into())
             .spawn(move || {
                 let abandoned = || tx.is_closed();
-                let out = backend.generate_unless(
-                    &call.messages,
-                    &call.params,
-                    call.deadline,
-                    &abandoned,
-                    |_| {
-                        if abandoned() {
-                            ControlFlow::Break(())
-                        } else {
-                            ControlFlow::Continue(())
-                        }
-                    },
-                );
+                let out = catch_panic(|| {
+                    backend.generate_unless(
+                        &call.messages,
+                        &call.params,
+                        call.deadline,
+                        &abandoned,
+                        |_| {
+                            if abandoned() {
+                                ControlFlow::Break(())
+                            } else {
+                                ControlFlow::Continue(())
+                            }
+                        },
+                    )
+                });
                 let _ = tx.send(out.map(LocalOutput::into_generation));
             })
             .map_err(|e| Error::io("spawning the local generation thread", e))?;
@@ -1071,6 +1100,40 @@ mod tests {
             assert_eq!(w.join().unwrap().unwrap().text, "Hi!é");
         }
         assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4, 5]);
+    }
+
+    /// A panic in the generation thread is an error saying so, on both the streaming and the
+    /// whole-answer path (a stream used to just end, read as "stream truncated ... the
+    /// connection or the provider cut it short"), and the session is back for the next call.
+    #[tokio::test]
+    async fn a_panic_while_generating_is_an_error_that_says_so() {
+        let b = LocalBackend::builder()
+            .model_dir(fixture("tiny"))
+            .threads(1)
+            .pool_size(1)
+            .commit()
+            .unwrap();
+        let call = || BackendCall {
+            messages: vec![Message::user("hey")],
+            params: GenerationParams::default(),
+            deadline: None,
+        };
+        b.inner.panic_next.store(true, Ordering::SeqCst);
+        let mut stream = b.stream(call()).await.unwrap();
+        use futures::StreamExt;
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, Error::Inference(m) if m.contains("a panic")),
+            "{err}"
+        );
+        b.inner.panic_next.store(true, Ordering::SeqCst);
+        let err = b.generate(call()).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Inference(m) if m.contains("a panic")),
+            "{err}"
+        );
+        assert_eq!(b.generate(call()).await.unwrap().text, "Hi!é");
+        assert_eq!(b.active_generations(), 0);
     }
 
     #[test]
