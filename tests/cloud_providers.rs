@@ -130,6 +130,19 @@ async fn a_whole_json_answer_to_a_streaming_call_is_read_as_the_answer() {
         .outcome
         .unwrap();
     assert_eq!(g.finish, FinishReason::Length);
+
+    // An event stream labelled JSON is still read as the stream it is.
+    fake.set_behavior(Behavior::Raw {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+               data: {\"choices\":[{\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\n\n\
+               data: [DONE]\n\n"
+            .into(),
+    });
+    let out = collect(backend.stream(full_call()).await.unwrap()).await;
+    assert_eq!(out.deltas, ["Hel", "lo"]);
+    assert_eq!(out.outcome.unwrap().text, "Hello");
 }
 
 #[tokio::test]

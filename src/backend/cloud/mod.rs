@@ -665,25 +665,40 @@ impl Inner {
             .send(body, clock, attempt_start, first_token, Some(report))
             .await?;
         let (first_at, phase) = first_token;
+        let mut response = response;
+        let mut held = None;
         if is_whole_json(response.headers()) {
             // The server ignored `stream: true` (some gateways and self-hosted servers do):
-            // its answer is one JSON document, which arrives whole as the first token.
-            let mut response = response;
+            // its answer is one JSON document, which arrives whole as the first token. Unless
+            // the body says otherwise: an event stream labelled JSON is read as one.
             let body = until(
                 first_at,
                 async {
-                    read_all(&mut response)
-                        .await
-                        .map_err(|e| self.transport_error(&e, attempt_start))
+                    let transport = |e: reqwest::Error| self.transport_error(&e, attempt_start);
+                    let first = response.chunk().await.map_err(transport)?;
+                    let first = first.unwrap_or_default();
+                    let text = first.trim_ascii_start();
+                    if !text.is_empty() && !text.starts_with(b"{") {
+                        return Ok(Err(first.to_vec()));
+                    }
+                    let mut body = first.to_vec();
+                    body.extend(read_all(&mut response).await.map_err(transport)?);
+                    Ok(Ok(body))
                 },
                 || clock.timeout(phase, attempt_start),
             )
             .await?;
-            let generation = parse_response(self.cfg.provider, &body, est)?;
-            return Ok(Live::whole(response, generation));
+            match body {
+                Ok(body) => {
+                    let generation = parse_response(self.cfg.provider, &body, est)?;
+                    return Ok(Live::whole(response, generation));
+                }
+                Err(first_chunk) => held = Some(first_chunk),
+            }
         }
         let mut live = Live {
             response,
+            held,
             parser: SseParser::new(),
             decoder: Some(StreamDecoder::new(self.cfg.provider, est)),
             pending: VecDeque::new(),
@@ -736,6 +751,9 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Vec<u8> {
 /// An open event stream and its decoding state.
 struct Live {
     response: reqwest::Response,
+    /// A chunk of the body already read (to tell an event stream from a JSON document),
+    /// decoded before anything more is read.
+    held: Option<Vec<u8>>,
     parser: SseParser,
     decoder: Option<StreamDecoder>,
     pending: VecDeque<StreamEvent>,
@@ -752,6 +770,7 @@ impl Live {
         pending.push_back(StreamEvent::Done(generation));
         Live {
             response,
+            held: None,
             parser: SseParser::new(),
             decoder: None,
             pending,
@@ -768,22 +787,27 @@ impl Live {
                 return Ok(());
             };
             let waited = Instant::now();
-            let chunk = until(
-                breaker::after(waited, idle),
-                async {
-                    self.response.chunk().await.map_err(|e| {
-                        Error::Connection(format!(
-                            "connection lost mid-stream: {}",
-                            error_chain(&e)
-                        ))
-                    })
-                },
-                || Error::Timeout {
-                    phase: TimeoutPhase::BetweenTokens,
-                    elapsed: waited.elapsed(),
-                },
-            )
-            .await?;
+            let chunk = match self.held.take() {
+                Some(held) => Some(held.into()),
+                None => {
+                    until(
+                        breaker::after(waited, idle),
+                        async {
+                            self.response.chunk().await.map_err(|e| {
+                                Error::Connection(format!(
+                                    "connection lost mid-stream: {}",
+                                    error_chain(&e)
+                                ))
+                            })
+                        },
+                        || Error::Timeout {
+                            phase: TimeoutPhase::BetweenTokens,
+                            elapsed: waited.elapsed(),
+                        },
+                    )
+                    .await?
+                }
+            };
             let Some(chunk) = chunk else {
                 // End of body: complete only if the provider's terminator came.
                 self.parser.finish(&mut self.events)?;
