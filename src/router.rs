@@ -545,10 +545,7 @@ impl Router {
 
         // execute
         let t = Instant::now();
-        let uncounted = UncountedSpend {
-            inner,
-            notes: SpendNotes::new(Arc::clone(&inner.stats)),
-        };
+        let uncounted = UncountedSpend(SpendNotes::new(inner));
         let exec = Execution {
             router: self,
             request: &request,
@@ -560,7 +557,7 @@ impl Router {
             streamed: false,
             attempts: Vec::new(),
             reasons: Vec::new(),
-            notes: uncounted.notes.clone(),
+            notes: uncounted.0.clone(),
         };
         let span = tracing::info_span!(
             "edgeroute.execute",
@@ -793,10 +790,24 @@ impl LegClock {
         self.started.get().copied().unwrap_or_else(Instant::now)
     }
 
-    /// How long the leg ran: until it ended, or until now for one still running.
+    /// When the leg ended, or now for one still running.
+    fn end(&self) -> Instant {
+        self.ended.get().copied().unwrap_or_else(Instant::now)
+    }
+
+    /// How long the leg ran.
     fn elapsed(&self) -> Duration {
-        let end = self.ended.get().copied().unwrap_or_else(Instant::now);
-        end.saturating_duration_since(self.started())
+        self.end().saturating_duration_since(self.started())
+    }
+
+    /// Where the latency signals time the leg from: a cloud leg's start; a local leg's start
+    /// of generation (a model load is not generating), `None` while it was still loading.
+    fn timed_from(&self, is_cloud: bool) -> Option<Instant> {
+        if is_cloud {
+            Some(self.started())
+        } else {
+            self.generating.get().copied()
+        }
     }
 
     fn first_token(&self) -> Option<Instant> {
@@ -875,14 +886,16 @@ struct PendingCharge {
 #[derive(Clone)]
 struct SpendNotes {
     stats: Arc<StatsRecorder>,
+    store: Option<crate::wiring::Store>,
     /// Settled in the ledger, not yet counted in the statistics.
     settled: Arc<std::sync::Mutex<Decimal>>,
 }
 
 impl SpendNotes {
-    fn new(stats: Arc<StatsRecorder>) -> Self {
+    fn new(inner: &Inner) -> Self {
         SpendNotes {
-            stats,
+            stats: Arc::clone(&inner.stats),
+            store: inner.store.clone(),
             settled: Arc::default(),
         }
     }
@@ -891,31 +904,32 @@ impl SpendNotes {
         let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
         *settled = settled.saturating_add(usd);
     }
+
+    /// Counts `usd` of a request that will not record itself, in memory and on disk.
+    fn record(&self, usd: Decimal) {
+        self.stats.record_spend(usd);
+        if let Some(store) = &self.store {
+            store.stats().record_spend(usd);
+        }
+    }
 }
 
 /// Counts, when dropped, the request's settled cloud charges that it did not count itself
 /// (it was dropped mid-way): the statistics' spend agrees with the ledger's.
-struct UncountedSpend<'a> {
-    inner: &'a Inner,
-    notes: SpendNotes,
-}
+struct UncountedSpend(SpendNotes);
 
-impl UncountedSpend<'_> {
+impl UncountedSpend {
     /// The request counts its whole cost itself (its response, or its failure).
     fn counted(&self) {
-        *self.notes.settled.lock().unwrap_or_else(|p| p.into_inner()) = Decimal::ZERO;
+        *self.0.settled.lock().unwrap_or_else(|p| p.into_inner()) = Decimal::ZERO;
     }
 }
 
-impl Drop for UncountedSpend<'_> {
+impl Drop for UncountedSpend {
     fn drop(&mut self) {
-        let usd =
-            std::mem::take(&mut *self.notes.settled.lock().unwrap_or_else(|p| p.into_inner()));
+        let usd = std::mem::take(&mut *self.0.settled.lock().unwrap_or_else(|p| p.into_inner()));
         if !usd.is_zero() {
-            self.inner.stats.record_spend(usd);
-            if let Some(store) = &self.inner.store {
-                store.stats().record_spend(usd);
-            }
+            self.0.record(usd);
         }
     }
 }
@@ -1015,8 +1029,7 @@ impl Drop for PendingCharge {
             return;
         }
         let open = self.open.take();
-        self.notes.stats.record_spend(usd);
-        self.store.stats().record_spend(usd);
+        self.notes.record(usd);
         // Settling is async (the ledger writes on a blocking thread); without a runtime the
         // reservations stay unsettled, which counts the estimates (the safe side).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -1591,11 +1604,9 @@ impl Execution<'_> {
                 if is_cloud {
                     inner.stats.observe_cloud(elapsed, first_token);
                 } else {
-                    // Timed from when generation started: a model load is not generating.
-                    let from = clock.generating.get().copied().unwrap_or(started);
-                    let end = clock.ended.get().copied().unwrap_or_else(Instant::now);
+                    let from = clock.timed_from(false).unwrap_or(started);
                     inner.stats.observe_local(
-                        end.saturating_duration_since(from),
+                        clock.end().saturating_duration_since(from),
                         clock
                             .first_token()
                             .map(|at| at.saturating_duration_since(from)),
@@ -1618,13 +1629,8 @@ impl Execution<'_> {
                 // lower bound worth keeping only for the first tier, whose slow start made the
                 // hedge fire; a second tier cancelled soon after it started would report only
                 // that short wait and pull its own p95 down.
-                // A local leg is timed from when generation started (a model load is not
-                // generating); one still loading says nothing of its first token.
-                let from = match (is_cloud, clock.generating.get()) {
-                    (true, _) => Some(started),
-                    (false, generating) => generating.copied(),
-                };
-                if let Some(from) = from {
+                // A local leg still loading the model says nothing of its first token.
+                if let Some(from) = clock.timed_from(is_cloud) {
                     let first = clock
                         .first_token()
                         .map(|at| at.saturating_duration_since(from));

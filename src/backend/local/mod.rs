@@ -701,9 +701,7 @@ impl Backend for LocalBackend {
                         call.deadline,
                         &abandoned,
                         |ev| {
-                            if tx.is_closed() {
-                                return ControlFlow::Break(());
-                            }
+                            // (A closed channel also stops it here.)
                             if ev.text.is_empty() {
                                 return ControlFlow::Continue(());
                             }
@@ -741,13 +739,7 @@ impl Backend for LocalBackend {
                         &call.params,
                         call.deadline,
                         &abandoned,
-                        |_| {
-                            if abandoned() {
-                                ControlFlow::Break(())
-                            } else {
-                                ControlFlow::Continue(())
-                            }
-                        },
+                        |_| ControlFlow::Continue(()),
                     )
                 });
                 let _ = tx.send(out.map(LocalOutput::into_generation));
@@ -983,23 +975,43 @@ mod tests {
         assert_eq!(text, "Hi!é");
     }
 
-    /// A request queued behind a busy session stops without running its prompt when its
-    /// caller goes away (a dropped stream) or its deadline passes, so abandoned requests do not
-    /// hold up the live ones behind them.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_abandoned_request_waiting_for_a_session_never_runs() {
-        let b = LocalBackend::builder()
+    /// The tiny decoder with one session.
+    fn one_session() -> LocalBackend {
+        LocalBackend::builder()
             .model_dir(fixture("tiny"))
             .threads(1)
             .pool_size(1)
             .commit()
-            .unwrap();
-        let call = |deadline| BackendCall {
+            .unwrap()
+    }
+
+    /// A call saying "hey", with `deadline`.
+    fn hey(deadline: Option<Instant>) -> BackendCall {
+        BackendCall {
             messages: vec![Message::user("hey")],
             params: GenerationParams::default(),
             deadline,
-        };
-        // The one session is held by a generation paused after its first token.
+        }
+    }
+
+    /// Waits (up to 20 s) until `done`.
+    fn wait_until(what: &str, done: &dyn Fn() -> bool) {
+        let t = Instant::now();
+        while !done() {
+            assert!(t.elapsed() < Duration::from_secs(20), "never {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// `b`'s one session, held by a generation paused after its first token until the sender
+    /// is dropped.
+    #[allow(clippy::type_complexity)]
+    fn hold_the_session(
+        b: &LocalBackend,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<Result<LocalOutput>>,
+    ) {
         let (pause_tx, pause_rx) = std::sync::mpsc::channel::<()>();
         let holder = {
             let b = b.clone();
@@ -1010,23 +1022,27 @@ mod tests {
                 })
             })
         };
-        let wait_until = |what: &str, done: &dyn Fn() -> bool| {
-            let t = Instant::now();
-            while !done() {
-                assert!(t.elapsed() < Duration::from_secs(20), "never {what}");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        };
         // The holder has the session once it has generated a token.
         wait_until("a first token", &|| b.tokens_generated() == 1);
-        let dropped = b.stream(call(None)).await.unwrap();
+        (pause_tx, holder)
+    }
+
+    /// A request queued behind a busy session stops without running its prompt when its
+    /// caller goes away (a dropped stream) or its deadline passes, so abandoned requests do not
+    /// hold up the live ones behind them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_request_waiting_for_a_session_never_runs() {
+        let b = one_session();
+        // The one session is held by a generation paused after its first token.
+        let (pause_tx, holder) = hold_the_session(&b);
+        let dropped = b.stream(hey(None)).await.unwrap();
         wait_until("2 active", &|| b.active_generations() == 2);
         drop(dropped);
         wait_until("the dropped request gone", &|| b.active_generations() == 1);
         let timed_out = {
             let (b, call) = (
                 b.clone(),
-                call(Some(Instant::now() + Duration::from_millis(200))),
+                hey(Some(Instant::now() + Duration::from_millis(200))),
             );
             tokio::spawn(async move { b.generate(call).await })
         };
@@ -1047,30 +1063,8 @@ mod tests {
     /// later arrivals (a condition variable alone wakes waiters in no set order).
     #[test]
     fn waiting_requests_get_the_session_in_arrival_order() {
-        let b = LocalBackend::builder()
-            .model_dir(fixture("tiny"))
-            .threads(1)
-            .pool_size(1)
-            .commit()
-            .unwrap();
-        let wait_until = |what: &str, done: &dyn Fn() -> bool| {
-            let t = Instant::now();
-            while !done() {
-                assert!(t.elapsed() < Duration::from_secs(20), "never {what}");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        };
-        let (pause_tx, pause_rx) = std::sync::mpsc::channel::<()>();
-        let holder = {
-            let b = b.clone();
-            std::thread::spawn(move || {
-                b.generate_blocking(&[Message::user("hey")], &Default::default(), None, |_| {
-                    let _ = pause_rx.recv();
-                    ControlFlow::Continue(())
-                })
-            })
-        };
-        wait_until("a first token", &|| b.tokens_generated() == 1);
+        let b = one_session();
+        let (pause_tx, holder) = hold_the_session(&b);
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let waiters: Vec<_> = (0..6)
             .map(|i| {
@@ -1107,19 +1101,9 @@ mod tests {
     /// connection or the provider cut it short"), and the session is back for the next call.
     #[tokio::test]
     async fn a_panic_while_generating_is_an_error_that_says_so() {
-        let b = LocalBackend::builder()
-            .model_dir(fixture("tiny"))
-            .threads(1)
-            .pool_size(1)
-            .commit()
-            .unwrap();
-        let call = || BackendCall {
-            messages: vec![Message::user("hey")],
-            params: GenerationParams::default(),
-            deadline: None,
-        };
+        let b = one_session();
         b.inner.panic_next.store(true, Ordering::SeqCst);
-        let mut stream = b.stream(call()).await.unwrap();
+        let mut stream = b.stream(hey(None)).await.unwrap();
         use futures::StreamExt;
         let err = stream.next().await.unwrap().unwrap_err();
         assert!(
@@ -1127,12 +1111,12 @@ mod tests {
             "{err}"
         );
         b.inner.panic_next.store(true, Ordering::SeqCst);
-        let err = b.generate(call()).await.unwrap_err();
+        let err = b.generate(hey(None)).await.unwrap_err();
         assert!(
             matches!(&err, Error::Inference(m) if m.contains("a panic")),
             "{err}"
         );
-        assert_eq!(b.generate(call()).await.unwrap().text, "Hi!é");
+        assert_eq!(b.generate(hey(None)).await.unwrap().text, "Hi!é");
         assert_eq!(b.active_generations(), 0);
     }
 
