@@ -286,19 +286,19 @@ pub trait Backend: Send + Sync {
 /// deltas.
 fn whole_text_as_delta(stream: EventStream) -> EventStream {
     let mut streamed = false;
+    // Per token: no allocation beyond the items themselves.
     Box::pin(stream.flat_map(move |item| {
-        let items = match item {
+        let first = match &item {
             Ok(StreamEvent::Delta(d)) => {
                 streamed |= !d.is_empty();
-                vec![Ok(StreamEvent::Delta(d))]
+                None
             }
-            Ok(StreamEvent::Done(g)) if !streamed && !g.text.is_empty() => vec![
-                Ok(StreamEvent::Delta(g.text.clone())),
-                Ok(StreamEvent::Done(g)),
-            ],
-            other => vec![other],
+            Ok(StreamEvent::Done(g)) if !streamed && !g.text.is_empty() => {
+                Some(Ok(StreamEvent::Delta(g.text.clone())))
+            }
+            _ => None,
         };
-        futures::stream::iter(items)
+        futures::stream::iter(first.into_iter().chain(std::iter::once(item)))
     }))
 }
 

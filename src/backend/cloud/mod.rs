@@ -661,11 +661,10 @@ impl Inner {
         report: &CallReport,
     ) -> Result<Live> {
         let first_token = clock.first_token_at(attempt_start);
-        let response = self
+        let mut response = self
             .send(body, clock, attempt_start, first_token, Some(report))
             .await?;
         let (first_at, phase) = first_token;
-        let mut response = response;
         let mut held = None;
         if is_whole_json(response.headers()) {
             // The server ignored `stream: true` (some gateways and self-hosted servers do):
@@ -682,7 +681,9 @@ impl Inner {
                         return Ok(Err(first.to_vec()));
                     }
                     let mut body = first.to_vec();
-                    body.extend(read_all(&mut response).await.map_err(transport)?);
+                    read_rest(&mut response, &mut body)
+                        .await
+                        .map_err(transport)?;
                     Ok(Ok(body))
                 },
                 || clock.timeout(phase, attempt_start),
@@ -727,13 +728,12 @@ fn is_whole_json(headers: &HeaderMap) -> bool {
     mime == "application/json" || mime.ends_with("+json")
 }
 
-/// Reads a whole body without consuming the response.
-async fn read_all(response: &mut reqwest::Response) -> reqwest::Result<Vec<u8>> {
-    let mut out = Vec::new();
+/// Reads the rest of a body into `out`, without consuming the response.
+async fn read_rest(response: &mut reqwest::Response, out: &mut Vec<u8>) -> reqwest::Result<()> {
     while let Some(chunk) = response.chunk().await? {
         out.extend_from_slice(&chunk);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Reads at most `cap` bytes of a body (error bodies; failures read as empty).
