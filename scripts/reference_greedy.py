@@ -73,7 +73,10 @@ class Greedy:
         self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
         a = self.manifest["architecture"]
         self.layers, self.kv_heads, self.head_dim = a["num_layers"], a["num_kv_heads"], a["head_dim"]
-        self.eos = set(self.manifest["eos_token_ids"])
+        # The reply ends at an end-of-turn id or any other special token, as in LocalBackend.
+        self.eos = set(self.manifest["eos_token_ids"]) | {
+            i for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special
+        }
 
     def encode(self, user):
         return self.tokenizer.encode(chat_prompt(self.manifest, user), add_special_tokens=False).ids

@@ -24,7 +24,7 @@ pub struct Manifest {
     pub sizes: BTreeMap<String, u64>,
     /// Shape of the decoder.
     pub architecture: Architecture,
-    /// Token ids that end the reply.
+    /// Token ids that end the reply. Every special token of the tokenizer ends it too.
     pub eos_token_ids: Vec<u32>,
     /// How to render a conversation.
     pub chat_template: ChatTemplate,

@@ -565,6 +565,13 @@ impl LocalBackend {
 }
 
 impl Inner {
+    /// Whether generating `id` ends the reply: one of the manifest's end-of-turn ids, or any
+    /// other special token (a reply never contains one; a generated `<|im_start|>` would begin
+    /// a made-up next turn, printed without its marker).
+    fn ends_reply(&self, id: u32) -> bool {
+        self.eos.contains(&id) || self.codec.is_special(id)
+    }
+
     /// Runs the prompt from position `reused` on, then decodes; `max_new` tokens in, it stops
     /// with `at_limit` (the token limit's `Length`, or `ContextFull`).
     #[allow(clippy::too_many_arguments)]
@@ -591,7 +598,7 @@ impl Inner {
             let recent = &token_ids[token_ids.len().saturating_sub(REPETITION_WINDOW)..];
             let (id, lp) = sampler.choose(logits, recent);
             first_token.get_or_insert_with(|| start.elapsed());
-            if self.eos.contains(&id) {
+            if self.ends_reply(id) {
                 break FinishReason::Stop;
             }
             self.tokens.fetch_add(1, Ordering::Relaxed);
@@ -850,6 +857,39 @@ mod tests {
         let c = out.confidence.unwrap();
         assert_eq!(c.tokens, 5);
         assert!((c.mean - expected_lp).abs() < 1e-4);
+    }
+
+    /// A special token the manifest does not list as an end of turn still ends the reply. The
+    /// fixture's manifest here lists only `<|endoftext|>`: the model's `<|im_end|>` (or a
+    /// `<|im_start|>` opening a turn of its own) must not be followed by more text.
+    #[test]
+    fn any_special_token_ends_the_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["tokenizer.json", "model.onnx"] {
+            std::fs::copy(fixture("tiny").join(f), dir.path().join(f)).unwrap();
+        }
+        let mut m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture("tiny").join("edgeroute-model.json")).unwrap(),
+        )
+        .unwrap();
+        m["eos_token_ids"] = serde_json::json!([0]);
+        std::fs::write(dir.path().join("edgeroute-model.json"), m.to_string()).unwrap();
+        let b = LocalBackend::builder()
+            .model_dir(dir.path())
+            .threads(1)
+            .commit()
+            .unwrap();
+        let params = GenerationParams {
+            max_tokens: Some(20),
+            ..Default::default()
+        };
+        let (out, _) = run(&b, &[Message::user("hey")], &params);
+        // Without the rule: "Hi!éxxxxxxxxxxxxxxx" (after <|im_end|> the fixture writes "x").
+        assert_eq!(
+            (out.text.as_str(), out.finish),
+            ("Hi!é", FinishReason::Stop)
+        );
+        assert_eq!(out.token_ids.len(), 5);
     }
 
     #[test]

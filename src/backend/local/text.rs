@@ -25,6 +25,8 @@ pub(crate) struct TextCodec {
     turn_end: u32,
     /// Bytes of each token id (empty for special tokens, which print nothing).
     token_bytes: Vec<Vec<u8>>,
+    /// The tokenizer's special tokens (`<|im_start|>`, `<|endoftext|>`, ...).
+    specials: HashSet<u32>,
 }
 
 /// GPT-2's byte-level alphabet: the char each byte is written as in the vocabulary.
@@ -89,6 +91,7 @@ impl TextCodec {
             turn_start,
             turn_end,
             token_bytes,
+            specials,
         })
     }
 
@@ -124,6 +127,12 @@ impl TextCodec {
         ids.push(self.turn_start);
         self.encode_text("assistant\n", &mut ids)?;
         Ok(ids)
+    }
+
+    /// Whether `id` is one of the tokenizer's special tokens. A reply never contains one: a
+    /// generated `<|im_start|>` means the model has begun a turn of its own.
+    pub(crate) fn is_special(&self, id: u32) -> bool {
+        self.specials.contains(&id)
     }
 
     /// The bytes a token prints (nothing for special tokens and unknown ids).
