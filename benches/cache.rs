@@ -53,10 +53,7 @@ fn answer_1kb() -> CachedAnswer {
         "The answer is forty-two. ".repeat(41), // ~1 KB
         Route::Cloud,
         "gpt-4o-mini",
-        Usage {
-            input_tokens: 256,
-            output_tokens: 250,
-        },
+        Usage::new(256, 250),
     )
 }
 

@@ -33,10 +33,7 @@ impl Backend for Calculator {
         let words: Vec<String> = answer.split_inclusive(' ').map(str::to_string).collect();
         let done = Generation {
             text: String::new(),
-            usage: Usage {
-                input_tokens: prompt.len() as u64 / 4,
-                output_tokens: words.len() as u64,
-            },
+            usage: Usage::new(prompt.len() as u64 / 4, words.len() as u64),
             usage_estimated: true,
             confidence: None,
             finish: FinishReason::Stop,

@@ -369,10 +369,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect::<Vec<_>>()
             .join(" ");
         // What the same request would cost in the cloud: the fake counts words.
-        all_cloud += prices.cost(Usage {
-            input_tokens: item.prompt.split_whitespace().count() as u64,
-            output_tokens: reply.split_whitespace().count() as u64,
-        });
+        all_cloud += prices.cost(Usage::new(
+            item.prompt.split_whitespace().count() as u64,
+            reply.split_whitespace().count() as u64,
+        ));
         fake.set_reply(reply);
         let mut request = Request::new(item.prompt.clone()).with_max_tokens(max_tokens);
         if item.kind == Kind::Hard {

@@ -295,16 +295,34 @@ impl fmt::Display for Route {
 /// Token counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens (all of them, including `cached_input_tokens`).
     pub input_tokens: u64,
     /// Generated tokens.
     pub output_tokens: u64,
+    /// Of `input_tokens`, those the cloud provider read from its prompt cache, which it bills
+    /// at `[cloud].cached_input_usd_per_mtok` (OpenAI's `cached_tokens`, Anthropic's
+    /// `cache_read_input_tokens`). 0 for local answers and when the provider does not say.
+    #[serde(default)]
+    pub cached_input_tokens: u64,
+}
+
+impl Usage {
+    /// Usage of `input_tokens` prompt tokens (none from a prompt cache) and `output_tokens`
+    /// generated ones.
+    pub fn new(input_tokens: u64, output_tokens: u64) -> Usage {
+        Usage {
+            input_tokens,
+            output_tokens,
+            cached_input_tokens: 0,
+        }
+    }
 }
 
 impl std::ops::AddAssign for Usage {
     fn add_assign(&mut self, rhs: Usage) {
         self.input_tokens += rhs.input_tokens;
         self.output_tokens += rhs.output_tokens;
+        self.cached_input_tokens += rhs.cached_input_tokens;
     }
 }
 

@@ -1009,10 +1009,7 @@ impl PendingCharge {
         let chars = self.received.chars();
         let this_attempt = match &self.cloud {
             Some(c) if chars > 0 => c
-                .cost(Usage {
-                    input_tokens: self.input_tokens,
-                    output_tokens: chars.div_ceil(4),
-                })
+                .cost(Usage::new(self.input_tokens, chars.div_ceil(4)))
                 .min(self.estimate),
             _ => self.estimate,
         };
@@ -1563,10 +1560,10 @@ impl Execution<'_> {
             .cloud
             .as_ref()
             .map(|c| {
-                c.cost(Usage {
-                    input_tokens: u64::from(self.features.prompt_tokens),
-                    output_tokens: u64::from(call.params.max_tokens.unwrap_or(0)),
-                })
+                c.cost(Usage::new(
+                    u64::from(self.features.prompt_tokens),
+                    u64::from(call.params.max_tokens.unwrap_or(0)),
+                ))
             })
             .unwrap_or_default()
     }

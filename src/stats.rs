@@ -324,10 +324,10 @@ pub struct StatsEvent {
 impl StatsEvent {
     /// The event of a response under a policy.
     pub fn of(response: &Response, policy: &CompiledPolicy, prompt_tokens: u32) -> Self {
-        let usage = Usage {
-            input_tokens: u64::from(prompt_tokens),
-            output_tokens: u64::from(crate::inspect::estimate_tokens(&response.text)),
-        };
+        let usage = Usage::new(
+            u64::from(prompt_tokens),
+            u64::from(crate::inspect::estimate_tokens(&response.text)),
+        );
         StatsEvent {
             route: response.route,
             latency_ms: ms(response.timings.total),
@@ -636,10 +636,7 @@ mod tests {
     }
 
     fn usage(input: u64) -> Usage {
-        Usage {
-            input_tokens: input,
-            output_tokens: 5,
-        }
+        Usage::new(input, 5)
     }
 
     #[test]

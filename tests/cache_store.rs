@@ -32,15 +32,7 @@ fn public(prompt: &str) -> CacheKey {
 }
 
 fn answer(text: &str) -> CachedAnswer {
-    CachedAnswer::new(
-        text,
-        Route::Cloud,
-        "gpt-4o-mini",
-        Usage {
-            input_tokens: 12,
-            output_tokens: 34,
-        },
-    )
+    CachedAnswer::new(text, Route::Cloud, "gpt-4o-mini", Usage::new(12, 34))
 }
 
 fn config() -> CacheConfig {

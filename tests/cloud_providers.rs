@@ -202,6 +202,35 @@ async fn anthropic_without_usage_is_estimated() {
     assert!(g.usage_estimated);
 }
 
+/// Prompt tokens the provider read from its prompt cache are reported as such, streaming or
+/// not, in both protocols' words: OpenAI counts them inside `prompt_tokens`, Anthropic outside
+/// `input_tokens`. The usage counts all the prompt's tokens either way.
+#[tokio::test]
+async fn tokens_from_the_providers_prompt_cache_are_counted_as_cached() {
+    let fake = FakeProvider::start().await;
+    fake.set_cached_prompt_tokens(6);
+    for backend in [
+        CloudBackend::new(fake.openai_config()).unwrap(),
+        CloudBackend::new(fake.anthropic_config()).unwrap(),
+    ] {
+        let whole = backend.generate(full_call()).await.unwrap();
+        let streamed = collect(backend.stream(full_call()).await.unwrap())
+            .await
+            .outcome
+            .unwrap();
+        for g in [whole, streamed] {
+            let u = g.usage;
+            assert_eq!(
+                (u.input_tokens, u.cached_input_tokens, u.output_tokens),
+                (PROMPT_WORDS, 6, REPLY_WORDS),
+                "{}",
+                backend.name()
+            );
+            assert!(!g.usage_estimated);
+        }
+    }
+}
+
 #[tokio::test]
 async fn default_max_tokens_is_sent_to_anthropic_only() {
     let fake = FakeProvider::start().await;

@@ -820,10 +820,7 @@ fn estimates_saturate_instead_of_overflowing() {
     let mut cloud = p.cloud.clone().unwrap();
     cloud.input_usd_per_mtok = Decimal::MAX;
     cloud.output_usd_per_mtok = Decimal::MAX;
-    let usage = edgeroute::request::Usage {
-        input_tokens: u64::MAX,
-        output_tokens: u64::MAX,
-    };
+    let usage = edgeroute::request::Usage::new(u64::MAX, u64::MAX);
     assert!(cloud.cost(usage) > Decimal::from(1_000_000_000u64));
 }
 

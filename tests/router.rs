@@ -59,13 +59,7 @@ async fn complete_reports_route_rule_reasons_usage_and_timings() {
             kinds: vec!["email".into()]
         }]
     );
-    assert_eq!(
-        resp.usage,
-        Usage {
-            input_tokens: 7,
-            output_tokens: 3
-        }
-    );
+    assert_eq!(resp.usage, Usage::new(7, 3));
     assert!(resp.cost.usd.is_zero());
     assert!(resp.confidence.is_some());
     assert_eq!(resp.attempts.len(), 1);
@@ -686,10 +680,7 @@ impl edgeroute::backend::Backend for AnswersInOnePiece {
         self.calls.lock().unwrap().push(call.params);
         let done = edgeroute::backend::Generation {
             text: "42".into(),
-            usage: Usage {
-                input_tokens: 3,
-                output_tokens: 1,
-            },
+            usage: Usage::new(3, 1),
             usage_estimated: false,
             confidence: None,
             finish: edgeroute::backend::FinishReason::Stop,
@@ -831,10 +822,7 @@ impl edgeroute::backend::Backend for SlowToLoad {
         }
         let done = edgeroute::backend::Generation {
             text: String::new(),
-            usage: Usage {
-                input_tokens: 32,
-                output_tokens: 8,
-            },
+            usage: Usage::new(32, 8),
             usage_estimated: false,
             confidence: None,
             finish: edgeroute::backend::FinishReason::Stop,

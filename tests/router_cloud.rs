@@ -312,6 +312,39 @@ async fn cost_is_usage_times_prices_decimal_exact() {
     assert_eq!(r.stats().cloud_spend_usd, expected);
 }
 
+/// Prompt tokens the provider read from its prompt cache cost the policy's cached-input
+/// price, in the response and the statistics alike.
+#[tokio::test]
+async fn tokens_from_the_providers_prompt_cache_cost_the_cached_price() {
+    for cloud in ["openai", "anthropic"] {
+        let fake = FakeProvider::start().await;
+        fake.set_cached_prompt_tokens(3);
+        let config = match cloud {
+            "openai" => fake.openai_config(),
+            _ => fake.anthropic_config(),
+        };
+        let r = router(
+            "cached_input_usd_per_mtok = \"0.075\"\n[defaults]\nroute = \"cloud\"\n",
+            Arc::new(EchoModel::default()),
+            config,
+        );
+        let resp = r
+            .complete(Request::new("one two three four five"))
+            .await
+            .unwrap();
+        assert_eq!(resp.route, Route::Cloud);
+        let u = resp.usage;
+        assert_eq!(u.cached_input_tokens, 3, "{cloud}");
+        assert!(u.input_tokens > 3 && u.output_tokens > 0, "{u:?}");
+        let expected = (Decimal::from(u.input_tokens - 3) * Decimal::new(15, 2)
+            + Decimal::from(3) * Decimal::new(75, 3)
+            + Decimal::from(u.output_tokens) * Decimal::new(60, 2))
+            / Decimal::from(1_000_000);
+        assert_eq!(resp.cost.usd, expected, "{cloud}");
+        assert_eq!(r.stats().cloud_spend_usd, expected, "{cloud}");
+    }
+}
+
 #[tokio::test]
 async fn exhausted_budget_stops_cloud_calls() {
     let home = tempfile::tempdir().unwrap();

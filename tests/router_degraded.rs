@@ -221,10 +221,10 @@ fn impatient(fake: &FakeProvider) -> CloudConfig {
 fn estimate(request: &Request) -> Decimal {
     let policy = edgeroute::policy::compile_str(POLICY, std::path::Path::new("<test>")).unwrap();
     let features = edgeroute::inspect::inspect(&policy, request);
-    policy.cloud.unwrap().cost(Usage {
-        input_tokens: u64::from(features.prompt_tokens),
-        output_tokens: u64::from(request.params.max_tokens.unwrap()),
-    })
+    policy.cloud.unwrap().cost(Usage::new(
+        u64::from(features.prompt_tokens),
+        u64::from(request.params.max_tokens.unwrap()),
+    ))
 }
 
 /// `POLICY` with its daily limit at `limit` instead of $100.

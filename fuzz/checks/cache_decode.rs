@@ -63,15 +63,7 @@ fn config(max_bytes: u64) -> CacheConfig {
 fn answer(text: &str) -> CachedAnswer {
     CachedAnswer {
         created_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-        ..CachedAnswer::new(
-            text,
-            Route::Cloud,
-            "gpt-fuzz",
-            Usage {
-                input_tokens: 3,
-                output_tokens: 5,
-            },
-        )
+        ..CachedAnswer::new(text, Route::Cloud, "gpt-fuzz", Usage::new(3, 5))
     }
 }
 

@@ -21,8 +21,8 @@ pub fn check(data: &[u8]) {
             let _ = policy.latency.local_estimate_ms(u32::MAX, u32::MAX);
             if let Some(cloud) = &policy.cloud {
                 let _ = cloud.cost(edgeroute::request::Usage {
-                    input_tokens: u64::MAX,
-                    output_tokens: u64::MAX,
+                    cached_input_tokens: u64::MAX / 2,
+                    ..edgeroute::request::Usage::new(u64::MAX, u64::MAX)
                 });
             }
         }

@@ -469,6 +469,7 @@ fn answer(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdRes
             "usage": {
                 "input_tokens": response.usage.input_tokens,
                 "output_tokens": response.usage.output_tokens,
+                "cached_input_tokens": response.usage.cached_input_tokens,
             },
         });
         out!("{out}");

@@ -115,10 +115,7 @@ impl CachedAnswer {
             text,
             route,
             model,
-            usage: Usage {
-                input_tokens,
-                output_tokens,
-            },
+            usage: Usage::new(input_tokens, output_tokens),
             created_at,
             finish,
         })
@@ -327,15 +324,7 @@ mod tests {
     }
 
     fn answer() -> CachedAnswer {
-        CachedAnswer::new(
-            "Paris.",
-            Route::Cloud,
-            "gpt",
-            Usage {
-                input_tokens: 3,
-                output_tokens: 2,
-            },
-        )
+        CachedAnswer::new("Paris.", Route::Cloud, "gpt", Usage::new(3, 2))
     }
 
     #[test]

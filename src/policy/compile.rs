@@ -162,6 +162,9 @@ pub struct CloudSection {
     pub input_usd_per_mtok: Decimal,
     /// USD per million output tokens.
     pub output_usd_per_mtok: Decimal,
+    /// USD per million input tokens the provider read from its prompt cache (default: the
+    /// input price, which never estimates a call too low).
+    pub cached_input_usd_per_mtok: Decimal,
     /// Connect timeout (default 2 s).
     pub connect_timeout: Duration,
     /// First-token timeout (default 15 s).
@@ -234,16 +237,22 @@ const MAX_BREAKER_COUNT: u32 = 10_000;
 const MAX_BREAKER_MS: u64 = 86_400_000;
 
 impl CloudSection {
-    /// Cost of a call, decimal-exact.
+    /// Cost of a call, decimal-exact: prompt tokens at the input price (those read from the
+    /// provider's prompt cache at the cached-input price) and generated tokens at the output
+    /// price.
     pub fn cost(&self, usage: crate::request::Usage) -> Decimal {
         let million = Decimal::from(1_000_000u32);
+        let cached = usage.cached_input_tokens.min(usage.input_tokens);
         // Saturating: a compiled policy bounds the prices, but the section is public.
-        Decimal::from(usage.input_tokens)
-            .saturating_mul(self.input_usd_per_mtok)
-            .saturating_add(
-                Decimal::from(usage.output_tokens).saturating_mul(self.output_usd_per_mtok),
-            )
-            / million
+        [
+            (usage.input_tokens - cached, self.input_usd_per_mtok),
+            (cached, self.cached_input_usd_per_mtok),
+            (usage.output_tokens, self.output_usd_per_mtok),
+        ]
+        .into_iter()
+        .fold(Decimal::ZERO, |sum, (tokens, price)| {
+            sum.saturating_add(Decimal::from(tokens).saturating_mul(price))
+        }) / million
     }
 }
 
@@ -1170,6 +1179,11 @@ impl Compiler<'_> {
             &path.key("output_usd_per_mtok"),
             PRICE,
         );
+        let cached_input = self.non_negative(
+            &c.cached_input_usd_per_mtok,
+            &path.key("cached_input_usd_per_mtok"),
+            PRICE,
+        );
         let model = match c.model.as_deref() {
             Some(m) if !m.trim().is_empty() => m.to_string(),
             _ => {
@@ -1223,6 +1237,7 @@ impl Compiler<'_> {
             }),
             input_usd_per_mtok: input.unwrap_or_default(),
             output_usd_per_mtok: output.unwrap_or_default(),
+            cached_input_usd_per_mtok: cached_input.or(input).unwrap_or_default(),
             connect_timeout: Duration::from_millis(c.connect_timeout_ms.unwrap_or(2_000)),
             first_token_timeout: Duration::from_millis(c.first_token_timeout_ms.unwrap_or(15_000)),
             idle_timeout: Duration::from_millis(c.idle_timeout_ms.unwrap_or(30_000)),
@@ -2096,10 +2111,45 @@ mod tests {
         )
         .unwrap();
         let c = p.cloud.unwrap();
-        let cost = c.cost(crate::request::Usage {
-            input_tokens: 1000,
-            output_tokens: 2000,
-        });
+        let cost = c.cost(crate::request::Usage::new(1000, 2000));
         assert_eq!(cost.to_string(), "0.00135");
+        // Without a cached-input price, tokens read from the provider's cache cost as much as
+        // any other input token (never an estimate too low).
+        let cached = crate::request::Usage {
+            cached_input_tokens: 600,
+            ..crate::request::Usage::new(1000, 2000)
+        };
+        assert_eq!(c.cost(cached).to_string(), "0.00135");
+    }
+
+    #[test]
+    fn tokens_from_the_providers_prompt_cache_cost_the_cached_price() {
+        let p = compile_str(
+            "[cloud]\nmodel='m'\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\n\
+             cached_input_usd_per_mtok = \"0.075\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let c = p.cloud.unwrap();
+        assert_eq!(c.cached_input_usd_per_mtok.to_string(), "0.075");
+        let usage = |cached| crate::request::Usage {
+            cached_input_tokens: cached,
+            ..crate::request::Usage::new(1000, 2000)
+        };
+        // 400 × 0.15 + 600 × 0.075 + 2000 × 0.6 = 1305 per million.
+        assert_eq!(c.cost(usage(600)).to_string(), "0.001305");
+        assert_eq!(c.cost(usage(0)).to_string(), "0.00135");
+        // A provider claiming more cached tokens than the prompt had: all at the cached price.
+        assert_eq!(c.cost(usage(5000)).to_string(), "0.001275");
+        let err = compile_str(
+            "[cloud]\nmodel='m'\ncached_input_usd_per_mtok = -1\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.iter()
+                .any(|d| d.to_string().contains("cloud.cached_input_usd_per_mtok")),
+            "{err:?}"
+        );
     }
 }

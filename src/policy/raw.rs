@@ -103,6 +103,8 @@ pub struct RawCloud {
     pub input_usd_per_mtok: Option<RawNumber>,
     /// USD per million output tokens.
     pub output_usd_per_mtok: Option<RawNumber>,
+    /// USD per million input tokens read from the provider's prompt cache.
+    pub cached_input_usd_per_mtok: Option<RawNumber>,
     /// Connect timeout.
     pub connect_timeout_ms: Option<u64>,
     /// Time-to-first-token timeout.

@@ -58,10 +58,7 @@ impl Backend for EchoModel {
         let lp = self.logprob_milli.load(Ordering::SeqCst) as f32 / 1000.0;
         let done = Generation {
             text: String::new(),
-            usage: Usage {
-                input_tokens: 7,
-                output_tokens: 3,
-            },
+            usage: Usage::new(7, 3),
             usage_estimated: false,
             confidence: Confidence::from_logprobs(&[lp, lp, lp], 3),
             finish: FinishReason::Stop,

@@ -119,6 +119,7 @@ struct Shared {
     script: Mutex<VecDeque<Behavior>>,
     reply: Mutex<Option<String>>,
     stop_reason: Mutex<Option<String>>,
+    cached_prompt_tokens: AtomicUsize,
     count: AtomicUsize,
     recorded: Mutex<Vec<Recorded>>,
 }
@@ -211,6 +212,14 @@ impl FakeProvider {
         *lock(&self.shared.stop_reason) = Some(reason.into());
     }
 
+    /// Reports this many of each prompt's tokens (at most all of them) as read from the
+    /// provider's prompt cache, in the protocol's own words: OpenAI's
+    /// `usage.prompt_tokens_details.cached_tokens` (counted in `prompt_tokens`), Anthropic's
+    /// `cache_read_input_tokens` (not counted in `input_tokens`). Default: 0, and no such field.
+    pub fn set_cached_prompt_tokens(&self, n: usize) {
+        self.shared.cached_prompt_tokens.store(n, Ordering::SeqCst);
+    }
+
     /// How many HTTP requests reached the server (any path, any outcome).
     pub fn requests_received(&self) -> usize {
         self.shared.count.load(Ordering::SeqCst)
@@ -300,6 +309,8 @@ async fn handle(
     } && behavior != Behavior::OkWithoutUsage;
     let model = body["model"].as_str().unwrap_or("fake-model").to_owned();
     let prompt_tokens = prompt_words(&body);
+    let cached_tokens =
+        (shared.cached_prompt_tokens.load(Ordering::SeqCst) as u64).min(prompt_tokens);
     let stop_reason = lock(&shared.stop_reason).clone().unwrap_or_else(|| {
         match proto {
             Proto::OpenAi => "stop",
@@ -313,6 +324,7 @@ async fn handle(
         stop_reason,
         reply,
         prompt_tokens,
+        cached_tokens,
         include_usage,
     };
 
@@ -444,6 +456,7 @@ struct Answer {
     reply: String,
     stop_reason: String,
     prompt_tokens: u64,
+    cached_tokens: u64,
     include_usage: bool,
 }
 
@@ -452,19 +465,41 @@ impl Answer {
         words(&self.reply)
     }
 
+    /// The usage object, with `output` generated tokens, in the protocol's own words.
+    fn usage(&self, output: u64) -> Value {
+        let (p, cached) = (self.prompt_tokens, self.cached_tokens);
+        match self.proto {
+            Proto::OpenAi => {
+                let mut u = json!({"prompt_tokens": p, "completion_tokens": output, "total_tokens": p + output});
+                if cached > 0 {
+                    u["prompt_tokens_details"] = json!({"cached_tokens": cached});
+                }
+                u
+            }
+            Proto::Anthropic => {
+                let mut u = json!({"input_tokens": p - cached, "output_tokens": output});
+                if cached > 0 {
+                    u["cache_read_input_tokens"] = json!(cached);
+                    u["cache_creation_input_tokens"] = json!(0);
+                }
+                u
+            }
+        }
+    }
+
     fn json(&self) -> String {
-        let (p, c) = (self.prompt_tokens, self.completion_tokens());
+        let c = self.completion_tokens();
         let mut v = match self.proto {
             Proto::OpenAi => json!({
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": self.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": self.reply}, "finish_reason": self.stop_reason}],
-                "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+                "usage": self.usage(c),
             }),
             Proto::Anthropic => json!({
                 "id": "msg_fake", "type": "message", "role": "assistant", "model": self.model,
                 "content": [{"type": "text", "text": self.reply}],
                 "stop_reason": self.stop_reason, "stop_sequence": null,
-                "usage": {"input_tokens": p, "output_tokens": c},
+                "usage": self.usage(c),
             }),
         };
         if !self.include_usage {
@@ -478,7 +513,7 @@ impl Answer {
     /// SSE events; the index of the first event carrying text; the index of the terminator.
     fn events(&self) -> (Vec<String>, usize, usize) {
         let pieces: Vec<&str> = self.reply.split_inclusive(' ').collect();
-        let (p, c) = (self.prompt_tokens, self.completion_tokens());
+        let c = self.completion_tokens();
         let mut ev = Vec::new();
         let first_text;
         match self.proto {
@@ -503,7 +538,7 @@ impl Answer {
                     ev.push(format!(
                         "data: {}\n\n",
                         json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
-                               "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
+                               "usage": self.usage(c)})
                     ));
                 }
                 ev.push("data: [DONE]\n\n".to_owned());
@@ -515,7 +550,7 @@ impl Answer {
                 let mut delta =
                     json!({"type": "message_delta", "delta": {"stop_reason": self.stop_reason}});
                 if self.include_usage {
-                    start["usage"] = json!({"input_tokens": p, "output_tokens": 1});
+                    start["usage"] = self.usage(1);
                     delta["usage"] = json!({"output_tokens": c});
                 }
                 ev.push(event(

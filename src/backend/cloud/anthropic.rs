@@ -64,10 +64,34 @@ impl<'a> RequestBody<'a> {
 
 #[derive(Deserialize)]
 struct WireUsage {
+    /// Prompt tokens after the last cache breakpoint (not read from or written to the cache).
     #[serde(default)]
     input_tokens: Option<u64>,
     #[serde(default)]
     output_tokens: Option<u64>,
+    /// Prompt tokens read from the provider's prompt cache (billed lower).
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    /// Prompt tokens written to the prompt cache.
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    /// Notes this report's prompt-token counts on `acc`: all the prompt's tokens (Anthropic's
+    /// `input_tokens` leaves out those read from or written to its cache), and the cached ones.
+    fn note_input(&self, acc: &mut Parsed) {
+        if let Some(uncached) = self.input_tokens {
+            let cache_read = self.cache_read_input_tokens.unwrap_or(0);
+            let cache_written = self.cache_creation_input_tokens.unwrap_or(0);
+            acc.input_tokens = Some(
+                uncached
+                    .saturating_add(cache_read)
+                    .saturating_add(cache_written),
+            );
+            acc.cached_input_tokens = Some(cache_read);
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -148,12 +172,16 @@ pub(crate) fn parse_response(body: &[u8]) -> Result<Parsed> {
         .filter(|b| b.kind == "text")
         .filter_map(|b| b.text)
         .collect::<String>();
-    Ok(Parsed {
+    let mut parsed = Parsed {
         text,
-        input_tokens: m.usage.as_ref().and_then(|u| u.input_tokens),
         output_tokens: m.usage.as_ref().and_then(|u| u.output_tokens),
         finish: m.stop_reason.as_deref().map(finish_reason),
-    })
+        ..Parsed::default()
+    };
+    if let Some(u) = &m.usage {
+        u.note_input(&mut parsed);
+    }
+    Ok(parsed)
 }
 
 pub(crate) fn on_event(dec: &mut StreamDecoder, event: &SseEvent) -> Result<Option<String>> {
@@ -163,7 +191,7 @@ pub(crate) fn on_event(dec: &mut StreamDecoder, event: &SseEvent) -> Result<Opti
     match from_json::<StreamEvent>(event.data.as_bytes(), "message stream event")? {
         StreamEvent::MessageStart { message } => {
             if let Some(u) = message.usage {
-                dec.acc.input_tokens = u.input_tokens.or(dec.acc.input_tokens);
+                u.note_input(&mut dec.acc);
             }
         }
         StreamEvent::ContentBlockDelta { delta } => {
@@ -178,7 +206,7 @@ pub(crate) fn on_event(dec: &mut StreamDecoder, event: &SseEvent) -> Result<Opti
             if let Some(u) = usage {
                 // Anthropic reports cumulative output tokens here.
                 dec.acc.output_tokens = u.output_tokens.or(dec.acc.output_tokens);
-                dec.acc.input_tokens = u.input_tokens.or(dec.acc.input_tokens);
+                u.note_input(&mut dec.acc);
             }
         }
         StreamEvent::MessageStop => dec.terminated = true,

@@ -77,6 +77,15 @@ struct WireUsage {
     prompt_tokens: Option<u64>,
     #[serde(default)]
     completion_tokens: Option<u64>,
+    /// How many of the prompt tokens came from the provider's prompt cache (billed lower).
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +143,8 @@ fn apply_usage(acc: &mut Parsed, usage: Option<WireUsage>) {
     if let Some(u) = usage {
         acc.input_tokens = u.prompt_tokens.or(acc.input_tokens);
         acc.output_tokens = u.completion_tokens.or(acc.output_tokens);
+        let cached = u.prompt_tokens_details.and_then(|d| d.cached_tokens);
+        acc.cached_input_tokens = cached.or(acc.cached_input_tokens);
     }
 }
 

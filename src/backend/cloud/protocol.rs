@@ -85,7 +85,10 @@ fn has_error_field(body: &[u8]) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct Parsed {
     pub text: String,
+    /// All the prompt's tokens, cached or not.
     pub input_tokens: Option<u64>,
+    /// Of those, the ones the provider read from its prompt cache.
+    pub cached_input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     pub finish: Option<FinishReason>,
 }
@@ -93,11 +96,13 @@ pub(crate) struct Parsed {
 impl Parsed {
     fn into_generation(self, estimated_input_tokens: u64) -> Generation {
         let usage_estimated = self.input_tokens.is_none() || self.output_tokens.is_none();
+        let input_tokens = self.input_tokens.unwrap_or(estimated_input_tokens);
         let usage = Usage {
-            input_tokens: self.input_tokens.unwrap_or(estimated_input_tokens),
+            input_tokens,
             output_tokens: self
                 .output_tokens
                 .unwrap_or_else(|| estimate_tokens(&self.text)),
+            cached_input_tokens: self.cached_input_tokens.unwrap_or(0).min(input_tokens),
         };
         Generation {
             text: self.text,

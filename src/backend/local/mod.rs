@@ -120,10 +120,7 @@ pub struct LocalOutput {
 impl LocalOutput {
     fn into_generation(self) -> Generation {
         Generation {
-            usage: Usage {
-                input_tokens: self.prompt_ids.len() as u64,
-                output_tokens: self.token_ids.len() as u64,
-            },
+            usage: Usage::new(self.prompt_ids.len() as u64, self.token_ids.len() as u64),
             usage_estimated: false,
             confidence: self.confidence,
             finish: self.finish,
