@@ -825,7 +825,8 @@ async fn a_hung_provider_opens_the_breaker_even_when_every_caller_is_in_a_hurry(
     // Hung: the headers would come after a minute.
     fake.set_behavior(Behavior::SlowHeaders(Duration::from_secs(60)));
     let mut cfg = fake.openai_config();
-    cfg.total_timeout = Duration::from_millis(600);
+    // Three hurried calls (~450 ms) stay well under it, even on a loaded machine.
+    cfg.total_timeout = Duration::from_millis(1500);
     cfg.retry.max_retries = 0;
     cfg.breaker.consecutive_failures = 1;
     for streaming in [false, true] {
@@ -873,7 +874,7 @@ async fn a_hung_provider_opens_the_breaker_even_when_every_caller_is_in_a_hurry(
         let mut more = 0;
         while backend.breaker_state() == BreakerState::Closed {
             more += 1;
-            assert!(more <= 10, "still closed after {more} more silent calls");
+            assert!(more <= 25, "still closed after {more} more silent calls");
             let err = hurried().await;
             assert!(callers_timeout(&err), "{err:?}");
         }

@@ -372,11 +372,32 @@ async fn dropping_the_stream_stops_generation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passed_deadline_stops_generation_with_timeout() {
-    let b = backend();
+    // Own backend: its counters are not shared with the other tests.
+    let b = build(1);
     let mut c = call("Write a long story about a dragon.", greedy(400));
     c.deadline = Some(Instant::now() + Duration::from_millis(150));
     let err = b.generate(c).await.unwrap_err();
     assert!(err.is_timeout(), "{err}");
+    // The generation itself stopped, well short of its 400 tokens, and stays stopped.
+    let t0 = Instant::now();
+    while b.active_generations() > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "generation still running after its deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopped_at = b.tokens_generated();
+    assert!(
+        stopped_at < 200,
+        "generated {stopped_at} tokens with a 150 ms deadline"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        b.tokens_generated(),
+        stopped_at,
+        "tokens kept coming after the deadline"
+    );
 }
 
 /// Whether this machine can move memory to transparent huge pages on request: Linux >= 6.1

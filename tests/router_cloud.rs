@@ -345,6 +345,66 @@ async fn tokens_from_the_providers_prompt_cache_cost_the_cached_price() {
     }
 }
 
+/// A cascade compares the statistic its rule names, with the reply's value of it. A reply sure
+/// of its first sentence but with one very unsure token later: `first_sentence` and `mean`
+/// keep it, `min` and `p10` escalate it to the cloud.
+#[tokio::test]
+async fn a_cascade_compares_the_statistic_its_rule_names() {
+    use edgeroute::decision::Reason;
+    use edgeroute::request::ConfidenceStat;
+    let mut logprobs = vec![-0.1_f32; 12];
+    logprobs[8] = -4.0;
+    logprobs[9] = -3.0;
+    let stats = edgeroute::request::Confidence::from_logprobs(&logprobs, 4).unwrap();
+    for (stat, name, escalates) in [
+        (ConfidenceStat::FirstSentence, "first_sentence", false),
+        (ConfidenceStat::Mean, "mean", false),
+        (ConfidenceStat::Min, "min", true),
+        (ConfidenceStat::P10, "p10", true),
+    ] {
+        let fake = FakeProvider::start().await;
+        let local = Arc::new(EchoModel::default());
+        *local.logprobs.lock().unwrap() = Some((logprobs.clone(), 4));
+        let r = router(
+            &format!(
+                "[defaults]\nroute = \"cascade\"\nmin_confidence = -1.0\n\
+                 confidence_stat = \"{name}\"\n"
+            ),
+            local.clone(),
+            fake.openai_config(),
+        );
+        let resp = r.complete(Request::new("a question")).await.unwrap();
+        let value = match stat {
+            ConfidenceStat::FirstSentence => stats.first_sentence,
+            ConfidenceStat::Mean => stats.mean,
+            ConfidenceStat::Min => stats.min,
+            ConfidenceStat::P10 => stats.p10,
+        };
+        let compared = resp.decision.reasons.iter().find_map(|r| match r {
+            Reason::Escalated {
+                statistic,
+                confidence,
+                ..
+            }
+            | Reason::Confident {
+                statistic,
+                confidence,
+                ..
+            } => Some((*statistic, *confidence)),
+            _ => None,
+        });
+        assert_eq!(compared, Some((stat, value)), "{name}: {}", resp.decision);
+        assert_eq!(local.calls(), 1, "{name}");
+        let (route, calls) = if escalates {
+            (Route::Cloud, 1)
+        } else {
+            (Route::Local, 0)
+        };
+        assert_eq!(resp.route, route, "{name}: {}", resp.decision);
+        assert_eq!(fake.requests_received(), calls, "{name}");
+    }
+}
+
 #[tokio::test]
 async fn exhausted_budget_stops_cloud_calls() {
     let home = tempfile::tempdir().unwrap();

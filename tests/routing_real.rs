@@ -401,7 +401,11 @@ async fn cascade_escalates_below_the_threshold_and_keeps_confident_answers() {
 
     // The rule's statistic is the one compared: between this reply's minimum and its
     // first-sentence mean, `first_sentence` keeps the answer and `min` escalates.
-    if f64::from(c) - f64::from(conf.min) > 0.1 {
+    assert!(
+        f64::from(c) - f64::from(conf.min) > 0.1,
+        "the reply's statistics are too close to tell apart: {conf:?}"
+    );
+    {
         let mid = (f64::from(c) + f64::from(conf.min)) / 2.0;
         let fake = FakeProvider::start().await;
         let r = router(&cascade_policy(mid, "min", false), cloud_config(&fake));

@@ -19,6 +19,9 @@ pub struct EchoModel {
     pub fail: AtomicBool,
     /// Log-probability reported for every token (confidence).
     pub logprob_milli: std::sync::atomic::AtomicI32,
+    /// Per-token log-probabilities and the first sentence's length in tokens, reported
+    /// instead of `logprob_milli` when set (so the confidence statistics differ).
+    pub logprobs: std::sync::Mutex<Option<(Vec<f32>, usize)>>,
     /// The build it reports as its [`Backend::revision`].
     pub revision: Option<String>,
     /// Answer with no text at all.
@@ -56,11 +59,15 @@ impl Backend for EchoModel {
             .map(|m| m.content.clone())
             .unwrap_or_default();
         let lp = self.logprob_milli.load(Ordering::SeqCst) as f32 / 1000.0;
+        let confidence = match &*self.logprobs.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((lps, first_sentence)) => Confidence::from_logprobs(lps, *first_sentence),
+            None => Confidence::from_logprobs(&[lp, lp, lp], 3),
+        };
         let done = Generation {
             text: String::new(),
             usage: Usage::new(7, 3),
             usage_estimated: false,
-            confidence: Confidence::from_logprobs(&[lp, lp, lp], 3),
+            confidence,
             finish: FinishReason::Stop,
         };
         let events = if self.empty.load(Ordering::SeqCst) {
