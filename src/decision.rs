@@ -232,10 +232,17 @@ pub enum Reason {
         #[serde(with = "rust_decimal::serde::str")]
         threshold_usd: Decimal,
     },
-    /// The budget is used up; the policy's `[budget].on_exhausted` applied.
+    /// The budget is used up, or has less left than this request's cloud call would reserve;
+    /// the policy's `[budget].on_exhausted` applied.
     BudgetExhausted {
         /// What the policy chose (`local` or `refuse`).
         action: String,
+        /// Budget left.
+        #[serde(with = "rust_decimal::serde::str")]
+        left_usd: Decimal,
+        /// What the request's cloud call would reserve, when known.
+        #[serde(with = "rust_decimal::serde::str_option")]
+        call_usd: Option<Decimal>,
     },
     /// The device is offline.
     Offline,
@@ -399,8 +406,16 @@ impl fmt::Display for Reason {
                 left_usd,
                 threshold_usd,
             } => write!(f, "budget left ${left_usd} < ${threshold_usd}"),
-            Reason::BudgetExhausted { action } => {
-                write!(f, "cloud budget exhausted: policy says {action}")
+            Reason::BudgetExhausted {
+                action,
+                left_usd,
+                call_usd,
+            } => {
+                write!(f, "cloud budget exhausted (${left_usd} left")?;
+                if let Some(call) = call_usd {
+                    write!(f, "; a cloud call for this request reserves ${call}")?;
+                }
+                write!(f, "): policy says {action}")
             }
             Reason::Offline => f.write_str("device is offline"),
             Reason::Online => f.write_str("device is online"),
@@ -455,6 +470,33 @@ impl fmt::Display for Reason {
 /// Only [`Decision`]s whose plan allows the cloud carry one, and only this module can create it:
 /// the cloud tier's entry point takes `&CloudClearance`, so a request the policy keeps local has
 /// no value to pass and cannot reach the network, whatever the executor's fallbacks do.
+///
+/// Code outside this module can only borrow one from a decision:
+///
+/// ```
+/// let router = edgeroute::Router::builder()
+///     .policy_str("[defaults]\nroute = \"local\"\n")
+///     .load_local_model(false)
+///     .cache(false)
+///     .build()?;
+/// let decision = router.explain(&edgeroute::Request::new("hello"));
+/// assert!(decision.cloud_clearance().is_none());
+/// # Ok::<(), edgeroute::Error>(())
+/// ```
+///
+/// It cannot build one, take a default one, or read one from data:
+///
+/// ```compile_fail
+/// let forged = edgeroute::decision::CloudClearance { redact: false };
+/// ```
+///
+/// ```compile_fail
+/// let forged = edgeroute::decision::CloudClearance::default();
+/// ```
+///
+/// ```compile_fail
+/// let forged: edgeroute::decision::CloudClearance = serde_json::from_str("{}").unwrap();
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct CloudClearance {
     redact: bool,

@@ -302,8 +302,9 @@ impl Router {
         &self.inner.policy
     }
 
-    /// The live signals `decide()` would see for a request with these features.
-    pub fn signals(&self, features: &Features, max_tokens: u32) -> Signals {
+    /// The live signals `decide()` would see for `request`, whose features are `features`
+    /// (what [`inspect`](crate::inspect::inspect) found in it).
+    pub fn signals(&self, request: &Request, features: &Features) -> Signals {
         let inner = &self.inner;
         let (network, cloud_health, cloud_available) = match &inner.cloud {
             Some(c) => (c.network(), c.health(), c.availability().is_ok()),
@@ -313,6 +314,11 @@ impl Router {
             network,
             cloud_health,
             budget_left_usd: inner.store.as_ref().and_then(|s| s.budget_left()),
+            cloud_call_usd: inner
+                .policy
+                .cloud
+                .as_ref()
+                .map(|c| c.call_estimate(features.prompt_tokens, request.params.max_tokens)),
             cloud_available,
             local_available: inner
                 .local
@@ -321,7 +327,7 @@ impl Router {
             latency: inner.stats.latency_estimates(
                 &inner.policy.latency,
                 features.prompt_tokens,
-                max_tokens,
+                self.max_tokens(request),
             ),
         }
     }
@@ -330,7 +336,7 @@ impl Router {
     /// code the real pipeline runs.
     pub fn explain(&self, request: &Request) -> Decision {
         let features = inspect(&self.inner.policy, request);
-        let signals = self.signals(&features, self.max_tokens(request));
+        let signals = self.signals(request, &features);
         self.decide(&features, &signals)
     }
 
@@ -398,7 +404,7 @@ impl Router {
     }
 
     /// The local tier's output limit for `request`, which the latency signals estimate the
-    /// local decode time from (what [`Router::signals`] takes): the request's own
+    /// local decode time from: the request's own
     /// `max_tokens`, else `[local].max_new_tokens`. Each tier's call gets its own limit.
     pub fn max_tokens(&self, request: &Request) -> u32 {
         request
@@ -494,8 +500,7 @@ impl Router {
         // decide (before the cache: a request the policy refuses is refused, whatever an
         // earlier request with other tags or another task left in the cache)
         let t = Instant::now();
-        let max_tokens = self.max_tokens(&request);
-        let signals = self.signals(&features, max_tokens);
+        let signals = self.signals(&request, &features);
         let mut decision =
             tracing::debug_span!("edgeroute.decide").in_scope(|| self.decide(&features, &signals));
         timings.decide = t.elapsed();
@@ -1559,12 +1564,7 @@ impl Execution<'_> {
             .policy
             .cloud
             .as_ref()
-            .map(|c| {
-                c.cost(Usage::new(
-                    u64::from(self.features.prompt_tokens),
-                    u64::from(call.params.max_tokens.unwrap_or(0)),
-                ))
-            })
+            .map(|c| c.call_estimate(self.features.prompt_tokens, call.params.max_tokens))
             .unwrap_or_default()
     }
 

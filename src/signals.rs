@@ -78,6 +78,11 @@ pub struct Signals {
     pub cloud_health: CloudHealth,
     /// Remaining cloud budget in USD (`None` = no budget configured).
     pub budget_left_usd: Option<Decimal>,
+    /// What one cloud call for this request reserves against the budget: the whole prompt and
+    /// the cloud's output limit at the policy's prices (`None` = no `[cloud]` prices to go by).
+    /// A budget with less left than this is exhausted for the request.
+    #[serde(default)]
+    pub cloud_call_usd: Option<Decimal>,
     /// Whether a cloud tier is configured and has credentials.
     pub cloud_available: bool,
     /// Whether the local tier can run (configured, and its model installed: the backend's
@@ -93,6 +98,7 @@ impl Default for Signals {
             network: Network::Online,
             cloud_health: CloudHealth::Healthy,
             budget_left_usd: None,
+            cloud_call_usd: None,
             cloud_available: true,
             local_available: true,
             latency: LatencyEstimates::default(),

@@ -412,6 +412,8 @@ fn cloud_gate_turns_cloud_plans_local_unless_pinned() {
             },
             Reason::BudgetExhausted {
                 action: "local".into(),
+                left_usd: Decimal::ZERO,
+                call_usd: None,
             },
         ),
     ];
@@ -440,6 +442,40 @@ fn cloud_gate_turns_cloud_plans_local_unless_pinned() {
     assert_eq!(d.route(), "refuse");
 }
 
+/// A budget with less left than the request's cloud call would reserve is exhausted for that
+/// request (the ledger would refuse the reservation), and the reason gives both figures; a
+/// smaller call still fits.
+#[test]
+fn a_budget_too_small_for_the_call_is_exhausted_for_it() {
+    let p = policy(
+        "[budget]\ndaily_usd = 1\non_exhausted = \"local\"\n[defaults]\nroute = \"cloud\"\n",
+    );
+    let req = Request::new("q");
+    let with = |left: i64, call: Option<i64>| Signals {
+        budget_left_usd: Some(Decimal::new(left, 2)),
+        cloud_call_usd: call.map(|c| Decimal::new(c, 2)),
+        ..signals()
+    };
+    let d = decide(&p, &inspect(&p, &req), &with(5, Some(10)));
+    assert_eq!(d.route(), "local", "{d}");
+    assert!(d.cloud_clearance().is_none());
+    let exhausted = Reason::BudgetExhausted {
+        action: "local".into(),
+        left_usd: Decimal::new(5, 2),
+        call_usd: Some(Decimal::new(10, 2)),
+    };
+    assert!(d.reasons.contains(&exhausted), "{d}");
+    assert_eq!(
+        exhausted.to_string(),
+        "cloud budget exhausted ($0.05 left; a cloud call for this request reserves $0.10): \
+         policy says local"
+    );
+    for fits in [with(5, Some(5)), with(5, Some(1)), with(5, None)] {
+        let d = decide(&p, &inspect(&p, &req), &fits);
+        assert_eq!(d.route(), "cloud", "{d}");
+    }
+}
+
 #[test]
 fn refuse_on_exhausted_budget() {
     let p = policy(
@@ -451,9 +487,10 @@ fn refuse_on_exhausted_budget() {
     };
     let d = decide(&p, &inspect(&p, &Request::new("q")), &s);
     assert_eq!(d.route(), "refuse");
-    assert!(d.reasons.contains(&Reason::BudgetExhausted {
-        action: "refuse".into()
-    }));
+    assert!(d
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::BudgetExhausted { action, .. } if action == "refuse")));
 }
 
 #[test]
@@ -665,13 +702,14 @@ fn arb_signals() -> impl Strategy<Value = Signals> {
     (
         any::<bool>(),
         0u8..3,
-        proptest::option::of(-1000i64..100_000),
+        proptest::option::of(-100i64..10_000),
         any::<bool>(),
         any::<bool>(),
         proptest::option::of(0u64..100_000),
         proptest::option::of(0u64..100_000),
+        proptest::option::of(0i64..10_000),
     )
-        .prop_map(|(off, h, budget, cloud, local, lms, cms)| Signals {
+        .prop_map(|(off, h, budget, cloud, local, lms, cms, call)| Signals {
             network: if off {
                 Network::Offline
             } else {
@@ -683,6 +721,7 @@ fn arb_signals() -> impl Strategy<Value = Signals> {
                 CloudHealth::Down,
             ][h as usize],
             budget_left_usd: budget.map(|c| Decimal::new(c, 2)),
+            cloud_call_usd: call.map(|c| Decimal::new(c, 2)),
             cloud_available: cloud,
             local_available: local,
             latency: LatencyEstimates {
@@ -724,6 +763,20 @@ proptest! {
         for p in shipped() {
             let d = decide(p, &inspect(p, &req), &s);
             prop_assert!(p.rules.iter().any(|r| r.name == d.rule) || d.rule == "defaults");
+        }
+    }
+
+    /// Under every shipped policy, a decision whose plan uses the cloud (not merely as a
+    /// fallback) leaves room in the budget for the request's cloud call: the ledger will not
+    /// refuse what the decision planned.
+    #[test]
+    fn a_decision_for_the_cloud_fits_the_budget(req in arb_request(), s in arb_signals()) {
+        for p in shipped() {
+            let d = decide(p, &inspect(p, &req), &s);
+            if let (true, Some(left)) = (d.plan.uses_cloud(), s.budget_left_usd) {
+                prop_assert!(left > Decimal::ZERO, "{}", d);
+                prop_assert!(s.cloud_call_usd.is_none_or(|call| call <= left), "{}", d);
+            }
         }
     }
 

@@ -848,8 +848,9 @@ async fn a_model_load_is_not_counted_as_local_generation_time() {
     let resp = r.complete(Request::new("hello")).await.unwrap();
     // What the caller waited for includes the load.
     assert!(resp.attempts[0].elapsed >= Duration::from_millis(400));
-    let features = edgeroute::inspect::inspect(r.policy(), &Request::new("hello"));
-    let estimate = r.signals(&features, 10).latency.local_ms.unwrap();
+    let request = Request::new("hello").with_max_tokens(10);
+    let features = edgeroute::inspect::inspect(r.policy(), &request);
+    let estimate = r.signals(&request, &features).latency.local_ms.unwrap();
     assert!(
         estimate < 200,
         "10 tokens estimated at {estimate} ms after an instant answer"

@@ -430,6 +430,17 @@ async fn exhausted_budget_stops_cloud_calls() {
             .await
             .unwrap();
         routes.push(resp.route);
+        // Every request the budget sent to the device says so.
+        if resp.route == Route::Local {
+            assert!(
+                resp.decision
+                    .reasons
+                    .iter()
+                    .any(|r| matches!(r, Reason::BudgetExhausted { .. })),
+                "{}",
+                resp.decision
+            );
+        }
     }
     let cloud_calls = routes.iter().filter(|r| **r == Route::Cloud).count();
     assert!((1..=3).contains(&cloud_calls), "{routes:?}");
@@ -439,12 +450,13 @@ async fn exhausted_budget_stops_cloud_calls() {
     assert!(spent <= Decimal::new(35, 2), "spent {spent}");
     // Once nothing is left, the decision itself says so.
     let d = r.explain(&Request::new("anything"));
-    if d.route() == "local" {
-        assert!(d
-            .reasons
+    assert_eq!(d.route(), "local", "{d}");
+    assert!(
+        d.reasons
             .iter()
-            .any(|r| matches!(r, Reason::BudgetExhausted { .. })));
-    }
+            .any(|r| matches!(r, Reason::BudgetExhausted { .. })),
+        "{d}"
+    );
 }
 
 #[tokio::test]
@@ -462,8 +474,9 @@ async fn refused_connection_marks_offline_and_later_decisions_say_so() {
         .reasons
         .iter()
         .any(|r| matches!(r, Reason::Fallback { from, .. } if from == "cloud")));
-    let features = edgeroute::inspect::inspect(r.policy(), &Request::new("hello"));
-    assert_eq!(r.signals(&features, 16).network, Network::Offline);
+    let hello = Request::new("hello");
+    let features = edgeroute::inspect::inspect(r.policy(), &hello);
+    assert_eq!(r.signals(&hello, &features).network, Network::Offline);
     let d = r.explain(&Request::new("hello"));
     assert_eq!(d.route(), "local");
     assert!(d.reasons.contains(&Reason::Offline), "{:?}", d.reasons);
@@ -487,19 +500,20 @@ async fn offline_expires_and_a_reachable_cloud_answers_again() {
     let r = router("[defaults]\nroute = \"cloud\"\n", local.clone(), cfg);
     let resp = r.complete(Request::new("hello")).await.unwrap();
     assert_eq!(resp.route, Route::Local);
-    let features = edgeroute::inspect::inspect(r.policy(), &Request::new("hello"));
-    assert_eq!(r.signals(&features, 16).network, Network::Offline);
+    let hello = Request::new("hello");
+    let features = edgeroute::inspect::inspect(r.policy(), &hello);
+    assert_eq!(r.signals(&hello, &features).network, Network::Offline);
 
     // The provider comes back on that address; the offline mark expires.
     let fake = FakeProvider::start_on(addr).await;
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    assert_eq!(r.signals(&features, 16).network, Network::Online);
+    assert_eq!(r.signals(&hello, &features).network, Network::Online);
     let d = r.explain(&Request::new("hello"));
     assert_eq!(d.route(), "cloud", "{:?}", d.reasons);
     let resp = r.complete(Request::new("hello")).await.unwrap();
     assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
     assert_eq!(fake.requests_received(), 1);
-    assert_eq!(r.signals(&features, 16).network, Network::Online);
+    assert_eq!(r.signals(&hello, &features).network, Network::Online);
 }
 
 #[tokio::test]
@@ -516,8 +530,9 @@ async fn breaker_opens_and_the_policy_routes_around_it() {
         let resp = r.complete(Request::new("hello")).await.unwrap();
         assert_eq!(resp.route, Route::Local);
     }
-    let features = edgeroute::inspect::inspect(r.policy(), &Request::new("hello"));
-    assert_eq!(r.signals(&features, 16).cloud_health, CloudHealth::Down);
+    let hello = Request::new("hello");
+    let features = edgeroute::inspect::inspect(r.policy(), &hello);
+    assert_eq!(r.signals(&hello, &features).cloud_health, CloudHealth::Down);
     let d = r.explain(&Request::new("hello"));
     assert!(
         d.reasons.contains(&Reason::CloudUnhealthy {

@@ -549,7 +549,7 @@ fn explain(args: ExplainArgs, home: Option<&Path>, cloud_url: Option<&str>) -> C
     let request = build_request(&args.request)?;
     let router = router(policy, home, cloud_url, false)?;
     let features = edgeroute::inspect::inspect(router.policy(), &request);
-    let mut signals = router.signals(&features, router.max_tokens(&request));
+    let mut signals = router.signals(&request, &features);
     if args.offline {
         signals.network = Network::Offline;
     }

@@ -237,6 +237,16 @@ const MAX_BREAKER_COUNT: u32 = 10_000;
 const MAX_BREAKER_MS: u64 = 86_400_000;
 
 impl CloudSection {
+    /// What a call with a prompt of `prompt_tokens` reserves against the budget before it is
+    /// made: the whole prompt at the input price and its output limit (`max_tokens`, else
+    /// `[cloud].max_tokens`) at the output price.
+    pub fn call_estimate(&self, prompt_tokens: u32, max_tokens: Option<u32>) -> Decimal {
+        self.cost(crate::request::Usage::new(
+            u64::from(prompt_tokens),
+            u64::from(max_tokens.unwrap_or(self.max_tokens)),
+        ))
+    }
+
     /// Cost of a call, decimal-exact: prompt tokens at the input price (those read from the
     /// provider's prompt cache at the cached-input price) and generated tokens at the output
     /// price.

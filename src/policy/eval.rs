@@ -264,13 +264,17 @@ fn gates(
         return Decision::new(rule, plan, reasons);
     }
     let pinned = matches!(plan, Plan::Cloud { pin: true, .. });
-    let exhausted = s
-        .budget_left_usd
-        .is_some_and(|left| left <= rust_decimal::Decimal::ZERO);
-    if exhausted {
+    // Exhausted for this request: nothing left, or less than its call would reserve (the
+    // ledger would refuse the reservation).
+    let exhausted = s.budget_left_usd.filter(|&left| {
+        left <= rust_decimal::Decimal::ZERO || s.cloud_call_usd.is_some_and(|call| call > left)
+    });
+    if let Some(left_usd) = exhausted {
         let refuse = pinned || policy.budget.on_exhausted == OnExhausted::Refuse;
         reasons.push(Reason::BudgetExhausted {
             action: if refuse { "refuse" } else { "local" }.into(),
+            left_usd,
+            call_usd: s.cloud_call_usd,
         });
         if refuse {
             let refused = Plan::Refuse {

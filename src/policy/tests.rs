@@ -33,6 +33,10 @@ pub fn case_signals(policy: &CompiledPolicy, case: &PolicyTest, prompt_tokens: u
         network: case.network,
         cloud_health: case.cloud_health,
         budget_left_usd: case.budget_left_usd,
+        cloud_call_usd: policy
+            .cloud
+            .as_ref()
+            .map(|c| c.call_estimate(prompt_tokens, None)),
         cloud_available: case.cloud_available,
         local_available: case.local_available,
         latency: crate::stats::StatsRecorder::default().latency_estimates(
