@@ -1116,7 +1116,8 @@ async fn cloud_url_flag_and_variable_override_the_policys_base_url() {
     assert_eq!(ask(None, Some("")), "From the policy's host.");
     assert_eq!(ask(None, Some(&other.url())), "From the other host.");
     assert_eq!(ask(Some(&other.url()), None), "From the other host.");
-    let unused = format!("http://{}", support::unused_addr());
+    let down = support::unused_addr();
+    let unused = format!("http://{down}");
     assert_eq!(
         ask(Some(&policy_host.url()), Some(&unused)),
         "From the policy's host."

@@ -902,7 +902,8 @@ async fn offline_answers_are_cached_and_never_shadow_the_clouds() {
             .build()
             .unwrap()
     };
-    let r = build(format!("http://{}/v1", unused_addr()));
+    let down = unused_addr();
+    let r = build(format!("http://{down}/v1"));
     let ask = || Request::new("What is a monad?");
     let fallback = r.complete(ask()).await.unwrap();
     assert!(fallback.decision.fell_back(), "{}", fallback.decision);

@@ -141,23 +141,45 @@ impl Drop for FakeProvider {
     }
 }
 
-/// A loopback address with nothing listening on it (bound, then released).
-pub fn unused_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+/// A loopback address where a provider is down: its port stays bound for as long as this
+/// lives, so no other test of the process can be given it, but nothing listens, so connections
+/// to it are refused. [`FakeProvider::start_on`] brings the provider up there.
+pub struct DownAddr {
+    socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Display for DownAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// A loopback address with nothing listening on it, reserved (see [`DownAddr`]).
+pub fn unused_addr() -> DownAddr {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    DownAddr { socket, addr }
 }
 
 impl FakeProvider {
     /// Starts on a free port of 127.0.0.1.
     pub async fn start() -> FakeProvider {
-        FakeProvider::start_on("127.0.0.1:0".parse().expect("addr")).await
-    }
-
-    /// Starts on `addr` (e.g. one from [`unused_addr`], to bring a "down" endpoint up).
-    pub async fn start_on(addr: SocketAddr) -> FakeProvider {
-        let listener = tokio::net::TcpListener::bind(addr)
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind fake provider");
+        FakeProvider::serve(listener)
+    }
+
+    /// Starts where a provider was down (an address from [`unused_addr`]).
+    pub async fn start_on(down: DownAddr) -> FakeProvider {
+        FakeProvider::serve(down.socket.listen(1024).expect("listen"))
+    }
+
+    fn serve(listener: tokio::net::TcpListener) -> FakeProvider {
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared::default());
         let app = axum::Router::new()
