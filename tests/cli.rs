@@ -21,6 +21,30 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().unwrap()
 }
 
+/// A home of this test process's own with a stand-in for the local model (its manifest): the
+/// commands that only read the home (`explain`) see the model installed, and no budget spent,
+/// whatever the machine's default home holds.
+fn stub_home() -> &'static str {
+    static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let home = HOME.get_or_init(|| {
+        let home = tempfile::tempdir().unwrap();
+        let model_dir = edgeroute::home::model_dir(home.path(), edgeroute::home::DEFAULT_MODEL);
+        std::fs::create_dir_all(&model_dir).unwrap();
+        std::fs::write(model_dir.join("edgeroute-model.json"), "{}").unwrap();
+        home
+    });
+    home.path().to_str().unwrap()
+}
+
+/// Runs the command in [`stub_home`].
+fn run_in_stub_home(args: &[&str]) -> Output {
+    bin()
+        .args(["--home", stub_home()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn run_stdin(args: &[&str], input: &[u8]) -> Output {
     let mut child = bin()
         .args(args)
@@ -139,7 +163,7 @@ fn policy_test_prints_table_and_fails_on_mismatch() {
 
 #[test]
 fn explain_json_names_rule_and_reasons() {
-    let o = run(&[
+    let o = run_in_stub_home(&[
         "explain",
         "--json",
         "--policy",
@@ -240,7 +264,7 @@ fn explain_shows_the_plan_and_its_options() {
 /// rule that did not fire can be checked against what it saw.
 #[test]
 fn explain_lists_the_requests_inputs() {
-    let o = run(&[
+    let o = run_in_stub_home(&[
         "explain",
         "--policy",
         "policies/default.toml",
@@ -260,7 +284,7 @@ fn explain_lists_the_requests_inputs() {
         out.contains("request: tags [Reasoning, hard], task summarize, deadline 900 ms, PII email, phone (3 span(s))"),
         "{out}"
     );
-    let o = run(&[
+    let o = run_in_stub_home(&[
         "explain",
         "--policy",
         "policies/default.toml",
@@ -280,7 +304,7 @@ fn explain_lists_the_requests_inputs() {
         out.contains("passed over: rule `pii-stays-local`: pii = true does not hold"),
         "{out}"
     );
-    let o = run(&[
+    let o = run_in_stub_home(&[
         "explain",
         "--json",
         "--policy",
@@ -338,7 +362,7 @@ fn explain_offline_flag_and_tags() {
 fn explain_reads_prompt_from_stdin_and_env_policy() {
     let o = {
         let mut child = bin()
-            .args(["explain", "--json", "-"])
+            .args(["--home", stub_home(), "explain", "--json", "-"])
             .env("EDGEROUTE_POLICY", "policies/offline-only.toml")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -411,12 +435,12 @@ fn explain_reads_the_budget_left_from_the_home_ledger() {
 
 #[test]
 fn explain_rejects_empty_prompt_and_bad_policy() {
-    let o = run(&["explain", "   "]);
+    let o = run_in_stub_home(&["explain", "   "]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("the prompt is empty"), "{}", stderr(&o));
 
     let f = fixture("unknown_route.toml");
-    let o = run(&["explain", "--policy", f.to_str().unwrap(), "hi"]);
+    let o = run_in_stub_home(&["explain", "--policy", f.to_str().unwrap(), "hi"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("unknown route `clod` (did you mean `cloud`?)"),
@@ -1133,9 +1157,14 @@ async fn cloud_url_flag_and_variable_override_the_policys_base_url() {
 /// "a value is required for '--home <DIR>'" (exit status 2).
 #[test]
 fn empty_configuration_variables_mean_unset() {
+    // The default home (what an empty EDGEROUTE_HOME leaves) is under XDG_DATA_HOME: one of
+    // this test's own, not the machine's.
+    let data = tempfile::tempdir().unwrap();
     for var in ["EDGEROUTE_HOME", "EDGEROUTE_POLICY", "EDGEROUTE_CLOUD_URL"] {
         let o = bin()
             .args(["explain", "--json", "What is the capital of France?"])
+            .env("XDG_DATA_HOME", data.path())
+            .env("EDGEROUTE_HOME", stub_home())
             .env(var, "")
             .output()
             .unwrap();
