@@ -6,7 +6,7 @@
 mod support;
 
 use edgeroute::backend::cloud::{estimate_tokens, BreakerState, CloudBackend};
-use edgeroute::backend::{Backend, BackendCall, FinishReason};
+use edgeroute::backend::{Backend, BackendCall, FinishReason, StreamEvent};
 use edgeroute::request::{GenerationParams, Message};
 use edgeroute::signals::{CloudHealth, Network};
 use support::{call, collect, Behavior, FakeProvider, DEFAULT_REPLY, TEST_KEY};
@@ -244,14 +244,24 @@ async fn default_max_tokens_is_sent_to_anthropic_only() {
     assert!(b.get("seed").is_none());
 }
 
+/// A caller dropping a stream after its first delta is not a failure of the provider: with a
+/// breaker that opens on a single failure, it stays closed and the provider healthy.
 #[tokio::test]
 async fn dropping_a_stream_early_is_clean() {
+    use futures::StreamExt;
     let fake = FakeProvider::start().await;
-    let backend = CloudBackend::new(fake.openai_config()).unwrap();
-    let stream = backend.stream(call("hi")).await.unwrap();
-    drop(stream);
+    let mut cfg = fake.openai_config();
+    cfg.breaker.consecutive_failures = 1;
+    let backend = CloudBackend::new(cfg).unwrap();
+    for _ in 0..3 {
+        let mut stream = backend.stream(call("hi")).await.unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(matches!(first, StreamEvent::Delta(_)), "{first:?}");
+        drop(stream);
+    }
     // The backend is still healthy and usable.
     assert_eq!(backend.breaker_state(), BreakerState::Closed);
+    assert_eq!(backend.health(), CloudHealth::Healthy);
     assert_eq!(
         backend.generate(call("hi")).await.unwrap().text,
         DEFAULT_REPLY

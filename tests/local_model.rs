@@ -296,7 +296,22 @@ async fn utf8_deltas_stay_valid_for_multibyte_text() {
         }
     }
     // Deltas are `String`s (valid by construction); their concatenation is the lossless reply.
-    assert_eq!(Some(text), final_text);
+    assert_eq!(Some(&text), final_text.as_ref());
+    // The reply does have characters of more than one byte, none of them lost or replaced:
+    // it is what the tokenizer itself decodes from the generated ids.
+    assert!(text.chars().any(|c| c.len_utf8() > 1), "{text:?}");
+    assert!(!text.contains('\u{FFFD}'), "{text:?}");
+    let out = generate(b, &[Message::user(prompt)], &greedy(40)).unwrap();
+    assert_eq!(out.text, text);
+    let tokenizer = tokenizers::Tokenizer::from_file(
+        edgeroute::home::model_dir(
+            &edgeroute::home::resolve(None),
+            edgeroute::home::DEFAULT_MODEL,
+        )
+        .join("tokenizer.json"),
+    )
+    .unwrap();
+    assert_eq!(tokenizer.decode(&out.token_ids, true).unwrap(), text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

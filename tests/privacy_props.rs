@@ -214,12 +214,18 @@ fn adversarial(n: usize) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The fastest of five scans of `text`: one stall of a loaded machine does not count.
 fn time(s: &Scanner, text: &str) -> Duration {
-    let t = Instant::now();
-    let spans = s.scan(text);
-    let d = t.elapsed();
-    assert!(spans.windows(2).all(|w| w[0].end <= w[1].start));
-    d
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let spans = s.scan(text);
+            let d = t.elapsed();
+            assert!(spans.windows(2).all(|w| w[0].end <= w[1].start));
+            d
+        })
+        .min()
+        .unwrap_or_default()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use edgeroute::backend::cloud::{CloudBackend, CloudConfig};
 use edgeroute::decision::Reason;
 use edgeroute::signals::{CloudHealth, Network};
-use edgeroute::{Error, Message, Request, Route, Router};
+use edgeroute::{Error, Message, Request, Route, Router, RouterEvent};
 use rust_decimal::Decimal;
 use support::echo::EchoModel;
 use support::{unused_addr, Behavior, FakeProvider};
@@ -216,6 +216,8 @@ async fn private_data_in_any_turn_keeps_the_conversation_off_the_network() {
     let reached = probe.connections();
     assert!(reached >= 1);
     let mut i = 0;
+    let calls_before = local.calls();
+    let (mut answered, mut failed) = (0, 0);
     for secret in [
         "4111 1111 1111 1111",
         "ann.lee@example.com",
@@ -226,14 +228,37 @@ async fn private_data_in_any_turn_keeps_the_conversation_off_the_network() {
                 i += 1;
                 local.fail.store(i % 2 == 0, Ordering::SeqCst);
                 let mut events = r.stream(Request::from_messages(messages.clone()));
+                let mut ended = 0;
                 while let Some(event) = events.next().await {
-                    if let Err(e) = event {
-                        assert!(matches!(e, Error::Inference(_)), "{e}");
+                    match event {
+                        Ok(RouterEvent::Delta(_)) => {}
+                        Ok(RouterEvent::Done(resp)) => {
+                            // Answered on the device, or by its cached answer; never the cloud.
+                            assert!(
+                                matches!(resp.route, Route::Local | Route::Cache),
+                                "{}",
+                                resp.decision
+                            );
+                            assert_eq!(resp.decision.rule, "private");
+                            answered += 1;
+                            ended += 1;
+                        }
+                        Err(e) => {
+                            assert!(matches!(e, Error::Inference(_)), "{e}");
+                            failed += 1;
+                            ended += 1;
+                        }
                     }
                 }
+                assert_eq!(ended, 1, "run {i} ended {ended} times");
             }
         }
     }
+    // Each conversation ran on the device first (answered), then came from the cache or
+    // failed on the device.
+    assert_eq!(answered + failed, 18);
+    assert!(answered >= 9, "{answered} answered, {failed} failed");
+    assert!(local.calls() - calls_before >= 9);
     assert_eq!(
         probe.connections(),
         reached,
