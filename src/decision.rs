@@ -660,6 +660,6 @@ mod tests {
     #[test]
     fn network_reason_display() {
         assert_eq!(Reason::Offline.to_string(), "device is offline");
-        let _ = crate::signals::Network::Offline;
+        assert_eq!(Reason::Online.to_string(), "device is online");
     }
 }

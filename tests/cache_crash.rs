@@ -74,6 +74,7 @@ fn open_all(dir: &Path) -> (Database, SledCache, SledLedger) {
 /// Settlements alternate between the blocking path and the async trait path (group-commit
 /// flusher thread), so both durability paths are killed mid-flight.
 #[test]
+#[ignore = "a child process of another test here, which runs it with --ignored"]
 fn crash_child() {
     let Some(dir) = std::env::var_os(CHILD_DB) else {
         return; // Not the child: nothing to do.
@@ -165,13 +166,21 @@ fn crash_safety_sigkill_20_times() {
         .unwrap()
         .subsec_nanos() as u64
         | 1;
+    // The kill times follow from it: a failure can be replayed with the same seed.
+    eprintln!("kill-time seed: {seed}");
     // Every reservation/settlement reported durable so far, over all runs: id → (estimate, actual).
     let mut expected: HashMap<u64, (Decimal, Option<Decimal>)> = HashMap::new();
     let mut killed_mid_work = 0;
     let mut flushed_by_run: Vec<Option<u64>> = Vec::new();
     for run in 0..RUNS {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DB, dir.path())
             .env(CHILD_RUN, run.to_string())
             .stdout(Stdio::piped())
@@ -300,6 +309,7 @@ const AFTER_FLUSH: u64 = 8;
 /// group-commit flusher thread), then writes cache entries with no flush of its own and
 /// returns, dropping every handle, as an app does when it ends right after its last request.
 #[test]
+#[ignore = "a child process of another test here, which runs it with --ignored"]
 fn clean_exit_child() {
     let Some(dir) = std::env::var_os(EXIT_CHILD_DB) else {
         return; // Not the child: nothing to do.
@@ -331,7 +341,12 @@ fn writes_after_the_last_flush_survive_a_clean_exit() {
     let dir = tempfile::tempdir().unwrap();
     for run in 0..10 {
         let status = Command::new(&exe)
-            .args(["--exact", "clean_exit_child", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "clean_exit_child",
+                "--test-threads=1",
+            ])
             .env(EXIT_CHILD_DB, dir.path())
             .env(EXIT_CHILD_RUN, run.to_string())
             .stdout(Stdio::null())
@@ -353,6 +368,7 @@ const HOLD_CHILD_DB: &str = "EDGEROUTE_HOLD_CHILD_DB";
 
 /// The lock child: opens the database, says so, and holds it until its stdin closes.
 #[test]
+#[ignore = "a child process of another test here, which runs it with --ignored"]
 fn lock_holding_child() {
     let Some(dir) = std::env::var_os(HOLD_CHILD_DB) else {
         return; // Not the child: nothing to do.
@@ -384,6 +400,7 @@ fn hold_database(dir: &Path) -> std::process::Child {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(&exe)
         .args([
+            "--ignored",
             "--exact",
             "lock_holding_child",
             "--nocapture",

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ops::ControlFlow;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use edgeroute::backend::local::{LocalBackend, LocalBackendBuilder, LocalOutput};
@@ -337,17 +337,36 @@ async fn seeded_sampling_is_reproducible() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_the_pool_and_stay_exact() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let r = reference();
-    let b = backend();
+    // Own backend with two sessions: its count of running generations is its own.
+    let b = build(2);
+    let (done, peak) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let watcher = {
+        let (b, done, peak) = (b.clone(), done.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                peak.fetch_max(b.active_generations(), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
     let futs = r
         .cases
         .iter()
         .take(4)
         .map(|c| b.generate(call(&c.prompt, greedy(r.max_new_tokens))));
     let outs = futures::future::join_all(futs).await;
+    done.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
     for (out, case) in outs.into_iter().zip(&r.cases) {
         assert_eq!(out.unwrap().text, case.text);
     }
+    // All four were in flight at once, sharing the two sessions.
+    assert_eq!(peak.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

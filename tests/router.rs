@@ -336,8 +336,12 @@ async fn repeated_question_is_served_from_the_encrypted_cache() {
     assert_eq!(model.calls.load(Ordering::SeqCst), 1);
     assert_eq!(r.stats().cache_hits, 1);
 
-    // The answer is on disk, sealed: the plaintext does not appear in the database files.
+    // The answer is on disk, sealed: the plaintext does not appear in the database files
+    // (flushed first, so the record is in them).
     drop(r);
+    let db = edgeroute::cache::Database::open(&edgeroute::home::db_dir(home.path())).unwrap();
+    db.flush().unwrap();
+    drop(db);
     let mut found = false;
     for entry in walk(home.path()) {
         let bytes = std::fs::read(&entry).unwrap();
@@ -753,7 +757,9 @@ async fn the_policys_local_section_reaches_an_app_supplied_backend() {
     assert_eq!(calls[1].repetition_penalty, Some(1.05));
 }
 
-/// A cloud backend (an app's own) whose `stream` never returns.
+/// A cloud backend (an app's own, through the `Backend` extension point) whose `stream` never
+/// returns. The same deadline over real HTTP, with a provider that never sends its headers,
+/// is tested in `router_degraded.rs`.
 struct NeverStarts;
 
 #[async_trait::async_trait]

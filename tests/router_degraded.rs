@@ -532,8 +532,10 @@ async fn savings_are_net_of_what_the_request_spent_on_the_cloud() {
     let home = tempfile::tempdir().unwrap();
     let fake = FakeProvider::start().await;
     fake.set_behavior(Behavior::Trickle(Duration::from_millis(300)));
+    // The local leg starts 500 ms in: long after the cloud accepted the call, long before
+    // its trickled answer ends.
     let r = router_with(
-        &hedge_policy("cloud", 50),
+        &hedge_policy("cloud", 500),
         home.path(),
         &fake,
         Arc::new(EchoModel::default()),

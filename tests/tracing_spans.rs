@@ -218,7 +218,7 @@ fn a_failed_hedge_leg_records_its_error_and_its_own_duration() {
         .build()
         .unwrap();
     let fake = rt.block_on(support::FakeProvider::start());
-    fake.set_behavior(support::Behavior::SlowHeaders(Duration::from_millis(400)));
+    fake.set_behavior(support::Behavior::SlowHeaders(Duration::from_millis(1500)));
     let local = Arc::new(EchoModel::default());
     local.fail.store(true, Ordering::SeqCst);
     let response = tracing::subscriber::with_default(subscriber, || {
@@ -256,10 +256,11 @@ fn a_failed_hedge_leg_records_its_error_and_its_own_duration() {
         .find(|a| a.route == Route::Local)
         .unwrap();
     assert!(local_attempt.error.is_some());
+    // The local leg failed at once; the cloud answered 1.5 s later.
     assert!(
-        local_attempt.elapsed < Duration::from_millis(300),
+        local_attempt.elapsed < Duration::from_millis(750),
         "the failed local leg ran {:?}",
         local_attempt.elapsed
     );
-    assert!(response.timings.total >= Duration::from_millis(400));
+    assert!(response.timings.total >= Duration::from_millis(1500));
 }

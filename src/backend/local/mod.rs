@@ -439,7 +439,8 @@ impl LocalBackend {
         self.inner.huge_pages.settled()
     }
 
-    /// Generations running right now (diagnostics; drops to zero once cancelled work stops).
+    /// Generations running or waiting for a session right now (diagnostics; drops to zero once
+    /// cancelled work stops).
     pub fn active_generations(&self) -> usize {
         self.inner.active.load(Ordering::SeqCst)
     }

@@ -209,16 +209,18 @@ mod tests {
 
     #[test]
     fn utf8_stream_holds_back_split_characters() {
-        let bytes = "é€😀".as_bytes();
+        let text = "é€😀";
         let mut s = Utf8Stream::default();
-        let mut out = String::new();
-        for b in bytes {
-            let chunk = s.push(&[*b]);
-            assert!(std::str::from_utf8(chunk.as_bytes()).is_ok());
-            out.push_str(&chunk);
+        let mut chunks = Vec::new();
+        for b in text.as_bytes() {
+            chunks.push(s.push(&[*b]));
         }
-        out.push_str(&s.finish());
-        assert_eq!(out, "é€😀");
+        // A character comes out whole with its last byte; the bytes before it yield nothing.
+        assert_eq!(
+            chunks,
+            ["", "é", "", "", "€", "", "", "", "😀"].map(String::from)
+        );
+        assert_eq!(s.finish(), "");
     }
 
     #[test]
