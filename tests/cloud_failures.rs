@@ -1048,3 +1048,54 @@ async fn an_answer_that_stops_arriving_times_out_between_tokens() {
     let out = collect(backend.stream(call("hi")).await.unwrap()).await;
     assert!(out.outcome.is_ok(), "{:?}", out.outcome.err());
 }
+
+/// An error answer's `x-should-retry` (sent by both providers) beats its status, as their
+/// SDKs let it: `false` stops the retries of a 503, `true` retries a 400, within the retry
+/// limit. Without it, the status decides. Streaming or not, both protocols.
+#[tokio::test]
+async fn the_providers_retry_advice_beats_the_status() {
+    let answer = |status: u16, advice: Option<&str>| Behavior::Raw {
+        status,
+        headers: [("content-type", "application/json")]
+            .into_iter()
+            .chain(advice.map(|a| ("x-should-retry", a)))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        body: r#"{"error":{"message":"busy","type":"server_error"}}"#.into(),
+    };
+    let fake = FakeProvider::start().await;
+    let cases = [
+        (503, Some("false"), 1),
+        (400, Some("true"), 3),
+        (503, None, 3),
+        (400, None, 1),
+    ];
+    for anthropic in [false, true] {
+        for streaming in [false, true] {
+            for (status, advice, requests) in cases {
+                // A backend per case: its breaker and retry budget start fresh.
+                let backend = CloudBackend::new(if anthropic {
+                    fake.anthropic_config()
+                } else {
+                    fake.openai_config()
+                })
+                .unwrap();
+                fake.reset_counts();
+                fake.set_behavior(answer(status, advice));
+                let err = if streaming {
+                    backend.stream(call("hi")).await.err().unwrap()
+                } else {
+                    backend.generate(call("hi")).await.unwrap_err()
+                };
+                let case =
+                    format!("{status} {advice:?} anthropic={anthropic} streaming={streaming}");
+                let kind_ok = match status {
+                    503 => matches!(err, Error::Server { status: 503, .. }),
+                    _ => matches!(err, Error::BadRequest { status: 400, .. }),
+                };
+                assert!(kind_ok, "{case}: {err:?}");
+                assert_eq!(fake.requests_received(), requests, "{case}");
+            }
+        }
+    }
+}

@@ -7,7 +7,9 @@
 //!    caused by the caller's own deadline does not, by itself, count against the provider
 //!    in the breaker — unless the provider has been silent for longer than `total_timeout`
 //!    (see [Breaker accounting](#breaker-accounting));
-//! 3. **retry loop** ([`RetryConfig`]): full-jitter backoff, `Retry-After`, retry budget;
+//! 3. **retry loop** ([`RetryConfig`]): full-jitter backoff, `Retry-After`, retry budget; an
+//!    error answer's `x-should-retry: true|false` (sent by both providers) overrides whether
+//!    its status is retried, as their SDKs let it;
 //! 4. **circuit breaker** ([`BreakerConfig`]): each attempt needs a permit; an open breaker
 //!    fails fast with [`Error::CircuitOpen`];
 //! 5. **attempt**: connect (`connect_timeout`), then headers and first token
@@ -222,7 +224,7 @@ fn headers(cfg: &CloudConfig) -> Result<HeaderMap> {
 }
 
 /// The time limits of one call.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Clock {
     start: Instant,
     total_at: Instant,
@@ -234,6 +236,8 @@ struct Clock {
     /// The configured `total_timeout`: past that much silence, a caller's timeout counts
     /// against the provider (see the module docs).
     silence_limit: Duration,
+    /// The last attempt's error answer said whether to retry it (`x-should-retry`).
+    retry_advice: retry::Advice,
 }
 
 impl Clock {
@@ -251,6 +255,7 @@ impl Clock {
             idle: cfg.idle_timeout,
             callers_deadline,
             silence_limit: cfg.total_timeout,
+            retry_advice: retry::Advice::default(),
         }
     }
 
@@ -507,6 +512,9 @@ impl Inner {
             return Err(err);
         }
         let retry_after = retry::parse_retry_after(response.headers());
+        clock
+            .retry_advice
+            .set(retry::parse_should_retry(response.headers()));
         let read_until = clock.total_at.min(Instant::now() + Duration::from_secs(5));
         let body =
             tokio::time::timeout_at(read_until.into(), read_capped(response, MAX_ERROR_BODY))
@@ -541,10 +549,13 @@ impl Inner {
         }
     }
 
-    /// The delay before the next retry, or `None` when the call must fail with `e`.
+    /// The delay before the next retry, or `None` when the call must fail with `e`. The
+    /// provider's own advice on the answer that failed (`x-should-retry`) beats the error's
+    /// kind; the retry limit, the budget and the deadline still apply.
     fn retry_delay(&self, e: &Error, retries: u32, clock: &Clock) -> Option<Duration> {
         let cfg = &self.cfg.retry;
-        if !e.is_retryable() || retries >= cfg.max_retries {
+        let retryable = clock.retry_advice.get().unwrap_or_else(|| e.is_retryable());
+        if !retryable || retries >= cfg.max_retries {
             return None;
         }
         let mut delay = retry::backoff(cfg, retries);
@@ -594,6 +605,7 @@ impl Inner {
                 // Opened while we were retrying: the real failure is more useful.
                 Err(open) => return Err(last.unwrap_or(open)),
             };
+            clock.retry_advice.set(None);
             match attempt(attempt_start).await {
                 Ok(v) => {
                     self.breaker.answered(Instant::now());
@@ -850,7 +862,7 @@ struct StreamState {
 
 async fn next_event(mut st: StreamState) -> Option<(Result<StreamEvent>, Option<StreamState>)> {
     if st.live.pending.is_empty() {
-        let clock = st.clock;
+        let clock = &st.clock;
         let filled = until(clock.total_at, st.live.fill(clock.idle), || {
             clock.timeout(TimeoutPhase::Total, clock.start)
         })

@@ -2,7 +2,7 @@
 //! token-bucket retry budget (after tower's `TpsBudget`) that keeps retries to a fraction of
 //! the traffic so a struggling provider is not hammered.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -51,6 +51,48 @@ pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<
         when.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// What the provider said about retrying an error answer: OpenAI's and Anthropic's
+/// `x-should-retry: true|false` (their SDKs follow it over the status). `None` when absent or
+/// neither word.
+pub(crate) fn parse_should_retry(headers: &reqwest::header::HeaderMap) -> Option<bool> {
+    let v = headers.get("x-should-retry")?.to_str().ok()?.trim();
+    if v.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if v.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The provider's retry advice for a call's last failed attempt (see [`parse_should_retry`]),
+/// shared by the attempt that reads it and the loop that decides.
+#[derive(Debug, Default)]
+pub(crate) struct Advice(AtomicU8);
+
+impl Advice {
+    const NONE: u8 = 0;
+    const RETRY: u8 = 1;
+    const DO_NOT: u8 = 2;
+
+    pub(crate) fn set(&self, advice: Option<bool>) {
+        let v = match advice {
+            None => Self::NONE,
+            Some(true) => Self::RETRY,
+            Some(false) => Self::DO_NOT,
+        };
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> Option<bool> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::RETRY => Some(true),
+            Self::DO_NOT => Some(false),
+            _ => None,
+        }
+    }
 }
 
 /// Longest `Retry-After` accepted, in seconds (~31 years): anything longer is malformed.
@@ -168,6 +210,25 @@ mod tests {
         assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
         h.insert("retry-after", HeaderValue::from_static("soon"));
         assert_eq!(parse_retry_after(&h), None);
+    }
+
+    #[test]
+    fn should_retry_advice() {
+        let advice = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-should-retry", HeaderValue::from_static(v));
+            parse_should_retry(&h)
+        };
+        assert_eq!(parse_should_retry(&HeaderMap::new()), None);
+        assert_eq!(advice("true"), Some(true));
+        assert_eq!(advice(" FALSE "), Some(false));
+        assert_eq!(advice("maybe"), None);
+        let a = Advice::default();
+        assert_eq!(a.get(), None);
+        for v in [Some(true), Some(false), None] {
+            a.set(v);
+            assert_eq!(a.get(), v);
+        }
     }
 
     #[test]
