@@ -303,7 +303,7 @@ impl Router {
     }
 
     /// The live signals `decide()` would see for `request`, whose features are `features`
-    /// (what [`inspect`](crate::inspect::inspect) found in it).
+    /// (what [`inspect`] found in it).
     pub fn signals(&self, request: &Request, features: &Features) -> Signals {
         let inner = &self.inner;
         let (network, cloud_health, cloud_available) = match &inner.cloud {
@@ -341,6 +341,9 @@ impl Router {
     }
 
     /// Like [`Router::explain`], with signals supplied by the caller ("what if offline?").
+    /// Start from [`Router::signals`] and change what the question is about: signals built
+    /// from scratch have no [`Signals::cloud_call_usd`], so only a budget with nothing left
+    /// counts as exhausted.
     pub fn explain_with(&self, request: &Request, signals: &Signals) -> Decision {
         let features = inspect(&self.inner.policy, request);
         self.decide(&features, signals)

@@ -383,6 +383,50 @@ fn explain_reads_prompt_from_stdin_and_env_policy() {
     assert_eq!(v["route"], "local");
 }
 
+/// `explain --max-tokens` estimates the cloud call as `ask --max-tokens` reserves it: a budget
+/// too small for a call of 1024 output tokens still has room for one of 10.
+#[test]
+fn explain_estimates_the_cloud_call_with_the_requests_max_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        "[cloud]\nmodel = \"m\"\ninput_usd_per_mtok = 1000\noutput_usd_per_mtok = 1000\n\
+         [budget]\ndaily_usd = 1\n[defaults]\nroute = \"cloud\"\n",
+    )
+    .unwrap();
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--json",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--budget-left",
+            "0.5",
+        ];
+        args.extend(extra);
+        args.push("What is the capital of France?");
+        let o = run_in_stub_home(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()
+    };
+    let exhausted = |v: &serde_json::Value| {
+        v["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == "budget_exhausted")
+            .cloned()
+    };
+    let long = explain(&[]);
+    let reason = exhausted(&long).expect("a 1024-token call does not fit $0.50");
+    assert_eq!(reason["left_usd"], "0.5", "{reason}");
+    let call: f64 = reason["call_usd"].as_str().unwrap().parse().unwrap();
+    assert!(call > 1.0, "{reason}");
+    let short = explain(&["--max-tokens", "10"]);
+    assert!(exhausted(&short).is_none(), "{short}");
+}
+
 /// `explain` decides with the budget the home's ledger has left (creating nothing), or with
 /// `--budget-left`.
 #[test]

@@ -223,6 +223,8 @@ fn the_repetition_penalty_breaks_a_greedy_loop_and_one_turns_it_off() {
         pure_backend.revision().unwrap(),
     );
     assert!(a.ends_with("-rp1.1") && b.ends_with("-rp1"), "{a} / {b}");
+    // The decoding rules' version is in it too: answers decoded by older rules are not served.
+    assert!(a.contains("+d2-"), "{a}");
     assert_eq!(a.split('+').next(), b.split('+').next(), "same weights");
     // Out of range is a clear error, not a silent clamp.
     let bad = GenerationParams {

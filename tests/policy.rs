@@ -474,6 +474,18 @@ fn a_budget_too_small_for_the_call_is_exhausted_for_it() {
         let d = decide(&p, &inspect(&p, &req), &fits);
         assert_eq!(d.route(), "cloud", "{d}");
     }
+    // Refused, the message says what is left and what the call needs.
+    let p = policy(
+        "[budget]\ndaily_usd = 1\non_exhausted = \"refuse\"\n[defaults]\nroute = \"cloud\"\n",
+    );
+    let d = decide(&p, &inspect(&p, &req), &with(5, Some(10)));
+    match &d.plan {
+        Plan::Refuse { message } => assert_eq!(
+            message,
+            "the cloud budget has $0.05 left, and this request's cloud call reserves $0.10"
+        ),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

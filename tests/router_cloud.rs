@@ -375,7 +375,6 @@ async fn tokens_from_the_providers_prompt_cache_cost_the_cached_price() {
 /// keep it, `min` and `p10` escalate it to the cloud.
 #[tokio::test]
 async fn a_cascade_compares_the_statistic_its_rule_names() {
-    use edgeroute::decision::Reason;
     use edgeroute::request::ConfidenceStat;
     let mut logprobs = vec![-0.1_f32; 12];
     logprobs[8] = -4.0;

@@ -114,6 +114,11 @@ struct RequestArgs {
     /// End-to-end deadline in milliseconds.
     #[arg(long, value_name = "N")]
     deadline_ms: Option<u64>,
+    /// Maximum new tokens. Default: the policy's [local].max_new_tokens for the local model,
+    /// its [cloud].max_tokens for the cloud. It also sets what a cloud call reserves against
+    /// the budget, and the local latency estimate.
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<u32>,
     /// The prompt; `-` reads it from standard input.
     prompt: String,
 }
@@ -130,10 +135,6 @@ struct AskArgs {
     /// `{"error", "refused", "rule", "message"}` (exit status 1).
     #[arg(long)]
     json: bool,
-    /// Maximum new tokens. Default: the policy's [local].max_new_tokens for the local model,
-    /// its [cloud].max_tokens for the cloud.
-    #[arg(long, value_name = "N")]
-    max_tokens: Option<u32>,
     /// Local model's repetition penalty, 1 (off) to 2. Default: the policy's
     /// [local].repetition_penalty.
     #[arg(long, value_name = "P")]
@@ -344,6 +345,7 @@ fn build_request(args: &RequestArgs) -> edgeroute::Result<Request> {
     req.tags = args.tags.clone();
     req.task = args.task.clone();
     req.deadline = args.deadline_ms.map(Duration::from_millis);
+    req.params.max_tokens = args.max_tokens;
     Ok(req)
 }
 
@@ -400,7 +402,6 @@ fn ask(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdResult
 fn answer(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdResult {
     let policy = load_policy(&args.policy)?;
     let mut request = build_request(&args.request)?;
-    request.params.max_tokens = args.max_tokens;
     request.params.repetition_penalty = args.repetition_penalty;
     request.skip_cache = args.no_cache;
     refuse_missing_named_home(home)?;
@@ -634,7 +635,13 @@ fn explain(args: ExplainArgs, home: Option<&Path>, cloud_url: Option<&str>) -> C
             },
             signals
                 .budget_left_usd
-                .map(|b| format!(", budget left ${b}"))
+                .map(|b| {
+                    let call = signals
+                        .cloud_call_usd
+                        .map(|c| format!(" (a cloud call reserves ${c})"))
+                        .unwrap_or_default();
+                    format!(", budget left ${b}{call}")
+                })
                 .unwrap_or_default()
         );
         let ms = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} ms"));

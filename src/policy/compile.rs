@@ -1194,6 +1194,17 @@ impl Compiler<'_> {
             &path.key("cached_input_usd_per_mtok"),
             PRICE,
         );
+        if let Some(cached) = cached_input.filter(|&p| p > input.unwrap_or_default()) {
+            self.warn(
+                &path.key("cached_input_usd_per_mtok"),
+                format!(
+                    "the cached-input price ({cached}) is above the input price ({}): a call's \
+                     cost could exceed what the budget reserved for it (prompt tokens are \
+                     reserved at the input price)",
+                    input.unwrap_or_default()
+                ),
+            );
+        }
         let model = match c.model.as_deref() {
             Some(m) if !m.trim().is_empty() => m.to_string(),
             _ => {
@@ -2140,6 +2151,7 @@ mod tests {
             Path::new("t.toml"),
         )
         .unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
         let c = p.cloud.unwrap();
         assert_eq!(c.cached_input_usd_per_mtok.to_string(), "0.075");
         let usage = |cached| crate::request::Usage {
@@ -2160,6 +2172,19 @@ mod tests {
             err.iter()
                 .any(|d| d.to_string().contains("cloud.cached_input_usd_per_mtok")),
             "{err:?}"
+        );
+        // Above the input price: the reservation could fall short of the cost, so say so.
+        let p = compile_str(
+            "[cloud]\nmodel='m'\ninput_usd_per_mtok = 0.15\ncached_input_usd_per_mtok = 1\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.to_string().contains("above the input price")),
+            "{:?}",
+            p.warnings
         );
     }
 }

@@ -277,9 +277,14 @@ fn gates(
             call_usd: s.cloud_call_usd,
         });
         if refuse {
-            let refused = Plan::Refuse {
-                message: "the cloud budget is exhausted".into(),
+            let message = match s.cloud_call_usd {
+                Some(call) if left_usd > rust_decimal::Decimal::ZERO => format!(
+                    "the cloud budget has ${left_usd} left, and this request's cloud call \
+                     reserves ${call}"
+                ),
+                _ => "the cloud budget is exhausted".into(),
             };
+            let refused = Plan::Refuse { message };
             // An answer already cached under the rule's plan costs nothing: it is served.
             return Decision::new(rule, refused, reasons).replaying(&plan);
         }

@@ -573,7 +573,8 @@ impl Answer {
                     json!({"type": "message_delta", "delta": {"stop_reason": self.stop_reason}});
                 if self.include_usage {
                     start["usage"] = self.usage(1);
-                    delta["usage"] = json!({"output_tokens": c});
+                    // As the API does today: the whole usage again, with the final output.
+                    delta["usage"] = self.usage(c);
                 }
                 ev.push(event(
                     "message_start",

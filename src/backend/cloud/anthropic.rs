@@ -78,19 +78,12 @@ struct WireUsage {
 }
 
 impl WireUsage {
-    /// Notes this report's prompt-token counts on `acc`: all the prompt's tokens (Anthropic's
-    /// `input_tokens` leaves out those read from or written to its cache), and the cached ones.
+    /// Notes this report's prompt-token counts on `acc`, each one it carries (a later report
+    /// may repeat some, or leave them out or null: what it leaves out stays as it was).
     fn note_input(&self, acc: &mut Parsed) {
-        if let Some(uncached) = self.input_tokens {
-            let cache_read = self.cache_read_input_tokens.unwrap_or(0);
-            let cache_written = self.cache_creation_input_tokens.unwrap_or(0);
-            acc.input_tokens = Some(
-                uncached
-                    .saturating_add(cache_read)
-                    .saturating_add(cache_written),
-            );
-            acc.cached_input_tokens = Some(cache_read);
-        }
+        acc.input_tokens = self.input_tokens.or(acc.input_tokens);
+        acc.cache_read_tokens = self.cache_read_input_tokens.or(acc.cache_read_tokens);
+        acc.cache_write_tokens = self.cache_creation_input_tokens.or(acc.cache_write_tokens);
     }
 }
 
@@ -285,6 +278,40 @@ mod tests {
             parse(Provider::Anthropic, br#"{"content":"x"}"#, 1),
             Err(Error::MalformedResponse(_))
         ));
+    }
+
+    /// Prompt-cache counts from `message_start` survive a `message_delta` that repeats
+    /// `input_tokens` without them (or with them null), and are updated by one that has them.
+    #[test]
+    fn prompt_cache_counts_add_up_across_a_stream() {
+        let ev = |s: &str| SseEvent {
+            event: String::new(),
+            data: s.into(),
+        };
+        let start = r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":4,"cache_read_input_tokens":100,"cache_creation_input_tokens":20,"output_tokens":1}}}"#;
+        for (delta, want) in [
+            (r#"{"output_tokens":7}"#, (124, 100)),
+            (r#"{"input_tokens":4,"output_tokens":7}"#, (124, 100)),
+            (
+                r#"{"input_tokens":4,"cache_read_input_tokens":null,"output_tokens":7}"#,
+                (124, 100),
+            ),
+            (
+                r#"{"input_tokens":5,"cache_read_input_tokens":110,"cache_creation_input_tokens":0,"output_tokens":7}"#,
+                (115, 110),
+            ),
+        ] {
+            let mut d = StreamDecoder::new(Provider::Anthropic, 5);
+            d.on_event(&ev(start)).unwrap();
+            d.on_event(&ev(&format!(
+                r#"{{"type":"message_delta","delta":{{"stop_reason":"end_turn"}},"usage":{delta}}}"#
+            )))
+            .unwrap();
+            d.on_event(&ev(r#"{"type":"message_stop"}"#)).unwrap();
+            let u = d.finish().unwrap().usage;
+            assert_eq!((u.input_tokens, u.cached_input_tokens), want, "{delta}");
+            assert_eq!(u.output_tokens, 7);
+        }
     }
 
     #[test]

@@ -85,10 +85,15 @@ fn has_error_field(body: &[u8]) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct Parsed {
     pub text: String,
-    /// All the prompt's tokens, cached or not.
+    /// Prompt tokens in the provider's input count: all of them (OpenAI), or those neither read
+    /// from nor written to its prompt cache (Anthropic).
     pub input_tokens: Option<u64>,
-    /// Of those, the ones the provider read from its prompt cache.
+    /// Of `input_tokens`, those read from the provider's prompt cache (OpenAI).
     pub cached_input_tokens: Option<u64>,
+    /// Prompt tokens read from the prompt cache, counted apart from `input_tokens` (Anthropic).
+    pub cache_read_tokens: Option<u64>,
+    /// Prompt tokens written to the prompt cache, counted apart from `input_tokens` (Anthropic).
+    pub cache_write_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     pub finish: Option<FinishReason>,
 }
@@ -96,13 +101,18 @@ pub(crate) struct Parsed {
 impl Parsed {
     fn into_generation(self, estimated_input_tokens: u64) -> Generation {
         let usage_estimated = self.input_tokens.is_none() || self.output_tokens.is_none();
-        let input_tokens = self.input_tokens.unwrap_or(estimated_input_tokens);
+        let input_tokens = self
+            .input_tokens
+            .unwrap_or(estimated_input_tokens)
+            .saturating_add(self.cache_read_tokens.unwrap_or(0))
+            .saturating_add(self.cache_write_tokens.unwrap_or(0));
+        let cached = self.cached_input_tokens.or(self.cache_read_tokens);
         let usage = Usage {
             input_tokens,
             output_tokens: self
                 .output_tokens
                 .unwrap_or_else(|| estimate_tokens(&self.text)),
-            cached_input_tokens: self.cached_input_tokens.unwrap_or(0).min(input_tokens),
+            cached_input_tokens: cached.unwrap_or(0).min(input_tokens),
         };
         Generation {
             text: self.text,

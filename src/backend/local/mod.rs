@@ -67,6 +67,11 @@ use crate::request::{
 /// Default for [`LocalBackendBuilder::max_new_tokens`].
 pub const DEFAULT_MAX_NEW_TOKENS: u32 = 256;
 
+/// Version of the rules that turn the model's output into a reply, in the backend's revision
+/// (so in the answer cache's keys): raised when they change what a reply is. 2: any special
+/// token ends the reply.
+const DECODING_RULES: u32 = 2;
+
 /// Default for [`LocalBackendBuilder::prompt_cache_tokens`]: 512 positions are ~23 MB per
 /// session for the default model.
 pub const DEFAULT_PROMPT_CACHE_TOKENS: usize = 512;
@@ -227,12 +232,12 @@ impl LocalBackendBuilder {
     }
 
     /// The backend's [`Backend::revision`] for an installed build (see
-    /// `Manifest::installed_build`) plus the defaults that change answers (`+max256-rp1.1`),
-    /// so the answer cache does not serve what another build, another copy or other defaults
-    /// produced.
+    /// `Manifest::installed_build`) plus the decoding rules' version and the defaults that
+    /// change answers (`+d2-max256-rp1.1`), so the answer cache does not serve what another
+    /// build, another copy, older decoding rules or other defaults produced.
     pub(crate) fn revision_for(&self, build: Option<&str>) -> String {
         let defaults = format!(
-            "max{}-rp{}",
+            "d{DECODING_RULES}-max{}-rp{}",
             self.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
             self.repetition_penalty
                 .unwrap_or(DEFAULT_REPETITION_PENALTY)
@@ -683,8 +688,8 @@ impl Backend for LocalBackend {
         &self.inner.name
     }
 
-    /// The first 16 hex digits of the weights' SHA-256 (from the manifest) and the defaults
-    /// that change answers, e.g. `576ea1940f9959f6+max256-rp1.1`.
+    /// The first 16 hex digits of the weights' SHA-256 (from the manifest), the decoding rules'
+    /// version and the defaults that change answers, e.g. `576ea1940f9959f6+d2-max256-rp1.1`.
     fn revision(&self) -> Option<String> {
         Some(self.inner.revision.clone())
     }
