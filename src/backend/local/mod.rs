@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use self::decoder::{Decoder, KvShape, Names};
 pub use self::manifest::{Architecture, ChatTemplate, Manifest, MANIFEST_FILE};
@@ -321,6 +321,7 @@ impl LocalBackendBuilder {
                 context_length: a.context_length,
                 eos: manifest.eos_token_ids.clone(),
                 codec,
+                admission: Arc::new(Semaphore::new(sessions.len())),
                 pool: Pool::new(sessions),
                 active,
                 tokens: AtomicU64::new(0),
@@ -352,6 +353,9 @@ struct Inner {
     context_length: usize,
     eos: Vec<u32>,
     codec: TextCodec,
+    /// One permit per session: an async call waits here, as a future on the runtime, until a
+    /// session is free for it (in arrival order), and only then gets a thread.
+    admission: Arc<Semaphore>,
     pool: Pool,
     /// Generations running (shared with the huge-page thread, which waits while any runs).
     active: Arc<AtomicUsize>,
@@ -444,8 +448,9 @@ impl LocalBackend {
         self.inner.huge_pages.settled()
     }
 
-    /// Generations running or waiting for a session right now (diagnostics; drops to zero once
-    /// cancelled work stops).
+    /// Generations started and not yet ended (diagnostics; drops to zero once cancelled work
+    /// stops). An async call counts once a session is free for it; a direct blocking call
+    /// counts while it waits for one too.
     pub fn active_generations(&self) -> usize {
         self.inner.active.load(Ordering::SeqCst)
     }
@@ -694,70 +699,132 @@ impl Backend for LocalBackend {
         Some(self.inner.revision.clone())
     }
 
-    /// Generates on a dedicated thread; deltas arrive through a bounded channel. Dropping the
-    /// stream closes the channel and the thread stops before the next token (or, still queued
-    /// for a session, without running its prompt).
+    /// Generates on a dedicated thread, started once a session is free for the call; deltas
+    /// arrive through a bounded channel. Dropping the stream closes the channel: a call still
+    /// waiting for a session leaves the queue, and a running one stops before the next token.
     async fn stream(&self, call: BackendCall) -> Result<EventStream> {
         let (tx, mut rx) = mpsc::channel::<Result<StreamEvent>>(64);
         let backend = self.clone();
-        std::thread::Builder::new()
-            .name("edgeroute-local".into())
-            .spawn(move || {
-                let abandoned = || tx.is_closed();
-                let result = catch_panic(|| {
-                    backend.generate_unless(
-                        &call.messages,
-                        &call.params,
-                        call.deadline,
-                        &abandoned,
-                        |ev| {
-                            // (A closed channel also stops it here.)
-                            if ev.text.is_empty() {
-                                return ControlFlow::Continue(());
-                            }
-                            match tx.blocking_send(Ok(StreamEvent::Delta(ev.text.to_string()))) {
-                                Ok(()) => ControlFlow::Continue(()),
-                                Err(_) => ControlFlow::Break(()),
-                            }
-                        },
-                    )
+        let gone = {
+            let tx = tx.clone();
+            async move { tx.closed().await }
+        };
+        let deadline = call.deadline;
+        self.when_admitted(deadline, gone, move |permit| {
+            let report = tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name("edgeroute-local".into())
+                .spawn(move || {
+                    let _permit = permit;
+                    let abandoned = || tx.is_closed();
+                    let result = catch_panic(|| {
+                        backend.generate_unless(
+                            &call.messages,
+                            &call.params,
+                            call.deadline,
+                            &abandoned,
+                            |ev| {
+                                // (A closed channel also stops it here.)
+                                if ev.text.is_empty() {
+                                    return ControlFlow::Continue(());
+                                }
+                                match tx.blocking_send(Ok(StreamEvent::Delta(ev.text.to_string())))
+                                {
+                                    Ok(()) => ControlFlow::Continue(()),
+                                    Err(_) => ControlFlow::Break(()),
+                                }
+                            },
+                        )
+                    });
+                    let last = match result {
+                        Ok(out) => Ok(StreamEvent::Done(out.into_generation())),
+                        Err(Error::Cancelled) => return,
+                        Err(e) => Err(e),
+                    };
+                    let _ = tx.blocking_send(last);
                 });
-                let last = match result {
-                    Ok(out) => Ok(StreamEvent::Done(out.into_generation())),
-                    Err(Error::Cancelled) => return,
-                    Err(e) => Err(e),
-                };
-                let _ = tx.blocking_send(last);
-            })
-            .map_err(|e| Error::io("spawning the local generation thread", e))?;
+            if let Err(e) = spawned {
+                let _ = report.try_send(Err(Error::io("spawning the local generation thread", e)));
+            }
+        });
         Ok(Box::pin(futures::stream::poll_fn(move |cx| {
             rx.poll_recv(cx)
         })))
     }
 
-    /// Runs the whole generation on a blocking thread (no per-token channel traffic).
+    /// Runs the whole generation on a thread of its own, started once a session is free for
+    /// the call (no per-token channel traffic). Dropping the future leaves the queue, or stops
+    /// the generation before the next token.
     async fn generate(&self, call: BackendCall) -> Result<Generation> {
         let backend = self.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("edgeroute-local".into())
-            .spawn(move || {
-                let abandoned = || tx.is_closed();
-                let out = catch_panic(|| {
-                    backend.generate_unless(
-                        &call.messages,
-                        &call.params,
-                        call.deadline,
-                        &abandoned,
-                        |_| ControlFlow::Continue(()),
-                    )
+        let (left_tx, left_rx) = tokio::sync::oneshot::channel::<()>();
+        let gone = async move {
+            let _ = left_rx.await;
+        };
+        let deadline = call.deadline;
+        self.when_admitted(deadline, gone, move |permit| {
+            let spawned = std::thread::Builder::new()
+                .name("edgeroute-local".into())
+                .spawn(move || {
+                    let _permit = permit;
+                    let abandoned = || tx.is_closed();
+                    let out = catch_panic(|| {
+                        backend.generate_unless(
+                            &call.messages,
+                            &call.params,
+                            call.deadline,
+                            &abandoned,
+                            |_| ControlFlow::Continue(()),
+                        )
+                    });
+                    let _ = tx.send(out.map(LocalOutput::into_generation));
                 });
-                let _ = tx.send(out.map(LocalOutput::into_generation));
-            })
-            .map_err(|e| Error::io("spawning the local generation thread", e))?;
+            if let Err(e) = spawned {
+                // The answer's sender went with the thread's closure: the caller is told.
+                tracing::error!(error = %e, "cannot start the local generation thread");
+            }
+        });
+        // Dropped with this future: a call still waiting for a session leaves the queue.
+        let _leaving = left_tx;
         rx.await.map_err(|_| {
-            Error::Inference("the local generation thread ended without an answer".into())
+            Error::Inference(
+                "the local generation thread did not start or ended without an answer (see the \
+                 log)"
+                    .into(),
+            )
         })?
+    }
+}
+
+impl LocalBackend {
+    /// Calls `start` with a permit to use one of the sessions once the call's turn comes (the
+    /// semaphore serves waiters in arrival order), from a task of the runtime: waiting takes
+    /// no thread. `gone` (the caller left) ends the wait without calling it. Past the
+    /// deadline, `start` is called without a permit, and the generation reports the timeout
+    /// at once.
+    fn when_admitted(
+        &self,
+        deadline: Option<Instant>,
+        gone: impl std::future::Future<Output = ()> + Send + 'static,
+        start: impl FnOnce(Option<OwnedSemaphorePermit>) + Send + 'static,
+    ) {
+        let admission = Arc::clone(&self.inner.admission);
+        tokio::spawn(async move {
+            let turn = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d.into(), admission.acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(|permit| permit.ok()),
+                    None => admission.acquire_owned().await.ok(),
+                }
+            };
+            tokio::select! {
+                permit = turn => start(permit),
+                () = gone => {}
+            }
+        });
     }
 }
 
@@ -1100,6 +1167,42 @@ mod tests {
         wait_until("0 active", &|| b.active_generations() == 0);
         // Only the holder's five tokens were ever generated.
         assert_eq!(b.tokens_generated(), 5);
+    }
+
+    /// Async calls queued behind a busy session wait as futures, not threads: only as many
+    /// are started as there are sessions, and a queued call whose caller left never runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_calls_wait_for_a_session_without_a_thread() {
+        let b = one_session();
+        // The session is held by a direct (blocking) call, paused after its first token.
+        let (pause_tx, holder) = hold_the_session(&b);
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move { b.generate(hey(None)).await })
+            })
+            .collect();
+        let dropped = b.stream(hey(None)).await.unwrap();
+        wait_until("a call waiting in the pool", &|| {
+            b.inner.pool.waiting() == 1
+        });
+        // Time for the others to queue: they must not start (each would wait in the pool).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(b.inner.pool.waiting(), 1);
+        assert_eq!(
+            b.active_generations(),
+            2,
+            "the holder and one admitted call"
+        );
+        drop(dropped);
+        drop(pause_tx);
+        assert_eq!(holder.join().unwrap().unwrap().text, "Hi!é");
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap().text, "Hi!é");
+        }
+        wait_until("0 active", &|| b.active_generations() == 0);
+        // The holder's five tokens and the four calls' five each: the dropped one never ran.
+        assert_eq!(b.tokens_generated(), 25);
     }
 
     /// Requests waiting for a session get it in the order they asked: none is passed over by
