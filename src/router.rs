@@ -866,6 +866,18 @@ impl PendingProgress {
     }
 }
 
+/// Runs `blocking` (an fsync) from async code without holding up the tasks of the runtime's
+/// thread: on a multi-threaded runtime they move to another thread meanwhile
+/// (`block_in_place`); on a current-thread runtime, or outside one, it just runs.
+fn off_the_runtime<T>(blocking: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(blocking)
+        }
+        _ => blocking(),
+    }
+}
+
 /// A cloud call's budget reservation, settled exactly once: with the call's cost when it
 /// ends, or, when the request is dropped mid-answer (an app's stop button), with the prompt
 /// and what was streamed so far. Left unsettled, the whole estimate (the prompt plus
@@ -960,7 +972,7 @@ impl PendingCharge {
         let retries = Arc::new(std::sync::Mutex::new(Vec::new()));
         report.afford(1);
         let (more, room) = (store.clone(), Arc::clone(&retries));
-        report.on_used_up(Box::new(move || match more.reserve_durably(estimate) {
+        report.on_used_up(Box::new(move || match off_the_runtime(|| more.reserve_durably(estimate)) {
             Ok(r) => {
                 room.lock().unwrap_or_else(|p| p.into_inner()).push(r);
                 true

@@ -245,8 +245,9 @@ fn answer_plus_estimates(r: &Router, request: &Request, usage: Usage, attempts: 
 /// Every attempt the provider accepted is charged, not only the one that answered: a first
 /// attempt accepted (200) whose first token is late, then a retry that answers, costs the
 /// answer plus the first attempt's estimate — in the response, the statistics and the ledger.
-/// When no attempt answers, each accepted one is charged its estimate.
-#[tokio::test]
+/// When no attempt answers, each accepted one is charged its estimate. (On a multi-threaded
+/// runtime: the retry's reservation is made durable off the runtime's threads.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_attempt_of_a_retried_cloud_call_is_charged() {
     let home = tempfile::tempdir().unwrap();
     let fake = FakeProvider::start().await;
