@@ -261,6 +261,11 @@ impl SledLedger {
         self.reserve_unflushed(estimate, SystemTime::now())
     }
 
+    /// Settles `reservation`, not yet durable: [`SledLedger::flush`] makes it so.
+    pub(crate) fn settle_now(&self, reservation: Reservation, actual: Decimal) -> Result<()> {
+        self.settle_unflushed(reservation, actual)
+    }
+
     /// Makes every reservation and settlement so far durable.
     pub(crate) async fn flush(&self) -> Result<()> {
         self.db.flush_async().await

@@ -1047,12 +1047,16 @@ impl Drop for PendingCharge {
         }
         let open = self.open.take();
         self.notes.record(usd);
-        // Settling is async (the ledger writes on a blocking thread); without a runtime the
-        // reservations stay unsettled, which counts the estimates (the safe side).
+        // Settled here and now (in memory: no runtime needed, even one shutting down), durable
+        // with the next flush: asked for at once when a runtime runs, else sled's own periodic
+        // flush or its last one when the database closes.
+        self.store.settle_now(reservations, usd);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = self.store.clone();
             runtime.spawn(async move {
-                store.settle(reservations, usd).await;
+                if let Err(e) = store.flush_ledger().await {
+                    tracing::warn!(error = %e, "cost ledger flush failed after a dropped call");
+                }
                 drop(open);
             });
         }

@@ -13,7 +13,7 @@ use crate::cache::{
 };
 use crate::error::Result;
 use crate::inspect::Features;
-use crate::ledger::{Ledger, Reservation, SledLedger};
+use crate::ledger::{Reservation, SledLedger};
 use crate::policy::CompiledPolicy;
 use crate::request::Request;
 
@@ -404,12 +404,21 @@ impl Store {
     }
 
     /// Settles one call's reservations (its first attempt's, then one per retry) with the
-    /// call's actual cost: the first takes it all, the others nothing. A failure leaves that
-    /// estimate counted as spent (the safe side) and is logged.
+    /// call's actual cost, and makes that durable. See [`Store::settle_now`].
     pub(crate) async fn settle(&self, reservations: Vec<Reservation>, actual: Decimal) {
+        self.settle_now(reservations, actual);
+        if let Err(e) = self.ledger.flush().await {
+            tracing::warn!(error = %e, "cost ledger flush failed after a settlement");
+        }
+    }
+
+    /// Settles one call's reservations at once, in memory (no runtime needed; durable with the
+    /// ledger's next flush): the first takes the actual cost, the others nothing. A failure
+    /// leaves that estimate counted as spent (the safe side) and is logged.
+    pub(crate) fn settle_now(&self, reservations: Vec<Reservation>, actual: Decimal) {
         let mut cost = actual;
         for reservation in reservations {
-            if let Err(e) = self.ledger.settle(reservation, cost).await {
+            if let Err(e) = self.ledger.settle_now(reservation, cost) {
                 tracing::warn!(error = %e, "cost ledger settlement failed; the estimate stays counted");
             }
             cost = Decimal::ZERO;

@@ -443,6 +443,34 @@ async fn a_cloud_answer_dropped_mid_stream_is_charged_what_was_streamed() {
     assert_settled_at_what_arrived(&r, home.path(), Decimal::ZERO).await;
 }
 
+/// A cloud answer cut off by its runtime shutting down (an app exiting mid-answer) is settled
+/// as a dropped one is: the settlement task it spawned had never run, leaving the whole
+/// estimate counted as spent for good.
+#[test]
+fn a_cloud_answer_cut_off_by_the_runtime_shutting_down_is_settled() {
+    use futures::StreamExt;
+    let home = tempfile::tempdir().unwrap();
+    let provider = tokio::runtime::Runtime::new().unwrap();
+    let fake = provider.block_on(FakeProvider::start());
+    fake.set_behavior(Behavior::Trickle(Duration::from_millis(300)));
+    let app = tokio::runtime::Runtime::new().unwrap();
+    let r = app.block_on(async { router(home.path(), &fake, Arc::new(EchoModel::default())) });
+    let stream = app.block_on(async {
+        let mut stream = r.stream(Request::new("Tell me a story.").with_max_tokens(10_000));
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(matches!(first, edgeroute::RouterEvent::Delta(_)));
+        stream
+    });
+    assert!(spent_today(home.path()) >= Decimal::from(10));
+    // The app's runtime ends while the answer is still coming.
+    drop(app);
+    drop(stream);
+    let spent = spent_today(home.path());
+    assert!(spent < Decimal::new(5, 2), "{spent} still counted");
+    drop(r);
+    drop(fake);
+}
+
 /// A call dropped mid-answer after a retry is charged what arrived plus the estimate of the
 /// attempt before, which the provider accepted and may bill.
 #[tokio::test]
