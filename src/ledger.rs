@@ -152,6 +152,11 @@ enum Abort {
     Corrupt,
 }
 
+/// Days a settled entry stays in the audit log ([`SledLedger::entries`]) after the day it was
+/// reserved: this month's and last month's calls, whatever the day. A router removes older
+/// ones when it opens the ledger ([`SledLedger::prune_at`]), so the log does not grow for good.
+pub const KEEP_SETTLED_DAYS: i64 = 62;
+
 const ENTRY_FORMAT: u8 = 1;
 /// `ledger/totals` key of the number of unsettled reservations (u64 LE).
 const OPEN_KEY: &[u8] = b"open";
@@ -227,6 +232,30 @@ impl SledLedger {
             left,
             open_reservations,
         })
+    }
+
+    /// Removes the audit log's settled entries reserved more than [`KEEP_SETTLED_DAYS`] days
+    /// before `at`; returns how many. Unsettled ones stay (they count as spent until settled),
+    /// and the daily and monthly totals are not touched.
+    pub fn prune_at(&self, at: SystemTime) -> Result<usize> {
+        let cutoff = epoch_day(at) - KEEP_SETTLED_DAYS;
+        let storage_error = |e| storage(self.db.path(), e);
+        let mut removed = 0;
+        for item in self.log.iter() {
+            let (id, raw) = item.map_err(storage_error)?;
+            let Some(entry) = decode_entry(&raw) else {
+                continue;
+            };
+            // Entries are kept in the order they were reserved: the rest are recent.
+            if entry.day >= cutoff {
+                break;
+            }
+            if entry.actual.is_some() {
+                self.log.remove(&id).map_err(storage_error)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Every ledger entry, oldest first (the audit log).

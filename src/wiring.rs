@@ -304,6 +304,11 @@ impl Store {
         };
         let cache = SledCache::open(&db, key, policy.cache.clone())?;
         let ledger = SledLedger::open(&db, policy.budget.limits)?;
+        match ledger.prune_at(SystemTime::now()) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "old settled cost-ledger entries removed"),
+            Err(e) => tracing::warn!(error = %e, "old cost-ledger entries not removed"),
+        }
         let stats = crate::stats::PersistedStats::open(&db)?;
         Ok(Store {
             cache: Arc::new(cache),

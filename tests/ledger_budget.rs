@@ -213,3 +213,83 @@ async fn concurrent_reservations_cannot_overspend() {
     let open = entries.iter().filter(|e| e.actual.is_none()).count() as u64;
     assert_eq!(s.open_reservations, open);
 }
+
+/// The audit log keeps settled entries for `KEEP_SETTLED_DAYS` days: older ones are removed by
+/// `prune_at` (which a router runs when it opens the ledger), unsettled ones stay whatever
+/// their age, and this day's and month's totals do not change.
+#[test]
+fn old_settled_entries_are_pruned_and_nothing_else() {
+    use edgeroute::ledger::KEEP_SETTLED_DAYS;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path()).unwrap();
+    let ledger = SledLedger::open(&db, limits(Some("100"), None)).unwrap();
+    let today = 200;
+    let old = today - KEEP_SETTLED_DAYS as u64 - 1;
+    let kept = today - KEEP_SETTLED_DAYS as u64;
+    let settled_old = ledger.reserve_at(usd("1"), at(old)).unwrap();
+    ledger.settle_blocking(settled_old, usd("0.5")).unwrap();
+    let _open_old = ledger.reserve_at(usd("2"), at(old)).unwrap();
+    let settled_kept = ledger.reserve_at(usd("3"), at(kept)).unwrap();
+    ledger.settle_blocking(settled_kept, usd("3")).unwrap();
+    let settled_today = ledger.reserve_at(usd("4"), at(today)).unwrap();
+    ledger.settle_blocking(settled_today, usd("1.25")).unwrap();
+    let before = ledger.status_at(at(today)).unwrap();
+
+    assert_eq!(ledger.prune_at(at(today)).unwrap(), 1);
+    let left: Vec<_> = ledger
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.estimate, e.actual))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            (usd("2"), None),
+            (usd("3"), Some(usd("3"))),
+            (usd("4"), Some(usd("1.25")))
+        ]
+    );
+    let after = ledger.status_at(at(today)).unwrap();
+    assert_eq!(
+        (
+            after.spent_today,
+            after.spent_month,
+            after.open_reservations
+        ),
+        (
+            before.spent_today,
+            before.spent_month,
+            before.open_reservations
+        )
+    );
+    assert_eq!(after.spent_today, usd("1.25"));
+    // Nothing more to remove.
+    assert_eq!(ledger.prune_at(at(today)).unwrap(), 0);
+}
+
+/// A router prunes the ledger it opens.
+#[test]
+fn a_router_prunes_its_ledger_when_it_opens_it() {
+    let home = tempfile::tempdir().unwrap();
+    let db_dir = edgeroute::home::db_dir(home.path());
+    let long_ago = SystemTime::now() - Duration::from_secs(400 * 86_400);
+    {
+        let db = Database::open(&db_dir).unwrap();
+        let ledger = SledLedger::open(&db, limits(Some("100"), None)).unwrap();
+        let r = ledger.reserve_at(usd("1"), long_ago).unwrap();
+        ledger.settle_blocking(r, usd("1")).unwrap();
+        assert_eq!(ledger.entries().unwrap().len(), 1);
+    }
+    let router = edgeroute::Router::builder()
+        .policy_str("[defaults]\nroute = \"local\"\n")
+        .load_local_model(false)
+        .home(home.path())
+        .cache_key([1; 32])
+        .build()
+        .unwrap();
+    let db = Database::open(&db_dir).unwrap();
+    let ledger = SledLedger::open(&db, limits(Some("100"), None)).unwrap();
+    assert!(ledger.entries().unwrap().is_empty());
+    drop(router);
+}
