@@ -61,7 +61,8 @@ pub(crate) fn local_from_policy(
 #[cfg(feature = "onnx")]
 mod lazy_local {
     use std::path::PathBuf;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
     use async_trait::async_trait;
     use tokio::sync::OnceCell;
@@ -70,7 +71,13 @@ mod lazy_local {
     use crate::backend::{Backend, BackendCall, EventStream, Generation};
     use crate::error::{Error, Result};
 
-    /// Loads the ONNX model on first use; a failed load is retried on the next call.
+    /// After a failed load, how long calls are told at once that the model is unavailable
+    /// (and the router routes around it) before a load is tried again.
+    pub(crate) const RETRY_LOAD_AFTER: Duration = Duration::from_secs(10);
+
+    /// Loads the ONNX model on first use; a failed load is tried again by a call
+    /// [`RETRY_LOAD_AFTER`] later, not by every call meanwhile (each would wait for a whole
+    /// load that fails the same way).
     pub(crate) struct LazyLocal {
         builder: LocalBackendBuilder,
         name: String,
@@ -80,6 +87,19 @@ mod lazy_local {
         /// Shared with the task that loads the model, which outlives a caller that stops
         /// waiting.
         loaded: Arc<OnceCell<LocalBackend>>,
+        /// When the last load failed, and why.
+        failed: Arc<Mutex<Option<(Instant, String)>>>,
+    }
+
+    /// Why the model is unavailable, when a load failed less than [`RETRY_LOAD_AFTER`] ago.
+    fn recent_failure(failed: &Mutex<Option<(Instant, String)>>) -> Option<String> {
+        let failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, why) = failed.as_ref()?;
+        let left = RETRY_LOAD_AFTER.checked_sub(at.elapsed())?;
+        Some(format!(
+            "the local model failed to load ({why}); it is tried again in {} s",
+            left.as_secs().max(1)
+        ))
     }
 
     impl LazyLocal {
@@ -93,6 +113,7 @@ mod lazy_local {
                 revision,
                 model_dir,
                 loaded: Arc::new(OnceCell::new()),
+                failed: Arc::new(Mutex::new(None)),
             }
         }
 
@@ -106,11 +127,21 @@ mod lazy_local {
             }
             let cell = Arc::clone(&self.loaded);
             let builder = self.builder.clone();
+            let failed = Arc::clone(&self.failed);
             let load = tokio::spawn(async move {
                 cell.get_or_try_init(|| async move {
-                    tokio::task::spawn_blocking(move || builder.commit())
+                    // Checked here, where calls queued behind a failing load come one by one.
+                    if let Some(why) = recent_failure(&failed) {
+                        return Err(Error::TierUnavailable { tier: "local", why });
+                    }
+                    let loaded = tokio::task::spawn_blocking(move || builder.commit())
                         .await
-                        .map_err(load_failed)?
+                        .map_err(load_failed)?;
+                    if let Err(e) = &loaded {
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((Instant::now(), e.to_string()));
+                    }
+                    loaded
                 })
                 .await
                 .map(|_| ())
@@ -146,7 +177,13 @@ mod lazy_local {
         }
 
         fn availability(&self) -> std::result::Result<(), String> {
-            if self.loaded.initialized() || self.model_dir.join(MANIFEST_FILE).is_file() {
+            if self.loaded.initialized() {
+                return Ok(());
+            }
+            if let Some(why) = recent_failure(&self.failed) {
+                return Err(why);
+            }
+            if self.model_dir.join(MANIFEST_FILE).is_file() {
                 Ok(())
             } else {
                 Err(format!(
@@ -190,6 +227,57 @@ mod lazy_local {
                 "the abandoned load never finished"
             );
             assert!(lazy.backend().await.is_ok());
+        }
+
+        /// A model that fails to load is not loaded again by every call: for
+        /// `RETRY_LOAD_AFTER`, calls fail at once saying why, and the tier reports itself
+        /// unavailable (so unpinned plans go to the cloud up front).
+        #[tokio::test]
+        async fn a_failed_load_is_not_tried_again_by_every_call() {
+            let dir = tempfile::tempdir().unwrap();
+            let tiny = PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/local/tiny"
+            ));
+            for f in ["tokenizer.json", "edgeroute-model.json"] {
+                std::fs::copy(tiny.join(f), dir.path().join(f)).unwrap();
+            }
+            let len = std::fs::metadata(tiny.join("model.onnx")).unwrap().len() as usize;
+            std::fs::write(dir.path().join("model.onnx"), vec![0xAB; len]).unwrap();
+            let builder = LocalBackend::builder().model_dir(dir.path()).threads(1);
+            let lazy = LazyLocal::new(builder, "local/broken".into(), dir.path().into());
+            assert!(
+                lazy.availability().is_ok(),
+                "installed, as far as anyone knows"
+            );
+            let call = || BackendCall {
+                messages: vec![crate::request::Message::user("hey")],
+                params: Default::default(),
+                deadline: None,
+            };
+            let first = lazy.stream(call()).await.err().unwrap();
+            assert!(matches!(first, Error::ModelUnavailable { .. }), "{first}");
+            for _ in 0..3 {
+                let again = lazy.stream(call()).await.err().unwrap();
+                assert!(
+                    matches!(&again, Error::TierUnavailable { tier: "local", why }
+                        if why.contains("failed to load") && why.contains("model.onnx")),
+                    "{again}"
+                );
+            }
+            let why = lazy.availability().unwrap_err();
+            assert!(why.contains("failed to load"), "{why}");
+            // Once the wait is over, the next call loads again.
+            let long_ago = Instant::now()
+                .checked_sub(RETRY_LOAD_AFTER + Duration::from_secs(1))
+                .unwrap();
+            lazy.failed.lock().unwrap().as_mut().unwrap().0 = long_ago;
+            assert!(lazy.availability().is_ok());
+            let retried = lazy.stream(call()).await.err().unwrap();
+            assert!(
+                matches!(retried, Error::ModelUnavailable { .. }),
+                "{retried}"
+            );
         }
     }
 }
