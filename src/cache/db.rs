@@ -152,13 +152,15 @@ impl Database {
             path: self.path().to_path_buf(),
             message,
         };
-        sender
-            .send((Arc::downgrade(&self.shared), tx))
-            .map_err(|_| failed("the flusher thread has stopped".into()))?;
+        // Without a flusher thread (it could not be started, or it is gone), flush here,
+        // blocking, rather than fail every write that needs to be durable.
+        if sender.send((Arc::downgrade(&self.shared), tx)).is_err() {
+            return self.flush();
+        }
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(failed(message)),
-            Err(_) => Err(failed("the flusher thread has stopped".into())),
+            Err(_) => self.flush(),
         }
     }
 }
