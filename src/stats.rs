@@ -90,10 +90,30 @@ struct State {
 struct TierFirstToken {
     /// Local prefill: ms per input token, EWMA.
     local_ms_per_input_token: Option<f64>,
-    local_window: VecDeque<f64>,
+    local_window: P95Window,
     /// Cloud: peak-sensitive EWMA, ms.
     cloud_ewma_ms: Option<f64>,
-    cloud_window: VecDeque<f64>,
+    cloud_window: P95Window,
+}
+
+/// A window of samples whose p95 every request's signals read: worked out (a sort) once per
+/// new sample, not once per read.
+#[derive(Default)]
+struct P95Window {
+    samples: VecDeque<f64>,
+    /// The p95 of `samples`, once worked out since the last sample.
+    p95: Option<Option<u64>>,
+}
+
+impl P95Window {
+    fn push(&mut self, v: f64) {
+        push(&mut self.samples, v);
+        self.p95 = None;
+    }
+
+    fn p95(&mut self) -> Option<u64> {
+        *self.p95.get_or_insert_with(|| p95(&self.samples))
+    }
 }
 
 /// Exponentially weighted moving average.
@@ -217,7 +237,7 @@ impl StatsRecorder {
                 let t = &mut s.tier_first;
                 let per_input = ms(first) / usage.input_tokens.max(1) as f64;
                 t.local_ms_per_input_token = Some(ewma(t.local_ms_per_input_token, per_input));
-                push(&mut t.local_window, ms(first));
+                t.local_window.push(ms(first));
             }
         });
     }
@@ -231,8 +251,8 @@ impl StatsRecorder {
     /// end. `Route::Cache` has no first-token signal and is ignored.
     pub fn observe_cancelled_first_token(&self, route: Route, first_token: Duration) {
         self.with(|s| match route {
-            Route::Local => push(&mut s.tier_first.local_window, ms(first_token)),
-            Route::Cloud => push(&mut s.tier_first.cloud_window, ms(first_token)),
+            Route::Local => s.tier_first.local_window.push(ms(first_token)),
+            Route::Cloud => s.tier_first.cloud_window.push(ms(first_token)),
             Route::Cache => {}
         });
     }
@@ -245,7 +265,7 @@ impl StatsRecorder {
             if let Some(first) = first_token {
                 let t = &mut s.tier_first;
                 t.cloud_ewma_ms = Some(peak_ewma(t.cloud_ewma_ms, ms(first)));
-                push(&mut t.cloud_window, ms(first));
+                t.cloud_window.push(ms(first));
             }
         });
     }
@@ -266,7 +286,7 @@ impl StatsRecorder {
     ) -> LatencyEstimates {
         let ceil = |v: f64| v.ceil() as u64;
         self.with(|s| {
-            let t = &s.tier_first;
+            let t = &mut s.tier_first;
             let local_tokens = f64::from(prompt_tokens) / 8.0 + f64::from(max_tokens);
             LatencyEstimates {
                 local_ms: Some(s.local_ms_per_token.map_or_else(
@@ -278,9 +298,9 @@ impl StatsRecorder {
                     || latency.local_estimate_ms(prompt_tokens, 1),
                     |per| ceil(per * f64::from(prompt_tokens.max(1))),
                 )),
-                local_first_token_p95_ms: p95(&t.local_window),
+                local_first_token_p95_ms: t.local_window.p95(),
                 cloud_first_token_ms: Some(t.cloud_ewma_ms.map_or(latency.cloud_ms, ceil)),
-                cloud_first_token_p95_ms: p95(&t.cloud_window),
+                cloud_first_token_p95_ms: t.cloud_window.p95(),
             }
         })
     }
@@ -626,6 +646,21 @@ impl PersistedStats {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The p95 a request's signals read is worked out again after each new sample.
+    #[test]
+    fn a_p95_window_reads_the_latest_samples() {
+        let mut w = P95Window::default();
+        for _ in 0..MIN_P95_SAMPLES - 1 {
+            w.push(10.0);
+        }
+        assert_eq!(w.p95(), None, "too few samples");
+        w.push(10.0);
+        assert_eq!(w.p95(), Some(10));
+        assert_eq!(w.p95(), Some(10));
+        w.push(400.0);
+        assert_eq!(w.p95(), Some(400));
+    }
 
     fn model() -> LatencySection {
         LatencySection {
