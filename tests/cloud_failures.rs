@@ -1099,3 +1099,29 @@ async fn the_providers_retry_advice_beats_the_status() {
         }
     }
 }
+
+/// An answer body far past any chat answer (a misbehaving server streaming JSON for ever) is
+/// a malformed answer once past its 16 MiB cap, not read into memory without bound; also
+/// when it answers a streaming call as one JSON document.
+#[tokio::test]
+async fn a_json_answer_past_its_size_cap_is_malformed() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Raw {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: format!(r#"{{"padding":"{}"}}"#, "a".repeat(17 << 20)),
+    });
+    let mut cfg = fake.openai_config();
+    cfg.retry.max_retries = 0;
+    let backend = CloudBackend::new(cfg).unwrap();
+    let err = backend.generate(call("hi")).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::MalformedResponse(m) if m.contains("16 MiB")),
+        "{err:?}"
+    );
+    let err = backend.stream(call("hi")).await.err().unwrap();
+    assert!(
+        matches!(&err, Error::MalformedResponse(m) if m.contains("16 MiB")),
+        "{err:?}"
+    );
+}

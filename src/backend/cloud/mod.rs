@@ -78,6 +78,10 @@ use crate::signals::{CloudHealth, Network};
 /// Largest error body read from a failed response.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// Largest answer read as one JSON document (a non-streaming call, or a server that ignored
+/// `stream: true`): a chat answer is far smaller; a body growing past it is not one.
+const MAX_ANSWER_BODY: usize = 16 * 1024 * 1024;
+
 /// Longest redirect target quoted in an error.
 const MAX_LOCATION: usize = 200;
 
@@ -647,20 +651,20 @@ impl Inner {
         // only the connect and total limits apply.
         let headers_by = (clock.total_at, TimeoutPhase::Total);
         // Only streams report their attempts (`Backend::stream_reporting`).
-        let response = self
+        let mut response = self
             .send(body, clock, attempt_start, headers_by, None)
             .await?;
-        let bytes = until(
+        let mut bytes = Vec::new();
+        until(
             clock.total_at,
             async {
-                response
-                    .bytes()
+                read_rest(&mut response, &mut bytes)
                     .await
                     .map_err(|e| self.transport_error(&e, attempt_start))
             },
             || clock.timeout(TimeoutPhase::Total, attempt_start),
         )
-        .await?;
+        .await??;
         parse_response(self.cfg.provider, &bytes, est)
     }
 
@@ -695,7 +699,7 @@ impl Inner {
                     let mut body = first.to_vec();
                     read_rest(&mut response, &mut body)
                         .await
-                        .map_err(transport)?;
+                        .map_err(transport)??;
                     Ok(Ok(body))
                 },
                 || clock.timeout(phase, attempt_start),
@@ -740,12 +744,22 @@ fn is_whole_json(headers: &HeaderMap) -> bool {
     mime == "application/json" || mime.ends_with("+json")
 }
 
-/// Reads the rest of a body into `out`, without consuming the response.
-async fn read_rest(response: &mut reqwest::Response, out: &mut Vec<u8>) -> reqwest::Result<()> {
+/// Reads the rest of an answer's body into `out`, without consuming the response; a body
+/// past [`MAX_ANSWER_BODY`] is an error (the inner one: the outer is the transport's).
+async fn read_rest(
+    response: &mut reqwest::Response,
+    out: &mut Vec<u8>,
+) -> reqwest::Result<Result<()>> {
     while let Some(chunk) = response.chunk().await? {
+        if out.len() + chunk.len() > MAX_ANSWER_BODY {
+            return Ok(Err(Error::MalformedResponse(format!(
+                "the answer's body is over {} MiB: not a chat answer",
+                MAX_ANSWER_BODY >> 20
+            ))));
+        }
         out.extend_from_slice(&chunk);
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// Reads at most `cap` bytes of a body (error bodies; failures read as empty).
