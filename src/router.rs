@@ -459,9 +459,33 @@ impl Router {
             let _ = tx.send(result.map(|r| RouterEvent::Done(Box::new(r))));
         });
         let abort = AbortOnDrop(handle);
-        futures::stream::unfold((rx, abort), |(mut rx, abort)| async move {
-            rx.recv().await.map(|item| (item, (rx, abort)))
-        })
+        futures::stream::unfold(
+            (rx, abort, false),
+            |(mut rx, mut abort, ended)| async move {
+                if ended {
+                    return None;
+                }
+                match rx.recv().await {
+                    Some(item) => {
+                        let last = !matches!(item, Ok(RouterEvent::Delta(_)));
+                        Some((item, (rx, abort, last)))
+                    }
+                    // The task ended without its last event: it panicked (a bug, in the router or
+                    // an app's backend). Said so, rather than a stream that just stops.
+                    None => match (&mut abort.0).await {
+                        Err(e) if e.is_panic() => {
+                            let error = Error::Inference(
+                                "the request's task panicked (a bug; see the panic message on \
+                             standard error)"
+                                    .into(),
+                            );
+                            Some((Err(error), (rx, abort, true)))
+                        }
+                        _ => None,
+                    },
+                }
+            },
+        )
         .boxed()
     }
 

@@ -862,3 +862,38 @@ async fn a_model_load_is_not_counted_as_local_generation_time() {
         "10 tokens estimated at {estimate} ms after an instant answer"
     );
 }
+
+/// An app's backend that panics.
+struct Panics;
+
+#[async_trait::async_trait]
+impl edgeroute::backend::Backend for Panics {
+    fn name(&self) -> &str {
+        "panics"
+    }
+
+    async fn stream(
+        &self,
+        _call: edgeroute::backend::BackendCall,
+    ) -> edgeroute::Result<edgeroute::backend::EventStream> {
+        panic!("a bug in an app's backend");
+    }
+}
+
+/// A panic while a streamed request runs ends the stream with an error saying so; the stream
+/// used to just stop, with neither an answer nor an error.
+#[tokio::test]
+async fn a_panic_while_streaming_ends_the_stream_with_an_error() {
+    let r = Router::builder()
+        .policy_str(POLICY)
+        .local_backend(Arc::new(Panics))
+        .cache(false)
+        .build()
+        .unwrap();
+    let events: Vec<_> = r.stream(Request::new("q")).collect().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        matches!(&events[0], Err(Error::Inference(m)) if m.contains("panicked")),
+        "{events:?}"
+    );
+}
