@@ -438,7 +438,11 @@ impl Router {
     ) -> futures::stream::BoxStream<'static, Result<RouterEvent>> {
         let (tx, rx) = mpsc::unbounded_channel::<Result<RouterEvent>>();
         let router = self.clone();
+        // Counted from now, not from when the task first runs: `settled()` called right after
+        // this does not miss the request.
+        let in_flight = self.inner.store.as_ref().map(|s| s.unsettled());
         let handle = tokio::spawn(async move {
+            let _in_flight = in_flight;
             let (dtx, mut drx) = mpsc::unbounded_channel::<String>();
             let fut = router.run(request, Some(dtx));
             tokio::pin!(fut);

@@ -1125,3 +1125,36 @@ async fn a_json_answer_past_its_size_cap_is_malformed() {
         "{err:?}"
     );
 }
+
+/// A network probe that ends with no outcome (its caller gave up before the provider
+/// answered) leaves the network reading online, so the next call probes again: the cloud
+/// used to read offline for another `offline_for` on no evidence.
+#[tokio::test]
+async fn a_probe_cut_short_does_not_keep_the_network_offline() {
+    let addr = unused_addr();
+    let mut cfg = CloudConfig::openai("fake-model")
+        .with_base_url(format!("http://{addr}/v1"))
+        .with_api_key(edgeroute::backend::cloud::ApiKey::new("k"));
+    cfg.retry.max_retries = 0;
+    cfg.breaker.offline_for = Duration::from_millis(300);
+    let backend = CloudBackend::new(cfg).unwrap();
+    assert!(matches!(
+        backend.generate(call("hi")).await,
+        Err(Error::Connection(_))
+    ));
+    assert_eq!(backend.network(), Network::Offline);
+    // The provider comes back, slow to answer; the mark expires and a call probes it, but
+    // its caller leaves before the headers come.
+    let fake = FakeProvider::start_on(addr).await;
+    fake.set_behavior(Behavior::SlowHeaders(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(backend.network(), Network::Online);
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), backend.generate(call("hi")));
+    assert!(gave_up.await.is_err());
+    assert_eq!(
+        fake.requests_received(),
+        1,
+        "the probe reached the provider"
+    );
+    assert_eq!(backend.network(), Network::Online);
+}

@@ -152,11 +152,27 @@ impl Breaker {
     /// Called before each attempt: when an offline mark has expired, this attempt is the
     /// probe, and the mark is re-armed so other decisions keep routing locally until the
     /// probe's outcome ([`Breaker::mark_online`] or [`Breaker::mark_offline`]) is known.
-    pub(crate) fn start_attempt(&self, now: Instant) {
+    /// Returns the re-armed mark when this attempt is the probe (see
+    /// [`Breaker::probe_without_outcome`]).
+    pub(crate) fn start_attempt(&self, now: Instant) -> Option<Instant> {
         let until = after(now, self.cfg.offline_for);
         self.with_state(|s| {
             if matches!(s.offline_until, Some(t) if t <= now) {
                 s.offline_until = Some(until);
+                Some(until)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The probe that re-armed the offline mark `armed` ended with no outcome (cancelled, or
+    /// timed out): the mark expires at `now` again, so the next call probes, instead of the
+    /// network reading offline for another `offline_for` on no evidence.
+    pub(crate) fn probe_without_outcome(&self, armed: Instant, now: Instant) {
+        self.with_state(|s| {
+            if s.offline_until == Some(armed) {
+                s.offline_until = Some(now);
             }
         });
     }
@@ -428,6 +444,19 @@ mod tests {
         // ...and an HTTP answer clears it.
         b.mark_online();
         assert_eq!(b.network_at(later), Network::Online);
+        // A probe with no outcome (cancelled) leaves the mark expired, not re-armed.
+        b.mark_offline(later);
+        let after_that = later + Duration::from_secs(11);
+        let armed = b.start_attempt(after_that).expect("a probe");
+        assert_eq!(b.network_at(after_that), Network::Offline);
+        b.probe_without_outcome(armed, after_that);
+        assert_eq!(b.network_at(after_that), Network::Online);
+        // Not when the probe's outcome came first: a failure to connect marks it again.
+        let armed = b.start_attempt(after_that).expect("a probe");
+        let failed_at = after_that + Duration::from_millis(1);
+        b.mark_offline(failed_at);
+        b.probe_without_outcome(armed, failed_at);
+        assert_eq!(b.network_at(failed_at), Network::Offline);
     }
 
     #[test]

@@ -484,7 +484,10 @@ impl Inner {
         report: Option<&CallReport>,
     ) -> Result<reqwest::Response> {
         let (first_at, phase) = headers_by;
-        self.breaker.start_attempt(attempt_start);
+        let _probe = ProbeMark {
+            breaker: &self.breaker,
+            armed: self.breaker.start_attempt(attempt_start),
+        };
         let request = self
             .client
             .post(self.url.clone())
@@ -760,6 +763,21 @@ async fn read_rest(
         out.extend_from_slice(&chunk);
     }
     Ok(Ok(()))
+}
+
+/// While a network probe is in flight: when it ends with no outcome (dropped, or a timeout),
+/// the offline mark it re-armed expires again ([`Breaker::probe_without_outcome`]).
+struct ProbeMark<'b> {
+    breaker: &'b Breaker,
+    armed: Option<Instant>,
+}
+
+impl Drop for ProbeMark<'_> {
+    fn drop(&mut self) {
+        if let Some(armed) = self.armed {
+            self.breaker.probe_without_outcome(armed, Instant::now());
+        }
+    }
 }
 
 /// Reads at most `cap` bytes of a body (error bodies; failures read as empty).
