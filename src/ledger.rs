@@ -258,7 +258,8 @@ impl SledLedger {
         Ok(removed)
     }
 
-    /// Every ledger entry, oldest first (the audit log).
+    /// Every ledger entry, oldest first (the audit log; settled entries older than
+    /// [`KEEP_SETTLED_DAYS`] may have been pruned).
     pub fn entries(&self) -> Result<Vec<LedgerEntry>> {
         let mut out = Vec::new();
         for item in self.log.iter() {

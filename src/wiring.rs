@@ -136,7 +136,8 @@ mod lazy_local {
                     }
                     let loaded = tokio::task::spawn_blocking(move || builder.commit())
                         .await
-                        .map_err(load_failed)?;
+                        .map_err(load_failed)
+                        .and_then(|loaded| loaded);
                     if let Err(e) = &loaded {
                         *failed.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some((Instant::now(), e.to_string()));

@@ -140,7 +140,9 @@ impl Database {
     }
 
     /// Flushes to disk without blocking the async executor, on a dedicated thread that batches
-    /// concurrent requests into one fsync (group commit). Executor-agnostic.
+    /// concurrent requests into one fsync (group commit). Executor-agnostic. Should that
+    /// thread fail to start (the system out of threads), it flushes in place, blocking,
+    /// for the life of the process.
     ///
     /// (sled's own `flush_async` runs on sled's small I/O thread pool; many concurrent calls
     /// can occupy every pool thread while the log writes they wait for queue behind them, which

@@ -138,7 +138,8 @@ impl Breaker {
         }
     }
 
-    /// Marks the network offline for `offline_for` (connection refused, DNS failure).
+    /// Marks the network offline for `offline_for` (connection refused or timed out, DNS
+    /// failure).
     pub(crate) fn mark_offline(&self, now: Instant) {
         let until = after(now, self.cfg.offline_for);
         self.with_state(|s| s.offline_until = Some(until));

@@ -446,6 +446,10 @@ impl Inner {
     fn transport_error(&self, e: &reqwest::Error, attempt_start: Instant) -> Error {
         if e.is_timeout() {
             // No reqwest timeout is set per request: a reqwest timeout is the connect timeout.
+            // The host could not be reached in time: offline, as for a refused connection
+            // (and a probe's answer: the cloud reads offline again, rather than every call
+            // waiting out the connect timeout to find the same).
+            self.breaker.mark_offline(Instant::now());
             return Error::Timeout {
                 phase: TimeoutPhase::Connect,
                 elapsed: attempt_start.elapsed(),

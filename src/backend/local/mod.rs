@@ -327,6 +327,8 @@ impl LocalBackendBuilder {
                 tokens: AtomicU64::new(0),
                 #[cfg(test)]
                 panic_next: std::sync::atomic::AtomicBool::new(false),
+                #[cfg(test)]
+                admitted: std::sync::Mutex::new(Vec::new()),
                 huge_pages,
             }),
         })
@@ -363,6 +365,9 @@ struct Inner {
     /// Tests: the next generation panics (to check how a panic is reported).
     #[cfg(test)]
     panic_next: std::sync::atomic::AtomicBool,
+    /// Tests: the last message of each async call, in the order their turn came.
+    #[cfg(test)]
+    admitted: std::sync::Mutex<Vec<String>>,
     huge_pages: Arc<hugepages::Progress>,
 }
 
@@ -702,6 +707,11 @@ impl Backend for LocalBackend {
     /// Generates on a dedicated thread, started once a session is free for the call; deltas
     /// arrive through a bounded channel. Dropping the stream closes the channel: a call still
     /// waiting for a session leaves the queue, and a running one stops before the next token.
+    /// ([`Backend::generate`] drains this stream.)
+    ///
+    /// Waiting for a session takes a task of the current Tokio runtime (with its timers, for
+    /// a deadline), not a thread; outside a runtime, the call waits in the session pool on
+    /// its own thread instead.
     async fn stream(&self, call: BackendCall) -> Result<EventStream> {
         let (tx, mut rx) = mpsc::channel::<Result<StreamEvent>>(64);
         let backend = self.clone();
@@ -710,12 +720,24 @@ impl Backend for LocalBackend {
             async move { tx.closed().await }
         };
         let deadline = call.deadline;
-        self.when_admitted(deadline, gone, move |permit| {
+        self.when_admitted(deadline, gone, move |turn| {
+            let permit = match turn {
+                Ok(permit) => permit,
+                Err(timeout) => {
+                    let _ = tx.try_send(Err(timeout));
+                    return;
+                }
+            };
+            #[cfg(test)]
+            if let (Ok(mut admitted), Some(last)) =
+                (backend.inner.admitted.lock(), call.messages.last())
+            {
+                admitted.push(last.content.clone());
+            }
             let report = tx.clone();
             let spawned = std::thread::Builder::new()
                 .name("edgeroute-local".into())
                 .spawn(move || {
-                    let _permit = permit;
                     let abandoned = || tx.is_closed();
                     let result = catch_panic(|| {
                         backend.generate_unless(
@@ -736,6 +758,9 @@ impl Backend for LocalBackend {
                             },
                         )
                     });
+                    // The session is back in the pool: the next call in line may start, even
+                    // while this one waits for its caller to take the last event.
+                    drop(permit);
                     let last = match result {
                         Ok(out) => Ok(StreamEvent::Done(out.into_generation())),
                         Err(Error::Cancelled) => return,
@@ -746,82 +771,54 @@ impl Backend for LocalBackend {
             if let Err(e) = spawned {
                 let _ = report.try_send(Err(Error::io("spawning the local generation thread", e)));
             }
-        });
+        })
+        .await;
         Ok(Box::pin(futures::stream::poll_fn(move |cx| {
             rx.poll_recv(cx)
         })))
     }
-
-    /// Runs the whole generation on a thread of its own, started once a session is free for
-    /// the call (no per-token channel traffic). Dropping the future leaves the queue, or stops
-    /// the generation before the next token.
-    async fn generate(&self, call: BackendCall) -> Result<Generation> {
-        let backend = self.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (left_tx, left_rx) = tokio::sync::oneshot::channel::<()>();
-        let gone = async move {
-            let _ = left_rx.await;
-        };
-        let deadline = call.deadline;
-        self.when_admitted(deadline, gone, move |permit| {
-            let spawned = std::thread::Builder::new()
-                .name("edgeroute-local".into())
-                .spawn(move || {
-                    let _permit = permit;
-                    let abandoned = || tx.is_closed();
-                    let out = catch_panic(|| {
-                        backend.generate_unless(
-                            &call.messages,
-                            &call.params,
-                            call.deadline,
-                            &abandoned,
-                            |_| ControlFlow::Continue(()),
-                        )
-                    });
-                    let _ = tx.send(out.map(LocalOutput::into_generation));
-                });
-            if let Err(e) = spawned {
-                // The answer's sender went with the thread's closure: the caller is told.
-                tracing::error!(error = %e, "cannot start the local generation thread");
-            }
-        });
-        // Dropped with this future: a call still waiting for a session leaves the queue.
-        let _leaving = left_tx;
-        rx.await.map_err(|_| {
-            Error::Inference(
-                "the local generation thread did not start or ended without an answer (see the \
-                 log)"
-                    .into(),
-            )
-        })?
-    }
 }
 
+/// A call's turn at a session: a permit to use one (`None`: not managed here, outside a
+/// runtime; the session pool queues it), or the timeout of a deadline that passed first.
+type Turn = std::result::Result<Option<OwnedSemaphorePermit>, Error>;
+
 impl LocalBackend {
-    /// Calls `start` with a permit to use one of the sessions once the call's turn comes (the
-    /// semaphore serves waiters in arrival order), from a task of the runtime: waiting takes
-    /// no thread. `gone` (the caller left) ends the wait without calling it. Past the
-    /// deadline, `start` is called without a permit, and the generation reports the timeout
-    /// at once.
-    fn when_admitted(
+    /// Calls `start` once the call's turn at a session comes. The call takes its place in the
+    /// queue here, in the caller's task, so calls are served in the order they were made (the
+    /// semaphore is first come, first served); the wait goes on in a task of the runtime, so
+    /// it takes no thread. `gone` (the caller left) ends the wait without calling `start`; a
+    /// deadline passing first calls it with the timeout.
+    async fn when_admitted(
         &self,
         deadline: Option<Instant>,
         gone: impl std::future::Future<Output = ()> + Send + 'static,
-        start: impl FnOnce(Option<OwnedSemaphorePermit>) + Send + 'static,
+        start: impl FnOnce(Turn) + Send + 'static,
     ) {
-        let admission = Arc::clone(&self.inner.admission);
-        tokio::spawn(async move {
+        let called = Instant::now();
+        let mut turn = Box::pin(Arc::clone(&self.inner.admission).acquire_owned());
+        if let std::task::Poll::Ready(permit) = futures::poll!(turn.as_mut()) {
+            return start(Ok(permit.ok()));
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return start(Ok(None));
+        };
+        let timed_out = move || Error::Timeout {
+            phase: TimeoutPhase::Total,
+            elapsed: called.elapsed(),
+        };
+        runtime.spawn(async move {
             let turn = async {
                 match deadline {
-                    Some(d) => tokio::time::timeout_at(d.into(), admission.acquire_owned())
-                        .await
-                        .ok()
-                        .and_then(|permit| permit.ok()),
-                    None => admission.acquire_owned().await.ok(),
+                    Some(d) => match tokio::time::timeout_at(d.into(), turn).await {
+                        Ok(permit) => Ok(permit.ok()),
+                        Err(_) => Err(timed_out()),
+                    },
+                    None => Ok(turn.await.ok()),
                 }
             };
             tokio::select! {
-                permit = turn => start(permit),
+                turn = turn => start(turn),
                 () = gone => {}
             }
         });
@@ -1203,6 +1200,46 @@ mod tests {
         wait_until("0 active", &|| b.active_generations() == 0);
         // The holder's five tokens and the four calls' five each: the dropped one never ran.
         assert_eq!(b.tokens_generated(), 25);
+    }
+
+    /// Async calls get a session in the order they were made, whatever order the runtime runs
+    /// their waiting tasks in; one whose deadline passes while it waits fails at once with the
+    /// timeout, measured from the call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_calls_get_a_session_in_the_order_they_were_made() {
+        let b = one_session();
+        let (pause_tx, holder) = hold_the_session(&b);
+        let ask = |q: &str, deadline| BackendCall {
+            messages: vec![Message::user(q)],
+            ..hey(deadline)
+        };
+        let mut streams = Vec::new();
+        for i in 0..5 {
+            streams.push(b.stream(ask(&format!("q{i}"), None)).await.unwrap());
+        }
+        let late = b
+            .stream(ask(
+                "late",
+                Some(Instant::now() + Duration::from_millis(100)),
+            ))
+            .await
+            .unwrap();
+        use futures::StreamExt;
+        let events: Vec<_> = late.collect().await;
+        assert!(
+            matches!(&events[..], [Err(Error::Timeout { elapsed, .. })] if *elapsed >= Duration::from_millis(100)),
+            "{events:?}"
+        );
+        drop(pause_tx);
+        holder.join().unwrap().unwrap();
+        for s in streams {
+            let last = s.collect::<Vec<_>>().await.pop().unwrap().unwrap();
+            assert!(matches!(last, StreamEvent::Done(_)));
+        }
+        assert_eq!(
+            *b.inner.admitted.lock().unwrap(),
+            ["q0", "q1", "q2", "q3", "q4"]
+        );
     }
 
     /// Requests waiting for a session get it in the order they asked: none is passed over by
