@@ -8,7 +8,9 @@
 //!
 //! Generation runs on its own blocking thread, never on the async executor; dropping the
 //! [`EventStream`] stops it at the next token. Sessions live in a pool, so one `LocalBackend`
-//! (cheap to clone, `Send + Sync`) serves concurrent requests. Each session keeps the keys and
+//! (cheap to clone, `Send + Sync`) serves concurrent requests: async calls wait for a free
+//! session as futures of the current Tokio runtime, in the order they were made, and get a
+//! thread only once one is free. Each session keeps the keys and
 //! values of the last prompt it ran, so a prompt that starts the same way (the same system
 //! prompt, or the same conversation one turn later) runs only its new tokens, with exactly the
 //! results of running it all ([`LocalBackendBuilder::prompt_cache_tokens`]).
