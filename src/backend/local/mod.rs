@@ -153,7 +153,11 @@ pub struct LocalBackendBuilder {
     huge_pages: Option<bool>,
     repetition_penalty: Option<f32>,
     prompt_cache_tokens: Option<usize>,
+    max_waiting: Option<usize>,
 }
+
+/// Default for [`LocalBackendBuilder::max_waiting`].
+pub const DEFAULT_MAX_WAITING: usize = 256;
 
 impl LocalBackendBuilder {
     /// The edgeroute home. Default: [`home::resolve`] (`EDGEROUTE_HOME`, else the user's data dir).
@@ -204,6 +208,14 @@ impl LocalBackendBuilder {
     /// first token comes sooner.
     pub fn prompt_cache_tokens(mut self, n: usize) -> Self {
         self.prompt_cache_tokens = Some(n);
+        self
+    }
+    /// Most async calls waiting for a session at once. A call beyond them fails at once with
+    /// [`Error::TierUnavailable`] (a router answers it from the cloud when its policy allows)
+    /// rather than queueing behind work it could not outwait. Default:
+    /// [`DEFAULT_MAX_WAITING`].
+    pub fn max_waiting(mut self, n: usize) -> Self {
+        self.max_waiting = Some(n);
         self
     }
     /// Sessions (concurrent generations; each holds the weights in memory). Default: 1.
@@ -324,6 +336,9 @@ impl LocalBackendBuilder {
                 eos: manifest.eos_token_ids.clone(),
                 codec,
                 admission: Arc::new(Semaphore::new(sessions.len())),
+                waiting: Arc::new(AtomicUsize::new(0)),
+                sessions: sessions.len(),
+                max_waiting: self.max_waiting.unwrap_or(DEFAULT_MAX_WAITING),
                 pool: Pool::new(sessions),
                 active,
                 tokens: AtomicU64::new(0),
@@ -360,6 +375,11 @@ struct Inner {
     /// One permit per session: an async call waits here, as a future on the runtime, until a
     /// session is free for it (in arrival order), and only then gets a thread.
     admission: Arc<Semaphore>,
+    /// Async calls waiting for a session now, and the most that may.
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
+    /// Sessions in the pool.
+    sessions: usize,
     pool: Pool,
     /// Generations running (shared with the huge-page thread, which waits while any runs).
     active: Arc<AtomicUsize>,
@@ -781,6 +801,15 @@ impl Backend for LocalBackend {
     }
 }
 
+/// Counts a call among those waiting for a session while it lives.
+struct WaitingGuard(Arc<AtomicUsize>);
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A call's turn at a session: a permit to use one (`None`: not managed here, outside a
 /// runtime; the session pool queues it), or the timeout of a deadline that passed first.
 type Turn = std::result::Result<Option<OwnedSemaphorePermit>, Error>;
@@ -805,11 +834,25 @@ impl LocalBackend {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return start(Ok(None));
         };
+        let inner = &self.inner;
+        let queued = inner.waiting.fetch_add(1, Ordering::SeqCst);
+        let waiting = WaitingGuard(Arc::clone(&inner.waiting));
+        if queued >= inner.max_waiting {
+            drop(waiting);
+            return start(Err(Error::TierUnavailable {
+                tier: "local",
+                why: format!(
+                    "{queued} calls are already waiting for the local model's {} session(s)",
+                    inner.sessions
+                ),
+            }));
+        }
         let timed_out = move || Error::Timeout {
             phase: TimeoutPhase::Total,
             elapsed: called.elapsed(),
         };
         runtime.spawn(async move {
+            let _waiting = waiting;
             let turn = async {
                 match deadline {
                     Some(d) => match tokio::time::timeout_at(d.into(), turn).await {
@@ -1202,6 +1245,43 @@ mod tests {
         wait_until("0 active", &|| b.active_generations() == 0);
         // The holder's five tokens and the four calls' five each: the dropped one never ran.
         assert_eq!(b.tokens_generated(), 25);
+    }
+
+    /// Past `max_waiting` calls waiting for a session, a call fails at once as unavailable
+    /// (a router answers it elsewhere); once the queue is shorter, calls wait again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_past_the_longest_queue_is_unavailable_at_once() {
+        use futures::StreamExt;
+        let b = LocalBackend::builder()
+            .model_dir(fixture("tiny"))
+            .threads(1)
+            .pool_size(1)
+            .max_waiting(2)
+            .commit()
+            .unwrap();
+        let (pause_tx, holder) = hold_the_session(&b);
+        // The first takes the free turn (and waits in the pool); two more wait for theirs.
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            streams.push(b.stream(hey(None)).await.unwrap());
+        }
+        let fourth = b.stream(hey(None)).await.unwrap().collect::<Vec<_>>();
+        let events = tokio::time::timeout(Duration::from_secs(10), fourth)
+            .await
+            .expect("the fourth call waited instead of failing at once");
+        assert!(
+            matches!(&events[..], [Err(Error::TierUnavailable { tier: "local", why })]
+                if why.contains("2 calls are already waiting")),
+            "{events:?}"
+        );
+        drop(pause_tx);
+        holder.join().unwrap().unwrap();
+        for s in streams {
+            let last = s.collect::<Vec<_>>().await.pop().unwrap().unwrap();
+            assert!(matches!(last, StreamEvent::Done(_)));
+        }
+        assert_eq!(b.inner.waiting.load(Ordering::SeqCst), 0);
+        assert_eq!(b.generate(hey(None)).await.unwrap().text, "Hi!é");
     }
 
     /// Async calls get a session in the order they were made, whatever order the runtime runs
