@@ -720,22 +720,29 @@ async fn redirects_are_not_followed() {
     }
 }
 
-/// "Offline" is not forever: a failure to connect marks the network offline for
-/// `offline_for`, then it reads online again and the next call probes it.
-#[tokio::test]
-async fn offline_expires_and_the_next_call_probes() {
-    let addr = unused_addr();
+/// A backend (no retries) for a provider that is down at `addr`, after a first call found
+/// it so: the network reads offline for `offline_for`.
+async fn found_offline(addr: &support::DownAddr, offline_for: Duration) -> CloudBackend {
     let mut cfg = CloudConfig::openai("fake-model")
         .with_base_url(format!("http://{addr}/v1"))
         .with_api_key(edgeroute::backend::cloud::ApiKey::new("k"));
     cfg.retry.max_retries = 0;
-    cfg.breaker.offline_for = Duration::from_millis(500);
+    cfg.breaker.offline_for = offline_for;
     let backend = CloudBackend::new(cfg).unwrap();
     assert!(matches!(
         backend.generate(call("hi")).await,
         Err(Error::Connection(_))
     ));
     assert_eq!(backend.network(), Network::Offline);
+    backend
+}
+
+/// "Offline" is not forever: a failure to connect marks the network offline for
+/// `offline_for`, then it reads online again and the next call probes it.
+#[tokio::test]
+async fn offline_expires_and_the_next_call_probes() {
+    let addr = unused_addr();
+    let backend = found_offline(&addr, Duration::from_millis(500)).await;
 
     // Expired: online again, with no request needed.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -1132,17 +1139,7 @@ async fn a_json_answer_past_its_size_cap_is_malformed() {
 #[tokio::test]
 async fn a_probe_cut_short_does_not_keep_the_network_offline() {
     let addr = unused_addr();
-    let mut cfg = CloudConfig::openai("fake-model")
-        .with_base_url(format!("http://{addr}/v1"))
-        .with_api_key(edgeroute::backend::cloud::ApiKey::new("k"));
-    cfg.retry.max_retries = 0;
-    cfg.breaker.offline_for = Duration::from_millis(300);
-    let backend = CloudBackend::new(cfg).unwrap();
-    assert!(matches!(
-        backend.generate(call("hi")).await,
-        Err(Error::Connection(_))
-    ));
-    assert_eq!(backend.network(), Network::Offline);
+    let backend = found_offline(&addr, Duration::from_millis(300)).await;
     // The provider comes back, slow to answer; the mark expires and a call probes it, but
     // its caller leaves before the headers come.
     let fake = FakeProvider::start_on(addr).await;

@@ -385,18 +385,24 @@ async fn dropping_the_stream_stops_generation() {
     let first = stream.next().await.unwrap().unwrap();
     assert!(matches!(first, StreamEvent::Delta(_)));
     drop(stream);
+    stops_generating(&b, 100, "the stream was dropped at its first delta").await;
+}
+
+/// Checks that `b`'s generation stops within 5 s, after fewer than `most` tokens, and stays
+/// stopped (`after`: what should have stopped it).
+async fn stops_generating(b: &LocalBackend, most: u64, after: &str) {
     let t0 = Instant::now();
     while b.active_generations() > 0 {
         assert!(
             t0.elapsed() < Duration::from_secs(5),
-            "generation still running after the stream was dropped"
+            "generation still running after {after}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let stopped_at = b.tokens_generated();
     assert!(
-        stopped_at < 100,
-        "generated {stopped_at} tokens after cancellation at the first delta"
+        stopped_at < most,
+        "generated {stopped_at} tokens after {after}"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
@@ -415,25 +421,7 @@ async fn a_passed_deadline_stops_generation_with_timeout() {
     let err = b.generate(c).await.unwrap_err();
     assert!(err.is_timeout(), "{err}");
     // The generation itself stopped, well short of its 400 tokens, and stays stopped.
-    let t0 = Instant::now();
-    while b.active_generations() > 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "generation still running after its deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let stopped_at = b.tokens_generated();
-    assert!(
-        stopped_at < 200,
-        "generated {stopped_at} tokens with a 150 ms deadline"
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        b.tokens_generated(),
-        stopped_at,
-        "tokens kept coming after the deadline"
-    );
+    stops_generating(&b, 200, "its 150 ms deadline").await;
 }
 
 /// Whether this machine can move memory to transparent huge pages on request: Linux >= 6.1

@@ -19,6 +19,13 @@ use support::{unused_addr, Behavior, FakeProvider};
 
 const CLOUD: &str = "[cloud]\nmodel = \"fake-model\"\ninput_usd_per_mtok = \"0.15\"\noutput_usd_per_mtok = \"0.60\"\n";
 
+/// Whether the decision says the budget was exhausted.
+fn budget_exhausted(d: &edgeroute::decision::Decision) -> bool {
+    d.reasons
+        .iter()
+        .any(|r| matches!(r, Reason::BudgetExhausted { .. }))
+}
+
 fn router(policy: &str, local: Arc<EchoModel>, cloud: CloudConfig) -> Router {
     Router::builder()
         .policy_str(format!("{CLOUD}{policy}"))
@@ -456,14 +463,7 @@ async fn exhausted_budget_stops_cloud_calls() {
         routes.push(resp.route);
         // Every request the budget sent to the device says so.
         if resp.route == Route::Local {
-            assert!(
-                resp.decision
-                    .reasons
-                    .iter()
-                    .any(|r| matches!(r, Reason::BudgetExhausted { .. })),
-                "{}",
-                resp.decision
-            );
+            assert!(budget_exhausted(&resp.decision), "{}", resp.decision);
         }
     }
     let cloud_calls = routes.iter().filter(|r| **r == Route::Cloud).count();
@@ -475,12 +475,7 @@ async fn exhausted_budget_stops_cloud_calls() {
     // Once nothing is left, the decision itself says so.
     let d = r.explain(&Request::new("anything"));
     assert_eq!(d.route(), "local", "{d}");
-    assert!(
-        d.reasons
-            .iter()
-            .any(|r| matches!(r, Reason::BudgetExhausted { .. })),
-        "{d}"
-    );
+    assert!(budget_exhausted(&d), "{d}");
 }
 
 #[tokio::test]
@@ -1139,11 +1134,7 @@ async fn an_exhausted_budget_still_serves_answers_already_cached() {
     let again = r.complete(ask("Count to six.")).await.unwrap();
     assert_eq!(again.route, Route::Cache, "{}", again.decision);
     assert_eq!(again.text, first.text);
-    assert!(again
-        .decision
-        .reasons
-        .iter()
-        .any(|r| matches!(r, Reason::BudgetExhausted { .. })));
+    assert!(budget_exhausted(&again.decision));
 
     let err = r.complete(ask("Count to seven.")).await.unwrap_err();
     assert!(matches!(err, Error::Refused { .. }), "{err}");

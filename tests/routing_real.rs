@@ -126,6 +126,14 @@ fn cascade_policy(threshold: f64, stat: &str, redact: bool) -> String {
     )
 }
 
+/// What the policy did about an exhausted budget, when the decision says it was.
+fn budget_exhausted(d: &edgeroute::decision::Decision) -> Option<&str> {
+    d.reasons.iter().find_map(|r| match r {
+        Reason::BudgetExhausted { action, .. } => Some(action.as_str()),
+        _ => None,
+    })
+}
+
 fn escalated(resp: &Response) -> Option<(ConfidenceStat, f32, f32)> {
     resp.decision.reasons.iter().find_map(|r| match r {
         Reason::Escalated {
@@ -975,10 +983,9 @@ async fn exhausted_budget_stops_cloud_calls() {
             }
             Route::Local => {
                 first_local = Some(i);
-                assert!(
-                    resp.decision.reasons.iter().any(
-                        |r| matches!(r, Reason::BudgetExhausted { action, .. } if action == "local")
-                    ),
+                assert_eq!(
+                    budget_exhausted(&resp.decision),
+                    Some("local"),
                     "{}",
                     resp.decision
                 );
@@ -1005,11 +1012,7 @@ async fn exhausted_budget_stops_cloud_calls() {
         assert_eq!(resp.attempts.len(), 1);
         assert_eq!(resp.attempts[0].route, Route::Local);
         assert!(!resp.text.trim().is_empty(), "the real model answered");
-        assert!(resp
-            .decision
-            .reasons
-            .iter()
-            .any(|r| matches!(r, Reason::BudgetExhausted { action, .. } if action == "local")));
+        assert_eq!(budget_exhausted(&resp.decision), Some("local"));
         assert_eq!(
             fake.requests_received(),
             calls,
@@ -1043,10 +1046,7 @@ async fn exhausted_budget_stops_cloud_calls() {
     };
     let d = r.explain(&ask("Still there?"));
     assert_eq!(d.route(), "refuse");
-    assert!(d
-        .reasons
-        .iter()
-        .any(|r| matches!(r, Reason::BudgetExhausted { action, .. } if action == "refuse")));
+    assert_eq!(budget_exhausted(&d), Some("refuse"));
     let tokens_before = local().tokens_generated();
     let err = r.complete(ask("Still there?")).await.unwrap_err();
     assert!(matches!(err, Error::Refused { .. }), "{err}");

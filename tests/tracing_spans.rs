@@ -162,11 +162,14 @@ fn opting_in_records_the_messages_and_the_answer() {
     assert_eq!(output[0]["finish_reason"], "stop");
 }
 
-/// A hedge that the local tier answers before the delay opens no span for the cloud: a trace
-/// never shows a cloud call that did not happen.
+/// Runs one request through a hedge router (`[defaults]` route `hedge` plus `hedge_options`)
+/// with `local` and a loopback cloud that `provider` sets up, capturing the spans.
 #[cfg(feature = "cloud")]
-#[test]
-fn a_hedge_that_never_starts_the_cloud_has_no_cloud_span() {
+fn hedge_with_spans(
+    hedge_options: &str,
+    local: Arc<EchoModel>,
+    provider: impl FnOnce(&support::FakeProvider),
+) -> (Captured, edgeroute::Response, support::FakeProvider) {
     use edgeroute::backend::cloud::CloudBackend;
 
     let capture = Captured::default();
@@ -176,14 +179,15 @@ fn a_hedge_that_never_starts_the_cloud_has_no_cloud_span() {
         .build()
         .unwrap();
     let fake = rt.block_on(support::FakeProvider::start());
+    provider(&fake);
     let response = tracing::subscriber::with_default(subscriber, || {
         rt.block_on(async {
             let router = Router::builder()
-                .policy_str(
+                .policy_str(format!(
                     "[cloud]\nmodel = \"fake-model\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n\
-                     [defaults]\nroute = \"hedge\"\nafter_ms = 5000\n",
-                )
-                .local_backend(Arc::new(EchoModel::default()))
+                     [defaults]\nroute = \"hedge\"\n{hedge_options}"
+                ))
+                .local_backend(local)
                 .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
                 .cache(false)
                 .build()
@@ -191,6 +195,16 @@ fn a_hedge_that_never_starts_the_cloud_has_no_cloud_span() {
             router.complete(Request::new("hello")).await.unwrap()
         })
     });
+    (capture, response, fake)
+}
+
+/// A hedge that the local tier answers before the delay opens no span for the cloud: a trace
+/// never shows a cloud call that did not happen.
+#[cfg(feature = "cloud")]
+#[test]
+fn a_hedge_that_never_starts_the_cloud_has_no_cloud_span() {
+    let (capture, response, fake) =
+        hedge_with_spans("after_ms = 5000\n", Arc::new(EchoModel::default()), |_| {});
     assert_eq!(response.route, Route::Local);
     let tiers: Vec<String> = capture
         .spans("edgeroute.tier")
@@ -207,35 +221,15 @@ fn a_hedge_that_never_starts_the_cloud_has_no_cloud_span() {
 #[cfg(feature = "cloud")]
 #[test]
 fn a_failed_hedge_leg_records_its_error_and_its_own_duration() {
-    use edgeroute::backend::cloud::CloudBackend;
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 
-    let capture = Captured::default();
-    let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let fake = rt.block_on(support::FakeProvider::start());
-    fake.set_behavior(support::Behavior::SlowHeaders(Duration::from_millis(1500)));
     let local = Arc::new(EchoModel::default());
     local.fail.store(true, Ordering::SeqCst);
-    let response = tracing::subscriber::with_default(subscriber, || {
-        rt.block_on(async {
-            let router = Router::builder()
-                .policy_str(
-                    "[cloud]\nmodel = \"fake-model\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n\
-                     [defaults]\nroute = \"hedge\"\nfirst = \"local\"\nafter_ms = 5000\n",
-                )
-                .local_backend(local)
-                .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
-                .cache(false)
-                .build()
-                .unwrap();
-            router.complete(Request::new("hello")).await.unwrap()
-        })
-    });
+    let (capture, response, _fake) =
+        hedge_with_spans("first = \"local\"\nafter_ms = 5000\n", local, |fake| {
+            fake.set_behavior(support::Behavior::SlowHeaders(Duration::from_millis(1500)));
+        });
     assert_eq!(response.route, Route::Cloud);
     let spans = capture.spans("edgeroute.tier");
     let local_span = spans

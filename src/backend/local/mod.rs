@@ -1127,14 +1127,17 @@ mod tests {
         assert_eq!(text, "Hi!é");
     }
 
-    /// The tiny decoder with one session.
-    fn one_session() -> LocalBackend {
+    /// The tiny decoder with one session, to build.
+    fn one_session_builder() -> LocalBackendBuilder {
         LocalBackend::builder()
             .model_dir(fixture("tiny"))
             .threads(1)
             .pool_size(1)
-            .commit()
-            .unwrap()
+    }
+
+    /// The tiny decoder with one session.
+    fn one_session() -> LocalBackend {
+        one_session_builder().commit().unwrap()
     }
 
     /// A call saying "hey", with `deadline`.
@@ -1252,13 +1255,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_call_past_the_longest_queue_is_unavailable_at_once() {
         use futures::StreamExt;
-        let b = LocalBackend::builder()
-            .model_dir(fixture("tiny"))
-            .threads(1)
-            .pool_size(1)
-            .max_waiting(2)
-            .commit()
-            .unwrap();
+        let b = one_session_builder().max_waiting(2).commit().unwrap();
         let (pause_tx, holder) = hold_the_session(&b);
         // The first takes the free turn (and waits in the pool); two more wait for theirs.
         let mut streams = Vec::new();
