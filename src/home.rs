@@ -93,6 +93,12 @@ pub fn cache_key_file(home: &Path) -> PathBuf {
     home.join("cache.key")
 }
 
+/// The key that seals the teacher log's samples ([`crate::distill`]): its own, so clearing the
+/// cache (which replaces the cache key) leaves them readable.
+pub fn teacher_key_file(home: &Path) -> PathBuf {
+    home.join("teacher.key")
+}
+
 /// Creates `dir` and its missing parents readable by their owner only (mode 0700 on Unix): the
 /// home holds the answer cache, the ledger and the cache key.
 pub(crate) fn create_private_dirs(dir: &Path) -> std::io::Result<()> {

@@ -73,6 +73,7 @@
 pub mod backend;
 pub mod cache;
 pub mod decision;
+pub mod distill;
 pub mod error;
 pub mod home;
 pub mod inspect;

@@ -648,6 +648,30 @@ impl Router {
             }
             _ => {}
         }
+        // The teacher log keeps whole cloud answers only (a cut or filtered one would teach
+        // the local model to stop short).
+        if let (Some(store), Some(sent)) = (&inner.store, outcome.sent) {
+            if outcome.finish == FinishReason::Stop && !sent.answer.trim().is_empty() {
+                store.teach(&crate::distill::TeacherSample {
+                    at_unix_ms: crate::distill::unix_ms(std::time::SystemTime::now()),
+                    rule: decision.rule.clone(),
+                    model: attempts
+                        .last()
+                        .map(|a| a.backend.clone())
+                        .unwrap_or_default(),
+                    messages: sent.messages,
+                    answer: sent.answer,
+                    redacted_spans: sent.redacted_spans,
+                    escalated: decision
+                        .reasons
+                        .iter()
+                        .any(|r| matches!(r, Reason::Escalated { .. })),
+                    usage: outcome.usage,
+                });
+            } else {
+                tracing::debug!(finish = %outcome.finish, "cloud answer not kept for distillation: it is not whole");
+            }
+        }
         timings.record = t.elapsed();
         timings.total = started.elapsed();
         timings.first_token = outcome.first_token.map(|at| at.duration_since(started));
@@ -803,6 +827,8 @@ struct LegClock {
     ///
     /// [`Rehydrator`]: crate::privacy::Rehydrator
     placeholders_in_links: std::sync::atomic::AtomicUsize,
+    /// The answer as received, before re-hydration, when the teacher log keeps it.
+    raw_answer: OnceLock<String>,
 }
 
 impl LegClock {
@@ -1144,6 +1170,7 @@ async fn collect_leg(
     mut stream: EventStream,
     clock: &LegClock,
     rehydrator: Option<crate::privacy::Rehydrator>,
+    keep_raw: bool,
     trace_content: bool,
 ) -> Result<Generation> {
     let mut text = String::new();
@@ -1162,6 +1189,9 @@ async fn collect_leg(
             StreamEvent::Done(mut g) => {
                 g.text = match rehydrator {
                     Some(mut r) => {
+                        if keep_raw {
+                            let _ = clock.raw_answer.set(text.clone());
+                        }
                         let whole = r.push(&text) + &r.finish();
                         clock
                             .placeholders_in_links
@@ -1196,6 +1226,60 @@ struct Outcome {
     finish: FinishReason,
     /// When its first token arrived.
     first_token: Option<Instant>,
+    /// A cloud answer's exchange as the provider saw it, when the teacher log keeps it.
+    sent: Option<SentExchange>,
+}
+
+/// A cloud exchange as the provider saw it: the messages as sent (placeholders where the
+/// request was redacted) and the answer as received, before re-hydration.
+struct SentExchange {
+    messages: Vec<crate::request::Message>,
+    answer: String,
+    redacted_spans: usize,
+}
+
+/// Collects the answer of a cloud exchange the teacher log keeps ([`SentExchange`]).
+struct Exchange {
+    messages: Vec<crate::request::Message>,
+    /// The raw answer, collected only when it differs from the re-hydrated text.
+    raw: Option<String>,
+    redacted_spans: usize,
+}
+
+impl Exchange {
+    /// What a cloud call sends, when the teacher log would keep its answer: it collects, and
+    /// the request holds no personal data the scanner found unless that data was redacted
+    /// or the policy keeps such requests too (`include_pii`).
+    fn for_call(
+        store: Option<&crate::wiring::Store>,
+        features: &Features,
+        call: &BackendCall,
+        rehydrator: Option<&crate::privacy::Rehydrator>,
+    ) -> Option<Exchange> {
+        let config = store?.teaching()?;
+        let keep = rehydrator.is_some() || features.pii.is_empty() || config.include_pii;
+        keep.then(|| Exchange {
+            messages: call.messages.clone(),
+            raw: rehydrator.map(|_| String::new()),
+            redacted_spans: rehydrator.map_or(0, |r| r.len()),
+        })
+    }
+
+    /// Notes a delta as received.
+    fn push(&mut self, delta: &str) {
+        if let Some(raw) = &mut self.raw {
+            raw.push_str(delta);
+        }
+    }
+
+    /// The exchange, given the answer's final (re-hydrated) text.
+    fn sent(self, text: &str) -> SentExchange {
+        SentExchange {
+            messages: self.messages,
+            answer: self.raw.unwrap_or_else(|| text.to_string()),
+            redacted_spans: self.redacted_spans,
+        }
+    }
 }
 
 /// One request's execution: runs the plan, keeps every attempt in order.
@@ -1432,6 +1516,13 @@ impl Execution<'_> {
         let (local_call, _) = self.call(Route::Local, false);
         let (cloud_call, rehydrator) = self.call(Route::Cloud, redact || c.must_redact());
         let redacted_spans = rehydrator.as_ref().map(|r| r.len());
+        let exchange = Exchange::for_call(
+            self.router.inner.store.as_ref(),
+            self.features,
+            &cloud_call,
+            rehydrator.as_ref(),
+        );
+        let keep_raw = exchange.is_some();
         let provider = self.provider_name();
         let estimate = self.cloud_estimate(&cloud_call);
         let store = self.router.inner.store.clone();
@@ -1463,7 +1554,7 @@ impl Execution<'_> {
                     clock.start();
                     let stream = local.stream(local_call).await?;
                     let _ = clock.generating.set(Instant::now());
-                    collect_leg(stream, clock, None, trace_content).await
+                    collect_leg(stream, clock, None, false, trace_content).await
                 })
                 .instrument(span.clone())
                 .await;
@@ -1494,7 +1585,7 @@ impl Execution<'_> {
                     clock.received.mark_sent();
                     let stream = cloud.stream(c, cloud_call, &clock.report).await?;
                     clock.accept();
-                    collect_leg(stream, clock, rehydrator, trace_content).await
+                    collect_leg(stream, clock, rehydrator, keep_raw, trace_content).await
                 })
                 .instrument(span.clone())
                 .await;
@@ -1573,12 +1664,20 @@ impl Execution<'_> {
                     };
                     cloud_cost += self.hedge_leg(other, clock(other), end, estimate);
                 }
+                let sent = match (answered_by, exchange) {
+                    (Route::Cloud, Some(mut e)) => {
+                        e.raw = cloud_clock.raw_answer.get().cloned();
+                        Some(e.sent(&g.text))
+                    }
+                    _ => None,
+                };
                 Ok(Outcome {
                     route: answered_by,
                     usage: g.usage,
                     finish: g.finish,
                     first_token: clock(answered_by).first_token(),
                     text: g.text,
+                    sent,
                 })
             }
             Err(e) => {
@@ -1816,7 +1915,7 @@ impl Execution<'_> {
             // The deadline covers getting the stream too: a first request loads the model.
             let stream = within(deadline, backend.stream(call)).await?;
             generating = Instant::now();
-            self.drain(stream, None, None).await
+            self.drain(stream, None, None, None).await
         }
         .instrument(span.clone())
         .await;
@@ -1848,6 +1947,7 @@ impl Execution<'_> {
                         usage: g.usage,
                         finish: g.finish,
                         first_token,
+                        sent: None,
                     },
                     g,
                 ))
@@ -1870,6 +1970,8 @@ impl Execution<'_> {
             self.reasons.push(Reason::Redacted { spans: r.len() });
         }
         let store = self.router.inner.store.clone();
+        let mut exchange =
+            Exchange::for_call(store.as_ref(), self.features, &call, rehydrator.as_ref());
         let policy = &self.router.inner.policy;
         let estimate = self.cloud_estimate(&call);
         let report = Arc::new(CallReport::new());
@@ -1906,7 +2008,8 @@ impl Execution<'_> {
             // The deadline covers getting the stream too (an app's backend may hang there).
             let stream = within(deadline, backend.stream(clearance, call, &report)).await?;
             streaming = true;
-            self.drain(stream, rehydrator, received.as_deref()).await
+            self.drain(stream, rehydrator, received.as_deref(), exchange.as_mut())
+                .await
         }
         .instrument(span.clone())
         .await;
@@ -1955,6 +2058,7 @@ impl Execution<'_> {
             first_token.map(|at| at.duration_since(started)),
         );
         Ok(Outcome {
+            sent: exchange.map(|e| e.sent(&g.text)),
             text: g.text,
             route: Route::Cloud,
             usage: g.usage,
@@ -1969,6 +2073,7 @@ impl Execution<'_> {
         mut stream: EventStream,
         mut rehydrator: Option<crate::privacy::Rehydrator>,
         received: Option<&PendingProgress>,
+        mut exchange: Option<&mut Exchange>,
     ) -> Result<(Generation, Option<Instant>)> {
         let mut text = String::new();
         let mut first_token = None;
@@ -1990,6 +2095,9 @@ impl Execution<'_> {
                     }
                     if let Some(r) = received {
                         r.add(&d);
+                    }
+                    if let Some(e) = exchange.as_deref_mut() {
+                        e.push(&d);
                     }
                     let d = match rehydrator.as_mut() {
                         Some(r) => r.push(&d),

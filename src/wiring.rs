@@ -11,6 +11,7 @@ use crate::backend::{CloudTier, LocalTier};
 use crate::cache::{
     CacheKey, CachedAnswer, Database, EncryptionKey, KeyContext, PrivacyClass, SledCache,
 };
+use crate::distill::{TeacherLog, TeacherSample};
 use crate::error::Result;
 use crate::inspect::Features;
 use crate::ledger::{Reservation, SledLedger};
@@ -349,6 +350,8 @@ pub(crate) struct Store {
     model_id: Arc<str>,
     budget_configured: bool,
     stats: crate::stats::PersistedStats,
+    /// Whole cloud answers kept for distillation (`[distill] collect = true`).
+    teacher: Option<Arc<TeacherLog>>,
     /// Requests running and cloud-call reservations not settled yet (see [`Store::settled`]).
     unsettled: Arc<UnsettledWork>,
 }
@@ -399,7 +402,14 @@ impl Store {
             Err(e) => tracing::warn!(error = %e, "old cost-ledger entries not removed"),
         }
         let stats = crate::stats::PersistedStats::open(&db)?;
+        let teacher = if policy.distill.collect {
+            let key = EncryptionKey::load_or_create(&crate::home::teacher_key_file(home))?;
+            Some(Arc::new(TeacherLog::open(&db, key, policy.distill)?))
+        } else {
+            None
+        };
         Ok(Store {
+            teacher,
             cache: Arc::new(cache),
             ledger: Arc::new(ledger),
             model_id: model_id.into(),
@@ -477,6 +487,21 @@ impl Store {
     pub(crate) fn save(&self, key: &CacheKey, answer: &CachedAnswer) {
         if let Err(e) = self.cache.put(key, answer) {
             tracing::warn!(error = %e, "answer cache write failed");
+        }
+    }
+
+    /// The teacher log's settings when it collects.
+    pub(crate) fn teaching(&self) -> Option<crate::distill::DistillConfig> {
+        self.teacher.as_ref().map(|t| t.config())
+    }
+
+    /// Keeps a cloud answer in the teacher log (when it collects); a failed write is logged,
+    /// not the request's failure.
+    pub(crate) fn teach(&self, sample: &TeacherSample) {
+        if let Some(t) = &self.teacher {
+            if let Err(e) = t.record(sample) {
+                tracing::warn!(error = %e, "teacher log write failed");
+            }
         }
     }
 

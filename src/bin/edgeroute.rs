@@ -68,6 +68,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The teacher log: cloud answers kept to distil the local model from (the policy's
+    /// `[distill] collect = true`).
+    #[command(subcommand)]
+    Distill(DistillCommand),
     /// Cloud spend today and this month, against the policy's [budget] limits.
     Budget {
         #[command(flatten)]
@@ -94,6 +98,33 @@ enum CacheCommand {
         #[command(flatten)]
         policy: PolicyArg,
     },
+}
+
+#[derive(Subcommand)]
+enum DistillCommand {
+    /// Write the kept samples, oldest first, as chat fine-tuning JSONL: one
+    /// {"messages": [...]} per line, the cloud's answer as the last (assistant) message.
+    /// Messages are as the provider received them: placeholders (<EMAIL_1>) where the
+    /// request was redacted.
+    Export {
+        /// Write to FILE; an existing FILE is replaced only once the whole export is written.
+        /// Default: standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Add each sample's rule, model, time, token counts, redacted spans and whether it was
+        /// a cascade escalation, under "metadata".
+        #[arg(long)]
+        metadata: bool,
+    },
+    /// Samples and bytes kept.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every sample and replace the teacher log's key, so that removed samples cannot be
+    /// read from the database files either.
+    Clear,
 }
 
 #[derive(Args)]
@@ -301,6 +332,7 @@ fn run(cli: Cli) -> CmdResult {
             pii_scan(text.as_deref(), &policy, json)
         }
         Command::Cache(cmd) => cache(cmd, cli.home.as_deref()),
+        Command::Distill(cmd) => distill(cmd, cli.home.as_deref()),
         Command::Budget { policy, json } => budget(&policy, json, cli.home.as_deref()),
         Command::Stats { json } => stats(json, cli.home.as_deref()),
     }
@@ -863,6 +895,113 @@ fn cache(cmd: CacheCommand, home: Option<&Path>) -> CmdResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn distill(cmd: DistillCommand, home: Option<&Path>) -> CmdResult {
+    let (home, db) = open_existing_db(home)?;
+    // Without a key file nothing was ever kept: a throwaway key serves, and none is written.
+    let key_file = edgeroute::home::teacher_key_file(&home);
+    let key = if key_file.exists() {
+        edgeroute::cache::EncryptionKey::load_or_create(&key_file)?
+    } else {
+        edgeroute::cache::EncryptionKey::generate()?
+    };
+    let log = edgeroute::distill::TeacherLog::open(&db, key, Default::default())?;
+    const NOTHING_KEPT: &str = "no samples kept: the router keeps whole cloud answers when the \
+policy sets `collect = true` under [distill]";
+    match cmd {
+        DistillCommand::Export { out, metadata } => {
+            let summary = match &out {
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    let summary = log.export_jsonl(&mut stdout, metadata);
+                    stdout.flush().map_err(Stop::writing_stdout)?;
+                    summary.map_err(|e| match e {
+                        edgeroute::Error::Io { source, .. }
+                            if source.kind() == ErrorKind::BrokenPipe =>
+                        {
+                            Stop::StdoutClosed
+                        }
+                        e => Stop::Failed(e),
+                    })?
+                }
+                Some(path) => export_to_file(&log, path, metadata)?,
+            };
+            if summary.unreadable > 0 {
+                note!(
+                    "edgeroute: {} sample(s) left out: sealed under another key, or damaged",
+                    summary.unreadable
+                );
+            }
+            match (&out, summary.written) {
+                (_, 0) if summary.unreadable == 0 => note!("edgeroute: {NOTHING_KEPT}"),
+                (Some(path), n) => note!("exported {n} sample(s) to {}", path.display()),
+                (None, _) => {}
+            }
+        }
+        DistillCommand::Stats { json } => {
+            let s = log.stats();
+            if json {
+                let value = json!({"samples": s.samples, "bytes": s.bytes});
+                out!("{value}");
+            } else {
+                out!("samples: {}", s.samples);
+                out!("bytes:   {}", s.bytes);
+                if s.samples == 0 {
+                    note!("edgeroute: {NOTHING_KEPT}");
+                }
+            }
+        }
+        DistillCommand::Clear => {
+            let n = log.clear()?;
+            log.flush()?;
+            // The database's log keeps the removed records' bytes for a while: a new key makes
+            // them unreadable.
+            if key_file.exists() {
+                edgeroute::cache::EncryptionKey::replace_file(&key_file)?;
+            }
+            out!("removed {n} sample(s)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exports to `path` through a temporary file beside it, renamed over `path` once complete: a
+/// failed export leaves an existing file as it was.
+fn export_to_file(
+    log: &edgeroute::distill::TeacherLog,
+    path: &Path,
+    metadata: bool,
+) -> std::result::Result<edgeroute::distill::ExportSummary, Stop> {
+    let io = |e| {
+        Stop::Failed(edgeroute::Error::io(
+            format!("writing {}", path.display()),
+            e,
+        ))
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let Some(name) = name else {
+        return Err(Stop::Usage(format!(
+            "--out {} names no file; give a file name",
+            path.display()
+        )));
+    };
+    let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let write = || -> std::result::Result<_, Stop> {
+        let file = std::fs::File::create(&tmp).map_err(io)?;
+        let mut w = std::io::BufWriter::new(file);
+        let summary = log.export_jsonl(&mut w, metadata)?;
+        let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        Ok(summary)
+    };
+    let summary = write();
+    if summary.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let summary = summary?;
+    Ok(summary)
 }
 
 /// What the home's ledger says is left of the policy's budget (`None` without limits). A home

@@ -33,8 +33,8 @@ mod record;
 mod store;
 
 pub use crypt::{EncryptionKey, KEY_LEN};
-pub(crate) use db::restrict_to_owner;
 pub use db::{open_db, Database};
+pub(crate) use db::{restrict_to_owner, storage as storage_error};
 pub use key::{normalize_text, CacheKey, KeyContext, PrivacyClass};
 pub use record::{open_record, seal_record, CachedAnswer, Header, Rejection};
 pub use store::{CacheConfig, CacheMode, CacheStats, CacheStore, SledCache};

@@ -373,6 +373,8 @@ pub struct CompiledPolicy {
     pub cache: CacheConfig,
     /// `[latency]`.
     pub latency: LatencySection,
+    /// `[distill]`.
+    pub distill: crate::distill::DistillConfig,
     /// `[[test]]`.
     pub tests: Vec<PolicyTest>,
     /// What is valid but probably not what the author meant (a rule that keeps personal data
@@ -944,6 +946,7 @@ impl Compiler<'_> {
         let budget = self.budget(&raw);
         self.check_budget_has_prices(&raw, cloud.as_ref());
         let cache = self.cache(&raw);
+        let distill = self.distill(&raw);
         let latency = self.latency(&raw);
 
         let ctx = RuleCtx {
@@ -1064,6 +1067,7 @@ impl Compiler<'_> {
             budget,
             privacy,
             cache,
+            distill,
             latency,
             tests,
             kinds,
@@ -1544,6 +1548,25 @@ impl Compiler<'_> {
             max_bytes: c.max_bytes.unwrap_or(64 << 20),
             cache_pii: c.cache_pii.unwrap_or(false),
             normalize: c.normalize.unwrap_or(true),
+        }
+    }
+
+    fn distill(&mut self, raw: &RawPolicy) -> crate::distill::DistillConfig {
+        let d = raw.distill.clone().unwrap_or_default();
+        let defaults = crate::distill::DistillConfig::default();
+        let max_bytes = match d.max_bytes {
+            Some(0) => {
+                let path = TomlPath::root().key("distill").key("max_bytes");
+                self.error(&path, "max_bytes = 0 keeps no sample; set collect = false to keep none, or a size in bytes (default 67108864, 64 MiB)".to_string());
+                defaults.max_bytes
+            }
+            Some(n) => n,
+            None => defaults.max_bytes,
+        };
+        crate::distill::DistillConfig {
+            collect: d.collect.unwrap_or(defaults.collect),
+            max_bytes,
+            include_pii: d.include_pii.unwrap_or(defaults.include_pii),
         }
     }
 

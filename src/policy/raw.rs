@@ -57,6 +57,8 @@ pub struct RawPolicy {
     pub cache: Option<RawCache>,
     /// `[latency]`.
     pub latency: Option<RawLatency>,
+    /// `[distill]`.
+    pub distill: Option<RawDistill>,
     /// `[defaults]`.
     pub defaults: Option<RawRoute>,
     /// `[[rule]]`.
@@ -208,6 +210,18 @@ pub struct RawCache {
     pub cache_pii: Option<bool>,
     /// Normalise whitespace/Unicode in the key.
     pub normalize: Option<bool>,
+}
+
+/// `[distill]`: the teacher log of cloud answers ([`crate::distill`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDistill {
+    /// Keep whole cloud answers.
+    pub collect: Option<bool>,
+    /// Byte budget of the log.
+    pub max_bytes: Option<u64>,
+    /// Also keep requests sent with personal data in clear.
+    pub include_pii: Option<bool>,
 }
 
 /// `[latency]`: the local tier's cost model, used before measurements exist.
