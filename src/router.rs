@@ -230,6 +230,9 @@ impl RouterBuilder {
         } else {
             None
         };
+        if policy.distill.collect && store.is_none() {
+            tracing::warn!("[distill] collect = true, but this router has no database (`RouterBuilder::cache(false)`, or the database cannot be used): no cloud answers are kept");
+        }
         Ok(Router {
             inner: Arc::new(Inner {
                 policy,

@@ -990,12 +990,15 @@ fn explain_reports_whether_the_local_model_is_installed() {
 #[test]
 fn reading_commands_refuse_a_home_nothing_has_run_in() {
     let parent = tempfile::tempdir().unwrap();
-    let commands: [&[&str]; 5] = [
+    let commands: [&[&str]; 8] = [
         &["stats"],
         &["stats", "--json"],
         &["budget", "--policy", "policies/cost-saver.toml"],
         &["cache", "stats"],
         &["cache", "clear"],
+        &["distill", "stats"],
+        &["distill", "export"],
+        &["distill", "clear"],
     ];
     let typo = parent.path().join("edgroute-home");
     for command in commands {
@@ -1265,4 +1268,96 @@ fn ask_json_reports_a_refusal_as_json() {
         assert_eq!(v["refused"], false, "{v}");
         assert!(!v["error"].as_str().unwrap().is_empty(), "{v}");
     }
+}
+
+/// `distill export` writes the teacher log as chat fine-tuning JSONL, oldest first, to standard
+/// output or (with its metadata) to a file that is only replaced once complete; `distill stats`
+/// counts; `distill clear` removes every sample and replaces the teacher key.
+#[test]
+fn distill_exports_counts_and_clears_the_teacher_log() {
+    use edgeroute::distill::{DistillConfig, TeacherLog, TeacherSample};
+    let home = tempfile::tempdir().unwrap();
+    let key_file = edgeroute::home::teacher_key_file(home.path());
+    {
+        let db = edgeroute::cache::Database::open(&edgeroute::home::db_dir(home.path())).unwrap();
+        let key = edgeroute::cache::EncryptionKey::load_or_create(&key_file).unwrap();
+        let log = TeacherLog::open(&db, key, DistillConfig::default()).unwrap();
+        for (question, answer) in [("First <EMAIL_1>?", "One."), ("Second?", "Two.")] {
+            log.record(&TeacherSample {
+                at_unix_ms: 1_700_000_000_000,
+                rule: "hard-task-to-cloud".into(),
+                model: "cloud/fake-model".into(),
+                messages: vec![
+                    edgeroute::Message::system("Be brief."),
+                    edgeroute::Message::user(question),
+                ],
+                answer: answer.into(),
+                redacted_spans: 1,
+                escalated: true,
+                usage: edgeroute::request::Usage::new(9, 2),
+            })
+            .unwrap();
+        }
+        log.flush().unwrap();
+    }
+    let h = home.path().to_str().unwrap();
+
+    let o = run(&["--home", h, "distill", "stats", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(s["samples"], 2, "{s}");
+
+    let o = run(&["--home", h, "distill", "export"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "First <EMAIL_1>?"},
+            {"role": "assistant", "content": "One."},
+        ]})
+    );
+    assert_eq!(lines[1]["messages"][2]["content"], "Two.");
+
+    let file = home.path().join("train.jsonl");
+    std::fs::write(&file, "an earlier export\n").unwrap();
+    let f = file.to_str().unwrap();
+    let o = run(&["--home", h, "distill", "export", "--metadata", "--out", f]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("exported 2 sample(s)"),
+        "{}",
+        stderr(&o)
+    );
+    let written = std::fs::read_to_string(&file).unwrap();
+    let first: serde_json::Value = serde_json::from_str(written.lines().next().unwrap()).unwrap();
+    assert_eq!(first["metadata"]["rule"], "hard-task-to-cloud");
+    assert_eq!(first["metadata"]["escalated"], true);
+    assert_eq!(written.lines().count(), 2);
+    // A file that cannot be written is an error naming it, and leaves nothing behind.
+    let missing = home.path().join("no-such-dir").join("train.jsonl");
+    let o = run(&[
+        "--home",
+        h,
+        "distill",
+        "export",
+        "--out",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no-such-dir"), "{}", stderr(&o));
+
+    let old_key = std::fs::read(&key_file).unwrap();
+    let o = run(&["--home", h, "distill", "clear"]);
+    assert!(stdout(&o).contains("removed 2 sample(s)"), "{}", stdout(&o));
+    assert_ne!(std::fs::read(&key_file).unwrap(), old_key);
+    let o = run(&["--home", h, "distill", "export"]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "");
+    assert!(stderr(&o).contains("collect = true"), "{}", stderr(&o));
 }
