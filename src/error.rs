@@ -196,6 +196,11 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// The router is shutting down ([`Router::shutdown`](crate::Router::shutdown)) and takes
+    /// no new requests.
+    #[error("the router is shutting down (Router::shutdown was called) and takes no new requests")]
+    ShutDown,
+
     /// I/O error with context.
     #[error("{context}: {source}")]
     Io {
@@ -271,6 +276,7 @@ impl Error {
             Error::Storage { .. } => "storage",
             Error::AllFailed(_) => "all_failed",
             Error::Cancelled => "cancelled",
+            Error::ShutDown => "shut_down",
             Error::Io { .. } => "io",
         }
     }

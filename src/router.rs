@@ -45,7 +45,12 @@ pub struct RouterBuilder {
     use_cache: bool,
     cache_key: Option<[u8; 32]>,
     trace_content: bool,
+    max_prompt_bytes: usize,
 }
+
+/// The default of [`RouterBuilder::max_prompt_bytes`]: 8 MiB, about two million tokens, more
+/// than any model's context.
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = 8 << 20;
 
 impl Default for RouterBuilder {
     fn default() -> Self {
@@ -61,6 +66,7 @@ impl Default for RouterBuilder {
             use_cache: true,
             cache_key: None,
             trace_content: false,
+            max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
         }
     }
 }
@@ -168,6 +174,14 @@ impl RouterBuilder {
         self
     }
 
+    /// The most bytes a request's messages may hold together; a larger request is an
+    /// [`Error::InvalidRequest`] before anything runs (the privacy scan, the decision, a
+    /// tier). Default: [`DEFAULT_MAX_PROMPT_BYTES`] (8 MiB).
+    pub fn max_prompt_bytes(mut self, bytes: usize) -> Self {
+        self.max_prompt_bytes = bytes;
+        self
+    }
+
     /// Compiles the policy and assembles the router. Fails on an invalid policy (with
     /// `file:line:col` diagnostics) or an unusable cloud configuration.
     ///
@@ -233,14 +247,18 @@ impl RouterBuilder {
         if policy.distill.collect && store.is_none() {
             tracing::warn!("[distill] collect = true, but this router has no database (`RouterBuilder::cache(false)`, or the database cannot be used): no cloud answers are kept");
         }
+        let work = store.as_ref().map(|s| s.work()).unwrap_or_default();
         Ok(Router {
             inner: Arc::new(Inner {
                 policy,
                 local,
                 cloud,
                 store,
+                work,
+                closing: std::sync::atomic::AtomicBool::new(false),
                 stats: Arc::default(),
                 trace_content: self.trace_content,
+                max_prompt_bytes: self.max_prompt_bytes,
             }),
         })
     }
@@ -251,9 +269,15 @@ struct Inner {
     local: Option<LocalTier>,
     cloud: Option<CloudTier>,
     store: Option<crate::wiring::Store>,
+    /// Requests running and cloud-call reservations not settled yet ([`Router::settled`]).
+    work: Arc<crate::wiring::UnsettledWork>,
+    /// Set by [`Router::shutdown`]: no new request is taken.
+    closing: std::sync::atomic::AtomicBool,
     stats: Arc<StatsRecorder>,
     /// See [`RouterBuilder::trace_content`].
     trace_content: bool,
+    /// See [`RouterBuilder::max_prompt_bytes`].
+    max_prompt_bytes: usize,
 }
 
 /// The hybrid router. Cheap to clone (an `Arc` inside); `Send + Sync`.
@@ -396,8 +420,25 @@ impl Router {
     /// left open counts the call's whole estimate as spent. Requests still running finish
     /// first; wrap it in a timeout if that may take long.
     pub async fn settled(&self) {
-        if let Some(store) = &self.inner.store {
-            store.settled().await;
+        self.inner.work.none_left().await;
+    }
+
+    /// Stops taking requests, waits for those running and for every cloud call's cost to
+    /// settle ([`Router::settled`]), then makes everything recorded durable (answer cache,
+    /// ledger, statistics, teacher log): what a server calls when it is told to stop (SIGTERM),
+    /// before it exits. Requests made from then on, on this router or its clones, fail at once
+    /// with [`Error::ShutDown`]. Wrap it in a timeout if running requests may take long;
+    /// calling it again waits again.
+    pub async fn shutdown(&self) -> Result<()> {
+        use std::sync::atomic::{fence, Ordering};
+        self.inner.closing.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `run`: a request either sees `closing`, or is counted
+        // before `settled` looks.
+        fence(Ordering::SeqCst);
+        self.settled().await;
+        match &self.inner.store {
+            Some(store) => store.flush().await,
+            None => Ok(()),
         }
     }
 
@@ -443,7 +484,7 @@ impl Router {
         let router = self.clone();
         // Counted from now, not from when the task first runs: `settled()` called right after
         // this does not miss the request.
-        let in_flight = self.inner.store.as_ref().map(|s| s.unsettled());
+        let in_flight = self.inner.work.track();
         let handle = tokio::spawn(async move {
             let _in_flight = in_flight;
             let (dtx, mut drx) = mpsc::unbounded_channel::<String>();
@@ -505,7 +546,11 @@ impl Router {
         // Counted until this future is done or dropped, after whatever it reserved (dropped
         // first, as declared later): `settled()` cannot return between a reservation and the
         // guard that settles it.
-        let _in_flight = inner.store.as_ref().map(|s| s.unsettled());
+        let _in_flight = inner.work.track();
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        if inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::ShutDown);
+        }
         let started = Instant::now();
         // A deadline too far away to represent (`Duration::MAX`) is no deadline.
         let deadline = request.deadline.and_then(|d| started.checked_add(d));
@@ -519,6 +564,14 @@ impl Router {
             return Err(Error::InvalidRequest(
                 "the request has only system messages; add the user's message".into(),
             ));
+        }
+        let bytes: usize = request.messages.iter().map(|m| m.content.len()).sum();
+        if bytes > inner.max_prompt_bytes {
+            return Err(Error::InvalidRequest(format!(
+                "the request's messages hold {bytes} bytes, over this router's limit of {} \
+                 (RouterBuilder::max_prompt_bytes); shorten the conversation or raise the limit",
+                inner.max_prompt_bytes
+            )));
         }
         // Checked up front whatever the route, so a bad value is an error, not a fallback.
         request.params.check()?;

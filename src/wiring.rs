@@ -358,13 +358,35 @@ pub(crate) struct Store {
 
 /// A count of running requests and unsettled reservations, and a way to wait for none.
 #[derive(Default)]
-struct UnsettledWork {
+pub(crate) struct UnsettledWork {
     count: std::sync::atomic::AtomicUsize,
     none_left: tokio::sync::Notify,
 }
 
 /// One running request or unsettled reservation, counted in [`Store::settled`] until dropped.
 pub(crate) struct Unsettled(Arc<UnsettledWork>);
+
+impl UnsettledWork {
+    /// Counts a reservation (or a running request) as open until the returned guard is
+    /// dropped (once it is settled, or done).
+    pub(crate) fn track(self: &Arc<Self>) -> Unsettled {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Unsettled(Arc::clone(self))
+    }
+
+    /// Completes once nothing is counted.
+    pub(crate) async fn none_left(&self) {
+        loop {
+            let none_left = self.none_left.notified();
+            tokio::pin!(none_left);
+            none_left.as_mut().enable();
+            if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            none_left.await;
+        }
+    }
+}
 
 impl Drop for Unsettled {
     fn drop(&mut self) {
@@ -422,28 +444,22 @@ impl Store {
     /// Counts a reservation (or a running request) as open until the returned guard is
     /// dropped (once it is settled, or done).
     pub(crate) fn unsettled(&self) -> Unsettled {
-        self.unsettled
-            .count
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Unsettled(Arc::clone(&self.unsettled))
+        self.unsettled.track()
     }
 
-    /// Completes once no reservation is open: every cloud call has settled its cost, those of
-    /// dropped requests (which settle in the background) included.
-    pub(crate) async fn settled(&self) {
-        loop {
-            let none_left = self.unsettled.none_left.notified();
-            tokio::pin!(none_left);
-            none_left.as_mut().enable();
-            if self
-                .unsettled
-                .count
-                .load(std::sync::atomic::Ordering::Acquire)
-                == 0
-            {
-                return;
-            }
-            none_left.await;
+    /// What [`Store::unsettled`] counts, shared with the router's count of running requests.
+    pub(crate) fn work(&self) -> Arc<UnsettledWork> {
+        Arc::clone(&self.unsettled)
+    }
+
+    /// Makes everything recorded so far durable: answer cache (and its counters), ledger,
+    /// statistics and teacher log, which share one database.
+    pub(crate) async fn flush(&self) -> Result<()> {
+        let cache = Arc::clone(&self.cache);
+        match tokio::task::spawn_blocking(move || cache.flush()).await {
+            Ok(result) => result,
+            // No blocking thread to be had (the runtime is shutting down): flush here.
+            Err(_) => self.cache.flush(),
         }
     }
 

@@ -890,3 +890,123 @@ async fn a_panic_while_streaming_ends_the_stream_with_an_error() {
         "{events:?}"
     );
 }
+
+/// A local backend that answers "42" once let through: one permit of `gate` per call.
+struct Gated {
+    gate: tokio::sync::Semaphore,
+    started: tokio::sync::Notify,
+}
+
+impl Default for Gated {
+    fn default() -> Self {
+        Gated {
+            gate: tokio::sync::Semaphore::new(0),
+            started: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl edgeroute::backend::Backend for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+
+    async fn stream(
+        &self,
+        _call: edgeroute::backend::BackendCall,
+    ) -> edgeroute::Result<edgeroute::backend::EventStream> {
+        self.started.notify_one();
+        self.gate.acquire().await.unwrap().forget();
+        let done = edgeroute::backend::Generation {
+            text: "42".into(),
+            usage: Usage::new(3, 1),
+            usage_estimated: false,
+            confidence: None,
+            finish: edgeroute::backend::FinishReason::Stop,
+        };
+        Ok(Box::pin(futures::stream::iter([Ok(
+            edgeroute::backend::StreamEvent::Done(done),
+        )])))
+    }
+}
+
+/// `shutdown` stops new requests at once (`Error::ShutDown`, through clones and streams too),
+/// waits for the one running, and returns once it has answered; with the database (what it
+/// recorded is then on disk) and without.
+#[tokio::test]
+async fn shutdown_refuses_new_requests_and_waits_for_running_ones() {
+    let home = tempfile::tempdir().unwrap();
+    for with_database in [false, true] {
+        let model = Arc::new(Gated::default());
+        let r = Router::builder()
+            .policy_str(POLICY)
+            .local_backend(model.clone())
+            .cache(with_database)
+            .home(home.path())
+            .build()
+            .unwrap();
+        let running = tokio::spawn({
+            let r = r.clone();
+            async move { r.complete(Request::new("q")).await }
+        });
+        model.started.notified().await;
+        // Its first poll stops new requests, then it waits for the running one.
+        let mut shutdown = Box::pin(r.shutdown());
+        assert!(futures::poll!(&mut shutdown).is_pending());
+        let late = r.complete(Request::new("late")).await;
+        assert!(matches!(late, Err(Error::ShutDown)), "{late:?}");
+        let streamed: Vec<_> = r.clone().stream(Request::new("late")).collect().await;
+        assert!(
+            matches!(streamed.as_slice(), [Err(Error::ShutDown)]),
+            "{streamed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            futures::poll!(&mut shutdown).is_pending(),
+            "shutdown returned before the running request"
+        );
+        model.gate.add_permits(1);
+        assert_eq!(running.await.unwrap().unwrap().text, "42");
+        tokio::time::timeout(Duration::from_secs(10), shutdown)
+            .await
+            .expect("shutdown waits no longer than the running request")
+            .unwrap();
+        assert_eq!(r.stats().requests, 1, "with_database = {with_database}");
+    }
+}
+
+/// A request over the router's size limit is invalid before anything runs (no tier is
+/// called, no statistics recorded); one at the limit is answered. The default limit holds too.
+#[tokio::test]
+async fn a_request_over_the_size_limit_is_refused_before_anything_runs() {
+    let model = Arc::new(EchoModel::default());
+    let r = Router::builder()
+        .policy_str(POLICY)
+        .local_backend(model.clone())
+        .cache(false)
+        .max_prompt_bytes(1024)
+        .build()
+        .unwrap();
+    let over = Request::from_messages(vec![
+        edgeroute::Message::system("s".repeat(24)),
+        edgeroute::Message::user("u".repeat(1001)),
+    ]);
+    match r.complete(over).await {
+        Err(Error::InvalidRequest(m)) => {
+            assert!(m.contains("1025 bytes"), "{m}");
+            assert!(m.contains("max_prompt_bytes"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(model.calls(), 0);
+    assert_eq!(r.stats().requests, 0);
+    let at = r.complete(Request::new("u".repeat(1024))).await.unwrap();
+    assert_eq!(at.route, Route::Local);
+
+    let default = router(model.clone());
+    let huge = "a".repeat(edgeroute::router::DEFAULT_MAX_PROMPT_BYTES + 1);
+    let e = default.complete(Request::new(huge)).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
+    assert_eq!(model.calls(), 1);
+}
