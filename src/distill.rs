@@ -44,6 +44,9 @@ pub struct DistillConfig {
     /// Also keep requests sent to the cloud with personal data in clear (default `false`).
     /// Redacted requests are kept either way: they hold placeholders, not the data.
     pub include_pii: bool,
+    /// Samples older than this are removed (default `None`: kept until `max_bytes` needs
+    /// their room).
+    pub max_age: Option<Duration>,
 }
 
 impl Default for DistillConfig {
@@ -52,6 +55,7 @@ impl Default for DistillConfig {
             collect: false,
             max_bytes: 64 << 20,
             include_pii: false,
+            max_age: None,
         }
     }
 }
@@ -176,7 +180,7 @@ impl TeacherLog {
             let (_, value) = entry.map_err(storage)?;
             bytes += value.len() as u64;
         }
-        Ok(TeacherLog {
+        let log = TeacherLog {
             tree,
             db: db.sled().clone(),
             path: db.path().to_path_buf(),
@@ -184,7 +188,36 @@ impl TeacherLog {
             config,
             bytes: Mutex::new(bytes),
             evicted: AtomicU64::new(0),
-        })
+        };
+        {
+            let mut bytes = log.bytes.lock().unwrap_or_else(|p| p.into_inner());
+            log.remove_expired(&mut bytes, SystemTime::now())?;
+        }
+        Ok(log)
+    }
+
+    /// Removes the samples older than `max_age` at `now` (keys start with the sample's time,
+    /// so they are the first ones).
+    fn remove_expired(&self, bytes: &mut u64, now: SystemTime) -> Result<()> {
+        let Some(max_age) = self.config.max_age else {
+            return Ok(());
+        };
+        let cutoff = unix_ms(now.checked_sub(max_age).unwrap_or(UNIX_EPOCH));
+        while let Some((key, value)) = self.tree.first().map_err(|e| self.storage(e))? {
+            if sample_time(&key) >= cutoff {
+                break;
+            }
+            if self
+                .tree
+                .remove(&key)
+                .map_err(|e| self.storage(e))?
+                .is_some()
+            {
+                *bytes = bytes.saturating_sub(value.len() as u64);
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// The settings it was opened with.
@@ -192,9 +225,9 @@ impl TeacherLog {
         self.config
     }
 
-    /// Seals and stores `sample`, then removes the oldest samples while the log is over
-    /// `max_bytes` (a sample larger than `max_bytes` alone is not stored). Durable at the
-    /// database's next flush, like the cache's entries.
+    /// Seals and stores `sample`, then removes the samples older than `max_age` and the oldest
+    /// ones while the log is over `max_bytes` (a sample larger than `max_bytes` alone is not
+    /// stored). Durable at the database's next flush, like the cache's entries.
     pub fn record(&self, sample: &TeacherSample) -> Result<()> {
         let mut body = serde_json::to_vec(sample)
             .map_err(|e| Error::Config(format!("a teacher sample could not be encoded: {e}")))?;
@@ -213,12 +246,15 @@ impl TeacherLog {
             return Ok(());
         }
         let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
-        // sled's ids only grow, across restarts too: keys sort oldest first.
+        // The sample's time, then a sled id (unique, across restarts too): keys sort oldest
+        // first.
         let id = self.db.generate_id().map_err(|e| self.storage(e))?;
-        self.tree
-            .insert(id.to_be_bytes(), value)
-            .map_err(|e| self.storage(e))?;
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&sample.at_unix_ms.to_be_bytes());
+        key[8..].copy_from_slice(&id.to_be_bytes());
+        self.tree.insert(key, value).map_err(|e| self.storage(e))?;
         *bytes += size;
+        self.remove_expired(&mut bytes, SystemTime::now())?;
         while *bytes > self.config.max_bytes {
             match self.tree.pop_min().map_err(|e| self.storage(e))? {
                 Some((_, old)) => {
@@ -308,6 +344,13 @@ impl TeacherLog {
     }
 }
 
+/// The time (milliseconds since the Unix epoch) a sample's key starts with.
+fn sample_time(key: &[u8]) -> u64 {
+    key.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 /// Milliseconds since the Unix epoch of `at` (0 before it).
 pub(crate) fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
@@ -343,9 +386,51 @@ mod tests {
         let config = DistillConfig {
             collect: true,
             max_bytes,
-            include_pii: false,
+            ..DistillConfig::default()
         };
         TeacherLog::open(&db, EncryptionKey::from_bytes(&key).unwrap(), config).unwrap()
+    }
+
+    #[test]
+    fn samples_older_than_max_age_are_removed_when_opened_and_when_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = unix_ms(SystemTime::now());
+        let day = 24 * 3600 * 1000;
+        let at = |days_ago: u64, answer: &str| TeacherSample {
+            at_unix_ms: now - days_ago * day,
+            ..sample(answer)
+        };
+        {
+            // No age limit: everything is kept.
+            let log = open(dir.path(), [5; 32], 1 << 20);
+            log.record(&at(10, "ten days old")).unwrap();
+            log.record(&at(1, "one day old")).unwrap();
+            assert_eq!(log.stats().samples, 2);
+        }
+        let db = Database::open(dir.path()).unwrap();
+        let config = DistillConfig {
+            collect: true,
+            max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            ..DistillConfig::default()
+        };
+        let log =
+            TeacherLog::open(&db, EncryptionKey::from_bytes(&[5; 32]).unwrap(), config).unwrap();
+        let answers = |log: &TeacherLog| -> Vec<String> {
+            log.samples()
+                .unwrap()
+                .0
+                .into_iter()
+                .map(|s| s.answer)
+                .collect()
+        };
+        assert_eq!(answers(&log), ["one day old"]);
+        let one = log.stats().bytes;
+        // A sample recorded with an old time (a clock set back) is removed at once.
+        log.record(&at(30, "thirty days old")).unwrap();
+        log.record(&at(0, "today")).unwrap();
+        assert_eq!(answers(&log), ["one day old", "today"]);
+        assert_eq!(log.stats().evicted, 2);
+        assert!(log.stats().bytes < 3 * one, "bytes kept current");
     }
 
     #[test]

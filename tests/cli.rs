@@ -1278,18 +1278,25 @@ fn distill_exports_counts_and_clears_the_teacher_log() {
     use edgeroute::distill::{DistillConfig, TeacherLog, TeacherSample};
     let home = tempfile::tempdir().unwrap();
     let key_file = edgeroute::home::teacher_key_file(home.path());
-    {
+    // Records samples answered now; one whose question starts with "Old" 30 days ago.
+    let record = |questions: &[&str]| {
         let db = edgeroute::cache::Database::open(&edgeroute::home::db_dir(home.path())).unwrap();
         let key = edgeroute::cache::EncryptionKey::load_or_create(&key_file).unwrap();
         let log = TeacherLog::open(&db, key, DistillConfig::default()).unwrap();
-        for (question, answer) in [("First <EMAIL_1>?", "One."), ("Second?", "Two.")] {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        for (i, question) in questions.iter().enumerate() {
+            let answer = ["One.", "Two."][i % 2];
+            let days_ago = if question.starts_with("Old") { 30 } else { 0 };
             log.record(&TeacherSample {
-                at_unix_ms: 1_700_000_000_000,
+                at_unix_ms: now - days_ago * 24 * 3600 * 1000 + i as u64,
                 rule: "hard-task-to-cloud".into(),
                 model: "cloud/fake-model".into(),
                 messages: vec![
                     edgeroute::Message::system("Be brief."),
-                    edgeroute::Message::user(question),
+                    edgeroute::Message::user(*question),
                 ],
                 answer: answer.into(),
                 redacted_spans: 1,
@@ -1299,7 +1306,8 @@ fn distill_exports_counts_and_clears_the_teacher_log() {
             .unwrap();
         }
         log.flush().unwrap();
-    }
+    };
+    record(&["First <EMAIL_1>?", "Second?"]);
     let h = home.path().to_str().unwrap();
 
     let o = run(&["--home", h, "distill", "stats", "--json"]);
@@ -1360,4 +1368,26 @@ fn distill_exports_counts_and_clears_the_teacher_log() {
     assert!(o.status.success());
     assert_eq!(stdout(&o), "");
     assert!(stderr(&o).contains("collect = true"), "{}", stderr(&o));
+
+    // With a policy's age limit, samples older than it are removed before anything is read.
+    record(&["Recent?", "Old?"]);
+    let aged = home.path().join("aged.toml");
+    std::fs::write(&aged, "[distill]\ncollect = true\nmax_age_days = 7\n").unwrap();
+    let o = run(&[
+        "--home",
+        h,
+        "distill",
+        "export",
+        "--policy",
+        aged.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let users: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["messages"][1]["content"]
+                .to_string()
+        })
+        .collect();
+    assert_eq!(users, ["\"Recent?\""]);
 }

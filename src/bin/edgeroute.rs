@@ -115,12 +115,18 @@ enum DistillCommand {
         /// a cascade escalation, under "metadata".
         #[arg(long)]
         metadata: bool,
+        /// Samples older than this policy's `[distill] max_age_days` are removed first.
+        #[command(flatten)]
+        policy: PolicyArg,
     },
     /// Samples and bytes kept.
     Stats {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Samples older than this policy's `[distill] max_age_days` are removed first.
+        #[command(flatten)]
+        policy: PolicyArg,
     },
     /// Remove every sample and replace the teacher log's key, so that removed samples cannot be
     /// read from the database files either.
@@ -898,6 +904,12 @@ fn cache(cmd: CacheCommand, home: Option<&Path>) -> CmdResult {
 }
 
 fn distill(cmd: DistillCommand, home: Option<&Path>) -> CmdResult {
+    let config = match &cmd {
+        DistillCommand::Export { policy, .. } | DistillCommand::Stats { policy, .. } => {
+            load_policy(policy)?.distill
+        }
+        DistillCommand::Clear => Default::default(),
+    };
     let (home, db) = open_existing_db(home)?;
     // Without a key file nothing was ever kept: a throwaway key serves, and none is written.
     let key_file = edgeroute::home::teacher_key_file(&home);
@@ -906,11 +918,11 @@ fn distill(cmd: DistillCommand, home: Option<&Path>) -> CmdResult {
     } else {
         edgeroute::cache::EncryptionKey::generate()?
     };
-    let log = edgeroute::distill::TeacherLog::open(&db, key, Default::default())?;
+    let log = edgeroute::distill::TeacherLog::open(&db, key, config)?;
     const NOTHING_KEPT: &str = "no samples kept: the router keeps whole cloud answers when the \
 policy sets `collect = true` under [distill]";
     match cmd {
-        DistillCommand::Export { out, metadata } => {
+        DistillCommand::Export { out, metadata, .. } => {
             let summary = match &out {
                 None => {
                     let mut stdout = std::io::stdout().lock();
@@ -939,7 +951,7 @@ policy sets `collect = true` under [distill]";
                 (None, _) => {}
             }
         }
-        DistillCommand::Stats { json } => {
+        DistillCommand::Stats { json, .. } => {
             let s = log.stats();
             if json {
                 let value = json!({"samples": s.samples, "bytes": s.bytes});

@@ -1567,6 +1567,10 @@ impl Compiler<'_> {
             collect: d.collect.unwrap_or(defaults.collect),
             max_bytes,
             include_pii: d.include_pii.unwrap_or(defaults.include_pii),
+            max_age: d
+                .max_age_days
+                .filter(|&days| days > 0)
+                .map(|days| Duration::from_secs(u64::from(days) * 24 * 3600)),
         }
     }
 

@@ -222,6 +222,8 @@ pub struct RawDistill {
     pub max_bytes: Option<u64>,
     /// Also keep requests sent with personal data in clear.
     pub include_pii: Option<bool>,
+    /// Remove samples older than this many days (0: no age limit).
+    pub max_age_days: Option<u32>,
 }
 
 /// `[latency]`: the local tier's cost model, used before measurements exist.
