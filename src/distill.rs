@@ -17,7 +17,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -75,6 +75,10 @@ pub struct TeacherSample {
     pub answer: String,
     /// Spans replaced by placeholders before sending (0: sent as written).
     pub redacted_spans: usize,
+    /// The request was sent with personal data the scanner found, in clear (kept only with
+    /// `include_pii = true`).
+    #[serde(default)]
+    pub pii_in_clear: bool,
     /// The local model answered first and was not confident enough (a cascade escalation):
     /// the questions the local model most needs to learn.
     pub escalated: bool,
@@ -92,6 +96,7 @@ impl std::fmt::Debug for TeacherSample {
             .field("messages", &self.messages)
             .field("answer", &format_args!("<{} bytes>", self.answer.len()))
             .field("redacted_spans", &self.redacted_spans)
+            .field("pii_in_clear", &self.pii_in_clear)
             .field("escalated", &self.escalated)
             .field("usage", &self.usage)
             .finish()
@@ -116,6 +121,7 @@ impl TeacherSample {
                 "rule": self.rule,
                 "model": self.model,
                 "redacted_spans": self.redacted_spans,
+                "pii_in_clear": self.pii_in_clear,
                 "escalated": self.escalated,
                 "input_tokens": self.usage.input_tokens,
                 "output_tokens": self.usage.output_tokens,
@@ -132,7 +138,7 @@ pub struct TeacherStats {
     pub samples: u64,
     /// Their size on disk (sealed), in bytes.
     pub bytes: u64,
-    /// Samples removed so far to stay under `max_bytes` (by this handle).
+    /// Samples this handle removed so far, to stay under `max_bytes` or past `max_age`.
     pub evicted: u64,
 }
 
@@ -147,8 +153,8 @@ pub struct ExportSummary {
 
 /// The teacher log in a sled database. Cheap to share behind an `Arc`; `Send + Sync`.
 ///
-/// Two handles on one database (two routers on one home) each enforce `max_bytes` on what they
-/// counted when opened plus what they wrote, so together they can briefly hold a little more.
+/// Handles on one [`Database`] (two routers on one home) share one count of the log's bytes,
+/// so `max_bytes` holds for all of them together.
 pub struct TeacherLog {
     tree: sled::Tree,
     /// The database (its ids order the samples).
@@ -157,8 +163,8 @@ pub struct TeacherLog {
     path: std::path::PathBuf,
     key: EncryptionKey,
     config: DistillConfig,
-    /// Bytes stored, counted when opened and kept up to date by this handle.
-    bytes: Mutex<u64>,
+    /// Bytes stored, shared by the handles on this database.
+    bytes: Arc<Mutex<u64>>,
     evicted: AtomicU64,
 }
 
@@ -175,10 +181,13 @@ impl TeacherLog {
     pub fn open(db: &Database, key: EncryptionKey, config: DistillConfig) -> Result<Self> {
         let storage = |e: sled::Error| crate::cache::storage_error(db.path(), e);
         let tree = db.sled().open_tree(TREE).map_err(storage)?;
-        let mut bytes = 0u64;
-        for entry in tree.iter() {
-            let (_, value) = entry.map_err(storage)?;
-            bytes += value.len() as u64;
+        let (bytes, fresh) = db.teacher_bytes();
+        if fresh {
+            let mut total = bytes.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in tree.iter() {
+                let (_, value) = entry.map_err(storage)?;
+                *total += value.len() as u64;
+            }
         }
         let log = TeacherLog {
             tree,
@@ -186,7 +195,7 @@ impl TeacherLog {
             path: db.path().to_path_buf(),
             key,
             config,
-            bytes: Mutex::new(bytes),
+            bytes,
             evicted: AtomicU64::new(0),
         };
         {
@@ -344,6 +353,16 @@ impl TeacherLog {
     }
 }
 
+/// The teacher log's key for a router given its cache key by the app
+/// ([`RouterBuilder::cache_key`](crate::RouterBuilder::cache_key)): derived from it
+/// (SHA-256 with a label), so no key file is written. Open the log with it to read it back.
+pub fn teacher_key_for(cache_key: &[u8; 32]) -> Result<EncryptionKey> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"edgeroute teacher key v1");
+    ctx.update(cache_key);
+    EncryptionKey::from_bytes(ctx.finish().as_ref())
+}
+
 /// The time (milliseconds since the Unix epoch) a sample's key starts with.
 fn sample_time(key: &[u8]) -> u64 {
     key.get(..8)
@@ -376,6 +395,7 @@ mod tests {
             ],
             answer: answer.into(),
             redacted_spans: 1,
+            pii_in_clear: false,
             escalated: false,
             usage: Usage::new(12, 5),
         }
@@ -512,6 +532,36 @@ mod tests {
         // A sample larger than the whole budget is not kept, and evicts nothing.
         log.record(&sample(&"x".repeat(4 * one as usize))).unwrap();
         assert_eq!(log.stats().samples, 3);
+    }
+
+    #[test]
+    fn handles_on_one_database_share_max_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = {
+            let log = open(dir.path(), [4; 32], 1 << 20);
+            log.record(&sample("answer 0")).unwrap();
+            let one = log.stats().bytes;
+            log.clear().unwrap();
+            one
+        };
+        let (a, b) = (
+            open(dir.path(), [4; 32], one * 3 + one / 2),
+            open(dir.path(), [4; 32], one * 3 + one / 2),
+        );
+        for i in 0..6 {
+            let log = if i % 2 == 0 { &a } else { &b };
+            log.record(&sample(&format!("answer {i}"))).unwrap();
+        }
+        let answers: Vec<_> = a
+            .samples()
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|s| s.answer)
+            .collect();
+        assert_eq!(answers, ["answer 3", "answer 4", "answer 5"]);
+        assert_eq!(a.stats().bytes, b.stats().bytes);
+        assert!(a.stats().bytes <= one * 3 + one / 2);
     }
 
     #[test]

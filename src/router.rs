@@ -176,7 +176,8 @@ impl RouterBuilder {
 
     /// The most bytes a request's messages may hold together; a larger request is an
     /// [`Error::InvalidRequest`] before anything runs (the privacy scan, the decision, a
-    /// tier). Default: [`DEFAULT_MAX_PROMPT_BYTES`] (8 MiB).
+    /// tier). [`Router::explain`] does not check it. The limit applies as given: 0 makes every
+    /// request invalid. Default: [`DEFAULT_MAX_PROMPT_BYTES`] (8 MiB).
     pub fn max_prompt_bytes(mut self, bytes: usize) -> Self {
         self.max_prompt_bytes = bytes;
         self
@@ -427,8 +428,10 @@ impl Router {
     /// settle ([`Router::settled`]), then makes everything recorded durable (answer cache,
     /// ledger, statistics, teacher log): what a server calls when it is told to stop (SIGTERM),
     /// before it exits. Requests made from then on, on this router or its clones, fail at once
-    /// with [`Error::ShutDown`]. Wrap it in a timeout if running requests may take long;
-    /// calling it again waits again.
+    /// with [`Error::ShutDown`] (also a `complete` future or a stream made before but not yet
+    /// running). Wrap it in a timeout if running requests may take long; calling it again
+    /// waits again. Do not await it (or [`Router::settled`]) inside a request, from an app's
+    /// [`Backend`]: it would wait for itself.
     pub async fn shutdown(&self) -> Result<()> {
         use std::sync::atomic::{fence, Ordering};
         self.inner.closing.store(true, Ordering::SeqCst);
@@ -546,6 +549,10 @@ impl Router {
         // Counted until this future is done or dropped, after whatever it reserved (dropped
         // first, as declared later): `settled()` cannot return between a reservation and the
         // guard that settles it.
+        // Checked before counting too, so that refused requests do not hold a shutdown up.
+        if inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::ShutDown);
+        }
         let _in_flight = inner.work.track();
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         if inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -697,7 +704,12 @@ impl Router {
                 tracing::debug!(finish = %outcome.finish, "answer not cached: it is not whole");
             }
             (Some(store), Some(key)) => {
-                let model = attempts.last().map(|a| a.backend.as_str()).unwrap_or("");
+                // The attempt that answered (in a hedge, the loser's cancelled one comes last).
+                let model = attempts
+                    .iter()
+                    .rev()
+                    .find(|a| a.route == outcome.route && a.error.is_none())
+                    .map_or("", |a| a.backend.as_str());
                 let answer = CachedAnswer::new(&outcome.text, outcome.route, model, outcome.usage)
                     .finished(outcome.finish);
                 store.save(key, &answer);
@@ -711,13 +723,11 @@ impl Router {
                 store.teach(&crate::distill::TeacherSample {
                     at_unix_ms: crate::distill::unix_ms(std::time::SystemTime::now()),
                     rule: decision.rule.clone(),
-                    model: attempts
-                        .last()
-                        .map(|a| a.backend.clone())
-                        .unwrap_or_default(),
+                    model: sent.model,
                     messages: sent.messages,
                     answer: sent.answer,
                     redacted_spans: sent.redacted_spans,
+                    pii_in_clear: sent.pii_in_clear,
                     escalated: decision
                         .reasons
                         .iter()
@@ -1289,17 +1299,23 @@ struct Outcome {
 /// A cloud exchange as the provider saw it: the messages as sent (placeholders where the
 /// request was redacted) and the answer as received, before re-hydration.
 struct SentExchange {
+    model: String,
     messages: Vec<crate::request::Message>,
     answer: String,
     redacted_spans: usize,
+    pii_in_clear: bool,
 }
 
 /// Collects the answer of a cloud exchange the teacher log keeps ([`SentExchange`]).
 struct Exchange {
+    /// The cloud backend's name.
+    model: String,
     messages: Vec<crate::request::Message>,
-    /// The raw answer, collected only when it differs from the re-hydrated text.
+    /// The raw answer, collected only when it differs from the re-hydrated text (the request
+    /// was redacted).
     raw: Option<String>,
     redacted_spans: usize,
+    pii_in_clear: bool,
 }
 
 impl Exchange {
@@ -1308,16 +1324,20 @@ impl Exchange {
     /// or the policy keeps such requests too (`include_pii`).
     fn for_call(
         store: Option<&crate::wiring::Store>,
+        model: &str,
         features: &Features,
         call: &BackendCall,
         rehydrator: Option<&crate::privacy::Rehydrator>,
     ) -> Option<Exchange> {
         let config = store?.teaching()?;
-        let keep = rehydrator.is_some() || features.pii.is_empty() || config.include_pii;
-        keep.then(|| Exchange {
+        // The spans found are what redaction replaces: none left in clear when redacted.
+        let pii_in_clear = rehydrator.is_none() && !features.pii_spans.is_empty();
+        (!pii_in_clear || config.include_pii).then(|| Exchange {
+            model: model.to_string(),
             messages: call.messages.clone(),
             raw: rehydrator.map(|_| String::new()),
             redacted_spans: rehydrator.map_or(0, |r| r.len()),
+            pii_in_clear,
         })
     }
 
@@ -1328,13 +1348,22 @@ impl Exchange {
         }
     }
 
-    /// The exchange, given the answer's final (re-hydrated) text.
-    fn sent(self, text: &str) -> SentExchange {
-        SentExchange {
+    /// The exchange, given the answer's final (re-hydrated) text; `None` when the request was
+    /// redacted but the answer as received is missing (the re-hydrated text would hold the
+    /// data the provider never saw).
+    fn sent(self, text: &str) -> Option<SentExchange> {
+        let answer = match self.raw {
+            Some(raw) => raw,
+            None if self.redacted_spans == 0 => text.to_string(),
+            None => return None,
+        };
+        Some(SentExchange {
+            model: self.model,
             messages: self.messages,
-            answer: self.raw.unwrap_or_else(|| text.to_string()),
+            answer,
             redacted_spans: self.redacted_spans,
-        }
+            pii_in_clear: self.pii_in_clear,
+        })
     }
 }
 
@@ -1574,6 +1603,7 @@ impl Execution<'_> {
         let redacted_spans = rehydrator.as_ref().map(|r| r.len());
         let exchange = Exchange::for_call(
             self.router.inner.store.as_ref(),
+            cloud.name(),
             self.features,
             &cloud_call,
             rehydrator.as_ref(),
@@ -1722,8 +1752,10 @@ impl Execution<'_> {
                 }
                 let sent = match (answered_by, exchange) {
                     (Route::Cloud, Some(mut e)) => {
-                        e.raw = cloud_clock.raw_answer.get().cloned();
-                        Some(e.sent(&g.text))
+                        if e.raw.is_some() {
+                            e.raw = cloud_clock.raw_answer.get().cloned();
+                        }
+                        e.sent(&g.text)
                     }
                     _ => None,
                 };
@@ -2026,8 +2058,13 @@ impl Execution<'_> {
             self.reasons.push(Reason::Redacted { spans: r.len() });
         }
         let store = self.router.inner.store.clone();
-        let mut exchange =
-            Exchange::for_call(store.as_ref(), self.features, &call, rehydrator.as_ref());
+        let mut exchange = Exchange::for_call(
+            store.as_ref(),
+            backend.name(),
+            self.features,
+            &call,
+            rehydrator.as_ref(),
+        );
         let policy = &self.router.inner.policy;
         let estimate = self.cloud_estimate(&call);
         let report = Arc::new(CallReport::new());
@@ -2114,7 +2151,7 @@ impl Execution<'_> {
             first_token.map(|at| at.duration_since(started)),
         );
         Ok(Outcome {
-            sent: exchange.map(|e| e.sent(&g.text)),
+            sent: exchange.and_then(|e| e.sent(&g.text)),
             text: g.text,
             route: Route::Cloud,
             usage: g.usage,

@@ -412,6 +412,7 @@ impl Store {
         let db_dir = crate::home::db_dir(home);
         crate::cache::restrict_to_owner(&db_dir);
         let db = Database::open(&db_dir)?;
+        let key_bytes = key;
         let key = match key {
             Some(k) => EncryptionKey::from_bytes(&k)?,
             None => EncryptionKey::load_or_create(&crate::home::cache_key_file(home))?,
@@ -425,7 +426,12 @@ impl Store {
         }
         let stats = crate::stats::PersistedStats::open(&db)?;
         let teacher = if policy.distill.collect {
-            let key = EncryptionKey::load_or_create(&crate::home::teacher_key_file(home))?;
+            // An app that keeps its cache key off the disk (`RouterBuilder::cache_key`) gets a
+            // teacher key derived from it, and no key file either.
+            let key = match key_bytes {
+                Some(k) => crate::distill::teacher_key_for(&k)?,
+                None => EncryptionKey::load_or_create(&crate::home::teacher_key_file(home))?,
+            };
             Some(Arc::new(TeacherLog::open(&db, key, policy.distill)?))
         } else {
             None
@@ -455,9 +461,14 @@ impl Store {
     /// Makes everything recorded so far durable: answer cache (and its counters), ledger,
     /// statistics and teacher log, which share one database.
     pub(crate) async fn flush(&self) -> Result<()> {
+        // An fsync: off the runtime's worker threads when there is a runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.cache.flush();
+        }
         let cache = Arc::clone(&self.cache);
         match tokio::task::spawn_blocking(move || cache.flush()).await {
             Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // No blocking thread to be had (the runtime is shutting down): flush here.
             Err(_) => self.cache.flush(),
         }

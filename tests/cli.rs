@@ -1300,6 +1300,7 @@ fn distill_exports_counts_and_clears_the_teacher_log() {
                 ],
                 answer: answer.into(),
                 redacted_spans: 1,
+                pii_in_clear: false,
                 escalated: true,
                 usage: edgeroute::request::Usage::new(9, 2),
             })
@@ -1347,6 +1348,16 @@ fn distill_exports_counts_and_clears_the_teacher_log() {
     assert_eq!(first["metadata"]["rule"], "hard-task-to-cloud");
     assert_eq!(first["metadata"]["escalated"], true);
     assert_eq!(written.lines().count(), 2);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the export is readable by its owner only"
+        );
+    }
     // A file that cannot be written is an error naming it, and leaves nothing behind.
     let missing = home.path().join("no-such-dir").join("train.jsonl");
     let o = run(&[
@@ -1359,6 +1370,13 @@ fn distill_exports_counts_and_clears_the_teacher_log() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no-such-dir"), "{}", stderr(&o));
+    // Nothing but the database, the key and the export is in the home: no partial file.
+    let mut names: Vec<String> = std::fs::read_dir(home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["db", "teacher.key", "train.jsonl"]);
 
     let old_key = std::fs::read(&key_file).unwrap();
     let o = run(&["--home", h, "distill", "clear"]);

@@ -24,21 +24,25 @@ const REDACTED_EMAIL: &str =
     "[[rule]]\nname = \"redacted\"\nroute = \"cloud\"\nredact = true\n[rule.when]\npii_any = [\"email\"]\n";
 const ADDRESS: &str = "jane.roe@example.com";
 
+/// A router on `home`, whose keys are in the home's key files.
 fn router(home: &Path, policy: &str, local: Arc<EchoModel>, fake: &FakeProvider) -> Router {
     Router::builder()
         .policy_str(format!("{CLOUD}{policy}"))
         .local_backend(local)
         .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
         .home(home)
-        .cache_key([9; 32])
         .build()
         .unwrap()
 }
 
 /// What the home's teacher log holds, oldest first (every sample readable).
 fn kept(home: &Path) -> Vec<TeacherSample> {
-    let db = Database::open(&edgeroute::home::db_dir(home)).unwrap();
     let key = EncryptionKey::load_or_create(&edgeroute::home::teacher_key_file(home)).unwrap();
+    kept_with(home, key)
+}
+
+fn kept_with(home: &Path, key: EncryptionKey) -> Vec<TeacherSample> {
+    let db = Database::open(&edgeroute::home::db_dir(home)).unwrap();
     let log = TeacherLog::open(&db, key, DistillConfig::default()).unwrap();
     let (samples, unreadable) = log.samples().unwrap();
     assert_eq!(unreadable, 0);
@@ -89,7 +93,9 @@ async fn a_redacted_cloud_answer_is_kept_as_the_provider_saw_it() {
     );
     assert_eq!(first.answer, "Sure, I will write to <EMAIL_1> today.");
     assert_eq!(first.redacted_spans, 1);
+    assert!(!first.pii_in_clear);
     assert!(!first.escalated);
+    assert_eq!(first.model, resp.attempts[0].backend);
     assert_eq!(first.usage, resp.usage);
     assert!(first.usage.output_tokens > 0);
     assert_eq!(
@@ -131,13 +137,18 @@ async fn only_whole_cloud_answers_without_personal_data_in_clear_are_kept() {
         let clear = r.complete(Request::new(phone)).await.unwrap();
         assert_eq!(clear.decision.rule, "phone-in-clear");
         assert_eq!(clear.route, Route::Cloud);
-        fake.set_stop_reason("length");
-        let cut = r
-            .complete(Request::new("Write a long essay").with_tag("hard"))
-            .await
-            .unwrap();
-        assert_eq!(cut.route, Route::Cloud);
-        assert_eq!(fake.requests_received(), 3);
+        for (reason, prompt) in [
+            ("length", "Write a long essay"),
+            ("content_filter", "Say it"),
+        ] {
+            fake.set_stop_reason(reason);
+            let cut = r
+                .complete(Request::new(prompt).with_tag("hard"))
+                .await
+                .unwrap();
+            assert_eq!(cut.route, Route::Cloud);
+        }
+        assert_eq!(fake.requests_received(), 4);
 
         let samples = kept(home.path());
         let users: Vec<&str> = samples
@@ -146,6 +157,11 @@ async fn only_whole_cloud_answers_without_personal_data_in_clear_are_kept() {
             .collect();
         if include_pii {
             assert_eq!(users, ["Prove it", phone], "include_pii = true");
+            assert_eq!(
+                samples.iter().map(|s| s.pii_in_clear).collect::<Vec<_>>(),
+                [false, true],
+                "the sample sent with personal data in clear says so"
+            );
         } else {
             assert_eq!(users, ["Prove it"], "include_pii = false");
         }
@@ -217,4 +233,76 @@ async fn escalations_and_hedged_cloud_answers_are_kept() {
     assert_eq!(samples[1].messages[0].content, "Draft a note to <EMAIL_1>");
     assert_eq!(samples[1].answer, "Sure, I will write to <EMAIL_1> today.");
     assert_eq!(samples[1].redacted_spans, 1);
+}
+
+/// A router given its cache key by the app writes no key file for the teacher log either: its
+/// key is derived from the app's (`teacher_key_for`), and reads the samples back.
+#[tokio::test]
+async fn an_app_supplied_cache_key_keeps_the_teacher_key_off_the_disk() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    fake.set_reply("A careful answer.");
+    let r = Router::builder()
+        .policy_str(format!("{CLOUD}{COLLECT}[defaults]\nroute = \"cloud\"\n"))
+        .local_backend(Arc::new(EchoModel::default()))
+        .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
+        .home(home.path())
+        .cache_key([9; 32])
+        .build()
+        .unwrap();
+    assert_eq!(
+        r.complete(Request::new("Why?")).await.unwrap().route,
+        Route::Cloud
+    );
+    drop(r);
+    assert!(!edgeroute::home::teacher_key_file(home.path()).exists());
+    assert!(!edgeroute::home::cache_key_file(home.path()).exists());
+    let samples = kept_with(
+        home.path(),
+        edgeroute::distill::teacher_key_for(&[9; 32]).unwrap(),
+    );
+    assert_eq!(samples.len(), 1);
+    assert_eq!(samples[0].answer, "A careful answer.");
+}
+
+/// A hedge the cloud wins while the device is still busy: the sample, and the cached answer's
+/// provenance, name the cloud model that answered, not the device's cancelled leg (whose
+/// attempt is recorded last).
+#[tokio::test]
+async fn a_hedge_the_cloud_wins_names_the_cloud_model() {
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    fake.set_reply("A careful answer.");
+    let local = Arc::new(EchoModel::default());
+    local.stall.store(true, Ordering::SeqCst);
+    let r = router(
+        home.path(),
+        &format!("{COLLECT}[defaults]\nroute = \"hedge\"\nafter_ms = 20\n"),
+        local.clone(),
+        &fake,
+    );
+    let resp = r.complete(Request::new("Why?")).await.unwrap();
+    assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    let cloud = resp
+        .attempts
+        .iter()
+        .find(|a| a.route == Route::Cloud)
+        .unwrap();
+    assert_eq!(
+        resp.attempts.last().unwrap().route,
+        Route::Local,
+        "the cancelled device leg is recorded last: {:?}",
+        resp.attempts
+    );
+    let again = r.complete(Request::new("Why?")).await.unwrap();
+    assert_eq!(again.route, Route::Cache);
+    let hit = again.decision.reasons.iter().find_map(|r| match r {
+        edgeroute::decision::Reason::CacheHit { model, .. } => Some(model.clone()),
+        _ => None,
+    });
+    assert_eq!(hit.as_deref(), Some(cloud.backend.as_str()));
+    drop(r);
+    let samples = kept(home.path());
+    assert_eq!(samples.len(), 1);
+    assert_eq!(samples[0].model, cloud.backend);
 }

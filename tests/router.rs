@@ -932,8 +932,8 @@ impl edgeroute::backend::Backend for Gated {
 }
 
 /// `shutdown` stops new requests at once (`Error::ShutDown`, through clones and streams too),
-/// waits for the one running, and returns once it has answered; with the database (what it
-/// recorded is then on disk) and without.
+/// waits for the one running, and returns once it has answered; with the database and
+/// without.
 #[tokio::test]
 async fn shutdown_refuses_new_requests_and_waits_for_running_ones() {
     let home = tempfile::tempdir().unwrap();
@@ -954,9 +954,17 @@ async fn shutdown_refuses_new_requests_and_waits_for_running_ones() {
         // Its first poll stops new requests, then it waits for the running one.
         let mut shutdown = Box::pin(r.shutdown());
         assert!(futures::poll!(&mut shutdown).is_pending());
-        let late = r.complete(Request::new("late")).await;
+        // (Bounded: a late request that ran would wait at the gate for good.)
+        let late = tokio::time::timeout(Duration::from_secs(10), r.complete(Request::new("late")))
+            .await
+            .expect("a late request fails at once");
         assert!(matches!(late, Err(Error::ShutDown)), "{late:?}");
-        let streamed: Vec<_> = r.clone().stream(Request::new("late")).collect().await;
+        let streamed: Vec<_> = tokio::time::timeout(
+            Duration::from_secs(10),
+            r.clone().stream(Request::new("late")).collect(),
+        )
+        .await
+        .expect("a late stream fails at once");
         assert!(
             matches!(streamed.as_slice(), [Err(Error::ShutDown)]),
             "{streamed:?}"
@@ -979,7 +987,7 @@ async fn shutdown_refuses_new_requests_and_waits_for_running_ones() {
 /// A request over the router's size limit is invalid before anything runs (no tier is
 /// called, no statistics recorded); one at the limit is answered. The default limit holds too.
 #[tokio::test]
-async fn a_request_over_the_size_limit_is_refused_before_anything_runs() {
+async fn a_request_over_the_size_limit_is_refused_before_any_tier_runs() {
     let model = Arc::new(EchoModel::default());
     let r = Router::builder()
         .policy_str(POLICY)

@@ -105,10 +105,10 @@ enum DistillCommand {
     /// Write the kept samples, oldest first, as chat fine-tuning JSONL: one
     /// {"messages": [...]} per line, the cloud's answer as the last (assistant) message.
     /// Messages are as the provider received them: placeholders (<EMAIL_1>) where the
-    /// request was redacted.
+    /// request was redacted. The export is not encrypted.
     Export {
-        /// Write to FILE; an existing FILE is replaced only once the whole export is written.
-        /// Default: standard output.
+        /// Write to FILE (created readable by its owner only); an existing FILE is replaced
+        /// only once the whole export is written. Default: standard output.
         #[arg(long, short = 'o', value_name = "FILE")]
         out: Option<PathBuf>,
         /// Add each sample's rule, model, time, token counts, redacted spans and whether it was
@@ -482,12 +482,15 @@ fn answer(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdRes
         }
         // Whatever stopped the request (an interrupt, a closed pipe, an error), the reservation
         // of a cloud call it dropped settles in the background: wait for it, or the call's
-        // whole estimate stays counted as spent.
-        if tokio::time::timeout(Duration::from_secs(5), router.settled())
-            .await
-            .is_err()
-        {
-            tracing::warn!("a cloud call's budget reservation did not settle within 5 s");
+        // whole estimate stays counted as spent; then make what was recorded durable.
+        match tokio::time::timeout(Duration::from_secs(5), router.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "what this request recorded may not be on disk")
+            }
+            Err(_) => {
+                tracing::warn!("a cloud call's budget reservation did not settle within 5 s")
+            }
         }
         result
     });
@@ -998,11 +1001,22 @@ fn export_to_file(
             path.display()
         )));
     };
-    let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = path.with_file_name(format!(".{name}.partial-{}-{nanos}", std::process::id()));
     let write = || -> std::result::Result<_, Stop> {
-        let file = std::fs::File::create(&tmp).map_err(io)?;
+        // The export is the samples in clear: readable by its owner only, in a new file.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&tmp).map_err(io)?;
         let mut w = std::io::BufWriter::new(file);
-        let summary = log.export_jsonl(&mut w, metadata)?;
+        let summary = log.export_jsonl(&mut w, metadata).map_err(|e| match e {
+            edgeroute::Error::Io { source, .. } => io(source),
+            e => Stop::Failed(e),
+        })?;
         let file = w.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)?;

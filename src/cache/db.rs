@@ -36,6 +36,8 @@ struct Shared {
     flusher: OnceLock<mpsc::Sender<FlushRequest>>,
     /// The counts the answer caches open on this database share (see [`Database::cache_tally`]).
     cache_tally: Mutex<Weak<Tally>>,
+    /// The bytes of the teacher logs open on this database (see [`Database::teacher_bytes`]).
+    teacher_bytes: Mutex<Weak<Mutex<u64>>>,
 }
 
 /// The databases [`Database::open`] has open in this process, by directory.
@@ -100,6 +102,7 @@ impl Database {
                 path: path.into(),
                 flusher: OnceLock::new(),
                 cache_tally: Mutex::new(Weak::new()),
+                teacher_bytes: Mutex::new(Weak::new()),
             }),
         }
     }
@@ -124,6 +127,23 @@ impl Database {
         let tally = Arc::new(Tally::default());
         *slot = Arc::downgrade(&tally);
         (tally, true)
+    }
+
+    /// The byte count shared by the teacher logs open on this database, and whether this call
+    /// made it (then the caller counts the log's bytes into it), as for
+    /// [`Database::cache_tally`].
+    pub(crate) fn teacher_bytes(&self) -> (Arc<Mutex<u64>>, bool) {
+        let mut slot = self
+            .shared
+            .teacher_bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(bytes) = slot.upgrade() {
+            return (bytes, false);
+        }
+        let bytes = Arc::new(Mutex::new(0));
+        *slot = Arc::downgrade(&bytes);
+        (bytes, true)
     }
 
     /// The database directory.
