@@ -32,7 +32,8 @@ pub(crate) fn local_from_policy(policy: &CompiledPolicy, home: &Path) -> Result<
         .threads(l.threads as usize)
         .max_new_tokens(l.max_new_tokens)
         .repetition_penalty(l.repetition_penalty)
-        .pool_size(l.sessions as usize);
+        .pool_size(l.sessions as usize)
+        .intra_op_spinning(l.spinning);
     if let Some(dir) = &l.model_dir {
         builder = builder.model_dir(dir);
     }

@@ -978,3 +978,31 @@ fn rules_that_do_not_do_what_they_seem_compile_with_warnings() {
         assert!(p.warnings.is_empty(), "{f}: {:?}", p.warnings);
     }
 }
+
+/// `[local].spinning` and `[distill]` compile to their settings, with their documented defaults.
+#[test]
+fn local_spinning_and_distill_settings_compile_with_their_defaults() {
+    let defaults = policy("");
+    assert!(!defaults.local.spinning);
+    assert_eq!(
+        defaults.distill,
+        edgeroute::distill::DistillConfig::default()
+    );
+    assert!(!defaults.distill.collect);
+    let set = policy(
+        "[local]\nspinning = true\n[distill]\ncollect = true\nmax_bytes = 1048576\n\
+         include_pii = true\nmax_age_days = 30\n",
+    );
+    assert!(set.local.spinning);
+    assert_eq!(
+        set.distill,
+        edgeroute::distill::DistillConfig {
+            collect: true,
+            max_bytes: 1 << 20,
+            include_pii: true,
+            max_age: Some(std::time::Duration::from_secs(30 * 24 * 3600)),
+        }
+    );
+    let no_age_limit = policy("[distill]\ncollect = true\nmax_age_days = 0\n");
+    assert_eq!(no_age_limit.distill.max_age, None);
+}

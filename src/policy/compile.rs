@@ -135,6 +135,9 @@ pub struct LocalSection {
     pub threads: u32,
     /// Session pool size (default 1).
     pub sessions: u32,
+    /// ONNX Runtime's threads busy-wait between operators (default false): much faster
+    /// decoding on cores the app has to itself, much slower when other work shares them.
+    pub spinning: bool,
 }
 
 /// Cloud API flavour.
@@ -1459,6 +1462,7 @@ impl Compiler<'_> {
             max_new_tokens: l.max_new_tokens.unwrap_or(128),
             threads: l.threads.unwrap_or(2),
             sessions: l.sessions.unwrap_or(1),
+            spinning: l.spinning.unwrap_or(false),
         }
     }
 

@@ -87,6 +87,8 @@ pub struct RawLocal {
     pub threads: Option<u32>,
     /// Sessions in the pool.
     pub sessions: Option<u32>,
+    /// Let ONNX Runtime's threads busy-wait between operators.
+    pub spinning: Option<bool>,
 }
 
 /// `[cloud]`.
