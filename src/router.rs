@@ -546,13 +546,15 @@ impl Router {
         sink: Option<mpsc::UnboundedSender<String>>,
     ) -> Result<Response> {
         let inner = &self.inner;
-        // Counted until this future is done or dropped, after whatever it reserved (dropped
-        // first, as declared later): `settled()` cannot return between a reservation and the
-        // guard that settles it.
-        // Checked before counting too, so that refused requests do not hold a shutdown up.
+        // A router shutting down takes no request (checked before counting too, so that
+        // refused requests do not hold the shutdown up).
         if inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::ShutDown);
         }
+        // Counted until this future is done or dropped, after whatever it reserved (dropped
+        // first, as declared later): `settled()` cannot return between a reservation and the
+        // guard that settles it. The fence pairs with `shutdown`'s: this request sees
+        // `closing`, or `shutdown` sees it counted.
         let _in_flight = inner.work.track();
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         if inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
