@@ -157,10 +157,9 @@ pub struct ExportSummary {
 /// so `max_bytes` holds for all of them together.
 pub struct TeacherLog {
     tree: sled::Tree,
-    /// The database (its ids order the samples).
-    db: sled::Db,
-    /// The database's directory, for error messages.
-    path: std::path::PathBuf,
+    /// The database, kept open while the log is (its ids order the samples; other handles
+    /// opened on its directory share it, and the byte count).
+    db: Database,
     key: EncryptionKey,
     config: DistillConfig,
     /// Bytes stored, shared by the handles on this database.
@@ -191,8 +190,7 @@ impl TeacherLog {
         }
         let log = TeacherLog {
             tree,
-            db: db.sled().clone(),
-            path: db.path().to_path_buf(),
+            db: db.clone(),
             key,
             config,
             bytes,
@@ -257,7 +255,7 @@ impl TeacherLog {
         let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
         // The sample's time, then a sled id (unique, across restarts too): keys sort oldest
         // first.
-        let id = self.db.generate_id().map_err(|e| self.storage(e))?;
+        let id = self.db.sled().generate_id().map_err(|e| self.storage(e))?;
         let mut key = [0u8; 16];
         key[..8].copy_from_slice(&sample.at_unix_ms.to_be_bytes());
         key[8..].copy_from_slice(&id.to_be_bytes());
@@ -344,7 +342,7 @@ impl TeacherLog {
     }
 
     fn storage(&self, e: sled::Error) -> Error {
-        crate::cache::storage_error(&self.path, e)
+        crate::cache::storage_error(self.db.path(), e)
     }
 
     /// Writes what was stored to disk.
