@@ -353,7 +353,7 @@ pub(crate) struct Store {
     stats: crate::stats::PersistedStats,
     /// Whole cloud answers kept for distillation (`[distill] collect = true`).
     teacher: Option<Arc<TeacherLog>>,
-    /// Requests running and cloud-call reservations not settled yet (see [`Store::settled`]).
+    /// Requests running and cloud-call reservations not settled yet (see [`crate::Router::settled`]).
     unsettled: Arc<UnsettledWork>,
 }
 
@@ -364,7 +364,7 @@ pub(crate) struct UnsettledWork {
     none_left: tokio::sync::Notify,
 }
 
-/// One running request or unsettled reservation, counted in [`Store::settled`] until dropped.
+/// One running request or unsettled reservation, counted in [`crate::Router::settled`] until dropped.
 pub(crate) struct Unsettled(Arc<UnsettledWork>);
 
 impl UnsettledWork {

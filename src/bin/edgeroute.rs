@@ -1026,8 +1026,7 @@ fn export_to_file(
     if summary.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    let summary = summary?;
-    Ok(summary)
+    summary
 }
 
 /// What the home's ledger says is left of the policy's budget (`None` without limits). A home
