@@ -1409,3 +1409,41 @@ fn distill_exports_counts_and_clears_the_teacher_log() {
         .collect();
     assert_eq!(users, ["\"Recent?\""]);
 }
+
+/// End to end, one process after another: `ask` with a policy that collects sends a redacted
+/// prompt to the cloud and prints the re-hydrated answer; `distill export` then writes what the
+/// provider saw, placeholders and all.
+#[cfg(feature = "cloud")]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_asked_cloud_answer_is_exported_as_the_provider_saw_it() {
+    let fake = support::FakeProvider::start().await;
+    fake.set_reply("Sure, I will write to <EMAIL_1> today.");
+    let home = tempfile::tempdir().unwrap();
+    let policy = cloud_policy(
+        home.path(),
+        &fake,
+        "[distill]\ncollect = true\n[defaults]\nroute = \"cloud\"\nredact = true\n",
+    );
+    let h = home.path().to_str().unwrap();
+    let o = bin()
+        .args(["--home", h, "ask", "--policy", policy.to_str().unwrap()])
+        .arg("Draft a note to jane.roe@example.com about lunch")
+        .env("EDGEROUTE_TEST_KEY", support::TEST_KEY)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        "Sure, I will write to jane.roe@example.com today."
+    );
+    let o = run(&["--home", h, "distill", "export"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        line["messages"],
+        serde_json::json!([
+            {"role": "user", "content": "Draft a note to <EMAIL_1> about lunch"},
+            {"role": "assistant", "content": "Sure, I will write to <EMAIL_1> today."},
+        ])
+    );
+}
