@@ -1005,4 +1005,14 @@ fn local_spinning_and_distill_settings_compile_with_their_defaults() {
     );
     let no_age_limit = policy("[distill]\ncollect = true\nmax_age_days = 0\n");
     assert_eq!(no_age_limit.distill.max_age, None);
+    assert!(no_age_limit.warnings.is_empty());
+    // Collecting with no cloud to collect from is valid, and a warning with its place.
+    let no_cloud = compile_str("[distill]\ncollect = true\n", Path::new("x.toml")).unwrap();
+    let text: Vec<String> = no_cloud.warnings.iter().map(|w| w.as_warning()).collect();
+    assert!(
+        text.iter().any(|w| w.contains(":2:")
+            && w.contains("distill.collect")
+            && w.contains("no [cloud] section")),
+        "{text:?}"
+    );
 }

@@ -1567,6 +1567,10 @@ impl Compiler<'_> {
             Some(n) => n,
             None => defaults.max_bytes,
         };
+        if d.collect == Some(true) && raw.cloud.is_none() {
+            let path = TomlPath::root().key("distill").key("collect");
+            self.warn(&path, "collect = true, but the policy has no [cloud] section: no request goes to the cloud, so no answer is kept");
+        }
         crate::distill::DistillConfig {
             collect: d.collect.unwrap_or(defaults.collect),
             max_bytes,
