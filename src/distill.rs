@@ -10,7 +10,9 @@
 //! `include_pii = true`. Local and cached answers are never kept.
 //!
 //! Samples live in the home's sled database (tree `teacher`), each sealed with AES-256-GCM under
-//! the key in `<home>/teacher.key` (its own key: `edgeroute cache clear` does not touch them).
+//! the key in `<home>/teacher.key` (its own key: `edgeroute cache clear` does not touch them),
+//! or, for a router given its cache key by the app, under a key derived from that one
+//! ([`teacher_key_for`]), with no key file.
 //! The log is bounded by `max_bytes`; the oldest samples go first. `edgeroute distill export`
 //! writes them as chat fine-tuning JSONL ([`TeacherLog::export_jsonl`]); `distill stats` and
 //! `distill clear` count and remove them.
@@ -180,14 +182,14 @@ impl TeacherLog {
     pub fn open(db: &Database, key: EncryptionKey, config: DistillConfig) -> Result<Self> {
         let storage = |e: sled::Error| crate::cache::storage_error(db.path(), e);
         let tree = db.sled().open_tree(TREE).map_err(storage)?;
-        let (bytes, fresh) = db.teacher_bytes();
-        if fresh {
-            let mut total = bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = db.teacher_bytes(|| {
+            let mut total = 0u64;
             for entry in tree.iter() {
                 let (_, value) = entry.map_err(storage)?;
-                *total += value.len() as u64;
+                total += value.len() as u64;
             }
-        }
+            Ok(total)
+        })?;
         let log = TeacherLog {
             tree,
             db: db.clone(),

@@ -156,7 +156,9 @@ impl RouterBuilder {
     }
 
     /// The answer-cache encryption key. Default: `<home>/cache.key`, created (mode 0600) on
-    /// first use.
+    /// first use. Given here, it also stands in for the teacher log's key file
+    /// (`<home>/teacher.key`): that key is derived from this one
+    /// ([`crate::distill::teacher_key_for`]).
     pub fn cache_key(mut self, key: [u8; 32]) -> Self {
         self.cache_key = Some(key);
         self

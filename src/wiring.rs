@@ -353,6 +353,8 @@ pub(crate) struct Store {
     stats: crate::stats::PersistedStats,
     /// Whole cloud answers kept for distillation (`[distill] collect = true`).
     teacher: Option<Arc<TeacherLog>>,
+    /// The database all of them live in.
+    db: Database,
     /// Requests running and cloud-call reservations not settled yet (see [`crate::Router::settled`]).
     unsettled: Arc<UnsettledWork>,
 }
@@ -438,6 +440,7 @@ impl Store {
             None
         };
         Ok(Store {
+            db: db.clone(),
             teacher,
             cache: Arc::new(cache),
             ledger: Arc::new(ledger),
@@ -466,8 +469,14 @@ impl Store {
         if tokio::runtime::Handle::try_current().is_err() {
             return self.cache.flush();
         }
-        let cache = Arc::clone(&self.cache);
-        match tokio::task::spawn_blocking(move || cache.flush()).await {
+        let (cache, db) = (Arc::clone(&self.cache), self.db.clone());
+        // The flush holds the database open (the `Database`, not only sled's handle), so that
+        // a router dropped meanwhile does not leave a handle another open would trip over.
+        let flush = move || {
+            let _open = db;
+            cache.flush()
+        };
+        match tokio::task::spawn_blocking(flush).await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // No blocking thread to be had (the runtime is shutting down): flush here.

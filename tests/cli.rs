@@ -1310,13 +1310,21 @@ fn distill_exports_counts_and_clears_the_teacher_log() {
     };
     record(&["First <EMAIL_1>?", "Second?"]);
     let h = home.path().to_str().unwrap();
+    // `distill export` on this home, with more arguments.
+    let export = |more: &[&str]| {
+        bin()
+            .args(["--home", h, "distill", "export"])
+            .args(more)
+            .output()
+            .unwrap()
+    };
 
     let o = run(&["--home", h, "distill", "stats", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(s["samples"], 2, "{s}");
 
-    let o = run(&["--home", h, "distill", "export"]);
+    let o = export(&[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> = stdout(&o)
         .lines()
@@ -1336,7 +1344,7 @@ fn distill_exports_counts_and_clears_the_teacher_log() {
     let file = home.path().join("train.jsonl");
     std::fs::write(&file, "an earlier export\n").unwrap();
     let f = file.to_str().unwrap();
-    let o = run(&["--home", h, "distill", "export", "--metadata", "--out", f]);
+    let o = export(&["--metadata", "--out", f]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("exported 2 sample(s)"),
@@ -1358,31 +1366,34 @@ fn distill_exports_counts_and_clears_the_teacher_log() {
             "the export is readable by its owner only"
         );
     }
-    // A file that cannot be written is an error naming it, and leaves nothing behind.
-    let missing = home.path().join("no-such-dir").join("train.jsonl");
-    let o = run(&[
-        "--home",
-        h,
-        "distill",
-        "export",
-        "--out",
-        missing.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("no-such-dir"), "{}", stderr(&o));
-    // Nothing but the database, the key and the export is in the home: no partial file.
+    // A file that cannot be written is an error naming it: one whose directory is missing,
+    // and one that fails once written (the name is a directory), which leaves no partial file.
+    let dir_named = home.path().join("out.d");
+    std::fs::create_dir(&dir_named).unwrap();
+    for (out, named) in [
+        (
+            home.path().join("no-such-dir").join("train.jsonl"),
+            "no-such-dir",
+        ),
+        (dir_named.clone(), "out.d"),
+    ] {
+        let o = export(&["--out", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains(named), "{}", stderr(&o));
+    }
     let mut names: Vec<String> = std::fs::read_dir(home.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["db", "teacher.key", "train.jsonl"]);
+    assert_eq!(names, ["db", "out.d", "teacher.key", "train.jsonl"]);
+    assert_eq!(std::fs::read_dir(&dir_named).unwrap().count(), 0);
 
     let old_key = std::fs::read(&key_file).unwrap();
     let o = run(&["--home", h, "distill", "clear"]);
     assert!(stdout(&o).contains("removed 2 sample(s)"), "{}", stdout(&o));
     assert_ne!(std::fs::read(&key_file).unwrap(), old_key);
-    let o = run(&["--home", h, "distill", "export"]);
+    let o = export(&[]);
     assert!(o.status.success());
     assert_eq!(stdout(&o), "");
     assert!(stderr(&o).contains("collect = true"), "{}", stderr(&o));
@@ -1391,14 +1402,7 @@ fn distill_exports_counts_and_clears_the_teacher_log() {
     record(&["Recent?", "Old?"]);
     let aged = home.path().join("aged.toml");
     std::fs::write(&aged, "[distill]\ncollect = true\nmax_age_days = 7\n").unwrap();
-    let o = run(&[
-        "--home",
-        h,
-        "distill",
-        "export",
-        "--policy",
-        aged.to_str().unwrap(),
-    ]);
+    let o = export(&["--policy", aged.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let users: Vec<String> = stdout(&o)
         .lines()

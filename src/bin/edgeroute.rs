@@ -111,8 +111,8 @@ enum DistillCommand {
         /// only once the whole export is written. Default: standard output.
         #[arg(long, short = 'o', value_name = "FILE")]
         out: Option<PathBuf>,
-        /// Add each sample's rule, model, time, token counts, redacted spans and whether it was
-        /// a cascade escalation, under "metadata".
+        /// Add each sample's rule, model, time, token counts, redacted spans, whether personal
+        /// data went in clear and whether it was a cascade escalation, under "metadata".
         #[arg(long)]
         metadata: bool,
         /// Samples older than this policy's `[distill] max_age_days` are removed first.
@@ -128,8 +128,10 @@ enum DistillCommand {
         #[command(flatten)]
         policy: PolicyArg,
     },
-    /// Remove every sample and replace the teacher log's key, so that removed samples cannot be
-    /// read from the database files either.
+    /// Remove every sample and replace the teacher log's key file, so that removed samples
+    /// cannot be read from the database files either. (A home whose router was given its key
+    /// by the app has no key file: its samples are removed, and only a new app key makes the
+    /// database's old records unreadable; `export` cannot read them.)
     Clear,
 }
 
@@ -488,9 +490,10 @@ fn answer(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdRes
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "what this request recorded may not be on disk")
             }
-            Err(_) => {
-                tracing::warn!("a cloud call's budget reservation did not settle within 5 s")
-            }
+            Err(_) => tracing::warn!(
+                "shutdown did not finish within 5 s (a cloud call's budget reservation not \
+                 settled, or a slow flush)"
+            ),
         }
         result
     });
@@ -1005,13 +1008,13 @@ fn export_to_file(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let tmp = path.with_file_name(format!(".{name}.partial-{}-{nanos}", std::process::id()));
+    // The export is the samples in clear: readable by its owner only, in a new file.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&tmp).map_err(io)?;
     let write = || -> std::result::Result<_, Stop> {
-        // The export is the samples in clear: readable by its owner only, in a new file.
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(&tmp).map_err(io)?;
         let mut w = std::io::BufWriter::new(file);
         let summary = log.export_jsonl(&mut w, metadata).map_err(|e| match e {
             edgeroute::Error::Io { source, .. } => io(source),

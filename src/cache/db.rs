@@ -129,21 +129,23 @@ impl Database {
         (tally, true)
     }
 
-    /// The byte count shared by the teacher logs open on this database, and whether this call
-    /// made it (then the caller counts the log's bytes into it), as for
-    /// [`Database::cache_tally`].
-    pub(crate) fn teacher_bytes(&self) -> (Arc<Mutex<u64>>, bool) {
+    /// The byte count shared by the teacher logs open on this database. When none is open,
+    /// `count` gives the first value, worked out while no other log can open here.
+    pub(crate) fn teacher_bytes(
+        &self,
+        count: impl FnOnce() -> Result<u64>,
+    ) -> Result<Arc<Mutex<u64>>> {
         let mut slot = self
             .shared
             .teacher_bytes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(bytes) = slot.upgrade() {
-            return (bytes, false);
+            return Ok(bytes);
         }
-        let bytes = Arc::new(Mutex::new(0));
+        let bytes = Arc::new(Mutex::new(count()?));
         *slot = Arc::downgrade(&bytes);
-        (bytes, true)
+        Ok(bytes)
     }
 
     /// The database directory.
