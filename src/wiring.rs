@@ -34,6 +34,9 @@ pub(crate) fn local_from_policy(policy: &CompiledPolicy, home: &Path) -> Result<
         .repetition_penalty(l.repetition_penalty)
         .pool_size(l.sessions as usize)
         .intra_op_spinning(l.spinning);
+    if let Some(n) = l.max_waiting {
+        builder = builder.max_waiting(n as usize);
+    }
     if let Some(dir) = &l.model_dir {
         builder = builder.model_dir(dir);
     }

@@ -979,11 +979,26 @@ fn rules_that_do_not_do_what_they_seem_compile_with_warnings() {
     }
 }
 
-/// `[local].spinning` and `[distill]` compile to their settings, with their documented defaults.
+/// `[local].spinning`, `[local].max_waiting` and `[distill]` compile to their settings, with
+/// their documented defaults and limits.
 #[test]
 fn local_spinning_and_distill_settings_compile_with_their_defaults() {
     let defaults = policy("");
     assert!(!defaults.local.spinning);
+    assert_eq!(
+        defaults.local.max_waiting, None,
+        "the backend's own default"
+    );
+    assert_eq!(
+        policy("[local]\nmax_waiting = 0\n").local.max_waiting,
+        Some(0)
+    );
+    let over = compile_str("[local]\nmax_waiting = 65537\n", Path::new("x.toml")).unwrap_err();
+    let text = render_diagnostics(&over);
+    assert!(
+        text.contains("x.toml:2:15: local.max_waiting: `max_waiting` must be at most 65536"),
+        "{text}"
+    );
     assert_eq!(
         defaults.distill,
         edgeroute::distill::DistillConfig::default()

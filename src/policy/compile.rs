@@ -117,6 +117,9 @@ pub struct CompiledRule {
     pub plan: Plan,
 }
 
+/// The largest `[local].max_waiting`.
+const MAX_WAITING_LIMIT: u32 = 65_536;
+
 /// `[local]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalSection {
@@ -138,6 +141,10 @@ pub struct LocalSection {
     /// ONNX Runtime's threads busy-wait between operators (default false): much faster
     /// decoding on cores the app has to itself, much slower when other work shares them.
     pub spinning: bool,
+    /// Most requests waiting for a session of the local model (`None`: the local backend's
+    /// default, 256); one more finds the tier unavailable, and an unpinned plan answers it
+    /// from the cloud. 0: never wait.
+    pub max_waiting: Option<u32>,
 }
 
 /// Cloud API flavour.
@@ -1463,6 +1470,16 @@ impl Compiler<'_> {
             threads: l.threads.unwrap_or(2),
             sessions: l.sessions.unwrap_or(1),
             spinning: l.spinning.unwrap_or(false),
+            max_waiting: match l.max_waiting {
+                Some(n) if n > MAX_WAITING_LIMIT => {
+                    self.error(
+                        &path.key("max_waiting"),
+                        format!("`max_waiting` must be at most {MAX_WAITING_LIMIT}, not {n}"),
+                    );
+                    None
+                }
+                n => n,
+            },
         }
     }
 

@@ -89,6 +89,8 @@ pub struct RawLocal {
     pub sessions: Option<u32>,
     /// Let ONNX Runtime's threads busy-wait between operators.
     pub spinning: Option<bool>,
+    /// Most requests waiting for a busy local model.
+    pub max_waiting: Option<u32>,
 }
 
 /// `[cloud]`.
