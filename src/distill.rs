@@ -508,16 +508,20 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    /// The size on disk of one `sample("answer 0")`, measured in a log under `dir` that is
+    /// left empty.
+    fn one_sample_bytes(dir: &std::path::Path, key: [u8; 32]) -> u64 {
+        let log = open(dir, key, 1 << 20);
+        log.record(&sample("answer 0")).unwrap();
+        let one = log.stats().bytes;
+        log.clear().unwrap();
+        one
+    }
+
     #[test]
     fn the_oldest_samples_go_first_beyond_max_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let one = {
-            let log = open(dir.path(), [3; 32], 1 << 20);
-            log.record(&sample("answer 0")).unwrap();
-            let one = log.stats().bytes;
-            log.clear().unwrap();
-            one
-        };
+        let one = one_sample_bytes(dir.path(), [3; 32]);
         // Room for three samples of this size.
         let log = open(dir.path(), [3; 32], one * 3 + one / 2);
         for i in 0..5 {
@@ -537,13 +541,7 @@ mod tests {
     #[test]
     fn handles_on_one_database_share_max_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let one = {
-            let log = open(dir.path(), [4; 32], 1 << 20);
-            log.record(&sample("answer 0")).unwrap();
-            let one = log.stats().bytes;
-            log.clear().unwrap();
-            one
-        };
+        let one = one_sample_bytes(dir.path(), [4; 32]);
         let (a, b) = (
             open(dir.path(), [4; 32], one * 3 + one / 2),
             open(dir.path(), [4; 32], one * 3 + one / 2),

@@ -26,13 +26,21 @@ const ADDRESS: &str = "jane.roe@example.com";
 
 /// A router on `home`, whose keys are in the home's key files.
 fn router(home: &Path, policy: &str, local: Arc<EchoModel>, fake: &FakeProvider) -> Router {
+    builder(home, policy, local, fake).build().unwrap()
+}
+
+/// What [`router`] builds, before it is built.
+fn builder(
+    home: &Path,
+    policy: &str,
+    local: Arc<EchoModel>,
+    fake: &FakeProvider,
+) -> edgeroute::RouterBuilder {
     Router::builder()
         .policy_str(format!("{CLOUD}{policy}"))
         .local_backend(local)
         .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
         .home(home)
-        .build()
-        .unwrap()
 }
 
 /// What the home's teacher log holds, oldest first (every sample readable).
@@ -242,14 +250,15 @@ async fn an_app_supplied_cache_key_keeps_the_teacher_key_off_the_disk() {
     let home = tempfile::tempdir().unwrap();
     let fake = FakeProvider::start().await;
     fake.set_reply("A careful answer.");
-    let r = Router::builder()
-        .policy_str(format!("{CLOUD}{COLLECT}[defaults]\nroute = \"cloud\"\n"))
-        .local_backend(Arc::new(EchoModel::default()))
-        .cloud_backend(Arc::new(CloudBackend::new(fake.openai_config()).unwrap()))
-        .home(home.path())
-        .cache_key([9; 32])
-        .build()
-        .unwrap();
+    let r = builder(
+        home.path(),
+        &format!("{COLLECT}[defaults]\nroute = \"cloud\"\n"),
+        Arc::default(),
+        &fake,
+    )
+    .cache_key([9; 32])
+    .build()
+    .unwrap();
     assert_eq!(
         r.complete(Request::new("Why?")).await.unwrap().route,
         Route::Cloud

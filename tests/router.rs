@@ -688,17 +688,22 @@ impl edgeroute::backend::Backend for AnswersInOnePiece {
         call: edgeroute::backend::BackendCall,
     ) -> edgeroute::Result<edgeroute::backend::EventStream> {
         self.calls.lock().unwrap().push(call.params);
-        let done = edgeroute::backend::Generation {
-            text: "42".into(),
-            usage: Usage::new(3, 1),
-            usage_estimated: false,
-            confidence: None,
-            finish: edgeroute::backend::FinishReason::Stop,
-        };
-        Ok(Box::pin(futures::stream::iter([Ok(
-            edgeroute::backend::StreamEvent::Done(done),
-        )])))
+        Ok(answered_in_one_piece())
     }
+}
+
+/// "42", in the final event alone.
+fn answered_in_one_piece() -> edgeroute::backend::EventStream {
+    let done = edgeroute::backend::Generation {
+        text: "42".into(),
+        usage: Usage::new(3, 1),
+        usage_estimated: false,
+        confidence: None,
+        finish: edgeroute::backend::FinishReason::Stop,
+    };
+    Box::pin(futures::stream::iter([Ok(
+        edgeroute::backend::StreamEvent::Done(done),
+    )]))
 }
 
 /// The router answers with the text a backend put in its final event when no delta carried it
@@ -891,7 +896,8 @@ async fn a_panic_while_streaming_ends_the_stream_with_an_error() {
     );
 }
 
-/// A local backend that answers "42" once let through: one permit of `gate` per call.
+/// A local backend that answers "42" (in one piece) once let through: one permit of `gate`
+/// per call.
 struct Gated {
     gate: tokio::sync::Semaphore,
     started: tokio::sync::Notify,
@@ -918,16 +924,7 @@ impl edgeroute::backend::Backend for Gated {
     ) -> edgeroute::Result<edgeroute::backend::EventStream> {
         self.started.notify_one();
         self.gate.acquire().await.unwrap().forget();
-        let done = edgeroute::backend::Generation {
-            text: "42".into(),
-            usage: Usage::new(3, 1),
-            usage_estimated: false,
-            confidence: None,
-            finish: edgeroute::backend::FinishReason::Stop,
-        };
-        Ok(Box::pin(futures::stream::iter([Ok(
-            edgeroute::backend::StreamEvent::Done(done),
-        )])))
+        Ok(answered_in_one_piece())
     }
 }
 

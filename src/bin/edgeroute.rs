@@ -857,6 +857,15 @@ fn open_existing_db(
     Ok((home, db))
 }
 
+/// The key in `key_file`, or a throwaway one (none is written) when there is no such file.
+fn key_in(key_file: &Path) -> edgeroute::Result<edgeroute::cache::EncryptionKey> {
+    if key_file.exists() {
+        edgeroute::cache::EncryptionKey::load_or_create(key_file)
+    } else {
+        edgeroute::cache::EncryptionKey::generate()
+    }
+}
+
 fn cache(cmd: CacheCommand, home: Option<&Path>) -> CmdResult {
     let policy = match &cmd {
         CacheCommand::Stats { policy, .. } | CacheCommand::Clear { policy } => load_policy(policy)?,
@@ -865,11 +874,7 @@ fn cache(cmd: CacheCommand, home: Option<&Path>) -> CmdResult {
     // Counting and clearing never decrypt: without a key file (an app that passes its own key)
     // a throwaway key serves, and none is written.
     let key_file = edgeroute::home::cache_key_file(&home);
-    let key = if key_file.exists() {
-        edgeroute::cache::EncryptionKey::load_or_create(&key_file)?
-    } else {
-        edgeroute::cache::EncryptionKey::generate()?
-    };
+    let key = key_in(&key_file)?;
     let cache = edgeroute::cache::SledCache::open(&db, key, policy.cache.clone())?;
     match cmd {
         CacheCommand::Stats { json, .. } => {
@@ -919,11 +924,7 @@ fn distill(cmd: DistillCommand, home: Option<&Path>) -> CmdResult {
     let (home, db) = open_existing_db(home)?;
     // Without a key file nothing was ever kept: a throwaway key serves, and none is written.
     let key_file = edgeroute::home::teacher_key_file(&home);
-    let key = if key_file.exists() {
-        edgeroute::cache::EncryptionKey::load_or_create(&key_file)?
-    } else {
-        edgeroute::cache::EncryptionKey::generate()?
-    };
+    let key = key_in(&key_file)?;
     let log = edgeroute::distill::TeacherLog::open(&db, key, config)?;
     const NOTHING_KEPT: &str = "no samples kept: the router keeps whole cloud answers when the \
 policy sets `collect = true` under [distill]";

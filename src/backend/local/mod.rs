@@ -1184,6 +1184,22 @@ mod tests {
         (pause_tx, holder)
     }
 
+    /// Lets the session [`hold_the_session`] held go, and checks that each of `streams` (calls
+    /// queued behind it) then runs to its final event.
+    async fn let_go(
+        pause_tx: std::sync::mpsc::Sender<()>,
+        holder: std::thread::JoinHandle<Result<LocalOutput>>,
+        streams: Vec<EventStream>,
+    ) {
+        use futures::StreamExt;
+        drop(pause_tx);
+        holder.join().unwrap().unwrap();
+        for s in streams {
+            let last = s.collect::<Vec<_>>().await.pop().unwrap().unwrap();
+            assert!(matches!(last, StreamEvent::Done(_)));
+        }
+    }
+
     /// A request queued behind a busy session stops without running its prompt when its
     /// caller goes away (a dropped stream) or its deadline passes, so abandoned requests do not
     /// hold up the live ones behind them.
@@ -1273,12 +1289,7 @@ mod tests {
                 if why.contains("2 calls are already waiting")),
             "{events:?}"
         );
-        drop(pause_tx);
-        holder.join().unwrap().unwrap();
-        for s in streams {
-            let last = s.collect::<Vec<_>>().await.pop().unwrap().unwrap();
-            assert!(matches!(last, StreamEvent::Done(_)));
-        }
+        let_go(pause_tx, holder, streams).await;
         assert_eq!(b.inner.waiting.load(Ordering::SeqCst), 0);
         assert_eq!(b.generate(hey(None)).await.unwrap().text, "Hi!é");
     }
@@ -1311,12 +1322,7 @@ mod tests {
             matches!(&events[..], [Err(Error::Timeout { elapsed, .. })] if *elapsed >= Duration::from_millis(100)),
             "{events:?}"
         );
-        drop(pause_tx);
-        holder.join().unwrap().unwrap();
-        for s in streams {
-            let last = s.collect::<Vec<_>>().await.pop().unwrap().unwrap();
-            assert!(matches!(last, StreamEvent::Done(_)));
-        }
+        let_go(pause_tx, holder, streams).await;
         assert_eq!(
             *b.inner.admitted.lock().unwrap(),
             ["q0", "q1", "q2", "q3", "q4"]
