@@ -73,11 +73,13 @@
 
 pub mod backend;
 pub mod cache;
+pub mod calibrate;
 pub mod decision;
 pub mod distill;
 pub mod error;
 pub mod home;
 pub mod inspect;
+mod latency_memory;
 pub mod ledger;
 pub mod policy;
 pub mod privacy;

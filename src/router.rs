@@ -212,6 +212,7 @@ impl RouterBuilder {
             tracing::warn!("policy: {}", w.as_warning());
         }
         let home = crate::home::resolve(self.home.as_deref());
+        let local_from_policy = self.local.is_none() && self.load_local;
         let local = match self.local {
             Some(b) => Some(LocalTier::new(b)),
             None if self.load_local => crate::wiring::local_from_policy(&policy, &home)?,
@@ -251,6 +252,27 @@ impl RouterBuilder {
             tracing::warn!("[distill] collect = true, but this router has no database (`RouterBuilder::cache(false)`, or the database cannot be used): no cloud answers are kept");
         }
         let work = store.as_ref().map(|s| s.work()).unwrap_or_default();
+        let speed_ids = SpeedIds {
+            // The built-in model's speed also depends on its threads and spinning.
+            local: local.as_ref().map(|l| match local_from_policy {
+                true => format!(
+                    "{}+t{}{}",
+                    l.identity(),
+                    policy.local.threads,
+                    if policy.local.spinning { "s" } else { "" }
+                ),
+                false => l.identity(),
+            }),
+            cloud: cloud.as_ref().map(|c| c.identity()),
+        };
+        let stats = match store.as_ref().map(|s| speed_ids.memory(s.database())) {
+            Some(Ok(memory)) => StatsRecorder::remembering(memory),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "latency estimates start from the policy's [latency] model and are not remembered");
+                StatsRecorder::default()
+            }
+            None => StatsRecorder::default(),
+        };
         Ok(Router {
             inner: Arc::new(Inner {
                 policy,
@@ -259,7 +281,8 @@ impl RouterBuilder {
                 store,
                 work,
                 closing: std::sync::atomic::AtomicBool::new(false),
-                stats: Arc::default(),
+                stats: Arc::new(stats),
+                speed_ids,
                 trace_content: self.trace_content,
                 max_prompt_bytes: self.max_prompt_bytes,
             }),
@@ -277,10 +300,38 @@ struct Inner {
     /// Set by [`Router::shutdown`]: no new request is taken.
     closing: std::sync::atomic::AtomicBool,
     stats: Arc<StatsRecorder>,
+    /// What the tiers' remembered speeds are filed under (see [`Router::recall_latency`]).
+    speed_ids: SpeedIds,
     /// See [`RouterBuilder::trace_content`].
     trace_content: bool,
     /// See [`RouterBuilder::max_prompt_bytes`].
     max_prompt_bytes: usize,
+}
+
+impl Inner {
+    /// The local tier, or why there is none.
+    fn local_tier(&self) -> Result<&LocalTier> {
+        self.local.as_ref().ok_or_else(|| Error::TierUnavailable {
+            tier: "local",
+            why: format!(
+                "no local model is configured; run `{}` to install it, or give the builder a local backend",
+                crate::home::SETUP_COMMAND
+            ),
+        })
+    }
+}
+
+/// The identities the latency models remember each tier's speed under: what the speed
+/// depends on (see `latency_memory`).
+struct SpeedIds {
+    local: Option<String>,
+    cloud: Option<String>,
+}
+
+impl SpeedIds {
+    fn memory(&self, db: &crate::cache::Database) -> Result<crate::latency_memory::LatencyMemory> {
+        crate::latency_memory::LatencyMemory::open(db, self.local.as_deref(), self.cloud.as_deref())
+    }
 }
 
 /// The hybrid router. Cheap to clone (an `Arc` inside); `Send + Sync`.
@@ -360,6 +411,64 @@ impl Router {
                 self.max_tokens(request),
             ),
         }
+    }
+
+    /// Counts work that starts (a request, a calibration) until the returned guard is dropped,
+    /// or refuses it with [`Error::ShutDown`] once [`Router::shutdown`] began.
+    fn admit(&self) -> Result<crate::wiring::Unsettled> {
+        let inner = &self.inner;
+        // Checked before counting too, so that refused work does not hold the shutdown up.
+        if inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::ShutDown);
+        }
+        let counted = inner.work.track();
+        // Pairs with `shutdown`'s fence: this work sees `closing`, or `shutdown` sees it counted.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        if inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::ShutDown);
+        }
+        Ok(counted)
+    }
+
+    /// Measures the local model on this device: one warm-up answer (which loads the model
+    /// when it is not loaded yet), then `runs` short greedy answers to fixed prompts (1 to
+    /// [`MAX_CALIBRATION_RUNS`](crate::calibrate::MAX_CALIBRATION_RUNS)). Each measured
+    /// answer feeds the latency estimates the next decisions read, as a real local answer
+    /// does; on a router with a database they are remembered for the next router on the
+    /// same home. The answers are not requests: not cached, not counted in
+    /// [`Router::stats`], not kept. `progress` sees each run as it ends (numbered from 1).
+    /// `edgeroute bench` runs this.
+    ///
+    /// Errors: [`Error::TierUnavailable`] without a local tier; the local model's own
+    /// ([`Error::ModelUnavailable`] names the set-up command); [`Error::InvalidRequest`] for
+    /// `runs` out of range; [`Error::ShutDown`] once [`Router::shutdown`] began.
+    pub async fn calibrate(
+        &self,
+        runs: usize,
+        mut progress: impl FnMut(usize, &crate::calibrate::CalibrationRun) + Send,
+    ) -> Result<crate::calibrate::Calibration> {
+        let _in_flight = self.admit()?;
+        let inner = &self.inner;
+        crate::calibrate::calibrate(
+            inner.local_tier()?,
+            &inner.stats,
+            inner.policy.local.repetition_penalty,
+            runs,
+            inner.stats.remembers(),
+            &mut progress,
+        )
+        .await
+    }
+
+    /// Starts this router's latency estimates from what routers on `db` measured of the same
+    /// tiers on this device, as a router with a database does when it is built, without
+    /// remembering anything there. For tools that decide without the answer cache
+    /// (`edgeroute explain` builds its router with `cache(false)` and reads the home's
+    /// database this way). Errors: [`Error::Storage`] when the statistics cannot be opened.
+    pub fn recall_latency(&self, db: &crate::cache::Database) -> Result<()> {
+        let memory = self.inner.speed_ids.memory(db)?;
+        self.inner.stats.recall(&memory);
+        Ok(())
     }
 
     /// The decision for a request, with no model run, no network and no writes — the same
@@ -548,20 +657,10 @@ impl Router {
         sink: Option<mpsc::UnboundedSender<String>>,
     ) -> Result<Response> {
         let inner = &self.inner;
-        // A router shutting down takes no request (checked before counting too, so that
-        // refused requests do not hold the shutdown up).
-        if inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::ShutDown);
-        }
         // Counted until this future is done or dropped, after whatever it reserved (dropped
         // first, as declared later): `settled()` cannot return between a reservation and the
-        // guard that settles it. The fence pairs with `shutdown`'s: this request sees
-        // `closing`, or `shutdown` sees it counted.
-        let _in_flight = inner.work.track();
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        if inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::ShutDown);
-        }
+        // guard that settles it.
+        let _in_flight = self.admit()?;
         let started = Instant::now();
         // A deadline too far away to represent (`Duration::MAX`) is no deadline.
         let deadline = request.deadline.and_then(|d| started.checked_add(d));
@@ -1974,13 +2073,7 @@ impl Execution<'_> {
     }
 
     fn local_tier(&self) -> Result<&LocalTier> {
-        self.router.inner.local.as_ref().ok_or_else(|| Error::TierUnavailable {
-            tier: "local",
-            why: format!(
-                "no local model is configured; run `{}` to install it, or give the builder a local backend",
-                crate::home::SETUP_COMMAND
-            ),
-        })
+        self.router.inner.local_tier()
     }
 
     fn cloud_tier(&self) -> Result<&CloudTier> {

@@ -67,6 +67,13 @@ pub struct LatencyEstimates {
     pub cloud_first_token_ms: Option<u64>,
     /// p95 of recent cloud times to first token (once enough were observed).
     pub cloud_first_token_p95_ms: Option<u64>,
+    /// How many local answers the local estimates were measured from, by this router and, on
+    /// the same home, earlier ones (remembered in its database). 0: the estimates are the
+    /// policy's `[latency]` model.
+    pub local_observations: u64,
+    /// How many cloud answers the cloud estimates were measured from (as
+    /// [`LatencyEstimates::local_observations`]).
+    pub cloud_observations: u64,
 }
 
 /// Live state at decision time.

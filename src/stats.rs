@@ -9,6 +9,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use sled::transaction::ConflictableTransactionError;
 
+use crate::backend::Tier;
+use crate::latency_memory::{LatencyMemory, Remembered};
 use crate::policy::{CompiledPolicy, LatencySection};
 use crate::request::{Response, Route, Usage};
 use crate::signals::LatencyEstimates;
@@ -81,6 +83,10 @@ struct State {
     cloud_first_ms: VecDeque<f64>,
     local_ms_per_token: Option<f64>,
     cloud_ewma_ms: Option<f64>,
+    /// Local answers the local averages were measured from (here and, remembered, earlier).
+    local_observations: u64,
+    /// Cloud answers the cloud averages were measured from (here and, remembered, earlier).
+    cloud_observations: u64,
     /// Per-tier first-token observations (every attempt, whichever route answered).
     tier_first: TierFirstToken,
 }
@@ -142,6 +148,8 @@ fn p95(window: &VecDeque<f64>) -> Option<u64> {
 #[derive(Default)]
 pub struct StatsRecorder {
     state: Mutex<State>,
+    /// Where the latency averages are remembered for the next router on this home.
+    memory: Option<LatencyMemory>,
 }
 
 fn push(window: &mut VecDeque<f64>, v: f64) {
@@ -171,6 +179,58 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl StatsRecorder {
+    /// A recorder whose latency models start from what `memory` remembers of this device, and
+    /// remember every new observation there.
+    pub(crate) fn remembering(memory: LatencyMemory) -> Self {
+        let recorder = StatsRecorder::default();
+        recorder.recall(&memory);
+        StatsRecorder {
+            memory: Some(memory),
+            ..recorder
+        }
+    }
+
+    /// Whether new observations are remembered for the next router on the home.
+    pub(crate) fn remembers(&self) -> bool {
+        self.memory.is_some()
+    }
+
+    /// Starts the latency models from what `memory` remembers (without writing there).
+    pub(crate) fn recall(&self, memory: &LatencyMemory) {
+        let local = memory.recall(Tier::Local);
+        let cloud = memory.recall(Tier::Cloud);
+        self.with(|s| {
+            if let Some(r) = local {
+                s.local_ms_per_token = r.total;
+                s.tier_first.local_ms_per_input_token = r.first_token;
+                s.local_observations = r.observations;
+            }
+            if let Some(r) = cloud {
+                s.cloud_ewma_ms = r.total;
+                s.tier_first.cloud_ewma_ms = r.first_token;
+                s.cloud_observations = r.observations;
+            }
+        });
+    }
+
+    /// Remembers a tier's averages (under the state's lock, so the last write is the latest).
+    fn remember(&self, s: &State, tier: Tier) {
+        let Some(memory) = &self.memory else { return };
+        let speed = match tier {
+            Tier::Local => Remembered {
+                total: s.local_ms_per_token,
+                first_token: s.tier_first.local_ms_per_input_token,
+                observations: s.local_observations,
+            },
+            Tier::Cloud => Remembered {
+                total: s.cloud_ewma_ms,
+                first_token: s.tier_first.cloud_ewma_ms,
+                observations: s.cloud_observations,
+            },
+        };
+        memory.remember(tier, &speed);
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         let mut guard = match self.state.lock() {
             Ok(g) => g,
@@ -233,12 +293,14 @@ impl StatsRecorder {
         let per_token = ms(elapsed) / tokens;
         self.with(|s| {
             s.local_ms_per_token = Some(ewma(s.local_ms_per_token, per_token));
+            s.local_observations = s.local_observations.saturating_add(1);
             if let Some(first) = first_token {
                 let t = &mut s.tier_first;
                 let per_input = ms(first) / usage.input_tokens.max(1) as f64;
                 t.local_ms_per_input_token = Some(ewma(t.local_ms_per_input_token, per_input));
                 t.local_window.push(ms(first));
             }
+            self.remember(s, Tier::Local);
         });
     }
 
@@ -262,16 +324,19 @@ impl StatsRecorder {
     pub fn observe_cloud(&self, elapsed: Duration, first_token: Option<Duration>) {
         self.with(|s| {
             s.cloud_ewma_ms = Some(peak_ewma(s.cloud_ewma_ms, ms(elapsed)));
+            s.cloud_observations = s.cloud_observations.saturating_add(1);
             if let Some(first) = first_token {
                 let t = &mut s.tier_first;
                 t.cloud_ewma_ms = Some(peak_ewma(t.cloud_ewma_ms, ms(first)));
                 t.cloud_window.push(ms(first));
             }
+            self.remember(s, Tier::Cloud);
         });
     }
 
     /// Every latency estimate for a request, as [`Signals`](crate::signals::Signals) carries
-    /// them; before any observation, the policy's `[latency]` model.
+    /// them; before any observation (by this router, or remembered from an earlier one on the
+    /// same home), the policy's `[latency]` model.
     ///
     /// - total, local: measured ms/token × (prompt/8 + `max_tokens`);
     /// - total, cloud: peak-sensitive EWMA;
@@ -301,6 +366,8 @@ impl StatsRecorder {
                 local_first_token_p95_ms: t.local_window.p95(),
                 cloud_first_token_ms: Some(t.cloud_ewma_ms.map_or(latency.cloud_ms, ceil)),
                 cloud_first_token_p95_ms: t.cloud_window.p95(),
+                local_observations: s.local_observations,
+                cloud_observations: s.cloud_observations,
             }
         })
     }
@@ -809,6 +876,47 @@ mod tests {
 
     /// A request without a first token clears its ring slot (no sample a ring older stays
     /// counted), and a cache hit keeps no first-token sample (nothing reads one).
+    /// Both tiers' averages, and how many answers made them, are remembered at every
+    /// observation and recalled by the next recorder on the same memory.
+    #[test]
+    fn latency_averages_are_remembered_for_the_next_recorder() {
+        let (_dir, db) = db();
+        let memory = || LatencyMemory::open(&db, Some("local@1"), Some("cloud@1")).unwrap();
+        let estimates = |r: &StatsRecorder| r.latency_estimates(&model(), 40, 100);
+        let first = StatsRecorder::remembering(memory());
+        let modelled = estimates(&first);
+        first.observe_local(
+            Duration::from_millis(900),
+            Some(Duration::from_millis(80)),
+            usage(40),
+        );
+        first.observe_cloud(
+            Duration::from_millis(1200),
+            Some(Duration::from_millis(300)),
+        );
+        first.observe_cloud(Duration::from_millis(700), Some(Duration::from_millis(200)));
+        let measured = estimates(&first);
+        assert_eq!(
+            (measured.local_observations, measured.cloud_observations),
+            (1, 2)
+        );
+        for (m, p) in [
+            (measured.local_ms, modelled.local_ms),
+            (measured.local_first_token_ms, modelled.local_first_token_ms),
+            (measured.cloud_ms, modelled.cloud_ms),
+            (measured.cloud_first_token_ms, modelled.cloud_first_token_ms),
+        ] {
+            assert_ne!(m, p, "{measured:?}");
+        }
+        let next = StatsRecorder::remembering(memory());
+        assert_eq!(estimates(&next), measured);
+        // A recorder that only recalls writes nothing back.
+        let reader = StatsRecorder::default();
+        reader.recall(&memory());
+        reader.observe_local(Duration::from_secs(9), None, usage(40));
+        assert_eq!(estimates(&StatsRecorder::remembering(memory())), measured);
+    }
+
     #[test]
     fn persisted_first_token_samples_stay_current() {
         let (_dir, db) = db();

@@ -602,4 +602,9 @@ impl Store {
     pub(crate) fn stats(&self) -> &crate::stats::PersistedStats {
         &self.stats
     }
+
+    /// The database everything lives in.
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
 }

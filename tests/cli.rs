@@ -195,6 +195,7 @@ fn explain_json_names_rule_and_reasons() {
     );
     assert_eq!(signals["latency"]["cloud_ms"].as_u64(), Some(l.cloud_ms));
     assert!(signals["latency"]["local_first_token_p95_ms"].is_null());
+    assert_eq!(signals["latency"]["local_observations"], 0);
 }
 
 /// `explain` shows the plan with its options: here latency-first's deadline rule, a hedge that
@@ -562,6 +563,7 @@ fn help_for_every_command() {
         vec!["policy", "check", "--help"],
         vec!["policy", "test", "--help"],
         vec!["pii", "scan", "--help"],
+        vec!["bench", "--help"],
     ] {
         let o = run(&args);
         assert!(o.status.success(), "{args:?}");
@@ -569,20 +571,83 @@ fn help_for_every_command() {
     }
 }
 
+/// `ask` and `bench` in a home without the model name the set-up command.
 #[test]
 fn ask_without_a_model_names_the_setup_command() {
     let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let policy = ["--policy", "policies/offline-only.toml"];
+    for command in [
+        &["ask", "What is the capital of France?"][..],
+        &["bench", "--runs", "1"],
+    ] {
+        let o = run(&[&["--home", h][..], &command[..1], &policy, &command[1..]].concat());
+        assert_eq!(o.status.code(), Some(1), "{command:?}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("python3 scripts/setup.py"),
+            "{command:?}: {err}"
+        );
+    }
+}
+
+/// `bench` measures the installed model in a fresh home: the warm-up, then the runs asked
+/// for, each timed and cut at the calibration length, then remembered there: `explain`
+/// decides with the figures, and `stats` counts no request. A run count out of range is a
+/// usage error before anything runs.
+#[cfg(feature = "onnx")]
+#[test]
+fn bench_measures_the_local_model_and_remembers_it_on_the_home() {
+    let home = tempfile::tempdir().unwrap();
+    let policy = installed_model_policy(home.path(), "p.toml", "");
+    let (h, p) = (home.path().to_str().unwrap(), policy.to_str().unwrap());
+    let o =
+        run_with_installed_runtime(&["--home", h, "bench", "--json", "--runs", "2", "--policy", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("run 2/2: "), "{}", stderr(&o));
+    let c: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(
+        c["backend"].as_str().unwrap().starts_with("local/smollm2"),
+        "{c}"
+    );
+    assert_eq!(c["remembered"], true);
+    let runs = c["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{c}");
+    for run in runs {
+        let out = run["output_tokens"].as_u64().unwrap();
+        assert!(
+            (1..=u64::from(edgeroute::calibrate::CALIBRATION_TOKENS)).contains(&out),
+            "{c}"
+        );
+        assert!(run["prompt_tokens"].as_u64().unwrap() > 5, "{c}");
+        let first = run["first_token_ms"].as_f64().unwrap();
+        assert!(
+            first > 0.0 && first < run["total_ms"].as_f64().unwrap(),
+            "{c}"
+        );
+    }
+    assert!(c["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{c}");
+
     let o = run(&[
         "--home",
-        home.path().to_str().unwrap(),
-        "ask",
+        h,
+        "explain",
+        "--json",
         "--policy",
-        "policies/offline-only.toml",
-        "What is the capital of France?",
+        p,
+        "Name a fruit.",
     ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = stderr(&o);
-    assert!(err.contains("python3 scripts/setup.py"), "{err}");
+    let e: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(e["signals"]["latency"]["local_observations"], 2, "{e}");
+    let o = run(&["--home", h, "stats", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(s["requests"], 0, "{s}");
+
+    for bad in ["0", "101"] {
+        let o = run(&["--home", h, "bench", "--runs", bad, "--policy", p]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(stderr(&o).contains("1..=100"), "{}", stderr(&o));
+    }
 }
 
 /// Writes `<home>/<name>` (a policy whose `[local]` section points at the installed model and
@@ -607,19 +672,26 @@ fn installed_model_policy(home: &Path, name: &str, rest: &str) -> PathBuf {
 /// end with the prompt. The parsed answer (the command must succeed).
 #[cfg(feature = "onnx")]
 fn ask_json(home: &Path, policy: &Path, args: &[&str]) -> serde_json::Value {
+    let (h, p) = (home.to_str().unwrap(), policy.to_str().unwrap());
+    let o = run_with_installed_runtime(
+        &[&["--home", h, "ask", "--json", "--policy", p], args].concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
+/// Runs the CLI with the runtime the set-up installed in the default home.
+#[cfg(feature = "onnx")]
+fn run_with_installed_runtime(args: &[&str]) -> Output {
     let installed = edgeroute::home::resolve(None);
-    let o = bin()
-        .args(["--home", home.to_str().unwrap(), "ask", "--json"])
-        .args(["--policy", policy.to_str().unwrap()])
+    bin()
         .args(args)
         .env(
             "ORT_DYLIB_PATH",
             installed.join("runtime/libonnxruntime.so.1.32.0"),
         )
         .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    serde_json::from_str(&stdout(&o)).unwrap()
+        .unwrap()
 }
 
 /// The policy's `[local].repetition_penalty` and `ask --repetition-penalty` reach the local
@@ -682,6 +754,21 @@ fn ask_answers_locally_then_from_cache_and_stats_add_up() {
     assert_eq!(second["route"], "cache");
     assert_eq!(second["text"], first["text"]);
     assert_eq!(second["finish"], "stop");
+
+    // What the local answer measured is remembered on the home, and `explain` decides with it
+    // (the cache hit measured nothing).
+    let explain = |json: &[&str]| {
+        run(&[
+            &["--home", h, "explain", "--policy", p],
+            json,
+            &["Name a fruit."],
+        ]
+        .concat())
+    };
+    let e: serde_json::Value = serde_json::from_str(&stdout(&explain(&["--json"]))).unwrap();
+    assert_eq!(e["signals"]["latency"]["local_observations"], 1, "{e}");
+    let text = stdout(&explain(&[]));
+    assert!(text.contains("; measured: 1 answer), cloud"), "{text}");
 
     let o = run(&["--home", h, "stats", "--json"]);
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();

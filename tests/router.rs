@@ -489,6 +489,121 @@ async fn answers_given_while_the_cloud_is_unavailable_are_cached_apart() {
     assert_eq!(model.calls(), 1);
 }
 
+/// What a router measured of its local tier is remembered in the home's database: the next
+/// router there (the next process) decides with it from its first request and says how many
+/// answers made it; another build of the model starts again from the policy's `[latency]`
+/// model, and so does a router without the database unless it is given it to read.
+#[tokio::test]
+async fn measured_latency_is_remembered_for_the_next_router_on_the_home() {
+    let home = tempfile::tempdir().unwrap();
+    // A model no measurement of the echo model comes near: a second per token.
+    let policy = format!(
+        "{POLICY}\n[latency]\nlocal_prefill_ms_per_token = 1000\nlocal_decode_ms_per_token = 1000\n"
+    );
+    let latency = |r: &Router| {
+        let request = Request::new("Name a fruit.");
+        let features = edgeroute::inspect::inspect(r.policy(), &request);
+        r.signals(&request, &features).latency
+    };
+    let model = Arc::new(EchoModel::default());
+    let first = cached_router(model.clone(), home.path(), &policy);
+    let modelled = latency(&first);
+    assert_eq!(modelled.local_observations, 0);
+    for prompt in ["one", "two"] {
+        first.complete(Request::new(prompt)).await.unwrap();
+    }
+    let measured = latency(&first);
+    assert_eq!(measured.local_observations, 2);
+    assert!(
+        measured.local_ms < modelled.local_ms,
+        "{measured:?} {modelled:?}"
+    );
+    drop(first);
+
+    let next = cached_router(model.clone(), home.path(), &policy);
+    assert_eq!(latency(&next), measured);
+    drop(next);
+
+    let rebuilt = Arc::new(EchoModel {
+        revision: Some("another build".into()),
+        ..Default::default()
+    });
+    let other = cached_router(rebuilt, home.path(), &policy);
+    assert_eq!(latency(&other), modelled);
+    drop(other);
+
+    let without_db = Router::builder()
+        .policy_str(&policy)
+        .local_backend(model)
+        .cache(false)
+        .build()
+        .unwrap();
+    assert_eq!(latency(&without_db), modelled);
+    let db = edgeroute::cache::Database::open(&edgeroute::home::db_dir(home.path())).unwrap();
+    without_db.recall_latency(&db).unwrap();
+    assert_eq!(latency(&without_db), measured);
+    // Reading is all it does: what this router measures is not remembered.
+    without_db.complete(Request::new("three")).await.unwrap();
+    assert_eq!(latency(&without_db).local_observations, 3);
+    without_db.recall_latency(&db).unwrap();
+    assert_eq!(latency(&without_db), measured);
+}
+
+/// `calibrate` runs the local tier once to warm up and then the runs asked for, feeds the
+/// latency estimates (remembered on the home) and answers no request: nothing is counted or
+/// cached. It checks the run count before running anything, needs a local tier, and is refused
+/// once the router shuts down.
+#[tokio::test]
+async fn calibrate_measures_the_local_tier_without_answering_requests() {
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    let r = cached_router(model.clone(), home.path(), POLICY);
+    let mut seen = Vec::new();
+    let c = r.calibrate(3, |i, run| seen.push((i, *run))).await.unwrap();
+    assert_eq!(model.calls(), 4, "one warm-up and three runs");
+    assert_eq!(c.backend, "echo-model");
+    assert!(c.remembered);
+    assert_eq!(seen.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(seen.iter().map(|(_, run)| *run).collect::<Vec<_>>(), c.runs);
+    for run in &c.runs {
+        assert!(run.output_tokens > 0 && run.prompt_tokens > 0, "{run:?}");
+        assert!(run.first_token_ms <= run.total_ms, "{run:?}");
+    }
+    let stats = r.stats();
+    assert_eq!((stats.requests, stats.local), (0, 0));
+    let request = Request::new("Name a fruit.");
+    let features = edgeroute::inspect::inspect(r.policy(), &request);
+    assert_eq!(r.signals(&request, &features).latency.local_observations, 3);
+    // Not cached: the same question is answered by the model.
+    r.complete(Request::new("Name three fruits."))
+        .await
+        .unwrap();
+    assert_eq!(model.calls(), 5);
+
+    for runs in [0, edgeroute::calibrate::MAX_CALIBRATION_RUNS + 1] {
+        let e = r.calibrate(runs, |_, _| {}).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
+    }
+    assert_eq!(model.calls(), 5);
+
+    let no_local = Router::builder()
+        .policy_str("[defaults]\nroute = \"local\"\n")
+        .load_local_model(false)
+        .cache(false)
+        .build()
+        .unwrap();
+    let e = no_local.calibrate(1, |_, _| {}).await.unwrap_err();
+    assert!(
+        matches!(e, Error::TierUnavailable { tier: "local", .. }),
+        "{e}"
+    );
+
+    r.shutdown().await.unwrap();
+    let e = r.calibrate(1, |_, _| {}).await.unwrap_err();
+    assert!(matches!(e, Error::ShutDown), "{e}");
+    assert_eq!(model.calls(), 5);
+}
+
 #[tokio::test]
 async fn a_new_model_build_does_not_serve_the_old_builds_cached_answers() {
     let home = tempfile::tempdir().unwrap();

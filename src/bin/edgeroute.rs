@@ -32,7 +32,8 @@ EDGEROUTE_CLOUD_URL), then defaults (the built-in default policy; home under the
 Exit status: 0 on success, also when the reader of the output stops early (`| head`), which \
 ends the command quietly; 1 on errors, refusals, invalid policies and failed policy tests; 2 when \
 the arguments cannot be parsed (an unknown flag, a missing argument); 130 when `ask` is \
-interrupted (Ctrl-C, SIGTERM: it first settles the budget of a cloud call it stopped)."
+interrupted (Ctrl-C, SIGTERM: it first settles the budget of a cloud call it stopped), and when \
+`bench` is."
 )]
 struct Cli {
     /// The edgeroute home (runtime, models, cache). Default: $EDGEROUTE_HOME, else the data dir.
@@ -72,6 +73,24 @@ enum Command {
     /// `[distill] collect = true`).
     #[command(subcommand)]
     Distill(DistillCommand),
+    /// Measure the local model on this device: time to first token and decode rate over a few
+    /// short greedy answers, after a warm-up that loads the model. The figures are remembered
+    /// on the home, so that latency rules and hedge delays decide with them from the next
+    /// request on (`explain` shows "measured" instead of the policy's [latency] model). The
+    /// answers are not cached or counted in `stats`.
+    Bench {
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Measured answers after the warm-up, 1 to 100.
+        #[arg(long, default_value_t = 5, value_name = "N",
+              value_parser = clap::value_parser!(u16).range(1..=edgeroute::calibrate::MAX_CALIBRATION_RUNS as i64))]
+        runs: u16,
+        /// Print one JSON object: `backend`, `warm_up_ms`, `runs` (each with `prompt_tokens`,
+        /// `output_tokens`, `first_token_ms`, `total_ms`, `decode_tokens_per_s`),
+        /// `first_token_ms` and `decode_tokens_per_s` (medians), `remembered`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cloud spend today and this month, against the policy's [budget] limits.
     Budget {
         #[command(flatten)]
@@ -342,6 +361,7 @@ fn run(cli: Cli) -> CmdResult {
         Command::Cache(cmd) => cache(cmd, cli.home.as_deref()),
         Command::Distill(cmd) => distill(cmd, cli.home.as_deref()),
         Command::Budget { policy, json } => budget(&policy, json, cli.home.as_deref()),
+        Command::Bench { policy, runs, json } => bench(&policy, runs, json, cli.home.as_deref()),
         Command::Stats { json } => stats(json, cli.home.as_deref()),
     }
 }
@@ -546,6 +566,61 @@ fn answer(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdRes
     Ok(ExitCode::SUCCESS)
 }
 
+fn bench(policy: &PolicyArg, runs: u16, json: bool, home: Option<&Path>) -> CmdResult {
+    let policy = load_policy(policy)?;
+    refuse_missing_named_home(home)?;
+    let router = router(policy, home, None, true)?;
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        note!("warming up (the first answer loads the model; it is not measured)…");
+        let calibration = router.calibrate(usize::from(runs), |i, run| {
+            note!(
+                "run {i}/{runs}: {} prompt tokens, {} tokens, first token {:.1} ms, {}",
+                run.prompt_tokens,
+                run.output_tokens,
+                run.first_token_ms,
+                tokens_per_s(run.decode_tokens_per_s),
+            );
+        });
+        let result = tokio::select! {
+            r = calibration => r.map_err(Stop::Failed),
+            () = interrupted() => Err(Stop::Interrupted),
+        };
+        // What was measured is on disk before the process ends.
+        if let Err(e) = router.shutdown().await {
+            tracing::warn!(error = %e, "the measured figures may not be remembered");
+        }
+        result
+    });
+    let c = result?;
+    if json {
+        out!("{}", serde_json::to_string(&c).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    out!("local model:   {}", c.backend);
+    out!("warm-up:       {:.0} ms", c.warm_up_ms);
+    out!(
+        "first token:   {:.1} ms (median of {} answers)",
+        c.first_token_ms,
+        c.runs.len()
+    );
+    out!("decode:        {}", tokens_per_s(c.decode_tokens_per_s));
+    if c.remembered {
+        out!("remembered on this home: latency estimates start from these figures");
+    } else {
+        out!("not remembered: this home's database could not be used (see the warning above)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A decode rate, or why there is none.
+fn tokens_per_s(rate: Option<f64>) -> String {
+    rate.map_or_else(
+        || "no decode rate (one-token answer)".to_string(),
+        |r| format!("{r:.1} tokens/s"),
+    )
+}
+
 /// Completes on Ctrl-C (SIGINT) or SIGTERM.
 async fn interrupted() {
     #[cfg(unix)]
@@ -593,6 +668,16 @@ fn explain(args: ExplainArgs, home: Option<&Path>, cloud_url: Option<&str>) -> C
     let policy = load_policy(&args.policy)?;
     let request = build_request(&args.request)?;
     let router = router(policy, home, cloud_url, false)?;
+    // What earlier requests on this home measured and spent: read, nothing written.
+    let db = home_database(home);
+    let unrecalled = match &db {
+        Some(Ok(db)) => router.recall_latency(db).err().map(|e| e.to_string()),
+        Some(Err(e)) => Some(e.to_string()),
+        None => None,
+    };
+    if let Some(why) = unrecalled {
+        note!("note: latencies measured on this device unknown ({why}); deciding with the policy's [latency] model");
+    }
     let features = edgeroute::inspect::inspect(router.policy(), &request);
     let mut signals = router.signals(&request, &features);
     if args.offline {
@@ -600,7 +685,7 @@ fn explain(args: ExplainArgs, home: Option<&Path>, cloud_url: Option<&str>) -> C
     }
     signals.budget_left_usd = match args.budget_left {
         Some(left) => Some(left),
-        None => budget_left(router.policy(), home),
+        None => budget_left(router.policy(), db.as_ref()),
     };
     let decision = router.explain_with(&request, &signals);
     // The rules tried first, each with the condition that did not hold.
@@ -689,13 +774,20 @@ fn explain(args: ExplainArgs, home: Option<&Path>, cloud_url: Option<&str>) -> C
                 .unwrap_or_default()
         );
         let ms = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v} ms"));
+        let source = |answers: u64| match answers {
+            0 => "the policy's [latency] model".to_string(),
+            1 => "measured: 1 answer".to_string(),
+            n => format!("measured: {n} answers"),
+        };
         let l = &signals.latency;
         out!(
-            "latency estimates: local {} (first token {}), cloud {} (first token {})",
+            "latency estimates: local {} (first token {}; {}), cloud {} (first token {}; {})",
             ms(l.local_ms),
             ms(l.local_first_token_ms),
+            source(l.local_observations),
             ms(l.cloud_ms),
             ms(l.cloud_first_token_ms),
+            source(l.cloud_observations),
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -1033,23 +1125,38 @@ fn export_to_file(
     summary
 }
 
-/// What the home's ledger says is left of the policy's budget (`None` without limits). A home
-/// without a database has spent nothing (and none is created); a database another process
-/// holds is reported on standard error and left out. Nothing is spent or reserved.
-fn budget_left(policy: &CompiledPolicy, home: Option<&Path>) -> Option<rust_decimal::Decimal> {
+/// The home's database, if it has one (`None`: nothing has run there yet; none is created).
+fn home_database(home: Option<&Path>) -> Option<edgeroute::Result<edgeroute::cache::Database>> {
+    let db_dir = edgeroute::home::db_dir(&edgeroute::home::resolve(home));
+    db_dir
+        .exists()
+        .then(|| edgeroute::cache::Database::open(&db_dir))
+}
+
+/// What the home's ledger (`db`, see [`home_database`]) says is left of the policy's budget
+/// (`None` without limits). A home without a database has spent nothing; a database another
+/// process holds is reported on standard error and left out. Nothing is spent or reserved.
+fn budget_left(
+    policy: &CompiledPolicy,
+    db: Option<&edgeroute::Result<edgeroute::cache::Database>>,
+) -> Option<rust_decimal::Decimal> {
     let limits = policy.budget.limits;
     let untouched = [limits.daily_usd, limits.monthly_usd]
         .into_iter()
         .flatten()
         .min();
     untouched?;
-    let db_dir = edgeroute::home::db_dir(&edgeroute::home::resolve(home));
-    if !db_dir.exists() {
+    let Some(db) = db else {
         return untouched;
-    }
-    let status = edgeroute::cache::Database::open(&db_dir)
-        .and_then(|db| edgeroute::ledger::SledLedger::open(&db, limits))
-        .and_then(|ledger| ledger.status_at(std::time::SystemTime::now()));
+    };
+    let status = match db {
+        Ok(db) => edgeroute::ledger::SledLedger::open(db, limits)
+            .and_then(|ledger| ledger.status_at(std::time::SystemTime::now())),
+        Err(e) => {
+            note!("note: budget left unknown ({e}); pass --budget-left to decide with a value");
+            return None;
+        }
+    };
     match status {
         Ok(s) => s.left,
         Err(e) => {

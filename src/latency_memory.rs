@@ -1,0 +1,208 @@
+//! The latency models' memory: what routers measured of each tier's speed on this device, kept
+//! in the home's database so that the next router on the same home (the next `edgeroute ask`,
+//! the app's next start) decides from this device's figures instead of the policy's
+//! `[latency]` model, which knows nothing of the device.
+//!
+//! One value per tier, in the `stats` tree, under a key naming what the speed depends on:
+//! - `speed/local/<identity>`: the local model's ms per token (whole answers) and prefill ms per
+//!   prompt token;
+//! - `speed/cloud/<identity>`: the cloud's total and first-token ms (peak-sensitive averages).
+//!
+//! The identity is the backend's `name@revision` (the model build; the cloud endpoint's
+//! digest), and for the built-in local model also its threads and spinning: a figure measured
+//! with other settings is not used. Each value also counts the answers that made it, so that
+//! `explain` can say where an estimate came from. A value this version cannot read is ignored
+//! (the policy's model applies) and replaced by the next observation.
+
+use crate::backend::Tier;
+use crate::cache::Database;
+
+/// What is remembered of one tier's speed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Remembered {
+    /// Local: ms per token of whole answers. Cloud: ms per answer.
+    pub(crate) total: Option<f64>,
+    /// Local: prefill ms per prompt token. Cloud: ms to the first token.
+    pub(crate) first_token: Option<f64>,
+    /// How many answers the averages were measured from.
+    pub(crate) observations: u64,
+}
+
+impl Remembered {
+    const VERSION: u8 = 1;
+    const LEN: usize = 1 + 8 + 8 + 8;
+
+    fn encode(&self) -> Vec<u8> {
+        // NaN marks an average not measured yet.
+        let bits = |v: Option<f64>| v.unwrap_or(f64::NAN).to_be_bytes();
+        let mut out = Vec::with_capacity(Self::LEN);
+        out.push(Self::VERSION);
+        out.extend_from_slice(&bits(self.total));
+        out.extend_from_slice(&bits(self.first_token));
+        out.extend_from_slice(&self.observations.to_be_bytes());
+        out
+    }
+
+    /// `None` for a value this version cannot read, or whose averages are not durations.
+    fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != Self::LEN || b[0] != Self::VERSION {
+            return None;
+        }
+        let word = |at: usize| <[u8; 8]>::try_from(&b[at..at + 8]).ok();
+        let average = |at: usize| -> Option<Option<f64>> {
+            let v = f64::from_be_bytes(word(at)?);
+            match v {
+                v if v.is_nan() => Some(None),
+                v if v.is_finite() && v >= 0.0 => Some(Some(v)),
+                _ => None,
+            }
+        };
+        Some(Remembered {
+            total: average(1)?,
+            first_token: average(9)?,
+            observations: u64::from_be_bytes(word(17)?),
+        })
+    }
+}
+
+/// Reads and writes the remembered speeds of one router's tiers. Storage errors are logged and
+/// otherwise ignored: a latency estimate never fails a request.
+#[derive(Clone)]
+pub(crate) struct LatencyMemory {
+    tree: sled::Tree,
+    local: Option<Vec<u8>>,
+    cloud: Option<Vec<u8>>,
+}
+
+impl LatencyMemory {
+    /// The memory on `db` of the tiers named `local` and `cloud` (see the module docs; `None`:
+    /// no such tier).
+    pub(crate) fn open(
+        db: &Database,
+        local: Option<&str>,
+        cloud: Option<&str>,
+    ) -> crate::Result<Self> {
+        let tree = db
+            .sled()
+            .open_tree("stats")
+            .map_err(|e| crate::Error::Storage {
+                path: db.path().to_path_buf(),
+                message: format!("cannot open the stats tree: {e}"),
+            })?;
+        let key =
+            |tier: &str, id: Option<&str>| id.map(|id| format!("speed/{tier}/{id}").into_bytes());
+        Ok(LatencyMemory {
+            tree,
+            local: key("local", local),
+            cloud: key("cloud", cloud),
+        })
+    }
+
+    fn key(&self, tier: Tier) -> Option<&[u8]> {
+        match tier {
+            Tier::Local => self.local.as_deref(),
+            Tier::Cloud => self.cloud.as_deref(),
+        }
+    }
+
+    /// What was remembered of `tier`, if anything readable.
+    pub(crate) fn recall(&self, tier: Tier) -> Option<Remembered> {
+        let value = match self.tree.get(self.key(tier)?) {
+            Ok(v) => v?,
+            Err(e) => {
+                tracing::warn!(error = %e, "remembered latency unreadable; using the policy's [latency] model");
+                return None;
+            }
+        };
+        let remembered = Remembered::decode(&value);
+        if remembered.is_none() {
+            tracing::debug!(
+                ?tier,
+                "remembered latency in a format this version cannot read"
+            );
+        }
+        remembered
+    }
+
+    /// Replaces what is remembered of `tier`.
+    pub(crate) fn remember(&self, tier: Tier, speed: &Remembered) {
+        let Some(key) = self.key(tier) else { return };
+        if let Err(e) = self.tree.insert(key, speed.encode()) {
+            tracing::debug!(error = %e, "latency estimate not remembered");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&dir.path().join("db")).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn each_tier_is_remembered_under_its_own_identity() {
+        let (_dir, db) = db();
+        let memory = LatencyMemory::open(&db, Some("local/m@b1+t2"), Some("cloud/x@e1")).unwrap();
+        assert_eq!(memory.recall(Tier::Local), None);
+        let local = Remembered {
+            total: Some(12.5),
+            first_token: None,
+            observations: 3,
+        };
+        let cloud = Remembered {
+            total: Some(900.0),
+            first_token: Some(310.0),
+            observations: 7,
+        };
+        memory.remember(Tier::Local, &local);
+        memory.remember(Tier::Cloud, &cloud);
+        assert_eq!(memory.recall(Tier::Local), Some(local));
+        assert_eq!(memory.recall(Tier::Cloud), Some(cloud));
+        // Another build, thread count or endpoint does not see these figures.
+        let other = LatencyMemory::open(&db, Some("local/m@b1+t1"), Some("cloud/x@e2")).unwrap();
+        assert_eq!(other.recall(Tier::Local), None);
+        assert_eq!(other.recall(Tier::Cloud), None);
+        // Without a tier there is nothing to remember or recall.
+        let none = LatencyMemory::open(&db, None, None).unwrap();
+        none.remember(Tier::Local, &local);
+        assert_eq!(none.recall(Tier::Local), None);
+    }
+
+    #[test]
+    fn values_this_version_cannot_read_are_ignored() {
+        let (_dir, db) = db();
+        let memory = LatencyMemory::open(&db, Some("l"), None).unwrap();
+        let good = Remembered {
+            total: Some(10.0),
+            first_token: Some(1.5),
+            observations: 1,
+        }
+        .encode();
+        let key = "speed/local/l";
+        let mut newer = good.clone();
+        newer[0] = 2;
+        let mut negative = good.clone();
+        negative[1..9].copy_from_slice(&(-1.0f64).to_be_bytes());
+        let mut infinite = good.clone();
+        infinite[9..17].copy_from_slice(&f64::INFINITY.to_be_bytes());
+        for bad in [newer, negative, infinite, good[..20].to_vec(), Vec::new()] {
+            db.sled()
+                .open_tree("stats")
+                .unwrap()
+                .insert(key, bad)
+                .unwrap();
+            assert_eq!(memory.recall(Tier::Local), None);
+        }
+        db.sled()
+            .open_tree("stats")
+            .unwrap()
+            .insert(key, good)
+            .unwrap();
+        assert_eq!(memory.recall(Tier::Local).unwrap().first_token, Some(1.5));
+    }
+}
