@@ -83,12 +83,13 @@ pub(crate) async fn calibrate(
     let warm_up_ms = ms(started.elapsed());
     let mut measured = Vec::with_capacity(runs);
     for i in 0..runs {
-        let (run, elapsed, first_token) =
-            answer(local, PROMPTS[(i + 1) % PROMPTS.len()], repetition_penalty).await?;
+        let prompt = PROMPTS[(i + 1) % PROMPTS.len()];
+        let (run, elapsed, first_token) = answer(local, prompt, repetition_penalty).await?;
         stats.observe_local(
             elapsed,
             first_token,
             crate::request::Usage::new(run.prompt_tokens, run.output_tokens),
+            crate::inspect::estimate_tokens(prompt),
         );
         progress(i + 1, &run);
         measured.push(run);

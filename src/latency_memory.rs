@@ -4,8 +4,8 @@
 //! `[latency]` model, which knows nothing of the device.
 //!
 //! One value per tier, in the `stats` tree, under a key naming what the speed depends on:
-//! - `speed/local/<identity>`: the local model's ms per token (whole answers) and prefill ms per
-//!   prompt token;
+//! - `speed/local/<identity>`: the local model's ms per token (whole answers), prefill ms per
+//!   prompt token, and the tokens it adds to a prompt (chat template, system prompt);
 //! - `speed/cloud/<identity>`: the cloud's total and first-token ms (peak-sensitive averages).
 //!
 //! The identity is the backend's `name@revision` (the model build; the cloud endpoint's
@@ -24,13 +24,15 @@ pub(crate) struct Remembered {
     pub(crate) total: Option<f64>,
     /// Local: prefill ms per prompt token. Cloud: ms to the first token.
     pub(crate) first_token: Option<f64>,
+    /// Local: tokens the model adds to a prompt (chat template, system prompt). Cloud: none.
+    pub(crate) prompt_overhead: Option<f64>,
     /// How many answers the averages were measured from.
     pub(crate) observations: u64,
 }
 
 impl Remembered {
     const VERSION: u8 = 1;
-    const LEN: usize = 1 + 8 + 8 + 8;
+    const LEN: usize = 1 + 8 + 8 + 8 + 8;
 
     fn encode(&self) -> Vec<u8> {
         // NaN marks an average not measured yet.
@@ -39,6 +41,7 @@ impl Remembered {
         out.push(Self::VERSION);
         out.extend_from_slice(&bits(self.total));
         out.extend_from_slice(&bits(self.first_token));
+        out.extend_from_slice(&bits(self.prompt_overhead));
         out.extend_from_slice(&self.observations.to_be_bytes());
         out
     }
@@ -60,7 +63,8 @@ impl Remembered {
         Some(Remembered {
             total: average(1)?,
             first_token: average(9)?,
-            observations: u64::from_be_bytes(word(17)?),
+            prompt_overhead: average(17)?,
+            observations: u64::from_be_bytes(word(25)?),
         })
     }
 }
@@ -152,11 +156,13 @@ mod tests {
         let local = Remembered {
             total: Some(12.5),
             first_token: None,
+            prompt_overhead: Some(33.0),
             observations: 3,
         };
         let cloud = Remembered {
             total: Some(900.0),
             first_token: Some(310.0),
+            prompt_overhead: None,
             observations: 7,
         };
         memory.remember(Tier::Local, &local);
@@ -180,6 +186,7 @@ mod tests {
         let good = Remembered {
             total: Some(10.0),
             first_token: Some(1.5),
+            prompt_overhead: Some(30.0),
             observations: 1,
         }
         .encode();
@@ -190,7 +197,7 @@ mod tests {
         negative[1..9].copy_from_slice(&(-1.0f64).to_be_bytes());
         let mut infinite = good.clone();
         infinite[9..17].copy_from_slice(&f64::INFINITY.to_be_bytes());
-        for bad in [newer, negative, infinite, good[..20].to_vec(), Vec::new()] {
+        for bad in [newer, negative, infinite, good[..30].to_vec(), Vec::new()] {
             db.sled()
                 .open_tree("stats")
                 .unwrap()

@@ -1945,6 +1945,7 @@ impl Execution<'_> {
                             .first_token()
                             .map(|at| at.saturating_duration_since(from)),
                         g.usage,
+                        self.features.prompt_tokens,
                     );
                 }
                 let mut cost = Cost {
@@ -2124,6 +2125,7 @@ impl Execution<'_> {
                     generating.elapsed(),
                     first_token.map(|at| at.saturating_duration_since(generating)),
                     g.usage,
+                    self.features.prompt_tokens,
                 );
                 Ok((
                     Outcome {

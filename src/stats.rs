@@ -83,6 +83,10 @@ struct State {
     cloud_first_ms: VecDeque<f64>,
     local_ms_per_token: Option<f64>,
     cloud_ewma_ms: Option<f64>,
+    /// Tokens the local tier adds to a prompt (its chat template, a system prompt): EWMA of
+    /// the prompt tokens it reported less the router's estimate of the request's, at least 0.
+    /// The local estimates scale with the prompt the model runs, not the request's alone.
+    local_prompt_overhead: Option<f64>,
     /// Local answers the local averages were measured from (here and, remembered, earlier).
     local_observations: u64,
     /// Cloud answers the cloud averages were measured from (here and, remembered, earlier).
@@ -202,6 +206,7 @@ impl StatsRecorder {
         self.with(|s| {
             if let Some(r) = local {
                 s.local_ms_per_token = r.total;
+                s.local_prompt_overhead = r.prompt_overhead;
                 s.tier_first.local_ms_per_input_token = r.first_token;
                 s.local_observations = r.observations;
             }
@@ -220,11 +225,13 @@ impl StatsRecorder {
             Tier::Local => Remembered {
                 total: s.local_ms_per_token,
                 first_token: s.tier_first.local_ms_per_input_token,
+                prompt_overhead: s.local_prompt_overhead,
                 observations: s.local_observations,
             },
             Tier::Cloud => Remembered {
                 total: s.cloud_ewma_ms,
                 first_token: s.tier_first.cloud_ewma_ms,
+                prompt_overhead: None,
                 observations: s.cloud_observations,
             },
         };
@@ -286,13 +293,23 @@ impl StatsRecorder {
         self.with(|s| s.stats.cloud_spend_usd += spend_usd);
     }
 
-    /// Feeds the local latency models: total (ms per token, EWMA) and, when a token came,
-    /// time to first token (prefill ms per input token, EWMA; p95 window).
-    pub fn observe_local(&self, elapsed: Duration, first_token: Option<Duration>, usage: Usage) {
+    /// Feeds the local latency models: total (ms per token, EWMA), the tokens the model adds
+    /// to a prompt (`usage`'s prompt tokens less `prompt_tokens`, the router's estimate of the
+    /// request's; EWMA) and, when a token came, time to first token (prefill ms per prompt
+    /// token, EWMA; p95 window).
+    pub fn observe_local(
+        &self,
+        elapsed: Duration,
+        first_token: Option<Duration>,
+        usage: Usage,
+        prompt_tokens: u32,
+    ) {
         let tokens = (usage.input_tokens / 8 + usage.output_tokens).max(1) as f64;
         let per_token = ms(elapsed) / tokens;
+        let overhead = usage.input_tokens.saturating_sub(u64::from(prompt_tokens)) as f64;
         self.with(|s| {
             s.local_ms_per_token = Some(ewma(s.local_ms_per_token, per_token));
+            s.local_prompt_overhead = Some(ewma(s.local_prompt_overhead, overhead));
             s.local_observations = s.local_observations.saturating_add(1);
             if let Some(first) = first_token {
                 let t = &mut s.tier_first;
@@ -338,11 +355,14 @@ impl StatsRecorder {
     /// them; before any observation (by this router, or remembered from an earlier one on the
     /// same home), the policy's `[latency]` model.
     ///
-    /// - total, local: measured ms/token × (prompt/8 + `max_tokens`);
+    /// - total, local: measured ms/token × (model prompt/8 + `max_tokens`);
     /// - total, cloud: peak-sensitive EWMA;
-    /// - first token, local: measured prefill ms per input token × prompt tokens;
+    /// - first token, local: measured prefill ms per prompt token × model prompt tokens;
     /// - first token, cloud: peak-sensitive EWMA;
     /// - first-token p95s: once [`MIN_P95_SAMPLES`] were observed.
+    ///
+    /// The model prompt is `prompt_tokens` (the router's estimate of the request's) plus the
+    /// tokens the local model was measured to add (its chat template, a system prompt).
     pub fn latency_estimates(
         &self,
         latency: &LatencySection,
@@ -352,7 +372,8 @@ impl StatsRecorder {
         let ceil = |v: f64| v.ceil() as u64;
         self.with(|s| {
             let t = &mut s.tier_first;
-            let local_tokens = f64::from(prompt_tokens) / 8.0 + f64::from(max_tokens);
+            let model_prompt = f64::from(prompt_tokens) + s.local_prompt_overhead.unwrap_or(0.0);
+            let local_tokens = model_prompt / 8.0 + f64::from(max_tokens);
             LatencyEstimates {
                 local_ms: Some(s.local_ms_per_token.map_or_else(
                     || latency.local_estimate_ms(prompt_tokens, max_tokens),
@@ -361,7 +382,7 @@ impl StatsRecorder {
                 cloud_ms: Some(s.cloud_ewma_ms.map_or(latency.cloud_ms, ceil)),
                 local_first_token_ms: Some(t.local_ms_per_input_token.map_or_else(
                     || latency.local_estimate_ms(prompt_tokens, 1),
-                    |per| ceil(per * f64::from(prompt_tokens.max(1))),
+                    |per| ceil(per * model_prompt.max(1.0)),
                 )),
                 local_first_token_p95_ms: t.local_window.p95(),
                 cloud_first_token_ms: Some(t.cloud_ewma_ms.map_or(latency.cloud_ms, ceil)),
@@ -757,7 +778,7 @@ mod tests {
 
         // 50 ms for 100 input tokens: 0.5 ms per token, scaled by the prompt.
         let ms = Duration::from_millis;
-        rec.observe_local(ms(900), Some(ms(50)), usage(100));
+        rec.observe_local(ms(900), Some(ms(50)), usage(100), 100);
         let first = |prompt| {
             rec.latency_estimates(&model(), prompt, 16)
                 .local_first_token_ms
@@ -765,7 +786,7 @@ mod tests {
         assert_eq!(first(200), Some(100));
         assert_eq!(first(20), Some(10));
         // An answer without a first token (empty reply) feeds the total model only.
-        rec.observe_local(ms(900), None, usage(100));
+        rec.observe_local(ms(900), None, usage(100), 100);
         assert_eq!(first(200), Some(100));
 
         // Cloud: peak-sensitive — a slow first token raises the estimate at once.
@@ -786,19 +807,44 @@ mod tests {
         );
     }
 
+    /// The local estimates scale with the prompt the model runs: the request's tokens plus
+    /// what the model adds (chat template, system prompt), learnt from its reported counts.
+    #[test]
+    fn local_estimates_count_the_tokens_the_model_adds_to_a_prompt() {
+        let rec = StatsRecorder::default();
+        let ms = Duration::from_millis;
+        // A 10-token request ran as 40 tokens; the first token took 40 ms: 1 ms per token.
+        rec.observe_local(ms(1300), Some(ms(40)), Usage::new(40, 125), 10);
+        let e = |prompt| rec.latency_estimates(&model(), prompt, 125);
+        assert_eq!(e(10).local_first_token_ms, Some(40));
+        assert_eq!(e(500).local_first_token_ms, Some(530));
+        // 1300 ms for 40/8 + 125 tokens: 10 ms per token, with the same 30 added tokens.
+        assert_eq!(e(10).local_ms, Some(1300));
+        assert_eq!(e(810).local_ms, Some(2300));
+        // A model that adds nothing (or counts fewer tokens than estimated) adds nothing.
+        let plain = StatsRecorder::default();
+        plain.observe_local(ms(1300), Some(ms(40)), Usage::new(40, 125), 60);
+        assert_eq!(
+            plain
+                .latency_estimates(&model(), 40, 125)
+                .local_first_token_ms,
+            Some(40)
+        );
+    }
+
     #[test]
     fn first_token_p95_needs_enough_samples() {
         let rec = StatsRecorder::default();
         let ms = Duration::from_millis;
         for i in 1..MIN_P95_SAMPLES as u64 {
-            rec.observe_local(ms(1000), Some(ms(i * 10)), usage(10));
+            rec.observe_local(ms(1000), Some(ms(i * 10)), usage(10), 10);
         }
         let p95 = || {
             rec.latency_estimates(&model(), 10, 16)
                 .local_first_token_p95_ms
         };
         assert_eq!(p95(), None);
-        rec.observe_local(ms(1000), Some(ms(1000)), usage(10));
+        rec.observe_local(ms(1000), Some(ms(1000)), usage(10), 10);
         // Ten samples 10..90 and 1000: the p95 (nearest rank) is the slow one.
         assert_eq!(p95(), Some(1000));
     }
@@ -823,7 +869,7 @@ mod tests {
         let rec = StatsRecorder::default();
         let ms = Duration::from_millis;
         for _ in 1..MIN_P95_SAMPLES {
-            rec.observe_local(ms(1000), Some(ms(50)), usage(10));
+            rec.observe_local(ms(1000), Some(ms(50)), usage(10), 10);
             rec.observe_cloud(ms(900), Some(ms(80)));
         }
         let before = rec.latency_estimates(&model(), 10, 16);
@@ -889,6 +935,7 @@ mod tests {
             Duration::from_millis(900),
             Some(Duration::from_millis(80)),
             usage(40),
+            10,
         );
         first.observe_cloud(
             Duration::from_millis(1200),
@@ -913,7 +960,7 @@ mod tests {
         // A recorder that only recalls writes nothing back.
         let reader = StatsRecorder::default();
         reader.recall(&memory());
-        reader.observe_local(Duration::from_secs(9), None, usage(40));
+        reader.observe_local(Duration::from_secs(9), None, usage(40), 40);
         assert_eq!(estimates(&StatsRecorder::remembering(memory())), measured);
     }
 
