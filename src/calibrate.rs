@@ -7,13 +7,15 @@
 //! and, on a router with a database, is remembered for the next router on the same home. The
 //! answers are not requests: they are not cached, counted in the statistics, or kept.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::Serialize;
 
 use crate::backend::{BackendCall, LocalTier, StreamEvent};
-use crate::request::{GenerationParams, Message};
+use crate::policy::CompiledPolicy;
+use crate::request::{GenerationParams, Message, Request};
 use crate::stats::StatsRecorder;
 
 /// Answers longer than this are cut: enough tokens for a steady decode rate.
@@ -32,12 +34,14 @@ const PROMPTS: [&str; 4] = [
 
 /// One measured answer.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct CalibrationRun {
     /// Prompt tokens (as the model counted them, its chat template included).
     pub prompt_tokens: u64,
     /// Tokens generated.
     pub output_tokens: u64,
-    /// From the start of generation to the first token, ms.
+    /// From the start of generation to the first token, ms (the whole answer's time when it
+    /// had no text).
     pub first_token_ms: f64,
     /// From the start of generation to the end, ms.
     pub total_ms: f64,
@@ -47,6 +51,7 @@ pub struct CalibrationRun {
 
 /// What [`crate::Router::calibrate`] measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Calibration {
     /// The local backend (`name@revision`).
     pub backend: String,
@@ -63,16 +68,29 @@ pub struct Calibration {
     pub remembered: bool,
 }
 
-/// Runs the warm-up and `runs` measured answers (1 to [`MAX_CALIBRATION_RUNS`]) on `local`,
-/// feeding each to `stats`; `progress` sees each run as it ends.
+/// Where a calibration runs: the router's local tier, latency models and policy.
+pub(crate) struct Bench<'a> {
+    pub(crate) local: &'a LocalTier,
+    pub(crate) stats: &'a StatsRecorder,
+    pub(crate) policy: &'a CompiledPolicy,
+    /// True once the router is shutting down: no further run starts.
+    pub(crate) closing: &'a AtomicBool,
+}
+
+/// Runs the warm-up and `runs` measured answers (1 to [`MAX_CALIBRATION_RUNS`]) on the bench's
+/// local tier, feeding each to its latency models; `progress` sees each run as it ends.
 pub(crate) async fn calibrate(
-    local: &LocalTier,
-    stats: &StatsRecorder,
-    repetition_penalty: f32,
+    bench: Bench<'_>,
     runs: usize,
-    remembered: bool,
     progress: &mut (dyn FnMut(usize, &CalibrationRun) + Send),
 ) -> crate::Result<Calibration> {
+    let Bench {
+        local,
+        stats,
+        policy,
+        closing,
+    } = bench;
+    let repetition_penalty = policy.local.repetition_penalty;
     if !(1..=MAX_CALIBRATION_RUNS).contains(&runs) {
         return Err(crate::Error::InvalidRequest(format!(
             "calibration runs must be from 1 to {MAX_CALIBRATION_RUNS}, not {runs}"
@@ -83,13 +101,19 @@ pub(crate) async fn calibrate(
     let warm_up_ms = ms(started.elapsed());
     let mut measured = Vec::with_capacity(runs);
     for i in 0..runs {
+        if closing.load(Ordering::SeqCst) {
+            return Err(crate::Error::ShutDown);
+        }
         let prompt = PROMPTS[(i + 1) % PROMPTS.len()];
         let (run, elapsed, first_token) = answer(local, prompt, repetition_penalty).await?;
+        // As the router estimates a request's prompt, so the tokens the model adds are learnt
+        // against the same count.
+        let request_tokens = crate::inspect::inspect(policy, &Request::new(prompt)).prompt_tokens;
         stats.observe_local(
             elapsed,
             first_token,
             crate::request::Usage::new(run.prompt_tokens, run.output_tokens),
-            crate::inspect::estimate_tokens(prompt),
+            request_tokens,
         );
         progress(i + 1, &run);
         measured.push(run);
@@ -100,7 +124,7 @@ pub(crate) async fn calibrate(
         first_token_ms: median(measured.iter().map(|r| r.first_token_ms)).unwrap_or(0.0),
         decode_tokens_per_s: median(measured.iter().filter_map(|r| r.decode_tokens_per_s)),
         runs: measured,
-        remembered,
+        remembered: stats.remembers(),
     })
 }
 

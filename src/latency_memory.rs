@@ -13,9 +13,19 @@
 //! with other settings is not used. Each value also counts the answers that made it, so that
 //! `explain` can say where an estimate came from. A value this version cannot read is ignored
 //! (the policy's model applies) and replaced by the next observation.
+//!
+//! A value not updated for [`REMEMBER_FOR`] is not used: the device may have changed since
+//! (another machine's home, other work on its cores), and an estimate that keeps requests away
+//! from a tier would otherwise never be measured again. `edgeroute bench` measures the local
+//! model afresh.
+
+use std::time::{Duration, SystemTime};
 
 use crate::backend::Tier;
 use crate::cache::Database;
+
+/// How long a remembered speed is used after it was last updated: a week.
+pub(crate) const REMEMBER_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What is remembered of one tier's speed.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -32,9 +42,10 @@ pub(crate) struct Remembered {
 
 impl Remembered {
     const VERSION: u8 = 1;
-    const LEN: usize = 1 + 8 + 8 + 8 + 8;
+    const LEN: usize = 1 + 8 + 8 + 8 + 8 + 8;
 
-    fn encode(&self) -> Vec<u8> {
+    /// The value, stamped with when it was saved (seconds since the Unix epoch).
+    fn encode(&self, saved_at: u64) -> Vec<u8> {
         // NaN marks an average not measured yet.
         let bits = |v: Option<f64>| v.unwrap_or(f64::NAN).to_be_bytes();
         let mut out = Vec::with_capacity(Self::LEN);
@@ -43,11 +54,13 @@ impl Remembered {
         out.extend_from_slice(&bits(self.first_token));
         out.extend_from_slice(&bits(self.prompt_overhead));
         out.extend_from_slice(&self.observations.to_be_bytes());
+        out.extend_from_slice(&saved_at.to_be_bytes());
         out
     }
 
-    /// `None` for a value this version cannot read, or whose averages are not durations.
-    fn decode(b: &[u8]) -> Option<Self> {
+    /// The value and when it was saved; `None` for a value this version cannot read, or whose
+    /// averages are not durations.
+    fn decode(b: &[u8]) -> Option<(Self, u64)> {
         if b.len() != Self::LEN || b[0] != Self::VERSION {
             return None;
         }
@@ -60,12 +73,13 @@ impl Remembered {
                 _ => None,
             }
         };
-        Some(Remembered {
+        let remembered = Remembered {
             total: average(1)?,
             first_token: average(9)?,
             prompt_overhead: average(17)?,
             observations: u64::from_be_bytes(word(25)?),
-        })
+        };
+        Some((remembered, u64::from_be_bytes(word(33)?)))
     }
 }
 
@@ -109,8 +123,14 @@ impl LatencyMemory {
         }
     }
 
-    /// What was remembered of `tier`, if anything readable.
+    /// What was remembered of `tier`, if anything readable and updated less than
+    /// [`REMEMBER_FOR`] ago.
     pub(crate) fn recall(&self, tier: Tier) -> Option<Remembered> {
+        self.recall_at(tier, SystemTime::now())
+    }
+
+    /// [`LatencyMemory::recall`] as of `now`.
+    fn recall_at(&self, tier: Tier, now: SystemTime) -> Option<Remembered> {
         let value = match self.tree.get(self.key(tier)?) {
             Ok(v) => v?,
             Err(e) => {
@@ -118,23 +138,37 @@ impl LatencyMemory {
                 return None;
             }
         };
-        let remembered = Remembered::decode(&value);
-        if remembered.is_none() {
+        let Some((remembered, saved_at)) = Remembered::decode(&value) else {
             tracing::debug!(
                 ?tier,
                 "remembered latency in a format this version cannot read"
             );
+            return None;
+        };
+        let age = Duration::from_secs(unix_secs(now).saturating_sub(saved_at));
+        if age >= REMEMBER_FOR {
+            tracing::debug!(?tier, ?age, "remembered latency too old to use");
+            return None;
         }
-        remembered
+        Some(remembered)
     }
 
     /// Replaces what is remembered of `tier`.
     pub(crate) fn remember(&self, tier: Tier, speed: &Remembered) {
+        self.remember_at(tier, speed, SystemTime::now());
+    }
+
+    fn remember_at(&self, tier: Tier, speed: &Remembered, now: SystemTime) {
         let Some(key) = self.key(tier) else { return };
-        if let Err(e) = self.tree.insert(key, speed.encode()) {
-            tracing::debug!(error = %e, "latency estimate not remembered");
+        if let Err(e) = self.tree.insert(key, speed.encode(unix_secs(now))) {
+            tracing::warn!(error = %e, "latency estimate not remembered");
         }
     }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -179,6 +213,27 @@ mod tests {
         assert_eq!(none.recall(Tier::Local), None);
     }
 
+    /// A speed not updated for a week is not used (the device may have changed), and a new
+    /// observation makes it current again.
+    #[test]
+    fn speeds_not_updated_for_a_week_are_not_used() {
+        let (_dir, db) = db();
+        let memory = LatencyMemory::open(&db, Some("l"), None).unwrap();
+        let speed = Remembered {
+            total: Some(10.0),
+            first_token: None,
+            prompt_overhead: None,
+            observations: 4,
+        };
+        let now = SystemTime::now();
+        let day = Duration::from_secs(24 * 3600);
+        memory.remember_at(Tier::Local, &speed, now - 6 * day);
+        assert_eq!(memory.recall_at(Tier::Local, now), Some(speed));
+        assert_eq!(memory.recall_at(Tier::Local, now + day), None);
+        memory.remember_at(Tier::Local, &speed, now);
+        assert_eq!(memory.recall_at(Tier::Local, now + day), Some(speed));
+    }
+
     #[test]
     fn values_this_version_cannot_read_are_ignored() {
         let (_dir, db) = db();
@@ -189,7 +244,7 @@ mod tests {
             prompt_overhead: Some(30.0),
             observations: 1,
         }
-        .encode();
+        .encode(unix_secs(SystemTime::now()));
         let key = "speed/local/l";
         let mut newer = good.clone();
         newer[0] = 2;
@@ -197,7 +252,7 @@ mod tests {
         negative[1..9].copy_from_slice(&(-1.0f64).to_be_bytes());
         let mut infinite = good.clone();
         infinite[9..17].copy_from_slice(&f64::INFINITY.to_be_bytes());
-        for bad in [newer, negative, infinite, good[..30].to_vec(), Vec::new()] {
+        for bad in [newer, negative, infinite, good[..40].to_vec(), Vec::new()] {
             db.sled()
                 .open_tree("stats")
                 .unwrap()

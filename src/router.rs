@@ -212,11 +212,18 @@ impl RouterBuilder {
             tracing::warn!("policy: {}", w.as_warning());
         }
         let home = crate::home::resolve(self.home.as_deref());
-        let local_from_policy = self.local.is_none() && self.load_local;
-        let local = match self.local {
-            Some(b) => Some(LocalTier::new(b)),
-            None if self.load_local => crate::wiring::local_from_policy(&policy, &home)?,
-            None => None,
+        // Each tier with the identity its speed is remembered under (see `latency_memory`).
+        let (local, local_speed_id) = match self.local {
+            Some(b) => {
+                let tier = LocalTier::new(b);
+                let id = tier.identity();
+                (Some(tier), Some(id))
+            }
+            None if self.load_local => match crate::wiring::local_from_policy(&policy, &home)? {
+                Some((tier, id)) => (Some(tier), Some(id)),
+                None => (None, None),
+            },
+            None => (None, None),
         };
         let cloud = match self.cloud {
             Some(b) => Some(CloudTier::new(b)),
@@ -253,16 +260,7 @@ impl RouterBuilder {
         }
         let work = store.as_ref().map(|s| s.work()).unwrap_or_default();
         let speed_ids = SpeedIds {
-            // The built-in model's speed also depends on its threads and spinning.
-            local: local.as_ref().map(|l| match local_from_policy {
-                true => format!(
-                    "{}+t{}{}",
-                    l.identity(),
-                    policy.local.threads,
-                    if policy.local.spinning { "s" } else { "" }
-                ),
-                false => l.identity(),
-            }),
+            local: local_speed_id,
             cloud: cloud.as_ref().map(|c| c.identity()),
         };
         let stats = match store.as_ref().map(|s| speed_ids.memory(s.database())) {
@@ -441,7 +439,8 @@ impl Router {
     ///
     /// Errors: [`Error::TierUnavailable`] without a local tier; the local model's own
     /// ([`Error::ModelUnavailable`] names the set-up command); [`Error::InvalidRequest`] for
-    /// `runs` out of range; [`Error::ShutDown`] once [`Router::shutdown`] began.
+    /// `runs` out of range; [`Error::ShutDown`] once [`Router::shutdown`] began (a
+    /// calibration under way then stops before its next run).
     pub async fn calibrate(
         &self,
         runs: usize,
@@ -449,22 +448,21 @@ impl Router {
     ) -> Result<crate::calibrate::Calibration> {
         let _in_flight = self.admit()?;
         let inner = &self.inner;
-        crate::calibrate::calibrate(
-            inner.local_tier()?,
-            &inner.stats,
-            inner.policy.local.repetition_penalty,
-            runs,
-            inner.stats.remembers(),
-            &mut progress,
-        )
-        .await
+        let bench = crate::calibrate::Bench {
+            local: inner.local_tier()?,
+            stats: &inner.stats,
+            policy: &inner.policy,
+            closing: &inner.closing,
+        };
+        crate::calibrate::calibrate(bench, runs, &mut progress).await
     }
 
     /// Starts this router's latency estimates from what routers on `db` measured of the same
     /// tiers on this device, as a router with a database does when it is built, without
     /// remembering anything there. For tools that decide without the answer cache
     /// (`edgeroute explain` builds its router with `cache(false)` and reads the home's
-    /// database this way). Errors: [`Error::Storage`] when the statistics cannot be opened.
+    /// database this way). What this router measured so far is replaced. Errors:
+    /// [`Error::Storage`] when the statistics cannot be opened.
     pub fn recall_latency(&self, db: &crate::cache::Database) -> Result<()> {
         let memory = self.inner.speed_ids.memory(db)?;
         self.inner.stats.recall(&memory);
@@ -546,7 +544,7 @@ impl Router {
     pub async fn shutdown(&self) -> Result<()> {
         use std::sync::atomic::{fence, Ordering};
         self.inner.closing.store(true, Ordering::SeqCst);
-        // Pairs with the fence in `run`: a request either sees `closing`, or is counted
+        // Pairs with the fence in `admit`: a request either sees `closing`, or is counted
         // before `settled` looks.
         fence(Ordering::SeqCst);
         self.settled().await;

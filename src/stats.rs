@@ -218,10 +218,17 @@ impl StatsRecorder {
         });
     }
 
-    /// Remembers a tier's averages (under the state's lock, so the last write is the latest).
-    fn remember(&self, s: &State, tier: Tier) {
-        let Some(memory) = &self.memory else { return };
-        let speed = match tier {
+    /// Remembers a tier's averages, `speed` (written outside the state's lock: decisions
+    /// reading the estimates never wait for the disk).
+    fn remember(&self, tier: Tier, speed: Remembered) {
+        if let Some(memory) = &self.memory {
+            memory.remember(tier, &speed);
+        }
+    }
+
+    /// A tier's averages as they are remembered.
+    fn speed(s: &State, tier: Tier) -> Remembered {
+        match tier {
             Tier::Local => Remembered {
                 total: s.local_ms_per_token,
                 first_token: s.tier_first.local_ms_per_input_token,
@@ -234,8 +241,7 @@ impl StatsRecorder {
                 prompt_overhead: None,
                 observations: s.cloud_observations,
             },
-        };
-        memory.remember(tier, &speed);
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -307,7 +313,7 @@ impl StatsRecorder {
         let tokens = (usage.input_tokens / 8 + usage.output_tokens).max(1) as f64;
         let per_token = ms(elapsed) / tokens;
         let overhead = usage.input_tokens.saturating_sub(u64::from(prompt_tokens)) as f64;
-        self.with(|s| {
+        let speed = self.with(|s| {
             s.local_ms_per_token = Some(ewma(s.local_ms_per_token, per_token));
             s.local_prompt_overhead = Some(ewma(s.local_prompt_overhead, overhead));
             s.local_observations = s.local_observations.saturating_add(1);
@@ -317,8 +323,9 @@ impl StatsRecorder {
                 t.local_ms_per_input_token = Some(ewma(t.local_ms_per_input_token, per_input));
                 t.local_window.push(ms(first));
             }
-            self.remember(s, Tier::Local);
+            Self::speed(s, Tier::Local)
         });
+        self.remember(Tier::Local, speed);
     }
 
     /// Feeds a tier's first-token p95 window from a call that was cancelled (it lost a hedge):
@@ -339,7 +346,7 @@ impl StatsRecorder {
     /// Feeds the cloud latency models, total and time to first token: peak-sensitive EWMAs (a
     /// slow call raises the estimate at once; fast calls lower it gradually) and a p95 window.
     pub fn observe_cloud(&self, elapsed: Duration, first_token: Option<Duration>) {
-        self.with(|s| {
+        let speed = self.with(|s| {
             s.cloud_ewma_ms = Some(peak_ewma(s.cloud_ewma_ms, ms(elapsed)));
             s.cloud_observations = s.cloud_observations.saturating_add(1);
             if let Some(first) = first_token {
@@ -347,8 +354,9 @@ impl StatsRecorder {
                 t.cloud_ewma_ms = Some(peak_ewma(t.cloud_ewma_ms, ms(first)));
                 t.cloud_window.push(ms(first));
             }
-            self.remember(s, Tier::Cloud);
+            Self::speed(s, Tier::Cloud)
         });
+        self.remember(Tier::Cloud, speed);
     }
 
     /// Every latency estimate for a request, as [`Signals`](crate::signals::Signals) carries
@@ -920,8 +928,6 @@ mod tests {
         }
     }
 
-    /// A request without a first token clears its ring slot (no sample a ring older stays
-    /// counted), and a cache hit keeps no first-token sample (nothing reads one).
     /// Both tiers' averages, and how many answers made them, are remembered at every
     /// observation and recalled by the next recorder on the same memory.
     #[test]
@@ -964,6 +970,8 @@ mod tests {
         assert_eq!(estimates(&StatsRecorder::remembering(memory())), measured);
     }
 
+    /// A request without a first token clears its ring slot (no sample a ring older stays
+    /// counted), and a cache hit keeps no first-token sample (nothing reads one).
     #[test]
     fn persisted_first_token_samples_stay_current() {
         let (_dir, db) = db();

@@ -18,11 +18,17 @@ use crate::ledger::{Reservation, SledLedger};
 use crate::policy::CompiledPolicy;
 use crate::request::Request;
 
-/// The local tier named by `[local]`. The model is loaded on first use (not at build time), so
-/// `explain`, cloud-only requests and routers on machines without the model stay cheap; a
-/// missing model makes the tier report itself unavailable with the set-up command.
+/// The local tier named by `[local]`, with the identity its speed is remembered under: the
+/// model and its installed build, threads and spinning (not the output limit or the repetition
+/// penalty, which are in its revision but do not change its speed). The model is loaded on
+/// first use (not at build time), so `explain`, cloud-only requests and routers on machines
+/// without the model stay cheap; a missing model makes the tier report itself unavailable with
+/// the set-up command.
 #[cfg(feature = "onnx")]
-pub(crate) fn local_from_policy(policy: &CompiledPolicy, home: &Path) -> Result<Option<LocalTier>> {
+pub(crate) fn local_from_policy(
+    policy: &CompiledPolicy,
+    home: &Path,
+) -> Result<Option<(LocalTier, String)>> {
     use crate::backend::local::LocalBackend;
 
     let l = &policy.local;
@@ -47,11 +53,15 @@ pub(crate) fn local_from_policy(policy: &CompiledPolicy, home: &Path) -> Result<
         .model_dir
         .clone()
         .unwrap_or_else(|| crate::home::model_dir(home, &l.model));
-    Ok(Some(LocalTier::new(Arc::new(lazy_local::LazyLocal::new(
-        builder,
-        format!("local/{}", l.model),
-        model_dir,
-    )))))
+    let name = format!("local/{}", l.model);
+    let lazy = lazy_local::LazyLocal::new(builder, name.clone(), model_dir);
+    let speed_id = format!(
+        "{name}@{}+t{}{}",
+        lazy.build().unwrap_or("-"),
+        l.threads,
+        if l.spinning { "s" } else { "" }
+    );
+    Ok(Some((LocalTier::new(Arc::new(lazy)), speed_id)))
 }
 
 /// Without the `onnx` feature there is no built-in local model (give the builder a backend).
@@ -59,7 +69,7 @@ pub(crate) fn local_from_policy(policy: &CompiledPolicy, home: &Path) -> Result<
 pub(crate) fn local_from_policy(
     _policy: &CompiledPolicy,
     _home: &Path,
-) -> Result<Option<LocalTier>> {
+) -> Result<Option<(LocalTier, String)>> {
     Ok(None)
 }
 
@@ -89,6 +99,8 @@ mod lazy_local {
         model_dir: PathBuf,
         /// Read from the manifest when the router is built (the model itself loads on first use).
         revision: Option<String>,
+        /// The installed model's build, from the same manifest.
+        build: Option<String>,
         /// Shared with the task that loads the model, which outlives a caller that stops
         /// waiting.
         loaded: Arc<OnceCell<LocalBackend>>,
@@ -109,17 +121,25 @@ mod lazy_local {
 
     impl LazyLocal {
         pub(crate) fn new(builder: LocalBackendBuilder, name: String, model_dir: PathBuf) -> Self {
-            let revision = Manifest::load(&model_dir, false)
-                .ok()
-                .map(|m| builder.revision_for(m.installed_build(&model_dir).as_deref()));
+            let manifest = Manifest::load(&model_dir, false).ok();
+            let build = manifest
+                .as_ref()
+                .and_then(|m| m.installed_build(&model_dir));
+            let revision = manifest.map(|_| builder.revision_for(build.as_deref()));
             LazyLocal {
                 builder,
                 name,
                 revision,
+                build,
                 model_dir,
                 loaded: Arc::new(OnceCell::new()),
                 failed: Arc::new(Mutex::new(None)),
             }
+        }
+
+        /// The installed model's build (`None`: no readable manifest, or no build recorded).
+        pub(crate) fn build(&self) -> Option<&str> {
+            self.build.as_deref()
         }
 
         /// The loaded model, loading it first if needed. The load runs in a task of its own, so

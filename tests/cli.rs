@@ -45,14 +45,19 @@ fn run_in_stub_home(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn run_stdin(args: &[&str], input: &[u8]) -> Output {
-    let mut child = bin()
+/// The CLI with `args`, started with its standard streams piped.
+fn spawn_piped(args: &[&str]) -> std::process::Child {
+    bin()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+fn run_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = spawn_piped(args);
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -554,6 +559,29 @@ fn invalid_utf8_on_stdin_is_a_clear_error() {
     }
 }
 
+/// A prompt on standard input over the request size limit is refused without reading the rest:
+/// the command ends with a clear error while the writer still has most of its data to send.
+#[test]
+fn a_prompt_on_stdin_over_the_size_limit_is_refused_unread() {
+    let limit = edgeroute::router::DEFAULT_MAX_PROMPT_BYTES;
+    let mut child = spawn_piped(&["explain", "--policy", "policies/offline-only.toml", "-"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'a'; 1 << 20];
+        let mut sent = 0;
+        while sent < 4 * limit && stdin.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    let o = child.wait_with_output().unwrap();
+    let sent = writer.join().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let want = format!("the prompt on standard input is over {limit} bytes (8 MiB)");
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    assert!(sent < 2 * limit, "the command read {sent} bytes");
+}
+
 #[test]
 fn help_for_every_command() {
     for args in [
@@ -593,7 +621,7 @@ fn ask_without_a_model_names_the_setup_command() {
 
 /// `bench` measures the installed model in a fresh home: the warm-up, then the runs asked
 /// for, each timed and cut at the calibration length, then remembered there: `explain`
-/// decides with the figures, and `stats` counts no request. A run count out of range is a
+/// decides with the figures; `stats` counts no request and the cache holds no answer. A run count out of range is a
 /// usage error before anything runs.
 #[cfg(feature = "onnx")]
 #[test]
@@ -628,20 +656,39 @@ fn bench_measures_the_local_model_and_remembers_it_on_the_home() {
     }
     assert!(c["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{c}");
 
-    let o = run(&[
-        "--home",
-        h,
-        "explain",
-        "--json",
-        "--policy",
-        p,
-        "Name a fruit.",
-    ]);
-    let e: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(e["signals"]["latency"]["local_observations"], 2, "{e}");
+    // The figures are the model's at these threads: another output limit or repetition
+    // penalty uses them, other threads do not.
+    for (name, local_settings, measured) in [
+        ("p.toml", "", 2),
+        (
+            "limits.toml",
+            "max_new_tokens = 64\nrepetition_penalty = 1.2\n",
+            2,
+        ),
+        ("threads.toml", "threads = 1\n", 0),
+    ] {
+        let policy = installed_model_policy(home.path(), name, local_settings);
+        let o = run(&[
+            "--home",
+            h,
+            "explain",
+            "--json",
+            "--policy",
+            policy.to_str().unwrap(),
+            "Name a fruit.",
+        ]);
+        let e: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(
+            e["signals"]["latency"]["local_observations"], measured,
+            "{name}: {e}"
+        );
+    }
     let o = run(&["--home", h, "stats", "--json"]);
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(s["requests"], 0, "{s}");
+    let o = run(&["--home", h, "cache", "stats", "--json", "--policy", p]);
+    let cache: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(cache["entries"], 0, "{cache}");
 
     for bad in ["0", "101"] {
         let o = run(&["--home", h, "bench", "--runs", bad, "--policy", p]);
@@ -847,13 +894,7 @@ fn a_closed_stdout_pipe_ends_pii_scan_quietly() {
     use std::io::Read;
     let document = "write to ann@example.com ".repeat(30_000);
     for args in [&["pii", "scan"][..], &["pii", "scan", "--json"]] {
-        let mut child = bin()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_piped(args);
         // The whole document is read before anything is written, so this cannot deadlock.
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(document.as_bytes()).unwrap();
@@ -882,13 +923,7 @@ fn a_closed_stdout_pipe_ends_explain_quietly() {
             "-",
         ],
     ] {
-        let mut child = bin()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_piped(args);
         drop(child.stdout.take());
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(b"What is the capital of France?").unwrap();

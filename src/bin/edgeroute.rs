@@ -377,15 +377,25 @@ fn load_policy(arg: &PolicyArg) -> edgeroute::Result<CompiledPolicy> {
     .map_err(edgeroute::Error::Policy)
 }
 
-/// `arg` itself, or standard input when it is `-` (`what` names the text in errors).
-fn arg_or_stdin(arg: &str, what: &str) -> edgeroute::Result<String> {
+/// `arg` itself, or standard input when it is `-` (`what` names the text in errors). Standard
+/// input longer than `limit` bytes is an error, found without reading (or holding) the rest.
+fn arg_or_stdin(arg: &str, what: &str, limit: Option<usize>) -> edgeroute::Result<String> {
     if arg != "-" {
         return Ok(arg.to_string());
     }
     let mut bytes = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut bytes)
-        .map_err(|e| edgeroute::Error::io(format!("reading the {what} from standard input"), e))?;
+    let stdin = std::io::stdin();
+    let read = match limit {
+        Some(limit) => stdin.take(limit as u64 + 1).read_to_end(&mut bytes),
+        None => stdin.lock().read_to_end(&mut bytes),
+    };
+    read.map_err(|e| edgeroute::Error::io(format!("reading the {what} from standard input"), e))?;
+    if let Some(limit) = limit.filter(|&l| bytes.len() > l) {
+        return Err(edgeroute::Error::InvalidRequest(format!(
+            "the {what} on standard input is over {limit} bytes ({} MiB), the most a request may hold; shorten it",
+            limit >> 20
+        )));
+    }
     String::from_utf8(bytes).map_err(|e| {
         edgeroute::Error::InvalidRequest(format!(
             "standard input is not valid UTF-8 (first bad byte at offset {}); convert it to UTF-8 first",
@@ -395,7 +405,11 @@ fn arg_or_stdin(arg: &str, what: &str) -> edgeroute::Result<String> {
 }
 
 fn build_request(args: &RequestArgs) -> edgeroute::Result<Request> {
-    let prompt = arg_or_stdin(&args.prompt, "prompt")?;
+    let prompt = arg_or_stdin(
+        &args.prompt,
+        "prompt",
+        Some(edgeroute::router::DEFAULT_MAX_PROMPT_BYTES),
+    )?;
     if prompt.trim().is_empty() {
         return Err(edgeroute::Error::InvalidRequest(
             "the prompt is empty".into(),
@@ -491,31 +505,10 @@ fn answer(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdRes
                 ))
             })
         };
-        let result = tokio::select! {
-            r = answer => r,
-            () = interrupted() => Err(Stop::Interrupted),
-        };
-        if matches!(result, Err(Stop::Interrupted)) {
-            // A second Ctrl-C does not wait for the settlement below.
-            tokio::spawn(async {
-                interrupted().await;
-                std::process::exit(130);
-            });
-        }
         // Whatever stopped the request (an interrupt, a closed pipe, an error), the reservation
-        // of a cloud call it dropped settles in the background: wait for it, or the call's
-        // whole estimate stays counted as spent; then make what was recorded durable.
-        match tokio::time::timeout(Duration::from_secs(5), router.shutdown()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "what this request recorded may not be on disk")
-            }
-            Err(_) => tracing::warn!(
-                "shutdown did not finish within 5 s (a cloud call's budget reservation not \
-                 settled, or a slow flush)"
-            ),
-        }
-        result
+        // of a cloud call it dropped settles in the background: `until_done_or_interrupted`
+        // waits for it, or the call's whole estimate would stay counted as spent.
+        until_done_or_interrupted(&router, answer).await
     });
     let response = response?;
     if args.json {
@@ -582,33 +575,31 @@ fn bench(policy: &PolicyArg, runs: u16, json: bool, home: Option<&Path>) -> CmdR
                 tokens_per_s(run.decode_tokens_per_s),
             );
         });
-        let result = tokio::select! {
-            r = calibration => r.map_err(Stop::Failed),
-            () = interrupted() => Err(Stop::Interrupted),
-        };
         // What was measured is on disk before the process ends.
-        if let Err(e) = router.shutdown().await {
-            tracing::warn!(error = %e, "the measured figures may not be remembered");
-        }
-        result
+        until_done_or_interrupted(&router, async { calibration.await.map_err(Stop::Failed) }).await
     });
     let c = result?;
     if json {
         out!("{}", serde_json::to_string(&c).unwrap_or_default());
-        return Ok(ExitCode::SUCCESS);
-    }
-    out!("local model:   {}", c.backend);
-    out!("warm-up:       {:.0} ms", c.warm_up_ms);
-    out!(
-        "first token:   {:.1} ms (median of {} answers)",
-        c.first_token_ms,
-        c.runs.len()
-    );
-    out!("decode:        {}", tokens_per_s(c.decode_tokens_per_s));
-    if c.remembered {
-        out!("remembered on this home: latency estimates start from these figures");
     } else {
-        out!("not remembered: this home's database could not be used (see the warning above)");
+        out!("local model:   {}", c.backend);
+        out!("warm-up:       {:.0} ms", c.warm_up_ms);
+        out!(
+            "first token:   {:.1} ms (median of {} answers)",
+            c.first_token_ms,
+            c.runs.len()
+        );
+        out!("decode:        {}", tokens_per_s(c.decode_tokens_per_s));
+    }
+    if !c.remembered {
+        return Err(Stop::Usage(
+            "the figures were not remembered: this home's database could not be used (see the \
+             warning above); run `edgeroute bench` again once nothing else holds it"
+                .into(),
+        ));
+    }
+    if !json {
+        out!("remembered on this home: latency estimates start from these figures");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -619,6 +610,37 @@ fn tokens_per_s(rate: Option<f64>) -> String {
         || "no decode rate (one-token answer)".to_string(),
         |r| format!("{r:.1} tokens/s"),
     )
+}
+
+/// Runs `work` until it ends or Ctrl-C / SIGTERM interrupts it, then shuts `router` down:
+/// waits (up to 5 s) for what the work left running, such as a cloud call's budget
+/// reservation, to settle, and makes what was recorded durable. After an interrupt, a second
+/// one exits at once.
+async fn until_done_or_interrupted<T>(
+    router: &Router,
+    work: impl std::future::Future<Output = std::result::Result<T, Stop>>,
+) -> std::result::Result<T, Stop> {
+    let result = tokio::select! {
+        r = work => r,
+        () = interrupted() => Err(Stop::Interrupted),
+    };
+    if matches!(result, Err(Stop::Interrupted)) {
+        tokio::spawn(async {
+            interrupted().await;
+            std::process::exit(130);
+        });
+    }
+    match tokio::time::timeout(Duration::from_secs(5), router.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "what this command recorded may not be on disk")
+        }
+        Err(_) => tracing::warn!(
+            "shutdown did not finish within 5 s (a cloud call's budget reservation not \
+             settled, or a slow flush)"
+        ),
+    }
+    result
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM.
@@ -668,15 +690,20 @@ fn explain(args: ExplainArgs, home: Option<&Path>, cloud_url: Option<&str>) -> C
     let policy = load_policy(&args.policy)?;
     let request = build_request(&args.request)?;
     let router = router(policy, home, cloud_url, false)?;
-    // What earlier requests on this home measured and spent: read, nothing written.
+    // What earlier requests on this home measured and spent: only read (opening the database
+    // may recover its log after a crash).
     let db = home_database(home);
-    let unrecalled = match &db {
-        Some(Ok(db)) => router.recall_latency(db).err().map(|e| e.to_string()),
-        Some(Err(e)) => Some(e.to_string()),
-        None => None,
-    };
-    if let Some(why) = unrecalled {
-        note!("note: latencies measured on this device unknown ({why}); deciding with the policy's [latency] model");
+    match &db {
+        Some(Ok(db)) => {
+            if let Err(e) = router.recall_latency(db) {
+                note!("note: latencies measured on this device unknown ({e}); deciding with the policy's [latency] model");
+            }
+        }
+        Some(Err(e)) => note!(
+            "note: this home's database cannot be read ({e}); deciding with the policy's \
+             [latency] model and no budget figure (pass --budget-left to decide with a value)"
+        ),
+        None => {}
     }
     let features = edgeroute::inspect::inspect(router.policy(), &request);
     let mut signals = router.signals(&request, &features);
@@ -880,7 +907,7 @@ fn policy_test(files: &[PathBuf]) -> CmdResult {
 
 fn pii_scan(text: Option<&str>, policy: &PolicyArg, json: bool) -> CmdResult {
     let policy = load_policy(policy)?;
-    let text = arg_or_stdin(text.unwrap_or("-"), "document")?;
+    let text = arg_or_stdin(text.unwrap_or("-"), "document", None)?;
     let spans = policy.scanner.scan(&text);
     if json {
         let spans: Vec<Value> = spans
@@ -1135,7 +1162,7 @@ fn home_database(home: Option<&Path>) -> Option<edgeroute::Result<edgeroute::cac
 
 /// What the home's ledger (`db`, see [`home_database`]) says is left of the policy's budget
 /// (`None` without limits). A home without a database has spent nothing; a database another
-/// process holds is reported on standard error and left out. Nothing is spent or reserved.
+/// process holds is left out (`explain` reports it). Nothing is spent or reserved.
 fn budget_left(
     policy: &CompiledPolicy,
     db: Option<&edgeroute::Result<edgeroute::cache::Database>>,
@@ -1149,14 +1176,9 @@ fn budget_left(
     let Some(db) = db else {
         return untouched;
     };
-    let status = match db {
-        Ok(db) => edgeroute::ledger::SledLedger::open(db, limits)
-            .and_then(|ledger| ledger.status_at(std::time::SystemTime::now())),
-        Err(e) => {
-            note!("note: budget left unknown ({e}); pass --budget-left to decide with a value");
-            return None;
-        }
-    };
+    // A database that cannot be opened was reported with the latencies.
+    let status = edgeroute::ledger::SledLedger::open(db.as_ref().ok()?, limits)
+        .and_then(|ledger| ledger.status_at(std::time::SystemTime::now()));
     match status {
         Ok(s) => s.left,
         Err(e) => {
