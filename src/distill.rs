@@ -62,6 +62,90 @@ impl Default for DistillConfig {
     }
 }
 
+/// Whether the teacher log keeps a whole cloud answer to a request: the rule the router
+/// applies when the answer comes back, and what `edgeroute explain` shows beforehand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TeacherVerdict {
+    /// `[distill] collect` is off: nothing is kept.
+    NotCollecting,
+    /// The plan never reaches the cloud (a pinned local plan, a refusal): no answer to keep.
+    NoCloudAnswer,
+    /// Kept as the provider saw the exchange; `redacted`: with placeholders where the scanner
+    /// found personal data.
+    Kept {
+        /// The request is sent redacted.
+        redacted: bool,
+    },
+    /// Kept with the personal data in clear (`include_pii = true`), marked `pii_in_clear`.
+    KeptWithPiiInClear,
+    /// Not kept: the request goes to the cloud with personal data in clear, and
+    /// `include_pii` is off.
+    NotKeptPiiInClear,
+}
+
+impl TeacherVerdict {
+    /// The verdict for a request decided as `plan`, in which the scanner found personal data
+    /// or not (`pii_found`). A cascade's answer is kept when it escalates; an unpinned local
+    /// plan's when the device fails and the cloud answers (a fallback, redacted whenever
+    /// personal data was found).
+    pub fn of(config: &DistillConfig, plan: &crate::decision::Plan, pii_found: bool) -> Self {
+        use crate::decision::Plan;
+        if !config.collect {
+            return TeacherVerdict::NotCollecting;
+        }
+        let redact = match plan {
+            Plan::Local { pin: true } | Plan::Refuse { .. } => {
+                return TeacherVerdict::NoCloudAnswer
+            }
+            Plan::Local { pin: false } => true,
+            Plan::Cloud { redact, .. }
+            | Plan::Cascade { redact, .. }
+            | Plan::Hedge { redact, .. } => *redact,
+        };
+        Self::of_call(config, pii_found && !redact, pii_found && redact)
+    }
+
+    /// The verdict for a cloud call that sends personal data in clear or not, redacted or not
+    /// (what the router knows when it makes the call).
+    pub(crate) fn of_call(config: &DistillConfig, pii_in_clear: bool, redacted: bool) -> Self {
+        match (config.collect, pii_in_clear, config.include_pii) {
+            (false, _, _) => TeacherVerdict::NotCollecting,
+            (true, false, _) => TeacherVerdict::Kept { redacted },
+            (true, true, true) => TeacherVerdict::KeptWithPiiInClear,
+            (true, true, false) => TeacherVerdict::NotKeptPiiInClear,
+        }
+    }
+
+    /// Whether a whole cloud answer is kept.
+    pub fn keeps(self) -> bool {
+        matches!(
+            self,
+            TeacherVerdict::Kept { .. } | TeacherVerdict::KeptWithPiiInClear
+        )
+    }
+}
+
+impl std::fmt::Display for TeacherVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TeacherVerdict::NotCollecting => "nothing is kept ([distill] collect is off)",
+            TeacherVerdict::NoCloudAnswer => "nothing to keep: the plan never reaches the cloud",
+            TeacherVerdict::Kept { redacted: true } => {
+                "a whole cloud answer is kept as the provider saw it: with placeholders for the personal data found"
+            }
+            TeacherVerdict::Kept { redacted: false } => "a whole cloud answer is kept",
+            TeacherVerdict::KeptWithPiiInClear => {
+                "a whole cloud answer is kept with the personal data in clear (include_pii = true), marked pii_in_clear"
+            }
+            TeacherVerdict::NotKeptPiiInClear => {
+                "not kept: the request goes to the cloud with personal data in clear ([distill] include_pii = false)"
+            }
+        })
+    }
+}
+
 /// One cloud answer, as the provider saw the exchange.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct TeacherSample {
@@ -587,5 +671,62 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.contains("the whole answer"));
         assert!(!shown.contains("invoice"));
+    }
+
+    /// The verdict follows the plan, what the scanner found and `[distill]`.
+    #[test]
+    fn the_teacher_verdict_follows_the_plan_the_data_and_the_settings() {
+        use crate::decision::{HedgeDelay, HedgeFirst, Plan};
+        use crate::request::ConfidenceStat;
+        use TeacherVerdict::*;
+        let collect = DistillConfig {
+            collect: true,
+            ..DistillConfig::default()
+        };
+        let with_pii = DistillConfig {
+            include_pii: true,
+            ..collect
+        };
+        let cloud = |redact| Plan::Cloud { redact, pin: false };
+        let cascade = |redact| Plan::Cascade {
+            min_confidence: -1.0,
+            statistic: ConfidenceStat::Mean,
+            redact,
+        };
+        let hedge = |redact| Plan::Hedge {
+            first: HedgeFirst::Local,
+            after: HedgeDelay::Fixed(std::time::Duration::from_millis(100)),
+            redact,
+        };
+        let refuse = Plan::Refuse {
+            message: "no".into(),
+        };
+        for (config, plan, pii, want) in [
+            (DistillConfig::default(), cloud(true), true, NotCollecting),
+            (collect, Plan::Local { pin: true }, true, NoCloudAnswer),
+            (collect, refuse, false, NoCloudAnswer),
+            (
+                collect,
+                Plan::Local { pin: false },
+                true,
+                Kept { redacted: true },
+            ),
+            (collect, cloud(true), true, Kept { redacted: true }),
+            (collect, cloud(true), false, Kept { redacted: false }),
+            (collect, cloud(false), false, Kept { redacted: false }),
+            (collect, cloud(false), true, NotKeptPiiInClear),
+            (with_pii, cloud(false), true, KeptWithPiiInClear),
+            (collect, cascade(false), true, NotKeptPiiInClear),
+            (collect, cascade(true), true, Kept { redacted: true }),
+            (collect, hedge(false), false, Kept { redacted: false }),
+            (with_pii, hedge(false), true, KeptWithPiiInClear),
+        ] {
+            let verdict = TeacherVerdict::of(&config, &plan, pii);
+            assert_eq!(verdict, want, "{plan:?} pii {pii}");
+            assert_eq!(
+                verdict.keeps(),
+                matches!(want, Kept { .. } | KeptWithPiiInClear)
+            );
+        }
     }
 }

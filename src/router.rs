@@ -1433,7 +1433,9 @@ impl Exchange {
         let config = store?.teaching()?;
         // The spans found are what redaction replaces: none left in clear when redacted.
         let pii_in_clear = rehydrator.is_none() && !features.pii_spans.is_empty();
-        (!pii_in_clear || config.include_pii).then(|| Exchange {
+        let verdict =
+            crate::distill::TeacherVerdict::of_call(&config, pii_in_clear, rehydrator.is_some());
+        verdict.keeps().then(|| Exchange {
             model: model.to_string(),
             messages: call.messages.clone(),
             raw: rehydrator.map(|_| String::new()),

@@ -332,6 +332,65 @@ fn explain_lists_the_requests_inputs() {
 
 /// Needs the cloud tier to exist (with a key) for "offline" to be the reason.
 #[cfg(feature = "cloud")]
+/// With `[distill] collect = true`, `explain` says whether a cloud answer would be kept for
+/// distillation, and how; without it, it prints no such line (`--json` says `not_collecting`).
+#[test]
+fn explain_says_whether_the_teacher_log_would_keep_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    let explain = |collect: bool, json: bool| {
+        std::fs::write(
+            &policy,
+            format!(
+                "[cloud]\nmodel = \"m\"\n[distill]\ncollect = {collect}\n\
+                 [[rule]]\nname = \"mail\"\nroute = \"cloud\"\nredact = true\n[rule.when]\npii_any = [\"email\"]\n\
+                 [[rule]]\nname = \"phone\"\nroute = \"cloud\"\n[rule.when]\npii_any = [\"phone\"]\n"
+            ),
+        )
+        .unwrap();
+        let mut args = vec!["--home", stub_home(), "explain", "--policy"];
+        args.push(policy.to_str().unwrap());
+        if json {
+            args.push("--json");
+        }
+        let run = |prompt: &str| {
+            let o = bin()
+                .args([&args[..], &[prompt]].concat())
+                .env("OPENAI_API_KEY", "sk-test")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            stdout(&o)
+        };
+        (
+            run("Write to ann@example.com"),
+            run("Call me on +44 20 7946 0958 about the order"),
+        )
+    };
+    let (mail, phone) = explain(true, false);
+    assert!(
+        mail.contains(
+            "teacher log: a whole cloud answer is kept as the provider saw it: with placeholders"
+        ),
+        "{mail}"
+    );
+    assert!(
+        phone.contains(
+            "teacher log: not kept: the request goes to the cloud with personal data in clear"
+        ),
+        "{phone}"
+    );
+    let (mail, _) = explain(true, true);
+    let v: serde_json::Value = serde_json::from_str(&mail).unwrap();
+    assert_eq!(v["teacher_log"]["verdict"], "kept", "{v}");
+    assert_eq!(v["teacher_log"]["redacted"], true, "{v}");
+    let (mail, _) = explain(false, false);
+    assert!(!mail.contains("teacher log"), "{mail}");
+    let (mail, _) = explain(false, true);
+    let v: serde_json::Value = serde_json::from_str(&mail).unwrap();
+    assert_eq!(v["teacher_log"]["verdict"], "not_collecting", "{v}");
+}
+
 #[test]
 fn explain_offline_flag_and_tags() {
     let args = [

@@ -315,3 +315,54 @@ async fn a_hedge_the_cloud_wins_names_the_cloud_model() {
     assert_eq!(samples.len(), 1);
     assert_eq!(samples[0].model, cloud.backend);
 }
+
+/// What `explain` says of the teacher log (`TeacherVerdict::of` the decision) is what the
+/// router does with the answer: kept redacted, not kept with personal data in clear, kept
+/// without personal data, nothing to keep on the device.
+#[tokio::test]
+async fn the_explained_verdict_is_what_the_router_keeps() {
+    use edgeroute::distill::TeacherVerdict;
+    let home = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start().await;
+    fake.set_reply("An answer.");
+    let policy = format!(
+        "{COLLECT}{REDACTED_EMAIL}\
+         [[rule]]\nname = \"phone-in-clear\"\nroute = \"cloud\"\n[rule.when]\npii_any = [\"phone\"]\n\
+         [[rule]]\nname = \"private\"\nroute = \"local\"\npin = true\n[rule.when]\ntags_any = [\"private\"]\n\
+         [defaults]\nroute = \"cloud\"\n"
+    );
+    let r = router(home.path(), &policy, Arc::default(), &fake);
+    let cases = [
+        (
+            Request::new(format!("Draft a note to {ADDRESS}")),
+            TeacherVerdict::Kept { redacted: true },
+        ),
+        (
+            Request::new("Call me on +44 20 7946 0958 about the order"),
+            TeacherVerdict::NotKeptPiiInClear,
+        ),
+        (
+            Request::new("What is a prime number?"),
+            TeacherVerdict::Kept { redacted: false },
+        ),
+        (
+            Request::new("My diary entry").with_tag("private"),
+            TeacherVerdict::NoCloudAnswer,
+        ),
+    ];
+    let mut expected_kept = 0;
+    for (request, want) in cases {
+        let features = edgeroute::inspect::inspect(r.policy(), &request);
+        let verdict = TeacherVerdict::of(
+            &r.policy().distill,
+            &r.explain(&request).plan,
+            !features.pii_spans.is_empty(),
+        );
+        assert_eq!(verdict, want, "{:?}", request.messages);
+        r.complete(request).await.unwrap();
+        r.settled().await;
+        expected_kept += usize::from(verdict.keeps());
+        assert_eq!(kept(home.path()).len(), expected_kept, "{verdict}");
+    }
+    assert_eq!(expected_kept, 2);
+}

@@ -208,7 +208,7 @@ struct ExplainArgs {
     policy: PolicyArg,
     #[command(flatten)]
     request: RequestArgs,
-    /// Print JSON: {"route","rule","plan","reasons":[..],"passed_over":[..],"signals","prompt_tokens"}.
+    /// Print JSON: {"route","rule","plan","reasons":[..],"passed_over":[..],"signals","prompt_tokens","teacher_log"}.
     #[arg(long)]
     json: bool,
     /// Decide as if the device were offline.
@@ -721,7 +721,17 @@ fn explain(args: ExplainArgs, home: Option<&Path>, cloud_url: Option<&str>) -> C
             .into_iter()
             .map(|(rule, c)| (rule, router.policy().describe(c)))
             .collect();
+    // The record stage's decision: whether a cloud answer would be kept for distillation.
+    let teacher = edgeroute::distill::TeacherVerdict::of(
+        &router.policy().distill,
+        &decision.plan,
+        !features.pii_spans.is_empty(),
+    );
     if args.json {
+        let mut teacher_json = serde_json::to_value(teacher).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut teacher_json {
+            map.insert("message".into(), Value::String(teacher.to_string()));
+        }
         let out = json!({
             "route": decision.route(),
             "rule": decision.rule,
@@ -733,6 +743,7 @@ fn explain(args: ExplainArgs, home: Option<&Path>, cloud_url: Option<&str>) -> C
                 .collect::<Vec<_>>(),
             "signals": signals,
             "prompt_tokens": features.prompt_tokens,
+            "teacher_log": teacher_json,
         });
         out!("{out}");
     } else {
@@ -746,6 +757,9 @@ fn explain(args: ExplainArgs, home: Option<&Path>, cloud_url: Option<&str>) -> C
         }
         for (rule, c) in &passed_over {
             out!("passed over: rule `{rule}`: {c} does not hold");
+        }
+        if router.policy().distill.collect {
+            out!("teacher log: {teacher}");
         }
         // Every input a rule can test, so that a rule that did not fire can be checked against
         // what it saw (a tag spelled differently, a task not given).
