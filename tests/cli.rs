@@ -1403,8 +1403,8 @@ fn empty_configuration_variables_mean_unset() {
 }
 
 /// `ask --json` on a request the policy refuses prints a JSON object naming the rule and its
-/// message on stdout (scripts parse stdout), and still exits with status 1 and the message on
-/// stderr.
+/// message on stdout (scripts parse stdout), and exits with status 3 (a refusal, not a failure:
+/// 1) and the message on stderr; so does `ask` without `--json`.
 #[test]
 fn ask_json_reports_a_refusal_as_json() {
     let home = tempfile::tempdir().unwrap();
@@ -1419,7 +1419,7 @@ fn ask_json_reports_a_refusal_as_json() {
         "live-data",
         "What is the EUR/USD rate right now?",
     ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["refused"], true, "{v}");
     assert_eq!(v["rule"], "no-live-data");
@@ -1433,7 +1433,20 @@ fn ask_json_reports_a_refusal_as_json() {
         stderr(&o)
     );
 
-    // Failures before the request starts (an empty prompt, a missing policy file) too.
+    let o = run(&[
+        "--home",
+        home.path().to_str().unwrap(),
+        "ask",
+        "--policy",
+        "policies/offline-only.toml",
+        "--tag",
+        "live-data",
+        "What is the EUR/USD rate right now?",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+
+    // Failures before the request starts (an empty prompt, a missing policy file): status 1.
     for args in [
         &["ask", "--json", "   "][..],
         &["ask", "--json", "--policy", "no/such/policy.toml", "hi"][..],

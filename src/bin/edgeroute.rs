@@ -30,8 +30,8 @@ by latency, privacy and cost policies written in TOML.\n\n\
 Configuration: flags first, then the environment (EDGEROUTE_POLICY, EDGEROUTE_HOME, \
 EDGEROUTE_CLOUD_URL), then defaults (the built-in default policy; home under the user's data dir).\n\n\
 Exit status: 0 on success, also when the reader of the output stops early (`| head`), which \
-ends the command quietly; 1 on errors, refusals, invalid policies and failed policy tests; 2 when \
-the arguments cannot be parsed (an unknown flag, a missing argument); 130 when `ask` is \
+ends the command quietly; 1 on errors, invalid policies and failed policy tests; 3 when the \
+policy refuses the request (a rule with route = \"refuse\"); 2 when the arguments cannot be parsed (an unknown flag, a missing argument); 130 when `ask` is \
 interrupted (Ctrl-C, SIGTERM: it first settles the budget of a cloud call it stopped), and when \
 `bench` is."
 )]
@@ -190,7 +190,8 @@ struct AskArgs {
     /// Print one JSON object instead of streaming text: `text`, `route`, `rule`, `reasons`,
     /// `latency_ms`, `first_token_ms`, `cost_usd` (a decimal string), `cost_estimated`,
     /// `cached`, `finish`, `confidence`, `usage`. A refusal or any other failure prints
-    /// `{"error", "refused", "rule", "message"}` (exit status 1).
+    /// `{"error", "refused", "rule", "message"}` (exit status 3 for a refusal, 1 for any other
+    /// failure).
     #[arg(long)]
     json: bool,
     /// Local model's repetition penalty, 1 (off) to 2. Default: the policy's
@@ -329,7 +330,11 @@ fn main() -> ExitCode {
         }
         Err(Stop::Failed(e)) => {
             note!("edgeroute: {e}");
-            ExitCode::FAILURE
+            // A refusal is the policy working as written, not a failure to retry.
+            match e {
+                edgeroute::Error::Refused { .. } => ExitCode::from(3),
+                _ => ExitCode::FAILURE,
+            }
         }
         Err(Stop::Usage(message)) => {
             note!("edgeroute: {message}");
