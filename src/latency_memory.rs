@@ -166,6 +166,32 @@ impl LatencyMemory {
     }
 }
 
+/// Every speed remembered on `db`, readable by this version, as `(tier, identity, speed, time
+/// since it was last updated)`, local ones first.
+pub(crate) fn remembered(
+    db: &Database,
+) -> crate::Result<Vec<(Tier, String, Remembered, Duration)>> {
+    let storage = |e: sled::Error| crate::Error::Storage {
+        path: db.path().to_path_buf(),
+        message: format!("cannot read the stats tree: {e}"),
+    };
+    let tree = db.sled().open_tree("stats").map_err(storage)?;
+    let now = unix_secs(SystemTime::now());
+    let mut out = Vec::new();
+    for (tier, prefix) in [(Tier::Local, "speed/local/"), (Tier::Cloud, "speed/cloud/")] {
+        for entry in tree.scan_prefix(prefix) {
+            let (key, value) = entry.map_err(storage)?;
+            let Some((speed, saved_at)) = Remembered::decode(&value) else {
+                continue;
+            };
+            let identity = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            let age = Duration::from_secs(now.saturating_sub(saved_at));
+            out.push((tier, identity, speed, age));
+        }
+    }
+    Ok(out)
+}
+
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -232,6 +258,16 @@ mod tests {
         assert_eq!(memory.recall_at(Tier::Local, now + day), None);
         memory.remember_at(Tier::Local, &speed, now);
         assert_eq!(memory.recall_at(Tier::Local, now + day), Some(speed));
+        // Listed with its age either way.
+        memory.remember_at(Tier::Local, &speed, now - 8 * day);
+        let listed = remembered(&db).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].0, listed[0].1.as_str()), (Tier::Local, "l"));
+        assert!(
+            listed[0].3 >= 8 * day && listed[0].3 < 9 * day,
+            "{:?}",
+            listed[0].3
+        );
     }
 
     #[test]

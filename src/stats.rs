@@ -470,6 +470,61 @@ impl StatsEvent {
     }
 }
 
+/// A tier's speed as remembered on a home (see [`remembered_latency`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct RememberedLatency {
+    /// `local` or `cloud`.
+    pub tier: &'static str,
+    /// What the speed was measured for: the local model with its build, threads and spinning,
+    /// or the cloud backend with its endpoint's digest.
+    pub identity: String,
+    /// Local: ms per token of whole answers.
+    pub ms_per_token: Option<f64>,
+    /// Local: prefill ms per prompt token.
+    pub prefill_ms_per_token: Option<f64>,
+    /// Local: tokens the model adds to a prompt (chat template, system prompt).
+    pub prompt_overhead_tokens: Option<f64>,
+    /// Cloud: ms per answer (peak-sensitive average).
+    pub answer_ms: Option<f64>,
+    /// Cloud: ms to the first token (peak-sensitive average).
+    pub first_token_ms: Option<f64>,
+    /// How many answers the figures were measured from.
+    pub observations: u64,
+    /// Seconds since the figures were last updated.
+    pub age_secs: u64,
+    /// Whether a router on the home starts from them (updated less than a week ago).
+    pub in_use: bool,
+}
+
+/// Every tier speed remembered on `db` (what routers on the home measured, and start from),
+/// local ones first. Errors: [`crate::Error::Storage`] when the statistics cannot be read.
+pub fn remembered_latency(db: &crate::cache::Database) -> crate::Result<Vec<RememberedLatency>> {
+    let remembered = crate::latency_memory::remembered(db)?;
+    Ok(remembered
+        .into_iter()
+        .map(|(tier, identity, r, age)| {
+            let local = tier == Tier::Local;
+            // The same averages mean different things per tier: each goes to its own field.
+            let by_tier = |v: Option<f64>| if local { (v, None) } else { (None, v) };
+            let (ms_per_token, answer_ms) = by_tier(r.total);
+            let (prefill_ms_per_token, first_token_ms) = by_tier(r.first_token);
+            RememberedLatency {
+                tier: if local { "local" } else { "cloud" },
+                identity,
+                ms_per_token,
+                prefill_ms_per_token,
+                prompt_overhead_tokens: r.prompt_overhead,
+                answer_ms,
+                first_token_ms,
+                observations: r.observations,
+                age_secs: age.as_secs(),
+                in_use: age < crate::latency_memory::REMEMBER_FOR,
+            }
+        })
+        .collect())
+}
+
 /// Statistics persisted in the sled database, so `edgeroute stats` sees every process's
 /// requests: counters, spend, savings and the last 1,024 latencies per route.
 ///
@@ -925,6 +980,50 @@ mod tests {
             spend_usd: spend.parse().unwrap(),
             would_cost_usd: would_cost.parse().unwrap(),
             escalated: route == Route::Cloud,
+        }
+    }
+
+    /// `remembered_latency` lists each tier's remembered figures under their own names.
+    #[test]
+    fn remembered_latency_lists_each_tiers_figures() {
+        let (_dir, db) = db();
+        let memory = LatencyMemory::open(&db, Some("local@1+t2"), Some("cloud@e")).unwrap();
+        let rec = StatsRecorder::remembering(memory);
+        rec.observe_local(
+            Duration::from_millis(1300),
+            Some(Duration::from_millis(40)),
+            Usage::new(40, 125),
+            10,
+        );
+        rec.observe_cloud(Duration::from_millis(900), Some(Duration::from_millis(300)));
+        let listed = remembered_latency(&db).unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        let (local, cloud) = (&listed[0], &listed[1]);
+        assert_eq!(
+            (local.tier, local.identity.as_str()),
+            ("local", "local@1+t2")
+        );
+        assert_eq!(
+            (
+                local.ms_per_token,
+                local.prefill_ms_per_token,
+                local.prompt_overhead_tokens
+            ),
+            (Some(10.0), Some(1.0), Some(30.0))
+        );
+        assert_eq!((local.answer_ms, local.first_token_ms), (None, None));
+        assert_eq!((cloud.tier, cloud.identity.as_str()), ("cloud", "cloud@e"));
+        assert_eq!(
+            (cloud.answer_ms, cloud.first_token_ms),
+            (Some(900.0), Some(300.0))
+        );
+        assert_eq!(
+            (cloud.ms_per_token, cloud.prompt_overhead_tokens),
+            (None, None)
+        );
+        for r in &listed {
+            assert_eq!(r.observations, 1);
+            assert!(r.in_use && r.age_secs < 60, "{r:?}");
         }
     }
 

@@ -745,6 +745,18 @@ fn bench_measures_the_local_model_and_remembers_it_on_the_home() {
     let o = run(&["--home", h, "stats", "--json"]);
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(s["requests"], 0, "{s}");
+    // `stats` shows what was remembered, and for what.
+    let remembered = &s["remembered_latency"][0];
+    assert_eq!(remembered["tier"], "local", "{s}");
+    assert_eq!(remembered["observations"], 2, "{s}");
+    assert!(remembered["ms_per_token"].as_f64().unwrap() > 0.0, "{s}");
+    assert!(
+        remembered["identity"].as_str().unwrap().ends_with("+t2"),
+        "{s}"
+    );
+    let text = stdout(&run(&["--home", h, "stats"]));
+    assert!(text.contains("latency estimates remembered"), "{text}");
+    assert!(text.contains("; 2 answer(s), updated "), "{text}");
     let o = run(&["--home", h, "cache", "stats", "--json", "--policy", p]);
     let cache: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(cache["entries"], 0, "{cache}");

@@ -1248,8 +1248,16 @@ fn budget(policy: &PolicyArg, json: bool, home: Option<&Path>) -> CmdResult {
 fn stats(json: bool, home: Option<&Path>) -> CmdResult {
     let (_, db) = open_existing_db(home)?;
     let s = edgeroute::stats::PersistedStats::open(&db)?.load();
+    let speeds = edgeroute::stats::remembered_latency(&db)?;
     if json {
-        out!("{}", serde_json::to_string(&s).unwrap_or_default());
+        let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut v {
+            map.insert(
+                "remembered_latency".into(),
+                serde_json::to_value(&speeds).unwrap_or(Value::Null),
+            );
+        }
+        out!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
     out!(
@@ -1288,5 +1296,44 @@ fn stats(json: bool, home: Option<&Path>) -> CmdResult {
             );
         }
     }
+    if !speeds.is_empty() {
+        out!("latency estimates remembered (what routers on this home start from):");
+    }
+    let figure = |v: Option<f64>, unit: &str| v.map(|v| format!("{v:.1} {unit}"));
+    for r in &speeds {
+        let figures: Vec<String> = [
+            figure(r.ms_per_token, "ms/token"),
+            figure(r.prefill_ms_per_token, "ms/prompt token"),
+            figure(r.prompt_overhead_tokens, "tokens added to a prompt"),
+            figure(r.answer_ms, "ms/answer"),
+            figure(r.first_token_ms, "ms to first token"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        out!(
+            "  {} {}: {}; {} answer(s), updated {} ago{}",
+            r.tier,
+            r.identity,
+            figures.join(", "),
+            r.observations,
+            age(r.age_secs),
+            if r.in_use {
+                ""
+            } else {
+                " (not used: older than a week)"
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A duration in seconds, in its largest whole unit (`42 s`, `3 min`, `5 h`, `2 days`).
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min", s / 60),
+        s if s < 2 * 86400 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86400),
+    }
 }
