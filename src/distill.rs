@@ -70,7 +70,8 @@ impl Default for DistillConfig {
 pub enum TeacherVerdict {
     /// `[distill] collect` is off: nothing is kept.
     NotCollecting,
-    /// The plan never reaches the cloud (a pinned local plan, a refusal): no answer to keep.
+    /// The plan never reaches the cloud (a pinned local plan, a refusal, or no cloud to
+    /// reach): no answer to keep.
     NoCloudAnswer,
     /// Kept as the provider saw the exchange; `redacted`: with placeholders where the scanner
     /// found personal data.
@@ -87,10 +88,17 @@ pub enum TeacherVerdict {
 
 impl TeacherVerdict {
     /// The verdict for a request decided as `plan`, in which the scanner found personal data
-    /// or not (`pii_found`). A cascade's answer is kept when it escalates; an unpinned local
-    /// plan's when the device fails and the cloud answers (a fallback, redacted whenever
-    /// personal data was found).
-    pub fn of(config: &DistillConfig, plan: &crate::decision::Plan, pii_found: bool) -> Self {
+    /// or not (`pii_found`), on a router whose cloud can be reached or not (`cloud_reachable`:
+    /// configured, with credentials, online). It is about the cloud's answer if one comes: a
+    /// cascade's when it escalates, a hedge's when the cloud wins, an unpinned local plan's
+    /// when the device fails and the cloud answers (a fallback, redacted whenever personal
+    /// data was found).
+    pub fn of(
+        config: &DistillConfig,
+        plan: &crate::decision::Plan,
+        pii_found: bool,
+        cloud_reachable: bool,
+    ) -> Self {
         use crate::decision::Plan;
         if !config.collect {
             return TeacherVerdict::NotCollecting;
@@ -99,6 +107,7 @@ impl TeacherVerdict {
             Plan::Local { pin: true } | Plan::Refuse { .. } => {
                 return TeacherVerdict::NoCloudAnswer
             }
+            _ if !cloud_reachable => return TeacherVerdict::NoCloudAnswer,
             Plan::Local { pin: false } => true,
             Plan::Cloud { redact, .. }
             | Plan::Cascade { redact, .. }
@@ -131,13 +140,15 @@ impl std::fmt::Display for TeacherVerdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             TeacherVerdict::NotCollecting => "nothing is kept ([distill] collect is off)",
-            TeacherVerdict::NoCloudAnswer => "nothing to keep: the plan never reaches the cloud",
+            TeacherVerdict::NoCloudAnswer => "nothing to keep: no cloud answer can come",
             TeacherVerdict::Kept { redacted: true } => {
-                "a whole cloud answer is kept as the provider saw it: with placeholders for the personal data found"
+                "a whole cloud answer, if one comes, is kept as the provider saw it: with placeholders for the personal data found"
             }
-            TeacherVerdict::Kept { redacted: false } => "a whole cloud answer is kept",
+            TeacherVerdict::Kept { redacted: false } => {
+                "a whole cloud answer, if one comes, is kept"
+            }
             TeacherVerdict::KeptWithPiiInClear => {
-                "a whole cloud answer is kept with the personal data in clear (include_pii = true), marked pii_in_clear"
+                "a whole cloud answer, if one comes, is kept with the personal data in clear (include_pii = true), marked pii_in_clear"
             }
             TeacherVerdict::NotKeptPiiInClear => {
                 "not kept: the request goes to the cloud with personal data in clear ([distill] include_pii = false)"
@@ -701,32 +712,97 @@ mod tests {
         let refuse = Plan::Refuse {
             message: "no".into(),
         };
-        for (config, plan, pii, want) in [
-            (DistillConfig::default(), cloud(true), true, NotCollecting),
-            (collect, Plan::Local { pin: true }, true, NoCloudAnswer),
-            (collect, refuse, false, NoCloudAnswer),
+        // (settings, plan, personal data found, cloud reachable, verdict, kept)
+        for (config, plan, pii, reachable, want, kept) in [
+            (
+                DistillConfig::default(),
+                cloud(true),
+                true,
+                true,
+                NotCollecting,
+                false,
+            ),
+            (
+                collect,
+                Plan::Local { pin: true },
+                true,
+                true,
+                NoCloudAnswer,
+                false,
+            ),
+            (collect, refuse, false, true, NoCloudAnswer, false),
             (
                 collect,
                 Plan::Local { pin: false },
                 true,
+                true,
                 Kept { redacted: true },
+                true,
             ),
-            (collect, cloud(true), true, Kept { redacted: true }),
-            (collect, cloud(true), false, Kept { redacted: false }),
-            (collect, cloud(false), false, Kept { redacted: false }),
-            (collect, cloud(false), true, NotKeptPiiInClear),
-            (with_pii, cloud(false), true, KeptWithPiiInClear),
-            (collect, cascade(false), true, NotKeptPiiInClear),
-            (collect, cascade(true), true, Kept { redacted: true }),
-            (collect, hedge(false), false, Kept { redacted: false }),
-            (with_pii, hedge(false), true, KeptWithPiiInClear),
+            (
+                collect,
+                Plan::Local { pin: false },
+                true,
+                false,
+                NoCloudAnswer,
+                false,
+            ),
+            (collect, cascade(true), false, false, NoCloudAnswer, false),
+            (
+                collect,
+                cloud(true),
+                true,
+                true,
+                Kept { redacted: true },
+                true,
+            ),
+            (
+                collect,
+                cloud(true),
+                false,
+                true,
+                Kept { redacted: false },
+                true,
+            ),
+            (
+                collect,
+                cloud(false),
+                false,
+                true,
+                Kept { redacted: false },
+                true,
+            ),
+            (collect, cloud(false), true, true, NotKeptPiiInClear, false),
+            (with_pii, cloud(false), true, true, KeptWithPiiInClear, true),
+            (
+                collect,
+                cascade(false),
+                true,
+                true,
+                NotKeptPiiInClear,
+                false,
+            ),
+            (
+                collect,
+                cascade(true),
+                true,
+                true,
+                Kept { redacted: true },
+                true,
+            ),
+            (
+                collect,
+                hedge(false),
+                false,
+                true,
+                Kept { redacted: false },
+                true,
+            ),
+            (with_pii, hedge(false), true, true, KeptWithPiiInClear, true),
         ] {
-            let verdict = TeacherVerdict::of(&config, &plan, pii);
-            assert_eq!(verdict, want, "{plan:?} pii {pii}");
-            assert_eq!(
-                verdict.keeps(),
-                matches!(want, Kept { .. } | KeptWithPiiInClear)
-            );
+            let verdict = TeacherVerdict::of(&config, &plan, pii, reachable);
+            assert_eq!(verdict, want, "{plan:?} pii {pii} reachable {reachable}");
+            assert_eq!(verdict.keeps(), kept, "{verdict}");
         }
     }
 }

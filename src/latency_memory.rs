@@ -41,7 +41,7 @@ pub(crate) struct Remembered {
 }
 
 impl Remembered {
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
     const LEN: usize = 1 + 8 + 8 + 8 + 8 + 8;
 
     /// The value, stamped with when it was saved (seconds since the Unix epoch).
@@ -90,6 +90,8 @@ pub(crate) struct LatencyMemory {
     tree: sled::Tree,
     local: Option<Vec<u8>>,
     cloud: Option<Vec<u8>>,
+    /// Set when a write failed: what was measured may not be remembered.
+    write_failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LatencyMemory {
@@ -113,6 +115,7 @@ impl LatencyMemory {
             tree,
             local: key("local", local),
             cloud: key("cloud", cloud),
+            write_failed: std::sync::Arc::default(),
         })
     }
 
@@ -145,12 +148,20 @@ impl LatencyMemory {
             );
             return None;
         };
-        let age = Duration::from_secs(unix_secs(now).saturating_sub(saved_at));
-        if age >= REMEMBER_FOR {
-            tracing::debug!(?tier, ?age, "remembered latency too old to use");
+        if !current(saved_at, now) {
+            tracing::debug!(
+                ?tier,
+                saved_at,
+                "remembered latency too old (or dated in the future) to use"
+            );
             return None;
         }
         Some(remembered)
+    }
+
+    /// Whether every write so far succeeded.
+    pub(crate) fn intact(&self) -> bool {
+        !self.write_failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Replaces what is remembered of `tier`.
@@ -158,9 +169,24 @@ impl LatencyMemory {
         self.remember_at(tier, speed, SystemTime::now());
     }
 
+    /// Writes `speed` unless a current value measured from more answers is there already
+    /// (another router's newer figure, or this one's written first by a concurrent
+    /// observation): figures never go back to fewer answers while they are in use.
     fn remember_at(&self, tier: Tier, speed: &Remembered, now: SystemTime) {
         let Some(key) = self.key(tier) else { return };
-        if let Err(e) = self.tree.insert(key, speed.encode(unix_secs(now))) {
+        let value = speed.encode(unix_secs(now));
+        let written = self.tree.update_and_fetch(key, |old| {
+            let newer = old.and_then(Remembered::decode).filter(|(old, saved_at)| {
+                current(*saved_at, now) && old.observations > speed.observations
+            });
+            match newer {
+                Some(_) => old.map(<[u8]>::to_vec),
+                None => Some(value.clone()),
+            }
+        });
+        if let Err(e) = written {
+            self.write_failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(error = %e, "latency estimate not remembered");
         }
     }
@@ -190,6 +216,15 @@ pub(crate) fn remembered(
         }
     }
     Ok(out)
+}
+
+/// Whether a value saved at `saved_at` (Unix seconds) may be used `now`: saved less than
+/// [`REMEMBER_FOR`] ago, and not later than a minute from now (a clock set back would make a
+/// figure look new for longer than a week).
+fn current(saved_at: u64, now: SystemTime) -> bool {
+    let now = unix_secs(now);
+    saved_at <= now.saturating_add(60)
+        && Duration::from_secs(now.saturating_sub(saved_at)) < REMEMBER_FOR
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -239,6 +274,31 @@ mod tests {
         assert_eq!(none.recall(Tier::Local), None);
     }
 
+    /// A write measured from fewer answers than the current value is dropped (two observations
+    /// written out of order), but replaces a value too old to use.
+    #[test]
+    fn figures_do_not_go_back_to_fewer_answers() {
+        let (_dir, db) = db();
+        let memory = LatencyMemory::open(&db, Some("l"), None).unwrap();
+        let speed = |total: f64, observations: u64| Remembered {
+            total: Some(total),
+            first_token: None,
+            prompt_overhead: None,
+            observations,
+        };
+        let now = SystemTime::now();
+        memory.remember_at(Tier::Local, &speed(12.0, 5), now);
+        memory.remember_at(Tier::Local, &speed(11.0, 4), now);
+        assert_eq!(memory.recall(Tier::Local), Some(speed(12.0, 5)));
+        memory.remember_at(Tier::Local, &speed(13.0, 5), now);
+        assert_eq!(memory.recall(Tier::Local), Some(speed(13.0, 5)));
+        let week_ago = now - REMEMBER_FOR;
+        memory.remember_at(Tier::Local, &speed(99.0, 100), week_ago);
+        memory.remember_at(Tier::Local, &speed(14.0, 1), now);
+        assert_eq!(memory.recall(Tier::Local), Some(speed(14.0, 1)));
+        assert!(memory.intact());
+    }
+
     /// A speed not updated for a week is not used (the device may have changed), and a new
     /// observation makes it current again.
     #[test]
@@ -258,6 +318,8 @@ mod tests {
         assert_eq!(memory.recall_at(Tier::Local, now + day), None);
         memory.remember_at(Tier::Local, &speed, now);
         assert_eq!(memory.recall_at(Tier::Local, now + day), Some(speed));
+        // A figure dated in the future (the clock was set back) is not used.
+        assert_eq!(memory.recall_at(Tier::Local, now - day), None);
         // Listed with its age either way.
         memory.remember_at(Tier::Local, &speed, now - 8 * day);
         let listed = remembered(&db).unwrap();
@@ -283,7 +345,7 @@ mod tests {
         .encode(unix_secs(SystemTime::now()));
         let key = "speed/local/l";
         let mut newer = good.clone();
-        newer[0] = 2;
+        newer[0] = Remembered::VERSION + 1;
         let mut negative = good.clone();
         negative[1..9].copy_from_slice(&(-1.0f64).to_be_bytes());
         let mut infinite = good.clone();

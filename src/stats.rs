@@ -194,9 +194,10 @@ impl StatsRecorder {
         }
     }
 
-    /// Whether new observations are remembered for the next router on the home.
+    /// Whether new observations are remembered for the next router on the home (and every
+    /// write so far succeeded).
     pub(crate) fn remembers(&self) -> bool {
-        self.memory.is_some()
+        self.memory.as_ref().is_some_and(LatencyMemory::intact)
     }
 
     /// Starts the latency models from what `memory` remembers (without writing there).
@@ -493,7 +494,8 @@ pub struct RememberedLatency {
     pub observations: u64,
     /// Seconds since the figures were last updated.
     pub age_secs: u64,
-    /// Whether a router on the home starts from them (updated less than a week ago).
+    /// Whether they are recent enough (updated less than a week ago) for a router with this
+    /// identity to start from them.
     pub in_use: bool,
 }
 

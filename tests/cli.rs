@@ -330,10 +330,10 @@ fn explain_lists_the_requests_inputs() {
     assert!(passed.contains(&"hard-task-to-cloud"), "{v}");
 }
 
-/// Needs the cloud tier to exist (with a key) for "offline" to be the reason.
-#[cfg(feature = "cloud")]
 /// With `[distill] collect = true`, `explain` says whether a cloud answer would be kept for
 /// distillation, and how; without it, it prints no such line (`--json` says `not_collecting`).
+/// Needs the cloud tier to exist (with a key) for its answer to be able to come.
+#[cfg(feature = "cloud")]
 #[test]
 fn explain_says_whether_the_teacher_log_would_keep_the_answer() {
     let dir = tempfile::tempdir().unwrap();
@@ -370,7 +370,7 @@ fn explain_says_whether_the_teacher_log_would_keep_the_answer() {
     let (mail, phone) = explain(true, false);
     assert!(
         mail.contains(
-            "teacher log: a whole cloud answer is kept as the provider saw it: with placeholders"
+            "teacher log: a whole cloud answer, if one comes, is kept as the provider saw it: with placeholders"
         ),
         "{mail}"
     );
@@ -391,6 +391,8 @@ fn explain_says_whether_the_teacher_log_would_keep_the_answer() {
     assert_eq!(v["teacher_log"]["verdict"], "not_collecting", "{v}");
 }
 
+/// Needs the cloud tier to exist (with a key) for "offline" to be the reason.
+#[cfg(feature = "cloud")]
 #[test]
 fn explain_offline_flag_and_tags() {
     let args = [
@@ -1457,6 +1459,24 @@ fn ask_json_reports_a_refusal_as_json() {
     ]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+
+    // A cloud budget spent, under `on_exhausted = "refuse"`, is the policy's refusal too.
+    let policy = home.path().join("budget.toml");
+    std::fs::write(
+        &policy,
+        "[cloud]\nmodel = \"m\"\ninput_usd_per_mtok = \"1\"\noutput_usd_per_mtok = \"1\"\n\
+         [budget]\ndaily_usd = \"0.000001\"\non_exhausted = \"refuse\"\n[defaults]\nroute = \"cloud\"\n",
+    )
+    .unwrap();
+    let o = bin()
+        .args(["--home", home.path().to_str().unwrap(), "ask", "--policy"])
+        .arg(&policy)
+        .arg("What is the capital of France?")
+        .env("OPENAI_API_KEY", "sk-test")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("budget"), "{}", stderr(&o));
 
     // Failures before the request starts (an empty prompt, a missing policy file): status 1.
     for args in [

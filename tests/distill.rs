@@ -318,20 +318,27 @@ async fn a_hedge_the_cloud_wins_names_the_cloud_model() {
 
 /// What `explain` says of the teacher log (`TeacherVerdict::of` the decision) is what the
 /// router does with the answer: kept redacted, not kept with personal data in clear, kept
-/// without personal data, nothing to keep on the device.
+/// without personal data, kept from a cascade that escalates and from an unpinned local plan
+/// whose device fails (a fallback, redacted), nothing to keep on a pinned device.
 #[tokio::test]
 async fn the_explained_verdict_is_what_the_router_keeps() {
     use edgeroute::distill::TeacherVerdict;
+    use edgeroute::signals::Network;
     let home = tempfile::tempdir().unwrap();
     let fake = FakeProvider::start().await;
     fake.set_reply("An answer.");
     let policy = format!(
-        "{COLLECT}{REDACTED_EMAIL}\
+        "{COLLECT}\
+         [[rule]]\nname = \"device\"\nroute = \"local\"\n[rule.when]\ntags_any = [\"device\"]\n\
+         {REDACTED_EMAIL}\
          [[rule]]\nname = \"phone-in-clear\"\nroute = \"cloud\"\n[rule.when]\npii_any = [\"phone\"]\n\
          [[rule]]\nname = \"private\"\nroute = \"local\"\npin = true\n[rule.when]\ntags_any = [\"private\"]\n\
+         [[rule]]\nname = \"unsure\"\nroute = \"cascade\"\nmin_confidence = -1.0\n[rule.when]\ntags_any = [\"unsure\"]\n\
          [defaults]\nroute = \"cloud\"\n"
     );
-    let r = router(home.path(), &policy, Arc::default(), &fake);
+    let local = Arc::new(EchoModel::default());
+    let r = router(home.path(), &policy, local.clone(), &fake);
+    // The device fails the unpinned local request (a fallback) and is unsure of the cascade's.
     let cases = [
         (
             Request::new(format!("Draft a note to {ADDRESS}")),
@@ -349,20 +356,39 @@ async fn the_explained_verdict_is_what_the_router_keeps() {
             Request::new("My diary entry").with_tag("private"),
             TeacherVerdict::NoCloudAnswer,
         ),
+        (
+            Request::new("A hard question").with_tag("unsure"),
+            TeacherVerdict::Kept { redacted: false },
+        ),
+        (
+            Request::new(format!("Tell {ADDRESS} the plan")).with_tag("device"),
+            TeacherVerdict::Kept { redacted: true },
+        ),
     ];
+    local.logprob_milli.store(-3000, Ordering::SeqCst);
     let mut expected_kept = 0;
     for (request, want) in cases {
         let features = edgeroute::inspect::inspect(r.policy(), &request);
+        let signals = r.signals(&request, &features);
         let verdict = TeacherVerdict::of(
             &r.policy().distill,
             &r.explain(&request).plan,
             !features.pii_spans.is_empty(),
+            signals.cloud_available && signals.network == Network::Online,
         );
         assert_eq!(verdict, want, "{:?}", request.messages);
-        r.complete(request).await.unwrap();
+        let device = request.tags.iter().any(|t| t == "device");
+        local.fail.store(device, Ordering::SeqCst);
+        let resp = r.complete(request).await.unwrap();
         r.settled().await;
         expected_kept += usize::from(verdict.keeps());
-        assert_eq!(kept(home.path()).len(), expected_kept, "{verdict}");
+        let samples = kept(home.path());
+        assert_eq!(samples.len(), expected_kept, "{verdict}: {}", resp.decision);
+        if device {
+            assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+            let last = &samples[samples.len() - 1];
+            assert_eq!(last.messages[0].content, "Tell <EMAIL_1> the plan");
+        }
     }
-    assert_eq!(expected_kept, 2);
+    assert_eq!(expected_kept, 4);
 }

@@ -550,8 +550,8 @@ async fn measured_latency_is_remembered_for_the_next_router_on_the_home() {
 }
 
 /// `calibrate` runs the local tier once to warm up and then the runs asked for, feeds the
-/// latency estimates (remembered on the home) and answers no request: nothing is counted. (Not
-/// cached either: `bench`'s CLI test checks the cache.) It checks the run count before running anything, needs a local tier, and is refused
+/// latency estimates (remembered on the home) and answers no request: nothing is counted or
+/// cached. It checks the run count before running anything, needs a local tier, and is refused
 /// once the router shuts down.
 #[tokio::test]
 async fn calibrate_measures_the_local_tier_without_answering_requests() {
@@ -571,14 +571,29 @@ async fn calibrate_measures_the_local_tier_without_answering_requests() {
     }
     let stats = r.stats();
     assert_eq!((stats.requests, stats.local), (0, 0));
+    // Nor cached; a request's answer is.
+    let db = edgeroute::cache::Database::open(&edgeroute::home::db_dir(home.path())).unwrap();
+    let cache = edgeroute::cache::SledCache::open(
+        &db,
+        edgeroute::cache::EncryptionKey::from_bytes(&[7; 32]).unwrap(),
+        edgeroute::cache::CacheConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(cache.stats().unwrap().entries, 0);
+    r.complete(Request::new("What is the capital of France?"))
+        .await
+        .unwrap();
+    assert_eq!(cache.stats().unwrap().entries, 1);
+    assert_eq!(model.calls(), 5);
     let request = Request::new("Name a fruit.");
     let features = edgeroute::inspect::inspect(r.policy(), &request);
-    assert_eq!(r.signals(&request, &features).latency.local_observations, 3);
+    // Three calibration runs and the request's answer.
+    assert_eq!(r.signals(&request, &features).latency.local_observations, 4);
     for runs in [0, edgeroute::calibrate::MAX_CALIBRATION_RUNS + 1] {
         let e = r.calibrate(runs, |_, _| {}).await.unwrap_err();
         assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
     }
-    assert_eq!(model.calls(), 4);
+    assert_eq!(model.calls(), 5);
 
     let no_local = Router::builder()
         .policy_str("[defaults]\nroute = \"local\"\n")
@@ -595,7 +610,7 @@ async fn calibrate_measures_the_local_tier_without_answering_requests() {
     r.shutdown().await.unwrap();
     let e = r.calibrate(1, |_, _| {}).await.unwrap_err();
     assert!(matches!(e, Error::ShutDown), "{e}");
-    assert_eq!(model.calls(), 4);
+    assert_eq!(model.calls(), 5);
     // A shutdown while it runs stops it before its next run.
     let model = Arc::new(EchoModel::default());
     let r = router(model.clone());

@@ -31,7 +31,8 @@ Configuration: flags first, then the environment (EDGEROUTE_POLICY, EDGEROUTE_HO
 EDGEROUTE_CLOUD_URL), then defaults (the built-in default policy; home under the user's data dir).\n\n\
 Exit status: 0 on success, also when the reader of the output stops early (`| head`), which \
 ends the command quietly; 1 on errors, invalid policies and failed policy tests; 3 when the \
-policy refuses the request (a rule with route = \"refuse\"); 2 when the arguments cannot be parsed (an unknown flag, a missing argument); 130 when `ask` is \
+policy refuses the request (a rule with route = \"refuse\", or a cloud budget spent under \
+on_exhausted = \"refuse\"); 2 when the arguments cannot be parsed (an unknown flag, a missing argument); 130 when `ask` is \
 interrupted (Ctrl-C, SIGTERM: it first settles the budget of a cloud call it stopped), and when \
 `bench` is."
 )]
@@ -63,7 +64,8 @@ enum Command {
     #[command(subcommand)]
     Cache(CacheCommand),
     /// Requests by route, cache hit rate, local share, escalations, spend, savings and latency,
-    /// over every request answered with this edgeroute home.
+    /// over every request answered with this edgeroute home; and the latency estimates
+    /// remembered there (each for a model build and thread count, or a cloud endpoint).
     Stats {
         /// Print JSON.
         #[arg(long)]
@@ -87,7 +89,8 @@ enum Command {
         runs: u16,
         /// Print one JSON object: `backend`, `warm_up_ms`, `runs` (each with `prompt_tokens`,
         /// `output_tokens`, `first_token_ms`, `total_ms`, `decode_tokens_per_s`),
-        /// `first_token_ms` and `decode_tokens_per_s` (medians), `remembered`.
+        /// `first_token_ms` and `decode_tokens_per_s` (medians), `remembered` (when false, the
+        /// exit status is 1).
         #[arg(long)]
         json: bool,
     },
@@ -255,7 +258,7 @@ enum PiiCommand {
 
 /// Why a command ended before it finished.
 enum Stop {
-    /// An error, reported on standard error (exit status 1).
+    /// An error, reported on standard error (exit status 1; 3 for the policy's refusal).
     Failed(edgeroute::Error),
     /// A usage error with its own wording, reported on standard error (exit status 1).
     Usage(String),
@@ -332,7 +335,9 @@ fn main() -> ExitCode {
             note!("edgeroute: {e}");
             // A refusal is the policy working as written, not a failure to retry.
             match e {
-                edgeroute::Error::Refused { .. } => ExitCode::from(3),
+                edgeroute::Error::Refused { .. } | edgeroute::Error::BudgetExhausted(_) => {
+                    ExitCode::from(3)
+                }
                 _ => ExitCode::FAILURE,
             }
         }
@@ -513,7 +518,8 @@ fn answer(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdRes
         // Whatever stopped the request (an interrupt, a closed pipe, an error), the reservation
         // of a cloud call it dropped settles in the background: `until_done_or_interrupted`
         // waits for it, or the call's whole estimate would stay counted as spent.
-        until_done_or_interrupted(&router, answer).await
+        // A failed flush was reported; the answer stands.
+        until_done_or_interrupted(&router, answer).await.0
     });
     let response = response?;
     if args.json {
@@ -583,7 +589,7 @@ fn bench(policy: &PolicyArg, runs: u16, json: bool, home: Option<&Path>) -> CmdR
         // What was measured is on disk before the process ends.
         until_done_or_interrupted(&router, async { calibration.await.map_err(Stop::Failed) }).await
     });
-    let c = result?;
+    let (c, flushed) = (result.0?, result.1);
     if json {
         out!("{}", serde_json::to_string(&c).unwrap_or_default());
     } else {
@@ -596,7 +602,7 @@ fn bench(policy: &PolicyArg, runs: u16, json: bool, home: Option<&Path>) -> CmdR
         );
         out!("decode:        {}", tokens_per_s(c.decode_tokens_per_s));
     }
-    if !c.remembered {
+    if !(c.remembered && flushed) {
         return Err(Stop::Usage(
             "the figures were not remembered: this home's database could not be used (see the \
              warning above); run `edgeroute bench` again once nothing else holds it"
@@ -620,11 +626,12 @@ fn tokens_per_s(rate: Option<f64>) -> String {
 /// Runs `work` until it ends or Ctrl-C / SIGTERM interrupts it, then shuts `router` down:
 /// waits (up to 5 s) for what the work left running, such as a cloud call's budget
 /// reservation, to settle, and makes what was recorded durable. After an interrupt, a second
-/// one exits at once.
+/// one exits at once. Returns the work's result, and whether the shutdown finished (what was
+/// recorded is on disk).
 async fn until_done_or_interrupted<T>(
     router: &Router,
     work: impl std::future::Future<Output = std::result::Result<T, Stop>>,
-) -> std::result::Result<T, Stop> {
+) -> (std::result::Result<T, Stop>, bool) {
     let result = tokio::select! {
         r = work => r,
         () = interrupted() => Err(Stop::Interrupted),
@@ -635,17 +642,21 @@ async fn until_done_or_interrupted<T>(
             std::process::exit(130);
         });
     }
-    match tokio::time::timeout(Duration::from_secs(5), router.shutdown()).await {
-        Ok(Ok(())) => {}
+    let flushed = match tokio::time::timeout(Duration::from_secs(5), router.shutdown()).await {
+        Ok(Ok(())) => true,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "what this command recorded may not be on disk")
+            tracing::warn!(error = %e, "what this command recorded may not be on disk");
+            false
         }
-        Err(_) => tracing::warn!(
-            "shutdown did not finish within 5 s (a cloud call's budget reservation not \
-             settled, or a slow flush)"
-        ),
-    }
-    result
+        Err(_) => {
+            tracing::warn!(
+                "shutdown did not finish within 5 s (a cloud call's budget reservation not \
+                 settled, or a slow flush)"
+            );
+            false
+        }
+    };
+    (result, flushed)
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM.
@@ -704,10 +715,14 @@ fn explain(args: ExplainArgs, home: Option<&Path>, cloud_url: Option<&str>) -> C
                 note!("note: latencies measured on this device unknown ({e}); deciding with the policy's [latency] model");
             }
         }
-        Some(Err(e)) => note!(
-            "note: this home's database cannot be read ({e}); deciding with the policy's \
-             [latency] model and no budget figure (pass --budget-left to decide with a value)"
-        ),
+        Some(Err(e)) => {
+            let budget = if router.policy().budget.has_limits() && args.budget_left.is_none() {
+                " and no budget figure (pass --budget-left to decide with a value)"
+            } else {
+                ""
+            };
+            note!("note: this home's database cannot be read ({e}); deciding with the policy's [latency] model{budget}");
+        }
         None => {}
     }
     let features = edgeroute::inspect::inspect(router.policy(), &request);
@@ -731,6 +746,7 @@ fn explain(args: ExplainArgs, home: Option<&Path>, cloud_url: Option<&str>) -> C
         &router.policy().distill,
         &decision.plan,
         !features.pii_spans.is_empty(),
+        signals.cloud_available && signals.network == Network::Online,
     );
     if args.json {
         let mut teacher_json = serde_json::to_value(teacher).unwrap_or(Value::Null);
@@ -1297,7 +1313,7 @@ fn stats(json: bool, home: Option<&Path>) -> CmdResult {
         }
     }
     if !speeds.is_empty() {
-        out!("latency estimates remembered (what routers on this home start from):");
+        out!("latency estimates remembered (a router with the same model build, threads and spinning, or cloud endpoint, starts from them):");
     }
     let figure = |v: Option<f64>, unit: &str| v.map(|v| format!("{v:.1} {unit}"));
     for r in &speeds {
