@@ -53,7 +53,9 @@ pub struct CalibrationRun {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Calibration {
-    /// The local backend (`name@revision`).
+    /// What the figures were measured for, and are remembered under: the built-in model with
+    /// its build, threads and spinning (`local/<model>@<build>+t<threads>[s]`), or an app's
+    /// backend as `name@revision`.
     pub backend: String,
     /// How long the warm-up took (the model's load, when it was not loaded yet), ms.
     pub warm_up_ms: f64,
@@ -75,6 +77,8 @@ pub(crate) struct Bench<'a> {
     pub(crate) policy: &'a CompiledPolicy,
     /// True once the router is shutting down: no further run starts.
     pub(crate) closing: &'a AtomicBool,
+    /// What the local tier's speed is remembered under.
+    pub(crate) identity: &'a str,
 }
 
 /// Runs the warm-up and `runs` measured answers (1 to [`MAX_CALIBRATION_RUNS`]) on the bench's
@@ -89,6 +93,7 @@ pub(crate) async fn calibrate(
         stats,
         policy,
         closing,
+        identity,
     } = bench;
     let repetition_penalty = policy.local.repetition_penalty;
     if !(1..=MAX_CALIBRATION_RUNS).contains(&runs) {
@@ -119,7 +124,7 @@ pub(crate) async fn calibrate(
         measured.push(run);
     }
     Ok(Calibration {
-        backend: local.identity(),
+        backend: identity.to_string(),
         warm_up_ms,
         first_token_ms: median(measured.iter().map(|r| r.first_token_ms)).unwrap_or(0.0),
         decode_tokens_per_s: median(measured.iter().filter_map(|r| r.decode_tokens_per_s)),

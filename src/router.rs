@@ -453,6 +453,7 @@ impl Router {
             stats: &inner.stats,
             policy: &inner.policy,
             closing: &inner.closing,
+            identity: inner.speed_ids.local.as_deref().unwrap_or_default(),
         };
         crate::calibrate::calibrate(bench, runs, &mut progress).await
     }

@@ -756,6 +756,7 @@ fn bench_measures_the_local_model_and_remembers_it_on_the_home() {
         remembered["identity"].as_str().unwrap().ends_with("+t2"),
         "{s}"
     );
+    assert_eq!(remembered["identity"], c["backend"], "{s}");
     let text = stdout(&run(&["--home", h, "stats"]));
     assert!(text.contains("latency estimates remembered"), "{text}");
     assert!(text.contains("; 2 answer(s), updated "), "{text}");
