@@ -22,8 +22,10 @@
 //!   (local first, escalate on low confidence) or hedge — with explicit fallbacks that never
 //!   cross a privacy pin. The cloud tier can only be called with a
 //!   [`decision::CloudClearance`], which only a decision that allows the cloud carries.
-//! - **record**: cache write, cost ledger, statistics ([`Router::stats`]) and, opt-in, the
-//!   teacher log of cloud answers to distil the local model from ([`distill`]).
+//! - **record**: cache write, cost ledger, statistics ([`Router::stats`]), the latency
+//!   estimates the next decisions read (remembered in the home's database for the next router
+//!   there; [`Router::calibrate`] measures the local model up front) and, opt-in, the teacher
+//!   log of cloud answers to distil the local model from ([`distill`]).
 //!
 //! The [`Response`] says what answered ([`Route`]), why, how long each stage took, the usage,
 //! the decimal-exact cost and the local model's confidence.
