@@ -6,7 +6,9 @@
 //! One value per tier, in the `stats` tree, under a key naming what the speed depends on:
 //! - `speed/local/<identity>`: the local model's ms per token (whole answers), prefill ms per
 //!   prompt token, and the tokens it adds to a prompt (chat template, system prompt);
-//! - `speed/cloud/<identity>`: the cloud's total and first-token ms (peak-sensitive averages).
+//! - `speed/cloud/<identity>`: the cloud's total and first-token ms (peak-sensitive averages);
+//! - both: the latest first-token samples ([`REMEMBERED_SAMPLES`]), so that the p95 a hedge
+//!   with `after_ms = "p95"` waits for is there from a new router's first request.
 //!
 //! The identity is the backend's `name@revision` (the model build; the cloud endpoint's
 //! digest), and for the built-in local model also its threads and spinning: a figure measured
@@ -27,8 +29,12 @@ use crate::cache::Database;
 /// How long a remembered speed is used after it was last updated: a week.
 pub(crate) const REMEMBER_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How many of a tier's latest first-token samples are remembered: enough for the p95 a hedge
+/// with `after_ms = "p95"` waits for to be there from a new router's first request.
+pub(crate) const REMEMBERED_SAMPLES: usize = 64;
+
 /// What is remembered of one tier's speed.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Remembered {
     /// Local: ms per token of whole answers. Cloud: ms per answer.
     pub(crate) total: Option<f64>,
@@ -38,32 +44,53 @@ pub(crate) struct Remembered {
     pub(crate) prompt_overhead: Option<f64>,
     /// How many answers the averages were measured from.
     pub(crate) observations: u64,
+    /// The latest first-token samples, ms, oldest first (at most [`REMEMBERED_SAMPLES`]).
+    pub(crate) first_token_samples: Vec<f32>,
 }
 
 impl Remembered {
-    const VERSION: u8 = 2;
-    const LEN: usize = 1 + 8 + 8 + 8 + 8 + 8;
+    const VERSION: u8 = 3;
+    /// The fixed part: version, three averages, observations, time saved, sample count.
+    const HEADER: usize = 1 + 8 + 8 + 8 + 8 + 8 + 2;
 
     /// The value, stamped with when it was saved (seconds since the Unix epoch).
     fn encode(&self, saved_at: u64) -> Vec<u8> {
         // NaN marks an average not measured yet.
         let bits = |v: Option<f64>| v.unwrap_or(f64::NAN).to_be_bytes();
-        let mut out = Vec::with_capacity(Self::LEN);
+        let samples = &self.first_token_samples[self
+            .first_token_samples
+            .len()
+            .saturating_sub(REMEMBERED_SAMPLES)..];
+        let mut out = Vec::with_capacity(Self::HEADER + 4 * samples.len());
         out.push(Self::VERSION);
         out.extend_from_slice(&bits(self.total));
         out.extend_from_slice(&bits(self.first_token));
         out.extend_from_slice(&bits(self.prompt_overhead));
         out.extend_from_slice(&self.observations.to_be_bytes());
         out.extend_from_slice(&saved_at.to_be_bytes());
+        // At most REMEMBERED_SAMPLES, so the count fits.
+        out.extend_from_slice(&(samples.len() as u16).to_be_bytes());
+        for sample in samples {
+            out.extend_from_slice(&sample.to_be_bytes());
+        }
         out
     }
 
     /// The value and when it was saved; `None` for a value this version cannot read, or whose
-    /// averages are not durations.
+    /// averages or samples are not durations.
     fn decode(b: &[u8]) -> Option<(Self, u64)> {
-        if b.len() != Self::LEN || b[0] != Self::VERSION {
+        if b.len() < Self::HEADER || b[0] != Self::VERSION {
             return None;
         }
+        let count = usize::from(u16::from_be_bytes([b[41], b[42]]));
+        if count > REMEMBERED_SAMPLES || b.len() != Self::HEADER + 4 * count {
+            return None;
+        }
+        let first_token_samples = b[Self::HEADER..]
+            .chunks_exact(4)
+            .map(|c| <[u8; 4]>::try_from(c).ok().map(f32::from_be_bytes))
+            .map(|v| v.filter(|v| v.is_finite() && *v >= 0.0))
+            .collect::<Option<Vec<f32>>>()?;
         let word = |at: usize| <[u8; 8]>::try_from(&b[at..at + 8]).ok();
         let average = |at: usize| -> Option<Option<f64>> {
             let v = f64::from_be_bytes(word(at)?);
@@ -78,6 +105,7 @@ impl Remembered {
             first_token: average(9)?,
             prompt_overhead: average(17)?,
             observations: u64::from_be_bytes(word(25)?),
+            first_token_samples,
         };
         Some((remembered, u64::from_be_bytes(word(33)?)))
     }
@@ -253,17 +281,27 @@ mod tests {
             first_token: None,
             prompt_overhead: Some(33.0),
             observations: 3,
+            first_token_samples: vec![40.0, 45.5, 38.25],
         };
         let cloud = Remembered {
             total: Some(900.0),
             first_token: Some(310.0),
             prompt_overhead: None,
             observations: 7,
+            first_token_samples: Vec::new(),
         };
         memory.remember(Tier::Local, &local);
         memory.remember(Tier::Cloud, &cloud);
-        assert_eq!(memory.recall(Tier::Local), Some(local));
+        assert_eq!(memory.recall(Tier::Local), Some(local.clone()));
         assert_eq!(memory.recall(Tier::Cloud), Some(cloud));
+        // Only the latest samples are kept.
+        let many = Remembered {
+            first_token_samples: (0..100).map(|i| i as f32).collect(),
+            ..local.clone()
+        };
+        memory.remember(Tier::Local, &many);
+        let kept = memory.recall(Tier::Local).unwrap().first_token_samples;
+        assert_eq!(kept, (36..100).map(|i| i as f32).collect::<Vec<_>>());
         // Another build, thread count or endpoint does not see these figures.
         let other = LatencyMemory::open(&db, Some("local/m@b1+t1"), Some("cloud/x@e2")).unwrap();
         assert_eq!(other.recall(Tier::Local), None);
@@ -282,9 +320,8 @@ mod tests {
         let memory = LatencyMemory::open(&db, Some("l"), None).unwrap();
         let speed = |total: f64, observations: u64| Remembered {
             total: Some(total),
-            first_token: None,
-            prompt_overhead: None,
             observations,
+            ..Remembered::default()
         };
         let now = SystemTime::now();
         memory.remember_at(Tier::Local, &speed(12.0, 5), now);
@@ -307,17 +344,19 @@ mod tests {
         let memory = LatencyMemory::open(&db, Some("l"), None).unwrap();
         let speed = Remembered {
             total: Some(10.0),
-            first_token: None,
-            prompt_overhead: None,
             observations: 4,
+            ..Remembered::default()
         };
         let now = SystemTime::now();
         let day = Duration::from_secs(24 * 3600);
         memory.remember_at(Tier::Local, &speed, now - 6 * day);
-        assert_eq!(memory.recall_at(Tier::Local, now), Some(speed));
+        assert_eq!(memory.recall_at(Tier::Local, now), Some(speed.clone()));
         assert_eq!(memory.recall_at(Tier::Local, now + day), None);
         memory.remember_at(Tier::Local, &speed, now);
-        assert_eq!(memory.recall_at(Tier::Local, now + day), Some(speed));
+        assert_eq!(
+            memory.recall_at(Tier::Local, now + day),
+            Some(speed.clone())
+        );
         // A figure dated in the future (the clock was set back) is not used.
         assert_eq!(memory.recall_at(Tier::Local, now - day), None);
         // Listed with its age either way.
@@ -341,6 +380,7 @@ mod tests {
             first_token: Some(1.5),
             prompt_overhead: Some(30.0),
             observations: 1,
+            first_token_samples: vec![12.0, 13.5],
         }
         .encode(unix_secs(SystemTime::now()));
         let key = "speed/local/l";
@@ -350,7 +390,22 @@ mod tests {
         negative[1..9].copy_from_slice(&(-1.0f64).to_be_bytes());
         let mut infinite = good.clone();
         infinite[9..17].copy_from_slice(&f64::INFINITY.to_be_bytes());
-        for bad in [newer, negative, infinite, good[..40].to_vec(), Vec::new()] {
+        let mut negative_sample = good.clone();
+        negative_sample[47..51].copy_from_slice(&(-1.0f32).to_be_bytes());
+        let mut too_many = good.clone();
+        too_many[41..43].copy_from_slice(&(REMEMBERED_SAMPLES as u16 + 1).to_be_bytes());
+        too_many.resize(Remembered::HEADER + 4 * (REMEMBERED_SAMPLES + 1), 0);
+        let short = good[..good.len() - 2].to_vec();
+        for bad in [
+            newer,
+            negative,
+            infinite,
+            negative_sample,
+            too_many,
+            short,
+            good[..40].to_vec(),
+            Vec::new(),
+        ] {
             db.sled()
                 .open_tree("stats")
                 .unwrap()

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sled::transaction::ConflictableTransactionError;
 
 use crate::backend::Tier;
-use crate::latency_memory::{LatencyMemory, Remembered};
+use crate::latency_memory::{LatencyMemory, Remembered, REMEMBERED_SAMPLES};
 use crate::policy::{CompiledPolicy, LatencySection};
 use crate::request::{Response, Route, Usage};
 use crate::signals::LatencyEstimates;
@@ -124,6 +124,20 @@ impl P95Window {
     fn p95(&mut self) -> Option<u64> {
         *self.p95.get_or_insert_with(|| p95(&self.samples))
     }
+
+    /// The latest samples, oldest first, as remembered ([`REMEMBERED_SAMPLES`] at most).
+    fn latest(&self) -> Vec<f32> {
+        let skip = self.samples.len().saturating_sub(REMEMBERED_SAMPLES);
+        self.samples.iter().skip(skip).map(|&v| v as f32).collect()
+    }
+
+    /// Starts again from remembered samples (oldest first).
+    fn restore(&mut self, samples: &[f32]) {
+        self.samples.clear();
+        for &v in samples {
+            self.push(f64::from(v));
+        }
+    }
 }
 
 /// Exponentially weighted moving average.
@@ -209,11 +223,13 @@ impl StatsRecorder {
                 s.local_ms_per_token = r.total;
                 s.local_prompt_overhead = r.prompt_overhead;
                 s.tier_first.local_ms_per_input_token = r.first_token;
+                s.tier_first.local_window.restore(&r.first_token_samples);
                 s.local_observations = r.observations;
             }
             if let Some(r) = cloud {
                 s.cloud_ewma_ms = r.total;
                 s.tier_first.cloud_ewma_ms = r.first_token;
+                s.tier_first.cloud_window.restore(&r.first_token_samples);
                 s.cloud_observations = r.observations;
             }
         });
@@ -235,12 +251,14 @@ impl StatsRecorder {
                 first_token: s.tier_first.local_ms_per_input_token,
                 prompt_overhead: s.local_prompt_overhead,
                 observations: s.local_observations,
+                first_token_samples: s.tier_first.local_window.latest(),
             },
             Tier::Cloud => Remembered {
                 total: s.cloud_ewma_ms,
                 first_token: s.tier_first.cloud_ewma_ms,
                 prompt_overhead: None,
                 observations: s.cloud_observations,
+                first_token_samples: s.tier_first.cloud_window.latest(),
             },
         }
     }
@@ -983,6 +1001,27 @@ mod tests {
             would_cost_usd: would_cost.parse().unwrap(),
             escalated: route == Route::Cloud,
         }
+    }
+
+    /// The first-token p95 a hedge with `after_ms = "p95"` waits for is remembered too: a new
+    /// recorder has it from its first decision.
+    #[test]
+    fn the_first_token_p95_is_remembered_too() {
+        let (_dir, db) = db();
+        let memory = || LatencyMemory::open(&db, Some("l"), Some("c")).unwrap();
+        let ms = Duration::from_millis;
+        let first = StatsRecorder::remembering(memory());
+        for i in 1..=20u64 {
+            first.observe_local(ms(500), Some(ms(i * 10)), usage(10), 10);
+            first.observe_cloud(ms(900), Some(ms(100 + i)));
+        }
+        let e = first.latency_estimates(&model(), 10, 16);
+        assert_eq!(
+            (e.local_first_token_p95_ms, e.cloud_first_token_p95_ms),
+            (Some(190), Some(119))
+        );
+        let next = StatsRecorder::remembering(memory());
+        assert_eq!(next.latency_estimates(&model(), 10, 16), e);
     }
 
     /// `remembered_latency` lists each tier's remembered figures under their own names.
