@@ -130,19 +130,14 @@ impl LatencyMemory {
         local: Option<&str>,
         cloud: Option<&str>,
     ) -> crate::Result<Self> {
-        let tree = db
-            .sled()
-            .open_tree("stats")
-            .map_err(|e| crate::Error::Storage {
-                path: db.path().to_path_buf(),
-                message: format!("cannot open the stats tree: {e}"),
-            })?;
-        let key =
-            |tier: &str, id: Option<&str>| id.map(|id| format!("speed/{tier}/{id}").into_bytes());
+        let tree = crate::stats::stats_tree(db)?;
+        let key = |tier: Tier, id: Option<&str>| {
+            id.map(|id| format!("{}{id}", prefix(tier)).into_bytes())
+        };
         Ok(LatencyMemory {
             tree,
-            local: key("local", local),
-            cloud: key("cloud", cloud),
+            local: key(Tier::Local, local),
+            cloud: key(Tier::Cloud, cloud),
             write_failed: std::sync::Arc::default(),
         })
     }
@@ -225,14 +220,15 @@ impl LatencyMemory {
 pub(crate) fn remembered(
     db: &Database,
 ) -> crate::Result<Vec<(Tier, String, Remembered, Duration)>> {
+    let tree = crate::stats::stats_tree(db)?;
     let storage = |e: sled::Error| crate::Error::Storage {
         path: db.path().to_path_buf(),
         message: format!("cannot read the stats tree: {e}"),
     };
-    let tree = db.sled().open_tree("stats").map_err(storage)?;
     let now = unix_secs(SystemTime::now());
     let mut out = Vec::new();
-    for (tier, prefix) in [(Tier::Local, "speed/local/"), (Tier::Cloud, "speed/cloud/")] {
+    for tier in [Tier::Local, Tier::Cloud] {
+        let prefix = prefix(tier);
         for entry in tree.scan_prefix(prefix) {
             let (key, value) = entry.map_err(storage)?;
             let Some((speed, saved_at)) = Remembered::decode(&value) else {
@@ -244,6 +240,14 @@ pub(crate) fn remembered(
         }
     }
     Ok(out)
+}
+
+/// The start of the keys of `tier`'s remembered speeds (the identity follows).
+fn prefix(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Local => "speed/local/",
+        Tier::Cloud => "speed/cloud/",
+    }
 }
 
 /// Whether a value saved at `saved_at` (Unix seconds) may be used `now`: saved less than

@@ -237,15 +237,17 @@ impl StatsRecorder {
 
     /// Remembers a tier's averages, `speed` (written outside the state's lock: decisions
     /// reading the estimates never wait for the disk).
-    fn remember(&self, tier: Tier, speed: Remembered) {
-        if let Some(memory) = &self.memory {
+    fn remember(&self, tier: Tier, speed: Option<Remembered>) {
+        if let (Some(memory), Some(speed)) = (&self.memory, speed) {
             memory.remember(tier, &speed);
         }
     }
 
-    /// A tier's averages as they are remembered.
-    fn speed(s: &State, tier: Tier) -> Remembered {
-        match tier {
+    /// A tier's averages as they are remembered; `None` (and no work) for a recorder that
+    /// remembers nothing.
+    fn speed(&self, s: &State, tier: Tier) -> Option<Remembered> {
+        self.memory.as_ref()?;
+        Some(match tier {
             Tier::Local => Remembered {
                 total: s.local_ms_per_token,
                 first_token: s.tier_first.local_ms_per_input_token,
@@ -260,7 +262,7 @@ impl StatsRecorder {
                 observations: s.cloud_observations,
                 first_token_samples: s.tier_first.cloud_window.latest(),
             },
-        }
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -342,7 +344,7 @@ impl StatsRecorder {
                 t.local_ms_per_input_token = Some(ewma(t.local_ms_per_input_token, per_input));
                 t.local_window.push(ms(first));
             }
-            Self::speed(s, Tier::Local)
+            self.speed(s, Tier::Local)
         });
         self.remember(Tier::Local, speed);
     }
@@ -373,7 +375,7 @@ impl StatsRecorder {
                 t.cloud_ewma_ms = Some(peak_ewma(t.cloud_ewma_ms, ms(first)));
                 t.cloud_window.push(ms(first));
             }
-            Self::speed(s, Tier::Cloud)
+            self.speed(s, Tier::Cloud)
         });
         self.remember(Tier::Cloud, speed);
     }
@@ -545,6 +547,16 @@ pub fn remembered_latency(db: &crate::cache::Database) -> crate::Result<Vec<Reme
         .collect())
 }
 
+/// The sled tree the statistics, and the remembered latency estimates, live in.
+pub(crate) fn stats_tree(db: &crate::cache::Database) -> crate::Result<sled::Tree> {
+    db.sled()
+        .open_tree("stats")
+        .map_err(|e| crate::Error::Storage {
+            path: db.path().to_path_buf(),
+            message: format!("cannot open the stats tree: {e}"),
+        })
+}
+
 /// Statistics persisted in the sled database, so `edgeroute stats` sees every process's
 /// requests: counters, spend, savings and the last 1,024 latencies per route.
 ///
@@ -632,7 +644,7 @@ impl PersistedStats {
             path: db.path().to_path_buf(),
             message: format!("cannot open the stats tree: {e}"),
         };
-        let tree = db.sled().open_tree("stats").map_err(storage)?;
+        let tree = stats_tree(db)?;
         let stats = PersistedStats { tree };
         stats.migrate().map_err(storage)?;
         Ok(stats)

@@ -1423,17 +1423,19 @@ fn empty_configuration_variables_mean_unset() {
 #[test]
 fn ask_json_reports_a_refusal_as_json() {
     let home = tempfile::tempdir().unwrap();
-    let o = run(&[
-        "--home",
-        home.path().to_str().unwrap(),
-        "ask",
-        "--json",
-        "--policy",
-        "policies/offline-only.toml",
-        "--tag",
-        "live-data",
-        "What is the EUR/USD rate right now?",
-    ]);
+    let h = home.path().to_str().unwrap();
+    // The live-data question offline-only.toml refuses, with `flags` after `ask`.
+    let refused = |flags: &[&str]| {
+        let policy = [
+            "--policy",
+            "policies/offline-only.toml",
+            "--tag",
+            "live-data",
+        ];
+        let question = ["What is the EUR/USD rate right now?"];
+        run(&[&["--home", h, "ask"][..], flags, &policy, &question].concat())
+    };
+    let o = refused(&["--json"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["refused"], true, "{v}");
@@ -1448,16 +1450,7 @@ fn ask_json_reports_a_refusal_as_json() {
         stderr(&o)
     );
 
-    let o = run(&[
-        "--home",
-        home.path().to_str().unwrap(),
-        "ask",
-        "--policy",
-        "policies/offline-only.toml",
-        "--tag",
-        "live-data",
-        "What is the EUR/USD rate right now?",
-    ]);
+    let o = refused(&[]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stdout(&o).is_empty(), "{}", stdout(&o));
 
