@@ -215,17 +215,26 @@ impl LatencyMemory {
     }
 }
 
-/// Every speed remembered on `db`, readable by this version, as `(tier, identity, speed, time
-/// since it was last updated)`, local ones first.
-pub(crate) fn remembered(
-    db: &Database,
-) -> crate::Result<Vec<(Tier, String, Remembered, Duration)>> {
+/// One speed remembered on a database ([`remembered`]).
+pub(crate) struct Listed {
+    pub(crate) tier: Tier,
+    /// What it was measured for (the key after the tier's prefix).
+    pub(crate) identity: String,
+    pub(crate) speed: Remembered,
+    /// Time since it was last updated.
+    pub(crate) age: Duration,
+    /// Whether a router with this identity would start from it (see [`current`]).
+    pub(crate) usable: bool,
+}
+
+/// Every speed remembered on `db`, readable by this version, local ones first.
+pub(crate) fn remembered(db: &Database) -> crate::Result<Vec<Listed>> {
     let tree = crate::stats::stats_tree(db)?;
     let storage = |e: sled::Error| crate::Error::Storage {
         path: db.path().to_path_buf(),
         message: format!("cannot read the stats tree: {e}"),
     };
-    let now = unix_secs(SystemTime::now());
+    let now = SystemTime::now();
     let mut out = Vec::new();
     for tier in [Tier::Local, Tier::Cloud] {
         let prefix = prefix(tier);
@@ -235,8 +244,14 @@ pub(crate) fn remembered(
                 continue;
             };
             let identity = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-            let age = Duration::from_secs(now.saturating_sub(saved_at));
-            out.push((tier, identity, speed, age));
+            let age = Duration::from_secs(unix_secs(now).saturating_sub(saved_at));
+            out.push(Listed {
+                tier,
+                identity,
+                speed,
+                age,
+                usable: current(saved_at, now),
+            });
         }
     }
     Ok(out)
@@ -363,15 +378,21 @@ mod tests {
         );
         // A figure dated in the future (the clock was set back) is not used.
         assert_eq!(memory.recall_at(Tier::Local, now - day), None);
-        // Listed with its age either way.
+        // Listed with its age either way, and as not used: too old, or dated in the future.
+        memory.remember_at(Tier::Local, &speed, now + day);
+        assert!(!remembered(&db).unwrap()[0].usable);
         memory.remember_at(Tier::Local, &speed, now - 8 * day);
         let listed = remembered(&db).unwrap();
         assert_eq!(listed.len(), 1);
-        assert_eq!((listed[0].0, listed[0].1.as_str()), (Tier::Local, "l"));
+        assert_eq!(
+            (listed[0].tier, listed[0].identity.as_str()),
+            (Tier::Local, "l")
+        );
+        assert!(!listed[0].usable);
         assert!(
-            listed[0].3 >= 8 * day && listed[0].3 < 9 * day,
+            listed[0].age >= 8 * day && listed[0].age < 9 * day,
             "{:?}",
-            listed[0].3
+            listed[0].age
         );
     }
 

@@ -134,6 +134,7 @@ impl P95Window {
     /// Starts again from remembered samples (oldest first).
     fn restore(&mut self, samples: &[f32]) {
         self.samples.clear();
+        self.p95 = None;
         for &v in samples {
             self.push(f64::from(v));
         }
@@ -514,8 +515,8 @@ pub struct RememberedLatency {
     pub observations: u64,
     /// Seconds since the figures were last updated.
     pub age_secs: u64,
-    /// Whether they are recent enough (updated less than a week ago) for a router with this
-    /// identity to start from them.
+    /// Whether they are recent enough (updated less than a week ago, and not dated in the
+    /// future) for a router with this identity to start from them.
     pub in_use: bool,
 }
 
@@ -525,7 +526,14 @@ pub fn remembered_latency(db: &crate::cache::Database) -> crate::Result<Vec<Reme
     let remembered = crate::latency_memory::remembered(db)?;
     Ok(remembered
         .into_iter()
-        .map(|(tier, identity, r, age)| {
+        .map(|listed| {
+            let crate::latency_memory::Listed {
+                tier,
+                identity,
+                speed: r,
+                age,
+                usable,
+            } = listed;
             let local = tier == Tier::Local;
             // The same averages mean different things per tier: each goes to its own field.
             let by_tier = |v: Option<f64>| if local { (v, None) } else { (None, v) };
@@ -541,7 +549,7 @@ pub fn remembered_latency(db: &crate::cache::Database) -> crate::Result<Vec<Reme
                 first_token_ms,
                 observations: r.observations,
                 age_secs: age.as_secs(),
-                in_use: age < crate::latency_memory::REMEMBER_FOR,
+                in_use: usable,
             }
         })
         .collect())
@@ -1013,6 +1021,20 @@ mod tests {
             would_cost_usd: would_cost.parse().unwrap(),
             escalated: route == Route::Cloud,
         }
+    }
+
+    /// Restoring a window forgets the p95 worked out from the samples it had.
+    #[test]
+    fn a_restored_window_works_its_p95_out_again() {
+        let mut window = P95Window::default();
+        for v in 1..=20 {
+            window.push(f64::from(v));
+        }
+        assert_eq!(window.p95(), Some(19));
+        window.restore(&[]);
+        assert_eq!(window.p95(), None);
+        window.restore(&(1..=10).map(|v| v as f32 * 10.0).collect::<Vec<_>>());
+        assert_eq!(window.p95(), Some(100));
     }
 
     /// The first-token p95 a hedge with `after_ms = "p95"` waits for is remembered too: a new
