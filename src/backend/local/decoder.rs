@@ -262,12 +262,13 @@ impl<'s> Decoder<'s> {
         })
     }
 
-    /// The keys and values of `prompt`'s first `min(prompt.len(), cap)` tokens, for the next
-    /// generation on this session; `None` when there is nothing worth keeping or a failed step
-    /// lost the cache. `prompt` must be what this decoder's prefill consumed.
+    /// The keys and values of `prompt`'s first `min(prompt.len(), cap)` tokens (fewer when the
+    /// prefill stopped part-way: those it ran), for the next generation on this session; `None`
+    /// when there is nothing worth keeping or a failed step lost the cache. `prompt` must be what
+    /// this decoder's prefill consumed or began to.
     pub(crate) fn into_prompt_kv(self, prompt: &[u32], cap: usize) -> Result<Option<PromptKv>> {
-        let keep = prompt.len().min(cap);
-        if keep < MIN_PREFILL || self.past.len() != self.names.past.len() || self.len < keep {
+        let keep = prompt.len().min(cap).min(self.len);
+        if keep < MIN_PREFILL || self.past.len() != self.names.past.len() {
             return Ok(None);
         }
         // Decoded positions ride along while the whole cache fits under `cap` (no copy now;
@@ -287,6 +288,34 @@ impl<'s> Decoder<'s> {
             past,
             positions,
         }))
+    }
+
+    /// Feeds a prompt (or the rest of one) in runs of at most `chunk` tokens, calling `between`
+    /// after each run but the last, and returns the next-token logits. A prompt is one blocking
+    /// ONNX Runtime call per run: running a long one whole would leave cancellation and the
+    /// deadline unchecked for as long as it takes (seconds for thousands of tokens). The split
+    /// does not change results (see [`MIN_PREFILL`]; no run is shorter than it). When `between`
+    /// fails, the positions already run stay in the cache for [`Decoder::into_prompt_kv`].
+    pub(crate) fn prefill(
+        &mut self,
+        ids: &[u32],
+        chunk: usize,
+        between: &dyn Fn() -> Result<()>,
+    ) -> Result<&[f32]> {
+        // A run of `chunk + 1` tokens leaves `chunk - 1` and 2, so `chunk` must be at least 3.
+        let chunk = chunk.max(MIN_PREFILL + 1);
+        let mut rest = ids;
+        while rest.len() > chunk {
+            let take = if rest.len() - chunk < MIN_PREFILL {
+                rest.len() - MIN_PREFILL
+            } else {
+                chunk
+            };
+            self.step(&rest[..take])?;
+            rest = &rest[take..];
+            between()?;
+        }
+        self.step(rest)
     }
 
     /// Feeds `ids` (the prompt, or one new token) and returns the next-token logits.
@@ -397,6 +426,38 @@ mod tests {
         assert_eq!((kept.ids.as_slice(), kept.positions), (&[5, 13, 4][..], 3));
         let d = Decoder::resume(&mut session, &names, kept, 3).unwrap();
         assert_eq!(cache(&d).1, vec![5.0, 5.0, 13.0, 13.0, 4.0, 4.0]);
+
+        // A long prompt runs in parts of at most 3 tokens, never leaving a 1-token run; when
+        // the check between runs fails, the runs done stay for the next generation.
+        let mut d = Decoder::new(&mut session, &names, kv).unwrap();
+        d.prefill(&[5, 13, 9, 2, 2, 6, 7], 3, &|| Ok(())).unwrap();
+        assert_eq!(d.len, 7);
+        let (shape, data) = d.past[0].try_extract_tensor::<f32>().unwrap();
+        assert_eq!(&**shape, &[1, 1, 7, 2]);
+        assert_eq!(data[12..], [7.0, 7.0]);
+        let runs = std::cell::Cell::new(0);
+        let mut d = Decoder::new(&mut session, &names, kv).unwrap();
+        let stop_after_two = || {
+            runs.set(runs.get() + 1);
+            if runs.get() == 2 {
+                Err(Error::Cancelled)
+            } else {
+                Ok(())
+            }
+        };
+        assert!(matches!(
+            d.prefill(&[5, 13, 9, 2, 2, 6, 7, 8], 3, &stop_after_two),
+            Err(Error::Cancelled)
+        ));
+        assert_eq!(d.len, 6);
+        let kept = d
+            .into_prompt_kv(&[5, 13, 9, 2, 2, 6, 7, 8], 8)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (kept.ids.as_slice(), kept.positions),
+            (&[5, 13, 9, 2, 2, 6][..], 6)
+        );
 
         // A failed step loses the cache: nothing is kept.
         let mut d = Decoder::new(&mut session, &names, kv).unwrap();
