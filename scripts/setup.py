@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -265,7 +266,12 @@ def manifest_valid(model_dir, accuracy=None):
             if not os.path.exists(p):
                 say(f"model: {name} is missing")
                 return False
-            if sha256(p) != digest:
+            try:
+                got = sha256(p)
+            except OSError as e:  # e.g. 0600 and owned by another user: ONNX Runtime could not load it
+                say(f"model: {name} cannot be read ({e.strerror or e})")
+                return False
+            if got != digest:
                 say(f"model: {name} does not match its recorded SHA-256")
                 return False
         return True
@@ -281,7 +287,17 @@ def ensure_model(home, py, accuracy, force=False, check=True):
     """Converts into a staging directory next to the model's, checks it, then swaps it in: the
     installed model keeps working until a complete, checked one replaces it."""
     model_dir = os.path.join(home, "models", MODEL_NAME)
+    recover_swap(model_dir)
     if not force and manifest_valid(model_dir, accuracy):
+        # An install made before the products' modes were set (onnx writes model.onnx.data 0600):
+        # a chmod, not a re-conversion.
+        try:
+            fixed = set_modes(model_dir)
+        except OSError as e:
+            say(f"model: WARNING cannot make {e.filename} readable by all users ({e.strerror or e})")
+        else:
+            if fixed:
+                say(f"model: made readable by all users: {', '.join(fixed)}")
         say(f"model: up to date ({model_dir})")
         return model_dir
     gguf_path = os.path.join(home, "downloads", os.path.basename(MODEL["member"]))
@@ -306,8 +322,43 @@ def ensure_model(home, py, accuracy, force=False, check=True):
     return model_dir
 
 
+def set_modes(model_dir):
+    """Makes model_dir and the directories under it 0755 and its files 0644, whatever the umask
+    or the tools chose (onnx writes model.onnx.data 0600): the model is for every user of the
+    home. Returns the entries changed, as "name (was 0600)"."""
+    changed = []
+    for root, dirs, files in os.walk(model_dir):
+        for name, mode in [(None, 0o755)] + [(d, 0o755) for d in dirs] + [(f, 0o644) for f in files]:
+            path = root if name is None else os.path.join(root, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode) or stat.S_IMODE(st.st_mode) == mode:
+                continue
+            os.chmod(path, mode)
+            changed.append(f"{os.path.relpath(path, model_dir)} (was {stat.S_IMODE(st.st_mode):04o})")
+    return changed
+
+
+def recover_swap(model_dir):
+    """Undoes a swap_in that was cut short: with model_dir missing, a valid <model_dir>.old is
+    still the installed model and is renamed back; next to an installed one it is stale."""
+    old = model_dir + ".old"
+    if not os.path.lexists(old):
+        return
+    if os.path.lexists(model_dir):
+        say(f"model: removing {old} (left by an interrupted set-up)")
+        shutil.rmtree(old, ignore_errors=True)
+    elif manifest_valid(old):
+        os.rename(old, model_dir)
+        say(f"model: restored {model_dir} from {old} (a set-up was interrupted while installing a new one)")
+    else:
+        say(f"model: removing {old} (left incomplete by an interrupted set-up)")
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def swap_in(staging, model_dir):
-    """Replaces model_dir with staging (two renames; the old one is removed after)."""
+    """Replaces model_dir with staging (two renames; the old one is removed after), with the
+    modes set first. Cut short between the renames, recover_swap puts the old one back."""
+    set_modes(staging)
     old = model_dir + ".old"
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(model_dir):

@@ -147,6 +147,118 @@ class EnsureModel(unittest.TestCase):
         self.assertIn("MB free", out.getvalue())
         self.assertEqual(read_weights(self.model_dir), "old weights")
 
+    def modes(self, model_dir):
+        return {name: stat.S_IMODE(os.stat(os.path.join(model_dir, name)).st_mode)
+                for name in [".", *os.listdir(model_dir)]}
+
+    def test_the_installed_model_is_readable_by_all_users(self):
+        # onnx writes model.onnx.data 0600; under sudo the model would be root's alone.
+        def convert(py, gguf, staging, accuracy):
+            write_model(staging, "new weights")
+            os.chmod(os.path.join(staging, "model.onnx.data"), 0o600)
+            os.chmod(os.path.join(staging, setup.MANIFEST), 0o640)
+            os.chmod(staging, 0o700)
+        self.run_setup(convert)
+        self.assertEqual(read_weights(self.model_dir), "new weights")
+        self.assertEqual(self.modes(self.model_dir),
+                         {".": 0o755, "model.onnx.data": 0o644, setup.MANIFEST: 0o644})
+
+    def test_an_installed_model_readable_by_its_owner_only_is_fixed_without_converting(self):
+        os.chmod(os.path.join(self.model_dir, "model.onnx.data"), 0o600)
+        os.chmod(self.model_dir, 0o700)
+
+        def convert(py, gguf, staging, accuracy):
+            self.fail("converted a valid model to fix its modes")
+        out = self.run_setup(convert, force=False)
+        self.assertIn("made readable by all users", out)
+        self.assertIn("model.onnx.data (was 0600)", out)
+        self.assertIn("up to date", out)
+        self.assertEqual(self.modes(self.model_dir),
+                         {".": 0o755, "model.onnx.data": 0o644, setup.MANIFEST: 0o644})
+        self.assertEqual(read_weights(self.model_dir), "old weights")
+
+    def assert_an_unreadable_file_is_reported_and_reinstalled(self, out):
+        self.assertIn("model.onnx.data cannot be read", out)
+        self.assertNotIn("up to date", out)
+        self.assertEqual(read_weights(self.model_dir), "new weights")
+        self.assertEqual(self.modes(self.model_dir)["model.onnx.data"], 0o644)
+
+    def test_a_model_file_that_cannot_be_read_is_reported_and_reinstalled(self):
+        # Root reads any file, so the refusal (what another user gets from a 0600 file
+        # of root's) is simulated at the open.
+        data = os.path.join(self.model_dir, "model.onnx.data")
+        real_sha256 = setup.sha256
+
+        def sha256(path):
+            if path == data and read_weights(self.model_dir) == "old weights":
+                raise PermissionError(13, "Permission denied", path)
+            return real_sha256(path)
+
+        def convert(py, gguf, staging, accuracy):
+            write_model(staging, "new weights")
+        with mock.patch.object(setup, "sha256", sha256):
+            out = self.run_setup(convert, force=False)
+        self.assert_an_unreadable_file_is_reported_and_reinstalled(out)
+
+    def test_a_model_file_without_read_permission_is_reported_and_reinstalled(self):
+        data = os.path.join(self.model_dir, "model.onnx.data")
+        os.chmod(data, 0)
+        if os.access(data, os.R_OK):
+            self.skipTest("permissions are not enforced for this user (root); "
+                          "test_a_model_file_that_cannot_be_read_is_reported_and_reinstalled covers it")
+
+        def convert(py, gguf, staging, accuracy):
+            write_model(staging, "new weights")
+        out = self.run_setup(convert, force=False)
+        self.assert_an_unreadable_file_is_reported_and_reinstalled(out)
+
+    def test_a_set_up_killed_between_the_renames_leaves_the_old_model_restored_next_run(self):
+        staging = os.path.join(self.models, f".{setup.MODEL_NAME}.staging")
+        real_rename = os.rename
+
+        def rename(src, dst):
+            if src == staging:
+                raise KeyboardInterrupt  # killed after the installed model was moved aside
+            real_rename(src, dst)
+
+        def convert(py, gguf, staging_dir, accuracy):
+            write_model(staging_dir, "new weights")
+        with mock.patch.object(setup.os, "rename", rename), self.assertRaises(KeyboardInterrupt):
+            self.run_setup(convert)
+        self.assertFalse(os.path.exists(self.model_dir))
+        self.assertTrue(setup.manifest_valid(self.model_dir + ".old", 4))
+
+        def convert_again(py, gguf, staging_dir, accuracy):
+            self.fail("converted again though the old model was still there")
+        out = self.run_setup(convert_again, force=False)
+        self.assertEqual(sum("restored" in line for line in out.splitlines()), 1, out)
+        self.assertIn("up to date", out)
+        self.assertEqual(read_weights(self.model_dir), "old weights")
+        self.assert_only_the_model_is_left()
+
+    def test_a_stale_old_model_next_to_the_installed_one_is_removed(self):
+        write_model(self.model_dir + ".old", "older weights")
+
+        def convert(py, gguf, staging, accuracy):
+            self.fail("converted a valid model")
+        out = self.run_setup(convert, force=False)
+        self.assertIn("up to date", out)
+        self.assertNotIn("restored", out)
+        self.assertEqual(read_weights(self.model_dir), "old weights")
+        self.assert_only_the_model_is_left()
+
+    def test_an_invalid_old_model_alone_is_not_restored(self):
+        os.rename(self.model_dir, self.model_dir + ".old")
+        with open(os.path.join(self.model_dir + ".old", "model.onnx.data"), "w") as f:
+            f.write("half deleted")
+
+        def convert(py, gguf, staging, accuracy):
+            write_model(staging, "new weights")
+        out = self.run_setup(convert, force=False)
+        self.assertNotIn("restored", out)
+        self.assertEqual(read_weights(self.model_dir), "new weights")
+        self.assert_only_the_model_is_left()
+
 
 
 def capture(fn, *args, **kw):
