@@ -149,7 +149,9 @@ impl RouterBuilder {
     }
 
     /// Whether to open the answer cache and cost ledger under `<home>/db`. Default: true
-    /// (the policy's `[cache].mode` still applies).
+    /// (the policy's `[cache].mode` still applies). Without them, a policy's `[budget]` limits
+    /// cannot be enforced, so its cloud budget counts as spent: `on_exhausted` applies to
+    /// every cloud plan (answered on the device, or refused).
     pub fn cache(mut self, yes: bool) -> Self {
         self.use_cache = yes;
         self
@@ -255,6 +257,9 @@ impl RouterBuilder {
         } else {
             None
         };
+        if policy.budget.has_limits() && store.is_none() && cloud.is_some() {
+            tracing::warn!("the policy sets [budget] limits, but this router has no cost ledger (`RouterBuilder::cache(false)`): its cloud budget counts as spent, and [budget] on_exhausted applies to every cloud plan");
+        }
         if policy.distill.collect && store.is_none() {
             tracing::warn!("[distill] collect = true, but this router has no database (`RouterBuilder::cache(false)`, or the database cannot be used): no cloud answers are kept");
         }
@@ -392,7 +397,13 @@ impl Router {
         Signals {
             network,
             cloud_health,
-            budget_left_usd: inner.store.as_ref().and_then(|s| s.budget_left()),
+            budget_left_usd: match &inner.store {
+                Some(store) => store.budget_left(),
+                // No cost ledger (`RouterBuilder::cache(false)`): nothing could stop the spending,
+                // so the budget counts as spent and `on_exhausted` applies.
+                None if inner.policy.budget.has_limits() => Some(rust_decimal::Decimal::ZERO),
+                None => None,
+            },
             cloud_call_usd: inner
                 .policy
                 .cloud

@@ -1107,6 +1107,38 @@ async fn the_policy_chooses_the_output_limit_field() {
 
 /// With `on_exhausted = "refuse"`, a request the budget refuses is still answered from the
 /// cache when its rule's plan already has the answer there (it costs nothing); a request with
+/// A router without its database has no cost ledger, so nothing could stop it spending: a
+/// policy's budget counts as spent and `on_exhausted` applies, whatever the limit.
+#[tokio::test]
+async fn without_a_cost_ledger_a_budget_counts_as_spent() {
+    let fake = FakeProvider::start().await;
+    let local = Arc::new(EchoModel::default());
+    let budget = |on_exhausted: &str| {
+        format!("[budget]\ndaily_usd = \"1000\"\non_exhausted = \"{on_exhausted}\"\n[defaults]\nroute = \"cloud\"\n")
+    };
+    let r = router(&budget("local"), local.clone(), fake.openai_config());
+    let resp = r.complete(Request::new("What is a monad?")).await.unwrap();
+    assert_eq!(resp.route, Route::Local, "{}", resp.decision);
+    assert!(budget_exhausted(&resp.decision), "{}", resp.decision);
+    let r = router(&budget("refuse"), local.clone(), fake.openai_config());
+    let err = r
+        .complete(Request::new("What is a monad?"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "{err}");
+    assert_eq!(fake.requests_received(), 0);
+
+    // Without a budget the same router calls the cloud.
+    let r = router(
+        "[defaults]\nroute = \"cloud\"\n",
+        local,
+        fake.openai_config(),
+    );
+    let resp = r.complete(Request::new("What is a monad?")).await.unwrap();
+    assert_eq!(resp.route, Route::Cloud, "{}", resp.decision);
+    assert_eq!(fake.requests_received(), 1);
+}
+
 /// nothing cached is refused.
 #[tokio::test]
 async fn an_exhausted_budget_still_serves_answers_already_cached() {
