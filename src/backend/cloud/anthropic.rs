@@ -280,6 +280,39 @@ mod tests {
         ));
     }
 
+    /// A body that does not parse is described by where it went wrong, never by its text: the
+    /// error reaches logs, decisions and `ask --json`, and the text may be the answer.
+    #[test]
+    fn parse_errors_do_not_echo_the_body() {
+        for (body, want) in [
+            (
+                &br#"{"content":"PRIVATE-ANSWER"}"#[..],
+                "message: a value of the wrong type or form at line 1 column 27",
+            ),
+            (
+                br#"{"content":[{"type":"text","text":"PRIVATE-ANSWER"}],"stop_reason":7}"#,
+                "message: a value of the wrong type or form at line 1 column 68",
+            ),
+            (
+                br#"{"content":[{"type":"text","text":"PRIVATE-ANSWER""#,
+                "message: the JSON ends early",
+            ),
+            (
+                br#"{"content": PRIVATE-ANSWER}"#,
+                "message: not valid JSON at line 1 column 13",
+            ),
+            (
+                br#"{"id":"m"}"#,
+                "message: missing field `content` at line 1 column 10",
+            ),
+        ] {
+            match parse(Provider::Anthropic, body, 1) {
+                Err(Error::MalformedResponse(m)) => assert_eq!(m, want),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     /// Prompt-cache counts from `message_start` survive a `message_delta` that repeats
     /// `input_tokens` without them (or with them null), and are updated by one that has them.
     #[test]

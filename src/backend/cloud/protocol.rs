@@ -182,10 +182,24 @@ impl StreamDecoder {
     }
 }
 
-/// Parses JSON, mapping failures to [`Error::MalformedResponse`] (without echoing the body).
+/// Parses JSON, mapping failures to [`Error::MalformedResponse`] without echoing the body:
+/// serde's own words quote the values it could not use ("invalid type: string \"...\""), which
+/// may be answer text, and the error reaches logs, decisions and `ask --json`. A missing field
+/// is named (the name is ours); otherwise only where the body went wrong is said.
 pub(crate) fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T> {
+    use serde_json::error::Category;
     serde_json::from_slice(bytes).map_err(|e| {
-        Error::MalformedResponse(format!("{what}: invalid JSON or missing fields ({e})"))
+        let (line, column) = (e.line(), e.column());
+        let detail = match e.classify() {
+            Category::Data if e.to_string().starts_with("missing field `") => e.to_string(),
+            Category::Data => {
+                format!("a value of the wrong type or form at line {line} column {column}")
+            }
+            Category::Syntax => format!("not valid JSON at line {line} column {column}"),
+            Category::Eof => "the JSON ends early".into(),
+            Category::Io => "unreadable".into(),
+        };
+        Error::MalformedResponse(format!("{what}: {detail}"))
     })
 }
 
