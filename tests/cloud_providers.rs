@@ -67,6 +67,22 @@ async fn openai_non_streaming() {
     assert_eq!(backend.network(), Network::Online);
 }
 
+/// A `*.localhost` name is trusted as loopback (plain http, no proxy), so it is sent to
+/// 127.0.0.1 whatever the system's resolver says (this machine's cannot resolve such names).
+#[tokio::test]
+async fn a_localhost_subdomain_reaches_this_machine_only() {
+    let fake = FakeProvider::start().await;
+    let mut cfg = fake.openai_config();
+    cfg.base_url = cfg
+        .base_url
+        .replace("127.0.0.1", "edgeroute-test.localhost");
+    assert!(cfg.base_url.starts_with("http://edgeroute-test.localhost:"));
+    let backend = CloudBackend::new(cfg).unwrap();
+    let g = backend.generate(full_call()).await.unwrap();
+    assert_eq!(g.text, DEFAULT_REPLY);
+    assert_eq!(fake.requests_received(), 1);
+}
+
 #[tokio::test]
 async fn openai_streaming() {
     let fake = FakeProvider::start().await;

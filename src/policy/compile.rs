@@ -2123,6 +2123,8 @@ fn file_stem(p: &Path) -> String {
 /// Checks a cloud base URL: must be `https://`, or `http://` to a loopback host, unless
 /// `allow_insecure_http` is set.
 pub fn check_base_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let shown = without_credentials(url);
+    let url = shown.as_str();
     let parsed = url::Url::parse(url).map_err(|e| format!("base_url `{url}` is not a URL: {e}"))?;
     let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
         return Err(format!("base_url `{url}` has no host"));
@@ -2136,6 +2138,27 @@ pub fn check_base_url(url: &str, allow_insecure_http: bool) -> Result<(), String
         _ => Err(format!(
             "base_url `{url}` must start with https:// (or http:// for a loopback host)"
         )),
+    }
+}
+
+/// `url` without the user name and password it may carry (`https://user:secret@host/v1`):
+/// what messages, logs and `Debug` output show. A string that does not parse as a URL loses
+/// what lies between its scheme and its last `@`.
+pub(crate) fn without_credentials(url: &str) -> String {
+    match url::Url::parse(url.trim()) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => {
+            let start = url.find("://").map_or(0, |i| i + 3);
+            match url.rfind('@') {
+                Some(at) if at >= start => format!("{}…{}", &url[..start], &url[at..]),
+                _ => url.to_owned(),
+            }
+        }
     }
 }
 
@@ -2157,6 +2180,31 @@ pub fn is_loopback_url(url: &url::Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_a_url_are_never_shown() {
+        assert_eq!(
+            without_credentials("https://user:s3cret@gw.example/v1"),
+            "https://gw.example/v1"
+        );
+        assert_eq!(
+            without_credentials("https://s3cret@gw.example/v1"),
+            "https://gw.example/v1"
+        );
+        assert_eq!(
+            without_credentials("https://gw.example/v1"),
+            "https://gw.example/v1"
+        );
+        assert_eq!(without_credentials("ht tp://u:s3cret@gw"), "ht tp://…@gw");
+        assert_eq!(without_credentials("https://u:s3cret@"), "https://…@");
+        let err = check_base_url("http://user:s3cret@example.com/v1", false).unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = check_base_url("ftp://user:s3cret@example.com/v1", false).unwrap_err();
+        assert!(
+            !err.contains("s3cret") && err.contains("ftp://example.com/v1"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn base_url_rules() {

@@ -12,6 +12,8 @@ pub mod raw;
 mod source;
 mod tests;
 
+#[cfg(feature = "cloud")]
+pub(crate) use compile::without_credentials;
 pub use compile::{
     check_base_url, compile_file, compile_str, is_loopback_url, BreakerSection, BudgetSection,
     CloudSection, CompiledPolicy, CompiledRule, Condition, KindSet, LatencySection, LocalSection,

@@ -206,7 +206,8 @@ impl BreakerConfig {
 /// Everything a [`CloudBackend`](super::CloudBackend) needs.
 ///
 /// Start from [`CloudConfig::openai`] or [`CloudConfig::anthropic`] and set fields.
-#[derive(Debug, Clone)]
+/// `Debug` shows neither the key nor credentials in `base_url`.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct CloudConfig {
     /// Wire protocol.
@@ -255,6 +256,48 @@ pub struct CloudConfig {
     pub retry: RetryConfig,
     /// Circuit breaker policy.
     pub breaker: BreakerConfig,
+}
+
+impl std::fmt::Debug for CloudConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field, `base_url` without the user name and password it may carry.
+        let CloudConfig {
+            provider,
+            model,
+            base_url,
+            api_key,
+            api_key_env,
+            anthropic_version,
+            max_tokens_field,
+            default_max_tokens,
+            connect_timeout,
+            first_token_timeout,
+            idle_timeout,
+            total_timeout,
+            allow_insecure_http,
+            ca_file,
+            retry,
+            breaker,
+        } = self;
+        f.debug_struct("CloudConfig")
+            .field("provider", provider)
+            .field("model", model)
+            .field("base_url", &crate::policy::without_credentials(base_url))
+            .field("api_key", api_key)
+            .field("api_key_env", api_key_env)
+            .field("anthropic_version", anthropic_version)
+            .field("max_tokens_field", max_tokens_field)
+            .field("default_max_tokens", default_max_tokens)
+            .field("connect_timeout", connect_timeout)
+            .field("first_token_timeout", first_token_timeout)
+            .field("idle_timeout", idle_timeout)
+            .field("total_timeout", total_timeout)
+            .field("allow_insecure_http", allow_insecure_http)
+            .field("ca_file", ca_file)
+            .field("retry", retry)
+            .field("breaker", breaker)
+            .finish()
+    }
 }
 
 impl CloudConfig {
@@ -322,6 +365,23 @@ impl CloudConfig {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_no_credentials() {
+        let cfg = CloudConfig::openai("m")
+            .with_base_url("https://user:s3cret@gw.example/v1")
+            .with_api_key(ApiKey::new("sk-secret-123"));
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains("https://gw.example/v1"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("sk-secret"),
+            "{shown}"
+        );
+        let backend = crate::backend::cloud::CloudBackend::new(cfg).unwrap();
+        assert_eq!(backend.endpoint(), "https://gw.example/v1/chat/completions");
+        let shown = format!("{backend:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
 
     #[test]
     fn api_key_is_redacted() {

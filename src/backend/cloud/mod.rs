@@ -73,6 +73,7 @@ use self::retry::RetryBudget;
 use self::sse::{SseEvent, SseParser};
 use crate::backend::{Backend, BackendCall, CallReport, EventStream, Generation, StreamEvent};
 use crate::error::{Error, Result, TimeoutPhase};
+use crate::policy::without_credentials;
 use crate::signals::{CloudHealth, Network};
 
 /// Largest error body read from a failed response.
@@ -98,6 +99,8 @@ struct Inner {
     name: String,
     cfg: CloudConfig,
     url: reqwest::Url,
+    /// `url` without credentials: what messages and `Debug` show.
+    shown_url: String,
     headers: HeaderMap,
     client: reqwest::Client,
     breaker: Arc<Breaker>,
@@ -108,7 +111,7 @@ impl std::fmt::Debug for CloudBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CloudBackend")
             .field("name", &self.inner.name)
-            .field("url", &self.inner.url.as_str())
+            .field("url", &self.inner.shown_url)
             .field("breaker", &self.inner.breaker.state())
             .finish_non_exhaustive()
     }
@@ -136,13 +139,13 @@ impl CloudBackend {
                     "[cloud].base_url `{}` uses plain http:// to a non-loopback host; prompts \
                      would cross the network unencrypted. Use https://, or opt in with \
                      allow_insecure_http",
-                    cfg.base_url
+                    without_credentials(&cfg.base_url)
                 )))
             }
             other => {
                 return Err(Error::Config(format!(
                     "[cloud].base_url `{}`: unsupported scheme `{other}` (use https://)",
-                    cfg.base_url
+                    without_credentials(&cfg.base_url)
                 )))
             }
         }
@@ -156,6 +159,15 @@ impl CloudBackend {
         if loopback {
             // A system proxy must not see loopback traffic.
             builder = builder.no_proxy();
+            // Nor may a resolver that sends `*.localhost` upstream (no nss-myhostname, some
+            // company DNS) turn a loopback name, trusted with plain http and no proxy, into
+            // another machine: such a name is this machine's, whatever DNS says.
+            if let Some(url::Host::Domain(name)) = url.host() {
+                if !name.trim_end_matches('.').eq_ignore_ascii_case("localhost") {
+                    builder =
+                        builder.resolve(name, std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+                }
+            }
         }
         if let Some(file) = &cfg.ca_file {
             for cert in certificate_authorities(file)? {
@@ -168,6 +180,7 @@ impl CloudBackend {
         Ok(CloudBackend {
             inner: Arc::new(Inner {
                 name: format!("{}:{}", cfg.provider, cfg.model),
+                shown_url: without_credentials(url.as_str()),
                 url,
                 headers,
                 client,
@@ -183,9 +196,10 @@ impl CloudBackend {
         &self.inner.cfg
     }
 
-    /// The full endpoint URL calls are posted to.
+    /// The full endpoint URL calls are posted to, without the user name and password a
+    /// `base_url` may carry (they are sent, never shown).
     pub fn endpoint(&self) -> &str {
-        self.inner.url.as_str()
+        &self.inner.shown_url
     }
 
     /// The circuit breaker's state.
@@ -358,8 +372,9 @@ fn counts_against_health(e: &Error) -> bool {
 /// `?api-version=…`); a base URL that already ends with the path (the endpoint pasted whole)
 /// is taken as it is.
 fn endpoint_url(base_url: &str, path: &str) -> Result<reqwest::Url> {
+    let shown = without_credentials(base_url);
     let mut url = reqwest::Url::parse(base_url.trim())
-        .map_err(|e| Error::Config(format!("[cloud].base_url `{base_url}` is not a URL: {e}")))?;
+        .map_err(|e| Error::Config(format!("[cloud].base_url `{shown}` is not a URL: {e}")))?;
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let pasted = url.path_segments().is_some_and(|s| {
         s.filter(|s| !s.is_empty())
@@ -375,7 +390,7 @@ fn endpoint_url(base_url: &str, path: &str) -> Result<reqwest::Url> {
         }
         Err(()) => {
             return Err(Error::Config(format!(
-                "[cloud].base_url `{base_url}` cannot have a path (it needs an http(s) address)"
+                "[cloud].base_url `{shown}` cannot have a path (it needs an http(s) address)"
             )))
         }
     }
@@ -555,7 +570,7 @@ impl Inner {
                 "{} answered HTTP {status}, a redirect {location}; redirects are not followed \
                  (they would carry the prompt and the API key to another address): set \
                  [cloud].base_url to the address that answers",
-                self.url
+                self.shown_url
             ),
         }
     }
@@ -940,11 +955,9 @@ impl Backend for CloudBackend {
     /// behind an OpenAI-compatible URL, a local server) is another model, and answers cached
     /// from one are not served for the other.
     fn revision(&self) -> Option<String> {
-        let mut url = self.inner.url.clone();
         // Credentials in the URL are not part of what answers.
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-        let digest = ring::digest::digest(&ring::digest::SHA256, url.as_str().as_bytes());
+        let url = &self.inner.shown_url;
+        let digest = ring::digest::digest(&ring::digest::SHA256, url.as_bytes());
         Some(
             digest.as_ref()[..8]
                 .iter()
