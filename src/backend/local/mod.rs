@@ -86,9 +86,10 @@ pub const FIRST_SENTENCE_MAX_TOKENS: usize = 24;
 
 /// One generated token, as seen by [`LocalBackend::generate_blocking`]'s callback.
 ///
-/// One more event may follow the last token when the answer ends inside a split UTF-8
+/// One more event may follow the last token when the model ends its turn inside a split UTF-8
 /// character: its `text` is the leftover bytes (as U+FFFD), its `id` the end-of-turn id and its
-/// `logprob` 0. Count tokens with [`LocalOutput::token_ids`], not with events.
+/// `logprob` 0. Count tokens with [`LocalOutput::token_ids`], not with events. (An answer the
+/// token limit or the context cuts inside a character leaves that character out.)
 #[derive(Debug, Clone, Copy)]
 pub struct TokenEvent<'a> {
     /// Token id.
@@ -525,17 +526,20 @@ impl LocalBackend {
         deadline: Option<Instant>,
         on_token: impl FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
     ) -> Result<LocalOutput> {
-        self.generate_unless(messages, params, deadline, &|| false, on_token)
+        let called = Instant::now();
+        self.generate_unless(messages, params, called, deadline, &|| false, on_token)
     }
 
     /// [`LocalBackend::generate_blocking`], also stopped by `abandoned` (the caller went away):
     /// checked while the request waits for a session, before its prompt runs, between the runs
     /// of a long prompt (at most [`PREFILL_CHUNK`] tokens each) and before every token, so an
-    /// abandoned request does not hold up the ones queued behind it.
+    /// abandoned request does not hold up the ones queued behind it. A timeout's `elapsed`
+    /// counts from `called`, the wait for a session included.
     fn generate_unless(
         &self,
         messages: &[Message],
         params: &GenerationParams,
+        called: Instant,
         deadline: Option<Instant>,
         abandoned: &dyn Fn() -> bool,
         mut on_token: impl FnMut(&TokenEvent<'_>) -> ControlFlow<()>,
@@ -572,7 +576,7 @@ impl LocalBackend {
             _ if abandoned() => Err(Error::Cancelled),
             Some(d) if Instant::now() >= d => Err(Error::Timeout {
                 phase: TimeoutPhase::Total,
-                elapsed: start.elapsed(),
+                elapsed: called.elapsed(),
             }),
             _ => Ok(()),
         };
@@ -688,7 +692,15 @@ impl Inner {
             check_deadline()?;
             logits = decoder.step(&[id])?;
         };
-        let tail = utf8.finish();
+        // Bytes left over when the model ended its turn are invalid text: U+FFFD, as a lossy
+        // decode gives. Left over when the token limit or the context cut the answer short,
+        // they are a character cut in two: left out, rather than ending the answer in "�".
+        let tail = if finish == FinishReason::Stop {
+            utf8.finish()
+        } else {
+            utf8.cut();
+            String::new()
+        };
         if !tail.is_empty() {
             text.push_str(&tail);
             if on_token(&TokenEvent {
@@ -774,6 +786,7 @@ impl Backend for LocalBackend {
             async move { tx.closed().await }
         };
         let deadline = call.deadline;
+        let called = Instant::now();
         self.when_admitted(deadline, gone, move |turn| {
             let permit = match turn {
                 Ok(permit) => permit,
@@ -797,6 +810,7 @@ impl Backend for LocalBackend {
                         backend.generate_unless(
                             &call.messages,
                             &call.params,
+                            called,
                             call.deadline,
                             &abandoned,
                             |ev| {
@@ -1048,6 +1062,20 @@ mod tests {
             (out.text.as_str(), out.finish),
             ("Hi", FinishReason::Length)
         );
+        // Cut after the first of é's two bytes: the half character is left out, not "Hi!�".
+        let (out, deltas) = run(
+            &b,
+            &[Message::user("hey")],
+            &GenerationParams {
+                max_tokens: Some(4),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            (out.text.as_str(), out.finish, out.token_ids.len()),
+            ("Hi!", FinishReason::Length, 4)
+        );
+        assert_eq!(deltas.concat(), "Hi!");
         // An explicit system message replaces the default one.
         let custom = b
             .encode_prompt(&[Message::system("S"), Message::user("u")])
@@ -1085,9 +1113,14 @@ mod tests {
         };
 
         let gone_after_first_run = || chunked.inner.prefill_runs.load(Ordering::SeqCst) >= 1;
-        let out = chunked.generate_unless(&msgs, &params, None, &gone_after_first_run, |_| {
-            ControlFlow::Continue(())
-        });
+        let out = chunked.generate_unless(
+            &msgs,
+            &params,
+            Instant::now(),
+            None,
+            &gone_after_first_run,
+            |_| ControlFlow::Continue(()),
+        );
         assert!(matches!(out, Err(Error::Cancelled)), "{out:?}");
         assert_eq!(chunked.inner.prefill_runs.load(Ordering::SeqCst), 1);
         assert_eq!(chunked.tokens_generated(), 0);
@@ -1103,6 +1136,27 @@ mod tests {
             (&whole.text, &whole.token_ids, &whole.logprobs)
         );
         assert_eq!(resumed.text, "Hi!é");
+    }
+
+    /// A timeout's `elapsed` counts from when the call was made, its wait for a session
+    /// included, not from when its generation started.
+    #[test]
+    fn a_timeout_counts_from_the_call() {
+        let called = Instant::now() - Duration::from_secs(5);
+        let out = tiny().generate_unless(
+            &[Message::user("hey")],
+            &GenerationParams::default(),
+            called,
+            Some(Instant::now()),
+            &|| false,
+            |_| ControlFlow::Continue(()),
+        );
+        match out {
+            Err(Error::Timeout { elapsed, .. }) => {
+                assert!(elapsed >= Duration::from_secs(5), "{elapsed:?}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// An answer stopped by the full context window says so (`ContextFull`), not `Length`,

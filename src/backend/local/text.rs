@@ -184,6 +184,11 @@ impl Utf8Stream {
         out
     }
 
+    /// Forgets the bytes of an incomplete character (an answer cut short in the middle of it).
+    pub(crate) fn cut(&mut self) {
+        self.pending.clear();
+    }
+
     /// Whatever is left at the end (an incomplete character becomes U+FFFD).
     pub(crate) fn finish(&mut self) -> String {
         let s = String::from_utf8_lossy(&self.pending).into_owned();
