@@ -95,8 +95,10 @@ impl fmt::Display for ApiKey {
 
 /// Retry policy: exponential backoff with full jitter, a cap on attempts and a retry budget.
 ///
-/// Only retryable failures are retried (408, 409, 429, 5xx, timeouts, connection failures); never
-/// 400/401/403/404, and never once a streamed token has reached the caller.
+/// Only retryable failures are retried (408, 409, 429, 5xx, timeouts, connection failures), not
+/// 400/401/403/404 unless the provider's `x-should-retry: true` asks for it (its
+/// `x-should-retry: false` likewise stops a retry), and never once a streamed token has reached
+/// the caller.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RetryConfig {
@@ -106,8 +108,9 @@ pub struct RetryConfig {
     pub initial_backoff: Duration,
     /// Upper bound of one backoff. Default: 5 s.
     pub max_backoff: Duration,
-    /// A `Retry-After` longer than this is not waited for: the call fails with
-    /// [`Error::RateLimited`](crate::Error::RateLimited). Default: 30 s.
+    /// A `Retry-After` longer than this is not waited for: the call fails with the answer's
+    /// error ([`Error::RateLimited`](crate::Error::RateLimited) for a 429,
+    /// [`Error::Server`](crate::Error::Server) for a 503). Default: 30 s.
     pub max_retry_after: Duration,
     /// Retry budget: each first attempt deposits this fraction of a retry; each retry
     /// withdraws one. `0.2` keeps retries under ~20% extra traffic. Default: `0.2`.
@@ -237,7 +240,8 @@ pub struct CloudConfig {
     /// of the answer. Non-streaming calls (whose headers come only with the whole answer) are
     /// bounded by `total_timeout` instead. Default: 15 s (as a policy's `[cloud]`).
     pub first_token_timeout: Duration,
-    /// Longest silence in a streamed answer once it has started (between two events).
+    /// Longest silence in a streamed answer once it has started: time without any bytes from
+    /// the provider (its keep-alive comments count as bytes).
     /// Default: 30 s.
     pub idle_timeout: Duration,
     /// The whole call, retries and backoff included. The call's own deadline, when earlier,
