@@ -10,10 +10,11 @@ mod tls_front;
 use std::time::{Duration, Instant};
 
 use edgeroute::backend::cloud::{BreakerState, CloudBackend, CloudConfig};
-use edgeroute::backend::Backend;
+use edgeroute::backend::{Backend, StreamEvent};
 use edgeroute::error::TimeoutPhase;
 use edgeroute::signals::{CloudHealth, Network};
 use edgeroute::Error;
+use futures::StreamExt;
 use support::{call, collect, unused_addr, Behavior, FakeProvider, DEFAULT_REPLY};
 
 /// Both protocols, for tests that must hold for each.
@@ -452,6 +453,36 @@ async fn breaker_opens_fails_fast_then_probes_and_closes() {
     );
     assert_eq!(backend.breaker_state(), BreakerState::Closed);
     assert_eq!(backend.health(), CloudHealth::Healthy);
+}
+
+/// A streamed probe closes the breaker with its first token, not when its answer ends: a long
+/// answer does not keep every other call failing with `CircuitOpen` while it streams.
+#[tokio::test]
+async fn a_streamed_probe_closes_the_breaker_at_its_first_token() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::Status(500));
+    let mut cfg = fake.openai_config();
+    cfg.retry.max_retries = 0;
+    cfg.breaker.consecutive_failures = 1;
+    cfg.breaker.open_for = Duration::from_millis(200);
+    let backend = CloudBackend::new(cfg).unwrap();
+    assert!(backend.generate(call("hi")).await.is_err());
+    assert_eq!(backend.breaker_state(), BreakerState::Open);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(backend.breaker_state(), BreakerState::HalfOpen);
+
+    // The probe's answer starts, then stalls.
+    fake.set_behavior(Behavior::StallAfterFirstToken(Duration::from_secs(30)));
+    let mut probe = backend.stream(call("hi")).await.unwrap();
+    assert!(matches!(
+        probe.next().await,
+        Some(Ok(StreamEvent::Delta(_)))
+    ));
+    assert_eq!(backend.breaker_state(), BreakerState::Closed);
+    // Another call is let through while the probe's answer is still coming.
+    let other = backend.stream(call("hi")).await;
+    assert!(other.is_ok(), "{:?}", other.err());
+    assert_eq!(fake.requests_received(), 3);
 }
 
 #[tokio::test]

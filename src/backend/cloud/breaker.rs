@@ -279,6 +279,18 @@ impl Breaker {
         });
     }
 
+    /// A half-open probe has started answering: the provider is back, so the breaker closes
+    /// (with a fresh window) without recording an outcome; the call's own comes when it ends.
+    fn probe_answering(&self) {
+        self.with_state(|s| {
+            if let Mode::HalfOpen { .. } = s.mode {
+                s.mode = Mode::Closed;
+                s.window.clear();
+                s.consecutive = 0;
+            }
+        });
+    }
+
     fn release_probe(&self) {
         self.with_state(|s| {
             if let Mode::HalfOpen { in_flight } = s.mode {
@@ -291,6 +303,18 @@ impl Breaker {
 }
 
 impl Permit {
+    /// The provider has started answering (a streamed call's first token). For a half-open
+    /// probe that is the recovery it waits for: the breaker closes now, not when the answer
+    /// ends (a long answer would otherwise fail every other call with `CircuitOpen` for as
+    /// long as it streams, and a caller dropping it would leave the breaker half-open). From
+    /// here the permit counts like any call's: a failure later in the stream still counts.
+    pub(crate) fn answering(&mut self) {
+        if self.probe {
+            self.breaker.probe_answering();
+            self.probe = false;
+        }
+    }
+
     /// The attempt succeeded.
     pub(crate) fn success(self) {
         self.finish(true, Instant::now());
@@ -389,6 +413,32 @@ mod tests {
         let later = later + Duration::from_secs(11);
         b.acquire_at(later).unwrap().finish(true, later);
         assert_eq!(b.state_at(later), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_probe_that_starts_answering_closes_the_breaker() {
+        let b = breaker(BreakerConfig {
+            consecutive_failures: 2,
+            open_for: Duration::from_secs(10),
+            ..BreakerConfig::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            b.acquire_at(t0).unwrap().finish(false, t0);
+        }
+        let later = t0 + Duration::from_secs(11);
+        let mut probe = b.acquire_at(later).unwrap();
+        assert!(b.acquire_at(later).is_err());
+        probe.answering();
+        assert_eq!(b.state_at(later), BreakerState::Closed);
+        // Other calls go ahead while the probe's answer streams, as ordinary calls.
+        let other = b.acquire_at(later).unwrap();
+        assert!(!other.probe);
+        // The probe's stream failing later counts like any call's failure (one of two).
+        probe.finish(false, later);
+        assert_eq!(b.state_at(later), BreakerState::Closed);
+        other.finish(false, later);
+        assert_eq!(b.state_at(later), BreakerState::Open);
     }
 
     #[test]

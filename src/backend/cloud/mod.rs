@@ -41,6 +41,9 @@
 //! whose every answer is slower than every caller's deadline looks the same from here, and
 //! is treated the same: the cloud is of no use to those callers.
 //!
+//! While half-open, a streamed probe closes the breaker as soon as its first token arrives
+//! (the provider is answering again); the rest of its stream then counts like any call's.
+//!
 //! Redirects are never followed: they would carry the prompt and the API key (Anthropic's
 //! `x-api-key` survives reqwest's cross-host redirect scrubbing) to another address, possibly
 //! over plain http. A 3xx answer is an error naming the `Location`.
@@ -977,11 +980,13 @@ impl Backend for CloudBackend {
         let clock = Clock::new(&inner.cfg, call.deadline);
         let est = estimate_prompt_tokens(&call.messages);
         let body = protocol::request_body(&inner.cfg, &call, true)?;
-        let (live, permit) = inner
+        let (live, mut permit) = inner
             .with_retries(&clock, Some(report), |attempt_start| {
                 inner.stream_once(&body, &clock, attempt_start, est, report)
             })
             .await?;
+        // The first token is here: a probe has seen the provider answer.
+        permit.answering();
         let state = StreamState {
             live,
             permit: Some(permit),
