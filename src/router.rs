@@ -767,6 +767,7 @@ impl Router {
             sink: sink.as_ref(),
             forward: matches!(decision.plan, Plan::Local { .. } | Plan::Cloud { .. }),
             streamed: false,
+            drained: Drained::default(),
             attempts: Vec::new(),
             reasons: Vec::new(),
             notes: uncounted.0.clone(),
@@ -1483,6 +1484,15 @@ impl Exchange {
 }
 
 /// One request's execution: runs the plan, keeps every attempt in order.
+/// What a drained stream delivered before it ended, however it ended.
+#[derive(Debug, Default, Clone, Copy)]
+struct Drained {
+    /// Non-empty text deltas (about one per generated token).
+    deltas: u64,
+    /// When the first came.
+    first: Option<Instant>,
+}
+
 struct Execution<'a> {
     router: &'a Router,
     request: &'a Request,
@@ -1495,6 +1505,8 @@ struct Execution<'a> {
     forward: bool,
     /// True once a delta reached the caller: no fallback after that.
     streamed: bool,
+    /// What the latest drained stream delivered, also when it failed.
+    drained: Drained,
     attempts: Vec<Attempt>,
     /// Reasons found while executing (fallback, escalation, redaction), appended to the decision.
     reasons: Vec<Reason>,
@@ -2108,11 +2120,11 @@ impl Execution<'_> {
         let trace_content = self.router.inner.trace_content;
         let span = tier_span("local", "onnxruntime", backend.name(), &call, trace_content);
         let deadline = self.deadline;
-        let mut generating = started;
+        let mut generating = None;
         let result = async {
             // The deadline covers getting the stream too: a first request loads the model.
             let stream = within(deadline, backend.stream(call)).await?;
-            generating = Instant::now();
+            generating = Some(Instant::now());
             self.drain(stream, None, None, None).await
         }
         .instrument(span.clone())
@@ -2133,6 +2145,7 @@ impl Execution<'_> {
                 self.attempts
                     .push(attempt(g.usage, first_token, g.confidence, None));
                 // Timed from when generation started: a model load is not generating.
+                let generating = generating.unwrap_or(started);
                 self.router.inner.stats.observe_local(
                     generating.elapsed(),
                     first_token.map(|at| at.saturating_duration_since(generating)),
@@ -2152,6 +2165,21 @@ impl Execution<'_> {
                 ))
             }
             Err(e) => {
+                // Cut short by the deadline while generating: the model was slower than the
+                // estimate that let the request come here. What it did in that time feeds the
+                // estimates, or the same estimate would send every such request here to time
+                // out again.
+                if let (Error::Timeout { .. }, Some(generating)) = (&e, generating) {
+                    let drained = self.drained;
+                    self.router.inner.stats.observe_local_cut_short(
+                        generating.elapsed(),
+                        drained
+                            .first
+                            .map(|at| at.saturating_duration_since(generating)),
+                        drained.deltas,
+                        self.features.prompt_tokens,
+                    );
+                }
                 self.attempts
                     .push(attempt(Usage::default(), None, None, Some(e.to_string())));
                 Err(e)
@@ -2282,6 +2310,7 @@ impl Execution<'_> {
         let mut text = String::new();
         let mut first_token = None;
         let started = Instant::now();
+        self.drained = Drained::default();
         loop {
             let next = match self.deadline {
                 Some(d) => tokio::time::timeout_at(d.into(), stream.next())
@@ -2296,6 +2325,10 @@ impl Execution<'_> {
                 Some(Ok(StreamEvent::Delta(d))) => {
                     if !d.is_empty() {
                         first_token.get_or_insert_with(Instant::now);
+                        self.drained = Drained {
+                            deltas: self.drained.deltas + 1,
+                            first: first_token,
+                        };
                     }
                     if let Some(r) = received {
                         r.add(&d);

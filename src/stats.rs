@@ -350,6 +350,50 @@ impl StatsRecorder {
         self.remember(Tier::Local, speed);
     }
 
+    /// Feeds the local latency models from an answer the deadline cut short while it was
+    /// being generated: `tokens` (text deltas, about one per token) came in `elapsed`, the
+    /// first after `first_token`. With tokens, that measures this device's speed as a whole
+    /// answer does (its prompt taken as `prompt_tokens` plus the measured overhead). With
+    /// none, `elapsed` is only a lower bound on the time to first token: it joins the p95
+    /// window and raises the measured averages it exceeds, never lowers them. Without this,
+    /// an estimate too low for the device would keep sending requests with deadlines to the
+    /// device to time out, learning nothing.
+    pub fn observe_local_cut_short(
+        &self,
+        elapsed: Duration,
+        first_token: Option<Duration>,
+        tokens: u64,
+        prompt_tokens: u32,
+    ) {
+        if tokens > 0 {
+            let overhead = self.with(|s| s.local_prompt_overhead.unwrap_or(0.0));
+            let input = u64::from(prompt_tokens) + overhead.round() as u64;
+            let usage = Usage::new(input, tokens);
+            self.observe_local(elapsed, first_token, usage, prompt_tokens);
+            return;
+        }
+        let speed = self.with(|s| {
+            let model_prompt =
+                (f64::from(prompt_tokens) + s.local_prompt_overhead.unwrap_or(0.0)).max(1.0);
+            let raise = |estimate: &mut Option<f64>, bound: f64| {
+                if let Some(now) = *estimate {
+                    if bound > now {
+                        *estimate = Some(ewma(Some(now), bound));
+                    }
+                }
+            };
+            raise(
+                &mut s.local_ms_per_token,
+                ms(elapsed) / (model_prompt / 8.0),
+            );
+            let t = &mut s.tier_first;
+            raise(&mut t.local_ms_per_input_token, ms(elapsed) / model_prompt);
+            t.local_window.push(ms(elapsed));
+            self.speed(s, Tier::Local)
+        });
+        self.remember(Tier::Local, speed);
+    }
+
     /// Feeds a tier's first-token p95 window from a call that was cancelled (it lost a hedge):
     /// `first_token` is when its first token came or, when none came and the call was the
     /// hedge's first tier, how long it ran without one -- a lower bound. Leaving out the calls
@@ -932,6 +976,51 @@ mod tests {
                 .latency_estimates(&model(), 40, 125)
                 .local_first_token_ms,
             Some(40)
+        );
+    }
+
+    /// An answer the deadline cut short still measures the device: with tokens, as a whole
+    /// answer does; with none, as a lower bound that only ever raises the estimates.
+    #[test]
+    fn answers_cut_short_by_the_deadline_feed_the_local_estimates() {
+        let ms = Duration::from_millis;
+        // The policy's model says 10 ms per token; this device took 1300 ms for 40/8 + 125
+        // tokens when the deadline cut it (the request's 10 tokens ran as 40, as measured).
+        let rec = StatsRecorder::default();
+        rec.observe_local(ms(130), Some(ms(40)), Usage::new(40, 8), 10);
+        rec.observe_local_cut_short(ms(1300), Some(ms(40)), 125, 10);
+        let e = rec.latency_estimates(&model(), 10, 125);
+        assert_eq!(e.local_observations, 2);
+        // (130/13 = 10 ms per token, then 1300/130 = 10: the EWMA stays at 10.)
+        assert_eq!(e.local_ms, Some(1300));
+        let slow = StatsRecorder::default();
+        slow.observe_local(ms(130), Some(ms(40)), Usage::new(40, 8), 10);
+        slow.observe_local_cut_short(ms(3900), Some(ms(40)), 125, 10);
+        let e = slow.latency_estimates(&model(), 10, 125);
+        assert!(e.local_ms > Some(1300), "{e:?}");
+
+        // No token before the deadline: a lower bound. Above the estimates, it raises them.
+        let rec = StatsRecorder::default();
+        rec.observe_local(ms(130), Some(ms(40)), Usage::new(40, 8), 10);
+        let before = rec.latency_estimates(&model(), 10, 125);
+        rec.observe_local_cut_short(ms(400), None, 0, 10);
+        let after = rec.latency_estimates(&model(), 10, 125);
+        assert!(after.local_first_token_ms > before.local_first_token_ms);
+        assert!(after.local_ms > before.local_ms);
+        assert_eq!(after.local_observations, 1);
+        // Below them, it changes no average.
+        rec.observe_local_cut_short(ms(5), None, 0, 10);
+        let again = rec.latency_estimates(&model(), 10, 125);
+        assert_eq!(
+            (again.local_ms, again.local_first_token_ms),
+            (after.local_ms, after.local_first_token_ms)
+        );
+        // With nothing measured yet, the policy's model stays (the bound joins the p95 window).
+        let fresh = StatsRecorder::default();
+        fresh.observe_local_cut_short(ms(9000), None, 0, 10);
+        assert_eq!(
+            fresh.latency_estimates(&model(), 10, 125),
+            StatsRecorder::default().latency_estimates(&model(), 10, 125)
         );
     }
 

@@ -1156,3 +1156,52 @@ async fn a_request_over_the_size_limit_is_refused_before_any_tier_runs() {
     assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
     assert_eq!(model.calls(), 1);
 }
+
+/// A local backend that writes three words, then nothing more (a device far slower than the
+/// policy's `[latency]` model says).
+struct ThreeWordsThenNothing;
+
+#[async_trait::async_trait]
+impl edgeroute::backend::Backend for ThreeWordsThenNothing {
+    fn name(&self) -> &str {
+        "three-words"
+    }
+    async fn stream(
+        &self,
+        _call: edgeroute::backend::BackendCall,
+    ) -> edgeroute::Result<edgeroute::backend::EventStream> {
+        let words = ["one", " two", " three"]
+            .map(|w| Ok(edgeroute::backend::StreamEvent::Delta(w.to_string())));
+        Ok(Box::pin(
+            futures::stream::iter(words).chain(futures::stream::pending()),
+        ))
+    }
+}
+
+/// A local answer the deadline cuts short still teaches the router this device's speed:
+/// otherwise an estimate too low for the device would send every request with a deadline to
+/// time out on it again, learning nothing.
+#[tokio::test]
+async fn a_local_answer_cut_short_by_the_deadline_feeds_the_latency_estimates() {
+    let r = Router::builder()
+        .policy_str("[defaults]\nroute = \"local\"\n")
+        .local_backend(Arc::new(ThreeWordsThenNothing))
+        .cache(false)
+        .build()
+        .unwrap();
+    let latency = || {
+        let req = Request::new("What is a monad?");
+        let features = edgeroute::inspect::inspect(r.policy(), &req);
+        r.signals(&req, &features).latency
+    };
+    let before = latency();
+    assert_eq!(before.local_observations, 0);
+    let mut req = Request::new("What is a monad?");
+    req.deadline = Some(Duration::from_millis(300));
+    let err = r.complete(req).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    let after = latency();
+    assert_eq!(after.local_observations, 1);
+    // Three tokens in 300 ms and more: about 100 ms per token, the policy's model 10.
+    assert!(after.local_ms > before.local_ms, "{before:?} -> {after:?}");
+}
