@@ -158,7 +158,8 @@ pub enum Error {
     #[error("malformed response from the cloud: {0}; check that [cloud].base_url is the provider's API and [cloud].provider its protocol")]
     MalformedResponse(String),
 
-    /// A stream ended before its terminator (`[DONE]` / `message_stop`).
+    /// A stream ended before its terminator (`[DONE]` / `message_stop`) and before its finish
+    /// reason.
     #[error("stream truncated: {0}; the partial answer was discarded (the connection or the provider cut it short: try again)")]
     TruncatedStream(String),
 

@@ -388,6 +388,26 @@ async fn malformed_json_is_typed_and_not_retried() {
     }
 }
 
+/// A stream that ends cleanly after its finish reason, without `[DONE]` / `message_stop` (as
+/// some OpenAI-compatible servers send it), is a whole answer: not an error, not a failure in
+/// the breaker, not a reason to answer again elsewhere.
+#[tokio::test]
+async fn a_stream_ending_after_its_finish_reason_is_a_whole_answer() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::NoTerminator);
+    for cfg in configs(&fake) {
+        let mut cfg = cfg;
+        cfg.breaker.consecutive_failures = 1;
+        let backend = CloudBackend::new(cfg).unwrap();
+        let out = collect(backend.stream(call("hi")).await.unwrap()).await;
+        assert_eq!(out.deltas.concat(), DEFAULT_REPLY);
+        let g = out.outcome.unwrap();
+        assert_eq!(g.text, DEFAULT_REPLY);
+        assert!(!g.usage_estimated);
+        assert_eq!(backend.breaker_state(), BreakerState::Closed);
+    }
+}
+
 #[tokio::test]
 async fn a_truncated_stream_is_an_error_never_a_partial_answer() {
     let fake = FakeProvider::start().await;
@@ -396,7 +416,8 @@ async fn a_truncated_stream_is_an_error_never_a_partial_answer() {
         fake.reset_counts();
         let backend = CloudBackend::new(cfg).unwrap();
         let out = collect(backend.stream(call("hi")).await.unwrap()).await;
-        // Every token arrived, but without the terminator the answer is not trusted.
+        // Every token arrived, but without a finish reason or the terminator the answer is
+        // not trusted.
         assert_eq!(out.deltas.concat(), DEFAULT_REPLY);
         let err = out.outcome.unwrap_err();
         assert!(matches!(err, Error::TruncatedStream(_)), "{err:?}");

@@ -74,9 +74,12 @@ pub enum Behavior {
     IgnoresStream,
     /// HTTP 200 with a body that is not valid JSON (for streams: an event with invalid JSON).
     MalformedJson,
-    /// A stream whose body ends cleanly but without `[DONE]` / `message_stop`
-    /// (non-streaming: the JSON cut in half).
+    /// A stream whose body ends cleanly after the text, before the finish reason and the
+    /// terminator (non-streaming: the JSON cut in half).
     TruncatedStream,
+    /// A stream with everything but its terminator: it ends cleanly after the finish reason
+    /// (and usage) without `[DONE]` / `message_stop`, as some OpenAI-compatible servers do.
+    NoTerminator,
     /// Exactly this status, these headers and this body, whatever the protocol (redirects,
     /// odd headers, provider-specific error bodies).
     Raw {
@@ -351,16 +354,17 @@ async fn handle(
     };
 
     match behavior {
-        Behavior::Ok | Behavior::OkWithoutUsage => ok(&answer, stream, None, false, false),
+        Behavior::Ok | Behavior::OkWithoutUsage => ok(&answer, stream, None, false, Cut::No),
         Behavior::SlowHeaders(d) => {
             tokio::time::sleep(d).await;
-            ok(&answer, stream, None, false, false)
+            ok(&answer, stream, None, false, Cut::No)
         }
-        Behavior::Trickle(d) => ok(&answer, stream, Some(d), false, false),
-        Behavior::IgnoresStream => ok(&answer, false, None, false, false),
-        Behavior::ResetMidBody => ok(&answer, stream, None, true, false),
+        Behavior::Trickle(d) => ok(&answer, stream, Some(d), false, Cut::No),
+        Behavior::IgnoresStream => ok(&answer, false, None, false, Cut::No),
+        Behavior::ResetMidBody => ok(&answer, stream, None, true, Cut::No),
         Behavior::StallAfterFirstToken(d) => stalled(&answer, d),
-        Behavior::TruncatedStream => ok(&answer, stream, None, false, true),
+        Behavior::TruncatedStream => ok(&answer, stream, None, false, Cut::BeforeFinish),
+        Behavior::NoTerminator => ok(&answer, stream, None, false, Cut::BeforeTerminator),
         Behavior::MalformedJson => {
             if stream {
                 let body = "data: {\"choices\": [{\"delta\": {\"content\": \"Hi\"}}]\n\ndata: {not json\n\n";
@@ -532,12 +536,14 @@ impl Answer {
         v.to_string()
     }
 
-    /// SSE events; the index of the first event carrying text; the index of the terminator.
-    fn events(&self) -> (Vec<String>, usize, usize) {
+    /// SSE events; the index of the first event carrying text; the index of the event with
+    /// the finish reason; the index of the terminator.
+    fn events(&self) -> (Vec<String>, usize, usize, usize) {
         let pieces: Vec<&str> = self.reply.split_inclusive(' ').collect();
         let c = self.completion_tokens();
         let mut ev = Vec::new();
         let first_text;
+        let finish_at;
         match self.proto {
             Proto::OpenAi => {
                 let chunk = |delta: Value, finish: Value| {
@@ -555,6 +561,7 @@ impl Answer {
                 for piece in &pieces {
                     ev.push(chunk(json!({"content": piece}), Value::Null));
                 }
+                finish_at = ev.len();
                 ev.push(chunk(json!({}), json!(self.stop_reason)));
                 if self.include_usage {
                     ev.push(format!(
@@ -596,12 +603,13 @@ impl Answer {
                     "content_block_stop",
                     json!({"type": "content_block_stop", "index": 0}),
                 ));
+                finish_at = ev.len();
                 ev.push(event("message_delta", delta));
                 ev.push(event("message_stop", json!({"type": "message_stop"})));
             }
         }
         let terminator = ev.len() - 1;
-        (ev, first_text, terminator)
+        (ev, first_text, finish_at, terminator)
     }
 }
 
@@ -634,25 +642,32 @@ fn respond(status: StatusCode, headers: Vec<(&'static str, String)>, body: Body)
     b.body(body).expect("response")
 }
 
-/// A normal answer, optionally trickled, cut by a reset, or truncated.
-fn ok(
-    a: &Answer,
-    stream: bool,
-    trickle: Option<Duration>,
-    reset: bool,
-    truncate: bool,
-) -> Response {
+/// Where a body that ends cleanly ends early.
+#[derive(Clone, Copy, PartialEq)]
+enum Cut {
+    /// It does not.
+    No,
+    /// Streams: after the text (non-streaming: half-way through the JSON).
+    BeforeFinish,
+    /// Streams: after the finish reason and usage (non-streaming: it does not).
+    BeforeTerminator,
+}
+
+/// A normal answer, optionally trickled, cut by a reset, or ending early.
+fn ok(a: &Answer, stream: bool, trickle: Option<Duration>, reset: bool, cut: Cut) -> Response {
     // Pieces of the body, and where a reset cuts in.
     let (pieces, reset_after): (Vec<String>, usize) = if stream {
-        let (mut ev, first_text, terminator) = a.events();
-        if truncate {
-            ev.truncate(terminator);
+        let (mut ev, first_text, finish_at, terminator) = a.events();
+        match cut {
+            Cut::No => {}
+            Cut::BeforeFinish => ev.truncate(finish_at),
+            Cut::BeforeTerminator => ev.truncate(terminator),
         }
         (ev, first_text + 1)
     } else {
         let body = a.json();
         let half = body.len() / 2;
-        if truncate {
+        if cut == Cut::BeforeFinish {
             (vec![body[..half].to_owned()], usize::MAX)
         } else if trickle.is_some() {
             let chars: Vec<char> = body.chars().collect();
@@ -699,7 +714,7 @@ fn ok(
 
 /// A stream that goes silent for `stall` after its first token, then finishes.
 fn stalled(a: &Answer, stall: Duration) -> Response {
-    let (events, first_text, _) = a.events();
+    let (events, first_text, _, _) = a.events();
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, io::Error>>(4);
     tokio::spawn(async move {
         for (i, piece) in events.into_iter().enumerate() {

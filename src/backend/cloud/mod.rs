@@ -17,10 +17,10 @@
 //!
 //! [`Backend::stream`] returns once the first token has arrived, so every retry happens before
 //! the caller has seen any text; after that, failures end the stream with an error
-//! ([`Error::TruncatedStream`] when the provider's terminator never came), never with a silently
-//! partial answer. [`Backend::generate`] uses the non-streaming endpoint; since a non-streaming
-//! response arrives only once the whole answer is generated, `first_token_timeout` does not
-//! apply to it (connect and total do).
+//! ([`Error::TruncatedStream`] when neither the provider's terminator nor its finish reason
+//! came), never with a silently partial answer. [`Backend::generate`] uses the non-streaming
+//! endpoint; since a non-streaming response arrives only once the whole answer is generated,
+//! `first_token_timeout` does not apply to it (connect and total do).
 //!
 //! # Breaker accounting
 //!
@@ -875,7 +875,8 @@ impl Live {
                 }
             };
             let Some(chunk) = chunk else {
-                // End of body: complete only if the provider's terminator came.
+                // End of body: complete only if the provider's terminator, or at least its
+                // finish reason, came.
                 self.parser.finish(&mut self.events)?;
                 for event in self.events.drain(..) {
                     if let Some(delta) = decoder.on_event(&event)? {

@@ -166,9 +166,12 @@ impl StreamDecoder {
         self.terminated
     }
 
-    /// The final generation; [`Error::TruncatedStream`] when the terminator never came.
+    /// The final generation, once the terminator came or, for a body that ended without
+    /// it, once the finish reason had (`finish_reason` / `stop_reason`: the answer is whole;
+    /// some OpenAI-compatible servers close the stream there, and the usage that may follow
+    /// is then estimated). [`Error::TruncatedStream`] when neither came.
     pub fn finish(self) -> Result<Generation> {
-        if !self.terminated {
+        if !self.terminated && self.acc.finish.is_none() {
             return Err(Error::TruncatedStream(format!(
                 "the {} stream ended without {}",
                 self.provider,
