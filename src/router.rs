@@ -237,10 +237,19 @@ impl RouterBuilder {
             None => None,
         };
         let store = if self.use_cache {
+            // With the output limits and penalty the policy gives each tier's calls: a policy
+            // with an explicit `version` keeps it across edits, and an answer cut at 128
+            // tokens must not answer once the limit is 2,048.
             let model_id = format!(
-                "local={};cloud={}",
+                "local={};cloud={};limits=local-max{}-rp{}/cloud-max{}",
                 local.as_ref().map_or_else(|| "-".into(), |l| l.identity()),
-                cloud.as_ref().map_or_else(|| "-".into(), |c| c.identity())
+                cloud.as_ref().map_or_else(|| "-".into(), |c| c.identity()),
+                policy.local.max_new_tokens,
+                policy.local.repetition_penalty,
+                policy
+                    .cloud
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |c| c.max_tokens.to_string()),
             );
             match crate::wiring::Store::open(&policy, &home, self.cache_key, model_id) {
                 Ok(store) => Some(store),

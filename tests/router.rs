@@ -310,6 +310,35 @@ fn cached_router(model: Arc<EchoModel>, home: &std::path::Path, policy: &str) ->
         .unwrap()
 }
 
+/// The output limit and penalty the policy gives the tier's calls are part of the key: a
+/// policy with an explicit `version` keeps it across edits, and an answer cut at one limit
+/// must not answer under another.
+#[tokio::test]
+async fn answers_made_under_other_output_limits_are_not_served() {
+    let home = tempfile::tempdir().unwrap();
+    let model = Arc::new(EchoModel::default());
+    let policy =
+        |local: &str| format!("version = \"1\"\n[local]\n{local}\n[defaults]\nroute = \"local\"\n");
+    let ask = |limits: &str| {
+        let r = cached_router(model.clone(), home.path(), &policy(limits));
+        async move {
+            r.complete(Request::new("What is a monad?"))
+                .await
+                .unwrap()
+                .route
+        }
+    };
+    assert_eq!(ask("max_new_tokens = 128").await, Route::Local);
+    assert_eq!(ask("max_new_tokens = 128").await, Route::Cache);
+    assert_eq!(ask("max_new_tokens = 2048").await, Route::Local);
+    assert_eq!(
+        ask("max_new_tokens = 2048\nrepetition_penalty = 1.3").await,
+        Route::Local
+    );
+    assert_eq!(ask("max_new_tokens = 128").await, Route::Cache);
+    assert_eq!(model.calls(), 3);
+}
+
 #[tokio::test]
 async fn repeated_question_is_served_from_the_encrypted_cache() {
     let home = tempfile::tempdir().unwrap();
