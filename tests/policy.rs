@@ -623,6 +623,49 @@ fn all_errors_are_reported_at_once() {
     assert!(diags.len() >= 3, "{}", render_diagnostics(&diags));
 }
 
+/// A rule whose conditions had errors is not taken for one that always matches: its errors
+/// are reported, not a false "unreachable" for every later rule and [defaults]; and an error
+/// that merely names such a rule (a duplicate name, a test naming a rule that does not exist)
+/// is still reported.
+#[test]
+fn a_rule_with_a_bad_condition_makes_no_false_errors_and_hides_no_real_ones() {
+    let rules = |first: &str| {
+        format!(
+            "[[rule]]\nname = \"first\"\nroute = \"local\"\n[rule.when]\n{first}\n\
+             [[rule]]\nname = \"second\"\nroute = \"local\"\n[rule.when]\ntags_any = [\"x\"]\n\
+             [[rule]]\nname = \"third\"\nroute = \"local\"\n[rule.when]\ntask = \"y\"\n\
+             [defaults]\nroute = \"local\"\n"
+        )
+    };
+    for (first, error) in [
+        ("network = \"ofline\"", "network"),
+        ("budget_left_usd_lt = \"lots\"", "budget_left_usd_lt"),
+        ("pii_any = \"email\"", "pii_any"),
+        ("prompt_tokens_gt = -1", "prompt_tokens_gt"),
+    ] {
+        let diags = compile_str(&rules(first), Path::new("p.toml")).unwrap_err();
+        let text = render_diagnostics(&diags);
+        assert!(
+            diags.iter().all(|d| d.path.starts_with("rule[0]")),
+            "{first}\n=> {text}"
+        );
+        assert!(text.contains(error), "{first}\n=> {text}");
+        assert!(
+            !text.contains("unreachable") && !text.contains("never used"),
+            "{text}"
+        );
+    }
+    // Real errors that name the rule with the wrong-shaped key are still reported.
+    let src = format!(
+        "{}[[rule]]\nname = \"first\"\nroute = \"local\"\n\
+         [[test]]\nprompt = \"hi\"\nexpect_route = \"local\"\nexpect_rule = \"firstt\"\n",
+        rules("pii_any = \"email\"")
+    );
+    let text = render_diagnostics(&compile_str(&src, Path::new("p.toml")).unwrap_err());
+    assert!(text.contains("duplicate rule name `first`"), "{text}");
+    assert!(text.contains("`firstt`"), "{text}");
+}
+
 #[test]
 fn shipped_policies_compile_and_pass_their_tests() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");

@@ -453,30 +453,26 @@ pub fn compile_str(src: &str, file: &Path) -> Result<CompiledPolicy, Vec<Diagnos
     let Some(raw) = shape.raw else {
         return Err(sorted(shape.diags));
     };
-    let touched_rules: Vec<String> = raw
-        .rule
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| shape.touched.has_section(&format!("rule[{i}]")))
-        .filter_map(|(_, r)| r.name.as_ref().map(|n| format!("`{n}`")))
+    // Rules with a key taken out for its shape: what is left of them does not say which
+    // requests they take.
+    let incomplete_rules = (0..raw.rule.len())
+        .filter(|i| shape.touched.has_section(&format!("rule[{i}]")))
         .collect();
     let compiled = Compiler {
         map: &map,
         diags: Vec::new(),
         warnings: Vec::new(),
+        incomplete_rules,
     }
     .compile(raw, src);
     if shape.diags.is_empty() {
         return compiled.map_err(sorted);
     }
     // The file's shape was wrong somewhere: report that, and whatever else is wrong, except
-    // what only follows from the keys taken out (a rule whose only condition was misspelled
-    // would also be "a rule with no conditions", shadowing the rules after it).
+    // what only follows from the keys taken out.
     let mut diags = shape.diags;
     if let Err(more) = compiled {
-        diags.extend(more.into_iter().filter(|d| {
-            !shape.touched.caused(d) && !touched_rules.iter().any(|n| d.message.contains(n))
-        }));
+        diags.extend(more.into_iter().filter(|d| !shape.touched.caused(d)));
     }
     Err(sorted(diags))
 }
@@ -821,6 +817,8 @@ struct Compiler<'a> {
     diags: Vec<Diagnostic>,
     /// What is valid but probably not what the author meant.
     warnings: Vec<Diagnostic>,
+    /// Rules (by index) that lost a key to an error in the file's shape.
+    incomplete_rules: Vec<usize>,
 }
 
 impl Compiler<'_> {
@@ -974,8 +972,12 @@ impl Compiler<'_> {
 
         let mut rules = Vec::with_capacity(raw.rule.len());
         // Every rule tried so far, by name, with its conditions; even one with an error of its
-        // own, so that a later rule or a test that names it is not wrong too.
-        let mut earlier: Vec<(String, Vec<Condition>)> = Vec::new();
+        // own, so that a later rule or a test that names it is not wrong too. A rule whose
+        // conditions had errors (a bad value, a key with the wrong shape) has `None`: what is
+        // left of them says nothing of the requests it takes, so it is not held to shadow the
+        // rules after it or [defaults] (a rule whose only condition was misspelled would look
+        // like one that always matches, and every later rule would be "unreachable").
+        let mut earlier: Vec<(String, Option<Vec<Condition>>)> = Vec::new();
         for (i, r) in raw.rule.iter().enumerate() {
             let path = root.key("rule").index(i);
             let name = match r.name.as_deref().map(str::trim) {
@@ -996,16 +998,21 @@ impl Compiler<'_> {
                     format!("duplicate rule name `{name}`: rule names must be unique"),
                 );
             }
+            let errors_before = self.diags.len();
             let conditions = match &r.when {
                 Some(w) => self.conditions(w, &path.key("when"), &ctx),
                 None => Vec::new(),
             };
+            let complete = self.diags.len() == errors_before && !self.incomplete_rules.contains(&i);
             // Rules are tried in order: one whose every request an earlier rule takes first
             // can never fire (the earlier rule's conditions all follow from its own).
-            if let Some((prev, earlier)) = earlier
-                .iter()
-                .find(|(_, earlier)| shadows(earlier, &conditions))
-            {
+            let shadowing = earlier.iter().find_map(|(prev, earlier)| {
+                earlier
+                    .as_ref()
+                    .filter(|earlier| complete && shadows(earlier, &conditions))
+                    .map(|earlier| (prev, earlier))
+            });
+            if let Some((prev, earlier)) = shadowing {
                 let why = if earlier.is_empty() {
                     "before it has no conditions and always matches".to_string()
                 } else {
@@ -1016,7 +1023,7 @@ impl Compiler<'_> {
                     format!("rule `{name}` is unreachable: rule `{prev}` {why}"),
                 );
             }
-            earlier.push((name.clone(), conditions.clone()));
+            earlier.push((name.clone(), complete.then(|| conditions.clone())));
             if r.route.is_none() {
                 self.error(
                     &path,
@@ -1037,7 +1044,10 @@ impl Compiler<'_> {
             }
         }
 
-        let catch_all = earlier.iter().find(|(_, c)| c.is_empty()).map(|(n, _)| n);
+        let catch_all = earlier
+            .iter()
+            .find(|(_, c)| c.as_ref().is_some_and(Vec::is_empty))
+            .map(|(n, _)| n);
         if let (Some(prev), Some(_)) = (catch_all, &raw.defaults) {
             self.error(
                 &root.key("defaults"),
