@@ -587,6 +587,14 @@ fn conditions_that_could_never_hold_are_errors() {
             "PII kind `email` is not detected",
         ),
         (rule("cloud_health = []"), "list at least one cloud health"),
+        (
+            rule("network = \"offline\""),
+            "this policy has no [cloud] section",
+        ),
+        (
+            rule("cloud_health = [\"healthy\"]"),
+            "this policy has no [cloud] section",
+        ),
         (rule("tags_any = [\"vip\", \" \"]"), "a tag cannot be empty"),
         (rule("task = []"), "list at least one task"),
         (rule("task = \"\""), "a task cannot be empty"),
@@ -951,7 +959,8 @@ fn rules_that_reach_other_requests_are_not_unreachable() {
         ("network = \"online\"\ntask = \"x\"", "task = \"x\""),
     ] {
         let src = format!(
-            "[[rule]]\nname = \"a\"\nroute = \"local\"\n[rule.when]\n{first}\n\
+            "[cloud]\nmodel = \"m\"\n\
+             [[rule]]\nname = \"a\"\nroute = \"local\"\n[rule.when]\n{first}\n\
              [[rule]]\nname = \"b\"\nroute = \"local\"\n[rule.when]\n{second}\n"
         );
         if let Err(d) = compile_str(&src, Path::new("reach.toml")) {

@@ -1800,6 +1800,17 @@ impl Compiler<'_> {
                 out.push(Condition::BudgetLeftLt(d));
             }
         }
+        for (key, set) in [
+            ("network", w.network.is_some()),
+            ("cloud_health", w.cloud_health.is_some()),
+        ] {
+            if set && !ctx.has_cloud {
+                self.error(
+                    &path.key(key),
+                    format!("`{key}` is the cloud client's reading, and this policy has no [cloud] section: without one the device counts as online and the cloud as healthy, so the condition would always or never hold; remove it, or add [cloud]"),
+                );
+            }
+        }
         if let Some(n) = &w.network {
             match n.as_str() {
                 "online" => out.push(Condition::Network(Network::Online)),
