@@ -506,6 +506,29 @@ async fn a_streamed_probe_closes_the_breaker_at_its_first_token() {
     assert_eq!(fake.requests_received(), 3);
 }
 
+/// A 429 the call waits out and retries is the provider pacing a burst: only each call's last
+/// 429 counts in the breaker, so two rate-limited calls do not open it for everyone.
+#[tokio::test]
+async fn only_a_calls_last_rate_limit_counts_in_the_breaker() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::RateLimited {
+        retry_after_secs: Some(0),
+    });
+    let mut cfg = fake.openai_config();
+    cfg.retry.max_retries = 2;
+    cfg.breaker.consecutive_failures = 3;
+    let backend = CloudBackend::new(cfg).unwrap();
+    for _ in 0..2 {
+        let err = backend.generate(call("hi")).await.unwrap_err();
+        assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+    }
+    assert_eq!(fake.requests_received(), 6);
+    assert_eq!(backend.breaker_state(), BreakerState::Closed);
+    // A third call rate-limited to its end: three calls failed in a row.
+    assert!(backend.generate(call("hi")).await.is_err());
+    assert_eq!(backend.breaker_state(), BreakerState::Open);
+}
+
 #[tokio::test]
 async fn retries_count_in_the_breaker_and_stop_when_it_opens() {
     let fake = FakeProvider::start().await;

@@ -27,7 +27,9 @@
 //! Each attempt's outcome is reported to the breaker: a success, or an HTTP answer that says
 //! nothing about the provider's health (400, 401, a redirect...), counts as a success;
 //! retryable failures (408, 409, 429, 5xx, the configured timeouts, lost connections) and broken answers
-//! count as failures. A timeout set by the caller's own deadline, shorter than
+//! count as failures, except a 429 the call waits out and retries: a provider pacing a burst
+//! is not failing, so only a call's last 429 counts (a brief rate limit would otherwise open
+//! the breaker for `open_for` after two calls' retries). A timeout set by the caller's own deadline, shorter than
 //! `total_timeout`, is the exception: the provider was cut off before its configured time was
 //! up, so one such timeout is not held against it. But a provider that hangs must still open
 //! the breaker when every caller is in a hurry, so the breaker also keeps the provider's
@@ -641,13 +643,14 @@ impl Inner {
                     return Ok((v, permit));
                 }
                 Err(e) => {
-                    clock.settle(&self.breaker, permit, &e, attempt_start);
                     let Some(delay) = self.retry_delay(&e, retries, clock) else {
+                        clock.settle(&self.breaker, permit, &e, attempt_start);
                         tracing::debug!(backend = %self.name, retries, error = %e, "cloud call failed");
                         return Err(e);
                     };
                     // Asked only for a retry that would be made: it may reserve budget.
                     if report.is_some_and(|r| !r.may_retry()) {
+                        clock.settle(&self.breaker, permit, &e, attempt_start);
                         tracing::debug!(
                             backend = %self.name,
                             retries,
@@ -655,6 +658,14 @@ impl Inner {
                             "not retried: the budget has no room for another billable attempt"
                         );
                         return Err(e);
+                    }
+                    if matches!(e, Error::RateLimited { .. }) {
+                        // A rate limit the call waits out is the provider pacing it, not
+                        // failing: only a call's last 429 counts (see the module docs).
+                        self.breaker.answered(Instant::now());
+                        permit.release();
+                    } else {
+                        clock.settle(&self.breaker, permit, &e, attempt_start);
                     }
                     tracing::debug!(backend = %self.name, retries, ?delay, error = %e, "retrying cloud call");
                     tokio::time::sleep(delay).await;
