@@ -529,6 +529,51 @@ async fn only_a_calls_last_rate_limit_counts_in_the_breaker() {
     assert_eq!(backend.breaker_state(), BreakerState::Open);
 }
 
+/// A provider that starts every answer and then stalls opens the breaker even when every
+/// caller's deadline is shorter than the idle timeout: the silences after first tokens add up
+/// until a whole answer, and count once they pass `total_timeout`.
+#[tokio::test]
+async fn a_provider_stalling_after_first_tokens_opens_the_breaker_for_hurried_callers() {
+    let fake = FakeProvider::start().await;
+    fake.set_behavior(Behavior::StallAfterFirstToken(Duration::from_secs(30)));
+    let mut cfg = fake.openai_config();
+    cfg.total_timeout = Duration::from_millis(600);
+    cfg.breaker.consecutive_failures = 1;
+    cfg.breaker.open_for = Duration::from_millis(300);
+    let backend = CloudBackend::new(cfg).unwrap();
+    let mut calls = 0;
+    while backend.breaker_state() == BreakerState::Closed && calls < 10 {
+        let mut c = call("hi");
+        c.deadline = Some(Instant::now() + Duration::from_millis(250));
+        let out = collect(backend.stream(c).await.unwrap()).await;
+        assert!(
+            matches!(out.outcome, Err(Error::Timeout { .. })),
+            "{:?}",
+            out.outcome
+        );
+        calls += 1;
+    }
+    assert_eq!(backend.breaker_state(), BreakerState::Open);
+    // No single caller's deadline counts: about 250 ms of silence each, past 600 ms at the third.
+    assert!(calls >= 3, "opened after {calls} calls");
+
+    // A whole answer ends the count.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    fake.set_behavior(Behavior::Ok);
+    assert_eq!(
+        backend.generate(call("hi")).await.unwrap().text,
+        DEFAULT_REPLY
+    );
+    fake.set_behavior(Behavior::StallAfterFirstToken(Duration::from_secs(30)));
+    let mut c = call("hi");
+    c.deadline = Some(Instant::now() + Duration::from_millis(250));
+    assert!(collect(backend.stream(c).await.unwrap())
+        .await
+        .outcome
+        .is_err());
+    assert_eq!(backend.breaker_state(), BreakerState::Closed);
+}
+
 #[tokio::test]
 async fn retries_count_in_the_breaker_and_stop_when_it_opens() {
     let fake = FakeProvider::start().await;

@@ -68,7 +68,7 @@ async fn openai_non_streaming() {
 }
 
 /// A `*.localhost` name is trusted as loopback (plain http, no proxy), so it is sent to
-/// 127.0.0.1 whatever the system's resolver says (this machine's cannot resolve such names).
+/// 127.0.0.1 (or ::1) whatever the system's resolver says (this machine's cannot resolve such names).
 #[tokio::test]
 async fn a_localhost_subdomain_reaches_this_machine_only() {
     let fake = FakeProvider::start().await;

@@ -193,8 +193,9 @@ pub(crate) fn on_event(dec: &mut StreamDecoder, event: &SseEvent) -> Result<Opti
             }
         }
         StreamEvent::MessageDelta { delta, usage } => {
-            if let Some(r) = delta.and_then(|d| d.stop_reason) {
+            if let Some(r) = delta.and_then(|d| d.stop_reason).filter(|r| !r.is_empty()) {
                 dec.acc.finish = Some(finish_reason(&r));
+                dec.finish_in_event = true;
             }
             if let Some(u) = usage {
                 // Anthropic reports cumulative output tokens here.

@@ -57,6 +57,10 @@ struct State {
     /// Offline until then (`None`: online).
     offline_until: Option<Instant>,
     silence: Silence,
+    /// The provider's silence in answers it had started, since its last whole answer (a
+    /// first token does not end it: a provider that starts every answer and finishes none is
+    /// silent here).
+    stalled: Silence,
 }
 
 /// The provider's silence since its last answer. See the module docs.
@@ -67,6 +71,30 @@ struct Silence {
     /// The latest instant counted so far: the end of the last unanswered attempt, or the last
     /// answer. Time before it is never counted again.
     counted_until: Option<Instant>,
+}
+
+impl Silence {
+    /// Counts the silent span `since..now` (what was already counted, once), returning the
+    /// total.
+    fn add(&mut self, since: Instant, now: Instant) -> Duration {
+        let from = match self.counted_until {
+            Some(t) => since.max(t),
+            None => since,
+        };
+        self.total = self
+            .total
+            .saturating_add(now.saturating_duration_since(from));
+        self.counted_until = Some(self.counted_until.map_or(now, |t| t.max(now)));
+        self.total
+    }
+
+    /// An answer came at `now`: nothing before it counts.
+    fn reset(&mut self, now: Instant) {
+        *self = Silence {
+            total: Duration::ZERO,
+            counted_until: Some(now),
+        };
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +129,7 @@ impl Breaker {
                 window: VecDeque::new(),
                 offline_until: None,
                 silence: Silence::default(),
+                stalled: Silence::default(),
             }),
         }
     }
@@ -181,12 +210,7 @@ impl Breaker {
     /// An attempt got an answer from the provider at `now` (a success, an error status, a
     /// malformed body — anything but silence): its silence starts over.
     pub(crate) fn answered(&self, now: Instant) {
-        self.with_state(|s| {
-            s.silence = Silence {
-                total: Duration::ZERO,
-                counted_until: Some(now),
-            };
-        });
+        self.with_state(|s| s.silence.reset(now));
     }
 
     /// An attempt that ran from `since` to `now` ended with no answer. Returns how long the
@@ -194,18 +218,14 @@ impl Breaker {
     /// last answer, overlapping attempts counted once (time before the last counted instant
     /// is never counted twice, so a late-reported overlap can only make it shorter).
     pub(crate) fn unanswered(&self, since: Instant, now: Instant) -> Duration {
-        self.with_state(|s| {
-            let silence = &mut s.silence;
-            let from = match silence.counted_until {
-                Some(t) => since.max(t),
-                None => since,
-            };
-            silence.total = silence
-                .total
-                .saturating_add(now.saturating_duration_since(from));
-            silence.counted_until = Some(silence.counted_until.map_or(now, |t| t.max(now)));
-            silence.total
-        })
+        self.with_state(|s| s.silence.add(since, now))
+    }
+
+    /// A started answer's stream was silent from `since` (its last bytes) until `now`, when the
+    /// caller's deadline ended it. Returns the provider's silence in started answers since its
+    /// last whole answer (counted as [`Breaker::unanswered`] counts).
+    pub(crate) fn stalled(&self, since: Instant, now: Instant) -> Duration {
+        self.with_state(|s| s.stalled.add(since, now))
     }
 
     /// Asks to make one attempt.
@@ -246,6 +266,8 @@ impl Breaker {
         self.with_state(|s| {
             if ok {
                 s.consecutive = 0;
+                // A whole answer (or one that says the request was wrong): nothing stalled.
+                s.stalled.reset(now);
             } else {
                 s.consecutive = s.consecutive.saturating_add(1);
             }

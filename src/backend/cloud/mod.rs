@@ -41,7 +41,10 @@
 //! counts (it is shorter than `total_timeout` by definition), while a provider that answers
 //! nobody keeps failing each caller after `total_timeout` of cumulated silence. A provider
 //! whose every answer is slower than every caller's deadline looks the same from here, and
-//! is treated the same: the cloud is of no use to those callers.
+//! is treated the same: the cloud is of no use to those callers. Silence inside answers it
+//! has started (from its last bytes until a caller's deadline ends the stream) adds up the
+//! same way until its next whole answer, so a provider that starts every answer and then
+//! stalls opens the breaker too.
 //!
 //! While half-open, a streamed probe closes the breaker as soon as its first token arrives
 //! (the provider is answering again); the rest of its stream then counts like any call's.
@@ -169,8 +172,11 @@ impl CloudBackend {
             // another machine: such a name is this machine's, whatever DNS says.
             if let Some(url::Host::Domain(name)) = url.host() {
                 if !name.trim_end_matches('.').eq_ignore_ascii_case("localhost") {
-                    builder =
-                        builder.resolve(name, std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+                    let loopback = [
+                        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+                    ];
+                    builder = builder.resolve_to_addrs(name, &loopback);
                 }
             }
         }
@@ -624,17 +630,25 @@ impl Inner {
         self.budget.deposit();
         let mut retries = 0;
         let mut last: Option<Error> = None;
+        // The permit of an attempt answered with a 429, kept for the retry: its outcome is
+        // the last attempt's, and a half-open probe keeps its slot while it waits.
+        let mut paced: Option<Permit> = None;
         loop {
             let attempt_start = Instant::now();
             if attempt_start >= clock.total_at {
-                return Err(
-                    last.unwrap_or_else(|| clock.timeout(TimeoutPhase::Total, attempt_start))
-                );
+                let e = last.unwrap_or_else(|| clock.timeout(TimeoutPhase::Total, attempt_start));
+                if let Some(permit) = paced.take() {
+                    permit.failure();
+                }
+                return Err(e);
             }
-            let permit = match self.breaker.acquire() {
-                Ok(p) => p,
-                // Opened while we were retrying: the real failure is more useful.
-                Err(open) => return Err(last.unwrap_or(open)),
+            let permit = match paced.take() {
+                Some(p) => p,
+                None => match self.breaker.acquire() {
+                    Ok(p) => p,
+                    // Opened while we were retrying: the real failure is more useful.
+                    Err(open) => return Err(last.unwrap_or(open)),
+                },
             };
             clock.retry_advice.set(None);
             match attempt(attempt_start).await {
@@ -663,7 +677,7 @@ impl Inner {
                         // A rate limit the call waits out is the provider pacing it, not
                         // failing: only a call's last 429 counts (see the module docs).
                         self.breaker.answered(Instant::now());
-                        permit.release();
+                        paced = Some(permit);
                     } else {
                         clock.settle(&self.breaker, permit, &e, attempt_start);
                     }
@@ -756,6 +770,7 @@ impl Inner {
             decoder: Some(StreamDecoder::new(self.cfg.provider, est)),
             pending: VecDeque::new(),
             events: Vec::new(),
+            last_bytes: Instant::now(),
         };
         // Until the first token, its own limit applies, not the idle one.
         until(first_at, live.fill(Duration::MAX), || {
@@ -835,6 +850,8 @@ struct Live {
     decoder: Option<StreamDecoder>,
     pending: VecDeque<StreamEvent>,
     events: Vec<SseEvent>,
+    /// When the provider last sent bytes of this answer.
+    last_bytes: Instant,
 }
 
 impl Live {
@@ -852,6 +869,7 @@ impl Live {
             decoder: None,
             pending,
             events: Vec::new(),
+            last_bytes: Instant::now(),
         }
     }
 
@@ -885,6 +903,7 @@ impl Live {
                     .await?
                 }
             };
+            self.last_bytes = Instant::now();
             let Some(chunk) = chunk else {
                 // End of body: complete only if the provider's terminator, or at least its
                 // finish reason, came.
@@ -936,7 +955,16 @@ async fn next_event(mut st: StreamState) -> Option<(Result<StreamEvent>, Option<
         if let Err(e) = filled {
             if let Some(p) = st.permit.take() {
                 if clock.is_callers_timeout(&e) {
-                    p.release();
+                    // The provider had been silent since its last bytes. Such silences add
+                    // up until its next whole answer, so one that starts every answer and
+                    // then stalls opens the breaker even when every caller is in a hurry (a
+                    // first token ends the other silence count, which would never get there).
+                    let silence = st.inner.breaker.stalled(st.live.last_bytes, Instant::now());
+                    if silence > clock.silence_limit {
+                        p.failure();
+                    } else {
+                        p.release();
+                    }
                 } else {
                     p.failure();
                 }

@@ -188,8 +188,10 @@ pub(crate) fn on_event(dec: &mut StreamDecoder, event: &SseEvent) -> Result<Opti
     apply_usage(&mut dec.acc, chunk.usage);
     let mut text: Option<String> = None;
     for choice in chunk.choices {
-        if let Some(r) = choice.finish_reason.as_deref() {
+        // Some servers send `""` (or null) on every chunk: not a finish reason.
+        if let Some(r) = choice.finish_reason.as_deref().filter(|r| !r.is_empty()) {
             dec.acc.finish = Some(finish_reason(r));
+            dec.finish_in_event = true;
         }
         if let Some(c) = choice.delta.and_then(|d| d.content) {
             text.get_or_insert_with(String::new).push_str(&c);
@@ -238,6 +240,45 @@ mod tests {
         let v = serde_json::to_value(RequestBody::new(&legacy, &call, false)).unwrap();
         assert_eq!(v["max_tokens"], 7);
         assert!(v.get("max_completion_tokens").is_none());
+    }
+
+    /// A stream that ends without `[DONE]` is whole only when its last word was a finish
+    /// reason: not an empty one (some servers send `""` on every chunk), and not one followed
+    /// by more text (some send a reason on a chunk before the last).
+    #[test]
+    fn a_stream_without_done_is_whole_only_after_a_final_finish_reason() {
+        use crate::backend::cloud::protocol::StreamDecoder;
+        use crate::backend::cloud::sse::SseEvent;
+        let chunk = |text: &str, finish: &str| SseEvent {
+            event: String::new(),
+            data: format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"content":{}}},"finish_reason":{finish}}}]}}"#,
+                serde_json::to_string(text).unwrap()
+            ),
+        };
+        let run = |events: &[SseEvent]| {
+            let mut dec = StreamDecoder::new(Provider::OpenAi, 1);
+            for e in events {
+                dec.on_event(e).unwrap();
+            }
+            dec.finish()
+        };
+        let stop = "\"stop\"";
+        let empty = "\"\"";
+        let whole = run(&[chunk("Hel", "null"), chunk("lo", "null"), chunk("", stop)]);
+        assert_eq!(whole.unwrap().text, "Hello");
+        let whole = run(&[chunk("Hel", "null"), chunk("lo", "\"length\"")]);
+        assert_eq!(whole.unwrap().finish, FinishReason::Length);
+        for cut in [
+            vec![chunk("Hel", empty), chunk("lo", empty)],
+            vec![chunk("Hel", stop), chunk("lo", "null")],
+            vec![chunk("Hel", "null"), chunk("lo", "null")],
+        ] {
+            assert!(
+                matches!(run(&cut), Err(Error::TruncatedStream(_))),
+                "{cut:?}"
+            );
+        }
     }
 
     #[test]

@@ -132,6 +132,11 @@ pub struct StreamDecoder {
     estimated_input_tokens: u64,
     pub(crate) acc: Parsed,
     pub(crate) terminated: bool,
+    /// Set by the provider's event handler when the event carries a finish reason.
+    pub(crate) finish_in_event: bool,
+    /// The last event with text or a finish reason had a finish reason: nothing came after
+    /// the provider said the answer was done.
+    finished_last: bool,
 }
 
 impl StreamDecoder {
@@ -142,6 +147,8 @@ impl StreamDecoder {
             estimated_input_tokens,
             acc: Parsed::default(),
             terminated: false,
+            finish_in_event: false,
+            finished_last: false,
         }
     }
 
@@ -151,12 +158,20 @@ impl StreamDecoder {
         if self.terminated {
             return Ok(None);
         }
+        self.finish_in_event = false;
         let delta = match self.provider {
             Provider::OpenAi => openai::on_event(self, event)?,
             Provider::Anthropic => anthropic::on_event(self, event)?,
         };
         if let Some(d) = &delta {
             self.acc.text.push_str(d);
+        }
+        if self.finish_in_event {
+            self.finished_last = true;
+        } else if delta.as_deref().is_some_and(|d| !d.is_empty()) {
+            // Text after a finish reason: that one was not the end (some servers send a
+            // reason on a chunk before the last).
+            self.finished_last = false;
         }
         Ok(delta.filter(|d| !d.is_empty()))
     }
@@ -167,11 +182,11 @@ impl StreamDecoder {
     }
 
     /// The final generation, once the terminator came or, for a body that ended without
-    /// it, once the finish reason had (`finish_reason` / `stop_reason`: the answer is whole;
-    /// some OpenAI-compatible servers close the stream there, and the usage that may follow
-    /// is then estimated). [`Error::TruncatedStream`] when neither came.
+    /// it, once a finish reason had with no text after it (`finish_reason` / `stop_reason`:
+    /// the answer is whole; some OpenAI-compatible servers close the stream there, and the
+    /// usage that may follow is then estimated). [`Error::TruncatedStream`] otherwise.
     pub fn finish(self) -> Result<Generation> {
-        if !self.terminated && self.acc.finish.is_none() {
+        if !self.terminated && !self.finished_last {
             return Err(Error::TruncatedStream(format!(
                 "the {} stream ended without {}",
                 self.provider,
