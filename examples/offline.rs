@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use edgeroute::backend::cloud::{ApiKey, CloudBackend, CloudConfig};
+use edgeroute::backend::local::LocalBackend;
 use edgeroute::{Request, Router};
 
 #[tokio::main]
@@ -13,10 +14,14 @@ async fn main() -> edgeroute::Result<()> {
     let unreachable = CloudConfig::openai("gpt-4o-mini")
         .with_base_url("http://127.0.0.1:9/v1")
         .with_api_key(ApiKey::new("sk-example"));
+    // A home of its own for the cost ledger the policy's [budget] needs (and an empty answer
+    // cache); the model comes from the usual one.
+    let home = tempfile::tempdir().map_err(|e| edgeroute::Error::io("a temporary home", e))?;
     let router = Router::builder()
         .policy_file("policies/default.toml")
+        .home(home.path())
+        .local_backend(Arc::new(LocalBackend::builder().commit()?))
         .cloud_backend(Arc::new(CloudBackend::new(unreachable)?))
-        .cache(false)
         .build()?;
     let prompts = [
         Request::new("Prove that there are infinitely many primes.")

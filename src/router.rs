@@ -266,9 +266,6 @@ impl RouterBuilder {
         } else {
             None
         };
-        if policy.budget.has_limits() && store.is_none() && cloud.is_some() {
-            tracing::warn!("the policy sets [budget] limits, but this router has no cost ledger (`RouterBuilder::cache(false)`): its cloud budget counts as spent, and [budget] on_exhausted applies to every cloud plan");
-        }
         if policy.distill.collect && store.is_none() {
             tracing::warn!("[distill] collect = true, but this router has no database (`RouterBuilder::cache(false)`, or the database cannot be used): no cloud answers are kept");
         }
@@ -293,6 +290,7 @@ impl RouterBuilder {
                 store,
                 work,
                 closing: std::sync::atomic::AtomicBool::new(false),
+                warned_no_ledger: std::sync::atomic::AtomicBool::new(false),
                 stats: Arc::new(stats),
                 speed_ids,
                 trace_content: self.trace_content,
@@ -311,6 +309,8 @@ struct Inner {
     work: Arc<crate::wiring::UnsettledWork>,
     /// Set by [`Router::shutdown`]: no new request is taken.
     closing: std::sync::atomic::AtomicBool,
+    /// Whether a request was told the budget counts as spent for want of a cost ledger.
+    warned_no_ledger: std::sync::atomic::AtomicBool,
     stats: Arc<StatsRecorder>,
     /// What the tiers' remembered speeds are filed under (see [`Router::recall_latency`]).
     speed_ids: SpeedIds,
@@ -717,6 +717,15 @@ impl Router {
         // earlier request with other tags or another task left in the cache)
         let t = Instant::now();
         let signals = self.signals(&request, &features);
+        if inner.store.is_none()
+            && inner.policy.budget.has_limits()
+            && inner.cloud.is_some()
+            && !inner
+                .warned_no_ledger
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!("the policy sets [budget] limits, but this router has no cost ledger (`RouterBuilder::cache(false)`): its cloud budget counts as spent, and [budget] on_exhausted applies to every cloud plan");
+        }
         let mut decision =
             tracing::debug_span!("edgeroute.decide").in_scope(|| self.decide(&features, &signals));
         timings.decide = t.elapsed();
@@ -1492,7 +1501,6 @@ impl Exchange {
     }
 }
 
-/// One request's execution: runs the plan, keeps every attempt in order.
 /// What a drained stream delivered before it ended, however it ended.
 #[derive(Debug, Default, Clone, Copy)]
 struct Drained {
@@ -1502,6 +1510,7 @@ struct Drained {
     first: Option<Instant>,
 }
 
+/// One request's execution: runs the plan, keeps every attempt in order.
 struct Execution<'a> {
     router: &'a Router,
     request: &'a Request,

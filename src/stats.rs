@@ -332,12 +332,26 @@ impl StatsRecorder {
         usage: Usage,
         prompt_tokens: u32,
     ) {
+        self.observe_local_speed(elapsed, first_token, usage, Some(prompt_tokens));
+    }
+
+    /// [`StatsRecorder::observe_local`]; the prompt overhead is learnt only with
+    /// `prompt_tokens`.
+    fn observe_local_speed(
+        &self,
+        elapsed: Duration,
+        first_token: Option<Duration>,
+        usage: Usage,
+        prompt_tokens: Option<u32>,
+    ) {
         let tokens = (usage.input_tokens / 8 + usage.output_tokens).max(1) as f64;
         let per_token = ms(elapsed) / tokens;
-        let overhead = usage.input_tokens.saturating_sub(u64::from(prompt_tokens)) as f64;
         let speed = self.with(|s| {
             s.local_ms_per_token = Some(ewma(s.local_ms_per_token, per_token));
-            s.local_prompt_overhead = Some(ewma(s.local_prompt_overhead, overhead));
+            if let Some(prompt_tokens) = prompt_tokens {
+                let overhead = usage.input_tokens.saturating_sub(u64::from(prompt_tokens));
+                s.local_prompt_overhead = Some(ewma(s.local_prompt_overhead, overhead as f64));
+            }
             s.local_observations = s.local_observations.saturating_add(1);
             if let Some(first) = first_token {
                 let t = &mut s.tier_first;
@@ -352,12 +366,11 @@ impl StatsRecorder {
 
     /// Feeds the local latency models from an answer the deadline cut short while it was
     /// being generated: `tokens` (text deltas, about one per token) came in `elapsed`, the
-    /// first after `first_token`. With tokens, that measures this device's speed as a whole
-    /// answer does (its prompt taken as `prompt_tokens` plus the measured overhead). With
-    /// none, `elapsed` is only a lower bound on the time to first token: it joins the p95
-    /// window and raises the measured averages it exceeds, never lowers them. Without this,
-    /// an estimate too low for the device would keep sending requests with deadlines to the
-    /// device to time out, learning nothing.
+    /// first after `first_token`. That measures this device's speed as a whole answer does,
+    /// its prompt taken as `prompt_tokens` plus the overhead measured so far (not learnt from
+    /// here). Without this, an estimate too low for the device would keep sending requests
+    /// with deadlines there to time out, learning nothing. With no token, nothing is learnt:
+    /// the time may have gone to waiting for a session as much as to the prompt.
     pub fn observe_local_cut_short(
         &self,
         elapsed: Duration,
@@ -365,33 +378,12 @@ impl StatsRecorder {
         tokens: u64,
         prompt_tokens: u32,
     ) {
-        if tokens > 0 {
-            let overhead = self.with(|s| s.local_prompt_overhead.unwrap_or(0.0));
-            let input = u64::from(prompt_tokens) + overhead.round() as u64;
-            let usage = Usage::new(input, tokens);
-            self.observe_local(elapsed, first_token, usage, prompt_tokens);
+        if tokens == 0 {
             return;
         }
-        let speed = self.with(|s| {
-            let model_prompt =
-                (f64::from(prompt_tokens) + s.local_prompt_overhead.unwrap_or(0.0)).max(1.0);
-            let raise = |estimate: &mut Option<f64>, bound: f64| {
-                if let Some(now) = *estimate {
-                    if bound > now {
-                        *estimate = Some(ewma(Some(now), bound));
-                    }
-                }
-            };
-            raise(
-                &mut s.local_ms_per_token,
-                ms(elapsed) / (model_prompt / 8.0),
-            );
-            let t = &mut s.tier_first;
-            raise(&mut t.local_ms_per_input_token, ms(elapsed) / model_prompt);
-            t.local_window.push(ms(elapsed));
-            self.speed(s, Tier::Local)
-        });
-        self.remember(Tier::Local, speed);
+        let overhead = self.with(|s| s.local_prompt_overhead.unwrap_or(0.0));
+        let input = u64::from(prompt_tokens) + overhead.round() as u64;
+        self.observe_local_speed(elapsed, first_token, Usage::new(input, tokens), None);
     }
 
     /// Feeds a tier's first-token p95 window from a call that was cancelled (it lost a hedge):
@@ -979,49 +971,40 @@ mod tests {
         );
     }
 
-    /// An answer the deadline cut short still measures the device: with tokens, as a whole
-    /// answer does; with none, as a lower bound that only ever raises the estimates.
+    /// An answer cut short by the deadline still measures the device, as a whole answer does;
+    /// one with no token says nothing (the time may have gone to waiting for a session).
     #[test]
     fn answers_cut_short_by_the_deadline_feed_the_local_estimates() {
         let ms = Duration::from_millis;
-        // The policy's model says 10 ms per token; this device took 1300 ms for 40/8 + 125
-        // tokens when the deadline cut it (the request's 10 tokens ran as 40, as measured).
+        // 10 ms per token measured (130 ms for 40/8 + 8 tokens; the 10-token request ran as
+        // 40), then an answer cut at 125 tokens after 1300 ms: 10 ms per token again.
         let rec = StatsRecorder::default();
         rec.observe_local(ms(130), Some(ms(40)), Usage::new(40, 8), 10);
         rec.observe_local_cut_short(ms(1300), Some(ms(40)), 125, 10);
         let e = rec.latency_estimates(&model(), 10, 125);
         assert_eq!(e.local_observations, 2);
-        // (130/13 = 10 ms per token, then 1300/130 = 10: the EWMA stays at 10.)
         assert_eq!(e.local_ms, Some(1300));
+        // Three times as slow: the estimate rises; the learnt overhead stays.
         let slow = StatsRecorder::default();
         slow.observe_local(ms(130), Some(ms(40)), Usage::new(40, 8), 10);
         slow.observe_local_cut_short(ms(3900), Some(ms(40)), 125, 10);
         let e = slow.latency_estimates(&model(), 10, 125);
         assert!(e.local_ms > Some(1300), "{e:?}");
-
-        // No token before the deadline: a lower bound. Above the estimates, it raises them.
-        let rec = StatsRecorder::default();
-        rec.observe_local(ms(130), Some(ms(40)), Usage::new(40, 8), 10);
-        let before = rec.latency_estimates(&model(), 10, 125);
-        rec.observe_local_cut_short(ms(400), None, 0, 10);
-        let after = rec.latency_estimates(&model(), 10, 125);
-        assert!(after.local_first_token_ms > before.local_first_token_ms);
-        assert!(after.local_ms > before.local_ms);
-        assert_eq!(after.local_observations, 1);
-        // Below them, it changes no average.
-        rec.observe_local_cut_short(ms(5), None, 0, 10);
-        let again = rec.latency_estimates(&model(), 10, 125);
-        assert_eq!(
-            (again.local_ms, again.local_first_token_ms),
-            (after.local_ms, after.local_first_token_ms)
-        );
-        // With nothing measured yet, the policy's model stays (the bound joins the p95 window).
+        assert_eq!(slow.with(|s| s.local_prompt_overhead), Some(30.0));
+        // Nothing measured yet: no overhead is made up (it stays unknown).
         let fresh = StatsRecorder::default();
-        fresh.observe_local_cut_short(ms(9000), None, 0, 10);
+        fresh.observe_local_cut_short(ms(1300), Some(ms(40)), 125, 10);
+        assert_eq!(fresh.with(|s| s.local_prompt_overhead), None);
         assert_eq!(
-            fresh.latency_estimates(&model(), 10, 125),
-            StatsRecorder::default().latency_estimates(&model(), 10, 125)
+            fresh
+                .latency_estimates(&model(), 10, 125)
+                .local_observations,
+            1
         );
+        // No token: nothing learnt.
+        let before = rec.latency_estimates(&model(), 10, 125);
+        rec.observe_local_cut_short(ms(9000), None, 0, 10);
+        assert_eq!(rec.latency_estimates(&model(), 10, 125), before);
     }
 
     #[test]

@@ -1105,8 +1105,6 @@ async fn the_policy_chooses_the_output_limit_field() {
     }
 }
 
-/// With `on_exhausted = "refuse"`, a request the budget refuses is still answered from the
-/// cache when its rule's plan already has the answer there (it costs nothing); a request with
 /// A router without its database has no cost ledger, so nothing could stop it spending: a
 /// policy's budget counts as spent and `on_exhausted` applies, whatever the limit.
 #[tokio::test]
@@ -1139,6 +1137,8 @@ async fn without_a_cost_ledger_a_budget_counts_as_spent() {
     assert_eq!(fake.requests_received(), 1);
 }
 
+/// With `on_exhausted = "refuse"`, a request the budget refuses is still answered from the
+/// cache when its rule's plan already has the answer there (it costs nothing); a request with
 /// nothing cached is refused.
 #[tokio::test]
 async fn an_exhausted_budget_still_serves_answers_already_cached() {
