@@ -587,14 +587,6 @@ fn conditions_that_could_never_hold_are_errors() {
             "PII kind `email` is not detected",
         ),
         (rule("cloud_health = []"), "list at least one cloud health"),
-        (
-            rule("network = \"offline\""),
-            "this policy has no [cloud] section",
-        ),
-        (
-            rule("cloud_health = [\"healthy\"]"),
-            "this policy has no [cloud] section",
-        ),
         (rule("tags_any = [\"vip\", \" \"]"), "a tag cannot be empty"),
         (rule("task = []"), "list at least one task"),
         (rule("task = \"\""), "a task cannot be empty"),
@@ -1018,6 +1010,17 @@ fn rules_that_do_not_do_what_they_seem_compile_with_warnings() {
     );
     let fixed = compile_str(&policy("pin = true\n", "online"), Path::new("w.toml")).unwrap();
     assert!(fixed.warnings.is_empty(), "{:?}", fixed.warnings);
+    // Without [cloud], what the cloud client reads is fixed unless the app supplies one.
+    for when in ["network = \"offline\"", "cloud_health = [\"down\"]"] {
+        let src = format!("[[rule]]\nname = \"r\"\nroute = \"local\"\n[rule.when]\n{when}\n");
+        let p = compile_str(&src, Path::new("w.toml")).unwrap();
+        let shown: Vec<String> = p.warnings.iter().map(|w| w.as_warning()).collect();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(
+            shown[0].contains("this policy has no [cloud] section"),
+            "{shown:?}"
+        );
+    }
     // The shipped policies warn about nothing.
     for f in [
         "default",

@@ -466,17 +466,24 @@ fn ask(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdResult
     let result = answer(args, home, cloud_url);
     if let (true, Err(stop)) = (json, &result) {
         // Scripts get an answer on stdout either way; the message still goes to stderr.
-        let (error, rule, message) = match stop {
-            Stop::Failed(e @ edgeroute::Error::Refused { rule, message }) => {
-                (e.to_string(), Some(rule.as_str()), Some(message.as_str()))
+        // (The same refusals as the exit status 3.)
+        let (error, refused, rule, message) = match stop {
+            Stop::Failed(e @ edgeroute::Error::Refused { rule, message }) => (
+                e.to_string(),
+                true,
+                Some(rule.as_str()),
+                Some(message.as_str()),
+            ),
+            Stop::Failed(e @ edgeroute::Error::BudgetExhausted(message)) => {
+                (e.to_string(), true, None, Some(message.as_str()))
             }
-            Stop::Failed(e) => (e.to_string(), None, None),
-            Stop::Usage(m) => (m.clone(), None, None),
+            Stop::Failed(e) => (e.to_string(), false, None, None),
+            Stop::Usage(m) => (m.clone(), false, None, None),
             Stop::Interrupted | Stop::StdoutClosed => return result,
         };
         out!(
             "{}",
-            json!({"error": error, "refused": rule.is_some(), "rule": rule, "message": message})
+            json!({"error": error, "refused": refused, "rule": rule, "message": message})
         );
     }
     result
@@ -589,7 +596,9 @@ fn bench(policy: &PolicyArg, runs: u16, json: bool, home: Option<&Path>) -> CmdR
         // What was measured is on disk before the process ends.
         until_done_or_interrupted(&router, async { calibration.await.map_err(Stop::Failed) }).await
     });
-    let (c, flushed) = (result.0?, result.1);
+    let (mut c, flushed) = (result.0?, result.1);
+    // Remembered means on disk: written, and flushed before the process ends.
+    c.remembered &= flushed;
     if json {
         out!("{}", serde_json::to_string(&c).unwrap_or_default());
     } else {
@@ -602,7 +611,7 @@ fn bench(policy: &PolicyArg, runs: u16, json: bool, home: Option<&Path>) -> CmdR
         );
         out!("decode:        {}", tokens_per_s(c.decode_tokens_per_s));
     }
-    if !(c.remembered && flushed) {
+    if !c.remembered {
         return Err(Stop::Usage(
             "the figures were not remembered: this home's database could not be used (see the \
              warning above); run `edgeroute bench` again once nothing else holds it"

@@ -156,8 +156,8 @@ pub enum ProviderKind {
     Anthropic,
 }
 
-/// `[cloud]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[cloud]`, validated. `Debug` shows `base_url` without credentials it may carry.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CloudSection {
     /// Provider.
     pub provider: ProviderKind,
@@ -198,6 +198,49 @@ pub struct CloudSection {
     pub legacy_max_tokens: bool,
     /// `[cloud.breaker]` (the defaults when absent).
     pub breaker: BreakerSection,
+}
+
+impl std::fmt::Debug for CloudSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let CloudSection {
+            provider,
+            model,
+            base_url,
+            api_key_env,
+            input_usd_per_mtok,
+            output_usd_per_mtok,
+            cached_input_usd_per_mtok,
+            connect_timeout,
+            first_token_timeout,
+            idle_timeout,
+            total_timeout,
+            max_retries,
+            max_tokens,
+            allow_insecure_http,
+            ca_file,
+            legacy_max_tokens,
+            breaker,
+        } = self;
+        f.debug_struct("CloudSection")
+            .field("provider", provider)
+            .field("model", model)
+            .field("base_url", &without_credentials(base_url))
+            .field("api_key_env", api_key_env)
+            .field("input_usd_per_mtok", input_usd_per_mtok)
+            .field("output_usd_per_mtok", output_usd_per_mtok)
+            .field("cached_input_usd_per_mtok", cached_input_usd_per_mtok)
+            .field("connect_timeout", connect_timeout)
+            .field("first_token_timeout", first_token_timeout)
+            .field("idle_timeout", idle_timeout)
+            .field("total_timeout", total_timeout)
+            .field("max_retries", max_retries)
+            .field("max_tokens", max_tokens)
+            .field("allow_insecure_http", allow_insecure_http)
+            .field("ca_file", ca_file)
+            .field("legacy_max_tokens", legacy_max_tokens)
+            .field("breaker", breaker)
+            .finish()
+    }
 }
 
 /// `[cloud].max_tokens` when the policy does not set it: room for a long answer (the local
@@ -1805,9 +1848,9 @@ impl Compiler<'_> {
             ("cloud_health", w.cloud_health.is_some()),
         ] {
             if set && !ctx.has_cloud {
-                self.error(
+                self.warn(
                     &path.key(key),
-                    format!("`{key}` is the cloud client's reading, and this policy has no [cloud] section: without one the device counts as online and the cloud as healthy, so the condition would always or never hold; remove it, or add [cloud]"),
+                    format!("`{key}` is read from the cloud client, and this policy has no [cloud] section: unless the app supplies a cloud backend, the device counts as online and the cloud as healthy, so the condition always or never holds"),
                 );
             }
         }
@@ -2225,6 +2268,13 @@ mod tests {
             !err.contains("s3cret") && err.contains("ftp://example.com/v1"),
             "{err}"
         );
+        let policy = compile_str(
+            "[cloud]\nmodel = \"m\"\nbase_url = \"https://user:s3cret@gw.example/v1\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        let shown = format!("{policy:?}");
+        assert!(shown.contains("https://gw.example/v1") && !shown.contains("s3cret"));
     }
 
     #[test]
