@@ -211,6 +211,15 @@ fn adversarial(n: usize) -> Vec<(&'static str, String)> {
         ("double spaced digits", rep("1  ")),
         ("en dashed digits", rep("4\u{2013}")),
         ("mixed spaces", rep("DE89\u{202f} ")),
+        (
+            "pem begins without end",
+            rep("-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1xq2vLjwGZcP0QZ6Rr0gVf1Ajq4zkDl8\n"),
+        ),
+        ("unclosed quotes", rep("password=\"a;b ")),
+        ("quoted spaces", rep("token: 'x y z ")),
+        ("authorization", rep("Authorization: Token ")),
+        ("url passwords", rep("s://u:p@q:")),
+        ("apostrophes", rep("o'b@x.")),
     ]
 }
 

@@ -83,6 +83,74 @@ pub(crate) fn number_starts_at(b: &[u8], i: usize) -> bool {
     k == b.len() || !is_word(b[k])
 }
 
+/// Negative label words for [`context`]: words saying that the number after them is something
+/// else (an order number, a version). A negative label matched by mistake hides PII, so these
+/// match whole words only (`vin`, not the start of `Vincent`; `part`, not `partner`), unless
+/// listed as stems. Positive labels stay prefixes (`tel` in `telephone`): a wrong positive only
+/// makes a detection more likely.
+pub(crate) struct Negative {
+    /// Whole words, each possibly followed by one of [`WORD_ENDINGS`] (`orders`,
+    /// `Ticketnummer`), then a word boundary (see [`word_ends_at`]: `order_id`, `orderId`).
+    pub words: &'static [&'static [u8]],
+    /// Stems, matched at the start of a word whatever follows (`bestell` in `Bestellnummer`).
+    pub stems: &'static [&'static [u8]],
+}
+
+impl Negative {
+    /// No negative labels.
+    pub(crate) const NONE: Negative = Negative {
+        words: &[],
+        stems: &[],
+    };
+}
+
+/// Endings a whole-word negative label may take: plurals and the number words of compounds
+/// (`tickets`, `batches`, `Ticketnummer`, `partno`, `orderid`).
+const WORD_ENDINGS: &[&[u8]] = &[
+    b"s", b"es", b"nummer", b"number", b"nr", b"no", b"num", b"id",
+];
+
+/// Longest label plus ending, in bytes: a label starting further left cannot end later.
+const LONGEST_LABEL: usize = 32;
+
+/// True when no letter continues a word at `e`: the text ends, or `b[e]` is not a letter (a
+/// digit, `_`, punctuation, space), or it starts a camelCase hump (`orderId`).
+fn word_ends_at(b: &[u8], e: usize) -> bool {
+    let Some(&c) = b.get(e) else {
+        return true;
+    };
+    if c.is_ascii_alphabetic() {
+        return c.is_ascii_uppercase() && e > 0 && b[e - 1].is_ascii_lowercase();
+    }
+    if c < 0x80 {
+        return true;
+    }
+    // A non-ASCII letter (`Partié`) continues the word; a dash or a symbol does not.
+    let rest = &b[e..(e + 4).min(b.len())];
+    let valid = match std::str::from_utf8(rest) {
+        Ok(t) => t,
+        Err(err) => std::str::from_utf8(&rest[..err.valid_up_to()]).unwrap_or_default(),
+    };
+    !valid.chars().next().is_some_and(char::is_alphabetic)
+}
+
+/// End of the whole-word label `w` matched at `p`, with its ending if it has one, when a word
+/// boundary follows. A label that ends in a non-letter (`#`, `no.`, `ver `) needs none.
+fn word_end(b: &[u8], p: usize, w: &[u8]) -> Option<usize> {
+    let e = p + w.len();
+    if !w.last().is_some_and(u8::is_ascii_alphabetic) || word_ends_at(b, e) {
+        return Some(e);
+    }
+    WORD_ENDINGS
+        .iter()
+        .filter(|x| {
+            b.get(e..e + x.len())
+                .is_some_and(|t| t.eq_ignore_ascii_case(x))
+        })
+        .map(|x| e + x.len())
+        .find(|&x| word_ends_at(b, x))
+}
+
 /// Looks back up to `window` bytes from `s` for label words. Returns `Some(true)` when the
 /// nearest label is a positive one, `Some(false)` when it is a negative one, `None` when none.
 pub(crate) fn context(
@@ -90,7 +158,7 @@ pub(crate) fn context(
     s: usize,
     window: usize,
     pos: &[&[u8]],
-    neg: &[&[u8]],
+    neg: &Negative,
 ) -> Option<bool> {
     let lo = s.saturating_sub(window);
     // End offset of the last occurrence of any word, matched case-insensitively and only at the
@@ -102,19 +170,23 @@ pub(crate) fn context(
         if p > 0 && is_word(b[p - 1]) && is_word(b[p]) {
             continue;
         }
-        // No label is longer than 24 bytes: nothing further left can end later.
-        if best_pos.max(best_neg) > p + 24 {
+        if best_pos.max(best_neg) > p + LONGEST_LABEL {
             break;
         }
         let c = b[p].to_ascii_lowercase();
-        let hit = |w: &&&[u8]| {
+        let at = |w: &&&[u8]| {
             w.first() == Some(&c) && p + w.len() <= s && b[p..p + w.len()].eq_ignore_ascii_case(w)
         };
-        for w in pos.iter().filter(hit) {
+        for w in pos.iter().filter(at) {
             best_pos = best_pos.max(p + w.len());
         }
-        for w in neg.iter().filter(hit) {
+        for w in neg.stems.iter().filter(at) {
             best_neg = best_neg.max(p + w.len());
+        }
+        for w in neg.words.iter().filter(at) {
+            if let Some(e) = word_end(b, p, w) {
+                best_neg = best_neg.max(e);
+            }
         }
     }
     match (best_pos, best_neg) {

@@ -11,7 +11,7 @@ use regex::Regex;
 
 use super::context::{
     clean_after, clean_before, context, digit_groups, digit_zones, extension_len, is_word,
-    isolated, label_after, trim_value,
+    isolated, label_after, trim_value, Negative,
 };
 use super::fold::fold;
 use super::validate::{
@@ -71,15 +71,19 @@ pub(crate) struct Detectors {
     phone_zero: Regex,
     tokens: Regex,
     pem: Regex,
+    pem_begin: Regex,
     labels: AhoCorasick,
     assigned: Regex,
     assigned_head: Regex,
     bearer: Regex,
     bearer_head: Regex,
+    authorization: Regex,
+    authorization_head: Regex,
 }
 
 /// Stems of the words that introduce an assigned secret (`pass` covers password, passwd,
-/// passphrase, Passwort; `api` covers api_key, apiKey...), and `bearer` for tokens. Searched
+/// passphrase, Passwort; `api` covers api_key, apiKey...; `auth` covers auth_key and the
+/// `Authorization` header), and `bearer` for tokens. Searched
 /// case-sensitively in lower, UPPER and Capitalised form: few enough patterns for the SIMD
 /// multi-literal search, whereas a case-insensitive search is ~100x slower and would dominate
 /// the cost of scanning clean prose. The anchored regexes then check the full label.
@@ -122,8 +126,8 @@ fn label_variants() -> Vec<String> {
 /// match (IBAN ≤ 42 bytes with spaces) plus the label look-back (40 bytes).
 const ZONE_MARGIN: usize = 64;
 
-/// A label (any spelling or suffix: `DB_PASSWORD`, `api_key_prod`), an assignment operator
-/// (`=`, `:`, `=>`, `:=`, ` is `) and an optional opening quote.
+/// A label (any spelling or suffix: `DB_PASSWORD`, `api_key_prod`) and an assignment operator
+/// (`=`, `:`, `=>`, `:=`, ` is `). The value (see [`ASSIGNED_VALUE`]) starts after it.
 const ASSIGNED_HEAD: &str = concat!(
     r"(?:(?i:password|passwd|passphrase|passwort|pwd|kennwort|mot de passe|contrase[ñn]a|senha",
     r"|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credential)",
@@ -134,10 +138,26 @@ const ASSIGNED_HEAD: &str = concat!(
     r#"["']?[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{0,4}"#,
     r#"(?:=>|:=|=|:|[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4}(?i:is)"#,
     r#"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4})"#,
-    r#"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{0,4}["'`]?"#,
+    r#"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{0,4}"#,
 );
-/// The value: up to a space, quote, comma or semicolon.
-const ASSIGNED_VALUE: &str = r#"[^\s"'`,;]{1,200}"#;
+/// The value: a quoted string to its closing quote on the same line (spaces, `,` and `;`
+/// included: `"Xk9#mP2v;L!q7"`); else up to a space, quote, comma or semicolon, after an
+/// opening quote that is never closed. Bounded: the detector stays linear.
+const ASSIGNED_VALUE: &str = concat!(
+    r#"(?:"[^"\r\n]{1,200}"|'[^'\r\n]{1,200}'|`[^`\r\n]{1,200}`"#,
+    r#"|["'`]?[^\s"'`,;]{1,200})"#,
+);
+
+/// An `Authorization` (or `Proxy-Authorization`) header, found from its `Auth`: `:` or `=`,
+/// an optional opening quote and an optional scheme word (`Token`, `Bearer`, `Basic`...).
+const AUTHORIZATION_HEAD: &str = concat!(
+    r#"^(?i:authorization)["']?[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{0,4}[:=]"#,
+    r#"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{0,4}["']?"#,
+    r"(?:(?i:token|bearer|basic|digest|apikey|api-key)",
+    r"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4})?",
+);
+/// The credential in an `Authorization` header: a token (hex, base64, a JWT).
+const AUTHORIZATION_VALUE: &str = r"[A-Za-z0-9._~+/\-]{16,512}=*";
 
 fn re(src: &str) -> Result<Regex> {
     Regex::new(src).map_err(|e| Error::Config(format!("built-in privacy regex failed: {e}")))
@@ -152,11 +172,12 @@ impl Detectors {
             email: re(
                 // Latin-script letters (`jörg@müller.de`) but not other scripts, so text written
                 // without a space before the address (`请发到zhang@x.cn`) stays out of the span.
-                r"[\p{Latin}0-9._%+\-]{1,64}@[\p{Latin}0-9](?:[\p{Latin}0-9\-]{0,61}[\p{Latin}0-9])?(?:\.[\p{Latin}0-9](?:[\p{Latin}0-9\-]{0,61}[\p{Latin}0-9])?){0,8}\.[A-Za-z]{2,24}",
+                r"[\p{Latin}0-9._%+\-'’]{1,64}@[\p{Latin}0-9](?:[\p{Latin}0-9\-]{0,61}[\p{Latin}0-9])?(?:\.[\p{Latin}0-9](?:[\p{Latin}0-9\-]{0,61}[\p{Latin}0-9])?){0,8}\.[A-Za-z]{2,24}",
             )?,
-            url_credentials: re(
-                r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{1,128}:([^\s:/@]{1,256})@",
-            )?,
+            // The password runs to the last `@` before the path (`p@ss:w0rd` in
+            // `postgres://admin:p@ss:w0rd@db/app`), as URL parsers read it, and may hold the `#`
+            // and `?` people paste unencoded; the user may be empty (`redis://:p4ss@host`).
+            url_credentials: re(r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{0,128}:([^\s/]{1,256})@")?,
             // Groups separated by a space, `-`, `.` or `/`, the same throughout (`card_ok`).
             card: re(r"(?-u:\b)[0-9](?:[ \-./]?[0-9]){11,18}(?-u:\b)")?,
             // Either case: people type `gb82 west ...` too; the country's length and the
@@ -188,6 +209,7 @@ impl Detectors {
             pem: re(
                 r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----(?s:.)*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----",
             )?,
+            pem_begin: re(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")?,
             labels: AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostFirst)
                 .build(label_variants())
@@ -196,6 +218,8 @@ impl Detectors {
             assigned_head: re(&format!(r"^{ASSIGNED_HEAD}"))?,
             bearer: re(r"^(?i:bearer|basic)[ \t\x{a0}\x{202f}]+[A-Za-z0-9._~+/\-]{16,512}=*")?,
             bearer_head: re(r"^(?i:bearer|basic)[ \t\x{a0}\x{202f}]+")?,
+            authorization: re(&format!("{AUTHORIZATION_HEAD}{AUTHORIZATION_VALUE}"))?,
+            authorization_head: re(AUTHORIZATION_HEAD)?,
         })
     }
 
@@ -287,9 +311,7 @@ impl Detectors {
             }
             out.push(secret(m.start(), m.end(), priority::SECRET_TOKEN, 0.97));
         }
-        for m in self.pem.find_iter(text) {
-            out.push(secret(m.start(), m.end(), priority::SECRET_TOKEN, 0.99));
-        }
+        self.private_keys(text, out);
         // Only where a label word occurs (one Aho-Corasick pass): the anchored full pattern
         // finds the assignment, the anchored head pattern (no value) tells where the value
         // starts. Plain DFA searches over a bounded slice; no capture groups.
@@ -301,8 +323,13 @@ impl Detectors {
             let bearer = b[at..]
                 .first()
                 .is_some_and(|c| c.eq_ignore_ascii_case(&b'b'));
+            let authorization = b
+                .get(at..at + 13)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"authorization"));
             let (full, head, conf) = if bearer {
                 (&self.bearer, &self.bearer_head, 0.85)
+            } else if authorization {
+                (&self.authorization, &self.authorization_head, 0.85)
             } else {
                 (&self.assigned, &self.assigned_head, 0.8)
             };
@@ -313,8 +340,18 @@ impl Detectors {
                 continue;
             }
             pos = pos.max(at + m.end());
-            let (s, e) = trim_value(b, at + h.end(), at + m.end());
-            if looks_like_secret(&b[s..e]) {
+            let (s, e) = (at + h.end(), at + m.end());
+            let value = if bearer || (authorization && has_scheme(&rest[..h.end()])) {
+                // A credential after its scheme word needs no further evidence.
+                Some(trim_value(b, s, e))
+            } else if authorization {
+                Some(trim_value(b, s, e)).filter(|&(s, e)| looks_like_secret(&b[s..e]))
+            } else {
+                value_readings(b, s, e)
+                    .into_iter()
+                    .find(|&(s, e)| s < e && looks_like_secret(&b[s..e]))
+            };
+            if let Some((s, e)) = value {
                 out.push(secret(s, e, priority::SECRET_ASSIGNED, conf));
             }
         }
@@ -329,12 +366,49 @@ impl Detectors {
         }
     }
 
+    /// PEM private keys: whole blocks, and keys pasted without their END line (the BEGIN
+    /// line and the base64 after it). Text without a BEGIN line costs one literal search.
+    fn private_keys(&self, text: &str, out: &mut Vec<Found>) {
+        let begins: Vec<_> = self.pem_begin.find_iter(text).map(|m| m.range()).collect();
+        if begins.is_empty() {
+            return;
+        }
+        let secret = |start, end, confidence| Found {
+            start,
+            end,
+            kind: kind::SECRET,
+            priority: priority::SECRET_TOKEN,
+            confidence,
+        };
+        let mut blocks = Vec::new();
+        for m in self.pem.find_iter(text) {
+            blocks.push(m.range());
+            out.push(secret(m.start(), m.end(), 0.99));
+        }
+        for begin in begins {
+            if blocks.iter().any(|r| r.contains(&begin.start)) {
+                continue;
+            }
+            if let Some(end) = pem_body_end(text.as_bytes(), begin.end) {
+                out.push(secret(begin.start, end, 0.95));
+            }
+        }
+    }
+
     fn emails(&self, text: &str, out: &mut Vec<Found>) {
         let b = text.as_bytes();
         for m in self.email.find_iter(text) {
+            // Apostrophes belong to a local part (`john.o'brien@`, or `o’brien` as phones
+            // type it), not in front of one (`'ann@example.com'`).
             let mut start = m.start();
-            while start < m.end() && matches!(b[start], b'.' | b'-') {
-                start += 1;
+            while start < m.end() {
+                if matches!(b[start], b'.' | b'-' | b'\'') {
+                    start += 1;
+                } else if b[start..].starts_with("’".as_bytes()) {
+                    start += "’".len();
+                } else {
+                    break;
+                }
             }
             let end = m.end();
             if b.get(end).is_some_and(|&c| is_word(c) || c == b'@') {
@@ -420,7 +494,7 @@ impl Detectors {
             // either a card only next to a card label.
             let end = groups[j - 1].1;
             let digits: usize = groups[..j].iter().map(|g| g.1 - g.0).sum();
-            let labelled = context(b, s, 40, CARD_WORDS, &[]) == Some(true)
+            let labelled = context(b, s, 40, CARD_WORDS, &Negative::NONE) == Some(true)
                 || label_after(b, end, 40, CARD_WORDS);
             if ((j == 1 && digits > 16) || digits == 12) && !labelled {
                 continue;
@@ -453,7 +527,7 @@ impl Detectors {
                 continue;
             }
             // Spaced or bare digits are too common to trust without a nearby label.
-            if !dashed && context(b, s, 40, SSN_WORDS, &[]) != Some(true) {
+            if !dashed && context(b, s, 40, SSN_WORDS, &Negative::NONE) != Some(true) {
                 continue;
             }
             out.push(Found {
@@ -477,7 +551,7 @@ impl Detectors {
             if !ipv4_ok(&b[s..e]) || !end_ok || !clean_before(b, s, false) {
                 continue;
             }
-            if context(b, s, 12, &[], VERSION_WORDS) == Some(false) {
+            if context(b, s, 12, &[], &VERSION_WORDS) == Some(false) {
                 continue;
             }
             out.push(Found {
@@ -571,7 +645,7 @@ impl Detectors {
             if loose && !nanp {
                 continue;
             }
-            if bare && context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) != Some(true) {
+            if bare && context(b, s, 40, PHONE_WORDS, &NOT_PHONE_WORDS) != Some(true) {
                 continue;
             }
             push(s, e, if bare { 0.7 } else { 0.85 });
@@ -590,7 +664,7 @@ impl Detectors {
             // An unbroken run of digits needs a label nearby to be called a phone number.
             let unbroken = b[s..end].iter().all(u8::is_ascii_digit);
             if unbroken
-                && (end - s > 11 || context(b, s, 40, PHONE_WORDS, NOT_PHONE_WORDS) != Some(true))
+                && (end - s > 11 || context(b, s, 40, PHONE_WORDS, &NOT_PHONE_WORDS) != Some(true))
             {
                 return Step::Retry;
             }
@@ -619,22 +693,27 @@ const CARD_WORDS: &[&[u8]] = &[
     b"pay",
 ];
 const SSN_WORDS: &[&[u8]] = &[b"ssn", b"social security", b"ss#", b"ss no", b"taxpayer id"];
-const VERSION_WORDS: &[&[u8]] = &[
-    b"version",
-    b"ver ",
-    b"ver.",
-    b"release",
-    b"build",
-    b"firmware",
-    b"sdk",
-    b"v.",
-    b"upgrade",
-    b"update",
-    b"patch",
-    b"installed",
-    b"bump",
-    b"oid",
-];
+/// Words before a dotted quad that make it a version, not an address (whole words: `update`
+/// and `updates`, not `Updated`, which as often says that an address changed).
+const VERSION_WORDS: Negative = Negative {
+    words: &[
+        b"version",
+        b"ver ",
+        b"ver.",
+        b"release",
+        b"build",
+        b"firmware",
+        b"sdk",
+        b"v.",
+        b"upgrade",
+        b"update",
+        b"patch",
+        b"installed",
+        b"bump",
+        b"oid",
+    ],
+    stems: &[],
+};
 const PHONE_WORDS: &[&[u8]] = &[
     b"phone",
     b"tel",
@@ -669,63 +748,67 @@ const PHONE_WORDS: &[&[u8]] = &[
     b"hotline",
     b"landline",
 ];
-const NOT_PHONE_WORDS: &[&[u8]] = &[
-    b"tracking number",
-    b"order number",
-    b"case number",
-    b"account number",
-    b"reference number",
-    b"serial number",
-    b"invoice number",
-    b"customer number",
-    b"part number",
-    b"order",
-    b"invoice",
-    b"ticket",
-    b"tracking",
-    b"ref",
-    b"id",
-    b"#",
-    b"no.",
-    b"sku",
-    b"serial",
-    b"build",
-    b"version",
-    b"account no",
-    b"acct",
-    b"case",
-    b"transaction",
-    b"txn",
-    b"isbn",
-    b"zip",
-    b"batch",
-    b"lot",
-    b"commit",
-    b"pid",
-    b"port",
-    b"epoch",
-    b"timestamp",
-    b"bestell",
-    b"commande",
-    b"rechnung",
-    b"facture",
-    b"part",
-    b"model",
-    b"item",
-    b"product",
-    b"reference",
-    b"confirmation",
-    b"booking",
-    b"reservation",
-    b"policy",
-    b"claim",
-    b"routing",
-    b"license",
-    b"licence",
-    b"passport",
-    b"vin",
-    b"meeting id",
-];
+/// Words before a number that make it something other than a phone number. Whole words
+/// (`part`, not `partner`; `vin`, not `Vincent`), but the German stems that start compounds
+/// and inflections (`Bestellnummer`, `Rechnungsnummer`, `Rechnungen`).
+const NOT_PHONE_WORDS: Negative = Negative {
+    words: &[
+        b"tracking number",
+        b"order number",
+        b"case number",
+        b"account number",
+        b"reference number",
+        b"serial number",
+        b"invoice number",
+        b"customer number",
+        b"part number",
+        b"order",
+        b"invoice",
+        b"ticket",
+        b"tracking",
+        b"ref",
+        b"id",
+        b"#",
+        b"no.",
+        b"sku",
+        b"serial",
+        b"build",
+        b"version",
+        b"account no",
+        b"acct",
+        b"case",
+        b"transaction",
+        b"txn",
+        b"isbn",
+        b"zip",
+        b"batch",
+        b"lot",
+        b"commit",
+        b"pid",
+        b"port",
+        b"epoch",
+        b"timestamp",
+        b"commande",
+        b"facture",
+        b"part",
+        b"model",
+        b"item",
+        b"product",
+        b"reference",
+        b"confirmation",
+        b"booking",
+        b"reservation",
+        b"policy",
+        b"claim",
+        b"routing",
+        b"license",
+        b"licence",
+        b"passport",
+        b"vin",
+        b"meeting id",
+    ],
+    stems: &[b"bestell", b"rechnung"],
+};
 
 /// What to do after a candidate.
 enum Step {
@@ -784,7 +867,7 @@ fn prefix_len(b: &[u8], e: usize) -> Option<usize> {
 }
 
 fn negative_phone_context(b: &[u8], s: usize) -> bool {
-    context(b, s, 24, PHONE_WORDS, NOT_PHONE_WORDS) == Some(false)
+    context(b, s, 24, PHONE_WORDS, &NOT_PHONE_WORDS) == Some(false)
 }
 
 /// Shrinks `[s, e)` group by group from the right until `valid` accepts it.
@@ -794,4 +877,108 @@ fn shrink_to_valid(b: &[u8], s: usize, e: usize, valid: fn(&[u8]) -> bool) -> Op
         .rev()
         .map(|j| groups[j - 1].1)
         .find(|&end| valid(&b[s..end]))
+}
+
+/// True when an `Authorization` header's head (up to its value) ends in a scheme word
+/// (`Authorization: Token `), not in the `:` or a quote.
+fn has_scheme(head: &str) -> bool {
+    head.trim_end().ends_with(|c: char| c.is_ascii_alphabetic())
+}
+
+/// The readings of an assigned value `[s, e)` (as [`ASSIGNED_VALUE`] matched it), best first,
+/// without quotes: a quoted string whole (`"Xk9#mP2v;L!q7"`, `"correct horse battery staple"`),
+/// then its first word, trimmed of sentence punctuation (`'hunter2' is what I use, it's`
+/// quoted by mistake up to the apostrophe). An unquoted value has one reading.
+fn value_readings(b: &[u8], s: usize, e: usize) -> [(usize, usize); 2] {
+    let quote = b[s];
+    let quoted = matches!(quote, b'"' | b'\'' | b'`');
+    let body = s + usize::from(quoted);
+    let stop = b[body..e]
+        .iter()
+        .position(|c| c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'`' | b',' | b';'))
+        .map_or(e, |i| body + i);
+    let word = trim_value(b, body, stop);
+    let closed = quoted && e >= s + 2 && b[e - 1] == quote;
+    let whole = if closed { (s + 1, e - 1) } else { word };
+    [whole, word]
+}
+
+/// True when `c` may be part of a PEM body line (base64).
+fn base64_byte(c: &u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=')
+}
+
+/// The separator before a PEM body line at `i`: spaces, tabs and at most one line break (also
+/// written `\n` inside a JSON string, as service-account files hold keys). Its end, or `None`
+/// when there is none, it holds a blank line, or the text ends.
+fn pem_separator(b: &[u8], i: usize) -> Option<usize> {
+    let (mut j, mut breaks) = (i, 0);
+    while let Some(&c) = b.get(j) {
+        let escaped = c == b'\\' && matches!(b.get(j + 1), Some(b'n' | b'r'));
+        if c == b'\n' || (escaped && b[j + 1] == b'n') {
+            breaks += 1;
+            if breaks > 1 {
+                return None;
+            }
+        } else if !matches!(c, b' ' | b'\t' | b'\r') && !escaped {
+            break;
+        }
+        j += 1 + usize::from(escaped);
+    }
+    (j > i && j < b.len()).then_some(j)
+}
+
+/// Where the body of a PEM block starts after its BEGIN line ending at `i`: past the armor
+/// headers (`Proc-Type: 4,ENCRYPTED`, `DEK-Info: …`, `Version: …`) and one blank line.
+fn pem_headers_end(b: &[u8], mut i: usize) -> usize {
+    loop {
+        let start = match b.get(i..) {
+            Some([b'\r', b'\n', ..]) => i + 2,
+            Some([b'\n', ..]) => i + 1,
+            _ => return i,
+        };
+        let end = b[start..]
+            .iter()
+            .position(|&c| c == b'\r' || c == b'\n')
+            .map_or(b.len(), |k| start + k);
+        let line = &b[start..end];
+        let header = line.iter().position(|&c| c == b':').is_some_and(|k| {
+            line.get(k + 1) == Some(&b' ')
+                && line[0].is_ascii_alphabetic()
+                && line[..k]
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        });
+        match (header, line.is_empty()) {
+            (true, _) => i = end,
+            (false, true) => return end,
+            (false, false) => return i,
+        }
+    }
+}
+
+/// End of the base64 body of a PEM private key whose END line is missing (cut off when
+/// pasted), its BEGIN line ending at `i`: the lines after it up to a blank line, a line that is
+/// not base64, a short (last) line, or the end of the text. A line that runs into other text
+/// (`AAAB...`) ends it too. `None` without key material (fewer than 20 base64 characters).
+fn pem_body_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut i = pem_headers_end(b, i);
+    let (mut end, mut material) = (None, 0);
+    while let Some(s) = pem_separator(b, i) {
+        let len = b[s..].iter().take_while(|c| base64_byte(c)).count();
+        if len == 0 {
+            break;
+        }
+        let e = s + len;
+        end = Some(e);
+        material += len;
+        let line_ends = b
+            .get(e)
+            .is_none_or(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b'\\'));
+        if len < 40 || b[e - 1] == b'=' || !line_ends {
+            break;
+        }
+        i = e;
+    }
+    end.filter(|_| material >= 20)
 }

@@ -41,13 +41,13 @@
 //!
 //! | kind | span | examples |
 //! |---|---|---|
-//! | `email` | the address (no `mailto:`, no brackets) | `ana@example.co.uk` |
+//! | `email` | the address (no `mailto:`, no brackets or quotes; an apostrophe inside is part of it) | `ana@example.co.uk`, `john.o'brien@example.com` |
 //! | `phone` | from `+`/`00`/`(`/first digit to the last digit, with an extension | `+44 (0)20 7946 0958`, `(415) 555-0132x12`, `06 12 34 56 78`, `+33 6 12 34 56 78` with no-break spaces |
 //! | `credit_card` | the digits and their separators (a space, `-`, `.` or `/`, the same throughout; no expiry); 12-digit (Maestro) and unbroken 17–19-digit runs only next to a card label | `4111 1111 1111 1111`, `Maestro 5018 1234 5673` |
 //! | `iban` | country code to last character, spaces (any kind above) or dashes included | `DE89 3704 0044 0532 0130 00`, `DE89-3704-…` |
 //! | `us_ssn` | `123-45-6789` (or en dashes, `123–45–6789`); spaced, dotted or bare only next to an SSN label | `SSN 536221234`, `SSN 536.22.1234` |
 //! | `ip_address` | the address (no port, no prefix length) | `10.0.0.1` in `10.0.0.1/24`, `fe80::1` in `[fe80::1]:443`, `2001:db8::` in `2001:db8::/64` |
-//! | `secret` | the token, the whole PEM block, or the assigned value without quotes | `ghp_…`, `password = "<value>"` |
+//! | `secret` | the token; the whole PEM block, or the BEGIN line and base64 lines of one cut off before its END line; the assigned value without quotes (a quoted one to its closing quote, spaces and `;` included); an `Authorization` header's credential (after its scheme word); a URL's password (to the last `@` before the path) | `ghp_…`, `password = "<value>"`, `Authorization: Token <value>`, `postgres://admin:<value>@db/app` |
 //!
 //! Thread safety: [`Scanner`] is `Send + Sync`; clones share the compiled detectors.
 

@@ -695,3 +695,155 @@ fn numbers_with_dots_slashes_and_dashes() {
         "4111/1111/1111/1111",
     );
 }
+
+/// A "not a phone" label must be a whole word: names and words that merely start like one
+/// (`partner`, `Vincent`, `Casey`, `Ida`, `Portland`) do not hide the number after them.
+#[test]
+fn negative_labels_are_whole_words() {
+    for text in [
+        "Call my partner at 415-555-0132",
+        "Vincent: 415-555-0132",
+        "VINCENT 415-555-0132",
+        "ask Casey, 415-555-0132",
+        "Ida: 415-555-0132",
+        "Portland office 415-555-0132",
+        "Lottie (415) 555-0132",
+        "Modelled by Zipporah 415.555.0132",
+    ] {
+        one(text, "phone", &text[text.find(['4', '(']).unwrap()..]);
+    }
+    // An address after a word that starts like a version word.
+    one("DNS updated: 203.0.113.7", "ip_address", "203.0.113.7");
+    one("IP updated to 203.0.113.7", "ip_address", "203.0.113.7");
+    // Whole words still count, with plurals, compounds, `_` and camelCase after them, and
+    // the German stems still start compounds.
+    for text in [
+        "order_id: 415-555-0132",
+        "orderId 415-555-0132",
+        "Order numbers 415-555-0132",
+        "IDs: 415-555-0132",
+        "Parts 415-555-0132 and 415-555-0133",
+        "case_no 415-555-0133",
+        "Ticketnummer 415-555-0132",
+        "Bestellnummer: 415-555-0132",
+        "Rechnungen 415-555-0132",
+        "part no. 415-555-0132",
+    ] {
+        no_phone(text);
+    }
+    none("update 1.2.3.4, updates: 10.4.1.2, firmware 10.1.2.3");
+}
+
+/// Passwords people choose (words, a capital, a year) are secrets, even when they contain a
+/// literal such as `true` or `none`, or look CamelCase.
+#[test]
+fn human_passwords_are_secrets() {
+    one("my password is BlueSky2024", "secret", "BlueSky2024");
+    one("password: MyDog2015", "secret", "MyDog2015");
+    one("pwd=HelloWorld123", "secret", "HelloWorld123");
+    one("password: TrueBlue#42", "secret", "TrueBlue#42");
+    one("password: Nonexistent9!", "secret", "Nonexistent9!");
+    one("Passwort: Xk9(mP2v", "secret", "Xk9(mP2v");
+    // Code still is not.
+    none("password: Option<String>, token: Vec<u8>, secret: Arc<Mutex<Token>>");
+    none("tokens: AtomicU64, secret: HmacSha256, api_key: SocketAddrV4");
+    none("password = get_password(user).await?; secret = sha256(password)");
+    none("password: string | null, token: None, secret: true");
+}
+
+/// A quoted value runs to its closing quote: `;`, `,` and spaces inside are part of it.
+#[test]
+fn quoted_assigned_values_run_to_the_closing_quote() {
+    one("DB_PASSWORD=\"Xk9#mP2v;L!q7\"\n", "secret", "Xk9#mP2v;L!q7");
+    one(
+        "{\"password\": \"Xk9#mP2v,L!q7\"}",
+        "secret",
+        "Xk9#mP2v,L!q7",
+    );
+    one(
+        "password = \"correct horse battery staple\"",
+        "secret",
+        "correct horse battery staple",
+    );
+    one("secret: `Xk9 mP2v;q7`", "secret", "Xk9 mP2v;q7");
+    // An apostrophe later on the line is not the closing quote of a value that has none.
+    one(
+        "password: 'Xk9#mP2v is what I use, it's fine",
+        "secret",
+        "Xk9#mP2v",
+    );
+    // Messages, labels and descriptions in quotes are not passphrases.
+    none("\"password\": \"Enter your password\", \"token\": \"Invalid token, please retry\"");
+    none("password_hint = \"must contain 8 characters\", secret_label = 'Mot de passe'");
+}
+
+/// `Authorization` headers with any scheme (or none), and URL passwords holding `@` or `:`.
+#[test]
+fn authorization_headers_and_url_passwords() {
+    let key = "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b";
+    for text in [
+        format!("Authorization: Token {key}"),
+        format!("Authorization: {key}"),
+        format!("\"Authorization\": \"ApiKey {key}\""),
+        format!("Proxy-Authorization: Digest {key}"),
+        format!("Authorization: Token\u{2007}{key}. Thanks"),
+    ] {
+        one(&text, "secret", key);
+    }
+    one(
+        "postgres://admin:p@ss:w0rd@db:5432/app",
+        "secret",
+        "p@ss:w0rd",
+    );
+    one(
+        "REDIS_URL=redis://:p4ssw0rd@cache:6379",
+        "secret",
+        "p4ssw0rd",
+    );
+    one(
+        "https://bob:s3cr3t!x@host.example/?next=a@b",
+        "secret",
+        "s3cr3t!x",
+    );
+    one("ftp://bob:Xk9#mP?2@files/x", "secret", "Xk9#mP?2");
+    none("Authorization: Bearer ${TOKEN}; the Authorization header is missing");
+    none("headers[\"Authorization\"] = f\"Bearer {token}\"; authorization_code=xyz");
+    none("see https://example.com/user@host");
+}
+
+/// A private key pasted without its END line is still a secret: the BEGIN line and the base64
+/// lines after it, up to a blank line, other text or the end.
+#[test]
+fn pem_keys_without_end_line() {
+    let cut = "-----BEGIN OPENSSH PRIVATE KEY-----\n\
+               b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n\
+               QyNTUxOQAAACBdZXhhbXBsZQ";
+    one(&format!("my key:\n{cut}..."), "secret", cut);
+    one(&format!("{cut}\n\nwhat is wrong with it?"), "secret", cut);
+    let encrypted = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                     DEK-Info: AES-128-CBC,3F17F5316E2BAC89\n\n\
+                     MIIEpAIBAAKCAQEA1xq2vLjwGZcP0QZ6Rr0gVf1Ajq4zkDl8GZ9OHTxWu9vnBxKp";
+    one(encrypted, "secret", encrypted);
+    // In a JSON string, as service-account files hold keys.
+    let json = r"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\nMzEfYyjiWA4R4";
+    one(&format!("{{\"private_key\": \"{json}"), "secret", json);
+    none("-----BEGIN RSA PRIVATE KEY----- is the first line of every key");
+    none("-----BEGIN PRIVATE KEY-----\n...");
+}
+
+/// Apostrophes belong to an address's local part; quotes around it do not.
+#[test]
+fn emails_with_apostrophes() {
+    one(
+        "mail john.o'brien@example.com today",
+        "email",
+        "john.o'brien@example.com",
+    );
+    one(
+        "write to d’angelo@example.it",
+        "email",
+        "d’angelo@example.it",
+    );
+    one("'ann@example.com'", "email", "ann@example.com");
+    one("?email=ann@example.com", "email", "ann@example.com");
+}

@@ -214,6 +214,183 @@ pub(crate) fn char_classes(s: &[u8]) -> usize {
     [lower, upper, digit, other].iter().filter(|&&x| x).count()
 }
 
+/// Placeholders and code references, found anywhere in a value (lower case).
+const PLACEHOLDERS: &[&[u8]] = &[
+    b"xxxx",
+    b"****",
+    b"....",
+    b"changeme",
+    b"your_",
+    b"your-",
+    b"placeholder",
+    b"redacted",
+    b"process.env",
+    b"os.environ",
+    b"getenv",
+    b"env(",
+    b"env.",
+    b"secrets.",
+    b"config.",
+    b"settings.",
+    b"self.",
+    b"this.",
+    b"request.",
+    b"args.",
+];
+
+/// Literals and type names that stand where a value would (`None`, `null`, `string | null`,
+/// `Option<String>`), found only as whole words: inside a longer word they are part of a
+/// password (`TrueBlue#42`, `Nonexistent9!`).
+const PLACEHOLDER_WORDS: &[&[u8]] = &[
+    b"none",
+    b"null",
+    b"undefined",
+    b"true",
+    b"false",
+    b"required",
+    b"optional",
+    b"string",
+];
+
+/// Words of sentences, never of a passphrase: a quoted value with spaces holding one is a
+/// message, a label or a description (`"Enter your password"`, `"must be 8 characters"`).
+const SENTENCE_WORDS: &[&[u8]] = &[
+    b"a",
+    b"an",
+    b"the",
+    b"your",
+    b"you",
+    b"my",
+    b"is",
+    b"are",
+    b"be",
+    b"to",
+    b"of",
+    b"for",
+    b"and",
+    b"or",
+    b"not",
+    b"no",
+    b"at",
+    b"in",
+    b"on",
+    b"with",
+    b"this",
+    b"that",
+    b"it",
+    b"please",
+    b"enter",
+    b"must",
+    b"should",
+    b"will",
+    b"can",
+    b"cannot",
+    b"invalid",
+    b"incorrect",
+    b"wrong",
+    b"missing",
+    b"expired",
+    b"characters",
+    b"password",
+    b"passwords",
+    b"token",
+    b"secret",
+    b"key",
+    b"here",
+    b"votre",
+    b"mot",
+    b"de",
+    b"passe",
+    b"le",
+    b"la",
+    b"ihr",
+    b"dein",
+    b"passwort",
+    b"el",
+    b"su",
+    b"tu",
+];
+
+/// True when `w` occurs in `lower` as a word of its own: no ASCII letter, digit or `-` on
+/// either side (`string|null`, `Option<string>`, but not `string-cheese-42`).
+fn has_word(lower: &[u8], w: &[u8]) -> bool {
+    let joins = |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'-');
+    memchr::memmem::find_iter(lower, w)
+        .any(|i| !joins(i.checked_sub(1).map(|j| &lower[j])) && !joins(lower.get(i + w.len())))
+}
+
+/// True when a value with spaces (a quoted one) reads as a passphrase (`correct horse battery
+/// staple`) rather than a sentence: none of its words is one of [`SENTENCE_WORDS`].
+fn passphrase(lower: &[u8]) -> bool {
+    lower
+        .split(|c| !c.is_ascii_alphanumeric())
+        .all(|w| !SENTENCE_WORDS.contains(&w))
+}
+
+/// Bit widths and digest sizes that type names carry (`HmacSha256`, `Float64`).
+const TYPE_NUMBERS: &[&[u8]] = &[b"8", b"16", b"32", b"64", b"128", b"256", b"384", b"512"];
+
+/// True when `value` is a type name (`tokens: AtomicU64`, `secret: SecretString`): short,
+/// CamelCase with a hump, no symbols, and any digits the way types carry them: a bit width
+/// (`HmacSha256`), or up to three digits next to a capital (`AtomicU64`, `SocketAddrV4`). Digits
+/// after a word (`BlueSky2024`, `HelloWorld123`) make a password.
+fn type_name(value: &[u8]) -> bool {
+    let camel = value.len() < 16
+        && value[0].is_ascii_uppercase()
+        && value.iter().all(u8::is_ascii_alphanumeric)
+        && value
+            .windows(2)
+            .any(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase());
+    if !camel {
+        return false;
+    }
+    let mut i = 0;
+    while let Some(off) = value[i..].iter().position(u8::is_ascii_digit) {
+        let start = i + off;
+        let len = value[start..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        let end = start + len;
+        let capital_next = value[start - 1].is_ascii_uppercase()
+            || value.get(end).is_some_and(u8::is_ascii_uppercase);
+        if !(TYPE_NUMBERS.contains(&&value[start..end]) || (len <= 3 && capital_next)) {
+            return false;
+        }
+        i = end;
+    }
+    true
+}
+
+/// True when `value` is a call, a macro, an index or a generic type: an identifier or dotted
+/// path followed by `(`, `[`, `{`, `!` or `<` (`getpass()`, `Some(token`, `client.read(path)`,
+/// `sha256(password`, `quote!`, `Token![;]`, `secrets[0]`, `Vec<u8>`). The identifier has no
+/// digits unless it is all lower case, as function names are (`Xk9(mP2v` is a password), and
+/// a `<` must open a type (`Vec<u8>`, not `iloveyou<3`).
+fn call_or_generic(value: &[u8]) -> bool {
+    let Some(p) = value
+        .iter()
+        .position(|c| matches!(c, b'!' | b'[' | b'(' | b'{' | b'<'))
+    else {
+        return false;
+    };
+    let ident = &value[..p];
+    let next = value.get(p + 1).copied();
+    let opens = match value[p] {
+        b'!' => matches!(next, None | Some(b'[' | b'(' | b'{')),
+        b'<' => next.is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, b'_' | b'&' | b'\'')),
+        _ => true,
+    };
+    let name = |c: &u8| c.is_ascii_alphabetic() || matches!(c, b'_' | b'.');
+    let function =
+        |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.');
+    opens
+        && ident
+            .first()
+            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+        && (ident.iter().all(name) || ident.iter().all(function))
+}
+
 /// True when `value` looks like a real credential rather than a reference, placeholder or
 /// ordinary word: long enough, mixed, high entropy, and not an env/template reference.
 pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
@@ -228,42 +405,14 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
         return false;
     }
     let lower: Vec<u8> = value.iter().map(u8::to_ascii_lowercase).collect();
-    const PLACEHOLDERS: &[&[u8]] = &[
-        b"xxxx",
-        b"****",
-        b"....",
-        b"changeme",
-        b"your_",
-        b"your-",
-        b"placeholder",
-        b"redacted",
-        b"process.env",
-        b"os.environ",
-        b"getenv",
-        b"env(",
-        b"env.",
-        b"secrets.",
-        b"config.",
-        b"settings.",
-        b"self.",
-        b"this.",
-        b"request.",
-        b"args.",
-        b"none",
-        b"null",
-        b"undefined",
-        b"true",
-        b"false",
-        b"required",
-        b"optional",
-        b"string",
-        b"<",
-        b"(",
-    ];
     if PLACEHOLDERS
         .iter()
         .any(|p| memchr::memmem::find(&lower, p).is_some())
+        || PLACEHOLDER_WORDS.iter().any(|w| has_word(&lower, w))
     {
+        return false;
+    }
+    if value.contains(&b' ') && !passphrase(&lower) {
         return false;
     }
     // Plain identifiers such as `user_password` or `get_token` are names, not values.
@@ -286,28 +435,11 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
     {
         return false;
     }
-    // Type names (`tokens: AtomicU64`, `secret: SecretString`): CamelCase words, short, no symbols.
-    let camel = value.len() < 16
-        && value[0].is_ascii_uppercase()
-        && value.iter().all(u8::is_ascii_alphanumeric)
-        && value
-            .windows(2)
-            .any(|w| w[0].is_ascii_lowercase() && w[1].is_ascii_uppercase());
-    if camel {
+    if type_name(value) {
         return false;
     }
-    // Macro calls and indexing (`quote!`, `Token![;]`, `secrets[0]`): a digit-free identifier
-    // followed by `!`, `[`, `(` or `{`.
-    if let Some(p) = value
-        .iter()
-        .position(|c| matches!(c, b'!' | b'[' | b'(' | b'{'))
-    {
-        let ident = &value[..p];
-        let call = value[p] != b'!' || matches!(value.get(p + 1), None | Some(b'[' | b'(' | b'{'));
-        if call && !ident.is_empty() && ident.iter().all(|c| c.is_ascii_alphabetic() || *c == b'_')
-        {
-            return false;
-        }
+    if call_or_generic(value) {
+        return false;
     }
     // Code references such as `form.password.data` or `cfg.api_key2` are not values.
     let identifier_path = value.contains(&b'.')
@@ -544,5 +676,40 @@ mod tests {
         assert!(!looks_like_secret(b"quote_spanned!"));
         assert!(!looks_like_secret(b"&CancellationToken"));
         assert!(looks_like_secret(b"correcthorsebatterystaple"));
+    }
+
+    #[test]
+    fn human_passwords_vs_code_values() {
+        for password in [
+            "BlueSky2024",
+            "MyDog2015",
+            "HelloWorld123",
+            "TrueBlue#42",
+            "Nonexistent9!",
+            "string-cheese-42",
+            "Xk9(mP2v",
+            "P@ss(w0rd)",
+            "iloveyou<3",
+            "correct horse battery staple",
+        ] {
+            assert!(looks_like_secret(password.as_bytes()), "{password}");
+        }
+        for code in [
+            "HmacSha256",
+            "BigUint64",
+            "SocketAddrV4",
+            "AtomicU64",
+            "Option<String>",
+            "string|null",
+            "None",
+            "Vec<u8>",
+            "get_password(user).await?",
+            "client.read(path",
+            "sha256(password",
+            "Enter your password",
+            "must be at least 8 characters",
+        ] {
+            assert!(!looks_like_secret(code.as_bytes()), "{code}");
+        }
     }
 }

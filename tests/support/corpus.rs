@@ -141,11 +141,12 @@ fn email(r: &Rng) -> String {
     let f = ascii_name(r.pick(FIRST));
     let l = ascii_name(r.pick(LAST));
     let d = r.pick(DOMAINS);
-    match r.range(0, 4) {
+    match r.range(0, 5) {
         0 => format!("{f}.{l}@{d}"),
         1 => format!("{}{l}{}@{d}", &f[..1], r.range(1, 99)),
         2 => format!("{f}+{}@{d}", r.pick(&["news", "work", "test"])),
         3 => format!("{f}_{l}@{d}"),
+        4 => format!("{f}.o'{l}@{d}"),
         _ => format!("{}.{}@{d}", f.to_uppercase(), l),
     }
 }
@@ -411,6 +412,30 @@ fn strong_password(r: &Rng) -> String {
     p
 }
 
+/// A password for inside quotes: a strong one with a `;`, `,` or space in its letters.
+fn quoted_password(r: &Rng) -> String {
+    let p = strong_password(r);
+    let letters = p
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(p.len());
+    let at = r.range(3, (letters - 3) as u64) as usize;
+    format!("{}{}{}", &p[..at], r.pick(&[";", ",", " "]), &p[at..])
+}
+
+/// A password as people choose them: two capitalised words and a year or a number.
+fn human_password(r: &Rng) -> String {
+    const WORDS: &[&str] = &[
+        "Blue", "Sky", "Happy", "Tiger", "Sunny", "Dog", "Hello", "World", "Green", "Moon", "True",
+        "None",
+    ];
+    let tail = match r.range(0, 2) {
+        0 => r.range(1970, 2025).to_string(),
+        1 => "123".to_string(),
+        _ => format!("{}!", r.digits(2)),
+    };
+    format!("{}{}{tail}", r.pick(WORDS), r.pick(WORDS))
+}
+
 /// A secret: (value, lead label, trail) in a form people paste.
 fn secret(r: &Rng) -> Pii {
     let (lead, value, trail) = match r.range(0, 10) {
@@ -444,7 +469,7 @@ fn secret(r: &Rng) -> Pii {
             ),
             String::new(),
         ),
-        5 => match r.range(0, 2) {
+        5 => match r.range(0, 4) {
             0 => (
                 "key=".into(),
                 format!("AIza{}", r.chars(35, ALNUM)),
@@ -455,10 +480,20 @@ fn secret(r: &Rng) -> Pii {
                 format!("sk_live_{}", r.chars(24, ALNUM)),
                 String::new(),
             ),
-            _ => (
+            2 => (
                 "gitlab: ".into(),
                 format!("glpat-{}", r.chars(20, ALNUM)),
                 String::new(),
+            ),
+            3 => (
+                "Authorization: Token ".into(),
+                r.chars(40, HEX),
+                String::new(),
+            ),
+            _ => (
+                "DATABASE_URL=postgres://admin:".into(),
+                format!("{}@{}", r.chars(4, ALNUM), strong_password(r)),
+                "@db.internal:5432/app".into(),
             ),
         },
         6 => {
@@ -474,30 +509,48 @@ fn secret(r: &Rng) -> Pii {
         7 => {
             let body: Vec<String> = (0..r.range(3, 6)).map(|_| r.chars(64, ALNUM)).collect();
             let kind = r.pick(&["RSA ", "EC ", "", "OPENSSH "]);
-            (
-                "here is the key:\n".into(),
-                format!(
-                    "-----BEGIN {kind}PRIVATE KEY-----\n{}\n-----END {kind}PRIVATE KEY-----",
-                    body.join("\n")
-                ),
-                "\n".into(),
-            )
+            let begin = format!("-----BEGIN {kind}PRIVATE KEY-----");
+            if r.chance(0.3) {
+                // Pasted without its END line, cut off in the middle of a line.
+                let cut = r.chars(r.range(20, 39) as usize, ALNUM);
+                (
+                    "here is the key:\n".into(),
+                    format!("{begin}\n{}\n{cut}", body.join("\n")),
+                    "...\n".into(),
+                )
+            } else {
+                (
+                    "here is the key:\n".into(),
+                    format!(
+                        "{begin}\n{}\n-----END {kind}PRIVATE KEY-----",
+                        body.join("\n")
+                    ),
+                    "\n".into(),
+                )
+            }
         }
-        8 => (
-            r.pick(&[
-                "DB_PASSWORD=\"",
-                "password = '",
-                "\"api_key\": \"",
-                "client_secret: ",
-            ])
-            .to_string(),
-            strong_password(r),
-            r.pick(&["\"", "'", "\"", ""]).to_string(),
-        ),
+        8 => {
+            let (lead, trail) = r.pick(&[
+                ("DB_PASSWORD=\"", "\""),
+                ("password = '", "'"),
+                ("\"api_key\": \"", "\""),
+                ("client_secret: ", ""),
+            ]);
+            let value = if trail.is_empty() || r.chance(0.5) {
+                strong_password(r)
+            } else {
+                quoted_password(r)
+            };
+            (lead.to_string(), value, trail.to_string())
+        }
         _ => (
             r.pick(&["my password is ", "the password is ", "Passwort: "])
                 .to_string(),
-            strong_password(r),
+            if r.chance(0.5) {
+                strong_password(r)
+            } else {
+                human_password(r)
+            },
             String::new(),
         ),
     };
@@ -529,6 +582,9 @@ fn pii(r: &Rng) -> Pii {
                 "reach me on ",
                 "Telefon: ",
                 "téléphone : ",
+                "call my partner at ",
+                "Vincent: ",
+                "ask Casey on ",
             ])
             .to_string(),
             phone(r),
@@ -579,7 +635,7 @@ fn pii(r: &Rng) -> Pii {
 
 /// Text that looks like PII to a naive scanner but is not.
 fn hard_negative(r: &Rng) -> String {
-    match r.range(0, 15) {
+    match r.range(0, 19) {
         0 => format!(
             "card-like ref {} (invalid)",
             format_card(r, &card_digits(r, false))
@@ -656,6 +712,22 @@ fn hard_negative(r: &Rng) -> String {
             r.range(100, 99999),
             r.range(1, 9999)
         ),
+        15 => format!(
+            "{} {}-{}-{}",
+            r.pick(&["order_id:", "orderId", "Ticketnummer", "Parts"]),
+            r.range(200, 999),
+            r.range(200, 999),
+            r.digits(4)
+        ),
+        16 => r
+            .pick(&[
+                "password: Option<String>, token: Vec<u8>, secret: HmacSha256",
+                "\"password\": \"Enter your password\", \"token\": null",
+                "password_hint = \"must contain 8 characters\"",
+                "secret = sha256(password)",
+            ])
+            .to_string(),
+        17 => "-----BEGIN RSA PRIVATE KEY----- marks the start of a key".to_string(),
         _ => format!("dimensions 1920x1080, ratio 16:9, {}% done", r.range(1, 99)),
     }
 }
