@@ -220,6 +220,12 @@ fn adversarial(n: usize) -> Vec<(&'static str, String)> {
         ("authorization", rep("Authorization: Token ")),
         ("url passwords", rep("s://u:p@q:")),
         ("apostrophes", rep("o'b@x.")),
+        (
+            "pem blocks",
+            rep("-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n"),
+        ),
+        ("quoted labels", rep("token_note: 'x; password: y ")),
+        ("query emails", rep("s://u:p@h?n=a@b.co ")),
     ]
 }
 
@@ -252,4 +258,22 @@ fn adversarial_inputs_scan_in_roughly_linear_time() {
             "{name}: {ta:?} for 8 KiB but {tb:?} for 64 KiB"
         );
     }
+}
+
+/// Many whole PEM blocks (each BEGIN line is checked against the blocks found): large enough
+/// that a check of every BEGIN line against every block (quadratic, ~2 s for 4 MiB) shows
+/// against the linear scan.
+#[test]
+fn many_pem_blocks_scan_in_linear_time() {
+    let s = scanner();
+    let unit = "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n";
+    let text = |n: usize| unit.repeat(n / unit.len() + 1);
+    let (a, b) = (text(512 * 1024), text(4 * 1024 * 1024));
+    let ta = time(&s, &a);
+    let tb = time(&s, &b);
+    assert_eq!(s.scan(&b).len(), b.len() / unit.len());
+    assert!(
+        tb <= ta * 16 + Duration::from_millis(100),
+        "{ta:?} for 512 KiB but {tb:?} for 4 MiB"
+    );
 }

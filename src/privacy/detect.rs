@@ -174,10 +174,16 @@ impl Detectors {
                 // without a space before the address (`请发到zhang@x.cn`) stays out of the span.
                 r"[\p{Latin}0-9._%+\-'’]{1,64}@[\p{Latin}0-9](?:[\p{Latin}0-9\-]{0,61}[\p{Latin}0-9])?(?:\.[\p{Latin}0-9](?:[\p{Latin}0-9\-]{0,61}[\p{Latin}0-9])?){0,8}\.[A-Za-z]{2,24}",
             )?,
-            // The password runs to the last `@` before the path (`p@ss:w0rd` in
-            // `postgres://admin:p@ss:w0rd@db/app`), as URL parsers read it, and may hold the `#`
-            // and `?` people paste unencoded; the user may be empty (`redis://:p4ss@host`).
-            url_credentials: re(r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{0,128}:([^\s/]{1,256})@")?,
+            // The password runs to the last `@` of the authority (`p@ss:w0rd` in
+            // `postgres://admin:p@ss:w0rd@db/app`), as URL parsers read it; the user may be
+            // empty (`redis://:p4ss@host`). The authority ends at the path's `/`, or at a query
+            // or fragment: from the first `?` or `#` on, the password may hold the `?` and `#`
+            // people paste unencoded (`Xk9#mP?2`) but no `@` and no `=`, so that an address in
+            // a query (`host?notify=ann@example.com`) is not read as part of it.
+            url_credentials: re(concat!(
+                r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{0,128}:",
+                r"([^\s/?#]{0,256}(?:[?#][^\s/@=]{0,128})?)@",
+            ))?,
             // Groups separated by a space, `-`, `.` or `/`, the same throughout (`card_ok`).
             card: re(r"(?-u:\b)[0-9](?:[ \-./]?[0-9]){11,18}(?-u:\b)")?,
             // Either case: people type `gb82 west ...` too; the country's length and the
@@ -339,7 +345,6 @@ impl Detectors {
             if h.end() >= m.end() {
                 continue;
             }
-            pos = pos.max(at + m.end());
             let (s, e) = (at + h.end(), at + m.end());
             let value = if bearer || (authorization && has_scheme(&rest[..h.end()])) {
                 // A credential after its scheme word needs no further evidence.
@@ -351,8 +356,15 @@ impl Detectors {
                     .into_iter()
                     .find(|&(s, e)| s < e && looks_like_secret(&b[s..e]))
             };
-            if let Some((s, e)) = value {
-                out.push(secret(s, e, priority::SECRET_ASSIGNED, conf));
+            // The scan resumes after the value found, or after the head when there is none:
+            // a rejected quoted value may hold a label of its own (`"rotated; new password:
+            // Xk9#mP2v"`).
+            match value {
+                Some((s, e)) => {
+                    out.push(secret(s, e, priority::SECRET_ASSIGNED, conf));
+                    pos = pos.max(e);
+                }
+                None => pos = pos.max(s),
             }
         }
         if has_at {
@@ -385,8 +397,14 @@ impl Detectors {
             blocks.push(m.range());
             out.push(secret(m.start(), m.end(), 0.99));
         }
+        // Both sorted by start, the blocks disjoint: one merge pass finds the BEGIN lines
+        // outside every whole block.
+        let mut next = 0;
         for begin in begins {
-            if blocks.iter().any(|r| r.contains(&begin.start)) {
+            while blocks.get(next).is_some_and(|r| r.end <= begin.start) {
+                next += 1;
+            }
+            if blocks.get(next).is_some_and(|r| r.contains(&begin.start)) {
                 continue;
             }
             if let Some(end) = pem_body_end(text.as_bytes(), begin.end) {
@@ -711,6 +729,10 @@ const VERSION_WORDS: Negative = Negative {
         b"installed",
         b"bump",
         b"oid",
+        // Past tenses that say what happened to a version (not `updated`, see above).
+        b"released",
+        b"bumped",
+        b"upgraded",
     ],
     stems: &[],
 };
@@ -750,7 +772,7 @@ const PHONE_WORDS: &[&[u8]] = &[
 ];
 /// Words before a number that make it something other than a phone number. Whole words
 /// (`part`, not `partner`; `vin`, not `Vincent`), but the German stems that start compounds
-/// and inflections (`Bestellnummer`, `Rechnungsnummer`, `Rechnungen`).
+/// and inflections (`Bestellnummer`, `Rechnungsnummer`, `Rechnungen`, `Referenznummer`).
 const NOT_PHONE_WORDS: Negative = Negative {
     words: &[
         b"tracking number",
@@ -806,8 +828,11 @@ const NOT_PHONE_WORDS: Negative = Negative {
         b"passport",
         b"vin",
         b"meeting id",
+        // German `Modell` with its compounds (`Modellnummer`, `Modell-Nr.`); a stem would
+        // take `Modelled` too.
+        b"modell",
     ],
-    stems: &[b"bestell", b"rechnung"],
+    stems: &[b"bestell", b"rechnung", b"referenz"],
 };
 
 /// What to do after a candidate.

@@ -11,7 +11,8 @@
 //! area rules, octet ranges, E.164 lengths, boundary and label-word checks). Detector families
 //! whose trigger bytes are absent (`@`, digits) are skipped. Overlapping detections are resolved
 //! by priority (custom > structured secrets > email > IBAN > card > SSN > assigned secrets >
-//! IP > phone), then by length.
+//! IP > phone), then by length. An assigned secret that overlaps a better detection keeps the
+//! rest of its span (`password: "<value> (ask <email>)"` gives a secret and an email).
 //!
 //! Numbers are found whatever separators they are written with: no-break, narrow no-break,
 //! figure and thin spaces (U+00A0, U+202F, U+2007, U+2009 and the other Unicode spaces of
@@ -47,7 +48,7 @@
 //! | `iban` | country code to last character, spaces (any kind above) or dashes included | `DE89 3704 0044 0532 0130 00`, `DE89-3704-…` |
 //! | `us_ssn` | `123-45-6789` (or en dashes, `123–45–6789`); spaced, dotted or bare only next to an SSN label | `SSN 536221234`, `SSN 536.22.1234` |
 //! | `ip_address` | the address (no port, no prefix length) | `10.0.0.1` in `10.0.0.1/24`, `fe80::1` in `[fe80::1]:443`, `2001:db8::` in `2001:db8::/64` |
-//! | `secret` | the token; the whole PEM block, or the BEGIN line and base64 lines of one cut off before its END line; the assigned value without quotes (a quoted one to its closing quote, spaces and `;` included); an `Authorization` header's credential (after its scheme word); a URL's password (to the last `@` before the path) | `ghp_…`, `password = "<value>"`, `Authorization: Token <value>`, `postgres://admin:<value>@db/app` |
+//! | `secret` | the token; the whole PEM block, or the BEGIN line and base64 lines of one cut off before its END line; the assigned value without quotes (a quoted one to its closing quote, spaces and `;` included); an `Authorization` header's credential (after its scheme word); a URL's password (to the last `@` of the authority, which ends at the path, the query or the fragment; a `?` or `#` typed in the password is part of it when no `@` or `=` follows it before the final `@`) | `ghp_…`, `password = "<value>"`, `Authorization: Token <value>`, `postgres://admin:<value>@db/app` |
 //!
 //! Thread safety: [`Scanner`] is `Send + Sync`; clones share the compiled detectors.
 
@@ -65,7 +66,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use detect::{priority, Detectors, Found};
+use detect::{kind, priority, Detectors, Found};
 
 pub use redact::{redact_messages, redact_messages_with_spans, redact_text, Rehydrator};
 
@@ -316,7 +317,7 @@ impl Scanner {
             }
             custom(text, &mut found);
         }
-        resolve(found)
+        resolve(found, text.as_bytes())
             .into_iter()
             .map(|f| PiiSpan {
                 kind: inner
@@ -334,7 +335,14 @@ impl Scanner {
 
 /// Keeps the best of overlapping detections (priority, then length, then leftmost) and returns
 /// them sorted by start.
-fn resolve(mut found: Vec<Found>) -> Vec<Found> {
+///
+/// An assigned secret that overlaps a better detection keeps the rest of its span: a quoted
+/// value can hold an address, a card or an IBAN (`password: "Xk9#mP2v (ask ann@example.com)"`),
+/// and dropping the whole secret for the email would send the password out. Each piece of it
+/// outside the better detections (trimmed of spaces, and only with a letter or digit) stays a
+/// secret, so the text covered is the union of both. `text` is the scanned text, the spans'
+/// offsets are into it.
+fn resolve(mut found: Vec<Found>, text: &[u8]) -> Vec<Found> {
     found.sort_by(|a, b| {
         b.priority
             .cmp(&a.priority)
@@ -349,9 +357,49 @@ fn resolve(mut found: Vec<Found>) -> Vec<Found> {
             before.is_some_and(|(_, k)| k.end > f.start) || after.is_some_and(|(&s, _)| s < f.end);
         if !clash {
             kept.insert(f.start, f);
+        } else if f.kind == kind::SECRET && f.priority == priority::SECRET_ASSIGNED {
+            for (start, end) in uncovered(&kept, &f, text) {
+                kept.insert(start, Found { start, end, ..f });
+            }
         }
     }
     kept.into_values().collect()
+}
+
+/// The pieces of `f` outside every span of `kept` (disjoint, keyed by start), trimmed of ASCII
+/// whitespace, that hold a letter or a digit.
+fn uncovered(kept: &BTreeMap<usize, Found>, f: &Found, text: &[u8]) -> Vec<(usize, usize)> {
+    let first = kept
+        .range(..=f.start)
+        .next_back()
+        .map_or(f.start, |(&s, _)| s);
+    let mut gaps = Vec::new();
+    let mut at = f.start;
+    for k in kept.range(first..f.end).map(|(_, k)| k) {
+        if k.start > at {
+            gaps.push((at, k.start));
+        }
+        at = at.max(k.end);
+    }
+    if at < f.end {
+        gaps.push((at, f.end));
+    }
+    gaps.into_iter()
+        .filter_map(|(mut s, mut e)| {
+            let piece = text.get(s..e)?;
+            s += piece.iter().take_while(|c| c.is_ascii_whitespace()).count();
+            e -= piece
+                .iter()
+                .rev()
+                .take_while(|c| c.is_ascii_whitespace())
+                .count();
+            let piece = text.get(s..e)?;
+            piece
+                .iter()
+                .any(|c| c.is_ascii_alphanumeric() || !c.is_ascii())
+                .then_some((s, e))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -847,3 +847,134 @@ fn emails_with_apostrophes() {
     one("'ann@example.com'", "email", "ann@example.com");
     one("?email=ann@example.com", "email", "ann@example.com");
 }
+
+/// A trailing `!` is a macro call only after a name without digits, as before: passwords
+/// people choose end in `!` (`summer2024!`). Only a `(` follows lower-case names with digits
+/// (`sha256(password`).
+#[test]
+fn passwords_ending_in_a_bang_are_not_macros() {
+    for p in ["summer2024!", "hunter22!", "qwerty123!"] {
+        one(&format!("password = {p}"), "secret", p);
+    }
+    one("token: abc123[xyz]", "secret", "abc123[xyz");
+    one("secret = w0rd{x}", "secret", "w0rd{x");
+    none("token = quote!; secret: Token![;], api_key = keys[0], password = sha256(pw)");
+}
+
+/// A label inside a rejected quoted value is still examined: the scan resumes after the
+/// label's head, not after the value.
+#[test]
+fn labels_inside_a_rejected_quoted_value_are_examined() {
+    one(
+        "\"token_note\": \"rotated; new password: Xk9#mP2v;L!q7\"",
+        "secret",
+        "Xk9#mP2v",
+    );
+    one(
+        "secret_hint = 'see the vault, token=Xk9#mP2vL!q7 rotated'",
+        "secret",
+        "Xk9#mP2vL!q7",
+    );
+}
+
+/// A quoted value holding an email, a card or an IBAN keeps the rest of it redacted: the
+/// higher-priority detection wins its span, the secret keeps what is left of its own.
+#[test]
+fn a_quoted_secret_around_other_pii_is_not_dropped() {
+    assert_eq!(
+        found("password: \"Xk9#mP2v (ask ann@example.com)\""),
+        vec![
+            ("secret".to_string(), "Xk9#mP2v (ask".to_string()),
+            ("email".to_string(), "ann@example.com".to_string()),
+        ]
+    );
+    assert_eq!(
+        found("secret = 'Xk9#mP2v card 4111 1111 1111 1111'"),
+        vec![
+            ("secret".to_string(), "Xk9#mP2v card".to_string()),
+            ("credit_card".to_string(), "4111 1111 1111 1111".to_string()),
+        ]
+    );
+    assert_eq!(
+        found("token: \"Xk9#mP2v DE89 3704 0044 0532 0130 00\""),
+        vec![
+            ("secret".to_string(), "Xk9#mP2v".to_string()),
+            (
+                "iban".to_string(),
+                "DE89 3704 0044 0532 0130 00".to_string()
+            ),
+        ]
+    );
+    // Redacted, nothing of the password goes out.
+    let (out, _) = redact_text("password: \"Xk9#mP2v (ask ann@example.com)\"", &scanner());
+    assert!(!out.contains("Xk9") && !out.contains("ann@"), "{out}");
+}
+
+/// A URL password ends at the last `@` of the authority: an address in the query string
+/// stays an email (`@example.com` went out with the password span over it).
+#[test]
+fn url_passwords_stop_before_the_query() {
+    assert_eq!(
+        found("https://bob:pw1234@host?notify=ann@example.com"),
+        vec![
+            ("secret".to_string(), "pw1234".to_string()),
+            ("email".to_string(), "ann@example.com".to_string()),
+        ]
+    );
+    assert_eq!(
+        found("https://bob:pw1234@host#to=ann@example.com"),
+        vec![
+            ("secret".to_string(), "pw1234".to_string()),
+            ("email".to_string(), "ann@example.com".to_string()),
+        ]
+    );
+    // Unencoded `#`, `?` and `@` in a password still count.
+    one(
+        "postgres://admin:ab12@Xyz#34@db.internal:5432/app",
+        "secret",
+        "ab12@Xyz#34",
+    );
+    one("ftp://bob:Xk9#mP?2@files/x", "secret", "Xk9#mP?2");
+}
+
+/// Unary operators before a call and `->` paths are code, not values.
+#[test]
+fn calls_after_unary_operators_and_arrows_are_code() {
+    none("let has_secret = !secret.is_empty();");
+    none("auto token = lexer->next();");
+    none("token = *guard.take(); secret = -offset.abs(); password = &self_pw.as_str()");
+    none("auto token = Lexer::next(); token = it->second.get()");
+    // A password starting with `!` is still one.
+    one("password: !Xk9#mP2v", "secret", "!Xk9#mP2v");
+}
+
+/// Quoted values with spaces: lower-case words are a passphrase (articles included); Title
+/// Case labels and descriptions are not.
+#[test]
+fn passphrases_vs_labels_and_descriptions() {
+    for p in [
+        "my dog ate the homework",
+        "a purple elephant dances",
+        "correct horse battery staple",
+    ] {
+        one(&format!("password = \"{p}\""), "secret", p);
+    }
+    none("secret_store = \"AWS Secrets Manager\"");
+    none("secret_description: \"Used by CI pipeline\"");
+    none("token_label = 'Personal Access Token', secret_name: \"prod db\"");
+    none("secret_note = \"used by the ci pipeline\", token_help: 'see the docs'");
+}
+
+/// Compound labels in German and past-tense version words.
+#[test]
+fn more_negative_labels() {
+    no_phone("Referenznummer: 030 1234 5678");
+    no_phone("Modellnummer 030 1234 5678");
+    no_phone("Modell-Nr. 030 1234 5678");
+    none("Released 1.2.3.4");
+    none("Bumped to 1.2.3.4");
+    none("Upgraded to 1.2.3.4");
+    // Still phones and addresses.
+    one("Modelled by Zipporah 415.555.0132", "phone", "415.555.0132");
+    one("DNS updated: 203.0.113.7", "ip_address", "203.0.113.7");
+}

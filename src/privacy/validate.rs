@@ -252,8 +252,10 @@ const PLACEHOLDER_WORDS: &[&[u8]] = &[
     b"string",
 ];
 
-/// Words of sentences, never of a passphrase: a quoted value with spaces holding one is a
-/// message, a label or a description (`"Enter your password"`, `"must be 8 characters"`).
+/// Words of sentences and labels, never of a passphrase: a quoted value with spaces holding
+/// one is a message, a label or a description (`"Enter your password"`, `"must be 8
+/// characters"`, `"used by the CI pipeline"`). See [`PHRASE_WORDS`] for the few a passphrase of
+/// words may hold.
 const SENTENCE_WORDS: &[&[u8]] = &[
     b"a",
     b"an",
@@ -263,7 +265,12 @@ const SENTENCE_WORDS: &[&[u8]] = &[
     b"my",
     b"is",
     b"are",
+    b"was",
+    b"were",
     b"be",
+    b"been",
+    b"has",
+    b"have",
     b"to",
     b"of",
     b"for",
@@ -274,12 +281,23 @@ const SENTENCE_WORDS: &[&[u8]] = &[
     b"at",
     b"in",
     b"on",
+    b"by",
+    b"via",
+    b"from",
     b"with",
     b"this",
     b"that",
     b"it",
+    b"if",
+    b"we",
+    b"our",
     b"please",
     b"enter",
+    b"see",
+    b"use",
+    b"used",
+    b"using",
+    b"set",
     b"must",
     b"should",
     b"will",
@@ -290,12 +308,19 @@ const SENTENCE_WORDS: &[&[u8]] = &[
     b"wrong",
     b"missing",
     b"expired",
+    b"required",
     b"characters",
     b"password",
     b"passwords",
     b"token",
+    b"tokens",
     b"secret",
+    b"secrets",
     b"key",
+    b"keys",
+    b"manager",
+    b"vault",
+    b"description",
     b"here",
     b"votre",
     b"mot",
@@ -311,6 +336,10 @@ const SENTENCE_WORDS: &[&[u8]] = &[
     b"tu",
 ];
 
+/// Words of [`SENTENCE_WORDS`] that a passphrase of lower-case words may hold (`my dog ate the
+/// homework`): without the other sentence words, they do not make a message.
+const PHRASE_WORDS: &[&[u8]] = &[b"a", b"an", b"the", b"my"];
+
 /// True when `w` occurs in `lower` as a word of its own: no ASCII letter, digit or `-` on
 /// either side (`string|null`, `Option<string>`, but not `string-cheese-42`).
 fn has_word(lower: &[u8], w: &[u8]) -> bool {
@@ -319,12 +348,23 @@ fn has_word(lower: &[u8], w: &[u8]) -> bool {
         .any(|i| !joins(i.checked_sub(1).map(|j| &lower[j])) && !joins(lower.get(i + w.len())))
 }
 
-/// True when a value with spaces (a quoted one) reads as a passphrase (`correct horse battery
-/// staple`) rather than a sentence: none of its words is one of [`SENTENCE_WORDS`].
-fn passphrase(lower: &[u8]) -> bool {
-    lower
-        .split(|c| !c.is_ascii_alphanumeric())
-        .all(|w| !SENTENCE_WORDS.contains(&w))
+/// True when a value with spaces (a quoted one) reads as a passphrase rather than a message, a
+/// label or a description. Words only (letters and spaces): at least three, all lower case,
+/// none a sentence word but [`PHRASE_WORDS`] (`correct horse battery staple`, `my dog ate the
+/// homework`; not `AWS Secrets Manager`, `Used by CI pipeline`). With digits or symbols
+/// (`Xk9 mP2v;q7`): none of its words is one of [`SENTENCE_WORDS`].
+fn passphrase(value: &[u8], lower: &[u8]) -> bool {
+    let words = || {
+        lower
+            .split(|c| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+    };
+    if value.iter().all(|c| c.is_ascii_alphabetic() || *c == b' ') {
+        return words().count() >= 3
+            && !value.iter().any(u8::is_ascii_uppercase)
+            && words().all(|w| PHRASE_WORDS.contains(&w) || !SENTENCE_WORDS.contains(&w));
+    }
+    words().all(|w| !SENTENCE_WORDS.contains(&w))
 }
 
 /// Bit widths and digest sizes that type names carry (`HmacSha256`, `Float64`).
@@ -362,25 +402,46 @@ fn type_name(value: &[u8]) -> bool {
     true
 }
 
-/// True when `value` is a call, a macro, an index or a generic type: an identifier or dotted
-/// path followed by `(`, `[`, `{`, `!` or `<` (`getpass()`, `Some(token`, `client.read(path)`,
-/// `sha256(password`, `quote!`, `Token![;]`, `secrets[0]`, `Vec<u8>`). The identifier has no
-/// digits unless it is all lower case, as function names are (`Xk9(mP2v` is a password), and
-/// a `<` must open a type (`Vec<u8>`, not `iloveyou<3`).
+/// True when `value` is a call, a macro, an index or a generic type: an identifier or path
+/// followed by `(`, `[`, `{`, `!` or `<` (`getpass()`, `Some(token`, `client.read(path)`,
+/// `sha256(password`, `quote!`, `Token![;]`, `secrets[0]`, `Vec<u8>`), possibly after a unary
+/// operator (`!secret.is_empty()`, `-offset.abs()`). The parts of a path are joined by `.`,
+/// `->` or `::` (`lexer->next()`). The identifier has no digits, except before a `(` when it
+/// is all lower case, as function names are: `summer2024!` and `abc123[x]` are passwords, as
+/// is `Xk9(mP2v`; and a `<` must open a type (`Vec<u8>`, not `iloveyou<3`).
 fn call_or_generic(value: &[u8]) -> bool {
+    let value = match value {
+        [b'!' | b'*' | b'&' | b'-', rest @ ..] => rest,
+        _ => value,
+    };
     let Some(p) = value
         .iter()
         .position(|c| matches!(c, b'!' | b'[' | b'(' | b'{' | b'<'))
     else {
         return false;
     };
-    let ident = &value[..p];
     let next = value.get(p + 1).copied();
     let opens = match value[p] {
         b'!' => matches!(next, None | Some(b'[' | b'(' | b'{')),
         b'<' => next.is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, b'_' | b'&' | b'\'')),
         _ => true,
     };
+    // The identifier with `->` and `::` read as `.`.
+    let mut ident = Vec::with_capacity(p);
+    let mut i = 0;
+    while i < p {
+        match &value[i..p] {
+            [b'-', b'>', ..] | [b':', b':', ..] => {
+                ident.push(b'.');
+                i += 2;
+            }
+            [c, ..] => {
+                ident.push(*c);
+                i += 1;
+            }
+            [] => break,
+        }
+    }
     let name = |c: &u8| c.is_ascii_alphabetic() || matches!(c, b'_' | b'.');
     let function =
         |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.');
@@ -388,7 +449,7 @@ fn call_or_generic(value: &[u8]) -> bool {
         && ident
             .first()
             .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
-        && (ident.iter().all(name) || ident.iter().all(function))
+        && (ident.iter().all(name) || (value[p] == b'(' && ident.iter().all(function)))
 }
 
 /// True when `value` looks like a real credential rather than a reference, placeholder or
@@ -412,7 +473,7 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
     {
         return false;
     }
-    if value.contains(&b' ') && !passphrase(&lower) {
+    if value.contains(&b' ') && !passphrase(value, &lower) {
         return false;
     }
     // Plain identifiers such as `user_password` or `get_token` are names, not values.
@@ -708,6 +769,34 @@ mod tests {
             "sha256(password",
             "Enter your password",
             "must be at least 8 characters",
+        ] {
+            assert!(!looks_like_secret(code.as_bytes()), "{code}");
+        }
+    }
+
+    #[test]
+    fn bangs_unary_calls_and_phrases() {
+        for password in [
+            "summer2024!",
+            "hunter22!",
+            "qwerty123!",
+            "abc123[xyz",
+            "my dog ate the homework",
+            "a purple elephant dances",
+            "Xk9 mP2v;q7",
+        ] {
+            assert!(looks_like_secret(password.as_bytes()), "{password}");
+        }
+        for code in [
+            "!secret.is_empty(",
+            "lexer->next(",
+            "-offset.abs(",
+            "it->second.get(",
+            "AWS Secrets Manager",
+            "Used by CI pipeline",
+            "Personal Access Token",
+            "prod db",
+            "used by the ci pipeline",
         ] {
             assert!(!looks_like_secret(code.as_bytes()), "{code}");
         }

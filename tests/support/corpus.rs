@@ -714,7 +714,14 @@ fn hard_negative(r: &Rng) -> String {
         ),
         15 => format!(
             "{} {}-{}-{}",
-            r.pick(&["order_id:", "orderId", "Ticketnummer", "Parts"]),
+            r.pick(&[
+                "order_id:",
+                "orderId",
+                "Ticketnummer",
+                "Parts",
+                "Referenznummer:",
+                "Modellnummer",
+            ]),
             r.range(200, 999),
             r.range(200, 999),
             r.digits(4)
@@ -725,6 +732,10 @@ fn hard_negative(r: &Rng) -> String {
                 "\"password\": \"Enter your password\", \"token\": null",
                 "password_hint = \"must contain 8 characters\"",
                 "secret = sha256(password)",
+                "let has_secret = !secret.is_empty();",
+                "auto token = lexer->next();",
+                "secret_store = \"AWS Secrets Manager\"",
+                "secret_description: \"Used by CI pipeline\"",
             ])
             .to_string(),
         17 => "-----BEGIN RSA PRIVATE KEY----- marks the start of a key".to_string(),
