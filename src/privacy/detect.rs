@@ -174,15 +174,13 @@ impl Detectors {
                 // without a space before the address (`请发到zhang@x.cn`) stays out of the span.
                 r"[\p{Latin}0-9._%+\-'’]{1,64}@[\p{Latin}0-9](?:[\p{Latin}0-9\-]{0,61}[\p{Latin}0-9])?(?:\.[\p{Latin}0-9](?:[\p{Latin}0-9\-]{0,61}[\p{Latin}0-9])?){0,8}\.[A-Za-z]{2,24}",
             )?,
-            // The password runs to the last `@` of the authority (`p@ss:w0rd` in
-            // `postgres://admin:p@ss:w0rd@db/app`), as URL parsers read it; the user may be
-            // empty (`redis://:p4ss@host`). The authority ends at the path's `/`, or at a query
-            // or fragment: from the first `?` or `#` on, the password may hold the `?` and `#`
-            // people paste unencoded (`Xk9#mP?2`) but no `@` and no `=`, so that an address in
-            // a query (`host?notify=ann@example.com`) is not read as part of it.
+            // The password runs to the last `@` before the path (`p@ss:w0rd` in
+            // `postgres://admin:p@ss:w0rd@db/app`), as URL parsers read it, `?` and `#` pasted
+            // unencoded included (`Xk9#mP?2`); the user may be empty (`redis://:p4ss@host`).
+            // `url_password` cuts off a query that holds an address.
             url_credentials: re(concat!(
                 r"(?i)[a-z][a-z0-9+.\-]{1,20}://[^\s:/@]{0,128}:",
-                r"([^\s/?#]{0,256}(?:[?#][^\s/@=]{0,128})?)@",
+                r"([^\s/]{0,256})@",
             ))?,
             // Groups separated by a space, `-`, `.` or `/`, the same throughout (`card_ok`).
             card: re(r"(?-u:\b)[0-9](?:[ \-./]?[0-9]){11,18}(?-u:\b)")?,
@@ -370,9 +368,14 @@ impl Detectors {
         if has_at {
             for c in self.url_credentials.captures_iter(text) {
                 let Some(v) = c.get(1) else { continue };
-                let val = v.as_str().as_bytes();
+                let val = url_password(v.as_str().as_bytes());
                 if val.len() >= 4 && !matches!(val[0], b'$' | b'<' | b'{' | b'*' | b'%') {
-                    out.push(secret(v.start(), v.end(), priority::SECRET_TOKEN, 0.9));
+                    out.push(secret(
+                        v.start(),
+                        v.start() + val.len(),
+                        priority::SECRET_TOKEN,
+                        0.9,
+                    ));
                 }
             }
         }
@@ -908,6 +911,21 @@ fn shrink_to_valid(b: &[u8], s: usize, e: usize, valid: fn(&[u8]) -> bool) -> Op
 /// (`Authorization: Token `), not in the `:` or a quote.
 fn has_scheme(head: &str) -> bool {
     head.trim_end().ends_with(|c: char| c.is_ascii_alphabetic())
+}
+
+/// The password in `val`, what a URL's `user:` is followed by up to the last `@` before the
+/// path. A query after it that holds an `=` or `&` (`pw1234@host?notify=ann@example.com`) is
+/// no part of it: the password ends at the last `@` before that `?` or `#`. Otherwise the
+/// whole of `val` is the password, `?`, `#` and `@` included (`Pa55#w=rd`, `ab12#Xyz@34`).
+fn url_password(val: &[u8]) -> &[u8] {
+    let Some(q) = val.iter().position(|c| matches!(c, b'?' | b'#')) else {
+        return val;
+    };
+    let query = val[q..].contains(&b'=') || val[q..].contains(&b'&');
+    match val[..q].iter().rposition(|&c| c == b'@') {
+        Some(at) if query => &val[..at],
+        _ => val,
+    }
 }
 
 /// The readings of an assigned value `[s, e)` (as [`ASSIGNED_VALUE`] matched it), best first,

@@ -339,8 +339,8 @@ impl Scanner {
 /// An assigned secret that overlaps a better detection keeps the rest of its span: a quoted
 /// value can hold an address, a card or an IBAN (`password: "Xk9#mP2v (ask ann@example.com)"`),
 /// and dropping the whole secret for the email would send the password out. Each piece of it
-/// outside the better detections (trimmed of spaces, and only with a letter or digit) stays a
-/// secret, so the text covered is the union of both. `text` is the scanned text, the spans'
+/// outside the better detections (trimmed of spaces) stays a secret, so the text covered is
+/// the union of both. `text` is the scanned text, the spans'
 /// offsets are into it.
 fn resolve(mut found: Vec<Found>, text: &[u8]) -> Vec<Found> {
     found.sort_by(|a, b| {
@@ -367,7 +367,7 @@ fn resolve(mut found: Vec<Found>, text: &[u8]) -> Vec<Found> {
 }
 
 /// The pieces of `f` outside every span of `kept` (disjoint, keyed by start), trimmed of ASCII
-/// whitespace, that hold a letter or a digit.
+/// whitespace, that are not empty.
 fn uncovered(kept: &BTreeMap<usize, Found>, f: &Found, text: &[u8]) -> Vec<(usize, usize)> {
     let first = kept
         .range(..=f.start)
@@ -393,11 +393,9 @@ fn uncovered(kept: &BTreeMap<usize, Found>, f: &Found, text: &[u8]) -> Vec<(usiz
                 .rev()
                 .take_while(|c| c.is_ascii_whitespace())
                 .count();
-            let piece = text.get(s..e)?;
-            piece
-                .iter()
-                .any(|c| c.is_ascii_alphanumeric() || !c.is_ascii())
-                .then_some((s, e))
+            // Any non-space piece: symbols are password characters too (`#!` after an
+            // address in `"ann.lee@corp.io#!"`).
+            (s < e).then_some((s, e))
         })
         .collect()
 }

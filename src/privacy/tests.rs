@@ -886,6 +886,8 @@ fn a_quoted_secret_around_other_pii_is_not_dropped() {
         vec![
             ("secret".to_string(), "Xk9#mP2v (ask".to_string()),
             ("email".to_string(), "ann@example.com".to_string()),
+            // Symbols are password characters too: every piece left is kept.
+            ("secret".to_string(), ")".to_string()),
         ]
     );
     assert_eq!(
@@ -977,4 +979,38 @@ fn more_negative_labels() {
     // Still phones and addresses.
     one("Modelled by Zipporah 415.555.0132", "phone", "415.555.0132");
     one("DNS updated: 203.0.113.7", "ip_address", "203.0.113.7");
+}
+
+/// From a review of the split and URL rules: no part of a password leaks, and the pieces of a
+/// split secret are not redacted wherever else their words appear.
+#[test]
+fn split_secrets_and_url_passwords_leak_nothing() {
+    one("redis://:Pa55#w=rd@cache:6379", "secret", "Pa55#w=rd");
+    one(
+        "postgres://admin:ab12#Xyz@34@db.internal/app",
+        "secret",
+        "ab12#Xyz@34",
+    );
+    one("password: !Welcome!", "secret", "!Welcome!");
+    one("password: -Dragon!", "secret", "-Dragon!");
+    one(
+        "password = \"Correct Horse Battery Staple\"",
+        "secret",
+        "Correct Horse Battery Staple",
+    );
+    let s = scanner();
+    for (text, gone) in [
+        ("password: \"ann.lee@corp.io#!\"", "#!"),
+        ("token: \"Xk9 ann@corp.io #$%^\"", "#$%^"),
+    ] {
+        let (out, _) = crate::privacy::redact_text(text, &s);
+        assert!(
+            !out.contains(gone) && !out.contains("ann"),
+            "{text} -> {out}"
+        );
+    }
+    let text = "token: \"Xk9#mP2v 4111 1111 1111 1111 expires\" and the token expires soon";
+    let (out, _) = crate::privacy::redact_text(text, &s);
+    assert!(out.ends_with("the token expires soon"), "{out}");
+    assert!(!out.contains("Xk9") && !out.contains("4111"), "{out}");
 }

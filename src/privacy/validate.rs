@@ -349,8 +349,8 @@ fn has_word(lower: &[u8], w: &[u8]) -> bool {
 }
 
 /// True when a value with spaces (a quoted one) reads as a passphrase rather than a message, a
-/// label or a description. Words only (letters and spaces): at least three, all lower case,
-/// none a sentence word but [`PHRASE_WORDS`] (`correct horse battery staple`, `my dog ate the
+/// label or a description. Words only (letters and spaces): at least three, any case, none
+/// a sentence word but [`PHRASE_WORDS`] (`correct horse battery staple`, `my dog ate the
 /// homework`; not `AWS Secrets Manager`, `Used by CI pipeline`). With digits or symbols
 /// (`Xk9 mP2v;q7`): none of its words is one of [`SENTENCE_WORDS`].
 fn passphrase(value: &[u8], lower: &[u8]) -> bool {
@@ -361,7 +361,6 @@ fn passphrase(value: &[u8], lower: &[u8]) -> bool {
     };
     if value.iter().all(|c| c.is_ascii_alphabetic() || *c == b' ') {
         return words().count() >= 3
-            && !value.iter().any(u8::is_ascii_uppercase)
             && words().all(|w| PHRASE_WORDS.contains(&w) || !SENTENCE_WORDS.contains(&w));
     }
     words().all(|w| !SENTENCE_WORDS.contains(&w))
@@ -410,9 +409,11 @@ fn type_name(value: &[u8]) -> bool {
 /// is all lower case, as function names are: `summer2024!` and `abc123[x]` are passwords, as
 /// is `Xk9(mP2v`; and a `<` must open a type (`Vec<u8>`, not `iloveyou<3`).
 fn call_or_generic(value: &[u8]) -> bool {
-    let value = match value {
-        [b'!' | b'*' | b'&' | b'-', rest @ ..] => rest,
-        _ => value,
+    // A unary operator before a call (`!secret.is_empty()`, `-offset.abs()`); before anything
+    // else (`!Welcome!`, `-Dragon!`) it is a password's first character.
+    let (value, unary) = match value {
+        [b'!' | b'*' | b'&' | b'-', rest @ ..] => (rest, true),
+        _ => (value, false),
     };
     let Some(p) = value
         .iter()
@@ -421,6 +422,9 @@ fn call_or_generic(value: &[u8]) -> bool {
         return false;
     };
     let next = value.get(p + 1).copied();
+    if unary && value[p] != b'(' {
+        return false;
+    }
     let opens = match value[p] {
         b'!' => matches!(next, None | Some(b'[' | b'(' | b'{')),
         b'<' => next.is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, b'_' | b'&' | b'\'')),
