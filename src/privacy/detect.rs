@@ -914,16 +914,27 @@ fn has_scheme(head: &str) -> bool {
 }
 
 /// The password in `val`, what a URL's `user:` is followed by up to the last `@` before the
-/// path. A query after it that holds an `=` or `&` (`pw1234@host?notify=ann@example.com`) is
-/// no part of it: the password ends at the last `@` before that `?` or `#`. Otherwise the
-/// whole of `val` is the password, `?`, `#` and `@` included (`Pa55#w=rd`, `ab12#Xyz@34`).
+/// path. A host and a query after it (`pw1234@host.example?notify=ann@example.com`: an `@`,
+/// then a name with a `.` or a `:port`, or `localhost`, then `?` or `#` and an `=` or `&`) are
+/// no part of it: the password ends at that `@`. Otherwise the whole of `val` is the password,
+/// `?`, `#`, `=` and `@` included (`Pa55#w=rd`, `ab12#Xyz@34`, `Xk9@mP?2=z`).
 fn url_password(val: &[u8]) -> &[u8] {
     let Some(q) = val.iter().position(|c| matches!(c, b'?' | b'#')) else {
         return val;
     };
     let query = val[q..].contains(&b'=') || val[q..].contains(&b'&');
     match val[..q].iter().rposition(|&c| c == b'@') {
-        Some(at) if query => &val[..at],
+        Some(at) if query => {
+            let host = &val[at + 1..q];
+            let named = host.contains(&b'.')
+                || host.contains(&b':')
+                || host.eq_ignore_ascii_case(b"localhost");
+            if named {
+                &val[..at]
+            } else {
+                val
+            }
+        }
         _ => val,
     }
 }

@@ -73,11 +73,11 @@ fn with_repeats(texts: &[&str], spans: &[(usize, PiiSpan)]) -> Vec<(usize, PiiSp
         let Some(value) = texts.get(*i).and_then(|t| span.text(t)) else {
             continue;
         };
-        // A secret that is one plain word is a piece of a quoted value split around other PII
-        // (`expires` in `"Xk9#mP2v 4111 1111 1111 1111 expires"`): redacting that word in every
-        // message would hide ordinary text, so only its own place is redacted.
-        let plain_word = span.kind == "secret" && value.bytes().all(|c| c.is_ascii_alphabetic());
-        if value.len() >= MIN_REPEAT_LEN && !plain_word && seen.insert(value) {
+        // A secret with no letter or digit is a piece of a quoted value split around other
+        // PII (`)` or `----`): redacting it wherever it appears would only hide punctuation.
+        let punctuation =
+            span.kind == "secret" && !value.bytes().any(|c| c.is_ascii_alphanumeric());
+        if value.len() >= MIN_REPEAT_LEN && !punctuation && seen.insert(value) {
             values.push((value, &span.kind));
         }
         if let Some(digits) = number_digits(value).filter(|d| d.len() >= MIN_REPEAT_DIGITS) {

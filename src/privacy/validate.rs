@@ -422,7 +422,12 @@ fn call_or_generic(value: &[u8]) -> bool {
         return false;
     };
     let next = value.get(p + 1).copied();
-    if unary && value[p] != b'(' {
+    // After a unary operator, a value ending in a lone `!` (`!Welcome!`) or holding an index
+    // after a capital (`!Monkey[1]`) is a password, not `!matches!(…)` or `!keys[0]…`.
+    if unary
+        && ((value[p] == b'!' && p + 1 == value.len())
+            || (matches!(value[p], b'[' | b'{') && value[0].is_ascii_uppercase()))
+    {
         return false;
     }
     let opens = match value[p] {
