@@ -368,7 +368,12 @@ impl Detectors {
         if has_at {
             for c in self.url_credentials.captures_iter(text) {
                 let Some(v) = c.get(1) else { continue };
-                let val = url_password(v.as_str().as_bytes());
+                let mut val = url_password(v.as_str().as_bytes());
+                // An address starting in the query the value ran into (`pw1234@app.example.com
+                // #ann@example.com`): the password ends at the `@` before that query.
+                if let Some(cut) = self.query_address(text, v.start(), v.end()) {
+                    val = &val[..cut.min(val.len())];
+                }
                 if val.len() >= 4 && !matches!(val[0], b'$' | b'<' | b'{' | b'*' | b'%') {
                     out.push(secret(
                         v.start(),
@@ -379,6 +384,27 @@ impl Detectors {
                 }
             }
         }
+    }
+
+    /// Where a URL password matched at `start..end` should end because an address starts in
+    /// its query: the offset (from `start`) of the last `@` before the first `?` or `#`, when
+    /// an email match begins after that `?`/`#` and before `end`, and is not followed by a
+    /// port or a path. Looks at most 256 bytes past `end`, so the scan stays linear.
+    fn query_address(&self, text: &str, start: usize, end: usize) -> Option<usize> {
+        let val = text.as_bytes().get(start..end)?;
+        let q = val.iter().position(|c| matches!(c, b'?' | b'#'))?;
+        let at = val[..q].iter().rposition(|&c| c == b'@')?;
+        let mut stop = (end + 256).min(text.len());
+        while !text.is_char_boundary(stop) {
+            stop -= 1;
+        }
+        let from = start + q + 1;
+        let window = text.get(from..stop)?;
+        let m = self.email.find(window)?;
+        // The URL's own host after the last `@` goes on to a port or a path
+        // (`ab12@Xyz#34@db.internal:5432/app`): then that was no address, but the password.
+        let host_goes_on = matches!(window.as_bytes().get(m.end()), Some(b':' | b'/'));
+        (from + m.start() < end && !host_goes_on).then_some(at)
     }
 
     /// PEM private keys: whole blocks, and keys pasted without their END line (the BEGIN

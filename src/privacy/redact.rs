@@ -75,8 +75,7 @@ fn with_repeats(texts: &[&str], spans: &[(usize, PiiSpan)]) -> Vec<(usize, PiiSp
         };
         // A secret with no letter or digit is a piece of a quoted value split around other
         // PII (`)` or `----`): redacting it wherever it appears would only hide punctuation.
-        let punctuation =
-            span.kind == "secret" && !value.bytes().any(|c| c.is_ascii_alphanumeric());
+        let punctuation = span.kind == "secret" && !value.chars().any(char::is_alphanumeric);
         if value.len() >= MIN_REPEAT_LEN && !punctuation && seen.insert(value) {
             values.push((value, &span.kind));
         }

@@ -1019,4 +1019,25 @@ fn split_secrets_and_url_passwords_leak_nothing() {
     none("secret_ok = !matches!(secret, None)");
     none("secret_missing = !secrets[0].is_empty()");
     one("password: !Monkey[1]", "secret", "!Monkey[1");
+    // A fifth review: none of these may leak.
+    for (text, gone) in [
+        ("redis://:пароль@cache failed; is пароль right?", "пароль"),
+        ("password: !monkey[1]", "monkey"),
+        ("password: -dragon{42}", "dragon"),
+        ("password: -Summer!{2024}", "Summer"),
+    ] {
+        let (out, _) = crate::privacy::redact_text(text, &s);
+        assert!(!out.contains(gone), "{text} -> {out}");
+    }
+    for sep in ["#", "?"] {
+        assert_eq!(
+            found(&format!(
+                "https://bob:pw1234@app.example.com{sep}ann@example.com"
+            )),
+            vec![
+                ("secret".to_string(), "pw1234".to_string()),
+                ("email".to_string(), "ann@example.com".to_string()),
+            ]
+        );
+    }
 }
