@@ -73,12 +73,23 @@ fn with_repeats(texts: &[&str], spans: &[(usize, PiiSpan)]) -> Vec<(usize, PiiSp
         let Some(value) = texts.get(*i).and_then(|t| span.text(t)) else {
             continue;
         };
-        // A secret with no letter or digit is a piece of a quoted value split around other
-        // PII (`)` or `----`): redacting it wherever it appears would only hide punctuation.
-        let punctuation = span.kind == "secret" && !value.chars().any(char::is_alphanumeric);
-        if value.len() >= MIN_REPEAT_LEN && !punctuation && seen.insert(value) {
+        if value.len() >= MIN_REPEAT_LEN && seen.insert(value) {
             values.push((value, &span.kind));
         }
+        // A secret read with spaces (a quoted value, `"Xk9#mP2v (prod)"`, or what is left of
+        // one around other PII): each word of it that is a secret on its own is redacted where
+        // it appears again too (`psql rejected Xk9#mP2v`).
+        if span.kind == "secret" && value.contains(char::is_whitespace) {
+            for part in value.split_whitespace() {
+                if part.len() >= MIN_REPEAT_LEN
+                    && super::validate::looks_like_secret(part.as_bytes())
+                    && seen.insert(part)
+                {
+                    values.push((part, &span.kind));
+                }
+            }
+        }
+
         if let Some(digits) = number_digits(value).filter(|d| d.len() >= MIN_REPEAT_DIGITS) {
             numbers.entry(digits).or_insert(&span.kind);
         }

@@ -1025,6 +1025,19 @@ fn split_secrets_and_url_passwords_leak_nothing() {
         ("password: !monkey[1]", "monkey"),
         ("password: -dragon{42}", "dragon"),
         ("password: -Summer!{2024}", "Summer"),
+        // A sixth review: a word of a quoted secret, and dotted or capitalised names before
+        // `!` or `[`, are secrets; a punctuation-only password is redacted again too.
+        (
+            "DB_PASSWORD=\"Xk9#mP2v (prod)\" but psql rejected Xk9#mP2v",
+            "Xk9",
+        ),
+        ("password: Hello.World!", "Hello"),
+        ("password: Go->Home!", "Home"),
+        ("password: Pass.Word[1]", "Pass.Word"),
+        (
+            "redis://:!#&+=-~!@cache:6379 and the password is !#&+=-~! btw",
+            "!#&+=-~!",
+        ),
     ] {
         let (out, _) = crate::privacy::redact_text(text, &s);
         assert!(!out.contains(gone), "{text} -> {out}");

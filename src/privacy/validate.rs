@@ -458,6 +458,17 @@ fn call_or_generic(value: &[u8]) -> bool {
             [] => break,
         }
     }
+    // A path (`a.b`, `a->b`, `a::b`) is code only before a call: `Hello.World!`, `Go->Home!`
+    // and `Pass.Word[1]` are passwords. An index or a block follows a lower-case name
+    // (`secrets[0]`), not a capitalised one.
+    let lower_start = ident
+        .first()
+        .is_some_and(|c| c.is_ascii_lowercase() || *c == b'_');
+    if (ident.contains(&b'.') && value[p] != b'(')
+        || (matches!(value[p], b'[' | b'{') && !lower_start)
+    {
+        return false;
+    }
     let name = |c: &u8| c.is_ascii_alphabetic() || matches!(c, b'_' | b'.');
     let function =
         |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.');
