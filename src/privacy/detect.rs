@@ -973,10 +973,19 @@ fn value_readings(b: &[u8], s: usize, e: usize) -> [(usize, usize); 2] {
     let quote = b[s];
     let quoted = matches!(quote, b'"' | b'\'' | b'`');
     let body = s + usize::from(quoted);
-    let stop = b[body..e]
-        .iter()
-        .position(|c| c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b'`' | b',' | b';'))
-        .map_or(e, |i| body + i);
+    // The first word ends at any whitespace, as the value pattern's `\s` does (a no-break
+    // space included), or at a quote, `,` or `;`.
+    let ends = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | ',' | ';');
+    let stop = match std::str::from_utf8(&b[body..e]) {
+        Ok(t) => t
+            .char_indices()
+            .find(|&(_, c)| ends(c))
+            .map_or(e, |(i, _)| body + i),
+        Err(_) => b[body..e]
+            .iter()
+            .position(|&c| c.is_ascii() && ends(char::from(c)))
+            .map_or(e, |i| body + i),
+    };
     let word = trim_value(b, body, stop);
     let closed = quoted && e >= s + 2 && b[e - 1] == quote;
     let whole = if closed { (s + 1, e - 1) } else { word };

@@ -1038,6 +1038,10 @@ fn split_secrets_and_url_passwords_leak_nothing() {
             "redis://:!#&+=-~!@cache:6379 and the password is !#&+=-~! btw",
             "!#&+=-~!",
         ),
+        // A seventh review.
+        ("password: -dragon!{42}", "dragon"),
+        ("password: !hunter![2]", "hunter"),
+        ("password = \"Xk9#mP2v\u{a0}(required)\"", "Xk9"),
     ] {
         let (out, _) = crate::privacy::redact_text(text, &s);
         assert!(!out.contains(gone), "{text} -> {out}");

@@ -422,20 +422,11 @@ fn call_or_generic(value: &[u8]) -> bool {
         return false;
     };
     let next = value.get(p + 1).copied();
-    // After a unary operator the value is code only as a call (`!secret.is_empty()`), a
-    // lower-case macro call (`!matches!(x`) or an index into a path that goes on to a call
-    // (`!keys[0].is_empty()`); otherwise the operator is a password's first character
-    // (`!Welcome!`, `!monkey[1]`, `-dragon{42}`, `-Summer!{2024}`).
-    if unary {
-        let code = match value[p] {
-            b'(' => true,
-            b'!' => value[0].is_ascii_lowercase() && matches!(next, Some(b'(' | b'[' | b'{')),
-            b'[' | b'{' => value[p..].contains(&b'.') && value.ends_with(b"("),
-            _ => false,
-        };
-        if !code {
-            return false;
-        }
+    // After a unary operator the value is code only with a call in it (`!secret.is_empty()`,
+    // `!matches!(x, None)`, `!keys[0].is_empty()`); otherwise the operator is a password's
+    // first character (`!Welcome!`, `!monkey[1]`, `-dragon!{42}`).
+    if unary && !value.contains(&b'(') {
+        return false;
     }
     let opens = match value[p] {
         b'!' => matches!(next, None | Some(b'[' | b'(' | b'{')),
