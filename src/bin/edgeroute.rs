@@ -334,11 +334,10 @@ fn main() -> ExitCode {
         Err(Stop::Failed(e)) => {
             note!("edgeroute: {e}");
             // A refusal is the policy working as written, not a failure to retry.
-            match e {
-                edgeroute::Error::Refused { .. } | edgeroute::Error::BudgetExhausted(_) => {
-                    ExitCode::from(3)
-                }
-                _ => ExitCode::FAILURE,
+            if is_refusal(&e) {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
             }
         }
         Err(Stop::Usage(message)) => {
@@ -466,18 +465,17 @@ fn ask(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdResult
     let result = answer(args, home, cloud_url);
     if let (true, Err(stop)) = (json, &result) {
         // Scripts get an answer on stdout either way; the message still goes to stderr.
-        // (The same refusals as the exit status 3.)
         let (error, refused, rule, message) = match stop {
-            Stop::Failed(e @ edgeroute::Error::Refused { rule, message }) => (
-                e.to_string(),
-                true,
-                Some(rule.as_str()),
-                Some(message.as_str()),
-            ),
-            Stop::Failed(e @ edgeroute::Error::BudgetExhausted(message)) => {
-                (e.to_string(), true, None, Some(message.as_str()))
+            Stop::Failed(e) => {
+                let (rule, message) = match e {
+                    edgeroute::Error::Refused { rule, message } => {
+                        (Some(rule.as_str()), Some(message.as_str()))
+                    }
+                    edgeroute::Error::BudgetExhausted(message) => (None, Some(message.as_str())),
+                    _ => (None, None),
+                };
+                (e.to_string(), is_refusal(e), rule, message)
             }
-            Stop::Failed(e) => (e.to_string(), false, None, None),
             Stop::Usage(m) => (m.clone(), false, None, None),
             Stop::Interrupted | Stop::StdoutClosed => return result,
         };
@@ -487,6 +485,15 @@ fn ask(args: AskArgs, home: Option<&Path>, cloud_url: Option<&str>) -> CmdResult
         );
     }
     result
+}
+
+/// Whether `e` is the policy refusing the request (exit status 3, `refused: true`): a rule
+/// with `route = "refuse"`, or a cloud budget spent under `on_exhausted = "refuse"`.
+fn is_refusal(e: &edgeroute::Error) -> bool {
+    matches!(
+        e,
+        edgeroute::Error::Refused { .. } | edgeroute::Error::BudgetExhausted(_)
+    )
 }
 
 /// `ask` itself: answers the prompt and prints the answer.
