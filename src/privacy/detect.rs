@@ -368,43 +368,57 @@ impl Detectors {
         if has_at {
             for c in self.url_credentials.captures_iter(text) {
                 let Some(v) = c.get(1) else { continue };
-                let mut val = url_password(v.as_str().as_bytes());
-                // An address starting in the query the value ran into (`pw1234@app.example.com
-                // #ann@example.com`): the password ends at the `@` before that query.
-                if let Some(cut) = self.query_address(text, v.start(), v.end()) {
-                    val = &val[..cut.min(val.len())];
-                }
+                let end = self.url_password_end(text, v.start(), v.end());
+                let val = &text.as_bytes()[v.start()..end];
                 if val.len() >= 4 && !matches!(val[0], b'$' | b'<' | b'{' | b'*' | b'%') {
-                    out.push(secret(
-                        v.start(),
-                        v.start() + val.len(),
-                        priority::SECRET_TOKEN,
-                        0.9,
-                    ));
+                    out.push(secret(v.start(), end, priority::SECRET_TOKEN, 0.9));
                 }
             }
         }
     }
 
-    /// Where a URL password matched at `start..end` should end because an address starts in
-    /// its query: the offset (from `start`) of the last `@` before the first `?` or `#`, when
-    /// an email match begins after that `?`/`#` and before `end`, and is not followed by a
-    /// port or a path. Looks at most 256 bytes past `end`, so the scan stays linear.
-    fn query_address(&self, text: &str, start: usize, end: usize) -> Option<usize> {
-        let val = text.as_bytes().get(start..end)?;
-        let q = val.iter().position(|c| matches!(c, b'?' | b'#'))?;
-        let at = val[..q].iter().rposition(|&c| c == b'@')?;
+    /// Where the URL password matched at `start..end` (what `user:` is followed by up to the
+    /// last `@` before the path) ends. Its `?`, `#`, `=` and `@` are its own (`Pa55#w=rd`,
+    /// `ab12#Xyz@34`, `Xk9@mP?2=z`), unless a host and a query follow an `@` before the first
+    /// `?` or `#`; then the password ends at that `@`:
+    /// - a query with `=` or `&` after a named host, one with a `.` or a `:port`, or
+    ///   `localhost` (`pw1234@host.example?notify=ann@example.com`);
+    /// - an address starting in the query (`pw1234@app.example.com#ann@example.com`), unless
+    ///   it is the URL's own host going on to a port or a path (`ab12@Xyz#34@db.internal:5432/`).
+    ///
+    /// Looks at most 256 bytes past `end`, so the scan stays linear.
+    fn url_password_end(&self, text: &str, start: usize, end: usize) -> usize {
+        let val = &text.as_bytes()[start..end];
+        let Some(q) = val.iter().position(|c| matches!(c, b'?' | b'#')) else {
+            return end;
+        };
+        let Some(at) = val[..q].iter().rposition(|&c| c == b'@') else {
+            return end;
+        };
+        let host = &val[at + 1..q];
+        let named =
+            host.contains(&b'.') || host.contains(&b':') || host.eq_ignore_ascii_case(b"localhost");
+        let query = val[q..].contains(&b'=') || val[q..].contains(&b'&');
+        if (named && query) || self.address_in_query(text, start + q + 1, end) {
+            start + at
+        } else {
+            end
+        }
+    }
+
+    /// Whether an email match begins at or after `from` and before `end`, and is not followed
+    /// by a port or a path (then it is a URL's own host after its last `@`).
+    fn address_in_query(&self, text: &str, from: usize, end: usize) -> bool {
         let mut stop = (end + 256).min(text.len());
         while !text.is_char_boundary(stop) {
             stop -= 1;
         }
-        let from = start + q + 1;
-        let window = text.get(from..stop)?;
-        let m = self.email.find(window)?;
-        // The URL's own host after the last `@` goes on to a port or a path
-        // (`ab12@Xyz#34@db.internal:5432/app`): then that was no address, but the password.
-        let host_goes_on = matches!(window.as_bytes().get(m.end()), Some(b':' | b'/'));
-        (from + m.start() < end && !host_goes_on).then_some(at)
+        let Some(window) = text.get(from..stop) else {
+            return false;
+        };
+        self.email.find(window).is_some_and(|m| {
+            from + m.start() < end && !matches!(window.as_bytes().get(m.end()), Some(b':' | b'/'))
+        })
     }
 
     /// PEM private keys: whole blocks, and keys pasted without their END line (the BEGIN
@@ -937,32 +951,6 @@ fn shrink_to_valid(b: &[u8], s: usize, e: usize, valid: fn(&[u8]) -> bool) -> Op
 /// (`Authorization: Token `), not in the `:` or a quote.
 fn has_scheme(head: &str) -> bool {
     head.trim_end().ends_with(|c: char| c.is_ascii_alphabetic())
-}
-
-/// The password in `val`, what a URL's `user:` is followed by up to the last `@` before the
-/// path. A host and a query after it (`pw1234@host.example?notify=ann@example.com`: an `@`,
-/// then a name with a `.` or a `:port`, or `localhost`, then `?` or `#` and an `=` or `&`) are
-/// no part of it: the password ends at that `@`. Otherwise the whole of `val` is the password,
-/// `?`, `#`, `=` and `@` included (`Pa55#w=rd`, `ab12#Xyz@34`, `Xk9@mP?2=z`).
-fn url_password(val: &[u8]) -> &[u8] {
-    let Some(q) = val.iter().position(|c| matches!(c, b'?' | b'#')) else {
-        return val;
-    };
-    let query = val[q..].contains(&b'=') || val[q..].contains(&b'&');
-    match val[..q].iter().rposition(|&c| c == b'@') {
-        Some(at) if query => {
-            let host = &val[at + 1..q];
-            let named = host.contains(&b'.')
-                || host.contains(&b':')
-                || host.eq_ignore_ascii_case(b"localhost");
-            if named {
-                &val[..at]
-            } else {
-                val
-            }
-        }
-        _ => val,
-    }
 }
 
 /// The readings of an assigned value `[s, e)` (as [`ASSIGNED_VALUE`] matched it), best first,
