@@ -1,9 +1,12 @@
 //! Local tier benchmark: time to first token (32-token prompt), decode tokens/s and peak RSS,
 //! Rust (`LocalBackend`) side by side with the same greedy loop in Python onnxruntime.
-//! The Python loop runs twice per round: as is, and with its memory moved to 2 MiB pages the way
-//! `LocalBackend` does it (`--huge-pages 1`), so the table shows how much of the difference that
-//! accounts for.
-//! Needs `python3 scripts/setup.py`; run: `cargo run --release --no-default-features --features onnx --example local_bench [threads] [max_new_tokens] [runs] [spin 0|1] [huge_pages 1|0]`.
+//! The Python loop runs three times per round: as is; with its memory moved to 2 MiB pages the
+//! way `LocalBackend` does it (`--huge-pages 1`); and with that and the KV cache bound in place
+//! as `LocalBackend` keeps it (`--bound-cache 1`), so the table shows how much of the difference
+//! each accounts for.
+//! Needs `python3 scripts/setup.py`; run: `cargo run --release --no-default-features --features onnx --example local_bench [threads] [max_new_tokens] [runs] [spin 0|1] [huge_pages 1|0] [long prompt 0|1]`.
+//! A long prompt (about 700 tokens of notes instead of 32 tokens) measures decoding deep into
+//! the context, where the cost of the KV cache shows.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -16,6 +19,20 @@ use edgeroute::request::{GenerationParams, Message};
 
 const SYSTEM: &str = "You are a helpful assistant.";
 const PROMPT: &str = "Write a long story about a dragon who learns to cook.";
+
+/// About 700 tokens: forty lines of notes and a question.
+fn long_prompt() -> String {
+    let mut notes = String::from("Here are my notes from the week:\n");
+    for i in 1..=40 {
+        notes.push_str(&format!(
+            "{i}. Met team {} about project {}; next step: {}.\n",
+            ["A", "B", "C", "D", "E", "F", "G", "H"][i % 8],
+            i * 7 % 13,
+            ["review", "draft", "call", "ship"][i % 4]
+        ));
+    }
+    notes + "Write a long report on what happened with each team."
+}
 
 fn vm_hwm_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -68,6 +85,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runs = args.get(2).copied().unwrap_or(3).max(1);
     let spin = args.get(3).copied().unwrap_or(0) == 1;
     let huge_pages = args.get(4).copied().unwrap_or(1) == 1;
+    let prompt = if args.get(5).copied().unwrap_or(0) == 1 {
+        long_prompt()
+    } else {
+        PROMPT.to_string()
+    };
 
     let t0 = Instant::now();
     let backend = LocalBackend::builder()
@@ -85,7 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let huge_ms = t0.elapsed().as_secs_f64() * 1000.0 - load_ms;
-    let messages = [Message::system(SYSTEM), Message::user(PROMPT)];
+    let messages = [Message::system(SYSTEM), Message::user(prompt.clone())];
     let params = GenerationParams {
         max_tokens: Some(max_new),
         ..Default::default()
@@ -117,24 +139,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (threads_s, max_new_s) = (threads.to_string(), max_new.to_string());
     // One Python run (own process, warmed up) right after each Rust run, so both sides see the
     // same machine load.
-    let python_run = |huge: bool| -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-        let out = Command::new(&python)
-            .arg(script)
-            .args(["--model-dir", &model_dir, "--threads", &threads_s])
-            .args(["--system", SYSTEM, "--prompt", PROMPT])
-            .args(["--max-new-tokens", &max_new_s, "--runs", "1"])
-            .args(["--spin", if spin { "1" } else { "0" }])
-            .args(["--huge-pages", if huge { "1" } else { "0" }])
-            .output()?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            return Err(format!("{} failed: {err}", python.display()).into());
-        }
-        Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
-    };
+    let python_run =
+        |huge: bool, bound: bool| -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+            let out = Command::new(&python)
+                .arg(script)
+                .args(["--model-dir", &model_dir, "--threads", &threads_s])
+                .args(["--system", SYSTEM, "--prompt", &prompt])
+                .args(["--max-new-tokens", &max_new_s, "--runs", "1"])
+                .args(["--spin", if spin { "1" } else { "0" }])
+                .args(["--huge-pages", if huge { "1" } else { "0" }])
+                .args(["--bound-cache", if bound { "1" } else { "0" }])
+                .output()?;
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                return Err(format!("{} failed: {err}", python.display()).into());
+            }
+            Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
+        };
 
     let (mut ttfts, mut tps, mut cpus, mut generated) = (Vec::new(), Vec::new(), Vec::new(), 0);
-    let (mut py_runs, mut py_huge_runs) = (Vec::new(), Vec::new());
+    let (mut py_runs, mut py_huge_runs, mut py_all_runs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         warm_up()?;
         let mut stamps = Vec::new();
@@ -151,8 +175,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tps.push((stamps.len() - 1) as f64 / (*last - *first).as_secs_f64());
             }
         }
-        py_runs.push(python_run(false)?);
-        py_huge_runs.push(python_run(true)?);
+        py_runs.push(python_run(false, false)?);
+        py_huge_runs.push(python_run(true, false)?);
+        py_all_runs.push(python_run(true, true)?);
     }
     let rust = Row {
         prompt_tokens,
@@ -179,6 +204,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let py = python_row(&py_runs);
     let py_huge = python_row(&py_huge_runs);
+    let py_all = python_row(&py_all_runs);
     let py_huge_mib = median(
         py_huge_runs
             .iter()
@@ -205,6 +231,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("Rust (edgeroute)", &rust),
         ("Python onnxruntime", &py),
         (py_huge_name.as_str(), &py_huge),
+        ("  + bound KV cache", &py_all),
     ] {
         println!(
             "{:<22} {:>8} {:>10} {:>16.1} {:>17.1} {:>14.1} {:>14.0}",
@@ -212,10 +239,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!(
-        "Rust / Python decode speed: {:.2}x wall, {:.2}x CPU (aim >= 1.2x); vs Python on huge pages {:.2}x wall; Rust first token {:.1} ms (aim < 100 ms); load average {}",
+        "Rust / Python decode speed: {:.2}x wall, {:.2}x CPU (aim >= 1.2x); vs Python on huge pages {:.2}x wall; vs Python also with the bound cache {:.2}x wall; Rust first token {:.1} ms (aim < 100 ms); load average {}",
         rust.tps / py.tps,
         py.cpu_ms_per_token / rust.cpu_ms_per_token,
         rust.tps / py_huge.tps,
+        rust.tps / py_all.tps,
         rust.ttft_ms,
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?")
     );

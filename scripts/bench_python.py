@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The Python onnxruntime side of examples/local_bench.rs: the same greedy loop, same model file,
-same thread count. Prints one JSON object on stdout.
+same thread count. Prints one JSON object on stdout. With --huge-pages and --bound-cache it also
+does what LocalBackend does beyond the plain loop.
 
     <home>/tools/venv/bin/python scripts/bench_python.py --model-dir DIR --threads 2 \
         --system "You are a helpful assistant." --prompt "..." --max-new-tokens 128 --runs 3
@@ -12,6 +13,8 @@ import os
 import statistics
 import sys
 import time
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference_greedy import Greedy  # noqa: E402
@@ -54,6 +57,41 @@ def collapse_to_huge_pages():
     return done
 
 
+class BoundCache:
+    """What LocalBackend does with the KV cache (src/backend/local/decoder.rs), done here with
+    ONNX Runtime's IO binding: one buffer per layer's keys and values, with room for the whole
+    generation, bound as both the past and the present, so each run writes its new positions in
+    place instead of copying the cache. The logits go to a bound buffer too."""
+
+    def __init__(self, g, capacity):
+        import onnxruntime as ort
+
+        self.io = g.session.io_binding()
+        self.len = 0
+        self.buffers = []
+        for i in range(g.layers):
+            for kind in ("key", "value"):
+                v = ort.OrtValue.ortvalue_from_numpy(np.empty((1, g.kv_heads, capacity, g.head_dim), np.float32))
+                self.io.bind_ortvalue_input(f"past_key_values.{i}.{kind}", v)
+                self.io.bind_ortvalue_output(f"present.{i}.{kind}", v)
+                self.buffers.append(v)
+        self.logits = np.empty((1, 1, g.manifest["architecture"]["vocab_size"]), np.float32)
+        self.io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
+
+    def step(self, session, ids):
+        self.len += len(ids)
+        self.io.bind_cpu_input("input_ids", np.asarray([ids], np.int64))
+        self.io.bind_cpu_input("attention_mask", np.ones((1, self.len), np.int64))
+        session.run_with_iobinding(self.io)
+        return self.logits[0, -1]
+
+
+def bind_cache(g, capacity):
+    """Makes `g` (a reference_greedy.Greedy) decode with a BoundCache of `capacity` positions."""
+    g.empty_past = lambda: BoundCache(g, capacity)
+    g.step = lambda ids, cache: (cache.step(g.session, ids), cache)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", required=True)
@@ -64,6 +102,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--spin", type=int, default=0, help="1: let ORT threads busy-wait (as the Rust side)")
     ap.add_argument("--huge-pages", type=int, default=0, help="1: move the session's memory to 2 MiB pages")
+    ap.add_argument("--bound-cache", type=int, default=0,
+                    help="1: keep the KV cache in buffers bound in place (as the Rust side) instead of the plain loop's")
     args = ap.parse_args()
 
     g = Greedy(args.model_dir, args.threads, spin=bool(args.spin))
@@ -74,6 +114,8 @@ def main():
         f"{t['turn_start']}user\n{args.prompt}{t['turn_end']}\n{t['turn_start']}assistant\n"
     )
     ids = g.tokenizer.encode(text, add_special_tokens=False).ids
+    if args.bound_cache:
+        bind_cache(g, len(ids) + args.max_new_tokens)
     g.generate(ids, 8)  # warm-up
     ttfts, tps, counts = [], [], []
     cpu0 = time.process_time()

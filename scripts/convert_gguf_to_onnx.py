@@ -100,7 +100,15 @@ def build_graph(cfg, w):
     b = Builder()
     ms = "com.microsoft"
 
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])]
+    # attention_mask is all ones, one per position of the past and of input_ids: its sum and its
+    # width give GroupQueryAttention the sequence length. The past may be longer than that: a
+    # buffer with room to spare, bound as both past and present (ONNX Runtime then writes the new
+    # positions in place instead of copying the whole cache every step; see
+    # src/backend/local/decoder.rs). Fed exactly as long as the sequence, it works as usual.
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
+    ]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, V])]
     for i in range(L):
         for kind in ("key", "value"):
@@ -111,28 +119,23 @@ def build_graph(cfg, w):
             )
             outputs.append(
                 helper.make_tensor_value_info(
-                    f"present.{i}.{kind}", TensorProto.FLOAT, ["batch", KV, "total", D]
+                    f"present.{i}.{kind}", TensorProto.FLOAT, ["batch", KV, "present", D]
                 )
             )
 
     c = {
         "i0": b.const("c_i0", np.array([0], np.int64)),
         "i1": b.const("c_i1", np.array([1], np.int64)),
-        "i2": b.const("c_i2", np.array([2], np.int64)),
         "im1": b.const("c_im1", np.array([-1], np.int64)),
         "imax": b.const("c_imax", np.array([np.iinfo(np.int64).max], np.int64)),
         "split_ffn": b.const("c_split_ffn", np.array([F, F], np.int64)),
     }
 
     # GroupQueryAttention wants int32 seqlens_k [batch] (= total - 1) and a scalar total length
-    ids_shape = b.op("Shape", ["input_ids"])
-    batch = b.op("Gather", [ids_shape, c["i0"]], axis=0)  # [1]
-    seq1 = b.op("Gather", [ids_shape, c["i1"]], axis=0)  # [1]
-    past1 = b.op("Gather", [b.op("Shape", ["past_key_values.0.key"]), c["i2"]], axis=0)  # [1]
-    total1 = b.op("Add", [past1, seq1])
-    total32 = b.op("Cast", [total1], to=TensorProto.INT32)
-    total_len = b.op("Squeeze", [total32, c["i0"]])  # scalar
-    seqlens = b.op("Expand", [b.op("Sub", [total32, b.const("c_one32", np.array([1], np.int32))]), batch])
+    summed = b.op("ReduceSum", ["attention_mask", c["i1"]], keepdims=0)  # [batch]
+    seqlens = b.op("Cast", [b.op("Sub", [summed, c["i1"]])], to=TensorProto.INT32)
+    width = b.op("Gather", [b.op("Shape", ["attention_mask"]), c["i1"]], axis=0)  # [1]
+    total_len = b.op("Squeeze", [b.op("Cast", [width], to=TensorProto.INT32), c["i0"]])  # scalar
 
     # rotary caches [max_pos, D/2] (rotate-half layout, as the un-permuted Q/K weights expect)
     inv_freq = 1.0 / (theta ** (np.arange(0, D, 2, dtype=np.float64) / D))

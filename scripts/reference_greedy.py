@@ -39,6 +39,11 @@ PROMPTS = [
     # they check the repetition penalty.
     "Give me three tips for learning to cook at home.",
     "List the days of the week.",
+    # About 600 tokens: the prompt runs in three parts (src/backend/local/mod.rs, PREFILL_CHUNK)
+    # and fills more than the prompt cache keeps by default.
+    "Here are my notes from the week:\n"
+    + "".join(f"{i}. Met team {'ABCDEFGH'[i % 8]} about project {i * 7 % 13}; next step: {['review', 'draft', 'call', 'ship'][i % 4]}.\n" for i in range(1, 41))
+    + "Which team did I meet most often?",
 ]
 
 
@@ -92,6 +97,9 @@ class Greedy:
     def step(self, ids, past):
         feed = dict(past)
         feed["input_ids"] = np.asarray([ids], np.int64)
+        # One 1 per position: the past's and the new ones (the past is exactly as long as it is).
+        seen = next(iter(past.values())).shape[2]
+        feed["attention_mask"] = np.ones((1, seen + len(ids)), np.int64)
         names = ["logits"] + [f"present.{i}.{k}" for i in range(self.layers) for k in ("key", "value")]
         outs = self.session.run(names, feed)
         new_past = {}

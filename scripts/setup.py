@@ -32,7 +32,7 @@ import zipfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_NAME = "smollm2-135m-instruct"
 MANIFEST = "edgeroute-model.json"
-MANIFEST_VERSION = 5  # 5: fused GroupQueryAttention graph
+MANIFEST_VERSION = 6  # 5: fused GroupQueryAttention graph; 6: attention_mask input (KV buffers bound in place)
 
 # The oldest Python the pinned tools install on: numpy 2.4.6 and onnxruntime 1.32.0 declare
 # Requires-Python >=3.11 (gguf, onnx and tokenizers >=3.10, onnx-ir >=3.9). The README's "Needs:"
@@ -71,7 +71,7 @@ MODEL = {
 # level. A mismatch is reported (the Rust reference test pins the same model) but not fatal.
 EXPECTED_PRODUCTS = {
     4: {
-        "model.onnx": "64d37ccdafc4d67c43a4816ae8f2ac8b0c2c510a0fc3e4942f96e4c6fb88537b",
+        "model.onnx": "fa039beb1d416bcedad6c3862b6d62b1758b33e156c4547476a58331e7e20924",
         "model.onnx.data": "576ea1940f9959f61db99999bb78de6ed5fe9b76e1314683bff80ef182d4aafa",
         "tokenizer.json": "7d27c493c729a66ecefc837280b05d948b1ed50d130eebdbf911b1b36cf38ed7",
     },

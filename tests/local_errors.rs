@@ -171,3 +171,33 @@ fn a_manifest_that_does_not_match_the_graph_is_an_error() {
         assert!(msg.contains(expect), "{key} = {value}: {msg}");
     }
 }
+
+#[test]
+fn a_model_converted_before_the_attention_mask_asks_for_set_up() {
+    // The tiny decoder as the converter wrote graphs before manifest version 6: no
+    // `attention_mask` input, so its cache cannot be bound in place.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/local");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures.join("tiny_before_attention_mask.onnx"),
+        dir.path().join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures.join("tiny/tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("tiny/edgeroute-model.json")).unwrap(),
+    )
+    .unwrap();
+    m["sizes"] = serde_json::json!({});
+    m["architecture"]["head_dim"] = serde_json::json!(2);
+    std::fs::write(dir.path().join("edgeroute-model.json"), m.to_string()).unwrap();
+    let msg = expect_model_unavailable(dir.path());
+    assert!(
+        msg.contains("no input `attention_mask`: it was converted by an older edgeroute"),
+        "{msg}"
+    );
+}

@@ -591,9 +591,13 @@ impl LocalBackend {
         let cached = lease.take_prompt_kv();
         let reused = cached.as_ref().map_or(0, |kv| kv.reusable(&prompt_ids));
         let session = lease.session()?;
+        // Every position the prompt and the answer can take (the last token is not fed back).
+        let room = prompt_ids.len() + max_new;
         let mut decoder = match cached {
-            Some(kv) if reused > 0 => Decoder::resume(session, &inner.names, kv, reused)?,
-            _ => Decoder::new(session, &inner.names, inner.kv)?,
+            Some(kv) if reused > 0 => {
+                Decoder::resume(session, &inner.names, inner.kv, kv, reused, room)?
+            }
+            _ => Decoder::new(session, &inner.names, inner.kv, room)?,
         };
         let result = inner.decode(
             &mut decoder,
