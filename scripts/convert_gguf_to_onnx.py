@@ -3,12 +3,15 @@
 
 Graph contract (what src/backend/local expects):
   inputs   input_ids                  int64   [batch, seq]
+           attention_mask             int64   [batch, total]   all ones; total = positions so far + seq
            past_key_values.{i}.key    float32 [batch, n_kv_heads, past, head_dim]   (i in 0..n_layers)
            past_key_values.{i}.value  float32 [batch, n_kv_heads, past, head_dim]
   outputs  logits                     float32 [batch, 1, vocab]   (last position only)
-           present.{i}.key / .value   float32 [batch, n_kv_heads, past + seq, head_dim]
-Positions are past .. past+seq-1 (computed in the graph from the past length); the attention is
-causal. Opset 20 plus ONNX Runtime's com.microsoft operators (GroupQueryAttention,
+           present.{i}.key / .value   float32 [batch, n_kv_heads, max(past, total), head_dim]
+Positions are total-seq .. total-1 (computed in the graph from the mask, not from the past's
+length); the attention is causal. The past is either exactly total-seq positions long (the plain
+loop: present is a new, longer tensor) or a buffer with room to spare bound as the present too,
+which GroupQueryAttention then fills in place (what src/backend/local/decoder.rs does). Opset 20 plus ONNX Runtime's com.microsoft operators (GroupQueryAttention,
 SkipSimplifiedLayerNormalization), weights in external data, MatMul weights then quantized to
 8 bits (block 32, asymmetric) with onnxruntime's MatMulNBitsQuantizer.
 

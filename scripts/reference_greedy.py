@@ -39,7 +39,7 @@ PROMPTS = [
     # they check the repetition penalty.
     "Give me three tips for learning to cook at home.",
     "List the days of the week.",
-    # About 600 tokens: the prompt runs in three parts (src/backend/local/mod.rs, PREFILL_CHUNK)
+    # 727 tokens: the prompt runs in three parts (src/backend/local/mod.rs, PREFILL_CHUNK)
     # and fills more than the prompt cache keeps by default.
     "Here are my notes from the week:\n"
     + "".join(f"{i}. Met team {'ABCDEFGH'[i % 8]} about project {i * 7 % 13}; next step: {['review', 'draft', 'call', 'ship'][i % 4]}.\n" for i in range(1, 41))

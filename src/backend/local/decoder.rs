@@ -186,8 +186,8 @@ pub(crate) struct KvCache {
 }
 
 impl KvCache {
-    /// Buffers with room for `capacity` positions (uninitialised: nothing reads a position
-    /// before a run writes it).
+    /// Buffers with room for `capacity` positions (ort fills them with zeros; nothing reads a
+    /// position before a run writes it).
     fn new(session: &Session, kv: KvShape, capacity: usize) -> Result<Self> {
         let buffers = (0..kv.layers * 2)
             .map(|_| {
@@ -224,6 +224,14 @@ impl KvCache {
             }
         }
         Ok(to)
+    }
+
+    /// Writes `value` over position `at` of head `head` in buffer `index` (a test's mark).
+    #[cfg(test)]
+    fn mark(&mut self, index: usize, kv: KvShape, head: usize, at: usize, value: f32) {
+        let (_, data) = self.buffers[index].try_extract_tensor_mut::<f32>().unwrap();
+        let start = (head * self.capacity + at) * kv.head_dim;
+        data[start..start + kv.head_dim].fill(value);
     }
 
     /// Position `at` of head `head` in buffer `index` (a test's view of what a run wrote).
@@ -287,7 +295,8 @@ impl<'s> Decoder<'s> {
     }
 
     /// A decoder whose cache already holds the first `keep` tokens of `cached` (at most
-    /// [`PromptKv::reusable`]); feed it the rest of the prompt. `room` as for [`Decoder::new`].
+    /// [`PromptKv::reusable`]; 0 reuses only the buffers); feed it the rest of the prompt.
+    /// `room` as for [`Decoder::new`].
     pub(crate) fn resume(
         session: &'s mut Session,
         names: &'s Names,
@@ -358,9 +367,9 @@ impl<'s> Decoder<'s> {
         if keep < MIN_PREFILL || self.failed {
             return Ok(None);
         }
-        // The buffers stay as they are unless they are much larger than what is kept: a
-        // session holds at most about `cap` positions, or twice what it keeps.
-        let cache = if self.cache.capacity <= cap.max(2 * keep) {
+        // The buffers stay as they are (the next generation writes into them) unless they are
+        // larger than the cap: a session holds at most about `cap` positions.
+        let cache = if self.cache.capacity <= rounded_room(cap) {
             self.cache
         } else {
             self.cache
@@ -492,17 +501,23 @@ mod tests {
         assert_eq!(logits.iter().position(|&l| l == 10.0), Some(123)); // after 7: "x"
         assert_eq!(d.len, 3);
         assert_eq!(held(&d.cache, 3), [5.0, 13.0, 7.0]);
+        // In place: a run writes its own positions and nothing else. Where the past is copied
+        // into the present instead, ONNX Runtime clears the whole present first.
+        d.cache.mark(0, TINY, 0, 10, 42.0);
+        d.step(&[9]).unwrap();
+        assert_eq!(held(&d.cache, 4), [5.0, 13.0, 7.0, 9.0]);
+        assert_eq!(d.cache.position(0, TINY, 0, 10), [42.0; 8]);
 
         // A run past the room moves the cache to a buffer twice as large (or as large as the
         // run needs), keeping every position.
         let long: Vec<u32> = (0..130).map(|i| 20 + i % 50).collect();
         d.step(&long[..70]).unwrap();
-        assert_eq!((d.len, d.cache.capacity), (73, 128));
+        assert_eq!((d.len, d.cache.capacity), (74, 128));
         d.step(&long[70..]).unwrap();
-        assert_eq!((d.len, d.cache.capacity), (133, 256));
-        let mut want = vec![5.0, 13.0, 7.0];
+        assert_eq!((d.len, d.cache.capacity), (134, 256));
+        let mut want = vec![5.0, 13.0, 7.0, 9.0];
         want.extend(long.iter().map(|&i| i as f32));
-        assert_eq!(held(&d.cache, 133), want);
+        assert_eq!(held(&d.cache, 134), want);
     }
 
     #[test]
@@ -536,13 +551,18 @@ mod tests {
         assert_eq!((d.len, d.cache.capacity), (3, 128));
         assert_eq!(held(&d.cache, 3), [5.0, 13.0, 4.0]);
 
-        // A buffer much larger than what is kept is not held on to: a fitting one is.
+        // A buffer larger than the cap is not held on to: one that fits what is kept is.
         let mut d = Decoder::new(&mut session, &names, TINY, 200).unwrap();
         assert_eq!(d.cache.capacity, 256);
         d.step(&[5, 13, 9]).unwrap();
         let kept = d.into_prompt_kv(&[5, 13, 9], 8).unwrap().unwrap();
         assert_eq!(kept.cache.capacity, ROOM_STEP);
         assert_eq!(held(&kept.cache, 3), [5.0, 13.0, 9.0]);
+        // A prompt that shares nothing still runs in the kept buffers, from the start.
+        let mut d = Decoder::resume(&mut session, &names, TINY, kept, 0, 10).unwrap();
+        assert_eq!((d.len, d.cache.capacity), (0, ROOM_STEP));
+        d.step(&[8, 8]).unwrap();
+        assert_eq!(held(&d.cache, 3), [8.0, 8.0, 9.0]);
 
         // A long prompt runs in parts of at most 3 tokens, never leaving a 1-token run; when
         // the check between runs fails, the runs done stay for the next generation.

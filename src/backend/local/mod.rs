@@ -74,6 +74,10 @@ pub const DEFAULT_MAX_NEW_TOKENS: u32 = 256;
 /// token ends the reply.
 const DECODING_RULES: u32 = 2;
 
+/// Answer positions a generation's KV cache has room for from the start (see
+/// `decoder::KvCache`); a longer answer moves it to a buffer twice as large.
+const INITIAL_ANSWER_ROOM: usize = 256;
+
 /// Default for [`LocalBackendBuilder::prompt_cache_tokens`]: 512 positions are ~23 MB per
 /// session for the default model.
 pub const DEFAULT_PROMPT_CACHE_TOKENS: usize = 512;
@@ -591,13 +595,14 @@ impl LocalBackend {
         let cached = lease.take_prompt_kv();
         let reused = cached.as_ref().map_or(0, |kv| kv.reusable(&prompt_ids));
         let session = lease.session()?;
-        // Every position the prompt and the answer can take (the last token is not fed back).
-        let room = prompt_ids.len() + max_new;
+        // Room for the prompt and the start of the answer; a longer answer moves the cache to
+        // a larger buffer (doubling). Sizing for `max_new` up front would allocate (and zero)
+        // the whole context for a request that merely allows a long answer.
+        let room = prompt_ids.len() + max_new.min(INITIAL_ANSWER_ROOM);
         let mut decoder = match cached {
-            Some(kv) if reused > 0 => {
-                Decoder::resume(session, &inner.names, inner.kv, kv, reused, room)?
-            }
-            _ => Decoder::new(session, &inner.names, inner.kv, room)?,
+            // With nothing to reuse (`reused == 0`) the kept buffers still serve.
+            Some(kv) => Decoder::resume(session, &inner.names, inner.kv, kv, reused, room)?,
+            None => Decoder::new(session, &inner.names, inner.kv, room)?,
         };
         let result = inner.decode(
             &mut decoder,
