@@ -1462,15 +1462,31 @@ fn ask_json_reports_a_refusal_as_json() {
          [budget]\ndaily_usd = \"0.000001\"\non_exhausted = \"refuse\"\n[defaults]\nroute = \"cloud\"\n",
     )
     .unwrap();
-    let o = bin()
-        .args(["--home", home.path().to_str().unwrap(), "ask", "--policy"])
-        .arg(&policy)
-        .arg("What is the capital of France?")
-        .env("OPENAI_API_KEY", "sk-test")
-        .output()
-        .unwrap();
+    let budget_refused = |flags: &[&str]| {
+        bin()
+            .args(["--home", home.path().to_str().unwrap(), "ask"])
+            .args(flags)
+            .arg("--policy")
+            .arg(&policy)
+            .arg("What is the capital of France?")
+            .env("OPENAI_API_KEY", "sk-test")
+            .output()
+            .unwrap()
+    };
+    let o = budget_refused(&[]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("budget"), "{}", stderr(&o));
+    // With --json it says so as the exit status does: refused, under the rule that sent the
+    // request to the cloud, with the budget's message.
+    let o = budget_refused(&["--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["refused"], true, "{v}");
+    assert_eq!(v["rule"], "defaults", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("cloud budget"),
+        "{v}"
+    );
 
     // Failures before the request starts (an empty prompt, a missing policy file): status 1.
     for args in [
