@@ -47,6 +47,19 @@ fn vm_hwm_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// CPU time of this process's threads, in nanoseconds (the first field of each thread's
+/// /proc schedstat; /proc/self/stat counts in 10 ms ticks, too coarse for half a second).
+fn cpu_ns_all_threads() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// User + system CPU time of this process (from /proc/self/stat, in clock ticks of 10 ms).
 fn cpu_seconds() -> f64 {
     std::fs::read_to_string("/proc/self/stat")
@@ -179,6 +192,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         py_huge_runs.push(python_run(true, false)?);
         py_all_runs.push(python_run(true, true)?);
     }
+    // What the process uses while idle right after a generation (threads left spinning would
+    // show here).
+    warm_up()?;
+    let idle_cpu0 = cpu_ns_all_threads();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let idle_cpu = (cpu_ns_all_threads() - idle_cpu0) as f64 / 0.5e9;
     let rust = Row {
         prompt_tokens,
         generated,
@@ -239,12 +258,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!(
-        "Rust / Python decode speed: {:.2}x wall, {:.2}x CPU (aim >= 1.2x); vs Python on huge pages {:.2}x wall; vs Python also with the bound cache {:.2}x wall; Rust first token {:.1} ms (aim < 100 ms); load average {}",
+        "Rust / Python decode speed: {:.2}x wall, {:.2}x CPU (aim >= 1.2x); vs Python on huge pages {:.2}x wall; vs Python also with the bound cache {:.2}x wall; Rust first token {:.1} ms (aim < 100 ms); Rust idle after a run: {:.0}% of a core; load average {}",
         rust.tps / py.tps,
         py.cpu_ms_per_token / rust.cpu_ms_per_token,
         rust.tps / py_huge.tps,
         rust.tps / py_all.tps,
         rust.ttft_ms,
+        idle_cpu * 100.0,
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?")
     );
     prompt_cache(&backend, threads, huge_pages)?;

@@ -71,6 +71,7 @@ class Greedy:
         so.inter_op_num_threads = 1
         # Same default as LocalBackend: no busy-waiting between operators.
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        so.add_session_config_entry("session.force_spinning_stop", "1" if spin else "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(
             os.path.join(model_dir, "model.onnx"), so, providers=["CPUExecutionProvider"]

@@ -239,7 +239,8 @@ impl LocalBackendBuilder {
     /// Let ONNX Runtime's worker threads busy-wait between operators: much faster decoding on
     /// cores the app has to itself (measured with the default model at 2 threads on a 2-core
     /// machine: ~110 vs ~80 tokens/s), much slower when other work shares them (44 vs 62
-    /// tokens/s with one core busy). Default: `false`. Policy: `[local].spinning`.
+    /// tokens/s with one core busy). They wait so only during a run: between runs they sleep.
+    /// Default: `false`. Policy: `[local].spinning`.
     pub fn intra_op_spinning(mut self, yes: bool) -> Self {
         self.spin = yes;
         self
