@@ -1333,7 +1333,7 @@ impl Compiler<'_> {
             max_retries: c.max_retries.unwrap_or(2),
             max_tokens: c.max_tokens.unwrap_or(DEFAULT_CLOUD_MAX_TOKENS),
             allow_insecure_http,
-            ca_file: c.ca_file.as_ref().map(PathBuf::from),
+            ca_file: c.ca_file.as_deref().map(policy_path),
             legacy_max_tokens: match c.max_tokens_field.as_deref() {
                 None | Some("max_completion_tokens") => false,
                 Some("max_tokens") => true,
@@ -1517,8 +1517,8 @@ impl Compiler<'_> {
             model: l
                 .model
                 .unwrap_or_else(|| crate::home::DEFAULT_MODEL.to_string()),
-            model_dir: l.model_dir.map(PathBuf::from),
-            runtime_path: l.runtime_path.map(PathBuf::from),
+            model_dir: l.model_dir.as_deref().map(policy_path),
+            runtime_path: l.runtime_path.as_deref().map(policy_path),
             max_new_tokens: l.max_new_tokens.unwrap_or(128),
             threads: l.threads.unwrap_or(2),
             sessions: l.sessions.unwrap_or(1),
@@ -2241,6 +2241,21 @@ pub fn is_loopback_url(url: &url::Url) -> bool {
     }
 }
 
+/// A path a policy names: `~` or a leading `~/` is the user's home directory, as in a shell
+/// (a policy written `model_dir = "~/models/x"` meant that, not a directory named `~` under
+/// the working directory); anything else as written.
+fn policy_path(written: &str) -> PathBuf {
+    let rest = match written.strip_prefix('~') {
+        Some("") => Some(""),
+        Some(rest) => rest.strip_prefix('/'),
+        None => None,
+    };
+    match (rest, dirs::home_dir()) {
+        (Some(rest), Some(home)) => home.join(rest),
+        _ => PathBuf::from(written),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2275,6 +2290,25 @@ mod tests {
         .unwrap();
         let shown = format!("{policy:?}");
         assert!(shown.contains("https://gw.example/v1") && !shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn paths_starting_with_a_tilde_are_in_the_users_home() {
+        let home = dirs::home_dir().unwrap();
+        let policy = compile_str(
+            "[local]\nmodel_dir = \"~/models/m\"\nruntime_path = \"~\"\n\
+             [cloud]\nmodel = \"m\"\nca_file = \"~/certs/ca.pem\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        assert_eq!(policy.local.model_dir, Some(home.join("models/m")));
+        assert_eq!(policy.local.runtime_path, Some(home.join("")));
+        let ca_file = policy.cloud.as_ref().and_then(|c| c.ca_file.clone());
+        assert_eq!(ca_file, Some(home.join("certs/ca.pem")));
+        // Only `~` itself or `~/`: another user's home and a `~` elsewhere stay as written.
+        for written in ["~bob/m", "./~/m", "m~/x", "/abs/m"] {
+            assert_eq!(policy_path(written), PathBuf::from(written), "{written}");
+        }
     }
 
     #[test]
