@@ -744,6 +744,17 @@ fn human_passwords_are_secrets() {
     one("password: TrueBlue#42", "secret", "TrueBlue#42");
     one("password: Nonexistent9!", "secret", "Nonexistent9!");
     one("Passwort: Xk9(mP2v", "secret", "Xk9(mP2v");
+    // Digits standing for letters inside a word: CamelCase, but not a type's digits.
+    for pw in [
+        "MyP4ssW0rd",
+        "P4ssW0rd",
+        "SuperS3cret",
+        "HelloW0rld",
+        "AbC123xYz789QwE",
+    ] {
+        one(&format!("password: {pw}"), "secret", pw);
+    }
+    one("api_key=AbC123xYz789QwE", "secret", "AbC123xYz789QwE");
     // Code still is not.
     none("password: Option<String>, token: Vec<u8>, secret: Arc<Mutex<Token>>");
     none("tokens: AtomicU64, secret: HmacSha256, api_key: SocketAddrV4");

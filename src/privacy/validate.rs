@@ -371,8 +371,10 @@ const TYPE_NUMBERS: &[&[u8]] = &[b"8", b"16", b"32", b"64", b"128", b"256", b"38
 
 /// True when `value` is a type name (`tokens: AtomicU64`, `secret: SecretString`): short,
 /// CamelCase with a hump, no symbols, and any digits the way types carry them: a bit width
-/// (`HmacSha256`), or up to three digits next to a capital (`AtomicU64`, `SocketAddrV4`). Digits
-/// after a word (`BlueSky2024`, `HelloWorld123`) make a password.
+/// (`HmacSha256`), or up to three digits next to a capital (`AtomicU64`, `SocketAddrV4`), and
+/// always at the end of a word (`Utf8Error`, `Vec3D`). Digits after a word (`BlueSky2024`,
+/// `HelloWorld123`) or inside one, standing for letters (`MyP4ssW0rd`, `SuperS3cret`), make a
+/// password.
 fn type_name(value: &[u8]) -> bool {
     let camel = value.len() < 16
         && value[0].is_ascii_uppercase()
@@ -393,7 +395,10 @@ fn type_name(value: &[u8]) -> bool {
         let end = start + len;
         let capital_next = value[start - 1].is_ascii_uppercase()
             || value.get(end).is_some_and(u8::is_ascii_uppercase);
-        if !(TYPE_NUMBERS.contains(&&value[start..end]) || (len <= 3 && capital_next)) {
+        let inside_a_word = value.get(end).is_some_and(u8::is_ascii_lowercase);
+        if inside_a_word
+            || !(TYPE_NUMBERS.contains(&&value[start..end]) || (len <= 3 && capital_next))
+        {
             return false;
         }
         i = end;
