@@ -90,6 +90,10 @@ pub(crate) struct Detectors {
 const LABELS: &[&str] = &[
     "pass",
     "pwd",
+    // `pw` only before an operator: a two-letter literal would slow the search down (~16%).
+    "pw:",
+    "pw=",
+    "pw ",
     "kennwort",
     "mot de passe",
     "contrase",
@@ -127,13 +131,19 @@ fn label_variants() -> Vec<String> {
 const ZONE_MARGIN: usize = 64;
 
 /// A label (any spelling or suffix: `DB_PASSWORD`, `api_key_prod`) and an assignment operator
-/// (`=`, `:`, `=>`, `:=`, ` is `). The value (see [`ASSIGNED_VALUE`]) starts after it.
+/// (`=`, `:`, `=>`, `:=`, ` is `), possibly after what the secret is for (`password for the
+/// wifi is`, `token to the staging API:`, up to six words). The value (see [`ASSIGNED_VALUE`])
+/// starts after it.
 const ASSIGNED_HEAD: &str = concat!(
     r"(?:(?i:password|passwd|passphrase|passwort|pwd|kennwort|mot de passe|contrase[ñn]a|senha",
     r"|secret|token|api[_\-]?key|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credential)",
     r"[A-Za-z0-9_.\-]{0,30}",
-    // A bare `pass` only as its own word part (`DB_PASS`, `pass.prod`), not `passport`.
-    r"|(?i:pass)(?:[_.\-][A-Za-z0-9_.\-]{0,30})?)",
+    // A bare `pass` (or `pw`) only as its own word part (`DB_PASS`, `pass.prod`), not
+    // `passport`.
+    r"|(?i:pass|pw)(?:[_.\-][A-Za-z0-9_.\-]{0,30})?)",
+    // What it is for: `for the wifi`, `to the staging server`, `of my account`.
+    r#"(?:[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4}(?i:for|to|of|on|at)"#,
+    r#"(?:[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4}[A-Za-z0-9'._\-]{1,30}){1,6})?"#,
     // Spaces include the Unicode ones of `fold` (`mot de passe\u{a0}: ...` in French).
     r#"["']?[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{0,4}"#,
     r#"(?:=>|:=|=|:|[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4}(?i:is)"#,

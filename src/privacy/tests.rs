@@ -762,6 +762,34 @@ fn human_passwords_are_secrets() {
     none("password: string | null, token: None, secret: true");
 }
 
+/// A label may say what the secret is for before its value (`the password for the wifi is`),
+/// and `pw` is a label as `pwd` is.
+#[test]
+fn labels_that_say_what_the_secret_is_for() {
+    one("the password for wifi is Zq8kL2mx9", "secret", "Zq8kL2mx9");
+    one(
+        "my password for gmail is MyP4ssW0rd!",
+        "secret",
+        "MyP4ssW0rd!",
+    );
+    one(
+        "The token for the staging API: 8f7a6c5d4e3b2a19",
+        "secret",
+        "8f7a6c5d4e3b2a19",
+    );
+    one(
+        "password to log in to the router = Tr0ub4dor&3",
+        "secret",
+        "Tr0ub4dor&3",
+    );
+    one("my pw is hunter2x", "secret", "hunter2x");
+    one("PW: Zq8kL2mx9", "secret", "Zq8kL2mx9");
+    // What follows must still look like a secret; other words are not labels.
+    none("the password for this account is required; the secret to success is practice");
+    none("reset the password for Bob: done. The token for you is ready");
+    none("pwned: yes, pwm: 12, the PW for the fan");
+}
+
 /// A quoted value runs to its closing quote: `;`, `,` and spaces inside are part of it.
 #[test]
 fn quoted_assigned_values_run_to_the_closing_quote() {
