@@ -762,8 +762,8 @@ fn human_passwords_are_secrets() {
     none("password: string | null, token: None, secret: true");
 }
 
-/// A label may say what the secret is for before its value (`the password for the wifi is`),
-/// and `pw` is a label as `pwd` is.
+/// A password or key label may say what the secret is for before its value (`the password for
+/// the wifi is`), and `pw` is a label as `pwd` is.
 #[test]
 fn labels_that_say_what_the_secret_is_for() {
     one("the password for wifi is Zq8kL2mx9", "secret", "Zq8kL2mx9");
@@ -773,7 +773,7 @@ fn labels_that_say_what_the_secret_is_for() {
         "MyP4ssW0rd!",
     );
     one(
-        "The token for the staging API: 8f7a6c5d4e3b2a19",
+        "my api key for the staging server: 8f7a6c5d4e3b2a19",
         "secret",
         "8f7a6c5d4e3b2a19",
     );
@@ -782,12 +782,47 @@ fn labels_that_say_what_the_secret_is_for() {
         "secret",
         "Tr0ub4dor&3",
     );
-    one("my pw is hunter2x", "secret", "hunter2x");
-    one("PW: Zq8kL2mx9", "secret", "Zq8kL2mx9");
-    // What follows must still look like a secret; other words are not labels.
-    none("the password for this account is required; the secret to success is practice");
-    none("reset the password for Bob: done. The token for you is ready");
-    none("pwned: yes, pwm: 12, the PW for the fan");
+    one(
+        "the password for root@db01 is Zq8kL2mx9",
+        "secret",
+        "Zq8kL2mx9",
+    );
+    // The shortest reading: a later " is " does not carry the value away.
+    let later_is = "my password for gmail is MyP4ssW0rd and it is not working";
+    one(later_is, "secret", "MyP4ssW0rd");
+    one(
+        "the password for the wifi is Zq8kL2mx9 which is weird",
+        "secret",
+        "Zq8kL2mx9",
+    );
+    // What a key is for may name another secret; "the secret to" is prose, and the password
+    // label after it is read.
+    one(
+        "the api key to my password is Zq8kL2mx9 and it is long",
+        "secret",
+        "Zq8kL2mx9",
+    );
+    one(
+        "the secret to my password is Zq8kL2mx9 and it is long",
+        "secret",
+        "Zq8kL2mx9",
+    );
+    for text in [
+        "my pw is hunter2x",
+        "PW: hunter2x",
+        "{\"pw\": \"hunter2x\"}",
+        "PW_PROD=hunter2x",
+    ] {
+        one(text, "secret", "hunter2x");
+    }
+    // What follows must still look like a secret, and prose about secrets, tokens and passing
+    // is not a label saying what a secret is for.
+    none("the password for this account is required; the password for Bob: done");
+    none("the token to use is GPT-4o. The token for GPT-4o is 128k-context");
+    none("the tokenizer for GPT-4o is o200k_base; the secret to Python 3.12 is f-strings");
+    none("Pass to the next handler: next_handler2; pass on the result: result2");
+    // `pw` only as a word of its own.
+    none("pwned: yes, pwm: 12, SPW: 3.3V-rail, EXL2 4.0bpw for Llama-3-70B is 35.2GB");
 }
 
 /// A quoted value runs to its closing quote: `;`, `,` and spaces inside are part of it.
