@@ -15,8 +15,8 @@ use super::context::{
 };
 use super::fold::fold;
 use super::validate::{
-    card_ok, iban_length, iban_valid, intl_phone_ok, ipv4_ok, looks_like_secret, national_phone_ok,
-    parens_ok, ssn_valid,
+    card_ok, iban_length, iban_valid, intl_phone_ok, ipv4_ok, looks_like_secret,
+    looks_like_secret_after, national_phone_ok, parens_ok, ssn_valid,
 };
 use crate::error::{Error, Result};
 
@@ -374,9 +374,12 @@ impl Detectors {
             } else if authorization {
                 Some(trim_value(b, s, e)).filter(|&(s, e)| looks_like_secret(&b[s..e]))
             } else {
+                // A type name stands only unquoted after a `:` (a type annotation).
+                let annotation = rest[..h.end()].trim_end().ends_with(':')
+                    && !matches!(b[s], b'"' | b'\'' | b'`');
                 value_readings(b, s, e)
                     .into_iter()
-                    .find(|&(s, e)| s < e && looks_like_secret(&b[s..e]))
+                    .find(|&(s, e)| s < e && looks_like_secret_after(&b[s..e], annotation))
             };
             // The scan resumes after the value found, or after the head when there is none:
             // a rejected quoted value may hold a label of its own (`"rotated; new password:

@@ -755,6 +755,19 @@ fn human_passwords_are_secrets() {
         one(&format!("password: {pw}"), "secret", pw);
     }
     one("api_key=AbC123xYz789QwE", "secret", "AbC123xYz789QwE");
+    // A type name stands only unquoted after a `:`: after `=` or ` is `, or quoted, CamelCase
+    // with digits is a password.
+    for pw in [
+        "BlueSky8",
+        "HappyDog16",
+        "MyPass1Word",
+        "LetMeIn1Now",
+        "SocketAddrV4",
+    ] {
+        one(&format!("my password is {pw}"), "secret", pw);
+        one(&format!("PASSWORD={pw}"), "secret", pw);
+        one(&format!("{{\"password\": \"{pw}\"}}"), "secret", pw);
+    }
     // Code still is not.
     none("password: Option<String>, token: Vec<u8>, secret: Arc<Mutex<Token>>");
     none("tokens: AtomicU64, secret: HmacSha256, api_key: SocketAddrV4");

@@ -478,6 +478,14 @@ fn call_or_generic(value: &[u8]) -> bool {
 /// True when `value` looks like a real credential rather than a reference, placeholder or
 /// ordinary word: long enough, mixed, high entropy, and not an env/template reference.
 pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
+    looks_like_secret_after(value, true)
+}
+
+/// [`looks_like_secret`], saying whether the value stands where a type name could
+/// (`may_be_a_type`): unquoted after a `:` (`tokens: AtomicU64`, `secret: SecretString`).
+/// After `=` or ` is `, or in quotes, CamelCase with digits is a password (`my password is
+/// HappyDog16`, `"MyPass1Word"`).
+pub(crate) fn looks_like_secret_after(value: &[u8], may_be_a_type: bool) -> bool {
     if value.len() < 6 || value.len() > 512 {
         return false;
     }
@@ -519,7 +527,7 @@ pub(crate) fn looks_like_secret(value: &[u8]) -> bool {
     {
         return false;
     }
-    if type_name(value) {
+    if may_be_a_type && type_name(value) {
         return false;
     }
     if call_or_generic(value) {
