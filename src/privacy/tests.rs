@@ -17,11 +17,17 @@ fn found(text: &str) -> Vec<(String, String)> {
 
 #[track_caller]
 fn one(text: &str, kind: &str, value: &str) {
-    assert_eq!(
-        found(text),
-        vec![(kind.to_string(), value.to_string())],
-        "in {text:?}"
-    );
+    exactly(text, &[(kind, value)]);
+}
+
+/// `text` holds exactly these (kind, matched text) spans, in order.
+#[track_caller]
+fn exactly(text: &str, spans: &[(&str, &str)]) {
+    let want: Vec<(String, String)> = spans
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(found(text), want, "in {text:?}");
 }
 
 #[track_caller]
@@ -433,18 +439,15 @@ fn assigned_secrets_after_unicode_spaces() {
 fn unicode_separators_in_numbers() {
     let text = "Mon IBAN est FR14\u{a0}2004\u{a0}1010\u{a0}0505\u{a0}0001\u{a0}3M02\u{a0}606, \
                 ma carte 4111\u{a0}1111\u{a0}1111\u{a0}1111";
-    assert_eq!(
-        found(text),
-        vec![
+    exactly(
+        text,
+        &[
             (
-                "iban".to_string(),
-                "FR14\u{a0}2004\u{a0}1010\u{a0}0505\u{a0}0001\u{a0}3M02\u{a0}606".to_string()
+                "iban",
+                "FR14\u{a0}2004\u{a0}1010\u{a0}0505\u{a0}0001\u{a0}3M02\u{a0}606",
             ),
-            (
-                "credit_card".to_string(),
-                "4111\u{a0}1111\u{a0}1111\u{a0}1111".to_string()
-            ),
-        ]
+            ("credit_card", "4111\u{a0}1111\u{a0}1111\u{a0}1111"),
+        ],
     );
     for sep in [
         '\u{a0}', '\u{202f}', '\u{2007}', '\u{2009}', '\u{2002}', '\u{3000}',
@@ -968,31 +971,28 @@ fn labels_inside_a_rejected_quoted_value_are_examined() {
 /// higher-priority detection wins its span, the secret keeps what is left of its own.
 #[test]
 fn a_quoted_secret_around_other_pii_is_not_dropped() {
-    assert_eq!(
-        found("password: \"Xk9#mP2v (ask ann@example.com)\""),
-        vec![
-            ("secret".to_string(), "Xk9#mP2v (ask".to_string()),
-            ("email".to_string(), "ann@example.com".to_string()),
+    exactly(
+        "password: \"Xk9#mP2v (ask ann@example.com)\"",
+        &[
+            ("secret", "Xk9#mP2v (ask"),
+            ("email", "ann@example.com"),
             // Symbols are password characters too: every piece left is kept.
-            ("secret".to_string(), ")".to_string()),
-        ]
+            ("secret", ")"),
+        ],
     );
-    assert_eq!(
-        found("secret = 'Xk9#mP2v card 4111 1111 1111 1111'"),
-        vec![
-            ("secret".to_string(), "Xk9#mP2v card".to_string()),
-            ("credit_card".to_string(), "4111 1111 1111 1111".to_string()),
-        ]
+    exactly(
+        "secret = 'Xk9#mP2v card 4111 1111 1111 1111'",
+        &[
+            ("secret", "Xk9#mP2v card"),
+            ("credit_card", "4111 1111 1111 1111"),
+        ],
     );
-    assert_eq!(
-        found("token: \"Xk9#mP2v DE89 3704 0044 0532 0130 00\""),
-        vec![
-            ("secret".to_string(), "Xk9#mP2v".to_string()),
-            (
-                "iban".to_string(),
-                "DE89 3704 0044 0532 0130 00".to_string()
-            ),
-        ]
+    exactly(
+        "token: \"Xk9#mP2v DE89 3704 0044 0532 0130 00\"",
+        &[
+            ("secret", "Xk9#mP2v"),
+            ("iban", "DE89 3704 0044 0532 0130 00"),
+        ],
     );
     // Redacted, nothing of the password goes out.
     let (out, _) = redact_text("password: \"Xk9#mP2v (ask ann@example.com)\"", &scanner());
@@ -1003,19 +1003,14 @@ fn a_quoted_secret_around_other_pii_is_not_dropped() {
 /// stays an email (`@example.com` went out with the password span over it).
 #[test]
 fn url_passwords_stop_before_the_query() {
-    assert_eq!(
-        found("https://bob:pw1234@host.example?notify=ann@example.com"),
-        vec![
-            ("secret".to_string(), "pw1234".to_string()),
-            ("email".to_string(), "ann@example.com".to_string()),
-        ]
+    let password_then_address = [("secret", "pw1234"), ("email", "ann@example.com")];
+    exactly(
+        "https://bob:pw1234@host.example?notify=ann@example.com",
+        &password_then_address,
     );
-    assert_eq!(
-        found("https://bob:pw1234@localhost#to=ann@example.com"),
-        vec![
-            ("secret".to_string(), "pw1234".to_string()),
-            ("email".to_string(), "ann@example.com".to_string()),
-        ]
+    exactly(
+        "https://bob:pw1234@localhost#to=ann@example.com",
+        &password_then_address,
     );
     // Unencoded `#`, `?` and `@` in a password still count.
     one(
@@ -1134,14 +1129,9 @@ fn split_secrets_and_url_passwords_leak_nothing() {
         assert!(!out.contains(gone), "{text} -> {out}");
     }
     for sep in ["#", "?"] {
-        assert_eq!(
-            found(&format!(
-                "https://bob:pw1234@app.example.com{sep}ann@example.com"
-            )),
-            vec![
-                ("secret".to_string(), "pw1234".to_string()),
-                ("email".to_string(), "ann@example.com".to_string()),
-            ]
+        exactly(
+            &format!("https://bob:pw1234@app.example.com{sep}ann@example.com"),
+            &[("secret", "pw1234"), ("email", "ann@example.com")],
         );
     }
 }
