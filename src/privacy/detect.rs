@@ -134,6 +134,14 @@ fn label_variants() -> Vec<String> {
 /// match (IBAN ≤ 42 bytes with spaces) plus the label look-back (40 bytes).
 const ZONE_MARGIN: usize = 64;
 
+/// The spaces the label patterns allow: ASCII ones and the Unicode ones `fold` leaves in place
+/// (`mot de passe\u{a0}: ...` in French), as a regex class.
+macro_rules! space {
+    () => {
+        r"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]"
+    };
+}
+
 /// A label (any spelling or suffix: `DB_PASSWORD`, `api_key_prod`) and an assignment operator
 /// (`=`, `:`, `=>`, `:=`, ` is `). A password or key label may say what it is for first
 /// (`password for the wifi is`, `api key for root@db01:`, up to six words, the shortest
@@ -145,17 +153,24 @@ const ASSIGNED_HEAD: &str = concat!(
     r"|api[_\- ]?key|access[_\- ]?key|auth[_\- ]?key|private[_\- ]?key)",
     r"[A-Za-z0-9_.\-]{0,30}",
     // What it is for: `for the wifi`, `to the staging server`, `of my account`.
-    r#"(?:[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4}(?i:for|to|of|on|at)"#,
-    r#"(?:[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4}[A-Za-z0-9'._@/\-]{1,40}){1,6}?)?"#,
+    "(?:",
+    space!(),
+    "{1,4}(?i:for|to|of|on|at)(?:",
+    space!(),
+    r"{1,4}[A-Za-z0-9'._@/\-]{1,40}){1,6}?)?",
     r"|(?i:secret|token|credential)[A-Za-z0-9_.\-]{0,30}",
     // A bare `pass` (or `pw`) only as its own word part (`DB_PASS`, `pass.prod`), not
     // `passport`.
     r"|(?i:pass|pw)(?:[_.\-][A-Za-z0-9_.\-]{0,30})?)",
-    // Spaces include the Unicode ones of `fold` (`mot de passe\u{a0}: ...` in French).
-    r#"["']?[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{0,4}"#,
-    r#"(?:=>|:=|=|:|[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4}(?i:is)"#,
-    r#"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4})"#,
-    r#"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{0,4}"#,
+    r#"["']?"#,
+    space!(),
+    "{0,4}(?:=>|:=|=|:|",
+    space!(),
+    "{1,4}(?i:is)",
+    space!(),
+    "{1,4})",
+    space!(),
+    "{0,4}",
 );
 /// The value: a quoted string to its closing quote on the same line (spaces, `,` and `;`
 /// included: `"Xk9#mP2v;L!q7"`); else up to a space, quote, comma or semicolon, after an
@@ -168,10 +183,13 @@ const ASSIGNED_VALUE: &str = concat!(
 /// An `Authorization` (or `Proxy-Authorization`) header, found from its `Auth`: `:` or `=`,
 /// an optional opening quote and an optional scheme word (`Token`, `Bearer`, `Basic`...).
 const AUTHORIZATION_HEAD: &str = concat!(
-    r#"^(?i:authorization)["']?[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{0,4}[:=]"#,
-    r#"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{0,4}["']?"#,
-    r"(?:(?i:token|bearer|basic|digest|apikey|api-key)",
-    r"[ \t\x{a0}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]{1,4})?",
+    r#"^(?i:authorization)["']?"#,
+    space!(),
+    "{0,4}[:=]",
+    space!(),
+    r#"{0,4}["']?(?:(?i:token|bearer|basic|digest|apikey|api-key)"#,
+    space!(),
+    "{1,4})?",
 );
 /// The credential in an `Authorization` header: a token (hex, base64, a JWT).
 const AUTHORIZATION_VALUE: &str = r"[A-Za-z0-9._~+/\-]{16,512}=*";
@@ -375,8 +393,7 @@ impl Detectors {
                 Some(trim_value(b, s, e)).filter(|&(s, e)| looks_like_secret(&b[s..e]))
             } else {
                 // A type name stands only unquoted after a `:` (a type annotation).
-                let annotation = rest[..h.end()].trim_end().ends_with(':')
-                    && !matches!(b[s], b'"' | b'\'' | b'`');
+                let annotation = rest[..h.end()].trim_end().ends_with(':') && !opens_quote(b[s]);
                 value_readings(b, s, e)
                     .into_iter()
                     .find(|&(s, e)| s < e && looks_like_secret_after(&b[s..e], annotation))
@@ -980,13 +997,18 @@ fn has_scheme(head: &str) -> bool {
     head.trim_end().ends_with(|c: char| c.is_ascii_alphabetic())
 }
 
+/// True when an assigned value starting with `c` is quoted (as [`ASSIGNED_VALUE`] quotes).
+fn opens_quote(c: u8) -> bool {
+    matches!(c, b'"' | b'\'' | b'`')
+}
+
 /// The readings of an assigned value `[s, e)` (as [`ASSIGNED_VALUE`] matched it), best first,
 /// without quotes: a quoted string whole (`"Xk9#mP2v;L!q7"`, `"correct horse battery staple"`),
 /// then its first word, trimmed of sentence punctuation (`'hunter2' is what I use, it's`
 /// quoted by mistake up to the apostrophe). An unquoted value has one reading.
 fn value_readings(b: &[u8], s: usize, e: usize) -> [(usize, usize); 2] {
     let quote = b[s];
-    let quoted = matches!(quote, b'"' | b'\'' | b'`');
+    let quoted = opens_quote(quote);
     let body = s + usize::from(quoted);
     // The first word ends at any whitespace, as the value pattern's `\s` does (a no-break
     // space included), or at a quote, `,` or `;`.
