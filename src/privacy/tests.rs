@@ -803,6 +803,15 @@ fn labels_that_say_what_the_secret_is_for() {
         "secret",
         "Zq8kL2mx9",
     );
+    // A URL or `host:port` is one word of it; up to ten words.
+    for text in [
+        "the password for https://example.com/login is Zq8kL2mx9",
+        "password for postgres://db01.internal:5432/app is Zq8kL2mx9",
+        "my api key on staging.example.com:8443 = Zq8kL2mx9",
+        "the password for the old office wifi in the basement is Zq8kL2mx9",
+    ] {
+        one(text, "secret", "Zq8kL2mx9");
+    }
     // The shortest reading: a later " is " does not carry the value away.
     let later_is = "my password for gmail is MyP4ssW0rd and it is not working";
     one(later_is, "secret", "MyP4ssW0rd");
@@ -834,11 +843,52 @@ fn labels_that_say_what_the_secret_is_for() {
     // What follows must still look like a secret, and prose about secrets, tokens and passing
     // is not a label saying what a secret is for.
     none("the password for this account is required; the password for Bob: done");
+    none("the password for https://example.com/login is the one from the onboarding email");
     none("the token to use is GPT-4o. The token for GPT-4o is 128k-context");
     none("the tokenizer for GPT-4o is o200k_base; the secret to Python 3.12 is f-strings");
     none("Pass to the next handler: next_handler2; pass on the result: result2");
     // `pw` only as a word of its own.
     none("pwned: yes, pwm: 12, SPW: 3.3V-rail, EXL2 4.0bpw for Llama-3-70B is 35.2GB");
+}
+
+/// A password of one dictionary word: after a password label, quoted or said last in its
+/// clause after ` is ` or `: `, and not a word prose or code says of a password.
+#[test]
+fn one_word_passwords_said_as_such() {
+    for (text, word) in [
+        ("the wifi password is sunshine", "sunshine"),
+        ("my password is sunshine and my username is bob", "sunshine"),
+        ("My password is Dragon!", "Dragon"),
+        ("the password for the wifi is sunshine.", "sunshine"),
+        ("password: letmein\nuser: bob", "letmein"),
+        ("PWD: monkey", "monkey"),
+        ("{\"password\": \"dragon\"}", "dragon"),
+        ("password = \"monkey\"", "monkey"),
+        ("mot de passe : soleil", "soleil"),
+        (
+            "the passphrase is swordfish; the door code is separate",
+            "swordfish",
+        ),
+    ] {
+        one(text, "secret", word);
+    }
+    // Words said of passwords, clauses that go on, types, participles and other labels.
+    for text in [
+        "the password is incorrect.",
+        "the password is stored in the vault",
+        "The password is hashed with bcrypt.",
+        "when a private key with a passphrase is loaded.",
+        "the password is what? the password is case sensitive",
+        "Password: required. Password: hidden",
+        "password: Sunshine, pwd: bytes, password: String",
+        "password = secret; password = input",
+        "passwordHash: bcrypt, passwd:gecos, \"passwd:name\"",
+        "my boarding pass is ready; the token is invalid; the secret is patience.",
+        "the api key is missing, the password is expiring",
+        "the password is \"unterminated",
+    ] {
+        none(text);
+    }
 }
 
 /// A quoted value runs to its closing quote: `;`, `,` and spaces inside are part of it.

@@ -336,6 +336,53 @@ const SENTENCE_WORDS: &[&[u8]] = &[
     b"tu",
 ];
 
+/// What prose and code say a password is, rather than what it is: its state (`the password is
+/// incorrect`, `expired`), what it is like (`weak`, `too`), how it is kept or shown (`hidden`,
+/// `hashed`), pronouns and question words (`mine`, `what`), types and fields (`password:
+/// text`). A single word after a password label is a password unless it is one of these (or
+/// of [`SENTENCE_WORDS`] and [`PLACEHOLDER_WORDS`]). Words separated by spaces.
+const SAID_OF_PASSWORDS: &str = "\
+    correct valid right fine okay good bad ok same different unique unchanged changed \
+    updated reset rotated revoked locked unlocked disabled enabled active inactive \
+    accepted rejected verified checked working broken gone lost forgotten unknown known \
+    leaked compromised exposed stolen blank empty default temporary permanent expiring \
+    pending needed necessary mandatory important useless provided given ready done saved \
+    stored kept sent shared generated random randomized weak strong secure insecure safe \
+    unsafe long short simple easy hard difficult complex complicated obvious guessable \
+    memorable tricky strange weird funny great perfect terrible awful enough too very also \
+    still now then just only never always usually probably really currently already again \
+    hidden visible shown masked obscured displayed encrypted decrypted hashed salted plain \
+    plaintext cleartext protected private public personal confidential sensitive asterisks \
+    dots case mine yours his hers ours theirs there what which where when why how \
+    something anything nothing everything below above attached included inside unset str \
+    text bytes number boolean bool integer float char varchar hash object array list dict \
+    map any void nullable field input value param type data nil redact omit skip ignore \
+    prompt ask env file";
+
+/// True when `word` reads as a password of one dictionary word (`sunshine`, `Dragon`): 4 to
+/// 32 ASCII letters, lower-case, Capitalised or upper-case (a CamelCase word is a name in
+/// code), and none of the words said of passwords ([`SAID_OF_PASSWORDS`],
+/// [`SENTENCE_WORDS`], [`PLACEHOLDER_WORDS`]). [`looks_like_secret`] leaves such words alone,
+/// as they can be any word: the caller decides where one stands for a password.
+pub(crate) fn word_password(word: &[u8]) -> bool {
+    if !(4..=32).contains(&word.len()) || !word.iter().all(u8::is_ascii_alphabetic) {
+        return false;
+    }
+    let tail = &word[1..];
+    let cased = tail.iter().all(u8::is_ascii_lowercase) || word.iter().all(u8::is_ascii_uppercase);
+    let lower = word.to_ascii_lowercase();
+    let lower = lower.as_slice();
+    cased
+        && !SAID_OF_PASSWORDS
+            .split_ascii_whitespace()
+            .any(|w| w.as_bytes() == lower)
+        && !SENTENCE_WORDS.contains(&lower)
+        && !PLACEHOLDER_WORDS.contains(&lower)
+        && !PLACEHOLDERS
+            .iter()
+            .any(|p| memchr::memmem::find(lower, p).is_some())
+}
+
 /// Words of [`SENTENCE_WORDS`] that a passphrase of lower-case words may hold (`my dog ate the
 /// homework`): without the other sentence words, they do not make a message.
 const PHRASE_WORDS: &[&[u8]] = &[b"a", b"an", b"the", b"my"];
