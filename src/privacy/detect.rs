@@ -16,7 +16,7 @@ use super::context::{
 use super::fold::fold;
 use super::validate::{
     card_ok, iban_length, iban_valid, intl_phone_ok, ipv4_ok, looks_like_secret,
-    looks_like_secret_after, national_phone_ok, parens_ok, ssn_valid, word_password,
+    looks_like_secret_after, national_phone_ok, parens_ok, plain_purpose, ssn_valid, word_password,
 };
 use crate::error::{Error, Result};
 
@@ -145,10 +145,11 @@ macro_rules! space {
 /// A label (any spelling or suffix: `DB_PASSWORD`, `api_key_prod`) and an assignment operator
 /// (`=`, `:`, `=>`, `:=`, ` is `). A password or key label may say what it is for first
 /// (`password for the wifi is`, `api key for root@db01:`, `password for
-/// https://example.com/login is`: up to ten words, a URL or `host:port` counting as one, the
-/// shortest reading): `secret`, `token` and a bare `pass` may not, as prose says "the secret
-/// to success is", "the token for GPT-4o is" and "pass to the next handler". The value (see
-/// [`ASSIGNED_VALUE`]) starts after it.
+/// https://example.com/login is`: up to ten words, a URL of up to 60 characters after its
+/// scheme, without a query string, or a `host:port` counting as one (longer repetitions made
+/// redaction 7% slower), the shortest reading): `secret`, `token` and a bare `pass`
+/// may not, as prose says "the secret to success is", "the token for GPT-4o is" and "pass to
+/// the next handler". The value (see [`ASSIGNED_VALUE`]) starts after it.
 const ASSIGNED_HEAD: &str = concat!(
     r"(?:(?i:password|passwd|passphrase|passwort|pwd|kennwort|mot de passe|contrase[ñn]a|senha",
     r"|api[_\- ]?key|access[_\- ]?key|auth[_\- ]?key|private[_\- ]?key)",
@@ -406,7 +407,7 @@ impl Detectors {
             let (value, conf) = match value {
                 Some(v) => (Some(v), conf),
                 None if !bearer && !authorization => {
-                    (said_word_password(b, at, &rest[..h.end()], s, e), 0.7)
+                    (said_word_password(text, at, &rest[..h.end()], s, e), 0.7)
                 }
                 None => (None, conf),
             };
@@ -1058,51 +1059,77 @@ const PASSWORD_LABELS: &[&[u8]] = &[
     b"senha",
 ];
 
+/// Endings of adjectives, which prose says of a password (`the password is irrelevant`,
+/// `dangerous`, `acceptable`): an unquoted word with one is not read as the password.
+const ADJECTIVE_ENDINGS: &[&[u8]] = &[
+    b"ant", b"ent", b"ous", b"ble", b"ive", b"ful", b"less", b"ory", b"ary", b"ical",
+];
+
 /// Conjunctions after which a password said last in its clause may go on: `my password is
 /// sunshine and my user name is bob`.
 const CLAUSE_ENDS: &[&[u8]] = &[b"and", b"but", b"so", b"or", b"please", b"btw", b"thanks"];
 
 /// The password of one dictionary word in an assignment whose value [`looks_like_secret`]
 /// rejected (`my wifi password is sunshine`, `"password": "dragon"`, `pwd: letmein`), given
-/// the label's start, the head (label and operator) and the value's span. It must follow a
-/// [`PASSWORD_LABELS`] word with no suffix (`passwordHash: bcrypt` names a field), be quoted
-/// or follow ` is ` or `:` (`password = secret` is code), and end its clause: the end of the
-/// line, a punctuation mark or a [`CLAUSE_ENDS`] word (`the password is stored in the vault`
-/// goes on). Unquoted, it is not a participle (`-ed`, `-ing`: `the passphrase is loaded`),
-/// and after `:` it is lower-case and after a space (`password: Sunshine` may be a type,
-/// `passwd:gecos` is a name). The word itself: see [`word_password`].
+/// the text, the label's start, the head (label and operator) and the value's span:
+/// - after a [`PASSWORD_LABELS`] word with no suffix and no letter or digit before it
+///   (`DB_PASSWORD: sunshine` counts; `passwordHash: bcrypt` names a field, `mypassword`
+///   is a name), and what it is for, if said, in at most five plain words
+///   ([`plain_purpose`]: not `the password for your account with anyone is forbidden`);
+/// - quoted (and closed), or unquoted after ` is ` or `: ` and last in its clause: the end
+///   of the line, a punctuation mark or a [`CLAUSE_ENDS`] word (`the password is stored in
+///   the vault` goes on); `password = secret` is code;
+/// - unquoted after `:`, lower-case (`password: Sunshine` may be a type), after a space
+///   (`passwd:gecos` is a name) and not right after `{` or `(` (the first field of an
+///   object or argument of a call: `{password: hash}`, `login(password: pw)`; later ones,
+///   `{ host, password: pass }`, hold names [`word_password`] turns down in practice);
+/// - not a participle (`-ed` or `-ing` after a stem of four letters or more: `the
+///   passphrase is loaded`, `'password' => 'confirmed'`; `spring` and `speed` pass), nor,
+///   unquoted, an adjective by its ending ([`ADJECTIVE_ENDINGS`]);
+/// - the word itself: see [`word_password`].
 ///
 /// Out of line: it runs rarely, and inlined into the scan loop it made scanning clean prose
 /// 13% slower (`cargo bench --bench pii`).
 #[cold]
 #[inline(never)]
 fn said_word_password(
-    b: &[u8],
+    text: &str,
     label: usize,
     head: &str,
     s: usize,
     e: usize,
 ) -> Option<(usize, usize)> {
+    let b = text.as_bytes();
     let named = PASSWORD_LABELS.iter().find(|l| {
         b.get(label..label + l.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(l))
     })?;
     let after_label = b.get(label + named.len()).copied();
     if after_label.is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-        || (label > 0 && is_word(b[label - 1]))
+        || (label > 0 && b[label - 1].is_ascii_alphanumeric())
     {
         return None;
     }
     let op = head.trim_end();
     let colon = op.ends_with(':');
     let is = op.len() >= 2 && op.as_bytes()[op.len() - 2..].eq_ignore_ascii_case(b"is");
+    // What it is for: the words between the label and the operator.
+    let purpose = head.get(named.len()..).unwrap_or("");
+    let purpose = purpose.trim_end().trim_end_matches(['=', '>', ':']);
+    let purpose = if is {
+        purpose.get(..purpose.len().saturating_sub(2)).unwrap_or("")
+    } else {
+        purpose
+    };
+    if !plain_purpose(purpose.trim_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'')) {
+        return None;
+    }
     let quoted = opens_quote(b[s]);
     let (ws, we) = if quoted {
-        let [whole, _] = value_readings(b, s, e);
-        if whole.0 != s + 1 || whole.1 + 1 != e {
+        if !(e >= s + 2 && b[e - 1] == b[s]) {
             return None; // never closed
         }
-        whole
+        (s + 1, e - 1)
     } else if colon || is {
         let (ws, mut we) = value_readings(b, s, e)[1];
         while we > ws && matches!(b[we - 1], b'!' | b'?') {
@@ -1113,45 +1140,59 @@ fn said_word_password(
         return None;
     };
     let word = &b[ws..we];
-    if !word_password(word) {
+    let lower = word.to_ascii_lowercase();
+    let participle = [&b"ed"[..], b"ing"]
+        .iter()
+        .any(|end| lower.ends_with(end) && lower.len() >= end.len() + 4);
+    if participle || !word_password(word) {
         return None;
     }
     if !quoted {
-        // Unquoted, it is not a type (`password: Secret`), a namespaced name (`passwd:gecos`)
-        // or a participle (`the passphrase is loaded`, `password: missing`).
-        let lower = word.to_ascii_lowercase();
-        let spaced = b[..ws].last().is_some_and(u8::is_ascii_whitespace);
-        if (colon && !(spaced && word.iter().all(u8::is_ascii_lowercase)))
-            || lower.ends_with(b"ed")
-            || lower.ends_with(b"ing")
-        {
+        // Nor, unquoted, an adjective by its ending (`the password is irrelevant`).
+        if lower.len() >= 6 && ADJECTIVE_ENDINGS.iter().any(|end| lower.ends_with(end)) {
             return None;
         }
-        // Said last: what follows ends the clause.
-        let rest = &b[we..];
-        let next_word = rest
-            .iter()
-            .position(|c| !matches!(c, b' ' | b'\t'))
-            .map(|i| &rest[i..]);
-        let ends_clause = match rest.first() {
-            None | Some(b'\r' | b'\n') => true,
-            Some(b'.' | b',' | b'!' | b'?' | b';' | b')' | b'"' | b'\'') => {
-                rest.get(1).is_none_or(|c| !c.is_ascii_alphanumeric())
+        if colon {
+            let spaced = text[..ws]
+                .chars()
+                .next_back()
+                .is_some_and(char::is_whitespace);
+            let opens_code = b[..label]
+                .iter()
+                .rev()
+                .find(|c| !matches!(c, b' ' | b'\t' | b'"' | b'\''))
+                .is_some_and(|c| matches!(c, b'{' | b'('));
+            if !spaced || opens_code || !word.iter().all(u8::is_ascii_lowercase) {
+                return None;
             }
-            Some(b' ' | b'\t') => next_word.is_some_and(|w| {
-                CLAUSE_ENDS.iter().any(|c| {
-                    w.len() >= c.len()
-                        && w[..c.len()].eq_ignore_ascii_case(c)
-                        && w.get(c.len()).is_none_or(|c| !c.is_ascii_alphanumeric())
-                })
-            }),
-            _ => false,
-        };
-        if !ends_clause {
+        }
+        if !ends_clause(&text[we..]) {
             return None;
         }
     }
     Some((ws, we))
+}
+
+/// True when `rest`, what follows an unquoted value, ends the value's clause: the end of the
+/// line, a punctuation mark (after spaces too: French writes `soleil !`), or a
+/// [`CLAUSE_ENDS`] word.
+fn ends_clause(rest: &str) -> bool {
+    let after_spaces = rest.trim_start_matches(|c: char| c.is_whitespace() && c != '\n');
+    let spaced = after_spaces.len() < rest.len();
+    let b = after_spaces.as_bytes();
+    match b.first() {
+        None | Some(b'\r' | b'\n') => true,
+        Some(b'!' | b'?' | b';') => b.get(1).is_none_or(|c| !c.is_ascii_alphanumeric()),
+        Some(b'.' | b',' | b')' | b'"' | b'\'') if !spaced => {
+            b.get(1).is_none_or(|c| !c.is_ascii_alphanumeric())
+        }
+        Some(_) if spaced => CLAUSE_ENDS.iter().any(|c| {
+            b.len() >= c.len()
+                && b[..c.len()].eq_ignore_ascii_case(c)
+                && b.get(c.len()).is_none_or(|c| !c.is_ascii_alphanumeric())
+        }),
+        _ => false,
+    }
 }
 
 /// True when `c` may be part of a PEM body line (base64).

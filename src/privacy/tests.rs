@@ -869,6 +869,14 @@ fn one_word_passwords_said_as_such() {
             "the passphrase is swordfish; the door code is separate",
             "swordfish",
         ),
+        ("password: letmein \nuser: bob", "letmein"),
+        ("my password is sunshine ", "sunshine"),
+        ("mot de passe : soleil !", "soleil"),
+        ("mot de passe :\u{a0}soleil", "soleil"),
+        ("the wifi password is spring", "spring"),
+        ("POSTGRES_PASSWORD: sunshine", "sunshine"),
+        ("{\"db_password\": \"dragon\"}", "dragon"),
+        ("user: bob, password: sunshine", "sunshine"),
     ] {
         one(text, "secret", word);
     }
@@ -886,6 +894,22 @@ fn one_word_passwords_said_as_such() {
         "my boarding pass is ready; the token is invalid; the secret is patience.",
         "the api key is missing, the password is expiring",
         "the password is \"unterminated",
+        // Adjectives, and purposes that are clauses.
+        "Your password is irrelevant.",
+        "Sharing the password for your account with anyone is forbidden.",
+        "Writing the password for the admin account on a sticky note is dangerous.",
+        // Code: fields of objects and arguments, nsswitch.conf, status lines, translations,
+        // fixtures, validation rules.
+        "db.connect({ host, user, password: pass, database })",
+        "login(user: name, password: pass)",
+        "{ host, password: hash }, (password: word), {password: word}",
+        "passwd: compat\npassword: fail",
+        "{\"password\": \"Senha\"}",
+        "login(client, password=\"test\")",
+        "'password' => 'confirmed'",
+        // Quotes never closed, even when a bracket or a full stop follows.
+        "(the password is \"loaded)",
+        "the password is \"dragon.",
     ] {
         none(text);
     }

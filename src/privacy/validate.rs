@@ -357,7 +357,32 @@ const SAID_OF_PASSWORDS: &str = "\
     something anything nothing everything below above attached included inside unset str \
     text bytes number boolean bool integer float char varchar hash object array list dict \
     map any void nullable field input value param type data nil redact omit skip ignore \
-    prompt ask env file";
+    prompt ask env file typed owned fixed credentials creds \
+    pass passwd passcode passphrase pwd senha kennwort passwort wachtwoord passord \
+    contrasena motdepasse lozinka haslo heslo salasana jelszo parola parol sifre losenord \
+    adgangskode compat files ldap systemd winbind fail error mismatch match matches \
+    test example dummy sample demo fake mock foobar";
+
+/// Words a plain purpose phrase may hold that [`SENTENCE_WORDS`] lists: determiners and the
+/// prepositions that introduce it.
+const PURPOSE_WORDS: &[&[u8]] = &[
+    b"the", b"my", b"our", b"your", b"a", b"an", b"for", b"to", b"of", b"on", b"at",
+];
+
+/// True when what a password is said to be for (`for the wifi`, `to the staging server`,
+/// `for https://example.com/login`; empty when not said) is a plain noun phrase: at most five
+/// words, and no sentence word but determiners and prepositions ([`PURPOSE_WORDS`]). Not
+/// `for your account with anyone` (as in `sharing the password for your account with anyone
+/// is forbidden`).
+pub(crate) fn plain_purpose(phrase: &str) -> bool {
+    let mut words = 0;
+    phrase.split_whitespace().all(|w| {
+        words += 1;
+        let lower = w.to_ascii_lowercase();
+        let lower = lower.as_bytes();
+        words <= 5 && (PURPOSE_WORDS.contains(&lower) || !SENTENCE_WORDS.contains(&lower))
+    })
+}
 
 /// True when `word` reads as a password of one dictionary word (`sunshine`, `Dragon`): 4 to
 /// 32 ASCII letters, lower-case, Capitalised or upper-case (a CamelCase word is a name in
