@@ -1060,14 +1060,17 @@ const PASSWORD_LABELS: &[&[u8]] = &[
 ];
 
 /// Endings of adjectives, which prose says of a password (`the password is irrelevant`,
-/// `dangerous`, `acceptable`): an unquoted word with one is not read as the password.
+/// `dangerous`, `acceptable`): an unquoted word of six letters or more with one is not read
+/// as the password (some passwords are lost with them: `elephant`, `marble`).
 const ADJECTIVE_ENDINGS: &[&[u8]] = &[
     b"ant", b"ent", b"ous", b"ble", b"ive", b"ful", b"less", b"ory", b"ary", b"ical",
 ];
 
 /// Conjunctions after which a password said last in its clause may go on: `my password is
 /// sunshine and my user name is bob`.
-const CLAUSE_ENDS: &[&[u8]] = &[b"and", b"but", b"so", b"or", b"please", b"btw", b"thanks"];
+const CLAUSE_ENDS: &[&[u8]] = &[
+    b"and", b"but", b"so", b"or", b"please", b"btw", b"thanks", b"thx", b"lol", b"haha", b"ok",
+];
 
 /// The password of one dictionary word in an assignment whose value [`looks_like_secret`]
 /// rejected (`my wifi password is sunshine`, `"password": "dragon"`, `pwd: letmein`), given
@@ -1076,16 +1079,19 @@ const CLAUSE_ENDS: &[&[u8]] = &[b"and", b"but", b"so", b"or", b"please", b"btw",
 ///   (`DB_PASSWORD: sunshine` counts; `passwordHash: bcrypt` names a field, `mypassword`
 ///   is a name), and what it is for, if said, in at most five plain words
 ///   ([`plain_purpose`]: not `the password for your account with anyone is forbidden`);
-/// - quoted (and closed), or unquoted after ` is ` or `: ` and last in its clause: the end
-///   of the line, a punctuation mark or a [`CLAUSE_ENDS`] word (`the password is stored in
-///   the vault` goes on); `password = secret` is code;
+/// - quoted (and closed), or unquoted after ` is ` or `: ` and last in its clause (see
+///   [`ends_clause`]: `the password is stored in the vault` goes on); `password = secret` is
+///   code;
+/// - unquoted after ` is `, a label [`told`] as whose or which (`my password`, `the wifi
+///   password`), not prose about passwords (`a strong password is essential`);
 /// - unquoted after `:`, lower-case (`password: Sunshine` may be a type), after a space
-///   (`passwd:gecos` is a name) and not right after `{` or `(` (the first field of an
-///   object or argument of a call: `{password: hash}`, `login(password: pw)`; later ones,
-///   `{ host, password: pass }`, hold names [`word_password`] turns down in practice);
+///   (`passwd:gecos` is a name) and not a key right after `{` or `(` (the first field of an
+///   object or argument of a call, on its line or the next: `{db_password: word}`); later
+///   fields (`{ host, password: word }`) are read as values: a miss there would be worse;
 /// - not a participle (`-ed` or `-ing` after a stem of four letters or more: `the
-///   passphrase is loaded`, `'password' => 'confirmed'`; `spring` and `speed` pass), nor,
-///   unquoted, an adjective by its ending ([`ADJECTIVE_ENDINGS`]);
+///   passphrase is loaded`, `'password' => 'confirmed'`; `spring` and `speed` pass), a name
+///   made from a label (`newpass`, `oldpwd`), nor, unquoted, an adjective by its ending
+///   ([`ADJECTIVE_ENDINGS`], words of six letters or more);
 /// - the word itself: see [`word_password`].
 ///
 /// Out of line: it runs rarely, and inlined into the scan loop it made scanning clean prose
@@ -1144,7 +1150,14 @@ fn said_word_password(
     let participle = [&b"ed"[..], b"ing"]
         .iter()
         .any(|end| lower.ends_with(end) && lower.len() >= end.len() + 4);
-    if participle || !word_password(word) {
+    // A name made from a label (`newpass`, `dbpass`, `oldpwd`) is code.
+    let named_after_label = [&b"pass"[..], b"pwd"]
+        .iter()
+        .any(|l| memchr::memmem::find(&lower, l).is_some());
+    if participle || named_after_label || !word_password(word) {
+        return None;
+    }
+    if is && !quoted && !told(b, label) {
         return None;
     }
     if !quoted {
@@ -1157,10 +1170,16 @@ fn said_word_password(
                 .chars()
                 .next_back()
                 .is_some_and(char::is_whitespace);
-            let opens_code = b[..label]
+            // The key's start (before a prefix such as `db_`), then back over spaces, line
+            // breaks and quotes.
+            let key = b[..label]
+                .iter()
+                .rposition(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.')))
+                .map_or(0, |i| i + 1);
+            let opens_code = b[..key]
                 .iter()
                 .rev()
-                .find(|c| !matches!(c, b' ' | b'\t' | b'"' | b'\''))
+                .find(|c| !(c.is_ascii_whitespace() || matches!(c, b'"' | b'\'')))
                 .is_some_and(|c| matches!(c, b'{' | b'('));
             if !spaced || opens_code || !word.iter().all(u8::is_ascii_lowercase) {
                 return None;
@@ -1174,25 +1193,75 @@ fn said_word_password(
 }
 
 /// True when `rest`, what follows an unquoted value, ends the value's clause: the end of the
-/// line, a punctuation mark (after spaces too: French writes `soleil !`), or a
-/// [`CLAUSE_ENDS`] word.
+/// line, a punctuation mark or a dash, after spaces or not (French writes `soleil !`), or,
+/// after a space, a [`CLAUSE_ENDS`] word.
 fn ends_clause(rest: &str) -> bool {
     let after_spaces = rest.trim_start_matches(|c: char| c.is_whitespace() && c != '\n');
     let spaced = after_spaces.len() < rest.len();
-    let b = after_spaces.as_bytes();
-    match b.first() {
-        None | Some(b'\r' | b'\n') => true,
-        Some(b'!' | b'?' | b';') => b.get(1).is_none_or(|c| !c.is_ascii_alphanumeric()),
-        Some(b'.' | b',' | b')' | b'"' | b'\'') if !spaced => {
-            b.get(1).is_none_or(|c| !c.is_ascii_alphanumeric())
+    let mut chars = after_spaces.chars();
+    let first = chars.next();
+    let then_not_a_word = || chars.clone().next().is_none_or(|c| !c.is_alphanumeric());
+    match first {
+        None | Some('\r' | '\n') => true,
+        Some('.' | ',' | '!' | '?' | ';' | ')' | '"' | '\'' | '-' | '\u{2013}' | '\u{2014}') => {
+            then_not_a_word()
         }
-        Some(_) if spaced => CLAUSE_ENDS.iter().any(|c| {
-            b.len() >= c.len()
-                && b[..c.len()].eq_ignore_ascii_case(c)
-                && b.get(c.len()).is_none_or(|c| !c.is_ascii_alphanumeric())
-        }),
+        Some(_) if spaced => {
+            let b = after_spaces.as_bytes();
+            CLAUSE_ENDS.iter().any(|c| {
+                b.len() >= c.len()
+                    && b[..c.len()].eq_ignore_ascii_case(c)
+                    && b.get(c.len()).is_none_or(|c| !c.is_ascii_alphanumeric())
+            })
+        }
         _ => false,
     }
+}
+
+/// Words that tell whose or which password it is: `my password is`, `the wifi password is`.
+const TELLING_WORDS: &[&[u8]] = &[
+    b"my", b"our", b"your", b"his", b"her", b"their", b"the", b"this", b"that",
+];
+
+/// Words that make a password any password (`a strong password is paramount`, `in every
+/// password`): prose about passwords.
+const GENERAL_WORDS: &[&[u8]] = &[
+    b"a", b"an", b"any", b"every", b"each", b"no", b"some", b"one", b"in", b"of", b"for", b"with",
+    b"what", b"whose", b"which",
+];
+
+/// True when the password label at `label` is told as whose or which (a [`TELLING_WORDS`]
+/// word among the three before it: `the wifi password`, `my new wifi password`), or starts
+/// its line or clause, perhaps after a word or two (`Password is sunshine`, `Wifi password
+/// is sunshine`), unless a [`GENERAL_WORDS`] word comes first (`a strong password is
+/// paramount`, `the key factor in a password is length`: prose about passwords).
+fn told(b: &[u8], label: usize) -> bool {
+    let mut end = label;
+    for _ in 0..3 {
+        let gap = b[..end]
+            .iter()
+            .rev()
+            .take_while(|c| matches!(c, b' ' | b'\t'))
+            .count();
+        let word_end = end - gap;
+        let start = b[..word_end]
+            .iter()
+            .rposition(|c| !c.is_ascii_alphanumeric())
+            .map_or(0, |i| i + 1);
+        if start == word_end {
+            // No word before: the start of the text, a line or a clause.
+            return true;
+        }
+        let word = b[start..word_end].to_ascii_lowercase();
+        if TELLING_WORDS.contains(&word.as_slice()) {
+            return true;
+        }
+        if GENERAL_WORDS.contains(&word.as_slice()) {
+            return false;
+        }
+        end = start;
+    }
+    false
 }
 
 /// True when `c` may be part of a PEM body line (base64).

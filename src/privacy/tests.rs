@@ -877,6 +877,13 @@ fn one_word_passwords_said_as_such() {
         ("POSTGRES_PASSWORD: sunshine", "sunshine"),
         ("{\"db_password\": \"dragon\"}", "dragon"),
         ("user: bob, password: sunshine", "sunshine"),
+        ("the password for this wifi is sunshine", "sunshine"),
+        ("the password to log in is sunshine", "sunshine"),
+        ("my password is sunshine lol", "sunshine"),
+        ("my password is sunshine - can you help?", "sunshine"),
+        ("the wifi password is speed", "speed"),
+        ("Password is sunshine", "sunshine"),
+        ("my new wifi password is sunshine", "sunshine"),
     ] {
         one(text, "secret", word);
     }
@@ -897,18 +904,25 @@ fn one_word_passwords_said_as_such() {
         // Adjectives, and purposes that are clauses.
         "Your password is irrelevant.",
         "Sharing the password for your account with anyone is forbidden.",
-        "Writing the password for the admin account on a sticky note is dangerous.",
+        "Writing the password for the admin account on a sticky note is forbidden.",
+        // Prose about passwords, not telling one.
+        "Using a strong password is essential. A longer password is better.",
+        "The key factor in a password is length.",
+        "A strong password is paramount. What matters most in a password is entropy.",
         // Code: fields of objects and arguments, nsswitch.conf, status lines, translations,
         // fixtures, validation rules.
         "db.connect({ host, user, password: pass, database })",
         "login(user: name, password: pass)",
         "{ host, password: hash }, (password: word), {password: word}",
+        "{\n  db_password: word\n}",
+        "{ id, password: newpass }",
+        "case \"password\": break;",
         "passwd: compat\npassword: fail",
         "{\"password\": \"Senha\"}",
         "login(client, password=\"test\")",
         "'password' => 'confirmed'",
         // Quotes never closed, even when a bracket or a full stop follows.
-        "(the password is \"loaded)",
+        "(the password is \"dragon)",
         "the password is \"dragon.",
     ] {
         none(text);

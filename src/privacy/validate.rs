@@ -361,19 +361,22 @@ const SAID_OF_PASSWORDS: &str = "\
     pass passwd passcode passphrase pwd senha kennwort passwort wachtwoord passord \
     contrasena motdepasse lozinka haslo heslo salasana jelszo parola parol sifre losenord \
     adgangskode compat files ldap systemd winbind fail error mismatch match matches \
-    test example dummy sample demo fake mock foobar";
+    test example dummy sample demo fake mock foobar break return continue todo fallthrough \
+    essential crucial vital better worse best worst risky length lowercase uppercase numeric \
+    alphanumeric ascii unicode forbidden geslo parole parool wagwoord";
 
 /// Words a plain purpose phrase may hold that [`SENTENCE_WORDS`] lists: determiners and the
 /// prepositions that introduce it.
 const PURPOSE_WORDS: &[&[u8]] = &[
-    b"the", b"my", b"our", b"your", b"a", b"an", b"for", b"to", b"of", b"on", b"at",
+    b"the", b"my", b"our", b"your", b"a", b"an", b"this", b"that", b"for", b"to", b"of", b"on",
+    b"at", b"in", b"from",
 ];
 
 /// True when what a password is said to be for (`for the wifi`, `to the staging server`,
 /// `for https://example.com/login`; empty when not said) is a plain noun phrase: at most five
-/// words, and no sentence word but determiners and prepositions ([`PURPOSE_WORDS`]). Not
-/// `for your account with anyone` (as in `sharing the password for your account with anyone
-/// is forbidden`).
+/// words, and no sentence word but some determiners and prepositions ([`PURPOSE_WORDS`]: not
+/// `with`, `by`, `and`, `is`...). Not `for your account with anyone` (as in `sharing the
+/// password for your account with anyone is forbidden`).
 pub(crate) fn plain_purpose(phrase: &str) -> bool {
     let mut words = 0;
     phrase.split_whitespace().all(|w| {
