@@ -143,7 +143,7 @@ macro_rules! space {
 }
 
 /// A label (any spelling or suffix: `DB_PASSWORD`, `api_key_prod`) and an assignment operator
-/// (`=`, `:`, `=>`, `:=`, ` is `). A password or key label may say what it is for first
+/// (`=`, `:`, `=>`, `:=`, ` is `, ` is:`). A password or key label may say what it is for first
 /// (`password for the wifi is`, `api key for root@db01:`, `password for
 /// https://example.com/login is`: up to ten words, a URL of up to 60 characters after its
 /// scheme, without a query string, or a `host:port` counting as one (longer repetitions made
@@ -171,9 +171,10 @@ const ASSIGNED_HEAD: &str = concat!(
     space!(),
     "{0,4}(?:=>|:=|=|:|",
     space!(),
-    "{1,4}(?i:is)",
+    // ` is `, or ` is:` (`my password is: …`)
+    "{1,4}(?i:is)(?:",
     space!(),
-    "{1,4})",
+    "{1,4}|:))",
     space!(),
     "{0,4}",
 );
@@ -1122,8 +1123,12 @@ fn said_word_password(
     // What it is for: the words between the label and the operator.
     let purpose = head.get(named.len()..).unwrap_or("");
     let purpose = purpose.trim_end().trim_end_matches(['=', '>', ':']);
-    let purpose = if is {
-        purpose.get(..purpose.len().saturating_sub(2)).unwrap_or("")
+    // ... and the ` is` of ` is ` or ` is:`.
+    let said_is = purpose.len() >= 2
+        && purpose.as_bytes()[purpose.len() - 2..].eq_ignore_ascii_case(b"is")
+        && purpose[..purpose.len() - 2].ends_with(char::is_whitespace);
+    let purpose = if said_is {
+        &purpose[..purpose.len() - 2]
     } else {
         purpose
     };

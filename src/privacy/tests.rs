@@ -783,6 +783,7 @@ fn human_passwords_are_secrets() {
 #[test]
 fn labels_that_say_what_the_secret_is_for() {
     one("the password for wifi is Zq8kL2mx9", "secret", "Zq8kL2mx9");
+    one("my password is: Tr0ub4dor&3", "secret", "Tr0ub4dor&3");
     one(
         "my password for gmail is MyP4ssW0rd!",
         "secret",
@@ -884,6 +885,7 @@ fn one_word_passwords_said_as_such() {
         ("the wifi password is speed", "speed"),
         ("Password is sunshine", "sunshine"),
         ("my new wifi password is sunshine", "sunshine"),
+        ("my password is: sunshine", "sunshine"),
     ] {
         one(text, "secret", word);
     }
