@@ -1089,11 +1089,10 @@ const CLAUSE_ENDS: &[&[u8]] = &[
 ///   (`passwd:gecos` is a name) and not a key right after `{` or `(` (the first field of an
 ///   object or argument of a call, on its line or the next: `{db_password: word}`); later
 ///   fields (`{ host, password: word }`) are read as values: a miss there would be worse;
-/// - not a participle (`-ed` or `-ing` after a stem of four letters or more: `the
-///   passphrase is loaded`, `'password' => 'confirmed'`; `spring` and `speed` pass), a name
-///   made from a label (`newpass`, `oldpwd`), nor, unquoted, an adjective by its ending
-///   ([`ADJECTIVE_ENDINGS`], words of six letters or more);
-/// - the word itself: see [`word_password`].
+/// - unquoted, not an adjective by its ending ([`ADJECTIVE_ENDINGS`], words of six letters or
+///   more);
+/// - the word itself (not a participle, a name made from a label, a word said of
+///   passwords...): see [`word_password`].
 ///
 /// Out of line: it runs rarely, and inlined into the scan loop it made scanning clean prose
 /// 13% slower (`cargo bench --bench pii`).
@@ -1117,21 +1116,13 @@ fn said_word_password(
     {
         return None;
     }
-    let op = head.trim_end();
-    let colon = op.ends_with(':');
-    let is = op.len() >= 2 && op.as_bytes()[op.len() - 2..].eq_ignore_ascii_case(b"is");
-    // What it is for: the words between the label and the operator.
-    let purpose = head.get(named.len()..).unwrap_or("");
-    let purpose = purpose.trim_end().trim_end_matches(['=', '>', ':']);
-    // ... and the ` is` of ` is ` or ` is:`.
-    let said_is = purpose.len() >= 2
-        && purpose.as_bytes()[purpose.len() - 2..].eq_ignore_ascii_case(b"is")
-        && purpose[..purpose.len() - 2].ends_with(char::is_whitespace);
-    let purpose = if said_is {
-        &purpose[..purpose.len() - 2]
-    } else {
-        purpose
-    };
+    // The operator, and what the password is for: the words between the label and it (and
+    // the ` is` of ` is:`).
+    let tail = head.get(named.len()..).unwrap_or("").trim_end();
+    let colon = tail.ends_with(':');
+    let is = without_is(tail).is_some();
+    let purpose = tail.trim_end_matches(['=', '>', ':']);
+    let purpose = without_is(purpose).unwrap_or(purpose);
     if !plain_purpose(purpose.trim_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'')) {
         return None;
     }
@@ -1151,15 +1142,7 @@ fn said_word_password(
         return None;
     };
     let word = &b[ws..we];
-    let lower = word.to_ascii_lowercase();
-    let participle = [&b"ed"[..], b"ing"]
-        .iter()
-        .any(|end| lower.ends_with(end) && lower.len() >= end.len() + 4);
-    // A name made from a label (`newpass`, `dbpass`, `oldpwd`) is code.
-    let named_after_label = [&b"pass"[..], b"pwd"]
-        .iter()
-        .any(|l| memchr::memmem::find(&lower, l).is_some());
-    if participle || named_after_label || !word_password(word) {
+    if !word_password(word) {
         return None;
     }
     if is && !quoted && !told(b, label) {
@@ -1167,6 +1150,7 @@ fn said_word_password(
     }
     if !quoted {
         // Nor, unquoted, an adjective by its ending (`the password is irrelevant`).
+        let lower = word.to_ascii_lowercase();
         if lower.len() >= 6 && ADJECTIVE_ENDINGS.iter().any(|end| lower.ends_with(end)) {
             return None;
         }
@@ -1195,6 +1179,15 @@ fn said_word_password(
         }
     }
     Some((ws, we))
+}
+
+/// `s` without its last word when that word is `is` (any case) after a space: the operator
+/// ` is` of an assignment's head.
+fn without_is(s: &str) -> Option<&str> {
+    let cut = s.len().checked_sub(2)?;
+    let rest = s.get(..cut)?;
+    (s.as_bytes()[cut..].eq_ignore_ascii_case(b"is") && rest.ends_with(char::is_whitespace))
+        .then_some(rest)
 }
 
 /// True when `rest`, what follows an unquoted value, ends the value's clause: the end of the

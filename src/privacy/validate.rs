@@ -357,9 +357,8 @@ const SAID_OF_PASSWORDS: &str = "\
     something anything nothing everything below above attached included inside unset str \
     text bytes number boolean bool integer float char varchar hash object array list dict \
     map any void nullable field input value param type data nil redact omit skip ignore \
-    prompt ask env file typed owned fixed credentials creds \
-    pass passwd passcode passphrase pwd senha kennwort passwort wachtwoord passord \
-    contrasena motdepasse lozinka haslo heslo salasana jelszo parola parol sifre losenord \
+    prompt ask env file typed owned fixed credentials creds senha kennwort wachtwoord \
+    passord contrasena motdepasse lozinka haslo heslo salasana jelszo parola parol sifre losenord \
     adgangskode compat files ldap systemd winbind fail error mismatch match matches \
     test example dummy sample demo fake mock foobar break return continue todo fallthrough \
     essential crucial vital better worse best worst risky length lowercase uppercase numeric \
@@ -378,20 +377,20 @@ const PURPOSE_WORDS: &[&[u8]] = &[
 /// `with`, `by`, `and`, `is`...). Not `for your account with anyone` (as in `sharing the
 /// password for your account with anyone is forbidden`).
 pub(crate) fn plain_purpose(phrase: &str) -> bool {
-    let mut words = 0;
-    phrase.split_whitespace().all(|w| {
-        words += 1;
-        let lower = w.to_ascii_lowercase();
-        let lower = lower.as_bytes();
-        words <= 5 && (PURPOSE_WORDS.contains(&lower) || !SENTENCE_WORDS.contains(&lower))
-    })
+    phrase.split_whitespace().count() <= 5
+        && phrase.split_whitespace().all(|w| {
+            let lower = w.to_ascii_lowercase();
+            let lower = lower.as_bytes();
+            PURPOSE_WORDS.contains(&lower) || !SENTENCE_WORDS.contains(&lower)
+        })
 }
 
 /// True when `word` reads as a password of one dictionary word (`sunshine`, `Dragon`): 4 to
 /// 32 ASCII letters, lower-case, Capitalised or upper-case (a CamelCase word is a name in
-/// code), and none of the words said of passwords ([`SAID_OF_PASSWORDS`],
-/// [`SENTENCE_WORDS`], [`PLACEHOLDER_WORDS`]). [`looks_like_secret`] leaves such words alone,
-/// as they can be any word: the caller decides where one stands for a password.
+/// code), not a participle or a name made from a label, and none of the words said of
+/// passwords ([`SAID_OF_PASSWORDS`], [`SENTENCE_WORDS`], placeholders). [`looks_like_secret`]
+/// leaves such words alone, as they can be any word: the caller decides where one stands for
+/// a password.
 pub(crate) fn word_password(word: &[u8]) -> bool {
     if !(4..=32).contains(&word.len()) || !word.iter().all(u8::is_ascii_alphabetic) {
         return false;
@@ -400,15 +399,31 @@ pub(crate) fn word_password(word: &[u8]) -> bool {
     let cased = tail.iter().all(u8::is_ascii_lowercase) || word.iter().all(u8::is_ascii_uppercase);
     let lower = word.to_ascii_lowercase();
     let lower = lower.as_slice();
+    // A participle (`-ed`, `-ing` after a stem of four letters or more: `loaded`, `confirmed`;
+    // not `spring`, `speed`), or a name made from a label (`newpass`, `oldpwd`: code).
+    let participle = [&b"ed"[..], b"ing"]
+        .iter()
+        .any(|end| lower.ends_with(end) && lower.len() >= end.len() + 4);
+    let named_after_label = [&b"pass"[..], b"pwd"]
+        .iter()
+        .any(|l| memchr::memmem::find(lower, l).is_some());
     cased
+        && !participle
+        && !named_after_label
         && !SAID_OF_PASSWORDS
             .split_ascii_whitespace()
             .any(|w| w.as_bytes() == lower)
         && !SENTENCE_WORDS.contains(&lower)
-        && !PLACEHOLDER_WORDS.contains(&lower)
-        && !PLACEHOLDERS
-            .iter()
-            .any(|p| memchr::memmem::find(lower, p).is_some())
+        && !placeholder(lower)
+}
+
+/// True when the lower-cased `value` is or holds a placeholder (`changeme`, `your_key`,
+/// `process.env.X`, the word `none`): a stand-in, not a secret.
+fn placeholder(lower: &[u8]) -> bool {
+    PLACEHOLDERS
+        .iter()
+        .any(|p| memchr::memmem::find(lower, p).is_some())
+        || PLACEHOLDER_WORDS.iter().any(|w| has_word(lower, w))
 }
 
 /// Words of [`SENTENCE_WORDS`] that a passphrase of lower-case words may hold (`my dog ate the
@@ -572,11 +587,7 @@ pub(crate) fn looks_like_secret_after(value: &[u8], may_be_a_type: bool) -> bool
         return false;
     }
     let lower: Vec<u8> = value.iter().map(u8::to_ascii_lowercase).collect();
-    if PLACEHOLDERS
-        .iter()
-        .any(|p| memchr::memmem::find(&lower, p).is_some())
-        || PLACEHOLDER_WORDS.iter().any(|w| has_word(&lower, w))
-    {
+    if placeholder(&lower) {
         return false;
     }
     if value.contains(&b' ') && !passphrase(value, &lower) {
