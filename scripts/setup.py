@@ -39,15 +39,11 @@ MANIFEST_VERSION = 6  # 5: fused GroupQueryAttention graph; 6: attention_mask in
 # says the same.
 MIN_PYTHON = (3, 11)
 
-# Conversion tools, pinned (top-level packages; pip resolves their own dependencies).
-TOOLS = [
-    "gguf==0.19.0",
-    "onnx==1.23.2",
-    "onnx-ir==1.1.0",
-    "onnxruntime==1.32.0",
-    "numpy==2.4.6",
-    "tokenizers==0.23.3",
-]
+# Conversion tools: every package the converter imports, pinned with the SHA-256 of its wheels
+# (scripts/lock_tools.py refreshes the hashes). pip installs exactly these files or stops.
+TOOLS_LOCK = os.path.join(HERE, "tools.lock")
+PIP_INSTALL_LOCKED = ["install", "--quiet", "--disable-pip-version-check", "--require-hashes", "--no-deps",
+                      "--only-binary=:all:", "-r", TOOLS_LOCK]
 
 # Downloads: wheel pinned by platform tags so the bytes (and hashes) do not depend on the host Python.
 RUNTIME = {
@@ -159,11 +155,18 @@ def venv_fix():
             "Then run the same command again")
 
 
+def tool_pins(lock_text):
+    """The `name==version` pins of tools.lock, in order."""
+    return [line.split()[0] for line in lock_text.splitlines() if line and not line[0].isspace()
+            and not line.startswith("#")]
+
+
 def ensure_tools(home):
     venv = os.path.join(home, "tools", "venv")
     py = os.path.join(venv, "bin", "python")
     stamp = os.path.join(venv, "edgeroute-tools.txt")
-    wanted = "\n".join(TOOLS) + "\n"
+    with open(TOOLS_LOCK) as f:
+        wanted = f.read()
     if os.path.exists(py) and os.path.exists(stamp) and open(stamp).read() == wanted:
         # The stamp says what was installed; check it is still there (a half-deleted venv). pip
         # too: the downloads use the venv's.
@@ -174,21 +177,27 @@ def ensure_tools(home):
             return py
         say("tools: the venv is damaged (an import failed); reinstalling")
         shutil.rmtree(venv, ignore_errors=True)
-    if not venv_works(py):
-        # No venv, one left without pip by a failed `python3 -m venv` (Debian without
-        # python3-venv) or an interrupted one, or one an older Python made: pip install would
-        # fail in it every time.
-        if os.path.lexists(venv):
-            say("tools: the venv has no working python or pip (a failed or interrupted creation), "
-                f"or an older Python than {'.'.join(map(str, MIN_PYTHON))} made it; recreating it")
-            shutil.rmtree(venv, ignore_errors=True)
-        say(f"tools: creating venv {venv}")
-        created = run([sys.executable, "-m", "venv", venv], check=False)
-        if created.returncode != 0 or not venv_works(py):
-            shutil.rmtree(venv, ignore_errors=True)
-            fail(f"could not create a Python venv with pip at {venv} ({sys.executable} -m venv): {venv_fix()}")
-    say("tools: installing " + " ".join(TOOLS) + " (PyPI; about a minute, quiet)")
-    run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *TOOLS])
+    elif os.path.lexists(venv):
+        # Installed from another lock or before there was one, an install or a venv creation
+        # that did not finish (Debian without python3-venv leaves a venv without pip), or one an
+        # older Python made: start again, so that the venv holds the lock and nothing else.
+        say("tools: the venv is not a finished install of this tools.lock (an older lock, an "
+            "interrupted install, no pip, or an older Python than "
+            f"{'.'.join(map(str, MIN_PYTHON))} made it); recreating it")
+        shutil.rmtree(venv, ignore_errors=True)
+    say(f"tools: creating venv {venv}")
+    created = run([sys.executable, "-m", "venv", venv], check=False)
+    if created.returncode != 0 or not venv_works(py):
+        shutil.rmtree(venv, ignore_errors=True)
+        fail(f"could not create a Python venv with pip at {venv} ({sys.executable} -m venv): {venv_fix()}")
+    say("tools: installing " + " ".join(tool_pins(wanted)) + " (PyPI, each wheel checked against its "
+        "SHA-256 in scripts/tools.lock; about a minute, quiet)")
+    installed = run([py, "-m", "pip", *PIP_INSTALL_LOCKED], check=False)
+    if installed.returncode != 0:
+        fail("pip could not install the tools locked in scripts/tools.lock (its message is above). "
+             "\"DO NOT MATCH THE HASHES\" means a download is not the file that was locked: retry, or "
+             "check the proxy or mirror in between. \"No matching distribution\" means PyPI has no wheel "
+             "of a locked version for this Python: use CPython 3.11 to 3.14. Then run the same command again")
     with open(stamp, "w") as f:
         f.write(wanted)
     return py

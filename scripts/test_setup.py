@@ -3,8 +3,10 @@ does not pass its check leaves the installed model as it was, and nothing half-w
 a good one replaces it whole. The conversion itself (about 30 s and 1 GB) is replaced by a stub
 that writes a small model directory; everything else is setup.py's own code on a real disk.
 Also the steps around it, offline (pip and the venv creation are faked): a venv left without pip
-is recreated, downloads use the venv's pip, the host and the home are checked first with the fix
-named, and a relative EDGEROUTE_HOME means the caller's directory in demo.sh and test.sh.
+is recreated, the tools are installed from scripts/tools.lock with every hash checked (and
+lock_tools.py writes that lock), downloads use the venv's pip, the host and the home are checked
+first with the fix named, and a relative EDGEROUTE_HOME means the caller's directory in demo.sh
+and test.sh.
 
 Run: python3 -m unittest discover -s scripts -p 'test_*.py'   (scripts/test.sh runs it)
 """
@@ -22,6 +24,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lock_tools  # noqa: E402
 import setup  # noqa: E402
 
 
@@ -313,8 +316,67 @@ class EnsureTools(unittest.TestCase):
         self.assertEqual(self.commands[0], [sys.executable, "-m", "venv", self.venv])
         self.assertEqual(self.commands[1][:4], [self.py, "-m", "pip", "install"])
         self.assertEqual(len(self.commands), 2)
-        with open(os.path.join(self.venv, "edgeroute-tools.txt")) as f:
-            self.assertEqual(f.read(), "\n".join(setup.TOOLS) + "\n")
+        with open(os.path.join(self.venv, "edgeroute-tools.txt")) as f, open(setup.TOOLS_LOCK) as lock:
+            self.assertEqual(f.read(), lock.read())
+
+    def test_the_tools_are_installed_from_the_lock_with_every_hash_checked(self):
+        with mock.patch.object(setup, "run", self.fake_run()):
+            py, out = capture(setup.ensure_tools, self.home)
+        self.assertEqual(py, self.py, out)
+        install = self.commands[1]
+        self.assertEqual(install[:4], [self.py, "-m", "pip", "install"])
+        # Hash-checking mode, nothing pip would resolve by itself, no source builds, the lock.
+        for flag in ("--require-hashes", "--no-deps", "--only-binary=:all:"):
+            self.assertIn(flag, install)
+        self.assertEqual(install[install.index("-r") + 1], setup.TOOLS_LOCK)
+        self.assertIn("onnxruntime==1.32.0", out)  # the pins are said
+
+    def test_a_venv_from_another_lock_is_recreated_without_its_leftovers(self):
+        # A venv the set-up made before the lock: its stamp lists six top-level packages.
+        os.makedirs(os.path.dirname(self.py))
+        with open(self.py, "w") as f:
+            f.write("#!/bin/sh\nexit 0\n")
+        os.chmod(self.py, 0o755)
+        with open(os.path.join(self.venv, "edgeroute-tools.txt"), "w") as f:
+            f.write("gguf==0.19.0\nonnx==1.23.2\n")
+        leftover = os.path.join(self.venv, "huggingface_hub")
+        os.makedirs(leftover)
+        with mock.patch.object(setup, "run", self.fake_run()):
+            py, out = capture(setup.ensure_tools, self.home)
+        self.assertEqual(py, self.py, out)
+        self.assertIn("not a finished install of this tools.lock", out)
+        self.assertFalse(os.path.exists(leftover), "a package the lock does not name was kept")
+        self.assertEqual(self.commands[0], [sys.executable, "-m", "venv", self.venv])
+
+    def test_a_venv_holding_the_lock_is_left_alone(self):
+        os.makedirs(os.path.dirname(self.py))
+        with open(self.py, "w") as f:
+            f.write("#!/bin/sh\nexit 0\n")  # every import probe succeeds
+        os.chmod(self.py, 0o755)
+        with open(setup.TOOLS_LOCK) as lock, open(os.path.join(self.venv, "edgeroute-tools.txt"), "w") as f:
+            f.write(lock.read())
+        with mock.patch.object(setup, "run", self.fake_run()):
+            py, out = capture(setup.ensure_tools, self.home)
+        self.assertEqual(py, self.py, out)
+        self.assertIn("up to date", out)
+        self.assertEqual(self.commands, [])
+
+    def test_a_failed_locked_install_names_the_causes_and_writes_no_stamp(self):
+        fake = self.fake_run()
+
+        def run(cmd, check=True, **kw):
+            if "install" in cmd:
+                self.commands.append(list(cmd))
+                return subprocess.CompletedProcess(cmd, 1)  # e.g. a hash mismatch
+            return fake(cmd, check, **kw)
+        with mock.patch.object(setup, "run", run):
+            result, out = capture(setup.ensure_tools, self.home)
+        self.assertIsInstance(result, SystemExit)
+        self.assertIn("DO NOT MATCH THE HASHES", out)
+        self.assertIn("No matching distribution", out)
+        self.assertIn("run the same command again", out)
+        self.assertFalse(os.path.exists(os.path.join(self.venv, "edgeroute-tools.txt")),
+                         "a failed install was stamped as done")
 
     def test_a_venv_an_older_python_made_is_recreated(self):
         # A venv left by an earlier run with Python 3.10 (its pip install of the tools failed):
@@ -339,6 +401,71 @@ class EnsureTools(unittest.TestCase):
         self.assertIn("run the same command again", out)
         self.assertFalse(os.path.exists(self.venv), "a venv without pip was left behind")
         self.assertEqual(len(self.commands), 1, "pip install ran without a venv")
+
+
+class ToolsLock(unittest.TestCase):
+    """scripts/lock_tools.py, offline: which wheels it keeps, and the lock it writes."""
+
+    def test_only_wheels_of_the_pinned_version_that_install_on_x86_64_linux_are_kept(self):
+        keep = [
+            "numpy-2.4.6-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+            "numpy-2.4.6-cp313-cp313t-musllinux_1_2_x86_64.whl",
+            "PyYAML-6.0.4-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+            "tokenizers-0.23.3-cp39-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+            "onnx_ir-1.1.0-py3-none-any.whl",
+        ]
+        drop = [
+            "numpy-2.4.6-cp311-cp311-manylinux_2_27_aarch64.manylinux_2_28_aarch64.whl",
+            "numpy-2.4.6-cp311-cp311-win_amd64.whl",
+            "numpy-2.4.6-cp311-cp311-macosx_14_0_x86_64.whl",
+            "numpy-2.4.6.tar.gz",
+            "numpy-2.4.5-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+            "numpyx-2.4.6-cp311-cp311-manylinux_2_27_x86_64.whl",
+        ]
+        names = {"numpy": "2.4.6", "pyyaml": "6.0.4", "tokenizers": "0.23.3", "onnx-ir": "1.1.0"}
+
+        def kept(filename):
+            return any(lock_tools.wanted_wheel(filename, n, v) for n, v in names.items())
+        for f in keep:
+            self.assertTrue(kept(f), f)
+        for f in drop:
+            self.assertFalse(kept(f), f)
+
+    def test_hashes_come_from_the_index_entries_of_the_kept_wheels(self):
+        files = [
+            {"filename": "gguf-0.19.0-py3-none-any.whl", "hashes": {"sha256": "bb"}},
+            {"filename": "gguf-0.19.0.tar.gz", "hashes": {"sha256": "cc"}},
+            {"filename": "gguf-0.18.0-py3-none-any.whl", "hashes": {"sha256": "dd"}},
+            {"filename": "gguf-0.19.0-py2-none-any.whl", "hashes": {"sha256": "aa"}},
+        ]
+        self.assertEqual(lock_tools.wheel_hashes("gguf", "0.19.0", files), ["aa", "bb"])
+        with self.assertRaisesRegex(ValueError, "no x86_64 Linux"):
+            lock_tools.wheel_hashes("gguf", "9.9", files)
+
+    def test_a_lock_is_rewritten_with_its_comments_and_order(self):
+        text = "# head\nb==2 \\\n    --hash=sha256:old\n# about a\na==1\n# tail\n"
+        pins, trailing = lock_tools.parse_lock(text)
+        self.assertEqual([(n, v) for n, v, _ in pins], [("b", "2"), ("a", "1")])
+        out = lock_tools.render(pins, trailing, {("b", "2"): ["x", "y"], ("a", "1"): ["z"]})
+        self.assertEqual(out, "# head\nb==2 \\\n    --hash=sha256:x \\\n    --hash=sha256:y\n"
+                              "# about a\na==1 \\\n    --hash=sha256:z\n# tail\n")
+        with self.assertRaisesRegex(ValueError, "line 2"):
+            lock_tools.parse_lock("a==1\nb>=2\n")
+
+    def test_the_committed_lock_pins_every_package_to_hashes(self):
+        with open(setup.TOOLS_LOCK) as f:
+            text = f.read()
+        pins, _ = lock_tools.parse_lock(text)
+        self.assertEqual(setup.tool_pins(text), [f"{n}=={v}" for n, v, _ in pins])
+        names = {lock_tools.normalize(n) for n, _, _ in pins}
+        # What the converter, the reference script and the set-up's probe import, and their imports.
+        for needed in ("gguf", "numpy", "pyyaml", "onnx", "protobuf", "ml-dtypes", "onnx-ir", "sympy",
+                       "onnxruntime", "tokenizers"):
+            self.assertIn(needed, names)
+        blocks = text.split("==")[1:]
+        self.assertEqual(len(blocks), len(pins))
+        for (name, _, _), block in zip(pins, blocks):
+            self.assertRegex(block, r"--hash=sha256:[0-9a-f]{64}", name)
 
 
 class Downloads(unittest.TestCase):
