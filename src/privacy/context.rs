@@ -202,6 +202,9 @@ pub(crate) struct Zone {
     pub end: usize,
     /// How many ASCII digits it holds.
     pub digits: usize,
+    /// From its first digit to just past its last one.
+    pub first_digit: usize,
+    pub past_last_digit: usize,
     /// Whether a digit in it is next to two or more ASCII spaces (`4111  1111`).
     pub spaced: bool,
     /// Whether a digit in it is next to a typographic separator that `fold` turns into ASCII
@@ -266,6 +269,7 @@ pub(crate) fn digit_zones(b: &[u8], margin: usize) -> Vec<Zone> {
             Some(z) if start <= z.end => {
                 z.end = end;
                 z.digits += digits;
+                z.past_last_digit = last + 1;
                 z.spaced |= spaced;
                 z.wide |= wide;
             }
@@ -273,6 +277,8 @@ pub(crate) fn digit_zones(b: &[u8], margin: usize) -> Vec<Zone> {
                 start,
                 end,
                 digits,
+                first_digit: first,
+                past_last_digit: last + 1,
                 spaced,
                 wide,
             }),

@@ -1,9 +1,9 @@
 //! In-process PII and secret detection ([`Scanner`]), redaction and re-hydration
 //! ([`redact_messages`], [`Rehydrator`]).
 //!
-//! Layout: `detect` (the detectors), `validate` (Luhn, mod-97, SSN rules, phone formats,
-//! secret-likeness), `context` (token boundaries, label words, digit zones), `redact`
-//! (placeholders and re-hydration).
+//! Layout: `detect` (the detectors), `address` (street addresses), `validate` (Luhn, mod-97,
+//! SSN rules, phone formats, secret-likeness), `context` (token boundaries, label words, digit
+//! zones), `redact` (placeholders and re-hydration).
 //!
 //! A scan is one pass per detector family over the text: each built-in detector is a
 //! linear-time regex (the `regex` crate: finite automata, no backtracking) that proposes
@@ -11,7 +11,7 @@
 //! area rules, octet ranges, E.164 lengths, boundary and label-word checks). Detector families
 //! whose trigger bytes are absent (`@`, digits) are skipped. Overlapping detections are resolved
 //! by priority (custom > structured secrets > email > IBAN > card > SSN > assigned secrets >
-//! IP > phone), then by length. An assigned secret that overlaps a better detection keeps the
+//! IP > phone > street address), then by length. An assigned secret that overlaps a better detection keeps the
 //! rest of its span (`password: "<value> (ask <email>)"` gives a secret and an email).
 //!
 //! Numbers are found whatever separators they are written with: no-break, narrow no-break,
@@ -48,10 +48,12 @@
 //! | `iban` | country code to last character, spaces (any kind above) or dashes included | `DE89 3704 0044 0532 0130 00`, `DE89-3704-…` |
 //! | `us_ssn` | `123-45-6789` (or en dashes, `123–45–6789`); spaced, dotted or bare only next to an SSN label | `SSN 536221234`, `SSN 536.22.1234` |
 //! | `ip_address` | the address (no port, no prefix length) | `10.0.0.1` in `10.0.0.1/24`, `fe80::1` in `[fe80::1]:443`, `2001:db8::` in `2001:db8::/64` |
+//! | `street_address` | house number and street, with a flat or suite and the town, state and postcode that follow on the same line; an English street (`Elm Street`) only with one of those after it, a word that introduces an address before it (`I live at`, `ship to`, `address:`), quotes around it alone, or a line of its own (see `address.rs`) | `42 Elm Street`, `1600 Pennsylvania Avenue NW, Washington, DC 20500`, `Hauptstraße 5, 10115 Berlin`, `12 rue de la Paix`, `Calle Mayor 5` |
 //! | `secret` | the token; the whole PEM block, or the BEGIN line and base64 lines of one cut off before its END line; the assigned value without quotes (a quoted one to its closing quote, spaces and `;` included); an `Authorization` header's credential (after its scheme word); a URL's password (to the last `@` of the authority, which ends at the path, the query or the fragment; a `?` or `#` typed in the password is part of it when no `@` or `=` follows it before the final `@`) | `ghp_…`, `password = "<value>"`, `Authorization: Token <value>`, `postgres://admin:<value>@db/app` |
 //!
 //! Thread safety: [`Scanner`] is `Send + Sync`; clones share the compiled detectors.
 
+mod address;
 mod context;
 mod detect;
 mod fold;
@@ -79,7 +81,11 @@ pub const BUILTIN_KINDS: &[&str] = &[
     "us_ssn",
     "ip_address",
     "secret",
+    "street_address",
 ];
+
+/// How many built-in kinds there are.
+pub(crate) const BUILTIN_COUNT: usize = BUILTIN_KINDS.len();
 
 /// A custom regex detector from a policy's `[privacy]` section.
 #[derive(Debug, Clone)]
@@ -153,7 +159,7 @@ pub struct Scanner {
 struct Inner {
     /// Kind names by index: the built-ins first (in [`BUILTIN_KINDS`] order), then custom kinds.
     kinds: Vec<String>,
-    enabled: [bool; 7],
+    enabled: [bool; BUILTIN_COUNT],
     builtin: Arc<Detectors>,
     custom: Vec<(u16, Regex)>,
 }
@@ -190,7 +196,7 @@ impl Scanner {
     /// invalid custom regex (naming the kind and the regex error).
     pub fn new(config: &PrivacyConfig) -> Result<Self> {
         let mut kinds: Vec<String> = BUILTIN_KINDS.iter().map(|k| k.to_string()).collect();
-        let mut enabled = [false; 7];
+        let mut enabled = [false; BUILTIN_COUNT];
         for k in &config.kinds {
             match BUILTIN_KINDS.iter().position(|b| b == k) {
                 Some(i) => enabled[i] = true,

@@ -1225,3 +1225,122 @@ fn split_secrets_and_url_passwords_leak_nothing() {
         );
     }
 }
+
+#[test]
+fn street_addresses() {
+    let k = "street_address";
+    // English: number first, with a town, postcode, state, flat, or a word that introduces it.
+    one("I live at 42 Elm Street.", k, "42 Elm Street");
+    one(
+        "Ship it to 1600 Pennsylvania Avenue NW, Washington, DC 20500 please",
+        k,
+        "1600 Pennsylvania Avenue NW, Washington, DC 20500",
+    );
+    one(
+        "Send it to 221B Baker St, London NW1 6XE by Friday",
+        k,
+        "221B Baker St, London NW1 6XE",
+    );
+    one(
+        "new flat: 17 Martin Luther King Jr Blvd, Apt 4B",
+        k,
+        "17 Martin Luther King Jr Blvd, Apt 4B",
+    );
+    one(
+        "John Smith\n123 Main St.\nSpringfield, IL 62704",
+        k,
+        "123 Main St.",
+    );
+    one(
+        "The office moved: 350 5th Ave, New York, NY 10118-0110.",
+        k,
+        "350 5th Ave, New York, NY 10118-0110",
+    );
+    one(
+        "my address is 9 O'Connell Street, Dublin",
+        k,
+        "9 O'Connell Street, Dublin",
+    );
+    one(
+        "meet me at 12-14 Park Lane in Mayfair",
+        k,
+        "12-14 Park Lane",
+    );
+    // German, Dutch: the street, then the number.
+    one(
+        "Ich wohne in der Hauptstraße 5, 10115 Berlin.",
+        k,
+        "Hauptstraße 5, 10115 Berlin",
+    );
+    one(
+        "Lieferadresse: Karl-Marx-Allee 33a",
+        k,
+        "Karl-Marx-Allee 33a",
+    );
+    one(
+        "ons kantoor: Keizersgracht 123, Amsterdam",
+        k,
+        "Keizersgracht 123, Amsterdam",
+    );
+    // French, Spanish, Italian, Portuguese.
+    one(
+        "j'habite au 12 rue de la Paix, 75002 Paris.",
+        k,
+        "12 rue de la Paix, 75002 Paris",
+    );
+    one("rendez-vous 8 place d'Italie demain", k, "8 place d'Italie");
+    one("vivo en Calle Mayor 5, Madrid", k, "Calle Mayor 5, Madrid");
+    one("abito in Via della Spiga 7", k, "Via della Spiga 7");
+    one("moro na Rua Augusta 12", k, "Rua Augusta 12");
+}
+
+#[test]
+fn numbers_before_street_words_that_are_not_addresses() {
+    none("the top 10 Wall Street banks grew");
+    none("3 Main Street businesses closed last year");
+    none("In 2019 Court Street was repaved");
+    none("We watched 2 Dr Who episodes and 3 Place settings");
+    none("section 4 Grove Street Gang mission");
+    none("wait 5 minutes on Elm Street");
+    none("Spring 2024 release, Chapter 5 Boulevard of Broken Dreams");
+    none("upgrade to 2.5 Main Street");
+    none("at 10:30 Park Avenue was closed");
+    none("Platz 1 in der Liste, Weg 2 ist kürzer");
+    none("page 12 rue");
+    none("I bought 3 avenue tickets and 2 place cards");
+    // Introduced by `to`, but what follows shows it is a count.
+    none("the loans went to 3 Wall Street banks");
+}
+
+#[test]
+fn street_address_edges_do_not_panic() {
+    // A town followed by capitals that are not a postcode (`AB CD`), cut-off postcodes and
+    // ZIP codes, a street at the very end, multi-byte spaces and dashes everywhere.
+    for text in [
+        "I live at 4 Elm Street, London AB CD",
+        "I live at 4 Elm Street, London AB",
+        "I live at 4 Elm Street, London A",
+        "I live at 4 Elm Street, Springfield, IL 6270",
+        "I live at 4 Elm Street, Springfield, IL 62704-",
+        "I live at 4 Elm Street, Springfield, IL 62704\u{2013}12",
+        "at 4 Elm St.",
+        "at 4\u{a0}Elm\u{202f}Street,\u{3000}Köln",
+        "Hauptstraße 5\u{2013}",
+        "Hauptstraße\u{a0}\u{a0}\u{a0}\u{a0}5",
+        "12 rue",
+        "12 rue de",
+        "12 rue l'",
+        "Via 5",
+        "5 ",
+        "\u{e9}5 Elm Street",
+        "4 Elm Street, Apt",
+        "4 Elm Street #",
+    ] {
+        let _ = found(text);
+    }
+    one(
+        "I live at 4 Elm Street, London AB CD",
+        "street_address",
+        "4 Elm Street, London AB",
+    );
+}

@@ -564,7 +564,7 @@ fn secret(r: &Rng) -> Pii {
 
 /// One random PII item with a natural label.
 fn pii(r: &Rng) -> Pii {
-    let (kind, lead, value): (&'static str, String, String) = match r.range(0, 7) {
+    let (kind, lead, value): (&'static str, String, String) = match r.range(0, 8) {
         0 => (
             "email",
             r.pick(&["email me at ", "contact: ", "mail ", "From: ", "cc "])
@@ -623,6 +623,7 @@ fn pii(r: &Rng) -> Pii {
                 v,
             )
         }
+        6 => return street_address(r),
         _ => return secret(r),
     };
     Pii {
@@ -633,9 +634,89 @@ fn pii(r: &Rng) -> Pii {
     }
 }
 
+/// A street address in one of the forms people write, with a lead that says it is one when
+/// nothing else in it does.
+fn street_address(r: &Rng) -> Pii {
+    let n = r.range(1, 2500);
+    let name = r.pick(&[
+        "Elm", "Oak", "Maple", "Baker", "Church", "Mill", "Victoria", "Cedar",
+    ]);
+    let (lead, value) = match r.range(0, 6) {
+        0 => (
+            r.pick(&[
+                "I live at ",
+                "ship to ",
+                "my address is ",
+                "Address: ",
+                "deliver to ",
+            ]),
+            format!(
+                "{n} {name} {}",
+                r.pick(&["Street", "St", "Avenue", "Ave", "Road", "Lane", "Drive", "Court"])
+            ),
+        ),
+        1 => (
+            r.pick(&["send it to ", "new place: ", "billing: ", ""]),
+            format!(
+                "{n} {name} {}, {}, {} {}",
+                r.pick(&["Street", "Rd", "Blvd", "Way"]),
+                r.pick(&["Springfield", "Portland", "New York", "Austin"]),
+                r.pick(&["IL", "OR", "NY", "TX"]),
+                r.digits(5)
+            ),
+        ),
+        2 => (
+            r.pick(&["flat at ", "moved to ", ""]),
+            format!(
+                "{n}{} {name} {}, {}",
+                r.pick(&["", "B", "a"]),
+                r.pick(&["Street", "Road", "Gardens"]),
+                r.pick(&["Apt 4B", "Flat 2", "Suite 200", "Unit 12"])
+            ),
+        ),
+        3 => (
+            r.pick(&["Anschrift: ", "wohne in der ", "Lieferadresse: ", ""]),
+            format!(
+                "{}{} {}, {} {}",
+                r.pick(&["Haupt", "Linden", "Schiller", "Goethe"]),
+                r.pick(&["straße", "str.", "weg", "allee"]),
+                n % 200 + 1,
+                r.digits(5),
+                r.pick(&["Berlin", "München", "Köln"])
+            ),
+        ),
+        4 => (
+            r.pick(&["j'habite au ", "adresse : ", "livraison au ", ""]),
+            format!(
+                "{} {} {}, {} {}",
+                n % 200 + 1,
+                r.pick(&["rue", "avenue", "boulevard", "place"]),
+                r.pick(&["de la Paix", "Victor Hugo", "des Lilas", "d'Italie"]),
+                r.digits(5),
+                r.pick(&["Paris", "Lyon", "Marseille"])
+            ),
+        ),
+        _ => (
+            r.pick(&["vivo en ", "abito in ", "moro na ", ""]),
+            format!(
+                "{} {} {}",
+                r.pick(&["Calle", "Via", "Rua"]),
+                r.pick(&["Mayor", "Roma", "Augusta", "della Spiga"]),
+                n % 200 + 1
+            ),
+        ),
+    };
+    Pii {
+        kind: "street_address",
+        lead: lead.to_string(),
+        value,
+        trail: String::new(),
+    }
+}
+
 /// Text that looks like PII to a naive scanner but is not.
 fn hard_negative(r: &Rng) -> String {
-    match r.range(0, 19) {
+    match r.range(0, 20) {
         0 => format!(
             "card-like ref {} (invalid)",
             format_card(r, &card_digits(r, false))
@@ -739,7 +820,34 @@ fn hard_negative(r: &Rng) -> String {
             ])
             .to_string(),
         17 => "-----BEGIN RSA PRIVATE KEY----- marks the start of a key".to_string(),
-        _ => format!("dimensions 1920x1080, ratio 16:9, {}% done", r.range(1, 99)),
+        18 => format!(
+            "{} {} {} {}",
+            r.pick(&["the top", "another", "In", "only", "we counted"]),
+            r.range(2, 2024),
+            r.pick(&[
+                "Wall Street",
+                "Main Street",
+                "Park Avenue",
+                "Downing Street",
+                "Court Road"
+            ]),
+            r.pick(&[
+                "banks",
+                "shops were open",
+                "was repaved",
+                "analysts",
+                "stations"
+            ])
+        ),
+        19 => format!("dimensions 1920x1080, ratio 16:9, {}% done", r.range(1, 99)),
+        _ => r
+            .pick(&[
+                "Platz 1 in der Wertung, Weg 2 ist kürzer",
+                "see chapter 12 rue and section 3 place",
+                "release Spring 2024, page 5 Boulevard",
+                "at 10:30 Park Avenue was closed",
+            ])
+            .to_string(),
     }
 }
 

@@ -1,0 +1,875 @@
+//! Street addresses: a house number and the street it is on, as people write them in English
+//! (`42 Elm Street`, `221B Baker St, London NW1 6XE`), German and Dutch (`Hauptstraße 5`,
+//! `Keizersgracht 123`), French (`12 rue de la Paix`) and Spanish, Italian or Portuguese
+//! (`Calle Mayor 5`, `Via Roma 10`).
+//!
+//! The detector starts from each run of digits the scanner already visits, so text without
+//! digits costs nothing. A number is a house number when a street follows it (or, in the
+//! name-first languages, comes before it); the span then takes in what completes the address
+//! on the same line: a flat or suite, the town, a state and a postcode.
+//!
+//! English street names are ordinary words (`Wall Street`, `Park Lane`), so the number-first
+//! English form also needs one sign that it is somebody's address: a town, postcode or flat
+//! after it, a word that introduces an address before it (`my address is`, `I live at`,
+//! `ship to`, `at`), a line of its own, as on an envelope, or quotes around it and nothing
+//! else. `Top 10 Wall Street banks` has none of them.
+
+/// A street address found around one digit run: byte span and confidence.
+pub(crate) struct Address {
+    pub start: usize,
+    pub end: usize,
+    pub confidence: f32,
+}
+
+/// English street types, written after the name (`Elm Street`, `Elm St.`). Capitalised or
+/// upper case; matched whole.
+const STREET_TYPES: &[&str] = &[
+    "Street",
+    "St",
+    "Avenue",
+    "Ave",
+    "Av",
+    "Road",
+    "Rd",
+    "Boulevard",
+    "Blvd",
+    "Lane",
+    "Ln",
+    "Drive",
+    "Dr",
+    "Court",
+    "Ct",
+    "Place",
+    "Pl",
+    "Terrace",
+    "Ter",
+    "Circle",
+    "Cir",
+    "Highway",
+    "Hwy",
+    "Parkway",
+    "Pkwy",
+    "Square",
+    "Sq",
+    "Way",
+    "Close",
+    "Crescent",
+    "Cres",
+    "Row",
+    "Mews",
+    "Gardens",
+    "Grove",
+    "Walk",
+    "Alley",
+    "Trail",
+    "Trl",
+    "Plaza",
+    "Pike",
+    "Expressway",
+    "Freeway",
+];
+
+/// The abbreviated street types, which may take a full stop (`St.`).
+const ABBREVIATIONS: &[&str] = &[
+    "St", "Ave", "Av", "Rd", "Blvd", "Ln", "Dr", "Ct", "Pl", "Ter", "Cir", "Hwy", "Pkwy", "Sq",
+    "Cres", "Trl",
+];
+
+/// Compass points after an English street (`Pennsylvania Avenue NW`).
+const DIRECTIONS: &[&str] = &["N", "S", "E", "W", "NE", "NW", "SE", "SW"];
+
+/// German and Dutch street words are one word ending in the street type: `Hauptstraße`,
+/// `Karl-Marx-Allee`, `Keizersgracht`. Lower case; the name must be longer than the ending.
+const NAME_ENDINGS: &[&str] = &[
+    "straße", "strasse", "str.", "weg", "gasse", "allee", "platz", "damm", "ufer", "chaussee",
+    "steig", "straat", "laan", "plein", "gracht", "kade", "singel",
+];
+
+/// Street types written before the name, with the number after it (`Calle Mayor 5`,
+/// `Via Roma 10`, `Rua Augusta 12`). Capitalised.
+const TYPES_BEFORE_NAME: &[&str] = &[
+    "Calle", "Carrer", "Avenida", "Avda.", "Paseo", "Plaza", "Via", "Viale", "Piazza", "Piazzale",
+    "Corso", "Largo", "Vicolo", "Strada", "Rua", "Travessa",
+];
+
+/// French street types, lower case, after the number (`12 rue de la Paix`); the short ones
+/// may take a full stop (`av.`, `bd.`).
+const FRENCH_TYPES: &[&str] = &[
+    "rue",
+    "avenue",
+    "av",
+    "boulevard",
+    "bd",
+    "place",
+    "chemin",
+    "allée",
+    "impasse",
+    "quai",
+    "cours",
+    "route",
+];
+
+/// Small words inside a Romance street name (`de la Paix`, `della Repubblica`, `do Ouro`).
+const NAME_PARTICLES: &[&str] = &[
+    "de", "du", "des", "la", "le", "les", "l'", "d'", "del", "della", "delle", "di", "da", "do",
+    "dos", "das", "y", "e",
+];
+
+/// Flats, suites and units after the street (`Apt 4B`, `Suite 200`, `#12`).
+const UNITS: &[&str] = &[
+    "Apt",
+    "Apartment",
+    "Suite",
+    "Ste",
+    "Unit",
+    "Flat",
+    "Fl",
+    "Floor",
+    "Room",
+    "Rm",
+    "Bldg",
+    "Building",
+    "apt",
+    "suite",
+    "unit",
+    "flat",
+    "floor",
+    "room",
+];
+
+/// Words just before the number that say an address follows (`I live at`, `ship to`). The
+/// last word before the number, lower-cased.
+const LEAD_WORDS: &[&str] = &["at", "to", "from", "address", "addr", "addr.", "adresse"];
+
+/// Words within the few before the number that say an address follows (`address: …`,
+/// `I moved into …`), lower-cased, matched at the start of a word.
+const LABELS: &[&str] = &[
+    "address",
+    "addr",
+    "live",
+    "living",
+    "located",
+    "reside",
+    "ship",
+    "deliver",
+    "mail",
+    "send",
+    "moved",
+    "move",
+    "visit",
+    "stay",
+    "home",
+    "house",
+    "office",
+    "anschrift",
+    "adresse",
+    "direcci",
+    "indirizzo",
+    "endereço",
+];
+
+/// Lower-case words that may follow an address in a sentence (`42 Elm Street in Springfield`,
+/// `… is my home`). Any other lower-case word right after the street means the number was a
+/// count and the street an adjective: `3 Main Street businesses`.
+const AFTER_WORDS: &[&str] = &[
+    "in",
+    "is",
+    "and",
+    "or",
+    "near",
+    "was",
+    "which",
+    "where",
+    "with",
+    "by",
+    "for",
+    "on",
+    "at",
+    "to",
+    "from",
+    "until",
+    "since",
+    "but",
+    "so",
+    "then",
+    "next",
+    "off",
+    "between",
+    "behind",
+    "opposite",
+    "across",
+    "just",
+    "right",
+    "now",
+    "tomorrow",
+    "today",
+    "tonight",
+    "yesterday",
+    "if",
+    "when",
+    "because",
+    "please",
+    "thanks",
+    "instead",
+    "are",
+    "has",
+    "have",
+    "had",
+    "will",
+    "would",
+    "should",
+    "can",
+    "could",
+    "before",
+    "after",
+    "around",
+    "about",
+    "as",
+    "again",
+    "too",
+    "also",
+    "first",
+    "there",
+    "here",
+    "every",
+    "all",
+];
+
+/// The address that the digit run `[ds, de)` of `text` is the house number of, if any.
+#[inline]
+pub(crate) fn address_at(text: &str, ds: usize, de: usize) -> Option<Address> {
+    if de - ds > 5 {
+        return None;
+    }
+    let b = text.as_bytes();
+    // Most numbers in prose are neither before a street nor after one: a look at the bytes
+    // next to them rules them out before any word is read.
+    let street_may_follow = street_may_follow(b, de);
+    let street_may_precede = street_may_precede(b, ds);
+    if street_may_follow {
+        if let Some(a) = number_first(text, ds, de) {
+            return Some(a);
+        }
+    }
+    if street_may_precede {
+        return name_first(text, ds, de);
+    }
+    None
+}
+
+/// After the house number (and a comma), a space and then a capital, an ordinal (`5th`), a
+/// non-ASCII letter, or a French street type.
+#[inline]
+fn street_may_follow(b: &[u8], de: usize) -> bool {
+    let Some(mut i) = house_number_end(b, de) else {
+        return false;
+    };
+    if b.get(i) == Some(&b',') {
+        i += 1;
+    }
+    let Some(next) = one_space(b, i) else {
+        return false;
+    };
+    let Some(&c) = b.get(next) else {
+        return false;
+    };
+    if c.is_ascii_digit() {
+        let digits = b[next..].iter().take_while(|c| c.is_ascii_digit()).count();
+        return b
+            .get(next + digits)
+            .is_some_and(|c| matches!(c, b's' | b'n' | b'r' | b't'));
+    }
+    c.is_ascii_uppercase() || c >= 0x80 || french_type_at(b, next).is_some()
+}
+
+/// The French street type at `i` (`rue`, `av.`): its end.
+fn french_type_at(b: &[u8], i: usize) -> Option<usize> {
+    let n = b[i..]
+        .iter()
+        .take_while(|c| c.is_ascii_lowercase() || **c >= 0x80)
+        .count();
+    let word = b.get(i..i + n)?;
+    let dot = usize::from(b.get(i + n) == Some(&b'.'));
+    FRENCH_TYPES
+        .iter()
+        .any(|t| t.as_bytes() == word)
+        .then_some(i + n + dot)
+        .filter(|&end| !b.get(end).is_some_and(u8::is_ascii_alphanumeric))
+}
+
+/// Before the number, a space (or `, `) after a word that starts with a capital or a
+/// non-ASCII letter (`Hauptstraße 5`, `Via Roma 10`).
+#[inline]
+fn street_may_precede(b: &[u8], ds: usize) -> bool {
+    let Some(mut j) = space_before(b, ds) else {
+        return false;
+    };
+    if j > 0 && b[j - 1] == b',' {
+        j -= 1;
+    }
+    if j > 0 && b[j - 1] == b'.' {
+        j -= 1;
+    }
+    let start = b[..j]
+        .iter()
+        .rposition(|c| !(c.is_ascii_alphabetic() || *c >= 0x80 || *c == b'-'))
+        .map_or(0, |p| p + 1);
+    start < j && (b[start].is_ascii_uppercase() || b[start] >= 0x80)
+}
+
+/// `42 Elm Street …`, `12 rue de la Paix …`.
+fn number_first(text: &str, ds: usize, de: usize) -> Option<Address> {
+    let b = text.as_bytes();
+    if !number_starts_here(text, ds) {
+        return None;
+    }
+    let mut i = house_number_end(b, de)?;
+    if b.get(i) == Some(&b',') {
+        i += 1;
+    }
+    i = one_space(b, i)?;
+    if let Some(end) = french_street(text, i) {
+        let end = locality(text, end).map_or(end, |(e, _)| e);
+        return Some(Address {
+            start: ds,
+            end,
+            confidence: 0.8,
+        });
+    }
+    let street_end = english_street(text, i)?;
+    let (end, unit) = match unit(text, street_end) {
+        Some(e) => (e, true),
+        None => (street_end, false),
+    };
+    let (end, town) = match locality(text, end) {
+        Some((e, strong)) => (e, strong),
+        None => (end, false),
+    };
+    let own_line = line_start(b, ds) && line_end(b, end);
+    // A quoted value that is the address and nothing else (`contact = "42 Elm Street"`).
+    let quoted = ds > 0 && matches!(b[ds - 1], b'"' | b'\'') && b.get(end) == Some(&b[ds - 1]);
+    let introduced = || introduced(text, ds) && sentence_goes_on_as_address(text, end);
+    if !(unit || town || own_line || quoted || introduced()) {
+        return None;
+    }
+    let confidence = if unit || town { 0.9 } else { 0.8 };
+    Some(Address {
+        start: ds,
+        end,
+        confidence,
+    })
+}
+
+/// `Hauptstraße 5`, `Calle Mayor 5`, `Via della Spiga 7`: the street, then the number.
+fn name_first(text: &str, ds: usize, de: usize) -> Option<Address> {
+    let b = text.as_bytes();
+    let end = house_number_end(b, de)?;
+    if de - ds > 4 {
+        return None;
+    }
+    // A space (or `, `) back to the street's last word.
+    let mut j = space_before(b, ds)?;
+    if j > 0 && b[j - 1] == b',' {
+        j -= 1;
+    }
+    let (ws, we) = word_before(text, j)?;
+    let word = &text[ws..we];
+    let start = if ends_in_street_type(word) {
+        ws
+    } else {
+        type_before_name(text, ws)?
+    };
+    let end = locality(text, end).map_or(end, |(e, _)| e);
+    Some(Address {
+        start,
+        end,
+        confidence: 0.8,
+    })
+}
+
+/// The number starts a token: not glued to a letter, a digit or a code (`v2`, `x=3`, `10:30`,
+/// `#5`, `$3`). Spaces and punctuation of any script may come before it (`こんにちは、`).
+fn number_starts_here(text: &str, ds: usize) -> bool {
+    match text[..ds].chars().next_back() {
+        None => true,
+        Some(c) => {
+            !c.is_alphanumeric()
+                && !matches!(
+                    c,
+                    '.' | '-'
+                        | '/'
+                        | '_'
+                        | '+'
+                        | '#'
+                        | '$'
+                        | '€'
+                        | '£'
+                        | '¥'
+                        | ':'
+                        | '@'
+                        | '&'
+                        | '='
+                )
+        }
+    }
+}
+
+/// End of a house number whose digits end at `de`: `221B`, `12-14`, `5a`. None when the token
+/// goes on (`10th`, `3pm`, `2.5`, `5:30`).
+fn house_number_end(b: &[u8], de: usize) -> Option<usize> {
+    let mut i = de;
+    match b.get(i) {
+        Some(c) if c.is_ascii_alphabetic() => {
+            if b.get(i + 1).is_some_and(|c| c.is_ascii_alphanumeric()) {
+                return None;
+            }
+            i += 1;
+        }
+        Some(_) if dash_len(b, i).is_some_and(|n| b.get(i + n).is_some_and(u8::is_ascii_digit)) => {
+            i += dash_len(b, i).unwrap_or(1);
+            let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits > 5 {
+                return None;
+            }
+            i += digits;
+        }
+        // A decimal, a time, a date, a fraction, a thousands group: not a house number.
+        Some(b'.' | b'/' | b':' | b',') if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+            return None
+        }
+        Some(b'%' | b'_' | b'$') => return None,
+        _ => {}
+    }
+    Some(i)
+}
+
+/// Byte length of the space at `i`: a space or tab, or one of the Unicode spaces a word
+/// processor puts next to numbers (no-break, narrow no-break, figure, thin…).
+fn space_len(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i..).unwrap_or_default() {
+        [b' ' | b'\t', ..] => Some(1),
+        [0xC2, 0xA0, ..] => Some(2),
+        [0xE2, 0x80, 0x80..=0x8A | 0xAF, ..] | [0xE2, 0x81, 0x9F, ..] | [0xE3, 0x80, 0x80, ..] => {
+            Some(3)
+        }
+        _ => None,
+    }
+}
+
+/// Past the one to three spaces at `i` (two spaces after a number are common).
+fn one_space(b: &[u8], i: usize) -> Option<usize> {
+    let mut at = i;
+    for _ in 0..3 {
+        match space_len(b, at) {
+            Some(n) => at += n,
+            None => break,
+        }
+    }
+    (at > i && space_len(b, at).is_none()).then_some(at)
+}
+
+/// The start of the one to three spaces ending at `j`, if any.
+fn space_before(b: &[u8], j: usize) -> Option<usize> {
+    let mut at = j;
+    for _ in 0..3 {
+        match (1..=3).find(|n| at >= *n && space_len(b, at - n) == Some(*n)) {
+            Some(n) => at -= n,
+            None => break,
+        }
+    }
+    (at < j).then_some(at)
+}
+
+/// Byte length of the dash at `i`: `-`, or the hyphens, en dash and minus sign a word
+/// processor writes for it.
+fn dash_len(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i..).unwrap_or_default() {
+        [b'-', ..] => Some(1),
+        [0xE2, 0x80, 0x90..=0x93, ..] | [0xE2, 0x88, 0x92, ..] => Some(3),
+        _ => None,
+    }
+}
+
+/// The word of letters (and inner `'`, `-`) starting at `i`: its end.
+fn word_end(text: &str, i: usize) -> usize {
+    let mut end = i;
+    let mut prev_letter = false;
+    for (k, c) in text[i..].char_indices() {
+        if c.is_alphabetic() {
+            prev_letter = true;
+            end = i + k + c.len_utf8();
+        } else if (c == '-' || c == '\'' || c == '’') && prev_letter {
+            prev_letter = false;
+        } else {
+            break;
+        }
+    }
+    end
+}
+
+/// The word of letters ending at `j` (exclusive), with a trailing `.` of an abbreviation.
+fn word_before(text: &str, j: usize) -> Option<(usize, usize)> {
+    let head = &text[..j];
+    let body = head.strip_suffix('.').unwrap_or(head);
+    let mut start = body.len();
+    for (k, c) in body.char_indices().rev() {
+        // An inner hyphen or apostrophe (`Karl-Marx-Allee`), not a trailing one.
+        if c.is_alphabetic() || ((c == '-' || c == '\'') && start < body.len()) {
+            start = k;
+        } else {
+            break;
+        }
+    }
+    (start < body.len() && text[start..].starts_with(char::is_alphabetic)).then_some((start, j))
+}
+
+fn capitalised(word: &str) -> bool {
+    word.starts_with(|c: char| c.is_uppercase())
+}
+
+/// A word of the name of an English street: capitalised (`Elm`, `O'Connor`), an ordinal
+/// (`5th`, `42nd`) or a compass point (`N.`).
+fn name_word(text: &str, i: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    if b.get(i).is_some_and(u8::is_ascii_digit) {
+        let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let rest = &text[i + digits..];
+        let suffix = ["st", "nd", "rd", "th"]
+            .into_iter()
+            .find(|s| rest.starts_with(s))?;
+        let end = i + digits + suffix.len();
+        return (digits <= 3 && !b.get(end).is_some_and(u8::is_ascii_alphanumeric)).then_some(end);
+    }
+    let end = word_end(text, i);
+    (end > i && capitalised(&text[i..end])).then_some(end)
+}
+
+/// An English street from `i`: up to four name words and a street type, with a compass point
+/// after it. Returns its end.
+fn english_street(text: &str, i: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut at = i;
+    let mut words = 0;
+    let mut street_end = None;
+    while words < 6 {
+        let Some(end) = name_word(text, at) else {
+            break;
+        };
+        let word = &text[at..end];
+        let mut after = end;
+        if words >= 1 && is_street_type(word) {
+            if b.get(after) == Some(&b'.') && ABBREVIATIONS.contains(&word) {
+                after += 1;
+            }
+            street_end = Some(after);
+        }
+        words += 1;
+        match one_space(b, after) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    let mut end = street_end?;
+    // A compass point after the type (`Avenue NW`).
+    if let Some(next) = one_space(b, end) {
+        let w = word_end(text, next);
+        if w > next
+            && DIRECTIONS.contains(&&text[next..w])
+            && !b.get(w).is_some_and(u8::is_ascii_alphanumeric)
+        {
+            end = w;
+        }
+    }
+    Some(end)
+}
+
+fn is_street_type(word: &str) -> bool {
+    STREET_TYPES
+        .iter()
+        .any(|t| *t == word || (t.len() > 1 && t.to_ascii_uppercase() == word))
+}
+
+/// A French street from `i` (`rue de la Paix`): the type, particles, and one or more
+/// capitalised words. Returns its end.
+fn french_street(text: &str, i: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut at = one_space(b, french_type_at(b, i)?)?;
+    let mut end = None;
+    for _ in 0..6 {
+        let w = word_end(text, at);
+        let word = text.get(at..w).filter(|w| !w.is_empty());
+        // `l'Église`, `d'Orsay`: the particle is glued to the name.
+        let glued = ["l'", "d'", "l’", "d’"]
+            .into_iter()
+            .find(|p| text[at..].starts_with(p));
+        if let Some(p) = glued {
+            let name_end = word_end(text, at + p.len());
+            if name_end > at + p.len() && capitalised(&text[at + p.len()..name_end]) {
+                end = Some(name_end);
+                at = name_end;
+            } else {
+                break;
+            }
+        } else if let Some(word) = word {
+            if capitalised(word) {
+                end = Some(w);
+            } else if !NAME_PARTICLES.contains(&word) || end.is_some() {
+                break;
+            }
+            at = w;
+        } else {
+            break;
+        }
+        match one_space(b, at) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    end
+}
+
+/// German and Dutch street words (`Hauptstraße`, `Keizersgracht`), capitalised, longer than
+/// their ending.
+fn ends_in_street_type(word: &str) -> bool {
+    if !capitalised(word) {
+        return false;
+    }
+    let lower = word.to_lowercase();
+    NAME_ENDINGS
+        .iter()
+        .any(|e| lower.ends_with(e) && lower.chars().count() >= e.chars().count() + 3)
+}
+
+/// The start of `Calle Mayor`, `Via della Spiga`: a type word, then particles and capitalised
+/// words, the last of which starts at `ws`.
+fn type_before_name(text: &str, ws: usize) -> Option<usize> {
+    if !capitalised(&text[ws..]) {
+        return None;
+    }
+    let mut start = ws;
+    for _ in 0..5 {
+        let j = space_before(text.as_bytes(), start)?;
+        let (ps, pe) = word_before(text, j)?;
+        let word = &text[ps..pe];
+        if TYPES_BEFORE_NAME.contains(&word) {
+            return Some(ps);
+        }
+        if !(capitalised(word) || NAME_PARTICLES.contains(&word)) {
+            return None;
+        }
+        start = ps;
+    }
+    None
+}
+
+/// A flat or suite right after the street (`, Apt 4B`, ` Suite 200`, ` #12`): its end.
+fn unit(text: &str, i: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut at = i;
+    if b.get(at) == Some(&b',') {
+        at += 1;
+    }
+    at = one_space(b, at)?;
+    if b.get(at) == Some(&b'#') {
+        at += 1;
+    } else {
+        let w = word_end(text, at);
+        if !UNITS.contains(&&text[at..w]) {
+            return None;
+        }
+        at = w;
+        if b.get(at) == Some(&b'.') {
+            at += 1;
+        }
+        if let Some(next) = one_space(b, at) {
+            at = next;
+        }
+    }
+    let n = b[at..]
+        .iter()
+        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'-')
+        .count();
+    let id = &b[at..at + n];
+    ((1..=6).contains(&n)
+        && id.iter().any(u8::is_ascii_digit)
+        && !b.get(at + n).is_some_and(u8::is_ascii_alphanumeric))
+    .then_some(at + n)
+}
+
+/// The town, state and postcode after a street on the same line (`, Springfield, IL 62704`,
+/// `, London NW1 6XE`, `, 75002 Paris`, ` 10115 Berlin`): its end, and whether it holds a
+/// postcode or a state (a town alone is weaker).
+fn locality(text: &str, i: usize) -> Option<(usize, bool)> {
+    let b = text.as_bytes();
+    let comma = b.get(i) == Some(&b',');
+    let at = one_space(b, i + usize::from(comma))?;
+    // A postcode before the town (`75002 Paris`, `10115 Berlin`).
+    let digits = b[at..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if (4..=5).contains(&digits) {
+        let town = one_space(b, at + digits).and_then(|t| town(text, t));
+        return town.map(|e| (e, true));
+    }
+    if !comma {
+        return None;
+    }
+    let town_end = town(text, at)?;
+    let mut end = town_end;
+    let mut strong = false;
+    // `, IL`, ` IL`, then ` 62704`, or a UK postcode.
+    let mut at = end + usize::from(b.get(end) == Some(&b','));
+    if let Some(next) = one_space(b, at) {
+        let caps = b[next..]
+            .iter()
+            .take_while(|c| c.is_ascii_uppercase())
+            .count();
+        if caps == 2 && !b.get(next + 2).is_some_and(u8::is_ascii_alphanumeric) {
+            end = next + 2;
+            strong = true;
+            at = end;
+        }
+    }
+    if let Some(next) = one_space(b, at) {
+        if let Some(e) = postcode(b, next) {
+            end = e;
+            strong = true;
+        }
+    }
+    Some((end, strong))
+}
+
+/// Capitalised words that start the next sentence rather than go on with a town's name
+/// (`… 75002 Paris Also, …`).
+const NOT_TOWN: &[&str] = &[
+    "Also", "And", "But", "Then", "Please", "Thanks", "Thank", "The", "I", "We", "My", "It",
+    "This", "That", "See", "Call", "Mail", "Email", "Tel", "Phone", "Our", "You", "Your", "He",
+    "She", "They",
+];
+
+/// One to three capitalised words (`Springfield`, `New York`, `Saint-Étienne`): their end.
+fn town(text: &str, at: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut end = None;
+    let mut i = at;
+    for _ in 0..3 {
+        let w = word_end(text, i);
+        let word = &text[i..w];
+        let state_like = word.len() <= 2 && word.bytes().all(|c| c.is_ascii_uppercase());
+        if w == i
+            || !capitalised(word)
+            || UNITS.contains(&word)
+            || NOT_TOWN.contains(&word)
+            || b.get(w).is_some_and(u8::is_ascii_digit)
+            || (end.is_some() && state_like)
+        {
+            break;
+        }
+        end = Some(w);
+        match one_space(b, w) {
+            Some(next) if b.get(next).is_some_and(u8::is_ascii_uppercase) => i = next,
+            _ => break,
+        }
+    }
+    let e = end?;
+    // Two capitals alone are a state, not a town: `, IL 62704` is read by the caller.
+    (e - at > 2 || !text[at..e].bytes().all(|c| c.is_ascii_uppercase())).then_some(e)
+}
+
+/// A US ZIP code (`62704`, `62704-1234`) or a UK postcode (`NW1 6XE`, `SW1A 1AA`) at `i`.
+fn postcode(b: &[u8], i: usize) -> Option<usize> {
+    let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 5 {
+        let mut end = i + 5;
+        if let Some(n) = dash_len(b, end) {
+            if b[end + n..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count()
+                == 4
+            {
+                end += n + 4;
+            }
+        }
+        return (!b.get(end).is_some_and(u8::is_ascii_alphanumeric)).then_some(end);
+    }
+    // UK: outward code (A9, A99, AA9, AA99, A9A, AA9A), a space, inward code (9AA).
+    let out = b[i..]
+        .iter()
+        .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        .count();
+    let outward = &b[i..i + out];
+    let letters = outward
+        .iter()
+        .take_while(|c| c.is_ascii_uppercase())
+        .count();
+    if !(2..=4).contains(&out)
+        || !(1..=2).contains(&letters)
+        || !outward.get(letters).is_some_and(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    let inward = one_space(b, i + out)?;
+    let ok = b.get(inward).is_some_and(u8::is_ascii_digit)
+        && b.get(inward + 1).is_some_and(u8::is_ascii_uppercase)
+        && b.get(inward + 2).is_some_and(u8::is_ascii_uppercase)
+        && !b.get(inward + 3).is_some_and(u8::is_ascii_alphanumeric);
+    ok.then_some(inward + 3)
+}
+
+/// Whether the words before `ds` introduce an address: the last one is `at`, `to`, `is`…, or
+/// one of the few before it is `address`, `live`, `ship`… (on the same line).
+fn introduced(text: &str, ds: usize) -> bool {
+    let line = text[..ds].rsplit('\n').next().unwrap_or("");
+    let mut cut = line.len().saturating_sub(48);
+    while !line.is_char_boundary(cut) {
+        cut += 1;
+    }
+    let lower = line[cut..].to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !(c.is_alphanumeric() || c == '.' || c == '\''))
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.last().is_some_and(|w| LEAD_WORDS.contains(w)) {
+        return true;
+    }
+    words
+        .iter()
+        .rev()
+        .take(5)
+        .any(|w| LABELS.iter().any(|l| w.starts_with(l)))
+}
+
+/// The number begins its line (after spaces or a list bullet).
+fn line_start(b: &[u8], ds: usize) -> bool {
+    b[..ds]
+        .iter()
+        .rev()
+        .take_while(|c| **c != b'\n')
+        .all(|c| matches!(c, b' ' | b'\t' | b'-' | b'*'))
+}
+
+/// The address ends its line (or the text), maybe with a comma or a full stop.
+fn line_end(b: &[u8], end: usize) -> bool {
+    let rest = &b[end..];
+    let rest = rest
+        .strip_prefix(b",")
+        .or(rest.strip_prefix(b"."))
+        .unwrap_or(rest);
+    rest.iter()
+        .take_while(|c| **c != b'\n')
+        .all(|c| matches!(c, b' ' | b'\t' | b'\r'))
+}
+
+/// What follows an English street without a town or label: punctuation, the end, a capitalised
+/// word or one of [`AFTER_WORDS`]; not another lower-case word (`3 Main Street businesses`).
+fn sentence_goes_on_as_address(text: &str, end: usize) -> bool {
+    let b = text.as_bytes();
+    let Some(next) = one_space(b, end) else {
+        return true;
+    };
+    let w = word_end(text, next);
+    if w == next {
+        return true;
+    }
+    let word = &text[next..w];
+    capitalised(word) || AFTER_WORDS.contains(&word)
+}
