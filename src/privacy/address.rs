@@ -243,15 +243,21 @@ pub(crate) fn address_at(text: &str, ds: usize, de: usize) -> Option<Address> {
     }
     let b = text.as_bytes();
     // Most numbers in prose are neither before a street nor after one: a look at the bytes
-    // next to them rules them out before any word is read.
-    let street_may_follow = street_may_follow(b, de);
-    let street_may_precede = street_may_precede(b, ds);
-    if street_may_follow {
+    // next to them rules them out before any word is read. First the one byte either side
+    // (a space, a comma, a dash, a letter after; a space before), which is all that runs for
+    // the digits of a date, a time, an amount or a version.
+    let after = b.get(de).copied().unwrap_or(b'.');
+    let before = ds.checked_sub(1).map_or(b'.', |i| b[i]);
+    let space_or_letter_after = after.is_ascii_alphabetic()
+        || matches!(after, b' ' | b'\t' | b',' | b'-' | 0xC2 | 0xE2 | 0xE3);
+    // The last byte of a space: ASCII, or U+00A0, U+2000–U+200A, U+202F, U+205F, U+3000.
+    let space_before_it = matches!(before, b' ' | b'\t' | 0x80..=0x8A | 0x9F | 0xA0 | 0xAF);
+    if space_or_letter_after && street_may_follow(b, de) {
         if let Some(a) = number_first(text, ds, de) {
             return Some(a);
         }
     }
-    if street_may_precede {
+    if space_before_it && street_may_precede(b, ds) {
         return name_first(text, ds, de);
     }
     None

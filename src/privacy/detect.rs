@@ -300,7 +300,13 @@ impl Detectors {
             return;
         }
         for z in digit_zones(b, ZONE_MARGIN) {
-            if on(kind::STREET_ADDRESS) {
+            // A street has letters: a zone of digits and punctuation alone (a table of
+            // figures, a long date list) cannot hold one.
+            if on(kind::STREET_ADDRESS)
+                && b[z.start..z.end]
+                    .iter()
+                    .any(|c| c.is_ascii_alphabetic() || *c >= 0x80)
+            {
                 addresses(text, z.first_digit, z.past_last_digit, out);
             }
             let Some(zone) = text.get(z.start..z.end) else {
