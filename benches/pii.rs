@@ -97,6 +97,10 @@ fn adversarial() -> Vec<(&'static str, String)> {
         ("near cards", rep("4111 1111 1111 1112 ")),
         ("near phones", rep("(415) 555-013 ")),
         ("ipv4-ish", rep("1.1.1.")),
+        // One line of street-like numbers: each looks back for words that introduce an
+        // address, which must not read back to the start of the line.
+        ("street words", rep("1 A St x ")),
+        ("json addresses", rep("{\"address\":\"1 Elm St Apt\"},")),
     ]
 }
 

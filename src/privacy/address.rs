@@ -1,18 +1,23 @@
 //! Street addresses: a house number and the street it is on, as people write them in English
-//! (`42 Elm Street`, `221B Baker St, London NW1 6XE`), German and Dutch (`Hauptstraße 5`,
-//! `Keizersgracht 123`), French (`12 rue de la Paix`) and Spanish, Italian or Portuguese
-//! (`Calle Mayor 5`, `Via Roma 10`).
+//! (`42 Elm Street`, `221B Baker St, London NW1 6XE`, `5/123 Smith St, Fitzroy VIC 3065`),
+//! German and Dutch (`Hauptstraße 5`, `Berliner Straße 12`, `Keizersgracht 123`), French
+//! (`12 rue de la Paix`) and Spanish, Italian or Portuguese (`Calle Mayor 5`, `Rua Augusta 12`).
 //!
 //! The detector starts from each run of digits the scanner already visits, so text without
-//! digits costs nothing. A number is a house number when a street follows it (or, in the
-//! name-first languages, comes before it); the span then takes in what completes the address
-//! on the same line: a flat or suite, the town, a state and a postcode.
+//! digits costs nothing, and the bytes next to a number rule most numbers out at once. A
+//! number is a house number when a street follows it (or, in the name-first languages, comes
+//! before it); the span then takes in what completes the address on the same line: a flat or
+//! suite, the town, a state and a postcode.
 //!
-//! English street names are ordinary words (`Wall Street`, `Park Lane`), so the number-first
-//! English form also needs one sign that it is somebody's address: a town, postcode or flat
-//! after it, a word that introduces an address before it (`my address is`, `I live at`,
-//! `ship to`, `at`), a line of its own, as on an envelope, or quotes around it and nothing
-//! else. `Top 10 Wall Street banks` has none of them.
+//! Where a street's words are also ordinary words, one more sign that it is somebody's
+//! address is needed: a town, postcode or flat after it, words that introduce an address
+//! before it (`my address is`, `I live at`, `ship to`, `at`, `Anschrift:`, `abito in`) with
+//! the sentence going on as after an address, a line of its own (an envelope), or quotes
+//! around it and nothing else. That holds for English streets (`Top 10 Wall Street banks`,
+//! `6 Liverpool Street Station`), English written in lower case (`i live at 42 elm street`),
+//! German nouns ending in a street type (`Parkplatz 12`, `Rückweg 3`), names that start with a
+//! type word (`Via USB 3`, `Corso di Python 2`, `Plaza Hotel 2`), capitalised French types
+//! without a particle (`3 Place Settings`) and `cours` (`2 cours de Python`).
 
 /// A street address found around one digit run: byte span and confidence.
 pub(crate) struct Address {
@@ -78,19 +83,29 @@ const ABBREVIATIONS: &[&str] = &[
 /// Compass points after an English street (`Pennsylvania Avenue NW`).
 const DIRECTIONS: &[&str] = &["N", "S", "E", "W", "NE", "NW", "SE", "SW"];
 
-/// German and Dutch street words are one word ending in the street type: `Hauptstraße`,
-/// `Karl-Marx-Allee`, `Keizersgracht`. Lower case; the name must be longer than the ending.
+/// German and Dutch street types: the end of a one-word street name (`Hauptstraße`,
+/// `Karl-Marx-Allee`, `Keizersgracht`; the name longer than the type) or a word of its own
+/// after the name (`Berliner Straße`, `Frankfurter Allee`, `Oude Gracht`). Lower case.
 const NAME_ENDINGS: &[&str] = &[
-    "straße", "strasse", "str.", "weg", "gasse", "allee", "platz", "damm", "ufer", "chaussee",
-    "steig", "straat", "laan", "plein", "gracht", "kade", "singel",
+    "straße", "strasse", "gasse", "allee", "chaussee", "straat", "laan", "plein", "gracht", "kade",
+    "singel",
 ];
 
+/// The same, for types that are also ordinary nouns' endings (`Parkplatz 12`, `Bahnsteig`,
+/// `Rückweg 3`, `Illustr. 4`): these need a sign that an address is meant, as English
+/// streets do.
+const WEAK_NAME_ENDINGS: &[&str] = &["str.", "weg", "platz", "damm", "ufer"];
+
 /// Street types written before the name, with the number after it (`Calle Mayor 5`,
-/// `Via Roma 10`, `Rua Augusta 12`). Capitalised.
+/// `Rua Augusta 12`). Capitalised.
 const TYPES_BEFORE_NAME: &[&str] = &[
-    "Calle", "Carrer", "Avenida", "Avda.", "Paseo", "Plaza", "Via", "Viale", "Piazza", "Piazzale",
-    "Corso", "Largo", "Vicolo", "Strada", "Rua", "Travessa",
+    "Calle", "Carrer", "Avenida", "Avda.", "Av.", "Paseo", "Viale", "Piazza", "Piazzale", "Vicolo",
+    "Rua", "Travessa",
 ];
+
+/// The same, for words that also start other names (`Via USB 3`, `Corso di Python 2`,
+/// `Plaza Hotel 2`): these need a sign that an address is meant.
+const WEAK_TYPES_BEFORE_NAME: &[&str] = &["Via", "Corso", "Plaza", "Largo", "Strada"];
 
 /// French street types, lower case, after the number (`12 rue de la Paix`); the short ones
 /// may take a full stop (`av.`, `bd.`).
@@ -109,10 +124,11 @@ const FRENCH_TYPES: &[&str] = &[
     "route",
 ];
 
-/// Small words inside a Romance street name (`de la Paix`, `della Repubblica`, `do Ouro`).
+/// Small words inside a Romance street name (`de la Paix`, `della Repubblica`, `dei Mille`,
+/// `de los Reyes`, `do Ouro`).
 const NAME_PARTICLES: &[&str] = &[
-    "de", "du", "des", "la", "le", "les", "l'", "d'", "del", "della", "delle", "di", "da", "do",
-    "dos", "das", "y", "e",
+    "de", "du", "des", "la", "le", "les", "l'", "d'", "del", "della", "delle", "dello", "dei",
+    "degli", "dell'", "di", "da", "al", "alla", "los", "las", "do", "dos", "das", "y", "e",
 ];
 
 /// Flats, suites and units after the street (`Apt 4B`, `Suite 200`, `#12`).
@@ -139,7 +155,9 @@ const UNITS: &[&str] = &[
 
 /// Words just before the number that say an address follows (`I live at`, `ship to`). The
 /// last word before the number, lower-cased.
-const LEAD_WORDS: &[&str] = &["at", "to", "from", "address", "addr", "addr.", "adresse"];
+const LEAD_WORDS: &[&str] = &[
+    "at", "to", "from", "is", "address", "addr", "addr.", "adresse", "au",
+];
 
 /// Words within the few before the number that say an address follows (`address: …`,
 /// `I moved into …`), lower-cased, matched at the start of a word.
@@ -162,7 +180,16 @@ const LABELS: &[&str] = &[
     "house",
     "office",
     "anschrift",
-    "adresse",
+    "adres",
+    "wohn",
+    "liefer",
+    "woon",
+    "habit",
+    "domicil",
+    "vivo",
+    "abito",
+    "moro",
+    "resid",
     "direcci",
     "indirizzo",
     "endereço",
@@ -249,7 +276,10 @@ pub(crate) fn address_at(text: &str, ds: usize, de: usize) -> Option<Address> {
     let after = b.get(de).copied().unwrap_or(b'.');
     let before = ds.checked_sub(1).map_or(b'.', |i| b[i]);
     let space_or_letter_after = after.is_ascii_alphabetic()
-        || matches!(after, b' ' | b'\t' | b',' | b'-' | 0xC2 | 0xE2 | 0xE3);
+        || matches!(
+            after,
+            b' ' | b'\t' | b',' | b'-' | b'/' | 0xC2 | 0xE2 | 0xE3
+        );
     // The last byte of a space: ASCII, or U+00A0, U+2000–U+200A, U+202F, U+205F, U+3000.
     let space_before_it = matches!(before, b' ' | b'\t' | 0x80..=0x8A | 0x9F | 0xA0 | 0xAF);
     if space_or_letter_after && street_may_follow(b, de) {
@@ -285,22 +315,56 @@ fn street_may_follow(b: &[u8], de: usize) -> bool {
             .get(next + digits)
             .is_some_and(|c| matches!(c, b's' | b'n' | b'r' | b't'));
     }
-    c.is_ascii_uppercase() || c >= 0x80 || french_type_at(b, next).is_some()
+    c.is_ascii_uppercase()
+        || c >= 0x80
+        || french_type_at(b, next).is_some()
+        || (c.is_ascii_lowercase() && lowercase_street_ahead(b, next))
 }
 
-/// The French street type at `i` (`rue`, `av.`): its end.
-fn french_type_at(b: &[u8], i: usize) -> Option<usize> {
+/// A lower-case English street type (`street`, `st`, `ave`…) among the next four words from
+/// `i`: `i live at 42 elm street` is written so in chat.
+fn lowercase_street_ahead(b: &[u8], i: usize) -> bool {
+    let mut at = i;
+    for _ in 0..4 {
+        let n = b[at..]
+            .iter()
+            .take_while(|c| c.is_ascii_lowercase())
+            .count();
+        if n == 0 {
+            return false;
+        }
+        let word = &b[at..at + n];
+        if STREET_TYPES
+            .iter()
+            .any(|t| t.len() == n && t.as_bytes().eq_ignore_ascii_case(word))
+        {
+            return true;
+        }
+        match one_space(b, at + n) {
+            Some(next) => at = next,
+            None => return false,
+        }
+    }
+    false
+}
+
+/// The French street type at `i` (`rue`, `av.`, `Rue`): its end, and whether it was written
+/// with a capital.
+fn french_type_at(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    let capital = b.get(i).is_some_and(u8::is_ascii_uppercase);
     let n = b[i..]
         .iter()
-        .take_while(|c| c.is_ascii_lowercase() || **c >= 0x80)
+        .enumerate()
+        .take_while(|(k, c)| c.is_ascii_lowercase() || **c >= 0x80 || (*k == 0 && capital))
         .count();
     let word = b.get(i..i + n)?;
-    let dot = usize::from(b.get(i + n) == Some(&b'.'));
+    // Only the abbreviations take a full stop (`av.`, `bd.`; `3 place. Could…` is a sentence).
+    let dot = usize::from(b.get(i + n) == Some(&b'.') && n == 2);
     FRENCH_TYPES
         .iter()
-        .any(|t| t.as_bytes() == word)
-        .then_some(i + n + dot)
-        .filter(|&end| !b.get(end).is_some_and(u8::is_ascii_alphanumeric))
+        .any(|t| t.as_bytes().eq_ignore_ascii_case(word) && word[1..] == t.as_bytes()[1..])
+        .then_some((i + n + dot, capital))
+        .filter(|&(end, _)| !b.get(end).is_some_and(u8::is_ascii_alphanumeric))
 }
 
 /// Before the number, a space (or `, `) after a word that starts with a capital or a
@@ -334,28 +398,30 @@ fn number_first(text: &str, ds: usize, de: usize) -> Option<Address> {
         i += 1;
     }
     i = one_space(b, i)?;
-    if let Some(end) = french_street(text, i) {
-        let end = locality(text, end).map_or(end, |(e, _)| e);
-        return Some(Address {
-            start: ds,
-            end,
-            confidence: 0.8,
-        });
+    if let Some((street_end, strong)) = french_street(text, i) {
+        let town = locality(text, street_end, true);
+        let end = town.map_or(street_end, |(e, _)| e);
+        if strong || town.is_some() || signed(text, ds, end) {
+            return Some(Address {
+                start: ds,
+                end,
+                confidence: 0.8,
+            });
+        }
     }
-    let street_end = english_street(text, i)?;
+    let street_end = english_street(text, i, false).or_else(|| {
+        // `i live at 42 elm street`: lower case only where the text says an address follows.
+        english_street(text, i, true).filter(|&e| introduced(text, ds) && line_goes_on(text, e))
+    })?;
     let (end, unit) = match unit(text, street_end) {
         Some(e) => (e, true),
         None => (street_end, false),
     };
-    let (end, town) = match locality(text, end) {
+    let (end, town) = match locality(text, end, false) {
         Some((e, strong)) => (e, strong),
         None => (end, false),
     };
-    let own_line = line_start(b, ds) && line_end(b, end);
-    // A quoted value that is the address and nothing else (`contact = "42 Elm Street"`).
-    let quoted = ds > 0 && matches!(b[ds - 1], b'"' | b'\'') && b.get(end) == Some(&b[ds - 1]);
-    let introduced = || introduced(text, ds) && sentence_goes_on_as_address(text, end);
-    if !(unit || town || own_line || quoted || introduced()) {
+    if !(unit || town || signed(text, ds, end)) {
         return None;
     }
     let confidence = if unit || town { 0.9 } else { 0.8 };
@@ -366,10 +432,23 @@ fn number_first(text: &str, ds: usize, de: usize) -> Option<Address> {
     })
 }
 
-/// `Hauptstraße 5`, `Calle Mayor 5`, `Via della Spiga 7`: the street, then the number.
+/// Whether the text around `[start, end)` says it is an address where the street alone does
+/// not: it has a line of its own (an envelope), it is a quoted value and nothing else
+/// (`contact = "42 Elm Street"`), or words before it introduce an address (`I live at`,
+/// `ship to`, `Anschrift:`) and the sentence goes on as after one.
+fn signed(text: &str, start: usize, end: usize) -> bool {
+    let b = text.as_bytes();
+    let own_line = line_start(b, start) && line_end(b, end);
+    let quoted =
+        start > 0 && matches!(b[start - 1], b'"' | b'\'') && b.get(end) == Some(&b[start - 1]);
+    own_line || quoted || (introduced(text, start) && line_goes_on(text, end))
+}
+
+/// `Hauptstraße 5`, `Berliner Straße 12`, `Calle Mayor 5`, `Via della Spiga 7`: the street,
+/// then the number.
 fn name_first(text: &str, ds: usize, de: usize) -> Option<Address> {
     let b = text.as_bytes();
-    let end = house_number_end(b, de)?;
+    let number_end = house_number_end(b, de)?;
     if de - ds > 4 {
         return None;
     }
@@ -379,13 +458,23 @@ fn name_first(text: &str, ds: usize, de: usize) -> Option<Address> {
         j -= 1;
     }
     let (ws, we) = word_before(text, j)?;
-    let word = &text[ws..we];
-    let start = if ends_in_street_type(word) {
-        ws
-    } else {
-        type_before_name(text, ws)?
+    let (start, strong) = match street_type_word(&text[ws..we]) {
+        // `Berliner Straße`: the type is a word of its own; the name is the word before.
+        Some(strong) => {
+            let (ns, ne) = word_before(text, space_before(b, ws)?)?;
+            let name = &text[ns..ne];
+            (capitalised(name) && !acronym(name)).then_some((ns, strong))?
+        }
+        None => match street_ending(&text[ws..we]) {
+            Some(strong) => (ws, strong),
+            None => type_before_name(text, ws)?,
+        },
     };
-    let end = locality(text, end).map_or(end, |(e, _)| e);
+    let town = locality(text, number_end, true);
+    let end = town.map_or(number_end, |(e, _)| e);
+    if !(strong || town.is_some() || signed(text, start, end)) {
+        return None;
+    }
     Some(Address {
         start,
         end,
@@ -394,10 +483,13 @@ fn name_first(text: &str, ds: usize, de: usize) -> Option<Address> {
 }
 
 /// The number starts a token: not glued to a letter, a digit or a code (`v2`, `x=3`, `10:30`,
-/// `#5`, `$3`). Spaces and punctuation of any script may come before it (`こんにちは、`).
+/// `#5`, `$3`), though a label may be (`Address:42`, `address=42`). Spaces and punctuation of
+/// any script may come before it (`こんにちは、`).
 fn number_starts_here(text: &str, ds: usize) -> bool {
-    match text[..ds].chars().next_back() {
+    let mut before = text[..ds].chars().rev();
+    match before.next() {
         None => true,
+        Some(':' | '=') => before.next().is_some_and(char::is_alphabetic),
         Some(c) => {
             !c.is_alphanumeric()
                 && !matches!(
@@ -439,10 +531,16 @@ fn house_number_end(b: &[u8], de: usize) -> Option<usize> {
             }
             i += digits;
         }
-        // A decimal, a time, a date, a fraction, a thousands group: not a house number.
-        Some(b'.' | b'/' | b':' | b',') if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-            return None
+        // A unit and its building, as Australians write them (`5/123 Smith St`).
+        Some(b'/') if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+            let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits > 5 || space_len(b, i + 1 + digits).is_none() {
+                return None;
+            }
+            i += 1 + digits;
         }
+        // A decimal, a time, a thousands group: not a house number.
+        Some(b'.' | b':' | b',') if b.get(i + 1).is_some_and(u8::is_ascii_digit) => return None,
         Some(b'%' | b'_' | b'$') => return None,
         _ => {}
     }
@@ -533,9 +631,14 @@ fn capitalised(word: &str) -> bool {
     word.starts_with(|c: char| c.is_uppercase())
 }
 
-/// A word of the name of an English street: capitalised (`Elm`, `O'Connor`), an ordinal
-/// (`5th`, `42nd`) or a compass point (`N.`).
-fn name_word(text: &str, i: usize) -> Option<usize> {
+/// Two or more capitals and nothing else (`USB`, `IBM`): a name, not a street's.
+fn acronym(word: &str) -> bool {
+    word.len() >= 2 && word.bytes().all(|c| c.is_ascii_uppercase())
+}
+
+/// A word of the name of an English street: capitalised (`Elm`, `O'Connor`; any word when
+/// `lowercase`), an ordinal (`5th`, `42nd`) or a compass point (`N`, `N.`).
+fn name_word(text: &str, i: usize, lowercase: bool) -> Option<usize> {
     let b = text.as_bytes();
     if b.get(i).is_some_and(u8::is_ascii_digit) {
         let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
@@ -547,24 +650,33 @@ fn name_word(text: &str, i: usize) -> Option<usize> {
         return (digits <= 3 && !b.get(end).is_some_and(u8::is_ascii_alphanumeric)).then_some(end);
     }
     let end = word_end(text, i);
-    (end > i && capitalised(&text[i..end])).then_some(end)
+    let word = &text[i..end];
+    if end == i || !(lowercase || capitalised(word)) {
+        return None;
+    }
+    // `N. Main St.`: a compass point's full stop.
+    let compass = DIRECTIONS.contains(&word) && word.len() == 1 && b.get(end) == Some(&b'.');
+    Some(end + usize::from(compass))
 }
 
-/// An English street from `i`: up to four name words and a street type, with a compass point
-/// after it. Returns its end.
-fn english_street(text: &str, i: usize) -> Option<usize> {
+/// An English street from `i`: up to five name words and a street type (`Elm Street`), with a
+/// compass point after it (`Avenue NW`). Returns its end. With `lowercase`, the words may be
+/// written in lower case (`elm street`).
+fn english_street(text: &str, i: usize, lowercase: bool) -> Option<usize> {
     let b = text.as_bytes();
     let mut at = i;
     let mut words = 0;
     let mut street_end = None;
     while words < 6 {
-        let Some(end) = name_word(text, at) else {
+        let Some(end) = name_word(text, at, lowercase) else {
             break;
         };
         let word = &text[at..end];
         let mut after = end;
-        if words >= 1 && is_street_type(word) {
-            if b.get(after) == Some(&b'.') && ABBREVIATIONS.contains(&word) {
+        if words >= 1 && is_street_type(word, lowercase) {
+            if b.get(after) == Some(&b'.')
+                && ABBREVIATIONS.iter().any(|a| a.eq_ignore_ascii_case(word))
+            {
                 after += 1;
             }
             street_end = Some(after);
@@ -576,7 +688,6 @@ fn english_street(text: &str, i: usize) -> Option<usize> {
         }
     }
     let mut end = street_end?;
-    // A compass point after the type (`Avenue NW`).
     if let Some(next) = one_space(b, end) {
         let w = word_end(text, next);
         if w > next
@@ -589,18 +700,27 @@ fn english_street(text: &str, i: usize) -> Option<usize> {
     Some(end)
 }
 
-fn is_street_type(word: &str) -> bool {
+/// `word` is one of [`STREET_TYPES`] as written there, in upper case (`ST`, `AVE`), or, with
+/// `lowercase`, in lower case. Without allocating: this runs for every name word.
+fn is_street_type(word: &str, lowercase: bool) -> bool {
+    let upper = word.len() > 1 && word.bytes().all(|c| c.is_ascii_uppercase());
+    let lower = lowercase && word.bytes().all(|c| c.is_ascii_lowercase());
     STREET_TYPES
         .iter()
-        .any(|t| *t == word || (t.len() > 1 && t.to_ascii_uppercase() == word))
+        .any(|t| *t == word || ((upper || lower) && t.eq_ignore_ascii_case(word)))
 }
 
-/// A French street from `i` (`rue de la Paix`): the type, particles, and one or more
-/// capitalised words. Returns its end.
-fn french_street(text: &str, i: usize) -> Option<usize> {
+/// A French street from `i` (`rue de la Paix`, `Rue de Rivoli`): the type, particles, and
+/// capitalised words. Returns its end, and whether the street is sure without more signs: a
+/// lower-case type other than `cours` (`2 cours de Python`), or a capitalised one before a
+/// particle (`Rue de Rivoli`; `3 Place Settings` is not one).
+fn french_street(text: &str, i: usize) -> Option<(usize, bool)> {
     let b = text.as_bytes();
-    let mut at = one_space(b, french_type_at(b, i)?)?;
+    let (type_end, capital) = french_type_at(b, i)?;
+    let cours = text[i..type_end].eq_ignore_ascii_case("cours");
+    let mut at = one_space(b, type_end)?;
     let mut end = None;
+    let mut particle_first = false;
     for _ in 0..6 {
         let w = word_end(text, at);
         let word = text.get(at..w).filter(|w| !w.is_empty());
@@ -610,16 +730,21 @@ fn french_street(text: &str, i: usize) -> Option<usize> {
             .find(|p| text[at..].starts_with(p));
         if let Some(p) = glued {
             let name_end = word_end(text, at + p.len());
-            if name_end > at + p.len() && capitalised(&text[at + p.len()..name_end]) {
+            let name = &text[at + p.len()..name_end];
+            if name.chars().count() >= 2 && capitalised(name) {
+                particle_first |= end.is_none();
                 end = Some(name_end);
                 at = name_end;
             } else {
                 break;
             }
         } else if let Some(word) = word {
-            if capitalised(word) {
+            // A name word has two letters at least (`av. J.-C.` is a date).
+            if capitalised(word) && word.chars().count() >= 2 && !acronym(word) {
                 end = Some(w);
-            } else if !NAME_PARTICLES.contains(&word) || end.is_some() {
+            } else if NAME_PARTICLES.contains(&word) && end.is_none() {
+                particle_first = true;
+            } else {
                 break;
             }
             at = w;
@@ -631,34 +756,64 @@ fn french_street(text: &str, i: usize) -> Option<usize> {
             None => break,
         }
     }
-    end
+    let strong = if capital { particle_first } else { !cours };
+    end.map(|e| (e, strong))
 }
 
-/// German and Dutch street words (`Hauptstraße`, `Keizersgracht`), capitalised, longer than
-/// their ending.
-fn ends_in_street_type(word: &str) -> bool {
+/// A German or Dutch street type ending `word` (`Hauptstraße`, `Parkplatz`), longer than it:
+/// whether it is a sure one (see [`WEAK_NAME_ENDINGS`]).
+fn street_ending(word: &str) -> Option<bool> {
     if !capitalised(word) {
-        return false;
+        return None;
     }
     let lower = word.to_lowercase();
-    NAME_ENDINGS
-        .iter()
-        .any(|e| lower.ends_with(e) && lower.chars().count() >= e.chars().count() + 3)
+    let long_enough =
+        |e: &&str| lower.ends_with(*e) && lower.chars().count() >= e.chars().count() + 3;
+    if NAME_ENDINGS.iter().any(long_enough) {
+        Some(true)
+    } else if WEAK_NAME_ENDINGS.iter().any(long_enough) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// `word` is a German or Dutch street type on its own, capitalised (`Straße` in `Berliner
+/// Straße`): whether it is a sure one.
+fn street_type_word(word: &str) -> Option<bool> {
+    if !capitalised(word) {
+        return None;
+    }
+    let lower = word.to_lowercase();
+    if NAME_ENDINGS.contains(&lower.as_str()) {
+        Some(true)
+    } else if WEAK_NAME_ENDINGS.contains(&lower.as_str()) {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// The start of `Calle Mayor`, `Via della Spiga`: a type word, then particles and capitalised
-/// words, the last of which starts at `ws`.
-fn type_before_name(text: &str, ws: usize) -> Option<usize> {
+/// words (three at most), the last of which starts at `ws`. Also whether the type is a sure
+/// one (see [`WEAK_TYPES_BEFORE_NAME`]).
+fn type_before_name(text: &str, ws: usize) -> Option<(usize, bool)> {
     if !capitalised(&text[ws..]) {
         return None;
     }
     let mut start = ws;
-    for _ in 0..5 {
+    for _ in 0..3 {
+        if acronym(&text[start..word_end(text, start)]) {
+            return None;
+        }
         let j = space_before(text.as_bytes(), start)?;
         let (ps, pe) = word_before(text, j)?;
         let word = &text[ps..pe];
         if TYPES_BEFORE_NAME.contains(&word) {
-            return Some(ps);
+            return Some((ps, true));
+        }
+        if WEAK_TYPES_BEFORE_NAME.contains(&word) {
+            return Some((ps, false));
         }
         if !(capitalised(word) || NAME_PARTICLES.contains(&word)) {
             return None;
@@ -703,15 +858,15 @@ fn unit(text: &str, i: usize) -> Option<usize> {
 }
 
 /// The town, state and postcode after a street on the same line (`, Springfield, IL 62704`,
-/// `, London NW1 6XE`, `, 75002 Paris`, ` 10115 Berlin`): its end, and whether it holds a
-/// postcode or a state (a town alone is weaker).
-fn locality(text: &str, i: usize) -> Option<(usize, bool)> {
+/// `, London NW1 6XE`, `, Fitzroy VIC 3065`, `, Toronto, ON M5V 2T6`; with `postcode_first`,
+/// also `, 75002 Paris` and ` 10115 Berlin`, as French and German addresses write it): its
+/// end, and whether it holds a postcode or a state (a town alone is weaker).
+fn locality(text: &str, i: usize, postcode_first: bool) -> Option<(usize, bool)> {
     let b = text.as_bytes();
     let comma = b.get(i) == Some(&b',');
     let at = one_space(b, i + usize::from(comma))?;
-    // A postcode before the town (`75002 Paris`, `10115 Berlin`).
     let digits = b[at..].iter().take_while(|c| c.is_ascii_digit()).count();
-    if (4..=5).contains(&digits) {
+    if postcode_first && (4..=5).contains(&digits) {
         let town = one_space(b, at + digits).and_then(|t| town(text, t));
         return town.map(|e| (e, true));
     }
@@ -721,21 +876,21 @@ fn locality(text: &str, i: usize) -> Option<(usize, bool)> {
     let town_end = town(text, at)?;
     let mut end = town_end;
     let mut strong = false;
-    // `, IL`, ` IL`, then ` 62704`, or a UK postcode.
+    // `, IL`, ` VIC`, then ` 62704`, ` 3065`, or a UK or Canadian postcode.
     let mut at = end + usize::from(b.get(end) == Some(&b','));
     if let Some(next) = one_space(b, at) {
         let caps = b[next..]
             .iter()
             .take_while(|c| c.is_ascii_uppercase())
             .count();
-        if caps == 2 && !b.get(next + 2).is_some_and(u8::is_ascii_alphanumeric) {
-            end = next + 2;
+        if (2..=3).contains(&caps) && !b.get(next + caps).is_some_and(u8::is_ascii_alphanumeric) {
+            end = next + caps;
             strong = true;
             at = end;
         }
     }
     if let Some(next) = one_space(b, at) {
-        if let Some(e) = postcode(b, next) {
+        if let Some(e) = postcode(b, next, strong) {
             end = e;
             strong = true;
         }
@@ -743,8 +898,8 @@ fn locality(text: &str, i: usize) -> Option<(usize, bool)> {
     Some((end, strong))
 }
 
-/// Capitalised words that start the next sentence rather than go on with a town's name
-/// (`… 75002 Paris Also, …`).
+/// Capitalised words that start the next sentence rather than go on with a town's or a
+/// street's name (`… 75002 Paris Also, …`).
 const NOT_TOWN: &[&str] = &[
     "Also", "And", "But", "Then", "Please", "Thanks", "Thank", "The", "I", "We", "My", "It",
     "This", "That", "See", "Call", "Mail", "Email", "Tel", "Phone", "Our", "You", "Your", "He",
@@ -759,7 +914,7 @@ fn town(text: &str, at: usize) -> Option<usize> {
     for _ in 0..3 {
         let w = word_end(text, i);
         let word = &text[i..w];
-        let state_like = word.len() <= 2 && word.bytes().all(|c| c.is_ascii_uppercase());
+        let state_like = word.len() <= 3 && word.bytes().all(|c| c.is_ascii_uppercase());
         if w == i
             || !capitalised(word)
             || UNITS.contains(&word)
@@ -776,13 +931,16 @@ fn town(text: &str, at: usize) -> Option<usize> {
         }
     }
     let e = end?;
-    // Two capitals alone are a state, not a town: `, IL 62704` is read by the caller.
-    (e - at > 2 || !text[at..e].bytes().all(|c| c.is_ascii_uppercase())).then_some(e)
+    // Capitals alone are a state, not a town: `, IL 62704` is read by the caller.
+    (!acronym(&text[at..e]) || e - at > 3).then_some(e)
 }
 
-/// A US ZIP code (`62704`, `62704-1234`) or a UK postcode (`NW1 6XE`, `SW1A 1AA`) at `i`.
-fn postcode(b: &[u8], i: usize) -> Option<usize> {
+/// A postcode at `i`: a US ZIP code (`62704`, `62704-1234`), a UK postcode (`NW1 6XE`,
+/// `SW1A 1AA`), a Canadian one (`M5V 2T6`), or, after a state (`after_state`), four digits
+/// (`VIC 3065`).
+fn postcode(b: &[u8], i: usize, after_state: bool) -> Option<usize> {
     let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let alone = |end: usize| (!b.get(end).is_some_and(u8::is_ascii_alphanumeric)).then_some(end);
     if digits == 5 {
         let mut end = i + 5;
         if let Some(n) = dash_len(b, end) {
@@ -795,7 +953,20 @@ fn postcode(b: &[u8], i: usize) -> Option<usize> {
                 end += n + 4;
             }
         }
-        return (!b.get(end).is_some_and(u8::is_ascii_alphanumeric)).then_some(end);
+        return alone(end);
+    }
+    if digits == 4 && after_state {
+        return alone(i + 4);
+    }
+    let upper = |k: usize| b.get(k).is_some_and(u8::is_ascii_uppercase);
+    let digit = |k: usize| b.get(k).is_some_and(u8::is_ascii_digit);
+    // Canada: A9A 9A9.
+    if upper(i) && digit(i + 1) && upper(i + 2) {
+        if let Some(inward) = one_space(b, i + 3) {
+            if digit(inward) && upper(inward + 1) && digit(inward + 2) {
+                return alone(inward + 3);
+            }
+        }
     }
     // UK: outward code (A9, A99, AA9, AA99, A9A, AA9A), a space, inward code (9AA).
     let out = b[i..]
@@ -814,39 +985,58 @@ fn postcode(b: &[u8], i: usize) -> Option<usize> {
         return None;
     }
     let inward = one_space(b, i + out)?;
-    let ok = b.get(inward).is_some_and(u8::is_ascii_digit)
-        && b.get(inward + 1).is_some_and(u8::is_ascii_uppercase)
-        && b.get(inward + 2).is_some_and(u8::is_ascii_uppercase)
-        && !b.get(inward + 3).is_some_and(u8::is_ascii_alphanumeric);
-    ok.then_some(inward + 3)
+    (digit(inward) && upper(inward + 1) && upper(inward + 2))
+        .then_some(inward + 3)
+        .and_then(alone)
 }
 
-/// Whether the words before `ds` introduce an address: the last one is `at`, `to`, `is`…, or
-/// one of the few before it is `address`, `live`, `ship`… (on the same line).
-fn introduced(text: &str, ds: usize) -> bool {
-    let line = text[..ds].rsplit('\n').next().unwrap_or("");
-    let mut cut = line.len().saturating_sub(48);
-    while !line.is_char_boundary(cut) {
-        cut += 1;
+/// Whether the words before `start` introduce an address: the last one is `at`, `to`, `is`…,
+/// or one of the five before it starts with `address`, `live`, `ship`, `Anschrift`… (on the
+/// same line, within 48 bytes: a long line is not read again for every number on it). Bytes,
+/// compared without case and without allocating: this runs for every street-like number.
+fn introduced(text: &str, start: usize) -> bool {
+    let b = text.as_bytes();
+    let window = &b[start.saturating_sub(48)..start];
+    let window = match window.iter().rposition(|&c| c == b'\n') {
+        Some(p) => &window[p + 1..],
+        None => window,
+    };
+    let in_word = |c: u8| c.is_ascii_alphanumeric() || c == b'.' || c == b'\'' || c >= 0x80;
+    let mut end = window.len();
+    for n in 0..5 {
+        while end > 0 && !in_word(window[end - 1]) {
+            end -= 1;
+        }
+        if end == 0 {
+            return false;
+        }
+        let mut s = end;
+        while s > 0 && in_word(window[s - 1]) {
+            s -= 1;
+        }
+        let word = &window[s..end];
+        let lead = || {
+            LEAD_WORDS
+                .iter()
+                .any(|l| l.as_bytes().eq_ignore_ascii_case(word))
+        };
+        let label = || {
+            LABELS.iter().any(|l| {
+                word.get(..l.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(l.as_bytes()))
+            })
+        };
+        if (n == 0 && lead()) || label() {
+            return true;
+        }
+        end = s;
     }
-    let lower = line[cut..].to_lowercase();
-    let words: Vec<&str> = lower
-        .split(|c: char| !(c.is_alphanumeric() || c == '.' || c == '\''))
-        .filter(|w| !w.is_empty())
-        .collect();
-    if words.last().is_some_and(|w| LEAD_WORDS.contains(w)) {
-        return true;
-    }
-    words
-        .iter()
-        .rev()
-        .take(5)
-        .any(|w| LABELS.iter().any(|l| w.starts_with(l)))
+    false
 }
 
-/// The number begins its line (after spaces or a list bullet).
-fn line_start(b: &[u8], ds: usize) -> bool {
-    b[..ds]
+/// The address begins its line (after spaces or a list bullet).
+fn line_start(b: &[u8], start: usize) -> bool {
+    b[..start]
         .iter()
         .rev()
         .take_while(|c| **c != b'\n')
@@ -865,9 +1055,10 @@ fn line_end(b: &[u8], end: usize) -> bool {
         .all(|c| matches!(c, b' ' | b'\t' | b'\r'))
 }
 
-/// What follows an English street without a town or label: punctuation, the end, a capitalised
-/// word or one of [`AFTER_WORDS`]; not another lower-case word (`3 Main Street businesses`).
-fn sentence_goes_on_as_address(text: &str, end: usize) -> bool {
+/// What follows a street without a town: punctuation, the end, one of [`AFTER_WORDS`] (`and`
+/// and `or` not before a capital) or a word that starts a sentence; not another word (`3 Main Street businesses`,
+/// `6 Liverpool Street Station`, `2 Wall Street and Silicon Valley firms`).
+fn line_goes_on(text: &str, end: usize) -> bool {
     let b = text.as_bytes();
     let Some(next) = one_space(b, end) else {
         return true;
@@ -877,5 +1068,17 @@ fn sentence_goes_on_as_address(text: &str, end: usize) -> bool {
         return true;
     }
     let word = &text[next..w];
-    capitalised(word) || AFTER_WORDS.contains(&word)
+    if NOT_TOWN.contains(&word) {
+        // The next sentence, written without a full stop (`… 42 Elm Street Also, …`).
+        return true;
+    }
+    if !AFTER_WORDS.contains(&word) {
+        return false;
+    }
+    if word == "and" || word == "or" {
+        if let Some(after) = one_space(b, w) {
+            return !capitalised(&text[after..]);
+        }
+    }
+    true
 }

@@ -1292,6 +1292,56 @@ fn street_addresses() {
     one("vivo en Calle Mayor 5, Madrid", k, "Calle Mayor 5, Madrid");
     one("abito in Via della Spiga 7", k, "Via della Spiga 7");
     one("moro na Rua Augusta 12", k, "Rua Augusta 12");
+    // Written the way people type in chat, and the forms of more countries.
+    one("i live at 42 elm street", k, "42 elm street");
+    // (A town in lower case is not read as one.)
+    one("my address is 42 elm st, springfield", k, "42 elm st");
+    one(
+        "j'habite au 12 Rue de Rivoli, 75001 Paris",
+        k,
+        "12 Rue de Rivoli, 75001 Paris",
+    );
+    one(
+        "I live at 12 Boulevard Saint-Germain",
+        k,
+        "12 Boulevard Saint-Germain",
+    );
+    one(
+        "Ich wohne in der Berliner Straße 12, 10115 Berlin",
+        k,
+        "Berliner Straße 12, 10115 Berlin",
+    );
+    one(
+        "Meine Adresse: Frankfurter Allee 5",
+        k,
+        "Frankfurter Allee 5",
+    );
+    one("Wij wonen op Oude Gracht 12", k, "Oude Gracht 12");
+    one(
+        "Address:42 Elm Street, Springfield, IL 62704",
+        k,
+        "42 Elm Street, Springfield, IL 62704",
+    );
+    one(
+        "Ship to: 5/123 Smith St, Fitzroy VIC 3065",
+        k,
+        "5/123 Smith St, Fitzroy VIC 3065",
+    );
+    one(
+        "Ship to 123 Main St, Toronto, ON M5V 2T6",
+        k,
+        "123 Main St, Toronto, ON M5V 2T6",
+    );
+    one("I live at 123 N. Main St.", k, "123 N. Main St.");
+    one("my apartment is 42 Elm Street", k, "42 Elm Street");
+    one("abito in Via dei Mille 5", k, "Via dei Mille 5");
+    one("vivo en Calle de los Reyes 5", k, "Calle de los Reyes 5");
+    one("Lieferadresse: Parkplatz 12", k, "Parkplatz 12");
+    one(
+        "My address is 42 Elm Street and my phone is new",
+        k,
+        "42 Elm Street",
+    );
 }
 
 #[test]
@@ -1310,6 +1360,26 @@ fn numbers_before_street_words_that_are_not_addresses() {
     none("I bought 3 avenue tickets and 2 place cards");
     // Introduced by `to`, but what follows shows it is a count.
     none("the loans went to 3 Wall Street banks");
+    // Nouns with a street type's ending, and words that also start other names.
+    none("Der Zug fährt von Bahnsteig 3 ab.");
+    none("Der FC Bayern steht auf Tabellenplatz 1 der Bundesliga.");
+    none("Wir haben Parkplatz 12 reserviert.");
+    none("Ihr Sitzplatz 14A ist am Fenster.");
+    none("Für den Rückweg 3 Stunden einplanen.");
+    none("See Fig. 3 and Illustr. 4");
+    none("Iscriviti al Corso di Python 2 oggi");
+    none("Connect Via USB 3 to charge");
+    none("Via Zoom 3 volte a settimana");
+    none("We stayed at the Plaza Hotel 2 nights");
+    none("Jules César est mort en 44 av. J.-C.");
+    none("J'ai suivi 2 cours de Python cette semaine.");
+    none("I sent the draft to 2 Wall Street Journal reporters");
+    none("Meet me at 6 Liverpool Street Station");
+    none("The Knicks tip off at 7 Madison Square Garden tonight");
+    none("The unit was sold to 2 Wall Street and Silicon Valley firms");
+    none("Top 10 Wall Street 2024 Rankings");
+    none("We need 3 Place Settings for dinner");
+    none("went to 3 different road trips");
 }
 
 #[test]

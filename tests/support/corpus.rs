@@ -696,15 +696,24 @@ fn street_address(r: &Rng) -> Pii {
                 r.pick(&["Paris", "Lyon", "Marseille"])
             ),
         ),
-        _ => (
-            r.pick(&["vivo en ", "abito in ", "moro na ", ""]),
-            format!(
-                "{} {} {}",
-                r.pick(&["Calle", "Via", "Rua"]),
-                r.pick(&["Mayor", "Roma", "Augusta", "della Spiga"]),
-                n % 200 + 1
-            ),
-        ),
+        _ => {
+            // `Via` also starts other names (`Via USB 3`): it needs words that say an
+            // address follows; `Calle` and `Rua` do not.
+            let kind = r.pick(&["Calle", "Via", "Rua"]);
+            let lead = r.pick(&["vivo en ", "abito in ", "moro na ", ""]);
+            (
+                if kind == "Via" && lead.is_empty() {
+                    "abito in "
+                } else {
+                    lead
+                },
+                format!(
+                    "{kind} {} {}",
+                    r.pick(&["Mayor", "Roma", "Augusta", "della Spiga"]),
+                    n % 200 + 1
+                ),
+            )
+        }
     };
     Pii {
         kind: "street_address",
