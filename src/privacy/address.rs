@@ -14,10 +14,13 @@
 //! before it (`my address is`, `I live at`, `ship to`, `at`, `Anschrift:`, `abito in`) with
 //! the sentence going on as after an address, a line of its own (an envelope), or quotes
 //! around it and nothing else. That holds for English streets (`Top 10 Wall Street banks`,
-//! `6 Liverpool Street Station`), English written in lower case (`i live at 42 elm street`),
-//! German nouns ending in a street type (`Parkplatz 12`, `Rückweg 3`), names that start with a
-//! type word (`Via USB 3`, `Corso di Python 2`, `Plaza Hotel 2`), capitalised French types
-//! without a particle (`3 Place Settings`) and `cours` (`2 cours de Python`).
+//! `6 Liverpool Street Station`), German nouns ending in a street type (`Parkplatz 12`,
+//! `Rückweg 3`), names that start with a type word (`Via USB 3`, `Corso di Python 2`, `Plaza
+//! Hotel 2`), capitalised French types without a particle (`3 Place Settings`) and `cours`
+//! (`2 cours de Python`). English in lower case (`i live at 42 elm street`) needs a word that
+//! names an address or living somewhere, not just `at` (`I'll be there at 5 to close`), and
+//! only the street types that are not everyday words (`street`, `road`, `ave`; not `way`,
+//! `row`, `walk`).
 
 /// A street address found around one digit run: byte span and confidence.
 pub(crate) struct Address {
@@ -72,6 +75,41 @@ const STREET_TYPES: &[&str] = &[
     "Pike",
     "Expressway",
     "Freeway",
+    "Loop",
+    "Hill",
+    "Ridge",
+];
+
+/// The street types that also count written in lower case (`elm street`), where the text
+/// says an address follows. Not the ones that are everyday words (`way`, `walk`, `row`,
+/// `close`, `court`, `square`: `it is 3 on the way`, `that is 3 in a row`).
+const LOWERCASE_TYPES: &[&str] = &[
+    "street",
+    "st",
+    "avenue",
+    "ave",
+    "road",
+    "rd",
+    "boulevard",
+    "blvd",
+    "lane",
+    "ln",
+    "drive",
+    "dr",
+    "terrace",
+    "parkway",
+    "pkwy",
+    "highway",
+    "hwy",
+];
+
+/// Words that are not part of a street's name written in lower case (`5 min drive`, `2 hours
+/// by road`, `5 business days by road`): a quantity, an article, a preposition.
+const NOT_LOWERCASE_NAMES: &[&str] = &[
+    "the", "a", "an", "of", "this", "that", "my", "your", "our", "his", "her", "their", "min",
+    "mins", "minute", "minutes", "hour", "hours", "hr", "hrs", "mile", "miles", "km", "block",
+    "blocks", "day", "days", "week", "weeks", "time", "times", "each", "per", "more", "less",
+    "business", "short", "long", "quick", "nice", "easy",
 ];
 
 /// The abbreviated street types, which may take a full stop (`St.`).
@@ -146,6 +184,7 @@ const UNITS: &[&str] = &[
     "Bldg",
     "Building",
     "apt",
+    "apartment",
     "suite",
     "unit",
     "flat",
@@ -156,7 +195,7 @@ const UNITS: &[&str] = &[
 /// Words just before the number that say an address follows (`I live at`, `ship to`). The
 /// last word before the number, lower-cased.
 const LEAD_WORDS: &[&str] = &[
-    "at", "to", "from", "is", "address", "addr", "addr.", "adresse", "au",
+    "at", "to", "from", "is", "near", "for", "address", "addr", "addr.", "adresse", "au",
 ];
 
 /// Words within the few before the number that say an address follows (`address: …`,
@@ -334,10 +373,7 @@ fn lowercase_street_ahead(b: &[u8], i: usize) -> bool {
             return false;
         }
         let word = &b[at..at + n];
-        if STREET_TYPES
-            .iter()
-            .any(|t| t.len() == n && t.as_bytes().eq_ignore_ascii_case(word))
-        {
+        if LOWERCASE_TYPES.iter().any(|t| t.as_bytes() == word) {
             return true;
         }
         match one_space(b, at + n) {
@@ -409,10 +445,15 @@ fn number_first(text: &str, ds: usize, de: usize) -> Option<Address> {
             });
         }
     }
-    let street_end = english_street(text, i, false).or_else(|| {
-        // `i live at 42 elm street`: lower case only where the text says an address follows.
-        english_street(text, i, true).filter(|&e| introduced(text, ds) && line_goes_on(text, e))
-    })?;
+    let (street_end, lowercase) = match english_street(text, i, false) {
+        Some(e) => (e, false),
+        // `i live at 42 elm street`: lower case only where a word such as `live`, `address`
+        // or `ship` says an address follows (not a bare `at`: `I'll be there at 5 to close`).
+        None => (
+            english_street(text, i, true).filter(|_| introduced(text, ds) == Intro::Label)?,
+            true,
+        ),
+    };
     let (end, unit) = match unit(text, street_end) {
         Some(e) => (e, true),
         None => (street_end, false),
@@ -421,7 +462,12 @@ fn number_first(text: &str, ds: usize, de: usize) -> Option<Address> {
         Some((e, strong)) => (e, strong),
         None => (end, false),
     };
-    if !(unit || town || signed(text, ds, end)) {
+    let signed = if lowercase {
+        line_goes_on(text, end)
+    } else {
+        signed(text, ds, end)
+    };
+    if !(unit || town || signed) {
         return None;
     }
     let confidence = if unit || town { 0.9 } else { 0.8 };
@@ -435,13 +481,24 @@ fn number_first(text: &str, ds: usize, de: usize) -> Option<Address> {
 /// Whether the text around `[start, end)` says it is an address where the street alone does
 /// not: it has a line of its own (an envelope), it is a quoted value and nothing else
 /// (`contact = "42 Elm Street"`), or words before it introduce an address (`I live at`,
-/// `ship to`, `Anschrift:`) and the sentence goes on as after one.
+/// `ship to`, `Anschrift:`) and the sentence goes on as after one (see [`Intro`]).
 fn signed(text: &str, start: usize, end: usize) -> bool {
     let b = text.as_bytes();
     let own_line = line_start(b, start) && line_end(b, end);
     let quoted =
         start > 0 && matches!(b[start - 1], b'"' | b'\'') && b.get(end) == Some(&b[start - 1]);
-    own_line || quoted || (introduced(text, start) && line_goes_on(text, end))
+    own_line
+        || quoted
+        || match introduced(text, start) {
+            Intro::None => false,
+            Intro::Lead => line_goes_on(text, end),
+            // `My address is 42 Elm Street Springfield IL`: after such a word a capitalised one
+            // goes on with the address.
+            Intro::Label => {
+                line_goes_on(text, end)
+                    || one_space(b, end).is_some_and(|next| capitalised(&text[next..]))
+            }
+        }
 }
 
 /// `Hauptstraße 5`, `Berliner Straße 12`, `Calle Mayor 5`, `Via della Spiga 7`: the street,
@@ -651,7 +708,11 @@ fn name_word(text: &str, i: usize, lowercase: bool) -> Option<usize> {
     }
     let end = word_end(text, i);
     let word = &text[i..end];
-    if end == i || !(lowercase || capitalised(word)) {
+    let lower_name = lowercase
+        && word.bytes().all(|c| c.is_ascii_lowercase())
+        && !NOT_LOWERCASE_NAMES.contains(&word)
+        && !AFTER_WORDS.contains(&word);
+    if end == i || !(lower_name || capitalised(word)) {
         return None;
     }
     // `N. Main St.`: a compass point's full stop.
@@ -667,7 +728,8 @@ fn english_street(text: &str, i: usize, lowercase: bool) -> Option<usize> {
     let mut at = i;
     let mut words = 0;
     let mut street_end = None;
-    while words < 6 {
+    let most = if lowercase { 4 } else { 6 };
+    while words < most {
         let Some(end) = name_word(text, at, lowercase) else {
             break;
         };
@@ -700,14 +762,14 @@ fn english_street(text: &str, i: usize, lowercase: bool) -> Option<usize> {
     Some(end)
 }
 
-/// `word` is one of [`STREET_TYPES`] as written there, in upper case (`ST`, `AVE`), or, with
-/// `lowercase`, in lower case. Without allocating: this runs for every name word.
+/// `word` is one of [`STREET_TYPES`] as written there or in upper case (`ST`, `AVE`), or, with
+/// `lowercase`, one of [`LOWERCASE_TYPES`]. Without allocating: this runs for every name word.
 fn is_street_type(word: &str, lowercase: bool) -> bool {
     let upper = word.len() > 1 && word.bytes().all(|c| c.is_ascii_uppercase());
-    let lower = lowercase && word.bytes().all(|c| c.is_ascii_lowercase());
     STREET_TYPES
         .iter()
-        .any(|t| *t == word || ((upper || lower) && t.eq_ignore_ascii_case(word)))
+        .any(|t| *t == word || (upper && t.eq_ignore_ascii_case(word)))
+        || (lowercase && LOWERCASE_TYPES.contains(&word))
 }
 
 /// A French street from `i` (`rue de la Paix`, `Rue de Rivoli`): the type, particles, and
@@ -871,31 +933,56 @@ fn locality(text: &str, i: usize, postcode_first: bool) -> Option<(usize, bool)>
         return town.map(|e| (e, true));
     }
     if !comma {
-        return None;
+        // Without a comma, only what ordinary words are not: a postcode (`Abbey Rd NW8 9AA`),
+        // or a town with a state and a postcode (`Elm St Springfield IL 62704`).
+        if let Some(e) = postcode(b, at, false) {
+            return Some((e, true));
+        }
+        let town_end = town(text, at)?;
+        let (state_end, australian) = state(b, town_end)?;
+        let e = postcode(b, one_space(b, state_end)?, australian)?;
+        return Some((e, true));
     }
     let town_end = town(text, at)?;
     let mut end = town_end;
     let mut strong = false;
+    let mut australian = false;
     // `, IL`, ` VIC`, then ` 62704`, ` 3065`, or a UK or Canadian postcode.
     let mut at = end + usize::from(b.get(end) == Some(&b','));
-    if let Some(next) = one_space(b, at) {
-        let caps = b[next..]
-            .iter()
-            .take_while(|c| c.is_ascii_uppercase())
-            .count();
-        if (2..=3).contains(&caps) && !b.get(next + caps).is_some_and(u8::is_ascii_alphanumeric) {
-            end = next + caps;
-            strong = true;
-            at = end;
-        }
+    if let Some((state_end, au)) = state(b, at) {
+        end = state_end;
+        strong = true;
+        australian = au;
+        at = end;
     }
     if let Some(next) = one_space(b, at) {
-        if let Some(e) = postcode(b, next, strong) {
+        if let Some(e) = postcode(b, next, australian) {
             end = e;
             strong = true;
         }
     }
     Some((end, strong))
+}
+
+/// Australia's states and territories, after which a postcode has four digits.
+const AUSTRALIAN_STATES: &[&[u8]] = &[b"NSW", b"VIC", b"QLD", b"SA", b"WA", b"TAS", b"NT", b"ACT"];
+
+/// A state or province after a space at `i` (`IL`, `ON`, `VIC`): its end, and whether it is
+/// Australian.
+fn state(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    let next = one_space(b, i)?;
+    let caps = b[next..]
+        .iter()
+        .take_while(|c| c.is_ascii_uppercase())
+        .count();
+    ((2..=3).contains(&caps) && !b.get(next + caps).is_some_and(u8::is_ascii_alphanumeric)).then(
+        || {
+            (
+                next + caps,
+                AUSTRALIAN_STATES.contains(&&b[next..next + caps]),
+            )
+        },
+    )
 }
 
 /// Capitalised words that start the next sentence rather than go on with a town's or a
@@ -936,9 +1023,9 @@ fn town(text: &str, at: usize) -> Option<usize> {
 }
 
 /// A postcode at `i`: a US ZIP code (`62704`, `62704-1234`), a UK postcode (`NW1 6XE`,
-/// `SW1A 1AA`), a Canadian one (`M5V 2T6`), or, after a state (`after_state`), four digits
+/// `SW1A 1AA`), a Canadian one (`M5V 2T6`), or, after an Australian state, four digits
 /// (`VIC 3065`).
-fn postcode(b: &[u8], i: usize, after_state: bool) -> Option<usize> {
+fn postcode(b: &[u8], i: usize, australian: bool) -> Option<usize> {
     let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
     let alone = |end: usize| (!b.get(end).is_some_and(u8::is_ascii_alphanumeric)).then_some(end);
     if digits == 5 {
@@ -955,7 +1042,7 @@ fn postcode(b: &[u8], i: usize, after_state: bool) -> Option<usize> {
         }
         return alone(end);
     }
-    if digits == 4 && after_state {
+    if digits == 4 && australian {
         return alone(i + 4);
     }
     let upper = |k: usize| b.get(k).is_some_and(u8::is_ascii_uppercase);
@@ -990,48 +1077,58 @@ fn postcode(b: &[u8], i: usize, after_state: bool) -> Option<usize> {
         .and_then(alone)
 }
 
-/// Whether the words before `start` introduce an address: the last one is `at`, `to`, `is`…,
-/// or one of the five before it starts with `address`, `live`, `ship`, `Anschrift`… (on the
-/// same line, within 48 bytes: a long line is not read again for every number on it). Bytes,
-/// compared without case and without allocating: this runs for every street-like number.
-fn introduced(text: &str, start: usize) -> bool {
-    let b = text.as_bytes();
-    let window = &b[start.saturating_sub(48)..start];
-    let window = match window.iter().rposition(|&c| c == b'\n') {
-        Some(p) => &window[p + 1..],
-        None => window,
-    };
-    let in_word = |c: u8| c.is_ascii_alphanumeric() || c == b'.' || c == b'\'' || c >= 0x80;
-    let mut end = window.len();
+/// What the words before an address say of it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Intro {
+    /// Nothing.
+    None,
+    /// The last word is one that may come before an address: `at`, `to`, `from`, `is`, `near`.
+    Lead,
+    /// One of the five words before it names an address or living somewhere: `address`,
+    /// `live`, `ship`, `Anschrift`, `abito`.
+    Label,
+}
+
+/// What the words before `start` say (see [`Intro`]), on the same line and within 48 bytes
+/// (a long line is not read again for every number on it). Bytes, compared without case and
+/// without allocating: this runs for every street-like number.
+fn introduced(text: &str, start: usize) -> Intro {
+    let mut cut = start.saturating_sub(48);
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    let window = &text[cut..start];
+    let window = window.rsplit('\n').next().unwrap_or("");
+    let in_word = |c: char| c.is_alphanumeric() || c == '.' || c == '\'';
+    let mut rest = window;
+    let mut intro = Intro::None;
     for n in 0..5 {
-        while end > 0 && !in_word(window[end - 1]) {
-            end -= 1;
+        rest = rest.trim_end_matches(|c: char| !in_word(c));
+        if rest.is_empty() {
+            break;
         }
-        if end == 0 {
-            return false;
+        let s = rest
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !in_word(*c))
+            .map_or(0, |(k, c)| k + c.len_utf8());
+        let word = &rest.as_bytes()[s..];
+        if LABELS.iter().any(|l| {
+            word.get(..l.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(l.as_bytes()))
+        }) {
+            return Intro::Label;
         }
-        let mut s = end;
-        while s > 0 && in_word(window[s - 1]) {
-            s -= 1;
-        }
-        let word = &window[s..end];
-        let lead = || {
-            LEAD_WORDS
+        if n == 0
+            && LEAD_WORDS
                 .iter()
                 .any(|l| l.as_bytes().eq_ignore_ascii_case(word))
-        };
-        let label = || {
-            LABELS.iter().any(|l| {
-                word.get(..l.len())
-                    .is_some_and(|w| w.eq_ignore_ascii_case(l.as_bytes()))
-            })
-        };
-        if (n == 0 && lead()) || label() {
-            return true;
+        {
+            intro = Intro::Lead;
         }
-        end = s;
+        rest = &rest[..s];
     }
-    false
+    intro
 }
 
 /// The address begins its line (after spaces or a list bullet).
@@ -1068,8 +1165,9 @@ fn line_goes_on(text: &str, end: usize) -> bool {
         return true;
     }
     let word = &text[next..w];
-    if NOT_TOWN.contains(&word) {
-        // The next sentence, written without a full stop (`… 42 Elm Street Also, …`).
+    if NOT_TOWN.contains(&word) || (word.contains('\'') && word.ends_with('t')) {
+        // The next sentence, written without a full stop (`… 42 Elm Street Also, …`), or a
+        // negated verb (`… at 42 Elm Street won't fix the heat`).
         return true;
     }
     if !AFTER_WORDS.contains(&word) {

@@ -1292,6 +1292,8 @@ fn street_addresses() {
     one("vivo en Calle Mayor 5, Madrid", k, "Calle Mayor 5, Madrid");
     one("abito in Via della Spiga 7", k, "Via della Spiga 7");
     one("moro na Rua Augusta 12", k, "Rua Augusta 12");
+    // The introducing word right after other scripts' punctuation.
+    one("こんにちは、abito in Via Augusta 181", k, "Via Augusta 181");
     // Written the way people type in chat, and the forms of more countries.
     one("i live at 42 elm street", k, "42 elm street");
     // (A town in lower case is not read as one.)
@@ -1342,6 +1344,35 @@ fn street_addresses() {
         k,
         "42 Elm Street",
     );
+    one("my address is 42 elm st apt 3", k, "42 elm st apt 3");
+    one(
+        "I live at 42 Elm St Springfield IL 62704",
+        k,
+        "42 Elm St Springfield IL 62704",
+    );
+    one("address is 12 Abbey Rd NW8 9AA", k, "12 Abbey Rd NW8 9AA");
+    one(
+        "my address is 42 Elm Street Springfield IL",
+        k,
+        "42 Elm Street",
+    );
+    one(
+        "I'm at 42 Elm Street apartment 3",
+        k,
+        "42 Elm Street apartment 3",
+    );
+    one("Find restaurants near 42 Elm Street", k, "42 Elm Street");
+    one("What is the zoning for 42 Elm Street?", k, "42 Elm Street");
+    one(
+        "My landlord at 42 Elm Street won't fix the heat",
+        k,
+        "42 Elm Street",
+    );
+    one(
+        "Visit 1 Infinite Loop, Cupertino, CA 95014",
+        k,
+        "1 Infinite Loop, Cupertino, CA 95014",
+    );
 }
 
 #[test]
@@ -1380,6 +1411,32 @@ fn numbers_before_street_words_that_are_not_addresses() {
     none("Top 10 Wall Street 2024 Rankings");
     none("We need 3 Place Settings for dinner");
     none("went to 3 different road trips");
+    // Lower-case streets only after a word that names an address, and not everyday phrases.
+    for text in [
+        "that is 3 in a row",
+        "it is 3 on the way",
+        "the trip is 2 hours each way",
+        "Travel time is 5 hours by road",
+        "it took me from 5 to 10 minutes on the road",
+        "I get off work at 5 and drive",
+        "I go to bed at 11 and walk",
+        "I'll be there at 5 to close",
+        "meet me at 5 on main street",
+        "see you at 7 at the court",
+        "the hotel is 5 min walk",
+        "we live 5 min drive from the beach",
+        "shipping takes 5 business days by road",
+        "Send 2 copies this way",
+        "x is 2 times the square",
+    ] {
+        none(text);
+    }
+    // A four-digit postcode only after an Australian state: the year stays out.
+    one(
+        "I visited 42 Main Street, Boston MA 2024",
+        "street_address",
+        "42 Main Street, Boston MA",
+    );
 }
 
 #[test]
