@@ -109,7 +109,32 @@ const NOT_LOWERCASE_NAMES: &[&str] = &[
     "the", "a", "an", "of", "this", "that", "my", "your", "our", "his", "her", "their", "min",
     "mins", "minute", "minutes", "hour", "hours", "hr", "hrs", "mile", "miles", "km", "block",
     "blocks", "day", "days", "week", "weeks", "time", "times", "each", "per", "more", "less",
-    "business", "short", "long", "quick", "nice", "easy",
+    "business", "short", "long", "quick", "nice", "easy", "second", "seconds", "wheel", "way",
+    "hard", "flash", "test", "up", "down", "past", "stop", "stops", "exit", "exits", "house",
+    "houses", "external", "internal", "busy", "one", "two", "three", "four", "few",
+];
+
+/// Months: `5 March Lane 2 will be closed` is a date and a traffic lane.
+const MONTHS: &[&str] = &[
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
+/// The word before `Drive` that makes it a disk or a campaign: `2 Google Drive`, `1 Samsung
+/// Hard Drive`, `2 Blood Drive`.
+const DEVICE_WORDS: &[&str] = &[
+    "Hard", "Google", "Cloud", "Flash", "Disk", "Network", "Shared", "Thumb", "Pen", "Blood",
+    "Test", "State", "One",
 ];
 
 /// The abbreviated street types, which may take a full stop (`St.`).
@@ -125,25 +150,25 @@ const DIRECTIONS: &[&str] = &["N", "S", "E", "W", "NE", "NW", "SE", "SW"];
 /// `Karl-Marx-Allee`, `Keizersgracht`; the name longer than the type) or a word of its own
 /// after the name (`Berliner Straße`, `Frankfurter Allee`, `Oude Gracht`). Lower case.
 const NAME_ENDINGS: &[&str] = &[
-    "straße", "strasse", "gasse", "allee", "chaussee", "straat", "laan", "plein", "gracht", "kade",
+    "straße", "strasse", "gasse", "allee", "chaussee", "straat", "laan", "plein", "gracht",
     "singel",
 ];
 
 /// The same, for types that are also ordinary nouns' endings (`Parkplatz 12`, `Bahnsteig`,
 /// `Rückweg 3`, `Illustr. 4`): these need a sign that an address is meant, as English
 /// streets do.
-const WEAK_NAME_ENDINGS: &[&str] = &["str.", "weg", "platz", "damm", "ufer"];
+const WEAK_NAME_ENDINGS: &[&str] = &["str.", "weg", "platz", "damm", "ufer", "kade"];
 
 /// Street types written before the name, with the number after it (`Calle Mayor 5`,
 /// `Rua Augusta 12`). Capitalised.
 const TYPES_BEFORE_NAME: &[&str] = &[
-    "Calle", "Carrer", "Avenida", "Avda.", "Av.", "Paseo", "Viale", "Piazza", "Piazzale", "Vicolo",
-    "Rua", "Travessa",
+    "Calle", "Carrer", "Avenida", "Avda.", "Paseo", "Viale", "Piazza", "Piazzale", "Vicolo", "Rua",
+    "Travessa",
 ];
 
 /// The same, for words that also start other names (`Via USB 3`, `Corso di Python 2`,
 /// `Plaza Hotel 2`): these need a sign that an address is meant.
-const WEAK_TYPES_BEFORE_NAME: &[&str] = &["Via", "Corso", "Plaza", "Largo", "Strada"];
+const WEAK_TYPES_BEFORE_NAME: &[&str] = &["Via", "Corso", "Plaza", "Largo", "Strada", "Av."];
 
 /// French street types, lower case, after the number (`12 rue de la Paix`); the short ones
 /// may take a full stop (`av.`, `bd.`).
@@ -160,6 +185,13 @@ const FRENCH_TYPES: &[&str] = &[
     "quai",
     "cours",
     "route",
+];
+
+/// Lower-case words that may follow a French street in a sentence (`12 rue de la Paix à
+/// Paris`); another one means the number counted something (`2 Route des Vins tours`).
+const FRENCH_AFTER_WORDS: &[&str] = &[
+    "à", "au", "aux", "en", "et", "dans", "près", "pour", "ce", "cette", "demain", "ou", "chez",
+    "avec", "depuis", "est", "sont", "puis", "mais", "qui", "où", "dès", "vers", "sur",
 ];
 
 /// Small words inside a Romance street name (`de la Paix`, `della Repubblica`, `dei Mille`,
@@ -179,8 +211,6 @@ const UNITS: &[&str] = &[
     "Flat",
     "Fl",
     "Floor",
-    "Room",
-    "Rm",
     "Bldg",
     "Building",
     "apt",
@@ -189,17 +219,40 @@ const UNITS: &[&str] = &[
     "unit",
     "flat",
     "floor",
-    "room",
 ];
 
-/// Words just before the number that say an address follows (`I live at`, `ship to`). The
-/// last word before the number, lower-cased.
+/// Words just before the number that may introduce an address (`I live at`, `ship to`). The
+/// last word before the number, lower-cased. Not after a number or one of
+/// [`NOT_BEFORE_LEAD`] (`3 to 1`, `back to 2 …`, `prior to 2008 …`).
 const LEAD_WORDS: &[&str] = &[
-    "at", "to", "from", "is", "near", "for", "address", "addr", "addr.", "adresse", "au",
+    "at", "to", "from", "near", "address", "addr", "addr.", "adresse", "au",
 ];
 
-/// Words within the few before the number that say an address follows (`address: …`,
-/// `I moved into …`), lower-cased, matched at the start of a word.
+/// Words before a lead word that make it something else: `back to 2 Memory Lane`, `prior to
+/// 2008 Wall Street`, `up to 3 …`.
+const NOT_BEFORE_LEAD: &[&[u8]] = &[
+    b"up",
+    b"prior",
+    b"back",
+    b"due",
+    b"sequel",
+    b"ode",
+    b"compared",
+    b"next",
+    b"close",
+    b"set",
+    b"change",
+    b"changed",
+    b"copy",
+    b"copied",
+    b"move",
+    b"convert",
+    b"converted",
+];
+
+/// English words within the few before the number that say an address follows (`address:
+/// …`, `I moved to …`), lower-cased, matched whole or with an inflection (`lives`, `shipping`;
+/// not `homework`).
 const LABELS: &[&str] = &[
     "address",
     "addr",
@@ -218,6 +271,15 @@ const LABELS: &[&str] = &[
     "home",
     "house",
     "office",
+    "apartment",
+];
+
+/// Inflections a word of [`LABELS`] may carry.
+const LABEL_ENDINGS: &[&str] = &["", "s", "es", "d", "ed", "ing", "ping", "ery", "ies"];
+
+/// The same in German, Dutch and the Romance languages, matched at the start of a word
+/// (`Lieferadresse` is matched by `liefer`, `wohne` by `wohn`).
+const FOREIGN_LABELS: &[&str] = &[
     "anschrift",
     "adres",
     "wohn",
@@ -238,6 +300,8 @@ const LABELS: &[&str] = &[
 /// `… is my home`). Any other lower-case word right after the street means the number was a
 /// count and the street an adjective: `3 Main Street businesses`.
 const AFTER_WORDS: &[&str] = &[
+    "last",
+    "needs",
     "in",
     "is",
     "and",
@@ -437,7 +501,22 @@ fn number_first(text: &str, ds: usize, de: usize) -> Option<Address> {
     if let Some((street_end, strong)) = french_street(text, i) {
         let town = locality(text, street_end, true);
         let end = town.map_or(street_end, |(e, _)| e);
-        if strong || town.is_some() || signed(text, ds, end) {
+        let goes_on = || {
+            // `2 Route des Vins tours`, `2 Chemin de Fer hands`: a count of something.
+            let Some(next) = one_space(b, end) else {
+                return true;
+            };
+            let w = word_end(text, next);
+            let word = &text[next..w];
+            w == next
+                || capitalised(word)
+                || FRENCH_AFTER_WORDS.contains(&word)
+                || AFTER_WORDS.contains(&word)
+        };
+        if (strong && goes_on())
+            || town.is_some_and(|(_, postcode)| postcode)
+            || signed(text, ds, end)
+        {
             return Some(Address {
                 start: ds,
                 end,
@@ -484,21 +563,62 @@ fn number_first(text: &str, ds: usize, de: usize) -> Option<Address> {
 /// `ship to`, `Anschrift:`) and the sentence goes on as after one (see [`Intro`]).
 fn signed(text: &str, start: usize, end: usize) -> bool {
     let b = text.as_bytes();
-    let own_line = line_start(b, start) && line_end(b, end);
+    let own_line = line_start(b, start) && line_end(b, end) && !list_item(text, start);
     let quoted =
         start > 0 && matches!(b[start - 1], b'"' | b'\'') && b.get(end) == Some(&b[start - 1]);
+    // `From 2008 Wall Street has changed`: after a bare `at`/`from`, a year is a year.
+    let year = || {
+        let digits = b[start..].iter().take_while(|c| c.is_ascii_digit()).count();
+        digits == 4 && matches!(&b[start..start + 2], b"18" | b"19" | b"20")
+    };
     own_line
         || quoted
         || match introduced(text, start) {
             Intro::None => false,
-            Intro::Lead => line_goes_on(text, end),
+            Intro::Lead => !year() && line_goes_on(text, end),
             // `My address is 42 Elm Street Springfield IL`: after such a word a capitalised one
-            // goes on with the address.
+            // goes on with the address, unless it names a place of its own (`… 2 Wall Street
+            // Journal subscriptions`).
             Intro::Label => {
                 line_goes_on(text, end)
-                    || one_space(b, end).is_some_and(|next| capitalised(&text[next..]))
+                    || one_space(b, end).is_some_and(|next| {
+                        let w = word_end(text, next);
+                        capitalised(&text[next..]) && !NAMED_PLACES.contains(&&text[next..w])
+                    })
             }
         }
+}
+
+/// Capitalised words after a street that make it part of another name: `Wall Street
+/// Journal`, `Madison Square Garden`, `Liverpool Street Station`.
+const NAMED_PLACES: &[&str] = &[
+    "Journal", "Garden", "Station", "Studios", "Studio", "Hotel", "Theatre", "Theater", "Festival",
+    "Hospital", "Games", "Films", "Records", "Market", "Mall", "Tower", "Centre", "Center",
+    "Bridge", "Park", "Boys", "Band", "Kids", "Gang", "Blues", "Bar", "Cafe", "Café", "Grill",
+    "Diner", "Pub", "Club", "Stadium", "Arena", "Church", "School", "Academy",
+];
+
+/// The line holding `start` is an item of a list under a heading (`Shopping:` then `2 Milky
+/// Way`, `1 Rocky Road`): going up over other items (lines that start with a digit or a
+/// bullet), the first other line ends with `:` and names no address.
+fn list_item(text: &str, start: usize) -> bool {
+    let mut line_start = text[..start].rfind('\n').map_or(0, |p| p + 1);
+    for _ in 0..20 {
+        let Some(prev_end) = line_start.checked_sub(1) else {
+            return false;
+        };
+        let prev_start = text[..prev_end].rfind('\n').map_or(0, |p| p + 1);
+        let prev = text[prev_start..prev_end].trim();
+        if prev.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '*') {
+            line_start = prev_start;
+            continue;
+        }
+        return prev.ends_with(':')
+            && !prev
+                .split(|c: char| !c.is_alphanumeric())
+                .any(|w| is_label(w.as_bytes()));
+    }
+    false
 }
 
 /// `Hauptstraße 5`, `Berliner Straße 12`, `Calle Mayor 5`, `Via della Spiga 7`: the street,
@@ -520,7 +640,8 @@ fn name_first(text: &str, ds: usize, de: usize) -> Option<Address> {
         Some(strong) => {
             let (ns, ne) = word_before(text, space_before(b, ws)?)?;
             let name = &text[ns..ne];
-            (capitalised(name) && !acronym(name)).then_some((ns, strong))?
+            (capitalised(name) && !acronym(name) && !ARTICLES.contains(&name))
+                .then_some((ns, strong))?
         }
         None => match street_ending(&text[ws..we]) {
             Some(strong) => (ws, strong),
@@ -529,7 +650,27 @@ fn name_first(text: &str, ds: usize, de: usize) -> Option<Address> {
     };
     let town = locality(text, number_end, true);
     let end = town.map_or(number_end, |(e, _)| e);
-    if !(strong || town.is_some() || signed(text, start, end)) {
+    // `Hauptstraße 3 Geschäfte`, `Kinkerstraat 3 winkels`: a count of something.
+    if town.is_none() && counted_after(text, number_end) {
+        return None;
+    }
+    // `Calle Ocho 2024`: a year, unless a postcode and town follow.
+    let year = de - ds == 4 && matches!(&b[ds..ds + 2], b"18" | b"19" | b"20");
+    let postcode = town.is_some_and(|(_, p)| p);
+    if year && !postcode {
+        return None;
+    }
+    // A weak street word (`Sitzplatz 45`, `Via USB 3`) needs a postcode, quotes around it
+    // alone, or a word that names an address before it with the sentence going on as after
+    // one (`We stayed at the Plaza Hotel 2 nights` does not). A line of its own is a seat on
+    // a ticket as often as an address.
+    let quoted =
+        start > 0 && matches!(b[start - 1], b'"' | b'\'') && b.get(end) == Some(&b[start - 1]);
+    let sure = strong
+        || postcode
+        || quoted
+        || (introduced(text, start) == Intro::Label && line_goes_on(text, end));
+    if !sure {
         return None;
     }
     Some(Address {
@@ -537,6 +678,27 @@ fn name_first(text: &str, ds: usize, de: usize) -> Option<Address> {
         end,
         confidence: 0.8,
     })
+}
+
+/// Articles that are not a street's name (`Die Straße 5 Minuten …`).
+const ARTICLES: &[&str] = &[
+    "Die", "Der", "Das", "De", "Het", "La", "Le", "El", "Il", "Lo",
+];
+
+/// Words after a number that count something: a capitalised (German) noun, or one of these.
+const COUNT_WORDS: &[&str] = &[
+    "mal", "keer", "veces", "vez", "volte", "fois", "winkels", "huizen", "minuten", "stunden",
+    "jahre", "tage", "min", "km", "m", "kg", "euro", "x",
+];
+
+/// The number ending at `i` is followed by what it counts (`3 Geschäfte`, `3 winkels`).
+fn counted_after(text: &str, i: usize) -> bool {
+    let Some(next) = one_space(text.as_bytes(), i) else {
+        return false;
+    };
+    let w = word_end(text, next);
+    let word = &text[next..w];
+    w > next && ((capitalised(word) && !NOT_TOWN.contains(&word)) || COUNT_WORDS.contains(&word))
 }
 
 /// The number starts a token: not glued to a letter, a digit or a code (`v2`, `x=3`, `10:30`,
@@ -735,7 +897,20 @@ fn english_street(text: &str, i: usize, lowercase: bool) -> Option<usize> {
         };
         let word = &text[at..end];
         let mut after = end;
+        if lowercase && words == 0 && is_street_type(word, true) {
+            // `a 2 lane road`: in lower case a street type is not a name.
+            return None;
+        }
+        if words == 0 && (acronym(word) || MONTHS.contains(&word)) {
+            // `1 USB Drive`, `2 SSD Drive`, `From 5 March Lane 2 will be closed`.
+            return None;
+        }
         if words >= 1 && is_street_type(word, lowercase) {
+            let before = text[i..at].split_whitespace().next_back().unwrap_or("");
+            if word.eq_ignore_ascii_case("drive") && DEVICE_WORDS.contains(&before) {
+                // `2 Google Drive`, `1 Samsung Hard Drive`: a disk, not a street.
+                return None;
+            }
             if b.get(after) == Some(&b'.')
                 && ABBREVIATIONS.iter().any(|a| a.eq_ignore_ascii_case(word))
             {
@@ -774,12 +949,17 @@ fn is_street_type(word: &str, lowercase: bool) -> bool {
 
 /// A French street from `i` (`rue de la Paix`, `Rue de Rivoli`): the type, particles, and
 /// capitalised words. Returns its end, and whether the street is sure without more signs: a
-/// lower-case type other than `cours` (`2 cours de Python`), or a capitalised one before a
-/// particle (`Rue de Rivoli`; `3 Place Settings` is not one).
+/// lower-case type other than `cours`, `bd` and `av` (`2 cours de Python`), or a capitalised
+/// one before a particle (`Rue de Rivoli`; `3 Place Settings` is not one).
 fn french_street(text: &str, i: usize) -> Option<(usize, bool)> {
     let b = text.as_bytes();
     let (type_end, capital) = french_type_at(b, i)?;
-    let cours = text[i..type_end].eq_ignore_ascii_case("cours");
+    // Types that are also other words: `2 cours de Python` (lessons), `3 bd de Tintin` (comic
+    // books), `44 av. Jésus-Christ` (before Christ).
+    let written = text[i..type_end].trim_end_matches('.');
+    let weak_type = ["cours", "bd", "av"]
+        .iter()
+        .any(|t| written.eq_ignore_ascii_case(t));
     let mut at = one_space(b, type_end)?;
     let mut end = None;
     let mut particle_first = false;
@@ -818,7 +998,7 @@ fn french_street(text: &str, i: usize) -> Option<(usize, bool)> {
             None => break,
         }
     }
-    let strong = if capital { particle_first } else { !cours };
+    let strong = !weak_type && (!capital || particle_first);
     end.map(|e| (e, strong))
 }
 
@@ -829,6 +1009,13 @@ fn street_ending(word: &str) -> Option<bool> {
         return None;
     }
     let lower = word.to_lowercase();
+    // Numbered roads, not addresses: `Bundesstraße 27`, `Landesstraße 3`.
+    if ["bundes", "landes", "kreis", "staats"]
+        .iter()
+        .any(|p| lower.starts_with(p))
+    {
+        return None;
+    }
     let long_enough =
         |e: &&str| lower.ends_with(*e) && lower.chars().count() >= e.chars().count() + 3;
     if NAME_ENDINGS.iter().any(long_enough) {
@@ -915,7 +1102,9 @@ fn unit(text: &str, i: usize) -> Option<usize> {
     let id = &b[at..at + n];
     ((1..=6).contains(&n)
         && id.iter().any(u8::is_ascii_digit)
-        && !b.get(at + n).is_some_and(u8::is_ascii_alphanumeric))
+        && !b.get(at + n).is_some_and(u8::is_ascii_alphanumeric)
+        // `… Abbey Road #1 hits`: a count, not a flat.
+        && line_goes_on(text, at + n))
     .then_some(at + n)
 }
 
@@ -1089,6 +1278,21 @@ enum Intro {
     Label,
 }
 
+/// Whether `word` (bytes, any case) is an address word: one of [`LABELS`] with one of
+/// [`LABEL_ENDINGS`], or one that starts with one of [`FOREIGN_LABELS`].
+fn is_label(word: &[u8]) -> bool {
+    let starts = |l: &str| {
+        word.get(..l.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(l.as_bytes()))
+    };
+    LABELS.iter().any(|l| {
+        starts(l)
+            && LABEL_ENDINGS
+                .iter()
+                .any(|e| word[l.len()..].eq_ignore_ascii_case(e.as_bytes()))
+    }) || FOREIGN_LABELS.iter().any(|l| starts(l))
+}
+
 /// What the words before `start` say (see [`Intro`]), on the same line and within 48 bytes
 /// (a long line is not read again for every number on it). Bytes, compared without case and
 /// without allocating: this runs for every street-like number.
@@ -1113,10 +1317,7 @@ fn introduced(text: &str, start: usize) -> Intro {
             .find(|(_, c)| !in_word(*c))
             .map_or(0, |(k, c)| k + c.len_utf8());
         let word = &rest.as_bytes()[s..];
-        if LABELS.iter().any(|l| {
-            word.get(..l.len())
-                .is_some_and(|w| w.eq_ignore_ascii_case(l.as_bytes()))
-        }) {
+        if is_label(word) {
             return Intro::Label;
         }
         if n == 0
@@ -1125,6 +1326,13 @@ fn introduced(text: &str, start: usize) -> Intro {
                 .any(|l| l.as_bytes().eq_ignore_ascii_case(word))
         {
             intro = Intro::Lead;
+        }
+        if n == 1 && intro == Intro::Lead {
+            // `3 to 1 Loftus Road`, `back to 2 Memory Lane`: the lead is something else.
+            let lower = |w: &[u8]| w.eq_ignore_ascii_case(word);
+            if word.iter().all(u8::is_ascii_digit) || NOT_BEFORE_LEAD.iter().any(|w| lower(w)) {
+                intro = Intro::None;
+            }
         }
         rest = &rest[..s];
     }
