@@ -10,17 +10,23 @@
 //! suite, the town, a state and a postcode.
 //!
 //! Where a street's words are also ordinary words, one more sign that it is somebody's
-//! address is needed: a town, postcode or flat after it, words that introduce an address
-//! before it (`my address is`, `I live at`, `ship to`, `at`, `Anschrift:`, `abito in`) with
-//! the sentence going on as after an address, a line of its own (an envelope), or quotes
-//! around it and nothing else. That holds for English streets (`Top 10 Wall Street banks`,
-//! `6 Liverpool Street Station`), German nouns ending in a street type (`Parkplatz 12`,
-//! `Rückweg 3`), names that start with a type word (`Via USB 3`, `Corso di Python 2`, `Plaza
-//! Hotel 2`), capitalised French types without a particle (`3 Place Settings`) and `cours`
-//! (`2 cours de Python`). English in lower case (`i live at 42 elm street`) needs a word that
-//! names an address or living somewhere, not just `at` (`I'll be there at 5 to close`), and
+//! address is needed: a town, postcode or flat after it; words before it that name an address
+//! (`my address is`, `I live at`, `ship to`, `Anschrift:`, `abito in`), or a bare `at`, `to`,
+//! `from` or `near`, with the sentence going on as after an address; a line of its own (an
+//! envelope, not an item of a list under a heading); or quotes around it and nothing else.
+//! That holds for English streets (`Top 10 Wall Street banks`, `6 Liverpool Street Station`,
+//! `From 2008 Wall Street has changed`), French types that are other words too (`3 Place
+//! Settings`, `2 cours de Python`, `44 av. J.-C.`). German nouns ending in a street type
+//! (`Parkplatz 12`, `Rückweg 3`) and names that start with a type word (`Via USB 3`, `Plaza
+//! Hotel 2`) need a postcode, quotes, or a word that names an address. English in lower case
+//! (`i live at 42 elm street`) needs a word that names an address or living somewhere, and
 //! only the street types that are not everyday words (`street`, `road`, `ave`; not `way`,
 //! `row`, `walk`).
+//!
+//! Deliberately missed: streets without a type word (`123 Broadway`, `25 Kensington Gore`,
+//! `Am Markt 3`, `Unter den Linden 77`), a town alone after an English street as the only sign
+//! (`Mrs Smith, 42 Acacia Avenue, Leeds`), `is` and `for` alone before one (`What is the
+//! zoning for 42 Elm Street?`), and names of people.
 
 /// A street address found around one digit run: byte span and confidence.
 pub(crate) struct Address {
