@@ -1287,6 +1287,11 @@ enum Intro {
 /// Whether `word` (bytes, any case) is an address word: one of [`LABELS`] with one of
 /// [`LABEL_ENDINGS`], or one that starts with one of [`FOREIGN_LABELS`].
 fn is_label(word: &[u8]) -> bool {
+    // Every address word has four letters at least (`addr`, `live`, `wohn`): most words fail
+    // here, before the lists are read.
+    if word.len() < 4 {
+        return false;
+    }
     let starts = |l: &str| {
         word.get(..l.len())
             .is_some_and(|w| w.eq_ignore_ascii_case(l.as_bytes()))
