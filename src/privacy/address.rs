@@ -160,9 +160,9 @@ const NAME_ENDINGS: &[&str] = &[
     "singel",
 ];
 
-/// The same, for types that are also ordinary nouns' endings (`Parkplatz 12`, `Bahnsteig`,
-/// `Rückweg 3`, `Illustr. 4`): these need a sign that an address is meant, as English
-/// streets do.
+/// The same, for types that are also ordinary nouns' endings (`Parkplatz 12`, `Rückweg 3`,
+/// `Illustr. 4`, `Blockade`): these need a postcode, quotes, or a word before them that names
+/// an address.
 const WEAK_NAME_ENDINGS: &[&str] = &["str.", "weg", "platz", "damm", "ufer", "kade"];
 
 /// Street types written before the name, with the number after it (`Calle Mayor 5`,
@@ -173,7 +173,8 @@ const TYPES_BEFORE_NAME: &[&str] = &[
 ];
 
 /// The same, for words that also start other names (`Via USB 3`, `Corso di Python 2`,
-/// `Plaza Hotel 2`): these need a sign that an address is meant.
+/// `Plaza Hotel 2`, `Av. Speed 45`): these need a postcode, quotes, or a word before them that
+/// names an address.
 const WEAK_TYPES_BEFORE_NAME: &[&str] = &["Via", "Corso", "Plaza", "Largo", "Strada", "Av."];
 
 /// French street types, lower case, after the number (`12 rue de la Paix`); the short ones
@@ -1277,7 +1278,7 @@ fn postcode(b: &[u8], i: usize, australian: bool) -> Option<usize> {
 enum Intro {
     /// Nothing.
     None,
-    /// The last word is one that may come before an address: `at`, `to`, `from`, `is`, `near`.
+    /// The last word is one that may come before an address: `at`, `to`, `from`, `near`.
     Lead,
     /// One of the five words before it names an address or living somewhere: `address`,
     /// `live`, `ship`, `Anschrift`, `abito`.
@@ -1372,8 +1373,9 @@ fn line_end(b: &[u8], end: usize) -> bool {
 }
 
 /// What follows a street without a town: punctuation, the end, one of [`AFTER_WORDS`] (`and`
-/// and `or` not before a capital) or a word that starts a sentence; not another word (`3 Main Street businesses`,
-/// `6 Liverpool Street Station`, `2 Wall Street and Silicon Valley firms`).
+/// and `or` not before a capital), a word that starts a sentence, or a negated verb (`won't`);
+/// not another word (`3 Main Street businesses`, `6 Liverpool Street Station`, `2 Wall Street
+/// and Silicon Valley firms`).
 fn line_goes_on(text: &str, end: usize) -> bool {
     let b = text.as_bytes();
     let Some(next) = one_space(b, end) else {
