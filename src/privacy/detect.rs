@@ -340,14 +340,21 @@ impl Detectors {
         out: &mut Vec<Found>,
     ) {
         let on = |k: u16| enabled[usize::from(k)];
-        // Each kind needs a minimum number of digits: most zones in prose have a few.
+        // Each kind needs a minimum number of digits: most zones in prose have a few. A card
+        // and an SSN need them in one chain, each digit at most one `-`, `.`, `/` or space from
+        // the next (their regexes' shape): `1:1:1:…` holds many digits and no chain.
+        let chain = if digits >= 9 {
+            longest_digit_chain(zone.as_bytes())
+        } else {
+            0
+        };
         if on(kind::IBAN) && digits >= 8 {
             self.ibans(zone, out);
         }
-        if on(kind::CREDIT_CARD) && digits >= 12 {
+        if on(kind::CREDIT_CARD) && chain >= 12 {
             self.cards(zone, out);
         }
-        if on(kind::US_SSN) && digits >= 9 {
+        if on(kind::US_SSN) && chain >= 9 {
             self.ssns(zone, out);
         }
         if on(kind::IP_ADDRESS) && digits >= 2 && zone.contains(['.', ':']) {
@@ -1363,6 +1370,26 @@ fn pem_body_end(b: &[u8], i: usize) -> Option<usize> {
     end.filter(|_| material >= 20)
 }
 
+/// The most digits in `b` that follow one another with at most one separator (`-`, `.`, `/`
+/// or a space) between two of them: an upper bound on the digits a card or an SSN match can
+/// hold there.
+fn longest_digit_chain(b: &[u8]) -> usize {
+    let (mut best, mut run, mut gap) = (0, 0, 0);
+    for &c in b {
+        if c.is_ascii_digit() {
+            run += 1;
+            gap = 0;
+            best = best.max(run);
+        } else if matches!(c, b'-' | b'.' | b'/' | b' ') && gap == 0 && run > 0 {
+            gap = 1;
+        } else {
+            run = 0;
+            gap = 0;
+        }
+    }
+    best
+}
+
 /// Street addresses whose house number is a digit run in `[s, e)` of `text`.
 ///
 /// Out of line, like [`said_word_password`]: inlined into the scan loop, this made scanning
@@ -1396,5 +1423,19 @@ mod tests {
     fn the_label_spellings_stay_few() {
         let spellings = super::label_variants();
         assert!(spellings.len() <= 64, "{} spellings", spellings.len());
+    }
+
+    /// The chain that decides whether the card and SSN regexes run at all: as long as the
+    /// longest digits-and-single-separators stretch, never shorter than what they match.
+    #[test]
+    fn the_digit_chain_is_what_a_card_or_ssn_can_span() {
+        let chain = |t: &str| super::longest_digit_chain(t.as_bytes());
+        assert_eq!(chain("card 4111 1111-1111.1111/1111 ok"), 20);
+        assert_eq!(chain("SSN 123-45-6789"), 9);
+        assert_eq!(chain("1:1:1:1:1:1"), 1);
+        assert_eq!(chain("12  34"), 2);
+        assert_eq!(chain("12-.34"), 2);
+        assert_eq!(chain("-12 34-"), 4);
+        assert_eq!(chain(""), 0);
     }
 }
