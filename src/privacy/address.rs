@@ -571,18 +571,12 @@ fn number_first(text: &str, ds: usize, de: usize) -> Option<Address> {
 fn signed(text: &str, start: usize, end: usize) -> bool {
     let b = text.as_bytes();
     let own_line = line_start(b, start) && line_end(b, end) && !list_item(text, start);
-    let quoted =
-        start > 0 && matches!(b[start - 1], b'"' | b'\'') && b.get(end) == Some(&b[start - 1]);
-    // `From 2008 Wall Street has changed`: after a bare `at`/`from`, a year is a year.
-    let year = || {
-        let digits = b[start..].iter().take_while(|c| c.is_ascii_digit()).count();
-        digits == 4 && matches!(&b[start..start + 2], b"18" | b"19" | b"20")
-    };
     own_line
-        || quoted
+        || quoted_alone(b, start, end)
         || match introduced(text, start) {
             Intro::None => false,
-            Intro::Lead => !year() && line_goes_on(text, end),
+            // `From 2008 Wall Street has changed`: after a bare `at`/`from`, a year is a year.
+            Intro::Lead => !year_at(b, start) && line_goes_on(text, end),
             // `My address is 42 Elm Street Springfield IL`: after such a word a capitalised one
             // goes on with the address, unless it names a place of its own (`… 2 Wall Street
             // Journal subscriptions`).
@@ -594,6 +588,17 @@ fn signed(text: &str, start: usize, end: usize) -> bool {
                     })
             }
         }
+}
+
+/// `[start, end)` is a quoted value and nothing else (`contact = "42 Elm Street"`).
+fn quoted_alone(b: &[u8], start: usize, end: usize) -> bool {
+    start > 0 && matches!(b[start - 1], b'"' | b'\'') && b.get(end) == Some(&b[start - 1])
+}
+
+/// The digits at `i` are a year: four of them, from 1800 to 2099.
+fn year_at(b: &[u8], i: usize) -> bool {
+    let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    digits == 4 && matches!(&b[i..i + 2], b"18" | b"19" | b"20")
 }
 
 /// Capitalised words after a street that make it part of another name: `Wall Street
@@ -662,20 +667,17 @@ fn name_first(text: &str, ds: usize, de: usize) -> Option<Address> {
         return None;
     }
     // `Calle Ocho 2024`: a year, unless a postcode and town follow.
-    let year = de - ds == 4 && matches!(&b[ds..ds + 2], b"18" | b"19" | b"20");
     let postcode = town.is_some_and(|(_, p)| p);
-    if year && !postcode {
+    if year_at(b, ds) && !postcode {
         return None;
     }
     // A weak street word (`Sitzplatz 45`, `Via USB 3`) needs a postcode, quotes around it
     // alone, or a word that names an address before it with the sentence going on as after
     // one (`We stayed at the Plaza Hotel 2 nights` does not). A line of its own is a seat on
     // a ticket as often as an address.
-    let quoted =
-        start > 0 && matches!(b[start - 1], b'"' | b'\'') && b.get(end) == Some(&b[start - 1]);
     let sure = strong
         || postcode
-        || quoted
+        || quoted_alone(b, start, end)
         || (introduced(text, start) == Intro::Label && line_goes_on(text, end));
     if !sure {
         return None;
